@@ -1,0 +1,69 @@
+"""Strict JSON for everything Foundation stores: no NaN, no NUL, no lone surrogates.
+
+Both databases must accept and return the same values, so the rules are the stricter
+of the two: PostgreSQL's JSONB refuses ``\\u0000`` and UTF-8 refuses lone surrogates,
+and neither NaN nor Infinity is JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from foundation.errors import FoundationError
+
+__all__ = ["decode_json", "encode_json", "normalize_json"]
+
+# An escaped NUL (\u0000) not itself escaped by a preceding backslash.
+_ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+_encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def encode_json(
+    value: Any,
+    *,
+    what: str,
+    max_bytes: int,
+    error: type[FoundationError],
+    context: dict[str, Any] | None = None,
+) -> str:
+    """``value`` as compact JSON text, or ``error`` saying plainly why it cannot be stored."""
+    ctx = dict(context or {})
+    try:
+        text = _encoder.encode(value)
+    except (TypeError, ValueError, RecursionError) as exc:
+        reason = str(exc)
+        if "Out of range float" in reason:
+            reason = "NaN and Infinity are not JSON"
+        raise error(
+            f"{what} is not JSON: {reason}", context={**ctx, "type": type(value).__name__}
+        ) from None
+    if "\\u0000" in text and _ESCAPED_NUL.search(text):
+        raise error(
+            f"{what} contains a NUL character, which the database cannot store", context=ctx
+        )
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise error(
+            f"{what} contains a lone surrogate, which is not valid UTF-8", context=ctx
+        ) from None
+    if size > max_bytes:
+        raise error(
+            f"{what} is {size} bytes of JSON, over the limit of {max_bytes} bytes",
+            context={**ctx, "size": size, "max_bytes": max_bytes},
+        )
+    return text
+
+
+def decode_json(text: str) -> Any:
+    return json.loads(text)
+
+
+def normalize_json(value: Any, text: str) -> Any:
+    """What a value reads back as from the database (tuples become lists, and so on)."""
+    if value is None or isinstance(value, bool | int | str) or type(value) is float:
+        return value
+    return json.loads(text)

@@ -1,0 +1,244 @@
+"""The config service: :class:`Config` (sync) and :class:`AsyncConfig`.
+
+Both share :class:`~foundation.config._state.ConfigState` for everything but I/O;
+reads never touch the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from foundation.config._sources import read_env, read_file
+from foundation.config._state import (
+    _MISSING,
+    ConfigChange,
+    ConfigExplanation,
+    ConfigHistoryEntry,
+    ConfigState,
+    Watch,
+)
+from foundation.config._store import ConfigSQL
+from foundation.correlation import current_correlation_id
+from foundation.database.aio import AsyncDatabase
+from foundation.database.sync import Cursor, SyncDatabase
+from foundation.errors import ConfigError
+from foundation.settings import Settings
+from foundation.telemetry import Telemetry
+
+__all__ = ["AsyncConfig", "Config"]
+
+_SET = ("foundation", "config", "set")
+_DELETE = ("foundation", "config", "delete")
+_RELOAD = ("foundation", "config", "reload")
+_CHANGED = ("foundation", "config", "changed")
+MAX_HISTORY = 10_000
+
+
+class _ConfigBase:
+    """Reads, validation, watchers and the change-feed side, shared by both faces."""
+
+    def __init__(self, sql: ConfigSQL, settings: Settings, telemetry: Telemetry) -> None:
+        self._sql = sql
+        self._settings = settings
+        self._telemetry = telemetry
+        self._node = settings.node_id
+        self._state = ConfigState(
+            max_key_length=settings.max_key_length, max_value_bytes=settings.max_value_bytes
+        )
+        # The hot read path: bound once, no attribute walk per call.
+        self.get: Callable[..., Any] = self._state.get
+
+    def get(self, key: Any, default: Any = None) -> Any:  # type: ignore[no-redef]
+        """The value of ``key`` from the in-process cache, or ``default``."""
+        return self._state.get(key, default)
+
+    def all(self) -> dict[str, Any]:
+        """Every key's winning value (a copy)."""
+        return self._state.all()
+
+    def explain(self, key: Any) -> ConfigExplanation:
+        """Where ``key``'s value comes from: each layer that holds it and the winner."""
+        return self._state.explain(key)
+
+    def _load_external(self) -> list[ConfigChange]:
+        path = self._settings.config_file
+        file_values = read_file(Path(path)) if path is not None else {}
+        env_values = read_env(self._settings.config_env_prefix)
+        return self._state.load_external(file_values, str(path) if path else None, env_values)
+
+    def _params(self, key: str, text: str | None) -> dict[str, Any]:
+        return {
+            "key": key,
+            "value": text,
+            "at": self._sql.codec.ts(datetime.now(UTC)),
+            "by": self._node,
+            "cid": current_correlation_id(),
+        }
+
+    def _history_params(self, key: Any, limit: int) -> tuple[str, dict[str, Any]]:
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_HISTORY:
+            raise ConfigError(
+                f"history limit must be an integer from 1 to {MAX_HISTORY}",
+                context={"limit": repr(limit)},
+            )
+        if key is None:
+            return self._sql.history_all, {"limit": limit}
+        return self._sql.history_key, {"key": self._state.check_key(key), "limit": limit}
+
+    def _emitted(self, event: tuple[str, ...], started: int, metadata: dict[str, Any]) -> None:
+        self._telemetry.execute(
+            event, {"duration": time.perf_counter_ns() - started}, {"node": self._node, **metadata}
+        )
+
+    def _publish(self, changes: list[ConfigChange]) -> None:
+        for change in changes:
+            if change.source != "local":
+                self._telemetry.execute(
+                    _CHANGED,
+                    {"count": 1},
+                    {"key": change.key, "source": change.source, "node": self._node},
+                )
+        self._state.notify(changes)
+
+    # -- change feed subscriber (runs in the feed's thread) ---------------------------
+
+    def on_notify(self, payload: dict[str, Any], reader: Cursor) -> None:
+        key, revision = payload.get("key"), payload.get("revision")
+        if not isinstance(key, str) or not isinstance(revision, int):
+            return
+        if revision <= self._state.runtime_revision(key):
+            return  # this node already holds that change (its own write, usually)
+        row = reader.fetchone(self._sql.select_one, {"key": key})
+        if row is None:  # the row was deleted with plain SQL
+            changes = self._state.apply_runtime(key, None, revision, True, "sql", "remote")
+        else:
+            changes = self._state.apply_runtime(*self._sql.runtime_row(row), "remote")
+        self._publish(changes)
+
+    def resync(self, reader: Cursor) -> None:
+        rows = [self._sql.runtime_row(r) for r in reader.fetchall(self._sql.select_all)]
+        self._publish(self._state.replace_runtime(rows, "remote"))
+
+
+class Config(_ConfigBase):
+    """Configuration with hot reload, backed by ``foundation_config``."""
+
+    def __init__(
+        self, db: SyncDatabase, sql: ConfigSQL, settings: Settings, telemetry: Telemetry
+    ) -> None:
+        super().__init__(sql, settings, telemetry)
+        self._db = db
+
+    def load(self) -> None:
+        """First load: external sources, then the database (raises on a bad file)."""
+        self._load_external()
+        rows = [self._sql.runtime_row(r) for r in self._db.fetchall(self._sql.select_all)]
+        self._state.replace_runtime(rows, "reload")
+
+    def set(self, key: Any, value: Any) -> None:
+        """Write ``value`` for every node: validated, committed, then cached and announced."""
+        started = time.perf_counter_ns()
+        key = self._state.check_key(key)
+        stored, text = self._state.prepare(key, value)
+        row = self._db.fetchone(self._sql.upsert, self._params(key, text))
+        assert row is not None
+        changes = self._state.apply_runtime(key, stored, int(row[0]), False, self._node, "local")
+        self._emitted(_SET, started, {"key": key, "revision": int(row[0])})
+        self._publish(changes)
+
+    def delete(self, key: Any) -> bool:
+        """Remove the runtime value of ``key`` (file, env, defaults stay); True if there was one."""
+        started = time.perf_counter_ns()
+        key = self._state.check_key(key)
+        row = self._db.fetchone(self._sql.delete, self._params(key, None))
+        if row is None:
+            return False
+        changes = self._state.apply_runtime(key, None, int(row[0]), True, self._node, "local")
+        self._emitted(_DELETE, started, {"key": key, "revision": int(row[0])})
+        self._publish(changes)
+        return True
+
+    def reload(self) -> None:
+        """Re-read the file, the environment and the database; watchers see what changed."""
+        started = time.perf_counter_ns()
+        changes = self._load_external()
+        rows = [self._sql.runtime_row(r) for r in self._db.fetchall(self._sql.select_all)]
+        changes += self._state.replace_runtime(rows, "reload")
+        self._emitted(_RELOAD, started, {"changed": len(changes)})
+        self._publish(changes)
+
+    def register(self, key: Any, type_: Any, default: Any = _MISSING) -> None:
+        """Give ``key`` a type (any type pydantic validates, or a model) and a default."""
+        self._publish(self._state.register(key, type_, default))
+
+    def watch(self, key_or_prefix: Any, callback: Callable[[ConfigChange], Any]) -> Watch:
+        """Call ``callback(change)`` after each change of a key (``"db.*"``: prefix, ``"*"``: all).
+
+        Local changes call it in the thread that made them; remote ones in the feed's thread.
+        """
+        return self._state.watch(key_or_prefix, callback)
+
+    def history(self, key: Any = None, limit: int = 100) -> list[ConfigHistoryEntry]:
+        """Changes, newest first, from ``foundation_config_history``."""
+        sql, params = self._history_params(key, limit)
+        return [self._sql.history_entry(r) for r in self._db.fetchall(sql, params)]
+
+
+class AsyncConfig(_ConfigBase):
+    """The awaitable twin of :class:`Config`; ``get`` stays a plain call."""
+
+    def __init__(
+        self, db: AsyncDatabase, sql: ConfigSQL, settings: Settings, telemetry: Telemetry
+    ) -> None:
+        super().__init__(sql, settings, telemetry)
+        self._db = db
+
+    async def load(self) -> None:
+        self._load_external()
+        rows = [self._sql.runtime_row(r) for r in await self._db.fetchall(self._sql.select_all)]
+        self._state.replace_runtime(rows, "reload")
+
+    async def set(self, key: Any, value: Any) -> None:
+        started = time.perf_counter_ns()
+        key = self._state.check_key(key)
+        stored, text = self._state.prepare(key, value)
+        row = await self._db.fetchone(self._sql.upsert, self._params(key, text))
+        assert row is not None
+        changes = self._state.apply_runtime(key, stored, int(row[0]), False, self._node, "local")
+        self._emitted(_SET, started, {"key": key, "revision": int(row[0])})
+        self._publish(changes)
+
+    async def delete(self, key: Any) -> bool:
+        started = time.perf_counter_ns()
+        key = self._state.check_key(key)
+        row = await self._db.fetchone(self._sql.delete, self._params(key, None))
+        if row is None:
+            return False
+        changes = self._state.apply_runtime(key, None, int(row[0]), True, self._node, "local")
+        self._emitted(_DELETE, started, {"key": key, "revision": int(row[0])})
+        self._publish(changes)
+        return True
+
+    async def reload(self) -> None:
+        started = time.perf_counter_ns()
+        changes = self._load_external()
+        rows = [self._sql.runtime_row(r) for r in await self._db.fetchall(self._sql.select_all)]
+        changes += self._state.replace_runtime(rows, "reload")
+        self._emitted(_RELOAD, started, {"changed": len(changes)})
+        self._publish(changes)
+
+    def register(self, key: Any, type_: Any, default: Any = _MISSING) -> None:
+        self._publish(self._state.register(key, type_, default))
+
+    def watch(self, key_or_prefix: Any, callback: Callable[[ConfigChange], Any]) -> Watch:
+        """As :meth:`Config.watch`; callbacks (plain or ``async def``) run on the event loop."""
+        return self._state.watch(key_or_prefix, callback, loop=asyncio.get_running_loop())
+
+    async def history(self, key: Any = None, limit: int = 100) -> list[ConfigHistoryEntry]:
+        sql, params = self._history_params(key, limit)
+        return [self._sql.history_entry(r) for r in await self._db.fetchall(sql, params)]

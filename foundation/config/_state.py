@@ -1,0 +1,464 @@
+"""Config logic shared by the sync and async services: no I/O here.
+
+Values come in layers, lowest precedence first::
+
+    default  <  file  <  env  <  runtime
+
+``runtime`` is what ``set`` wrote to the database; it wins on every node, so a value
+set at runtime is what ``get`` returns next everywhere. ``_effective`` holds the
+winning value of every key and is what ``get`` reads: one dict lookup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import enum
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import TypeAdapter
+from pydantic import ValidationError as PydanticValidationError
+
+from foundation._json import encode_json, normalize_json
+from foundation.config._sources import parse_env_value
+from foundation.errors import ConfigError
+
+__all__ = ["ConfigChange", "ConfigExplanation", "ConfigHistoryEntry", "ConfigState", "Watch"]
+
+log = logging.getLogger("foundation.config")
+
+Layer = Literal["default", "file", "env", "runtime"]
+LAYERS: tuple[Layer, ...] = ("default", "file", "env", "runtime")
+_MISSING: Any = object()
+
+
+@dataclass(frozen=True)
+class ConfigChange:
+    """What a watcher receives: a key's winning value before and after a change."""
+
+    key: str
+    old: Any
+    new: Any
+    source: Literal["local", "remote", "reload"]
+    deleted: bool = False
+
+
+@dataclass(frozen=True)
+class ConfigExplanation:
+    """Where a key's value comes from: every layer that has it, and the winner."""
+
+    key: str
+    value: Any
+    source: str | None
+    layers: dict[str, Any] = field(default_factory=dict)
+    typed: str | None = None
+
+
+@dataclass(frozen=True)
+class ConfigHistoryEntry:
+    """One row of ``foundation_config_history``."""
+
+    id: int
+    key: str
+    operation: str
+    old_value: Any
+    new_value: Any
+    revision: int
+    changed_at: datetime
+    changed_by: str
+    correlation_id: str | None
+
+
+@dataclass
+class _Runtime:
+    value: Any
+    revision: int
+    deleted: bool
+    updated_by: str
+
+
+class Watch:
+    """A watcher; ``cancel()`` stops it. Callbacks never raise into Foundation."""
+
+    def __init__(
+        self,
+        state: ConfigState,
+        pattern: str,
+        callback: Callable[[ConfigChange], Any],
+        loop: asyncio.AbstractEventLoop | None,
+    ) -> None:
+        self._state = state
+        self.pattern = pattern
+        self.callback = callback
+        self._loop = loop
+        self._prefix = pattern[:-1] if pattern.endswith("*") else None
+
+    def matches(self, key: str) -> bool:
+        return key.startswith(self._prefix) if self._prefix is not None else key == self.pattern
+
+    def deliver(self, change: ConfigChange) -> None:
+        if self._loop is None:
+            self._invoke(change)
+        elif not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._invoke, change)
+
+    def _invoke(self, change: ConfigChange) -> None:
+        try:
+            result = self.callback(change)
+            if asyncio.iscoroutine(result):
+                asyncio.ensure_future(result).add_done_callback(self._log_failure)
+        except Exception:
+            log.exception("config watcher %r failed on %r", self.callback, change.key)
+
+    @staticmethod
+    def _log_failure(task: asyncio.Future[Any]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("async config watcher failed", exc_info=task.exception())
+
+    def cancel(self) -> None:
+        self._state.unwatch(self)
+
+
+class ConfigState:
+    """Layers, typed keys, the effective view and the watchers of one instance."""
+
+    def __init__(self, *, max_key_length: int, max_value_bytes: int) -> None:
+        self.max_key_length = max_key_length
+        self.max_value_bytes = max_value_bytes
+        self._lock = threading.RLock()
+        self._layers: dict[Layer, dict[str, Any]] = {name: {} for name in LAYERS}
+        self._env_names: dict[str, str] = {}
+        self._file: str | None = None
+        self._runtime: dict[str, _Runtime] = {}
+        self._types: dict[str, TypeAdapter[Any]] = {}
+        self._type_names: dict[str, str] = {}
+        self._effective: dict[str, Any] = {}
+        self._source: dict[str, Layer] = {}
+        self._watches: list[Watch] = []
+
+    # -- reads (hot path) -------------------------------------------------------------
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        if key.__class__ is not str:
+            key = self.check_key(key)
+        value = self._effective.get(key, _MISSING)
+        if value is _MISSING:
+            return default
+        if value.__class__ is dict or value.__class__ is list:
+            return copy.deepcopy(value)  # the cache is shared: hand out a copy
+        return value
+
+    def all(self) -> dict[str, Any]:
+        return copy.deepcopy(self._effective)
+
+    # -- validation -------------------------------------------------------------------
+
+    def check_key(self, key: Any) -> str:
+        if isinstance(key, enum.Enum):
+            key = key.value if isinstance(key.value, str) else key.name
+        if not isinstance(key, str):
+            raise ConfigError(
+                f"a config key must be a string, not {type(key).__name__}",
+                context={"key": repr(key)[:200], "type": type(key).__name__},
+            )
+        if not key or not key.strip():
+            raise ConfigError("a config key must not be empty", context={"key": key})
+        if len(key) > self.max_key_length:
+            raise ConfigError(
+                f"a config key must be at most {self.max_key_length} characters "
+                f"(this one has {len(key)})",
+                context={"key": key[:80] + "…", "length": len(key)},
+            )
+        if "\x00" in key or not key.isprintable():
+            raise ConfigError(
+                "a config key must not contain control characters",
+                context={"key": repr(key)[:200]},
+            )
+        try:
+            key.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ConfigError(
+                "a config key must be valid UTF-8 (it holds a lone surrogate)",
+                context={"key": repr(key)[:200]},
+            ) from None
+        return key
+
+    def prepare(self, key: str, value: Any) -> tuple[Any, str]:
+        """Validate a value for ``set``: (the value as it will read back, its JSON text)."""
+        adapter = self._types.get(key)
+        if adapter is not None:
+            value = self._validate(key, adapter, value, source="set")
+            plain = adapter.dump_python(value, mode="json")
+        else:
+            plain = value
+        text = encode_json(
+            plain,
+            what=f"the value for config key {key!r}",
+            max_bytes=self.max_value_bytes,
+            error=ConfigError,
+            context={"key": key},
+        )
+        return (value if adapter is not None else normalize_json(plain, text)), text
+
+    def _validate(self, key: str, adapter: TypeAdapter[Any], value: Any, *, source: str) -> Any:
+        try:
+            return adapter.validate_python(value)
+        except PydanticValidationError as exc:
+            raise ConfigError(
+                f"invalid value for config key {key!r} (from {source}): "
+                f"expected {self._type_names[key]}; {_first_error(exc)}",
+                context={"key": key, "source": source, "expected": self._type_names[key]},
+            ) from None
+
+    def _validate_env(self, key: str, adapter: TypeAdapter[Any], raw: str, source: str) -> Any:
+        try:
+            return adapter.validate_json(raw)
+        except PydanticValidationError:
+            return self._validate(key, adapter, raw, source=source)
+
+    # -- typed keys -------------------------------------------------------------------
+
+    def register(self, key: Any, type_: Any, default: Any = _MISSING) -> list[ConfigChange]:
+        key = self.check_key(key)
+        try:
+            adapter: TypeAdapter[Any] = TypeAdapter(type_)
+        except Exception as exc:
+            raise ConfigError(
+                f"cannot use {type_!r} as the type of config key {key!r}: {exc}",
+                context={"key": key},
+            ) from None
+        with self._lock:
+            previous = (self._types.get(key), self._type_names.get(key))
+            self._types[key] = adapter
+            self._type_names[key] = getattr(type_, "__name__", repr(type_))
+            try:
+                if default is not _MISSING:
+                    default = self._validate(key, adapter, default, source="default")
+                    self._layers["default"][key] = default
+                # Values already loaded must fit the type too.
+                for layer in ("file", "env", "runtime"):
+                    if key in self._layers[layer]:
+                        self._typed_value(key, layer, self._layers[layer][key])
+            except ConfigError:
+                if previous[0] is None:
+                    self._types.pop(key, None)
+                    self._type_names.pop(key, None)
+                else:
+                    self._types[key], self._type_names[key] = previous  # type: ignore[assignment]
+                raise
+            return self._recompute([key], "reload")
+
+    def _typed_value(self, key: str, layer: Layer, raw: Any) -> Any:
+        adapter = self._types.get(key)
+        if adapter is None:
+            return raw
+        if layer == "env" and isinstance(raw, str):
+            return self._validate_env(key, adapter, raw, self._env_names.get(key, "env"))
+        source = {"file": f"file {self._file}", "runtime": "the database"}.get(layer, layer)
+        return self._validate(key, adapter, raw, source=source)
+
+    # -- layer updates ----------------------------------------------------------------
+
+    def load_external(
+        self,
+        file_values: dict[str, Any],
+        file_name: str | None,
+        env_values: dict[str, tuple[str, str]],
+    ) -> list[ConfigChange]:
+        """Replace the file and env layers (validated first: all or nothing)."""
+        env_layer: dict[str, Any] = {}
+        for key, (_name, raw) in env_values.items():
+            env_layer[key] = raw if key in self._types else parse_env_value(raw)
+        for key in file_values:
+            self.check_key(key)
+        with self._lock:
+            old_file, old_env, old_names, old_file_name = (
+                self._layers["file"],
+                self._layers["env"],
+                self._env_names,
+                self._file,
+            )
+            self._layers["file"], self._layers["env"] = dict(file_values), env_layer
+            self._env_names = {k: name for k, (name, _raw) in env_values.items()}
+            self._file = file_name
+            keys = set(old_file) | set(old_env) | set(file_values) | set(env_layer)
+            try:
+                for key in keys & set(self._types):
+                    for layer in ("file", "env"):
+                        if key in self._layers[layer]:  # type: ignore[index]
+                            self._typed_value(key, layer, self._layers[layer][key])  # type: ignore[index]
+            except ConfigError:
+                self._layers["file"], self._layers["env"] = old_file, old_env
+                self._env_names, self._file = old_names, old_file_name
+                raise
+            return self._recompute(keys, "reload")
+
+    def runtime_revision(self, key: str) -> int:
+        entry = self._runtime.get(key)
+        return entry.revision if entry is not None else 0
+
+    def apply_runtime(
+        self,
+        key: str,
+        value: Any,
+        revision: int,
+        deleted: bool,
+        updated_by: str,
+        source: Literal["local", "remote", "reload"],
+    ) -> list[ConfigChange]:
+        """One runtime row, if it is newer than what this node holds."""
+        with self._lock:
+            if revision <= self.runtime_revision(key):
+                return []  # an older or repeated notification: keep the newer value
+            if not deleted:
+                try:
+                    value = self._typed_value(key, "runtime", value)
+                except ConfigError:
+                    log.error("ignoring an invalid runtime value for typed key %r", key)
+                    return []
+            self._runtime[key] = _Runtime(value, revision, deleted, updated_by)
+            if deleted:
+                self._layers["runtime"].pop(key, None)
+            else:
+                self._layers["runtime"][key] = value
+            return self._recompute([key], source)
+
+    def replace_runtime(
+        self, rows: Iterable[tuple[str, Any, int, bool, str]], source: Literal["remote", "reload"]
+    ) -> list[ConfigChange]:
+        """The whole runtime table as read now (rows absent from it were deleted)."""
+        changes: list[ConfigChange] = []
+        with self._lock:
+            seen: set[str] = set()
+            for key, value, revision, deleted, updated_by in rows:
+                seen.add(key)
+                current = self._runtime.get(key)
+                if current is None or revision != current.revision:
+                    self._runtime.pop(key, None)  # a resync is the truth, even if older
+                    changes += self.apply_runtime(key, value, revision, deleted, updated_by, source)
+            for key in [k for k in self._runtime if k not in seen]:
+                entry = self._runtime.pop(key)
+                self._layers["runtime"].pop(key, None)
+                if not entry.deleted:
+                    changes += self._recompute([key], source)
+        return changes
+
+    def _recompute(
+        self, keys: Iterable[str], source: Literal["local", "remote", "reload"]
+    ) -> list[ConfigChange]:
+        changes = []
+        for key in keys:
+            old = self._effective.get(key, _MISSING)
+            new: Any = _MISSING
+            winner: Layer | None = None
+            for layer in reversed(LAYERS):
+                if key in self._layers[layer]:
+                    new = (
+                        self._typed_value(key, layer, self._layers[layer][key])
+                        if layer
+                        in (
+                            "file",
+                            "env",
+                        )
+                        else self._layers[layer][key]
+                    )
+                    winner = layer
+                    break
+            if new is _MISSING:
+                self._effective.pop(key, None)
+                self._source.pop(key, None)
+            else:
+                self._effective[key] = new
+                self._source[key] = winner  # type: ignore[assignment]
+            if old is not new and old != new:
+                changes.append(
+                    ConfigChange(
+                        key,
+                        None if old is _MISSING else old,
+                        None if new is _MISSING else new,
+                        source,
+                        deleted=new is _MISSING,
+                    )
+                )
+        return changes
+
+    # -- explain, watch ---------------------------------------------------------------
+
+    def explain(self, key: Any) -> ConfigExplanation:
+        key = self.check_key(key)
+        with self._lock:
+            layers: dict[str, Any] = {}
+            for layer in LAYERS:
+                if key in self._layers[layer]:
+                    layers[self._describe(key, layer)] = self._layers[layer][key]
+            winner = self._source.get(key)
+            return ConfigExplanation(
+                key=key,
+                value=self._effective.get(key),
+                source=self._describe(key, winner) if winner else None,
+                layers=layers,
+                typed=self._type_names.get(key),
+            )
+
+    def _describe(self, key: str, layer: Layer) -> str:
+        if layer == "env":
+            return f"env:{self._env_names.get(key, '?')}"
+        if layer == "file":
+            return f"file:{self._file}"
+        if layer == "runtime":
+            entry = self._runtime.get(key)
+            return (
+                f"runtime (revision {entry.revision}, by {entry.updated_by})"
+                if entry
+                else "runtime"
+            )
+        return "default"
+
+    def watch(
+        self,
+        pattern: Any,
+        callback: Callable[[ConfigChange], Any],
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> Watch:
+        if not callable(callback):
+            raise ConfigError(
+                "a config watch callback must be callable",
+                context={"callback": repr(callback)[:200]},
+            )
+        if pattern != "*":
+            base = pattern[:-1] if isinstance(pattern, str) and pattern.endswith("*") else pattern
+            if base != "":
+                self.check_key(base)
+        watch = Watch(self, pattern, callback, loop)
+        with self._lock:
+            self._watches.append(watch)
+        return watch
+
+    def unwatch(self, watch: Watch) -> None:
+        with self._lock:
+            if watch in self._watches:
+                self._watches.remove(watch)
+
+    def notify(self, changes: list[ConfigChange]) -> None:
+        if not changes:
+            return
+        with self._lock:
+            watches = list(self._watches)
+        for change in changes:
+            for watch in watches:
+                if watch.matches(change.key):
+                    watch.deliver(change)
+
+
+def _first_error(exc: PydanticValidationError) -> str:
+    errors = exc.errors()
+    if not errors:
+        return str(exc)
+    first = errors[0]
+    where = ".".join(str(p) for p in first.get("loc", ()))
+    return f"{where + ': ' if where else ''}{first.get('msg', '')}"

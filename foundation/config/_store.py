@@ -1,0 +1,131 @@
+"""The config repository: its SQL, written once in Core and compiled per backend."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from foundation.config._state import ConfigHistoryEntry
+from foundation.database.codec import Codec
+from foundation.database.schema import config, config_history
+from foundation.database.statements import compile_sql
+from foundation.database.url import Backend
+
+__all__ = ["ConfigSQL"]
+
+
+def _upsert(backend: Backend) -> sa.Insert:
+    insert = postgresql.insert if backend == "postgresql" else sqlite.insert
+    stmt = insert(config).values(
+        key=sa.bindparam("key"),
+        value=sa.bindparam("value"),
+        deleted=sa.false(),
+        revision=sa.literal_column("1"),
+        updated_at=sa.bindparam("at"),
+        updated_by=sa.bindparam("by"),
+        correlation_id=sa.bindparam("cid"),
+    )
+    return stmt.on_conflict_do_update(
+        index_elements=[config.c.key],
+        set_={
+            "value": stmt.excluded.value,
+            "deleted": sa.false(),
+            "revision": config.c.revision + sa.literal_column("1"),
+            "updated_at": stmt.excluded.updated_at,
+            "updated_by": stmt.excluded.updated_by,
+            "correlation_id": stmt.excluded.correlation_id,
+        },
+    ).returning(config.c.revision)
+
+
+@dataclass(frozen=True)
+class ConfigSQL:
+    """Every statement the config service runs, as driver-ready text."""
+
+    upsert: str
+    delete: str
+    select_all: str
+    select_one: str
+    history_all: str
+    history_key: str
+    codec: Codec
+
+    @classmethod
+    def build(cls, backend: Backend, codec: Codec) -> ConfigSQL:
+        columns = (
+            config.c.key,
+            config.c.value,
+            config.c.revision,
+            config.c.deleted,
+            config.c.updated_by,
+        )
+        delete = (
+            sa.update(config)
+            .where(config.c.key == sa.bindparam("key"), config.c.deleted == sa.false())
+            .values(
+                value=sa.null(),
+                deleted=sa.true(),
+                revision=config.c.revision + sa.literal_column("1"),
+                updated_at=sa.bindparam("at"),
+                updated_by=sa.bindparam("by"),
+                correlation_id=sa.bindparam("cid"),
+            )
+            .returning(config.c.revision)
+        )
+        history = (
+            sa.select(
+                config_history.c.id,
+                config_history.c.key,
+                config_history.c.operation,
+                config_history.c.old_value,
+                config_history.c.new_value,
+                config_history.c.revision,
+                config_history.c.changed_at,
+                config_history.c.changed_by,
+                config_history.c.correlation_id,
+            )
+            .order_by(config_history.c.id.desc())
+            .limit(sa.bindparam("limit"))
+            .offset(sa.literal_column("0"))
+        )
+        return cls(
+            upsert=compile_sql(_upsert(backend), backend),
+            delete=compile_sql(delete, backend),
+            select_all=compile_sql(sa.select(*columns), backend),
+            select_one=compile_sql(
+                sa.select(*columns).where(config.c.key == sa.bindparam("key")), backend
+            ),
+            history_all=compile_sql(history, backend),
+            history_key=compile_sql(
+                history.where(config_history.c.key == sa.bindparam("key")), backend
+            ),
+            codec=codec,
+        )
+
+    def runtime_row(self, row: tuple[Any, ...]) -> tuple[str, Any, int, bool, str]:
+        key, value, revision, deleted, updated_by = row
+        deleted = self.codec.load_bool(deleted)
+        return (
+            key,
+            (None if deleted else self.codec.load_json(value)),
+            int(revision),
+            deleted,
+            updated_by,
+        )
+
+    def history_entry(self, row: tuple[Any, ...]) -> ConfigHistoryEntry:
+        load = self.codec.load_json
+        return ConfigHistoryEntry(
+            id=int(row[0]),
+            key=row[1],
+            operation=row[2],
+            old_value=load(row[3]),
+            new_value=load(row[4]),
+            revision=int(row[5]),
+            changed_at=self.codec.load_ts(row[6]),
+            changed_by=row[7],
+            correlation_id=row[8],
+        )

@@ -1,0 +1,64 @@
+"""Correlation ids carried by :mod:`contextvars`.
+
+``with foundation.correlation("abc"):`` sets the id for the block; errors, stored events
+and telemetry metadata pick it up. A contextvar is copied into each asyncio task when
+the task is created and is per thread, so concurrent requests never see each other's id.
+To carry an id into a worker thread, use :func:`contextvars.copy_context` (as
+``asyncio.to_thread`` and :func:`run_in_context` do).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import ParamSpec, TypeVar
+
+__all__ = ["correlation", "current_correlation_id", "new_correlation_id", "run_in_context"]
+
+_current: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "foundation_correlation_id", default=None
+)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def current_correlation_id() -> str | None:
+    """The correlation id of the running context, or ``None``."""
+    return _current.get()
+
+
+def new_correlation_id() -> str:
+    """A fresh random correlation id."""
+    return uuid.uuid4().hex
+
+
+@contextmanager
+def correlation(correlation_id: str | None = None) -> Iterator[str]:
+    """Set the correlation id for the block (a new one when ``None``) and yield it."""
+    if correlation_id is None:
+        correlation_id = new_correlation_id()
+    elif not isinstance(correlation_id, str) or not correlation_id:
+        from foundation.errors import ValidationError
+
+        raise ValidationError(
+            "a correlation id must be a non-empty string",
+            context={"correlation_id": repr(correlation_id)},
+        )
+    token = _current.set(correlation_id)
+    try:
+        yield correlation_id
+    finally:
+        _current.reset(token)
+
+
+def run_in_context(fn: Callable[P, R]) -> Callable[P, R]:
+    """Wrap ``fn`` so that it runs in a copy of the caller's context (for threads)."""
+    ctx = contextvars.copy_context()
+
+    def runner(*args: P.args, **kwargs: P.kwargs) -> R:
+        return ctx.run(fn, *args, **kwargs)
+
+    return runner

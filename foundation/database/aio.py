@@ -1,0 +1,211 @@
+"""The asynchronous database: the same statements as :mod:`.sync`, awaited.
+
+SQLite goes through ``aiosqlite`` (one connection per instance, its own thread,
+guarded by an ``asyncio.Lock`` so that a task's transaction never takes in another
+task's statement). PostgreSQL goes through ``psycopg_pool.AsyncConnectionPool`` with
+the same autocommit and disconnect rules as the sync pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Protocol
+
+import aiosqlite
+import psycopg
+import psycopg_pool
+
+from foundation.database.codec import Codec, codec_for
+from foundation.database.errors import is_disconnect_before_statement, translate
+from foundation.database.sync import Params, Row
+from foundation.database.url import DatabaseURL
+from foundation.settings import Settings
+
+__all__ = ["AsyncCursor", "AsyncDatabase"]
+
+
+class AsyncCursor(Protocol):
+    async def execute(self, sql: str, params: Params = None) -> int: ...
+    async def fetchone(self, sql: str, params: Params = None) -> Row | None: ...
+    async def fetchall(self, sql: str, params: Params = None) -> list[Row]: ...
+
+
+class _SQLiteCursor:
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+
+    async def execute(self, sql: str, params: Params = None) -> int:
+        cur = await self._conn.execute(sql, params or {})
+        try:
+            return int(cur.rowcount)
+        finally:
+            await cur.close()
+
+    async def fetchone(self, sql: str, params: Params = None) -> Row | None:
+        async with self._conn.execute(sql, params or {}) as cur:
+            row = await cur.fetchone()
+            return None if row is None else tuple(row)
+
+    async def fetchall(self, sql: str, params: Params = None) -> list[Row]:
+        async with self._conn.execute(sql, params or {}) as cur:
+            return [tuple(r) for r in await cur.fetchall()]
+
+
+class _PGCursor:
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: psycopg.AsyncConnection[Row]) -> None:
+        self._conn = conn
+
+    async def execute(self, sql: str, params: Params = None) -> int:
+        cur = await self._conn.execute(sql, params or {})
+        return int(cur.rowcount)
+
+    async def fetchone(self, sql: str, params: Params = None) -> Row | None:
+        cur = await self._conn.execute(sql, params or {})
+        return await cur.fetchone()
+
+    async def fetchall(self, sql: str, params: Params = None) -> list[Row]:
+        cur = await self._conn.execute(sql, params or {})
+        return await cur.fetchall()
+
+
+_DRIVER_ERRORS = (sqlite3.Error, psycopg.Error, psycopg_pool.PoolTimeout, psycopg_pool.PoolClosed)
+
+
+class AsyncDatabase:
+    """Awaitable twin of :class:`foundation.database.sync.SyncDatabase`."""
+
+    def __init__(self, url: DatabaseURL, settings: Settings) -> None:
+        self.url = url
+        self.settings = settings
+        self.backend = url.backend
+        self.codec: Codec = codec_for(url.backend)
+        self._masked = url.masked
+        self._sqlite: aiosqlite.Connection | None = None
+        self._sqlite_lock = asyncio.Lock()
+        self._pool: psycopg_pool.AsyncConnectionPool[psycopg.AsyncConnection[Row]] | None = None
+        self._closed = False
+
+    async def open(self) -> None:
+        try:
+            if self.backend == "sqlite":
+                path = self.url.sqlite_path
+                path.parent.mkdir(parents=True, exist_ok=True)
+                conn = await aiosqlite.connect(
+                    str(path),
+                    isolation_level=None,
+                    timeout=self.settings.sqlite_busy_timeout_ms / 1000,
+                )
+                await conn.execute(
+                    f"PRAGMA busy_timeout = {int(self.settings.sqlite_busy_timeout_ms)}"
+                )
+                await conn.execute("PRAGMA journal_mode = WAL")
+                await conn.execute(f"PRAGMA synchronous = {self.settings.sqlite_synchronous}")
+                await conn.execute("PRAGMA foreign_keys = ON")
+                self._sqlite = conn
+            else:
+                probe = await psycopg.AsyncConnection.connect(
+                    self.url.conninfo,
+                    connect_timeout=max(1, int(self.settings.connect_timeout_s)),
+                )
+                await probe.close()
+                self._pool = psycopg_pool.AsyncConnectionPool(
+                    self.url.conninfo,
+                    min_size=self.settings.pool_min_size,
+                    max_size=self.settings.pool_max_size,
+                    timeout=self.settings.connect_timeout_s,
+                    kwargs={
+                        "autocommit": True,
+                        "connect_timeout": max(1, int(self.settings.connect_timeout_s)),
+                        "application_name": f"foundation:{self.settings.node_id}"[:63],
+                    },
+                    name=f"foundation-async-{self.settings.node_id}",
+                    open=False,
+                )
+                await self._pool.open()
+        except _DRIVER_ERRORS as exc:
+            raise translate(exc, self._masked) from exc
+
+    @asynccontextmanager
+    async def _cursor(self) -> AsyncIterator[Any]:
+        if self._closed:
+            from foundation.errors import StorageUnavailableError
+
+            raise StorageUnavailableError(
+                "this Foundation instance is closed", context={"url": self._masked}
+            )
+        if self._pool is None:
+            assert self._sqlite is not None, "AsyncDatabase.open() was not awaited"
+            async with self._sqlite_lock:
+                yield _SQLiteCursor(self._sqlite)
+        else:
+            async with self._pool.connection() as conn:
+                yield _PGCursor(conn)
+
+    async def _run(self, op: str, sql: str, params: Params) -> Any:
+        for attempt in (1, 2):
+            try:
+                async with self._cursor() as cur:
+                    return await getattr(cur, op)(sql, params)
+            except _DRIVER_ERRORS as exc:
+                if attempt == 1 and is_disconnect_before_statement(exc):
+                    await self._recycle_pool()
+                    continue
+                raise translate(exc, self._masked) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def execute(self, sql: str, params: Params = None) -> int:
+        return await self._run("execute", sql, params)  # type: ignore[no-any-return]
+
+    async def fetchone(self, sql: str, params: Params = None) -> Row | None:
+        return await self._run("fetchone", sql, params)  # type: ignore[no-any-return]
+
+    async def fetchall(self, sql: str, params: Params = None) -> list[Row]:
+        return await self._run("fetchall", sql, params)  # type: ignore[no-any-return]
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncCursor]:
+        for attempt in (1, 2):
+            began = False
+            try:
+                async with self._cursor() as cur:
+                    if isinstance(cur, _SQLiteCursor):
+                        await cur.execute("BEGIN IMMEDIATE")
+                        began = True
+                        try:
+                            yield cur
+                        except BaseException:
+                            await cur.execute("ROLLBACK")
+                            raise
+                        await cur.execute("COMMIT")
+                    else:
+                        async with cur._conn.transaction():
+                            began = True
+                            yield cur
+                return
+            except _DRIVER_ERRORS as exc:
+                if attempt == 1 and not began and is_disconnect_before_statement(exc):
+                    await self._recycle_pool()
+                    continue
+                raise translate(exc, self._masked) from exc
+
+    async def _recycle_pool(self) -> None:
+        if self._pool is not None:
+            with contextlib.suppress(psycopg.Error):  # check() discards what fails
+                await self._pool.check()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._pool is not None:
+            await self._pool.close()
+        if self._sqlite is not None:
+            await self._sqlite.close()

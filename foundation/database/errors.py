@@ -1,0 +1,105 @@
+"""The one boundary where driver exceptions become :class:`FoundationError`.
+
+Every call into ``sqlite3``, ``aiosqlite`` or ``psycopg`` in Foundation runs under
+:func:`translate_errors`; nothing from a driver reaches a user.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+import psycopg.errors
+import psycopg_pool
+from sqlalchemy import exc as sa_exc
+
+from foundation.errors import (
+    FoundationError,
+    StorageError,
+    StorageUnavailableError,
+)
+
+__all__ = ["is_disconnect_before_statement", "translate", "translate_errors"]
+
+# SQLSTATE class 08 (connection exception) and 57P (operator intervention: the
+# backend was terminated or the server is shutting down or starting).
+_UNAVAILABLE_SQLSTATE_PREFIXES = ("08", "57P", "53")
+
+
+def translate(exc: BaseException, url: str) -> FoundationError:
+    """The FoundationError for a driver exception; ``url`` must already be masked."""
+    if isinstance(exc, FoundationError):
+        return exc
+    if isinstance(exc, sa_exc.DBAPIError) and exc.orig is not None:
+        return translate(exc.orig, url)  # SQLAlchemy wraps the driver's own error
+    if isinstance(exc, psycopg_pool.PoolTimeout | psycopg_pool.PoolClosed):
+        return StorageUnavailableError(
+            f"no connection to the database at {url} could be had in time: {exc}",
+            context={"url": url, "driver_error": type(exc).__name__},
+        )
+    if isinstance(exc, psycopg.Error):
+        sqlstate = getattr(exc, "sqlstate", None) or ""
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, psycopg.OperationalError) and (
+            not sqlstate or sqlstate.startswith(_UNAVAILABLE_SQLSTATE_PREFIXES)
+        ):
+            return StorageUnavailableError(
+                f"the database at {url} is unavailable: {detail}",
+                context={"url": url, "sqlstate": sqlstate, "driver_error": type(exc).__name__},
+            )
+        return StorageError(
+            f"the database at {url} refused the operation: {detail}",
+            context={"url": url, "sqlstate": sqlstate, "driver_error": type(exc).__name__},
+        )
+    if isinstance(exc, sqlite3.Error):
+        message = str(exc)
+        unavailable = isinstance(exc, sqlite3.OperationalError) and any(
+            marker in message
+            for marker in ("locked", "busy", "unable to open", "disk I/O", "readonly")
+        )
+        cls = StorageUnavailableError if unavailable else StorageError
+        return cls(
+            f"the SQLite database at {url} "
+            f"{'is unavailable' if unavailable else 'refused the operation'}: {message}",
+            context={
+                "url": url,
+                "driver_error": type(exc).__name__,
+                "sqlite_errorname": getattr(exc, "sqlite_errorname", None),
+            },
+        )
+    return StorageError(
+        f"unexpected database failure at {url}: {type(exc).__name__}: {exc}",
+        context={"url": url, "driver_error": type(exc).__name__},
+    )
+
+
+def is_disconnect_before_statement(exc: BaseException) -> bool:
+    """True when a pooled PostgreSQL connection was found dead before the statement ran.
+
+    A backend terminated while idle (``pg_terminate_backend``, a server restart) leaves
+    a FATAL 57P0x message that the client reads on its next query: the query itself
+    never ran, so it is safe to run it again on a fresh connection.
+    """
+    if isinstance(exc, psycopg.OperationalError):
+        sqlstate = getattr(exc, "sqlstate", None) or ""
+        return sqlstate.startswith("57P")
+    return False
+
+
+_DRIVER_ERRORS = (
+    sqlite3.Error,
+    psycopg.Error,
+    psycopg_pool.PoolTimeout,
+    psycopg_pool.PoolClosed,
+    sa_exc.DBAPIError,
+)
+
+
+@contextmanager
+def translate_errors(url: str) -> Iterator[None]:
+    try:
+        yield
+    except _DRIVER_ERRORS as exc:
+        raise translate(exc, url) from exc

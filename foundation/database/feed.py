@@ -1,0 +1,205 @@
+"""The change feed: how a node learns that another node changed a shared table.
+
+PostgreSQL: triggers ``NOTIFY foundation`` with a JSON payload naming the topic and
+the row; each instance holds one dedicated autocommit connection that LISTENs. The
+listener reconnects by itself with back-off, and after every (re)connect asks each
+subscriber to resync from the tables, since notifications sent while it was away are
+lost. SQLite: a thread polls ``PRAGMA data_version`` (it changes when any other
+connection commits) and asks subscribers to resync when it moves.
+
+Subscribers run in the feed's thread and read through the feed's own connection, so
+the feed works the same for :class:`~foundation.Foundation` and
+:class:`~foundation.AsyncFoundation`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from typing import Any, Protocol
+
+import psycopg
+
+from foundation.database.sync import Cursor, _DriverCursor, connect_sqlite
+from foundation.database.url import DatabaseURL
+from foundation.settings import Settings
+
+__all__ = ["CHANNEL", "ChangeFeed", "FeedSubscriber", "start_feed"]
+
+CHANNEL = "foundation"
+log = logging.getLogger("foundation.feed")
+
+
+class FeedSubscriber(Protocol):
+    def on_notify(self, payload: dict[str, Any], reader: Cursor) -> None:
+        """One change named by a notification (PostgreSQL)."""
+
+    def resync(self, reader: Cursor) -> None:
+        """Re-read everything: notifications may have been missed."""
+
+
+class ChangeFeed:
+    """Base: the subscriber table, the thread, start and stop."""
+
+    def __init__(self, url: DatabaseURL, settings: Settings, emit: Any) -> None:
+        self.url = url
+        self.settings = settings
+        self._emit = emit  # telemetry execute
+        self._subscribers: dict[str, list[FeedSubscriber]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._connected = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"foundation-feed-{settings.node_id}", daemon=True
+        )
+        self.resyncs = 0
+
+    def subscribe(self, topic: str, subscriber: FeedSubscriber) -> None:
+        with self._lock:
+            self._subscribers.setdefault(topic, []).append(subscriber)
+
+    def _all(self) -> list[FeedSubscriber]:
+        with self._lock:
+            return [s for subs in self._subscribers.values() for s in subs]
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout=5)
+
+    def _resync_all(self, reader: Cursor) -> None:
+        self.resyncs += 1
+        for sub in self._all():
+            try:
+                sub.resync(reader)
+            except (sqlite3.Error, psycopg.OperationalError):
+                raise  # the feed's connection failed: reconnect, then resync again
+            except Exception:
+                log.exception("change feed subscriber %r failed to resync", sub)
+
+    def _run(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+
+class PostgresFeed(ChangeFeed):
+    """LISTEN on a dedicated connection that reconnects and resyncs by itself."""
+
+    KEEPALIVE_S = 5.0
+
+    def _run(self) -> None:
+        delay = 0.05
+        while not self._stop.is_set():
+            conn: psycopg.Connection[Any] | None = None
+            try:
+                conn = psycopg.connect(
+                    self.url.conninfo,
+                    autocommit=True,
+                    connect_timeout=max(1, int(self.settings.connect_timeout_s)),
+                    application_name=f"foundation-listen:{self.settings.node_id}"[:63],
+                )
+                conn.execute(f"LISTEN {CHANNEL}")
+                reader = _DriverCursor(conn)
+                # LISTEN is in place before the resync, so nothing falls between them.
+                self._resync_all(reader)
+                self._connected.set()
+                self._emit(
+                    ("foundation", "feed", "connected"), {"count": 1}, {"backend": "postgresql"}
+                )
+                delay = 0.05
+                last_ping = time.monotonic()
+                while not self._stop.is_set():
+                    # The generator holds the connection while it waits, so a subscriber
+                    # that queries through this connection must run after it returns;
+                    # notifications that arrive meanwhile are queued, not lost.
+                    for note in list(conn.notifies(timeout=0.25, stop_after=1)):
+                        self._dispatch(note.payload, reader)
+                    if time.monotonic() - last_ping > self.KEEPALIVE_S:
+                        conn.execute("SELECT 1")  # find a silently dead socket
+                        last_ping = time.monotonic()
+            except psycopg.Error as exc:
+                if self._stop.is_set():
+                    break
+                was_connected = self._connected.is_set()
+                self._connected.clear()
+                if was_connected:
+                    log.warning("change feed lost its connection (%s); reconnecting", exc)
+                    self._emit(
+                        ("foundation", "feed", "disconnected"),
+                        {"count": 1},
+                        {"backend": "postgresql", "error": type(exc).__name__},
+                    )
+                self._stop.wait(delay)
+                delay = min(delay * 2, self.settings.listen_reconnect_max_ms / 1000)
+            finally:
+                if conn is not None:
+                    conn.close()
+        self._connected.clear()
+
+    def _dispatch(self, raw: str, reader: Cursor) -> None:
+        try:
+            payload = json.loads(raw)
+            topic = payload["topic"]
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignoring a malformed notification on %r: %r", CHANNEL, raw[:200])
+            return
+        with self._lock:
+            subscribers = list(self._subscribers.get(topic, ()))
+        for sub in subscribers:
+            try:
+                sub.on_notify(payload, reader)
+            except psycopg.OperationalError:
+                raise  # the connection is gone: reconnect and resync
+            except Exception:
+                log.exception("change feed subscriber failed on %r", payload)
+
+
+class SQLiteFeed(ChangeFeed):
+    """Poll ``PRAGMA data_version`` and resync subscribers when another connection commits."""
+
+    def _run(self) -> None:
+        interval = self.settings.poll_interval_ms / 1000
+        conn: sqlite3.Connection | None = None
+        last: int | None = None
+        while not self._stop.is_set():
+            try:
+                if conn is None:
+                    conn = connect_sqlite(self.url, self.settings)
+                    last = None
+                version = conn.execute("PRAGMA data_version").fetchone()[0]
+                if version != last:
+                    self._resync_all(_DriverCursor(conn))
+                    last = version
+                    self._connected.set()
+            except sqlite3.Error as exc:
+                log.warning("SQLite change feed poll failed (%s); retrying", exc)
+                if conn is not None:
+                    conn.close()
+                    conn = None
+            except Exception:
+                log.exception("SQLite change feed subscriber failed")
+            self._stop.wait(interval)
+        if conn is not None:
+            conn.close()
+        self._connected.clear()
+
+
+def start_feed(url: DatabaseURL, settings: Settings, emit: Any) -> ChangeFeed:
+    feed: ChangeFeed = (
+        PostgresFeed(url, settings, emit)
+        if url.backend == "postgresql"
+        else SQLiteFeed(url, settings, emit)
+    )
+    return feed

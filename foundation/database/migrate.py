@@ -1,0 +1,108 @@
+"""Foundation's alembic history, driven from code and from ``foundation db``.
+
+The scripts live in ``migrations/`` at the top of the repository (shipped inside the
+wheel as ``foundation/_migrations``). The version table is ``foundation_alembic_version``
+so an application's own alembic history can share the database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+
+from foundation.database.engine import create_engine
+from foundation.database.url import DatabaseURL
+from foundation.errors import FoundationError
+from foundation.settings import Settings
+
+__all__ = [
+    "ADVISORY_LOCK_KEY",
+    "VERSION_TABLE",
+    "alembic_config",
+    "current_revision",
+    "downgrade",
+    "head_revision",
+    "include_name",
+    "upgrade",
+]
+
+VERSION_TABLE = "foundation_alembic_version"
+# pg_advisory_xact_lock key held while migrating ("Foundation" in ASCII, truncated).
+ADVISORY_LOCK_KEY = 0x466F756E646174
+
+
+def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
+    """Only Foundation's tables are Foundation's business (for autogenerate and checks)."""
+    if type_ == "table":
+        return bool(name) and name.startswith("foundation_") and name != VERSION_TABLE  # type: ignore[union-attr]
+    return True
+
+
+def migrations_dir() -> Path:
+    package = Path(__file__).resolve().parent.parent
+    for candidate in (package / "_migrations", package.parent / "migrations"):
+        if (candidate / "env.py").exists():
+            return candidate
+    raise FoundationError(  # pragma: no cover - a broken install
+        "Foundation's migrations were not found next to the package",
+        context={"looked_in": [str(package / "_migrations"), str(package.parent / "migrations")]},
+    )
+
+
+def alembic_config(url: str | DatabaseURL) -> Config:
+    parsed = url if isinstance(url, DatabaseURL) else DatabaseURL.parse(url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    cfg.set_main_option("path_separator", "os")
+    cfg.attributes["url"] = parsed.url.render_as_string(hide_password=False)
+    return cfg
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(alembic_config("sqlite:///unused.db")).get_current_head()
+    assert head is not None
+    return head
+
+
+@contextmanager
+def _engine(url: DatabaseURL, settings: Settings | None) -> Iterator[sa.Engine]:
+    engine = create_engine(url, settings)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+def current_revision(url: str | DatabaseURL, settings: Settings | None = None) -> str | None:
+    parsed = url if isinstance(url, DatabaseURL) else DatabaseURL.parse(url)
+    with _engine(parsed, settings) as engine, engine.connect() as conn:
+        ctx = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+        return ctx.get_current_revision()
+
+
+def upgrade(
+    url: str | DatabaseURL, revision: str = "head", settings: Settings | None = None
+) -> None:
+    parsed = url if isinstance(url, DatabaseURL) else DatabaseURL.parse(url)
+    with _engine(parsed, settings) as engine, engine.connect() as conn:
+        cfg = alembic_config(parsed)
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+        conn.commit()
+
+
+def downgrade(url: str | DatabaseURL, revision: str, settings: Settings | None = None) -> None:
+    parsed = url if isinstance(url, DatabaseURL) else DatabaseURL.parse(url)
+    with _engine(parsed, settings) as engine, engine.connect() as conn:
+        cfg = alembic_config(parsed)
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, revision)
+        conn.commit()

@@ -1,0 +1,237 @@
+"""The synchronous database: driver connections, transactions and the error boundary.
+
+SQLite: one connection per thread (``sqlite3`` connections are cheap and a thread
+never waits on another's), WAL, ``busy_timeout``, foreign keys, autocommit with an
+explicit ``BEGIN IMMEDIATE`` for multi-statement writes so that a writer takes the
+write lock up front and never deadlocks upgrading a read lock.
+
+PostgreSQL: a ``psycopg_pool.ConnectionPool`` of autocommit connections; a single
+statement is its own transaction (one round trip), several statements use
+``transaction()``. A pooled connection found dead before its statement ran (the
+server terminated it) is replaced and the statement run again, once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Protocol
+
+import psycopg
+import psycopg_pool
+
+from foundation.database.codec import Codec, codec_for
+from foundation.database.errors import is_disconnect_before_statement, translate
+from foundation.database.url import DatabaseURL
+from foundation.settings import Settings
+
+__all__ = ["Cursor", "SyncDatabase", "connect_sqlite"]
+
+Params = dict[str, Any] | None
+Row = tuple[Any, ...]
+
+
+class Cursor(Protocol):
+    """What a transaction hands out: the three ways to run a statement."""
+
+    def execute(self, sql: str, params: Params = None) -> int: ...
+    def fetchone(self, sql: str, params: Params = None) -> Row | None: ...
+    def fetchall(self, sql: str, params: Params = None) -> list[Row]: ...
+
+
+def connect_sqlite(url: DatabaseURL, settings: Settings) -> sqlite3.Connection:
+    """A SQLite connection set up as Foundation needs it (WAL, busy timeout, FKs)."""
+    path = url.sqlite_path
+    if path.parent and not path.parent.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(
+        str(path),
+        isolation_level=None,  # autocommit; transactions are explicit
+        check_same_thread=False,
+        timeout=settings.sqlite_busy_timeout_ms / 1000,
+    )
+    conn.execute(f"PRAGMA busy_timeout = {int(settings.sqlite_busy_timeout_ms)}")
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+    if mode is None or str(mode[0]).lower() != "wal":  # pragma: no cover - odd filesystems
+        raise sqlite3.OperationalError(f"could not switch {path} to WAL (got {mode})")
+    conn.execute(f"PRAGMA synchronous = {settings.sqlite_synchronous}")
+    conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+class _DriverCursor:
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, params: Params = None) -> int:
+        cur = self._conn.execute(sql, params or {})
+        return int(cur.rowcount)
+
+    def fetchone(self, sql: str, params: Params = None) -> Row | None:
+        row: Row | None = self._conn.execute(sql, params or {}).fetchone()
+        return row
+
+    def fetchall(self, sql: str, params: Params = None) -> list[Row]:
+        rows: list[Row] = self._conn.execute(sql, params or {}).fetchall()
+        return rows
+
+
+class SyncDatabase:
+    """Runs compiled statements on the driver, translating every driver error."""
+
+    def __init__(self, url: DatabaseURL, settings: Settings) -> None:
+        self.url = url
+        self.settings = settings
+        self.backend = url.backend
+        self.codec: Codec = codec_for(url.backend)
+        self._masked = url.masked
+        self._closed = False
+        self._local = threading.local()
+        self._sqlite_conns: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._pool: psycopg_pool.ConnectionPool[psycopg.Connection[Row]] | None = None
+        if url.backend == "postgresql":
+            # Fail fast, with the driver's own reason, when the server cannot be reached.
+            self.probe()
+            self._pool = psycopg_pool.ConnectionPool(
+                url.conninfo,
+                min_size=settings.pool_min_size,
+                max_size=settings.pool_max_size,
+                timeout=settings.connect_timeout_s,
+                kwargs={
+                    "autocommit": True,
+                    "connect_timeout": max(1, int(settings.connect_timeout_s)),
+                    "application_name": _application_name(settings),
+                },
+                name=f"foundation-{settings.node_id}",
+                open=True,
+            )
+
+    # -- connections -----------------------------------------------------------------
+
+    def probe(self) -> None:
+        """Open and close one connection; raise storage_unavailable if that fails."""
+        try:
+            if self.backend == "sqlite":
+                connect_sqlite(self.url, self.settings).close()
+            else:
+                psycopg.connect(
+                    self.url.conninfo,
+                    connect_timeout=max(1, int(self.settings.connect_timeout_s)),
+                ).close()
+        except (sqlite3.Error, psycopg.Error) as exc:
+            raise translate(exc, self._masked) from exc
+
+    def _sqlite(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = connect_sqlite(self.url, self.settings)
+            with self._lock:
+                self._sqlite_conns.append(conn)
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def connection(self) -> Iterator[Any]:
+        """A raw driver connection (autocommit) for this thread's work."""
+        if self._closed:
+            from foundation.errors import StorageUnavailableError
+
+            raise StorageUnavailableError(
+                "this Foundation instance is closed", context={"url": self._masked}
+            )
+        if self._pool is None:
+            yield self._sqlite()
+        else:
+            with self._pool.connection() as conn:
+                yield conn
+
+    # -- statements ------------------------------------------------------------------
+
+    def execute(self, sql: str, params: Params = None) -> int:
+        return self._run(lambda cur: cur.execute(sql, params))  # type: ignore[no-any-return]
+
+    def fetchone(self, sql: str, params: Params = None) -> Row | None:
+        return self._run(lambda cur: cur.fetchone(sql, params))  # type: ignore[no-any-return]
+
+    def fetchall(self, sql: str, params: Params = None) -> list[Row]:
+        return self._run(lambda cur: cur.fetchall(sql, params))  # type: ignore[no-any-return]
+
+    def executemany(self, sql: str, params: Sequence[dict[str, Any]]) -> None:
+        def run(cur: _DriverCursor) -> None:
+            if self.backend == "sqlite":
+                cur._conn.executemany(sql, params)
+            else:
+                with cur._conn.cursor() as c:
+                    c.executemany(sql, params)
+
+        with self.transaction() as tx:
+            run(tx)  # type: ignore[arg-type]
+
+    def _run(self, fn: Any) -> Any:
+        for attempt in (1, 2):
+            try:
+                with self.connection() as conn:
+                    return fn(_DriverCursor(conn))
+            except (sqlite3.Error, psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+                if attempt == 1 and is_disconnect_before_statement(exc):
+                    self._recycle_pool()
+                    continue
+                raise translate(exc, self._masked) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @contextmanager
+    def transaction(self) -> Iterator[Cursor]:
+        """Several statements as one transaction: all commit, or none."""
+        for attempt in (1, 2):
+            began = False
+            try:
+                with self.connection() as conn:
+                    if self._pool is None:
+                        conn.execute("BEGIN IMMEDIATE")
+                        began = True
+                        try:
+                            yield _DriverCursor(conn)
+                        except BaseException:
+                            conn.execute("ROLLBACK")
+                            raise
+                        conn.execute("COMMIT")
+                    else:
+                        with conn.transaction():
+                            began = True
+                            yield _DriverCursor(conn)
+                return
+            except (sqlite3.Error, psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+                if attempt == 1 and not began and is_disconnect_before_statement(exc):
+                    self._recycle_pool()
+                    continue
+                raise translate(exc, self._masked) from exc
+
+    def _recycle_pool(self) -> None:
+        # Other idle connections were most likely cut by the same event: check them all
+        # now rather than let each fail one caller.
+        if self._pool is not None:
+            with contextlib.suppress(psycopg.Error):  # check() discards what fails
+                self._pool.check()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._pool is not None:
+            self._pool.close()
+        with self._lock:
+            for conn in self._sqlite_conns:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+            self._sqlite_conns.clear()
+
+
+def _application_name(settings: Settings) -> str:
+    # Shown in pg_stat_activity, so operators can tell Foundation's connections apart.
+    return f"foundation:{settings.node_id}"[:63]

@@ -1,0 +1,102 @@
+"""Database URLs: which backend, where, and how to show them without the password."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from foundation.errors import ConfigError
+
+__all__ = ["DatabaseURL", "mask_url"]
+
+Backend = Literal["sqlite", "postgresql"]
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ``***`` (safe for messages and logs)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # an unparsable URL may still hold a secret: show only its scheme
+        return url.split(":", 1)[0] + "://***"
+
+
+@dataclass(frozen=True)
+class DatabaseURL:
+    """A parsed Foundation database URL.
+
+    ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db`` and
+    ``postgresql+psycopg://user:password@host:port/dbname`` (``postgresql://`` and
+    ``postgres://`` are read as psycopg too).
+    """
+
+    url: URL
+    backend: Backend
+
+    @classmethod
+    def parse(cls, raw: str | URL) -> DatabaseURL:
+        if isinstance(raw, str):
+            if raw.startswith("postgres://"):
+                raw = "postgresql://" + raw[len("postgres://") :]
+            try:
+                url = make_url(raw)
+            except ArgumentError:
+                raise ConfigError(
+                    f"not a database URL: {mask_url(raw)!r}",
+                    context={"url": mask_url(raw)},
+                ) from None
+        else:
+            url = raw
+        backend_name = url.get_backend_name()
+        if backend_name == "sqlite":
+            if url.drivername not in ("sqlite", "sqlite+pysqlite", "sqlite+aiosqlite"):
+                raise ConfigError(
+                    f"unsupported SQLite driver {url.drivername!r}; use sqlite:///path",
+                    context={"url": url.render_as_string(hide_password=True)},
+                )
+            if url.database in (None, "", ":memory:"):
+                raise ConfigError(
+                    "an in-memory SQLite database cannot be shared between connections; "
+                    "give a file path (sqlite:///app.db)",
+                    context={"url": url.render_as_string(hide_password=True)},
+                )
+            return cls(url.set(drivername="sqlite"), "sqlite")
+        if backend_name == "postgresql":
+            if url.drivername not in ("postgresql", "postgresql+psycopg"):
+                raise ConfigError(
+                    f"unsupported PostgreSQL driver {url.drivername!r}; "
+                    "Foundation uses psycopg 3 (postgresql+psycopg://…)",
+                    context={"url": url.render_as_string(hide_password=True)},
+                )
+            return cls(url.set(drivername="postgresql+psycopg"), "postgresql")
+        raise ConfigError(
+            f"unsupported database {backend_name!r}: use sqlite:///path or "
+            "postgresql+psycopg://user@host/db",
+            context={"url": url.render_as_string(hide_password=True)},
+        )
+
+    @property
+    def masked(self) -> str:
+        return self.url.render_as_string(hide_password=True)
+
+    @property
+    def sqlite_path(self) -> Path:
+        assert self.backend == "sqlite" and self.url.database
+        return Path(self.url.database)
+
+    @property
+    def conninfo(self) -> str:
+        """A libpq URI for psycopg (password included: never log it)."""
+        assert self.backend == "postgresql"
+        return self.url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+    def sqlalchemy_url(self, *, asynchronous: bool = False) -> URL:
+        if self.backend == "sqlite":
+            return self.url.set(drivername="sqlite+aiosqlite" if asynchronous else "sqlite")
+        return self.url
+
+    def __str__(self) -> str:
+        return self.masked

@@ -1,0 +1,256 @@
+"""The two faces of Foundation: :class:`Foundation` (sync) and :class:`AsyncFoundation`.
+
+An instance owns its database connections, its change feed and one object per
+service (``config``, ``telemetry``, …). Both faces have the same attributes; whatever
+touches the database is awaitable on :class:`AsyncFoundation`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any, Literal
+
+import pydantic
+
+from foundation.config._service import AsyncConfig, Config
+from foundation.config._store import ConfigSQL
+from foundation.database import migrate as migrations
+from foundation.database.aio import AsyncDatabase
+from foundation.database.errors import translate_errors
+from foundation.database.feed import ChangeFeed, start_feed
+from foundation.database.sync import SyncDatabase
+from foundation.database.url import DatabaseURL
+from foundation.database.version import VERSION_QUERIES
+from foundation.errors import ConfigError, FoundationError
+from foundation.settings import Settings
+from foundation.telemetry import Telemetry
+
+__all__ = ["AsyncFoundation", "Foundation"]
+
+MigrateMode = Literal["upgrade", "check", "skip"]
+_file_locks: dict[str, threading.Lock] = {}
+
+
+def _settings(url: str | None, settings: Settings | None, overrides: dict[str, Any]) -> Settings:
+    values: dict[str, Any] = dict(overrides)
+    if url is not None:
+        if not isinstance(url, str):
+            raise ConfigError(
+                f"the database URL must be a string, not {type(url).__name__}",
+                context={"type": type(url).__name__},
+            )
+        values["database_url"] = url
+    try:
+        if settings is not None:
+            return Settings.model_validate({**settings.model_dump(), **values})
+        return Settings(**values)
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first.get("loc", ()))
+        raise ConfigError(
+            f"invalid Foundation setting {field!r}: {first.get('msg')}",
+            context={"setting": field, "errors": len(exc.errors())},
+        ) from None
+
+
+class _Base:
+    settings: Settings
+    url: DatabaseURL
+    telemetry: Telemetry
+    _feed: ChangeFeed | None
+
+    def _prepare(
+        self,
+        url: str | None,
+        migrate: MigrateMode | None,
+        settings: Settings | None,
+        telemetry: Telemetry | None,
+        overrides: dict[str, Any],
+    ) -> MigrateMode:
+        if migrate is not None:
+            overrides["migrate"] = migrate
+        self.settings = _settings(url, settings, overrides)
+        self.url = DatabaseURL.parse(self.settings.database_url)
+        self.telemetry = telemetry if telemetry is not None else Telemetry()
+        self._feed = None
+        mode = self.settings.migrate
+        return (
+            mode if mode is not None else ("upgrade" if self.url.backend == "sqlite" else "check")
+        )
+
+    def _upgrade(self) -> None:
+        """Run alembic (one process at a time: SQLite via BEGIN IMMEDIATE, PG via a lock)."""
+        key = (
+            str(self.url.sqlite_path.resolve()) if self.url.backend == "sqlite" else self.url.masked
+        )
+        lock = _file_locks.setdefault(key, threading.Lock())
+        with lock, translate_errors(self.url.masked):
+            migrations.upgrade(self.url, "head", self.settings)
+
+    def _start_feed(self, subscribers: dict[str, Any]) -> None:
+        feed = start_feed(self.url, self.settings, self.telemetry.execute)
+        for topic, subscriber in subscribers.items():
+            feed.subscribe(topic, subscriber)
+        feed.start()
+        self._feed = feed
+
+    @property
+    def feed(self) -> ChangeFeed:
+        """The change feed (``feed.connected``, ``feed.wait_connected(timeout)``)."""
+        assert self._feed is not None
+        return self._feed
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url.masked!r}, node={self.settings.node_id!r})"
+
+
+def _outdated(url: DatabaseURL, current: str | None) -> FoundationError | None:
+    head = migrations.head_revision()
+    if current == head:
+        return None
+    from foundation.errors import SchemaOutdatedError
+
+    return SchemaOutdatedError(
+        f"the database at {url.masked} is at schema revision {current or 'none (empty)'} "
+        f"but this Foundation needs {head}: run `foundation db upgrade` (or `alembic upgrade "
+        "head` with FOUNDATION_DATABASE_URL set) during your deploy, or pass migrate='upgrade'",
+        context={"url": url.masked, "current": current, "head": head},
+    )
+
+
+class Foundation(_Base):
+    """A synchronous Foundation on one database.
+
+    >>> with Foundation("sqlite:///app.db") as fdn:          # doctest: +SKIP
+    ...     fdn.config.set("port", 4000)
+
+    ``migrate``: ``"upgrade"`` the schema on start, ``"check"`` that it is at head, or
+    ``"skip"``; by default SQLite upgrades and PostgreSQL checks (run ``foundation db
+    upgrade`` during deploys). Other keyword arguments override :class:`Settings`.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        migrate: MigrateMode | None = None,
+        settings: Settings | None = None,
+        telemetry: Telemetry | None = None,
+        **overrides: Any,
+    ) -> None:
+        mode = self._prepare(url, migrate, settings, telemetry, overrides)
+        self._db = SyncDatabase(self.url, self.settings)
+        try:
+            if mode != "skip":
+                error = _outdated(self.url, self._current_revision())
+                if error is not None and mode == "upgrade":
+                    self._upgrade()
+                elif error is not None:
+                    raise error
+            self.config = Config(
+                self._db,
+                ConfigSQL.build(self.url.backend, self._db.codec),
+                self.settings,
+                self.telemetry,
+            )
+            self.config.load()
+            self._start_feed({"config": self.config})
+        except BaseException:
+            self.close()
+            raise
+
+    def _current_revision(self) -> str | None:
+        exists, select = VERSION_QUERIES[self.url.backend]
+        if self._db.fetchone(exists) is None:
+            return None
+        row = self._db.fetchone(select)
+        return None if row is None else str(row[0])
+
+    @property
+    def database(self) -> SyncDatabase:
+        return self._db
+
+    def close(self) -> None:
+        """Stop the change feed and close every connection. Safe to call twice."""
+        if self._feed is not None:
+            self._feed.stop()
+        self._db.close()
+
+    def __enter__(self) -> Foundation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncFoundation(_Base):
+    """The asyncio face: ``async with AsyncFoundation(url) as fdn:`` (or ``await fdn.open()``).
+
+    Same attributes as :class:`Foundation`; what touches the database is awaited, pure
+    cache reads (``config.get``, ``telemetry.execute``) are plain calls.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        migrate: MigrateMode | None = None,
+        settings: Settings | None = None,
+        telemetry: Telemetry | None = None,
+        **overrides: Any,
+    ) -> None:
+        self._mode = self._prepare(url, migrate, settings, telemetry, overrides)
+        self._db = AsyncDatabase(self.url, self.settings)
+        self.config = AsyncConfig(
+            self._db,
+            ConfigSQL.build(self.url.backend, self._db.codec),
+            self.settings,
+            self.telemetry,
+        )
+        self._opened = False
+
+    async def open(self) -> AsyncFoundation:
+        if self._opened:
+            return self
+        try:
+            await self._db.open()
+            if self._mode != "skip":
+                error = _outdated(self.url, await self._current_revision())
+                if error is not None and self._mode == "upgrade":
+                    # Startup only: alembic is synchronous, so it runs in a worker thread.
+                    await asyncio.to_thread(self._upgrade)
+                elif error is not None:
+                    raise error
+            await self.config.load()
+            self._start_feed({"config": self.config})
+            self._opened = True
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    async def _current_revision(self) -> str | None:
+        exists, select = VERSION_QUERIES[self.url.backend]
+        if await self._db.fetchone(exists) is None:
+            return None
+        row = await self._db.fetchone(select)
+        return None if row is None else str(row[0])
+
+    @property
+    def database(self) -> AsyncDatabase:
+        return self._db
+
+    async def close(self) -> None:
+        if self._feed is not None:
+            await asyncio.to_thread(self._feed.stop)
+        await self._db.close()
+
+    async def __aenter__(self) -> AsyncFoundation:
+        return await self.open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def __await__(self) -> Any:
+        return self.open().__await__()

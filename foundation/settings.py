@@ -1,0 +1,71 @@
+"""One typed settings object, read from ``FOUNDATION_*`` environment variables.
+
+Every knob of Foundation is a field here; explicit keyword arguments to
+:class:`foundation.Foundation` override the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["DEFAULT_DATABASE_URL", "Settings", "default_node_id"]
+
+DEFAULT_DATABASE_URL = "sqlite:///foundation.db"
+
+
+def default_node_id() -> str:
+    """``host:pid:random``: unique per process, readable in audit tables."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class Settings(BaseSettings):
+    """Foundation's settings, from ``FOUNDATION_<FIELD>`` (``FOUNDATION_DATABASE_URL``, …)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FOUNDATION_", extra="ignore", validate_default=True
+    )
+
+    database_url: str = DEFAULT_DATABASE_URL
+    """``sqlite:///path`` (the embedded default) or ``postgresql+psycopg://user@host/db``."""
+
+    node_id: str = Field(default_factory=default_node_id)
+    """Names this process in audit columns, leases and telemetry."""
+
+    migrate: Literal["upgrade", "check", "skip"] | None = None
+    """On start: ``upgrade`` the schema, ``check`` it is at head, or ``skip``.
+    ``None`` means upgrade on SQLite and check on PostgreSQL."""
+
+    sqlite_synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
+    """NORMAL (WAL): a commit survives a process crash, the last commits may be lost in a
+    power cut. FULL: fsync on every commit, durable through power loss."""
+
+    sqlite_busy_timeout_ms: int = Field(default=5000, ge=0)
+    """How long a SQLite writer waits for the write lock before giving up."""
+
+    pool_min_size: int = Field(default=1, ge=0)
+    pool_max_size: int = Field(default=10, ge=1)
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+
+    poll_interval_ms: int = Field(default=25, ge=1)
+    """SQLite change feed: how often ``PRAGMA data_version`` is checked."""
+
+    listen_reconnect_max_ms: int = Field(default=2000, ge=10)
+    """PostgreSQL change feed: the longest back-off between reconnect attempts."""
+
+    max_value_bytes: int = Field(default=1024 * 1024, ge=1)
+    """Largest JSON value (encoded, in bytes) accepted by config and events."""
+
+    max_key_length: int = Field(default=255, ge=1, le=1024)
+
+    config_file: Path | None = None
+    """A TOML or JSON file of config values (lower precedence than env and runtime)."""
+
+    config_env_prefix: str = "FOUNDATION_CONFIG__"
+    """Environment variables with this prefix become config values."""

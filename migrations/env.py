@@ -1,0 +1,83 @@
+"""alembic environment for Foundation's tables.
+
+Run by ``foundation db upgrade``, by ``Foundation(url, migrate="upgrade")`` (which hands
+its connection in ``config.attributes["connection"]``), or by plain ``alembic upgrade
+head`` with ``FOUNDATION_DATABASE_URL`` set. Only tables named ``foundation_*`` are
+Foundation's: an application's own tables in the same database are never touched, and
+its own alembic history keeps its own version table.
+"""
+
+from __future__ import annotations
+
+import os
+
+from alembic import context
+from sqlalchemy.engine import Connection
+
+from foundation.database.engine import create_engine
+from foundation.database.migrate import ADVISORY_LOCK_KEY, VERSION_TABLE, include_name
+from foundation.database.schema import metadata
+from foundation.settings import DEFAULT_DATABASE_URL
+
+config = context.config
+
+
+def _url() -> str:
+    return (
+        config.attributes.get("url")
+        or os.environ.get("FOUNDATION_DATABASE_URL")
+        or config.get_main_option("sqlalchemy.url")
+        or DEFAULT_DATABASE_URL
+    )
+
+
+def _configure(**kwargs: object) -> None:
+    context.configure(
+        target_metadata=metadata,
+        version_table=VERSION_TABLE,
+        include_name=include_name,
+        compare_type=True,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def run_offline() -> None:
+    _configure(url=_url(), literal_binds=True, dialect_opts={"paramstyle": "named"})
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def _run(connection: Connection) -> None:
+    _configure(
+        connection=connection,
+        render_as_batch=connection.dialect.name == "sqlite",
+        # SQLite runs DDL in transactions too (our engine issues BEGIN IMMEDIATE), so a
+        # failed upgrade leaves nothing half-done on either database.
+        transactional_ddl=True,
+    )
+    with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            # Several nodes may deploy at once: one upgrades, the others wait, then find
+            # the schema at head and do nothing.
+            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({ADVISORY_LOCK_KEY})")
+        context.run_migrations()
+
+
+def run_online() -> None:
+    connection = config.attributes.get("connection")
+    if connection is not None:
+        _run(connection)
+        return
+    engine = create_engine(_url())
+    try:
+        with engine.connect() as conn:
+            _run(conn)
+            conn.commit()
+    finally:
+        engine.dispose()
+
+
+if context.is_offline_mode():
+    run_offline()
+else:
+    run_online()
