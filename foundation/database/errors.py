@@ -42,8 +42,10 @@ def translate(exc: BaseException, url: str) -> FoundationError:
     if isinstance(exc, psycopg.Error):
         sqlstate = getattr(exc, "sqlstate", None) or ""
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if isinstance(exc, psycopg.OperationalError) and (
-            not sqlstate or sqlstate.startswith(_UNAVAILABLE_SQLSTATE_PREFIXES)
+        # OperationalError is psycopg's "could not talk to the server" family (refused,
+        # terminated, database gone); the listed classes are the same from the server.
+        if isinstance(exc, psycopg.OperationalError) or sqlstate.startswith(
+            _UNAVAILABLE_SQLSTATE_PREFIXES
         ):
             return StorageUnavailableError(
                 f"the database at {url} is unavailable: {detail}",

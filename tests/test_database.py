@@ -1,0 +1,124 @@
+"""The database layer: URLs, pragmas, the error boundary, and a database that goes away."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from foundation import (
+    ConfigError,
+    Foundation,
+    FoundationError,
+    StorageUnavailableError,
+)
+from foundation.database import create_engine, mask_url
+from foundation.database.url import DatabaseURL
+
+
+def test_mask_url_hides_the_password() -> None:
+    assert mask_url("postgresql+psycopg://app:s3cret@db:5432/x") == (
+        "postgresql+psycopg://app:***@db:5432/x"
+    )
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["mysql://x@y/z", "sqlite://", "sqlite:///:memory:", "not a url", "postgresql+asyncpg://x/y"],
+)
+def test_unsupported_urls_are_config_errors(url: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        DatabaseURL.parse(url)
+    assert info.value.code == "config_error"
+
+
+def test_unreachable_postgres_is_storage_unavailable_with_password_masked() -> None:
+    url = "postgresql+psycopg://app:topsecret@127.0.0.1:1/nowhere"
+    with pytest.raises(StorageUnavailableError) as info:
+        Foundation(url, connect_timeout_s=1)
+    err = info.value
+    assert err.code == "storage_unavailable"
+    assert "topsecret" not in str(err.to_dict())
+    assert "***" in err.message
+    assert err.context["url"] == "postgresql+psycopg://app:***@127.0.0.1:1/nowhere"
+
+
+def test_invalid_settings_are_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        Foundation(f"sqlite:///{tmp_path / 'x.db'}", sqlite_synchronous="SOMETIMES")
+    assert info.value.context["setting"] == "sqlite_synchronous"
+    with pytest.raises(ConfigError):
+        Foundation(12)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("setting", "expected"), [("NORMAL", 1), ("FULL", 2)])
+def test_sqlite_connections_use_wal_busy_timeout_and_foreign_keys(
+    tmp_path: Path, setting: str, expected: int
+) -> None:
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    with Foundation(url, sqlite_synchronous=setting, sqlite_busy_timeout_ms=1234) as fdn:
+        with fdn.database.connection() as conn:
+            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+            assert conn.execute("PRAGMA synchronous").fetchone()[0] == expected
+            assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 1234
+            assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    engine.dispose()
+
+
+def test_sqlite_relative_paths_and_new_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with Foundation("sqlite:///data/app.db") as fdn:
+        fdn.config.set("k", 1)
+    assert (tmp_path / "data" / "app.db").exists()
+
+
+def test_locked_sqlite_keeps_serving_reads_and_refuses_writes(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'locked.db'}"
+    with Foundation(url, sqlite_busy_timeout_ms=50) as fdn:
+        fdn.config.set("k", "before")
+        blocker = sqlite3.connect(tmp_path / "locked.db", isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")
+        try:
+            with pytest.raises(StorageUnavailableError) as info:
+                fdn.config.set("k", "after")
+            assert "locked" in info.value.message
+            assert fdn.config.get("k") == "before"
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        fdn.config.set("k", "after")
+        assert fdn.config.get("k") == "after"
+
+
+def test_postgres_that_goes_away_keeps_serving_reads(postgres_server: str) -> None:
+    from tests.conftest import fresh_postgres
+
+    with fresh_postgres(postgres_server) as url:
+        fdn = Foundation(url, migrate="upgrade", connect_timeout_s=1)
+        try:
+            fdn.config.set("k", "before")
+            name = DatabaseURL.parse(url).url.database
+            with psycopg.connect(DatabaseURL.parse(postgres_server).conninfo, autocommit=True) as c:
+                c.execute(f"DROP DATABASE {name} WITH (FORCE)")
+            with pytest.raises(StorageUnavailableError) as info:
+                fdn.config.set("k", "after")
+            assert isinstance(info.value, FoundationError)
+            assert fdn.config.get("k") == "before"
+        finally:
+            fdn.close()
+
+
+def test_closed_instance_refuses_writes(db_url: str) -> None:
+    fdn = Foundation(db_url, migrate="skip")
+    fdn.config.set("k", 1)
+    fdn.close()
+    fdn.close()  # twice is fine
+    with pytest.raises(StorageUnavailableError):
+        fdn.config.set("k", 2)
+    assert fdn.config.get("k") == 1
