@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from rich.console import Console
@@ -77,7 +78,7 @@ def telemetry_spans() -> None:
     section("Telemetry: spans and handlers")
     durations: dict[str, float] = {}
 
-    def on_stop(event: tuple[str, ...], measurements: dict[str, Any], meta: Any, _c: Any) -> None:
+    def on_stop(event: tuple[str, ...], measurements: Mapping[str, Any], *_: Any) -> None:
         durations[".".join(event)] = measurements["duration"] / 1000
 
     foundation.telemetry.attach("demo", ["demo.checkout.stop", "foundation.config.set"], on_stop)

@@ -75,7 +75,13 @@ def test_enum_keys_are_stored_as_text(fdn: Foundation) -> None:
 
 @pytest.mark.parametrize(
     ("key", "fragment"),
-    [("", "empty"), ("  ", "empty"), (42, "string"), ("x" * 2000, "at most"), ("a\x00b", "control")],
+    [
+        ("", "empty"),
+        ("  ", "empty"),
+        (42, "string"),
+        ("x" * 2000, "at most"),
+        ("a\x00b", "control"),
+    ],
 )
 def test_bad_keys_are_refused_and_nothing_is_written(
     fdn: Foundation, db_url: str, key: Any, fragment: str
@@ -243,9 +249,7 @@ def test_corrupt_file_on_reload_keeps_the_last_good_values(db_url: str, tmp_path
         assert fdn.config.get("level") == "info"
 
 
-def test_typed_keys_validate_on_set_and_load(
-    db_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_typed_keys_validate_on_set_and_load(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FOUNDATION_CONFIG__WORKERS", "8")
     with Foundation(db_url, migrate="skip") as fdn:
         fdn.config.register("workers", int, default=4)

@@ -58,12 +58,12 @@ def test_sqlite_connections_use_wal_busy_timeout_and_foreign_keys(
     tmp_path: Path, setting: str, expected: int
 ) -> None:
     url = f"sqlite:///{tmp_path / 'p.db'}"
-    with Foundation(url, sqlite_synchronous=setting, sqlite_busy_timeout_ms=1234) as fdn:
-        with fdn.database.connection() as conn:
-            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-            assert conn.execute("PRAGMA synchronous").fetchone()[0] == expected
-            assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 1234
-            assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    fdn = Foundation(url, sqlite_synchronous=setting, sqlite_busy_timeout_ms=1234)
+    with fdn, fdn.database.connection() as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == expected
+        assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 1234
+        assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
     engine = create_engine(url)
     with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
@@ -71,7 +71,9 @@ def test_sqlite_connections_use_wal_busy_timeout_and_foreign_keys(
     engine.dispose()
 
 
-def test_sqlite_relative_paths_and_new_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sqlite_relative_paths_and_new_folders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     with Foundation("sqlite:///data/app.db") as fdn:
         fdn.config.set("k", 1)
@@ -122,3 +124,13 @@ def test_closed_instance_refuses_writes(db_url: str) -> None:
     with pytest.raises(StorageUnavailableError):
         fdn.config.set("k", 2)
     assert fdn.config.get("k") == 1
+
+
+async def test_async_engine_is_set_up_like_the_sync_one(tmp_path: Path) -> None:
+    from foundation.database import create_async_engine
+
+    engine = create_async_engine(f"sqlite:///{tmp_path / 'a.db'}")
+    async with engine.connect() as conn:
+        assert (await conn.exec_driver_sql("PRAGMA journal_mode")).scalar() == "wal"
+        assert (await conn.exec_driver_sql("PRAGMA foreign_keys")).scalar() == 1
+    await engine.dispose()

@@ -84,7 +84,8 @@ def test_listener_reconnects_and_resyncs_after_termination(postgres_server: str)
             resyncs = b.feed.resyncs
             events: list[Any] = []
             b.telemetry.attach(
-                "feed", ["foundation.feed.disconnected", "foundation.feed.connected"],
+                "feed",
+                ["foundation.feed.disconnected", "foundation.feed.connected"],
                 lambda name, *_: events.append(name[-1]),
             )
             assert _terminate_listeners(url) == 2

@@ -61,9 +61,7 @@ def test_metadata_and_migrations_do_not_drift(db_url: str) -> None:
         engine.dispose()
 
 
-def test_postgres_default_is_to_check_and_name_the_command(
-    backend: str, empty_db_url: str
-) -> None:
+def test_postgres_default_is_to_check_and_name_the_command(backend: str, empty_db_url: str) -> None:
     if backend == "sqlite":
         with Foundation(empty_db_url) as fdn:  # SQLite upgrades itself by default
             assert fdn.config.all() == {}

@@ -289,9 +289,10 @@ class ConfigState:
             keys = set(old_file) | set(old_env) | set(file_values) | set(env_layer)
             try:
                 for key in keys & set(self._types):
+                    layer: Layer
                     for layer in ("file", "env"):
-                        if key in self._layers[layer]:  # type: ignore[index]
-                            self._typed_value(key, layer, self._layers[layer][key])  # type: ignore[index]
+                        if key in self._layers[layer]:
+                            self._typed_value(key, layer, self._layers[layer][key])
             except ConfigError:
                 self._layers["file"], self._layers["env"] = old_file, old_env
                 self._env_names, self._file = old_names, old_file_name
