@@ -348,3 +348,31 @@ def test_a_change_made_with_plain_sql_reaches_the_cache(fdn: Foundation, db_url:
             conn.execute("DELETE FROM foundation_config WHERE key = 'k'")
     wait_for(lambda: fdn.config.get("k") is None)
     assert fdn.config.history("k")[0].operation == "delete"
+
+
+def test_a_node_always_reads_its_own_writes_while_the_feed_resyncs(db_url: str) -> None:
+    # `other` keeps writing so this node's feed keeps re-reading the table; every value
+    # this node wrote must be what it reads right after, never an older one.
+    import threading
+
+    with (
+        Foundation(db_url, migrate="skip", poll_interval_ms=1) as fdn,
+        Foundation(db_url, migrate="skip") as other,
+    ):
+        stop = threading.Event()
+
+        def churn() -> None:
+            i = 0
+            while not stop.is_set():
+                other.config.set("noise", i)
+                i += 1
+
+        noise = threading.Thread(target=churn)
+        noise.start()
+        try:
+            for i in range(150):
+                fdn.config.set("mine", i)
+                assert fdn.config.get("mine") == i
+        finally:
+            stop.set()
+            noise.join()

@@ -114,16 +114,21 @@ class _ConfigBase:
             return
         if revision <= self._state.runtime_revision(key):
             return  # this node already holds that change (its own write, usually)
-        row = reader.fetchone(self._sql.select_one, {"key": key})
-        if row is None:  # the row was deleted with plain SQL
-            changes = self._state.apply_runtime(key, None, revision, True, "sql", "remote")
-        else:
-            changes = self._state.apply_runtime(*self._sql.runtime_row(row), "remote")
+        # Read and apply under the state's lock, so that a local write committed after
+        # this read is applied after it and never overwritten by an older value.
+        with self._state.lock:
+            row = reader.fetchone(self._sql.select_one, {"key": key})
+            if row is None:  # the row was deleted with plain SQL
+                changes = self._state.forget_runtime(key, "remote")
+            else:
+                changes = self._state.apply_runtime(*self._sql.runtime_row(row), "remote")
         self._publish(changes)
 
     def resync(self, reader: Cursor) -> None:
-        rows = [self._sql.runtime_row(r) for r in reader.fetchall(self._sql.select_all)]
-        self._publish(self._state.replace_runtime(rows, "remote"))
+        with self._state.lock:
+            rows = [self._sql.runtime_row(r) for r in reader.fetchall(self._sql.select_all)]
+            changes = self._state.replace_runtime(rows, "remote")
+        self._publish(changes)
 
 
 class Config(_ConfigBase):
@@ -168,8 +173,9 @@ class Config(_ConfigBase):
         """Re-read the file, the environment and the database; watchers see what changed."""
         started = time.perf_counter_ns()
         changes = self._load_external()
-        rows = [self._sql.runtime_row(r) for r in self._db.fetchall(self._sql.select_all)]
-        changes += self._state.replace_runtime(rows, "reload")
+        with self._state.lock:  # as in resync: no local write lands between read and apply
+            rows = [self._sql.runtime_row(r) for r in self._db.fetchall(self._sql.select_all)]
+            changes += self._state.replace_runtime(rows, "reload")
         self._emitted(_RELOAD, started, {"changed": len(changes)})
         self._publish(changes)
 
@@ -228,8 +234,15 @@ class AsyncConfig(_ConfigBase):
     async def reload(self) -> None:
         started = time.perf_counter_ns()
         changes = self._load_external()
-        rows = [self._sql.runtime_row(r) for r in await self._db.fetchall(self._sql.select_all)]
-        changes += self._state.replace_runtime(rows, "reload")
+        # A thread lock cannot be held across an await: read, and apply only if no local
+        # write landed meanwhile (else read again; the feed settles any rare leftover).
+        for _attempt in range(3):
+            writes = self._state.local_writes
+            rows = [self._sql.runtime_row(r) for r in await self._db.fetchall(self._sql.select_all)]
+            with self._state.lock:
+                if self._state.local_writes == writes or _attempt == 2:
+                    changes += self._state.replace_runtime(rows, "reload")
+                    break
         self._emitted(_RELOAD, started, {"changed": len(changes)})
         self._publish(changes)
 

@@ -130,7 +130,7 @@ class ConfigState:
     def __init__(self, *, max_key_length: int, max_value_bytes: int) -> None:
         self.max_key_length = max_key_length
         self.max_value_bytes = max_value_bytes
-        self._lock = threading.RLock()
+        self._lock: threading.RLock = threading.RLock()
         self._layers: dict[Layer, dict[str, Any]] = {name: {} for name in LAYERS}
         self._env_names: dict[str, str] = {}
         self._file: str | None = None
@@ -140,6 +140,7 @@ class ConfigState:
         self._effective: dict[str, Any] = {}
         self._source: dict[str, Layer] = {}
         self._watches: list[Watch] = []
+        self.local_writes = 0  # lets an async reload tell whether a write raced its read
 
     # -- reads (hot path) -------------------------------------------------------------
 
@@ -323,6 +324,8 @@ class ConfigState:
                     log.error("ignoring an invalid runtime value for typed key %r", key)
                     return []
             self._runtime[key] = _Runtime(value, revision, deleted, updated_by)
+            if source == "local":
+                self.local_writes += 1
             if deleted:
                 self._layers["runtime"].pop(key, None)
             else:
@@ -332,7 +335,11 @@ class ConfigState:
     def replace_runtime(
         self, rows: Iterable[tuple[str, Any, int, bool, str]], source: Literal["remote", "reload"]
     ) -> list[ConfigChange]:
-        """The whole runtime table as read now (rows absent from it were deleted)."""
+        """The whole runtime table as read now (rows absent from it were deleted).
+
+        The caller holds :attr:`lock` across the read and this call, so no local write
+        can be applied in between: what was read is at least as new as the cache.
+        """
         changes: list[ConfigChange] = []
         with self._lock:
             seen: set[str] = set()
@@ -340,14 +347,26 @@ class ConfigState:
                 seen.add(key)
                 current = self._runtime.get(key)
                 if current is None or revision != current.revision:
-                    self._runtime.pop(key, None)  # a resync is the truth, even if older
+                    self._runtime.pop(key, None)  # the table is the truth, even if older
                     changes += self.apply_runtime(key, value, revision, deleted, updated_by, source)
             for key in [k for k in self._runtime if k not in seen]:
-                entry = self._runtime.pop(key)
-                self._layers["runtime"].pop(key, None)
-                if not entry.deleted:
-                    changes += self._recompute([key], source)
+                changes += self.forget_runtime(key, source)
         return changes
+
+    def forget_runtime(
+        self, key: str, source: Literal["local", "remote", "reload"]
+    ) -> list[ConfigChange]:
+        """The key's row is gone (deleted with plain SQL): a new row starts at revision 1."""
+        with self._lock:
+            if self._runtime.pop(key, None) is None:
+                return []
+            self._layers["runtime"].pop(key, None)
+            return self._recompute([key], source)
+
+    @property
+    def lock(self) -> threading.RLock:
+        """Held by the change feed across a read and its apply (see replace_runtime)."""
+        return self._lock
 
     def _recompute(
         self, keys: Iterable[str], source: Literal["local", "remote", "reload"]
