@@ -64,6 +64,10 @@ class Settings(BaseSettings):
 
     max_key_length: int = Field(default=255, ge=1, le=1024)
 
+    postgres_schema: str | None = Field(default=None, pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    """PostgreSQL only: keep Foundation's tables in this schema (created by the migrations)
+    instead of the connection's default ``search_path``."""
+
     config_file: Path | None = None
     """A TOML or JSON file of config values (lower precedence than env and runtime)."""
 

@@ -17,7 +17,7 @@ from sqlalchemy.engine import Connection
 from foundation.database.engine import create_engine
 from foundation.database.migrate import ADVISORY_LOCK_KEY, VERSION_TABLE, include_name
 from foundation.database.schema import metadata
-from foundation.settings import DEFAULT_DATABASE_URL
+from foundation.settings import DEFAULT_DATABASE_URL, Settings
 
 config = context.config
 
@@ -31,10 +31,18 @@ def _url() -> str:
     )
 
 
+def _schema() -> str | None:
+    """Settings.postgres_schema: given by Foundation, else from FOUNDATION_POSTGRES_SCHEMA."""
+    if "schema" in config.attributes:
+        return config.attributes["schema"]  # type: ignore[no-any-return]
+    return Settings().postgres_schema
+
+
 def _configure(**kwargs: object) -> None:
     context.configure(
         target_metadata=metadata,
         version_table=VERSION_TABLE,
+        version_table_schema=_schema(),
         include_name=include_name,
         compare_type=True,
         **kwargs,  # type: ignore[arg-type]
@@ -60,6 +68,9 @@ def _run(connection: Connection) -> None:
             # Several nodes may deploy at once: one upgrades, the others wait, then find
             # the schema at head and do nothing.
             connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({ADVISORY_LOCK_KEY})")
+            schema = _schema()
+            if schema:  # a plain identifier (validated by Settings); tables follow search_path
+                connection.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {schema}")
         context.run_migrations()
 
 
@@ -68,7 +79,7 @@ def run_online() -> None:
     if connection is not None:
         _run(connection)
         return
-    engine = create_engine(_url())
+    engine = create_engine(_url(), Settings(database_url=_url()))
     try:
         with engine.connect() as conn:
             _run(conn)

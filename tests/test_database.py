@@ -134,3 +134,28 @@ async def test_async_engine_is_set_up_like_the_sync_one(tmp_path: Path) -> None:
         assert (await conn.exec_driver_sql("PRAGMA journal_mode")).scalar() == "wal"
         assert (await conn.exec_driver_sql("PRAGMA foreign_keys")).scalar() == 1
     await engine.dispose()
+
+
+def test_postgres_schema_setting_keeps_tables_in_that_schema(postgres_server: str) -> None:
+    from tests.conftest import fresh_postgres
+
+    with fresh_postgres(postgres_server) as url:
+        with Foundation(url, migrate="upgrade", postgres_schema="fdn_app") as a:
+            a.config.set("k", "in-schema")
+            with Foundation(url, postgres_schema="fdn_app") as b:
+                assert b.config.get("k") == "in-schema"
+        with psycopg.connect(DatabaseURL.parse(url).conninfo) as conn:
+            schemas = conn.execute(
+                "SELECT DISTINCT table_schema FROM information_schema.tables "
+                "WHERE table_name LIKE 'foundation_%'"
+            ).fetchall()
+            assert schemas == [("fdn_app",)]
+            assert conn.execute(
+                "SELECT count(*) FROM fdn_app.foundation_config_history"
+            ).fetchone() == (1,)
+
+
+def test_postgres_schema_must_be_a_plain_identifier() -> None:
+    with pytest.raises(ConfigError) as info:
+        Foundation("postgresql+psycopg://u@127.0.0.1/x", postgres_schema="x; DROP TABLE y")
+    assert info.value.context["setting"] == "postgres_schema"

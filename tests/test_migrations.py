@@ -116,6 +116,7 @@ def test_an_application_alembic_history_lives_beside_ours(
                 with context.begin_transaction():
                     context.run_migrations()
                 conn.commit()
+            engine.dispose()
             """
         )
     )

@@ -21,6 +21,7 @@ import psycopg_pool
 
 from foundation.database.codec import Codec, codec_for
 from foundation.database.errors import is_disconnect_before_statement, translate
+from foundation.database.postgres import connect_kwargs
 from foundation.database.sync import Params, Row
 from foundation.database.url import DatabaseURL
 from foundation.settings import Settings
@@ -112,8 +113,7 @@ class AsyncDatabase:
                 self._sqlite = conn
             else:
                 probe = await psycopg.AsyncConnection.connect(
-                    self.url.conninfo,
-                    connect_timeout=max(1, int(self.settings.connect_timeout_s)),
+                    self.url.conninfo, **connect_kwargs(self.settings)
                 )
                 await probe.close()
                 self._pool = psycopg_pool.AsyncConnectionPool(
@@ -121,11 +121,7 @@ class AsyncDatabase:
                     min_size=self.settings.pool_min_size,
                     max_size=self.settings.pool_max_size,
                     timeout=self.settings.connect_timeout_s,
-                    kwargs={
-                        "autocommit": True,
-                        "connect_timeout": max(1, int(self.settings.connect_timeout_s)),
-                        "application_name": f"foundation:{self.settings.node_id}"[:63],
-                    },
+                    kwargs={"autocommit": True, **connect_kwargs(self.settings)},
                     name=f"foundation-async-{self.settings.node_id}",
                     open=False,
                 )

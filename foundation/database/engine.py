@@ -16,6 +16,7 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.ext.asyncio import create_async_engine as sa_create_async_engine
 
+from foundation.database.postgres import connect_kwargs
 from foundation.database.url import DatabaseURL
 from foundation.settings import Settings
 
@@ -56,7 +57,7 @@ def create_engine(url: str | DatabaseURL, settings: Settings | None = None) -> s
         parsed.sqlalchemy_url(),
         pool_size=settings.pool_max_size,
         pool_pre_ping=True,
-        connect_args={"connect_timeout": max(1, int(settings.connect_timeout_s))},
+        connect_args=connect_kwargs(settings),
     )
 
 
@@ -78,5 +79,5 @@ def create_async_engine(url: str | DatabaseURL, settings: Settings | None = None
         parsed.sqlalchemy_url(asynchronous=True),
         pool_size=settings.pool_max_size,
         pool_pre_ping=True,
-        connect_args={"connect_timeout": max(1, int(settings.connect_timeout_s))},
+        connect_args=connect_kwargs(settings),
     )

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 import psycopg
 
+from foundation.database.postgres import connect_kwargs
 from foundation.database.sync import Cursor, _DriverCursor, connect_sqlite
 from foundation.database.url import DatabaseURL
 from foundation.settings import Settings
@@ -107,8 +108,7 @@ class PostgresFeed(ChangeFeed):
                 conn = psycopg.connect(
                     self.url.conninfo,
                     autocommit=True,
-                    connect_timeout=max(1, int(self.settings.connect_timeout_s)),
-                    application_name=f"foundation-listen:{self.settings.node_id}"[:63],
+                    **connect_kwargs(self.settings, "foundation-listen"),
                 )
                 conn.execute(f"LISTEN {CHANNEL}")
                 reader = _DriverCursor(conn)

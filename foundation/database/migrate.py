@@ -57,9 +57,11 @@ def migrations_dir() -> Path:
     )
 
 
-def alembic_config(url: str | DatabaseURL) -> Config:
+def alembic_config(url: str | DatabaseURL, settings: Settings | None = None) -> Config:
     parsed = url if isinstance(url, DatabaseURL) else DatabaseURL.parse(url)
     cfg = Config()
+    if settings is not None:
+        cfg.attributes["schema"] = settings.postgres_schema
     cfg.set_main_option("script_location", str(migrations_dir()))
     cfg.set_main_option("path_separator", "os")
     cfg.attributes["url"] = parsed.url.render_as_string(hide_password=False)
@@ -84,7 +86,13 @@ def _engine(url: DatabaseURL, settings: Settings | None) -> Iterator[sa.Engine]:
 def current_revision(url: str | DatabaseURL, settings: Settings | None = None) -> str | None:
     parsed = url if isinstance(url, DatabaseURL) else DatabaseURL.parse(url)
     with _engine(parsed, settings) as engine, engine.connect() as conn:
-        ctx = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+        ctx = MigrationContext.configure(
+            conn,
+            opts={
+                "version_table": VERSION_TABLE,
+                "version_table_schema": settings.postgres_schema if settings else None,
+            },
+        )
         return ctx.get_current_revision()
 
 
@@ -93,7 +101,7 @@ def upgrade(
 ) -> None:
     parsed = url if isinstance(url, DatabaseURL) else DatabaseURL.parse(url)
     with _engine(parsed, settings) as engine, engine.connect() as conn:
-        cfg = alembic_config(parsed)
+        cfg = alembic_config(parsed, settings)
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
         conn.commit()
@@ -102,7 +110,7 @@ def upgrade(
 def downgrade(url: str | DatabaseURL, revision: str, settings: Settings | None = None) -> None:
     parsed = url if isinstance(url, DatabaseURL) else DatabaseURL.parse(url)
     with _engine(parsed, settings) as engine, engine.connect() as conn:
-        cfg = alembic_config(parsed)
+        cfg = alembic_config(parsed, settings)
         cfg.attributes["connection"] = conn
         command.downgrade(cfg, revision)
         conn.commit()

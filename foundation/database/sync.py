@@ -25,6 +25,7 @@ import psycopg_pool
 
 from foundation.database.codec import Codec, codec_for
 from foundation.database.errors import is_disconnect_before_statement, translate
+from foundation.database.postgres import connect_kwargs
 from foundation.database.url import DatabaseURL
 from foundation.settings import Settings
 
@@ -103,11 +104,7 @@ class SyncDatabase:
                 min_size=settings.pool_min_size,
                 max_size=settings.pool_max_size,
                 timeout=settings.connect_timeout_s,
-                kwargs={
-                    "autocommit": True,
-                    "connect_timeout": max(1, int(settings.connect_timeout_s)),
-                    "application_name": _application_name(settings),
-                },
+                kwargs={"autocommit": True, **connect_kwargs(settings)},
                 name=f"foundation-{settings.node_id}",
                 open=True,
             )
@@ -120,10 +117,7 @@ class SyncDatabase:
             if self.backend == "sqlite":
                 connect_sqlite(self.url, self.settings).close()
             else:
-                psycopg.connect(
-                    self.url.conninfo,
-                    connect_timeout=max(1, int(self.settings.connect_timeout_s)),
-                ).close()
+                psycopg.connect(self.url.conninfo, **connect_kwargs(self.settings)).close()
         except (sqlite3.Error, psycopg.Error) as exc:
             raise translate(exc, self._masked) from exc
 
@@ -230,8 +224,3 @@ class SyncDatabase:
                 with contextlib.suppress(sqlite3.Error):
                     conn.close()
             self._sqlite_conns.clear()
-
-
-def _application_name(settings: Settings) -> str:
-    # Shown in pg_stat_activity, so operators can tell Foundation's connections apart.
-    return f"foundation:{settings.node_id}"[:63]

@@ -1,0 +1,26 @@
+"""How every PostgreSQL connection of Foundation is opened (pool, listener, engine).
+
+One place for the connect timeout, the ``application_name`` operators see in
+``pg_stat_activity`` (``foundation:<node>`` for pooled connections,
+``foundation-listen:<node>`` for the change feed), and the optional schema
+(``search_path``) that ``Settings.postgres_schema`` puts Foundation's tables in.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from foundation.settings import Settings
+
+__all__ = ["connect_kwargs"]
+
+
+def connect_kwargs(settings: Settings, purpose: str = "foundation") -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "connect_timeout": max(1, int(settings.connect_timeout_s)),
+        "application_name": f"{purpose}:{settings.node_id}"[:63],
+    }
+    if settings.postgres_schema:
+        # Validated as a plain identifier by Settings, so it needs no quoting here.
+        kwargs["options"] = f"-c search_path={settings.postgres_schema}"
+    return kwargs
