@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,8 +25,9 @@ from foundation.config._state import (
 from foundation.config._store import ConfigSQL
 from foundation.correlation import current_correlation_id
 from foundation.database.aio import AsyncDatabase
+from foundation.database.feed import ChangeFeed
 from foundation.database.sync import Cursor, SyncDatabase
-from foundation.errors import ConfigError
+from foundation.errors import ConfigError, FoundationError
 from foundation.settings import Settings
 from foundation.telemetry import Telemetry
 
@@ -38,6 +39,9 @@ _RELOAD = ("foundation", "config", "reload")
 _CHANGED = ("foundation", "config", "changed")
 MAX_HISTORY = 10_000
 
+# Yields (sql, params), receives the statement's row, returns whether anything changed.
+WriteFlow = Generator[tuple[str, dict[str, Any]], tuple[Any, ...] | None, bool]
+
 
 class _ConfigBase:
     """Reads, validation, watchers and the change-feed side, shared by both faces."""
@@ -48,8 +52,11 @@ class _ConfigBase:
         self._telemetry = telemetry
         self._node = settings.node_id
         self._state = ConfigState(
-            max_key_length=settings.max_key_length, max_value_bytes=settings.max_value_bytes
+            node_id=settings.node_id,
+            max_key_length=settings.max_key_length,
+            max_value_bytes=settings.max_value_bytes,
         )
+        self._request_resync: Callable[[], None] = lambda: None
         # The hot read path: the state's own bound method, so a call costs one dict lookup
         # and no extra Python frame (the method below documents it).
         self.get = self._state.get  # type: ignore[method-assign]
@@ -106,7 +113,41 @@ class _ConfigBase:
                 )
         self._state.notify(changes)
 
+    # -- writes: one flow, driven by both faces ----------------------------------------
+    #
+    # A write is a generator that yields the one statement it needs and receives its row
+    # (or has the storage error thrown in), as httpx drives its auth flows: the logic is
+    # written once and the sync and async faces differ only in how they run a statement.
+
+    def _write_flow(self, key: Any, value: Any, *, delete: bool) -> WriteFlow:
+        started = time.perf_counter_ns()
+        key = self._state.check_key(key)
+        stored, text = (None, None) if delete else self._state.prepare(key, value)
+        self._state.begin_write(key)
+        try:
+            row = yield (self._sql.delete if delete else self._sql.upsert), self._params(key, text)
+            if row is None:  # delete of a key with no runtime value
+                return False
+            revision = int(row[0])
+            changes = self._state.apply_runtime(key, stored, revision, delete, self._node, "local")
+        except FoundationError:
+            self._write_failed()
+            raise
+        finally:
+            self._state.end_write(key)
+        self._emitted(_DELETE if delete else _SET, started, {"key": key, "revision": revision})
+        self._publish(changes)
+        return True
+
     # -- change feed subscriber (runs in the feed's thread) ---------------------------
+
+    def bind_feed(self, feed: ChangeFeed) -> None:
+        self._request_resync = feed.request_resync
+
+    def _write_failed(self) -> None:
+        # The write may have committed before the failure (a connection lost while the
+        # result was on its way): let the feed re-read the table rather than guess.
+        self._request_resync()
 
     def on_notify(self, payload: dict[str, Any], reader: Cursor) -> None:
         key, revision = payload.get("key"), payload.get("revision")
@@ -148,26 +189,24 @@ class Config(_ConfigBase):
 
     def set(self, key: Any, value: Any) -> None:
         """Write ``value`` for every node: validated, committed, then cached and announced."""
-        started = time.perf_counter_ns()
-        key = self._state.check_key(key)
-        stored, text = self._state.prepare(key, value)
-        row = self._db.fetchone(self._sql.upsert, self._params(key, text))
-        assert row is not None
-        changes = self._state.apply_runtime(key, stored, int(row[0]), False, self._node, "local")
-        self._emitted(_SET, started, {"key": key, "revision": int(row[0])})
-        self._publish(changes)
+        self._drive(self._write_flow(key, value, delete=False))
 
     def delete(self, key: Any) -> bool:
         """Remove the runtime value of ``key`` (file, env, defaults stay); True if there was one."""
-        started = time.perf_counter_ns()
-        key = self._state.check_key(key)
-        row = self._db.fetchone(self._sql.delete, self._params(key, None))
-        if row is None:
-            return False
-        changes = self._state.apply_runtime(key, None, int(row[0]), True, self._node, "local")
-        self._emitted(_DELETE, started, {"key": key, "revision": int(row[0])})
-        self._publish(changes)
-        return True
+        return self._drive(self._write_flow(key, None, delete=True))
+
+    def _drive(self, flow: WriteFlow) -> bool:
+        try:
+            sql, params = next(flow)
+            while True:
+                try:
+                    row = self._db.fetchone(sql, params)
+                except FoundationError as exc:
+                    sql, params = flow.throw(exc)
+                else:
+                    sql, params = flow.send(row)
+        except StopIteration as done:
+            return bool(done.value)
 
     def reload(self) -> None:
         """Re-read the file, the environment and the database; watchers see what changed."""
@@ -211,25 +250,23 @@ class AsyncConfig(_ConfigBase):
         self._state.replace_runtime(rows, "reload")
 
     async def set(self, key: Any, value: Any) -> None:
-        started = time.perf_counter_ns()
-        key = self._state.check_key(key)
-        stored, text = self._state.prepare(key, value)
-        row = await self._db.fetchone(self._sql.upsert, self._params(key, text))
-        assert row is not None
-        changes = self._state.apply_runtime(key, stored, int(row[0]), False, self._node, "local")
-        self._emitted(_SET, started, {"key": key, "revision": int(row[0])})
-        self._publish(changes)
+        await self._drive(self._write_flow(key, value, delete=False))
 
     async def delete(self, key: Any) -> bool:
-        started = time.perf_counter_ns()
-        key = self._state.check_key(key)
-        row = await self._db.fetchone(self._sql.delete, self._params(key, None))
-        if row is None:
-            return False
-        changes = self._state.apply_runtime(key, None, int(row[0]), True, self._node, "local")
-        self._emitted(_DELETE, started, {"key": key, "revision": int(row[0])})
-        self._publish(changes)
-        return True
+        return await self._drive(self._write_flow(key, None, delete=True))
+
+    async def _drive(self, flow: WriteFlow) -> bool:
+        try:
+            sql, params = next(flow)
+            while True:
+                try:
+                    row = await self._db.fetchone(sql, params)
+                except FoundationError as exc:
+                    sql, params = flow.throw(exc)
+                else:
+                    sql, params = flow.send(row)
+        except StopIteration as done:
+            return bool(done.value)
 
     async def reload(self) -> None:
         started = time.perf_counter_ns()

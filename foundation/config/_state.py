@@ -127,7 +127,8 @@ class Watch:
 class ConfigState:
     """Layers, typed keys, the effective view and the watchers of one instance."""
 
-    def __init__(self, *, max_key_length: int, max_value_bytes: int) -> None:
+    def __init__(self, *, node_id: str, max_key_length: int, max_value_bytes: int) -> None:
+        self.node_id = node_id
         self.max_key_length = max_key_length
         self.max_value_bytes = max_value_bytes
         self._lock: threading.RLock = threading.RLock()
@@ -141,6 +142,9 @@ class ConfigState:
         self._source: dict[str, Layer] = {}
         self._watches: list[Watch] = []
         self.local_writes = 0  # lets an async reload tell whether a write raced its read
+        # Keys this node is writing right now: the writer applies its own row (so its
+        # watchers have run when set() returns), the feed leaves it alone meanwhile.
+        self._in_flight: dict[str, int] = {}
 
     # -- reads (hot path) -------------------------------------------------------------
 
@@ -315,6 +319,8 @@ class ConfigState:
     ) -> list[ConfigChange]:
         """One runtime row, if it is newer than what this node holds."""
         with self._lock:
+            if source != "local" and self._own_write_in_flight(key, updated_by):
+                return []
             if revision <= self.runtime_revision(key):
                 return []  # an older or repeated notification: keep the newer value
             if not deleted:
@@ -346,12 +352,29 @@ class ConfigState:
             for key, value, revision, deleted, updated_by in rows:
                 seen.add(key)
                 current = self._runtime.get(key)
+                if self._own_write_in_flight(key, updated_by):
+                    continue
                 if current is None or revision != current.revision:
                     self._runtime.pop(key, None)  # the table is the truth, even if older
                     changes += self.apply_runtime(key, value, revision, deleted, updated_by, source)
             for key in [k for k in self._runtime if k not in seen]:
                 changes += self.forget_runtime(key, source)
         return changes
+
+    def begin_write(self, key: str) -> None:
+        with self._lock:
+            self._in_flight[key] = self._in_flight.get(key, 0) + 1
+
+    def end_write(self, key: str) -> None:
+        with self._lock:
+            left = self._in_flight[key] - 1
+            if left:
+                self._in_flight[key] = left
+            else:
+                del self._in_flight[key]
+
+    def _own_write_in_flight(self, key: str, updated_by: str) -> bool:
+        return updated_by == self.node_id and key in self._in_flight
 
     def forget_runtime(
         self, key: str, source: Literal["local", "remote", "reload"]

@@ -53,6 +53,7 @@ class ChangeFeed:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._connected = threading.Event()
+        self._resync_requested = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name=f"foundation-feed-{settings.node_id}", daemon=True
         )
@@ -68,6 +69,16 @@ class ChangeFeed:
 
     def start(self) -> None:
         self._thread.start()
+
+    def request_resync(self) -> None:
+        """Ask for a full resync soon (a write whose outcome is unknown, for instance)."""
+        self._resync_requested.set()
+
+    def _take_resync_request(self) -> bool:
+        if self._resync_requested.is_set():
+            self._resync_requested.clear()
+            return True
+        return False
 
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
@@ -126,6 +137,8 @@ class PostgresFeed(ChangeFeed):
                     # notifications that arrive meanwhile are queued, not lost.
                     for note in list(conn.notifies(timeout=0.25, stop_after=1)):
                         self._dispatch(note.payload, reader)
+                    if self._take_resync_request():
+                        self._resync_all(reader)
                     if time.monotonic() - last_ping > self.KEEPALIVE_S:
                         conn.execute("SELECT 1")  # find a silently dead socket
                         last_ping = time.monotonic()
@@ -179,7 +192,7 @@ class SQLiteFeed(ChangeFeed):
                     conn = connect_sqlite(self.url, self.settings)
                     last = None
                 version = conn.execute("PRAGMA data_version").fetchone()[0]
-                if version != last:
+                if version != last or self._take_resync_request():
                     self._resync_all(_DriverCursor(conn))
                     last = version
                     self._connected.set()
