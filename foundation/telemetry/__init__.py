@@ -31,18 +31,23 @@ from foundation.telemetry._core import (
     normalise_event_name,
 )
 from foundation.telemetry._span import Span, SpanContext
+from foundation.telemetry.catalogue import default_metrics
+from foundation.telemetry.poller import AsyncPoller, Poller
 
 __all__ = [
     "HANDLER_FAILURE_EVENT",
+    "AsyncPoller",
     "EventName",
     "EventNameLike",
     "Handler",
     "HandlerInfo",
+    "Poller",
     "Span",
     "SpanContext",
     "Telemetry",
     "attach",
     "default",
+    "default_metrics",
     "detach",
     "execute",
     "list_handlers",
