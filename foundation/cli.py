@@ -1,0 +1,420 @@
+"""The ``foundation`` command: schema migrations and runtime config from a shell.
+
+    foundation db upgrade                     # alembic upgrade head
+    foundation db current
+    foundation -d postgresql+psycopg://app@db/app config set port 4000
+    foundation config list --json
+
+The database comes from ``--database-url``/``-d``, else ``FOUNDATION_DATABASE_URL``,
+else the default of :class:`~foundation.Settings`; it is only ever shown masked.
+Every :class:`~foundation.FoundationError` ends the command with ``error [code]:
+message`` on stderr and exit code 1 (usage errors exit 2, as click does).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import click
+import pydantic
+from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from foundation.config._service import MAX_HISTORY
+from foundation.config._state import ConfigHistoryEntry
+from foundation.database import migrate
+from foundation.database.errors import translate_errors
+from foundation.database.url import DatabaseURL
+from foundation.errors import ConfigError, FoundationError, NotFoundError, ValidationError
+from foundation.facade import Foundation
+from foundation.settings import Settings
+
+__all__ = ["main"]
+
+VALUE_WIDTH = 60
+_MISSING: Any = object()
+
+
+@dataclass(frozen=True)
+class _Target:
+    """What the group resolved: the settings to use and the parsed URL (never printed raw)."""
+
+    settings: Settings
+    url: DatabaseURL
+
+
+def _dumps(value: Any) -> str:
+    """Compact, deterministic JSON for humans and scripts alike."""
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _truncate(text: str, width: int = VALUE_WIDTH) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _secret(raw: str | None) -> str | None:
+    """The password in a raw URL, if any (to scrub it from anything we print)."""
+    if not raw:
+        return None
+    try:
+        password = DatabaseURL.parse(raw).url.password
+    except FoundationError:
+        return None
+    return str(password) if password else None
+
+
+def _report(exc: FoundationError, secret: str | None) -> None:
+    message = exc.message
+    if secret:
+        message = message.replace(secret, "***")
+    # A Text object: "[code]" must not be read as rich markup.
+    Console(stderr=True).print(Text(f"error [{exc.code}]: {message}", style="red"), soft_wrap=True)
+
+
+class _FoundationGroup(click.Group):
+    """The root group: turns every FoundationError into ``error [code]: message``, exit 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except FoundationError as exc:
+            _report(exc, _secret(ctx.params.get("database_url")))
+            ctx.exit(1)
+
+
+def _target(ctx: click.Context) -> _Target:
+    target = ctx.find_object(_Target)
+    assert target is not None, "the root group always sets its target"
+    return target
+
+
+def _settings(database_url: str | None) -> Settings:
+    values: dict[str, Any] = {} if database_url is None else {"database_url": database_url}
+    try:
+        return Settings(**values)
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first.get("loc", ()))
+        raise ConfigError(
+            f"invalid Foundation setting {field!r}: {first.get('msg')}",
+            context={"setting": field},
+        ) from None
+
+
+@contextmanager
+def _alembic(url: DatabaseURL) -> Iterator[None]:
+    """Driver errors become FoundationErrors; alembic's own complaints too."""
+    try:
+        with translate_errors(url.masked):
+            yield
+    except CommandError as exc:
+        raise ValidationError(f"alembic: {exc}", context={"url": url.masked}) from None
+
+
+@contextmanager
+def _foundation(ctx: click.Context) -> Iterator[Foundation]:
+    # migrate=None keeps the default: SQLite upgrades itself, PostgreSQL checks.
+    with Foundation(settings=_target(ctx).settings, migrate=None) as fdn:
+        yield fdn
+
+
+def _parse_value(raw: str, force_string: bool) -> Any:
+    if force_string:
+        return raw
+
+    def refuse(constant: str) -> Any:  # NaN / Infinity are not JSON: keep the text
+        raise ValueError(constant)
+
+    try:
+        return json.loads(raw, parse_constant=refuse)
+    except ValueError:
+        return raw
+
+
+def _stdout() -> Console:
+    return Console(highlight=False)
+
+
+# -- the root group -------------------------------------------------------------------
+
+
+@click.group(cls=_FoundationGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--database-url",
+    "-d",
+    envvar="FOUNDATION_DATABASE_URL",
+    default=None,
+    metavar="URL",
+    help="sqlite:///path or postgresql+psycopg://user:password@host/db "
+    "[env FOUNDATION_DATABASE_URL; default from Foundation's settings]",
+)
+@click.version_option(package_name="foundation", prog_name="foundation")
+@click.pass_context
+def main(ctx: click.Context, database_url: str | None) -> None:
+    """Foundation: schema migrations and runtime configuration."""
+    settings = _settings(database_url)
+    ctx.obj = _Target(settings, DatabaseURL.parse(settings.database_url))
+
+
+# -- db -------------------------------------------------------------------------------
+
+
+@main.group()
+def db() -> None:
+    """Migrate Foundation's schema (alembic).
+
+    The version table is foundation_alembic_version, so an application's own alembic
+    history can share the database.
+    """
+
+
+def _revision_label(revision: str | None) -> str:
+    return revision if revision is not None else "none"
+
+
+@db.command(context_settings={"ignore_unknown_options": True})
+@click.argument("revision", default="head")
+@click.pass_context
+def upgrade(ctx: click.Context, revision: str) -> None:
+    """Upgrade the schema to REVISION (default: head; relative: +1)."""
+    target = _target(ctx)
+    with _alembic(target.url):
+        before = migrate.current_revision(target.url, target.settings)
+        migrate.upgrade(target.url, revision, target.settings)
+        after = migrate.current_revision(target.url, target.settings)
+    click.echo(_moved("upgraded", target.url, before, after))
+
+
+@db.command(context_settings={"ignore_unknown_options": True})
+@click.argument("revision")
+@click.pass_context
+def downgrade(ctx: click.Context, revision: str) -> None:
+    """Downgrade the schema to REVISION (required: e.g. -1, base, 0001)."""
+    target = _target(ctx)
+    with _alembic(target.url):
+        before = migrate.current_revision(target.url, target.settings)
+        migrate.downgrade(target.url, revision, target.settings)
+        after = migrate.current_revision(target.url, target.settings)
+    click.echo(_moved("downgraded", target.url, before, after))
+
+
+def _moved(verb: str, url: DatabaseURL, before: str | None, after: str | None) -> str:
+    head = migrate.head_revision()
+    mark = " (head)" if after == head else ""
+    if before == after:
+        return f"{url.masked}: already at {_revision_label(after)}{mark}; nothing to do"
+    return f"{verb} {url.masked}: {_revision_label(before)} -> {_revision_label(after)}{mark}"
+
+
+@db.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+@click.pass_context
+def current(ctx: click.Context, as_json: bool) -> None:
+    """The schema revision of the database, and whether it is head."""
+    target = _target(ctx)
+    with _alembic(target.url):
+        revision = migrate.current_revision(target.url, target.settings)
+    head = migrate.head_revision()
+    if as_json:
+        click.echo(
+            _dumps(
+                {
+                    "url": target.url.masked,
+                    "current": revision,
+                    "head": head,
+                    "is_head": revision == head,
+                }
+            )
+        )
+    elif revision == head:
+        click.echo(f"{_revision_label(revision)} (head)")
+    else:
+        click.echo(f"{_revision_label(revision)} (not head; head is {head})")
+
+
+@db.command("history")
+@click.option("--json", "as_json", is_flag=True, help="A JSON array, newest first.")
+@click.pass_context
+def db_history(ctx: click.Context, as_json: bool) -> None:
+    """Foundation's revisions, newest first, marking the current one and head."""
+    target = _target(ctx)
+    with _alembic(target.url):
+        script = ScriptDirectory.from_config(migrate.alembic_config(target.url))
+        heads = set(script.get_heads())
+        revision = migrate.current_revision(target.url, target.settings)
+        revisions = list(script.walk_revisions())
+    if as_json:
+        rows = [
+            {
+                "revision": rev.revision,
+                "down_revision": rev.down_revision,
+                "description": (rev.doc or "").strip(),
+                "is_head": rev.revision in heads,
+                "is_current": rev.revision == revision,
+            }
+            for rev in revisions
+        ]
+        click.echo(_dumps(rows))
+        return
+    table = Table(title=f"revisions of {target.url.masked}", title_justify="left")
+    table.add_column("revision", no_wrap=True)
+    table.add_column("down", no_wrap=True)
+    table.add_column("marks", no_wrap=True)
+    table.add_column("description", overflow="fold")
+    for rev in revisions:
+        marks = [
+            m
+            for m, on in (("head", rev.revision in heads), ("current", rev.revision == revision))
+            if on
+        ]
+        down = rev.down_revision
+        table.add_row(
+            Text(rev.revision),
+            Text("none" if down is None else down if isinstance(down, str) else ", ".join(down)),
+            Text(", ".join(marks)),
+            Text((rev.doc or "").strip()),
+        )
+    _stdout().print(table)
+    if revision is None:
+        click.echo("current: none (empty database)")
+
+
+# -- config ---------------------------------------------------------------------------
+
+
+@main.group()
+def config() -> None:
+    """Read and write runtime configuration.
+
+    Values set here are stored in the database and win on every node.
+    """
+
+
+@config.command("get")
+@click.argument("key")
+@click.pass_context
+def config_get(ctx: click.Context, key: str) -> None:
+    """Print KEY's value as JSON (exit 1 if it is not set)."""
+    with _foundation(ctx) as fdn:
+        explanation = fdn.config.explain(key)  # validates the key
+        value = fdn.config.get(key, _MISSING)
+    if value is _MISSING or explanation.source is None:
+        raise NotFoundError(f"config key {key!r} is not set", context={"key": key})
+    click.echo(_dumps(value))
+
+
+@config.command("set", context_settings={"ignore_unknown_options": True})
+@click.argument("key")
+@click.argument("value")
+@click.option("--string", "force_string", is_flag=True, help="Store VALUE as a string.")
+@click.pass_context
+def config_set(ctx: click.Context, key: str, value: str, force_string: bool) -> None:
+    """Set KEY to VALUE (read as JSON when it parses, else as a string)."""
+    parsed = _parse_value(value, force_string)
+    with _foundation(ctx) as fdn:
+        fdn.config.set(key, parsed)
+        stored = fdn.config.get(key)
+    click.echo(f"set {key} = {_dumps(stored)}")
+
+
+@config.command("delete")
+@click.argument("key")
+@click.pass_context
+def config_delete(ctx: click.Context, key: str) -> None:
+    """Delete KEY's runtime value (file, environment and defaults stay)."""
+    with _foundation(ctx) as fdn:
+        deleted = fdn.config.delete(key)
+        explanation = fdn.config.explain(key)
+    if deleted:
+        click.echo(f"deleted {key}")
+    else:
+        click.echo(f"{key} had no runtime value; nothing deleted")
+    if explanation.source is not None:
+        click.echo(f"{key} is now {_dumps(explanation.value)} from {explanation.source}")
+
+
+@config.command("list")
+@click.option("--prefix", default="", help="Only keys starting with this.")
+@click.option("--json", "as_json", is_flag=True, help="A JSON array of {key, value, source}.")
+@click.pass_context
+def config_list(ctx: click.Context, prefix: str, as_json: bool) -> None:
+    """Every key with its winning value and where that value comes from."""
+    with _foundation(ctx) as fdn:
+        values = fdn.config.all()
+        rows = [
+            {"key": key, "value": values[key], "source": fdn.config.explain(key).source}
+            for key in sorted(values)
+            if key.startswith(prefix)
+        ]
+    if as_json:
+        click.echo(_dumps(rows))
+        return
+    table = Table()
+    table.add_column("key", overflow="fold")
+    table.add_column("value", overflow="fold")
+    table.add_column("source", overflow="fold")
+    for row in rows:
+        table.add_row(
+            Text(str(row["key"])), Text(_truncate(_dumps(row["value"]))), Text(str(row["source"]))
+        )
+    _stdout().print(table)
+
+
+def _history_row(entry: ConfigHistoryEntry) -> dict[str, Any]:
+    return {
+        "id": entry.id,
+        "changed_at": entry.changed_at.isoformat(),
+        "key": entry.key,
+        "operation": entry.operation,
+        "old_value": entry.old_value,
+        "new_value": entry.new_value,
+        "revision": entry.revision,
+        "changed_by": entry.changed_by,
+        "correlation_id": entry.correlation_id,
+    }
+
+
+@config.command("history")
+@click.argument("key", required=False)
+@click.option(
+    "--limit",
+    default=100,
+    show_default=True,
+    type=click.IntRange(1, MAX_HISTORY),
+    help="At most this many changes.",
+)
+@click.option("--json", "as_json", is_flag=True, help="A JSON array, newest first.")
+@click.pass_context
+def config_history(ctx: click.Context, key: str | None, limit: int, as_json: bool) -> None:
+    """Changes to KEY (or to every key), newest first."""
+    with _foundation(ctx) as fdn:
+        entries = fdn.config.history(key, limit=limit)
+    if as_json:
+        click.echo(_dumps([_history_row(e) for e in entries]))
+        return
+    table = Table()
+    table.add_column("id", no_wrap=True)
+    table.add_column("when", no_wrap=True)
+    table.add_column("key", overflow="fold")
+    table.add_column("operation", no_wrap=True)
+    for name in ("old", "new", "by", "correlation id"):
+        table.add_column(name, overflow="fold")
+    for entry in entries:
+        table.add_row(
+            Text(str(entry.id)),
+            Text(entry.changed_at.isoformat(sep=" ", timespec="seconds")),
+            Text(entry.key),
+            Text(entry.operation),
+            Text(_truncate(_dumps(entry.old_value), 30)),
+            Text(_truncate(_dumps(entry.new_value), 30)),
+            Text(entry.changed_by),
+            Text(entry.correlation_id or ""),
+        )
+    _stdout().print(table)
