@@ -61,10 +61,22 @@ def test_values_read_back_as_the_database_returns_them(fdn: Foundation, db_url: 
         assert other.config.get("text") == "4000"
 
 
-def test_returned_containers_are_copies(fdn: Foundation) -> None:
+def test_returned_containers_are_read_only_and_copy_to_mutable(fdn: Foundation) -> None:
+    import copy
+
     fdn.config.set("d", {"a": [1]})
-    fdn.config.get("d")["a"].append(2)
+    value = fdn.config.get("d")
+    assert isinstance(value, dict) and json.dumps(value) == '{"a": [1]}'
+    with pytest.raises(TypeError, match="read-only"):
+        value["a"].append(2)
+    with pytest.raises(TypeError, match="read-only"):
+        value["b"] = 1
+    mine = copy.deepcopy(value)
+    mine["a"].append(2)
     assert fdn.config.get("d") == {"a": [1]}
+    everything = fdn.config.all()
+    everything["new"] = 1  # all() is a fresh dict of the (read-only) values
+    assert "new" not in fdn.config.all()
 
 
 def test_enum_keys_are_stored_as_text(fdn: Foundation) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Generator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +56,7 @@ class _ConfigBase:
             max_value_bytes=settings.max_value_bytes,
         )
         self._request_resync: Callable[[], None] = lambda: None
+        self._history_seen = 0  # SQLite feed: the last history id this node has applied
         # The hot read path: the state's own bound method, so a call costs one dict lookup
         # and no extra Python frame (the method below documents it).
         self.get = self._state.get  # type: ignore[method-assign]
@@ -83,7 +83,6 @@ class _ConfigBase:
         return {
             "key": key,
             "value": text,
-            "at": self._sql.codec.ts(datetime.now(UTC)),
             "by": self._node,
             "cid": current_correlation_id(),
         }
@@ -167,8 +166,32 @@ class _ConfigBase:
 
     def resync(self, reader: Cursor) -> None:
         with self._state.lock:
+            head = reader.fetchone(self._sql.history_head)
             rows = [self._sql.runtime_row(r) for r in reader.fetchall(self._sql.select_all)]
             changes = self._state.replace_runtime(rows, "remote")
+            self._history_seen = int(head[0] or 0) if head else 0
+        self._publish(changes)
+
+    def poll(self, reader: Cursor) -> None:
+        """SQLite: the file changed; re-read only the keys changed since the last look.
+
+        SQLite commits one writer at a time, so history ids appear in commit order and
+        "every id above the last one seen" is exactly what this node has not applied.
+        """
+        with self._state.lock:
+            row = reader.fetchone(self._sql.history_head)
+            head = int(row[0] or 0) if row else 0
+            if head == self._history_seen:
+                return
+            changes: list[ConfigChange] = []
+            bounds = {"after": self._history_seen, "upto": head}
+            for (key,) in reader.fetchall(self._sql.history_keys, bounds):
+                current = reader.fetchone(self._sql.select_one, {"key": key})
+                if current is None:
+                    changes += self._state.forget_runtime(key, "remote")
+                else:
+                    changes += self._state.apply_runtime(*self._sql.runtime_row(current), "remote")
+            self._history_seen = head
         self._publish(changes)
 
 

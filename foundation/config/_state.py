@@ -12,7 +12,6 @@ winning value of every key and is what ``get`` reads: one dict lookup.
 from __future__ import annotations
 
 import asyncio
-import copy
 import enum
 import logging
 import threading
@@ -24,6 +23,7 @@ from typing import Any, Literal
 from pydantic import TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 
+from foundation._frozen import freeze
 from foundation._json import encode_json, normalize_json
 from foundation.config._sources import parse_env_value
 from foundation.errors import ConfigError
@@ -151,15 +151,12 @@ class ConfigState:
     def get(self, key: Any, default: Any = None) -> Any:
         if key.__class__ is not str:
             key = self.check_key(key)
-        value = self._effective.get(key, _MISSING)
-        if value is _MISSING:
-            return default
-        if value.__class__ is dict or value.__class__ is list:
-            return copy.deepcopy(value)  # the cache is shared: hand out a copy
-        return value
+        # Containers in the cache are frozen (foundation._frozen), so the cached value
+        # itself can be handed out: no copy on the read path.
+        return self._effective.get(key, default)
 
     def all(self) -> dict[str, Any]:
-        return copy.deepcopy(self._effective)
+        return dict(self._effective)
 
     # -- validation -------------------------------------------------------------------
 
@@ -416,6 +413,7 @@ class ConfigState:
                 self._effective.pop(key, None)
                 self._source.pop(key, None)
             else:
+                new = freeze(new)
                 self._effective[key] = new
                 self._source[key] = winner  # type: ignore[assignment]
             if old is not new and old != new:

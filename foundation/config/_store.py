@@ -17,6 +17,13 @@ from foundation.database.url import Backend
 __all__ = ["ConfigSQL"]
 
 
+def db_now(backend: Backend) -> sa.ColumnElement[Any]:
+    """The database's clock, in the format each backend keeps timestamps in."""
+    if backend == "sqlite":
+        return sa.literal_column("strftime('%Y-%m-%d %H:%M:%f', 'now')")
+    return sa.func.now()
+
+
 def _upsert(backend: Backend) -> sa.Insert:
     insert = postgresql.insert if backend == "postgresql" else sqlite.insert
     stmt = insert(config).values(
@@ -24,7 +31,7 @@ def _upsert(backend: Backend) -> sa.Insert:
         value=sa.bindparam("value"),
         deleted=sa.false(),
         revision=sa.literal_column("1"),
-        updated_at=sa.bindparam("at"),
+        updated_at=db_now(backend),
         updated_by=sa.bindparam("by"),
         correlation_id=sa.bindparam("cid"),
     )
@@ -51,6 +58,8 @@ class ConfigSQL:
     select_one: str
     history_all: str
     history_key: str
+    history_head: str
+    history_keys: str
     codec: Codec
 
     @classmethod
@@ -69,7 +78,7 @@ class ConfigSQL:
                 value=sa.null(),
                 deleted=sa.true(),
                 revision=config.c.revision + sa.literal_column("1"),
-                updated_at=sa.bindparam("at"),
+                updated_at=db_now(backend),
                 updated_by=sa.bindparam("by"),
                 correlation_id=sa.bindparam("cid"),
             )
@@ -99,6 +108,16 @@ class ConfigSQL:
                 sa.select(*columns).where(config.c.key == sa.bindparam("key")), backend
             ),
             history_all=compile_sql(history, backend),
+            history_head=compile_sql(sa.select(sa.func.max(config_history.c.id)), backend),
+            history_keys=compile_sql(
+                sa.select(config_history.c.key)
+                .where(
+                    config_history.c.id > sa.bindparam("after"),
+                    config_history.c.id <= sa.bindparam("upto"),
+                )
+                .distinct(),
+                backend,
+            ),
             history_key=compile_sql(
                 history.where(config_history.c.key == sa.bindparam("key")), backend
             ),

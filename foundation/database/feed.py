@@ -102,6 +102,17 @@ class ChangeFeed:
             except Exception:
                 log.exception("change feed subscriber %r failed to resync", sub)
 
+    def _poll_all(self, reader: Cursor) -> None:
+        """Something was committed: subscribers with a cheap incremental ``poll`` use it."""
+        for sub in self._all():
+            poll = getattr(sub, "poll", None)
+            try:
+                poll(reader) if poll is not None else sub.resync(reader)
+            except (sqlite3.Error, psycopg.OperationalError):
+                raise
+            except Exception:
+                log.exception("change feed subscriber %r failed to poll", sub)
+
     def _run(self) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
 
@@ -192,10 +203,12 @@ class SQLiteFeed(ChangeFeed):
                     conn = connect_sqlite(self.url, self.settings)
                     last = None
                 version = conn.execute("PRAGMA data_version").fetchone()[0]
-                if version != last or self._take_resync_request():
+                if last is None or self._take_resync_request():
                     self._resync_all(_DriverCursor(conn))
-                    last = version
                     self._connected.set()
+                elif version != last:
+                    self._poll_all(_DriverCursor(conn))
+                last = version
             except sqlite3.Error as exc:
                 log.warning("SQLite change feed poll failed (%s); retrying", exc)
                 if conn is not None:

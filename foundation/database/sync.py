@@ -151,6 +151,15 @@ class SyncDatabase:
         return self._run(lambda cur: cur.execute(sql, params))  # type: ignore[no-any-return]
 
     def fetchone(self, sql: str, params: Params = None) -> Row | None:
+        conn = self._local.__dict__.get("conn") if self._pool is None else None
+        if conn is not None and not self._closed:
+            # SQLite hot path (config.set, registry.register): this thread's connection,
+            # no pool, no context manager; the same error boundary as _run.
+            try:
+                row: Row | None = conn.execute(sql, params or {}).fetchone()
+                return row
+            except sqlite3.Error as exc:
+                raise translate(exc, self._masked) from exc
         return self._run(lambda cur: cur.fetchone(sql, params))  # type: ignore[no-any-return]
 
     def fetchall(self, sql: str, params: Params = None) -> list[Row]:
