@@ -1,0 +1,363 @@
+"""Event input, the recorded event, and query criteria: validation only, no I/O.
+
+Everything a caller hands in is checked here before any statement runs, so bad input is
+an :class:`~foundation.errors.EventError` naming the field and nothing is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import pydantic
+
+from foundation._json import encode_json, normalize_json
+from foundation.correlation import current_correlation_id
+from foundation.errors import EventError
+
+__all__ = [
+    "Criteria",
+    "ExpectedVersion",
+    "NewEvent",
+    "RecordedEvent",
+    "parse_criteria",
+    "parse_event",
+    "uuid7",
+]
+
+ExpectedVersion = int | Literal["any", "no_stream", "exists"]
+MAX_NAME = 255
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 10_000
+MAX_TYPES = 100
+
+_EVENT_KEYS = frozenset(
+    {
+        "type",
+        "data",
+        "id",
+        "stream_id",
+        "expected_version",
+        "metadata",
+        "correlation_id",
+        "causation_id",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedEvent:
+    """One event as the log holds it."""
+
+    id: uuid.UUID
+    position: int
+    stream_id: str | None
+    stream_version: int | None
+    type: str
+    data: Any
+    metadata: dict[str, Any]
+    correlation_id: str | None
+    causation_id: str | None
+    recorded_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """A validated event about to be stored (JSON already encoded once)."""
+
+    id: uuid.UUID
+    id_given: bool
+    type: str
+    data: Any
+    data_text: str
+    metadata: dict[str, Any]
+    metadata_text: str
+    stream_id: str | None
+    expected_version: ExpectedVersion
+    correlation_id: str | None
+    causation_id: str | None
+    causal_ids_given: bool
+
+    def same_content(self, recorded: RecordedEvent) -> bool:
+        """Whether a retry with this id describes the event already recorded."""
+        if (recorded.type, recorded.stream_id, recorded.data, recorded.metadata) != (
+            self.type,
+            self.stream_id,
+            self.data,
+            self.metadata,
+        ):
+            return False
+        if self.causal_ids_given:  # an id taken from the context may differ on a retry
+            return (recorded.correlation_id, recorded.causation_id) == (
+                self.correlation_id,
+                self.causation_id,
+            )
+        return True
+
+
+# -- UUIDv7 (RFC 9562): 48 bits of Unix milliseconds, then random bits --------------------
+
+_uuid_lock = threading.Lock()
+_last_ms = 0
+_last_rand = 0
+
+
+def uuid7() -> uuid.UUID:
+    """A time-ordered UUID; increasing within this process even inside one millisecond."""
+    global _last_ms, _last_rand
+    with _uuid_lock:
+        ms = time.time_ns() // 1_000_000
+        if ms <= _last_ms:
+            # Same (or a stepped-back) clock: keep the timestamp, count up the random part.
+            ms = _last_ms
+            rand = _last_rand + 1 + int.from_bytes(os.urandom(2), "big")
+        else:
+            rand = int.from_bytes(os.urandom(9), "big") >> 2  # 70 random bits
+        _last_ms, _last_rand = ms, rand
+    rand &= (1 << 74) - 1
+    value = (ms & ((1 << 48) - 1)) << 80
+    value |= 0x7 << 76  # version
+    value |= (rand >> 62) << 64  # 12 bits of rand_a
+    value |= 0b10 << 62  # variant
+    value |= rand & ((1 << 62) - 1)
+    return uuid.UUID(int=value)
+
+
+# -- event input ---------------------------------------------------------------------------
+
+
+def _as_mapping(event: Any) -> Mapping[str, Any]:
+    if isinstance(event, Mapping):
+        return event
+    if isinstance(event, pydantic.BaseModel):
+        return event.model_dump(mode="json", exclude_unset=False)
+    if dataclasses.is_dataclass(event) and not isinstance(event, type):
+        return {f.name: getattr(event, f.name) for f in dataclasses.fields(event)}
+    raise EventError(
+        f"an event must be a dict, a pydantic model or a dataclass, not {type(event).__name__}",
+        context={"type": type(event).__name__},
+    )
+
+
+def _name(value: Any, field: str, *, required: bool) -> str | None:
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise EventError(
+            f"event field {field!r} must be a non-empty string"
+            + ("" if value is not None else " (it is missing)"),
+            context={"field": field, "value": repr(value)[:200]},
+        )
+    if len(value) > MAX_NAME or not value.isprintable():
+        raise EventError(
+            f"event field {field!r} must be at most {MAX_NAME} printable characters",
+            context={"field": field, "value": repr(value)[:200]},
+        )
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise EventError(
+            f"event field {field!r} is not valid UTF-8", context={"field": field}
+        ) from None
+    return value
+
+
+def _event_id(value: Any) -> tuple[uuid.UUID, bool]:
+    if value is None:
+        return uuid7(), False
+    if isinstance(value, uuid.UUID):
+        return value, True
+    if isinstance(value, str):
+        try:
+            return uuid.UUID(value), True
+        except ValueError:
+            pass
+    raise EventError(
+        "event field 'id' must be a UUID (or its text)", context={"id": repr(value)[:200]}
+    )
+
+
+def _expected(value: Any) -> ExpectedVersion:
+    if value in ("any", "no_stream", "exists"):
+        return value  # type: ignore[no-any-return]
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise EventError(
+        "expected_version must be a version (an int >= 0), 'any', 'no_stream' or 'exists'",
+        context={"expected_version": repr(value)[:200]},
+    )
+
+
+def parse_event(event: Any, max_bytes: int) -> NewEvent:
+    """Validate one event given as a dict, a pydantic model or a dataclass."""
+    fields = _as_mapping(event)
+    unknown = sorted(str(k) for k in fields if k not in _EVENT_KEYS)
+    if unknown:
+        raise EventError(
+            f"unknown event field {unknown[0]!r} (known: {', '.join(sorted(_EVENT_KEYS))})",
+            context={"field": unknown[0]},
+        )
+    type_ = _name(fields.get("type"), "type", required=True)
+    assert type_ is not None
+    event_id, id_given = _event_id(fields.get("id"))
+    stream_id = _name(fields.get("stream_id"), "stream_id", required=False)
+    expected = _expected(fields.get("expected_version", "any"))
+    if stream_id is None and expected != "any":
+        raise EventError(
+            "expected_version needs a stream_id", context={"expected_version": expected}
+        )
+    ctx = {"type": type_, "id": str(event_id)}
+    data = fields.get("data")
+    data_text = encode_json(
+        data,
+        what=f"the data of event {type_!r}",
+        max_bytes=max_bytes,
+        error=EventError,
+        context=ctx,
+    )
+    metadata = fields.get("metadata")
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, Mapping):
+        raise EventError(
+            "event field 'metadata' must be a dict", context={**ctx, "field": "metadata"}
+        )
+    metadata_text = encode_json(
+        dict(metadata),
+        what=f"the metadata of event {type_!r}",
+        max_bytes=max_bytes,
+        error=EventError,
+        context=ctx,
+    )
+    given = "correlation_id" in fields or "causation_id" in fields
+    correlation_id = fields.get("correlation_id")
+    if correlation_id is None:
+        correlation_id = current_correlation_id()
+    causation_id = fields.get("causation_id")
+    if isinstance(causation_id, uuid.UUID):
+        causation_id = str(causation_id)
+    return NewEvent(
+        id=event_id,
+        id_given=id_given,
+        type=type_,
+        data=normalize_json(data, data_text),
+        data_text=data_text,
+        metadata=normalize_json(dict(metadata), metadata_text),
+        metadata_text=metadata_text,
+        stream_id=stream_id,
+        expected_version=expected,
+        correlation_id=_name(correlation_id, "correlation_id", required=False),
+        causation_id=_name(causation_id, "causation_id", required=False),
+        causal_ids_given=given,
+    )
+
+
+# -- query criteria ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Criteria:
+    """Validated criteria: ``shape`` keys the compiled-statement cache, ``params`` bind."""
+
+    shape: tuple[Any, ...]
+    params: dict[str, Any]
+    limit: int
+    order: Literal["asc", "desc"]
+
+
+_CRITERIA_KEYS = (
+    "type",
+    "stream_id",
+    "after",
+    "before",
+    "after_position",
+    "before_position",
+    "correlation_id",
+    "causation_id",
+    "limit",
+    "order",
+)
+
+
+def _fail(key: str, expected: str, value: Any) -> EventError:
+    return EventError(
+        f"criterion {key!r} must be {expected}, not {type(value).__name__}",
+        context={"criterion": key, "value": repr(value)[:200]},
+    )
+
+
+def _ts(key: str, value: Any) -> datetime:
+    if not isinstance(value, datetime):
+        raise _fail(key, "a datetime", value)
+    # A naive datetime is taken as UTC, the zone the log records in.
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _position(key: str, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise _fail(key, "an int >= 0", value)
+    return value
+
+
+def _text(key: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise _fail(key, "a string", value)
+    return value
+
+
+def parse_criteria(
+    criteria: Mapping[str, Any] | None, kwargs: Mapping[str, Any], ts: Any
+) -> Criteria:
+    """Check every criterion; ``ts`` turns a datetime into the backend's bound value."""
+    if criteria is not None and not isinstance(criteria, Mapping):
+        raise EventError(
+            f"criteria must be a dict, not {type(criteria).__name__}",
+            context={"type": type(criteria).__name__},
+        )
+    merged: dict[str, Any] = {**(criteria or {}), **kwargs}
+    for key in merged:
+        if key not in _CRITERIA_KEYS:
+            raise EventError(
+                f"unknown criterion {key!r} (known: {', '.join(_CRITERIA_KEYS)})",
+                context={"criterion": str(key)[:200]},
+            )
+    params: dict[str, Any] = {}
+    shape: list[Any] = []
+    types = merged.get("type")
+    if types is not None:
+        names = [types] if isinstance(types, str) else types
+        if not isinstance(names, list | tuple) or not names or len(names) > MAX_TYPES:
+            raise _fail("type", f"a string or a list of 1 to {MAX_TYPES} strings", types)
+        for i, name in enumerate(names):
+            params[f"type_{i}"] = _text("type", name)
+        shape.append(("type", len(names)))
+    for key in ("stream_id", "correlation_id", "causation_id"):
+        if merged.get(key) is not None:
+            params[key] = _text(key, merged[key])
+            shape.append(key)
+    for key in ("after", "before"):
+        if merged.get(key) is not None:
+            params[key] = ts(_ts(key, merged[key]).astimezone(UTC))
+            shape.append(key)
+    for key in ("after_position", "before_position"):
+        if merged.get(key) is not None:
+            params[key] = _position(key, merged[key])
+            shape.append(key)
+    limit = merged.get("limit", DEFAULT_LIMIT)
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_LIMIT:
+        raise _fail("limit", f"an int from 1 to {MAX_LIMIT}", limit)
+    order = merged.get("order", "asc")
+    if order not in ("asc", "desc"):
+        raise EventError(
+            "criterion 'order' must be 'asc' or 'desc'",
+            context={"criterion": "order", "value": repr(order)[:200]},
+        )
+    shape.append(order)
+    return Criteria(shape=tuple(shape), params=params, limit=limit, order=order)

@@ -1,0 +1,427 @@
+"""The events service: :class:`Events` (sync) and :class:`AsyncEvents`.
+
+The logic of ``store`` is written once, as a generator of statements (``_plan.store_steps``):
+each face only runs the statements it yields, on its own transaction. So the two faces
+cannot drift apart, and neither hops threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Callable,
+    Generator,
+    Iterator,
+    Mapping,
+)
+from datetime import UTC, datetime
+from typing import Any
+
+from foundation.database.aio import AsyncDatabase
+from foundation.database.sync import Cursor, SyncDatabase
+from foundation.errors import EventError, StorageUnavailableError
+from foundation.events._model import (
+    MAX_LIMIT,
+    Criteria,
+    NewEvent,
+    RecordedEvent,
+    parse_criteria,
+    parse_event,
+)
+from foundation.events._plan import Pager, Step, adrive, drive, store_steps
+from foundation.events._store import EventSQL
+from foundation.events._subscription import AsyncSubscription, Subscription, SubscriptionOptions
+from foundation.settings import Settings
+from foundation.telemetry import Telemetry
+
+__all__ = ["AsyncEvents", "Events"]
+
+_STORE = ("foundation", "events", "store")
+_GET = ("foundation", "events", "get")
+MAX_BATCH = 10_000
+_TAIL_KEYS = ("type", "stream_id", "correlation_id", "causation_id")
+_TAIL_BATCH = 500
+
+
+class _EventsBase:
+    """Validation, criteria, telemetry and the wake-ups, shared by both faces."""
+
+    def __init__(self, sql: EventSQL, settings: Settings, telemetry: Telemetry) -> None:
+        self._sql = sql
+        self._settings = settings
+        self._telemetry = telemetry
+        self._node = settings.node_id
+        self._wakers: list[Callable[[], None]] = []
+        self._wakers_lock = threading.Lock()
+
+    # -- store ------------------------------------------------------------------------
+
+    def _parse(self, events: Any) -> list[NewEvent]:
+        if isinstance(events, Mapping) or not isinstance(events, list | tuple):
+            raise EventError(
+                "store_many takes a list of events",
+                context={"type": type(events).__name__},
+            )
+        if len(events) > MAX_BATCH:
+            raise EventError(
+                f"store_many takes at most {MAX_BATCH} events at once",
+                context={"count": len(events)},
+            )
+        limit = self._settings.max_value_bytes
+        return [parse_event(event, limit) for event in events]
+
+    def _stored(self, started: int, records: list[RecordedEvent]) -> None:
+        self._telemetry.execute(
+            _STORE,
+            {"duration": time.perf_counter_ns() - started, "count": len(records)},
+            {"node": self._node},
+        )
+        self.wake()
+
+    # -- get --------------------------------------------------------------------------
+
+    def _criteria(self, criteria: Any, kwargs: Mapping[str, Any]) -> Criteria:
+        return parse_criteria(criteria, kwargs, self._sql.codec.ts)
+
+    def _read(self, criteria: Criteria) -> tuple[str, dict[str, Any]]:
+        return self._sql.query(criteria), {**criteria.params, "limit": criteria.limit}
+
+    def _got(self, started: int, count: int) -> None:
+        self._telemetry.execute(
+            _GET,
+            {"duration": time.perf_counter_ns() - started, "count": count},
+            {"node": self._node},
+        )
+
+    def _pages(self, criteria: Any, kwargs: Mapping[str, Any], batch_size: int) -> Pager:
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool):
+            raise EventError("batch_size must be an int", context={"batch_size": batch_size})
+        if not 1 <= batch_size <= MAX_LIMIT:
+            raise EventError(
+                f"batch_size must be from 1 to {MAX_LIMIT}", context={"batch_size": batch_size}
+            )
+        merged = {**(criteria or {}), **kwargs} if isinstance(criteria, Mapping | None) else {}
+        self._criteria(criteria, kwargs)  # validate everything up front
+        return Pager(self, merged, batch_size)
+
+    def _tail_criteria(
+        self, criteria: Any, kwargs: Mapping[str, Any], start: Any
+    ) -> dict[str, Any]:
+        merged = {**(criteria or {}), **kwargs} if isinstance(criteria, Mapping | None) else {}
+        self._criteria(criteria, kwargs)  # unknown keys and wrong types first
+        for key in merged:
+            if key not in _TAIL_KEYS:
+                raise EventError(
+                    f"criterion {key!r} does not apply to tail() (it takes "
+                    f"{', '.join(_TAIL_KEYS)})",
+                    context={"criterion": key},
+                )
+        if not (
+            start == "end"
+            or (isinstance(start, int) and not isinstance(start, bool) and start >= 0)
+        ):
+            raise EventError(
+                "tail start must be 'end' or a position (an int >= 0)",
+                context={"start": repr(start)},
+            )
+        return merged
+
+    def _tail_page(self, merged: dict[str, Any], position: int) -> tuple[str, dict[str, Any]]:
+        return self._read(
+            self._criteria({**merged, "after_position": position, "limit": _TAIL_BATCH}, {})
+        )
+
+    # -- change feed subscriber (runs in the feed's thread) ---------------------------
+
+    def add_waker(self, waker: Callable[[], None]) -> None:
+        with self._wakers_lock:
+            self._wakers.append(waker)
+
+    def remove_waker(self, waker: Callable[[], None]) -> None:
+        with self._wakers_lock:
+            if waker in self._wakers:
+                self._wakers.remove(waker)
+
+    def wake(self) -> None:
+        with self._wakers_lock:
+            wakers = list(self._wakers)
+        for waker in wakers:
+            waker()
+
+    def on_notify(self, payload: dict[str, Any], reader: Cursor) -> None:
+        self.wake()
+
+    def resync(self, reader: Cursor) -> None:
+        self.wake()  # notifications may have been missed: let subscriptions poll now
+
+
+class Events(_EventsBase):
+    """The append-only event log, backed by ``foundation_events``."""
+
+    def __init__(
+        self, db: SyncDatabase, sql: EventSQL, settings: Settings, telemetry: Telemetry
+    ) -> None:
+        super().__init__(sql, settings, telemetry)
+        self._db = db
+        self._subscriptions: list[Subscription] = []
+
+    def _run(self, gen: Generator[Step, Any, list[RecordedEvent]]) -> list[RecordedEvent]:
+        with self._db.transaction() as tx:
+            return drive(tx, gen)
+
+    def store(self, event: Any) -> RecordedEvent:
+        """Append one event (a dict, pydantic model or dataclass); returns its record."""
+        return self.store_many([event])[0]
+
+    def store_many(self, events: list[Any]) -> list[RecordedEvent]:
+        """Append several events in one transaction: all are recorded, or none."""
+        started = time.perf_counter_ns()
+        batch = self._parse(events)
+        if not batch:
+            return []
+        records = self._run(store_steps(self._sql, batch, datetime.now(UTC)))
+        self._stored(started, records)
+        return records
+
+    def get(self, criteria: Mapping[str, Any] | None = None, **kwargs: Any) -> list[RecordedEvent]:
+        """Events matching ``criteria`` (or keyword arguments), by position."""
+        started = time.perf_counter_ns()
+        sql, params = self._read(self._criteria(criteria, kwargs))
+        records = [self._sql.record(r) for r in self._db.fetchall(sql, params)]
+        self._got(started, len(records))
+        return records
+
+    def iter(
+        self, criteria: Mapping[str, Any] | None = None, batch_size: int = 500, **kwargs: Any
+    ) -> Iterator[RecordedEvent]:
+        """Every matching event, fetched ``batch_size`` at a time (keyset pagination)."""
+        pager = self._pages(criteria, kwargs, batch_size)
+        return self._iter(pager)
+
+    def _iter(self, pager: Pager) -> Iterator[RecordedEvent]:
+        while not pager.done:
+            sql, params = pager.next_page()
+            records = [self._sql.record(r) for r in self._db.fetchall(sql, params)]
+            pager.advance(records, params["limit"])
+            yield from records
+
+    def read_stream(self, stream_id: str, from_version: int = 0) -> list[RecordedEvent]:
+        """The events of one stream with ``stream_version >= from_version``, in order."""
+        _check_version_arg(from_version)
+        return [
+            e
+            for e in self.iter(stream_id=stream_id)
+            if e.stream_version is not None and e.stream_version >= from_version
+        ]
+
+    def correlation_chain(self, correlation_id: str) -> list[RecordedEvent]:
+        """Every event carrying ``correlation_id``, in log order."""
+        return list(self.iter(correlation_id=correlation_id))
+
+    def tail(
+        self,
+        criteria: Mapping[str, Any] | None = None,
+        *,
+        start: str | int = "end",
+        poll_interval_ms: int = 500,
+        **kwargs: Any,
+    ) -> Generator[RecordedEvent, None, None]:
+        """Follow the log live: yields each new event (after ``start``) as it commits.
+
+        Not durable (see :meth:`subscribe`); it blocks between events and ends when the
+        caller stops iterating or the instance is closed.
+        """
+        merged = self._tail_criteria(criteria, kwargs, start)
+        # Taken now, not at the first next(): events stored after tail() returns count.
+        position = self.last_position() if start == "end" else int(start)
+        return self._tail(merged, position, poll_interval_ms / 1000)
+
+    def _tail(
+        self, merged: dict[str, Any], position: int, interval: float
+    ) -> Generator[RecordedEvent, None, None]:
+        wake = threading.Event()
+        self.add_waker(wake.set)
+        try:
+            while not self._db._closed:
+                wake.clear()
+                sql, params = self._tail_page(merged, position)
+                try:
+                    rows = self._db.fetchall(sql, params)
+                except StorageUnavailableError:
+                    if self._db._closed:
+                        return
+                    raise
+                for row in rows:
+                    record = self._sql.record(row)
+                    position = record.position
+                    yield record
+                if not rows:
+                    wake.wait(interval)
+        finally:
+            self.remove_waker(wake.set)
+
+    def last_position(self) -> int:
+        """The position of the newest event (0 for an empty log)."""
+        row = self._db.fetchone(self._sql.last_position_sql(), {"limit": 1})
+        return 0 if row is None else int(row[0])
+
+    def subscribe(
+        self,
+        name: str,
+        handler: Callable[[RecordedEvent], Any],
+        types: str | list[str] | None = None,
+        start: str | int = "beginning",
+        **options: Any,
+    ) -> Subscription:
+        """Run ``handler`` on every event (durably, at least once) in a thread."""
+        options_ = SubscriptionOptions.make(name, types, start, options)
+        sub = Subscription(self, self._db, self._sql, options_).bind(_callable(handler))
+        sub.start()
+        self._subscriptions.append(sub)
+        return sub
+
+    def close(self) -> None:
+        for sub in self._subscriptions:
+            sub.stop()
+        self._subscriptions.clear()
+
+
+class AsyncEvents(_EventsBase):
+    """The awaitable twin of :class:`Events`."""
+
+    def __init__(
+        self, db: AsyncDatabase, sql: EventSQL, settings: Settings, telemetry: Telemetry
+    ) -> None:
+        super().__init__(sql, settings, telemetry)
+        self._db = db
+        self._subscriptions: list[AsyncSubscription] = []
+
+    async def store(self, event: Any) -> RecordedEvent:
+        return (await self.store_many([event]))[0]
+
+    async def store_many(self, events: list[Any]) -> list[RecordedEvent]:
+        started = time.perf_counter_ns()
+        batch = self._parse(events)
+        if not batch:
+            return []
+        async with self._db.transaction() as tx:
+            records = await adrive(tx, store_steps(self._sql, batch, datetime.now(UTC)))
+        self._stored(started, records)
+        return records
+
+    async def get(
+        self, criteria: Mapping[str, Any] | None = None, **kwargs: Any
+    ) -> list[RecordedEvent]:
+        started = time.perf_counter_ns()
+        sql, params = self._read(self._criteria(criteria, kwargs))
+        records = [self._sql.record(r) for r in await self._db.fetchall(sql, params)]
+        self._got(started, len(records))
+        return records
+
+    def iter(
+        self, criteria: Mapping[str, Any] | None = None, batch_size: int = 500, **kwargs: Any
+    ) -> AsyncIterator[RecordedEvent]:
+        """``async for event in afdn.events.iter(...)`` (validated when called)."""
+        return self._iter(self._pages(criteria, kwargs, batch_size))
+
+    async def _iter(self, pager: Pager) -> AsyncIterator[RecordedEvent]:
+        while not pager.done:
+            sql, params = pager.next_page()
+            records = [self._sql.record(r) for r in await self._db.fetchall(sql, params)]
+            pager.advance(records, params["limit"])
+            for record in records:
+                yield record
+
+    async def read_stream(self, stream_id: str, from_version: int = 0) -> list[RecordedEvent]:
+        _check_version_arg(from_version)
+        return [
+            e
+            async for e in self.iter(stream_id=stream_id)
+            if e.stream_version is not None and e.stream_version >= from_version
+        ]
+
+    async def correlation_chain(self, correlation_id: str) -> list[RecordedEvent]:
+        return [e async for e in self.iter(correlation_id=correlation_id)]
+
+    async def tail(
+        self,
+        criteria: Mapping[str, Any] | None = None,
+        *,
+        start: str | int = "end",
+        poll_interval_ms: int = 500,
+        **kwargs: Any,
+    ) -> AsyncGenerator[RecordedEvent, None]:
+        """``async for event in await afdn.events.tail(type="x")``: as :meth:`Events.tail`."""
+        merged = self._tail_criteria(criteria, kwargs, start)
+        position = await self.last_position() if start == "end" else int(start)
+        return self._tail(merged, position, poll_interval_ms / 1000)
+
+    async def _tail(
+        self, merged: dict[str, Any], position: int, interval: float
+    ) -> AsyncGenerator[RecordedEvent, None]:
+        loop = asyncio.get_running_loop()
+        wake = asyncio.Event()
+
+        def waker() -> None:  # called from the feed's thread or the loop's own
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(wake.set)
+
+        self.add_waker(waker)
+        try:
+            while not self._db._closed:
+                wake.clear()
+                sql, params = self._tail_page(merged, position)
+                rows = await self._db.fetchall(sql, params)
+                for row in rows:
+                    record = self._sql.record(row)
+                    position = record.position
+                    yield record
+                if not rows:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(wake.wait(), interval)
+        finally:
+            self.remove_waker(waker)
+
+    async def last_position(self) -> int:
+        row = await self._db.fetchone(self._sql.last_position_sql(), {"limit": 1})
+        return 0 if row is None else int(row[0])
+
+    async def subscribe(
+        self,
+        name: str,
+        handler: Callable[[RecordedEvent], Any],
+        types: str | list[str] | None = None,
+        start: str | int = "beginning",
+        **options: Any,
+    ) -> AsyncSubscription:
+        """Run ``handler`` (plain or ``async def``) on every event in an asyncio task."""
+        options_ = SubscriptionOptions.make(name, types, start, options)
+        sub = AsyncSubscription(self, self._db, self._sql, options_).bind(_callable(handler))
+        await sub.start()
+        self._subscriptions.append(sub)
+        return sub
+
+    async def close(self) -> None:
+        for sub in self._subscriptions:
+            await sub.stop()
+        self._subscriptions.clear()
+
+
+def _callable(handler: Any) -> Callable[[RecordedEvent], Any]:
+    if not callable(handler):
+        raise EventError(
+            "a subscription handler must be callable", context={"type": type(handler).__name__}
+        )
+    return handler  # type: ignore[no-any-return]
+
+
+def _check_version_arg(from_version: Any) -> None:
+    if not isinstance(from_version, int) or isinstance(from_version, bool) or from_version < 0:
+        raise EventError(
+            "from_version must be an int >= 0", context={"from_version": repr(from_version)}
+        )

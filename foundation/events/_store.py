@@ -1,0 +1,248 @@
+"""The event-log repository: its SQL, written once in Core and compiled per backend.
+
+Ordering under concurrent writers (PostgreSQL)
+----------------------------------------------
+A sequence hands out positions at ``nextval`` time, but transactions commit in any
+order: writer A takes position 7, writer B takes 8 and commits first, and a follower that
+reads "after 6" sees 8, moves its cursor to 8, and never sees 7 when A commits. This is
+the failure reported against Marten, Eventuous and SQLStreamStore.
+
+Every store transaction therefore begins with ``pg_advisory_xact_lock(EVENTS_LOCK_KEY)``,
+before any position is allocated, and holds it to the end of the transaction. Writers
+are serialized: the one holding the lock allocates its positions and commits before the
+next one can allocate any, so positions are handed out in commit order. PostgreSQL makes
+a commit visible (``ProcArrayEndTransaction``) before it releases the transaction's
+locks, so when a reader sees position N every position below N is already either
+committed and visible or rolled back for good: a follower never skips, and a gap from a
+rolled-back transaction is simply never filled (followers pass it). This is the
+mechanism the ``eventsourcing`` library uses.
+
+Cost: one extra round trip per transaction, and writers to the log do not overlap
+(throughput is bounded by one transaction's lock-to-commit time, including the commit's
+WAL flush). ``store_many`` amortizes it; readers never take the lock. On SQLite,
+``BEGIN IMMEDIATE`` already serializes writers and the rowid is the position.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from foundation.database.codec import Codec
+from foundation.database.schema import events, subscriptions
+from foundation.database.statements import compile_sql
+from foundation.database.url import Backend
+from foundation.events._model import Criteria, NewEvent, RecordedEvent
+
+__all__ = ["EVENTS_LOCK_KEY", "EventSQL"]
+
+# pg_advisory_xact_lock key serializing event writers ("FdnEvts" in ASCII).
+EVENTS_LOCK_KEY = 0x46646E45767473
+
+_COLUMNS = (
+    events.c.position,
+    events.c.id,
+    events.c.stream_id,
+    events.c.stream_version,
+    events.c.type,
+    events.c.data,
+    events.c.metadata,
+    events.c.correlation_id,
+    events.c.causation_id,
+    events.c.recorded_at,
+)
+
+
+def _query(shape: tuple[Any, ...]) -> sa.Select[Any]:
+    """The SELECT for one criteria shape; every value stays a bound parameter."""
+    stmt = sa.select(*_COLUMNS)
+    for item in shape:
+        if isinstance(item, tuple) and item[0] == "type":
+            stmt = stmt.where(
+                events.c.type.in_([sa.bindparam(f"type_{i}") for i in range(item[1])])
+            )
+        elif item == "stream_id":
+            stmt = stmt.where(events.c.stream_id == sa.bindparam("stream_id"))
+        elif item == "correlation_id":
+            stmt = stmt.where(events.c.correlation_id == sa.bindparam("correlation_id"))
+        elif item == "causation_id":
+            stmt = stmt.where(events.c.causation_id == sa.bindparam("causation_id"))
+        elif item == "after":
+            stmt = stmt.where(events.c.recorded_at > sa.bindparam("after"))
+        elif item == "before":
+            stmt = stmt.where(events.c.recorded_at < sa.bindparam("before"))
+        elif item == "after_position":
+            stmt = stmt.where(events.c.position > sa.bindparam("after_position"))
+        elif item == "before_position":
+            stmt = stmt.where(events.c.position < sa.bindparam("before_position"))
+    order = events.c.position.desc() if shape[-1] == "desc" else events.c.position.asc()
+    # SQLite renders LIMIT with an OFFSET; a literal keeps it out of the parameters.
+    return stmt.order_by(order).limit(sa.bindparam("limit")).offset(sa.literal_column("0"))
+
+
+@dataclass
+class EventSQL:
+    """Every statement the events service runs, as driver-ready text."""
+
+    backend: Backend
+    codec: Codec
+    insert: str
+    by_id: str
+    stream_version: str
+    lock: str | None
+    notify: str | None
+    sub_create: str
+    sub_claim: str
+    sub_checkpoint: str
+    sub_status: str
+    sub_read: str
+    _queries: dict[tuple[Any, ...], str] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, backend: Backend, codec: Codec) -> EventSQL:
+        insert = (
+            sa.insert(events)
+            .values(
+                id=sa.bindparam("id"),
+                stream_id=sa.bindparam("stream_id"),
+                stream_version=sa.bindparam("stream_version"),
+                type=sa.bindparam("type"),
+                data=sa.bindparam("data"),
+                metadata=sa.bindparam("metadata"),
+                correlation_id=sa.bindparam("correlation_id"),
+                causation_id=sa.bindparam("causation_id"),
+                recorded_at=sa.bindparam("recorded_at"),
+            )
+            .returning(events.c.position)
+        )
+        postgres = backend == "postgresql"
+        lock = sa.select(sa.func.pg_advisory_xact_lock(sa.literal_column(str(EVENTS_LOCK_KEY))))
+        notify = sa.select(
+            sa.func.pg_notify(sa.literal_column("'foundation'"), sa.bindparam("payload"))
+        )
+        s = subscriptions
+        claimable = sa.or_(
+            s.c.owner.is_(None),
+            s.c.owner == sa.bindparam("owner"),
+            s.c.lease_expires_at < sa.bindparam("now"),
+        )
+        mine = sa.and_(s.c.name == sa.bindparam("name"), s.c.owner == sa.bindparam("owner"))
+        return cls(
+            backend=backend,
+            codec=codec,
+            insert=compile_sql(insert, backend),
+            by_id=compile_sql(
+                sa.select(*_COLUMNS).where(events.c.id == sa.bindparam("id")), backend
+            ),
+            stream_version=compile_sql(
+                sa.select(sa.func.max(events.c.stream_version)).where(
+                    events.c.stream_id == sa.bindparam("stream_id")
+                ),
+                backend,
+            ),
+            lock=compile_sql(lock, backend) if postgres else None,
+            notify=compile_sql(notify, backend) if postgres else None,
+            sub_create=compile_sql(_sub_create(backend), backend),
+            # Claim the row only when nobody holds a live lease on it.
+            sub_claim=compile_sql(
+                sa.update(s)
+                .where(s.c.name == sa.bindparam("name"), claimable)
+                .values(
+                    owner=sa.bindparam("owner"),
+                    lease_expires_at=sa.bindparam("expires"),
+                    status=sa.literal_column("'running'"),
+                    last_error=sa.null(),
+                    updated_at=sa.bindparam("now"),
+                )
+                .returning(s.c.checkpoint),
+                backend,
+            ),
+            # Advance the checkpoint and renew the lease, only while we still own it.
+            sub_checkpoint=compile_sql(
+                sa.update(s)
+                .where(mine)
+                .values(
+                    checkpoint=sa.bindparam("checkpoint"),
+                    lease_expires_at=sa.bindparam("expires"),
+                    updated_at=sa.bindparam("now"),
+                ),
+                backend,
+            ),
+            # Leave the row: stopped (or failed, with the error), lease released.
+            sub_status=compile_sql(
+                sa.update(s)
+                .where(mine)
+                .values(
+                    owner=sa.null(),
+                    lease_expires_at=sa.null(),
+                    status=sa.bindparam("status"),
+                    last_error=sa.bindparam("error"),
+                    updated_at=sa.bindparam("now"),
+                ),
+                backend,
+            ),
+            sub_read=compile_sql(
+                sa.select(s.c.checkpoint, s.c.status, s.c.owner, s.c.last_error).where(
+                    s.c.name == sa.bindparam("name")
+                ),
+                backend,
+            ),
+        )
+
+    def query(self, criteria: Criteria) -> str:
+        """The compiled SELECT for ``criteria``'s shape (compiled once per shape)."""
+        text = self._queries.get(criteria.shape)
+        if text is None:
+            text = compile_sql(_query(criteria.shape), self.backend)
+            self._queries[criteria.shape] = text
+        return text
+
+    def last_position_sql(self) -> str:
+        return self.query(Criteria(shape=("desc",), params={}, limit=1, order="desc"))
+
+    def insert_params(self, event: NewEvent, version: int | None, at: Any) -> dict[str, Any]:
+        return {
+            "id": str(event.id),
+            "stream_id": event.stream_id,
+            "stream_version": version,
+            "type": event.type,
+            "data": event.data_text,
+            "metadata": event.metadata_text,
+            "correlation_id": event.correlation_id,
+            "causation_id": event.causation_id,
+            "recorded_at": at,
+        }
+
+    def record(self, row: tuple[Any, ...]) -> RecordedEvent:
+        load = self.codec.load_json
+        return RecordedEvent(
+            id=uuid.UUID(row[1]),
+            position=int(row[0]),
+            stream_id=row[2],
+            stream_version=None if row[3] is None else int(row[3]),
+            type=row[4],
+            data=load(row[5]),
+            metadata=load(row[6]),
+            correlation_id=row[7],
+            causation_id=row[8],
+            recorded_at=self.codec.load_ts(row[9]),
+        )
+
+
+def _sub_create(backend: Backend) -> Any:
+    """A new subscription row; an existing one (a restart) keeps its checkpoint."""
+    insert = postgresql.insert if backend == "postgresql" else sqlite.insert
+    return (
+        insert(subscriptions)
+        .values(
+            name=sa.bindparam("name"),
+            checkpoint=sa.bindparam("checkpoint"),
+            status=sa.literal_column("'stopped'"),
+            updated_at=sa.bindparam("now"),
+        )
+        .on_conflict_do_nothing(index_elements=[subscriptions.c.name])
+    )

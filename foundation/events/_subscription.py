@@ -1,0 +1,429 @@
+"""Durable subscriptions: catch up from a checkpoint, then follow the log live.
+
+Delivery is at least once: the handler runs, then the checkpoint (the position of the
+last event handled) is committed; a crash between the two runs that event again on
+restart. Positions follow commit order (see ``_store``), so "everything after my
+checkpoint" never skips an event that committed late.
+
+One consumer per name across the cluster: the row is claimed with a conditional UPDATE
+that only succeeds when nobody holds a live lease; the owner renews the lease with every
+checkpoint and while idle, and a dead owner's lease simply expires.
+
+The loop wakes on the change feed (NOTIFY on PostgreSQL, ``data_version`` on SQLite),
+on this instance's own writes, and at the latest every ``poll_interval_ms``.
+A handler that keeps raising is retried with exponential backoff, then the subscription
+stops in the ``failed`` state with the error, in memory and in its row: it never skips.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Literal
+
+from foundation.correlation import correlation
+from foundation.database.aio import AsyncDatabase
+from foundation.database.sync import SyncDatabase
+from foundation.errors import AlreadyRegisteredError, EventError, FoundationError
+from foundation.events._model import MAX_LIMIT, RecordedEvent
+from foundation.events._store import EventSQL
+
+if TYPE_CHECKING:
+    from foundation.events._service import AsyncEvents, Events, _EventsBase
+
+__all__ = ["AsyncSubscription", "Subscription", "SubscriptionOptions", "SubscriptionStatus"]
+
+log = logging.getLogger("foundation.events")
+State = Literal["starting", "running", "failed", "stopped"]
+Handler = Callable[[RecordedEvent], Any]
+
+
+@dataclass(frozen=True)
+class SubscriptionOptions:
+    name: str
+    types: tuple[str, ...] | None
+    start: str | int
+    max_retries: int = 3
+    retry_backoff_ms: int = 100
+    poll_interval_ms: int = 500
+    lease_ms: int = 30_000
+    batch_size: int = 100
+
+    @classmethod
+    def make(
+        cls, name: Any, types: Any, start: Any, options: Mapping[str, Any]
+    ) -> SubscriptionOptions:
+        if not isinstance(name, str) or not name.strip() or len(name) > 255:
+            raise EventError(
+                "a subscription name must be a non-empty string of at most 255 characters",
+                context={"name": repr(name)[:200]},
+            )
+        if isinstance(types, str):
+            types = [types]
+        if types is not None and (
+            not isinstance(types, list | tuple)
+            or not types
+            or not all(isinstance(t, str) for t in types)
+        ):
+            raise EventError(
+                "types must be an event type or a list of them", context={"types": repr(types)}
+            )
+        if not (
+            start in ("beginning", "end")
+            or (isinstance(start, int) and not isinstance(start, bool) and start >= 0)
+        ):
+            raise EventError(
+                "start must be 'beginning', 'end' or a position (an int >= 0)",
+                context={"start": repr(start)},
+            )
+        ints: dict[str, int] = {}
+        for key, value in options.items():
+            if key not in cls.__dataclass_fields__ or key in ("name", "types", "start"):
+                raise EventError(f"unknown subscription option {key!r}", context={"option": key})
+            low = 0 if key == "max_retries" else 1
+            high = MAX_LIMIT if key == "batch_size" else 86_400_000
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                raise EventError(
+                    f"subscription option {key!r} must be an int from {low} to {high}",
+                    context={"option": key, "value": repr(value)},
+                )
+            ints[key] = value
+        return cls(name, None if types is None else tuple(types), start, **ints)
+
+
+@dataclass(frozen=True)
+class SubscriptionStatus:
+    name: str
+    state: State
+    checkpoint: int
+    last_error: str | None
+
+
+class _SubscriptionBase:
+    def __init__(self, events: _EventsBase, sql: EventSQL, options: SubscriptionOptions) -> None:
+        self._events = events
+        self._sql = sql
+        self.options = options
+        self.name = options.name
+        self._owner = events._node
+        self._state: State = "starting"
+        self._checkpoint = 0
+        self._last_error: str | None = None
+        self._attempts = 0
+
+    @property
+    def status(self) -> SubscriptionStatus:
+        """Where the subscription is: state, checkpoint (last handled position), error."""
+        return SubscriptionStatus(self.name, self._state, self._checkpoint, self._last_error)
+
+    @property
+    def checkpoint(self) -> int:
+        return self._checkpoint
+
+    def _stamp(self) -> dict[str, Any]:
+        now = datetime.now(UTC)
+        expires = now + timedelta(milliseconds=self.options.lease_ms)
+        ts = self._sql.codec.ts
+        return {"name": self.name, "owner": self._owner, "now": ts(now), "expires": ts(expires)}
+
+    def _initial_checkpoint(self, last_position: int) -> int:
+        start = self.options.start
+        if start == "beginning":
+            return 0
+        if start == "end":
+            return last_position
+        return int(start)
+
+    def _held(self, row: tuple[Any, ...] | None) -> AlreadyRegisteredError:
+        owner = None if row is None else row[2]
+        return AlreadyRegisteredError(
+            f"subscription {self.name!r} is already consumed by {owner!r}",
+            context={"name": self.name, "owner": owner},
+        )
+
+    def _page(self) -> tuple[str, dict[str, Any]]:
+        criteria: dict[str, Any] = {
+            "after_position": self._checkpoint,
+            "limit": self.options.batch_size,
+        }
+        if self.options.types is not None:
+            criteria["type"] = list(self.options.types)
+        return self._events._read(self._events._criteria(criteria, {}))
+
+    def _backoff(self, attempt: int) -> float:
+        return float(self.options.retry_backoff_ms * 2 ** (attempt - 1)) / 1000
+
+    def _failed(self, event: RecordedEvent, exc: BaseException) -> dict[str, Any]:
+        # The caller records the row first and only then flips the state, so whoever sees
+        # "failed" here also finds it in the table.
+        self._last_error = f"{type(exc).__name__}: {exc} (event {event.id}, position " + (
+            f"{event.position})"
+        )
+        log.error("subscription %r failed: %s", self.name, self._last_error)
+        self._events._telemetry.execute(
+            ("foundation", "events", "subscription", "failed"),
+            {"count": 1, "position": event.position},
+            {"name": self.name, "error": type(exc).__name__},
+        )
+        return {**self._stamp(), "status": "failed", "error": self._last_error[:4000]}
+
+    def _lag(self, handled: int, last_position: int) -> None:
+        # Positions between the checkpoint and the head of the log (one query per batch).
+        self._events._telemetry.execute(
+            ("foundation", "events", "subscription", "lag"),
+            {"count": handled, "lag": max(0, last_position - self._checkpoint)},
+            {"name": self.name, "node": self._owner},
+        )
+
+    def _crashed(self, exc: BaseException) -> None:
+        log.exception("subscription %r stopped on an unexpected error", self.name)
+        self._last_error = f"{type(exc).__name__}: {exc}"
+        self._state = "failed"
+
+    def _lost(self) -> None:
+        self._state = "failed"
+        self._last_error = "the subscription's lease was taken over by another consumer"
+
+
+@contextmanager
+def _correlated(event: RecordedEvent) -> Iterator[None]:
+    """Run the handler under the event's correlation id, so what it stores carries it."""
+    if event.correlation_id is None:
+        yield
+        return
+    with correlation(event.correlation_id):
+        yield
+
+
+class Subscription(_SubscriptionBase):
+    """A subscription run by a thread of this process; ``stop()`` ends it cleanly."""
+
+    def __init__(
+        self, events: Events, db: SyncDatabase, sql: EventSQL, options: SubscriptionOptions
+    ) -> None:
+        super().__init__(events, sql, options)
+        self._db = db
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._handler: Handler | None = None
+        self._sync_events = events
+
+    def bind(self, handler: Handler) -> Subscription:
+        self._handler = handler
+        return self
+
+    def start(self) -> None:
+        first = self._initial_checkpoint(self._sync_events.last_position())
+        stamp = self._stamp()
+        self._db.execute(self._sql.sub_create, {**stamp, "checkpoint": first})
+        row = self._db.fetchone(self._sql.sub_claim, stamp)
+        if row is None:
+            raise self._held(self._db.fetchone(self._sql.sub_read, {"name": self.name}))
+        self._checkpoint = int(row[0])
+        self._state = "running"
+        self._events.add_waker(self._wake.set)
+        self._thread = threading.Thread(
+            target=self._run, name=f"foundation-subscription-{self.name}", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self) -> None:
+        idle_since = time.monotonic()
+        while not self._stop.is_set() and self._state == "running":
+            self._wake.clear()  # before reading, so a write during the read wakes us again
+            try:
+                sql, params = self._page()
+                records = [self._sql.record(r) for r in self._db.fetchall(sql, params)]
+                if not records:
+                    if time.monotonic() - idle_since > self.options.lease_ms / 3000:
+                        idle_since = time.monotonic()
+                        if not self._checkpoint_to(self._checkpoint):
+                            return
+                    self._wake.wait(self.options.poll_interval_ms / 1000)
+                    continue
+                for record in records:
+                    if self._stop.is_set() or not self._deliver(record):
+                        return
+                    if not self._checkpoint_to(record.position):
+                        return
+                idle_since = time.monotonic()
+                self._lag(len(records), self._sync_events.last_position())
+            except FoundationError as exc:  # the database went away: retry from checkpoint
+                log.warning("subscription %r cannot read the log (%s); retrying", self.name, exc)
+                self._stop.wait(self.options.poll_interval_ms / 1000)
+            except Exception as exc:  # a bug, not a fault: stop visibly rather than spin
+                self._crashed(exc)
+
+    def _deliver(self, record: RecordedEvent) -> bool:
+        assert self._handler is not None
+        for attempt in range(1, self.options.max_retries + 2):
+            try:
+                with _correlated(record):
+                    self._handler(record)
+                return True
+            except Exception as exc:
+                if attempt > self.options.max_retries:
+                    params = self._failed(record, exc)
+                    try:
+                        self._db.execute(self._sql.sub_status, params)
+                    except FoundationError:
+                        log.exception("could not record the failure of %r", self.name)
+                    self._state = "failed"
+                    return False
+                if self._stop.wait(self._backoff(attempt)):
+                    return False
+        return False  # pragma: no cover
+
+    def _checkpoint_to(self, position: int) -> bool:
+        changed = self._db.execute(
+            self._sql.sub_checkpoint, {**self._stamp(), "checkpoint": position}
+        )
+        if changed == 0:
+            self._lost()
+            return False
+        self._checkpoint = position
+        return True
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop after the event in hand (if any) and release the name."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        self._events.remove_waker(self._wake.set)
+        if self._state in ("running", "starting"):
+            self._state = "stopped"
+            try:
+                self._db.execute(
+                    self._sql.sub_status, {**self._stamp(), "status": "stopped", "error": None}
+                )
+            except FoundationError:
+                log.warning("could not release subscription %r", self.name)
+
+
+class AsyncSubscription(_SubscriptionBase):
+    """A subscription run by an asyncio task; the handler may be ``async def``."""
+
+    def __init__(
+        self, events: AsyncEvents, db: AsyncDatabase, sql: EventSQL, options: SubscriptionOptions
+    ) -> None:
+        super().__init__(events, sql, options)
+        self._db = db
+        self._async_events = events
+        self._stopping = False
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._handler: Handler | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def bind(self, handler: Handler) -> AsyncSubscription:
+        self._handler = handler
+        return self
+
+    def _waker(self) -> None:
+        # Called from the feed's thread or the loop's own: hop onto the loop either way.
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._wake.set)
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        first = self._initial_checkpoint(await self._async_events.last_position())
+        stamp = self._stamp()
+        await self._db.execute(self._sql.sub_create, {**stamp, "checkpoint": first})
+        row = await self._db.fetchone(self._sql.sub_claim, stamp)
+        if row is None:
+            raise self._held(await self._db.fetchone(self._sql.sub_read, {"name": self.name}))
+        self._checkpoint = int(row[0])
+        self._state = "running"
+        self._events.add_waker(self._waker)
+        self._task = asyncio.create_task(self._run(), name=f"foundation-subscription-{self.name}")
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+
+    async def _run(self) -> None:
+        idle_since = time.monotonic()
+        while not self._stopping and self._state == "running":
+            self._wake.clear()
+            try:
+                sql, params = self._page()
+                records = [self._sql.record(r) for r in await self._db.fetchall(sql, params)]
+                if not records:
+                    if time.monotonic() - idle_since > self.options.lease_ms / 3000:
+                        idle_since = time.monotonic()
+                        if not await self._checkpoint_to(self._checkpoint):
+                            return
+                    await self._sleep(self.options.poll_interval_ms / 1000)
+                    continue
+                for record in records:
+                    if self._stopping or not await self._deliver(record):
+                        return
+                    if not await self._checkpoint_to(record.position):
+                        return
+                idle_since = time.monotonic()
+                self._lag(len(records), await self._async_events.last_position())
+            except FoundationError as exc:
+                log.warning("subscription %r cannot read the log (%s); retrying", self.name, exc)
+                await asyncio.sleep(self.options.poll_interval_ms / 1000)
+            except Exception as exc:  # a bug, not a fault: stop visibly rather than spin
+                self._crashed(exc)
+
+    async def _deliver(self, record: RecordedEvent) -> bool:
+        assert self._handler is not None
+        for attempt in range(1, self.options.max_retries + 2):
+            try:
+                with _correlated(record):
+                    result = self._handler(record)
+                    if inspect.isawaitable(result):
+                        await result
+                return True
+            except Exception as exc:
+                if attempt > self.options.max_retries:
+                    params = self._failed(record, exc)
+                    try:
+                        await self._db.execute(self._sql.sub_status, params)
+                    except FoundationError:
+                        log.exception("could not record the failure of %r", self.name)
+                    self._state = "failed"
+                    return False
+                await asyncio.sleep(self._backoff(attempt))
+                if self._stopping:
+                    return False
+        return False  # pragma: no cover
+
+    async def _checkpoint_to(self, position: int) -> bool:
+        params = {**self._stamp(), "checkpoint": position}
+        if await self._db.execute(self._sql.sub_checkpoint, params) == 0:
+            self._lost()
+            return False
+        self._checkpoint = position
+        return True
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout)
+            except TimeoutError:
+                self._task.cancel()
+        self._events.remove_waker(self._waker)
+        if self._state in ("running", "starting"):
+            self._state = "stopped"
+            try:
+                await self._db.execute(
+                    self._sql.sub_status, {**self._stamp(), "status": "stopped", "error": None}
+                )
+            except FoundationError:
+                log.warning("could not release subscription %r", self.name)

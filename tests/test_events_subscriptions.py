@@ -1,0 +1,318 @@
+"""Durable subscriptions: catch-up then live, failure state, restart, one consumer."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import pytest
+
+from foundation import AlreadyRegisteredError, AsyncFoundation, EventError, Foundation
+from foundation.events import RecordedEvent
+from tests.helpers import async_wait_for, wait_for
+
+FAST = {"poll_interval_ms": 50, "retry_backoff_ms": 1}
+
+
+def _row(fdn: Foundation, name: str) -> tuple[Any, ...] | None:
+    return fdn.database.fetchone(fdn.events._sql.sub_read, {"name": name})
+
+
+def test_catch_up_then_live(fdn: Foundation) -> None:
+    early = fdn.events.store_many([{"type": "a", "data": i} for i in range(5)])
+    seen: list[RecordedEvent] = []
+    sub = fdn.events.subscribe("projector", seen.append, **FAST)
+    wait_for(lambda: len(seen) == 5)
+    late = fdn.events.store_many([{"type": "b", "data": i} for i in range(3)])
+    wait_for(lambda: len(seen) == 8)
+    assert seen == early + late
+    wait_for(lambda: sub.status.checkpoint == late[-1].position)
+    assert sub.status.state == "running"
+    sub.stop()
+    assert sub.status.state == "stopped"
+    row = _row(fdn, "projector")
+    assert row is not None and int(row[0]) == late[-1].position and row[1] == "stopped"
+
+
+def test_live_events_from_another_instance_arrive(fdn: Foundation, db_url: str) -> None:
+    seen: list[RecordedEvent] = []
+    # A long poll interval: only the change feed can deliver within the wait below.
+    sub = fdn.events.subscribe("remote", seen.append, poll_interval_ms=60_000)
+    with Foundation(db_url, migrate="check") as other:
+        stored = other.events.store({"type": "from_other"})
+    wait_for(lambda: seen == [stored], timeout=5)
+    sub.stop()
+
+
+def test_types_filter_and_start_end(fdn: Foundation) -> None:
+    fdn.events.store({"type": "old"})
+    seen: list[str] = []
+    sub = fdn.events.subscribe("tail", lambda e: seen.append(e.type), start="end", **FAST)
+    fdn.events.store_many([{"type": "skip"}, {"type": "keep"}])
+    wait_for(lambda: seen == ["skip", "keep"])
+    sub.stop()
+    only: list[str] = []
+    typed = fdn.events.subscribe("typed", lambda e: only.append(e.type), types="keep", **FAST)
+    wait_for(lambda: only == ["keep"])
+    typed.stop()
+
+
+def test_failing_handler_stops_in_a_visible_failed_state(fdn: Foundation) -> None:
+    stored = fdn.events.store_many([{"type": "ok"}, {"type": "boom"}, {"type": "after"}])
+    calls: list[str] = []
+
+    def handler(event: RecordedEvent) -> None:
+        calls.append(event.type)
+        if event.type == "boom":
+            raise RuntimeError("cannot project")
+
+    sub = fdn.events.subscribe("fragile", handler, max_retries=2, **FAST)
+    wait_for(lambda: sub.status.state == "failed")
+    status = sub.status
+    assert calls == ["ok", "boom", "boom", "boom"]  # one try and two retries, never skipped
+    assert status.checkpoint == stored[0].position
+    assert status.last_error is not None and "cannot project" in status.last_error
+    row = _row(fdn, "fragile")
+    assert row is not None and row[1] == "failed" and "cannot project" in row[3]
+    assert int(row[0]) == stored[0].position and row[2] is None  # the name is released
+    sub.stop()
+    assert sub.status.state == "failed"
+
+    # Fixed and restarted, it resumes at the failed event: nothing was skipped.
+    again: list[str] = []
+    fixed = fdn.events.subscribe("fragile", lambda e: again.append(e.type), **FAST)
+    wait_for(lambda: again == ["boom", "after"])
+    fixed.stop()
+
+
+def test_restart_resumes_from_the_checkpoint(fdn: Foundation, db_url: str) -> None:
+    first = fdn.events.store_many([{"type": "a"}, {"type": "b"}])
+    seen: list[str] = []
+    sub = fdn.events.subscribe("durable", lambda e: seen.append(e.type), **FAST)
+    wait_for(lambda: sub.status.checkpoint == first[-1].position)
+    sub.stop()
+    fdn.events.store({"type": "c"})
+    with Foundation(db_url, migrate="check") as restarted:
+        later: list[str] = []
+        again = restarted.events.subscribe(
+            "durable", lambda e: later.append(e.type), start="beginning", **FAST
+        )
+        wait_for(lambda: later == ["c"])
+        again.stop()
+    assert seen == ["a", "b"]
+
+
+def test_one_consumer_per_name(fdn: Foundation, db_url: str) -> None:
+    sub = fdn.events.subscribe("single", lambda e: None, **FAST)
+    with Foundation(db_url, migrate="check") as other:
+        with pytest.raises(AlreadyRegisteredError, match="already consumed") as info:
+            other.events.subscribe("single", lambda e: None, **FAST)
+        assert info.value.context["owner"] == fdn.settings.node_id
+        sub.stop()  # releases the name
+        taken = other.events.subscribe("single", lambda e: None, **FAST)
+        assert taken.status.state == "running"
+        taken.stop()
+
+
+def test_close_stops_subscriptions(db_url: str) -> None:
+    fdn = Foundation(db_url, migrate="check")
+    sub = fdn.events.subscribe("closing", lambda e: None, **FAST)
+    fdn.close()
+    assert sub.status.state == "stopped"
+    assert not any(t.name == "foundation-subscription-closing" for t in threading.enumerate())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"name": ""}, "subscription name"),
+        ({"handler": 5}, "callable"),
+        ({"types": 5}, "types"),
+        ({"start": "middle"}, "start"),
+        ({"max_retries": -1}, "max_retries"),
+        ({"colour": 1}, "unknown subscription option 'colour'"),
+    ],
+)
+def test_bad_subscription_arguments(fdn: Foundation, kwargs: dict[str, Any], message: str) -> None:
+    args: dict[str, Any] = {"name": "x", "handler": lambda e: None, **kwargs}
+    with pytest.raises(EventError, match=message):
+        fdn.events.subscribe(**args)
+
+
+async def test_async_catch_up_live_failure_and_restart(afdn: AsyncFoundation) -> None:
+    early = await afdn.events.store_many([{"type": "a"}, {"type": "b"}])
+    seen: list[RecordedEvent] = []
+
+    async def handler(event: RecordedEvent) -> None:
+        await asyncio.sleep(0)
+        if event.type == "poison":
+            raise ValueError("bad event")
+        seen.append(event)
+
+    sub = await afdn.events.subscribe("async-projector", handler, max_retries=1, **FAST)
+    await async_wait_for(lambda: len(seen) == 2)
+    late = await afdn.events.store({"type": "c"})
+    await async_wait_for(lambda: len(seen) == 3)
+    assert seen == [*early, late]
+    poison = await afdn.events.store({"type": "poison"})
+    await async_wait_for(lambda: sub.status.state == "failed")
+    assert sub.status.checkpoint == late.position
+    assert "bad event" in (sub.status.last_error or "")
+    await sub.stop()
+
+    recovered: list[int] = []
+    again = await afdn.events.subscribe(
+        "async-projector", lambda e: recovered.append(e.position), **FAST
+    )
+    await async_wait_for(lambda: recovered == [poison.position])
+    await again.stop()
+    assert again.status.state == "stopped"
+
+
+async def test_async_live_from_another_instance(afdn: AsyncFoundation, db_url: str) -> None:
+    seen: list[str] = []
+    sub = await afdn.events.subscribe(
+        "async-remote", lambda e: seen.append(e.type), poll_interval_ms=60_000
+    )
+    with Foundation(db_url, migrate="check") as other:
+        other.events.store({"type": "elsewhere"})
+    await async_wait_for(lambda: seen == ["elsewhere"], timeout=5)
+    await sub.stop()
+
+
+def test_tail_follows_the_log_live(fdn: Foundation) -> None:
+    fdn.events.store({"type": "x", "data": "before"})
+    tail = fdn.events.tail(type="x", poll_interval_ms=50)
+    fdn.events.store_many([{"type": "y"}, {"type": "x", "data": "after"}])
+    assert next(tail).data == "after"  # only what came after tail(), only of its type
+    timer = threading.Timer(0.2, lambda: fdn.events.store({"type": "x", "data": "live"}))
+    timer.start()
+    assert next(tail).data == "live"  # blocks until the event commits
+    timer.join()
+    everything = fdn.events.tail(start=0)
+    assert [next(everything).data for _ in range(3)] == ["before", None, "after"]
+    tail.close()
+    everything.close()
+    for bad, message in (({"limit": 5}, "'limit' does not apply"), ({"nope": 1}, "'nope'")):
+        with pytest.raises(EventError, match=message):
+            fdn.events.tail(bad)
+    with pytest.raises(EventError, match="tail start"):
+        fdn.events.tail(start="beginning")
+
+
+async def test_async_tail(afdn: AsyncFoundation) -> None:
+    tail = await afdn.events.tail(stream_id="s", poll_interval_ms=50)
+
+    async def later() -> None:
+        await asyncio.sleep(0.1)
+        await afdn.events.store({"type": "t", "stream_id": "s", "data": 1})
+
+    writer = asyncio.create_task(later())
+    first = await asyncio.wait_for(anext(tail), 10)
+    assert first.data == 1 and first.stream_version == 1
+    await writer
+    await tail.aclose()
+
+
+def test_handlers_run_under_the_event_correlation_id(fdn: Foundation) -> None:
+    import foundation
+
+    seen: list[str | None] = []
+    sub = fdn.events.subscribe(
+        "correlated", lambda e: seen.append(foundation.current_correlation_id()), **FAST
+    )
+    with foundation.correlation("req-42"):
+        fdn.events.store({"type": "a"})
+    fdn.events.store({"type": "b"})
+    wait_for(lambda: seen == ["req-42", None])
+    sub.stop()
+
+
+def test_subscription_reports_lag(fdn: Foundation) -> None:
+    lags: list[dict[str, Any]] = []
+    fdn.telemetry.attach(
+        "lag",
+        ("foundation", "events", "subscription", "lag"),
+        lambda name, measurements, metadata, config: lags.append(
+            {**measurements, "name": metadata["name"]}
+        ),
+    )
+    fdn.events.store_many([{"type": "a"}] * 5)
+    sub = fdn.events.subscribe("lagging", lambda e: None, batch_size=2, **FAST)
+    wait_for(lambda: sum(lag["count"] for lag in lags) == 5)
+    assert [lag["lag"] for lag in lags] == [3, 1, 0]
+    assert {lag["name"] for lag in lags} == {"lagging"}
+    sub.stop()
+
+
+def test_subscription_survives_the_database_going_away(
+    fdn: Foundation, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import psycopg
+
+    from foundation import StorageUnavailableError
+    from foundation.database.url import DatabaseURL
+
+    seen: list[int] = []
+    sub = fdn.events.subscribe("resilient", lambda e: seen.append(e.data), **FAST)
+    fdn.events.store({"type": "a", "data": 1})
+    wait_for(lambda: seen == [1])
+    # An outage as the service sees it: reads fail for a while, then work again.
+    real = fdn.database.fetchall
+    failures = iter(range(3))
+
+    def flaky(sql: str, params: Any = None) -> Any:
+        if next(failures, None) is not None:
+            raise StorageUnavailableError("the database is down (simulated)")
+        return real(sql, params)
+
+    monkeypatch.setattr(fdn.database, "fetchall", flaky)
+    if fdn.url.backend == "postgresql":  # and a real one: every connection of the node cut
+        with psycopg.connect(DatabaseURL.parse(db_url).conninfo, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name LIKE %s",
+                (f"%{fdn.settings.node_id}%",),
+            )
+    with Foundation(db_url, migrate="check") as other:
+        other.events.store_many([{"type": "a", "data": 2}, {"type": "a", "data": 3}])
+    wait_for(lambda: seen == [1, 2, 3])
+    assert sub.status.state == "running"
+    sub.stop()
+
+
+def test_an_expired_lease_is_taken_over_and_the_old_owner_stops(
+    fdn: Foundation, db_url: str
+) -> None:
+    fdn.events.store({"type": "slow"})
+    release = threading.Event()
+    entered = threading.Event()
+
+    def hang(event: RecordedEvent) -> None:
+        entered.set()
+        release.wait(10)  # a handler stuck past its lease: no renewal meanwhile
+
+    stuck = fdn.events.subscribe("leased", hang, lease_ms=300, **FAST)
+    assert entered.wait(5)
+    with Foundation(db_url, migrate="check") as other:
+        with pytest.raises(AlreadyRegisteredError):
+            other.events.subscribe("leased", lambda e: None, lease_ms=300, **FAST)
+        seen: list[str] = []
+
+        def take_over() -> Any:
+            try:
+                return other.events.subscribe("leased", lambda e: seen.append(e.type), **FAST)
+            except AlreadyRegisteredError:
+                return None
+
+        taker = wait_for(take_over, timeout=5)
+        wait_for(lambda: seen == ["slow"])  # the new owner redelivers: at least once
+        release.set()
+        # The old owner finds its checkpoint refused and stops rather than run on beside it.
+        wait_for(lambda: stuck.status.state == "failed")
+        assert "taken over" in (stuck.status.last_error or "")
+        stuck.stop()
+        row = _row(fdn, "leased")
+        assert row is not None and row[2] == other.settings.node_id and row[1] == "running"
+        taker.stop()
