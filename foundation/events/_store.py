@@ -219,18 +219,68 @@ class EventSQL:
 
     def record(self, row: tuple[Any, ...]) -> RecordedEvent:
         load = self.codec.load_json
-        return RecordedEvent(
-            id=uuid.UUID(row[1]),
-            position=int(row[0]),
-            stream_id=row[2],
-            stream_version=None if row[3] is None else int(row[3]),
-            type=row[4],
-            data=load(row[5]),
-            metadata=load(row[6]),
-            correlation_id=row[7],
-            causation_id=row[8],
-            recorded_at=self.codec.load_ts(row[9]),
+        return _new_record(
+            _uuid(row[1]),
+            int(row[0]),
+            row[2],
+            None if row[3] is None else int(row[3]),
+            row[4],
+            load(row[5]),
+            load(row[6]),
+            row[7],
+            row[8],
+            self.codec.load_ts(row[9]),
         )
+
+
+# Reading 1000 events is mostly building 1000 records, so both steps skip the generic
+# machinery: a frozen dataclass's __init__ goes through object.__setattr__ per field,
+# and uuid.UUID(str) validates every form of input; the log holds only canonical text.
+(
+    _set_id,
+    _set_position,
+    _set_stream_id,
+    _set_stream_version,
+    _set_type,
+    _set_data,
+    _set_metadata,
+    _set_correlation_id,
+    _set_causation_id,
+    _set_recorded_at,
+) = (getattr(RecordedEvent, name).__set__ for name in RecordedEvent.__slots__)
+
+
+def _new_record(
+    id: uuid.UUID,
+    position: int,
+    stream_id: str | None,
+    stream_version: int | None,
+    type: str,
+    data: Any,
+    metadata: Any,
+    correlation_id: str | None,
+    causation_id: str | None,
+    recorded_at: Any,
+) -> RecordedEvent:
+    record = object.__new__(RecordedEvent)
+    _set_id(record, id)
+    _set_position(record, position)
+    _set_stream_id(record, stream_id)
+    _set_stream_version(record, stream_version)
+    _set_type(record, type)
+    _set_data(record, data)
+    _set_metadata(record, metadata)
+    _set_correlation_id(record, correlation_id)
+    _set_causation_id(record, causation_id)
+    _set_recorded_at(record, recorded_at)
+    return record
+
+
+def _uuid(text: str) -> uuid.UUID:
+    value = object.__new__(uuid.UUID)
+    object.__setattr__(value, "int", int(text.replace("-", ""), 16))
+    object.__setattr__(value, "is_safe", uuid.SafeUUID.unknown)
+    return value
 
 
 def _sub_create(backend: Backend) -> Any:
