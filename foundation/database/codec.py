@@ -16,7 +16,7 @@ from foundation.database.url import Backend
 
 __all__ = ["Codec", "codec_for"]
 
-_scan = json.JSONDecoder().scan_once
+_scan = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
 class Codec:
