@@ -1,0 +1,81 @@
+"""Rate limiting: ``foundation.rate_limiter.execute(fn, key="api", max_requests=50)``.
+
+The module-level functions act on the default instance (see :mod:`foundation`); every
+:class:`~foundation.Foundation` has the same methods on ``fdn.rate_limiter``.
+
+Three algorithms (``fixed_window``, the spec's; ``sliding_window``; ``token_bucket``, as
+GCRA), each limit shared by every node through one atomic statement per decision, or
+kept in this process with ``scope="local"``. A refusal raises ``rate_limited`` with
+``retry_after`` (ms), ``limit``, ``remaining`` and ``interval`` in its context.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from foundation.rate_limiter._logic import ALGORITHMS, Decision
+from foundation.rate_limiter._service import AsyncRateLimiter, LimitUsage, RateLimiter
+
+__all__ = [
+    "ALGORITHMS",
+    "AsyncRateLimiter",
+    "Decision",
+    "LimitUsage",
+    "RateLimiter",
+    "acquire",
+    "execute",
+    "limit",
+    "try_acquire",
+]
+
+
+def _limiter() -> RateLimiter:
+    from foundation._default import instance
+
+    return instance().rate_limiter
+
+
+def execute(
+    fn: Callable[[], Any],
+    key: Any = None,
+    max_requests: Any = 100,
+    interval: Any = 60000,
+    algorithm: Any = "fixed_window",
+    scope: Any = "shared",
+) -> Any:
+    """Call ``fn()`` within ``key``'s limit, or raise ``rate_limited``."""
+    return _limiter().execute(fn, key, max_requests, interval, algorithm, scope)
+
+
+def try_acquire(
+    key: Any,
+    max_requests: Any = 100,
+    interval: Any = 60000,
+    algorithm: Any = "fixed_window",
+    scope: Any = "shared",
+) -> Decision:
+    """Count one request on ``key``; the decision, allowed or not."""
+    return _limiter().try_acquire(key, max_requests, interval, algorithm, scope)
+
+
+def acquire(
+    key: Any,
+    max_requests: Any = 100,
+    interval: Any = 60000,
+    algorithm: Any = "fixed_window",
+    scope: Any = "shared",
+) -> Decision:
+    """Count one request on ``key``; raise ``rate_limited`` when refused."""
+    return _limiter().acquire(key, max_requests, interval, algorithm, scope)
+
+
+def limit(
+    key: Any = None,
+    max_requests: Any = 100,
+    interval: Any = 60000,
+    algorithm: Any = "fixed_window",
+    scope: Any = "shared",
+) -> Callable[[Any], Any]:
+    """Decorator: each call of the function is one request on ``key``."""
+    return _limiter().limit(key, max_requests, interval, algorithm, scope)

@@ -1,0 +1,508 @@
+"""The rate limiter service: :class:`RateLimiter` (sync) and :class:`AsyncRateLimiter`.
+
+``scope="shared"`` (the default) decides in the database, one atomic statement per
+decision (see :mod:`._store`); ``scope="local"`` decides in this process's memory with
+the same arithmetic (:mod:`._logic`).
+
+When the database cannot be reached, ``on_storage_error`` decides: ``"open"`` (the
+default) admits the request with a ``degraded`` decision and emits
+``foundation.rate_limiter.storage_error``; ``"closed"`` raises the
+``storage_unavailable`` error and the function is not called. Fail open is the default
+because a limiter protects a service from overload, and refusing every call while the
+database is down would turn a database outage into a full outage.
+
+Expired rows are deleted a small batch at a time (``CLEANUP_BATCH`` rows, no table scan
+held under a lock, ``SKIP LOCKED`` on PostgreSQL) by whichever call on a node finds the
+cleanup due, every ``CLEANUP_EVERY_S`` seconds, sooner while batches come back full.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, Literal, NamedTuple, NoReturn, TypeVar
+
+from foundation.database.aio import AsyncDatabase
+from foundation.database.sync import SyncDatabase
+from foundation.errors import (
+    FoundationError,
+    RateLimitedError,
+    StorageError,
+    StorageUnavailableError,
+    ValidationError,
+)
+from foundation.rate_limiter._logic import (
+    Decision,
+    Limit,
+    check_key,
+    fixed_decision,
+    fixed_window,
+    gcra,
+    gcra_decision,
+    make_limit,
+    sliding_decision,
+    sliding_window,
+)
+from foundation.rate_limiter._store import LimiterSQL
+from foundation.settings import Settings
+from foundation.telemetry import Telemetry
+
+__all__ = ["AsyncRateLimiter", "LimitUsage", "RateLimiter"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+Scope = Literal["shared", "local"]
+log = logging.getLogger("foundation.rate_limiter")
+
+_ALLOW = ("foundation", "rate_limiter", "allow")
+_DENY = ("foundation", "rate_limiter", "deny")
+_STORAGE = ("foundation", "rate_limiter", "storage_error")
+CLEANUP_BATCH = 500
+CLEANUP_EVERY_S = 30.0
+
+
+def _fn_key(fn: Any) -> str:
+    return f"{getattr(fn, '__module__', None) or '?'}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
+class LimitUsage(NamedTuple):
+    """One stored limit, as ``foundation limits`` would list it (times in epoch ms / µs)."""
+
+    key: str
+    algorithm: str
+    window_start_ms: int
+    used: int
+    previous_count: int
+    tat_us: int
+    expires_at: datetime
+
+
+class _LimiterBase:
+    def __init__(
+        self,
+        sql: LimiterSQL | None,
+        settings: Settings,
+        telemetry: Telemetry,
+        on_storage_error: Literal["open", "closed"] = "open",
+    ) -> None:
+        if on_storage_error not in ("open", "closed"):
+            raise ValidationError(
+                "on_storage_error must be 'open' or 'closed'",
+                context={"value": repr(on_storage_error)[:100]},
+            )
+        self._sql = sql
+        self._settings = settings
+        self._telemetry = telemetry
+        self._node = settings.node_id
+        self._max_key = settings.max_key_length
+        self.on_storage_error: Literal["open", "closed"] = on_storage_error
+        self._local: dict[tuple[str, str], Any] = {}
+        self._local_lock = threading.Lock()
+        self._limits: dict[tuple[Any, Any, Any], Limit] = {}
+        self._next_cleanup = time.monotonic() + CLEANUP_EVERY_S
+
+    # -- validation -------------------------------------------------------------------
+
+    def _limit(self, max_requests: Any, interval: Any, algorithm: Any) -> Limit:
+        if type(max_requests) is int and type(interval) is int:  # the cached fast path
+            cached = self._limits.get((max_requests, interval, algorithm))
+            if cached is not None:
+                return cached
+            limit = make_limit(max_requests, interval, algorithm)
+            if len(self._limits) < 1000:
+                self._limits[(max_requests, interval, algorithm)] = limit
+            return limit
+        return make_limit(max_requests, interval, algorithm)
+
+    @staticmethod
+    def _bad_scope(scope: Any) -> NoReturn:
+        raise ValidationError(
+            f"scope must be 'shared' or 'local', not {scope!r}",
+            context={"option": "scope", "value": repr(scope)[:100]},
+        )
+
+    def _scope(self, scope: Any) -> Scope:
+        if scope not in ("shared", "local"):
+            self._bad_scope(scope)
+        return scope  # type: ignore[no-any-return]
+
+    def _check_fn(self, fn: Any) -> None:
+        if not callable(fn):
+            raise ValidationError(
+                f"rate_limiter.execute needs a callable, not {type(fn).__name__}",
+                context={"fn": repr(fn)[:100]},
+            )
+
+    # -- local scope ------------------------------------------------------------------
+
+    def _decide_local(self, key: str, limit: Limit) -> Decision:
+        now_us = time.time_ns() // 1000
+        slot = (key, limit.algorithm)
+        with self._local_lock:
+            state = self._local.get(slot)
+            if limit.algorithm == "fixed_window":
+                new, allowed = fixed_window(state, now_us // 1000, limit)
+                self._local[slot] = new
+                return fixed_decision(new, allowed, now_us // 1000, limit)
+            if limit.algorithm == "sliding_window":
+                new3, allowed = sliding_window(state, now_us // 1000, limit)
+                self._local[slot] = new3
+                return sliding_decision(new3, allowed, now_us // 1000, limit)
+            tat, allowed = gcra(state, now_us, limit)
+            self._local[slot] = tat
+            return gcra_decision(tat, allowed, now_us, limit)
+
+    # -- shared scope -----------------------------------------------------------------
+
+    def _params(self, key: str, limit: Limit) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            "key": key,
+            "limit": limit.max_requests,
+            "interval": limit.interval,
+            "emission": limit.emission_us,
+            "capacity": limit.capacity_us,
+        }
+        if self._sql is not None and self._sql.backend == "sqlite":
+            now_us = time.time_ns() // 1000
+            params["now_us"] = now_us
+            params["now_ms"] = now_us // 1000
+        return params
+
+    def _from_row(self, row: Any, limit: Limit) -> Decision:
+        start, count, previous, tat, allowed, now_ms, now_us = row[:7]
+        allowed = bool(allowed)
+        if limit.algorithm == "fixed_window":
+            return fixed_decision((int(start), int(count)), allowed, int(now_ms), limit)
+        if limit.algorithm == "sliding_window":
+            return sliding_decision(
+                (int(start), int(count), int(previous)), allowed, int(now_ms), limit
+            )
+        return gcra_decision(int(tat), allowed, int(now_us), limit)
+
+    def _degraded(self, key: str, limit: Limit, exc: FoundationError) -> Decision:
+        self._telemetry.execute(
+            _STORAGE,
+            {"count": 1},
+            {"key": key, "error": exc.code, "policy": self.on_storage_error, "node": self._node},
+        )
+        if self.on_storage_error == "closed":
+            raise exc
+        log.warning("rate limiter failing open for %r: %s", key, exc.message)
+        return Decision(
+            allowed=True,
+            remaining=limit.max_requests,
+            retry_after=0,
+            reset_at_ms=time.time_ns() // 1_000_000 + limit.interval,
+            limit=limit.max_requests,
+            degraded=True,
+        )
+
+    def _cleanup_due(self) -> bool:
+        return time.monotonic() >= self._next_cleanup
+
+    def _cleaned(self, deleted: int) -> None:
+        self._next_cleanup = time.monotonic() + (
+            1.0 if deleted >= CLEANUP_BATCH else CLEANUP_EVERY_S
+        )
+
+    def _cleanup_params(self) -> dict[str, Any]:
+        params: dict[str, Any] = {"batch": CLEANUP_BATCH}
+        if self._sql is not None and self._sql.backend == "sqlite":
+            params["now_ms"] = time.time_ns() // 1_000_000
+        return params
+
+    # -- outcome ----------------------------------------------------------------------
+
+    def _emit(self, key: str, limit: Limit, decision: Decision, scope: str) -> None:
+        if decision.allowed:
+            self._telemetry.execute(
+                _ALLOW,
+                {"count": 1, "remaining": decision.remaining},
+                {"key": key, "algorithm": limit.algorithm, "scope": scope},
+            )
+        else:
+            self._telemetry.execute(
+                _DENY,
+                {"count": 1, "retry_after": decision.retry_after},
+                {"key": key, "algorithm": limit.algorithm, "scope": scope},
+            )
+
+    @staticmethod
+    def _refused(key: str, limit: Limit, decision: Decision) -> RateLimitedError:
+        return RateLimitedError(
+            f"rate limit for {key!r} exceeded ({limit.max_requests} per {limit.interval} ms, "
+            f"{limit.algorithm}); retry after {decision.retry_after} ms",
+            context={
+                "key": key,
+                "retry_after": decision.retry_after,
+                "limit": limit.max_requests,
+                "remaining": decision.remaining,
+                "interval": limit.interval,
+                "algorithm": limit.algorithm,
+                "reset_at": decision.reset_at.isoformat(),
+            },
+        )
+
+
+class RateLimiter(_LimiterBase):
+    """Per-key rate limits shared by every node (or ``scope="local"``: this process)."""
+
+    def __init__(
+        self,
+        db: SyncDatabase | None,
+        sql: LimiterSQL | None,
+        settings: Settings,
+        telemetry: Telemetry,
+        on_storage_error: Literal["open", "closed"] = "open",
+    ) -> None:
+        super().__init__(sql, settings, telemetry, on_storage_error)
+        self._db = db
+
+    def try_acquire(
+        self,
+        key: Any,
+        max_requests: Any = 100,
+        interval: Any = 60000,
+        algorithm: Any = "fixed_window",
+        scope: Any = "shared",
+    ) -> Decision:
+        """Count one request for ``key``; the :class:`Decision`, allowed or not (never raises
+        ``rate_limited``)."""
+        if type(key) is not str or not key or len(key) > self._max_key:
+            key = check_key(key, self._max_key)
+        limit = self._limit(max_requests, interval, algorithm)
+        if scope == "local":
+            decision = self._decide_local(key, limit)
+        elif scope == "shared":
+            decision = self._decide_shared(key, limit)
+        else:
+            self._bad_scope(scope)
+        self._emit(key, limit, decision, scope)
+        return decision
+
+    def _decide_shared(self, key: str, limit: Limit) -> Decision:
+        assert self._db is not None and self._sql is not None
+        try:
+            row = self._db.fetchone(self._sql.upsert[limit.algorithm], self._params(key, limit))
+        except (StorageUnavailableError, StorageError) as exc:
+            return self._degraded(key, limit, exc)
+        assert row is not None
+        if self._cleanup_due():
+            self.cleanup()
+        return self._from_row(row, limit)
+
+    def cleanup(self) -> int:
+        """Delete one batch of expired rows; how many went."""
+        assert self._db is not None and self._sql is not None
+        self._next_cleanup = time.monotonic() + CLEANUP_EVERY_S
+        try:
+            deleted = self._db.execute(self._sql.cleanup, self._cleanup_params())
+        except FoundationError as exc:
+            log.warning("rate limit cleanup failed: %s", exc.message)
+            return 0
+        self._cleaned(deleted)
+        return deleted
+
+    def acquire(
+        self,
+        key: Any,
+        max_requests: Any = 100,
+        interval: Any = 60000,
+        algorithm: Any = "fixed_window",
+        scope: Any = "shared",
+    ) -> Decision:
+        """As :meth:`try_acquire`, but a refusal raises ``rate_limited``."""
+        limit = self._limit(max_requests, interval, algorithm)
+        decision = self.try_acquire(key, max_requests, interval, algorithm, scope)
+        if not decision.allowed:
+            raise self._refused(key, limit, decision)
+        return decision
+
+    def execute(
+        self,
+        fn: Callable[[], Any],
+        key: Any = None,
+        max_requests: Any = 100,
+        interval: Any = 60000,
+        algorithm: Any = "fixed_window",
+        scope: Any = "shared",
+    ) -> Any:
+        """Call ``fn()`` if ``key`` (default: ``fn``'s qualified name) is within its limit,
+        else raise ``rate_limited`` (``retry_after``, ``limit``, ``remaining``, ``interval``
+        in its context) without calling it."""
+        self._check_fn(fn)
+        self.acquire(_fn_key(fn) if key is None else key, max_requests, interval, algorithm, scope)
+        return fn()
+
+    def limit(
+        self,
+        key: Any = None,
+        max_requests: Any = 100,
+        interval: Any = 60000,
+        algorithm: Any = "fixed_window",
+        scope: Any = "shared",
+    ) -> Callable[[F], F]:
+        """Decorator: every call of the function is one request on ``key``."""
+        self._limit(max_requests, interval, algorithm)
+        self._scope(scope)
+
+        def decorate(fn: F) -> F:
+            self._check_fn(fn)
+            name = _fn_key(fn) if key is None else check_key(key, self._max_key)
+
+            @functools.wraps(fn)
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                self.acquire(name, max_requests, interval, algorithm, scope)
+                return fn(*args, **kwargs)
+
+            return wrapper  # type: ignore[return-value]
+
+        return decorate
+
+    def usage(self, limit: int = 1000) -> list[LimitUsage]:
+        """Stored limits (for ``foundation limits``): key, algorithm and counters."""
+        assert self._db is not None and self._sql is not None
+        rows = self._db.fetchall(self._sql.select_all, {"limit": limit})
+        return [_usage(r) for r in rows]
+
+
+def _usage(row: Any) -> LimitUsage:
+    key, algorithm, start, count, previous, tat, expires = row
+    return LimitUsage(
+        key,
+        algorithm,
+        int(start),
+        int(count),
+        int(previous),
+        int(tat),
+        datetime.fromtimestamp(int(expires) / 1000, UTC),
+    )
+
+
+class AsyncRateLimiter(_LimiterBase):
+    """The awaitable twin of :class:`RateLimiter` (local decisions stay in memory)."""
+
+    def __init__(
+        self,
+        db: AsyncDatabase | None,
+        sql: LimiterSQL | None,
+        settings: Settings,
+        telemetry: Telemetry,
+        on_storage_error: Literal["open", "closed"] = "open",
+    ) -> None:
+        super().__init__(sql, settings, telemetry, on_storage_error)
+        self._db = db
+
+    async def try_acquire(
+        self,
+        key: Any,
+        max_requests: Any = 100,
+        interval: Any = 60000,
+        algorithm: Any = "fixed_window",
+        scope: Any = "shared",
+    ) -> Decision:
+        if type(key) is not str or not key or len(key) > self._max_key:
+            key = check_key(key, self._max_key)
+        limit = self._limit(max_requests, interval, algorithm)
+        if scope == "local":
+            decision = self._decide_local(key, limit)
+        elif scope == "shared":
+            decision = await self._decide_shared(key, limit)
+        else:
+            self._bad_scope(scope)
+        self._emit(key, limit, decision, scope)
+        return decision
+
+    async def _decide_shared(self, key: str, limit: Limit) -> Decision:
+        assert self._db is not None and self._sql is not None
+        try:
+            row = await self._db.fetchone(
+                self._sql.upsert[limit.algorithm], self._params(key, limit)
+            )
+        except (StorageUnavailableError, StorageError) as exc:
+            return self._degraded(key, limit, exc)
+        assert row is not None
+        if self._cleanup_due():
+            await self.cleanup()
+        return self._from_row(row, limit)
+
+    async def cleanup(self) -> int:
+        assert self._db is not None and self._sql is not None
+        self._next_cleanup = time.monotonic() + CLEANUP_EVERY_S
+        try:
+            deleted = await self._db.execute(self._sql.cleanup, self._cleanup_params())
+        except FoundationError as exc:
+            log.warning("rate limit cleanup failed: %s", exc.message)
+            return 0
+        self._cleaned(deleted)
+        return deleted
+
+    async def acquire(
+        self,
+        key: Any,
+        max_requests: Any = 100,
+        interval: Any = 60000,
+        algorithm: Any = "fixed_window",
+        scope: Any = "shared",
+    ) -> Decision:
+        limit = self._limit(max_requests, interval, algorithm)
+        decision = await self.try_acquire(key, max_requests, interval, algorithm, scope)
+        if not decision.allowed:
+            raise self._refused(key, limit, decision)
+        return decision
+
+    async def execute(
+        self,
+        fn: Callable[[], Any],
+        key: Any = None,
+        max_requests: Any = 100,
+        interval: Any = 60000,
+        algorithm: Any = "fixed_window",
+        scope: Any = "shared",
+    ) -> Any:
+        """As :meth:`RateLimiter.execute`; ``fn()`` may return an awaitable (awaited)."""
+        self._check_fn(fn)
+        await self.acquire(
+            _fn_key(fn) if key is None else key, max_requests, interval, algorithm, scope
+        )
+        result = fn()
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+    def limit(
+        self,
+        key: Any = None,
+        max_requests: Any = 100,
+        interval: Any = 60000,
+        algorithm: Any = "fixed_window",
+        scope: Any = "shared",
+    ) -> Callable[[F], F]:
+        """Decorator for ``async def`` functions: each call is one request on ``key``."""
+        self._limit(max_requests, interval, algorithm)
+        self._scope(scope)
+
+        def decorate(fn: F) -> F:
+            self._check_fn(fn)
+            name = _fn_key(fn) if key is None else check_key(key, self._max_key)
+
+            @functools.wraps(fn)
+            async def wrapper(*args: Any, **kwargs: Any) -> Any:
+                await self.acquire(name, max_requests, interval, algorithm, scope)
+                result = fn(*args, **kwargs)
+                if inspect.isawaitable(result):
+                    result = await result
+                return result
+
+            return wrapper  # type: ignore[return-value]
+
+        return decorate
+
+    async def usage(self, limit: int = 1000) -> list[LimitUsage]:
+        assert self._db is not None and self._sql is not None
+        rows = await self._db.fetchall(self._sql.select_all, {"limit": limit})
+        return [_usage(r) for r in rows]
