@@ -99,7 +99,9 @@ def test_listener_reconnects_and_resyncs_after_termination(postgres_server: str)
             with psycopg.connect(DatabaseURL.parse(url).conninfo, autocommit=True) as conn:
                 conn.execute(
                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE application_name LIKE 'foundation:%%' AND pid <> pg_backend_pid()"
+                    "WHERE application_name LIKE 'foundation:%%' AND pid <> pg_backend_pid() "
+                    "AND datname = %s",
+                    (DatabaseURL.parse(url).url.database,),
                 )
             a.config.set("after_cut", True)
             wait_for(lambda: b.config.get("after_cut") is True)
