@@ -89,13 +89,129 @@ def telemetry_spans() -> None:
     foundation.telemetry.detach("demo")
 
 
+def event_sourcing() -> None:
+    section("Events: an order's stream, projected by a subscription")
+    totals: dict[str, int] = {}
+    projected = threading.Event()
+
+    def project(event: Any) -> None:
+        order = event.stream_id
+        if event.type == "item_added":
+            totals[order] = totals.get(order, 0) + event.data["price"]
+        if event.type == "order_paid":
+            projected.set()
+
+    events = foundation.events
+    subscription = events.subscribe("order-totals", project, types=["item_added", "order_paid"])
+    with foundation.correlation("checkout-7"):
+        placed = events.store(
+            {
+                "type": "order_placed",
+                "stream_id": "order-7",
+                "expected_version": "no_stream",
+                "data": {"customer": "ada"},
+            }
+        )
+        events.store_many(
+            [
+                {"type": "item_added", "stream_id": "order-7", "data": {"sku": "A", "price": 30}},
+                {"type": "item_added", "stream_id": "order-7", "data": {"sku": "B", "price": 12}},
+            ]
+        )
+        events.store(
+            {
+                "type": "order_paid",
+                "stream_id": "order-7",
+                "expected_version": 3,
+                "data": {"amount": 42},
+                "causation_id": str(placed.id),
+            }
+        )
+    projected.wait(5)
+    for event in events.read_stream("order-7"):
+        console.print(f"  #{event.position} v{event.stream_version} {event.type:<13} {event.data}")
+    console.print(f"  projection (subscription, at least once): totals = {totals}")
+    try:
+        events.store(
+            {
+                "type": "order_paid",
+                "stream_id": "order-7",
+                "expected_version": 3,
+                "data": {"amount": 42},
+            }
+        )
+    except FoundationError as err:
+        console.print(f"  [yellow]{err.code}[/]: {err.message}")
+    chain = events.correlation_chain("checkout-7")
+    console.print(f"  correlation chain checkout-7: {[e.type for e in chain]}")
+    subscription.stop()
+
+
+def breaker_and_limiter() -> None:
+    section("Circuit breaker and rate limiter: state shared by every node")
+
+    def flaky() -> None:
+        raise ConnectionError("payment gateway down")
+
+    breaker = foundation.circuit_breaker.get("payments", max_failures=2, reset_timeout=30_000)
+    for attempt in range(1, 4):
+        try:
+            breaker.execute(flaky)
+        except FoundationError as err:
+            console.print(f"  call {attempt}: [yellow]{err.code}[/] {err.context}")
+        except ConnectionError as exc:
+            console.print(f"  call {attempt}: failed ({exc}); breaker is {breaker.state}")
+    for attempt in range(1, 5):
+        try:
+            foundation.rate_limiter.execute(
+                lambda: None, key="demo-api", max_requests=3, interval=60_000
+            )
+            console.print(f"  request {attempt}: allowed")
+        except FoundationError as err:
+            console.print(
+                f"  request {attempt}: [yellow]{err.code}[/] retry_after="
+                f"{err.context['retry_after']} ms, limit={err.context['limit']}"
+            )
+
+
+class MetricsSummary:
+    """Counts every event of Foundation's catalogue while the demo runs (issue: telemetry)."""
+
+    def __init__(self) -> None:
+        from foundation.telemetry.catalogue import emitted_names
+
+        self.counts: dict[str, int] = {}
+        self.durations: dict[str, list[float]] = {}
+        foundation.telemetry.attach("demo-metrics", emitted_names(), self.handle)
+
+    def handle(self, event: tuple[str, ...], measurements: Mapping[str, Any], *_: Any) -> None:
+        name = ".".join(event)
+        self.counts[name] = self.counts.get(name, 0) + 1
+        if "duration" in measurements:
+            self.durations.setdefault(name, []).append(measurements["duration"] / 1000)
+
+    def print(self) -> None:
+        section("Metrics summary (telemetry handlers)")
+        foundation.telemetry.detach("demo-metrics")
+        table = Table("event", "count", "median µs")
+        for name in sorted(self.counts):
+            samples = sorted(self.durations.get(name, []))
+            median = f"{samples[len(samples) // 2]:.0f}" if samples else ""
+            table.add_row(name, str(self.counts[name]), median)
+        console.print(table)
+
+
 def main() -> None:
     from foundation._default import instance
 
     console.print(f"[bold]Foundation demo[/] on {instance().url.masked}")
+    metrics = MetricsSummary()
     config_across_two_instances()
     bad_input()
+    event_sourcing()
+    breaker_and_limiter()
     telemetry_spans()
+    metrics.print()
     console.print("[bold green]done.[/] Tests: scripts/test")
 
 
