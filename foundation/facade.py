@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 import pydantic
 
+from foundation.circuit_breaker import AsyncCircuitBreakers, CircuitBreakers
+from foundation.circuit_breaker._store import BreakerSQL
 from foundation.config._service import AsyncConfig, Config
 from foundation.config._store import ConfigSQL
 from foundation.database import migrate as migrations
@@ -23,6 +25,15 @@ from foundation.database.sync import SyncDatabase
 from foundation.database.url import DatabaseURL
 from foundation.database.version import VERSION_QUERIES
 from foundation.errors import ConfigError, FoundationError
+from foundation.events import AsyncEvents, Events, EventSQL
+from foundation.rate_limiter import AsyncRateLimiter, RateLimiter
+from foundation.rate_limiter._store import LimiterSQL
+from foundation.service_registry import (
+    AsyncServiceRegistry,
+    RegistryOptions,
+    RegistrySQL,
+    ServiceRegistry,
+)
 from foundation.settings import Settings
 from foundation.telemetry import Telemetry
 
@@ -92,6 +103,9 @@ class _Base:
         feed = start_feed(self.url, self.settings, self.telemetry.execute)
         for topic, subscriber in subscribers.items():
             feed.subscribe(topic, subscriber)
+            bind = getattr(subscriber, "bind_feed", None)
+            if bind is not None:
+                bind(feed)
         feed.start()
         self._feed = feed
 
@@ -155,7 +169,39 @@ class Foundation(_Base):
                 self.telemetry,
             )
             self.config.load()
-            self._start_feed({"config": self.config})
+            self.events = Events(
+                self._db,
+                EventSQL.build(self.url.backend, self._db.codec),
+                self.settings,
+                self.telemetry,
+            )
+            self.service_registry = ServiceRegistry(
+                self._db,
+                RegistrySQL.build(self.url.backend, self._db.codec),
+                self.settings,
+                self.telemetry,
+                RegistryOptions.make(overrides),
+            )
+            self.service_registry.load()
+            self.circuit_breaker = CircuitBreakers(
+                self._db, BreakerSQL.build(self.url.backend), self.settings, self.telemetry
+            )
+            self.circuit_breaker.load()
+            self.rate_limiter = RateLimiter(
+                self._db,
+                LimiterSQL.build(
+                    self.url.backend,
+                    self._db.codec,
+                    fast_commit=overrides.get("rate_limiter_fast_commit", True),
+                ),
+                self.settings,
+                self.telemetry,
+                overrides.get("rate_limiter_on_storage_error", "open"),
+            )
+            self._start_feed(
+                {"config": self.config, "events": self.events, "registry": self.service_registry}
+                | {"breakers": self.circuit_breaker}
+            )
         except BaseException:
             self.close()
             raise
@@ -173,6 +219,10 @@ class Foundation(_Base):
 
     def close(self) -> None:
         """Stop the change feed and close every connection. Safe to call twice."""
+        if getattr(self, "events", None) is not None:
+            self.events.close()  # stop subscriptions while the database is still open
+        if getattr(self, "service_registry", None) is not None:
+            self.service_registry.close()  # releases this node's names and lease
         if self._feed is not None:
             self._feed.stop()
         self._db.close()
@@ -208,6 +258,33 @@ class AsyncFoundation(_Base):
             self.settings,
             self.telemetry,
         )
+        self.events = AsyncEvents(
+            self._db,
+            EventSQL.build(self.url.backend, self._db.codec),
+            self.settings,
+            self.telemetry,
+        )
+        self.service_registry = AsyncServiceRegistry(
+            self._db,
+            RegistrySQL.build(self.url.backend, self._db.codec),
+            self.settings,
+            self.telemetry,
+            RegistryOptions.make(overrides),
+        )
+        self.circuit_breaker = AsyncCircuitBreakers(
+            self._db, BreakerSQL.build(self.url.backend), self.settings, self.telemetry
+        )
+        self.rate_limiter = AsyncRateLimiter(
+            self._db,
+            LimiterSQL.build(
+                self.url.backend,
+                self._db.codec,
+                fast_commit=overrides.get("rate_limiter_fast_commit", True),
+            ),
+            self.settings,
+            self.telemetry,
+            overrides.get("rate_limiter_on_storage_error", "open"),
+        )
         self._opened = False
 
     async def open(self) -> AsyncFoundation:
@@ -223,7 +300,12 @@ class AsyncFoundation(_Base):
                 elif error is not None:
                     raise error
             await self.config.load()
-            self._start_feed({"config": self.config})
+            await self.service_registry.load()
+            await self.circuit_breaker.load()
+            self._start_feed(
+                {"config": self.config, "events": self.events, "registry": self.service_registry}
+                | {"breakers": self.circuit_breaker}
+            )
             self._opened = True
         except BaseException:
             await self.close()
@@ -242,6 +324,8 @@ class AsyncFoundation(_Base):
         return self._db
 
     async def close(self) -> None:
+        await self.events.close()
+        await self.service_registry.close()
         if self._feed is not None:
             await asyncio.to_thread(self._feed.stop)
         await self._db.close()

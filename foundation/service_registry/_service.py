@@ -1,0 +1,962 @@
+"""The registry service: :class:`ServiceRegistry` (sync) and :class:`AsyncServiceRegistry`.
+
+Both share :class:`_RegistryBase` for validation, the cache, watches, the change-feed side
+and the bookkeeping of what this node holds; they differ only in how they run statements
+and in their heartbeat (a thread, or an asyncio task).
+
+The lease protocol, per instance:
+
+1. ``load`` takes the lease (``generation`` + 1 if the node id had one before).
+2. The heartbeat renews it every ``heartbeat_ms`` (default ``ttl / 3``) with ONE UPDATE
+   that succeeds only while the lease is still live in the database's view.
+3. The node counts its lease valid until ``ttl`` after the monotonic start of its last
+   successful renewal, which is never later than the database's expiry. Past that (a
+   pause, a database outage) or when a renewal finds the lease gone, it takes a new
+   generation, re-registers the names it held where they are still free, and reports
+   each one it lost (``kind="lost"`` to watchers, ``foundation.registry.lease_lost``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from foundation.database.aio import AsyncDatabase
+from foundation.database.sync import Cursor, SyncDatabase
+from foundation.errors import (
+    AlreadyRegisteredError,
+    FoundationError,
+    NotFoundError,
+    ValidationError,
+)
+from foundation.service_registry._state import (
+    GroupMember,
+    RegistryChange,
+    RegistryState,
+    RegistryWatch,
+    ServiceEntry,
+    _Lease,
+    check_json,
+    check_name,
+    check_ttl,
+    check_where,
+)
+from foundation.service_registry._store import RegistrySQL
+from foundation.settings import Settings
+from foundation.telemetry import Telemetry
+
+__all__ = ["AsyncServiceRegistry", "RegistryOptions", "ServiceRegistry"]
+
+log = logging.getLogger("foundation.registry")
+
+_REGISTER = ("foundation", "registry", "register")
+_UNREGISTER = ("foundation", "registry", "unregister")
+_EXPIRED = ("foundation", "registry", "expired")
+_LEASE_LOST = ("foundation", "registry", "lease_lost")
+_CONFLICT = ("foundation", "registry", "conflict")
+_HEARTBEAT_FAILED = ("foundation", "registry", "heartbeat_failed")
+
+
+@dataclass(frozen=True)
+class RegistryOptions:
+    """Lease timing. From ``Foundation(..., registry_ttl_ms=…, registry_heartbeat_ms=…)``,
+    else ``FOUNDATION_REGISTRY_TTL_MS`` / ``FOUNDATION_REGISTRY_HEARTBEAT_MS``."""
+
+    ttl_ms: int = 30_000
+    heartbeat_ms: int = 10_000
+
+    @classmethod
+    def make(cls, overrides: Mapping[str, Any] | None = None) -> RegistryOptions:
+        values = dict(overrides or {})
+
+        def pick(key: str) -> Any:
+            if values.get(f"registry_{key}") is not None:
+                return values[f"registry_{key}"]
+            raw = os.environ.get(f"FOUNDATION_REGISTRY_{key.upper()}")
+            if raw is None:
+                return None
+            try:
+                return int(raw)
+            except ValueError:
+                raise ValidationError(
+                    f"FOUNDATION_REGISTRY_{key.upper()} must be an integer (milliseconds)",
+                    context={"value": raw},
+                ) from None
+
+        ttl = check_ttl(pick("ttl_ms"), "registry_ttl_ms") or cls.ttl_ms
+        if ttl < 100:
+            raise ValidationError(
+                "registry_ttl_ms must be at least 100 ms", context={"registry_ttl_ms": ttl}
+            )
+        beat = check_ttl(pick("heartbeat_ms"), "registry_heartbeat_ms") or max(1, ttl // 3)
+        if beat >= ttl:
+            raise ValidationError(
+                "registry_heartbeat_ms must be shorter than registry_ttl_ms",
+                context={"registry_ttl_ms": ttl, "registry_heartbeat_ms": beat},
+            )
+        return cls(ttl, beat)
+
+
+@dataclass(frozen=True)
+class _Held:
+    """What this node registered, to write again after a lease loss."""
+
+    address: Any
+    address_text: str
+    metadata: Any
+    metadata_text: str
+    ttl_ms: int | None
+
+
+class _RegistryBase:
+    """Validation, the cache, watches, the change-feed side; no I/O."""
+
+    def __init__(
+        self,
+        sql: RegistrySQL,
+        settings: Settings,
+        telemetry: Telemetry,
+        options: RegistryOptions | None = None,
+    ) -> None:
+        self._sql = sql
+        self._settings = settings
+        self._telemetry = telemetry
+        self.options = options or RegistryOptions.make()
+        self._node = settings.node_id
+        self._max_bytes = settings.max_value_bytes
+        self._state = RegistryState(self._node)
+        self._lease: _Lease | None = None
+        self._deadline = 0.0  # monotonic: this node's own view of its lease
+        self._held: dict[str, _Held] = {}
+        self._joined: dict[tuple[str, str], _Held] = {}
+        self._reclaim_pending = False
+        self._closed = False
+        self._resync_lock = threading.Lock()
+        self.lease_losses = 0
+        # The hot read paths: the state's own bound methods (one dict lookup, no frame).
+        self.lookup = self._state.lookup  # type: ignore[method-assign]
+        self.find = self._state.find  # type: ignore[method-assign]
+
+    # -- reads (cache only) -----------------------------------------------------------
+
+    def lookup(self, name: Any) -> ServiceEntry:
+        """The live entry for ``name`` from the in-process cache, or raise ``not_found``."""
+        return self._state.lookup(name)
+
+    def find(self, name: Any) -> ServiceEntry | None:
+        """As :meth:`lookup`, but ``None`` when nobody holds the name."""
+        return self._state.find(name)
+
+    def list(self, prefix: str | None = None, where: Any = None) -> builtins.list[ServiceEntry]:
+        """Live entries (cluster and local), by name; ``where``: metadata values or a callable."""
+        if prefix is not None and not isinstance(prefix, str):
+            raise ValidationError("prefix must be a string", context={"prefix": repr(prefix)})
+        return self._state.list(prefix, check_where(where))
+
+    def members(self, group: Any) -> builtins.list[GroupMember]:
+        """The live members of ``group``, oldest first."""
+        return self._state.members(check_name(group, "a group name"))
+
+    def owns(self, name: Any) -> bool:
+        """True while this node holds ``name`` and its own lease is valid (monotonic clock)."""
+        name = check_name(name)
+        if self._state.local_entry(name) is not None:
+            return True
+        entry = self._state.cached_entry(name)
+        return (
+            name in self._held
+            and self._lease_valid()
+            and entry is not None
+            and entry.lease is self._lease
+        )
+
+    def nodes(self) -> dict[str, tuple[int, datetime | None]]:
+        """Every lease this node knows: node id -> (generation, expiry; None once released)."""
+        return {
+            node: (gen, datetime.fromtimestamp(exp, UTC) if exp > 0 else None)
+            for node, (gen, exp) in self._state.leases().items()
+        }
+
+    @property
+    def node(self) -> str:
+        return self._node
+
+    @property
+    def lease_generation(self) -> int | None:
+        return None if self._lease is None else self._lease.generation
+
+    def _lease_valid(self) -> bool:
+        return self._lease is not None and time.monotonic() < self._deadline
+
+    # -- validation -------------------------------------------------------------------
+
+    def _prepare(self, name: Any, address: Any, metadata: Any, ttl: Any) -> tuple[str, _Held]:
+        name = check_name(name)
+        if address is None:
+            raise ValidationError(
+                f"the address of {name!r} must not be None", context={"name": name}
+            )
+        addr, addr_text = check_json(address, f"the address of {name!r}", name, self._max_bytes)
+        meta, meta_text = check_json(
+            {} if metadata is None else metadata,
+            f"the metadata of {name!r}",
+            name,
+            self._max_bytes,
+        )
+        return name, _Held(addr, addr_text, meta, meta_text, check_ttl(ttl))
+
+    # -- statement parameters and results ---------------------------------------------
+
+    def _lease_params(self) -> dict[str, Any]:
+        params = {"node": self._node, **self._sql.clock(self.options.ttl_ms)}
+        if self._lease is not None:
+            params["gen"] = self._lease.generation
+        return params
+
+    def _took_lease(self, row: tuple[Any, ...] | None, started: float) -> None:
+        assert row is not None
+        lease = _Lease(self._node, int(row[0]), self._sql.epoch_seconds(row[1]))
+        self._state.install_own(lease)
+        self._lease = lease
+        self._deadline = started + self.options.ttl_ms / 1000
+
+    def _renewed(self, row: tuple[Any, ...] | None, started: float) -> bool:
+        if row is None or self._lease is None:
+            return False
+        self._state.apply_lease(self._node, self._lease.generation, self._sql.epoch_seconds(row[0]))
+        self._deadline = started + self.options.ttl_ms / 1000
+        return True
+
+    def _lost_locally(self) -> None:
+        if self._lease is not None:
+            self._lease.expires = 0.0  # our own entries vanish from lookups at once
+        self._deadline = 0.0
+
+    def _register_params(self, name: str, held: _Held, gen: int) -> dict[str, Any]:
+        return {
+            "name": name,
+            "address": held.address_text,
+            "metadata": held.metadata_text,
+            "node": self._node,
+            "gen": gen,
+            **self._sql.clock(None, held.ttl_ms),
+        }
+
+    def _entry(self, row: tuple[Any, ...]) -> ServiceEntry:
+        return self._state.make_entry(row, self._sql.codec.load_json, self._sql.codec.load_ts)
+
+    def _member(self, row: tuple[Any, ...]) -> GroupMember:
+        return self._state.make_member(row, self._sql.codec.load_json, self._sql.codec.load_ts)
+
+    def _registered(self, row: tuple[Any, ...], held: _Held, started: int) -> ServiceEntry:
+        entry = self._entry(row)
+        self._held[entry.name] = held
+        changes = self._state.apply_entry(entry, entry.name, entry.revision, "local")
+        self._emit(_REGISTER, started, {"name": entry.name, "epoch": entry.epoch})
+        self._state.notify(changes)
+        return entry
+
+    def _conflict(self, name: str, owner: tuple[Any, ...] | None) -> AlreadyRegisteredError:
+        context: dict[str, Any] = {"name": name}
+        if owner is not None and owner[3] is not None:
+            entry = self._entry(owner)
+            context.update(owner=entry.node, address=entry.address, epoch=entry.epoch)
+        who = (
+            f" by node {context['owner']!r} at {context['address']!r}" if "owner" in context else ""
+        )
+        self._telemetry.execute(_CONFLICT, {"count": 1}, {"node": self._node, **context})
+        return AlreadyRegisteredError(f"{name!r} is already registered{who}", context=context)
+
+    def _unregistered(self, name: str, row: tuple[Any, ...], started: int) -> None:
+        self._held.pop(name, None)
+        changes = self._state.apply_entry(None, name, int(row[0]), "local")
+        self._emit(_UNREGISTER, started, {"name": name})
+        self._state.notify(changes)
+
+    def _not_held(self, name: str) -> NotFoundError:
+        entry = self._state.live_entry(name)
+        context: dict[str, Any] = {"name": name, "node": self._node}
+        if entry is not None:
+            context["owner"] = entry.node
+        return NotFoundError(f"this node does not hold {name!r}", context=context)
+
+    def _check_local_free(self, name: str) -> None:
+        if self._state.local_entry(name) is not None:
+            raise AlreadyRegisteredError(
+                f"{name!r} is registered locally in this process",
+                context={"name": name, "owner": self._node, "local": True},
+            )
+
+    def _register_local(self, name: Any, value: Any, metadata: Any) -> ServiceEntry:
+        name = check_name(name)
+        if self._state.local_entry(name) is not None or self._state.live_entry(name) is not None:
+            raise self._conflict(name, None)
+        entry = ServiceEntry(
+            name=name,
+            address=value,
+            metadata={} if metadata is None else metadata,
+            node=self._node,
+            registered_at=datetime.now(UTC),
+            epoch=0,
+            local=True,
+        )
+        self._state.add_local(entry)
+        self._state.notify([RegistryChange(name, "register", entry, "local")])
+        return entry
+
+    def _unregister_local(self, name: str) -> bool:
+        entry = self._state.remove_local(name)
+        if entry is None:
+            return False
+        self._state.notify([RegistryChange(name, "unregister", entry, "local")])
+        return True
+
+    def _join_params(self, group: str, member_id: str, held: _Held, gen: int) -> dict[str, Any]:
+        return {
+            "group": group,
+            "member": member_id,
+            "address": held.address_text,
+            "metadata": held.metadata_text,
+            "node": self._node,
+            "gen": gen,
+            **self._sql.clock(),
+        }
+
+    def _joined_row(self, row: tuple[Any, ...], held: _Held) -> GroupMember:
+        member = self._member(row)
+        self._joined[(member.group, member.member_id)] = held
+        self._state.notify(
+            self._state.apply_member(member.group, member.member_id, member, "local")
+        )
+        return member
+
+    def _leave_targets(self, group: Any, member_id: Any) -> tuple[str, builtins.list[str]]:
+        group = check_name(group, "a group name")
+        if member_id is None:
+            ids = [m for (g, m) in builtins.list(self._joined) if g == group]
+        else:
+            ids = [check_name(member_id, "a member id")]
+        if not ids or any((group, m) not in self._joined for m in ids):
+            raise NotFoundError(
+                f"this node is not a member of group {group!r}"
+                + ("" if member_id is None else f" as {member_id!r}"),
+                context={"group": group, "member_id": member_id},
+            )
+        return group, ids
+
+    def _left(self, group: str, member_id: str) -> None:
+        self._joined.pop((group, member_id), None)
+        self._state.notify(self._state.apply_member(group, member_id, None, "local"))
+
+    def _pending_names(self) -> builtins.list[str]:
+        """Names held but not (yet) written under the current lease generation."""
+        out = []
+        for name in builtins.list(self._held):
+            entry = self._state.cached_entry(name)
+            if entry is None or entry.lease is not self._lease:
+                out.append(name)
+        return out
+
+    def _report_loss(self, kept: builtins.list[str], lost: dict[str, ServiceEntry | None]) -> None:
+        self.lease_losses += 1
+        self._telemetry.execute(
+            _LEASE_LOST,
+            {"lost": len(lost), "kept": len(kept)},
+            {"node": self._node, "lost": sorted(lost), "kept": sorted(kept)},
+        )
+        self._state.notify(
+            [RegistryChange(name, "lost", owner, "local") for name, owner in lost.items()]
+        )
+
+    def _emit(self, event: tuple[str, ...], started: int, metadata: dict[str, Any]) -> None:
+        self._telemetry.execute(
+            event, {"duration": time.perf_counter_ns() - started}, {"node": self._node, **metadata}
+        )
+
+    def _publish(self, changes: builtins.list[RegistryChange]) -> None:
+        for change in changes:
+            if change.kind == "expired" and change.entry is not None:
+                self._telemetry.execute(
+                    _EXPIRED,
+                    {"count": 1},
+                    {"name": change.name, "node": self._node, "owner": change.entry.node},
+                )
+        self._state.notify(changes)
+
+    # -- change feed subscriber (runs in the feed's thread) ---------------------------
+
+    def on_notify(self, payload: dict[str, Any], reader: Cursor) -> None:
+        kind = payload.get("kind")
+        if kind == "lease":
+            node, gen, expires = (
+                payload.get("node"),
+                payload.get("generation"),
+                payload.get("expires"),
+            )
+            if isinstance(node, str) and isinstance(gen, int) and isinstance(expires, int | float):
+                self._state.apply_lease(
+                    node, gen, 0.0 if payload.get("deleted") else float(expires)
+                )
+        elif kind == "name":
+            name, revision = payload.get("name"), payload.get("revision")
+            if not isinstance(name, str) or not isinstance(revision, int):
+                return
+            if revision <= self._state.revision(name):
+                return  # this node already holds that change (its own write, usually)
+            row = reader.fetchone(self._sql.select_entry, {"name": name})
+            if row is None or row[3] is None:
+                rev = revision if row is None else int(row[6])
+                self._publish(self._state.apply_entry(None, name, rev, "remote"))
+            else:
+                entry = self._entry(row)
+                self._publish(self._state.apply_entry(entry, name, entry.revision, "remote"))
+        elif kind == "member":
+            group, member_id = payload.get("group"), payload.get("member")
+            if not isinstance(group, str) or not isinstance(member_id, str):
+                return
+            row = reader.fetchone(self._sql.select_member, {"group": group, "member": member_id})
+            member = None if row is None else self._member(row)
+            self._publish(self._state.apply_member(group, member_id, member, "remote"))
+
+    def resync(self, reader: Cursor) -> None:
+        with self._resync_lock:  # one snapshot at a time (see RegistryState.mark)
+            mark = self._state.mark()
+            self._apply_snapshot(
+                reader.fetchall(self._sql.select_leases),
+                reader.fetchall(self._sql.select_entries),
+                reader.fetchall(self._sql.select_members),
+                mark,
+            )
+
+    def _apply_snapshot(
+        self,
+        lease_rows: builtins.list[tuple[Any, ...]],
+        entry_rows: builtins.list[tuple[Any, ...]],
+        member_rows: builtins.list[tuple[Any, ...]],
+        mark: int,
+    ) -> None:
+        seconds = self._sql.epoch_seconds
+        self._state.replace_leases((r[0], int(r[1]), seconds(r[2])) for r in lease_rows)
+        entries = []
+        for row in entry_rows:
+            cached = self._state.cached_entry(row[0])
+            # Unchanged rows keep their object: a resync of a big registry stays cheap.
+            entries.append(
+                cached
+                if cached is not None and cached.revision == int(row[6])
+                else self._entry(row)
+            )
+        members = [self._member(r) for r in member_rows]
+        self._publish(self._state.replace_entries(entries, members, mark))
+
+    # -- watch ------------------------------------------------------------------------
+
+    def _watch(
+        self, pattern: Any, callback: Callable[[RegistryChange], Any], loop: Any
+    ) -> RegistryWatch:
+        return self._state.watch(pattern, callback, loop)
+
+
+class ServiceRegistry(_RegistryBase):
+    """Cluster-wide names with leases, backed by ``foundation_registry``."""
+
+    def __init__(
+        self,
+        db: SyncDatabase,
+        sql: RegistrySQL,
+        settings: Settings,
+        telemetry: Telemetry,
+        options: RegistryOptions | None = None,
+    ) -> None:
+        super().__init__(sql, settings, telemetry, options)
+        self._db = db
+        self._recover_lock = threading.RLock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def load(self) -> None:
+        """Take this instance's lease, fill the cache, start the heartbeat thread."""
+        self._db.execute(self._sql.prune_members, self._sql.clock())
+        started = time.monotonic()
+        self._took_lease(self._db.fetchone(self._sql.take_lease, self._lease_params()), started)
+        self.resync(self._db)
+        self._thread = threading.Thread(
+            target=self._run, name=f"foundation-registry-{self._node}", daemon=True
+        )
+        self._thread.start()
+
+    # -- heartbeat --------------------------------------------------------------------
+
+    def _run(self) -> None:
+        beat = self.options.heartbeat_ms / 1000
+        tick = min(beat, 0.1)
+        next_beat = time.monotonic() + beat
+        while not self._stop.wait(tick):
+            try:
+                self._publish(self._state.sweep())
+                if not self._lease_valid():
+                    self._recover()
+                    next_beat = time.monotonic() + beat
+                elif self._reclaim_pending:
+                    with self._recover_lock:
+                        self._reclaim()
+                elif time.monotonic() >= next_beat:
+                    started = time.monotonic()
+                    if self.heartbeat():
+                        next_beat = started + beat
+            except FoundationError as exc:  # retried on the next tick
+                self._telemetry.execute(
+                    _HEARTBEAT_FAILED, {"count": 1}, {"node": self._node, "error": exc.code}
+                )
+                log.warning("registry heartbeat failed (%s); retrying", exc)
+            except Exception:
+                log.exception("registry heartbeat failed")
+
+    def heartbeat(self) -> bool:
+        """Renew the lease now (one statement); on a lost lease, recover. True if renewed."""
+        with self._recover_lock:
+            if self._lease is None or self._closed:
+                return False
+            started = time.monotonic()
+            if started >= self._deadline:
+                self._recover()
+                return False
+            row = self._db.fetchone(self._sql.renew, self._lease_params())
+            if self._renewed(row, started):
+                return True
+            self._lost_locally()  # the database says the lease is gone
+            self._recover()
+            return False
+
+    def _recover(self) -> None:
+        with self._recover_lock:
+            if self._closed or (self._lease_valid() and not self._reclaim_pending):
+                return
+            had = self._lease is not None
+            self._lost_locally()
+            started = time.monotonic()
+            self._took_lease(self._db.fetchone(self._sql.take_lease, self._lease_params()), started)
+            if had:
+                self._reclaim_pending = True
+                self._reclaim()
+
+    def _reclaim(self) -> None:
+        """Write again what this node held under its new lease; report what is gone."""
+        assert self._lease is not None
+        kept: builtins.list[str] = []
+        lost: dict[str, ServiceEntry | None] = {}
+        for name in self._pending_names():
+            held = self._held[name]
+            started = time.perf_counter_ns()
+            params = self._register_params(name, held, self._lease.generation)
+            row = self._db.fetchone(self._sql.register, params)
+            if row is not None:
+                self._registered(row, held, started)
+                kept.append(name)
+                continue
+            self._held.pop(name, None)
+            owner = self._db.fetchone(self._sql.select_entry, {"name": name})
+            entry = None
+            if owner is not None and owner[3] is not None:
+                entry = self._entry(owner)
+                self._state.apply_entry(entry, name, entry.revision, "remote")
+            lost[name] = entry
+        for (group, member_id), held in list(self._joined.items()):
+            params = self._join_params(group, member_id, held, self._lease.generation)
+            row = self._db.fetchone(self._sql.join, params)
+            if row is None:
+                self._joined.pop((group, member_id), None)
+            else:
+                self._joined_row(row, held)
+        self._reclaim_pending = False
+        self._report_loss(kept, lost)
+
+    def _ensure_lease(self) -> _Lease:
+        if not self._lease_valid() or self._reclaim_pending:
+            self._recover()
+        assert self._lease is not None
+        return self._lease
+
+    # -- writes -----------------------------------------------------------------------
+
+    def register(
+        self,
+        name: Any,
+        address: Any,
+        metadata: Any = None,
+        ttl: Any = None,
+        *,
+        local: bool = False,
+    ) -> ServiceEntry:
+        """Hold ``name`` cluster-wide, or raise ``already_registered`` naming the owner.
+
+        A name whose owner's lease expired is taken over in one atomic statement; the
+        returned entry's ``epoch`` is the new fencing token. ``ttl`` (ms or timedelta)
+        limits this registration further; ``local=True`` maps the name to any Python
+        object in this process only.
+        """
+        if local:
+            return self._register_local(name, address, metadata)
+        started = time.perf_counter_ns()
+        name, held = self._prepare(name, address, metadata, ttl)
+        self._check_local_free(name)
+        while True:
+            lease = self._ensure_lease()
+            params = self._register_params(name, held, lease.generation)
+            row = self._db.fetchone(self._sql.register, params)
+            if row is None:
+                owner = self._db.fetchone(self._sql.select_entry, {"name": name})
+                raise self._conflict(name, owner)
+            if self._lease is lease:
+                return self._registered(row, held, started)
+            # The lease changed while we wrote (a recovery ran): write again under it.
+
+    def unregister(self, name: Any, force: bool = False) -> None:
+        """Release ``name`` (only its owner may, unless ``force=True``)."""
+        started = time.perf_counter_ns()
+        name = check_name(name)
+        if self._unregister_local(name):
+            return
+        if force:
+            row = self._db.fetchone(self._sql.unregister_force, {"name": name, **self._sql.clock()})
+        elif name in self._held and self._lease is not None:
+            params = {"name": name, "node": self._node, "gen": self._lease.generation}
+            row = self._db.fetchone(self._sql.unregister, {**params, **self._sql.clock()})
+        else:
+            raise self._not_held(name)
+        if row is None:
+            self._held.pop(name, None)
+            raise self._not_held(name)
+        self._unregistered(name, row, started)
+
+    def update_metadata(self, name: Any, metadata: Any) -> ServiceEntry:
+        """Replace the metadata of a name this node holds; every node sees the change."""
+        name = check_name(name)
+        local = self._state.local_entry(name)
+        if local is not None:
+            entry = ServiceEntry(
+                name, local.address, metadata, local.node, local.registered_at, 0, local=True
+            )
+            self._state.add_local(entry)
+            self._state.notify([RegistryChange(name, "metadata", entry, "local")])
+            return entry
+        held = self._held.get(name)
+        if held is None or self._lease is None:
+            raise self._not_held(name)
+        meta, text = check_json(metadata, f"the metadata of {name!r}", name, self._max_bytes)
+        params = {"name": name, "node": self._node, "gen": self._lease.generation}
+        row = self._db.fetchone(
+            self._sql.update_metadata, {**params, "metadata": text, **self._sql.clock()}
+        )
+        if row is None:
+            raise self._not_held(name)
+        self._held[name] = _Held(held.address, held.address_text, meta, text, held.ttl_ms)
+        entry = self._entry(row)
+        self._state.notify(self._state.apply_entry(entry, name, entry.revision, "local"))
+        return entry
+
+    def join(
+        self, group: Any, address: Any, metadata: Any = None, *, member_id: Any = None
+    ) -> GroupMember:
+        """Add this node as a member of ``group`` (many members per group)."""
+        group, held = self._prepare(group, address, metadata, None)
+        member_id = uuid.uuid4().hex if member_id is None else check_name(member_id, "a member id")
+        lease = self._ensure_lease()
+        row = self._db.fetchone(
+            self._sql.join, self._join_params(group, member_id, held, lease.generation)
+        )
+        if row is None:
+            raise AlreadyRegisteredError(
+                f"member {member_id!r} of group {group!r} belongs to another live node",
+                context={"group": group, "member_id": member_id},
+            )
+        return self._joined_row(row, held)
+
+    def leave(self, group: Any, member_id: Any = None) -> None:
+        """Remove this node's member (or all its members, without ``member_id``) of ``group``."""
+        group, ids = self._leave_targets(group, member_id)
+        for mid in ids:
+            self._db.fetchone(self._sql.leave, {"group": group, "member": mid, "node": self._node})
+            self._left(group, mid)
+
+    def watch(
+        self, name_or_prefix: Any, callback: Callable[[RegistryChange], Any]
+    ) -> RegistryWatch:
+        """Call ``callback(change)`` on register, unregister, expiry, metadata changes and
+        losses of a name (``"svc.*"``: a prefix, ``"*"``: all), and join/leave of a group."""
+        return self._watch(name_or_prefix, callback, None)
+
+    def close(self) -> None:
+        """Stop the heartbeat and release the lease and names (others see them go at once)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+        lease = self._lease
+        if lease is not None and time.monotonic() < self._deadline:
+            with contextlib.suppress(FoundationError), self._db.transaction() as tx:
+                params = {"node": self._node, "gen": lease.generation, **self._sql.clock()}
+                tx.execute(self._sql.release_entries, params)
+                tx.execute(self._sql.release_members, params)
+                tx.execute(self._sql.release_lease, params)
+        self._lost_locally()
+
+
+class AsyncServiceRegistry(_RegistryBase):
+    """The awaitable twin of :class:`ServiceRegistry`; ``lookup``/``find``/``list``/
+    ``members`` stay plain calls (the cache), and the heartbeat is an asyncio task."""
+
+    def __init__(
+        self,
+        db: AsyncDatabase,
+        sql: RegistrySQL,
+        settings: Settings,
+        telemetry: Telemetry,
+        options: RegistryOptions | None = None,
+    ) -> None:
+        super().__init__(sql, settings, telemetry, options)
+        self._db = db
+        self._recover_lock: asyncio.Lock | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def _lock(self) -> asyncio.Lock:
+        if self._recover_lock is None:
+            self._recover_lock = asyncio.Lock()
+        return self._recover_lock
+
+    async def load(self) -> None:
+        await self._db.execute(self._sql.prune_members, self._sql.clock())
+        started = time.monotonic()
+        row = await self._db.fetchone(self._sql.take_lease, self._lease_params())
+        self._took_lease(row, started)
+        mark = self._state.mark()
+        self._apply_snapshot(
+            await self._db.fetchall(self._sql.select_leases),
+            await self._db.fetchall(self._sql.select_entries),
+            await self._db.fetchall(self._sql.select_members),
+            mark,
+        )
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(), name=f"foundation-registry-{self._node}"
+        )
+
+    async def _run(self) -> None:
+        beat = self.options.heartbeat_ms / 1000
+        tick = min(beat, 0.1)
+        next_beat = time.monotonic() + beat
+        while not self._closed:
+            await asyncio.sleep(tick)
+            try:
+                self._publish(self._state.sweep())
+                if not self._lease_valid():
+                    await self._recover()
+                    next_beat = time.monotonic() + beat
+                elif self._reclaim_pending:
+                    async with self._lock():
+                        await self._reclaim()
+                elif time.monotonic() >= next_beat:
+                    started = time.monotonic()
+                    if await self.heartbeat():
+                        next_beat = started + beat
+            except FoundationError as exc:
+                self._telemetry.execute(
+                    _HEARTBEAT_FAILED, {"count": 1}, {"node": self._node, "error": exc.code}
+                )
+                log.warning("registry heartbeat failed (%s); retrying", exc)
+            except Exception:
+                log.exception("registry heartbeat failed")
+
+    async def heartbeat(self) -> bool:
+        async with self._lock():
+            if self._lease is None or self._closed:
+                return False
+            started = time.monotonic()
+            if started >= self._deadline:
+                await self._recover_locked()
+                return False
+            row = await self._db.fetchone(self._sql.renew, self._lease_params())
+            if self._renewed(row, started):
+                return True
+            self._lost_locally()  # the database says the lease is gone
+            await self._recover_locked()
+            return False
+
+    async def _recover(self) -> None:
+        async with self._lock():
+            await self._recover_locked()
+
+    async def _recover_locked(self) -> None:
+        if self._closed or (self._lease_valid() and not self._reclaim_pending):
+            return
+        had = self._lease is not None
+        self._lost_locally()
+        started = time.monotonic()
+        row = await self._db.fetchone(self._sql.take_lease, self._lease_params())
+        self._took_lease(row, started)
+        if had:
+            self._reclaim_pending = True
+            await self._reclaim()
+
+    async def _reclaim(self) -> None:
+        assert self._lease is not None
+        kept: builtins.list[str] = []
+        lost: dict[str, ServiceEntry | None] = {}
+        for name in self._pending_names():
+            held = self._held[name]
+            started = time.perf_counter_ns()
+            params = self._register_params(name, held, self._lease.generation)
+            row = await self._db.fetchone(self._sql.register, params)
+            if row is not None:
+                self._registered(row, held, started)
+                kept.append(name)
+                continue
+            self._held.pop(name, None)
+            owner = await self._db.fetchone(self._sql.select_entry, {"name": name})
+            entry = None
+            if owner is not None and owner[3] is not None:
+                entry = self._entry(owner)
+                self._state.apply_entry(entry, name, entry.revision, "remote")
+            lost[name] = entry
+        for (group, member_id), held in list(self._joined.items()):
+            params = self._join_params(group, member_id, held, self._lease.generation)
+            row = await self._db.fetchone(self._sql.join, params)
+            if row is None:
+                self._joined.pop((group, member_id), None)
+            else:
+                self._joined_row(row, held)
+        self._reclaim_pending = False
+        self._report_loss(kept, lost)
+
+    async def _ensure_lease(self) -> _Lease:
+        if not self._lease_valid() or self._reclaim_pending:
+            await self._recover()
+        assert self._lease is not None
+        return self._lease
+
+    async def register(
+        self,
+        name: Any,
+        address: Any,
+        metadata: Any = None,
+        ttl: Any = None,
+        *,
+        local: bool = False,
+    ) -> ServiceEntry:
+        if local:
+            return self._register_local(name, address, metadata)
+        started = time.perf_counter_ns()
+        name, held = self._prepare(name, address, metadata, ttl)
+        self._check_local_free(name)
+        while True:
+            lease = await self._ensure_lease()
+            params = self._register_params(name, held, lease.generation)
+            row = await self._db.fetchone(self._sql.register, params)
+            if row is None:
+                owner = await self._db.fetchone(self._sql.select_entry, {"name": name})
+                raise self._conflict(name, owner)
+            if self._lease is lease:
+                return self._registered(row, held, started)
+
+    async def unregister(self, name: Any, force: bool = False) -> None:
+        started = time.perf_counter_ns()
+        name = check_name(name)
+        if self._unregister_local(name):
+            return
+        if force:
+            row = await self._db.fetchone(
+                self._sql.unregister_force, {"name": name, **self._sql.clock()}
+            )
+        elif name in self._held and self._lease is not None:
+            params = {"name": name, "node": self._node, "gen": self._lease.generation}
+            row = await self._db.fetchone(self._sql.unregister, {**params, **self._sql.clock()})
+        else:
+            raise self._not_held(name)
+        if row is None:
+            self._held.pop(name, None)
+            raise self._not_held(name)
+        self._unregistered(name, row, started)
+
+    async def update_metadata(self, name: Any, metadata: Any) -> ServiceEntry:
+        name = check_name(name)
+        local = self._state.local_entry(name)
+        if local is not None:
+            entry = ServiceEntry(
+                name, local.address, metadata, local.node, local.registered_at, 0, local=True
+            )
+            self._state.add_local(entry)
+            self._state.notify([RegistryChange(name, "metadata", entry, "local")])
+            return entry
+        held = self._held.get(name)
+        if held is None or self._lease is None:
+            raise self._not_held(name)
+        meta, text = check_json(metadata, f"the metadata of {name!r}", name, self._max_bytes)
+        params = {"name": name, "node": self._node, "gen": self._lease.generation}
+        row = await self._db.fetchone(
+            self._sql.update_metadata, {**params, "metadata": text, **self._sql.clock()}
+        )
+        if row is None:
+            raise self._not_held(name)
+        self._held[name] = _Held(held.address, held.address_text, meta, text, held.ttl_ms)
+        entry = self._entry(row)
+        self._state.notify(self._state.apply_entry(entry, name, entry.revision, "local"))
+        return entry
+
+    async def join(
+        self, group: Any, address: Any, metadata: Any = None, *, member_id: Any = None
+    ) -> GroupMember:
+        group, held = self._prepare(group, address, metadata, None)
+        member_id = uuid.uuid4().hex if member_id is None else check_name(member_id, "a member id")
+        lease = await self._ensure_lease()
+        row = await self._db.fetchone(
+            self._sql.join, self._join_params(group, member_id, held, lease.generation)
+        )
+        if row is None:
+            raise AlreadyRegisteredError(
+                f"member {member_id!r} of group {group!r} belongs to another live node",
+                context={"group": group, "member_id": member_id},
+            )
+        return self._joined_row(row, held)
+
+    async def leave(self, group: Any, member_id: Any = None) -> None:
+        group, ids = self._leave_targets(group, member_id)
+        for mid in ids:
+            await self._db.fetchone(
+                self._sql.leave, {"group": group, "member": mid, "node": self._node}
+            )
+            self._left(group, mid)
+
+    def watch(
+        self, name_or_prefix: Any, callback: Callable[[RegistryChange], Any]
+    ) -> RegistryWatch:
+        """As :meth:`ServiceRegistry.watch`; callbacks (plain or ``async def``) run on the loop."""
+        return self._watch(name_or_prefix, callback, asyncio.get_running_loop())
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        lease = self._lease
+        if lease is not None and time.monotonic() < self._deadline:
+            with contextlib.suppress(FoundationError):
+                async with self._db.transaction() as tx:
+                    params = {"node": self._node, "gen": lease.generation, **self._sql.clock()}
+                    await tx.execute(self._sql.release_entries, params)
+                    await tx.execute(self._sql.release_members, params)
+                    await tx.execute(self._sql.release_lease, params)
+        self._lost_locally()

@@ -1,0 +1,630 @@
+"""Registry logic shared by the sync and async services: the cache, validation, watches.
+
+No I/O here. The cache is a complete copy of the live tables:
+
+* ``_leases``: node id → :class:`_Lease` (generation, expiry in Unix seconds). One object
+  per (node, generation); a renewal updates it in place, so every entry hanging off it
+  sees the new expiry at once and a heartbeat costs O(1) whatever the number of names.
+* ``_entries``: name → :class:`ServiceEntry`, each holding its lease object.
+
+``lookup`` is one dict lookup and one float compare against ``time.time()``.
+
+Clock skew: the expiry in the cache was computed by the database clock (PostgreSQL's
+``now()``; the shared machine clock on SQLite), while lookups compare it with this
+node's wall clock. A node whose clock runs ``s`` seconds ahead of the database sees
+entries vanish ``s`` seconds early; one running behind keeps serving a dead node's
+entries for up to ``s`` seconds longer. Keep nodes NTP-synchronised (skew well under
+the heartbeat interval, ``ttl / 3``). Ownership itself never depends on the local
+clock: takeovers are decided by the database, and a node counts its own lease from
+the monotonic clock at the start of its last successful renewal (never later than the
+database's expiry).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import enum
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from foundation._json import encode_json, normalize_json
+from foundation.errors import NotFoundError, ValidationError
+
+__all__ = [
+    "GroupMember",
+    "RegistryChange",
+    "RegistryState",
+    "RegistryWatch",
+    "ServiceEntry",
+]
+
+log = logging.getLogger("foundation.registry")
+_time = time.time
+INF = float("inf")
+MAX_NAME = 255
+
+ChangeKind = Literal["register", "unregister", "expired", "metadata", "lost", "join", "leave"]
+
+
+class _Lease:
+    """One lease generation of one node, as this process knows it."""
+
+    __slots__ = ("expires", "generation", "node")
+
+    def __init__(self, node: str, generation: int, expires: float) -> None:
+        self.node = node
+        self.generation = generation
+        self.expires = expires  # Unix seconds; 0: dead, inf: a local entry
+
+    def __repr__(self) -> str:
+        return f"_Lease({self.node!r}, {self.generation}, {self.expires})"
+
+
+_DEAD = _Lease("", -1, 0.0)
+_FOREVER = _Lease("", 0, INF)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ServiceEntry:
+    """A registered name: where the service is, who holds it, and its fencing epoch.
+
+    ``expires_at`` is the owner's lease expiry (it moves forward with each heartbeat), or
+    the entry's own TTL if that comes first; ``None`` for a local entry. ``epoch``
+    increases on every registration of the name cluster-wide: pass it downstream as a
+    fencing token. Treat ``address`` and ``metadata`` as read-only (they are shared).
+    """
+
+    name: str
+    address: Any
+    metadata: Any
+    node: str
+    registered_at: datetime
+    epoch: int
+    local: bool = False
+    lease: _Lease = field(default=_FOREVER, repr=False)
+    until: float = field(default=INF, repr=False)  # the entry's own TTL, Unix seconds
+    revision: int = field(default=0, repr=False)
+
+    @property
+    def expires_at(self) -> datetime | None:
+        end = min(self.lease.expires, self.until)
+        return None if end == INF else datetime.fromtimestamp(end, UTC)
+
+    @property
+    def alive(self) -> bool:
+        return self.lease.expires > _time() and self.until > _time()
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ServiceEntry):
+            return NotImplemented
+        return (
+            self.name,
+            self.address,
+            self.metadata,
+            self.node,
+            self.epoch,
+            self.local,
+        ) == (other.name, other.address, other.metadata, other.node, other.epoch, other.local)
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.node, self.epoch))
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class GroupMember:
+    """One member of a group (``join``)."""
+
+    group: str
+    member_id: str
+    address: Any
+    metadata: Any
+    node: str
+    joined_at: datetime
+    lease: _Lease = field(default=_FOREVER, repr=False)
+    revision: int = field(default=0, repr=False)
+
+    @property
+    def expires_at(self) -> datetime | None:
+        end = self.lease.expires
+        return None if end == INF else datetime.fromtimestamp(end, UTC)
+
+    @property
+    def alive(self) -> bool:
+        return self.lease.expires > _time()
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, GroupMember):
+            return NotImplemented
+        return (self.group, self.member_id, self.address, self.metadata, self.node) == (
+            other.group,
+            other.member_id,
+            other.address,
+            other.metadata,
+            other.node,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.group, self.member_id))
+
+
+@dataclass(frozen=True)
+class RegistryChange:
+    """What a watcher receives. ``name`` is the group's name for join/leave."""
+
+    name: str
+    kind: ChangeKind
+    entry: ServiceEntry | GroupMember | None
+    source: Literal["local", "remote"]
+
+
+class RegistryWatch:
+    """A watcher; ``cancel()`` stops it. Callbacks never raise into Foundation."""
+
+    def __init__(
+        self,
+        state: RegistryState,
+        pattern: str,
+        callback: Callable[[RegistryChange], Any],
+        loop: asyncio.AbstractEventLoop | None,
+    ) -> None:
+        self._state = state
+        self.pattern = pattern
+        self.callback = callback
+        self._loop = loop
+        self._prefix = pattern[:-1] if pattern.endswith("*") else None
+
+    def matches(self, name: str) -> bool:
+        return name.startswith(self._prefix) if self._prefix is not None else name == self.pattern
+
+    def deliver(self, change: RegistryChange) -> None:
+        if self._loop is None:
+            self._invoke(change)
+        elif not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._invoke, change)
+
+    def _invoke(self, change: RegistryChange) -> None:
+        try:
+            result = self.callback(change)
+            if asyncio.iscoroutine(result):
+                asyncio.ensure_future(result).add_done_callback(self._log_failure)
+        except Exception:
+            log.exception("registry watcher %r failed on %r", self.callback, change.name)
+
+    @staticmethod
+    def _log_failure(task: asyncio.Future[Any]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("async registry watcher failed", exc_info=task.exception())
+
+    def cancel(self) -> None:
+        self._state.unwatch(self)
+
+
+# -- validation ---------------------------------------------------------------------------
+
+
+def check_name(name: Any, what: str = "a registry name") -> str:
+    if isinstance(name, enum.Enum):
+        name = name.value if isinstance(name.value, str) else name.name
+    if not isinstance(name, str):
+        raise ValidationError(
+            f"{what} must be a string, not {type(name).__name__}",
+            context={"name": repr(name)[:200], "type": type(name).__name__},
+        )
+    if not name or not name.strip():
+        raise ValidationError(f"{what} must not be empty", context={"name": name})
+    if len(name) > MAX_NAME:
+        raise ValidationError(
+            f"{what} must be at most {MAX_NAME} characters (this one has {len(name)})",
+            context={"name": name[:80] + "…", "length": len(name)},
+        )
+    if not name.isprintable():
+        raise ValidationError(
+            f"{what} must not contain control characters", context={"name": repr(name)[:200]}
+        )
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError(
+            f"{what} must be valid UTF-8 (it holds a lone surrogate)",
+            context={"name": repr(name)[:200]},
+        ) from None
+    return name
+
+
+def check_json(value: Any, what: str, name: str, max_bytes: int) -> tuple[Any, str]:
+    """(the value as it reads back, its JSON text) or a ValidationError."""
+    text = encode_json(
+        value, what=what, max_bytes=max_bytes, error=ValidationError, context={"name": name}
+    )
+    return normalize_json(value, text), text
+
+
+def check_ttl(ttl: Any, what: str = "ttl") -> int | None:
+    """Milliseconds (an int > 0, or a positive timedelta), or None."""
+    if ttl is None:
+        return None
+    if isinstance(ttl, timedelta):
+        ms = ttl / timedelta(milliseconds=1)
+        if ms <= 0:
+            raise ValidationError(f"{what} must be positive", context={"ttl": str(ttl)})
+        return max(1, round(ms))
+    if isinstance(ttl, bool) or not isinstance(ttl, int):
+        raise ValidationError(
+            f"{what} must be milliseconds (an int) or a timedelta, not {type(ttl).__name__}",
+            context={"ttl": repr(ttl)[:100]},
+        )
+    if ttl <= 0:
+        raise ValidationError(f"{what} must be positive, got {ttl}", context={"ttl": ttl})
+    if ttl > 366 * 86_400_000:
+        raise ValidationError(f"{what} must be at most a year", context={"ttl": ttl})
+    return ttl
+
+
+def check_where(where: Any) -> Callable[[Any], bool] | None:
+    if where is None:
+        return None
+    if callable(where):
+        return where  # type: ignore[no-any-return]
+    if isinstance(where, Mapping):
+        wanted = dict(where)
+
+        def match(metadata: Any) -> bool:
+            return isinstance(metadata, Mapping) and all(
+                k in metadata and metadata[k] == v for k, v in wanted.items()
+            )
+
+        return match
+    raise ValidationError(
+        "where must be a mapping of metadata values or a callable(metadata) -> bool",
+        context={"where": repr(where)[:200]},
+    )
+
+
+# -- the cache ----------------------------------------------------------------------------
+
+
+class RegistryState:
+    """Leases, entries, members, local entries and watchers of one instance."""
+
+    def __init__(self, node: str) -> None:
+        self.node = node
+        self._lock = threading.RLock()
+        self._leases: dict[str, _Lease] = {}
+        self._entries: dict[str, ServiceEntry] = {}
+        self._revisions: dict[str, int] = {}  # name -> last revision seen (tombstones too)
+        self._members: dict[str, dict[str, GroupMember]] = {}
+        self._local: dict[str, ServiceEntry] = {}
+        self._watches: builtins.list[RegistryWatch] = []
+        self._announced: set[tuple[str, int]] = set()  # dead leases already reported
+        self._timed: set[str] = set()  # names with their own TTL
+        # A resync reads a snapshot that may predate this node's own latest writes (they
+        # run on other threads): what changed after the resync began is left alone.
+        self._seq = 0
+        self._touched: dict[Any, int] = {}
+        self._resyncing = False
+
+    # -- reads (hot path) -------------------------------------------------------------
+
+    def lookup(self, name: Any) -> ServiceEntry:
+        try:
+            entry = self._entries.get(name)
+        except TypeError:
+            entry = None
+        if entry is not None:
+            now = _time()
+            if entry.lease.expires > now and entry.until > now:
+                return entry
+        return self._miss(name, raise_=True)  # type: ignore[return-value]
+
+    def find(self, name: Any) -> ServiceEntry | None:
+        try:
+            entry = self._entries.get(name)
+        except TypeError:
+            entry = None
+        if entry is not None:
+            now = _time()
+            if entry.lease.expires > now and entry.until > now:
+                return entry
+        return self._miss(name, raise_=False)
+
+    def _miss(self, name: Any, *, raise_: bool) -> ServiceEntry | None:
+        name = check_name(name)
+        local = self._local.get(name)
+        if local is not None:
+            return local
+        if raise_:
+            raise NotFoundError(f"no service is registered as {name!r}", context={"name": name})
+        return None
+
+    def live_entry(self, name: str) -> ServiceEntry | None:
+        entry = self._entries.get(name)
+        return entry if entry is not None and entry.alive else None
+
+    def local_entry(self, name: str) -> ServiceEntry | None:
+        return self._local.get(name)
+
+    def list(
+        self, prefix: str | None, where: Callable[[Any], bool] | None
+    ) -> builtins.list[ServiceEntry]:
+        now = _time()
+        found = [
+            e
+            for e in list(self._entries.values()) + list(self._local.values())
+            if e.lease.expires > now
+            and e.until > now
+            and (prefix is None or e.name.startswith(prefix))
+            and (where is None or where(e.metadata))
+        ]
+        found.sort(key=lambda e: e.name)
+        return found
+
+    def members(self, group: str) -> builtins.list[GroupMember]:
+        now = _time()
+        found = [m for m in self._members.get(group, {}).values() if m.lease.expires > now]
+        found.sort(key=lambda m: (m.joined_at, m.member_id))
+        return found
+
+    def leases(self) -> dict[str, tuple[int, float]]:
+        return {n: (lease.generation, lease.expires) for n, lease in self._leases.items()}
+
+    # -- leases -----------------------------------------------------------------------
+
+    def lease_for(self, node: str, generation: int) -> _Lease:
+        """The cache's object for (node, generation); a dead one for an older generation."""
+        current = self._leases.get(node)
+        if current is not None and current.generation == generation:
+            return current
+        if current is None or generation > current.generation:
+            # Expiry unknown until the lease row (or its notification) arrives: dead till then.
+            fresh = _Lease(node, generation, 0.0)
+            self._leases[node] = fresh
+            return fresh
+        return _DEAD
+
+    def apply_lease(self, node: str, generation: int, expires: float) -> _Lease:
+        with self._lock:
+            lease = self.lease_for(node, generation)
+            if lease is not _DEAD and (expires > lease.expires or expires == 0.0):
+                lease.expires = expires
+                if expires > _time():
+                    self._announced.discard((node, generation))
+            return lease
+
+    def install_own(self, lease: _Lease) -> None:
+        with self._lock:
+            current = self._leases.get(lease.node)
+            if current is not None and current is not lease:
+                current.expires = min(current.expires, 0.0)
+            self._leases[lease.node] = lease
+
+    # -- entries ----------------------------------------------------------------------
+
+    def make_entry(self, row: tuple[Any, ...], load_json: Any, load_ts: Any) -> ServiceEntry:
+        name, address, metadata, node, gen, epoch, revision, registered_at, expires_at = row
+        return ServiceEntry(
+            name=name,
+            address=load_json(address),
+            metadata=load_json(metadata),
+            node=node,
+            registered_at=load_ts(registered_at),
+            epoch=int(epoch),
+            lease=self.lease_for(node, int(gen)),
+            until=INF if expires_at is None else load_ts(expires_at).timestamp(),
+            revision=int(revision),
+        )
+
+    def revision(self, name: str) -> int:
+        return self._revisions.get(name, 0)
+
+    def apply_entry(
+        self, entry: ServiceEntry | None, name: str, revision: int, source: str
+    ) -> builtins.list[RegistryChange]:
+        """Install a row (None: a tombstone) if newer than what the cache holds."""
+        with self._lock:
+            if revision <= self._revisions.get(name, 0):
+                return []
+            self._revisions[name] = revision
+            self._seq += 1
+            if self._resyncing:
+                self._touched[name] = self._seq
+            old = self._entries.get(name)
+            old_live = old is not None and old.alive
+            src: Any = source
+            if entry is None:
+                self._entries.pop(name, None)
+                return [RegistryChange(name, "unregister", old, src)] if old_live else []
+            self._entries[name] = entry
+            if entry.until != INF:
+                self._timed.add(name)
+            if (
+                old_live
+                and old is not None
+                and old.epoch == entry.epoch
+                and old.node == entry.node
+                and old.lease is entry.lease
+            ):
+                if old.metadata != entry.metadata or old.address != entry.address:
+                    return [RegistryChange(name, "metadata", entry, src)]
+                return []
+            return [RegistryChange(name, "register", entry, src)]
+
+    def replace_leases(self, lease_rows: Iterable[tuple[str, int, float]]) -> None:
+        """A resync, first half: the leases as the table has them (a missing one is dead)."""
+        with self._lock:
+            seen = set()
+            for node, gen, expires in lease_rows:
+                seen.add(node)
+                self.apply_lease(node, gen, expires)
+            for node, lease in self._leases.items():
+                if node not in seen and node != self.node:
+                    lease.expires = 0.0  # released or deleted
+
+    def mark(self) -> int:
+        """Call before reading a snapshot; pass the result to :meth:`replace_entries`.
+
+        One resync at a time (the caller serialises them).
+        """
+        with self._lock:
+            self._touched.clear()
+            self._resyncing = True  # record local changes from here until replace_entries
+            return self._seq
+
+    def replace_entries(
+        self, entries: Iterable[ServiceEntry], members: Iterable[GroupMember], mark: int
+    ) -> builtins.list[RegistryChange]:
+        """A resync, second half: entries and members become exactly the tables."""
+        with self._lock:
+            changes: builtins.list[RegistryChange] = []
+            fresh = {entry.name: entry for entry in entries}
+            for name, entry in fresh.items():
+                if entry.revision > self._revisions.get(name, 0):
+                    changes += self.apply_entry(entry, name, entry.revision, "remote")
+            touched = self._touched
+            for name in [n for n in self._entries if n not in fresh and touched.get(n, 0) <= mark]:
+                changes += self.apply_entry(None, name, self._revisions.get(name, 0) + 1, "remote")
+            changes += self.replace_members(members, mark)
+            self._resyncing = False
+            self._touched.clear()
+            return changes
+
+    def cached_entry(self, name: str) -> ServiceEntry | None:
+        return self._entries.get(name)
+
+    # -- members ----------------------------------------------------------------------
+
+    def make_member(self, row: tuple[Any, ...], load_json: Any, load_ts: Any) -> GroupMember:
+        group, member_id, address, metadata, node, gen, revision, joined_at = row
+        return GroupMember(
+            group=group,
+            member_id=member_id,
+            address=load_json(address),
+            metadata=load_json(metadata),
+            node=node,
+            joined_at=load_ts(joined_at),
+            lease=self.lease_for(node, int(gen)),
+            revision=int(revision),
+        )
+
+    def apply_member(
+        self, group: str, member_id: str, member: GroupMember | None, source: str
+    ) -> builtins.list[RegistryChange]:
+        src: Any = source
+        with self._lock:
+            self._seq += 1
+            if self._resyncing:
+                self._touched[(group, member_id)] = self._seq
+            table = self._members.setdefault(group, {})
+            old = table.get(member_id)
+            if member is None:
+                table.pop(member_id, None)
+                if not table:
+                    self._members.pop(group, None)
+                return [RegistryChange(group, "leave", old, src)] if old is not None else []
+            if old is not None and old.revision >= member.revision:
+                return []
+            table[member_id] = member
+            if old is not None and old.alive and old.lease is member.lease:
+                return []
+            return [RegistryChange(group, "join", member, src)]
+
+    def replace_members(
+        self, members: Iterable[GroupMember], mark: int
+    ) -> builtins.list[RegistryChange]:
+        changes: builtins.list[RegistryChange] = []
+        fresh: dict[tuple[str, str], GroupMember] = {(m.group, m.member_id): m for m in members}
+        for (group, member_id), member in fresh.items():
+            changes += self.apply_member(group, member_id, member, "remote")
+        for group, table in list(self._members.items()):
+            for member_id in list(table):
+                if (group, member_id) not in fresh and self._touched.get(
+                    (group, member_id), 0
+                ) <= mark:
+                    changes += self.apply_member(group, member_id, None, "remote")
+        return changes
+
+    # -- local entries ----------------------------------------------------------------
+
+    def add_local(self, entry: ServiceEntry) -> None:
+        with self._lock:
+            self._local[entry.name] = entry
+
+    def remove_local(self, name: str) -> ServiceEntry | None:
+        with self._lock:
+            return self._local.pop(name, None)
+
+    # -- expiry -----------------------------------------------------------------------
+
+    def sweep(self) -> builtins.list[RegistryChange]:
+        """Report entries whose lease (or own TTL) ran out since the last sweep.
+
+        Cheap when nothing died: it looks at the leases (one per node) and at the few
+        entries that carry their own TTL; it scans the entries only when a lease died.
+        """
+        now = _time()
+        changes: builtins.list[RegistryChange] = []
+        with self._lock:
+            dead = {
+                (lease.node, lease.generation)
+                for lease in self._leases.values()
+                if lease.expires <= now
+            }
+            newly = dead - self._announced
+            self._announced = dead
+            candidates: builtins.list[ServiceEntry] = []
+            if newly:
+                candidates = [
+                    e for e in self._entries.values() if (e.lease.node, e.lease.generation) in newly
+                ]
+            for name in list(self._timed):
+                entry = self._entries.get(name)
+                if entry is None or entry.until == INF:
+                    self._timed.discard(name)
+                elif entry.until <= now:
+                    self._timed.discard(name)
+                    candidates.append(entry)
+            for entry in candidates:
+                changes.append(RegistryChange(entry.name, "expired", entry, "remote"))
+        return changes
+
+    # -- watches ----------------------------------------------------------------------
+
+    def watch(
+        self,
+        pattern: Any,
+        callback: Callable[[RegistryChange], Any],
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> RegistryWatch:
+        if not callable(callback):
+            raise ValidationError(
+                "a registry watch callback must be callable",
+                context={"callback": repr(callback)[:200]},
+            )
+        if pattern != "*":
+            base = pattern[:-1] if isinstance(pattern, str) and pattern.endswith("*") else pattern
+            if base != "":
+                check_name(base)
+        watch = RegistryWatch(self, pattern, callback, loop)
+        with self._lock:
+            self._watches.append(watch)
+        return watch
+
+    def unwatch(self, watch: RegistryWatch) -> None:
+        with self._lock:
+            if watch in self._watches:
+                self._watches.remove(watch)
+
+    def notify(self, changes: builtins.list[RegistryChange]) -> None:
+        if not changes:
+            return
+        with self._lock:
+            watches = list(self._watches)
+        for change in changes:
+            for watch in watches:
+                if watch.matches(change.name):
+                    watch.deliver(change)

@@ -1,0 +1,338 @@
+"""The registry repository: its SQL, written once in Core and compiled per backend.
+
+Time: on PostgreSQL every expiry decision uses the database clock (``now()``), so the
+nodes' clocks never decide who may take a name. SQLite has no server: all processes on
+one file share one machine's clock, passed in as ``:now`` (and ``:expires``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from foundation.database.codec import Codec
+from foundation.database.schema import leases, registry, registry_members
+from foundation.database.statements import compile_sql
+from foundation.database.url import Backend
+
+__all__ = ["RegistrySQL"]
+
+_ONE_MS: Any = sa.literal_column("interval '1 millisecond'")
+
+
+def _clock(backend: Backend) -> tuple[Any, Any, Any]:
+    """(now, now + :ttl_ms, now + :entry_ttl_ms) for the backend."""
+    if backend == "postgresql":
+        now = sa.func.now()
+        return (
+            now,
+            now + sa.bindparam("ttl_ms", type_=sa.BigInteger) * _ONE_MS,
+            now + sa.bindparam("entry_ttl_ms", type_=sa.BigInteger) * _ONE_MS,
+        )
+    return sa.bindparam("now"), sa.bindparam("expires"), sa.bindparam("entry_expires")
+
+
+def _insert(backend: Backend) -> Any:
+    return postgresql.insert if backend == "postgresql" else sqlite.insert
+
+
+def _outer(table: sa.Table, column: str) -> Any:
+    # A column of the row in conflict, named as text: SQLAlchemy does not correlate a
+    # subquery inside ON CONFLICT … WHERE with the INSERT's table.
+    return sa.literal_column(f"{table.name}.{column}")
+
+
+def _lease_live(backend: Backend, now: Any, table: sa.Table) -> Any:
+    """True while the row's lease generation is live.
+
+    On PostgreSQL a VOLATILE function (migration 0003) takes a fresh snapshot each call:
+    when two writers race for a name, the one that waited on the row lock re-checks the
+    winner's lease even if that lease committed after its own statement began (a plain
+    subquery would still see the statement's older snapshot, miss the lease, and take
+    the name from a live owner).
+    """
+    node, gen = _outer(table, "node_id"), _outer(table, "lease_generation")
+    if backend == "postgresql":
+        return sa.func.foundation_lease_live(node, gen, type_=sa.Boolean)
+    return (
+        sa.select(sa.literal_column("1"))
+        .where(leases.c.node_id == node, leases.c.generation == gen, leases.c.expires_at > now)
+        .exists()
+    )
+
+
+def _dead_owner(backend: Backend, now: Any) -> Any:
+    """True for a row nobody holds: a tombstone, a lapsed lease, or an entry past its TTL."""
+    return sa.or_(
+        registry.c.node_id.is_(None),
+        ~_lease_live(backend, now, registry),
+        sa.and_(registry.c.expires_at.is_not(None), registry.c.expires_at <= now),
+    )
+
+
+ENTRY_COLUMNS = (
+    registry.c.name,
+    registry.c.address,
+    registry.c.metadata,
+    registry.c.node_id,
+    registry.c.lease_generation,
+    registry.c.epoch,
+    registry.c.revision,
+    registry.c.registered_at,
+    registry.c.expires_at,
+)
+MEMBER_COLUMNS = (
+    registry_members.c.group_name,
+    registry_members.c.member_id,
+    registry_members.c.address,
+    registry_members.c.metadata,
+    registry_members.c.node_id,
+    registry_members.c.lease_generation,
+    registry_members.c.revision,
+    registry_members.c.joined_at,
+)
+
+
+@dataclass(frozen=True)
+class RegistrySQL:
+    """Every statement the registry runs, as driver-ready text."""
+
+    backend: Backend
+    codec: Codec
+    take_lease: str
+    renew: str
+    release_lease: str
+    release_entries: str
+    release_members: str
+    register: str
+    unregister: str
+    unregister_force: str
+    update_metadata: str
+    select_entries: str
+    select_entry: str
+    select_leases: str
+    join: str
+    leave: str
+    select_members: str
+    select_member: str
+    prune_members: str
+
+    @classmethod
+    def build(cls, backend: Backend, codec: Codec) -> RegistrySQL:
+        now, expires, entry_expires = _clock(backend)
+        insert = _insert(backend)
+
+        take = insert(leases).values(
+            node_id=sa.bindparam("node"),
+            generation=sa.literal_column("1"),
+            ttl_ms=sa.bindparam("ttl_ms"),
+            expires_at=expires,
+            renewed_at=now,
+            started_at=now,
+        )
+        take = take.on_conflict_do_update(
+            index_elements=[leases.c.node_id],
+            set_={
+                "generation": leases.c.generation + sa.literal_column("1"),
+                "ttl_ms": take.excluded.ttl_ms,
+                "expires_at": take.excluded.expires_at,
+                "renewed_at": take.excluded.renewed_at,
+                "started_at": take.excluded.started_at,
+            },
+        ).returning(leases.c.generation, leases.c.expires_at)
+
+        # The heartbeat: one statement whatever the number of names, and only while the
+        # lease is still live in the database's own view.
+        renew = (
+            sa.update(leases)
+            .where(
+                leases.c.node_id == sa.bindparam("node"),
+                leases.c.generation == sa.bindparam("gen"),
+                leases.c.expires_at > now,
+            )
+            .values(expires_at=expires, renewed_at=now)
+            .returning(leases.c.expires_at)
+        )
+        release_lease = sa.delete(leases).where(
+            leases.c.node_id == sa.bindparam("node"), leases.c.generation == sa.bindparam("gen")
+        )
+        tombstone = {
+            "address": sa.null(),
+            "metadata": sa.null(),
+            "node_id": sa.null(),
+            "lease_generation": sa.null(),
+            "ttl_ms": sa.null(),
+            "expires_at": sa.null(),
+            "revision": registry.c.revision + sa.literal_column("1"),
+            "updated_at": now,
+        }
+        release_entries = (
+            sa.update(registry)
+            .where(
+                registry.c.node_id == sa.bindparam("node"),
+                registry.c.lease_generation == sa.bindparam("gen"),
+            )
+            .values(**tombstone)
+        )
+        release_members = sa.delete(registry_members).where(
+            registry_members.c.node_id == sa.bindparam("node")
+        )
+
+        # Register, or take over a name whose owner is gone: ONE atomic statement.
+        reg = insert(registry).values(
+            name=sa.bindparam("name"),
+            address=sa.bindparam("address"),
+            metadata=sa.bindparam("metadata"),
+            node_id=sa.bindparam("node"),
+            lease_generation=sa.bindparam("gen"),
+            epoch=sa.literal_column("1"),
+            revision=sa.literal_column("1"),
+            ttl_ms=sa.bindparam("entry_ttl_ms"),
+            expires_at=sa.case(
+                (sa.bindparam("entry_ttl_ms", type_=sa.BigInteger).is_(None), sa.null()),
+                else_=entry_expires,
+            ),
+            registered_at=now,
+            updated_at=now,
+        )
+        reg = reg.on_conflict_do_update(
+            index_elements=[registry.c.name],
+            set_={
+                "address": reg.excluded.address,
+                "metadata": reg.excluded.metadata,
+                "node_id": reg.excluded.node_id,
+                "lease_generation": reg.excluded.lease_generation,
+                "epoch": registry.c.epoch + sa.literal_column("1"),
+                "revision": registry.c.revision + sa.literal_column("1"),
+                "ttl_ms": reg.excluded.ttl_ms,
+                "expires_at": reg.excluded.expires_at,
+                "registered_at": reg.excluded.registered_at,
+                "updated_at": reg.excluded.updated_at,
+            },
+            where=_dead_owner(backend, now),
+        ).returning(*ENTRY_COLUMNS)
+
+        mine = (
+            registry.c.name == sa.bindparam("name"),
+            registry.c.node_id == sa.bindparam("node"),
+            registry.c.lease_generation == sa.bindparam("gen"),
+        )
+        unregister = (
+            sa.update(registry).where(*mine).values(**tombstone).returning(registry.c.revision)
+        )
+        unregister_force = (
+            sa.update(registry)
+            .where(registry.c.name == sa.bindparam("name"), registry.c.node_id.is_not(None))
+            .values(**tombstone)
+            .returning(registry.c.revision)
+        )
+        update_metadata = (
+            sa.update(registry)
+            .where(*mine)
+            .values(
+                metadata=sa.bindparam("metadata"),
+                revision=registry.c.revision + sa.literal_column("1"),
+                updated_at=now,
+            )
+            .returning(*ENTRY_COLUMNS)
+        )
+
+        join = insert(registry_members).values(
+            group_name=sa.bindparam("group"),
+            member_id=sa.bindparam("member"),
+            address=sa.bindparam("address"),
+            metadata=sa.bindparam("metadata"),
+            node_id=sa.bindparam("node"),
+            lease_generation=sa.bindparam("gen"),
+            revision=sa.literal_column("1"),
+            joined_at=now,
+        )
+        member_live = _lease_live(backend, now, registry_members)
+        join = join.on_conflict_do_update(
+            index_elements=[registry_members.c.group_name, registry_members.c.member_id],
+            set_={
+                "address": join.excluded.address,
+                "metadata": join.excluded.metadata,
+                "node_id": join.excluded.node_id,
+                "lease_generation": join.excluded.lease_generation,
+                "revision": registry_members.c.revision + sa.literal_column("1"),
+            },
+            where=sa.or_(registry_members.c.node_id == join.excluded.node_id, ~member_live),
+        ).returning(*MEMBER_COLUMNS)
+        leave = (
+            sa.delete(registry_members)
+            .where(
+                registry_members.c.group_name == sa.bindparam("group"),
+                registry_members.c.member_id == sa.bindparam("member"),
+                registry_members.c.node_id == sa.bindparam("node"),
+            )
+            .returning(registry_members.c.revision)
+        )
+        prune_members = sa.delete(registry_members).where(~member_live)
+
+        return cls(
+            backend=backend,
+            codec=codec,
+            take_lease=compile_sql(take, backend),
+            renew=compile_sql(renew, backend),
+            release_lease=compile_sql(release_lease, backend),
+            release_entries=compile_sql(release_entries, backend),
+            release_members=compile_sql(release_members, backend),
+            register=compile_sql(reg, backend),
+            unregister=compile_sql(unregister, backend),
+            unregister_force=compile_sql(unregister_force, backend),
+            update_metadata=compile_sql(update_metadata, backend),
+            select_entries=compile_sql(
+                sa.select(*ENTRY_COLUMNS).where(registry.c.node_id.is_not(None)), backend
+            ),
+            select_entry=compile_sql(
+                sa.select(*ENTRY_COLUMNS).where(registry.c.name == sa.bindparam("name")),
+                backend,
+            ),
+            select_leases=compile_sql(
+                sa.select(leases.c.node_id, leases.c.generation, leases.c.expires_at), backend
+            ),
+            join=compile_sql(join, backend),
+            leave=compile_sql(leave, backend),
+            select_members=compile_sql(sa.select(*MEMBER_COLUMNS), backend),
+            select_member=compile_sql(
+                sa.select(*MEMBER_COLUMNS).where(
+                    registry_members.c.group_name == sa.bindparam("group"),
+                    registry_members.c.member_id == sa.bindparam("member"),
+                ),
+                backend,
+            ),
+            prune_members=compile_sql(prune_members, backend),
+        )
+
+    # -- parameters -------------------------------------------------------------------
+
+    def clock(self, ttl_ms: int | None = None, entry_ttl_ms: int | None = None) -> dict[str, Any]:
+        """The time parameters of a statement (empty on PostgreSQL: it reads its own clock)."""
+        if self.backend == "postgresql":
+            params: dict[str, Any] = {}
+            if ttl_ms is not None:
+                params["ttl_ms"] = ttl_ms
+            params["entry_ttl_ms"] = entry_ttl_ms
+            return params
+        now = datetime.now(UTC)
+        ts = self.codec.ts
+        return {
+            "now": ts(now),
+            "expires": ts(now + timedelta(milliseconds=ttl_ms or 0)),
+            "entry_ttl_ms": entry_ttl_ms,
+            "entry_expires": (
+                None if entry_ttl_ms is None else ts(now + timedelta(milliseconds=entry_ttl_ms))
+            ),
+            "ttl_ms": ttl_ms,
+        }
+
+    def epoch_seconds(self, value: Any) -> float:
+        """A stored timestamp as seconds since the Unix epoch (what the cache compares)."""
+        if value is None:
+            return float("inf")
+        return self.codec.load_ts(value).timestamp()
