@@ -1,4 +1,5 @@
-"""Foundation: config, an append-only event log, telemetry, and one error type, on SQL.
+"""Foundation: config, an append-only event log, telemetry, a service registry, circuit
+breakers, rate limiters and one error type, kept in SQLite or PostgreSQL.
 
 import foundation
 foundation.config.get("port", 8080)          # the default instance
@@ -8,7 +9,7 @@ with Foundation("sqlite:///app.db") as fdn:   # or postgresql+psycopg://…
     fdn.config.set("port", 4000)
 """
 
-from foundation import config, telemetry
+from foundation import circuit_breaker, config, events, rate_limiter, service_registry, telemetry
 from foundation.correlation import correlation, current_correlation_id
 from foundation.errors import (
     AlreadyRegisteredError,
@@ -48,8 +49,12 @@ __all__ = [
     "TimeoutError",
     "ValidationError",
     "__version__",
+    "circuit_breaker",
     "config",
     "correlation",
     "current_correlation_id",
+    "events",
+    "rate_limiter",
+    "service_registry",
     "telemetry",
 ]

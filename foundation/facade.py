@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import pydantic
@@ -19,6 +20,7 @@ from foundation.config._service import AsyncConfig, Config
 from foundation.config._store import ConfigSQL
 from foundation.database import migrate as migrations
 from foundation.database.aio import AsyncDatabase
+from foundation.database.codec import Codec
 from foundation.database.errors import translate_errors
 from foundation.database.feed import ChangeFeed, start_feed
 from foundation.database.sync import SyncDatabase
@@ -28,12 +30,7 @@ from foundation.errors import ConfigError, FoundationError
 from foundation.events import AsyncEvents, Events, EventSQL
 from foundation.rate_limiter import AsyncRateLimiter, RateLimiter
 from foundation.rate_limiter._store import LimiterSQL
-from foundation.service_registry import (
-    AsyncServiceRegistry,
-    RegistryOptions,
-    RegistrySQL,
-    ServiceRegistry,
-)
+from foundation.service_registry import AsyncServiceRegistry, RegistrySQL, ServiceRegistry
 from foundation.settings import Settings
 from foundation.telemetry import Telemetry
 
@@ -63,6 +60,17 @@ def _settings(url: str | None, settings: Settings | None, overrides: dict[str, A
             f"invalid Foundation setting {field!r}: {first.get('msg')}",
             context={"setting": field, "errors": len(exc.errors())},
         ) from None
+
+
+@dataclass(frozen=True)
+class _Statements:
+    """Every service's SQL, compiled once per instance for its backend."""
+
+    config: ConfigSQL
+    events: EventSQL
+    registry: RegistrySQL
+    breakers: BreakerSQL
+    limits: LimiterSQL
 
 
 class _Base:
@@ -98,6 +106,28 @@ class _Base:
         lock = _file_locks.setdefault(key, threading.Lock())
         with lock, translate_errors(self.url.masked):
             migrations.upgrade(self.url, "head", self.settings)
+
+    def _statements(self, codec: Codec) -> _Statements:
+        backend = self.url.backend
+        return _Statements(
+            config=ConfigSQL.build(backend, codec),
+            events=EventSQL.build(backend, codec),
+            registry=RegistrySQL.build(backend, codec),
+            breakers=BreakerSQL.build(backend),
+            limits=LimiterSQL.build(
+                backend, codec, fast_commit=self.settings.rate_limiter_fast_commit
+            ),
+        )
+
+    def _topics(self) -> dict[str, Any]:
+        """Which service follows which change-feed topic."""
+        services: Any = self
+        return {
+            "config": services.config,
+            "events": services.events,
+            "registry": services.service_registry,
+            "breakers": services.circuit_breaker,
+        }
 
     def _start_feed(self, subscribers: dict[str, Any]) -> None:
         feed = start_feed(self.url, self.settings, self.telemetry.execute)
@@ -162,46 +192,26 @@ class Foundation(_Base):
                     self._upgrade()
                 elif error is not None:
                     raise error
-            self.config = Config(
-                self._db,
-                ConfigSQL.build(self.url.backend, self._db.codec),
-                self.settings,
-                self.telemetry,
-            )
-            self.config.load()
-            self.events = Events(
-                self._db,
-                EventSQL.build(self.url.backend, self._db.codec),
-                self.settings,
-                self.telemetry,
-            )
+            sql = self._statements(self._db.codec)
+            self.config = Config(self._db, sql.config, self.settings, self.telemetry)
+            self.events = Events(self._db, sql.events, self.settings, self.telemetry)
             self.service_registry = ServiceRegistry(
-                self._db,
-                RegistrySQL.build(self.url.backend, self._db.codec),
-                self.settings,
-                self.telemetry,
-                RegistryOptions.make(overrides),
+                self._db, sql.registry, self.settings, self.telemetry
             )
-            self.service_registry.load()
             self.circuit_breaker = CircuitBreakers(
-                self._db, BreakerSQL.build(self.url.backend), self.settings, self.telemetry
+                self._db, sql.breakers, self.settings, self.telemetry
             )
-            self.circuit_breaker.load()
             self.rate_limiter = RateLimiter(
                 self._db,
-                LimiterSQL.build(
-                    self.url.backend,
-                    self._db.codec,
-                    fast_commit=overrides.get("rate_limiter_fast_commit", True),
-                ),
+                sql.limits,
                 self.settings,
                 self.telemetry,
-                overrides.get("rate_limiter_on_storage_error", "open"),
+                self.settings.rate_limiter_on_storage_error,
             )
-            self._start_feed(
-                {"config": self.config, "events": self.events, "registry": self.service_registry}
-                | {"breakers": self.circuit_breaker}
-            )
+            self.config.load()
+            self.service_registry.load()
+            self.circuit_breaker.load()
+            self._start_feed(self._topics())
         except BaseException:
             self.close()
             raise
@@ -252,38 +262,21 @@ class AsyncFoundation(_Base):
     ) -> None:
         self._mode = self._prepare(url, migrate, settings, telemetry, overrides)
         self._db = AsyncDatabase(self.url, self.settings)
-        self.config = AsyncConfig(
-            self._db,
-            ConfigSQL.build(self.url.backend, self._db.codec),
-            self.settings,
-            self.telemetry,
-        )
-        self.events = AsyncEvents(
-            self._db,
-            EventSQL.build(self.url.backend, self._db.codec),
-            self.settings,
-            self.telemetry,
-        )
+        sql = self._statements(self._db.codec)
+        self.config = AsyncConfig(self._db, sql.config, self.settings, self.telemetry)
+        self.events = AsyncEvents(self._db, sql.events, self.settings, self.telemetry)
         self.service_registry = AsyncServiceRegistry(
-            self._db,
-            RegistrySQL.build(self.url.backend, self._db.codec),
-            self.settings,
-            self.telemetry,
-            RegistryOptions.make(overrides),
+            self._db, sql.registry, self.settings, self.telemetry
         )
         self.circuit_breaker = AsyncCircuitBreakers(
-            self._db, BreakerSQL.build(self.url.backend), self.settings, self.telemetry
+            self._db, sql.breakers, self.settings, self.telemetry
         )
         self.rate_limiter = AsyncRateLimiter(
             self._db,
-            LimiterSQL.build(
-                self.url.backend,
-                self._db.codec,
-                fast_commit=overrides.get("rate_limiter_fast_commit", True),
-            ),
+            sql.limits,
             self.settings,
             self.telemetry,
-            overrides.get("rate_limiter_on_storage_error", "open"),
+            self.settings.rate_limiter_on_storage_error,
         )
         self._opened = False
 
@@ -302,10 +295,7 @@ class AsyncFoundation(_Base):
             await self.config.load()
             await self.service_registry.load()
             await self.circuit_breaker.load()
-            self._start_feed(
-                {"config": self.config, "events": self.events, "registry": self.service_registry}
-                | {"breakers": self.circuit_breaker}
-            )
+            self._start_feed(self._topics())
             self._opened = True
         except BaseException:
             await self.close()

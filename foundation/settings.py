@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["DEFAULT_DATABASE_URL", "Settings", "default_node_id"]
@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     """Foundation's settings, from ``FOUNDATION_<FIELD>`` (``FOUNDATION_DATABASE_URL``, …)."""
 
     model_config = SettingsConfigDict(
-        env_prefix="FOUNDATION_", extra="ignore", validate_default=True
+        env_prefix="FOUNDATION_", extra="forbid", validate_default=True
     )
 
     database_url: str = DEFAULT_DATABASE_URL
@@ -73,3 +73,26 @@ class Settings(BaseSettings):
 
     config_env_prefix: str = "FOUNDATION_CONFIG__"
     """Environment variables with this prefix become config values."""
+
+    registry_ttl_ms: int = Field(default=30_000, ge=100)
+    """How long a node's lease (and so its registered names) outlives its last heartbeat."""
+
+    registry_heartbeat_ms: int | None = Field(default=None, ge=1)
+    """How often the lease is renewed; by default a third of the TTL."""
+
+    rate_limiter_on_storage_error: Literal["open", "closed"] = "open"
+    """When the database cannot be reached, a shared limiter admits the call (``open``,
+    flagged ``degraded`` in the decision and in telemetry) or refuses it (``closed``)."""
+
+    rate_limiter_fast_commit: bool = True
+    """PostgreSQL: limiter counters commit without waiting for the WAL flush
+    (``synchronous_commit=off`` for that statement only). A server crash can lose the
+    last ~600 ms of increments, so those keys may admit that many calls again."""
+
+    @model_validator(mode="after")
+    def _heartbeat_within_ttl(self) -> Settings:
+        if self.registry_heartbeat_ms is not None and (
+            self.registry_heartbeat_ms >= self.registry_ttl_ms
+        ):
+            raise ValueError("registry_heartbeat_ms must be shorter than registry_ttl_ms")
+        return self

@@ -51,6 +51,9 @@ def test_invalid_settings_are_config_errors(tmp_path: Path) -> None:
     assert info.value.context["setting"] == "sqlite_synchronous"
     with pytest.raises(ConfigError):
         Foundation(12)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError) as typo:
+        Foundation(f"sqlite:///{tmp_path / 'x.db'}", poll_intervall_ms=5)
+    assert typo.value.context["setting"] == "poll_intervall_ms"
 
 
 @pytest.mark.parametrize(("setting", "expected"), [("NORMAL", 1), ("FULL", 2)])

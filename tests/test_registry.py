@@ -13,9 +13,11 @@ import pytest
 
 from foundation import (
     AlreadyRegisteredError,
+    ConfigError,
     Foundation,
     FoundationError,
     NotFoundError,
+    Settings,
     StorageUnavailableError,
     ValidationError,
 )
@@ -282,11 +284,13 @@ def test_bad_lookups_and_options(fdn: Foundation) -> None:
         reg.watch("x", "not callable")  # type: ignore[arg-type]
     with pytest.raises(ValidationError):
         reg.join("", "x")
-    with pytest.raises(ValidationError):
-        RegistryOptions.make({"registry_ttl_ms": 0})
-    with pytest.raises(ValidationError):
-        RegistryOptions.make({"registry_ttl_ms": 1000, "registry_heartbeat_ms": 1000})
-    assert RegistryOptions.make({"registry_ttl_ms": 900}).heartbeat_ms == 300
+    with pytest.raises(ConfigError) as bad_ttl:
+        Foundation(fdn.url.masked, registry_ttl_ms=0)
+    assert bad_ttl.value.context["setting"] == "registry_ttl_ms"
+    with pytest.raises(ConfigError):
+        Foundation(fdn.url.masked, registry_ttl_ms=1000, registry_heartbeat_ms=1000)
+    options = RegistryOptions.from_settings(Settings(registry_ttl_ms=900))
+    assert options.heartbeat_ms == 300
 
 
 # -- leases, expiry, recovery ---------------------------------------------------------------

@@ -22,11 +22,10 @@ import asyncio
 import builtins
 import contextlib
 import logging
-import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -69,42 +68,16 @@ _HEARTBEAT_FAILED = ("foundation", "registry", "heartbeat_failed")
 
 @dataclass(frozen=True)
 class RegistryOptions:
-    """Lease timing. From ``Foundation(..., registry_ttl_ms=…, registry_heartbeat_ms=…)``,
-    else ``FOUNDATION_REGISTRY_TTL_MS`` / ``FOUNDATION_REGISTRY_HEARTBEAT_MS``."""
+    """Lease timing, from :class:`~foundation.settings.Settings` (``registry_ttl_ms``,
+    ``registry_heartbeat_ms``; ``FOUNDATION_REGISTRY_TTL_MS`` in the environment)."""
 
     ttl_ms: int = 30_000
     heartbeat_ms: int = 10_000
 
     @classmethod
-    def make(cls, overrides: Mapping[str, Any] | None = None) -> RegistryOptions:
-        values = dict(overrides or {})
-
-        def pick(key: str) -> Any:
-            if values.get(f"registry_{key}") is not None:
-                return values[f"registry_{key}"]
-            raw = os.environ.get(f"FOUNDATION_REGISTRY_{key.upper()}")
-            if raw is None:
-                return None
-            try:
-                return int(raw)
-            except ValueError:
-                raise ValidationError(
-                    f"FOUNDATION_REGISTRY_{key.upper()} must be an integer (milliseconds)",
-                    context={"value": raw},
-                ) from None
-
-        ttl = check_ttl(pick("ttl_ms"), "registry_ttl_ms") or cls.ttl_ms
-        if ttl < 100:
-            raise ValidationError(
-                "registry_ttl_ms must be at least 100 ms", context={"registry_ttl_ms": ttl}
-            )
-        beat = check_ttl(pick("heartbeat_ms"), "registry_heartbeat_ms") or max(1, ttl // 3)
-        if beat >= ttl:
-            raise ValidationError(
-                "registry_heartbeat_ms must be shorter than registry_ttl_ms",
-                context={"registry_ttl_ms": ttl, "registry_heartbeat_ms": beat},
-            )
-        return cls(ttl, beat)
+    def from_settings(cls, settings: Settings) -> RegistryOptions:
+        ttl = settings.registry_ttl_ms
+        return cls(ttl, settings.registry_heartbeat_ms or max(1, ttl // 3))
 
 
 @dataclass(frozen=True)
@@ -131,7 +104,7 @@ class _RegistryBase:
         self._sql = sql
         self._settings = settings
         self._telemetry = telemetry
-        self.options = options or RegistryOptions.make()
+        self.options = options or RegistryOptions.from_settings(settings)
         self._node = settings.node_id
         self._max_bytes = settings.max_value_bytes
         self._state = RegistryState(self._node)
