@@ -174,6 +174,72 @@ def breaker_and_limiter() -> None:
             )
 
 
+_HOLDER = """
+import sys, time
+from foundation import Foundation
+fdn = Foundation(sys.argv[1], registry_ttl_ms=1500, poll_interval_ms=10)
+fdn.service_registry.register("auth_service", "http://10.0.0.5:8000", {"version": "1.0"})
+print("registered", flush=True)
+time.sleep(60)
+"""
+
+
+def registry_takeover() -> None:
+    section("Service registry: a node dies, its name is taken over")
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from foundation._default import instance
+
+    url = instance().url.url.render_as_string(hide_password=False)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, url], stdout=subprocess.PIPE, text=True
+    )
+    with Foundation(registry_ttl_ms=1500, poll_interval_ms=10) as node:
+        try:
+            assert holder.stdout is not None
+            holder.stdout.readline()
+            gone = threading.Event()
+            node.service_registry.watch(
+                "auth_service", lambda change: gone.set() if change.kind == "expired" else None
+            )
+            entry = node.service_registry.find("auth_service")
+            for _ in range(100):
+                if entry is not None:
+                    break
+                time.sleep(0.02)
+                entry = node.service_registry.find("auth_service")
+            if entry is not None:
+                console.print(
+                    f"  node A (pid {holder.pid}) holds auth_service → {entry.address} "
+                    f"(epoch {entry.epoch})"
+                )
+            try:
+                node.service_registry.register("auth_service", "http://10.0.0.9:8000")
+            except FoundationError as err:
+                console.print(
+                    f"  node B tries too: [yellow]{err.code}[/] (owner {err.context.get('owner')})"
+                )
+            os.kill(holder.pid, signal.SIGKILL)
+            console.print("  node A killed with SIGKILL; its lease stops being renewed")
+            started = time.perf_counter()
+            gone.wait(10)
+            console.print(
+                f"  after {time.perf_counter() - started:.1f} s node B sees the name expire"
+            )
+            taken = node.service_registry.register("auth_service", "http://10.0.0.9:8000")
+            console.print(
+                f"  node B takes it: {taken.address} (epoch {taken.epoch}, a fencing token)"
+            )
+        finally:
+            holder.kill()
+            holder.wait()
+            if holder.stdout is not None:
+                holder.stdout.close()
+
+
 class MetricsSummary:
     """Counts every event of Foundation's catalogue while the demo runs (issue: telemetry)."""
 
@@ -210,6 +276,7 @@ def main() -> None:
     bad_input()
     event_sourcing()
     breaker_and_limiter()
+    registry_takeover()
     telemetry_spans()
     metrics.print()
     console.print("[bold green]done.[/] Tests: scripts/test")
