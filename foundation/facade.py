@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pydantic
 
@@ -33,6 +33,9 @@ from foundation.rate_limiter._store import LimiterSQL
 from foundation.service_registry import AsyncServiceRegistry, RegistrySQL, ServiceRegistry
 from foundation.settings import Settings
 from foundation.telemetry import Telemetry
+
+if TYPE_CHECKING:
+    from foundation.telemetry.poller import Poller
 
 __all__ = ["AsyncFoundation", "Foundation"]
 
@@ -222,6 +225,27 @@ class Foundation(_Base):
             return None
         row = self._db.fetchone(select)
         return None if row is None else str(row[0])
+
+    def poller(self, interval_ms: int = 10_000) -> Poller:
+        """A started poller of this node's vital signs (process memory, the event log's
+        tail position, open breakers); ``stop()`` it, or use it as a context manager.
+        Subscriptions report their own lag as ``foundation.events.subscription.lag``."""
+        from foundation.telemetry.poller import Poller, event_log, open_breakers, process_memory
+
+        def open_count() -> int:
+            return sum(info.state == "open" for info in self.circuit_breaker.breakers())
+
+        poller = Poller(
+            self.telemetry,
+            measurements=[
+                process_memory(),
+                event_log(tail_position=self.events.last_position),
+                open_breakers(open_count, total=lambda: len(self.circuit_breaker.breakers())),
+            ],
+            interval_ms=interval_ms,
+        )
+        poller.start()
+        return poller
 
     @property
     def database(self) -> SyncDatabase:

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from foundation import Foundation
 from foundation.errors import ValidationError
 from foundation.telemetry import AsyncPoller, Poller, Telemetry
 from foundation.telemetry.poller import (
@@ -175,3 +176,29 @@ async def test_async_poller(tel: Telemetry) -> None:
 def test_bad_arguments(tel: Telemetry, build: Any) -> None:
     with pytest.raises(ValidationError):
         build(tel)
+
+
+def test_a_foundation_polls_its_own_vital_signs(fdn: Foundation) -> None:
+    seen: dict[str, dict[str, int]] = {}
+    done = threading.Event()
+
+    def record(name: tuple[str, ...], measurements: Any, *_: Any) -> None:
+        seen[".".join(name)] = dict(measurements)
+        if len(seen) == 3:
+            done.set()
+
+    fdn.events.store({"type": "polled", "data": {}})
+    fdn.telemetry.attach(
+        "vitals",
+        [
+            "foundation.poller.memory",
+            "foundation.poller.event_log",
+            "foundation.poller.circuit_breakers",
+        ],
+        record,
+    )
+    with fdn.poller(interval_ms=10):
+        assert done.wait(10)
+    assert seen["foundation.poller.event_log"] == {"tail_position": 1}
+    assert seen["foundation.poller.circuit_breakers"] == {"open": 0, "total": 0}
+    assert seen["foundation.poller.memory"]["rss"] > 0
