@@ -19,7 +19,7 @@ from foundation.config._state import (
     ConfigChange,
     ConfigExplanation,
     ConfigHistoryEntry,
-    Watch,
+    ConfigWatch,
 )
 
 __all__ = [
@@ -28,7 +28,7 @@ __all__ = [
     "ConfigChange",
     "ConfigExplanation",
     "ConfigHistoryEntry",
-    "Watch",
+    "ConfigWatch",
     "all",
     "delete",
     "explain",
@@ -82,7 +82,7 @@ def register(key: Any, type_: Any, default: Any = _MISSING) -> None:
     _config().register(key, type_, default)
 
 
-def watch(key_or_prefix: Any, callback: Callable[[ConfigChange], Any]) -> Watch:
+def watch(key_or_prefix: Any, callback: Callable[[ConfigChange], Any]) -> ConfigWatch:
     """Call ``callback(change)`` after every change of the key or prefix (``"db.*"``)."""
     return _config().watch(key_or_prefix, callback)
 

@@ -19,7 +19,7 @@ from foundation.config._state import (
     ConfigExplanation,
     ConfigHistoryEntry,
     ConfigState,
-    Watch,
+    ConfigWatch,
 )
 from foundation.config._store import ConfigSQL
 from foundation.correlation import current_correlation_id
@@ -245,7 +245,7 @@ class Config(_ConfigBase):
         """Give ``key`` a type (any type pydantic validates, or a model) and a default."""
         self._publish(self._state.register(key, type_, default))
 
-    def watch(self, key_or_prefix: Any, callback: Callable[[ConfigChange], Any]) -> Watch:
+    def watch(self, key_or_prefix: Any, callback: Callable[[ConfigChange], Any]) -> ConfigWatch:
         """Call ``callback(change)`` after each change of a key (``"db.*"``: prefix, ``"*"``: all).
 
         Local changes call it in the thread that made them; remote ones in the feed's thread.
@@ -309,7 +309,7 @@ class AsyncConfig(_ConfigBase):
     def register(self, key: Any, type_: Any, default: Any = _MISSING) -> None:
         self._publish(self._state.register(key, type_, default))
 
-    def watch(self, key_or_prefix: Any, callback: Callable[[ConfigChange], Any]) -> Watch:
+    def watch(self, key_or_prefix: Any, callback: Callable[[ConfigChange], Any]) -> ConfigWatch:
         """As :meth:`Config.watch`; callbacks (plain or ``async def``) run on the event loop."""
         return self._state.watch(key_or_prefix, callback, loop=asyncio.get_running_loop())
 

@@ -25,10 +25,18 @@ from pydantic import ValidationError as PydanticValidationError
 
 from foundation._frozen import freeze
 from foundation._json import encode_json, normalize_json
+from foundation._watch import Watch
 from foundation.config._sources import parse_env_value
 from foundation.errors import ConfigError
 
-__all__ = ["ConfigChange", "ConfigExplanation", "ConfigHistoryEntry", "ConfigState", "Watch"]
+__all__ = [
+    "ConfigChange",
+    "ConfigExplanation",
+    "ConfigHistoryEntry",
+    "ConfigState",
+    "ConfigWatch",
+    "Watch",
+]
 
 log = logging.getLogger("foundation.config")
 
@@ -82,46 +90,8 @@ class _Runtime:
     updated_by: str
 
 
-class Watch:
-    """A watcher; ``cancel()`` stops it. Callbacks never raise into Foundation."""
-
-    def __init__(
-        self,
-        state: ConfigState,
-        pattern: str,
-        callback: Callable[[ConfigChange], Any],
-        loop: asyncio.AbstractEventLoop | None,
-    ) -> None:
-        self._state = state
-        self.pattern = pattern
-        self.callback = callback
-        self._loop = loop
-        self._prefix = pattern[:-1] if pattern.endswith("*") else None
-
-    def matches(self, key: str) -> bool:
-        return key.startswith(self._prefix) if self._prefix is not None else key == self.pattern
-
-    def deliver(self, change: ConfigChange) -> None:
-        if self._loop is None:
-            self._invoke(change)
-        elif not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._invoke, change)
-
-    def _invoke(self, change: ConfigChange) -> None:
-        try:
-            result = self.callback(change)
-            if asyncio.iscoroutine(result):
-                asyncio.ensure_future(result).add_done_callback(self._log_failure)
-        except Exception:
-            log.exception("config watcher %r failed on %r", self.callback, change.key)
-
-    @staticmethod
-    def _log_failure(task: asyncio.Future[Any]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            log.error("async config watcher failed", exc_info=task.exception())
-
-    def cancel(self) -> None:
-        self._state.unwatch(self)
+# A watcher of config changes (shared with the registry: foundation._watch).
+ConfigWatch = Watch[ConfigChange]
 
 
 class ConfigState:
@@ -140,7 +110,7 @@ class ConfigState:
         self._type_names: dict[str, str] = {}
         self._effective: dict[str, Any] = {}
         self._source: dict[str, Layer] = {}
-        self._watches: list[Watch] = []
+        self._watches: list[ConfigWatch] = []
         self.local_writes = 0  # lets an async reload tell whether a write raced its read
         # Keys this node is writing right now: the writer applies its own row (so its
         # watchers have run when set() returns), the feed leaves it alone meanwhile.
@@ -465,7 +435,7 @@ class ConfigState:
         pattern: Any,
         callback: Callable[[ConfigChange], Any],
         loop: asyncio.AbstractEventLoop | None = None,
-    ) -> Watch:
+    ) -> ConfigWatch:
         if not callable(callback):
             raise ConfigError(
                 "a config watch callback must be callable",
@@ -475,12 +445,12 @@ class ConfigState:
             base = pattern[:-1] if isinstance(pattern, str) and pattern.endswith("*") else pattern
             if base != "":
                 self.check_key(base)
-        watch = Watch(self, pattern, callback, loop)
+        watch: ConfigWatch = Watch(self, pattern, callback, loop, log)
         with self._lock:
             self._watches.append(watch)
         return watch
 
-    def unwatch(self, watch: Watch) -> None:
+    def unwatch(self, watch: ConfigWatch) -> None:
         with self._lock:
             if watch in self._watches:
                 self._watches.remove(watch)

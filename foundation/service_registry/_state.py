@@ -34,6 +34,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from foundation._json import encode_json, normalize_json
+from foundation._watch import Watch
 from foundation.errors import NotFoundError, ValidationError
 
 __all__ = [
@@ -163,46 +164,8 @@ class RegistryChange:
     source: Literal["local", "remote"]
 
 
-class RegistryWatch:
-    """A watcher; ``cancel()`` stops it. Callbacks never raise into Foundation."""
-
-    def __init__(
-        self,
-        state: RegistryState,
-        pattern: str,
-        callback: Callable[[RegistryChange], Any],
-        loop: asyncio.AbstractEventLoop | None,
-    ) -> None:
-        self._state = state
-        self.pattern = pattern
-        self.callback = callback
-        self._loop = loop
-        self._prefix = pattern[:-1] if pattern.endswith("*") else None
-
-    def matches(self, name: str) -> bool:
-        return name.startswith(self._prefix) if self._prefix is not None else name == self.pattern
-
-    def deliver(self, change: RegistryChange) -> None:
-        if self._loop is None:
-            self._invoke(change)
-        elif not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._invoke, change)
-
-    def _invoke(self, change: RegistryChange) -> None:
-        try:
-            result = self.callback(change)
-            if asyncio.iscoroutine(result):
-                asyncio.ensure_future(result).add_done_callback(self._log_failure)
-        except Exception:
-            log.exception("registry watcher %r failed on %r", self.callback, change.name)
-
-    @staticmethod
-    def _log_failure(task: asyncio.Future[Any]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            log.error("async registry watcher failed", exc_info=task.exception())
-
-    def cancel(self) -> None:
-        self._state.unwatch(self)
+# A watcher of registry changes (shared with config: foundation._watch).
+RegistryWatch = Watch[RegistryChange]
 
 
 # -- validation ---------------------------------------------------------------------------
@@ -609,7 +572,7 @@ class RegistryState:
             base = pattern[:-1] if isinstance(pattern, str) and pattern.endswith("*") else pattern
             if base != "":
                 check_name(base)
-        watch = RegistryWatch(self, pattern, callback, loop)
+        watch: RegistryWatch = Watch(self, pattern, callback, loop, log)
         with self._lock:
             self._watches.append(watch)
         return watch
