@@ -19,6 +19,7 @@ __all__ = ["decode_json", "encode_json", "normalize_json"]
 _ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+_encode_str = json.encoder.encode_basestring  # what the encoder does to a str
 
 
 def encode_json(
@@ -30,7 +31,23 @@ def encode_json(
     context: dict[str, Any] | None = None,
 ) -> str:
     """``value`` as compact JSON text, or ``error`` saying plainly why it cannot be stored."""
+    kind = type(value)
+    # Fast paths for the values most calls carry: building the encoder's iterator for a
+    # scalar or an empty dict costs more than everything else here.
+    if value is None:
+        return "null"
+    if kind is int or kind is bool:
+        return "true" if value is True else "false" if value is False else int.__repr__(value)
+    if kind is dict and not value:
+        return "{}"
     ctx = dict(context or {})
+    if kind is str:
+        text = _encode_str(value)
+        if "\x00" in value:
+            raise error(
+                f"{what} contains a NUL character, which the database cannot store", context=ctx
+            )
+        return _checked_size(text, what, max_bytes, error, ctx)
     try:
         text = _encoder.encode(value)
     except (TypeError, ValueError, RecursionError) as exc:
@@ -44,17 +61,25 @@ def encode_json(
         raise error(
             f"{what} contains a NUL character, which the database cannot store", context=ctx
         )
-    try:
-        size = len(text.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise error(
-            f"{what} contains a lone surrogate, which is not valid UTF-8", context=ctx
-        ) from None
-    if size > max_bytes:
-        raise error(
-            f"{what} is {size} bytes of JSON, over the limit of {max_bytes} bytes",
-            context={**ctx, "size": size, "max_bytes": max_bytes},
-        )
+    return _checked_size(text, what, max_bytes, error, ctx)
+
+
+def _checked_size(
+    text: str, what: str, max_bytes: int, error: type[FoundationError], ctx: dict[str, Any]
+) -> str:
+    # len(text) bounds the UTF-8 size from below: only long texts need encoding to count.
+    if len(text) * 4 > max_bytes or not text.isascii():
+        try:
+            size = len(text.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise error(
+                f"{what} contains a lone surrogate, which is not valid UTF-8", context=ctx
+            ) from None
+        if size > max_bytes:
+            raise error(
+                f"{what} is {size} bytes of JSON, over the limit of {max_bytes} bytes",
+                context={**ctx, "size": size, "max_bytes": max_bytes},
+            )
     return text
 
 
