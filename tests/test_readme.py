@@ -30,8 +30,14 @@ def test_readme_example_runs(index: int, tmp_path: Path) -> None:
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
-    if index == 0:
-        assert "port: None -> 4000" in done.stdout
+    if "port: None -> 4000" in done.stdout:
         assert "config_error" in done.stdout
+    elif "auth_service" in BLOCKS[index]:
+        assert done.stdout.split("\n")[:4] == [
+            "1 {'total': 42}",
+            "http://10.0.0.5:8000",
+            "paid",
+            "rate_limited retry after True",
+        ]
     else:
         assert done.stdout.strip() == "async"

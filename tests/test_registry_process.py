@@ -28,15 +28,21 @@ HEARTBEAT = TTL // 3
 
 CHILD = textwrap.dedent(
     """
-    import json, os, sys, time
+    import json, os, sys, threading, time
     from foundation import AlreadyRegisteredError, Foundation
 
     url, mode = sys.argv[1], sys.argv[2]
     fdn = Foundation(url, migrate="skip", poll_interval_ms=5, registry_ttl_ms=1000)
     reg = fdn.service_registry
 
+    _out_lock = threading.Lock()
+
     def out(*parts):
-        print(*parts, flush=True)
+        # Watch callbacks print from the heartbeat and feed threads too: one whole line
+        # per write, so lines never interleave.
+        with _out_lock:
+            sys.stdout.write(" ".join(str(p) for p in parts) + "\\n")
+            sys.stdout.flush()
 
     if mode == "hold":
         for name in sys.argv[3].split(","):

@@ -14,9 +14,13 @@ from foundation.events._model import RecordedEvent, uuid7
 from foundation.events._service import AsyncEvents, Events
 from foundation.events._store import EVENTS_LOCK_KEY, EventSQL
 from foundation.events._subscription import AsyncSubscription, Subscription, SubscriptionStatus
+from foundation.events._tail import DEFAULT_TAIL_SIZE, TailCache
+from foundation.events._typed import SCHEMA_VERSION
 
 __all__ = [
+    "DEFAULT_TAIL_SIZE",
     "EVENTS_LOCK_KEY",
+    "SCHEMA_VERSION",
     "AsyncEvents",
     "AsyncSubscription",
     "EventSQL",
@@ -24,10 +28,13 @@ __all__ = [
     "RecordedEvent",
     "Subscription",
     "SubscriptionStatus",
+    "TailCache",
     "correlation_chain",
+    "decode",
     "get",
     "iter",
     "read_stream",
+    "register_type",
     "store",
     "store_many",
     "subscribe",
@@ -94,3 +101,18 @@ def tail(
 ) -> Iterator[RecordedEvent]:
     """Follow the log live from ``start`` (not durable; see :func:`subscribe`)."""
     return _events().tail(criteria, start=start, poll_interval_ms=poll_interval_ms, **kwargs)
+
+
+def register_type(
+    type_name: str,
+    model: Any,
+    version: int = 1,
+    upcasters: Mapping[int, Callable[[Any], Any]] | None = None,
+) -> None:
+    """Validate events of ``type_name`` with a pydantic model; decode and upcast on read."""
+    _events().register_type(type_name, model, version, upcasters)
+
+
+def decode(record: RecordedEvent) -> Any:
+    """A recorded event's data as its registered model (upcast to the current version)."""
+    return _events().decode(record)

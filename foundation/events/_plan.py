@@ -21,9 +21,20 @@ from foundation.events._store import EventSQL
 if TYPE_CHECKING:
     from foundation.events._service import _EventsBase
 
-__all__ = ["Pager", "Step", "adrive", "check_expected", "drive", "store_steps"]
+__all__ = ["Pager", "Step", "StoredBatch", "adrive", "check_expected", "drive", "store_steps"]
 
 Step = tuple[str, str, dict[str, Any] | None]
+
+
+class StoredBatch(list[RecordedEvent]):
+    """The records of one store (retries included), with what the tail cache needs.
+
+    ``inserted``: the records this transaction wrote; ``prev_tail``: the log's last
+    position just before the first of them (None when nothing was written).
+    """
+
+    inserted: list[RecordedEvent]
+    prev_tail: int | None
 
 
 def check_expected(event: NewEvent, current: int) -> None:
@@ -56,7 +67,9 @@ def store_steps(
         yield ("fetchone", sql.lock, None)  # see _store: positions follow commit order
     at = sql.codec.ts(now)
     versions: dict[str, int] = {}
-    out: list[RecordedEvent] = []
+    out = StoredBatch()
+    out.inserted = []
+    out.prev_tail = None
     last = 0
     for event in batch:
         if event.id_given:
@@ -81,20 +94,24 @@ def store_steps(
         row = yield ("fetchone", sql.insert, sql.insert_params(event, version, at))
         assert row is not None
         last = int(row[0])
-        out.append(
-            RecordedEvent(
-                id=event.id,
-                position=last,
-                stream_id=event.stream_id,
-                stream_version=version,
-                type=event.type,
-                data=event.data,
-                metadata=event.metadata,
-                correlation_id=event.correlation_id,
-                causation_id=event.causation_id,
-                recorded_at=now,
-            )
+        if out.prev_tail is None:
+            # PostgreSQL returns the tail before this row; on SQLite (writers serialized,
+            # rowid = max + 1, append-only) it is the position just below.
+            out.prev_tail = int(row[1] or 0) if len(row) > 1 else last - 1
+        record = RecordedEvent(
+            id=event.id,
+            position=last,
+            stream_id=event.stream_id,
+            stream_version=version,
+            type=event.type,
+            data=event.data,
+            metadata=event.metadata,
+            correlation_id=event.correlation_id,
+            causation_id=event.causation_id,
+            recorded_at=now,
         )
+        out.append(record)
+        out.inserted.append(record)
     if last and sql.notify is not None:
         # Delivered at commit only, so a woken subscriber finds the events there.
         payload = json.dumps({"topic": "events", "position": last})

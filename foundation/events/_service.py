@@ -22,7 +22,10 @@ from collections.abc import (
 from datetime import UTC, datetime
 from typing import Any
 
+import pydantic
+
 from foundation.database.aio import AsyncDatabase
+from foundation.database.feed import ChangeFeed
 from foundation.database.sync import Cursor, SyncDatabase
 from foundation.errors import EventError, StorageUnavailableError
 from foundation.events._model import (
@@ -33,9 +36,11 @@ from foundation.events._model import (
     parse_criteria,
     parse_event,
 )
-from foundation.events._plan import Pager, Step, adrive, drive, store_steps
+from foundation.events._plan import Pager, Step, StoredBatch, adrive, drive, store_steps
 from foundation.events._store import EventSQL
 from foundation.events._subscription import AsyncSubscription, Subscription, SubscriptionOptions
+from foundation.events._tail import DEFAULT_TAIL_SIZE, TailCache
+from foundation.events._typed import TypeRegistry
 from foundation.settings import Settings
 from foundation.telemetry import Telemetry
 
@@ -46,18 +51,46 @@ _GET = ("foundation", "events", "get")
 MAX_BATCH = 10_000
 _TAIL_KEYS = ("type", "stream_id", "correlation_id", "causation_id")
 _TAIL_BATCH = 500
+_CATCH_UP_BATCH = 1_000
 
 
 class _EventsBase:
     """Validation, criteria, telemetry and the wake-ups, shared by both faces."""
 
-    def __init__(self, sql: EventSQL, settings: Settings, telemetry: Telemetry) -> None:
+    def __init__(
+        self,
+        sql: EventSQL,
+        settings: Settings,
+        telemetry: Telemetry,
+        tail_size: int = DEFAULT_TAIL_SIZE,
+    ) -> None:
         self._sql = sql
         self._settings = settings
         self._telemetry = telemetry
         self._node = settings.node_id
         self._wakers: list[Callable[[], None]] = []
         self._wakers_lock = threading.Lock()
+        # ``events_tail_size``: taken from the settings when they grow that field.
+        size = getattr(settings, "events_tail_size", tail_size)
+        self.tail_cache = TailCache(size, sql.codec.load_ts)
+        self._feed: ChangeFeed | None = None
+        self.types = TypeRegistry()
+
+    # -- typed events -----------------------------------------------------------------
+
+    def register_type(
+        self,
+        type_name: str,
+        model: type[pydantic.BaseModel],
+        version: int = 1,
+        upcasters: Mapping[int, Callable[[Any], Any]] | None = None,
+    ) -> None:
+        """Give events of ``type_name`` a pydantic model (see :mod:`._typed`)."""
+        self.types.register(type_name, model, version, upcasters)
+
+    def decode(self, record: RecordedEvent) -> pydantic.BaseModel:
+        """``record.data`` as its registered model, upcast to the current version."""
+        return self.types.decode(record)
 
     # -- store ------------------------------------------------------------------------
 
@@ -73,9 +106,15 @@ class _EventsBase:
                 context={"count": len(events)},
             )
         limit = self._settings.max_value_bytes
-        return [parse_event(event, limit) for event in events]
+        typed = self.types.prepare
+        return [parse_event(typed(event), limit) for event in events]
 
     def _stored(self, started: int, records: list[RecordedEvent]) -> None:
+        if isinstance(records, StoredBatch) and records.inserted and self.tail_cache.enabled:
+            cache = self.tail_cache
+            cache.note_own_write(records.inserted[-1].position)
+            if records.prev_tail is not None:
+                cache.extend(records.prev_tail, records.inserted)
         self._telemetry.execute(
             _STORE,
             {"duration": time.perf_counter_ns() - started, "count": len(records)},
@@ -153,20 +192,90 @@ class _EventsBase:
         for waker in wakers:
             waker()
 
+    def bind_feed(self, feed: ChangeFeed) -> None:
+        self._feed = feed
+
+    def _cached(self, criteria: Criteria) -> list[RecordedEvent] | None:
+        feed = self._feed
+        if feed is None or not feed.connected or not self.tail_cache.enabled:
+            return None
+        return self.tail_cache.answer(criteria)
+
     def on_notify(self, payload: dict[str, Any], reader: Cursor) -> None:
+        position = payload.get("position")
+        if self.tail_cache.enabled and isinstance(position, int):
+            hi = self.tail_cache.hi()
+            if hi is not None and position > hi:
+                self._catch_up(reader)
+        self.wake()
+
+    def poll(self, reader: Cursor) -> None:
+        """SQLite: the file changed (maybe by another process): read what came after ``hi``."""
+        if self.tail_cache.enabled:
+            self._catch_up(reader)
         self.wake()
 
     def resync(self, reader: Cursor) -> None:
+        if self.tail_cache.enabled:
+            self._reload(reader)
         self.wake()  # notifications may have been missed: let subscriptions poll now
+
+    def _catch_up(self, reader: Cursor) -> None:
+        """Read every event after the window's ``hi`` (a complete prefix: see ``_tail``)."""
+        cache = self.tail_cache
+        while True:
+            hi = cache.hi()
+            if hi is None:
+                return
+            c = Criteria(
+                shape=("after_position", "asc"),
+                params={"after_position": hi},
+                limit=_CATCH_UP_BATCH,
+                order="asc",
+            )
+            sql, params = self._read(c)
+            rows = reader.fetchall(sql, params)
+            records = [self._sql.record(r) for r in rows]
+            if records and not cache.extend(hi, records):
+                continue  # our own write moved hi meanwhile: read again from there
+            if len(rows) < _CATCH_UP_BATCH:
+                return
+
+    def _reload(self, reader: Cursor) -> None:
+        """Drop the window and read the newest ``size`` events again."""
+        cache = self.tail_cache
+        cache.invalidate()
+        newest: list[RecordedEvent] = []
+        before: int | None = None
+        while len(newest) < cache.size:
+            params: dict[str, Any] = {}
+            shape: tuple[Any, ...] = ("desc",)
+            if before is not None:
+                params["before_position"] = before
+                shape = ("before_position", "desc")
+            size = min(MAX_LIMIT, cache.size - len(newest))
+            sql, bound = self._read(Criteria(shape=shape, params=params, limit=size, order="desc"))
+            rows = reader.fetchall(sql, bound)
+            newest += [self._sql.record(r) for r in rows]
+            if len(rows) < size:
+                cache.reset(newest, complete=True)
+                return
+            before = newest[-1].position
+        cache.reset(newest, complete=False)
 
 
 class Events(_EventsBase):
     """The append-only event log, backed by ``foundation_events``."""
 
     def __init__(
-        self, db: SyncDatabase, sql: EventSQL, settings: Settings, telemetry: Telemetry
+        self,
+        db: SyncDatabase,
+        sql: EventSQL,
+        settings: Settings,
+        telemetry: Telemetry,
+        tail_size: int = DEFAULT_TAIL_SIZE,
     ) -> None:
-        super().__init__(sql, settings, telemetry)
+        super().__init__(sql, settings, telemetry, tail_size)
         self._db = db
         self._subscriptions: list[Subscription] = []
 
@@ -189,10 +298,19 @@ class Events(_EventsBase):
         return records
 
     def get(self, criteria: Mapping[str, Any] | None = None, **kwargs: Any) -> list[RecordedEvent]:
-        """Events matching ``criteria`` (or keyword arguments), by position."""
+        """Events matching ``criteria`` (or keyword arguments), by position.
+
+        Recent events are answered from the hot tail cache when the answer lies entirely
+        in it (see :mod:`foundation.events._tail`); their ``data`` is then read-only.
+        ``data`` is always the JSON the log holds: :meth:`decode` gives a typed event's
+        model, upcast to its current version.
+        """
         started = time.perf_counter_ns()
-        sql, params = self._read(self._criteria(criteria, kwargs))
-        records = [self._sql.record(r) for r in self._db.fetchall(sql, params)]
+        c = self._criteria(criteria, kwargs)
+        records = self._cached(c)
+        if records is None:
+            sql, params = self._read(c)
+            records = [self._sql.record(r) for r in self._db.fetchall(sql, params)]
         self._got(started, len(records))
         return records
 
@@ -295,9 +413,14 @@ class AsyncEvents(_EventsBase):
     """The awaitable twin of :class:`Events`."""
 
     def __init__(
-        self, db: AsyncDatabase, sql: EventSQL, settings: Settings, telemetry: Telemetry
+        self,
+        db: AsyncDatabase,
+        sql: EventSQL,
+        settings: Settings,
+        telemetry: Telemetry,
+        tail_size: int = DEFAULT_TAIL_SIZE,
     ) -> None:
-        super().__init__(sql, settings, telemetry)
+        super().__init__(sql, settings, telemetry, tail_size)
         self._db = db
         self._subscriptions: list[AsyncSubscription] = []
 
@@ -318,8 +441,11 @@ class AsyncEvents(_EventsBase):
         self, criteria: Mapping[str, Any] | None = None, **kwargs: Any
     ) -> list[RecordedEvent]:
         started = time.perf_counter_ns()
-        sql, params = self._read(self._criteria(criteria, kwargs))
-        records = [self._sql.record(r) for r in await self._db.fetchall(sql, params)]
+        c = self._criteria(criteria, kwargs)
+        records = self._cached(c)
+        if records is None:
+            sql, params = self._read(c)
+            records = [self._sql.record(r) for r in await self._db.fetchall(sql, params)]
         self._got(started, len(records))
         return records
 

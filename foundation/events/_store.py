@@ -19,7 +19,9 @@ mechanism the ``eventsourcing`` library uses.
 
 Cost: one extra round trip per transaction, and writers to the log do not overlap
 (throughput is bounded by one transaction's lock-to-commit time, including the commit's
-WAL flush). ``store_many`` amortizes it; readers never take the lock. On SQLite,
+WAL flush). ``store_many`` amortizes it; readers never take the lock. The only other
+writer of the log, the trigger of migration 0005 that appends ``foundation.config.changed``
+events, takes the same lock first (``EVENTS_LOCK_KEY`` is copied there). On SQLite,
 ``BEGIN IMMEDIATE`` already serializes writers and the rowid is the position.
 """
 
@@ -104,22 +106,25 @@ class EventSQL:
 
     @classmethod
     def build(cls, backend: Backend, codec: Codec) -> EventSQL:
-        insert = (
-            sa.insert(events)
-            .values(
-                id=sa.bindparam("id"),
-                stream_id=sa.bindparam("stream_id"),
-                stream_version=sa.bindparam("stream_version"),
-                type=sa.bindparam("type"),
-                data=sa.bindparam("data"),
-                metadata=sa.bindparam("metadata"),
-                correlation_id=sa.bindparam("correlation_id"),
-                causation_id=sa.bindparam("causation_id"),
-                recorded_at=sa.bindparam("recorded_at"),
-            )
-            .returning(events.c.position)
+        insert = sa.insert(events).values(
+            id=sa.bindparam("id"),
+            stream_id=sa.bindparam("stream_id"),
+            stream_version=sa.bindparam("stream_version"),
+            type=sa.bindparam("type"),
+            data=sa.bindparam("data"),
+            metadata=sa.bindparam("metadata"),
+            correlation_id=sa.bindparam("correlation_id"),
+            causation_id=sa.bindparam("causation_id"),
+            recorded_at=sa.bindparam("recorded_at"),
         )
         postgres = backend == "postgresql"
+        if postgres:
+            # The log's tail before this row (the statement does not see its own row; the
+            # advisory lock is held): the tail cache extends itself only from that tail.
+            tail = sa.select(sa.func.max(events.c.position)).scalar_subquery()
+            insert = insert.returning(events.c.position, tail)
+        else:
+            insert = insert.returning(events.c.position)
         lock = sa.select(sa.func.pg_advisory_xact_lock(sa.literal_column(str(EVENTS_LOCK_KEY))))
         notify = sa.select(
             sa.func.pg_notify(sa.literal_column("'foundation'"), sa.bindparam("payload"))
