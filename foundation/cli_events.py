@@ -1,0 +1,285 @@
+"""``foundation events query | tail | export | import``: the event log from a shell."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import time
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from foundation.cli import _dumps, _foundation, _stdout, _truncate
+from foundation.errors import EventError
+from foundation.events import RecordedEvent
+
+__all__ = ["events"]
+
+# -- events ---------------------------------------------------------------------------
+
+PROGRESS_MIN_EVENTS = 1_000  # shorter exports and imports show no progress bar
+IMPORT_BATCH = 500
+
+
+@click.group()
+def events() -> None:
+    """Read, follow, export and import the event log.
+
+    Exports are JSON lines, one event per line; importing a file twice writes nothing
+    the second time (events keep their ids, and a stored id is skipped).
+    """
+
+
+def _event_row(event: RecordedEvent) -> dict[str, Any]:
+    return {
+        "id": str(event.id),
+        "position": event.position,
+        "type": event.type,
+        "stream_id": event.stream_id,
+        "stream_version": event.stream_version,
+        "data": event.data,
+        "metadata": event.metadata,
+        "correlation_id": event.correlation_id,
+        "causation_id": event.causation_id,
+        "recorded_at": event.recorded_at.isoformat(),
+    }
+
+
+def _event_line(event: RecordedEvent) -> str:
+    when = event.recorded_at.isoformat(sep=" ", timespec="milliseconds")
+    stream = "" if event.stream_id is None else f" {event.stream_id}@{event.stream_version}"
+    return f"{event.position} {when} {event.type}{stream} {_truncate(_dumps(event.data))}"
+
+
+def _criteria(types: tuple[str, ...], stream: str | None) -> dict[str, Any]:
+    criteria: dict[str, Any] = {}
+    if types:
+        criteria["type"] = list(types)
+    if stream is not None:
+        criteria["stream_id"] = stream
+    return criteria
+
+
+def _progress(total: int, what: str) -> Progress:
+    return Progress(
+        TextColumn(what),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        disable=total < PROGRESS_MIN_EVENTS,
+        transient=True,
+    )
+
+
+_TYPE_OPTION = click.option("--type", "types", multiple=True, help="Only this type (repeatable).")
+_STREAM_OPTION = click.option("--stream", default=None, help="Only this stream.")
+
+
+@events.command("query")
+@_TYPE_OPTION
+@_STREAM_OPTION
+@click.option("--after-position", type=click.IntRange(0), default=None, help="After N.")
+@click.option(
+    "--limit", default=100, show_default=True, type=click.IntRange(1, 10_000), help="At most N."
+)
+@click.option("--desc", is_flag=True, help="Newest first.")
+@click.option("--json", "as_json", is_flag=True, help="A JSON array of events.")
+@click.pass_context
+def events_query(
+    ctx: click.Context,
+    types: tuple[str, ...],
+    stream: str | None,
+    after_position: int | None,
+    limit: int,
+    desc: bool,
+    as_json: bool,
+) -> None:
+    """Events matching the options, by position."""
+    criteria = _criteria(types, stream)
+    if after_position is not None:
+        criteria["after_position"] = after_position
+    criteria["limit"] = limit
+    criteria["order"] = "desc" if desc else "asc"
+    with _foundation(ctx) as fdn:
+        found = fdn.events.get(criteria)
+    if as_json:
+        click.echo(_dumps([_event_row(e) for e in found]))
+        return
+    table = Table()
+    for name in ("position", "recorded at", "type", "stream", "version", "data"):
+        table.add_column(name, overflow="fold")
+    for e in found:
+        table.add_row(
+            Text(str(e.position)),
+            Text(e.recorded_at.isoformat(sep=" ", timespec="seconds")),
+            Text(e.type),
+            Text(e.stream_id or ""),
+            Text("" if e.stream_version is None else str(e.stream_version)),
+            Text(_truncate(_dumps(e.data))),
+        )
+    _stdout().print(table)
+
+
+@events.command("tail")
+@_TYPE_OPTION
+@_STREAM_OPTION
+@click.option("--lines", "-n", default=10, show_default=True, type=click.IntRange(0, 10_000))
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new events as they commit.")
+@click.option(
+    "--max-events", type=click.IntRange(1), default=None, help="With --follow: stop after N new."
+)
+@click.option(
+    "--idle-timeout",
+    type=click.FloatRange(0),
+    default=None,
+    help="With --follow: stop after this many seconds without a new event.",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.pass_context
+def events_tail(
+    ctx: click.Context,
+    types: tuple[str, ...],
+    stream: str | None,
+    lines: int,
+    follow: bool,
+    max_events: int | None,
+    idle_timeout: float | None,
+    as_json: bool,
+) -> None:
+    """The last events (-n), then with --follow every new one (Ctrl-C stops)."""
+    criteria = _criteria(types, stream)
+
+    def show(event: RecordedEvent) -> None:
+        click.echo(_dumps(_event_row(event)) if as_json else _event_line(event))
+
+    with _foundation(ctx) as fdn:
+        position = fdn.events.last_position()
+        if lines:
+            for event in reversed(fdn.events.get(criteria, limit=lines, order="desc")):
+                show(event)
+        if not follow:
+            return
+        seen = 0
+        idle_since = time.monotonic()
+        interval = fdn.settings.poll_interval_ms / 1000
+        with contextlib.suppress(KeyboardInterrupt):
+            while max_events is None or seen < max_events:
+                batch = fdn.events.get(criteria, after_position=position, limit=500)
+                if max_events is not None:
+                    batch = batch[: max_events - seen]
+                for event in batch:
+                    show(event)
+                    position = event.position
+                seen += len(batch)
+                if batch:
+                    idle_since = time.monotonic()
+                    continue
+                if idle_timeout is not None and time.monotonic() - idle_since >= idle_timeout:
+                    return
+                time.sleep(min(interval, 0.2))
+
+
+@events.command("export")
+@click.argument("file", type=click.File("w", encoding="utf-8", lazy=True))
+@_TYPE_OPTION
+@click.option("--after-position", type=click.IntRange(0), default=0, help="After N.")
+@click.pass_context
+def events_export(
+    ctx: click.Context, file: Any, types: tuple[str, ...], after_position: int
+) -> None:
+    """Write the log (or the events of --type) to FILE as JSON lines (- for stdout)."""
+    criteria = _criteria(types, None)
+    criteria["after_position"] = after_position
+    count = 0
+    with _foundation(ctx) as fdn:
+        total = max(fdn.events.last_position() - after_position, 0)
+        with _progress(total, "exporting") as progress:
+            task = progress.add_task("export", total=total)
+            last = after_position
+            for event in fdn.events.iter(criteria, batch_size=1_000):
+                file.write(_dumps(_event_row(event)) + "\n")
+                count += 1
+                progress.advance(task, event.position - last)
+                last = event.position
+    file.flush()
+    to_stdout = file.name in ("-", "<stdout>")
+    # With FILE "-" the events are the output: the summary goes to stderr.
+    click.echo(f"exported {count} events to {'stdout' if to_stdout else file.name}", err=to_stdout)
+
+
+def _import_event(line: str, number: int) -> dict[str, Any]:
+    try:
+        row = json.loads(line)
+    except ValueError as exc:
+        raise EventError(f"line {number} is not JSON: {exc}", context={"line": number}) from None
+    if not isinstance(row, dict):
+        raise EventError(f"line {number} is not a JSON object", context={"line": number})
+    event = {k: row.get(k) for k in _IMPORT_FIELDS if row.get(k) is not None}
+    event.setdefault("data", row.get("data"))
+    event.setdefault("correlation_id", None)  # never taken from the importing context
+    return event
+
+
+_IMPORT_FIELDS = (
+    "id",
+    "type",
+    "data",
+    "metadata",
+    "stream_id",
+    "correlation_id",
+    "causation_id",
+)
+
+
+@events.command("import")
+@click.argument("file", type=click.File("rb"))
+@click.pass_context
+def events_import(ctx: click.Context, file: Any) -> None:
+    """Append the JSON-lines events of FILE; events already recorded (same id) are skipped.
+
+    Positions, stream versions and timestamps are those of this log; ids, types, streams,
+    data, metadata, correlation and causation ids are kept.
+    """
+    try:
+        size = os.fstat(file.fileno()).st_size
+    except (OSError, ValueError, io.UnsupportedOperation):
+        size = 0
+    added = skipped = 0
+    with _foundation(ctx) as fdn, _progress(size // 200, "importing") as progress:
+        task = progress.add_task("import", total=size or None)
+        batch: list[dict[str, Any]] = []
+
+        def flush() -> None:
+            nonlocal added, skipped
+            if not batch:
+                return
+            before = fdn.events.last_position()
+            records = fdn.events.store_many(batch)
+            new = sum(1 for r in records if r.position > before)
+            added += new
+            skipped += len(records) - new
+            batch.clear()
+
+        for number, raw in enumerate(file, start=1):
+            progress.advance(task, len(raw))
+            line = raw.decode("utf-8").strip()
+            if not line:
+                continue
+            batch.append(_import_event(line, number))
+            if len(batch) >= IMPORT_BATCH:
+                flush()
+        flush()
+    click.echo(f"imported {added} events, skipped {skipped} already recorded")
