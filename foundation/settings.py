@@ -74,6 +74,10 @@ class Settings(BaseSettings):
     config_env_prefix: str = "FOUNDATION_CONFIG__"
     """Environment variables with this prefix become config values."""
 
+    events_tail_size: int = Field(default=10_000, ge=0)
+    """How many of the newest events each node keeps in memory to answer ``get`` without
+    the database (0 turns the tail cache off)."""
+
     registry_ttl_ms: int = Field(default=30_000, ge=100)
     """How long a node's lease (and so its registered names) outlives its last heartbeat."""
 

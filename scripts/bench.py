@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import logging
 import os
@@ -690,7 +691,14 @@ def _postgres(url: str) -> tuple[str | None, str]:
     return url, ""
 
 
+# Rows kept in modules of their own (scripts/bench_<component>.py), registered after the
+# rows above, in this order.
+COMPONENT_MODULES = ("bench_reporters", "bench_resilience", "bench_events_registry")
+
+
 def main(argv: list[str] | None = None) -> int:
+    for module in COMPONENT_MODULES:
+        importlib.import_module(module)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few iterations (smoke test)")
     parser.add_argument(

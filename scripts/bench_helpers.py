@@ -60,6 +60,8 @@ class Floor:
     samples: list[int]
     checked: bool = True
     """Whether the target's ratio applies to this floor (False: shown for information)."""
+    ratio: float | None = None
+    """The ratio (ours / this floor) to meet for this floor, instead of the row's own."""
 
 
 @dataclass
@@ -331,14 +333,17 @@ def _stats(samples: Sequence[int], overhead_ns: int) -> dict[str, float]:
     }
 
 
-def _verdict(target: Target, row: Row, floor_checked: bool) -> str:
+def _verdict(
+    target: Target, row: Row, floor_checked: bool, floor_ratio: float | None = None
+) -> str:
     checks: list[bool] = []
     if target.median_us is not None and row.median_us is not None:
         checks.append(row.median_us <= target.median_us)
     if target.p99_us is not None and row.p99_us is not None:
         checks.append(row.p99_us <= target.p99_us)
-    if target.ratio is not None and floor_checked and row.ratio is not None:
-        checks.append(row.ratio <= target.ratio)
+    ratio = target.ratio if floor_ratio is None else floor_ratio
+    if ratio is not None and floor_checked and row.ratio is not None:
+        checks.append(row.ratio <= ratio)
     if not checks:
         return "—"
     return "yes" if all(checks) else "NO"
@@ -366,21 +371,21 @@ def _rows_for(b: Bench, output: BenchOutput, overhead_ns: int) -> list[Row]:
         row.n = int(ours["n"])
         row.median_us, row.p99_us = ours["median_us"], ours["p99_us"]
         row.mean_us, row.min_us, row.max_us = ours["mean_us"], ours["min_us"], ours["max_us"]
-        checked = True
+        checked, floor_ratio = True, None
         if floor is not None and floor.samples:
             fs = _stats(floor.samples, overhead_ns)
             row.floor = floor.label
             row.floor_median_us, row.floor_p99_us = fs["median_us"], fs["p99_us"]
-            if fs["median_us"] > 0:
+            if fs["median_us"] >= 0.005:  # shown as 0.00 below that: no ratio
                 row.ratio = ours["median_us"] / fs["median_us"]
-            checked = floor.checked
+            checked, floor_ratio = floor.checked, floor.ratio
             notes = [row.note]
             if not floor.checked:
                 notes.append("second floor, for information (the target is checked above)")
             if fs["median_us"] < 0.1:
                 notes.append("the floor is at the timer's resolution: its ratio is indicative")
             row.note = "; ".join(x for x in notes if x)
-        row.met = _verdict(b.target, row, checked)
+        row.met = _verdict(b.target, row, checked, floor_ratio)
         rows.append(row)
     return rows
 

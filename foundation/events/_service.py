@@ -39,7 +39,7 @@ from foundation.events._model import (
 from foundation.events._plan import Pager, Step, StoredBatch, adrive, drive, store_steps
 from foundation.events._store import EventSQL
 from foundation.events._subscription import AsyncSubscription, Subscription, SubscriptionOptions
-from foundation.events._tail import DEFAULT_TAIL_SIZE, TailCache
+from foundation.events._tail import TailCache
 from foundation.events._typed import TypeRegistry
 from foundation.settings import Settings
 from foundation.telemetry import Telemetry
@@ -62,7 +62,6 @@ class _EventsBase:
         sql: EventSQL,
         settings: Settings,
         telemetry: Telemetry,
-        tail_size: int = DEFAULT_TAIL_SIZE,
     ) -> None:
         self._sql = sql
         self._settings = settings
@@ -70,9 +69,7 @@ class _EventsBase:
         self._node = settings.node_id
         self._wakers: list[Callable[[], None]] = []
         self._wakers_lock = threading.Lock()
-        # ``events_tail_size``: taken from the settings when they grow that field.
-        size = getattr(settings, "events_tail_size", tail_size)
-        self.tail_cache = TailCache(size, sql.codec.load_ts)
+        self.tail_cache = TailCache(settings.events_tail_size, sql.codec.load_ts)
         self._feed: ChangeFeed | None = None
         self.types = TypeRegistry()
 
@@ -273,9 +270,8 @@ class Events(_EventsBase):
         sql: EventSQL,
         settings: Settings,
         telemetry: Telemetry,
-        tail_size: int = DEFAULT_TAIL_SIZE,
     ) -> None:
-        super().__init__(sql, settings, telemetry, tail_size)
+        super().__init__(sql, settings, telemetry)
         self._db = db
         self._subscriptions: list[Subscription] = []
 
@@ -418,9 +414,8 @@ class AsyncEvents(_EventsBase):
         sql: EventSQL,
         settings: Settings,
         telemetry: Telemetry,
-        tail_size: int = DEFAULT_TAIL_SIZE,
     ) -> None:
-        super().__init__(sql, settings, telemetry, tail_size)
+        super().__init__(sql, settings, telemetry)
         self._db = db
         self._subscriptions: list[AsyncSubscription] = []
 
