@@ -61,6 +61,9 @@ from bench_helpers import (
 )
 
 from foundation import Foundation
+from foundation.config._store import ConfigSQL
+from foundation.database import migrate
+from foundation.database.codec import codec_for
 from foundation.database.url import DatabaseURL
 from foundation.errors import FoundationError
 from foundation.telemetry import Telemetry
@@ -163,6 +166,10 @@ RETURNING revision
 
 SELECT_CONFIG = "SELECT key, value, revision, deleted, updated_by FROM foundation_config"
 
+FLOOR_SAME = (
+    "Foundation's own upsert on Foundation's own schema (history trigger and the "
+    "config.changed event it appends to the log)"
+)
 FLOOR_TRIGGER = "upsert + history trigger"
 FLOOR_PLAIN = "plain upsert, no trigger"
 
@@ -189,6 +196,17 @@ def sqlite_upsert(conn: sqlite3.Connection, table: str, key: str) -> Callable[[i
     def upsert(i: int) -> Any:
         # The same work as config.set: encode the value, upsert, read back the revision.
         return conn.execute(sql, (key, json.dumps(i), NODE)).fetchone()
+
+    return upsert
+
+
+def foundation_upsert(conn: Any, backend: str) -> Callable[[int], Any]:
+    """The raw driver running the very statement config.set runs, on a migrated schema."""
+    sql = ConfigSQL.build(backend, codec_for(backend)).upsert  # type: ignore[arg-type]
+
+    def upsert(i: int) -> Any:
+        params = {"key": "bench.set", "value": json.dumps(i), "by": NODE, "cid": None}
+        return conn.execute(sql, params).fetchone()
 
     return upsert
 
@@ -327,12 +345,16 @@ def config_set_sqlite(ctx: Context, synchronous: str) -> BenchOutput:
     n = ctx.n(1_000 if full else 5_000, 10 if full else 30)
     warmup = ctx.n(100 if full else 500, 3)
     floor_conn = sqlite_floor(ctx.sqlite_path("set-raw"), synchronous)
+    same_path = ctx.sqlite_path("set-same")
+    migrate.upgrade(f"sqlite:///{same_path}")
+    same_conn = raw_sqlite(same_path, synchronous)
     try:
         with foundation(ctx.sqlite_url("set"), sqlite_synchronous=synchronous) as fdn:
             set_ = fdn.config.set
-            ours, trig, plain = measure_ops(
+            ours, same, trig, plain = measure_ops(
                 [
                     lambda i: set_("bench.set", i),
+                    foundation_upsert(same_conn, "sqlite"),
                     sqlite_upsert(floor_conn, "kv", "bench.set"),
                     sqlite_upsert(floor_conn, "kv_plain", "bench.set"),
                 ],
@@ -341,9 +363,11 @@ def config_set_sqlite(ctx: Context, synchronous: str) -> BenchOutput:
             )
     finally:
         floor_conn.close()
+        same_conn.close()
     label = f"sqlite3 {synchronous}"
     return ours, [
-        Floor(f"{label}: {FLOOR_TRIGGER}", trig),
+        Floor(f"{label}: {FLOOR_SAME}", same),
+        Floor(f"{label}: {FLOOR_TRIGGER}", trig, checked=False),
         Floor(f"{label}: {FLOOR_PLAIN}", plain, checked=False),
     ]
 
@@ -353,23 +377,33 @@ def config_set_postgres(ctx: Context) -> BenchOutput:
     n, warmup = ctx.n(3_000, 30), ctx.n(300, 3)
     with (
         ctx.pg_database() as url,
+        ctx.pg_database() as same_url,
         foundation(url) as fdn,
         pg_floor(url) as conn,
-        # Foundation's trigger notifies its own feed; the floor's notifies a listener too.
+        # Foundation's trigger notifies its own feed; the floors' notify a listener too.
         background(pg_drain(url, "bench_kv")),
     ):
-        set_ = fdn.config.set
-        ours, trig, plain = measure_ops(
-            [
-                lambda i: set_("bench.set", i),
-                pg_upsert(conn, "kv", "bench.set"),
-                pg_upsert(conn, "kv_plain", "bench.set"),
-            ],
-            n,
-            warmup,
-        )
+        migrate.upgrade(same_url)
+        with (
+            psycopg.connect(pg_conninfo(same_url), autocommit=True) as same_conn,
+            background(pg_drain(same_url, "foundation")),
+        ):
+            set_ = fdn.config.set
+            ours, same, trig, plain = measure_ops(
+                [
+                    lambda i: set_("bench.set", i),
+                    foundation_upsert(same_conn, "postgresql"),
+                    pg_upsert(conn, "kv", "bench.set"),
+                    pg_upsert(conn, "kv_plain", "bench.set"),
+                ],
+                n,
+                warmup,
+            )
     return ours, [
-        Floor(f"psycopg autocommit: {FLOOR_TRIGGER} + pg_notify to a listener", trig),
+        Floor(f"psycopg autocommit: {FLOOR_SAME}, LISTEN thread draining", same),
+        Floor(
+            f"psycopg autocommit: {FLOOR_TRIGGER} + pg_notify to a listener", trig, checked=False
+        ),
         Floor(f"psycopg autocommit: {FLOOR_PLAIN}", plain, checked=False),
     ]
 
