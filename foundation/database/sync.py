@@ -54,6 +54,8 @@ def connect_sqlite(url: DatabaseURL, settings: Settings) -> sqlite3.Connection:
         check_same_thread=False,
         timeout=settings.sqlite_busy_timeout_ms / 1000,
     )
+    # PRAGMA takes no bound parameters; both values come validated from Settings
+    # (an int, and the literal NORMAL or FULL).
     conn.execute(f"PRAGMA busy_timeout = {int(settings.sqlite_busy_timeout_ms)}")
     mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()
     if mode is None or str(mode[0]).lower() != "wal":  # pragma: no cover - odd filesystems
