@@ -80,7 +80,9 @@ def test_a_window_reopens_after_its_interval(fdn: Foundation) -> None:
     rl = fdn.rate_limiter
     assert rl.try_acquire("w", 1, 200)
     refused = rl.try_acquire("w", 1, 200)
-    if refused.allowed:  # the two calls straddled a window boundary (a slow machine)
+    for _ in range(5):  # calls that straddle a window boundary (a slow machine) start afresh
+        if not refused.allowed:
+            break
         refused = rl.try_acquire("w", 1, 200)
     assert not refused
     time.sleep(refused.retry_after / 1000 + 0.05)
