@@ -25,13 +25,13 @@ def _refuse(self: Any, *args: Any, **kwargs: Any) -> NoReturn:
 class FrozenDict(dict[str, Any]):
     __slots__ = ()
     __setitem__ = __delitem__ = _refuse
-    clear = pop = popitem = setdefault = update = __ior__ = _refuse  # type: ignore[assignment]
+    clear = pop = popitem = setdefault = update = __ior__ = _refuse
 
     def __copy__(self) -> dict[str, Any]:
         return dict(self)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> dict[str, Any]:
-        return thaw(self)
+        return {k: thaw(v) for k, v in self.items()}
 
     def __reduce__(self) -> Any:
         return (dict, (thaw(self),))
@@ -39,14 +39,14 @@ class FrozenDict(dict[str, Any]):
 
 class FrozenList(list[Any]):
     __slots__ = ()
-    __setitem__ = __delitem__ = __iadd__ = __imul__ = _refuse  # type: ignore[assignment]
-    append = extend = insert = remove = pop = clear = sort = reverse = _refuse  # type: ignore[assignment]
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _refuse
+    append = extend = insert = remove = pop = clear = sort = reverse = _refuse
 
     def __copy__(self) -> list[Any]:
         return list(self)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> list[Any]:
-        return thaw(self)
+        return [thaw(v) for v in self]
 
     def __reduce__(self) -> Any:
         return (list, (thaw(self),))

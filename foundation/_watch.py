@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterable
 from typing import Any, Generic, Protocol, TypeVar
 
-__all__ = ["Watch"]
+from foundation.errors import FoundationError
+
+__all__ = ["Watch", "Watchers"]
 
 C = TypeVar("C")
 
@@ -63,3 +66,62 @@ class Watch(Generic[C]):
 
     def cancel(self) -> None:
         self._owner.unwatch(self)
+
+
+class Watchers(Generic[C]):
+    """The watches of one service: validated on the way in, matched on every change.
+
+    ``name_of`` tells which name a change is about; ``check_name`` validates a pattern's
+    name part (raising the service's own error). The list is replaced, never mutated, so
+    announcing a change takes no lock.
+    """
+
+    def __init__(
+        self,
+        what: str,
+        name_of: Callable[[C], str],
+        check_name: Callable[[Any], Any],
+        error: type[FoundationError],
+        log: logging.Logger,
+    ) -> None:
+        self._what = what
+        self._name_of = name_of
+        self._check_name = check_name
+        self._error = error
+        self._log = log
+        self._lock = threading.Lock()
+        self._watches: tuple[Watch[C], ...] = ()
+
+    def add(
+        self,
+        pattern: Any,
+        callback: Callable[[C], Any],
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> Watch[C]:
+        if not callable(callback):
+            raise self._error(
+                f"a {self._what} watch callback must be callable",
+                context={"callback": repr(callback)[:200]},
+            )
+        if pattern != "*":
+            base = pattern[:-1] if isinstance(pattern, str) and pattern.endswith("*") else pattern
+            if base != "":
+                self._check_name(base)
+        watch = Watch(self, pattern, callback, loop, self._log)
+        with self._lock:
+            self._watches = (*self._watches, watch)
+        return watch
+
+    def unwatch(self, watch: Watch[C]) -> None:
+        with self._lock:
+            self._watches = tuple(w for w in self._watches if w is not watch)
+
+    def notify(self, changes: Iterable[C]) -> None:
+        watches = self._watches
+        if not watches:
+            return
+        for change in changes:
+            name = self._name_of(change)
+            for watch in watches:
+                if watch.matches(name):
+                    watch.deliver(change)

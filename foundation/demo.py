@@ -248,7 +248,7 @@ class MetricsSummary:
 
         self.counts: dict[str, int] = {}
         self.durations: dict[str, list[float]] = {}
-        foundation.telemetry.attach("demo-metrics", emitted_names(), self.handle)
+        foundation.telemetry.attach("demo-metrics", list[Any](emitted_names()), self.handle)
 
     def handle(self, event: tuple[str, ...], measurements: Mapping[str, Any], *_: Any) -> None:
         name = ".".join(event)

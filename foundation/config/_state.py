@@ -25,7 +25,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from foundation._frozen import freeze
 from foundation._json import encode_json, normalize_json
-from foundation._watch import Watch
+from foundation._watch import Watch, Watchers
 from foundation.config._sources import parse_env_value
 from foundation.errors import ConfigError
 
@@ -110,7 +110,9 @@ class ConfigState:
         self._type_names: dict[str, str] = {}
         self._effective: dict[str, Any] = {}
         self._source: dict[str, Layer] = {}
-        self._watches: list[ConfigWatch] = []
+        self._watchers: Watchers[ConfigChange] = Watchers(
+            "config", lambda change: change.key, self.check_key, ConfigError, log
+        )
         self.local_writes = 0  # lets an async reload tell whether a write raced its read
         # Keys this node is writing right now: the writer applies its own row (so its
         # watchers have run when set() returns), the feed leaves it alone meanwhile.
@@ -436,34 +438,10 @@ class ConfigState:
         callback: Callable[[ConfigChange], Any],
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> ConfigWatch:
-        if not callable(callback):
-            raise ConfigError(
-                "a config watch callback must be callable",
-                context={"callback": repr(callback)[:200]},
-            )
-        if pattern != "*":
-            base = pattern[:-1] if isinstance(pattern, str) and pattern.endswith("*") else pattern
-            if base != "":
-                self.check_key(base)
-        watch: ConfigWatch = Watch(self, pattern, callback, loop, log)
-        with self._lock:
-            self._watches.append(watch)
-        return watch
-
-    def unwatch(self, watch: ConfigWatch) -> None:
-        with self._lock:
-            if watch in self._watches:
-                self._watches.remove(watch)
+        return self._watchers.add(pattern, callback, loop)
 
     def notify(self, changes: list[ConfigChange]) -> None:
-        if not changes:
-            return
-        with self._lock:
-            watches = list(self._watches)
-        for change in changes:
-            for watch in watches:
-                if watch.matches(change.key):
-                    watch.deliver(change)
+        self._watchers.notify(changes)
 
 
 def _first_error(exc: PydanticValidationError) -> str:

@@ -34,7 +34,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from foundation._json import encode_json, normalize_json
-from foundation._watch import Watch
+from foundation._watch import Watch, Watchers
 from foundation.errors import NotFoundError, ValidationError
 
 __all__ = [
@@ -263,7 +263,9 @@ class RegistryState:
         self._revisions: dict[str, int] = {}  # name -> last revision seen (tombstones too)
         self._members: dict[str, dict[str, GroupMember]] = {}
         self._local: dict[str, ServiceEntry] = {}
-        self._watches: builtins.list[RegistryWatch] = []
+        self._watchers: Watchers[RegistryChange] = Watchers(
+            "registry", lambda change: change.name, check_name, ValidationError, log
+        )
         self._announced: set[tuple[str, int]] = set()  # dead leases already reported
         self._timed: set[str] = set()  # names with their own TTL
         # A resync reads a snapshot that may predate this node's own latest writes (they
@@ -563,31 +565,7 @@ class RegistryState:
         callback: Callable[[RegistryChange], Any],
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> RegistryWatch:
-        if not callable(callback):
-            raise ValidationError(
-                "a registry watch callback must be callable",
-                context={"callback": repr(callback)[:200]},
-            )
-        if pattern != "*":
-            base = pattern[:-1] if isinstance(pattern, str) and pattern.endswith("*") else pattern
-            if base != "":
-                check_name(base)
-        watch: RegistryWatch = Watch(self, pattern, callback, loop, log)
-        with self._lock:
-            self._watches.append(watch)
-        return watch
-
-    def unwatch(self, watch: RegistryWatch) -> None:
-        with self._lock:
-            if watch in self._watches:
-                self._watches.remove(watch)
+        return self._watchers.add(pattern, callback, loop)
 
     def notify(self, changes: builtins.list[RegistryChange]) -> None:
-        if not changes:
-            return
-        with self._lock:
-            watches = list(self._watches)
-        for change in changes:
-            for watch in watches:
-                if watch.matches(change.name):
-                    watch.deliver(change)
+        self._watchers.notify(changes)
