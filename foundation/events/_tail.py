@@ -41,7 +41,7 @@ from typing import Any
 
 from foundation._frozen import FrozenDict, FrozenList
 from foundation.events._model import Criteria, RecordedEvent
-from foundation.events._store import _new_record
+from foundation.events._store import new_record
 
 __all__ = ["DEFAULT_TAIL_SIZE", "TailCache"]
 
@@ -77,7 +77,7 @@ def _freeze(value: Any) -> Any:
 
 def frozen(record: RecordedEvent) -> RecordedEvent:
     """The record with read-only data and metadata (what the cache shares)."""
-    return _new_record(
+    return new_record(
         record.id,
         record.position,
         record.stream_id,
