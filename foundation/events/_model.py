@@ -73,6 +73,7 @@ class NewEvent:
     """A validated event about to be stored (JSON already encoded once)."""
 
     id: uuid.UUID
+    id_text: str
     id_given: bool
     type: str
     data: Any
@@ -127,7 +128,11 @@ def uuid7() -> uuid.UUID:
     value |= (rand >> 62) << 64  # 12 bits of rand_a
     value |= 0b10 << 62  # variant
     value |= rand & ((1 << 62) - 1)
-    return uuid.UUID(int=value)
+    # uuid.UUID(int=...) re-validates a value built well formed above; skip it.
+    made = object.__new__(uuid.UUID)
+    object.__setattr__(made, "int", value)
+    object.__setattr__(made, "is_safe", uuid.SafeUUID.unknown)
+    return made
 
 
 # -- event input ---------------------------------------------------------------------------
@@ -147,6 +152,15 @@ def _as_mapping(event: Any) -> Mapping[str, Any]:
 
 
 def _name(value: Any, field: str, *, required: bool) -> str | None:
+    # The common case first: a short printable str (printable excludes lone surrogates,
+    # so such a name always encodes as UTF-8).
+    if (
+        type(value) is str
+        and 0 < len(value) <= MAX_NAME
+        and value.isprintable()
+        and not value.isspace()
+    ):
+        return value
     if value is None and not required:
         return None
     if not isinstance(value, str) or not value.strip():
@@ -197,9 +211,9 @@ def _expected(value: Any) -> ExpectedVersion:
 
 def parse_event(event: Any, max_bytes: int) -> NewEvent:
     """Validate one event given as a dict, a pydantic model or a dataclass."""
-    fields = _as_mapping(event)
-    unknown = sorted(str(k) for k in fields if k not in _EVENT_KEYS)
-    if unknown:
+    fields = event if type(event) is dict else _as_mapping(event)
+    if not _EVENT_KEYS.issuperset(fields):
+        unknown = sorted(str(k) for k in fields if k not in _EVENT_KEYS)
         raise EventError(
             f"unknown event field {unknown[0]!r} (known: {', '.join(sorted(_EVENT_KEYS))})",
             context={"field": unknown[0]},
@@ -213,7 +227,8 @@ def parse_event(event: Any, max_bytes: int) -> NewEvent:
         raise EventError(
             "expected_version needs a stream_id", context={"expected_version": expected}
         )
-    ctx = {"type": type_, "id": str(event_id)}
+    id_text = str(event_id)
+    ctx = {"type": type_, "id": id_text}
     data = fields.get("data")
     data_text = encode_json(
         data,
@@ -245,6 +260,7 @@ def parse_event(event: Any, max_bytes: int) -> NewEvent:
         causation_id = str(causation_id)
     return NewEvent(
         id=event_id,
+        id_text=id_text,
         id_given=id_given,
         type=type_,
         data=normalize_json(data, data_text),

@@ -218,7 +218,7 @@ class EventSQL:
 
     def insert_params(self, event: NewEvent, version: int | None, at: Any) -> dict[str, Any]:
         return {
-            "id": str(event.id),
+            "id": event.id_text,
             "stream_id": event.stream_id,
             "stream_version": version,
             "type": event.type,
@@ -243,7 +243,7 @@ class EventSQL:
         flat = [(u, e) for u, unit in enumerate(units) for e in unit]
         return {
             "units": [u for u, _ in flat],
-            "ids": [str(e.id) for _, e in flat],
+            "ids": [e.id_text for _, e in flat],
             "streams": [e.stream_id for _, e in flat],
             "expected": [str(e.expected_version) for _, e in flat],
             "types": [e.type for _, e in flat],
