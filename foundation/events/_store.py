@@ -17,12 +17,18 @@ committed and visible or rolled back for good: a follower never skips, and a gap
 rolled-back transaction is simply never filled (followers pass it). This is the
 mechanism the ``eventsourcing`` library uses.
 
-Cost: one extra round trip per transaction, and writers to the log do not overlap
-(throughput is bounded by one transaction's lock-to-commit time, including the commit's
-WAL flush). ``store_many`` amortizes it; readers never take the lock. The only other
-writer of the log, the trigger of migration 0005 that appends ``foundation.config.changed``
-events, takes the same lock first (``EVENTS_LOCK_KEY`` is copied there). On SQLite,
-``BEGIN IMMEDIATE`` already serializes writers and the rowid is the position.
+Cost: writers to the log do not overlap: throughput is bounded by one transaction's
+lock-to-commit time, including the commit's WAL flush. Two things keep that small. The
+lock, the checks, the inserts and the NOTIFY run inside one server-side function
+(``foundation_append_events``, migration 0007), so a store is one statement and one
+round trip, and the lock is held for the function and the commit only, never across a
+network round trip. And stores that arrive while one is in flight are sent together as
+one call (group commit, :mod:`._group`): one lock, one commit, one WAL flush for all of
+them, each caller's events still all-or-nothing on their own. Readers never take the
+lock. The only other writer of the log, the trigger of migration 0005 that appends
+``foundation.config.changed`` events, takes the same lock first (``EVENTS_LOCK_KEY`` is
+copied there). On SQLite, a write transaction already excludes every other writer and
+the rowid is the position.
 """
 
 from __future__ import annotations

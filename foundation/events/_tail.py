@@ -6,11 +6,11 @@ Every event with ``lo < position <= hi``, in position order, and nothing else: a
 contiguous window of the log. ``hi`` only moves when the cache learns of a *complete*
 prefix of the log up to a new position:
 
-* its own writes: the insert statement also returns the log's tail just before the first
-  inserted row (PostgreSQL: a sub-select in ``RETURNING``, run after the advisory lock is
-  held, so no other writer can commit in between; SQLite: writers are serialized and the
-  rowid is ``max + 1``, so it is ``position - 1``). A batch extends the cache only when that
-  tail equals ``hi``; otherwise the cache waits for the feed.
+* its own writes: a store also learns the log's tail just before its first inserted row
+  (PostgreSQL: ``foundation_append_events`` reads it once it holds the writers' lock, so
+  no other writer can commit in between; SQLite: writers are serialized and the rowid is
+  ``max + 1``, so it is ``position - 1``). A batch extends the cache only when that tail
+  equals ``hi``; otherwise the cache waits for the feed.
 * the change feed: a notification (PostgreSQL) or a changed ``data_version`` (SQLite)
   makes the feed's thread read every event after ``hi``. Positions follow commit order
   (see ``_store``), so whatever a reader sees after ``hi`` is a complete prefix.
