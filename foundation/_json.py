@@ -18,8 +18,20 @@ __all__ = ["decode_json", "encode_json", "normalize_json"]
 # An escaped NUL (\u0000) not itself escaped by a preceding backslash.
 _ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
-_encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 _encode_str = json.encoder.encode_basestring  # what the encoder does to a str
+
+
+def _not_json(value: Any) -> Any:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+# The C encoder json.dumps builds on every call, built once: compact, UTF-8 kept, NaN
+# refused. No circular-reference markers (a failed call would leave stale ones behind):
+# a cycle ends in RecursionError, reported like any other value that is not JSON.
+_c_encode = json.encoder.c_make_encoder(  # type: ignore[attr-defined]
+    None, _not_json, _encode_str, None, ":", ",", False, False, False
+)
+_scan = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
 def encode_json(
@@ -49,7 +61,7 @@ def encode_json(
             )
         return _checked_size(text, what, max_bytes, error, ctx)
     try:
-        text = _encoder.encode(value)
+        text = "".join(_c_encode(value, 0))
     except (TypeError, ValueError, RecursionError) as exc:
         reason = str(exc)
         if "Out of range float" in reason:
@@ -91,4 +103,8 @@ def normalize_json(value: Any, text: str) -> Any:
     """What a value reads back as from the database (tuples become lists, and so on)."""
     if value is None or isinstance(value, bool | int | str) or type(value) is float:
         return value
-    return json.loads(text)
+    if text == "{}":  # the usual metadata: no decoder for it
+        return {}
+    # Text encode_json just made (valid, compact): the C scanner without json.loads's
+    # Python wrappers, which cost as much as the scan for small values.
+    return _scan(text, 0)[0]
