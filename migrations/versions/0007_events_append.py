@@ -13,9 +13,13 @@ announces the last position on the ``foundation`` channel.
 
 The events arrive as parallel arrays; ``p_units`` groups them into units, each all or
 nothing on its own (one caller's ``store_many``), so one call can carry the stores of
-many callers at once (group commit: one lock, one commit, one WAL flush). A unit that
-fails its check writes nothing and comes back as a single row naming the event and the
-stream's actual version; the other units are unaffected. Ids already in the log are
+many callers at once (group commit: one lock, one commit, one WAL flush). Expected
+versions are checked unit by unit first (a loop, only when some event has a stream); a
+unit that fails writes nothing and comes back as a single row naming the event and the
+stream's actual version, the other units are unaffected. Then one ``INSERT … SELECT``
+from the arrays appends everything else: each PL/pgSQL statement is a round of the
+executor, so the plain case (events outside streams) runs a handful of them, whatever
+the number of events. Ids already in the log are
 checked by the caller before the call (their content is compared in Python); one that
 arrives meanwhile fails the whole call with a unique violation, and the caller retries.
 
@@ -45,69 +49,92 @@ RETURNS TABLE (o_ord integer, o_position bigint, o_version bigint, o_actual bigi
 LANGUAGE plpgsql AS $$
 DECLARE
     n integer := coalesce(array_length(p_ids, 1), 0);
+    versions bigint[];
+    failed_units integer[] := '{{}}';
+    failed_ords integer[] := '{{}}';
+    failed_actuals bigint[] := '{{}}';
     first integer := 1;
     last integer;
     j integer;
+    failed integer;
     cur bigint;
     wanted text;
-    seen jsonb;
-    versions bigint[];
-    failed integer;
+    done jsonb := '{{}}';  -- stream -> version after the units checked so far
+    pending jsonb;          -- the same, with the unit being checked
     tail_before bigint;
     last_position bigint;
 BEGIN
     -- Serialize writers before any position is allocated (see events/_store.py).
     PERFORM pg_advisory_xact_lock({EVENTS_LOCK_KEY});
     SELECT max(e.position) INTO tail_before FROM foundation_events e;
-    WHILE first <= n LOOP
-        last := first;
-        WHILE last < n AND p_units[last + 1] = p_units[first] LOOP
-            last := last + 1;
-        END LOOP;
-        -- Check the whole unit before writing any of it.
-        seen := '{{}}';
-        failed := NULL;
-        FOR j IN first..last LOOP
-            versions[j] := NULL;
-            CONTINUE WHEN p_streams[j] IS NULL;
-            IF seen ? p_streams[j] THEN
-                cur := (seen ->> p_streams[j])::bigint;
-            ELSE
-                SELECT coalesce(max(e.stream_version), 0) INTO cur
-                FROM foundation_events e WHERE e.stream_id = p_streams[j];
-            END IF;
-            wanted := p_expected[j];
-            IF NOT (wanted = 'any'
-                    OR (wanted = 'no_stream' AND cur = 0)
-                    OR (wanted = 'exists' AND cur > 0)
-                    OR (wanted ~ '^[0-9]+$' AND wanted::bigint = cur)) THEN
-                failed := j;
-                EXIT;
-            END IF;
-            versions[j] := cur + 1;
-            seen := jsonb_set(seen, ARRAY[p_streams[j]], to_jsonb(cur + 1));
-        END LOOP;
-        IF failed IS NOT NULL THEN
-            o_ord := failed; o_position := NULL; o_version := NULL; o_actual := cur;
-            o_tail := tail_before;
-            RETURN NEXT;
-        ELSE
-            FOR j IN first..last LOOP
-                INSERT INTO foundation_events
-                    (id, stream_id, stream_version, type, data, metadata, correlation_id,
-                     causation_id, recorded_at)
-                VALUES (p_ids[j], p_streams[j], versions[j], p_types[j], p_data[j]::jsonb,
-                        p_metadata[j]::jsonb, p_correlation[j], p_causation[j],
-                        p_recorded_at)
-                RETURNING foundation_events.position INTO last_position;
-                o_ord := j; o_position := last_position; o_version := versions[j];
-                o_actual := NULL; o_tail := tail_before;
-                RETURN NEXT;
+    -- Stream versions and expected-version checks, unit by unit: a unit that fails
+    -- is left out whole. Events outside streams need none of this.
+    IF EXISTS (SELECT FROM unnest(p_streams) AS s WHERE s IS NOT NULL) THEN
+        versions := array_fill(NULL::bigint, ARRAY[n]);
+        WHILE first <= n LOOP
+            last := first;
+            WHILE last < n AND p_units[last + 1] = p_units[first] LOOP
+                last := last + 1;
             END LOOP;
-        END IF;
-        first := last + 1;
-    END LOOP;
-    IF last_position IS NOT NULL THEN
+            pending := done;
+            failed := NULL;
+            FOR j IN first..last LOOP
+                CONTINUE WHEN p_streams[j] IS NULL;
+                IF pending ? p_streams[j] THEN
+                    cur := (pending ->> p_streams[j])::bigint;
+                ELSE
+                    SELECT coalesce(max(e.stream_version), 0) INTO cur
+                    FROM foundation_events e WHERE e.stream_id = p_streams[j];
+                END IF;
+                wanted := p_expected[j];
+                IF NOT (wanted = 'any'
+                        OR (wanted = 'no_stream' AND cur = 0)
+                        OR (wanted = 'exists' AND cur > 0)
+                        OR (wanted ~ '^[0-9]+$' AND wanted::bigint = cur)) THEN
+                    failed := j;
+                    EXIT;
+                END IF;
+                versions[j] := cur + 1;
+                pending := jsonb_set(pending, ARRAY[p_streams[j]], to_jsonb(cur + 1));
+            END LOOP;
+            IF failed IS NULL THEN
+                done := pending;
+            ELSE
+                failed_units := failed_units || p_units[first];
+                failed_ords := failed_ords || failed;
+                failed_actuals := failed_actuals || cur;
+            END IF;
+            first := last + 1;
+        END LOOP;
+    END IF;
+    -- One INSERT for every event of every unit that passed, in argument order (the
+    -- ORDER BY makes positions follow it).
+    RETURN QUERY
+    WITH batch AS (
+        SELECT b.*
+        FROM unnest(p_ids, p_streams, p_types, p_data, p_metadata, p_correlation,
+                    p_causation, p_units)
+             WITH ORDINALITY AS b(id, stream_id, type, data, metadata, correlation_id,
+                                  causation_id, unit, ord)
+        WHERE b.unit <> ALL (failed_units)
+    ), inserted AS (
+        INSERT INTO foundation_events
+            (id, stream_id, stream_version, type, data, metadata, correlation_id,
+             causation_id, recorded_at)
+        SELECT b.id, b.stream_id, versions[b.ord::integer], b.type, b.data::jsonb,
+               b.metadata::jsonb, b.correlation_id, b.causation_id, p_recorded_at
+        FROM batch b
+        ORDER BY b.ord
+        RETURNING foundation_events.id, foundation_events.position,
+                  foundation_events.stream_version
+    )
+    SELECT b.ord::integer, i.position, i.stream_version, NULL::bigint, tail_before
+    FROM inserted i JOIN batch b ON b.id = i.id
+    UNION ALL
+    SELECT f.ord, NULL::bigint, NULL::bigint, f.actual, tail_before
+    FROM unnest(failed_ords, failed_actuals) AS f(ord, actual);
+    SELECT max(e.position) INTO last_position FROM foundation_events e;
+    IF last_position IS DISTINCT FROM tail_before THEN
         -- Delivered at commit only, so a woken subscriber finds the events there.
         PERFORM pg_notify('foundation', json_build_object(
             'topic', 'events', 'position', last_position)::text);
