@@ -33,6 +33,7 @@ the rowid is the position.
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +48,8 @@ from foundation.database.url import Backend
 from foundation.events._model import Criteria, NewEvent, RecordedEvent
 
 __all__ = ["EVENTS_LOCK_KEY", "EventSQL"]
+
+_json_string = json.encoder.encode_basestring
 
 # pg_advisory_xact_lock key serializing event writers ("FdnEvts" in ASCII).
 EVENTS_LOCK_KEY = 0x46646E45767473
@@ -245,20 +248,16 @@ class EventSQL:
         return params
 
     def append_params(self, units: list[list[NewEvent]], at: Any) -> dict[str, Any]:
-        """``append``'s parameters: parallel arrays, ``units`` numbering the events."""
-        flat = [(u, e) for u, unit in enumerate(units) for e in unit]
-        return {
-            "units": [u for u, _ in flat],
-            "ids": [e.id_text for _, e in flat],
-            "streams": [e.stream_id for _, e in flat],
-            "expected": [str(e.expected_version) for _, e in flat],
-            "types": [e.type for _, e in flat],
-            "data": [e.data_text for _, e in flat],
-            "metadata": [e.metadata_text for _, e in flat],
-            "correlation": [e.correlation_id for _, e in flat],
-            "causation": [e.causation_id for _, e in flat],
-            "recorded_at": at,
-        }
+        """``append``'s parameters: every event of every unit as one JSON array."""
+        parts = [
+            f'{{"u":{u},"id":"{e.id_text}","s":{_text(e.stream_id)},'
+            f'"e":"{e.expected_version}","t":{_text(e.type)},"d":{e.data_text},'
+            f'"m":{e.metadata_text},"c":{_text(e.correlation_id)},'
+            f'"k":{_text(e.causation_id)}}}'
+            for u, unit in enumerate(units)
+            for e in unit
+        ]
+        return {"events": f"[{','.join(parts)}]", "recorded_at": at}
 
     def record(self, row: tuple[Any, ...]) -> RecordedEvent:
         load = self.codec.load_json
@@ -373,26 +372,16 @@ def _insert_checked() -> Any:
 
 def _append() -> Any:
     """PostgreSQL: ``foundation_append_events`` (migration 0007), one statement per store."""
-    text_array = postgresql.ARRAY(sa.Text)
-    args: list[Any] = [sa.cast(sa.bindparam("units"), postgresql.ARRAY(sa.Integer))]
-    args += [
-        sa.cast(sa.bindparam(name), text_array)
-        for name in (
-            "ids",
-            "streams",
-            "expected",
-            "types",
-            "data",
-            "metadata",
-            "correlation",
-            "causation",
-        )
-    ]
-    args.append(sa.cast(sa.bindparam("recorded_at"), sa.DateTime(timezone=True)))
-    fn = sa.func.foundation_append_events(*args).table_valued(
-        "o_ord", "o_position", "o_version", "o_actual", "o_tail"
-    )
+    fn = sa.func.foundation_append_events(
+        sa.cast(sa.bindparam("events"), postgresql.JSONB),
+        sa.cast(sa.bindparam("recorded_at"), sa.DateTime(timezone=True)),
+    ).table_valued("o_ord", "o_position", "o_version", "o_actual", "o_tail")
     return sa.select(fn.c.o_ord, fn.c.o_position, fn.c.o_version, fn.c.o_actual, fn.c.o_tail)
+
+
+def _text(value: str | None) -> str:
+    """A JSON string (or null) for ``append_params``."""
+    return "null" if value is None else _json_string(value)
 
 
 def _sub_create(backend: Backend) -> Any:
