@@ -147,6 +147,4 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
-        op.execute(
-            "DROP FUNCTION foundation_append_events(jsonb, timestamptz)"
-        )
+        op.execute("DROP FUNCTION foundation_append_events(jsonb, timestamptz)")
