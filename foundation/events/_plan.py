@@ -119,6 +119,9 @@ def _same_new(a: NewEvent, b: NewEvent) -> bool:
     )
 
 
+_NOTHING_KNOWN = Known()  # shared, never written to
+
+
 def known_ids(sql: EventSQL, batch: Sequence[NewEvent]) -> Generator[Step, Any, Known]:
     """Look up the ids the caller gave; raise if one is recorded with other content.
 
@@ -194,11 +197,11 @@ def _assemble(
 
 
 def sqlite_store(
-    sql: EventSQL, batch: Sequence[NewEvent], now: datetime
+    sql: EventSQL, batch: Sequence[NewEvent], now: datetime, in_transaction: bool
 ) -> Generator[Step, Any, StoredBatch]:
-    """One SQLite store (in a transaction when :func:`needs_transaction` says so)."""
+    """One SQLite store (``in_transaction`` as :func:`needs_transaction` said)."""
     at = sql.codec.ts(now)
-    known = (yield from known_ids(sql, batch)) if needs_transaction(sql, batch) else Known()
+    known = (yield from known_ids(sql, batch)) if in_transaction else _NOTHING_KNOWN
     fresh = known.fresh(len(batch))
     if not fresh:
         return _assemble(batch, known, fresh, [], now, None)

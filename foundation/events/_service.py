@@ -122,6 +122,9 @@ class _EventsBase:
         typed = self.types.prepare
         return [parse_event(typed(event), limit) for event in events]
 
+    def _parse_one(self, event: Any) -> list[NewEvent]:
+        return [parse_event(self.types.prepare(event), self._settings.max_value_bytes)]
+
     def _cache_written(self, records: StoredBatch) -> None:
         """Our own writes enter the tail cache (in position order, see ``_tail``)."""
         if records.inserted and self.tail_cache.enabled:
@@ -204,19 +207,21 @@ class _EventsBase:
 
     # -- change feed subscriber (runs in the feed's thread) ---------------------------
 
+    # The list is replaced, never changed in place (copy-on-write): every store wakes,
+    # and reads it without taking the lock.
     def add_waker(self, waker: Callable[[], None]) -> None:
         with self._wakers_lock:
-            self._wakers.append(waker)
+            self._wakers = [*self._wakers, waker]
 
     def remove_waker(self, waker: Callable[[], None]) -> None:
         with self._wakers_lock:
-            if waker in self._wakers:
-                self._wakers.remove(waker)
+            wakers = list(self._wakers)
+            if waker in wakers:  # equality: a bound method is a new object each access
+                wakers.remove(waker)
+                self._wakers = wakers
 
     def wake(self) -> None:
-        with self._wakers_lock:
-            wakers = list(self._wakers)
-        for waker in wakers:
+        for waker in self._wakers:
             waker()
 
     def bind_feed(self, feed: ChangeFeed) -> None:
@@ -321,8 +326,9 @@ class Events(_EventsBase):
 
     def _store(self, batch: list[NewEvent]) -> StoredBatch:
         if self._sql.backend == "sqlite":
-            plan = sqlite_store(self._sql, batch, _now())
-            if needs_transaction(self._sql, batch):
+            in_tx = needs_transaction(self._sql, batch)
+            plan = sqlite_store(self._sql, batch, _now(), in_tx)
+            if in_tx:
                 with self._db.transaction() as tx:
                     records: StoredBatch = drive(tx, plan)
             else:
@@ -343,7 +349,10 @@ class Events(_EventsBase):
 
     def store(self, event: Any) -> RecordedEvent:
         """Append one event (a dict, pydantic model or dataclass); returns its record."""
-        return self.store_many([event])[0]
+        started = time.perf_counter_ns()
+        records = self._store(self._parse_one(event))
+        self._stored(started, records)
+        return records[0]
 
     def store_many(self, events: list[Any]) -> list[RecordedEvent]:
         """Append several events in one transaction: all are recorded, or none."""
@@ -496,8 +505,9 @@ class AsyncEvents(_EventsBase):
 
     async def _store(self, batch: list[NewEvent]) -> StoredBatch:
         if self._sql.backend == "sqlite":
-            plan = sqlite_store(self._sql, batch, _now())
-            if needs_transaction(self._sql, batch):
+            in_tx = needs_transaction(self._sql, batch)
+            plan = sqlite_store(self._sql, batch, _now(), in_tx)
+            if in_tx:
                 async with self._db.transaction() as tx:
                     records: StoredBatch = await adrive(tx, plan)
             else:
@@ -516,7 +526,10 @@ class AsyncEvents(_EventsBase):
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def store(self, event: Any) -> RecordedEvent:
-        return (await self.store_many([event]))[0]
+        started = time.perf_counter_ns()
+        records = await self._store(self._parse_one(event))
+        self._stored(started, records)
+        return records[0]
 
     async def store_many(self, events: list[Any]) -> list[RecordedEvent]:
         started = time.perf_counter_ns()
