@@ -45,21 +45,23 @@ def encode_json(
     """``value`` as compact JSON text, or ``error`` saying plainly why it cannot be stored."""
     kind = type(value)
     # Fast paths for the values most calls carry: building the encoder's iterator for a
-    # scalar or an empty dict costs more than everything else here.
+    # scalar or an empty dict costs more than everything else here. ``context`` is only
+    # copied when an error is raised.
     if value is None:
         return "null"
-    if kind is int or kind is bool:
-        return "true" if value is True else "false" if value is False else int.__repr__(value)
+    if kind is bool:
+        return "true" if value else "false"
+    if kind is int and -(10**18) < value < 10**18:  # far below the 4300-digit str limit
+        return int.__repr__(value)
     if kind is dict and not value:
         return "{}"
-    ctx = dict(context or {})
     if kind is str:
-        text = _encode_str(value)
         if "\x00" in value:
             raise error(
-                f"{what} contains a NUL character, which the database cannot store", context=ctx
+                f"{what} contains a NUL character, which the database cannot store",
+                context=dict(context or {}),
             )
-        return _checked_size(text, what, max_bytes, error, ctx)
+        return _checked_size(_encode_str(value), what, max_bytes, error, context)
     try:
         text = "".join(_c_encode(value, 0))
     except (TypeError, ValueError, RecursionError) as exc:
@@ -67,17 +69,23 @@ def encode_json(
         if "Out of range float" in reason:
             reason = "NaN and Infinity are not JSON"
         raise error(
-            f"{what} is not JSON: {reason}", context={**ctx, "type": type(value).__name__}
+            f"{what} is not JSON: {reason}",
+            context={**(context or {}), "type": type(value).__name__},
         ) from None
     if "\\u0000" in text and _ESCAPED_NUL.search(text):
         raise error(
-            f"{what} contains a NUL character, which the database cannot store", context=ctx
+            f"{what} contains a NUL character, which the database cannot store",
+            context=dict(context or {}),
         )
-    return _checked_size(text, what, max_bytes, error, ctx)
+    return _checked_size(text, what, max_bytes, error, context)
 
 
 def _checked_size(
-    text: str, what: str, max_bytes: int, error: type[FoundationError], ctx: dict[str, Any]
+    text: str,
+    what: str,
+    max_bytes: int,
+    error: type[FoundationError],
+    context: dict[str, Any] | None,
 ) -> str:
     # len(text) bounds the UTF-8 size from below: only long texts need encoding to count.
     if len(text) * 4 > max_bytes or not text.isascii():
@@ -85,12 +93,13 @@ def _checked_size(
             size = len(text.encode("utf-8"))
         except UnicodeEncodeError:
             raise error(
-                f"{what} contains a lone surrogate, which is not valid UTF-8", context=ctx
+                f"{what} contains a lone surrogate, which is not valid UTF-8",
+                context=dict(context or {}),
             ) from None
         if size > max_bytes:
             raise error(
                 f"{what} is {size} bytes of JSON, over the limit of {max_bytes} bytes",
-                context={**ctx, "size": size, "max_bytes": max_bytes},
+                context={**(context or {}), "size": size, "max_bytes": max_bytes},
             )
     return text
 

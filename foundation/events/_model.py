@@ -68,9 +68,13 @@ class RecordedEvent:
     recorded_at: datetime
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class NewEvent:
-    """A validated event about to be stored (JSON already encoded once)."""
+    """A validated event about to be stored (JSON already encoded once).
+
+    Internal and never changed after ``parse_event``; not frozen, because a frozen
+    dataclass sets each of its fields through ``object.__setattr__`` (a store's cost).
+    """
 
     id: uuid.UUID
     id_text: str
@@ -230,6 +234,11 @@ def _expected(value: Any) -> ExpectedVersion:
     )
 
 
+# "the data of event 'x'" per type: formatting it (a repr) on every store costs more than
+# the lookup; it is only read when the data is refused.
+_DATA_WHAT: dict[str, str] = {}
+
+
 def parse_event(event: Any, max_bytes: int) -> NewEvent:
     """Validate one event given as a dict, a pydantic model or a dataclass."""
     fields = event if type(event) is dict else _as_mapping(event)
@@ -255,9 +264,14 @@ def parse_event(event: Any, max_bytes: int) -> NewEvent:
     id_text = str(event_id)
     ctx = {"type": type_, "id": id_text}
     data = fields.get("data")
+    what = _DATA_WHAT.get(type_)
+    if what is None:
+        if len(_DATA_WHAT) > 4096:  # bounded: types are few, but any string is one
+            _DATA_WHAT.clear()
+        what = _DATA_WHAT[type_] = f"the data of event {type_!r}"
     data_text = encode_json(
         data,
-        what=f"the data of event {type_!r}",
+        what=what,
         max_bytes=max_bytes,
         error=EventError,
         context=ctx,

@@ -128,10 +128,7 @@ class _EventsBase:
     def _cache_written(self, records: StoredBatch) -> None:
         """Our own writes enter the tail cache (in position order, see ``_tail``)."""
         if records.inserted and self.tail_cache.enabled:
-            cache = self.tail_cache
-            cache.note_own_write(records.inserted[-1].position)
-            if records.prev_tail is not None:
-                cache.extend(records.prev_tail, records.inserted)
+            self.tail_cache.add_own(records.prev_tail, records.inserted)
 
     def _append_params(self, units: list[_Unit], now: datetime) -> dict[str, Any]:
         fresh = [[batch[i] for i in known.fresh(len(batch))] for batch, known in units]

@@ -158,10 +158,15 @@ class TailCache:
             self._append(records)
             return True
 
-    def note_own_write(self, position: int) -> None:
+    def add_own(self, prev_tail: int | None, records: list[RecordedEvent]) -> None:
+        """This node's own write: served only once ``hi`` reaches it (read-your-writes),
+        and appended now when the log's tail before it was exactly ``hi``."""
         with self._lock:
+            position = records[-1].position
             if position > self._need:
                 self._need = position
+            if prev_tail is not None and self._valid and prev_tail == self._hi:
+                self._append(records)
 
     def _append(self, records: list[RecordedEvent]) -> None:
         # Under the lock.
