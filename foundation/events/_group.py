@@ -48,7 +48,7 @@ class _Slot(Generic[U, R]):
         self.unit = unit
         self.outcome: R | BaseException | None = None
         self.lead = False
-        self.done = threading.Event()
+        self.done: threading.Event | None = None  # made only for a caller that waits
 
 
 class GroupCommit(Generic[U, R]):
@@ -66,9 +66,11 @@ class GroupCommit(Generic[U, R]):
         slot: _Slot[U, R] = _Slot(unit)
         with self._lock:
             self._queue.append(slot)
-            if not self._leading:
+            if self._leading:
+                slot.done = threading.Event()
+            else:
                 self._leading = slot.lead = True
-        if not slot.lead:
+        if slot.done is not None:
             slot.done.wait()
             if not slot.lead:  # our group ran
                 return _result(slot.outcome)  # type: ignore[return-value]
@@ -90,9 +92,9 @@ class GroupCommit(Generic[U, R]):
             else:
                 successor.lead = True
         if successor is not None:
-            successor.done.set()
+            successor.done.set()  # type: ignore[union-attr]  # a waiting slot
         for s in group:
-            if s is not slot:
+            if s.done is not None and s is not slot:
                 s.done.set()
         return _result(slot.outcome)  # type: ignore[return-value]
 

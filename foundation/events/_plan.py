@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from foundation.events._service import _EventsBase
 
 __all__ = [
+    "NO_IDS",
     "Known",
     "Pager",
     "Step",
@@ -119,7 +120,7 @@ def _same_new(a: NewEvent, b: NewEvent) -> bool:
     )
 
 
-_NOTHING_KNOWN = Known()  # shared, never written to
+NO_IDS = Known()  # nothing known: shared, never written to
 
 
 def known_ids(sql: EventSQL, batch: Sequence[NewEvent]) -> Generator[Step, Any, Known]:
@@ -201,7 +202,7 @@ def sqlite_store(
 ) -> Generator[Step, Any, StoredBatch]:
     """One SQLite store (``in_transaction`` as :func:`needs_transaction` said)."""
     at = sql.codec.ts(now)
-    known = (yield from known_ids(sql, batch)) if in_transaction else _NOTHING_KNOWN
+    known = (yield from known_ids(sql, batch)) if in_transaction else NO_IDS
     fresh = known.fresh(len(batch))
     if not fresh:
         return _assemble(batch, known, fresh, [], now, None)

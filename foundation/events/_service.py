@@ -38,6 +38,7 @@ from foundation.events._model import (
     parse_event,
 )
 from foundation.events._plan import (
+    NO_IDS,
     Known,
     Pager,
     StoredBatch,
@@ -333,7 +334,7 @@ class Events(_EventsBase):
             self._cache_written(records)
             return records
         for attempt in (1, 2):
-            known = drive(self._db, known_ids(self._sql, batch))
+            known = drive(self._db, known_ids(self._sql, batch)) if _ids_given(batch) else NO_IDS
             if not known.fresh(len(batch)):
                 return self._appended([(batch, known)], [], _now())[0]  # type: ignore[return-value]
             try:
@@ -512,7 +513,11 @@ class AsyncEvents(_EventsBase):
             self._cache_written(records)
             return records
         for attempt in (1, 2):
-            known = await adrive(self._db, known_ids(self._sql, batch))  # type: ignore[arg-type]
+            known = (
+                await adrive(self._db, known_ids(self._sql, batch))  # type: ignore[arg-type]
+                if _ids_given(batch)
+                else NO_IDS
+            )
             if not known.fresh(len(batch)):
                 return self._appended([(batch, known)], [], _now())[0]  # type: ignore[return-value]
             try:
@@ -636,6 +641,10 @@ class AsyncEvents(_EventsBase):
         for sub in self._subscriptions:
             await sub.stop()
         self._subscriptions.clear()
+
+
+def _ids_given(batch: list[NewEvent]) -> bool:
+    return any(e.id_given for e in batch)
 
 
 def _now() -> datetime:
