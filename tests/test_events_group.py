@@ -136,7 +136,7 @@ async def test_async_tasks_share_calls_and_a_cancelled_waiter_is_not_written(
         events._db.fetchall = held  # type: ignore[method-assign]
     first = asyncio.ensure_future(events.store({"type": "first"}))
     if postgres:
-        await async_wait_for(lambda: events.group_commit._flusher is not None)
+        await async_wait_for(lambda: events.group_commit.busy)
     others = [asyncio.ensure_future(events.store({"type": "t", "data": i})) for i in range(8)]
     if postgres:
         doomed = asyncio.ensure_future(events.store({"type": "cancelled"}))

@@ -13,9 +13,10 @@ A lone caller pays nothing: with an empty queue it runs its store at once.
 
 The sync face uses leader hand-off (as LevelDB's writer queue): the first caller leads,
 runs the queue, and passes the lead to the next waiting caller, so no thread is kept
-serving others. The async face runs each group in a task of its own, so that a caller
-cancelled while waiting neither cancels the others' statement nor is written once it is
-cancelled before its group has been sent.
+serving others. On the async face a lone caller runs its own call too; the callers that
+queue meanwhile are sent by a task of their own, so that no caller's cancellation
+cancels the others' statement, and a caller cancelled before its group is sent is not
+written.
 """
 
 from __future__ import annotations
@@ -100,22 +101,35 @@ class GroupCommit(Generic[U, R]):
 
 
 class AsyncGroupCommit(Generic[U, R]):
-    """Tasks' units, run in groups by one flushing task at a time."""
+    """Tasks' units: a lone caller runs its own; those arriving meanwhile, in groups."""
 
     def __init__(self, run: Callable[[list[U]], Awaitable[list[R | BaseException]]], limit: int):
         self._run = run
         self._limit = limit
         self._queue: list[tuple[U, asyncio.Future[R]]] = []
+        self.busy = False  # a call is in flight (its caller's own, or a flushing task's)
         self._flusher: asyncio.Task[None] | None = None
         self.groups = 0
 
     async def submit(self, unit: U) -> R:
-        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        self._queue.append((unit, future))
-        if self._flusher is None:
-            self._flusher = asyncio.get_running_loop().create_task(self._flush())
-        # Cancelling the caller cancels the future: still queued, the unit is dropped.
-        return await future
+        loop = asyncio.get_running_loop()
+        if self.busy:
+            future: asyncio.Future[R] = loop.create_future()
+            self._queue.append((unit, future))
+            # Cancelling the caller cancels the future: still queued, the unit is dropped.
+            return await future
+        self.busy = True
+        try:
+            outcome = (await self._run([unit]))[0]
+            self.groups += 1
+        finally:
+            # Whoever queued meanwhile is sent by a task of its own, so that this
+            # caller's cancellation cannot cancel their statement.
+            if self._queue:
+                self._flusher = loop.create_task(self._flush())
+            else:
+                self.busy = False
+        return _result(outcome)
 
     async def _flush(self) -> None:
         group: list[tuple[U, asyncio.Future[R]]] = []
@@ -142,6 +156,7 @@ class AsyncGroupCommit(Generic[U, R]):
                 group = []
         finally:
             self._flusher = None
+            self.busy = False
             # Cancelled (the loop is closing): nobody may wait forever.
             for _, future in group + self._queue:
                 if not future.done():
