@@ -58,16 +58,14 @@ DECLARE
     cur bigint;
     done jsonb := '{{}}';  -- stream -> its version after the units that passed
     pending jsonb;          -- the same, with the unit being checked
-    tail_before bigint;
-    last_position bigint;
+    ignored text;
 BEGIN
-    -- Serialize writers before any position is allocated (see events/_store.py).
-    PERFORM pg_advisory_xact_lock({EVENTS_LOCK_KEY});
-    SELECT max(e.position) INTO tail_before FROM foundation_events e;
+    -- Serialize writers before any position is allocated (see events/_store.py). An
+    -- assignment, not PERFORM: PL/pgSQL evaluates it without a round of the executor.
+    ignored := pg_advisory_xact_lock({EVENTS_LOCK_KEY})::text;
     -- Stream versions and expected-version checks, unit by unit: a unit that fails
     -- is left out whole. Events outside streams need none of this.
-    IF EXISTS (SELECT FROM jsonb_array_elements(p_events) AS e WHERE e ->> 's' IS NOT NULL)
-    THEN
+    IF p_events @? '$[*] ? (@.s != null)' THEN
         versions := array_fill(NULL::bigint, ARRAY[jsonb_array_length(p_events)]);
         FOR r IN
             SELECT x.u, x.s, x.e, x.ord::integer AS ord
@@ -103,8 +101,10 @@ BEGIN
             END IF;
         END LOOP;
     END IF;
-    -- One INSERT for every event of every unit that passed, in argument order (the
-    -- ORDER BY makes positions follow it).
+    -- One statement appends every event of every unit that passed, in argument order
+    -- (the ORDER BY makes positions follow it), reads the tail before them (a statement
+    -- does not see its own inserts) and notifies (delivered at commit only, so a woken
+    -- subscriber finds the events there).
     RETURN QUERY
     WITH batch AS (
         SELECT x.*
@@ -123,18 +123,21 @@ BEGIN
         ORDER BY b.ord
         RETURNING foundation_events.id, foundation_events.position,
                   foundation_events.stream_version
+    ), tail AS (
+        SELECT max(e.position) AS position FROM foundation_events e
+    ), notified AS (
+        SELECT pg_notify('foundation', json_build_object(
+                   'topic', 'events', 'position', max(i.position))::text)
+        FROM inserted i
+        HAVING count(*) > 0
     )
-    SELECT b.ord::integer, i.position, i.stream_version, NULL::bigint, tail_before
+    SELECT b.ord::integer, i.position, i.stream_version, NULL::bigint, t.position
     FROM inserted i JOIN batch b ON b.id = i.id
+         CROSS JOIN tail t
+         CROSS JOIN (SELECT count(*) FROM notified) AS sent
     UNION ALL
-    SELECT f.ord, NULL::bigint, NULL::bigint, f.actual, tail_before
-    FROM unnest(failed_ords, failed_actuals) AS f(ord, actual);
-    SELECT max(e.position) INTO last_position FROM foundation_events e;
-    IF last_position IS DISTINCT FROM tail_before THEN
-        -- Delivered at commit only, so a woken subscriber finds the events there.
-        PERFORM pg_notify('foundation', json_build_object(
-            'topic', 'events', 'position', last_position)::text);
-    END IF;
+    SELECT f.ord, NULL::bigint, NULL::bigint, f.actual, t.position
+    FROM unnest(failed_ords, failed_actuals) AS f(ord, actual) CROSS JOIN tail t;
 END
 $$
 """  # noqa: S608 (constants only, no input)
