@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import threading
 import time
+import uuid
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
@@ -85,6 +86,8 @@ class _EventsBase:
         self._telemetry = telemetry
         self._node = settings.node_id
         self._wakers: list[Callable[[], None]] = []
+        # Named in this instance's NOTIFYs (not the node id, which a user may repeat).
+        self._writer = uuid.uuid4().hex
         self._wakers_lock = threading.Lock()
         self.tail_cache = TailCache(settings.events_tail_size, sql.codec.load_ts)
         self._feed: ChangeFeed | None = None
@@ -133,7 +136,7 @@ class _EventsBase:
 
     def _append_params(self, units: list[_Unit], now: datetime) -> dict[str, Any]:
         fresh = [[batch[i] for i in known.fresh(len(batch))] for batch, known in units]
-        return self._sql.append_params(fresh, self._sql.codec.ts(now))
+        return self._sql.append_params(fresh, self._sql.codec.ts(now), self._writer)
 
     def _appended(self, units: list[_Unit], rows: list[Any], now: datetime) -> list[_Outcome]:
         outcomes: list[_Outcome] = list(appended(units, rows, now))
@@ -232,6 +235,12 @@ class _EventsBase:
         return self.tail_cache.answer(criteria)
 
     def on_notify(self, payload: dict[str, Any], reader: Cursor) -> None:
+        if payload.get("writer") == self._writer:
+            # Our own store: the writer already put it in the cache (or, when another
+            # node's events came between, that node's notification catches the cache
+            # up) and woke the subscriptions; reading it back here would double the
+            # database work of every store.
+            return
         position = payload.get("position")
         if self.tail_cache.enabled and isinstance(position, int):
             hi = self.tail_cache.hi()

@@ -247,7 +247,7 @@ class EventSQL:
         params["expected_version"] = expected if isinstance(expected, int) else None
         return params
 
-    def append_params(self, units: list[list[NewEvent]], at: Any) -> dict[str, Any]:
+    def append_params(self, units: list[list[NewEvent]], at: Any, writer: str) -> dict[str, Any]:
         """``append``'s parameters: every event of every unit as one JSON array."""
         parts = [
             f'{{"u":{u},"id":"{e.id_text}","s":{_text(e.stream_id)},'
@@ -257,7 +257,7 @@ class EventSQL:
             for u, unit in enumerate(units)
             for e in unit
         ]
-        return {"events": f"[{','.join(parts)}]", "recorded_at": at}
+        return {"events": f"[{','.join(parts)}]", "recorded_at": at, "writer": writer}
 
     def record(self, row: tuple[Any, ...]) -> RecordedEvent:
         load = self.codec.load_json
@@ -375,6 +375,7 @@ def _append() -> Any:
     fn = sa.func.foundation_append_events(
         sa.cast(sa.bindparam("events"), postgresql.JSONB),
         sa.cast(sa.bindparam("recorded_at"), sa.DateTime(timezone=True)),
+        sa.cast(sa.bindparam("writer"), sa.Text),
     ).table_valued("o_ord", "o_position", "o_version", "o_actual", "o_tail")
     return sa.select(fn.c.o_ord, fn.c.o_position, fn.c.o_version, fn.c.o_actual, fn.c.o_tail)
 

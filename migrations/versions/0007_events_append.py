@@ -9,7 +9,8 @@ This function does the same work inside the server, so a store is one statement 
 own implicit transaction: it takes the events writers' lock
 (``foundation.events._store.EVENTS_LOCK_KEY``, positions keep following commit order),
 checks every expected version of a unit before writing any of its events, appends, and
-announces the last position on the ``foundation`` channel.
+announces the last position on the ``foundation`` channel, with ``p_writer`` (the
+writing instance's token, so that it can skip re-reading what it just wrote).
 
 The events arrive as one JSON array (``u``: unit, ``id``, ``s``: stream, ``e``: expected
 version, ``t``: type, ``d``: data, ``m``: metadata, ``c``: correlation id, ``k``:
@@ -43,7 +44,8 @@ depends_on: str | Sequence[str] | None = None
 EVENTS_LOCK_KEY = 0x46646E45767473
 
 APPEND_FUNCTION = f"""
-CREATE FUNCTION foundation_append_events(p_events jsonb, p_recorded_at timestamptz)
+CREATE FUNCTION foundation_append_events(
+    p_events jsonb, p_recorded_at timestamptz, p_writer text)
 RETURNS TABLE (o_ord integer, o_position bigint, o_version bigint, o_actual bigint,
                o_tail bigint)
 LANGUAGE plpgsql AS $$
@@ -127,7 +129,7 @@ BEGIN
         SELECT max(e.position) AS position FROM foundation_events e
     ), notified AS (
         SELECT pg_notify('foundation', json_build_object(
-                   'topic', 'events', 'position', max(i.position))::text)
+                   'topic', 'events', 'position', max(i.position), 'writer', p_writer)::text)
         FROM inserted i
         HAVING count(*) > 0
     )
@@ -150,4 +152,4 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
-        op.execute("DROP FUNCTION foundation_append_events(jsonb, timestamptz)")
+        op.execute("DROP FUNCTION foundation_append_events(jsonb, timestamptz, text)")
