@@ -14,11 +14,14 @@ the feed works the same for :class:`~foundation.Foundation` and
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import select
 import sqlite3
 import threading
 import time
+from collections import deque
 from typing import Any, Protocol
 
 import psycopg
@@ -133,6 +136,10 @@ class PostgresFeed(ChangeFeed):
                     **connect_kwargs(self.settings, "foundation-listen"),
                 )
                 conn.execute(f"LISTEN {CHANNEL}")
+                # Notifications that arrive while a subscriber queries through this
+                # connection are handed over by psycopg; the others are read below.
+                pending: deque[str] = deque()
+                conn.add_notify_handler(functools.partial(_queue_payload, pending))
                 reader = _DriverCursor(conn)
                 # LISTEN is in place before the resync, so nothing falls between them.
                 self._resync_all(reader)
@@ -142,12 +149,18 @@ class PostgresFeed(ChangeFeed):
                 )
                 delay = 0.05
                 last_ping = time.monotonic()
+                pgconn = conn.pgconn
                 while not self._stop.is_set():
-                    # The generator holds the connection while it waits, so a subscriber
-                    # that queries through this connection must run after it returns;
-                    # notifications that arrive meanwhile are queued, not lost.
-                    for note in list(conn.notifies(timeout=0.25, stop_after=1)):
-                        self._dispatch(note.payload, reader)
+                    # Waiting on the socket directly: psycopg's notifies() sets up a
+                    # selector per call, and this thread takes the GIL at the moment a
+                    # writer's own result comes back (NOTIFY is sent at its commit), so
+                    # what it does per notification is what every store waits for.
+                    if not pending and select.select([pgconn.socket], [], [], 0.25)[0]:
+                        pgconn.consume_input()  # raises OperationalError if the link died
+                        while (note := pgconn.notifies()) is not None:
+                            pending.append(note.extra.decode("utf-8", "replace"))
+                    while pending:
+                        self._dispatch(pending.popleft(), reader)
                     if self._take_resync_request():
                         self._resync_all(reader)
                     if time.monotonic() - last_ping > self.KEEPALIVE_S:
@@ -188,6 +201,10 @@ class PostgresFeed(ChangeFeed):
                 raise  # the connection is gone: reconnect and resync
             except Exception:
                 log.exception("change feed subscriber failed on %r", payload)
+
+
+def _queue_payload(queue: deque[str], note: psycopg.Notify) -> None:
+    queue.append(note.payload)
 
 
 class SQLiteFeed(ChangeFeed):
