@@ -1,0 +1,357 @@
+"""One soak worker: a Foundation node doing every kind of work until the deadline.
+
+Run by ``scripts/soak.py`` as ``python scripts/soak_worker.py '<json options>'``. It
+writes what it was *acknowledged* to a JSON-lines file, one flushed line per ack, after
+the call returned: a ``kill -9`` loses at most the line in flight, so a missing line is
+a missing claim, never a false one. Once a second it also writes its running counts
+(for the report's rates). After the deadline it stops producing, lets its subscription
+catch up and its config cache converge, writes what it ends with, and closes.
+
+Anything but a ``FoundationError`` escaping a public call is written as an ``escape``
+line (a violation: a driver exception reached the caller); so is a "database is locked"
+message on SQLite, which must never reach a caller.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+import threading
+import time
+import traceback
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from soak_db import connect
+
+from foundation import (
+    AlreadyRegisteredError,
+    CircuitOpenError,
+    ConcurrencyError,
+    Foundation,
+    FoundationError,
+    NotFoundError,
+    RateLimitedError,
+)
+from foundation.events import RecordedEvent
+
+EVENT_TYPES = ("soak.order", "soak.payment", "soak.refund")
+CONFIG_KEYS = tuple(f"soak.k{i}" for i in range(4))
+SHARED_NAMES = ("soak-leader-0", "soak-leader-1")
+
+
+def sub_types(wid: int) -> list[str]:
+    """Each worker's subscription follows two of the three types (so filters matter)."""
+    return list(EVENT_TYPES[:2]) if wid % 2 == 0 else list(EVENT_TYPES[1:])
+
+
+class Acks:
+    """Append-only JSON lines, one write+flush per line (shared by the worker's threads)."""
+
+    def __init__(self, path: str) -> None:
+        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+        self._lock = threading.Lock()
+
+    def write(self, kind: str, **fields: Any) -> None:
+        line = json.dumps({"k": kind, "t": time.time(), **fields}, separators=(",", ":"))
+        with self._lock:
+            if not self._file.closed:  # the stats thread may outlive close()
+                self._file.write(line + "\n")
+                self._file.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            self._file.close()
+
+
+class Down(Exception):
+    """The breaker's dependency failing (on a schedule all workers share)."""
+
+
+class Worker:
+    def __init__(self, opts: dict[str, Any]) -> None:
+        self.o = opts
+        self.wid: int = opts["wid"]
+        self.rng = random.Random(f"{opts['seed']}-{self.wid}-{opts['run']}")
+        self.acks = Acks(os.path.join(opts["out"], f"acks-w{self.wid}-r{opts['run']}.jsonl"))
+        self.counts: Counter[str] = Counter()
+        self.versions: dict[str, int] = {}
+        self.sub: Any = None
+        self.held: dict[str, float] = {}  # shared name -> when to let it go
+        self.fdn: Foundation | None = None
+        self.last_head = -1
+
+    # -- plumbing -----------------------------------------------------------------------
+
+    def guarded(self, op: str, fn: Callable[[], None]) -> None:
+        """Run one operation; sort what escapes it into expected errors and violations."""
+        try:
+            fn()
+        except FoundationError as exc:
+            self.counts[f"error.{op}.{exc.code}"] += 1
+            if "database is locked" in str(exc):
+                self.acks.write("escape", op=op, type="locked", msg=str(exc)[:300])
+        except Exception as exc:
+            self.counts[f"escape.{op}"] += 1
+            self.acks.write(
+                "escape", op=op, type=type(exc).__module__ + "." + type(exc).__name__,
+                msg=str(exc)[:300], tb=traceback.format_exc()[-1500:],
+            )
+
+    def open(self) -> Foundation:
+        """Start a node, retrying while the database is away (a restart, a proxy delay)."""
+        while True:
+            try:
+                return Foundation(
+                    self.o["url"], migrate="skip", registry_ttl_ms=self.o["ttl_ms"],
+                    pool_max_size=4, connect_timeout_s=5,
+                    rate_limiter_on_storage_error="closed",
+                )
+            except FoundationError as exc:
+                self.counts[f"error.start.{exc.code}"] += 1
+                if time.time() > self.o["deadline"] + self.o["drain_s"]:
+                    raise
+                time.sleep(0.2)
+
+    def stats_loop(self) -> None:
+        while True:
+            time.sleep(1.0)
+            self.acks.write("stats", counts=dict(self.counts))
+
+    # -- the work -------------------------------------------------------------------------
+
+    def store_event(self) -> None:
+        assert self.fdn is not None
+        stream = f"soak-s{self.rng.randrange(self.o['streams'])}"
+        event_id = str(uuid.uuid4())
+        kind = self.rng.choice(EVENT_TYPES)
+        data = {"w": self.wid, "r": self.o["run"], "n": self.counts["events"]}
+        expected = self.versions.get(stream, 0)
+        while time.time() < self.o["deadline"] + 1:  # then give up: the outcome stays unknown
+            try:
+                record = self.fdn.events.store({
+                    "id": event_id, "type": kind, "stream_id": stream,
+                    "expected_version": expected, "data": data,
+                })
+            except ConcurrencyError as exc:
+                self.counts["events.conflicts"] += 1
+                expected = int(exc.context["actual"])
+                continue
+            except FoundationError as exc:
+                # Unknown outcome (the connection died, maybe after the commit): retry
+                # with the same id; the log is idempotent on ids.
+                self.counts[f"error.events.{exc.code}"] += 1
+                time.sleep(0.05)
+                continue
+            self.versions[stream] = int(record.stream_version or 0)
+            self.acks.write(
+                "event", id=event_id, pos=record.position, stream=stream,
+                version=record.stream_version, type=kind,
+            )
+            self.counts["events"] += 1
+            return
+        self.counts["events.gave_up"] += 1
+        self.acks.write("gave_up", id=event_id)
+
+    def config_op(self) -> None:
+        assert self.fdn is not None
+        key = self.rng.choice(CONFIG_KEYS)
+        self.fdn.config.get(key, None)
+        self.counts["config.get"] += 1
+        if self.rng.random() < 0.25:
+            value = {"w": self.wid, "r": self.o["run"], "n": self.counts["config.set"]}
+            self.fdn.config.set(key, value)
+            self.acks.write("config", key=key, value=value)
+            self.counts["config.set"] += 1
+
+    def limiter_op(self) -> None:
+        assert self.fdn is not None
+        asked = time.time()
+        admitted: list[float] = []
+        try:
+            self.fdn.rate_limiter.execute(
+                lambda: admitted.append(time.time()), key="soak-api",
+                max_requests=self.o["limit"], interval=self.o["window_ms"],
+            )
+        except RateLimitedError:
+            self.counts["limiter.rejected"] += 1
+            return
+        if admitted:
+            self.acks.write("admit", asked=asked, at=admitted[0])
+            self.counts["limiter.admitted"] += 1
+
+    def breaker_op(self) -> None:
+        assert self.fdn is not None
+
+        def dependency() -> str:
+            # Down four seconds in twelve, the same for every worker (wall clock).
+            if int(time.time() / 4) % 3 == 0:
+                raise Down
+            return "ok"
+
+        try:
+            self.fdn.circuit_breaker.execute(
+                dependency, name="soak-dep", max_failures=3, reset_timeout=300, timeout=2000
+            )
+            self.counts["breaker.ok"] += 1
+        except Down:
+            self.counts["breaker.failed"] += 1
+        except CircuitOpenError:
+            self.counts["breaker.rejected"] += 1
+
+    def registry_op(self) -> None:
+        assert self.fdn is not None
+        reg = self.fdn.service_registry
+        own = f"soak-svc-w{self.wid}"
+        if not reg.owns(own):
+            self.register(own)
+        now = time.time()
+        for name in SHARED_NAMES:
+            if name in self.held:
+                if now >= self.held[name] or not reg.owns(name):
+                    self.held.pop(name)
+                    try:
+                        reg.unregister(name)
+                        self.acks.write("unregister", name=name)
+                    except NotFoundError:
+                        self.counts["registry.lost"] += 1
+            elif self.rng.random() < 0.3 and reg.find(name) is None and self.register(name):
+                self.held[name] = now + self.rng.uniform(0.5, 3.0)
+        self.counts["registry.lookup"] += 1
+        reg.find(SHARED_NAMES[0])
+
+    def register(self, name: str) -> bool:
+        assert self.fdn is not None
+        try:
+            entry = self.fdn.service_registry.register(name, {"w": self.wid})
+        except AlreadyRegisteredError:
+            self.counts["registry.conflicts"] += 1
+            return False
+        self.acks.write("register", name=name, epoch=entry.epoch, node=entry.node)
+        self.counts["registry.registered"] += 1
+        return True
+
+    def on_event(self, record: RecordedEvent) -> None:
+        # Written before the handler returns, so before the checkpoint moves past it.
+        self.acks.write("seen", sub=self.sub_name, pos=record.position, id=str(record.id))
+        self.counts["subscription.delivered"] += 1
+
+    @property
+    def sub_name(self) -> str:
+        return f"soak-sub-w{self.wid}"
+
+    def subscription_op(self) -> None:
+        """Keep the subscription running: restart it after a lost lease or a failure."""
+        assert self.fdn is not None
+        if self.sub is not None and self.sub.status.state == "running":
+            return
+        if self.sub is not None:
+            self.counts["subscription.restarts"] += 1
+            self.sub.stop()
+            self.sub = None
+        try:
+            self.sub = self.fdn.events.subscribe(
+                self.sub_name, self.on_event, types=sub_types(self.wid),
+                lease_ms=3000, poll_interval_ms=200, retry_backoff_ms=50,
+            )
+        except AlreadyRegisteredError:  # the previous run's lease has not run out yet
+            self.counts["subscription.waiting"] += 1
+
+    # -- the phases -----------------------------------------------------------------------
+
+    def run(self) -> None:
+        threading.Thread(target=self.stats_loop, daemon=True).start()
+        self.fdn = self.open()
+        self.acks.write("start", node=self.fdn.settings.node_id, pid=os.getpid())
+        ops = [
+            ("events", self.store_event), ("config", self.config_op),
+            ("limiter", self.limiter_op), ("breaker", self.breaker_op),
+            ("registry", self.registry_op), ("subscription", self.subscription_op),
+        ]
+        pace = self.o["pace_ms"] / 1000
+        while time.time() < self.o["deadline"]:
+            for op, fn in ops:
+                self.guarded(op, fn)
+            time.sleep(pace)
+        self.drain()
+
+    def drain(self) -> None:
+        """Past the deadline: catch the subscription up, wait for config to converge."""
+        assert self.fdn is not None
+        until = time.time() + self.o["drain_s"]
+        caught_up = False
+        while time.time() < until and not caught_up:
+            self.guarded("subscription", self.subscription_op)
+            caught_up = self.caught_up()
+            time.sleep(1.0)  # caught_up() wants the log's head unchanged over this pause
+        self.acks.write("drained", caught_up=caught_up)
+        converged, cached = False, {}
+        while time.time() < until and not converged:
+            cached = {k: self.fdn.config.get(k, None) for k in CONFIG_KEYS}
+            try:
+                converged = cached == self.db_config()
+            except Exception as exc:  # the truth is read with a plain driver: retry
+                self.counts["drain.config_read_failed"] += 1
+                self.acks.write("note", msg=f"config read failed: {exc}"[:300])
+            time.sleep(0.1)
+        self.acks.write("final_config", values=cached, converged=converged)
+        self.acks.write("stats", counts=dict(self.counts))
+        if self.sub is not None:
+            self.sub.stop()
+        self.fdn.close()
+        self.acks.write("done")
+
+    def caught_up(self) -> bool:
+        """The log has stopped growing (every worker is past its last store) and the
+        subscription's checkpoint is at the last event of its types."""
+        assert self.fdn is not None
+        if self.sub is None or time.time() < self.o["deadline"] + 2:
+            return False
+        try:
+            head = self.fdn.events.last_position()
+            last = 0
+            for kind in sub_types(self.wid):
+                found = self.fdn.events.get({"type": kind, "order": "desc", "limit": 1})
+                last = max([last, *(e.position for e in found)])
+        except FoundationError:
+            return False
+        stable = head == self.last_head
+        self.last_head = head
+        return stable and bool(self.sub.status.checkpoint >= last)
+
+    def db_config(self) -> dict[str, Any]:
+        """The config values as the database holds them, read with a plain connection."""
+        out: dict[str, Any] = dict.fromkeys(CONFIG_KEYS)
+        with connect(self.o["direct_url"]) as conn:
+            rows = conn.cursor().execute(
+                "SELECT key, value FROM foundation_config WHERE deleted = false"
+                if self.o["backend"] == "postgresql"
+                else "SELECT key, value FROM foundation_config WHERE deleted = 0"
+            ).fetchall()
+        for key, value in rows:
+            if key in out:
+                out[key] = json.loads(value) if isinstance(value, str) else value
+        return out
+
+
+def main() -> None:
+    opts = json.loads(sys.argv[1])
+    worker = Worker(opts)
+    try:
+        worker.run()
+    except Exception as exc:
+        worker.acks.write(
+            "escape", op="worker", type=type(exc).__name__, msg=str(exc)[:300],
+            tb=traceback.format_exc()[-2000:],
+        )
+        raise
+    finally:
+        worker.acks.close()
+
+
+if __name__ == "__main__":
+    main()
