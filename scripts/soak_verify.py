@@ -103,7 +103,7 @@ def verify(url: str, out: Path, params: Params) -> list[dict[str, Any]]:
             breaker(q, params),
             *registry(q, runs),
             config_history(q, runs),
-            config_converged(q, runs),
+            caches_converged(q, runs),
             no_escapes(runs),
         ]
     return [c.as_dict() for c in checks]
@@ -250,6 +250,7 @@ def registry(q: Any, runs: Any) -> tuple[Check, Check]:
                      "generation only grows")
     live: dict[tuple[str, int], _Lease] = {}
     recorded = set()
+    registered_at: dict[tuple[str, int], datetime] = {}
     for (kind, op, name, old_node, old_gen, old_epoch, old_expires, new_node, new_gen,
          new_epoch, new_expires, registered, updated) in q(
         "SELECT kind, op, name, old_node, old_gen, old_epoch, old_expires_at, new_node, "
@@ -278,6 +279,7 @@ def registry(q: Any, runs: Any) -> tuple[Check, Check]:
             recorded.add((name, int(new_epoch), new_node))
         if new_epoch == old_epoch:
             continue  # an unregister, a release or a metadata update
+        registered_at[(name, int(new_epoch))] = _ts(registered)
         owners.checked += 1
         if new_epoch != (old_epoch or 0) + 1:
             owners.fail(f"{name}: epoch {old_epoch} → {new_epoch}")
@@ -299,15 +301,34 @@ def registry(q: Any, runs: Any) -> tuple[Check, Check]:
         if (ack["name"], ack["epoch"], ack["node"]) not in recorded:
             owners.fail(f"acked registration {ack['name']} epoch {ack['epoch']} by "
                         f"{ack['node']} is not in the registry's history")
+    # A node's belief: owns() said True, asked at ``asked``, for epoch e. The next epoch
+    # registered before that moment would make two live owners at once.
+    for ack in _kind(runs, "owns"):
+        owners.checked += 1
+        nxt = registered_at.get((ack["name"], ack["epoch"] + 1))
+        if nxt is not None and nxt.timestamp() < ack["asked"]:
+            owners.fail(f"worker {ack['wid']} still owned {ack['name']} epoch {ack['epoch']} "
+                        f"at {ack['asked']:.3f}, after epoch {ack['epoch'] + 1} was registered "
+                        f"at {nxt.timestamp():.3f}")
     return owners, renewals
 
 
 def config_history(q: Any, runs: Any) -> Check:
-    c = Check("config.history", "every acknowledged config set is in foundation_config_history")
+    c = Check("config.history", "every acknowledged config set is in the history, and each "
+              "key's history is one chain (revisions 1..n, each old value the previous new)")
     history: set[tuple[str, str]] = set()
-    for key, value in q("SELECT key, new_value FROM foundation_config_history "
-                        "WHERE key LIKE ?", ("soak.%",)):
-        history.add((key, json.dumps(_json(value), sort_keys=True)))
+    previous: dict[str, tuple[int, Any]] = {}
+    for key, old, new, revision in q(
+        "SELECT key, old_value, new_value, revision FROM foundation_config_history "
+        "WHERE key LIKE ? ORDER BY key, revision", ("soak.%",)
+    ):
+        c.checked += 1
+        old, new = _json(old), _json(new)
+        history.add((key, json.dumps(new, sort_keys=True)))
+        rev, value = previous.get(key, (0, None))
+        if revision != rev + 1 or old != value:
+            c.fail(f"{key} revision {revision} (old {old}) follows revision {rev} ({value})")
+        previous[key] = (revision, new)
     for ack in _kind(runs, "config"):
         c.checked += 1
         if (ack["key"], json.dumps(ack["value"], sort_keys=True)) not in history:
@@ -315,8 +336,9 @@ def config_history(q: Any, runs: Any) -> Check:
     return c
 
 
-def config_converged(q: Any, runs: Any) -> Check:
-    c = Check("config.converged", "every node ended with the database's config values")
+def caches_converged(q: Any, runs: Any) -> Check:
+    c = Check("caches.converged", "every node's caches (config, registry names, breaker) "
+              "came to what the database held, and its config is the final config")
     truth = {k: _json(v) for k, v in q(
         "SELECT key, value FROM foundation_config WHERE key LIKE ?", ("soak.%",))}
     last_run: dict[int, int] = {}
@@ -324,13 +346,17 @@ def config_converged(q: Any, runs: Any) -> Check:
         last_run[wid] = max(run, last_run.get(wid, -1))
     for wid, run in sorted(last_run.items()):
         c.checked += 1
-        finals = [line for line in runs[(wid, run)] if line["k"] == "final_config"]
+        finals = [line for line in runs[(wid, run)] if line["k"] == "final_view"]
         if not finals:
-            c.fail(f"worker {wid} run {run} never reported its final config")
+            c.fail(f"worker {wid} run {run} never reported its final caches")
             continue
-        values = {k: v for k, v in finals[-1]["values"].items() if v is not None}
-        if values != truth:
-            c.fail(f"worker {wid} ended with {values}, the database holds {truth}")
+        final = finals[-1]
+        if not final["converged"]:
+            c.fail(f"worker {wid}: caches {final['cached']} never matched the database "
+                   f"{final['db']}")
+        config = {k: v for k, v in final["cached"]["config"].items() if v is not None}
+        if config != truth:
+            c.fail(f"worker {wid} ended with config {config}, the database holds {truth}")
     return c
 
 

@@ -24,6 +24,7 @@ import traceback
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from soak_db import connect
@@ -42,6 +43,12 @@ from foundation.events import RecordedEvent
 EVENT_TYPES = ("soak.order", "soak.payment", "soak.refund")
 CONFIG_KEYS = tuple(f"soak.k{i}" for i in range(4))
 SHARED_NAMES = ("soak-leader-0", "soak-leader-1")
+# The names held under a live lease; the name pattern's placeholder follows.
+LIVE_NAMES = (
+    "SELECT r.name, r.node_id, r.epoch FROM foundation_registry r "
+    "JOIN foundation_leases l ON l.node_id = r.node_id AND l.generation = r.lease_generation "
+    "WHERE r.name LIKE "
+)
 
 
 def sub_types(wid: int) -> list[str]:
@@ -212,7 +219,14 @@ class Worker:
         now = time.time()
         for name in SHARED_NAMES:
             if name in self.held:
-                if now >= self.held[name] or not reg.owns(name):
+                asked = time.time()
+                owned = reg.owns(name)
+                entry = reg.find(name) if owned else None
+                if entry is not None and entry.node == self.fdn.settings.node_id:
+                    # A belief the verifier holds against the registry's history: nobody
+                    # else may have registered the name before ``asked``.
+                    self.acks.write("owns", name=name, epoch=entry.epoch, asked=asked)
+                if now >= self.held[name] or not owned:
                     self.held.pop(name)
                     try:
                         reg.unregister(name)
@@ -280,7 +294,7 @@ class Worker:
         self.drain()
 
     def drain(self) -> None:
-        """Past the deadline: catch the subscription up, wait for config to converge."""
+        """Past the deadline: catch the subscription up, then wait for the caches."""
         assert self.fdn is not None
         until = time.time() + self.o["drain_s"]
         caught_up = False
@@ -289,16 +303,18 @@ class Worker:
             caught_up = self.caught_up()
             time.sleep(1.0)  # caught_up() wants the log's head unchanged over this pause
         self.acks.write("drained", caught_up=caught_up)
-        converged, cached = False, {}
+        # Then every cache this node keeps must come to what the database holds.
+        converged, cached, truth = False, {}, {}
         while time.time() < until and not converged:
-            cached = {k: self.fdn.config.get(k, None) for k in CONFIG_KEYS}
+            cached = self.cached_view()
             try:
-                converged = cached == self.db_config()
+                truth = self.db_view()
             except Exception as exc:  # the truth is read with a plain driver: retry
-                self.counts["drain.config_read_failed"] += 1
-                self.acks.write("note", msg=f"config read failed: {exc}"[:300])
+                self.counts["drain.db_read_failed"] += 1
+                self.acks.write("note", msg=f"database read failed: {exc}"[:300])
+            converged = cached == truth
             time.sleep(0.1)
-        self.acks.write("final_config", values=cached, converged=converged)
+        self.acks.write("final_view", cached=cached, db=truth, converged=converged)
         self.acks.write("stats", counts=dict(self.counts))
         if self.sub is not None:
             self.sub.stop()
@@ -323,19 +339,37 @@ class Worker:
         self.last_head = head
         return stable and bool(self.sub.status.checkpoint >= last)
 
-    def db_config(self) -> dict[str, Any]:
-        """The config values as the database holds them, read with a plain connection."""
-        out: dict[str, Any] = dict.fromkeys(CONFIG_KEYS)
+    def cached_view(self) -> dict[str, Any]:
+        """What this node's caches say of the soak's config keys, names and breaker."""
+        assert self.fdn is not None
+        return {
+            "config": {k: self.fdn.config.get(k, None) for k in CONFIG_KEYS},
+            "registry": {
+                e.name: [e.node, e.epoch] for e in self.fdn.service_registry.list("soak-")
+            },
+            "breaker": self.fdn.circuit_breaker.state("soak-dep"),
+        }
+
+    def db_view(self) -> dict[str, Any]:
+        """The same, as the database holds it, read with a plain connection."""
+        pg = self.o["backend"] == "postgresql"
+        config: dict[str, Any] = dict.fromkeys(CONFIG_KEYS)
         with connect(self.o["direct_url"]) as conn:
-            rows = conn.cursor().execute(
-                "SELECT key, value FROM foundation_config WHERE deleted = false"
-                if self.o["backend"] == "postgresql"
-                else "SELECT key, value FROM foundation_config WHERE deleted = 0"
-            ).fetchall()
-        for key, value in rows:
-            if key in out:
-                out[key] = json.loads(value) if isinstance(value, str) else value
-        return out
+            cur = conn.cursor()
+            cur.execute("SELECT key, value FROM foundation_config WHERE NOT deleted")
+            for key, value in cur.fetchall():
+                if key in config:
+                    config[key] = json.loads(value) if isinstance(value, str) else value
+            if pg:
+                cur.execute(LIVE_NAMES + "%s AND l.expires_at > now()", ("soak-%",))
+            else:  # SQLite keeps UTC timestamps as sortable text
+                now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+                cur.execute(LIVE_NAMES + "? AND l.expires_at > ?", ("soak-%", now))
+            registry = {name: [node, int(epoch)] for name, node, epoch in cur.fetchall()}
+            cur.execute("SELECT state FROM foundation_breakers WHERE name = 'soak-dep'")
+            row = cur.fetchone()
+        return {"config": config, "registry": registry,
+                "breaker": "closed" if row is None else row[0]}
 
 
 def main() -> None:

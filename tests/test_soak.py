@@ -96,6 +96,7 @@ def _forge(out: Path) -> None:
          "type": "soak.order"},
         *({"k": "admit", "asked": t, "at": t} for _ in range(25)),
         {"k": "register", "name": "soak-leader-0", "epoch": 999, "node": "nobody"},
+        {"k": "owns", "name": "forged-name", "epoch": 1, "asked": t},
         {"k": "config", "key": "soak.k0", "value": {"forged": True}},
         {"k": "seen", "sub": "soak-sub-w0", "pos": -5, "id": "x"},
         {"k": "escape", "op": "events", "type": "psycopg.OperationalError", "msg": "forged"},
@@ -150,5 +151,22 @@ def test_the_verifier_catches_forged_claims(
     finally:
         sys.path.remove(str(SCRIPTS))
     results = verify(f"sqlite:///{copy / 'soak.db'}", copy, Params(20, 1000, 3, 3))
-    caught = {r["name"] for r in results if r["violations"] > 0}
-    assert caught == {r["name"] for r in results}, json.dumps(results, indent=1)
+    found = {r["name"]: "\n".join(r["examples"]) for r in results}
+    expected = {
+        "events.acked_once": ["is not in the log"],
+        "events.streams_contiguous": ["stream soak-s0"],
+        "subscriptions.no_gap": ["not of its types"],
+        "limiter.window_limit": ["25 acknowledged admissions"],
+        "breaker.transitions": ["closed→half_open"],
+        "registry.one_live_owner": [
+            "forged-name epoch 2 taken by thief", "soak-leader-0 epoch 999", "still owned"
+        ],
+        "registry.leases": ["renewed at"],
+        "config.history": ["not in history"],
+        "caches.converged": ["never reported"],
+        "no_escapes": ["forged"],
+    }
+    assert set(found) == set(expected)
+    for name, messages in expected.items():
+        for message in messages:
+            assert message in found[name], f"{name} missed {message!r}: {found[name]}"
