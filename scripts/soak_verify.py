@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from soak_db import connect
-from soak_worker import sub_types
+from soak_worker import subscriptions_of
 
 from foundation.database.url import DatabaseURL
 
@@ -149,9 +149,10 @@ def subscriptions(q: Any, runs: Any) -> Check:
     for line in _kind(runs, "seen"):
         seen[line["sub"]].add(line["pos"])
     checkpoints = dict(q("SELECT name, checkpoint FROM foundation_subscriptions"))
+    followed: dict[str, list[str]] = {}
     for wid in sorted({w for w, _ in runs}):
-        name = f"soak-sub-w{wid}"
-        types = sub_types(wid)
+        followed.update(subscriptions_of(wid))
+    for name, types in followed.items():
         marks = ",".join("?" for _ in types)
         wanted = {r[0] for r in q(
             f"SELECT position FROM foundation_events WHERE type IN ({marks})",  # noqa: S608 (only ?)

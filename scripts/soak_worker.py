@@ -51,9 +51,15 @@ LIVE_NAMES = (
 )
 
 
-def sub_types(wid: int) -> list[str]:
-    """Each worker's subscription follows two of the three types (so filters matter)."""
-    return list(EVENT_TYPES[:2]) if wid % 2 == 0 else list(EVENT_TYPES[1:])
+SHARED_SUB = "soak-sub-shared"
+
+
+def subscriptions_of(wid: int) -> dict[str, list[str]]:
+    """A worker's subscriptions and their types: its own, following two of the three types
+    (so filters matter), and the one every worker competes for (one consumer at a time;
+    when its holder is killed or paused past the lease, another takes over)."""
+    own = list(EVENT_TYPES[:2]) if wid % 2 == 0 else list(EVENT_TYPES[1:])
+    return {f"soak-sub-w{wid}": own, SHARED_SUB: list(EVENT_TYPES)}
 
 
 class Acks:
@@ -87,7 +93,8 @@ class Worker:
         self.acks = Acks(os.path.join(opts["out"], f"acks-w{self.wid}-r{opts['run']}.jsonl"))
         self.counts: Counter[str] = Counter()
         self.versions: dict[str, int] = {}
-        self.sub: Any = None
+        self.subs: dict[str, Any] = dict.fromkeys(subscriptions_of(self.wid))
+        self.next_try: dict[str, float] = {}
         self.held: dict[str, float] = {}  # shared name -> when to let it go
         self.fdn: Foundation | None = None
         self.last_head = -1
@@ -249,31 +256,38 @@ class Worker:
         self.counts["registry.registered"] += 1
         return True
 
-    def on_event(self, record: RecordedEvent) -> None:
-        # Written before the handler returns, so before the checkpoint moves past it.
-        self.acks.write("seen", sub=self.sub_name, pos=record.position, id=str(record.id))
-        self.counts["subscription.delivered"] += 1
+    def handler(self, name: str) -> Callable[[RecordedEvent], None]:
+        def on_event(record: RecordedEvent) -> None:
+            # Written before the handler returns, so before the checkpoint moves past it.
+            self.acks.write("seen", sub=name, pos=record.position, id=str(record.id))
+            self.counts["subscription.delivered"] += 1
 
-    @property
-    def sub_name(self) -> str:
-        return f"soak-sub-w{self.wid}"
+        return on_event
 
     def subscription_op(self) -> None:
-        """Keep the subscription running: restart it after a lost lease or a failure."""
+        """Keep the subscriptions running: restart one after a lost lease or a failure;
+        the shared one is taken whenever its holder's lease has run out."""
         assert self.fdn is not None
-        if self.sub is not None and self.sub.status.state == "running":
-            return
-        if self.sub is not None:
-            self.counts["subscription.restarts"] += 1
-            self.sub.stop()
-            self.sub = None
-        try:
-            self.sub = self.fdn.events.subscribe(
-                self.sub_name, self.on_event, types=sub_types(self.wid),
-                lease_ms=3000, poll_interval_ms=200, retry_backoff_ms=50,
-            )
-        except AlreadyRegisteredError:  # the previous run's lease has not run out yet
-            self.counts["subscription.waiting"] += 1
+        for name, types in subscriptions_of(self.wid).items():
+            sub = self.subs[name]
+            if sub is not None and sub.status.state == "running":
+                continue
+            if time.monotonic() < self.next_try.get(name, 0.0):
+                continue  # a claim is two writes: try twice a second, not every round
+            self.next_try[name] = time.monotonic() + 0.5
+            if sub is not None:
+                self.counts["subscription.restarts"] += 1
+                sub.stop()
+                self.subs[name] = None
+            try:
+                self.subs[name] = self.fdn.events.subscribe(
+                    name, self.handler(name), types=types,
+                    lease_ms=3000, poll_interval_ms=200, retry_backoff_ms=50,
+                )
+                if name == SHARED_SUB:
+                    self.counts["subscription.shared_taken"] += 1
+            except AlreadyRegisteredError:  # another holder's lease has not run out yet
+                self.counts["subscription.waiting"] += 1
 
     # -- the phases -----------------------------------------------------------------------
 
@@ -316,28 +330,39 @@ class Worker:
             time.sleep(0.1)
         self.acks.write("final_view", cached=cached, db=truth, converged=converged)
         self.acks.write("stats", counts=dict(self.counts))
-        if self.sub is not None:
-            self.sub.stop()
+        for sub in self.subs.values():
+            if sub is not None:
+                sub.stop()
         self.fdn.close()
         self.acks.write("done")
 
     def caught_up(self) -> bool:
-        """The log has stopped growing (every worker is past its last store) and the
-        subscription's checkpoint is at the last event of its types."""
+        """The log has stopped growing (every worker is past its last store), and every
+        subscription this worker follows, the shared one included whoever holds it, has
+        its checkpoint at the last event of its types."""
         assert self.fdn is not None
-        if self.sub is None or time.time() < self.o["deadline"] + 2:
+        if time.time() < self.o["deadline"] + 2:
             return False
         try:
             head = self.fdn.events.last_position()
-            last = 0
-            for kind in sub_types(self.wid):
-                found = self.fdn.events.get({"type": kind, "order": "desc", "limit": 1})
-                last = max([last, *(e.position for e in found)])
-        except FoundationError:
+            lasts = {}
+            for name, types in subscriptions_of(self.wid).items():
+                lasts[name] = 0
+                for kind in types:
+                    found = self.fdn.events.get({"type": kind, "order": "desc", "limit": 1})
+                    lasts[name] = max([lasts[name], *(e.position for e in found)])
+            checkpoints = self.db_checkpoints()
+        except Exception:  # FoundationError, or the plain driver's error: ask again
             return False
         stable = head == self.last_head
         self.last_head = head
-        return stable and bool(self.sub.status.checkpoint >= last)
+        return stable and all(checkpoints.get(n, 0) >= last for n, last in lasts.items())
+
+    def db_checkpoints(self) -> dict[str, int]:
+        with connect(self.o["direct_url"]) as conn:
+            cur = conn.cursor()
+            cur.execute("SELECT name, checkpoint FROM foundation_subscriptions")
+            return {name: int(checkpoint) for name, checkpoint in cur.fetchall()}
 
     def cached_view(self) -> dict[str, Any]:
         """What this node's caches say of the soak's config keys, names and breaker."""
