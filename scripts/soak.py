@@ -52,7 +52,9 @@ class Supervisor:
             self._spawn(wid)
 
     def _spawn(self, wid: int) -> None:
-        opts = {**self.base, "wid": wid, "run": self.runs[wid]}
+        faces = self.base["faces"]
+        face = faces if faces != "both" else ("async" if wid % 2 else "sync")
+        opts = {**self.base, "wid": wid, "run": self.runs[wid], "face": face}
         log = open(self.out / f"worker-w{wid}-r{self.runs[wid]}.log", "wb")  # noqa: SIM115
         self.procs[wid] = subprocess.Popen(
             [sys.executable, WORKER, json.dumps(opts)], stdout=log, stderr=subprocess.STDOUT
@@ -117,6 +119,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pace-ms", type=float, default=5, help="sleep per round of operations")
     p.add_argument("--limit", type=int, default=20, help="limiter: requests per window")
     p.add_argument("--window-ms", type=int, default=1000)
+    p.add_argument("--faces", choices=["both", "sync", "async"], default="both",
+                   help="Foundation or AsyncFoundation nodes (both: odd workers are async)")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--out", type=Path, default=Path("soak-out"))
     p.add_argument("--keep", action="store_true", help="keep the PostgreSQL database/cluster")
@@ -172,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             "url": worker_url, "direct_url": url, "backend": backend, "out": str(out),
             "deadline": deadline, "drain_s": args.drain, "ttl_ms": args.ttl_ms,
             "seed": args.seed, "streams": 6, "limit": args.limit,
-            "window_ms": args.window_ms, "pace_ms": args.pace_ms,
+            "window_ms": args.window_ms, "pace_ms": args.pace_ms, "faces": args.faces,
         }
         print(f"soak: {args.workers} workers on {DatabaseURL.parse(url).masked} for "
               f"{args.duration:.0f} s, faults: {', '.join(enabled) or 'none'}", flush=True)

@@ -14,6 +14,8 @@ message on SQLite, which must never reach a caller.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
 import os
 import random
@@ -31,6 +33,7 @@ from soak_db import connect
 
 from foundation import (
     AlreadyRegisteredError,
+    AsyncFoundation,
     CircuitOpenError,
     ConcurrencyError,
     Foundation,
@@ -96,10 +99,27 @@ class Worker:
         self.subs: dict[str, Any] = dict.fromkeys(subscriptions_of(self.wid))
         self.next_try: dict[str, float] = {}
         self.held: dict[str, float] = {}  # shared name -> when to let it go
-        self.fdn: Foundation | None = None
+        self.fdn: Any = None  # a Foundation or an AsyncFoundation (opts["face"])
+        self.loop: asyncio.AbstractEventLoop | None = None
+        if opts["face"] == "async":
+            self.loop = asyncio.new_event_loop()
+            threading.Thread(target=self.loop.run_forever, daemon=True).start()
         self.last_head = -1
 
     # -- plumbing -----------------------------------------------------------------------
+
+    def do(self, fn: Callable[[], Any]) -> Any:
+        """Call ``fn()`` on this node's face: directly for a ``Foundation``; on the event
+        loop's thread for an ``AsyncFoundation``, awaiting what it returns (the worker's
+        logic is written once, as a caller of either face would see it)."""
+        if self.loop is None:
+            return fn()
+
+        async def call() -> Any:
+            result = fn()
+            return await result if inspect.isawaitable(result) else result
+
+        return asyncio.run_coroutine_threadsafe(call(), self.loop).result()
 
     def guarded(self, op: str, fn: Callable[[], None]) -> None:
         """Run one operation; sort what escapes it into expected errors and violations."""
@@ -116,15 +136,17 @@ class Worker:
                 msg=str(exc)[:300], tb=traceback.format_exc()[-1500:],
             )
 
-    def open(self) -> Foundation:
+    def open(self) -> Any:
         """Start a node, retrying while the database is away (a restart, a proxy delay)."""
         while True:
             try:
-                return Foundation(
+                face = AsyncFoundation if self.o["face"] == "async" else Foundation
+                # Built inside do(): an AsyncFoundation belongs to the loop's thread.
+                return self.do(lambda: face(  # noqa: B023 (called at once)
                     self.o["url"], migrate="skip", registry_ttl_ms=self.o["ttl_ms"],
                     pool_max_size=4, connect_timeout_s=5,
                     rate_limiter_on_storage_error="closed",
-                )
+                ))
             except FoundationError as exc:
                 self.counts[f"error.start.{exc.code}"] += 1
                 if time.time() > self.o["deadline"] + self.o["drain_s"]:
@@ -147,10 +169,9 @@ class Worker:
         expected = self.versions.get(stream, 0)
         while time.time() < self.o["deadline"] + 1:  # then give up: the outcome stays unknown
             try:
-                record = self.fdn.events.store({
-                    "id": event_id, "type": kind, "stream_id": stream,
-                    "expected_version": expected, "data": data,
-                })
+                event = {"id": event_id, "type": kind, "stream_id": stream,
+                         "expected_version": expected, "data": data}
+                record = self.do(lambda: self.fdn.events.store(event))  # noqa: B023
             except ConcurrencyError as exc:
                 self.counts["events.conflicts"] += 1
                 expected = int(exc.context["actual"])
@@ -174,11 +195,11 @@ class Worker:
     def config_op(self) -> None:
         assert self.fdn is not None
         key = self.rng.choice(CONFIG_KEYS)
-        self.fdn.config.get(key, None)
+        self.do(lambda: self.fdn.config.get(key, None))
         self.counts["config.get"] += 1
         if self.rng.random() < 0.25:
             value = {"w": self.wid, "r": self.o["run"], "n": self.counts["config.set"]}
-            self.fdn.config.set(key, value)
+            self.do(lambda: self.fdn.config.set(key, value))
             self.acks.write("config", key=key, value=value)
             self.counts["config.set"] += 1
 
@@ -187,10 +208,10 @@ class Worker:
         asked = time.time()
         admitted: list[float] = []
         try:
-            self.fdn.rate_limiter.execute(
+            self.do(lambda: self.fdn.rate_limiter.execute(
                 lambda: admitted.append(time.time()), key="soak-api",
                 max_requests=self.o["limit"], interval=self.o["window_ms"],
-            )
+            ))
         except RateLimitedError:
             self.counts["limiter.rejected"] += 1
             return
@@ -208,9 +229,9 @@ class Worker:
             return "ok"
 
         try:
-            self.fdn.circuit_breaker.execute(
+            self.do(lambda: self.fdn.circuit_breaker.execute(
                 dependency, name="soak-dep", max_failures=3, reset_timeout=300, timeout=2000
-            )
+            ))
             self.counts["breaker.ok"] += 1
         except Down:
             self.counts["breaker.failed"] += 1
@@ -221,14 +242,14 @@ class Worker:
         assert self.fdn is not None
         reg = self.fdn.service_registry
         own = f"soak-svc-w{self.wid}"
-        if not reg.owns(own):
+        if not self.do(lambda: reg.owns(own)):
             self.register(own)
         now = time.time()
         for name in SHARED_NAMES:
             if name in self.held:
                 asked = time.time()
-                owned = reg.owns(name)
-                entry = reg.find(name) if owned else None
+                owned = self.do(lambda: reg.owns(name))  # noqa: B023 (run at once)
+                entry = self.do(lambda: reg.find(name)) if owned else None  # noqa: B023
                 if entry is not None and entry.node == self.fdn.settings.node_id:
                     # A belief the verifier holds against the registry's history: nobody
                     # else may have registered the name before ``asked``.
@@ -236,19 +257,23 @@ class Worker:
                 if now >= self.held[name] or not owned:
                     self.held.pop(name)
                     try:
-                        reg.unregister(name)
+                        self.do(lambda: reg.unregister(name))  # noqa: B023
                         self.acks.write("unregister", name=name)
                     except NotFoundError:
                         self.counts["registry.lost"] += 1
-            elif self.rng.random() < 0.3 and reg.find(name) is None and self.register(name):
+            elif (
+                self.rng.random() < 0.3
+                and self.do(lambda: reg.find(name)) is None  # noqa: B023
+                and self.register(name)
+            ):
                 self.held[name] = now + self.rng.uniform(0.5, 3.0)
         self.counts["registry.lookup"] += 1
-        reg.find(SHARED_NAMES[0])
+        self.do(lambda: reg.find(SHARED_NAMES[0]))
 
     def register(self, name: str) -> bool:
         assert self.fdn is not None
         try:
-            entry = self.fdn.service_registry.register(name, {"w": self.wid})
+            entry = self.do(lambda: self.fdn.service_registry.register(name, {"w": self.wid}))
         except AlreadyRegisteredError:
             self.counts["registry.conflicts"] += 1
             return False
@@ -270,20 +295,20 @@ class Worker:
         assert self.fdn is not None
         for name, types in subscriptions_of(self.wid).items():
             sub = self.subs[name]
-            if sub is not None and sub.status.state == "running":
+            if sub is not None and self.do(lambda: sub.status.state) == "running":  # noqa: B023
                 continue
             if time.monotonic() < self.next_try.get(name, 0.0):
                 continue  # a claim is two writes: try twice a second, not every round
             self.next_try[name] = time.monotonic() + 0.5
             if sub is not None:
                 self.counts["subscription.restarts"] += 1
-                sub.stop()
+                self.do(sub.stop)
                 self.subs[name] = None
             try:
-                self.subs[name] = self.fdn.events.subscribe(
-                    name, self.handler(name), types=types,
+                self.subs[name] = self.do(lambda: self.fdn.events.subscribe(
+                    name, self.handler(name), types=types,  # noqa: B023 (run at once)
                     lease_ms=3000, poll_interval_ms=200, retry_backoff_ms=50,
-                )
+                ))
                 if name == SHARED_SUB:
                     self.counts["subscription.shared_taken"] += 1
             except AlreadyRegisteredError:  # another holder's lease has not run out yet
@@ -332,8 +357,8 @@ class Worker:
         self.acks.write("stats", counts=dict(self.counts))
         for sub in self.subs.values():
             if sub is not None:
-                sub.stop()
-        self.fdn.close()
+                self.do(sub.stop)
+        self.do(self.fdn.close)
         self.acks.write("done")
 
     def caught_up(self) -> bool:
@@ -344,12 +369,13 @@ class Worker:
         if time.time() < self.o["deadline"] + 2:
             return False
         try:
-            head = self.fdn.events.last_position()
+            head = self.do(self.fdn.events.last_position)
             lasts = {}
             for name, types in subscriptions_of(self.wid).items():
                 lasts[name] = 0
                 for kind in types:
-                    found = self.fdn.events.get({"type": kind, "order": "desc", "limit": 1})
+                    criteria = {"type": kind, "order": "desc", "limit": 1}
+                    found = self.do(lambda: self.fdn.events.get(criteria))  # noqa: B023
                     lasts[name] = max([lasts[name], *(e.position for e in found)])
             checkpoints = self.db_checkpoints()
         except Exception:  # FoundationError, or the plain driver's error: ask again
@@ -367,13 +393,12 @@ class Worker:
     def cached_view(self) -> dict[str, Any]:
         """What this node's caches say of the soak's config keys, names and breaker."""
         assert self.fdn is not None
-        return {
-            "config": {k: self.fdn.config.get(k, None) for k in CONFIG_KEYS},
-            "registry": {
-                e.name: [e.node, e.epoch] for e in self.fdn.service_registry.list("soak-")
-            },
-            "breaker": self.fdn.circuit_breaker.state("soak-dep"),
-        }
+        fdn = self.fdn
+        return dict(self.do(lambda: {
+            "config": {k: fdn.config.get(k, None) for k in CONFIG_KEYS},
+            "registry": {e.name: [e.node, e.epoch] for e in fdn.service_registry.list("soak-")},
+            "breaker": fdn.circuit_breaker.state("soak-dep"),
+        }))
 
     def db_view(self) -> dict[str, Any]:
         """The same, as the database holds it, read with a plain connection."""
