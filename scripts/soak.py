@@ -145,6 +145,9 @@ def choose_faults(spec: str, backend: str, own_cluster: bool) -> tuple[list[str]
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    # SIGTERM (and SIGINT, which a background job ignores) end the soak through the
+    # finally below: workers killed, database dropped, own cluster stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     for old in [*out.glob("acks-*.jsonl"), *out.glob("worker-*.log")]:
@@ -160,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     backend = DatabaseURL.parse(server).backend
     url = create_database(server) if backend == "postgresql" else server
     enabled, skipped = choose_faults(args.faults, backend, cluster is not None)
-    proxy = None
+    proxy, workers = None, None
     try:
         prepare(url)
         worker_url = url
@@ -206,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         (out / "report.json").write_text(json.dumps(summary, indent=2, default=str))
         return 0 if summary["violations"] == 0 else 1
     finally:
+        if workers is not None:
+            workers.kill_all()  # only left running when the harness itself failed
         if proxy is not None:
             proxy.stop()
         if backend == "postgresql" and not args.keep:

@@ -55,7 +55,7 @@ def summarize(
         "duration_s": duration_s,
         "wall_s": round(wall_s, 1),
         "components": components,
-        "faults": dict(faults.counts),
+        "faults": {name: faults.counts.get(name, 0) for name in faults.enabled},
         "fault_errors": faults.errors,
         "faults_skipped": skipped,
         "worker_restarts": restarts,
@@ -64,6 +64,10 @@ def summarize(
         "errors_seen_by_callers": errors,
         "other_counts": {k: v for k, v in sorted(totals.items()) if k not in errors},
     }
+
+
+def _exercised(invariant: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in invariant.get("exercised", {}).items())
 
 
 def render(s: dict[str, Any]) -> str:
@@ -80,9 +84,10 @@ def render(s: dict[str, Any]) -> str:
         *(f"| {n} | {k} |" for n, k in s["faults"].items()),
         f"| (worker restarts) | {s['worker_restarts']} |",
         "",
-        "| invariant | checked | violations |",
-        "|---|---:|---:|",
-        *(f"| {i['name']} | {i['checked']} | {i['violations']} |" for i in s["invariants"]),
+        "| invariant | checked | violations | exercised |",
+        "|---|---:|---:|---|",
+        *(f"| {i['name']} | {i['checked']} | {i['violations']} | {_exercised(i)} |"
+          for i in s["invariants"]),
         "",
         f"**violations: {s['violations']}**",
     ]

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from soak_db import connect
-from soak_worker import subscriptions_of
+from soak_worker import SHARED_SUB, subscriptions_of
 
 from foundation.database.url import DatabaseURL
 
@@ -42,13 +42,17 @@ class Check:
     what: str
     checked: int = 0
     violations: list[str] = field(default_factory=list)
+    # What the run exercised of this invariant (takeovers, re-claimed probes, …): a check
+    # that never met the hard case proves little, and the report says so.
+    exercised: Counter[str] = field(default_factory=Counter)
 
     def fail(self, message: str) -> None:
         self.violations.append(message)
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "what": self.what, "checked": self.checked,
-                "violations": len(self.violations), "examples": self.violations[:MAX_SHOWN]}
+                "violations": len(self.violations), "exercised": dict(self.exercised),
+                "examples": self.violations[:MAX_SHOWN]}
 
 
 def read_acks(out: Path) -> dict[tuple[int, int], list[dict[str, Any]]]:
@@ -146,8 +150,13 @@ def subscriptions(q: Any, runs: Any) -> Check:
     c = Check("subscriptions.no_gap", "each subscription saw every event of its types at "
               "least once (none missing below its checkpoint, and it caught up), nothing else")
     seen: dict[str, set[int]] = defaultdict(set)
+    consumers: dict[str, set[int]] = defaultdict(set)
     for line in _kind(runs, "seen"):
+        if line["pos"] in seen[line["sub"]]:
+            c.exercised["redelivered"] += 1  # at least once: after a kill, a lost lease
         seen[line["sub"]].add(line["pos"])
+        consumers[line["sub"]].add(line["wid"])
+    c.exercised["shared_consumers"] = len(consumers.get(SHARED_SUB, ()))
     checkpoints = dict(q("SELECT name, checkpoint FROM foundation_subscriptions"))
     followed: dict[str, list[str]] = {}
     for wid in sorted({w for w, _ in runs}):
@@ -183,6 +192,8 @@ def limiter(q: Any, runs: Any, params: Params) -> Check:
         "GROUP BY key, window_start_ms"
     ):
         c.checked += 1
+        if allowed == params.limit:
+            c.exercised["windows_at_the_limit"] += 1
         if allowed > params.limit:
             c.fail(f"{key} window {start}: {allowed} admitted (limit {params.limit})")
     audited = q("SELECT count(*) FROM soak_audit_limits WHERE allowed")[0][0]
@@ -219,6 +230,8 @@ def breaker(q: Any, params: Params) -> Check:
             c.fail(f"{where}: follows revision {previous} (old {old_rev}): a version is missing")
         previous = new_rev
         old = old or "closed"
+        if old != new:
+            c.exercised[f"{old}→{new}"] += 1
         if (old, new) == ("closed", "closed"):
             ok = new_f in ((old_f or 0) + 1, 0)
         elif (old, new) == ("closed", "open"):
@@ -263,6 +276,7 @@ def registry(q: Any, runs: Any) -> tuple[Check, Check]:
             if op == "delete":
                 live.setdefault((old_node, old_gen), _Lease(_ts(old_expires))).ended = True
             elif op == "update" and new_gen == old_gen:
+                renewals.exercised["renewals"] += 1
                 if _ts(old_expires) <= _ts(updated):
                     renewals.fail(f"{new_node} gen {new_gen} renewed at {updated} after it "
                                   f"expired at {old_expires}")
@@ -271,6 +285,7 @@ def registry(q: Any, runs: Any) -> tuple[Check, Check]:
                 )
             else:
                 if op == "update":
+                    renewals.exercised["new_generations"] += 1
                     if new_gen <= old_gen:
                         renewals.fail(f"{new_node}: generation {old_gen} → {new_gen}")
                     live.setdefault((old_node, old_gen), _Lease(_ts(old_expires))).ended = True
@@ -285,7 +300,9 @@ def registry(q: Any, runs: Any) -> tuple[Check, Check]:
         if new_epoch != (old_epoch or 0) + 1:
             owners.fail(f"{name}: epoch {old_epoch} → {new_epoch}")
         if old_node is None:
+            owners.exercised["from_a_tombstone"] += 1
             continue  # taken from a tombstone: its owner had let go
+        owners.exercised["from_a_lapsed_owner" if old_node != new_node else "reclaimed"] += 1
         at = _ts(registered)
         lease = live.get((old_node, old_gen))
         entry_end = _ts(old_expires)
@@ -306,6 +323,7 @@ def registry(q: Any, runs: Any) -> tuple[Check, Check]:
     # registered before that moment would make two live owners at once.
     for ack in _kind(runs, "owns"):
         owners.checked += 1
+        owners.exercised["owns_beliefs"] += 1
         nxt = registered_at.get((ack["name"], ack["epoch"] + 1))
         if nxt is not None and nxt.timestamp() < ack["asked"]:
             owners.fail(f"worker {ack['wid']} still owned {ack['name']} epoch {ack['epoch']} "
