@@ -196,8 +196,9 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(0.2)
         faults.join()
         ended = time.time()
-        results = verify(url, out, Params(limit=args.limit, window_ms=args.window_ms,
-                                          max_failures=3, workers=args.workers))
+        params = Params(limit=args.limit, window_ms=args.window_ms, max_failures=3,
+                        workers=args.workers, deadline=deadline)
+        results = verify(url, out, params)
         summary = summarize(
             out, results, backend=backend, workers=args.workers, duration_s=args.duration,
             wall_s=ended - started, faults=faults, skipped=skipped,

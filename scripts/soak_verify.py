@@ -26,6 +26,7 @@ from soak_worker import SHARED_SUB, subscriptions_of
 from foundation.database.url import DatabaseURL
 
 MAX_SHOWN = 20
+STALL_S = 20.0  # a worker whose counters stood still this long (before the deadline) hung
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class Params:
     window_ms: int
     max_failures: int
     workers: int
+    deadline: float | None = None  # when the workers stopped producing (Unix time)
 
 
 @dataclass
@@ -109,6 +111,7 @@ def verify(url: str, out: Path, params: Params) -> list[dict[str, Any]]:
             config_history(q, runs),
             caches_converged(q, runs),
             no_escapes(runs),
+            progress(runs, params),
         ]
     return [c.as_dict() for c in checks]
 
@@ -385,4 +388,28 @@ def no_escapes(runs: Any) -> Check:
         c.checked += sum(1 for line in lines if line["k"] == "stats")
     for line in _kind(runs, "escape"):
         c.fail(f"worker {line['wid']} {line['op']}: {line['type']}: {line['msg']}")
+    return c
+
+
+def progress(runs: Any, params: Params) -> Check:
+    c = Check("workers.progress", f"no worker's calls stood still for {STALL_S:.0f} s before "
+              "the deadline (a hang inside the library: a stuck pool, a lost wake-up)")
+    for (wid, run), lines in runs.items():
+        started = [line["t"] for line in lines if line["k"] == "start"]
+        if not started:
+            continue  # killed before its node was up
+        moved_at, last = started[0], -1
+        for line in lines:
+            if line["k"] != "stats" or line["t"] < started[0]:
+                continue
+            if params.deadline is not None and line["t"] > params.deadline - 1:
+                break
+            c.checked += 1
+            total = sum(line["counts"].values())
+            if total != last:
+                moved_at, last = line["t"], total
+            elif line["t"] - moved_at > STALL_S:
+                c.fail(f"worker {wid} run {run}: no call returned from {moved_at:.0f} to "
+                       f"{line['t']:.0f}")
+                break
     return c

@@ -100,6 +100,8 @@ def _forge(out: Path) -> None:
         {"k": "config", "key": "soak.k0", "value": {"forged": True}},
         {"k": "seen", "sub": "soak-sub-w0", "pos": -5, "id": "x"},
         {"k": "escape", "op": "events", "type": "psycopg.OperationalError", "msg": "forged"},
+        {"k": "start"},  # then counters that stand still for 30 s: a hang
+        *({"k": "stats", "t": t + i, "counts": {"events": 1}} for i in range(0, 31, 5)),
     ]
     with open(out / "acks-w0-r99.jsonl", "w", encoding="utf-8") as f:
         f.writelines(json.dumps({"t": t, **line}) + "\n" for line in lines)
@@ -165,6 +167,7 @@ def test_the_verifier_catches_forged_claims(
         "config.history": ["not in history"],
         "caches.converged": ["never reported"],
         "no_escapes": ["forged"],
+        "workers.progress": ["worker 0 run 99: no call returned"],
     }
     assert set(found) == set(expected)
     for name, messages in expected.items():
