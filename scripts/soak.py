@@ -109,6 +109,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--own-cluster", action="store_true",
                    help="PostgreSQL: initdb a throwaway cluster on a free port (needed by the "
                         "restart fault)")
+    p.add_argument("--restart-mode", choices=["fast", "immediate"], default="fast",
+                   help="the restart fault: a clean restart, or a crash (immediate) after which "
+                        "the workers' limiter commits synchronously (see docs/soak.md)")
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--duration", type=float, default=60, help="seconds of load")
     p.add_argument("--faults", default="all",
@@ -180,12 +183,13 @@ def main(argv: list[str] | None = None) -> int:
             "deadline": deadline, "drain_s": args.drain, "ttl_ms": args.ttl_ms,
             "seed": args.seed, "streams": 6, "limit": args.limit,
             "window_ms": args.window_ms, "pace_ms": args.pace_ms, "faces": args.faces,
+            "restart_mode": args.restart_mode,
         }
         print(f"soak: {args.workers} workers on {DatabaseURL.parse(url).masked} for "
               f"{args.duration:.0f} s, faults: {', '.join(enabled) or 'none'}", flush=True)
         workers = Supervisor(args.workers, base, out)
         faults = Faults(enabled, args.fault_every, deadline, workers, url, args.ttl_ms,
-                        cluster, proxy, args.seed)
+                        cluster, proxy, args.seed, args.restart_mode)
         faults.start()
         hang_at = deadline + args.drain + 60
         while workers.tick(restart_until=deadline + args.drain / 2):

@@ -224,13 +224,13 @@ class OwnCluster:
     def _run(self, args: list[str]) -> None:
         subprocess.run([*self._as, *args], check=True, capture_output=True, timeout=120)
 
-    def _ctl(self, action: str) -> None:
+    def _ctl(self, action: str, mode: str = "fast") -> None:
         options = (
             f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c max_connections=200"
         )
         assert self._pg_ctl is not None
         self._run([self._pg_ctl, "-D", str(self.dir / "data"), "-l", str(self.dir / "log"),
-                   "-m", "fast", "-w", "-o", options, action])
+                   "-m", mode, "-w", "-o", options, action])
 
     @property
     def url(self) -> str:
@@ -240,9 +240,10 @@ class OwnCluster:
         self._ctl("start")
         return self
 
-    def restart(self) -> None:
-        """A clean restart (``pg_ctl restart -m fast``): every connection drops."""
-        self._ctl("restart")
+    def restart(self, mode: str = "fast") -> None:
+        """``pg_ctl restart -m fast`` (clean: every connection drops) or ``-m immediate``
+        (a crash: the server recovers from its WAL on start)."""
+        self._ctl("restart", mode)
         self.restarts += 1
 
     def stop(self) -> None:

@@ -4,8 +4,8 @@
 ``stop``      SIGSTOP a random worker for 1.5 lease TTLs (+0.5 s), then SIGCONT.
 ``terminate`` ``pg_terminate_backend`` of every connection to the soak database,
               the LISTEN ones included (PostgreSQL).
-``restart``   ``pg_ctl restart -m fast`` of the harness's *own* cluster (PostgreSQL
-              with ``--own-cluster``; never the shared server).
+``restart``   ``pg_ctl restart -m fast`` (or ``-m immediate``: a crash) of the harness's
+              *own* cluster (PostgreSQL with ``--own-cluster``; never the shared server).
 ``slow``      the latency proxy holds every chunk 50 ms, both ways, for 3 s
               (PostgreSQL: the workers connect through the proxy).
 """
@@ -44,7 +44,9 @@ class Faults:
         cluster: OwnCluster | None,
         proxy: LatencyProxy | None,
         seed: int,
+        restart_mode: str = "fast",
     ) -> None:
+        self.restart_mode = restart_mode
         self.enabled = enabled
         self.every_s = every_s
         self.stop_at = stop_at
@@ -124,8 +126,8 @@ class Faults:
 
     def restart(self) -> Any:
         assert self.cluster is not None
-        self.cluster.restart()
-        return {"port": self.cluster.port}
+        self.cluster.restart(self.restart_mode)
+        return {"port": self.cluster.port, "mode": self.restart_mode}
 
     def slow(self) -> Any:
         assert self.proxy is not None
