@@ -336,8 +336,9 @@ def registry(q: Any, runs: Any) -> tuple[Check, Check]:
 
 
 def config_history(q: Any, runs: Any) -> Check:
-    c = Check("config.history", "every acknowledged config set is in the history, and each "
-              "key's history is one chain (revisions 1..n, each old value the previous new)")
+    c = Check("config.history", "every acknowledged config set is in the history; each key's "
+              "history is one chain (revisions 1..n, each old value the previous new), each "
+              "link once in the event log as foundation.config.changed")
     history: set[tuple[str, str]] = set()
     previous: dict[str, tuple[int, Any]] = {}
     for key, old, new, revision in q(
@@ -351,6 +352,18 @@ def config_history(q: Any, runs: Any) -> Check:
         if revision != rev + 1 or old != value:
             c.fail(f"{key} revision {revision} (old {old}) follows revision {rev} ({value})")
         previous[key] = (revision, new)
+    # Each change is also in the event log, once (the audit trail is one log).
+    logged: Counter[tuple[str, int]] = Counter()
+    for (data,) in q("SELECT data FROM foundation_events WHERE type = ?",
+                     ("foundation.config.changed",)):
+        data = _json(data)
+        logged[(data["key"], int(data["revision"]))] += 1
+    for key, (last, _value) in previous.items():
+        for revision in range(1, last + 1):
+            c.checked += 1
+            if logged[(key, revision)] != 1:
+                c.fail(f"{key} revision {revision} is in the event log "
+                       f"{logged[(key, revision)]} times")
     for ack in _kind(runs, "config"):
         c.checked += 1
         if (ack["key"], json.dumps(ack["value"], sort_keys=True)) not in history:
