@@ -5,7 +5,11 @@ the row; each instance holds one dedicated autocommit connection that LISTENs. T
 listener reconnects by itself with back-off, and after every (re)connect asks each
 subscriber to resync from the tables, since notifications sent while it was away are
 lost. SQLite: a thread polls ``PRAGMA data_version`` (it changes when any other
-connection commits) and asks subscribers to resync when it moves.
+connection commits to the file, whatever the table) and, when it moves, calls each
+subscriber's ``poll`` (or ``resync`` if it has none). A poll first reads the topic
+revisions (:func:`topic_revisions`: one tiny table that SQLite triggers bump in the
+writer's transaction, migration 0006) and returns at once when its topics did not move,
+so an event appended to the log costs the registry one small read, not a re-read.
 
 Subscribers run in the feed's thread and read through the feed's own connection, so
 the feed works the same for :class:`~foundation.Foundation` and
@@ -22,16 +26,55 @@ import time
 from typing import Any, Protocol
 
 import psycopg
+import sqlalchemy as sa
 
 from foundation.database.postgres import connect_kwargs
+from foundation.database.schema import topic_changes, topic_revisions
+from foundation.database.statements import compile_sql
 from foundation.database.sync import Cursor, _DriverCursor, connect_sqlite
-from foundation.database.url import DatabaseURL
+from foundation.database.url import Backend, DatabaseURL
 from foundation.settings import Settings
 
-__all__ = ["CHANNEL", "ChangeFeed", "FeedSubscriber", "start_feed"]
+__all__ = [
+    "CHANNEL",
+    "TOPIC_BREAKERS",
+    "TOPIC_LEASES",
+    "TOPIC_MEMBERS",
+    "TOPIC_NAMES",
+    "ChangeFeed",
+    "FeedSubscriber",
+    "changed_keys_sql",
+    "start_feed",
+    "topic_revisions_sql",
+]
 
 CHANNEL = "foundation"
 log = logging.getLogger("foundation.feed")
+
+# The topics migration 0006's SQLite triggers bump (the migration spells them itself).
+TOPIC_NAMES = "registry"  # foundation_registry; the changed names in foundation_topic_changes
+TOPIC_LEASES = "registry.leases"
+TOPIC_MEMBERS = "registry.members"
+TOPIC_BREAKERS = "breakers"
+
+
+def topic_revisions_sql(backend: Backend) -> str:
+    """``SELECT topic, revision`` of every topic: a handful of rows, read on each poll."""
+    return compile_sql(sa.select(topic_revisions.c.topic, topic_revisions.c.revision), backend)
+
+
+def changed_keys_sql(backend: Backend, *columns: Any, key: Any) -> str:
+    """The keys of ``:topic`` changed after revision ``:after``, each outer-joined to its
+    row by ``key == column`` (the row's columns are NULL when it was deleted)."""
+    return compile_sql(
+        sa.select(topic_changes.c.key, *columns)
+        .select_from(topic_changes.outerjoin(key.table, key == topic_changes.c.key))
+        .where(
+            topic_changes.c.topic == sa.bindparam("topic"),
+            topic_changes.c.revision > sa.bindparam("after"),
+        ),
+        backend,
+    )
 
 
 class FeedSubscriber(Protocol):
@@ -58,6 +101,7 @@ class ChangeFeed:
             target=self._run, name=f"foundation-feed-{settings.node_id}", daemon=True
         )
         self.resyncs = 0
+        self.polls = 0  # SQLite: passes that asked subscribers to poll (the file changed)
 
     def subscribe(self, topic: str, subscriber: FeedSubscriber) -> None:
         with self._lock:
@@ -112,6 +156,7 @@ class ChangeFeed:
                 raise
             except Exception:
                 log.exception("change feed subscriber %r failed to poll", sub)
+        self.polls += 1
 
     def _run(self) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -191,7 +236,7 @@ class PostgresFeed(ChangeFeed):
 
 
 class SQLiteFeed(ChangeFeed):
-    """Poll ``PRAGMA data_version`` and resync subscribers when another connection commits."""
+    """Poll ``PRAGMA data_version``; when another connection committed, let subscribers poll."""
 
     def _run(self) -> None:
         interval = self.settings.poll_interval_ms / 1000

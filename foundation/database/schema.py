@@ -189,3 +189,30 @@ rate_limits = sa.Table(
     sa.Index("ix_foundation_rate_limits_expires_at_ms", "expires_at_ms"),
     comment="Shared rate limit counters (fixed/sliding window, GCRA); expired rows are garbage.",
 )
+
+# -- the SQLite change feed's topic revisions (revision 0006) ----------------------------
+# On SQLite, triggers (0006) bump a topic's revision in the writer's own transaction, so a
+# node's feed learns whether the registry or the breakers changed from one tiny read
+# instead of re-reading them after every commit to the file. PostgreSQL has the tables
+# (one schema for both) but no triggers: NOTIFY already names each change there, and one
+# counter row would serialise every registry write in the cluster on its row lock.
+
+topic_revisions = sa.Table(
+    "foundation_topic_revisions",
+    metadata,
+    sa.Column("topic", sa.String(64), primary_key=True),
+    sa.Column("revision", sa.BigInteger(), nullable=False),
+    comment="SQLite change feed: a revision per topic, bumped by triggers on every change.",
+)
+
+topic_changes = sa.Table(
+    "foundation_topic_changes",
+    metadata,
+    sa.Column("topic", sa.String(64), primary_key=True),
+    # The changed row's key (a registry name); the row stays, so a deleted key is seen.
+    sa.Column("key", sa.String(1024), primary_key=True),
+    # The topic's revision when the key last changed: a node reads the keys above its own.
+    sa.Column("revision", sa.BigInteger(), nullable=False),
+    sa.Index("ix_foundation_topic_changes_topic_revision", "topic", "revision"),
+    comment="SQLite change feed: which key of a topic changed at which topic revision.",
+)

@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from foundation.database.aio import AsyncDatabase
+from foundation.database.feed import TOPIC_LEASES, TOPIC_MEMBERS, TOPIC_NAMES
 from foundation.database.sync import Cursor, SyncDatabase
 from foundation.errors import (
     AlreadyRegisteredError,
@@ -39,6 +40,7 @@ from foundation.errors import (
     ValidationError,
 )
 from foundation.service_registry._state import (
+    INF,
     GroupMember,
     RegistryChange,
     RegistryState,
@@ -64,6 +66,7 @@ _EXPIRED = ("foundation", "registry", "expired")
 _LEASE_LOST = ("foundation", "registry", "lease_lost")
 _CONFLICT = ("foundation", "registry", "conflict")
 _HEARTBEAT_FAILED = ("foundation", "registry", "heartbeat_failed")
+_TOPICS = (TOPIC_NAMES, TOPIC_LEASES, TOPIC_MEMBERS)
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,14 @@ class _RegistryBase:
         self._closed = False
         self._resync_lock = threading.Lock()
         self.lease_losses = 0
+        # The change feed's side, counted for tests and telemetry pollers: full re-reads,
+        # SQLite polls (every commit to the file), polls that found a registry topic
+        # moved, and names decoded by those polls.
+        self.resyncs = 0
+        self.polls = 0
+        self.poll_reads = 0
+        self.names_read = 0
+        self._topics_seen: dict[str, int] | None = None
         # The hot read paths: the state's own bound methods (one dict lookup, no frame).
         self.lookup = self._state.lookup  # type: ignore[method-assign]
         self.find = self._state.find  # type: ignore[method-assign]
@@ -215,15 +226,12 @@ class _RegistryBase:
             self._lease.expires = 0.0  # our own entries vanish from lookups at once
         self._deadline = 0.0
 
-    def _register_params(self, name: str, held: _Held, gen: int) -> dict[str, Any]:
-        return {
-            "name": name,
-            "address": held.address_text,
-            "metadata": held.metadata_text,
-            "node": self._node,
-            "gen": gen,
-            **self._sql.clock(None, held.ttl_ms),
-        }
+    def _register_params(
+        self, name: str, held: _Held, gen: int
+    ) -> tuple[dict[str, Any], datetime | None]:
+        return self._sql.register_params(
+            name, held.address_text, held.metadata_text, self._node, gen, held.ttl_ms
+        )
 
     def _entry(self, row: tuple[Any, ...]) -> ServiceEntry:
         return self._state.make_entry(row, self._sql.codec.load_json, self._sql.codec.load_ts)
@@ -231,11 +239,38 @@ class _RegistryBase:
     def _member(self, row: tuple[Any, ...]) -> GroupMember:
         return self._state.make_member(row, self._sql.codec.load_json, self._sql.codec.load_ts)
 
-    def _registered(self, row: tuple[Any, ...], held: _Held, started: int) -> ServiceEntry:
-        entry = self._entry(row)
-        self._held[entry.name] = held
-        changes = self._state.apply_entry(entry, entry.name, entry.revision, "local")
-        self._emit(_REGISTER, started, {"name": entry.name, "epoch": entry.epoch})
+    def _registered(
+        self,
+        name: str,
+        held: _Held,
+        gen: int,
+        row: tuple[Any, ...],
+        now: datetime | None,
+        started: int,
+    ) -> ServiceEntry:
+        """Install what ``register`` wrote: ``row`` is (epoch, revision, registered_at).
+
+        The entry is built from the values this node sent (already normalised to what
+        they read back as), not decoded again from the row; ``now`` is the SQLite
+        timestamp the statement carried (PostgreSQL returns its own ``now()``).
+        """
+        epoch, revision, registered_at = row
+        registered = now if now is not None else self._sql.codec.load_ts(registered_at)
+        ttl = held.ttl_ms
+        entry = ServiceEntry(
+            name,
+            held.address,
+            held.metadata,
+            self._node,
+            registered,
+            int(epoch),
+            lease=self._state.lease_for(self._node, gen),
+            until=INF if ttl is None else registered.timestamp() + ttl / 1000,
+            revision=int(revision),
+        )
+        self._held[name] = held
+        changes = self._state.apply_entry(entry, name, entry.revision, "local")
+        self._emit(_REGISTER, started, {"name": name, "epoch": entry.epoch})
         self._state.notify(changes)
         return entry
 
@@ -403,6 +438,10 @@ class _RegistryBase:
 
     def resync(self, reader: Cursor) -> None:
         with self._resync_lock:  # one snapshot at a time (see RegistryState.mark)
+            # The topic revisions first: whatever commits during the reads below moves
+            # them again, so the next poll reads it once more (applying a row twice is
+            # harmless: the cache takes a revision only once).
+            topics = self._read_topics(reader)
             mark = self._state.mark()
             self._apply_snapshot(
                 reader.fetchall(self._sql.select_leases),
@@ -410,6 +449,68 @@ class _RegistryBase:
                 reader.fetchall(self._sql.select_members),
                 mark,
             )
+            self._topics_seen = topics
+            self.resyncs += 1
+
+    def _read_topics(self, reader: Cursor) -> dict[str, int] | None:
+        """SQLite: the registry's topic revisions (None on PostgreSQL: NOTIFY instead)."""
+        if self._sql.backend != "sqlite":
+            return None
+        revisions = dict(reader.fetchall(self._sql.select_topics))
+        return {topic: int(revisions.get(topic, 0)) for topic in _TOPICS}
+
+    def poll(self, reader: Cursor) -> None:
+        """SQLite: something was committed to the file. Read only what moved.
+
+        One small read when no registry topic moved (an event, a config value…); else the
+        leases (one row per node) if they moved, the names changed since the last look
+        (``foundation_topic_changes``; a deleted row comes back as NULLs) and the members
+        (usually few) if they moved. SQLite commits one writer at a time and the triggers
+        bump the revision in the writer's transaction, so "above what this node saw" is
+        exactly what it has not read. Expiry needs no read: lookups compare the lease's
+        expiry with the clock, and the sweep reports it.
+        """
+        self.polls += 1
+        seen = self._topics_seen
+        topics = self._read_topics(reader)
+        if topics == seen:
+            return
+        if seen is None or topics is None or any(topics[t] < seen[t] for t in _TOPICS):
+            self.resync(reader)  # never synced, or the revisions went back (rows deleted)
+            return
+        changes: builtins.list[RegistryChange] = []
+        with self._resync_lock:
+            self.poll_reads += 1
+            if topics[TOPIC_LEASES] != seen[TOPIC_LEASES]:
+                seconds = self._sql.epoch_seconds
+                self._state.replace_leases(
+                    (r[0], int(r[1]), seconds(r[2]))
+                    for r in reader.fetchall(self._sql.select_leases)
+                )
+            if topics[TOPIC_NAMES] != seen[TOPIC_NAMES]:
+                params = {"topic": TOPIC_NAMES, "after": seen[TOPIC_NAMES]}
+                for row in reader.fetchall(self._sql.select_changed_entries, params):
+                    changes += self._apply_changed(row[0], row[1:])
+            if topics[TOPIC_MEMBERS] != seen[TOPIC_MEMBERS]:
+                mark = self._state.mark()
+                members = [self._member(r) for r in reader.fetchall(self._sql.select_members)]
+                changes += self._state.replace_members_only(members, mark)
+            self._topics_seen = topics
+        self._publish(changes)
+
+    def _apply_changed(self, name: str, row: tuple[Any, ...]) -> builtins.list[RegistryChange]:
+        """One name a poll found changed; ``row`` is ENTRY_COLUMNS, all NULL if deleted."""
+        state = self._state
+        if row[0] is None:  # the row itself was deleted (by hand: Foundation keeps tombstones)
+            return state.apply_entry(None, name, state.revision(name) + 1, "remote")
+        revision = int(row[6])
+        if revision <= state.revision(name):
+            return []  # already held (this node's own write, usually): nothing to decode
+        self.names_read += 1
+        if row[3] is None:  # a tombstone: unregistered or released
+            return state.apply_entry(None, name, revision, "remote")
+        entry = self._entry(row)
+        return state.apply_entry(entry, name, revision, "remote")
 
     def _apply_snapshot(
         self,
@@ -531,10 +632,11 @@ class ServiceRegistry(_RegistryBase):
         for name in self._pending_names():
             held = self._held[name]
             started = time.perf_counter_ns()
-            params = self._register_params(name, held, self._lease.generation)
+            gen = self._lease.generation
+            params, now = self._register_params(name, held, gen)
             row = self._db.fetchone(self._sql.register, params)
             if row is not None:
-                self._registered(row, held, started)
+                self._registered(name, held, gen, row, now, started)
                 kept.append(name)
                 continue
             self._held.pop(name, None)
@@ -585,13 +687,13 @@ class ServiceRegistry(_RegistryBase):
         self._check_local_free(name)
         while True:
             lease = self._ensure_lease()
-            params = self._register_params(name, held, lease.generation)
+            params, now = self._register_params(name, held, lease.generation)
             row = self._db.fetchone(self._sql.register, params)
             if row is None:
                 owner = self._db.fetchone(self._sql.select_entry, {"name": name})
                 raise self._conflict(name, owner)
             if self._lease is lease:
-                return self._registered(row, held, started)
+                return self._registered(name, held, lease.generation, row, now, started)
             # The lease changed while we wrote (a recovery ran): write again under it.
 
     def unregister(self, name: Any, force: bool = False) -> None:
@@ -789,10 +891,11 @@ class AsyncServiceRegistry(_RegistryBase):
         for name in self._pending_names():
             held = self._held[name]
             started = time.perf_counter_ns()
-            params = self._register_params(name, held, self._lease.generation)
+            gen = self._lease.generation
+            params, now = self._register_params(name, held, gen)
             row = await self._db.fetchone(self._sql.register, params)
             if row is not None:
-                self._registered(row, held, started)
+                self._registered(name, held, gen, row, now, started)
                 kept.append(name)
                 continue
             self._held.pop(name, None)
@@ -834,13 +937,13 @@ class AsyncServiceRegistry(_RegistryBase):
         self._check_local_free(name)
         while True:
             lease = await self._ensure_lease()
-            params = self._register_params(name, held, lease.generation)
+            params, now = self._register_params(name, held, lease.generation)
             row = await self._db.fetchone(self._sql.register, params)
             if row is None:
                 owner = await self._db.fetchone(self._sql.select_entry, {"name": name})
                 raise self._conflict(name, owner)
             if self._lease is lease:
-                return self._registered(row, held, started)
+                return self._registered(name, held, lease.generation, row, now, started)
 
     async def unregister(self, name: Any, force: bool = False) -> None:
         started = time.perf_counter_ns()

@@ -458,6 +458,16 @@ class RegistryState:
             self._touched.clear()
             return changes
 
+    def replace_members_only(
+        self, members: Iterable[GroupMember], mark: int
+    ) -> builtins.list[RegistryChange]:
+        """A poll that found only the members changed: they become exactly the table."""
+        with self._lock:
+            changes = self.replace_members(members, mark)
+            self._resyncing = False
+            self._touched.clear()
+            return changes
+
     def cached_entry(self, name: str) -> ServiceEntry | None:
         return self._entries.get(name)
 
