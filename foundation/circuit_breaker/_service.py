@@ -293,7 +293,7 @@ class _BreakersBase:
     def _topic_revision(self, reader: Cursor) -> int | None:
         if self._sql is None or self._sql.backend != "sqlite" or self._topics_sql is None:
             return None  # PostgreSQL: NOTIFY names each change
-        revisions = dict(reader.fetchall(self._topics_sql))
+        revisions: dict[str, int] = dict(reader.fetchall(self._topics_sql))
         return int(revisions.get(TOPIC_BREAKERS, 0))
 
     def _load(self, rows: list[Any]) -> None:

@@ -456,7 +456,7 @@ class _RegistryBase:
         """SQLite: the registry's topic revisions (None on PostgreSQL: NOTIFY instead)."""
         if self._sql.backend != "sqlite":
             return None
-        revisions = dict(reader.fetchall(self._sql.select_topics))
+        revisions: dict[str, int] = dict(reader.fetchall(self._sql.select_topics))
         return {topic: int(revisions.get(topic, 0)) for topic in _TOPICS}
 
     def poll(self, reader: Cursor) -> None:
@@ -481,12 +481,9 @@ class _RegistryBase:
         changes: builtins.list[RegistryChange] = []
         with self._resync_lock:
             self.poll_reads += 1
-            if topics[TOPIC_LEASES] != seen[TOPIC_LEASES]:
-                seconds = self._sql.epoch_seconds
-                self._state.replace_leases(
-                    (r[0], int(r[1]), seconds(r[2]))
-                    for r in reader.fetchall(self._sql.select_leases)
-                )
+            # Names before leases: a node that closed released its names and its lease in
+            # one transaction, and its names must go while their lease still counts as
+            # live here, so that watchers hear "unregister" (as NOTIFY's order gives).
             if topics[TOPIC_NAMES] != seen[TOPIC_NAMES]:
                 params = {"topic": TOPIC_NAMES, "after": seen[TOPIC_NAMES]}
                 for row in reader.fetchall(self._sql.select_changed_entries, params):
@@ -495,6 +492,12 @@ class _RegistryBase:
                 mark = self._state.mark()
                 members = [self._member(r) for r in reader.fetchall(self._sql.select_members)]
                 changes += self._state.replace_members_only(members, mark)
+            if topics[TOPIC_LEASES] != seen[TOPIC_LEASES]:
+                seconds = self._sql.epoch_seconds
+                self._state.replace_leases(
+                    (r[0], int(r[1]), seconds(r[2]))
+                    for r in reader.fetchall(self._sql.select_leases)
+                )
             self._topics_seen = topics
         self._publish(changes)
 
