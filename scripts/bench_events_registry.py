@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -764,4 +765,59 @@ def registry_heartbeat(ctx: Context, names: int) -> BenchOutput:
         [Floor("sqlite3 NORMAL: the same lease UPDATE … RETURNING, autocommit", flo)],
         note=f"{names:,} names held by another node plus 10 of ours; one heartbeat() ran "
         f"{len(statements)} statement(s) on its connection",
+    )
+
+
+# ======================================================================================
+# the SQLite change feed's poll: a commit elsewhere in the file, 100,000 names
+# ======================================================================================
+
+SQLITE_TOPICS = "SELECT topic, revision FROM foundation_topic_revisions"
+
+
+@bench(
+    "service_registry.poll (100,000 names, registry untouched)",
+    backend="sqlite",
+    target="one small read (≤ 1.3x raw SELECT of the topic revisions)",
+    ratio=1.3,
+    names=100_000,
+)
+def registry_poll(ctx: Context, names: int) -> BenchOutput:
+    from foundation.database.sync import _DriverCursor, connect_sqlite
+
+    n, warmup = ctx.n(3_000, 30), ctx.n(300, 3)
+    path = ctx.sqlite_path("registry-poll")
+    _migrated(f"sqlite:///{path}")
+    _preload_names(path, names)
+    with _foundation(f"sqlite:///{path}", registry_ttl_ms=60_000) as fdn:
+        reg = fdn.service_registry
+        assert len(reg.list()) == names
+        conn = connect_sqlite(fdn.url, fdn.settings)
+        try:
+            reader = _DriverCursor(conn)
+            reg.poll(reader)
+            fdn.config.set("bench.unrelated", 1)  # what moves data_version: not the registry
+            resyncs, reads = reg.resyncs, reg.poll_reads
+
+            def raw() -> Any:
+                return conn.execute(SQLITE_TOPICS).fetchall()
+
+            mine, flo = measure_calls([(reg.poll, (reader,)), (raw, ())], n, warmup, 100)
+            assert (reg.resyncs, reg.poll_reads) == (resyncs, reads), "the poll re-read"
+            # What every commit to the file cost before topic revisions: a full re-read.
+            full = []
+            for _ in range(ctx.n(5, 1)):
+                t0 = time.perf_counter_ns()
+                reg.resync(reader)
+                full.append(time.perf_counter_ns() - t0)
+        finally:
+            conn.close()
+    return Measured(
+        mine,
+        [
+            Floor("sqlite3: SELECT topic, revision FROM foundation_topic_revisions", flo),
+            Floor(f"the full re-read of {names:,} names (before 0006)", full, checked=False),
+        ],
+        note=f"{names:,} names held by another node; a config value was set (data_version "
+        "moved) and the registry's poll read only the topic revisions",
     )
