@@ -127,6 +127,7 @@ class _RegistryBase:
         self.poll_reads = 0
         self.names_read = 0
         self._topics_seen: dict[str, int] | None = None
+        self._topic_rows: builtins.list[tuple[Any, ...]] | None = None  # as last read
         # The hot read paths: the state's own bound methods (one dict lookup, no frame).
         self.lookup = self._state.lookup  # type: ignore[method-assign]
         self.find = self._state.find  # type: ignore[method-assign]
@@ -442,6 +443,7 @@ class _RegistryBase:
             # them again, so the next poll reads it once more (applying a row twice is
             # harmless: the cache takes a revision only once).
             topics = self._read_topics(reader)
+            self._topic_rows = None  # until this resync is done, a poll compares revisions
             mark = self._state.mark()
             self._apply_snapshot(
                 reader.fetchall(self._sql.select_leases),
@@ -456,7 +458,11 @@ class _RegistryBase:
         """SQLite: the registry's topic revisions (None on PostgreSQL: NOTIFY instead)."""
         if self._sql.backend != "sqlite":
             return None
-        revisions: dict[str, int] = dict(reader.fetchall(self._sql.select_topics))
+        return self._topics_of(reader.fetchall(self._sql.select_topics))
+
+    @staticmethod
+    def _topics_of(rows: builtins.list[tuple[Any, ...]]) -> dict[str, int]:
+        revisions = dict(rows)
         return {topic: int(revisions.get(topic, 0)) for topic in _TOPICS}
 
     def poll(self, reader: Cursor) -> None:
@@ -471,11 +477,17 @@ class _RegistryBase:
         expiry with the clock, and the sweep reports it.
         """
         self.polls += 1
+        if self._sql.backend != "sqlite":
+            return  # PostgreSQL's feed never polls: NOTIFY names each change
+        rows = reader.fetchall(self._sql.select_topics)
+        if rows == self._topic_rows:
+            return  # the common case (an event, a config value…): no registry topic moved
         seen = self._topics_seen
-        topics = self._read_topics(reader)
+        topics = self._topics_of(rows)
         if topics == seen:
+            self._topic_rows = rows  # only another subscriber's topic moved
             return
-        if seen is None or topics is None or any(topics[t] < seen[t] for t in _TOPICS):
+        if seen is None or any(topics[t] < seen[t] for t in _TOPICS):
             self.resync(reader)  # never synced, or the revisions went back (rows deleted)
             return
         changes: builtins.list[RegistryChange] = []
@@ -499,6 +511,7 @@ class _RegistryBase:
                     for r in reader.fetchall(self._sql.select_leases)
                 )
             self._topics_seen = topics
+            self._topic_rows = rows
         self._publish(changes)
 
     def _apply_changed(self, name: str, row: tuple[Any, ...]) -> builtins.list[RegistryChange]:
