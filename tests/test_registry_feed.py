@@ -239,3 +239,30 @@ def test_postgres_an_unrelated_commit_never_reaches_the_registry(postgres_url: s
         a.service_registry.unregister("svc.pg")
         wait_for(lambda: b.service_registry.find("svc.pg") is None)
         assert (b.service_registry.resyncs, b.circuit_breaker.resyncs) == before
+
+
+def test_sqlite_a_node_too_far_behind_reads_everything_again(sqlite_url: str) -> None:
+    """The triggers keep the last 10,000 revisions per topic: past that, a full read."""
+    with node(sqlite_url) as a, quiet_node(sqlite_url) as (b, poll):
+        a.service_registry.register("first", "http://a")
+        poll()
+        resyncs, reads = b.service_registry.resyncs, b.service_registry.poll_reads
+        gen = a.service_registry.lease_generation
+        rows = [
+            {"name": f"bulk.{k:05d}", "node": a.settings.node_id, "gen": gen} for k in range(12_000)
+        ]
+        a.database.executemany(
+            "INSERT INTO foundation_registry (name, address, metadata, node_id, "
+            "lease_generation, epoch, revision, registered_at, updated_at) VALUES "
+            "(:name, '\"http://bulk\"', '{}', :node, :gen, 1, 1, "
+            "'2026-01-01 00:00:00.000000', '2026-01-01 00:00:00.000000')",
+            rows,
+        )
+        kept = a.database.fetchone(
+            "SELECT count(*) FROM foundation_topic_revisions WHERE topic = :t", {"t": "registry"}
+        )
+        assert kept is not None and kept[0] <= 11_000
+        poll()
+        assert b.service_registry.resyncs == resyncs + 1
+        assert b.service_registry.poll_reads == reads + 1
+        assert len(b.service_registry.list("bulk.")) == 12_000

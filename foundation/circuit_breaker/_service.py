@@ -55,7 +55,7 @@ from foundation.circuit_breaker._logic import (
 )
 from foundation.circuit_breaker._store import BreakerSQL
 from foundation.database.aio import AsyncDatabase
-from foundation.database.feed import TOPIC_BREAKERS, topic_revisions_sql
+from foundation.database.feed import TOPIC_BREAKERS, TopicRevisions
 from foundation.database.sync import Cursor, SyncDatabase
 from foundation.errors import (
     CircuitOpenError,
@@ -135,8 +135,10 @@ class _BreakersBase:
         self._calls: dict[Any, Any] = {}
         # The SQLite feed's side: the breakers topic's revision when last read (None: read
         # everything on the next poll) and how many full re-reads happened.
-        self._topics_sql = None if sql is None else topic_revisions_sql(sql.backend)
-        self._topic_seen: int | None = None
+        self._topic: TopicRevisions | None = None
+        if sql is not None and sql.backend == "sqlite":  # PostgreSQL: NOTIFY names changes
+            self._topic = TopicRevisions.build(sql.backend, TOPIC_BREAKERS)
+        self._topic_seen: tuple[Any, ...] | None = None
         self.resyncs = 0
 
     # -- options and objects ----------------------------------------------------------
@@ -277,7 +279,7 @@ class _BreakersBase:
         if self._sql is None:
             return
         # The revision first: a change committed during the read moves it again.
-        seen = self._topic_revision(reader)
+        seen = None if self._topic is None else self._topic.read(reader)
         self._load(reader.fetchall(self._sql.select_all, self._params("")))
         self._topic_seen = seen
         self.resyncs += 1
@@ -285,16 +287,10 @@ class _BreakersBase:
     def poll(self, reader: Cursor) -> None:
         """SQLite: the file changed. Re-read the breakers only if their topic moved
         (a failure counted, a state change…), not on every event or config write."""
-        if self._sql is None:
+        if self._topic is None:
             return
-        if self._topic_seen is None or self._topic_revision(reader) != self._topic_seen:
+        if self._topic_seen is None or self._topic.read(reader) != self._topic_seen:
             self.resync(reader)
-
-    def _topic_revision(self, reader: Cursor) -> int | None:
-        if self._sql is None or self._sql.backend != "sqlite" or self._topics_sql is None:
-            return None  # PostgreSQL: NOTIFY names each change
-        revisions: dict[str, int] = dict(reader.fetchall(self._topics_sql))
-        return int(revisions.get(TOPIC_BREAKERS, 0))
 
     def _load(self, rows: list[Any]) -> None:
         seen = set()

@@ -6,10 +6,11 @@ listener reconnects by itself with back-off, and after every (re)connect asks ea
 subscriber to resync from the tables, since notifications sent while it was away are
 lost. SQLite: a thread polls ``PRAGMA data_version`` (it changes when any other
 connection commits to the file, whatever the table) and, when it moves, calls each
-subscriber's ``poll`` (or ``resync`` if it has none). A poll first reads the topic
-revisions (:func:`topic_revisions`: one tiny table that SQLite triggers bump in the
-writer's transaction, migration 0006) and returns at once when its topics did not move,
-so an event appended to the log costs the registry one small read, not a re-read.
+subscriber's ``poll`` (or ``resync`` if it has none). A poll first reads the latest
+revision of its topics (:class:`TopicRevisions`: ``foundation_topic_revisions``, which
+SQLite triggers append to in the writer's transaction, migration 0006) and returns at
+once when they did not move, so an event appended to the log costs the registry one
+small read, not a re-read.
 
 Subscribers run in the feed's thread and read through the feed's own connection, so
 the feed works the same for :class:`~foundation.Foundation` and
@@ -23,13 +24,14 @@ import logging
 import sqlite3
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import psycopg
 import sqlalchemy as sa
 
 from foundation.database.postgres import connect_kwargs
-from foundation.database.schema import topic_changes, topic_revisions
+from foundation.database.schema import topic_revisions
 from foundation.database.statements import compile_sql
 from foundation.database.sync import Cursor, _DriverCursor, connect_sqlite
 from foundation.database.url import Backend, DatabaseURL
@@ -43,36 +45,56 @@ __all__ = [
     "TOPIC_NAMES",
     "ChangeFeed",
     "FeedSubscriber",
+    "TopicRevisions",
     "changed_keys_sql",
     "start_feed",
-    "topic_revisions_sql",
 ]
 
 CHANNEL = "foundation"
 log = logging.getLogger("foundation.feed")
 
 # The topics migration 0006's SQLite triggers bump (the migration spells them itself).
-TOPIC_NAMES = "registry"  # foundation_registry; the changed names in foundation_topic_changes
+TOPIC_NAMES = "registry"  # foundation_registry, by name
 TOPIC_LEASES = "registry.leases"
 TOPIC_MEMBERS = "registry.members"
 TOPIC_BREAKERS = "breakers"
 
 
-def topic_revisions_sql(backend: Backend) -> str:
-    """``SELECT topic, revision`` of every topic: a handful of rows, read on each poll."""
-    return compile_sql(sa.select(topic_revisions.c.topic, topic_revisions.c.revision), backend)
+@dataclass(frozen=True)
+class TopicRevisions:
+    """The latest revision of each of some topics: ``fetchone(sql, params)`` gives one row,
+    one value per topic (None: no change yet), each an index seek (SQLite's poll)."""
+
+    topics: tuple[str, ...]
+    sql: str
+    params: dict[str, str]
+
+    @classmethod
+    def build(cls, backend: Backend, *topics: str) -> TopicRevisions:
+        t = topic_revisions
+        latest = [
+            sa.select(sa.func.max(t.c.revision))
+            .where(t.c.topic == sa.bindparam(f"topic{i}"))
+            .scalar_subquery()
+            for i in range(len(topics))
+        ]
+        params = {f"topic{i}": topic for i, topic in enumerate(topics)}
+        return cls(topics, compile_sql(sa.select(*latest), backend), params)
+
+    def read(self, reader: Cursor) -> tuple[Any, ...]:
+        row = reader.fetchone(self.sql, self.params)
+        return tuple(row) if row is not None else (None,) * len(self.topics)
 
 
 def changed_keys_sql(backend: Backend, *columns: Any, key: Any) -> str:
-    """The keys of ``:topic`` changed after revision ``:after``, each outer-joined to its
-    row by ``key == column`` (the row's columns are NULL when it was deleted)."""
+    """(revision, key, *columns) of each change of ``:topic`` after revision ``:after``, in
+    order, each key outer-joined to its row by ``key == column`` (NULLs: deleted)."""
+    t = topic_revisions
     return compile_sql(
-        sa.select(topic_changes.c.key, *columns)
-        .select_from(topic_changes.outerjoin(key.table, key == topic_changes.c.key))
-        .where(
-            topic_changes.c.topic == sa.bindparam("topic"),
-            topic_changes.c.revision > sa.bindparam("after"),
-        ),
+        sa.select(t.c.revision, t.c.key, *columns)
+        .select_from(t.outerjoin(key.table, key == t.c.key))
+        .where(t.c.topic == sa.bindparam("topic"), t.c.revision > sa.bindparam("after"))
+        .order_by(t.c.revision),
         backend,
     )
 

@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from foundation.database.aio import AsyncDatabase
-from foundation.database.feed import TOPIC_LEASES, TOPIC_MEMBERS, TOPIC_NAMES
+from foundation.database.feed import TOPIC_NAMES
 from foundation.database.sync import Cursor, SyncDatabase
 from foundation.errors import (
     AlreadyRegisteredError,
@@ -66,7 +66,6 @@ _EXPIRED = ("foundation", "registry", "expired")
 _LEASE_LOST = ("foundation", "registry", "lease_lost")
 _CONFLICT = ("foundation", "registry", "conflict")
 _HEARTBEAT_FAILED = ("foundation", "registry", "heartbeat_failed")
-_TOPICS = (TOPIC_NAMES, TOPIC_LEASES, TOPIC_MEMBERS)
 
 
 @dataclass(frozen=True)
@@ -126,8 +125,7 @@ class _RegistryBase:
         self.polls = 0
         self.poll_reads = 0
         self.names_read = 0
-        self._topics_seen: dict[str, int] | None = None
-        self._topic_rows: builtins.list[tuple[Any, ...]] | None = None  # as last read
+        self._topics_seen: tuple[Any, ...] | None = None  # (names, members, leases)
         # The hot read paths: the state's own bound methods (one dict lookup, no frame).
         self.lookup = self._state.lookup  # type: ignore[method-assign]
         self.find = self._state.find  # type: ignore[method-assign]
@@ -442,8 +440,7 @@ class _RegistryBase:
             # The topic revisions first: whatever commits during the reads below moves
             # them again, so the next poll reads it once more (applying a row twice is
             # harmless: the cache takes a revision only once).
-            topics = self._read_topics(reader)
-            self._topic_rows = None  # until this resync is done, a poll compares revisions
+            topics = self._sql.topics.read(reader) if self._sql.backend == "sqlite" else None
             mark = self._state.mark()
             self._apply_snapshot(
                 reader.fetchall(self._sql.select_leases),
@@ -454,65 +451,71 @@ class _RegistryBase:
             self._topics_seen = topics
             self.resyncs += 1
 
-    def _read_topics(self, reader: Cursor) -> dict[str, int] | None:
-        """SQLite: the registry's topic revisions (None on PostgreSQL: NOTIFY instead)."""
-        if self._sql.backend != "sqlite":
-            return None
-        return self._topics_of(reader.fetchall(self._sql.select_topics))
-
-    @staticmethod
-    def _topics_of(rows: builtins.list[tuple[Any, ...]]) -> dict[str, int]:
-        revisions = dict(rows)
-        return {topic: int(revisions.get(topic, 0)) for topic in _TOPICS}
-
     def poll(self, reader: Cursor) -> None:
         """SQLite: something was committed to the file. Read only what moved.
 
-        One small read when no registry topic moved (an event, a config value…); else the
-        leases (one row per node) if they moved, the names changed since the last look
-        (``foundation_topic_changes``; a deleted row comes back as NULLs) and the members
-        (usually few) if they moved. SQLite commits one writer at a time and the triggers
-        bump the revision in the writer's transaction, so "above what this node saw" is
-        exactly what it has not read. Expiry needs no read: lookups compare the lease's
-        expiry with the clock, and the sweep reports it.
+        One small read when no registry topic moved (an event, a config value…): the
+        latest revision of the names, members and leases topics. Else the names changed
+        since the last look (a deleted row comes back as NULLs), then the members (usually
+        few) and the leases (one row per node) if they moved. SQLite commits one writer at
+        a time and the triggers take the next revision in the writer's transaction, so
+        "above what this node saw" is exactly what it has not read. Expiry needs no read:
+        lookups compare the lease's expiry with the clock, and the sweep reports it.
         """
         self.polls += 1
+        seen = self._topics_seen
         if self._sql.backend != "sqlite":
             return  # PostgreSQL's feed never polls: NOTIFY names each change
-        rows = reader.fetchall(self._sql.select_topics)
-        if rows == self._topic_rows:
-            return  # the common case (an event, a config value…): no registry topic moved
-        seen = self._topics_seen
-        topics = self._topics_of(rows)
+        topics = self._sql.topics.read(reader)
         if topics == seen:
-            self._topic_rows = rows  # only another subscriber's topic moved
-            return
-        if seen is None or any(topics[t] < seen[t] for t in _TOPICS):
+            return  # the common case (an event, a config value…): no registry topic moved
+        if seen is None or any(
+            (now or 0) < (was or 0) for now, was in zip(topics, seen, strict=True)
+        ):
             self.resync(reader)  # never synced, or the revisions went back (rows deleted)
             return
-        changes: builtins.list[RegistryChange] = []
+        names, members, leases = topics
+        changes: builtins.list[RegistryChange] | None = []
         with self._resync_lock:
             self.poll_reads += 1
             # Names before leases: a node that closed released its names and its lease in
             # one transaction, and its names must go while their lease still counts as
             # live here, so that watchers hear "unregister" (as NOTIFY's order gives).
-            if topics[TOPIC_NAMES] != seen[TOPIC_NAMES]:
-                params = {"topic": TOPIC_NAMES, "after": seen[TOPIC_NAMES]}
-                for row in reader.fetchall(self._sql.select_changed_entries, params):
-                    changes += self._apply_changed(row[0], row[1:])
-            if topics[TOPIC_MEMBERS] != seen[TOPIC_MEMBERS]:
-                mark = self._state.mark()
-                members = [self._member(r) for r in reader.fetchall(self._sql.select_members)]
-                changes += self._state.replace_members_only(members, mark)
-            if topics[TOPIC_LEASES] != seen[TOPIC_LEASES]:
-                seconds = self._sql.epoch_seconds
-                self._state.replace_leases(
-                    (r[0], int(r[1]), seconds(r[2]))
-                    for r in reader.fetchall(self._sql.select_leases)
-                )
-            self._topics_seen = topics
-            self._topic_rows = rows
-        self._publish(changes)
+            if names != seen[0]:
+                changes = self._changed_names(reader, seen[0] or 0)
+            if changes is not None:
+                if members != seen[1]:
+                    mark = self._state.mark()
+                    group_rows = reader.fetchall(self._sql.select_members)
+                    changes += self._state.replace_members_only(
+                        [self._member(r) for r in group_rows], mark
+                    )
+                if leases != seen[2]:
+                    seconds = self._sql.epoch_seconds
+                    self._state.replace_leases(
+                        (r[0], int(r[1]), seconds(r[2]))
+                        for r in reader.fetchall(self._sql.select_leases)
+                    )
+                self._topics_seen = topics
+        if changes is None:
+            self.resync(reader)  # revisions it never read were pruned: it was far behind
+        else:
+            self._publish(changes)
+
+    def _changed_names(self, reader: Cursor, after: int) -> builtins.list[RegistryChange] | None:
+        """Apply the names changed after revision ``after``; None if some were pruned."""
+        rows = reader.fetchall(
+            self._sql.select_changed_entries, {"topic": TOPIC_NAMES, "after": after}
+        )
+        if not rows or rows[0][0] != after + 1:
+            return None  # a topic's revisions follow each other: a gap means rows were dropped
+        changes: builtins.list[RegistryChange] = []
+        done: set[str] = set()
+        for row in rows:
+            if row[1] not in done:  # a name changed twice: its (current) row is read once
+                done.add(row[1])
+                changes += self._apply_changed(row[1], row[2:])
+        return changes
 
     def _apply_changed(self, name: str, row: tuple[Any, ...]) -> builtins.list[RegistryChange]:
         """One name a poll found changed; ``row`` is ENTRY_COLUMNS, all NULL if deleted."""

@@ -15,7 +15,13 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from foundation.database.codec import Codec
-from foundation.database.feed import changed_keys_sql, topic_revisions_sql
+from foundation.database.feed import (
+    TOPIC_LEASES,
+    TOPIC_MEMBERS,
+    TOPIC_NAMES,
+    TopicRevisions,
+    changed_keys_sql,
+)
 from foundation.database.schema import leases, registry, registry_members
 from foundation.database.statements import compile_sql
 from foundation.database.url import Backend
@@ -135,7 +141,7 @@ class RegistrySQL:
     select_members: str
     select_member: str
     prune_members: str
-    select_topics: str
+    topics: TopicRevisions
     select_changed_entries: str
 
     @classmethod
@@ -324,8 +330,8 @@ class RegistrySQL:
                 backend,
             ),
             prune_members=compile_sql(prune_members, backend),
-            select_topics=topic_revisions_sql(backend),
-            # (name, *ENTRY_COLUMNS) of each name changed after :after; NULLs: deleted.
+            topics=TopicRevisions.build(backend, TOPIC_NAMES, TOPIC_MEMBERS, TOPIC_LEASES),
+            # (revision, name, *ENTRY_COLUMNS) of each change after :after; NULLs: deleted.
             select_changed_entries=changed_keys_sql(backend, *ENTRY_COLUMNS, key=registry.c.name),
         )
 

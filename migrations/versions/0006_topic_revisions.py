@@ -5,15 +5,19 @@ Revises: 0005
 Create Date: 2026-11-28
 
 On SQLite every node polls ``PRAGMA data_version``, which moves on ANY commit to the file
-(an event, a config value…). Triggers here bump a per-topic revision in
-``foundation_topic_revisions`` in the writer's own transaction, so a node re-reads the
-registry or the breakers only when they changed, and ``foundation_topic_changes`` says
-which registry names changed (deletes included: the change row outlives the name row), so
-it re-reads only those.
+(an event, a config value…). Triggers here append a row to ``foundation_topic_revisions``
+in the writer's own transaction for every change to the registry, its leases and
+members, and the breakers: the topic's next revision and the key that changed (deletes
+included). A node then learns from one index seek per topic whether its topics moved, and
+reads only the registry names above the revision it last saw.
 
-PostgreSQL gets the two tables (one schema for both backends) but no triggers: NOTIFY
-already carries each change there, and one counter row per topic would serialise every
-registry and breaker write of the cluster on its row lock until commit.
+The table is a log (primary key topic, revision; WITHOUT ROWID) because an append dirties
+one page per write; every 1,000th revision of a topic the trigger drops that topic's rows
+more than 10,000 revisions old, and a node that far behind re-reads everything.
+
+PostgreSQL gets the table (one schema for both backends) but no triggers: NOTIFY already
+carries each change there, and a per-topic sequence would serialise every registry and
+breaker write of the cluster until commit.
 """
 
 from collections.abc import Sequence
@@ -26,66 +30,50 @@ down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# Topic names, as foundation.database.feed reads them (a migration never imports the app).
-NAMES, LEASES, MEMBERS, BREAKERS = "registry", "registry.leases", "registry.members", "breakers"
+KEEP, PRUNE_EVERY = 10_000, 1_000
 
-# Trigger bodies: DDL takes no bind parameters; every name filled in below is a constant
-# of this file. The upsert keeps working if an operator deletes a topic's row (it starts again at 1,
-# which a node takes as "went backwards": a full re-read).
-BUMP = """
-    INSERT INTO foundation_topic_revisions (topic, revision) VALUES ('{topic}', 1)
-    ON CONFLICT (topic) DO UPDATE SET revision = revision + 1;
+# (table, topic, the key column) as foundation.database.feed names the topics (a migration
+# never imports the app).
+TOPICS = [
+    ("foundation_registry", "registry", "name"),
+    ("foundation_leases", "registry.leases", "node_id"),
+    ("foundation_registry_members", "registry.members", "group_name"),
+    ("foundation_breakers", "breakers", "name"),
+]
+
+# A trigger body. DDL takes no bind parameters: every name filled in is a constant of this
+# file. The prune's bound is -1 (an empty range: one seek) except on every PRUNE_EVERY-th
+# revision, so it never scans.
+BODY = """
+    INSERT INTO foundation_topic_revisions (topic, revision, key)
+    VALUES ('{topic}',
+            coalesce((SELECT max(revision) FROM foundation_topic_revisions
+                      WHERE topic = '{topic}'), 0) + 1,
+            {row}.{key});
+    DELETE FROM foundation_topic_revisions
+    WHERE topic = '{topic}' AND revision <= (
+        SELECT CASE WHEN max(revision) % {every} = 0 THEN max(revision) - {keep} ELSE -1 END
+        FROM foundation_topic_revisions WHERE topic = '{topic}');
 """
-RECORD = """
-    INSERT INTO foundation_topic_changes (topic, key, revision)
-    VALUES ('{topic}', {key},
-            (SELECT revision FROM foundation_topic_revisions WHERE topic = '{topic}'))
-    ON CONFLICT (topic, key) DO UPDATE SET revision = excluded.revision;
-"""
-# A rename by hand (UPDATE … SET name) changes two keys: the old one is gone.
-RENAMED = """
-    INSERT INTO foundation_topic_changes (topic, key, revision)
-    SELECT '{topic}', OLD.name, revision FROM foundation_topic_revisions
-    WHERE topic = '{topic}' AND OLD.name <> NEW.name
-    ON CONFLICT (topic, key) DO UPDATE SET revision = excluded.revision;
-"""
-EVENTS = ("INSERT", "UPDATE", "DELETE")
-
-
-def _bump_triggers(table: str, topic: str) -> list[tuple[str, str]]:
-    """(name, CREATE TRIGGER) for each event on ``table``: bump ``topic``."""
-    out = []
-    for event in EVENTS:
-        name = f"{table}_{event.lower()}_topic"
-        body = BUMP.format(topic=topic)
-        out.append((name, f"CREATE TRIGGER {name} AFTER {event} ON {table} BEGIN {body} END"))
-    return out
-
-
-def _name_triggers() -> list[tuple[str, str]]:
-    """Registry names: bump the topic and record which name changed (old and new)."""
-    table, topic = "foundation_registry", NAMES
-    new = RECORD.format(topic=topic, key="NEW.name")
-    old = RECORD.format(topic=topic, key="OLD.name")
-    bump = BUMP.format(topic=topic)
-    renamed = RENAMED.format(topic=topic)
-    bodies = {"INSERT": bump + new, "UPDATE": bump + new + renamed, "DELETE": bump + old}
-    out = []
-    for event in EVENTS:
-        name = f"{table}_{event.lower()}_topic"
-        out.append(
-            (name, f"CREATE TRIGGER {name} AFTER {event} ON {table} BEGIN {bodies[event]} END")
-        )
-    return out
+TRIGGER = "CREATE TRIGGER {name} AFTER {event} ON {table}{when} BEGIN {body} END"
 
 
 def _triggers() -> list[tuple[str, str]]:
-    return (
-        _name_triggers()
-        + _bump_triggers("foundation_leases", LEASES)
-        + _bump_triggers("foundation_registry_members", MEMBERS)
-        + _bump_triggers("foundation_breakers", BREAKERS)
-    )
+    """(name, CREATE TRIGGER) for each table: insert, update, delete, and a key changed by
+    hand (an UPDATE of the key: the old key is gone too)."""
+    out = []
+    for table, topic, key in TOPICS:
+        for suffix, event, row, when in (
+            ("insert", "INSERT", "NEW", ""),
+            ("update", "UPDATE", "NEW", ""),
+            ("delete", "DELETE", "OLD", ""),
+            ("rekey", "UPDATE", "OLD", f" WHEN OLD.{key} IS NOT NEW.{key}"),
+        ):
+            name = f"{table}_{suffix}_topic"
+            body = BODY.format(topic=topic, row=row, key=key, every=PRUNE_EVERY, keep=KEEP)
+            statement = TRIGGER.format(name=name, event=event, table=table, when=when, body=body)
+            out.append((name, statement))
+    return out
 
 
 def upgrade() -> None:
@@ -93,21 +81,11 @@ def upgrade() -> None:
         "foundation_topic_revisions",
         sa.Column("topic", sa.String(64), nullable=False),
         sa.Column("revision", sa.BigInteger(), nullable=False),
-        sa.PrimaryKeyConstraint("topic", name=op.f("pk_foundation_topic_revisions")),
-        comment="SQLite change feed: a revision per topic, bumped by triggers on every change.",
-    )
-    op.create_table(
-        "foundation_topic_changes",
-        sa.Column("topic", sa.String(64), nullable=False),
         sa.Column("key", sa.String(1024), nullable=False),
-        sa.Column("revision", sa.BigInteger(), nullable=False),
-        sa.PrimaryKeyConstraint("topic", "key", name=op.f("pk_foundation_topic_changes")),
-        comment="SQLite change feed: which key of a topic changed at which topic revision.",
-    )
-    op.create_index(
-        "ix_foundation_topic_changes_topic_revision",
-        "foundation_topic_changes",
-        ["topic", "revision"],
+        sa.PrimaryKeyConstraint("topic", "revision", name=op.f("pk_foundation_topic_revisions")),
+        comment="SQLite change feed: one row per change of a topic (registry, leases, members, "
+        "breakers), naming the key that changed; the last 10,000 per topic are kept.",
+        sqlite_with_rowid=False,
     )
     if op.get_bind().dialect.name == "sqlite":
         for _, statement in _triggers():
@@ -118,6 +96,4 @@ def downgrade() -> None:
     if op.get_bind().dialect.name == "sqlite":
         for name, _ in _triggers():
             op.execute(f"DROP TRIGGER IF EXISTS {name}")
-    op.drop_index("ix_foundation_topic_changes_topic_revision", "foundation_topic_changes")
-    op.drop_table("foundation_topic_changes")
     op.drop_table("foundation_topic_revisions")
