@@ -243,8 +243,9 @@ class _RegistryBase(RegistryFeedSide):
         """Install what ``register`` wrote: ``row`` is (epoch, revision, registered_at).
 
         The entry is built from the values this node sent (already normalised to what
-        they read back as), not decoded again from the row; ``now`` is the SQLite
-        timestamp the statement carried (PostgreSQL returns its own ``now()``).
+        they read back as; JSONB may order an object's keys otherwise, which equality
+        ignores), not decoded again from the row; ``now`` is the SQLite timestamp the
+        statement carried (PostgreSQL returns its own ``now()``).
         """
         epoch, revision, registered_at = row
         registered = now if now is not None else self._sql.codec.load_ts(registered_at)
