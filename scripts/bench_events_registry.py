@@ -616,6 +616,18 @@ ADDRESS = "http://10.0.0.5:8000"
 META = {"version": "1.4.2", "zone": "eu-1"}
 
 
+def _upsert_params(i: int) -> dict[str, Any]:
+    """Foundation's register statement's parameters for a new name, built the raw way."""
+    return {
+        "name": f"same.{i:07d}",
+        "address": json.dumps(ADDRESS),
+        "metadata": json.dumps(META),
+        "node": "bench-raw",
+        "gen": 1,
+        "entry_ttl_ms": None,
+    }
+
+
 @bench(
     "service_registry.register",
     backend="sqlite",
@@ -642,18 +654,8 @@ def registry_register_sqlite(ctx: Context) -> BenchOutput:
             def same_statement(i: int) -> Any:
                 # Foundation's own statement (takeover check, epoch RETURNING) on the raw
                 # driver: what the database alone costs for register's work.
-                ts = _sqlite_ts(datetime.now(UTC))
-                params = {
-                    "name": f"same.{i:07d}",
-                    "address": json.dumps(ADDRESS),
-                    "metadata": json.dumps(META),
-                    "node": "bench-raw",
-                    "gen": 1,
-                    "entry_ttl_ms": None,
-                    "entry_expires": None,
-                    "now": ts,
-                }
-                return raw.execute(upsert, params).fetchone()
+                now = {"now": _sqlite_ts(datetime.now(UTC)), "entry_expires": None}
+                return raw.execute(upsert, {**_upsert_params(i), **now}).fetchone()
 
             mine, flo, same = measure_ops([ours, floor, same_statement], n, warmup)
     finally:
@@ -701,15 +703,7 @@ def registry_register_postgres(ctx: Context) -> BenchOutput:
 
             def same_statement(i: int) -> Any:
                 # Foundation's own statement on the raw driver (see the SQLite row).
-                params = {
-                    "name": f"same.{i:07d}",
-                    "address": json.dumps(ADDRESS),
-                    "metadata": json.dumps(META),
-                    "node": "bench-raw",
-                    "gen": 1,
-                    "entry_ttl_ms": None,
-                }
-                return conn.execute(upsert, params).fetchone()
+                return conn.execute(upsert, _upsert_params(i)).fetchone()
 
             mine, flo, same = measure_ops([ours, floor, same_statement], n, warmup)
     return Measured(
