@@ -282,3 +282,25 @@ def test_sqlite_a_node_too_far_behind_reads_everything_again(sqlite_url: str) ->
 def test_registers_sqlite_timestamp_is_the_codecs(at: datetime) -> None:
     """register formats its SQLite timestamp itself (fast): the same text as the codec."""
     assert _sqlite_ts(at) == codec_for("sqlite").ts(at)
+
+
+def test_postgres_a_change_announced_during_an_own_write_is_read_by_the_writer(
+    postgres_url: str,
+) -> None:
+    """While this node writes a name, the listener leaves that name's notifications to the
+    writer (usually its own write, not yet cached); one from another node is still read."""
+    with node(postgres_url) as a, node(postgres_url) as b:
+        assert a.feed.wait_connected(10)
+        reg = a.service_registry
+        reg._begin_write("contested")
+        try:
+            b.service_registry.register("contested", "http://b")
+            wait_for(lambda: reg._writing["contested"][1] > 0)  # noted, not read
+            assert reg.find("contested") is None
+        finally:
+            reg._settle("contested")
+        assert reg.lookup("contested").address == "http://b"
+        assert "contested" not in reg._writing
+        reg.register("mine", "http://a")  # its own notification costs the listener no read
+        b.service_registry.unregister("contested")
+        wait_for(lambda: reg.find("contested") is None)

@@ -43,6 +43,19 @@ class RegistryFeedSide:
         self.poll_reads = 0
         self.names_read = 0
         self._topics_seen: tuple[Any, ...] | None = None  # (names, members, leases)
+        self._notified = self._sql.backend == "postgresql"
+        self._feed: Any = None
+        self._writes_lock = threading.Lock()
+        # name -> [writers in flight, newest revision a notification named meanwhile]
+        self._writing: dict[str, builtins.list[int]] = {}
+
+    def bind_feed(self, feed: Any) -> None:
+        """Called by the facade: a write whose settling read failed asks for a resync."""
+        self._feed = feed
+
+    def _request_resync(self) -> None:
+        if self._feed is not None:  # None: a service built by hand, without a feed
+            self._feed.request_resync()
 
     # Provided by the service.
     def _entry(self, row: tuple[Any, ...]) -> ServiceEntry:
@@ -72,13 +85,18 @@ class RegistryFeedSide:
                 return
             if revision <= self._state.revision(name):
                 return  # this node already holds that change (its own write, usually)
-            row = reader.fetchone(self._sql.select_entry, {"name": name})
-            if row is None or row[3] is None:
-                rev = revision if row is None else int(row[6])
-                self._publish(self._state.apply_entry(None, name, rev, "remote"))
-            else:
-                entry = self._entry(row)
-                self._publish(self._state.apply_entry(entry, name, entry.revision, "remote"))
+            with self._writes_lock:
+                writing = self._writing.get(name)
+                if writing is not None:
+                    # This node is writing that name: the notification is most likely its
+                    # own write, committed but not yet in the cache. The writer settles it
+                    # when done (a read only if another node's change came in between),
+                    # instead of a round trip here for nearly every register.
+                    writing[1] = max(writing[1], revision)
+                    return
+            self._apply_name_row(
+                name, revision, reader.fetchone(self._sql.select_entry, {"name": name})
+            )
         elif kind == "member":
             group, member_id = payload.get("group"), payload.get("member")
             if not isinstance(group, str) or not isinstance(member_id, str):
@@ -86,6 +104,36 @@ class RegistryFeedSide:
             row = reader.fetchone(self._sql.select_member, {"group": group, "member": member_id})
             member = None if row is None else self._member(row)
             self._publish(self._state.apply_member(group, member_id, member, "remote"))
+
+    def _apply_name_row(self, name: str, revision: int, row: tuple[Any, ...] | None) -> None:
+        """Install the row a notification of ``revision`` sent this node to read."""
+        if row is None or row[3] is None:
+            rev = revision if row is None else int(row[6])
+            self._publish(self._state.apply_entry(None, name, rev, "remote"))
+        else:
+            entry = self._entry(row)
+            self._publish(self._state.apply_entry(entry, name, entry.revision, "remote"))
+
+    # PostgreSQL: the writes of this node, so that their own notifications (which the
+    # listener often receives before the writer has updated the cache) cost no read.
+
+    def _begin_write(self, name: str) -> None:
+        if self._notified:
+            with self._writes_lock:
+                writing = self._writing.setdefault(name, [0, 0])
+                writing[0] += 1
+
+    def _end_write(self, name: str) -> int:
+        """The newest revision a notification named during the write (0: none) that
+        the cache does not hold yet: the writer must read the row (``_settle``)."""
+        if not self._notified:
+            return 0
+        with self._writes_lock:
+            writing = self._writing[name]
+            writing[0] -= 1
+            if writing[0] == 0:
+                del self._writing[name]
+        return writing[1] if writing[1] > self._state.revision(name) else 0
 
     def resync(self, reader: Cursor) -> None:
         with self._resync_lock:  # one snapshot at a time (see RegistryState.mark)

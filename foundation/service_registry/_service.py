@@ -550,16 +550,31 @@ class ServiceRegistry(_RegistryBase):
         started = time.perf_counter_ns()
         name, held = self._prepare(name, address, metadata, ttl)
         self._check_local_free(name)
-        while True:
-            lease = self._ensure_lease()
-            params, now = self._register_params(name, held, lease.generation)
-            row = self._db.fetchone(self._sql.register, params)
-            if row is None:
-                owner = self._db.fetchone(self._sql.select_entry, {"name": name})
-                raise self._conflict(name, owner)
-            if self._lease is lease:
-                return self._registered(name, held, lease.generation, row, now, started)
-            # The lease changed while we wrote (a recovery ran): write again under it.
+        self._begin_write(name)
+        try:
+            while True:
+                lease = self._ensure_lease()
+                params, now = self._register_params(name, held, lease.generation)
+                row = self._db.fetchone(self._sql.register, params)
+                if row is None:
+                    owner = self._db.fetchone(self._sql.select_entry, {"name": name})
+                    raise self._conflict(name, owner)
+                if self._lease is lease:
+                    return self._registered(name, held, lease.generation, row, now, started)
+                # The lease changed while we wrote (a recovery ran): write again under it.
+        finally:
+            self._settle(name)
+
+    def _settle(self, name: str) -> None:
+        """After a write: read ``name`` if another node's change was announced meanwhile."""
+        revision = self._end_write(name)
+        if revision:
+            try:
+                row = self._db.fetchone(self._sql.select_entry, {"name": name})
+            except FoundationError:
+                self._request_resync()  # the feed reads it, a little later
+            else:
+                self._apply_name_row(name, revision, row)
 
     def unregister(self, name: Any, force: bool = False) -> None:
         """Release ``name`` (only its owner may, unless ``force=True``)."""
@@ -800,15 +815,30 @@ class AsyncServiceRegistry(_RegistryBase):
         started = time.perf_counter_ns()
         name, held = self._prepare(name, address, metadata, ttl)
         self._check_local_free(name)
-        while True:
-            lease = await self._ensure_lease()
-            params, now = self._register_params(name, held, lease.generation)
-            row = await self._db.fetchone(self._sql.register, params)
-            if row is None:
-                owner = await self._db.fetchone(self._sql.select_entry, {"name": name})
-                raise self._conflict(name, owner)
-            if self._lease is lease:
-                return self._registered(name, held, lease.generation, row, now, started)
+        self._begin_write(name)
+        try:
+            while True:
+                lease = await self._ensure_lease()
+                params, now = self._register_params(name, held, lease.generation)
+                row = await self._db.fetchone(self._sql.register, params)
+                if row is None:
+                    owner = await self._db.fetchone(self._sql.select_entry, {"name": name})
+                    raise self._conflict(name, owner)
+                if self._lease is lease:
+                    return self._registered(name, held, lease.generation, row, now, started)
+        finally:
+            await self._settle(name)
+
+    async def _settle(self, name: str) -> None:
+        """As :meth:`ServiceRegistry._settle`."""
+        revision = self._end_write(name)
+        if revision:
+            try:
+                row = await self._db.fetchone(self._sql.select_entry, {"name": name})
+            except FoundationError:
+                self._request_resync()
+            else:
+                self._apply_name_row(name, revision, row)
 
     async def unregister(self, name: Any, force: bool = False) -> None:
         started = time.perf_counter_ns()
