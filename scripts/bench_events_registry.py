@@ -245,9 +245,17 @@ INSERT INTO foundation_events (id, stream_id, stream_version, type, data, metada
 VALUES (%s, NULL, NULL, %s, %s::jsonb, '{}'::jsonb, NULL, NULL, now()) RETURNING position
 """
 PG_APPEND = """
-SELECT * FROM foundation_append_events(ARRAY[0], ARRAY[%s], ARRAY[NULL::text], ARRAY['any'],
-    ARRAY[%s], ARRAY[%s], ARRAY['{}'], ARRAY[NULL::text], ARRAY[NULL::text], now())
+SELECT * FROM foundation_append_events(%s::jsonb, now(), 'bench')
 """
+
+
+def _append_arg(i: int) -> str:
+    # One event in foundation_append_events's JSON shape (see migration 0007).
+    data = json.dumps({**DATA, "i": i})
+    return (
+        f'[{{"u":0,"id":"{uuid7()}","s":null,"e":"any","t":"{TYPE}","d":{data},'
+        '"m":{},"c":null,"k":null}]'
+    )
 
 
 @bench(
@@ -275,8 +283,7 @@ def events_store_postgres(ctx: Context) -> BenchOutput:
 
             def same_call(i: int) -> Any:
                 # The statement Foundation sends: lock, checks, insert, notify, one commit.
-                params = (str(uuid7()), TYPE, json.dumps({**DATA, "i": i}))
-                return conn.execute(PG_APPEND, params).fetchall()
+                return conn.execute(PG_APPEND, (_append_arg(i),)).fetchall()
 
             mine, flo, call = measure_ops([ours, floor, same_call], n, warmup)
     return Measured(

@@ -197,6 +197,27 @@ def _assemble(
     return out
 
 
+def _one(e: NewEvent, written: tuple[int, int | None], now: datetime) -> StoredBatch:
+    """``_assemble`` for the commonest store: one event, written."""
+    position, version = written
+    record = new_record(
+        e.id,
+        position,
+        e.stream_id,
+        version,
+        e.type,
+        e.data,
+        e.metadata,
+        e.correlation_id,
+        e.causation_id,
+        now,
+    )
+    out = StoredBatch((record,))
+    out.inserted = [record]
+    out.prev_tail = position - 1
+    return out
+
+
 def sqlite_store(
     sql: EventSQL, batch: Sequence[NewEvent], now: datetime, in_transaction: bool
 ) -> Generator[Step, Any, StoredBatch]:
@@ -219,6 +240,8 @@ def sqlite_store(
             written = [(int(row[0]), int(row[1]))]
         # Writers are serialized and the rowid is max + 1 (append-only): the tail before
         # this row is the position just below it.
+        if len(batch) == 1:
+            return _one(event, written[0], now)
         return _assemble(batch, known, fresh, written, now, written[0][0] - 1)
     versions: dict[str, int] = {}
     rows = []
