@@ -52,20 +52,22 @@ def _threads_round(store: Any, per_writer: int) -> int:
     return (time.perf_counter_ns() - t0) // (WRITERS * per_writer)
 
 
-def _process_writer(url: str, per_writer: int, ready: Any, go: Any) -> None:
+def _process_writer(url: str, per_writer: int, ready: Any, go: Any, done: Any) -> None:
     with Foundation(url, migrate="skip", pool_max_size=2) as fdn:
-        fdn.events.store({"type": TYPE, "data": DATA})  # connected and warm
+        for _ in range(30):  # connected, and the session's plans cached
+            fdn.events.store({"type": TYPE, "data": DATA})
         ready.release()
         go.wait(60)
         for i in range(per_writer):
             fdn.events.store({"type": TYPE, "data": {**DATA, "i": i}})
+        done.release()  # before close(): stopping threads is not the stores' time
 
 
 def _processes_round(url: str, per_writer: int) -> int:
     ctx = multiprocessing.get_context("spawn")
-    ready, go = ctx.Semaphore(0), ctx.Event()
+    ready, go, done = ctx.Semaphore(0), ctx.Event(), ctx.Semaphore(0)
     procs = [
-        ctx.Process(target=_process_writer, args=(url, per_writer, ready, go))
+        ctx.Process(target=_process_writer, args=(url, per_writer, ready, go, done))
         for _ in range(WRITERS)
     ]
     for p in procs:
@@ -74,9 +76,11 @@ def _processes_round(url: str, per_writer: int) -> int:
         ready.acquire(timeout=120)
     t0 = time.perf_counter_ns()
     go.set()
-    for p in procs:
-        p.join(300)
+    for _ in procs:
+        done.acquire(timeout=300)
     elapsed = time.perf_counter_ns() - t0
+    for p in procs:
+        p.join(60)
     if any(p.exitcode != 0 for p in procs):
         raise RuntimeError("a writer process failed")
     return elapsed // (WRITERS * per_writer)

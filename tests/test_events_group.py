@@ -25,8 +25,13 @@ THREADS = 16
 
 
 def _hold_first_call(fdn: Foundation, queued: int) -> threading.Event:
-    """Make the first append call wait until ``queued`` stores are queued behind it."""
+    """Make the first append call wait until ``queued`` stores are queued behind it.
+
+    With one lead (the default is two calls in flight), everything queued behind the held
+    call then goes as one group: the grouping is certain.
+    """
     events = fdn.events
+    events.group_commit._max_leaders = 1
     fetchall = events._db.fetchall
     released = threading.Event()
 
@@ -117,6 +122,21 @@ def test_the_same_given_id_from_two_callers_is_written_once(fdn: Foundation) -> 
     results = _run_threads(3, work)
     assert results[1] == results[2]  # one record, answered to both
     assert [e.id for e in fdn.events.get(type="paid")] == [uuid.UUID(event_id)]
+
+
+def test_two_calls_in_flight_keep_every_outcome_apart(fdn: Foundation) -> None:
+    def work(i: int) -> Any:
+        return [fdn.events.store({"type": "t", "data": [i, j]}) for j in range(20)]
+
+    results = _run_threads(THREADS, work)
+    assert all(isinstance(r, list) for r in results), results
+    log = {r.id: r for r in fdn.events.get(limit=1000)}
+    assert len(log) == THREADS * 20
+    for i, records in enumerate(results):
+        assert [r.data for r in records] == [[i, j] for j in range(20)]
+        assert all(log[r.id] == r for r in records)  # what each caller got is the log's
+    if fdn.url.backend == "postgresql":
+        assert fdn.events.group_commit.groups < THREADS * 20  # some stores shared a call
 
 
 async def test_async_tasks_share_calls_and_a_cancelled_waiter_is_not_written(

@@ -11,12 +11,13 @@ durable exactly as a lone store is.
 
 A lone caller pays nothing: with an empty queue it runs its store at once.
 
-The sync face uses leader hand-off (as LevelDB's writer queue): the first caller leads,
-runs the queue, and passes the lead to the next waiting caller, so no thread is kept
-serving others. On the async face a lone caller runs its own call too; the callers that
-queue meanwhile are sent by a task of their own, so that no caller's cancellation
-cancels the others' statement, and a caller cancelled before its group is sent is not
-written.
+The sync face uses leader hand-off (as LevelDB's writer queue): a caller that finds a
+free lead runs its unit with those waiting, then passes the lead to the next waiting
+caller, so no thread is kept serving others; two leads at once keep a group waiting at
+the lock while the previous one commits. On the async face a lone caller runs its own
+call too; the callers that queue meanwhile are sent by a task of their own, so that no
+caller's cancellation cancels the others' statement, and a caller cancelled before its
+group is sent is not written.
 """
 
 from __future__ import annotations
@@ -53,32 +54,44 @@ class _Slot(Generic[U, R]):
 
 
 class GroupCommit(Generic[U, R]):
-    """Threads' units, run in groups of at most ``limit`` units by whichever thread leads."""
+    """Threads' units, run in groups of at most ``limit`` units by the threads that lead.
 
-    def __init__(self, run: Run[U, R], limit: int) -> None:
+    Up to ``leaders`` groups are in flight at once: while one holds the writers' lock in
+    the server, the next is already sent and waits there for it, so the lock is never
+    idle for a client round trip between two groups.
+    """
+
+    def __init__(self, run: Run[U, R], limit: int, leaders: int = 2) -> None:
         self._run = run
         self._limit = limit
+        self._max_leaders = leaders
         self._lock = threading.Lock()
-        self._queue: list[_Slot[U, R]] = []
-        self._leading = False
+        self._queue: list[_Slot[U, R]] = []  # waiting followers only
+        self._leaders = 0
         self.groups = 0  # how many calls ran (for tests and the benchmark)
+
+    def _take(self, slot: _Slot[U, R]) -> list[_Slot[U, R]]:
+        # Under the lock: the leader's own unit first, then the oldest waiting ones.
+        group = [slot, *self._queue[: self._limit - 1]]
+        del self._queue[: len(group) - 1]
+        return group
 
     def submit(self, unit: U) -> R:
         slot: _Slot[U, R] = _Slot(unit)
         with self._lock:
-            self._queue.append(slot)
-            if self._leading:
-                slot.done = threading.Event()
+            if self._leaders < self._max_leaders:
+                self._leaders += 1
+                slot.lead = True
+                group = self._take(slot)
             else:
-                self._leading = slot.lead = True
-        if slot.done is not None:
-            slot.done.wait()
-            if not slot.lead:  # our group ran
+                slot.done = threading.Event()
+                self._queue.append(slot)
+        if not slot.lead:
+            slot.done.wait()  # type: ignore[union-attr]  # made just above
+            if not slot.lead:  # another leader ran our unit
                 return _result(slot.outcome)  # type: ignore[return-value]
-        # Leading: our slot is first in the queue (a queue never waits without a leader).
-        with self._lock:
-            group = self._queue[: self._limit]
-            del self._queue[: len(group)]
+            with self._lock:  # handed the lead (our slot left the queue then)
+                group = self._take(slot)
         try:
             outcomes = self._run([s.unit for s in group])
         except BaseException as exc:
@@ -87,16 +100,15 @@ class GroupCommit(Generic[U, R]):
         for s, outcome in zip(group, outcomes, strict=True):
             s.outcome = outcome
         with self._lock:
-            successor = self._queue[0] if self._queue else None
+            successor = self._queue.pop(0) if self._queue else None
             if successor is None:
-                self._leading = False
+                self._leaders -= 1
             else:
                 successor.lead = True
         if successor is not None:
             successor.done.set()  # type: ignore[union-attr]  # a waiting slot
-        for s in group:
-            if s.done is not None and s is not slot:
-                s.done.set()
+        for s in group[1:]:
+            s.done.set()  # type: ignore[union-attr]
         return _result(slot.outcome)  # type: ignore[return-value]
 
 
