@@ -103,27 +103,41 @@ class Supervisor:
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--database", default="sqlite",
-                   help="'sqlite' (a file in --out), sqlite:///path, or a PostgreSQL server URL "
-                        "(a fresh database is created on it and dropped afterwards)")
-    p.add_argument("--own-cluster", action="store_true",
-                   help="PostgreSQL: initdb a throwaway cluster on a free port (needed by the "
-                        "restart fault)")
-    p.add_argument("--restart-mode", choices=["fast", "immediate"], default="fast",
-                   help="the restart fault: a clean restart, or a crash (immediate) after which "
-                        "the workers' limiter commits synchronously (see docs/soak.md)")
+    p.add_argument(
+        "--database",
+        default="sqlite",
+        help="'sqlite' (a file in --out), sqlite:///path, or a PostgreSQL server URL "
+        "(a fresh database is created on it and dropped afterwards)",
+    )
+    p.add_argument(
+        "--own-cluster",
+        action="store_true",
+        help="PostgreSQL: initdb a throwaway cluster on a free port (needed by the restart fault)",
+    )
+    p.add_argument(
+        "--restart-mode",
+        choices=["fast", "immediate"],
+        default="fast",
+        help="the restart fault: a clean restart, or a crash (immediate) after which "
+        "the workers' limiter commits synchronously (see docs/soak.md)",
+    )
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--duration", type=float, default=60, help="seconds of load")
-    p.add_argument("--faults", default="all",
-                   help=f"comma list of {','.join(ALL_FAULTS)}, 'all' or 'none'")
+    p.add_argument(
+        "--faults", default="all", help=f"comma list of {','.join(ALL_FAULTS)}, 'all' or 'none'"
+    )
     p.add_argument("--fault-every", type=float, default=4.0, help="seconds between faults")
     p.add_argument("--ttl-ms", type=int, default=2000, help="registry lease TTL")
     p.add_argument("--drain", type=float, default=45, help="seconds allowed to catch up")
     p.add_argument("--pace-ms", type=float, default=5, help="sleep per round of operations")
     p.add_argument("--limit", type=int, default=20, help="limiter: requests per window")
     p.add_argument("--window-ms", type=int, default=1000)
-    p.add_argument("--faces", choices=["both", "sync", "async"], default="both",
-                   help="Foundation or AsyncFoundation nodes (both: odd workers are async)")
+    p.add_argument(
+        "--faces",
+        choices=["both", "sync", "async"],
+        default="both",
+        help="Foundation or AsyncFoundation nodes (both: odd workers are async)",
+    )
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--out", type=Path, default=Path("soak-out"))
     p.add_argument("--keep", action="store_true", help="keep the PostgreSQL database/cluster")
@@ -179,17 +193,39 @@ def main(argv: list[str] | None = None) -> int:
         started = time.time() + 1.0
         deadline = started + args.duration
         base = {
-            "url": worker_url, "direct_url": url, "backend": backend, "out": str(out),
-            "deadline": deadline, "drain_s": args.drain, "ttl_ms": args.ttl_ms,
-            "seed": args.seed, "streams": 6, "limit": args.limit,
-            "window_ms": args.window_ms, "pace_ms": args.pace_ms, "faces": args.faces,
+            "url": worker_url,
+            "direct_url": url,
+            "backend": backend,
+            "out": str(out),
+            "deadline": deadline,
+            "drain_s": args.drain,
+            "ttl_ms": args.ttl_ms,
+            "seed": args.seed,
+            "streams": 6,
+            "limit": args.limit,
+            "window_ms": args.window_ms,
+            "pace_ms": args.pace_ms,
+            "faces": args.faces,
             "restart_mode": args.restart_mode,
         }
-        print(f"soak: {args.workers} workers on {DatabaseURL.parse(url).masked} for "
-              f"{args.duration:.0f} s, faults: {', '.join(enabled) or 'none'}", flush=True)
+        print(
+            f"soak: {args.workers} workers on {DatabaseURL.parse(url).masked} for "
+            f"{args.duration:.0f} s, faults: {', '.join(enabled) or 'none'}",
+            flush=True,
+        )
         workers = Supervisor(args.workers, base, out)
-        faults = Faults(enabled, args.fault_every, deadline, workers, url, args.ttl_ms,
-                        cluster, proxy, args.seed, args.restart_mode)
+        faults = Faults(
+            enabled,
+            args.fault_every,
+            deadline,
+            workers,
+            url,
+            args.ttl_ms,
+            cluster,
+            proxy,
+            args.seed,
+            args.restart_mode,
+        )
         faults.start()
         hang_at = deadline + args.drain + 60
         while workers.tick(restart_until=deadline + args.drain / 2):
@@ -200,13 +236,25 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(0.2)
         faults.join()
         ended = time.time()
-        params = Params(limit=args.limit, window_ms=args.window_ms, max_failures=3,
-                        workers=args.workers, deadline=deadline)
+        params = Params(
+            limit=args.limit,
+            window_ms=args.window_ms,
+            max_failures=3,
+            workers=args.workers,
+            deadline=deadline,
+        )
         results = verify(url, out, params)
         summary = summarize(
-            out, results, backend=backend, workers=args.workers, duration_s=args.duration,
-            wall_s=ended - started, faults=faults, skipped=skipped,
-            crashes=workers.crashes, restarts=workers.restarts,
+            out,
+            results,
+            backend=backend,
+            workers=args.workers,
+            duration_s=args.duration,
+            wall_s=ended - started,
+            faults=faults,
+            skipped=skipped,
+            crashes=workers.crashes,
+            restarts=workers.restarts,
         )
         text = render(summary)
         print(text)

@@ -67,35 +67,56 @@ _LIMIT_ROW = "NEW.key, NEW.algorithm, NEW.window_start_ms, NEW.count, NEW.allowe
 
 # source table -> (short name, audit table, columns, the values written per operation)
 _AUDITED: dict[str, tuple[str, str, str, dict[str, str]]] = {
-    "foundation_breakers": ("breakers", "soak_audit_breakers", _BREAKER_COLS, {
-        "INSERT": "NEW.name, 'insert', NULL, NEW.state, NULL, NEW.failures, NULL, "
-                  "NEW.open_until_ms, NULL, NEW.probe_token, NULL, NEW.probe_until_ms, NULL, "
-                  "NEW.revision, NEW.updated_at_ms, NEW.updated_by",
-        "UPDATE": "NEW.name, 'update', OLD.state, NEW.state, OLD.failures, NEW.failures, "
-                  "OLD.open_until_ms, NEW.open_until_ms, OLD.probe_token, NEW.probe_token, "
-                  "OLD.probe_until_ms, NEW.probe_until_ms, OLD.revision, NEW.revision, "
-                  "NEW.updated_at_ms, NEW.updated_by",
-    }),
-    "foundation_registry": ("registry", "soak_audit_registry", _REGISTRY_COLS, {
-        "INSERT": "'name', 'insert', NEW.name, NULL, NULL, NULL, NULL, NEW.node_id, "
-                  "NEW.lease_generation, NEW.epoch, NEW.expires_at, NEW.registered_at, "
-                  "NEW.updated_at",
-        "UPDATE": "'name', 'update', NEW.name, OLD.node_id, OLD.lease_generation, OLD.epoch, "
-                  "OLD.expires_at, NEW.node_id, NEW.lease_generation, NEW.epoch, "
-                  "NEW.expires_at, NEW.registered_at, NEW.updated_at",
-    }),
-    "foundation_leases": ("leases", "soak_audit_registry", _REGISTRY_COLS, {
-        "INSERT": "'lease', 'insert', NULL, NULL, NULL, NULL, NULL, NEW.node_id, "
-                  "NEW.generation, NULL, NEW.expires_at, NULL, NEW.renewed_at",
-        "UPDATE": "'lease', 'update', NULL, OLD.node_id, OLD.generation, NULL, "
-                  "OLD.expires_at, NEW.node_id, NEW.generation, NULL, NEW.expires_at, NULL, "
-                  "NEW.renewed_at",
-        "DELETE": "'lease', 'delete', NULL, OLD.node_id, OLD.generation, NULL, "
-                  "OLD.expires_at, NULL, NULL, NULL, NULL, NULL, NULL",
-    }),
-    "foundation_rate_limits": ("limits", "soak_audit_limits", _LIMIT_COLS, {
-        "INSERT": _LIMIT_ROW, "UPDATE": _LIMIT_ROW,
-    }),
+    "foundation_breakers": (
+        "breakers",
+        "soak_audit_breakers",
+        _BREAKER_COLS,
+        {
+            "INSERT": "NEW.name, 'insert', NULL, NEW.state, NULL, NEW.failures, NULL, "
+            "NEW.open_until_ms, NULL, NEW.probe_token, NULL, NEW.probe_until_ms, NULL, "
+            "NEW.revision, NEW.updated_at_ms, NEW.updated_by",
+            "UPDATE": "NEW.name, 'update', OLD.state, NEW.state, OLD.failures, NEW.failures, "
+            "OLD.open_until_ms, NEW.open_until_ms, OLD.probe_token, NEW.probe_token, "
+            "OLD.probe_until_ms, NEW.probe_until_ms, OLD.revision, NEW.revision, "
+            "NEW.updated_at_ms, NEW.updated_by",
+        },
+    ),
+    "foundation_registry": (
+        "registry",
+        "soak_audit_registry",
+        _REGISTRY_COLS,
+        {
+            "INSERT": "'name', 'insert', NEW.name, NULL, NULL, NULL, NULL, NEW.node_id, "
+            "NEW.lease_generation, NEW.epoch, NEW.expires_at, NEW.registered_at, "
+            "NEW.updated_at",
+            "UPDATE": "'name', 'update', NEW.name, OLD.node_id, OLD.lease_generation, OLD.epoch, "
+            "OLD.expires_at, NEW.node_id, NEW.lease_generation, NEW.epoch, "
+            "NEW.expires_at, NEW.registered_at, NEW.updated_at",
+        },
+    ),
+    "foundation_leases": (
+        "leases",
+        "soak_audit_registry",
+        _REGISTRY_COLS,
+        {
+            "INSERT": "'lease', 'insert', NULL, NULL, NULL, NULL, NULL, NEW.node_id, "
+            "NEW.generation, NULL, NEW.expires_at, NULL, NEW.renewed_at",
+            "UPDATE": "'lease', 'update', NULL, OLD.node_id, OLD.generation, NULL, "
+            "OLD.expires_at, NEW.node_id, NEW.generation, NULL, NEW.expires_at, NULL, "
+            "NEW.renewed_at",
+            "DELETE": "'lease', 'delete', NULL, OLD.node_id, OLD.generation, NULL, "
+            "OLD.expires_at, NULL, NULL, NULL, NULL, NULL, NULL",
+        },
+    ),
+    "foundation_rate_limits": (
+        "limits",
+        "soak_audit_limits",
+        _LIMIT_COLS,
+        {
+            "INSERT": _LIMIT_ROW,
+            "UPDATE": _LIMIT_ROW,
+        },
+    ),
 }
 
 
@@ -229,8 +250,21 @@ class OwnCluster:
             f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c max_connections=200"
         )
         assert self._pg_ctl is not None
-        self._run([self._pg_ctl, "-D", str(self.dir / "data"), "-l", str(self.dir / "log"),
-                   "-m", mode, "-w", "-o", options, action])
+        self._run(
+            [
+                self._pg_ctl,
+                "-D",
+                str(self.dir / "data"),
+                "-l",
+                str(self.dir / "log"),
+                "-m",
+                mode,
+                "-w",
+                "-o",
+                options,
+                action,
+            ]
+        )
 
     @property
     def url(self) -> str:

@@ -71,8 +71,11 @@ class Faults:
 
     def _run(self) -> None:
         actions: dict[str, Callable[[], Any]] = {
-            "kill": self.kill, "stop": self.stop, "terminate": self.terminate,
-            "restart": self.restart, "slow": self.slow,
+            "kill": self.kill,
+            "stop": self.stop,
+            "terminate": self.terminate,
+            "restart": self.restart,
+            "slow": self.slow,
         }
         time.sleep(min(self.every_s, 2.0))  # let the workers start first
         # How long each fault lasts: none may run past the deadline, so that the drain
@@ -89,8 +92,9 @@ class Faults:
                 continue
             if detail is not None:
                 self.counts[name] += 1
-                self.log.append({"fault": name, "at": began, "took_s": time.time() - began,
-                                 "detail": detail})
+                self.log.append(
+                    {"fault": name, "at": began, "took_s": time.time() - began, "detail": detail}
+                )
             time.sleep(self.every_s)
 
     def _victim(self) -> int | None:

@@ -35,19 +35,34 @@ def _totals(out: Path) -> Counter[str]:
 
 
 def summarize(
-    out: Path, results: list[dict[str, Any]], *, backend: str, workers: int, duration_s: float,
-    wall_s: float, faults: Any, skipped: list[str], crashes: list[str], restarts: int,
+    out: Path,
+    results: list[dict[str, Any]],
+    *,
+    backend: str,
+    workers: int,
+    duration_s: float,
+    wall_s: float,
+    faults: Any,
+    skipped: list[str],
+    crashes: list[str],
+    restarts: int,
 ) -> dict[str, Any]:
     totals = _totals(out)
     components = {
-        name: {"operations": sum(totals[k] for k in keys),
-               "per_s": round(sum(totals[k] for k in keys) / duration_s, 1)}
+        name: {
+            "operations": sum(totals[k] for k in keys),
+            "per_s": round(sum(totals[k] for k in keys) / duration_s, 1),
+        }
         for name, keys in COMPONENTS.items()
     }
     errors = {k: v for k, v in sorted(totals.items()) if k.startswith(("error.", "escape."))}
-    crash_check = {"name": "workers.no_crash_or_hang", "what": "no worker died on its own "
-                   "or hung", "checked": workers, "violations": len(crashes),
-                   "examples": crashes[:20]}
+    crash_check = {
+        "name": "workers.no_crash_or_hang",
+        "what": "no worker died on its own or hung",
+        "checked": workers,
+        "violations": len(crashes),
+        "examples": crashes[:20],
+    }
     invariants = [*results, crash_check]
     return {
         "backend": backend,
@@ -86,8 +101,10 @@ def render(s: dict[str, Any]) -> str:
         "",
         "| invariant | checked | violations | exercised |",
         "|---|---:|---:|---|",
-        *(f"| {i['name']} | {i['checked']} | {i['violations']} | {_exercised(i)} |"
-          for i in s["invariants"]),
+        *(
+            f"| {i['name']} | {i['checked']} | {i['violations']} | {_exercised(i)} |"
+            for i in s["invariants"]
+        ),
         "",
         f"**violations: {s['violations']}**",
     ]
@@ -99,6 +116,9 @@ def render(s: dict[str, Any]) -> str:
         for example in i["examples"]:
             lines.append(f"- {i['name']}: {example[:500]}")
     if s["errors_seen_by_callers"]:
-        lines += ["", "FoundationErrors callers saw (expected under faults): "
-                  + json.dumps(s["errors_seen_by_callers"])]
+        lines += [
+            "",
+            "FoundationErrors callers saw (expected under faults): "
+            + json.dumps(s["errors_seen_by_callers"]),
+        ]
     return "\n".join(lines) + "\n"

@@ -52,9 +52,14 @@ class Check:
         self.violations.append(message)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "what": self.what, "checked": self.checked,
-                "violations": len(self.violations), "exercised": dict(self.exercised),
-                "examples": self.violations[:MAX_SHOWN]}
+        return {
+            "name": self.name,
+            "what": self.what,
+            "checked": self.checked,
+            "violations": len(self.violations),
+            "exercised": dict(self.exercised),
+            "examples": self.violations[:MAX_SHOWN],
+        }
 
 
 def read_acks(out: Path) -> dict[tuple[int, int], list[dict[str, Any]]]:
@@ -73,8 +78,12 @@ def read_acks(out: Path) -> dict[tuple[int, int], list[dict[str, Any]]]:
 
 
 def _kind(runs: dict[tuple[int, int], list[dict[str, Any]]], kind: str) -> list[dict[str, Any]]:
-    return [{**line, "wid": w, "run": r} for (w, r), lines in runs.items()
-            for line in lines if line["k"] == kind]
+    return [
+        {**line, "wid": w, "run": r}
+        for (w, r), lines in runs.items()
+        for line in lines
+        if line["k"] == kind
+    ]
 
 
 def _ts(value: Any) -> datetime | None:
@@ -117,11 +126,17 @@ def verify(url: str, out: Path, params: Params) -> list[dict[str, Any]]:
 
 
 def events_once(q: Any, runs: Any) -> Check:
-    c = Check("events.acked_once", "every acknowledged event is in the log exactly once, "
-              "at the position, stream and version it was acknowledged with")
+    c = Check(
+        "events.acked_once",
+        "every acknowledged event is in the log exactly once, "
+        "at the position, stream and version it was acknowledged with",
+    )
     acked = _kind(runs, "event")
-    rows = q("SELECT id, position, stream_id, stream_version, count(*) OVER (PARTITION BY id) "
-             "FROM foundation_events WHERE type LIKE ?", ("soak.%",))
+    rows = q(
+        "SELECT id, position, stream_id, stream_version, count(*) OVER (PARTITION BY id) "
+        "FROM foundation_events WHERE type LIKE ?",
+        ("soak.%",),
+    )
     by_id = {r[0]: r for r in rows}
     for r in rows:
         if r[4] != 1:
@@ -132,8 +147,10 @@ def events_once(q: Any, runs: Any) -> Check:
         if row is None:
             c.fail(f"acknowledged event {ack['id']} (worker {ack['wid']}) is not in the log")
         elif (row[1], row[2], row[3]) != (ack["pos"], ack["stream"], ack["version"]):
-            c.fail(f"event {ack['id']}: acked {ack['pos']}/{ack['stream']}@{ack['version']}, "
-                   f"logged {row[1]}/{row[2]}@{row[3]}")
+            c.fail(
+                f"event {ack['id']}: acked {ack['pos']}/{ack['stream']}@{ack['version']}, "
+                f"logged {row[1]}/{row[2]}@{row[3]}"
+            )
     return c
 
 
@@ -150,8 +167,11 @@ def streams_contiguous(q: Any) -> Check:
 
 
 def subscriptions(q: Any, runs: Any) -> Check:
-    c = Check("subscriptions.no_gap", "each subscription saw every event of its types at "
-              "least once (none missing below its checkpoint, and it caught up), nothing else")
+    c = Check(
+        "subscriptions.no_gap",
+        "each subscription saw every event of its types at "
+        "least once (none missing below its checkpoint, and it caught up), nothing else",
+    )
     seen: dict[str, set[int]] = defaultdict(set)
     consumers: dict[str, set[int]] = defaultdict(set)
     for line in _kind(runs, "seen"):
@@ -166,10 +186,13 @@ def subscriptions(q: Any, runs: Any) -> Check:
         followed.update(subscriptions_of(wid))
     for name, types in followed.items():
         marks = ",".join("?" for _ in types)
-        wanted = {r[0] for r in q(
-            f"SELECT position FROM foundation_events WHERE type IN ({marks})",  # noqa: S608 (only ?)
-            tuple(types),
-        )}
+        wanted = {
+            r[0]
+            for r in q(
+                f"SELECT position FROM foundation_events WHERE type IN ({marks})",  # noqa: S608 (only ?)
+                tuple(types),
+            )
+        }
         checkpoint = int(checkpoints.get(name, 0))
         got = seen[name]
         c.checked += len(wanted)
@@ -177,19 +200,26 @@ def subscriptions(q: Any, runs: Any) -> Check:
         behind = sorted(p for p in wanted - got if p > checkpoint)
         foreign = sorted(got - wanted)
         if gaps:
-            c.fail(f"{name}: {len(gaps)} events below checkpoint {checkpoint} never delivered: "
-                   f"{gaps[:10]}")
+            c.fail(
+                f"{name}: {len(gaps)} events below checkpoint {checkpoint} never delivered: "
+                f"{gaps[:10]}"
+            )
         if behind:
-            c.fail(f"{name}: did not catch up: {len(behind)} events after checkpoint "
-                   f"{checkpoint}: {behind[:10]}")
+            c.fail(
+                f"{name}: did not catch up: {len(behind)} events after checkpoint "
+                f"{checkpoint}: {behind[:10]}"
+            )
         if foreign:
             c.fail(f"{name}: delivered {len(foreign)} events not of its types: {foreign[:10]}")
     return c
 
 
 def limiter(q: Any, runs: Any, params: Params) -> Check:
-    c = Check("limiter.window_limit", f"no fixed window admitted more than {params.limit} "
-              "(audited decisions; acked admissions that surely fell in one window)")
+    c = Check(
+        "limiter.window_limit",
+        f"no fixed window admitted more than {params.limit} "
+        "(audited decisions; acked admissions that surely fell in one window)",
+    )
     for key, start, allowed in q(
         "SELECT key, window_start_ms, count(*) FROM soak_audit_limits WHERE allowed "
         "GROUP BY key, window_start_ms"
@@ -217,16 +247,31 @@ def limiter(q: Any, runs: Any, params: Params) -> Check:
 
 
 def breaker(q: Any, params: Params) -> Check:
-    c = Check("breaker.transitions", "the shared breaker's row versions form a valid sequence "
-              "(closed→open at max_failures, open→half_open once due, one probe per half-open)")
+    c = Check(
+        "breaker.transitions",
+        "the shared breaker's row versions form a valid sequence "
+        "(closed→open at max_failures, open→half_open once due, one probe per half-open)",
+    )
     rows = q(
         "SELECT op, old_state, new_state, old_failures, new_failures, old_open_until_ms, "
         "old_probe_token, new_probe_token, old_probe_until_ms, old_revision, new_revision, "
         "updated_at_ms FROM soak_audit_breakers WHERE name = 'soak-dep' ORDER BY new_revision"
     )
     previous = 0
-    for (op, old, new, old_f, new_f, open_until, old_tok, new_tok, probe_until,
-         old_rev, new_rev, at) in rows:
+    for (
+        op,
+        old,
+        new,
+        old_f,
+        new_f,
+        open_until,
+        old_tok,
+        new_tok,
+        probe_until,
+        old_rev,
+        new_rev,
+        at,
+    ) in rows:
         c.checked += 1
         where = f"revision {new_rev}"
         if new_rev != previous + 1 or (op == "update" and old_rev != previous):
@@ -247,8 +292,10 @@ def breaker(q: Any, params: Params) -> Check:
         else:
             ok = (old, new) in (("half_open", "closed"), ("half_open", "open"))
         if not ok:
-            c.fail(f"{where}: {old}→{new} (failures {old_f}→{new_f}, at {at}, open until "
-                   f"{open_until}, probe until {probe_until})")
+            c.fail(
+                f"{where}: {old}→{new} (failures {old_f}→{new_f}, at {at}, open until "
+                f"{open_until}, probe until {probe_until})"
+            )
     return c
 
 
@@ -260,16 +307,33 @@ class _Lease:
 
 def registry(q: Any, runs: Any) -> tuple[Check, Check]:
     """Replay names and leases in the order their statements ran (one audit sequence)."""
-    owners = Check("registry.one_live_owner", "no name was taken while its previous "
-                   "owner's lease generation was live; epochs +1 per registration; every "
-                   "acked registration is in the history")
-    renewals = Check("registry.leases", "a lease is renewed only while live; its "
-                     "generation only grows")
+    owners = Check(
+        "registry.one_live_owner",
+        "no name was taken while its previous "
+        "owner's lease generation was live; epochs +1 per registration; every "
+        "acked registration is in the history",
+    )
+    renewals = Check(
+        "registry.leases", "a lease is renewed only while live; its generation only grows"
+    )
     live: dict[tuple[str, int], _Lease] = {}
     recorded = set()
     registered_at: dict[tuple[str, int], datetime] = {}
-    for (kind, op, name, old_node, old_gen, old_epoch, old_expires, new_node, new_gen,
-         new_epoch, new_expires, registered, updated) in q(
+    for (
+        kind,
+        op,
+        name,
+        old_node,
+        old_gen,
+        old_epoch,
+        old_expires,
+        new_node,
+        new_gen,
+        new_epoch,
+        new_expires,
+        registered,
+        updated,
+    ) in q(
         "SELECT kind, op, name, old_node, old_gen, old_epoch, old_expires_at, new_node, "
         "new_gen, new_epoch, new_expires_at, registered_at, updated_at "
         "FROM soak_audit_registry ORDER BY id"
@@ -281,8 +345,10 @@ def registry(q: Any, runs: Any) -> tuple[Check, Check]:
             elif op == "update" and new_gen == old_gen:
                 renewals.exercised["renewals"] += 1
                 if _ts(old_expires) <= _ts(updated):
-                    renewals.fail(f"{new_node} gen {new_gen} renewed at {updated} after it "
-                                  f"expired at {old_expires}")
+                    renewals.fail(
+                        f"{new_node} gen {new_gen} renewed at {updated} after it "
+                        f"expired at {old_expires}"
+                    )
                 live.setdefault((new_node, new_gen), _Lease(_ts(new_expires))).expires = _ts(
                     new_expires
                 )
@@ -314,14 +380,18 @@ def registry(q: Any, runs: Any) -> tuple[Check, Check]:
         if lease is None:
             owners.fail(f"{name} epoch {new_epoch}: no lease history for {old_node} gen {old_gen}")
         elif not lease.ended and lease.expires > at:
-            owners.fail(f"{name} epoch {new_epoch} taken by {new_node} at {at} while "
-                        f"{old_node} gen {old_gen} (epoch {old_epoch}) was live until "
-                        f"{lease.expires}")
+            owners.fail(
+                f"{name} epoch {new_epoch} taken by {new_node} at {at} while "
+                f"{old_node} gen {old_gen} (epoch {old_epoch}) was live until "
+                f"{lease.expires}"
+            )
     for ack in _kind(runs, "register"):
         owners.checked += 1
         if (ack["name"], ack["epoch"], ack["node"]) not in recorded:
-            owners.fail(f"acked registration {ack['name']} epoch {ack['epoch']} by "
-                        f"{ack['node']} is not in the registry's history")
+            owners.fail(
+                f"acked registration {ack['name']} epoch {ack['epoch']} by "
+                f"{ack['node']} is not in the registry's history"
+            )
     # A node's belief: owns() said True, asked at ``asked``, for epoch e. The next epoch
     # registered before that moment would make two live owners at once.
     for ack in _kind(runs, "owns"):
@@ -329,21 +399,27 @@ def registry(q: Any, runs: Any) -> tuple[Check, Check]:
         owners.exercised["owns_beliefs"] += 1
         nxt = registered_at.get((ack["name"], ack["epoch"] + 1))
         if nxt is not None and nxt.timestamp() < ack["asked"]:
-            owners.fail(f"worker {ack['wid']} still owned {ack['name']} epoch {ack['epoch']} "
-                        f"at {ack['asked']:.3f}, after epoch {ack['epoch'] + 1} was registered "
-                        f"at {nxt.timestamp():.3f}")
+            owners.fail(
+                f"worker {ack['wid']} still owned {ack['name']} epoch {ack['epoch']} "
+                f"at {ack['asked']:.3f}, after epoch {ack['epoch'] + 1} was registered "
+                f"at {nxt.timestamp():.3f}"
+            )
     return owners, renewals
 
 
 def config_history(q: Any, runs: Any) -> Check:
-    c = Check("config.history", "every acknowledged config set is in the history; each key's "
-              "history is one chain (revisions 1..n, each old value the previous new), each "
-              "link once in the event log as foundation.config.changed")
+    c = Check(
+        "config.history",
+        "every acknowledged config set is in the history; each key's "
+        "history is one chain (revisions 1..n, each old value the previous new), each "
+        "link once in the event log as foundation.config.changed",
+    )
     history: set[tuple[str, str]] = set()
     previous: dict[str, tuple[int, Any]] = {}
     for key, old, new, revision in q(
         "SELECT key, old_value, new_value, revision FROM foundation_config_history "
-        "WHERE key LIKE ? ORDER BY key, revision", ("soak.%",)
+        "WHERE key LIKE ? ORDER BY key, revision",
+        ("soak.%",),
     ):
         c.checked += 1
         old, new = _json(old), _json(new)
@@ -354,16 +430,18 @@ def config_history(q: Any, runs: Any) -> Check:
         previous[key] = (revision, new)
     # Each change is also in the event log, once (the audit trail is one log).
     logged: Counter[tuple[str, int]] = Counter()
-    for (data,) in q("SELECT data FROM foundation_events WHERE type = ?",
-                     ("foundation.config.changed",)):
+    for (data,) in q(
+        "SELECT data FROM foundation_events WHERE type = ?", ("foundation.config.changed",)
+    ):
         data = _json(data)
         logged[(data["key"], int(data["revision"]))] += 1
     for key, (last, _value) in previous.items():
         for revision in range(1, last + 1):
             c.checked += 1
             if logged[(key, revision)] != 1:
-                c.fail(f"{key} revision {revision} is in the event log "
-                       f"{logged[(key, revision)]} times")
+                c.fail(
+                    f"{key} revision {revision} is in the event log {logged[(key, revision)]} times"
+                )
     for ack in _kind(runs, "config"):
         c.checked += 1
         if (ack["key"], json.dumps(ack["value"], sort_keys=True)) not in history:
@@ -372,10 +450,15 @@ def config_history(q: Any, runs: Any) -> Check:
 
 
 def caches_converged(q: Any, runs: Any) -> Check:
-    c = Check("caches.converged", "every node's caches (config, registry names, breaker) "
-              "came to what the database held, and its config is the final config")
-    truth = {k: _json(v) for k, v in q(
-        "SELECT key, value FROM foundation_config WHERE key LIKE ?", ("soak.%",))}
+    c = Check(
+        "caches.converged",
+        "every node's caches (config, registry names, breaker) "
+        "came to what the database held, and its config is the final config",
+    )
+    truth = {
+        k: _json(v)
+        for k, v in q("SELECT key, value FROM foundation_config WHERE key LIKE ?", ("soak.%",))
+    }
     last_run: dict[int, int] = {}
     for wid, run in runs:
         last_run[wid] = max(run, last_run.get(wid, -1))
@@ -387,8 +470,9 @@ def caches_converged(q: Any, runs: Any) -> Check:
             continue
         final = finals[-1]
         if not final["converged"]:
-            c.fail(f"worker {wid}: caches {final['cached']} never matched the database "
-                   f"{final['db']}")
+            c.fail(
+                f"worker {wid}: caches {final['cached']} never matched the database {final['db']}"
+            )
         config = {k: v for k, v in final["cached"]["config"].items() if v is not None}
         if config != truth:
             c.fail(f"worker {wid} ended with config {config}, the database holds {truth}")
@@ -405,8 +489,11 @@ def no_escapes(runs: Any) -> Check:
 
 
 def progress(runs: Any, params: Params) -> Check:
-    c = Check("workers.progress", f"no worker's calls stood still for {STALL_S:.0f} s before "
-              "the deadline (a hang inside the library: a stuck pool, a lost wake-up)")
+    c = Check(
+        "workers.progress",
+        f"no worker's calls stood still for {STALL_S:.0f} s before "
+        "the deadline (a hang inside the library: a stuck pool, a lost wake-up)",
+    )
     for (wid, run), lines in runs.items():
         started = [line["t"] for line in lines if line["k"] == "start"]
         if not started:
@@ -422,7 +509,9 @@ def progress(runs: Any, params: Params) -> Check:
             if total != last:
                 moved_at, last = line["t"], total
             elif line["t"] - moved_at > STALL_S:
-                c.fail(f"worker {wid} run {run}: no call returned from {moved_at:.0f} to "
-                       f"{line['t']:.0f}")
+                c.fail(
+                    f"worker {wid} run {run}: no call returned from {moved_at:.0f} to "
+                    f"{line['t']:.0f}"
+                )
                 break
     return c

@@ -132,8 +132,11 @@ class Worker:
         except Exception as exc:
             self.counts[f"escape.{op}"] += 1
             self.acks.write(
-                "escape", op=op, type=type(exc).__module__ + "." + type(exc).__name__,
-                msg=str(exc)[:300], tb=traceback.format_exc()[-1500:],
+                "escape",
+                op=op,
+                type=type(exc).__module__ + "." + type(exc).__name__,
+                msg=str(exc)[:300],
+                tb=traceback.format_exc()[-1500:],
             )
 
     def open(self) -> Any:
@@ -142,14 +145,19 @@ class Worker:
             try:
                 face = AsyncFoundation if self.o["face"] == "async" else Foundation
                 # Built inside do(): an AsyncFoundation belongs to the loop's thread.
-                return self.do(lambda: face(  # noqa: B023 (called at once)
-                    self.o["url"], migrate="skip", registry_ttl_ms=self.o["ttl_ms"],
-                    pool_max_size=4, connect_timeout_s=5,
-                    rate_limiter_on_storage_error="closed",
-                    # Crash restarts (--restart-mode immediate) lose the limiter's
-                    # asynchronous commits, by design: then the soak wants them durable.
-                    rate_limiter_fast_commit=self.o["restart_mode"] != "immediate",
-                ))
+                return self.do(
+                    lambda: face(  # noqa: B023 (called at once)
+                        self.o["url"],
+                        migrate="skip",
+                        registry_ttl_ms=self.o["ttl_ms"],
+                        pool_max_size=4,
+                        connect_timeout_s=5,
+                        rate_limiter_on_storage_error="closed",
+                        # Crash restarts (--restart-mode immediate) lose the limiter's
+                        # asynchronous commits, by design: then the soak wants them durable.
+                        rate_limiter_fast_commit=self.o["restart_mode"] != "immediate",
+                    )
+                )
             except FoundationError as exc:
                 self.counts[f"error.start.{exc.code}"] += 1
                 if time.time() > self.o["deadline"] + self.o["drain_s"]:
@@ -172,8 +180,13 @@ class Worker:
         expected = self.versions.get(stream, 0)
         while time.time() < self.o["deadline"] + 1:  # then give up: the outcome stays unknown
             try:
-                event = {"id": event_id, "type": kind, "stream_id": stream,
-                         "expected_version": expected, "data": data}
+                event = {
+                    "id": event_id,
+                    "type": kind,
+                    "stream_id": stream,
+                    "expected_version": expected,
+                    "data": data,
+                }
                 record = self.do(lambda: self.fdn.events.store(event))  # noqa: B023
             except ConcurrencyError as exc:
                 self.counts["events.conflicts"] += 1
@@ -187,8 +200,12 @@ class Worker:
                 continue
             self.versions[stream] = int(record.stream_version or 0)
             self.acks.write(
-                "event", id=event_id, pos=record.position, stream=stream,
-                version=record.stream_version, type=kind,
+                "event",
+                id=event_id,
+                pos=record.position,
+                stream=stream,
+                version=record.stream_version,
+                type=kind,
             )
             self.counts["events"] += 1
             return
@@ -211,10 +228,14 @@ class Worker:
         asked = time.time()
         admitted: list[float] = []
         try:
-            self.do(lambda: self.fdn.rate_limiter.execute(
-                lambda: admitted.append(time.time()), key="soak-api",
-                max_requests=self.o["limit"], interval=self.o["window_ms"],
-            ))
+            self.do(
+                lambda: self.fdn.rate_limiter.execute(
+                    lambda: admitted.append(time.time()),
+                    key="soak-api",
+                    max_requests=self.o["limit"],
+                    interval=self.o["window_ms"],
+                )
+            )
         except RateLimitedError:
             self.counts["limiter.rejected"] += 1
             return
@@ -233,9 +254,11 @@ class Worker:
 
         asked = time.time()
         try:
-            self.do(lambda: self.fdn.circuit_breaker.execute(
-                dependency, name="soak-dep", max_failures=3, reset_timeout=300, timeout=2000
-            ))
+            self.do(
+                lambda: self.fdn.circuit_breaker.execute(
+                    dependency, name="soak-dep", max_failures=3, reset_timeout=300, timeout=2000
+                )
+            )
             outcome = "ok"
         except Down:
             outcome = "failed"
@@ -313,10 +336,16 @@ class Worker:
                 self.do(sub.stop)
                 self.subs[name] = None
             try:
-                self.subs[name] = self.do(lambda: self.fdn.events.subscribe(
-                    name, self.handler(name), types=types,  # noqa: B023 (run at once)
-                    lease_ms=3000, poll_interval_ms=200, retry_backoff_ms=50,
-                ))
+                self.subs[name] = self.do(
+                    lambda name=name, types=types: self.fdn.events.subscribe(
+                        name,
+                        self.handler(name),
+                        types=types,
+                        lease_ms=3000,
+                        poll_interval_ms=200,
+                        retry_backoff_ms=50,
+                    )
+                )
                 if name == SHARED_SUB:
                     self.counts["subscription.shared_taken"] += 1
             except AlreadyRegisteredError:  # another holder's lease has not run out yet
@@ -329,9 +358,12 @@ class Worker:
         self.fdn = self.open()
         self.acks.write("start", node=self.fdn.settings.node_id, pid=os.getpid())
         ops = [
-            ("events", self.store_event), ("config", self.config_op),
-            ("limiter", self.limiter_op), ("breaker", self.breaker_op),
-            ("registry", self.registry_op), ("subscription", self.subscription_op),
+            ("events", self.store_event),
+            ("config", self.config_op),
+            ("limiter", self.limiter_op),
+            ("breaker", self.breaker_op),
+            ("registry", self.registry_op),
+            ("subscription", self.subscription_op),
         ]
         pace = self.o["pace_ms"] / 1000
         while time.time() < self.o["deadline"]:
@@ -402,11 +434,17 @@ class Worker:
         """What this node's caches say of the soak's config keys, names and breaker."""
         assert self.fdn is not None
         fdn = self.fdn
-        return dict(self.do(lambda: {
-            "config": {k: fdn.config.get(k, None) for k in CONFIG_KEYS},
-            "registry": {e.name: [e.node, e.epoch] for e in fdn.service_registry.list("soak-")},
-            "breaker": fdn.circuit_breaker.state("soak-dep"),
-        }))
+        return dict(
+            self.do(
+                lambda: {
+                    "config": {k: fdn.config.get(k, None) for k in CONFIG_KEYS},
+                    "registry": {
+                        e.name: [e.node, e.epoch] for e in fdn.service_registry.list("soak-")
+                    },
+                    "breaker": fdn.circuit_breaker.state("soak-dep"),
+                }
+            )
+        )
 
     def db_view(self) -> dict[str, Any]:
         """The same, as the database holds it, read with a plain connection."""
@@ -426,8 +464,11 @@ class Worker:
             registry = {name: [node, int(epoch)] for name, node, epoch in cur.fetchall()}
             cur.execute("SELECT state FROM foundation_breakers WHERE name = 'soak-dep'")
             row = cur.fetchone()
-        return {"config": config, "registry": registry,
-                "breaker": "closed" if row is None else row[0]}
+        return {
+            "config": config,
+            "registry": registry,
+            "breaker": "closed" if row is None else row[0],
+        }
 
 
 def main() -> None:
@@ -437,7 +478,10 @@ def main() -> None:
         worker.run()
     except Exception as exc:
         worker.acks.write(
-            "escape", op="worker", type=type(exc).__name__, msg=str(exc)[:300],
+            "escape",
+            op="worker",
+            type=type(exc).__name__,
+            msg=str(exc)[:300],
             tb=traceback.format_exc()[-2000:],
         )
         raise

@@ -34,7 +34,10 @@ SHORT = ["--workers", "3", "--duration", "30", "--fault-every", "2", "--drain", 
 def soak(out: Path, *args: str) -> dict[str, Any]:
     proc = subprocess.run(
         [sys.executable, str(SCRIPTS / "soak.py"), *SHORT, *args, "--out", str(out)],
-        capture_output=True, text=True, timeout=300, check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     report = out / "report.json"
     assert report.exists(), f"the soak produced no report:\n{proc.stdout}\n{proc.stderr[-3000:]}"
@@ -83,8 +86,9 @@ def test_soak_on_postgresql(postgres_server: str, tmp_path: Path) -> None:
         report = soak(tmp_path, "--own-cluster")
         assert_clean(report, ["kill", "stop", "terminate", "restart", "slow"])
     else:  # no initdb here: every fault but the server restart, on the test server
-        report = soak(tmp_path, "--database", postgres_server,
-                      "--faults", "kill,stop,terminate,slow")
+        report = soak(
+            tmp_path, "--database", postgres_server, "--faults", "kill,stop,terminate,slow"
+        )
         assert_clean(report, ["kill", "stop", "terminate", "slow"])
 
 
@@ -92,8 +96,14 @@ def _forge(out: Path) -> None:
     """Claims no database backs, and history rows no valid run can write."""
     t = 2_000_000_000.1  # one limiter window, far from the soak's
     lines = [
-        {"k": "event", "id": str(uuid.uuid4()), "pos": 1, "stream": "soak-s0", "version": 1,
-         "type": "soak.order"},
+        {
+            "k": "event",
+            "id": str(uuid.uuid4()),
+            "pos": 1,
+            "stream": "soak-s0",
+            "version": 1,
+            "type": "soak.order",
+        },
         *({"k": "admit", "asked": t, "at": t} for _ in range(25)),
         {"k": "register", "name": "soak-leader-0", "epoch": 999, "node": "nobody"},
         {"k": "owns", "name": "forged-name", "epoch": 1, "asked": t},
@@ -161,7 +171,9 @@ def test_the_verifier_catches_forged_claims(
         "limiter.window_limit": ["25 acknowledged admissions"],
         "breaker.transitions": ["closed→half_open"],
         "registry.one_live_owner": [
-            "forged-name epoch 2 taken by thief", "soak-leader-0 epoch 999", "still owned"
+            "forged-name epoch 2 taken by thief",
+            "soak-leader-0 epoch 999",
+            "still owned",
         ],
         "registry.leases": ["renewed at"],
         "config.history": ["not in history"],
