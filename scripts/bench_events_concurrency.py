@@ -97,7 +97,11 @@ def events_store_concurrent(ctx: Context) -> BenchOutput:
     per_writer = ctx.n(40, 5)
     with ctx.pg_database() as url, _foundation(url, pool_max_size=WRITERS) as fdn:
         store = fdn.events.store
-        _one_writer_round(store, 50)  # warm up connections and plans
+        # Warm every pooled connection: each session prepares its statements and caches
+        # the function's plans after a few calls, and the pool hands connections round.
+        for _ in range(3):
+            _threads_round(store, per_writer)
+            _one_writer_round(store, WRITERS * per_writer // 4)
         threads, single = [], []
         for _ in range(rounds):
             threads.append(_threads_round(store, per_writer))
