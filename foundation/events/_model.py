@@ -167,7 +167,13 @@ def _as_mapping(event: Any) -> Mapping[str, Any]:
     if isinstance(event, Mapping):
         return event
     if isinstance(event, pydantic.BaseModel):
-        return event.model_dump(mode="json", exclude_unset=False)
+        try:
+            return event.model_dump(mode="json", exclude_unset=False)
+        except (ValueError, TypeError) as exc:  # PydanticSerializationError is a ValueError
+            raise EventError(
+                f"event model {type(event).__name__} cannot be turned into JSON: {exc}",
+                context={"type": type(event).__name__},
+            ) from None
     if dataclasses.is_dataclass(event) and not isinstance(event, type):
         return {f.name: getattr(event, f.name) for f in dataclasses.fields(event)}
     raise EventError(
@@ -355,22 +361,47 @@ def _fail(key: str, expected: str, value: Any) -> EventError:
 
 
 def _ts(key: str, value: Any) -> datetime:
+    """The criterion in UTC; a naive datetime is taken as UTC, the zone of the log."""
     if not isinstance(value, datetime):
         raise _fail(key, "a datetime", value)
-    # A naive datetime is taken as UTC, the zone the log records in.
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC) if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    except OverflowError:  # within hours of datetime.min or max in another zone
+        raise EventError(
+            f"criterion {key!r} is out of range in UTC",
+            context={"criterion": key, "value": repr(value)[:200]},
+        ) from None
+
+
+_MAX_POSITION = 2**63 - 1  # BIGINT, the positions' column on both databases
 
 
 def _position(key: str, value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise _fail(key, "an int >= 0", value)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= _MAX_POSITION:
+        raise _fail(key, f"an int from 0 to {_MAX_POSITION}", value)
     return value
 
 
 def _text(key: str, value: Any) -> str:
     if not isinstance(value, str):
         raise _fail(key, "a string", value)
+    if "\x00" in value or not utf8(value):
+        raise EventError(
+            f"criterion {key!r} must be text without NUL characters or lone surrogates",
+            context={"criterion": key, "value": repr(value)[:200]},
+        )
     return value
+
+
+def utf8(value: str) -> bool:
+    """Whether ``value`` encodes as UTF-8 (no lone surrogates)."""
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def parse_criteria(
@@ -405,7 +436,7 @@ def parse_criteria(
             shape.append(key)
     for key in ("after", "before"):
         if merged.get(key) is not None:
-            params[key] = ts(_ts(key, merged[key]).astimezone(UTC))
+            params[key] = ts(_ts(key, merged[key]))
             shape.append(key)
     for key in ("after_position", "before_position"):
         if merged.get(key) is not None:

@@ -405,6 +405,7 @@ class Events(_EventsBase):
     def read_stream(self, stream_id: str, from_version: int = 0) -> list[RecordedEvent]:
         """The events of one stream with ``stream_version >= from_version``, in order."""
         _check_version_arg(from_version)
+        _check_id_arg("stream_id", stream_id)
         return [
             e
             for e in self.iter(stream_id=stream_id)
@@ -413,6 +414,7 @@ class Events(_EventsBase):
 
     def correlation_chain(self, correlation_id: str) -> list[RecordedEvent]:
         """Every event carrying ``correlation_id``, in log order."""
+        _check_id_arg("correlation_id", correlation_id)
         return list(self.iter(correlation_id=correlation_id))
 
     def tail(
@@ -579,6 +581,7 @@ class AsyncEvents(_EventsBase):
 
     async def read_stream(self, stream_id: str, from_version: int = 0) -> list[RecordedEvent]:
         _check_version_arg(from_version)
+        _check_id_arg("stream_id", stream_id)
         return [
             e
             async for e in self.iter(stream_id=stream_id)
@@ -586,6 +589,7 @@ class AsyncEvents(_EventsBase):
         ]
 
     async def correlation_chain(self, correlation_id: str) -> list[RecordedEvent]:
+        _check_id_arg("correlation_id", correlation_id)
         return [e async for e in self.iter(correlation_id=correlation_id)]
 
     async def tail(
@@ -666,6 +670,12 @@ def _callable(handler: Any) -> Callable[[RecordedEvent], Any]:
             "a subscription handler must be callable", context={"type": type(handler).__name__}
         )
     return handler  # type: ignore[no-any-return]
+
+
+def _check_id_arg(name: str, value: Any) -> None:
+    # None would mean "no criterion": every stream, the whole log.
+    if not isinstance(value, str):
+        raise EventError(f"{name} must be a string", context={name: repr(value)[:200]})
 
 
 def _check_version_arg(from_version: Any) -> None:

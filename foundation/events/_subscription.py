@@ -33,7 +33,7 @@ from foundation.correlation import correlation
 from foundation.database.aio import AsyncDatabase
 from foundation.database.sync import SyncDatabase
 from foundation.errors import AlreadyRegisteredError, EventError, FoundationError
-from foundation.events._model import MAX_LIMIT, RecordedEvent
+from foundation.events._model import MAX_LIMIT, RecordedEvent, utf8
 from foundation.events._store import EventSQL
 
 if TYPE_CHECKING:
@@ -61,7 +61,13 @@ class SubscriptionOptions:
     def make(
         cls, name: Any, types: Any, start: Any, options: Mapping[str, Any]
     ) -> SubscriptionOptions:
-        if not isinstance(name, str) or not name.strip() or len(name) > 255:
+        if (
+            not isinstance(name, str)
+            or not name.strip()
+            or len(name) > 255
+            or "\x00" in name
+            or not utf8(name)
+        ):
             raise EventError(
                 "a subscription name must be a non-empty string of at most 255 characters",
                 context={"name": repr(name)[:200]},
@@ -71,14 +77,14 @@ class SubscriptionOptions:
         if types is not None and (
             not isinstance(types, list | tuple)
             or not types
-            or not all(isinstance(t, str) for t in types)
+            or not all(isinstance(t, str) and "\x00" not in t and utf8(t) for t in types)
         ):
             raise EventError(
                 "types must be an event type or a list of them", context={"types": repr(types)}
             )
         if not (
             start in ("beginning", "end")
-            or (isinstance(start, int) and not isinstance(start, bool) and start >= 0)
+            or (isinstance(start, int) and not isinstance(start, bool) and 0 <= start < 2**63)
         ):
             raise EventError(
                 "start must be 'beginning', 'end' or a position (an int >= 0)",

@@ -58,6 +58,11 @@ class TypeRegistry:
             raise EventError("register_type takes a pydantic model class", context={"type": name})
         if not isinstance(version, int) or isinstance(version, bool) or version < 1:
             raise EventError("version must be an int >= 1", context={"type": name})
+        if upcasters is not None and not isinstance(upcasters, Mapping):
+            raise EventError(
+                "upcasters must be a dict of {version: function}",
+                context={"type": name, "upcasters": repr(upcasters)[:200]},
+            )
         ups = dict(upcasters or {})
         missing = [v for v in range(1, version) if v not in ups]
         bad = [v for v in ups if not callable(ups[v]) or not 1 <= v < version]
@@ -80,7 +85,10 @@ class TypeRegistry:
         fields = _fields(event)
         if fields is None:
             return event  # parse_event reports what is wrong with it
-        spec = self._types.get(fields.get("type"))  # type: ignore[arg-type]
+        type_name = fields.get("type")
+        if not isinstance(type_name, str):
+            return event  # parse_event reports it
+        spec = self._types.get(type_name)
         if spec is None:
             return event
         data = fields.get("data")
@@ -104,6 +112,11 @@ class TypeRegistry:
         }
 
     def decode(self, record: RecordedEvent) -> pydantic.BaseModel:
+        if not isinstance(record, RecordedEvent):
+            raise EventError(
+                "decode takes a RecordedEvent (what store and get return)",
+                context={"type": type(record).__name__},
+            )
         spec = self._types.get(record.type)
         if spec is None:
             raise EventError(
