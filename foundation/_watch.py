@@ -106,7 +106,9 @@ class Watchers(Generic[C]):
         if pattern != "*":
             base = pattern[:-1] if isinstance(pattern, str) and pattern.endswith("*") else pattern
             if base != "":
-                self._check_name(base)
+                checked = self._check_name(base)
+                if base is pattern and isinstance(checked, str):
+                    pattern = checked  # the name's text (an Enum, say), as matched later
         watch = Watch(self, pattern, callback, loop, self._log)
         with self._lock:
             self._watches = (*self._watches, watch)

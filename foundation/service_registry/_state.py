@@ -222,7 +222,7 @@ def check_ttl(ttl: Any, what: str = "ttl") -> int | None:
         ms = ttl / timedelta(milliseconds=1)
         if ms <= 0:
             raise ValidationError(f"{what} must be positive", context={"ttl": str(ttl)})
-        return max(1, round(ms))
+        ttl = max(1, round(ms))  # and at most a year, as below
     if isinstance(ttl, bool) or not isinstance(ttl, int):
         raise ValidationError(
             f"{what} must be milliseconds (an int) or a timedelta, not {type(ttl).__name__}",
@@ -305,7 +305,14 @@ class RegistryState:
         return self._miss(name, raise_=False)
 
     def _miss(self, name: Any, *, raise_: bool) -> ServiceEntry | None:
+        given = name
         name = check_name(name)
+        if name is not given:  # an Enum (the cache is keyed by the name's text)
+            entry = self._entries.get(name)
+            if entry is not None:
+                now = _time()
+                if entry.lease.expires > now and entry.until > now:
+                    return entry
         local = self._local.get(name)
         if local is not None:
             return local
