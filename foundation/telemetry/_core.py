@@ -279,6 +279,10 @@ class Telemetry:
 
     def detach(self, handler_id: str) -> bool:
         """Detach the handler ``handler_id``; ``False`` if no such handler was attached."""
+        if not isinstance(handler_id, str):
+            raise ValidationError(
+                "a telemetry handler id must be a string", context={"handler_id": repr(handler_id)}
+            )
         with self._lock:
             if handler_id not in self._handlers:
                 return False
