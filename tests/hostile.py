@@ -43,6 +43,10 @@ _VOLATILE = {
     "foundation_subscriptions": {"lease_expires_at", "updated_at"},
 }
 
+# Tables the database itself keeps append-only (triggers refuse UPDATE and DELETE): a
+# write shows in their count and highest key, so that is all a snapshot reads of them.
+_APPEND_ONLY = {"foundation_events": "position", "foundation_config_history": "id"}
+
 # -- inputs --------------------------------------------------------------------------------
 
 SQL_LIKE = [
@@ -158,12 +162,32 @@ def plain_json(value: Any) -> Any:
     return json.loads(json.dumps(value, allow_nan=False))
 
 
+MAX_DEPTH = 100  # the contract's nesting limit (foundation/_json.py)
+MAX_BYTES = 1024 * 1024  # Settings.max_value_bytes by default
+
+
 def is_json(value: Any) -> bool:
+    """Whether ``value`` is storable JSON: encodable, at most MAX_DEPTH deep, MAX_BYTES long."""
     try:
-        json.dumps(value, allow_nan=False)
+        text = json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
     except (TypeError, ValueError, RecursionError):
         return False
-    return True
+    return depth(value) <= MAX_DEPTH and len(text.encode("utf-8", "replace")) <= MAX_BYTES
+
+
+def depth(value: Any) -> int:
+    """How many containers nest in ``value``."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            stack.extend((v, level + 1) for v in item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend((v, level + 1) for v in item)
+        else:
+            continue
+        deepest = max(deepest, level + 1)
+    return deepest
 
 
 def has_bad_text(value: Any) -> bool:
@@ -231,6 +255,12 @@ class Tables:
     def snapshot(self, tables: Iterable[str] | None = None) -> dict[str, list[tuple[Any, ...]]]:
         out = {}
         for table in tables or self.names:
+            if table in _APPEND_ONLY:  # triggers refuse UPDATE and DELETE: count and top
+                key = _APPEND_ONLY[table]
+                out[table] = self._conn.execute(
+                    f"SELECT count(*), max({key}) FROM {table}"
+                ).fetchall()
+                continue
             cols = ", ".join(self._columns[table])
             rows = self._conn.execute(f"SELECT {cols} FROM {table}").fetchall()
             out[table] = sorted((tuple(map(repr, row)) for row in rows), key=repr)
