@@ -228,6 +228,10 @@ class Telemetry:
         the stop metadata) or as a decorator on a sync or async function. See
         :class:`foundation.telemetry.Span`.
         """
+        if metadata is not None and not isinstance(metadata, Mapping):
+            raise ValidationError(
+                "telemetry span metadata must be a mapping", context={"metadata": repr(metadata)}
+            )
         return Span(self.execute, normalise_event_name(prefix), metadata)
 
     # -- attaching --------------------------------------------------------------------

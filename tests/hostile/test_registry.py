@@ -1,6 +1,6 @@
 """Hostile input to the service registry: every public function, sync and async, both databases.
 
-See ``tests/hostile.py`` for the property. Inputs known to break a function today are
+See ``tests/hostile/support.py`` for the property. Inputs known to break a function today are
 pinned by the strict xfail tests at the end and left out of the property tests.
 """
 
@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from foundation import Foundation, FoundationError
 from foundation.service_registry import GroupMember, ServiceEntry
-from tests.hostile import (
+from tests.hostile.support import (
     HOSTILE,
     Face,
     Tables,
@@ -52,13 +52,6 @@ def face(request: pytest.FixtureRequest, db_url: str) -> Iterator[Face]:
     instance.run(instance.fdn.service_registry.register(f"warm-{uuid.uuid4().hex}", "x"))
     yield instance
     instance.close()
-
-
-@pytest.fixture
-def tables(db_url: str) -> Iterator[Tables]:
-    t = Tables(db_url)
-    yield t
-    t.close()
 
 
 def _name_ok(name: Any) -> bool:

@@ -1,6 +1,6 @@
 """Hostile input to config: every public function, sync and async, SQLite and PostgreSQL.
 
-See ``tests/hostile.py`` for the property: works (and reads back equal, from the cache
+See ``tests/hostile/support.py`` for the property: works (and reads back equal, from the cache
 and from the table), or ``config_error`` with nothing written; nothing else escapes.
 """
 
@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import enum
 import uuid
-from collections.abc import Iterator
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from foundation.errors import ConfigError
-from tests.hostile import (
+from tests.hostile.support import (
     HOSTILE,
     Face,
     Tables,
@@ -39,20 +37,6 @@ class Color(enum.Enum):
 
 keys = st.one_of(hostile_any, fine_text, fine_text, st.just(Color.RED))
 types_ = st.sampled_from([int, str, float, bool, list[int], dict[str, int], "nonsense", 3, None])
-
-
-@pytest.fixture(params=["sync", "async"])
-def face(request: pytest.FixtureRequest, db_url: str) -> Iterator[Face]:
-    instance = Face(db_url, request.param)
-    yield instance
-    instance.close()
-
-
-@pytest.fixture
-def tables(db_url: str) -> Iterator[Tables]:
-    t = Tables(db_url)
-    yield t
-    t.close()
 
 
 def _key_ok(key: object) -> bool:

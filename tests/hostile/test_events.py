@@ -1,6 +1,6 @@
 """Hostile input to the event log: every public function, sync and async, both databases.
 
-See ``tests/hostile.py`` for the property. Inputs known to break a function today are
+See ``tests/hostile/support.py`` for the property. Inputs known to break a function today are
 pinned by the strict xfail tests at the end (each names the file, the line and a fix);
 the property tests leave exactly those inputs out, so that they prove everything else.
 """
@@ -8,7 +8,6 @@ the property tests leave exactly those inputs out, so that they prove everything
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -20,7 +19,7 @@ from hypothesis import strategies as st
 from foundation import Foundation
 from foundation.errors import EventError
 from foundation.events import RecordedEvent
-from tests.hostile import (
+from tests.hostile.support import (
     HOSTILE,
     Face,
     Tables,
@@ -39,20 +38,6 @@ from tests.hostile import (
 
 EVENTS = {"event_error", "concurrency_error"}
 TEXT_CRITERIA = ("type", "stream_id", "correlation_id", "causation_id")
-
-
-@pytest.fixture(params=["sync", "async"])
-def face(request: pytest.FixtureRequest, db_url: str) -> Iterator[Face]:
-    instance = Face(db_url, request.param)
-    yield instance
-    instance.close()
-
-
-@pytest.fixture
-def tables(db_url: str) -> Iterator[Tables]:
-    t = Tables(db_url)
-    yield t
-    t.close()
 
 
 # -- events: each field drawn good or hostile, and we know which -----------------------------
