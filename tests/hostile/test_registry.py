@@ -174,6 +174,9 @@ def test_reads(face: Face, tables: Tables) -> None:
             assert not (prefix is None or isinstance(prefix, str)) or not (
                 where is None or isinstance(where, dict) or callable(where)
             )
+        if hasattr(reg, "owns"):  # the service objects (the module has no owns())
+            owned = expect(tables, lambda: reg.owns(name), REGISTRY)
+            assert owned is (name == "present") or isinstance(owned, FoundationError)
         members = expect(tables, lambda: reg.members(name), REGISTRY)
         assert isinstance(members, list) == _name_ok(name)
 

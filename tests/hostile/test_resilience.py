@@ -14,6 +14,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+import foundation
 from foundation import Foundation, FoundationError
 from foundation.rate_limiter import Decision
 from foundation.telemetry import Telemetry
@@ -164,7 +165,8 @@ def test_limiter(face: Face, tables: Tables) -> None:
 
 
 def test_telemetry(face: Face, tables: Tables) -> None:
-    telemetries = [face.fdn.telemetry, Telemetry()]
+    # the instance's, a fresh one, and the module-level functions (the process default)
+    telemetries = [face.fdn.telemetry, Telemetry(), foundation.telemetry]
     seen: list[Any] = []
 
     @HOSTILE
