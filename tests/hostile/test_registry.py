@@ -105,6 +105,10 @@ def test_register_update_unregister(face: Face, tables: Tables) -> None:
         )
         ttl = data.draw(st.one_of(st.none(), option_values))
         assume(not _ttl_bug(ttl))
+        # everything drawn up front: whether the name is free depends on earlier examples,
+        # and Hypothesis needs the same draws when it replays one
+        new_meta = data.draw(json_values)
+        force = data.draw(st.sampled_from([False, True, 1, None]))
         entry = expect(
             tables, lambda: face.run(reg.register(name, address, metadata, ttl)), REGISTRY, WATCHED
         )
@@ -126,7 +130,6 @@ def test_register_update_unregister(face: Face, tables: Tables) -> None:
         assert _stored(tables, key) == want
         # (lookup by the Enum itself is pinned by test_lookup_enum_name below)
         assert (face.fdn.service_registry.lookup(key).address, entry.metadata) == want
-        new_meta = data.draw(json_values)
         updated = expect(
             tables, lambda: face.run(reg.update_metadata(name, new_meta)), REGISTRY, WATCHED
         )
@@ -134,7 +137,6 @@ def test_register_update_unregister(face: Face, tables: Tables) -> None:
             assert not _json_ok(new_meta), updated
         else:
             assert _stored(tables, key)[1] == plain_json(new_meta) == updated.metadata
-        force = data.draw(st.sampled_from([False, True, 1, None]))
         assert expect(tables, lambda: face.run(reg.unregister(name, force)), REGISTRY) is None
         assert face.fdn.service_registry.find(name) is None
 
