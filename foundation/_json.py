@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import sys
 from typing import Any
 
 from foundation.errors import FoundationError
@@ -25,8 +24,20 @@ _ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 # a little under the encoder's limit would be written and then fail to read back.
 MAX_DEPTH = 100
 
-_encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 _encode_str = json.encoder.encode_basestring  # what the encoder does to a str
+
+
+def _not_json(value: Any) -> Any:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+# The C encoder json.dumps builds on every call, built once: compact, UTF-8 kept, NaN
+# refused. No circular-reference markers (a failed call would leave stale ones behind):
+# a cycle ends in RecursionError, reported like any other value that is not JSON.
+_c_encode = json.encoder.c_make_encoder(  # type: ignore[attr-defined]
+    None, _not_json, _encode_str, None, ":", ",", False, False, False
+)
+_scan = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
 def encode_json(
@@ -40,55 +51,54 @@ def encode_json(
     """``value`` as compact JSON text, or ``error`` saying plainly why it cannot be stored."""
     kind = type(value)
     # Fast paths for the values most calls carry: building the encoder's iterator for a
-    # scalar or an empty dict costs more than everything else here.
+    # scalar or an empty dict costs more than everything else here. ``context`` is only
+    # copied when an error is raised.
     if value is None:
         return "null"
-    if kind is int or kind is bool:
-        if value is True or value is False:
-            return "true" if value else "false"
-        try:
-            return int.__repr__(value)
-        except ValueError:  # over Python's digit limit for int -> str (4300 by default)
-            raise error(
-                f"{what} is not JSON: an integer of more than "
-                f"{sys.get_int_max_str_digits()} digits",
-                context=dict(context or {}),
-            ) from None
+    if kind is bool:
+        return "true" if value else "false"
+    if kind is int and -(10**18) < value < 10**18:  # far below the 4300-digit str limit
+        return int.__repr__(value)
     if kind is dict and not value:
         return "{}"
-    ctx = dict(context or {})
     if kind is str:
-        text = _encode_str(value)
         if "\x00" in value:
             raise error(
-                f"{what} contains a NUL character, which the database cannot store", context=ctx
+                f"{what} contains a NUL character, which the database cannot store",
+                context=dict(context or {}),
             )
-        return _checked_size(text, what, max_bytes, error, ctx)
+        return _checked_size(_encode_str(value), what, max_bytes, error, context)
     try:
-        text = _encoder.encode(value)
+        text = "".join(_c_encode(value, 0))
         if "e+" in text:  # a float of 1e16 or more (or a string holding "e+")
-            text = _encoder.encode(_exact_big_floats(value))
+            text = "".join(_c_encode(_exact_big_floats(value), 0))
     except (TypeError, ValueError, RecursionError) as exc:
         reason = str(exc)
         if "Out of range float" in reason:
             reason = "NaN and Infinity are not JSON"
         raise error(
-            f"{what} is not JSON: {reason}", context={**ctx, "type": type(value).__name__}
+            f"{what} is not JSON: {reason}",
+            context={**(context or {}), "type": type(value).__name__},
         ) from None
     if text.count("[") + text.count("{") > MAX_DEPTH and _too_deep(value):
         raise error(
             f"{what} is nested more than {MAX_DEPTH} levels deep",
-            context={**ctx, "max_depth": MAX_DEPTH},
+            context={**(context or {}), "max_depth": MAX_DEPTH},
         )
     if "\\u0000" in text and _ESCAPED_NUL.search(text):
         raise error(
-            f"{what} contains a NUL character, which the database cannot store", context=ctx
+            f"{what} contains a NUL character, which the database cannot store",
+            context=dict(context or {}),
         )
-    return _checked_size(text, what, max_bytes, error, ctx)
+    return _checked_size(text, what, max_bytes, error, context)
 
 
 def _checked_size(
-    text: str, what: str, max_bytes: int, error: type[FoundationError], ctx: dict[str, Any]
+    text: str,
+    what: str,
+    max_bytes: int,
+    error: type[FoundationError],
+    context: dict[str, Any] | None,
 ) -> str:
     # len(text) bounds the UTF-8 size from below: only long texts need encoding to count.
     if len(text) * 4 > max_bytes or not text.isascii():
@@ -96,14 +106,32 @@ def _checked_size(
             size = len(text.encode("utf-8"))
         except UnicodeEncodeError:
             raise error(
-                f"{what} contains a lone surrogate, which is not valid UTF-8", context=ctx
+                f"{what} contains a lone surrogate, which is not valid UTF-8",
+                context=dict(context or {}),
             ) from None
         if size > max_bytes:
             raise error(
                 f"{what} is {size} bytes of JSON, over the limit of {max_bytes} bytes",
-                context={**ctx, "size": size, "max_bytes": max_bytes},
+                context={**(context or {}), "size": size, "max_bytes": max_bytes},
             )
     return text
+
+
+def _too_deep(value: Any) -> bool:
+    """Whether containers nest more than MAX_DEPTH levels (walked without recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        if depth >= MAX_DEPTH:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 # Floats of 1e16 and more are whole numbers that Python writes with an exponent
@@ -125,23 +153,6 @@ def _exact_big_floats(value: Any) -> Any:
     return value
 
 
-def _too_deep(value: Any) -> bool:
-    """Whether containers nest more than MAX_DEPTH levels (walked without recursion)."""
-    stack: list[tuple[Any, int]] = [(value, 0)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: Any = item.values()
-        elif isinstance(item, list | tuple):
-            children = item
-        else:
-            continue
-        if depth >= MAX_DEPTH:
-            return True
-        stack.extend((child, depth + 1) for child in children)
-    return False
-
-
 def decode_json(text: str) -> Any:
     return json.loads(text)
 
@@ -152,4 +163,8 @@ def normalize_json(value: Any, text: str) -> Any:
         return value
     if type(value) is float and not abs(value) >= _BIG_FLOAT:
         return value
-    return json.loads(text)
+    if text == "{}":  # the usual metadata: no decoder for it
+        return {}
+    # Text encode_json just made (valid, compact): the C scanner without json.loads's
+    # Python wrappers, which cost as much as the scan for small values.
+    return _scan(text, 0)[0]

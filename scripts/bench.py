@@ -727,7 +727,12 @@ def _postgres(url: str) -> tuple[str | None, str]:
 
 # Rows kept in modules of their own (scripts/bench_<component>.py), registered after the
 # rows above, in this order.
-COMPONENT_MODULES = ("bench_reporters", "bench_resilience", "bench_events_registry")
+COMPONENT_MODULES = (
+    "bench_reporters",
+    "bench_resilience",
+    "bench_events_registry",
+    "bench_events_concurrency",
+)
 
 
 def main(argv: list[str] | None = None) -> int:

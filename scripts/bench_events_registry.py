@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -243,8 +244,18 @@ INSERT INTO foundation_events (id, stream_id, stream_version, type, data, metada
                                correlation_id, causation_id, recorded_at)
 VALUES (%s, NULL, NULL, %s, %s::jsonb, '{}'::jsonb, NULL, NULL, now()) RETURNING position
 """
-PG_LOCK = "SELECT pg_advisory_xact_lock(%s)"
-PG_NOTIFY = "SELECT pg_notify('bench_events', %s)"
+PG_APPEND = """
+SELECT * FROM foundation_append_events(%s::jsonb, now(), 'bench')
+"""
+
+
+def _append_arg(i: int) -> str:
+    # One event in foundation_append_events's JSON shape (see migration 0007).
+    data = json.dumps({**DATA, "i": i})
+    return (
+        f'[{{"u":0,"id":"{uuid7()}","s":null,"e":"any","t":"{TYPE}","d":{data},'
+        '"m":{},"c":null,"k":null}]'
+    )
 
 
 @bench(
@@ -254,8 +265,6 @@ PG_NOTIFY = "SELECT pg_notify('bench_events', %s)"
     ratio=1.2,
 )
 def events_store_postgres(ctx: Context) -> BenchOutput:
-    from foundation.events import EVENTS_LOCK_KEY
-
     n, warmup = ctx.n(3_000, 30), ctx.n(300, 3)
     with ctx.pg_database() as url, ctx.pg_database() as raw_url:
         _migrated(raw_url)
@@ -272,29 +281,25 @@ def events_store_postgres(ctx: Context) -> BenchOutput:
                 params = (str(uuid7()), TYPE, json.dumps({**DATA, "i": i}))
                 return conn.execute(PG_EVENT_INSERT, params).fetchone()
 
-            def same_tx(i: int) -> Any:
-                # What Foundation's transaction runs: lock, insert, notify, commit.
-                params = (str(uuid7()), TYPE, json.dumps({**DATA, "i": i}))
-                with conn.transaction():
-                    conn.execute(PG_LOCK, (EVENTS_LOCK_KEY,))
-                    row = conn.execute(PG_EVENT_INSERT, params).fetchone()
-                    conn.execute(PG_NOTIFY, (json.dumps({"position": row[0]}),))
-                return row
+            def same_call(i: int) -> Any:
+                # The statement Foundation sends: lock, checks, insert, notify, one commit.
+                return conn.execute(PG_APPEND, (_append_arg(i),)).fetchall()
 
-            mine, flo, tx = measure_ops([ours, floor, same_tx], n, warmup)
+            mine, flo, call = measure_ops([ours, floor, same_call], n, warmup)
     return Measured(
         mine,
         [
             Floor("psycopg autocommit: INSERT … RETURNING position, same table", flo),
             Floor(
-                "psycopg: BEGIN; advisory xact lock; INSERT; pg_notify; COMMIT",
-                tx,
+                "psycopg: the same foundation_append_events call, autocommit",
+                call,
                 checked=False,
             ),
         ],
         note="each side in its own fresh database migrated by Foundation (same table, "
-        "indexes and triggers); Foundation's store takes the advisory lock that keeps "
-        "positions in commit order and notifies its feed, in one transaction",
+        "indexes and triggers); Foundation's store is one call of foundation_append_events "
+        "(migration 0007), which takes the advisory lock that keeps positions in commit "
+        "order, inserts and notifies its feed, in one implicit transaction",
     )
 
 
@@ -615,6 +620,18 @@ ADDRESS = "http://10.0.0.5:8000"
 META = {"version": "1.4.2", "zone": "eu-1"}
 
 
+def _upsert_params(i: int) -> dict[str, Any]:
+    """Foundation's register statement's parameters for a new name, built the raw way."""
+    return {
+        "name": f"same.{i:07d}",
+        "address": json.dumps(ADDRESS),
+        "metadata": json.dumps(META),
+        "node": "bench-raw",
+        "gen": 1,
+        "entry_ttl_ms": None,
+    }
+
+
 @bench(
     "service_registry.register",
     backend="sqlite",
@@ -636,14 +653,30 @@ def registry_register_sqlite(ctx: Context) -> BenchOutput:
                 params = (f"svc.{i:07d}", json.dumps(ADDRESS), json.dumps(META), ts, ts)
                 return raw.execute(SQLITE_REG_INSERT, params)
 
-            mine, flo = measure_ops([ours, floor], n, warmup)
+            upsert = fdn.service_registry._sql.register
+
+            def same_statement(i: int) -> Any:
+                # Foundation's own statement (takeover check, epoch RETURNING) on the raw
+                # driver: what the database alone costs for register's work.
+                now = {"now": _sqlite_ts(datetime.now(UTC)), "entry_expires": None}
+                return raw.execute(upsert, {**_upsert_params(i), **now}).fetchone()
+
+            mine, flo, same = measure_ops([ours, floor, same_statement], n, warmup)
     finally:
         raw.close()
     return Measured(
         mine,
-        [Floor("sqlite3 NORMAL: INSERT of the same row, autocommit, same table", flo)],
+        [
+            Floor("sqlite3 NORMAL: INSERT of the same row, autocommit, same table", flo),
+            Floor(
+                "sqlite3 NORMAL: Foundation's upsert … RETURNING epoch, revision, registered_at",
+                same,
+                checked=False,
+            ),
+        ],
         note="a new name per call; ours is one atomic INSERT … ON CONFLICT DO UPDATE WHERE "
-        "the owner is dead … RETURNING, and updates the in-process copy",
+        "the owner is dead … RETURNING, and updates the in-process copy; both sides fire "
+        "the topic-revision trigger of 0006 (same table)",
     )
 
 
@@ -670,11 +703,27 @@ def registry_register_postgres(ctx: Context) -> BenchOutput:
                 params = (f"svc.{i:07d}", json.dumps(ADDRESS), json.dumps(META))
                 return conn.execute(PG_REG_INSERT, params)
 
-            mine, flo = measure_ops([ours, floor], n, warmup)
+            upsert = fdn.service_registry._sql.register
+
+            def same_statement(i: int) -> Any:
+                # Foundation's own statement on the raw driver (see the SQLite row).
+                return conn.execute(upsert, _upsert_params(i)).fetchone()
+
+            mine, flo, same = measure_ops([ours, floor, same_statement], n, warmup)
     return Measured(
         mine,
-        [Floor("psycopg autocommit: INSERT of the same row, same table (NOTIFY trigger)", flo)],
-        note="a new name per call; each side in its own fresh database migrated by Foundation",
+        [
+            Floor("psycopg autocommit: INSERT of the same row, same table (NOTIFY trigger)", flo),
+            Floor(
+                "psycopg autocommit: Foundation's upsert … RETURNING epoch, revision, "
+                "registered_at",
+                same,
+                checked=False,
+            ),
+        ],
+        note="a new name per call; each side in its own fresh database migrated by "
+        "Foundation; ours also has its instance's LISTEN connection, which receives the "
+        "NOTIFY of each register (the floor's database has no listener)",
     )
 
 
@@ -764,4 +813,64 @@ def registry_heartbeat(ctx: Context, names: int) -> BenchOutput:
         [Floor("sqlite3 NORMAL: the same lease UPDATE … RETURNING, autocommit", flo)],
         note=f"{names:,} names held by another node plus 10 of ours; one heartbeat() ran "
         f"{len(statements)} statement(s) on its connection",
+    )
+
+
+# ======================================================================================
+# the SQLite change feed's poll: a commit elsewhere in the file, 100,000 names
+# ======================================================================================
+
+SQLITE_TOPICS = (
+    "SELECT (SELECT max(revision) FROM foundation_topic_revisions WHERE topic = ?), "
+    "(SELECT max(revision) FROM foundation_topic_revisions WHERE topic = ?), "
+    "(SELECT max(revision) FROM foundation_topic_revisions WHERE topic = ?)"
+)
+TOPICS = ("registry", "registry.members", "registry.leases")
+
+
+@bench(
+    "service_registry.poll (100,000 names, registry untouched)",
+    backend="sqlite",
+    target="one small read (≤ 1.3x the raw read of the 3 topics' latest revisions)",
+    ratio=1.3,
+    names=100_000,
+)
+def registry_poll(ctx: Context, names: int) -> BenchOutput:
+    from foundation.database.sync import _DriverCursor, connect_sqlite
+
+    n, warmup = ctx.n(3_000, 30), ctx.n(300, 3)
+    path = ctx.sqlite_path("registry-poll")
+    _migrated(f"sqlite:///{path}")
+    _preload_names(path, names)
+    with _foundation(f"sqlite:///{path}", registry_ttl_ms=60_000) as fdn:
+        reg = fdn.service_registry
+        assert len(reg.list()) == names
+        conn = connect_sqlite(fdn.url, fdn.settings)
+        try:
+            reader = _DriverCursor(conn)
+            reg.poll(reader)
+            fdn.config.set("bench.unrelated", 1)  # what moves data_version: not the registry
+            resyncs, reads = reg.resyncs, reg.poll_reads
+
+            def raw() -> Any:
+                return conn.execute(SQLITE_TOPICS, TOPICS).fetchone()
+
+            mine, flo = measure_calls([(reg.poll, (reader,)), (raw, ())], n, warmup, 100)
+            assert (reg.resyncs, reg.poll_reads) == (resyncs, reads), "the poll re-read"
+            # What every commit to the file cost before topic revisions: a full re-read.
+            full = []
+            for _ in range(ctx.n(5, 1)):
+                t0 = time.perf_counter_ns()
+                reg.resync(reader)
+                full.append(time.perf_counter_ns() - t0)
+        finally:
+            conn.close()
+    return Measured(
+        mine,
+        [
+            Floor("sqlite3: SELECT the latest revision of the registry's 3 topics", flo),
+            Floor(f"the full re-read of {names:,} names (before 0006)", full, checked=False),
+        ],
+        note=f"{names:,} names held by another node; a config value was set (data_version "
+        "moved) and the registry's poll read only the topic revisions",
     )

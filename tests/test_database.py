@@ -145,8 +145,10 @@ def test_postgres_schema_setting_keeps_tables_in_that_schema(postgres_server: st
     with fresh_postgres(postgres_server) as url:
         with Foundation(url, migrate="upgrade", postgres_schema="fdn_app") as a:
             a.config.set("k", "in-schema")
+            stored = a.events.store({"type": "in-schema", "stream_id": "s"})  # the function too
             with Foundation(url, postgres_schema="fdn_app") as b:
                 assert b.config.get("k") == "in-schema"
+                assert b.events.get(type="in-schema") == [stored]
         with psycopg.connect(DatabaseURL.parse(url).conninfo) as conn:
             schemas = conn.execute(
                 "SELECT DISTINCT table_schema FROM information_schema.tables "

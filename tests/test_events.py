@@ -91,6 +91,46 @@ def test_same_id_same_content_is_idempotent(fdn: Foundation) -> None:
     assert batch[0] == first and batch[1].stream_version == 2 and _count(fdn) == 2
 
 
+def test_an_id_given_twice_in_one_batch(fdn: Foundation) -> None:
+    event = {"id": uuid.uuid4(), "type": "paid", "data": {"amount": 5}, "stream_id": "p"}
+    a, b, c = fdn.events.store_many([event, {"type": "other"}, dict(event)])
+    assert a == c and b.position == a.position + 1 and _count(fdn) == 2
+    fresh = uuid.uuid4()
+    with pytest.raises(EventError, match="twice in one batch"):
+        fdn.events.store_many([{**event, "id": fresh}, {**event, "id": fresh, "data": {}}])
+    assert _count(fdn) == 2
+
+
+def test_batches_across_streams_get_contiguous_versions(fdn: Foundation) -> None:
+    fdn.events.store({"type": "seed", "stream_id": "a"})
+    batch = [
+        {"type": "x", "stream_id": "a", "expected_version": 1},
+        {"type": "x", "stream_id": "b", "expected_version": "no_stream"},
+        {"type": "x"},
+        {"type": "x", "stream_id": "a", "expected_version": 2},
+        {"type": "x", "stream_id": "b", "expected_version": "exists"},
+    ]
+    stored = fdn.events.store_many(batch)
+    assert [(e.stream_id, e.stream_version) for e in stored] == [
+        ("a", 2),
+        ("b", 1),
+        (None, None),
+        ("a", 3),
+        ("b", 2),
+    ]
+    positions = [e.position for e in stored]
+    assert positions == sorted(positions) and fdn.events.get(after_position=1) == stored
+    with pytest.raises(ConcurrencyError) as info:  # the fourth expects a's version 2 again
+        fdn.events.store_many([*batch[:1], {"type": "y"}, *batch[3:4]])
+    assert info.value.context == {
+        "stream_id": "a",
+        "expected": 1,
+        "actual": 3,
+        "id": info.value.context["id"],
+    }
+    assert _count(fdn) == 6
+
+
 def test_same_id_different_content_is_refused(fdn: Foundation) -> None:
     event_id = uuid7()
     first = fdn.events.store({"id": event_id, "type": "paid", "data": {"amount": 5}})

@@ -55,6 +55,7 @@ from foundation.circuit_breaker._logic import (
 )
 from foundation.circuit_breaker._store import BreakerSQL
 from foundation.database.aio import AsyncDatabase
+from foundation.database.feed import TOPIC_BREAKERS, TopicRevisions
 from foundation.database.sync import Cursor, SyncDatabase
 from foundation.errors import (
     CircuitOpenError,
@@ -132,6 +133,13 @@ class _BreakersBase:
         self._tokens = itertools.count(1)
         self._objects: dict[Any, Any] = {}
         self._calls: dict[Any, Any] = {}
+        # The SQLite feed's side: the breakers topic's revision when last read (None: read
+        # everything on the next poll) and how many full re-reads happened.
+        self._topic: TopicRevisions | None = None
+        if sql is not None and sql.backend == "sqlite":  # PostgreSQL: NOTIFY names changes
+            self._topic = TopicRevisions.build(sql.backend, TOPIC_BREAKERS)
+        self._topic_seen: tuple[Any, ...] | None = None
+        self.resyncs = 0
 
     # -- options and objects ----------------------------------------------------------
 
@@ -270,7 +278,19 @@ class _BreakersBase:
     def resync(self, reader: Cursor) -> None:
         if self._sql is None:
             return
+        # The revision first: a change committed during the read moves it again.
+        seen = None if self._topic is None else self._topic.read(reader)
         self._load(reader.fetchall(self._sql.select_all, self._params("")))
+        self._topic_seen = seen
+        self.resyncs += 1
+
+    def poll(self, reader: Cursor) -> None:
+        """SQLite: the file changed. Re-read the breakers only if their topic moved
+        (a failure counted, a state change…), not on every event or config write."""
+        if self._topic is None:
+            return
+        if self._topic_seen is None or self._topic.read(reader) != self._topic_seen:
+            self.resync(reader)
 
     def _load(self, rows: list[Any]) -> None:
         seen = set()

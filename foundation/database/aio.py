@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
@@ -33,6 +33,7 @@ class AsyncCursor(Protocol):
     async def execute(self, sql: str, params: Params = None) -> int: ...
     async def fetchone(self, sql: str, params: Params = None) -> Row | None: ...
     async def fetchall(self, sql: str, params: Params = None) -> list[Row]: ...
+    async def executemany(self, sql: str, params: Sequence[dict[str, Any]]) -> None: ...
 
 
 class _SQLiteCursor:
@@ -57,6 +58,9 @@ class _SQLiteCursor:
         async with self._conn.execute(sql, params or {}) as cur:
             return [tuple(r) for r in await cur.fetchall()]
 
+    async def executemany(self, sql: str, params: Sequence[dict[str, Any]]) -> None:
+        await self._conn.executemany(sql, params)
+
 
 class _PGCursor:
     __slots__ = ("_conn",)
@@ -75,6 +79,10 @@ class _PGCursor:
     async def fetchall(self, sql: str, params: Params = None) -> list[Row]:
         cur = await self._conn.execute(sql, params or {})
         return await cur.fetchall()
+
+    async def executemany(self, sql: str, params: Sequence[dict[str, Any]]) -> None:
+        async with self._conn.cursor() as cur:
+            await cur.executemany(sql, params)
 
 
 _DRIVER_ERRORS = (sqlite3.Error, psycopg.Error, psycopg_pool.PoolTimeout, psycopg_pool.PoolClosed)

@@ -60,7 +60,11 @@ class SQLiteCodec(Codec):
 
     @staticmethod
     def ts(value: datetime) -> Any:
-        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+        if value.tzinfo is not UTC:
+            value = value.astimezone(UTC)
+        # isoformat is a third of strftime's cost; the first 26 characters are
+        # "YYYY-MM-DD HH:MM:SS.ffffff", the offset after them is always +00:00 here.
+        return value.isoformat(" ", "microseconds")[:26]
 
     @staticmethod
     def load_ts(value: Any) -> datetime:

@@ -5,7 +5,12 @@ the row; each instance holds one dedicated autocommit connection that LISTENs. T
 listener reconnects by itself with back-off, and after every (re)connect asks each
 subscriber to resync from the tables, since notifications sent while it was away are
 lost. SQLite: a thread polls ``PRAGMA data_version`` (it changes when any other
-connection commits) and asks subscribers to resync when it moves.
+connection commits to the file, whatever the table) and, when it moves, calls each
+subscriber's ``poll`` (or ``resync`` if it has none). A poll first reads the latest
+revision of its topics (:class:`TopicRevisions`: ``foundation_topic_revisions``, which
+SQLite triggers append to in the writer's transaction, migration 0006) and returns at
+once when they did not move, so an event appended to the log costs the registry one
+small read, not a re-read.
 
 Subscribers run in the feed's thread and read through the feed's own connection, so
 the feed works the same for :class:`~foundation.Foundation` and
@@ -14,24 +19,87 @@ the feed works the same for :class:`~foundation.Foundation` and
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import select
 import sqlite3
 import threading
 import time
+from collections import deque
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import psycopg
+import sqlalchemy as sa
 
 from foundation.database.postgres import connect_kwargs
+from foundation.database.schema import topic_revisions
+from foundation.database.statements import compile_sql
 from foundation.database.sync import Cursor, _DriverCursor, connect_sqlite
-from foundation.database.url import DatabaseURL
+from foundation.database.url import Backend, DatabaseURL
 from foundation.settings import Settings
 
-__all__ = ["CHANNEL", "ChangeFeed", "FeedSubscriber", "start_feed"]
+__all__ = [
+    "CHANNEL",
+    "TOPIC_BREAKERS",
+    "TOPIC_LEASES",
+    "TOPIC_MEMBERS",
+    "TOPIC_NAMES",
+    "ChangeFeed",
+    "FeedSubscriber",
+    "TopicRevisions",
+    "changed_keys_sql",
+    "start_feed",
+]
 
 CHANNEL = "foundation"
 log = logging.getLogger("foundation.feed")
+
+# The topics migration 0006's SQLite triggers bump (the migration spells them itself).
+TOPIC_NAMES = "registry"  # foundation_registry, by name
+TOPIC_LEASES = "registry.leases"
+TOPIC_MEMBERS = "registry.members"
+TOPIC_BREAKERS = "breakers"
+
+
+@dataclass(frozen=True)
+class TopicRevisions:
+    """The latest revision of each of some topics: ``fetchone(sql, params)`` gives one row,
+    one value per topic (None: no change yet), each an index seek (SQLite's poll)."""
+
+    topics: tuple[str, ...]
+    sql: str
+    params: dict[str, str]
+
+    @classmethod
+    def build(cls, backend: Backend, *topics: str) -> TopicRevisions:
+        t = topic_revisions
+        latest = [
+            sa.select(sa.func.max(t.c.revision))
+            .where(t.c.topic == sa.bindparam(f"topic{i}"))
+            .scalar_subquery()
+            for i in range(len(topics))
+        ]
+        params = {f"topic{i}": topic for i, topic in enumerate(topics)}
+        return cls(topics, compile_sql(sa.select(*latest), backend), params)
+
+    def read(self, reader: Cursor) -> tuple[Any, ...]:
+        row = reader.fetchone(self.sql, self.params)
+        return tuple(row) if row is not None else (None,) * len(self.topics)
+
+
+def changed_keys_sql(backend: Backend, *columns: Any, key: Any) -> str:
+    """(revision, key, *columns) of each change of ``:topic`` after revision ``:after``, in
+    order, each key outer-joined to its row by ``key == column`` (NULLs: deleted)."""
+    t = topic_revisions
+    return compile_sql(
+        sa.select(t.c.revision, t.c.key, *columns)
+        .select_from(t.outerjoin(key.table, key == t.c.key))
+        .where(t.c.topic == sa.bindparam("topic"), t.c.revision > sa.bindparam("after"))
+        .order_by(t.c.revision),
+        backend,
+    )
 
 
 class FeedSubscriber(Protocol):
@@ -58,6 +126,7 @@ class ChangeFeed:
             target=self._run, name=f"foundation-feed-{settings.node_id}", daemon=True
         )
         self.resyncs = 0
+        self.polls = 0  # SQLite: passes that asked subscribers to poll (the file changed)
 
     def subscribe(self, topic: str, subscriber: FeedSubscriber) -> None:
         with self._lock:
@@ -112,6 +181,7 @@ class ChangeFeed:
                 raise
             except Exception:
                 log.exception("change feed subscriber %r failed to poll", sub)
+        self.polls += 1
 
     def _run(self) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -121,6 +191,11 @@ class PostgresFeed(ChangeFeed):
     """LISTEN on a dedicated connection that reconnects and resyncs by itself."""
 
     KEEPALIVE_S = 5.0
+    # After a batch, let notifications gather this long before reading again: a burst of
+    # writes (this node's own, mostly) then wakes the thread once per few notifications
+    # rather than once each, and the writers stop queueing for the GIL behind it. The
+    # first notification after a quiet spell is read at once.
+    BATCH_S = 0.002
 
     def _run(self) -> None:
         delay = 0.05
@@ -133,6 +208,10 @@ class PostgresFeed(ChangeFeed):
                     **connect_kwargs(self.settings, "foundation-listen"),
                 )
                 conn.execute(f"LISTEN {CHANNEL}")
+                # Notifications that arrive while a subscriber queries through this
+                # connection are handed over by psycopg; the others are read below.
+                pending: deque[str] = deque()
+                conn.add_notify_handler(functools.partial(_queue_payload, pending))
                 reader = _DriverCursor(conn)
                 # LISTEN is in place before the resync, so nothing falls between them.
                 self._resync_all(reader)
@@ -142,12 +221,22 @@ class PostgresFeed(ChangeFeed):
                 )
                 delay = 0.05
                 last_ping = time.monotonic()
+                pgconn = conn.pgconn
                 while not self._stop.is_set():
-                    # The generator holds the connection while it waits, so a subscriber
-                    # that queries through this connection must run after it returns;
-                    # notifications that arrive meanwhile are queued, not lost.
-                    for note in list(conn.notifies(timeout=0.25, stop_after=1)):
-                        self._dispatch(note.payload, reader)
+                    # Waiting on the socket directly: psycopg's notifies() sets up a
+                    # selector per call, and this thread takes the GIL at the moment a
+                    # writer's own result comes back (NOTIFY is sent at its commit), so
+                    # what it does per notification is what every store waits for.
+                    if not pending and select.select([pgconn.socket], [], [], 0.25)[0]:
+                        pgconn.consume_input()  # raises OperationalError if the link died
+                        while (note := pgconn.notifies()) is not None:
+                            pending.append(note.extra.decode("utf-8", "replace"))
+                    if pending:
+                        while pending:
+                            self._dispatch(pending.popleft(), reader)
+                        # A burst of notifications then wakes this thread once per
+                        # batch, not once each (at most BATCH_S more latency).
+                        self._stop.wait(self.BATCH_S)
                     if self._take_resync_request():
                         self._resync_all(reader)
                     if time.monotonic() - last_ping > self.KEEPALIVE_S:
@@ -190,8 +279,12 @@ class PostgresFeed(ChangeFeed):
                 log.exception("change feed subscriber failed on %r", payload)
 
 
+def _queue_payload(queue: deque[str], note: psycopg.Notify) -> None:
+    queue.append(note.payload)
+
+
 class SQLiteFeed(ChangeFeed):
-    """Poll ``PRAGMA data_version`` and resync subscribers when another connection commits."""
+    """Poll ``PRAGMA data_version``; when another connection committed, let subscribers poll."""
 
     def _run(self) -> None:
         interval = self.settings.poll_interval_ms / 1000

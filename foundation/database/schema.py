@@ -189,3 +189,26 @@ rate_limits = sa.Table(
     sa.Index("ix_foundation_rate_limits_expires_at_ms", "expires_at_ms"),
     comment="Shared rate limit counters (fixed/sliding window, GCRA); expired rows are garbage.",
 )
+
+# -- the SQLite change feed's topic revisions (revision 0006) ----------------------------
+# On SQLite, triggers (0006) append a row here in the writer's own transaction for every
+# change to the registry, its leases and members, and the breakers: each row is one
+# revision of its topic and names the key that changed. A node's feed learns whether its
+# topics moved from one index seek per topic (the latest revision) instead of re-reading
+# them after every commit to the file, and reads only the names above what it saw.
+# A log, not a row per key, because it appends: one page per write (a row per key costs a
+# page for the key and another for its revision index, about 3x the time per register).
+# The triggers keep the last 10,000 revisions per topic; a node further behind re-reads.
+# PostgreSQL has the table (one schema for both) but no triggers: NOTIFY already names each
+# change there, and a per-topic sequence would serialise the cluster's registry writes.
+
+topic_revisions = sa.Table(
+    "foundation_topic_revisions",
+    metadata,
+    sa.Column("topic", sa.String(64), primary_key=True),
+    sa.Column("revision", sa.BigInteger(), primary_key=True),
+    sa.Column("key", sa.String(1024), nullable=False),
+    comment="SQLite change feed: one row per change of a topic (registry, leases, members, "
+    "breakers), naming the key that changed; the last 10,000 per topic are kept.",
+    sqlite_with_rowid=False,
+)

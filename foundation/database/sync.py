@@ -41,6 +41,7 @@ class Cursor(Protocol):
     def execute(self, sql: str, params: Params = None) -> int: ...
     def fetchone(self, sql: str, params: Params = None) -> Row | None: ...
     def fetchall(self, sql: str, params: Params = None) -> list[Row]: ...
+    def executemany(self, sql: str, params: Sequence[dict[str, Any]]) -> None: ...
 
 
 def connect_sqlite(url: DatabaseURL, settings: Settings) -> sqlite3.Connection:
@@ -82,6 +83,13 @@ class _DriverCursor:
     def fetchall(self, sql: str, params: Params = None) -> list[Row]:
         rows: list[Row] = self._conn.execute(sql, params or {}).fetchall()
         return rows
+
+    def executemany(self, sql: str, params: Sequence[dict[str, Any]]) -> None:
+        if isinstance(self._conn, sqlite3.Connection):
+            self._conn.executemany(sql, params)
+        else:
+            with self._conn.cursor() as cur:
+                cur.executemany(sql, params)
 
 
 class SyncDatabase:
@@ -168,15 +176,8 @@ class SyncDatabase:
         return self._run(lambda cur: cur.fetchall(sql, params))  # type: ignore[no-any-return]
 
     def executemany(self, sql: str, params: Sequence[dict[str, Any]]) -> None:
-        def run(cur: _DriverCursor) -> None:
-            if self.backend == "sqlite":
-                cur._conn.executemany(sql, params)
-            else:
-                with cur._conn.cursor() as c:
-                    c.executemany(sql, params)
-
         with self.transaction() as tx:
-            run(tx)  # type: ignore[arg-type]
+            tx.executemany(sql, params)
 
     def _run(self, fn: Any) -> Any:
         for attempt in (1, 2):

@@ -68,11 +68,16 @@ class RecordedEvent:
     recorded_at: datetime
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class NewEvent:
-    """A validated event about to be stored (JSON already encoded once)."""
+    """A validated event about to be stored (JSON already encoded once).
+
+    Internal and never changed after ``parse_event``; not frozen, because a frozen
+    dataclass sets each of its fields through ``object.__setattr__`` (a store's cost).
+    """
 
     id: uuid.UUID
+    id_text: str
     id_given: bool
     type: str
     data: Any
@@ -107,6 +112,27 @@ class NewEvent:
 _uuid_lock = threading.Lock()
 _last_ms = 0
 _last_rand = 0
+_entropy = b""  # os.urandom drawn 4 KiB at a time: one system call per ~450 ids
+_used = 0
+
+
+def _random_bytes(count: int) -> int:
+    # Under _uuid_lock.
+    global _entropy, _used
+    if _used + count > len(_entropy):
+        _entropy, _used = os.urandom(4096), 0
+    value = int.from_bytes(_entropy[_used : _used + count], "big")
+    _used += count
+    return value
+
+
+def _forget_entropy() -> None:
+    # A forked child must not reuse its parent's unread random bytes (same ids).
+    global _entropy, _used
+    _entropy, _used = b"", 0
+
+
+os.register_at_fork(after_in_child=_forget_entropy)
 
 
 def uuid7() -> uuid.UUID:
@@ -117,9 +143,9 @@ def uuid7() -> uuid.UUID:
         if ms <= _last_ms:
             # Same (or a stepped-back) clock: keep the timestamp, count up the random part.
             ms = _last_ms
-            rand = _last_rand + 1 + int.from_bytes(os.urandom(2), "big")
+            rand = _last_rand + 1 + _random_bytes(2)
         else:
-            rand = int.from_bytes(os.urandom(9), "big") >> 2  # 70 random bits
+            rand = _random_bytes(9) >> 2  # 70 random bits
         _last_ms, _last_rand = ms, rand
     rand &= (1 << 74) - 1
     value = (ms & ((1 << 48) - 1)) << 80
@@ -127,7 +153,11 @@ def uuid7() -> uuid.UUID:
     value |= (rand >> 62) << 64  # 12 bits of rand_a
     value |= 0b10 << 62  # variant
     value |= rand & ((1 << 62) - 1)
-    return uuid.UUID(int=value)
+    # uuid.UUID(int=...) re-validates a value built well formed above; skip it.
+    made = object.__new__(uuid.UUID)
+    object.__setattr__(made, "int", value)
+    object.__setattr__(made, "is_safe", uuid.SafeUUID.unknown)
+    return made
 
 
 # -- event input ---------------------------------------------------------------------------
@@ -147,6 +177,15 @@ def _as_mapping(event: Any) -> Mapping[str, Any]:
 
 
 def _name(value: Any, field: str, *, required: bool) -> str | None:
+    # The common case first: a short printable str (printable excludes lone surrogates,
+    # so such a name always encodes as UTF-8).
+    if (
+        type(value) is str
+        and 0 < len(value) <= MAX_NAME
+        and value.isprintable()
+        and not value.isspace()
+    ):
+        return value
     if value is None and not required:
         return None
     if not isinstance(value, str) or not value.strip():
@@ -195,11 +234,16 @@ def _expected(value: Any) -> ExpectedVersion:
     )
 
 
+# "the data of event 'x'" per type: formatting it (a repr) on every store costs more than
+# the lookup; it is only read when the data is refused.
+_DATA_WHAT: dict[str, str] = {}
+
+
 def parse_event(event: Any, max_bytes: int) -> NewEvent:
     """Validate one event given as a dict, a pydantic model or a dataclass."""
-    fields = _as_mapping(event)
-    unknown = sorted(str(k) for k in fields if k not in _EVENT_KEYS)
-    if unknown:
+    fields = event if type(event) is dict else _as_mapping(event)
+    if not _EVENT_KEYS.issuperset(fields):
+        unknown = sorted(str(k) for k in fields if k not in _EVENT_KEYS)
         raise EventError(
             f"unknown event field {unknown[0]!r} (known: {', '.join(sorted(_EVENT_KEYS))})",
             context={"field": unknown[0]},
@@ -207,54 +251,71 @@ def parse_event(event: Any, max_bytes: int) -> NewEvent:
     type_ = _name(fields.get("type"), "type", required=True)
     assert type_ is not None
     event_id, id_given = _event_id(fields.get("id"))
-    stream_id = _name(fields.get("stream_id"), "stream_id", required=False)
-    expected = _expected(fields.get("expected_version", "any"))
-    if stream_id is None and expected != "any":
-        raise EventError(
-            "expected_version needs a stream_id", context={"expected_version": expected}
-        )
-    ctx = {"type": type_, "id": str(event_id)}
+    stream_id = fields.get("stream_id")
+    if stream_id is not None:
+        stream_id = _name(stream_id, "stream_id", required=False)
+    expected = fields.get("expected_version", "any")
+    if expected != "any":
+        expected = _expected(expected)
+        if stream_id is None:
+            raise EventError(
+                "expected_version needs a stream_id", context={"expected_version": expected}
+            )
+    id_text = str(event_id)
+    ctx = {"type": type_, "id": id_text}
     data = fields.get("data")
+    what = _DATA_WHAT.get(type_)
+    if what is None:
+        if len(_DATA_WHAT) > 4096:  # bounded: types are few, but any string is one
+            _DATA_WHAT.clear()
+        what = _DATA_WHAT[type_] = f"the data of event {type_!r}"
     data_text = encode_json(
         data,
-        what=f"the data of event {type_!r}",
+        what=what,
         max_bytes=max_bytes,
         error=EventError,
         context=ctx,
     )
     metadata = fields.get("metadata")
-    if metadata is None:
-        metadata = {}
-    if not isinstance(metadata, Mapping):
+    if not metadata and (metadata is None or type(metadata) is dict):
+        metadata, metadata_text = {}, "{}"  # the usual case: nothing to encode
+    elif not isinstance(metadata, Mapping):
         raise EventError(
             "event field 'metadata' must be a dict", context={**ctx, "field": "metadata"}
         )
-    metadata_text = encode_json(
-        dict(metadata),
-        what=f"the metadata of event {type_!r}",
-        max_bytes=max_bytes,
-        error=EventError,
-        context=ctx,
-    )
-    given = "correlation_id" in fields or "causation_id" in fields
+    else:
+        metadata_text = encode_json(
+            dict(metadata),
+            what=f"the metadata of event {type_!r}",
+            max_bytes=max_bytes,
+            error=EventError,
+            context=ctx,
+        )
+        metadata = normalize_json(dict(metadata), metadata_text)
     correlation_id = fields.get("correlation_id")
+    causation_id = fields.get("causation_id")
+    given = "correlation_id" in fields or "causation_id" in fields
     if correlation_id is None:
         correlation_id = current_correlation_id()
-    causation_id = fields.get("causation_id")
-    if isinstance(causation_id, uuid.UUID):
-        causation_id = str(causation_id)
+    if correlation_id is not None:
+        correlation_id = _name(correlation_id, "correlation_id", required=False)
+    if causation_id is not None:
+        if isinstance(causation_id, uuid.UUID):
+            causation_id = str(causation_id)
+        causation_id = _name(causation_id, "causation_id", required=False)
     return NewEvent(
         id=event_id,
+        id_text=id_text,
         id_given=id_given,
         type=type_,
         data=normalize_json(data, data_text),
         data_text=data_text,
-        metadata=normalize_json(dict(metadata), metadata_text),
+        metadata=metadata,
         metadata_text=metadata_text,
         stream_id=stream_id,
         expected_version=expected,
-        correlation_id=_name(correlation_id, "correlation_id", required=False),
-        causation_id=_name(causation_id, "causation_id", required=False),
+        correlation_id=correlation_id,
+        causation_id=causation_id,
         causal_ids_given=given,
     )
 

@@ -1,122 +1,305 @@
 """The statement plan of ``store``, and keyset pagination: shared by both faces.
 
-``store_steps`` is a generator: it yields ``(method, sql, params)`` and receives each
-result, so the sync and async faces run the very same logic on their own transaction
+A plan is a generator: it yields ``(method, sql, params)`` and receives each result, so
+the sync and async faces run the very same logic on their own connection or transaction
 (:func:`drive`, :func:`adrive`) without a thread hop.
+
+What one store costs:
+
+* PostgreSQL: one statement, ``foundation_append_events`` (migration 0007), in its own
+  implicit transaction; the function takes the writers' lock, checks and appends, and
+  notifies. Ids the caller gave are looked up first (a retry returns the original record).
+  Several callers' stores can share one call (:mod:`._group`).
+* SQLite: one event is one ``INSERT`` in autocommit (its stream version and
+  expected-version check inside the statement); several events, or an id the caller
+  gave, run in one ``BEGIN IMMEDIATE`` transaction: ids looked up, each stream's version
+  read once, one ``executemany``.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from foundation.database.aio import AsyncCursor
 from foundation.database.sync import Cursor
-from foundation.errors import ConcurrencyError, EventError
+from foundation.errors import ConcurrencyError, EventError, FoundationError
 from foundation.events._model import NewEvent, RecordedEvent
-from foundation.events._store import EventSQL
+from foundation.events._store import EventSQL, new_record
 
 if TYPE_CHECKING:
     from foundation.events._service import _EventsBase
 
-__all__ = ["Pager", "Step", "StoredBatch", "adrive", "check_expected", "drive", "store_steps"]
+__all__ = [
+    "NO_IDS",
+    "Known",
+    "Pager",
+    "Step",
+    "StoredBatch",
+    "adrive",
+    "appended",
+    "concurrency_error",
+    "drive",
+    "is_id_race",
+    "known_ids",
+    "needs_transaction",
+    "sqlite_store",
+]
 
-Step = tuple[str, str, dict[str, Any] | None]
+Step = tuple[str, str, Any]
+
+
+@dataclass
+class Known:
+    """What ``known_ids`` found: events of the batch that are not to be written again."""
+
+    records: dict[int, RecordedEvent] = field(default_factory=dict)  # index -> original
+    repeats: dict[int, int] = field(default_factory=dict)  # index -> its first occurrence
+
+    def fresh(self, size: int) -> list[int]:
+        """The batch indexes to write."""
+        if not self.records and not self.repeats:
+            return list(range(size))
+        return [i for i in range(size) if i not in self.records and i not in self.repeats]
 
 
 class StoredBatch(list[RecordedEvent]):
     """The records of one store (retries included), with what the tail cache needs.
 
-    ``inserted``: the records this transaction wrote; ``prev_tail``: the log's last
-    position just before the first of them (None when nothing was written).
+    ``inserted``: the records this call wrote; ``prev_tail``: the log's last position
+    just before the first of them (None when nothing was written).
     """
 
     inserted: list[RecordedEvent]
     prev_tail: int | None
 
 
-def check_expected(event: NewEvent, current: int) -> None:
+def concurrency_error(event: NewEvent, actual: int) -> ConcurrencyError:
+    return ConcurrencyError(
+        f"stream {event.stream_id!r} is at version {actual}, "
+        f"but the writer expected {event.expected_version!r}; nothing was written",
+        context={
+            "stream_id": event.stream_id,
+            "expected": event.expected_version,
+            "actual": actual,
+            "id": str(event.id),
+        },
+    )
+
+
+def _expected_holds(event: NewEvent, current: int) -> bool:
     expected = event.expected_version
-    if expected == "any":
-        return
-    ok = (
-        (expected == "no_stream" and current == 0)
+    return (
+        expected == "any"
+        or (expected == "no_stream" and current == 0)
         or (expected == "exists" and current > 0)
         or (isinstance(expected, int) and expected == current)
     )
-    if not ok:
-        raise ConcurrencyError(
-            f"stream {event.stream_id!r} is at version {current}, "
-            f"but the writer expected {expected!r}; nothing was written",
-            context={
-                "stream_id": event.stream_id,
-                "expected": expected,
-                "actual": current,
-                "id": str(event.id),
-            },
-        )
 
 
-def store_steps(
-    sql: EventSQL, batch: list[NewEvent], now: datetime
-) -> Generator[Step, Any, list[RecordedEvent]]:
-    """The statements of one store transaction; raises to roll it back."""
-    if sql.lock is not None:
-        yield ("fetchone", sql.lock, None)  # see _store: positions follow commit order
-    at = sql.codec.ts(now)
-    versions: dict[str, int] = {}
+def is_id_race(exc: FoundationError) -> bool:
+    """A given id that another writer recorded between our lookup and our insert."""
+    return exc.context.get("sqlstate") == "23505" and "uq_foundation_events_id" in str(exc)
+
+
+def needs_transaction(sql: EventSQL, batch: Sequence[NewEvent]) -> bool:
+    """SQLite runs one fresh event as a single autocommit statement, else a transaction."""
+    return sql.backend == "sqlite" and (len(batch) > 1 or batch[0].id_given)
+
+
+def _same_new(a: NewEvent, b: NewEvent) -> bool:
+    return (a.type, a.stream_id, a.data, a.metadata, a.correlation_id, a.causation_id) == (
+        b.type,
+        b.stream_id,
+        b.data,
+        b.metadata,
+        b.correlation_id,
+        b.causation_id,
+    )
+
+
+NO_IDS = Known()  # nothing known: shared, never written to
+
+
+def known_ids(sql: EventSQL, batch: Sequence[NewEvent]) -> Generator[Step, Any, Known]:
+    """Look up the ids the caller gave; raise if one is recorded with other content.
+
+    An id given twice in one batch must describe the same event both times; the second
+    is then answered with the first's record.
+    """
+    given: dict[Any, int] = {}
+    known = Known()
+    for index, event in enumerate(batch):
+        if not event.id_given:
+            continue
+        first = given.get(event.id)
+        if first is None:
+            given[event.id] = index
+        elif not _same_new(batch[first], event):
+            raise EventError(
+                f"event {event.id} appears twice in one batch with different content",
+                context={"id": str(event.id)},
+            )
+        else:
+            known.repeats[index] = first
+    if not given:
+        return known
+    for statement, params in sql.id_chunks([str(i) for i in given]):
+        rows = yield ("fetchall", statement, params)
+        for row in rows:
+            existing = sql.record(row)
+            index = given[existing.id]
+            if not batch[index].same_content(existing):
+                raise EventError(
+                    f"event {existing.id} is already recorded with different content",
+                    context={"id": str(existing.id), "position": existing.position},
+                )
+            known.records[index] = existing
+    return known
+
+
+def _assemble(
+    batch: Sequence[NewEvent],
+    known: Known,
+    fresh: list[int],
+    written: Sequence[tuple[int, int | None]],
+    now: datetime,
+    prev_tail: int | None,
+) -> StoredBatch:
+    """The records in batch order: originals for known ids, new records for the rest."""
+    records: list[RecordedEvent | None] = [None] * len(batch)
     out = StoredBatch()
     out.inserted = []
-    out.prev_tail = None
-    last = 0
-    for event in batch:
-        if event.id_given:
-            row = yield ("fetchone", sql.by_id, {"id": str(event.id)})
-            if row is not None:
-                existing = sql.record(row)
-                if not event.same_content(existing):
-                    raise EventError(
-                        f"event {event.id} is already recorded with different content",
-                        context={"id": str(event.id), "position": existing.position},
-                    )
-                out.append(existing)  # a retry: the original record, nothing written
-                continue
-        version: int | None = None
+    out.prev_tail = prev_tail if written else None
+    for index, (position, version) in zip(fresh, written, strict=True):
+        e = batch[index]
+        record = new_record(
+            e.id,
+            position,
+            e.stream_id,
+            version,
+            e.type,
+            e.data,
+            e.metadata,
+            e.correlation_id,
+            e.causation_id,
+            now,
+        )
+        records[index] = record
+        out.inserted.append(record)
+    for index, record in known.records.items():
+        records[index] = record
+    for index, first in known.repeats.items():
+        records[index] = records[first]
+    out.extend(records)  # type: ignore[arg-type]  # every slot is filled above
+    return out
+
+
+def _one(e: NewEvent, written: tuple[int, int | None], now: datetime) -> StoredBatch:
+    """``_assemble`` for the commonest store: one event, written."""
+    position, version = written
+    record = new_record(
+        e.id,
+        position,
+        e.stream_id,
+        version,
+        e.type,
+        e.data,
+        e.metadata,
+        e.correlation_id,
+        e.causation_id,
+        now,
+    )
+    out = StoredBatch((record,))
+    out.inserted = [record]
+    out.prev_tail = position - 1
+    return out
+
+
+def sqlite_store(
+    sql: EventSQL, batch: Sequence[NewEvent], now: datetime, in_transaction: bool
+) -> Generator[Step, Any, StoredBatch]:
+    """One SQLite store (``in_transaction`` as :func:`needs_transaction` said)."""
+    at = sql.codec.ts(now)
+    known = (yield from known_ids(sql, batch)) if in_transaction else NO_IDS
+    fresh = known.fresh(len(batch))
+    if not fresh:
+        return _assemble(batch, known, fresh, [], now, None)
+    if len(fresh) == 1:
+        event = batch[fresh[0]]
+        if event.stream_id is None:
+            row = yield ("fetchone", sql.insert, sql.insert_params(event, None, at))
+            written: list[tuple[int, int | None]] = [(int(row[0]), None)]
+        else:
+            row = yield ("fetchone", sql.insert_checked, sql.checked_params(event, at))
+            if row is None:  # the expected version did not hold: nothing was written
+                current = yield ("fetchone", sql.stream_version, {"stream_id": event.stream_id})
+                raise concurrency_error(event, int(current[0] or 0))
+            written = [(int(row[0]), int(row[1]))]
+        # Writers are serialized and the rowid is max + 1 (append-only): the tail before
+        # this row is the position just below it.
+        if len(batch) == 1:
+            return _one(event, written[0], now)
+        return _assemble(batch, known, fresh, written, now, written[0][0] - 1)
+    versions: dict[str, int] = {}
+    rows = []
+    assigned: list[int | None] = []
+    for index in fresh:
+        event = batch[index]
+        version = None
         if event.stream_id is not None:
             current = versions.get(event.stream_id)
             if current is None:
                 row = yield ("fetchone", sql.stream_version, {"stream_id": event.stream_id})
-                current = 0 if row is None or row[0] is None else int(row[0])
-            check_expected(event, current)
+                current = 0 if row[0] is None else int(row[0])
+            if not _expected_holds(event, current):
+                raise concurrency_error(event, current)
             version = versions[event.stream_id] = current + 1
-        row = yield ("fetchone", sql.insert, sql.insert_params(event, version, at))
-        assert row is not None
-        last = int(row[0])
-        if out.prev_tail is None:
-            # PostgreSQL returns the tail before this row; on SQLite (writers serialized,
-            # rowid = max + 1, append-only) it is the position just below.
-            out.prev_tail = int(row[1] or 0) if len(row) > 1 else last - 1
-        record = RecordedEvent(
-            id=event.id,
-            position=last,
-            stream_id=event.stream_id,
-            stream_version=version,
-            type=event.type,
-            data=event.data,
-            metadata=event.metadata,
-            correlation_id=event.correlation_id,
-            causation_id=event.causation_id,
-            recorded_at=now,
-        )
-        out.append(record)
-        out.inserted.append(record)
-    if last and sql.notify is not None:
-        # Delivered at commit only, so a woken subscriber finds the events there.
-        payload = json.dumps({"topic": "events", "position": last})
-        yield ("fetchone", sql.notify, {"payload": payload})
+        assigned.append(version)
+        rows.append(sql.insert_params(event, version, at))
+    yield ("executemany", sql.insert_many, rows)
+    last = yield ("fetchone", sql.last_rowid, None)
+    first = int(last[0]) - len(rows) + 1  # consecutive rowids: one writer, max + 1 each
+    written = [(first + k, v) for k, v in enumerate(assigned)]
+    return _assemble(batch, known, fresh, written, now, first - 1)
+
+
+def appended(
+    units: Sequence[tuple[Sequence[NewEvent], Known]],
+    rows: list[tuple[Any, ...]],
+    now: datetime,
+) -> list[StoredBatch | ConcurrencyError]:
+    """PostgreSQL: each unit's outcome from ``foundation_append_events``'s rows.
+
+    Rows come in argument order (``o_ord`` counts every fresh event of every unit from
+    1); a unit that failed its check is one row with no position.
+    """
+    by_ord = {int(r[0]): r for r in rows}
+    tail = int(rows[0][4] or 0) if rows else 0
+    out: list[StoredBatch | ConcurrencyError] = []
+    ord_ = 0
+    for batch, known in units:
+        fresh = known.fresh(len(batch))
+        span = range(ord_ + 1, ord_ + len(fresh) + 1)
+        ord_ += len(fresh)
+        failed = next((o for o in span if by_ord.get(o, (0, 0))[1] is None), None)
+        if failed is not None:
+            actual = int(by_ord[failed][3])
+            out.append(concurrency_error(batch[fresh[failed - span.start]], actual))
+            continue
+        written = [(int(by_ord[o][1]), _int_or_none(by_ord[o][2])) for o in span]
+        stored = _assemble(batch, known, fresh, written, now, None)
+        if written:
+            stored.prev_tail = tail
+            tail = written[-1][0]
+        out.append(stored)
     return out
+
+
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 class Pager:
@@ -144,21 +327,19 @@ class Pager:
         self.done = len(records) < size or (self._remaining is not None and self._remaining <= 0)
 
 
-def drive(tx: Cursor, gen: Generator[Step, Any, list[RecordedEvent]]) -> list[RecordedEvent]:
+def drive(tx: Cursor, gen: Generator[Step, Any, Any]) -> Any:
     try:
         op, sql, params = next(gen)
         while True:
             op, sql, params = gen.send(getattr(tx, op)(sql, params))
     except StopIteration as done:
-        return done.value  # type: ignore[no-any-return]
+        return done.value
 
 
-async def adrive(
-    tx: AsyncCursor, gen: Generator[Step, Any, list[RecordedEvent]]
-) -> list[RecordedEvent]:
+async def adrive(tx: AsyncCursor, gen: Generator[Step, Any, Any]) -> Any:
     try:
         op, sql, params = next(gen)
         while True:
             op, sql, params = gen.send(await getattr(tx, op)(sql, params))
     except StopIteration as done:
-        return done.value  # type: ignore[no-any-return]
+        return done.value

@@ -1,6 +1,6 @@
 """The events service: :class:`Events` (sync) and :class:`AsyncEvents`.
 
-The logic of ``store`` is written once, as a generator of statements (``_plan.store_steps``):
+The logic of ``store`` is written once, as generators of statements (``_plan``):
 each face only runs the statements it yields, on its own transaction. So the two faces
 cannot drift apart, and neither hops threads.
 """
@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import threading
 import time
+import uuid
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
@@ -27,7 +28,8 @@ import pydantic
 from foundation.database.aio import AsyncDatabase
 from foundation.database.feed import ChangeFeed
 from foundation.database.sync import Cursor, SyncDatabase
-from foundation.errors import EventError, StorageUnavailableError
+from foundation.errors import EventError, FoundationError, StorageUnavailableError
+from foundation.events._group import AsyncGroupCommit, GroupCommit
 from foundation.events._model import (
     MAX_LIMIT,
     Criteria,
@@ -36,7 +38,19 @@ from foundation.events._model import (
     parse_criteria,
     parse_event,
 )
-from foundation.events._plan import Pager, Step, StoredBatch, adrive, drive, store_steps
+from foundation.events._plan import (
+    NO_IDS,
+    Known,
+    Pager,
+    StoredBatch,
+    adrive,
+    appended,
+    drive,
+    is_id_race,
+    known_ids,
+    needs_transaction,
+    sqlite_store,
+)
 from foundation.events._store import EventSQL
 from foundation.events._subscription import AsyncSubscription, Subscription, SubscriptionOptions
 from foundation.events._tail import TailCache
@@ -52,6 +66,10 @@ MAX_BATCH = 10_000
 _TAIL_KEYS = ("type", "stream_id", "correlation_id", "causation_id")
 _TAIL_BATCH = 500
 _CATCH_UP_BATCH = 1_000
+_GROUP_UNITS = 64  # stores sharing one PostgreSQL call, at most
+# One PostgreSQL store: its events, the ids found already recorded, and its outcome.
+_Unit = tuple[list[NewEvent], Known]
+_Outcome = StoredBatch | BaseException
 
 
 class _EventsBase:
@@ -68,6 +86,8 @@ class _EventsBase:
         self._telemetry = telemetry
         self._node = settings.node_id
         self._wakers: list[Callable[[], None]] = []
+        # Named in this instance's NOTIFYs (not the node id, which a user may repeat).
+        self._writer = uuid.uuid4().hex
         self._wakers_lock = threading.Lock()
         self.tail_cache = TailCache(settings.events_tail_size, sql.codec.load_ts)
         self._feed: ChangeFeed | None = None
@@ -106,12 +126,26 @@ class _EventsBase:
         typed = self.types.prepare
         return [parse_event(typed(event), limit) for event in events]
 
+    def _parse_one(self, event: Any) -> list[NewEvent]:
+        return [parse_event(self.types.prepare(event), self._settings.max_value_bytes)]
+
+    def _cache_written(self, records: StoredBatch) -> None:
+        """Our own writes enter the tail cache (in position order, see ``_tail``)."""
+        if records.inserted and self.tail_cache.enabled:
+            self.tail_cache.add_own(records.prev_tail, records.inserted)
+
+    def _append_params(self, units: list[_Unit], now: datetime) -> dict[str, Any]:
+        fresh = [[batch[i] for i in known.fresh(len(batch))] for batch, known in units]
+        return self._sql.append_params(fresh, self._sql.codec.ts(now), self._writer)
+
+    def _appended(self, units: list[_Unit], rows: list[Any], now: datetime) -> list[_Outcome]:
+        outcomes: list[_Outcome] = list(appended(units, rows, now))
+        for outcome in outcomes:
+            if isinstance(outcome, StoredBatch):
+                self._cache_written(outcome)
+        return outcomes
+
     def _stored(self, started: int, records: list[RecordedEvent]) -> None:
-        if isinstance(records, StoredBatch) and records.inserted and self.tail_cache.enabled:
-            cache = self.tail_cache
-            cache.note_own_write(records.inserted[-1].position)
-            if records.prev_tail is not None:
-                cache.extend(records.prev_tail, records.inserted)
         self._telemetry.execute(
             _STORE,
             {"duration": time.perf_counter_ns() - started, "count": len(records)},
@@ -174,19 +208,21 @@ class _EventsBase:
 
     # -- change feed subscriber (runs in the feed's thread) ---------------------------
 
+    # The list is replaced, never changed in place (copy-on-write): every store wakes,
+    # and reads it without taking the lock.
     def add_waker(self, waker: Callable[[], None]) -> None:
         with self._wakers_lock:
-            self._wakers.append(waker)
+            self._wakers = [*self._wakers, waker]
 
     def remove_waker(self, waker: Callable[[], None]) -> None:
         with self._wakers_lock:
-            if waker in self._wakers:
-                self._wakers.remove(waker)
+            wakers = list(self._wakers)
+            if waker in wakers:  # equality: a bound method is a new object each access
+                wakers.remove(waker)
+                self._wakers = wakers
 
     def wake(self) -> None:
-        with self._wakers_lock:
-            wakers = list(self._wakers)
-        for waker in wakers:
+        for waker in self._wakers:
             waker()
 
     def bind_feed(self, feed: ChangeFeed) -> None:
@@ -199,6 +235,12 @@ class _EventsBase:
         return self.tail_cache.answer(criteria)
 
     def on_notify(self, payload: dict[str, Any], reader: Cursor) -> None:
+        if payload.get("writer") == self._writer:
+            # Our own store: the writer already put it in the cache (or, when another
+            # node's events came between, that node's notification catches the cache
+            # up) and woke the subscriptions; reading it back here would double the
+            # database work of every store.
+            return
         position = payload.get("position")
         if self.tail_cache.enabled and isinstance(position, int):
             hi = self.tail_cache.hi()
@@ -274,14 +316,50 @@ class Events(_EventsBase):
         super().__init__(sql, settings, telemetry)
         self._db = db
         self._subscriptions: list[Subscription] = []
+        self.group_commit: GroupCommit[_Unit, StoredBatch] = GroupCommit(
+            self._append_group, _GROUP_UNITS
+        )
 
-    def _run(self, gen: Generator[Step, Any, list[RecordedEvent]]) -> list[RecordedEvent]:
-        with self._db.transaction() as tx:
-            return drive(tx, gen)
+    def _append_group(self, units: list[_Unit]) -> list[_Outcome]:
+        now = _now()
+        try:
+            rows = self._db.fetchall(self._sql.append, self._append_params(units, now))
+        except FoundationError as exc:
+            if len(units) == 1:
+                return [exc]
+            # One unit's failure (an id race) must not be the others': each alone.
+            return [self._append_group([unit])[0] for unit in units]
+        return self._appended(units, rows, now)
+
+    def _store(self, batch: list[NewEvent]) -> StoredBatch:
+        if self._sql.backend == "sqlite":
+            in_tx = needs_transaction(self._sql, batch)
+            plan = sqlite_store(self._sql, batch, _now(), in_tx)
+            if in_tx:
+                with self._db.transaction() as tx:
+                    records: StoredBatch = drive(tx, plan)
+            else:
+                records = drive(self._db, plan)
+            self._cache_written(records)
+            return records
+        for attempt in (1, 2):
+            known = drive(self._db, known_ids(self._sql, batch)) if _ids_given(batch) else NO_IDS
+            if not known.fresh(len(batch)):
+                return self._appended([(batch, known)], [], _now())[0]  # type: ignore[return-value]
+            try:
+                return self.group_commit.submit((batch, known))
+            except FoundationError as exc:
+                # A given id recorded by another writer meanwhile: look the ids up again.
+                if attempt == 2 or not is_id_race(exc):
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def store(self, event: Any) -> RecordedEvent:
         """Append one event (a dict, pydantic model or dataclass); returns its record."""
-        return self.store_many([event])[0]
+        started = time.perf_counter_ns()
+        records = self._store(self._parse_one(event))
+        self._stored(started, records)
+        return records[0]
 
     def store_many(self, events: list[Any]) -> list[RecordedEvent]:
         """Append several events in one transaction: all are recorded, or none."""
@@ -289,7 +367,7 @@ class Events(_EventsBase):
         batch = self._parse(events)
         if not batch:
             return []
-        records = self._run(store_steps(self._sql, batch, datetime.now(UTC)))
+        records = self._store(batch)
         self._stored(started, records)
         return records
 
@@ -418,17 +496,58 @@ class AsyncEvents(_EventsBase):
         super().__init__(sql, settings, telemetry)
         self._db = db
         self._subscriptions: list[AsyncSubscription] = []
+        self.group_commit: AsyncGroupCommit[_Unit, StoredBatch] = AsyncGroupCommit(
+            self._append_group, _GROUP_UNITS
+        )
+
+    async def _append_group(self, units: list[_Unit]) -> list[_Outcome]:
+        now = _now()
+        try:
+            rows = await self._db.fetchall(self._sql.append, self._append_params(units, now))
+        except FoundationError as exc:
+            if len(units) == 1:
+                return [exc]
+            return [(await self._append_group([unit]))[0] for unit in units]
+        return self._appended(units, rows, now)
+
+    async def _store(self, batch: list[NewEvent]) -> StoredBatch:
+        if self._sql.backend == "sqlite":
+            in_tx = needs_transaction(self._sql, batch)
+            plan = sqlite_store(self._sql, batch, _now(), in_tx)
+            if in_tx:
+                async with self._db.transaction() as tx:
+                    records: StoredBatch = await adrive(tx, plan)
+            else:
+                records = await adrive(self._db, plan)  # type: ignore[arg-type]
+            self._cache_written(records)
+            return records
+        for attempt in (1, 2):
+            known = (
+                await adrive(self._db, known_ids(self._sql, batch))  # type: ignore[arg-type]
+                if _ids_given(batch)
+                else NO_IDS
+            )
+            if not known.fresh(len(batch)):
+                return self._appended([(batch, known)], [], _now())[0]  # type: ignore[return-value]
+            try:
+                return await self.group_commit.submit((batch, known))
+            except FoundationError as exc:
+                if attempt == 2 or not is_id_race(exc):
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def store(self, event: Any) -> RecordedEvent:
-        return (await self.store_many([event]))[0]
+        started = time.perf_counter_ns()
+        records = await self._store(self._parse_one(event))
+        self._stored(started, records)
+        return records[0]
 
     async def store_many(self, events: list[Any]) -> list[RecordedEvent]:
         started = time.perf_counter_ns()
         batch = self._parse(events)
         if not batch:
             return []
-        async with self._db.transaction() as tx:
-            records = await adrive(tx, store_steps(self._sql, batch, datetime.now(UTC)))
+        records = await self._store(batch)
         self._stored(started, records)
         return records
 
@@ -531,6 +650,14 @@ class AsyncEvents(_EventsBase):
         for sub in self._subscriptions:
             await sub.stop()
         self._subscriptions.clear()
+
+
+def _ids_given(batch: list[NewEvent]) -> bool:
+    return any(e.id_given for e in batch)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
 
 
 def _callable(handler: Any) -> Callable[[RecordedEvent], Any]:

@@ -17,16 +17,23 @@ committed and visible or rolled back for good: a follower never skips, and a gap
 rolled-back transaction is simply never filled (followers pass it). This is the
 mechanism the ``eventsourcing`` library uses.
 
-Cost: one extra round trip per transaction, and writers to the log do not overlap
-(throughput is bounded by one transaction's lock-to-commit time, including the commit's
-WAL flush). ``store_many`` amortizes it; readers never take the lock. The only other
-writer of the log, the trigger of migration 0005 that appends ``foundation.config.changed``
-events, takes the same lock first (``EVENTS_LOCK_KEY`` is copied there). On SQLite,
-``BEGIN IMMEDIATE`` already serializes writers and the rowid is the position.
+Cost: writers to the log do not overlap: throughput is bounded by one transaction's
+lock-to-commit time, including the commit's WAL flush. Two things keep that small. The
+lock, the checks, the inserts and the NOTIFY run inside one server-side function
+(``foundation_append_events``, migration 0007), so a store is one statement and one
+round trip, and the lock is held for the function and the commit only, never across a
+network round trip. And stores that arrive while one is in flight are sent together as
+one call (group commit, :mod:`._group`): one lock, one commit, one WAL flush for all of
+them, each caller's events still all-or-nothing on their own. Readers never take the
+lock. The only other writer of the log, the trigger of migration 0005 that appends
+``foundation.config.changed`` events, takes the same lock first (``EVENTS_LOCK_KEY`` is
+copied there). On SQLite, a write transaction already excludes every other writer and
+the rowid is the position.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +48,8 @@ from foundation.database.url import Backend
 from foundation.events._model import Criteria, NewEvent, RecordedEvent
 
 __all__ = ["EVENTS_LOCK_KEY", "EventSQL"]
+
+_json_string = json.encoder.encode_basestring
 
 # pg_advisory_xact_lock key serializing event writers ("FdnEvts" in ASCII).
 EVENTS_LOCK_KEY = 0x46646E45767473
@@ -86,6 +95,10 @@ def _query(shape: tuple[Any, ...]) -> sa.Select[Any]:
     return stmt.order_by(order).limit(sa.bindparam("limit")).offset(sa.literal_column("0"))
 
 
+_ID_CHUNK = 100  # ids looked up per statement (one compiled text per chunk size)
+_EXPECTED_KINDS = ("any", "no_stream", "exists")
+
+
 @dataclass
 class EventSQL:
     """Every statement the events service runs, as driver-ready text."""
@@ -93,42 +106,24 @@ class EventSQL:
     backend: Backend
     codec: Codec
     insert: str
+    insert_many: str
+    insert_checked: str
+    append: str
     by_id: str
     stream_version: str
-    lock: str | None
-    notify: str | None
+    last_rowid: str
     sub_create: str
     sub_claim: str
     sub_checkpoint: str
     sub_status: str
     sub_read: str
     _queries: dict[tuple[Any, ...], str] = field(default_factory=dict)
+    _by_ids: dict[int, str] = field(default_factory=dict)
 
     @classmethod
     def build(cls, backend: Backend, codec: Codec) -> EventSQL:
-        insert = sa.insert(events).values(
-            id=sa.bindparam("id"),
-            stream_id=sa.bindparam("stream_id"),
-            stream_version=sa.bindparam("stream_version"),
-            type=sa.bindparam("type"),
-            data=sa.bindparam("data"),
-            metadata=sa.bindparam("metadata"),
-            correlation_id=sa.bindparam("correlation_id"),
-            causation_id=sa.bindparam("causation_id"),
-            recorded_at=sa.bindparam("recorded_at"),
-        )
-        postgres = backend == "postgresql"
-        if postgres:
-            # The log's tail before this row (the statement does not see its own row; the
-            # advisory lock is held): the tail cache extends itself only from that tail.
-            tail = sa.select(sa.func.max(events.c.position)).scalar_subquery()
-            insert = insert.returning(events.c.position, tail)
-        else:
-            insert = insert.returning(events.c.position)
-        lock = sa.select(sa.func.pg_advisory_xact_lock(sa.literal_column(str(EVENTS_LOCK_KEY))))
-        notify = sa.select(
-            sa.func.pg_notify(sa.literal_column("'foundation'"), sa.bindparam("payload"))
-        )
+        values: dict[str, Any] = {name: sa.bindparam(name) for name in _INSERTED}
+        insert = sa.insert(events).values(**values)
         s = subscriptions
         claimable = sa.or_(
             s.c.owner.is_(None),
@@ -139,7 +134,10 @@ class EventSQL:
         return cls(
             backend=backend,
             codec=codec,
-            insert=compile_sql(insert, backend),
+            insert=compile_sql(insert.returning(events.c.position), backend),
+            insert_many=compile_sql(insert, backend),
+            insert_checked=compile_sql(_insert_checked(), backend),
+            append=compile_sql(_append(), backend) if backend == "postgresql" else "",
             by_id=compile_sql(
                 sa.select(*_COLUMNS).where(events.c.id == sa.bindparam("id")), backend
             ),
@@ -149,8 +147,7 @@ class EventSQL:
                 ),
                 backend,
             ),
-            lock=compile_sql(lock, backend) if postgres else None,
-            notify=compile_sql(notify, backend) if postgres else None,
+            last_rowid=compile_sql(sa.select(sa.func.last_insert_rowid()), backend),
             sub_create=compile_sql(_sub_create(backend), backend),
             # Claim the row only when nobody holds a live lease on it.
             sub_claim=compile_sql(
@@ -198,6 +195,25 @@ class EventSQL:
             ),
         )
 
+    def by_ids(self, count: int) -> str:
+        """SELECT of the events whose id is one of ``id_0 … id_{count-1}``."""
+        text = self._by_ids.get(count)
+        if text is None:
+            ids: list[Any] = [sa.bindparam(f"id_{i}") for i in range(count)]
+            text = compile_sql(sa.select(*_COLUMNS).where(events.c.id.in_(ids)), self.backend)
+            self._by_ids[count] = text
+        return text
+
+    def id_chunks(self, ids: list[str]) -> list[tuple[str, dict[str, Any]]]:
+        """Statements looking up ``ids``, at most ``_ID_CHUNK`` per statement."""
+        out = []
+        for start in range(0, len(ids), _ID_CHUNK):
+            chunk = ids[start : start + _ID_CHUNK]
+            out.append(
+                (self.by_ids(len(chunk)), {f"id_{i}": value for i, value in enumerate(chunk)})
+            )
+        return out
+
     def query(self, criteria: Criteria) -> str:
         """The compiled SELECT for ``criteria``'s shape (compiled once per shape)."""
         text = self._queries.get(criteria.shape)
@@ -211,7 +227,7 @@ class EventSQL:
 
     def insert_params(self, event: NewEvent, version: int | None, at: Any) -> dict[str, Any]:
         return {
-            "id": str(event.id),
+            "id": event.id_text,
             "stream_id": event.stream_id,
             "stream_version": version,
             "type": event.type,
@@ -222,9 +238,30 @@ class EventSQL:
             "recorded_at": at,
         }
 
+    def checked_params(self, event: NewEvent, at: Any) -> dict[str, Any]:
+        """``insert_checked``'s parameters: the row, and the expected version to check."""
+        params = self.insert_params(event, None, at)
+        del params["stream_version"]
+        expected = event.expected_version
+        params["expected_kind"] = expected if expected in _EXPECTED_KINDS else "version"
+        params["expected_version"] = expected if isinstance(expected, int) else None
+        return params
+
+    def append_params(self, units: list[list[NewEvent]], at: Any, writer: str) -> dict[str, Any]:
+        """``append``'s parameters: every event of every unit as one JSON array."""
+        parts = [
+            f'{{"u":{u},"id":"{e.id_text}","s":{_text(e.stream_id)},'
+            f'"e":"{e.expected_version}","t":{_text(e.type)},"d":{e.data_text},'
+            f'"m":{e.metadata_text},"c":{_text(e.correlation_id)},'
+            f'"k":{_text(e.causation_id)}}}'
+            for u, unit in enumerate(units)
+            for e in unit
+        ]
+        return {"events": f"[{','.join(parts)}]", "recorded_at": at, "writer": writer}
+
     def record(self, row: tuple[Any, ...]) -> RecordedEvent:
         load = self.codec.load_json
-        return _new_record(
+        return new_record(
             _uuid(row[1]),
             int(row[0]),
             row[2],
@@ -255,7 +292,7 @@ class EventSQL:
 ) = (getattr(RecordedEvent, name).__set__ for name in RecordedEvent.__slots__)
 
 
-def _new_record(
+def new_record(
     id: uuid.UUID,
     position: int,
     stream_id: str | None,
@@ -286,6 +323,66 @@ def _uuid(text: str) -> uuid.UUID:
     object.__setattr__(value, "int", int(text.replace("-", ""), 16))
     object.__setattr__(value, "is_safe", uuid.SafeUUID.unknown)
     return value
+
+
+_ZERO: Any = sa.literal_column("0")
+_INSERTED = (
+    "id",
+    "stream_id",
+    "stream_version",
+    "type",
+    "data",
+    "metadata",
+    "correlation_id",
+    "causation_id",
+    "recorded_at",
+)
+
+
+def _insert_checked() -> Any:
+    """SQLite: one event of a stream, its version and expected-version check in one
+    statement (atomic under SQLite's write lock). No row back means the check failed."""
+    current = (
+        sa.select(sa.func.coalesce(sa.func.max(events.c.stream_version), _ZERO).label("cur"))
+        .where(events.c.stream_id == sa.bindparam("stream_id"))
+        .subquery("stream")
+    )
+    cur = current.c.cur
+    kind: Any = sa.bindparam("expected_kind")
+    expected_holds = sa.or_(
+        kind == sa.literal_column("'any'"),
+        sa.and_(kind == sa.literal_column("'no_stream'"), cur == _ZERO),
+        sa.and_(kind == sa.literal_column("'exists'"), cur > _ZERO),
+        sa.and_(kind == sa.literal_column("'version'"), cur == sa.bindparam("expected_version")),
+    )
+    row = sa.select(
+        *(
+            (cur + sa.literal_column("1")).label(name)
+            if name == "stream_version"
+            else sa.bindparam(name)
+            for name in _INSERTED
+        )
+    ).where(expected_holds)
+    return (
+        sa.insert(events)
+        .from_select(list(_INSERTED), row)
+        .returning(events.c.position, events.c.stream_version)
+    )
+
+
+def _append() -> Any:
+    """PostgreSQL: ``foundation_append_events`` (migration 0007), one statement per store."""
+    fn = sa.func.foundation_append_events(
+        sa.cast(sa.bindparam("events"), postgresql.JSONB),
+        sa.cast(sa.bindparam("recorded_at"), sa.DateTime(timezone=True)),
+        sa.cast(sa.bindparam("writer"), sa.Text),
+    ).table_valued("o_ord", "o_position", "o_version", "o_actual", "o_tail")
+    return sa.select(fn.c.o_ord, fn.c.o_position, fn.c.o_version, fn.c.o_actual, fn.c.o_tail)
+
+
+def _text(value: str | None) -> str:
+    """A JSON string (or null) for ``append_params``."""
+    return "null" if value is None else _json_string(value)
 
 
 def _sub_create(backend: Backend) -> Any:

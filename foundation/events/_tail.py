@@ -6,11 +6,11 @@ Every event with ``lo < position <= hi``, in position order, and nothing else: a
 contiguous window of the log. ``hi`` only moves when the cache learns of a *complete*
 prefix of the log up to a new position:
 
-* its own writes: the insert statement also returns the log's tail just before the first
-  inserted row (PostgreSQL: a sub-select in ``RETURNING``, run after the advisory lock is
-  held, so no other writer can commit in between; SQLite: writers are serialized and the
-  rowid is ``max + 1``, so it is ``position - 1``). A batch extends the cache only when that
-  tail equals ``hi``; otherwise the cache waits for the feed.
+* its own writes: a store also learns the log's tail just before its first inserted row
+  (PostgreSQL: ``foundation_append_events`` reads it once it holds the writers' lock, so
+  no other writer can commit in between; SQLite: writers are serialized and the rowid is
+  ``max + 1``, so it is ``position - 1``). A batch extends the cache only when that tail
+  equals ``hi``; otherwise the cache waits for the feed.
 * the change feed: a notification (PostgreSQL) or a changed ``data_version`` (SQLite)
   makes the feed's thread read every event after ``hi``. Positions follow commit order
   (see ``_store``), so whatever a reader sees after ``hi`` is a complete prefix.
@@ -41,7 +41,7 @@ from typing import Any
 
 from foundation._frozen import FrozenDict, FrozenList
 from foundation.events._model import Criteria, RecordedEvent
-from foundation.events._store import _new_record
+from foundation.events._store import new_record
 
 __all__ = ["DEFAULT_TAIL_SIZE", "TailCache"]
 
@@ -77,7 +77,7 @@ def _freeze(value: Any) -> Any:
 
 def frozen(record: RecordedEvent) -> RecordedEvent:
     """The record with read-only data and metadata (what the cache shares)."""
-    return _new_record(
+    return new_record(
         record.id,
         record.position,
         record.stream_id,
@@ -158,10 +158,15 @@ class TailCache:
             self._append(records)
             return True
 
-    def note_own_write(self, position: int) -> None:
+    def add_own(self, prev_tail: int | None, records: list[RecordedEvent]) -> None:
+        """This node's own write: served only once ``hi`` reaches it (read-your-writes),
+        and appended now when the log's tail before it was exactly ``hi``."""
         with self._lock:
+            position = records[-1].position
             if position > self._need:
                 self._need = position
+            if prev_tail is not None and self._valid and prev_tail == self._hi:
+                self._append(records)
 
     def _append(self, records: list[RecordedEvent]) -> None:
         # Under the lock.

@@ -31,14 +31,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 from foundation.database.aio import AsyncDatabase
-from foundation.database.sync import Cursor, SyncDatabase
+from foundation.database.sync import SyncDatabase
 from foundation.errors import (
     AlreadyRegisteredError,
     FoundationError,
     NotFoundError,
     ValidationError,
 )
+from foundation.service_registry._feed import RegistryFeedSide
 from foundation.service_registry._state import (
+    INF,
     GroupMember,
     RegistryChange,
     RegistryState,
@@ -91,7 +93,7 @@ class _Held:
     ttl_ms: int | None
 
 
-class _RegistryBase:
+class _RegistryBase(RegistryFeedSide):
     """Validation, the cache, watches, the change-feed side; no I/O."""
 
     def __init__(
@@ -116,6 +118,7 @@ class _RegistryBase:
         self._closed = False
         self._resync_lock = threading.Lock()
         self.lease_losses = 0
+        self._init_feed_side()
         # The hot read paths: the state's own bound methods (one dict lookup, no frame).
         self.lookup = self._state.lookup  # type: ignore[method-assign]
         self.find = self._state.find  # type: ignore[method-assign]
@@ -215,15 +218,12 @@ class _RegistryBase:
             self._lease.expires = 0.0  # our own entries vanish from lookups at once
         self._deadline = 0.0
 
-    def _register_params(self, name: str, held: _Held, gen: int) -> dict[str, Any]:
-        return {
-            "name": name,
-            "address": held.address_text,
-            "metadata": held.metadata_text,
-            "node": self._node,
-            "gen": gen,
-            **self._sql.clock(None, held.ttl_ms),
-        }
+    def _register_params(
+        self, name: str, held: _Held, gen: int
+    ) -> tuple[dict[str, Any], datetime | None]:
+        return self._sql.register_params(
+            name, held.address_text, held.metadata_text, self._node, gen, held.ttl_ms
+        )
 
     def _entry(self, row: tuple[Any, ...]) -> ServiceEntry:
         return self._state.make_entry(row, self._sql.codec.load_json, self._sql.codec.load_ts)
@@ -231,11 +231,43 @@ class _RegistryBase:
     def _member(self, row: tuple[Any, ...]) -> GroupMember:
         return self._state.make_member(row, self._sql.codec.load_json, self._sql.codec.load_ts)
 
-    def _registered(self, row: tuple[Any, ...], held: _Held, started: int) -> ServiceEntry:
-        entry = self._entry(row)
-        self._held[entry.name] = held
-        changes = self._state.apply_entry(entry, entry.name, entry.revision, "local")
-        self._emit(_REGISTER, started, {"name": entry.name, "epoch": entry.epoch})
+    def _registered(
+        self,
+        name: str,
+        held: _Held,
+        gen: int,
+        row: tuple[Any, ...],
+        now: datetime | None,
+        started: int,
+    ) -> ServiceEntry:
+        """Install what ``register`` wrote: ``row`` is (epoch, revision, registered_at).
+
+        The entry is built from the values this node sent (already normalised to what
+        they read back as; JSONB may order an object's keys otherwise, which equality
+        ignores), not decoded again from the row; ``now`` is the SQLite timestamp the
+        statement carried (PostgreSQL returns its own ``now()``).
+        """
+        epoch, revision, registered_at = row
+        registered = now if now is not None else self._sql.codec.load_ts(registered_at)
+        ttl = held.ttl_ms
+        entry = ServiceEntry(
+            name,
+            held.address,
+            held.metadata,
+            self._node,
+            registered,
+            int(epoch),
+            lease=self._state.lease_for(self._node, gen),
+            until=INF if ttl is None else registered.timestamp() + ttl / 1000,
+            revision=int(revision),
+        )
+        self._held[name] = held
+        changes = self._state.apply_entry(entry, name, entry.revision, "local")
+        self._telemetry.execute(
+            _REGISTER,
+            {"duration": time.perf_counter_ns() - started},
+            {"node": self._node, "name": name, "epoch": entry.epoch},
+        )
         self._state.notify(changes)
         return entry
 
@@ -366,72 +398,6 @@ class _RegistryBase:
                 )
         self._state.notify(changes)
 
-    # -- change feed subscriber (runs in the feed's thread) ---------------------------
-
-    def on_notify(self, payload: dict[str, Any], reader: Cursor) -> None:
-        kind = payload.get("kind")
-        if kind == "lease":
-            node, gen, expires = (
-                payload.get("node"),
-                payload.get("generation"),
-                payload.get("expires"),
-            )
-            if isinstance(node, str) and isinstance(gen, int) and isinstance(expires, int | float):
-                self._state.apply_lease(
-                    node, gen, 0.0 if payload.get("deleted") else float(expires)
-                )
-        elif kind == "name":
-            name, revision = payload.get("name"), payload.get("revision")
-            if not isinstance(name, str) or not isinstance(revision, int):
-                return
-            if revision <= self._state.revision(name):
-                return  # this node already holds that change (its own write, usually)
-            row = reader.fetchone(self._sql.select_entry, {"name": name})
-            if row is None or row[3] is None:
-                rev = revision if row is None else int(row[6])
-                self._publish(self._state.apply_entry(None, name, rev, "remote"))
-            else:
-                entry = self._entry(row)
-                self._publish(self._state.apply_entry(entry, name, entry.revision, "remote"))
-        elif kind == "member":
-            group, member_id = payload.get("group"), payload.get("member")
-            if not isinstance(group, str) or not isinstance(member_id, str):
-                return
-            row = reader.fetchone(self._sql.select_member, {"group": group, "member": member_id})
-            member = None if row is None else self._member(row)
-            self._publish(self._state.apply_member(group, member_id, member, "remote"))
-
-    def resync(self, reader: Cursor) -> None:
-        with self._resync_lock:  # one snapshot at a time (see RegistryState.mark)
-            mark = self._state.mark()
-            self._apply_snapshot(
-                reader.fetchall(self._sql.select_leases),
-                reader.fetchall(self._sql.select_entries),
-                reader.fetchall(self._sql.select_members),
-                mark,
-            )
-
-    def _apply_snapshot(
-        self,
-        lease_rows: builtins.list[tuple[Any, ...]],
-        entry_rows: builtins.list[tuple[Any, ...]],
-        member_rows: builtins.list[tuple[Any, ...]],
-        mark: int,
-    ) -> None:
-        seconds = self._sql.epoch_seconds
-        self._state.replace_leases((r[0], int(r[1]), seconds(r[2])) for r in lease_rows)
-        entries = []
-        for row in entry_rows:
-            cached = self._state.cached_entry(row[0])
-            # Unchanged rows keep their object: a resync of a big registry stays cheap.
-            entries.append(
-                cached
-                if cached is not None and cached.revision == int(row[6])
-                else self._entry(row)
-            )
-        members = [self._member(r) for r in member_rows]
-        self._publish(self._state.replace_entries(entries, members, mark))
-
     # -- watch ------------------------------------------------------------------------
 
     def _watch(
@@ -531,10 +497,11 @@ class ServiceRegistry(_RegistryBase):
         for name in self._pending_names():
             held = self._held[name]
             started = time.perf_counter_ns()
-            params = self._register_params(name, held, self._lease.generation)
+            gen = self._lease.generation
+            params, now = self._register_params(name, held, gen)
             row = self._db.fetchone(self._sql.register, params)
             if row is not None:
-                self._registered(row, held, started)
+                self._registered(name, held, gen, row, now, started)
                 kept.append(name)
                 continue
             self._held.pop(name, None)
@@ -583,16 +550,31 @@ class ServiceRegistry(_RegistryBase):
         started = time.perf_counter_ns()
         name, held = self._prepare(name, address, metadata, ttl)
         self._check_local_free(name)
-        while True:
-            lease = self._ensure_lease()
-            params = self._register_params(name, held, lease.generation)
-            row = self._db.fetchone(self._sql.register, params)
-            if row is None:
-                owner = self._db.fetchone(self._sql.select_entry, {"name": name})
-                raise self._conflict(name, owner)
-            if self._lease is lease:
-                return self._registered(row, held, started)
-            # The lease changed while we wrote (a recovery ran): write again under it.
+        self._begin_write(name)
+        try:
+            while True:
+                lease = self._ensure_lease()
+                params, now = self._register_params(name, held, lease.generation)
+                row = self._db.fetchone(self._sql.register, params)
+                if row is None:
+                    owner = self._db.fetchone(self._sql.select_entry, {"name": name})
+                    raise self._conflict(name, owner)
+                if self._lease is lease:
+                    return self._registered(name, held, lease.generation, row, now, started)
+                # The lease changed while we wrote (a recovery ran): write again under it.
+        finally:
+            self._settle(name)
+
+    def _settle(self, name: str) -> None:
+        """After a write: read ``name`` if another node's change was announced meanwhile."""
+        revision = self._end_write(name)
+        if revision:
+            try:
+                row = self._db.fetchone(self._sql.select_entry, {"name": name})
+            except FoundationError:
+                self._request_resync()  # the feed reads it, a little later
+            else:
+                self._apply_name_row(name, revision, row)
 
     def unregister(self, name: Any, force: bool = False) -> None:
         """Release ``name`` (only its owner may, unless ``force=True``)."""
@@ -789,10 +771,11 @@ class AsyncServiceRegistry(_RegistryBase):
         for name in self._pending_names():
             held = self._held[name]
             started = time.perf_counter_ns()
-            params = self._register_params(name, held, self._lease.generation)
+            gen = self._lease.generation
+            params, now = self._register_params(name, held, gen)
             row = await self._db.fetchone(self._sql.register, params)
             if row is not None:
-                self._registered(row, held, started)
+                self._registered(name, held, gen, row, now, started)
                 kept.append(name)
                 continue
             self._held.pop(name, None)
@@ -832,15 +815,30 @@ class AsyncServiceRegistry(_RegistryBase):
         started = time.perf_counter_ns()
         name, held = self._prepare(name, address, metadata, ttl)
         self._check_local_free(name)
-        while True:
-            lease = await self._ensure_lease()
-            params = self._register_params(name, held, lease.generation)
-            row = await self._db.fetchone(self._sql.register, params)
-            if row is None:
-                owner = await self._db.fetchone(self._sql.select_entry, {"name": name})
-                raise self._conflict(name, owner)
-            if self._lease is lease:
-                return self._registered(row, held, started)
+        self._begin_write(name)
+        try:
+            while True:
+                lease = await self._ensure_lease()
+                params, now = self._register_params(name, held, lease.generation)
+                row = await self._db.fetchone(self._sql.register, params)
+                if row is None:
+                    owner = await self._db.fetchone(self._sql.select_entry, {"name": name})
+                    raise self._conflict(name, owner)
+                if self._lease is lease:
+                    return self._registered(name, held, lease.generation, row, now, started)
+        finally:
+            await self._settle(name)
+
+    async def _settle(self, name: str) -> None:
+        """As :meth:`ServiceRegistry._settle`."""
+        revision = self._end_write(name)
+        if revision:
+            try:
+                row = await self._db.fetchone(self._sql.select_entry, {"name": name})
+            except FoundationError:
+                self._request_resync()
+            else:
+                self._apply_name_row(name, revision, row)
 
     async def unregister(self, name: Any, force: bool = False) -> None:
         started = time.perf_counter_ns()

@@ -15,6 +15,13 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from foundation.database.codec import Codec
+from foundation.database.feed import (
+    TOPIC_LEASES,
+    TOPIC_MEMBERS,
+    TOPIC_NAMES,
+    TopicRevisions,
+    changed_keys_sql,
+)
 from foundation.database.schema import leases, registry, registry_members
 from foundation.database.statements import compile_sql
 from foundation.database.url import Backend
@@ -34,6 +41,15 @@ def _clock(backend: Backend) -> tuple[Any, Any, Any]:
             now + sa.bindparam("entry_ttl_ms", type_=sa.BigInteger) * _ONE_MS,
         )
     return sa.bindparam("now"), sa.bindparam("expires"), sa.bindparam("entry_expires")
+
+
+def _sqlite_ts(at: datetime) -> str:
+    """``at`` (aware, UTC) as SQLiteCodec.ts writes it: ``YYYY-MM-DD HH:MM:SS.ffffff``.
+
+    ``isoformat`` with fixed microseconds, cut before the ``+00:00``, is the same text as
+    ``strftime("%Y-%m-%d %H:%M:%S.%f")`` (years 1000-9999) in a fraction of the time.
+    """
+    return at.isoformat(" ", "microseconds")[:26]
 
 
 def _insert(backend: Backend) -> Any:
@@ -85,6 +101,11 @@ ENTRY_COLUMNS = (
     registry.c.registered_at,
     registry.c.expires_at,
 )
+# What register reads back: only what the database decided. The caller already holds the
+# name, address and metadata it sent (decoding them again was most of register's Python
+# time on PostgreSQL, where JSONB comes back parsed); the entry's own expiry is
+# registered_at + its ttl (one now() per statement).
+REGISTERED_COLUMNS = (registry.c.epoch, registry.c.revision, registry.c.registered_at)
 MEMBER_COLUMNS = (
     registry_members.c.group_name,
     registry_members.c.member_id,
@@ -120,6 +141,8 @@ class RegistrySQL:
     select_members: str
     select_member: str
     prune_members: str
+    topics: TopicRevisions
+    select_changed_entries: str
 
     @classmethod
     def build(cls, backend: Backend, codec: Codec) -> RegistrySQL:
@@ -214,7 +237,7 @@ class RegistrySQL:
                 "updated_at": reg.excluded.updated_at,
             },
             where=_dead_owner(backend, now),
-        ).returning(*ENTRY_COLUMNS)
+        ).returning(*REGISTERED_COLUMNS)
 
         mine = (
             registry.c.name == sa.bindparam("name"),
@@ -307,6 +330,9 @@ class RegistrySQL:
                 backend,
             ),
             prune_members=compile_sql(prune_members, backend),
+            topics=TopicRevisions.build(backend, TOPIC_NAMES, TOPIC_MEMBERS, TOPIC_LEASES),
+            # (revision, name, *ENTRY_COLUMNS) of each change after :after; NULLs: deleted.
+            select_changed_entries=changed_keys_sql(backend, *ENTRY_COLUMNS, key=registry.c.name),
         )
 
     # -- parameters -------------------------------------------------------------------
@@ -330,6 +356,32 @@ class RegistrySQL:
             ),
             "ttl_ms": ttl_ms,
         }
+
+    def register_params(
+        self, name: str, address: str, metadata: str, node: str, gen: int, ttl_ms: int | None
+    ) -> tuple[dict[str, Any], datetime | None]:
+        """The parameters of ``register`` and, on SQLite, the ``now`` they carry.
+
+        The hot path of register: the SQLite timestamp is formatted once (``isoformat`` is
+        C code; ``strftime`` costs several times more) and handed back so that the caller
+        never parses what it wrote. PostgreSQL reads its own clock: ``None``.
+        """
+        params: dict[str, Any] = {
+            "name": name,
+            "address": address,
+            "metadata": metadata,
+            "node": node,
+            "gen": gen,
+            "entry_ttl_ms": ttl_ms,
+        }
+        if self.backend == "postgresql":
+            return params, None
+        now = datetime.now(UTC)
+        params["now"] = _sqlite_ts(now)
+        params["entry_expires"] = (
+            None if ttl_ms is None else _sqlite_ts(now + timedelta(milliseconds=ttl_ms))
+        )
+        return params, now
 
     def epoch_seconds(self, value: Any) -> float:
         """A stored timestamp as seconds since the Unix epoch (what the cache compares)."""

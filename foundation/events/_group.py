@@ -1,0 +1,169 @@
+"""Group commit: concurrent stores of one process share one statement and one commit.
+
+On PostgreSQL every store holds the writers' lock from its first position to its commit,
+WAL flush included (that is what keeps positions in commit order, see ``_store``), so
+stores issued one by one cannot overlap, however many threads or tasks issue them. Here
+the callers that arrive while a store is in flight queue up; when it returns, the whole
+queue goes to the database as one ``foundation_append_events`` call (each caller's events
+one unit, all or nothing on its own), and each caller gets its own outcome. A caller is
+answered only after that call, commit included, has returned: an acknowledged event is
+durable exactly as a lone store is.
+
+A lone caller pays nothing: with an empty queue it runs its store at once.
+
+The sync face uses leader hand-off (as LevelDB's writer queue): the first caller leads,
+runs the queue, and passes the lead to the next waiting caller, so no thread is kept
+serving others. On the async face a lone caller runs its own call too; the callers that
+queue meanwhile are sent by a task of their own, so that no caller's cancellation
+cancels the others' statement, and a caller cancelled before its group is sent is not
+written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+from foundation.errors import StorageUnavailableError
+
+__all__ = ["AsyncGroupCommit", "GroupCommit"]
+
+U = TypeVar("U")
+R = TypeVar("R")
+# Outcomes are results or exceptions, one per unit, in the units' order.
+Run = Callable[[list[U]], list[R | BaseException]]
+
+
+def _result(outcome: R | BaseException) -> R:
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
+
+
+class _Slot(Generic[U, R]):
+    __slots__ = ("done", "lead", "outcome", "unit")
+
+    def __init__(self, unit: U) -> None:
+        self.unit = unit
+        self.outcome: R | BaseException | None = None
+        self.lead = False
+        self.done: threading.Event | None = None  # made only for a caller that waits
+
+
+class GroupCommit(Generic[U, R]):
+    """Threads' units, run in groups of at most ``limit`` units by whichever thread leads."""
+
+    def __init__(self, run: Run[U, R], limit: int) -> None:
+        self._run = run
+        self._limit = limit
+        self._lock = threading.Lock()
+        self._queue: list[_Slot[U, R]] = []
+        self._leading = False
+        self.groups = 0  # how many calls ran (for tests and the benchmark)
+
+    def submit(self, unit: U) -> R:
+        slot: _Slot[U, R] = _Slot(unit)
+        with self._lock:
+            self._queue.append(slot)
+            if self._leading:
+                slot.done = threading.Event()
+            else:
+                self._leading = slot.lead = True
+        if slot.done is not None:
+            slot.done.wait()
+            if not slot.lead:  # our group ran
+                return _result(slot.outcome)  # type: ignore[return-value]
+        # Leading: our slot is first in the queue (a queue never waits without a leader).
+        with self._lock:
+            group = self._queue[: self._limit]
+            del self._queue[: len(group)]
+        try:
+            outcomes = self._run([s.unit for s in group])
+        except BaseException as exc:
+            outcomes = [exc] * len(group)
+        self.groups += 1
+        for s, outcome in zip(group, outcomes, strict=True):
+            s.outcome = outcome
+        with self._lock:
+            successor = self._queue[0] if self._queue else None
+            if successor is None:
+                self._leading = False
+            else:
+                successor.lead = True
+        if successor is not None:
+            successor.done.set()  # type: ignore[union-attr]  # a waiting slot
+        for s in group:
+            if s.done is not None and s is not slot:
+                s.done.set()
+        return _result(slot.outcome)  # type: ignore[return-value]
+
+
+class AsyncGroupCommit(Generic[U, R]):
+    """Tasks' units: a lone caller runs its own; those arriving meanwhile, in groups."""
+
+    def __init__(self, run: Callable[[list[U]], Awaitable[list[R | BaseException]]], limit: int):
+        self._run = run
+        self._limit = limit
+        self._queue: list[tuple[U, asyncio.Future[R]]] = []
+        self.busy = False  # a call is in flight (its caller's own, or a flushing task's)
+        self._flusher: asyncio.Task[None] | None = None
+        self.groups = 0
+
+    async def submit(self, unit: U) -> R:
+        loop = asyncio.get_running_loop()
+        if self.busy:
+            future: asyncio.Future[R] = loop.create_future()
+            self._queue.append((unit, future))
+            # Cancelling the caller cancels the future: still queued, the unit is dropped.
+            return await future
+        self.busy = True
+        try:
+            outcome = (await self._run([unit]))[0]
+            self.groups += 1
+        finally:
+            # Whoever queued meanwhile is sent by a task of its own, so that this
+            # caller's cancellation cannot cancel their statement.
+            if self._queue:
+                self._flusher = loop.create_task(self._flush())
+            else:
+                self.busy = False
+        return _result(outcome)
+
+    async def _flush(self) -> None:
+        group: list[tuple[U, asyncio.Future[R]]] = []
+        try:
+            while self._queue:
+                group = [(u, f) for u, f in self._queue[: self._limit] if not f.done()]
+                del self._queue[: self._limit]
+                if not group:
+                    continue
+                try:
+                    outcomes = await self._run([u for u, _ in group])
+                except asyncio.CancelledError:
+                    raise
+                except BaseException as exc:
+                    outcomes = [exc] * len(group)
+                self.groups += 1
+                for (_, future), outcome in zip(group, outcomes, strict=True):
+                    if future.done():
+                        continue  # its caller was cancelled while the statement ran
+                    if isinstance(outcome, BaseException):
+                        future.set_exception(outcome)
+                    else:
+                        future.set_result(outcome)
+                group = []
+        finally:
+            self._flusher = None
+            self.busy = False
+            # Cancelled (the loop is closing): nobody may wait forever.
+            for _, future in group + self._queue:
+                if not future.done():
+                    future.set_exception(
+                        StorageUnavailableError(
+                            "the store was interrupted before its outcome was known",
+                            context={"reason": "group commit cancelled"},
+                        )
+                    )
+            self._queue.clear()

@@ -1,0 +1,253 @@
+"""The registry's side of the change feed: what a node does when another node changed
+the registry (runs in the feed's thread, for the sync and the async registry alike).
+
+PostgreSQL: ``on_notify`` applies the one change a notification names, and ``resync``
+re-reads everything after the listener (re)connects. SQLite: the feed calls ``poll`` after
+any commit to the file; the topic revisions (migration 0006) say whether the names, the
+members or the leases moved, and which names, so an event or a config value costs one
+small read and a registration elsewhere costs reading that one name.
+"""
+
+from __future__ import annotations
+
+import builtins
+import threading
+from typing import Any
+
+from foundation.database.feed import TOPIC_NAMES
+from foundation.database.sync import Cursor
+from foundation.service_registry._state import (
+    GroupMember,
+    RegistryChange,
+    RegistryState,
+    ServiceEntry,
+)
+from foundation.service_registry._store import RegistrySQL
+
+__all__ = ["RegistryFeedSide"]
+
+
+class RegistryFeedSide:
+    """Mixed into the registry services, which provide the cache and the row decoders."""
+
+    _sql: RegistrySQL
+    _state: RegistryState
+    _resync_lock: threading.Lock
+
+    def _init_feed_side(self) -> None:
+        # Counted for tests and telemetry pollers: full re-reads, SQLite polls (every
+        # commit to the file), polls that found a registry topic moved, and the names
+        # those polls decoded.
+        self.resyncs = 0
+        self.polls = 0
+        self.poll_reads = 0
+        self.names_read = 0
+        self._topics_seen: tuple[Any, ...] | None = None  # (names, members, leases)
+        self._notified = self._sql.backend == "postgresql"
+        self._feed: Any = None
+        self._writes_lock = threading.Lock()
+        # name -> [writers in flight, newest revision a notification named meanwhile]
+        self._writing: dict[str, builtins.list[int]] = {}
+
+    def bind_feed(self, feed: Any) -> None:
+        """Called by the facade: a write whose settling read failed asks for a resync."""
+        self._feed = feed
+
+    def _request_resync(self) -> None:
+        if self._feed is not None:  # None: a service built by hand, without a feed
+            self._feed.request_resync()
+
+    # Provided by the service.
+    def _entry(self, row: tuple[Any, ...]) -> ServiceEntry:
+        raise NotImplementedError
+
+    def _member(self, row: tuple[Any, ...]) -> GroupMember:
+        raise NotImplementedError
+
+    def _publish(self, changes: builtins.list[RegistryChange]) -> None:
+        raise NotImplementedError
+
+    def on_notify(self, payload: dict[str, Any], reader: Cursor) -> None:
+        kind = payload.get("kind")
+        if kind == "lease":
+            node, gen, expires = (
+                payload.get("node"),
+                payload.get("generation"),
+                payload.get("expires"),
+            )
+            if isinstance(node, str) and isinstance(gen, int) and isinstance(expires, int | float):
+                self._state.apply_lease(
+                    node, gen, 0.0 if payload.get("deleted") else float(expires)
+                )
+        elif kind == "name":
+            name, revision = payload.get("name"), payload.get("revision")
+            if not isinstance(name, str) or not isinstance(revision, int):
+                return
+            if revision <= self._state.revision(name):
+                return  # this node already holds that change (its own write, usually)
+            with self._writes_lock:
+                writing = self._writing.get(name)
+                if writing is not None:
+                    # This node is writing that name: the notification is most likely its
+                    # own write, committed but not yet in the cache. The writer settles it
+                    # when done (a read only if another node's change came in between),
+                    # instead of a round trip here for nearly every register.
+                    writing[1] = max(writing[1], revision)
+                    return
+            self._apply_name_row(
+                name, revision, reader.fetchone(self._sql.select_entry, {"name": name})
+            )
+        elif kind == "member":
+            group, member_id = payload.get("group"), payload.get("member")
+            if not isinstance(group, str) or not isinstance(member_id, str):
+                return
+            row = reader.fetchone(self._sql.select_member, {"group": group, "member": member_id})
+            member = None if row is None else self._member(row)
+            self._publish(self._state.apply_member(group, member_id, member, "remote"))
+
+    def _apply_name_row(self, name: str, revision: int, row: tuple[Any, ...] | None) -> None:
+        """Install the row a notification of ``revision`` sent this node to read."""
+        if row is None or row[3] is None:
+            rev = revision if row is None else int(row[6])
+            self._publish(self._state.apply_entry(None, name, rev, "remote"))
+        else:
+            entry = self._entry(row)
+            self._publish(self._state.apply_entry(entry, name, entry.revision, "remote"))
+
+    # PostgreSQL: the writes of this node, so that their own notifications (which the
+    # listener often receives before the writer has updated the cache) cost no read.
+
+    def _begin_write(self, name: str) -> None:
+        if self._notified:
+            with self._writes_lock:
+                writing = self._writing.setdefault(name, [0, 0])
+                writing[0] += 1
+
+    def _end_write(self, name: str) -> int:
+        """The newest revision a notification named during the write (0: none) that
+        the cache does not hold yet: the writer must read the row (``_settle``)."""
+        if not self._notified:
+            return 0
+        with self._writes_lock:
+            writing = self._writing[name]
+            writing[0] -= 1
+            if writing[0] == 0:
+                del self._writing[name]
+        return writing[1] if writing[1] > self._state.revision(name) else 0
+
+    def resync(self, reader: Cursor) -> None:
+        with self._resync_lock:  # one snapshot at a time (see RegistryState.mark)
+            # The topic revisions first: whatever commits during the reads below moves
+            # them again, so the next poll reads it once more (applying a row twice is
+            # harmless: the cache takes a revision only once).
+            topics = self._sql.topics.read(reader) if self._sql.backend == "sqlite" else None
+            mark = self._state.mark()
+            self._apply_snapshot(
+                reader.fetchall(self._sql.select_leases),
+                reader.fetchall(self._sql.select_entries),
+                reader.fetchall(self._sql.select_members),
+                mark,
+            )
+            self._topics_seen = topics
+            self.resyncs += 1
+
+    def poll(self, reader: Cursor) -> None:
+        """SQLite: something was committed to the file. Read only what moved.
+
+        One small read when no registry topic moved (an event, a config value…): the
+        latest revision of the names, members and leases topics. Else the names changed
+        since the last look (a deleted row comes back as NULLs), then the members (usually
+        few) and the leases (one row per node) if they moved. SQLite commits one writer at
+        a time and the triggers take the next revision in the writer's transaction, so
+        "above what this node saw" is exactly what it has not read. Expiry needs no read:
+        lookups compare the lease's expiry with the clock, and the sweep reports it.
+        """
+        self.polls += 1
+        seen = self._topics_seen
+        if self._sql.backend != "sqlite":
+            return  # PostgreSQL's feed never polls: NOTIFY names each change
+        topics = self._sql.topics.read(reader)
+        if topics == seen:
+            return  # the common case (an event, a config value…): no registry topic moved
+        if seen is None or any(
+            (now or 0) < (was or 0) for now, was in zip(topics, seen, strict=True)
+        ):
+            self.resync(reader)  # never synced, or the revisions went back (rows deleted)
+            return
+        names, members, leases = topics
+        changes: builtins.list[RegistryChange] | None = []
+        with self._resync_lock:
+            self.poll_reads += 1
+            # Names before leases: a node that closed released its names and its lease in
+            # one transaction, and its names must go while their lease still counts as
+            # live here, so that watchers hear "unregister" (as NOTIFY's order gives).
+            if names != seen[0]:
+                changes = self._changed_names(reader, seen[0] or 0)
+            if changes is not None:
+                if members != seen[1]:
+                    mark = self._state.mark()
+                    group_rows = reader.fetchall(self._sql.select_members)
+                    changes += self._state.replace_members_only(
+                        [self._member(r) for r in group_rows], mark
+                    )
+                if leases != seen[2]:
+                    seconds = self._sql.epoch_seconds
+                    self._state.replace_leases(
+                        (r[0], int(r[1]), seconds(r[2]))
+                        for r in reader.fetchall(self._sql.select_leases)
+                    )
+                self._topics_seen = topics
+        if changes is None:
+            self.resync(reader)  # revisions it never read were pruned: it was far behind
+        else:
+            self._publish(changes)
+
+    def _changed_names(self, reader: Cursor, after: int) -> builtins.list[RegistryChange] | None:
+        """Apply the names changed after revision ``after``; None if some were pruned."""
+        rows = reader.fetchall(
+            self._sql.select_changed_entries, {"topic": TOPIC_NAMES, "after": after}
+        )
+        if not rows or rows[0][0] != after + 1:
+            return None  # a topic's revisions follow each other: a gap means rows were dropped
+        changes: builtins.list[RegistryChange] = []
+        done: set[str] = set()
+        for row in rows:
+            if row[1] not in done:  # a name changed twice: its (current) row is read once
+                done.add(row[1])
+                changes += self._apply_changed(row[1], row[2:])
+        return changes
+
+    def _apply_changed(self, name: str, row: tuple[Any, ...]) -> builtins.list[RegistryChange]:
+        """One name a poll found changed; ``row`` is ENTRY_COLUMNS, all NULL if deleted."""
+        state = self._state
+        if row[0] is None:  # the row itself was deleted (by hand: Foundation keeps tombstones)
+            return state.apply_entry(None, name, state.revision(name) + 1, "remote")
+        revision = int(row[6])
+        if revision <= state.revision(name):
+            return []  # already held (this node's own write, usually): nothing to decode
+        self.names_read += 1
+        if row[3] is None:  # a tombstone: unregistered or released
+            return state.apply_entry(None, name, revision, "remote")
+        entry = self._entry(row)
+        return state.apply_entry(entry, name, revision, "remote")
+
+    def _apply_snapshot(
+        self,
+        lease_rows: builtins.list[tuple[Any, ...]],
+        entry_rows: builtins.list[tuple[Any, ...]],
+        member_rows: builtins.list[tuple[Any, ...]],
+        mark: int,
+    ) -> None:
+        seconds = self._sql.epoch_seconds
+        self._state.replace_leases((r[0], int(r[1]), seconds(r[2])) for r in lease_rows)
+        entries = []
+        for row in entry_rows:
+            cached = self._state.cached_entry(row[0])
+            # Unchanged rows keep their object: a resync of a big registry stays cheap.
+            entries.append(
+                cached
+                if cached is not None and cached.revision == int(row[6])
+                else self._entry(row)
+            )
+        members = [self._member(r) for r in member_rows]
+        self._publish(self._state.replace_entries(entries, members, mark))
