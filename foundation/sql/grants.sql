@@ -35,6 +35,9 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON
 -- The audit views (an auditor's role needs only this line and USAGE on the schema).
 GRANT SELECT ON foundation_audit_events, foundation_audit_config TO foundation_app;
 
+-- Nothing on foundation_topic_revisions: it carries SQLite's change feed and is not used
+-- on PostgreSQL (the feed there is LISTEN/NOTIFY).
+
 -- The one function the runtime's statements call (triggers run theirs as the owner set
 -- them up; they need no grant).
 GRANT EXECUTE ON FUNCTION foundation_lease_live(text, bigint) TO foundation_app;
