@@ -8,15 +8,21 @@ and neither NaN nor Infinity is JSON.
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
 from foundation.errors import FoundationError
 
-__all__ = ["decode_json", "encode_json", "normalize_json"]
+__all__ = ["MAX_DEPTH", "decode_json", "encode_json", "normalize_json"]
 
 # An escaped NUL (\u0000) not itself escaped by a preceding backslash.
 _ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+# Deeper values are refused: the JSON encoder accepts more levels than the decoder and
+# the recursive copies of the caches (config, the event log's tail) can take, so a value
+# a little under the encoder's limit would be written and then fail to read back.
+MAX_DEPTH = 100
 
 _encode_str = json.encoder.encode_basestring  # what the encoder does to a str
 
@@ -64,6 +70,8 @@ def encode_json(
         return _checked_size(_encode_str(value), what, max_bytes, error, context)
     try:
         text = "".join(_c_encode(value, 0))
+        if "e+" in text:  # a float of 1e16 or more (or a string holding "e+")
+            text = "".join(_c_encode(_exact_big_floats(value), 0))
     except (TypeError, ValueError, RecursionError) as exc:
         reason = str(exc)
         if "Out of range float" in reason:
@@ -72,6 +80,11 @@ def encode_json(
             f"{what} is not JSON: {reason}",
             context={**(context or {}), "type": type(value).__name__},
         ) from None
+    if text.count("[") + text.count("{") > MAX_DEPTH and _too_deep(value):
+        raise error(
+            f"{what} is nested more than {MAX_DEPTH} levels deep",
+            context={**(context or {}), "max_depth": MAX_DEPTH},
+        )
     if "\\u0000" in text and _ESCAPED_NUL.search(text):
         raise error(
             f"{what} contains a NUL character, which the database cannot store",
@@ -104,13 +117,51 @@ def _checked_size(
     return text
 
 
+def _too_deep(value: Any) -> bool:
+    """Whether containers nest more than MAX_DEPTH levels (walked without recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        if depth >= MAX_DEPTH:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+# Floats of 1e16 and more are whole numbers that Python writes with an exponent
+# ("1.5e+300"). PostgreSQL's JSONB keeps a number as a decimal and gives it back without
+# the exponent ("15000…0"), which reads back as an int, and a different one from the
+# float's value, while SQLite keeps the text and gives back the float: the nodes and the
+# two databases would disagree. So such a float is written as the exact integer it is:
+# every reader gets the same int, equal (==) to the float that was stored.
+_BIG_FLOAT = 1e16
+
+
+def _exact_big_floats(value: Any) -> Any:
+    if isinstance(value, float):
+        return int(value) if _BIG_FLOAT <= abs(value) < math.inf else value
+    if isinstance(value, dict):
+        return {k: _exact_big_floats(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_exact_big_floats(v) for v in value]
+    return value
+
+
 def decode_json(text: str) -> Any:
     return json.loads(text)
 
 
 def normalize_json(value: Any, text: str) -> Any:
     """What a value reads back as from the database (tuples become lists, and so on)."""
-    if value is None or isinstance(value, bool | int | str) or type(value) is float:
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if type(value) is float and not abs(value) >= _BIG_FLOAT:
         return value
     if text == "{}":  # the usual metadata: no decoder for it
         return {}

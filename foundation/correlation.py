@@ -40,18 +40,37 @@ def correlation(correlation_id: str | None = None) -> Iterator[str]:
     """Set the correlation id for the block (a new one when ``None``) and yield it."""
     if correlation_id is None:
         correlation_id = new_correlation_id()
-    elif not isinstance(correlation_id, str) or not correlation_id:
-        from foundation.errors import ValidationError
-
-        raise ValidationError(
-            "a correlation id must be a non-empty string",
-            context={"correlation_id": repr(correlation_id)},
-        )
+    else:
+        _check(correlation_id)
     token = _current.set(correlation_id)
     try:
         yield correlation_id
     finally:
         _current.reset(token)
+
+
+MAX_LENGTH = 255  # the correlation_id columns of the config, history and events tables
+
+
+def _check(correlation_id: object) -> None:
+    """Refuse an id the tables could not store (each write records the running id)."""
+    why = None
+    if not isinstance(correlation_id, str) or not correlation_id.strip():
+        why = "a non-empty string"
+    elif len(correlation_id) > MAX_LENGTH or not correlation_id.isprintable():
+        why = f"at most {MAX_LENGTH} printable characters"
+    else:
+        try:
+            correlation_id.encode("utf-8")
+        except UnicodeEncodeError:
+            why = "valid UTF-8 (it holds a lone surrogate)"
+    if why is not None:
+        from foundation.errors import ValidationError
+
+        raise ValidationError(
+            f"a correlation id must be {why}",
+            context={"correlation_id": repr(correlation_id)[:200]},
+        )
 
 
 def run_in_context(fn: Callable[P, R]) -> Callable[P, R]:

@@ -12,12 +12,15 @@ import uuid
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["DEFAULT_DATABASE_URL", "Settings", "default_node_id"]
 
 DEFAULT_DATABASE_URL = "sqlite:///foundation.db"
+# The upper bound of every interval setting: past it, thread waits overflow the platform's
+# time_t and lease expiries overflow BIGINT milliseconds (found by the hostile-input tests).
+_DAY_MS = 86_400_000
 
 
 def default_node_id() -> str:
@@ -46,20 +49,20 @@ class Settings(BaseSettings):
     """NORMAL (WAL): a commit survives a process crash, the last commits may be lost in a
     power cut. FULL: fsync on every commit, durable through power loss."""
 
-    sqlite_busy_timeout_ms: int = Field(default=5000, ge=0)
+    sqlite_busy_timeout_ms: int = Field(default=5000, ge=0, le=_DAY_MS)
     """How long a SQLite writer waits for the write lock before giving up."""
 
-    pool_min_size: int = Field(default=1, ge=0)
-    pool_max_size: int = Field(default=10, ge=1)
-    connect_timeout_s: float = Field(default=5.0, gt=0)
+    pool_min_size: int = Field(default=1, ge=0, le=10_000)
+    pool_max_size: int = Field(default=10, ge=1, le=10_000)
+    connect_timeout_s: float = Field(default=5.0, gt=0, le=3600)
 
-    poll_interval_ms: int = Field(default=25, ge=1)
+    poll_interval_ms: int = Field(default=25, ge=1, le=_DAY_MS)
     """SQLite change feed: how often ``PRAGMA data_version`` is checked."""
 
-    listen_reconnect_max_ms: int = Field(default=2000, ge=10)
+    listen_reconnect_max_ms: int = Field(default=2000, ge=10, le=_DAY_MS)
     """PostgreSQL change feed: the longest back-off between reconnect attempts."""
 
-    max_value_bytes: int = Field(default=1024 * 1024, ge=1)
+    max_value_bytes: int = Field(default=1024 * 1024, ge=1, le=2**30)
     """Largest JSON value (encoded, in bytes) accepted by config and events."""
 
     max_key_length: int = Field(default=255, ge=1, le=1024)
@@ -74,11 +77,11 @@ class Settings(BaseSettings):
     config_env_prefix: str = "FOUNDATION_CONFIG__"
     """Environment variables with this prefix become config values."""
 
-    events_tail_size: int = Field(default=10_000, ge=0)
+    events_tail_size: int = Field(default=10_000, ge=0, le=10_000_000)
     """How many of the newest events each node keeps in memory to answer ``get`` without
     the database (0 turns the tail cache off)."""
 
-    registry_ttl_ms: int = Field(default=30_000, ge=100)
+    registry_ttl_ms: int = Field(default=30_000, ge=100, le=_DAY_MS)
     """How long a node's lease (and so its registered names) outlives its last heartbeat."""
 
     registry_heartbeat_ms: int | None = Field(default=None, ge=1)
@@ -93,6 +96,30 @@ class Settings(BaseSettings):
     (``synchronous_commit=off`` for that statement only). A server crash can lose the
     last ~600 ms of increments, so those keys may admit that many calls again."""
 
+    @field_validator("node_id")
+    @classmethod
+    def _storable_node_id(cls, value: str) -> str:
+        # Written into every row this node changes (updated_by, changed_by, leases, …):
+        # what those VARCHAR(255) columns of both databases can hold.
+        if not value.strip() or len(value) > 255 or not value.isprintable():
+            raise ValueError("node_id must be 1 to 255 printable characters")
+        _utf8(value, "node_id")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _plain_url(cls, value: str) -> str:
+        if "\x00" in value:
+            raise ValueError("database_url must not contain a NUL character")
+        _utf8(value, "database_url")
+        return value
+
+    @model_validator(mode="after")
+    def _pool_bounds(self) -> Settings:
+        if self.pool_min_size > self.pool_max_size:
+            raise ValueError("pool_min_size must not be larger than pool_max_size")
+        return self
+
     @model_validator(mode="after")
     def _heartbeat_within_ttl(self) -> Settings:
         if self.registry_heartbeat_ms is not None and (
@@ -100,3 +127,10 @@ class Settings(BaseSettings):
         ):
             raise ValueError("registry_heartbeat_ms must be shorter than registry_ttl_ms")
         return self
+
+
+def _utf8(value: str, name: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{name} must be valid UTF-8 (it holds a lone surrogate)") from None

@@ -201,6 +201,9 @@ class ConfigState:
         key = self.check_key(key)
         try:
             adapter: TypeAdapter[Any] = TypeAdapter(type_)
+            # A name pydantic cannot resolve ("nonsense") makes an adapter that fails only
+            # when first used: resolve it now, so the error is this call's config_error.
+            adapter.rebuild(raise_errors=True)
         except Exception as exc:
             raise ConfigError(
                 f"cannot use {type_!r} as the type of config key {key!r}: {exc}",
@@ -438,6 +441,8 @@ class ConfigState:
         callback: Callable[[ConfigChange], Any],
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> ConfigWatch:
+        if isinstance(pattern, enum.Enum):  # matched as the key it names, as get() reads it
+            pattern = self.check_key(pattern)
         return self._watchers.add(pattern, callback, loop)
 
     def notify(self, changes: list[ConfigChange]) -> None:

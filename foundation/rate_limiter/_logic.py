@@ -36,6 +36,7 @@ __all__ = [
     "ALGORITHMS",
     "MAX_INTERVAL_MS",
     "MAX_REQUESTS",
+    "MAX_USAGE_ROWS",
     "Decision",
     "Limit",
     "fixed_window",
@@ -47,6 +48,7 @@ Algorithm = Literal["fixed_window", "sliding_window", "token_bucket"]
 ALGORITHMS: tuple[str, ...] = ("fixed_window", "sliding_window", "token_bucket")
 MAX_REQUESTS = 10_000_000
 MAX_INTERVAL_MS = 366 * 24 * 3600 * 1000  # a year: keeps every product inside 64 bits
+MAX_USAGE_ROWS = 100_000
 
 
 class Decision(NamedTuple):
@@ -147,7 +149,31 @@ def check_key(key: Any, max_length: int) -> str:
             f"a rate limit key must be 1 to {max_length} characters long, got {len(key)}",
             context={"key": key[:100], "length": len(key), "max_length": max_length},
         )
+    # Both databases must store the key as text: PostgreSQL refuses NUL, and UTF-8 has
+    # no lone surrogates. Refused here, not by the database (whose refusal would make a
+    # shared limit fail open, as for an outage).
+    if "\x00" in key:
+        raise ValidationError(
+            "a rate limit key must not contain a NUL character", context={"key": repr(key)[:100]}
+        )
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError(
+            "a rate limit key must be valid UTF-8 (it holds a lone surrogate)",
+            context={"key": repr(key)[:100]},
+        ) from None
     return key
+
+
+def check_usage_limit(limit: Any) -> int:
+    """The row limit of ``usage()``: an int from 1 to MAX_USAGE_ROWS."""
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_USAGE_ROWS:
+        raise ValidationError(
+            f"limit must be an integer from 1 to {MAX_USAGE_ROWS}",
+            context={"limit": repr(limit)[:100]},
+        )
+    return limit
 
 
 # -- fixed window -------------------------------------------------------------------------

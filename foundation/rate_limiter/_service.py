@@ -40,6 +40,7 @@ from foundation.rate_limiter._logic import (
     Decision,
     Limit,
     check_key,
+    check_usage_limit,
     fixed_decision,
     fixed_window,
     gcra,
@@ -63,6 +64,12 @@ _DENY = ("foundation", "rate_limiter", "deny")
 _STORAGE = ("foundation", "rate_limiter", "storage_error")
 CLEANUP_BATCH = 500
 CLEANUP_EVERY_S = 30.0
+
+
+def _plain_key(key: Any, max_length: int) -> bool:
+    """The hot path's test: a non-empty ASCII str without NUL needs no further check
+    (``isascii`` is a flag lookup; anything else goes through :func:`check_key`)."""
+    return type(key) is str and 0 < len(key) <= max_length and key.isascii() and "\x00" not in key
 
 
 def _fn_key(fn: Any) -> str:
@@ -108,7 +115,8 @@ class _LimiterBase:
     # -- validation -------------------------------------------------------------------
 
     def _limit(self, max_requests: Any, interval: Any, algorithm: Any) -> Limit:
-        if type(max_requests) is int and type(interval) is int:  # the cached fast path
+        if type(max_requests) is int and type(interval) is int and type(algorithm) is str:
+            # the cached fast path (an unhashable algorithm goes to make_limit's error)
             cached = self._limits.get((max_requests, interval, algorithm))
             if cached is not None:
                 return cached
@@ -272,7 +280,7 @@ class RateLimiter(_LimiterBase):
     ) -> Decision:
         """Count one request for ``key``; the :class:`Decision`, allowed or not (never raises
         ``rate_limited``)."""
-        if type(key) is not str or not key or len(key) > self._max_key:
+        if not _plain_key(key, self._max_key):
             key = check_key(key, self._max_key)
         limit = self._limit(max_requests, interval, algorithm)
         if scope == "local":
@@ -366,7 +374,7 @@ class RateLimiter(_LimiterBase):
     def usage(self, limit: int = 1000) -> list[LimitUsage]:
         """Stored limits (for ``foundation limits``): key, algorithm and counters."""
         assert self._db is not None and self._sql is not None
-        rows = self._db.fetchall(self._sql.select_all, {"limit": limit})
+        rows = self._db.fetchall(self._sql.select_all, {"limit": check_usage_limit(limit)})
         return [_usage(r) for r in rows]
 
 
@@ -405,7 +413,7 @@ class AsyncRateLimiter(_LimiterBase):
         algorithm: Any = "fixed_window",
         scope: Any = "shared",
     ) -> Decision:
-        if type(key) is not str or not key or len(key) > self._max_key:
+        if not _plain_key(key, self._max_key):
             key = check_key(key, self._max_key)
         limit = self._limit(max_requests, interval, algorithm)
         if scope == "local":
@@ -504,5 +512,5 @@ class AsyncRateLimiter(_LimiterBase):
 
     async def usage(self, limit: int = 1000) -> list[LimitUsage]:
         assert self._db is not None and self._sql is not None
-        rows = await self._db.fetchall(self._sql.select_all, {"limit": limit})
+        rows = await self._db.fetchall(self._sql.select_all, {"limit": check_usage_limit(limit)})
         return [_usage(r) for r in rows]

@@ -228,6 +228,10 @@ class Telemetry:
         the stop metadata) or as a decorator on a sync or async function. See
         :class:`foundation.telemetry.Span`.
         """
+        if metadata is not None and not isinstance(metadata, Mapping):
+            raise ValidationError(
+                "telemetry span metadata must be a mapping", context={"metadata": repr(metadata)}
+            )
         return Span(self.execute, normalise_event_name(prefix), metadata)
 
     # -- attaching --------------------------------------------------------------------
@@ -279,6 +283,10 @@ class Telemetry:
 
     def detach(self, handler_id: str) -> bool:
         """Detach the handler ``handler_id``; ``False`` if no such handler was attached."""
+        if not isinstance(handler_id, str):
+            raise ValidationError(
+                "a telemetry handler id must be a string", context={"handler_id": repr(handler_id)}
+            )
         with self._lock:
             if handler_id not in self._handlers:
                 return False

@@ -1,0 +1,43 @@
+-- Foundation on PostgreSQL: the least privileges its runtime needs.
+--
+-- Run as the role that owns the Foundation tables (the one that ran `foundation db
+-- upgrade`), after every upgrade. Replace foundation_app with your application's role
+-- (created beforehand: CREATE ROLE foundation_app LOGIN PASSWORD '...'), and public with
+-- the schema of the postgres_schema setting if you use one. The role gets no DDL and
+-- can neither rewrite nor erase the event log or the config history.
+
+-- No DDL: USAGE lets the role see the schema, not create in it. (PostgreSQL 15 and
+-- later give PUBLIC no CREATE on the schema public; on older servers also run
+-- REVOKE CREATE ON SCHEMA public FROM PUBLIC;)
+GRANT USAGE ON SCHEMA public TO foundation_app;
+
+-- Read only: the schema revision the runtime checks on start.
+GRANT SELECT ON foundation_alembic_version TO foundation_app;
+
+-- Append only: the event log, and the config history its trigger writes. No UPDATE,
+-- DELETE or TRUNCATE (the triggers refuse those too, but here the database refuses
+-- them before any trigger runs). The sequences hand out positions and history ids.
+GRANT SELECT, INSERT ON foundation_events, foundation_config_history TO foundation_app;
+GRANT USAGE ON SEQUENCE foundation_events_position_seq, foundation_config_history_id_seq
+    TO foundation_app;
+
+-- State the runtime keeps current: rows are added, changed and removed.
+GRANT SELECT, INSERT, UPDATE, DELETE ON
+    foundation_config,
+    foundation_subscriptions,
+    foundation_leases,
+    foundation_registry,
+    foundation_registry_members,
+    foundation_breakers,
+    foundation_rate_limits
+    TO foundation_app;
+
+-- The audit views (an auditor's role needs only this line and USAGE on the schema).
+GRANT SELECT ON foundation_audit_events, foundation_audit_config TO foundation_app;
+
+-- Nothing on foundation_topic_revisions: it carries SQLite's change feed and is not used
+-- on PostgreSQL (the feed there is LISTEN/NOTIFY).
+
+-- The one function the runtime's statements call (triggers run theirs as the owner set
+-- them up; they need no grant).
+GRANT EXECUTE ON FUNCTION foundation_lease_live(text, bigint) TO foundation_app;
