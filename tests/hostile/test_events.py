@@ -1,8 +1,7 @@
 """Hostile input to the event log: every public function, sync and async, both databases.
 
-See ``tests/hostile/support.py`` for the property. Inputs known to break a function today are
-pinned by the strict xfail tests at the end (each names the file, the line and a fix);
-the property tests leave exactly those inputs out, so that they prove everything else.
+See ``tests/hostile/support.py`` for the property. The tests at the end pin the inputs that
+once escaped as driver errors (found by these properties, now refused as ``event_error``).
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ from typing import Any
 
 import pydantic
 import pytest
-from hypothesis import assume, given
+from hypothesis import given
 from hypothesis import strategies as st
 
 from foundation import Foundation
@@ -78,7 +77,7 @@ def events(draw: st.DrawFn) -> tuple[Any, bool]:
             ["dict", "dict", "model", "list", "other"] if hostile else ["dict", "model"]
         )
     )
-    # (a model holding a value pydantic cannot serialize is pinned by an xfail below)
+    # (an unserializable model value: test_model_event_with_unserializable_field)
     if (
         shape == "model"
         and all(isinstance(k, str) and k.isidentifier() for k in event)
@@ -165,21 +164,6 @@ def test_store_and_store_many(face: Face, tables: Tables) -> None:
     assert tables.snapshot(["foundation_events"]) == before
 
 
-def _criteria_bug(criteria: Any) -> bool:
-    """Inputs pinned by the xfail tests below (left out of the property)."""
-    if not isinstance(criteria, dict):
-        return False
-    for key, value in criteria.items():
-        names = value if isinstance(value, list | tuple) else [value]
-        if key in TEXT_CRITERIA and any(isinstance(v, str) and has_bad_text(v) for v in names):
-            return True
-        if key in ("after_position", "before_position") and type(value) is int and value >= 2**63:
-            return True
-        if key in ("after", "before") and isinstance(value, datetime):
-            return True  # extremes are pinned below; ordinary ones are drawn separately
-    return False
-
-
 criteria_values = st.one_of(hostile_any, option_values, st.lists(hostile_text, max_size=3))
 datetimes = st.datetimes(
     min_value=datetime(1970, 1, 2), max_value=datetime(2200, 1, 1), timezones=st.just(UTC)
@@ -212,7 +196,6 @@ def test_reads(face: Face, tables: Tables) -> None:
     def check(data: st.DataObject) -> None:
         svc = data.draw(st.sampled_from(face.services("events")))
         crit = data.draw(criteria())
-        assume(not _criteria_bug(crit))
         got = expect(tables, lambda: face.run(svc.get(crit)), EVENTS)
         assert isinstance(got, list | EventError)
         batch = data.draw(st.one_of(st.integers(-2, 20_000), option_values))
@@ -225,14 +208,12 @@ def test_reads(face: Face, tables: Tables) -> None:
             if by_position:
                 assert pages[: len(got)] == got
         text = data.draw(st.one_of(hostile_any, fine_text, st.just("s-1")))
-        assume(not (isinstance(text, str) and has_bad_text(text)))
-        assume(text is not None)  # pinned by test_stream_or_correlation_none below
         version = data.draw(st.one_of(st.integers(-2, 5), option_values))
         stream = expect(tables, lambda: face.run(svc.read_stream(text, version)), EVENTS)
         if text == "s-1" and type(version) is int and version >= 0:
             assert [e.data["i"] for e in stream] == [i for i in range(3) if i + 1 >= version]
         chain = expect(tables, lambda: face.run(svc.correlation_chain(text)), EVENTS)
-        assert isinstance(chain, list) == isinstance(text, str)
+        assert isinstance(chain, list) == (isinstance(text, str) and not has_bad_text(text))
 
     check()
 
@@ -265,14 +246,6 @@ def test_subscribe_and_tail(face: Face, tables: Tables) -> None:
             )
         )
         handler = data.draw(st.sampled_from([print, None, 3]))
-        assume(not (isinstance(name, str) and has_bad_text(name)))
-        assume(not (type(start) is int and start >= 2**63))
-        assume(
-            not any(
-                isinstance(t, str) and has_bad_text(t)
-                for t in (types if isinstance(types, list) else [types])
-            )
-        )
         sub = expect(
             tables,
             lambda: face.run(svc.subscribe(name, handler, types, start, **options)),
@@ -285,7 +258,6 @@ def test_subscribe_and_tail(face: Face, tables: Tables) -> None:
             face.run(sub.stop())
         tail_start = data.draw(st.one_of(st.sampled_from(["end", 0]), option_values))
         crit = data.draw(criteria())
-        assume(not _criteria_bug(crit))
         tail = expect(tables, lambda: face.run(svc.tail(crit, start=tail_start)), EVENTS)
         if not isinstance(tail, EventError):
             assert tail_start == "end" or type(tail_start) is int
@@ -331,56 +303,28 @@ def test_register_type_and_decode(face: Face, tables: Tables) -> None:
     check()
 
 
-# -- known bugs (foundation/events is being edited by others: pinned here, not fixed) ------------
+# -- inputs that once escaped as driver errors (found by the properties above, now refused) ----
 # Sync face only (the parsing is shared by both faces), on both databases.
 
 
-def _xfail_on(request: pytest.FixtureRequest, backend: str, reason: str) -> None:
-    if request.getfixturevalue("backend") == backend:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
-
-
-def test_text_criteria_with_nul_or_surrogate(
-    fdn: Foundation, tables: Tables, request: pytest.FixtureRequest
-) -> None:
+def test_text_criteria_with_nul_or_surrogate(fdn: Foundation, tables: Tables) -> None:
     """SQLite stores NUL in text, so there only the lone surrogate fails."""
-    _xfail_on(
-        request,
-        "postgresql",
-        "events/_model.py _text() (criteria strings) lets NUL reach PostgreSQL (storage_error)"
-        " and a lone surrogate reach psycopg (UnicodeEncodeError escapes)",
-    )
     for criterion in TEXT_CRITERIA:
         result = expect(tables, lambda c=criterion: list(fdn.events.iter({c: "a\x00b"})), EVENTS)
         assert result == [] or isinstance(result, EventError)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="events/_model.py _text(): a lone surrogate in a criterion reaches the driver "
-    "(storage_error 'datatype mismatch' from SQLite, UnicodeEncodeError from psycopg)",
-)
 def test_text_criteria_with_surrogate(fdn: Foundation, tables: Tables) -> None:
     for criterion in TEXT_CRITERIA:
         result = expect(tables, lambda c=criterion: list(fdn.events.iter({c: "\ud800"})), EVENTS)
         assert result == [] or isinstance(result, EventError)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="events/_model.py _position() accepts ints past BIGINT: OverflowError from sqlite3, "
-    "storage_error 'bigint out of range' from PostgreSQL",
-)
 def test_position_past_bigint(fdn: Foundation, tables: Tables) -> None:
     result = expect(tables, lambda: list(fdn.events.iter(after_position=2**64)), EVENTS)
     assert result == [] or isinstance(result, EventError)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="events/_model.py _ts(): astimezone(UTC) overflows near datetime.min/max "
-    "(OverflowError escapes)",
-)
 def test_extreme_datetimes(fdn: Foundation, tables: Tables) -> None:
     for when in (
         datetime.min.replace(tzinfo=timezone(timedelta(hours=5))),
@@ -390,12 +334,6 @@ def test_extreme_datetimes(fdn: Foundation, tables: Tables) -> None:
         assert isinstance(result, list | EventError)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="events/_subscription.py SubscriptionOptions.make: a name with a lone surrogate "
-    "(or NUL, on PostgreSQL), or a start past BIGINT, is accepted and then refused by the "
-    "driver (UnicodeEncodeError / OverflowError escape, or storage_error)",
-)
 @pytest.mark.parametrize(
     "args", [("\ud800", "beginning"), ("ok", 2**64)], ids=["surrogate-name", "huge-start"]
 )
@@ -406,11 +344,6 @@ def test_subscribe_bad_name_or_start(fdn: Foundation, tables: Tables, args: Any)
     assert isinstance(result, EventError)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="events/_subscription.py SubscriptionOptions.make: a type with a lone surrogate is "
-    "accepted; the subscription then stops on an unexpected error instead of refusing it",
-)
 def test_subscribe_bad_type(fdn: Foundation, tables: Tables) -> None:
     name = f"bad-type-{uuid.uuid4().hex}"
     result = expect(tables, lambda: fdn.events.subscribe(name, print, ["\ud800"]), EVENTS)
@@ -419,33 +352,17 @@ def test_subscribe_bad_type(fdn: Foundation, tables: Tables) -> None:
     assert isinstance(result, EventError)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="events/_model.py _as_mapping(): model_dump(mode='json') of a model holding a "
-    "value pydantic cannot serialize raises PydanticSerializationError, not event_error",
-)
 def test_model_event_with_unserializable_field(fdn: Foundation, tables: Tables) -> None:
     model = pydantic.create_model("Odd", type=(str, "odd"), data=(Any, object()))
     assert isinstance(expect(tables, lambda: fdn.events.store(model()), EVENTS), EventError)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="events/_service.py read_stream()/correlation_chain(): None is taken as 'no "
-    "criterion', so read_stream(None) reads every stream and correlation_chain(None) the "
-    "whole log, instead of refusing a non-string id",
-)
 def test_stream_or_correlation_none(fdn: Foundation, tables: Tables) -> None:
     fdn.events.store({"type": "t", "stream_id": "s", "correlation_id": "c"})
     for function in (fdn.events.read_stream, fdn.events.correlation_chain):
         assert isinstance(expect(tables, lambda f=function: f(None), EVENTS), EventError)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="events/_typed.py TypeRegistry.decode() reads record.type without checking that "
-    "it has a RecordedEvent: AttributeError",
-)
 def test_decode_something_else(fdn: Foundation, tables: Tables) -> None:
     assert isinstance(expect(tables, lambda: fdn.events.decode(None), EVENTS), EventError)
 
@@ -454,22 +371,12 @@ class _Order(pydantic.BaseModel):
     total: int
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="events/_typed.py TypeRegistry.prepare(): self._types.get(fields.get('type')) with "
-    "an unhashable type raises TypeError once any type is registered",
-)
 def test_unhashable_type_with_typed_events(fdn: Foundation, tables: Tables) -> None:
     fdn.events.register_type("order", _Order)
     result = expect(tables, lambda: fdn.events.store({"type": ["x"]}), EVENTS)
     assert isinstance(result, EventError)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="events/_typed.py TypeRegistry.register(): dict(upcasters) of a list or a string "
-    "raises TypeError/ValueError",
-)
 @pytest.mark.parametrize("upcasters", [[1], "x"])
 def test_register_type_with_odd_upcasters(fdn: Foundation, tables: Tables, upcasters: Any) -> None:
     result = expect(tables, lambda: fdn.events.register_type("order", _Order, 2, upcasters), EVENTS)

@@ -1,7 +1,7 @@
 """Hostile input to the service registry: every public function, sync and async, both databases.
 
-See ``tests/hostile/support.py`` for the property. Inputs known to break a function today are
-pinned by the strict xfail tests at the end and left out of the property tests.
+See ``tests/hostile/support.py`` for the property. The tests at the end pin inputs that once
+escaped as driver errors or wrong answers (found by these properties, now handled).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from hypothesis import assume, given
+from hypothesis import given
 from hypothesis import strategies as st
 
 from foundation import Foundation, FoundationError
@@ -66,13 +66,8 @@ def _ttl_ok(ttl: Any) -> bool:
     if ttl is None:
         return True
     if isinstance(ttl, timedelta):
-        return ttl > timedelta(0)
+        return timedelta(0) < ttl <= timedelta(milliseconds=YEAR_MS)
     return type(ttl) is int and 0 < ttl <= YEAR_MS
-
-
-def _ttl_bug(ttl: Any) -> bool:
-    """A timedelta past a year: pinned by test_ttl_timedelta_past_a_year below."""
-    return isinstance(ttl, timedelta) and ttl > timedelta(milliseconds=YEAR_MS)
 
 
 def _stored(tables: Tables, name: str) -> tuple[Any, Any]:
@@ -104,7 +99,6 @@ def test_register_update_unregister(face: Face, tables: Tables) -> None:
             st.one_of(st.none(), st.dictionaries(fine_text, fine_text), json_values)
         )
         ttl = data.draw(st.one_of(st.none(), option_values))
-        assume(not _ttl_bug(ttl))
         # everything drawn up front: whether the name is free depends on earlier examples,
         # and Hypothesis needs the same draws when it replays one
         new_meta = data.draw(json_values)
@@ -234,15 +228,9 @@ def test_watch(face: Face, tables: Tables) -> None:
     check()
 
 
-# -- known bugs (foundation/service_registry and foundation/_watch.py: pinned, not fixed) -------
+# -- inputs these properties once caught failing (fixed; kept as regression tests) -------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="service_registry/_state.py check_ttl(): the year cap applies to int ttls only; a "
-    "larger timedelta overflows the expiry (OverflowError from SQLite's clock, storage_error "
-    "'interval out of range' from PostgreSQL)",
-)
 def test_ttl_timedelta_past_a_year(fdn: Foundation, tables: Tables) -> None:
     for ttl in (timedelta(days=400), timedelta.max):
         result = expect(
@@ -254,24 +242,12 @@ def test_ttl_timedelta_past_a_year(fdn: Foundation, tables: Tables) -> None:
         assert isinstance(result, ServiceEntry | FoundationError)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_watch.py Watchers.add() validates an Enum name but keeps the Enum as the "
-    "pattern: AttributeError ('endswith'); config normalises before calling it, the "
-    "registry does not",
-)
 def test_watch_enum_name(fdn: Foundation, tables: Tables) -> None:
     watch = expect(tables, lambda: fdn.service_registry.watch(Svc.AUTH, print), REGISTRY)
     assert not isinstance(watch, FoundationError)
     watch.cancel()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="service_registry/_state.py RegistryState.lookup()/find(): the cache is keyed by "
-    "the name's text, and a miss (_miss) checks the Enum into its text but then looks only "
-    "at local entries: register(Enum) works, lookup(Enum) says not_found",
-)
 def test_lookup_enum_name(fdn: Foundation, tables: Tables) -> None:
     fdn.service_registry.register(Svc.AUTH, "addr")
     assert expect(tables, lambda: fdn.service_registry.lookup(Svc.AUTH), REGISTRY).address == "addr"
