@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import ParamSpec, TypeVar
 
+from foundation._text import is_utf8
+
 __all__ = ["correlation", "current_correlation_id", "new_correlation_id", "run_in_context"]
 
 _current: contextvars.ContextVar[str | None] = contextvars.ContextVar(
@@ -59,11 +61,8 @@ def _check(correlation_id: object) -> None:
         why = "a non-empty string"
     elif len(correlation_id) > MAX_LENGTH or not correlation_id.isprintable():
         why = f"at most {MAX_LENGTH} printable characters"
-    else:
-        try:
-            correlation_id.encode("utf-8")
-        except UnicodeEncodeError:
-            why = "valid UTF-8 (it holds a lone surrogate)"
+    elif not is_utf8(correlation_id):
+        why = "valid UTF-8 (it holds a lone surrogate)"
     if why is not None:
         from foundation.errors import ValidationError
 

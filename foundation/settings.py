@@ -15,6 +15,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from foundation._text import is_utf8
+
 __all__ = ["DEFAULT_DATABASE_URL", "Settings", "default_node_id"]
 
 DEFAULT_DATABASE_URL = "sqlite:///foundation.db"
@@ -130,7 +132,5 @@ class Settings(BaseSettings):
 
 
 def _utf8(value: str, name: str) -> None:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError(f"{name} must be valid UTF-8 (it holds a lone surrogate)") from None
+    if not is_utf8(value):
+        raise ValueError(f"{name} must be valid UTF-8 (it holds a lone surrogate)")

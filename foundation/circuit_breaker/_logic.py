@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any, Literal
 
+from foundation._text import is_utf8
 from foundation.errors import ValidationError
 
 __all__ = [
@@ -151,20 +152,12 @@ def check_name(name: Any, max_length: int = 255) -> str:
             f"a circuit breaker name must be 1 to {max_length} characters long, got {len(name)}",
             context={"name": name[:100], "length": len(name), "max_length": max_length},
         )
-    if "\x00" in name or not _utf8(name):
+    if "\x00" in name or not is_utf8(name):
         raise ValidationError(
             "a circuit breaker name must not contain NUL characters or lone surrogates",
             context={"name": repr(name)[:100]},
         )
     return name
-
-
-def _utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def fn_name(fn: Callable[..., Any]) -> str:

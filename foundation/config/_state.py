@@ -25,6 +25,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from foundation._frozen import freeze
 from foundation._json import encode_json, normalize_json
+from foundation._text import is_utf8
 from foundation._watch import Watch, Watchers
 from foundation.config._sources import parse_env_value
 from foundation.errors import ConfigError
@@ -153,13 +154,11 @@ class ConfigState:
                 "a config key must not contain control characters",
                 context={"key": repr(key)[:200]},
             )
-        try:
-            key.encode("utf-8")
-        except UnicodeEncodeError:
+        if not is_utf8(key):
             raise ConfigError(
                 "a config key must be valid UTF-8 (it holds a lone surrogate)",
                 context={"key": repr(key)[:200]},
-            ) from None
+            )
         return key
 
     def prepare(self, key: str, value: Any) -> tuple[Any, str]:

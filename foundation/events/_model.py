@@ -19,6 +19,7 @@ from typing import Any, Literal
 import pydantic
 
 from foundation._json import encode_json, normalize_json
+from foundation._text import is_utf8
 from foundation.correlation import current_correlation_id
 from foundation.errors import EventError
 
@@ -205,12 +206,8 @@ def _name(value: Any, field: str, *, required: bool) -> str | None:
             f"event field {field!r} must be at most {MAX_NAME} printable characters",
             context={"field": field, "value": repr(value)[:200]},
         )
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise EventError(
-            f"event field {field!r} is not valid UTF-8", context={"field": field}
-        ) from None
+    if not is_utf8(value):
+        raise EventError(f"event field {field!r} is not valid UTF-8", context={"field": field})
     return value
 
 
@@ -385,23 +382,12 @@ def _position(key: str, value: Any) -> int:
 def _text(key: str, value: Any) -> str:
     if not isinstance(value, str):
         raise _fail(key, "a string", value)
-    if "\x00" in value or not utf8(value):
+    if "\x00" in value or not is_utf8(value):
         raise EventError(
             f"criterion {key!r} must be text without NUL characters or lone surrogates",
             context={"criterion": key, "value": repr(value)[:200]},
         )
     return value
-
-
-def utf8(value: str) -> bool:
-    """Whether ``value`` encodes as UTF-8 (no lone surrogates)."""
-    if value.isascii():
-        return True
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def parse_criteria(

@@ -160,6 +160,21 @@ def known_ids(sql: EventSQL, batch: Sequence[NewEvent]) -> Generator[Step, Any, 
     return known
 
 
+def _recorded(e: NewEvent, position: int, version: int | None, now: datetime) -> RecordedEvent:
+    return new_record(
+        e.id,
+        position,
+        e.stream_id,
+        version,
+        e.type,
+        e.data,
+        e.metadata,
+        e.correlation_id,
+        e.causation_id,
+        now,
+    )
+
+
 def _assemble(
     batch: Sequence[NewEvent],
     known: Known,
@@ -174,20 +189,7 @@ def _assemble(
     out.inserted = []
     out.prev_tail = prev_tail if written else None
     for index, (position, version) in zip(fresh, written, strict=True):
-        e = batch[index]
-        record = new_record(
-            e.id,
-            position,
-            e.stream_id,
-            version,
-            e.type,
-            e.data,
-            e.metadata,
-            e.correlation_id,
-            e.causation_id,
-            now,
-        )
-        records[index] = record
+        record = records[index] = _recorded(batch[index], position, version, now)
         out.inserted.append(record)
     for index, record in known.records.items():
         records[index] = record
@@ -199,22 +201,10 @@ def _assemble(
 
 def _one(e: NewEvent, written: tuple[int, int | None], now: datetime) -> StoredBatch:
     """``_assemble`` for the commonest store: one event, written."""
-    position, version = written
-    record = new_record(
-        e.id,
-        position,
-        e.stream_id,
-        version,
-        e.type,
-        e.data,
-        e.metadata,
-        e.correlation_id,
-        e.causation_id,
-        now,
-    )
+    record = _recorded(e, written[0], written[1], now)
     out = StoredBatch((record,))
     out.inserted = [record]
-    out.prev_tail = position - 1
+    out.prev_tail = written[0] - 1
     return out
 
 

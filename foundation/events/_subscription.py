@@ -29,11 +29,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
+from foundation._text import is_utf8
 from foundation.correlation import correlation
 from foundation.database.aio import AsyncDatabase
 from foundation.database.sync import SyncDatabase
 from foundation.errors import AlreadyRegisteredError, EventError, FoundationError
-from foundation.events._model import MAX_LIMIT, RecordedEvent, utf8
+from foundation.events._model import MAX_LIMIT, RecordedEvent
 from foundation.events._store import EventSQL
 
 if TYPE_CHECKING:
@@ -66,7 +67,7 @@ class SubscriptionOptions:
             or not name.strip()
             or len(name) > 255
             or "\x00" in name
-            or not utf8(name)
+            or not is_utf8(name)
         ):
             raise EventError(
                 "a subscription name must be a non-empty string of at most 255 characters",
@@ -77,7 +78,7 @@ class SubscriptionOptions:
         if types is not None and (
             not isinstance(types, list | tuple)
             or not types
-            or not all(isinstance(t, str) and "\x00" not in t and utf8(t) for t in types)
+            or not all(isinstance(t, str) and "\x00" not in t and is_utf8(t) for t in types)
         ):
             raise EventError(
                 "types must be an event type or a list of them", context={"types": repr(types)}

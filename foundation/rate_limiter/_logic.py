@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, NamedTuple
 
+from foundation._text import is_utf8
 from foundation.errors import ValidationError
 
 __all__ = [
@@ -156,13 +157,11 @@ def check_key(key: Any, max_length: int) -> str:
         raise ValidationError(
             "a rate limit key must not contain a NUL character", context={"key": repr(key)[:100]}
         )
-    try:
-        key.encode("utf-8")
-    except UnicodeEncodeError:
+    if not is_utf8(key):
         raise ValidationError(
             "a rate limit key must be valid UTF-8 (it holds a lone surrogate)",
             context={"key": repr(key)[:100]},
-        ) from None
+        )
     return key
 
 

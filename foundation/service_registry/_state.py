@@ -35,6 +35,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from foundation._json import encode_json, normalize_json
+from foundation._text import is_utf8
 from foundation._watch import Watch, Watchers
 from foundation.errors import NotFoundError, ValidationError
 
@@ -192,13 +193,11 @@ def check_name(name: Any, what: str = "a registry name") -> str:
         raise ValidationError(
             f"{what} must not contain control characters", context={"name": repr(name)[:200]}
         )
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
+    if not is_utf8(name):
         raise ValidationError(
             f"{what} must be valid UTF-8 (it holds a lone surrogate)",
             context={"name": repr(name)[:200]},
-        ) from None
+        )
     return name
 
 
