@@ -33,6 +33,8 @@ __all__ = [
     "uuid7",
 ]
 
+_UNKNOWN_SAFETY = uuid.SafeUUID.unknown  # an Enum member looked up once, not per UUID
+
 ExpectedVersion = int | Literal["any", "no_stream", "exists"]
 MAX_NAME = 255
 DEFAULT_LIMIT = 100
@@ -154,10 +156,15 @@ def uuid7() -> uuid.UUID:
     value |= (rand >> 62) << 64  # 12 bits of rand_a
     value |= 0b10 << 62  # variant
     value |= rand & ((1 << 62) - 1)
-    # uuid.UUID(int=...) re-validates a value built well formed above; skip it.
+    return uuid_of(value)  # uuid.UUID(int=...) would re-validate a value built well formed
+
+
+def uuid_of(value: int) -> uuid.UUID:
+    """A UUID from its 128-bit value, without ``uuid.UUID.__init__``'s checks of its input
+    (for values Foundation built or read back from its own canonical text)."""
     made = object.__new__(uuid.UUID)
     object.__setattr__(made, "int", value)
-    object.__setattr__(made, "is_safe", uuid.SafeUUID.unknown)
+    object.__setattr__(made, "is_safe", _UNKNOWN_SAFETY)
     return made
 
 

@@ -45,7 +45,7 @@ from foundation.database.codec import Codec
 from foundation.database.schema import events, subscriptions
 from foundation.database.statements import compile_sql
 from foundation.database.url import Backend
-from foundation.events._model import Criteria, NewEvent, RecordedEvent
+from foundation.events._model import Criteria, NewEvent, RecordedEvent, uuid_of
 
 __all__ = ["EVENTS_LOCK_KEY", "EventSQL"]
 
@@ -319,10 +319,7 @@ def new_record(
 
 
 def _uuid(text: str) -> uuid.UUID:
-    value = object.__new__(uuid.UUID)
-    object.__setattr__(value, "int", int(text.replace("-", ""), 16))
-    object.__setattr__(value, "is_safe", uuid.SafeUUID.unknown)
-    return value
+    return uuid_of(int(text.replace("-", ""), 16))
 
 
 _ZERO: Any = sa.literal_column("0")
