@@ -16,17 +16,14 @@ from __future__ import annotations
 import contextlib
 import shutil
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from foundation import AsyncFoundation, Foundation
-from foundation.database.codec import codec_for
 from foundation.database.sync import Cursor, _DriverCursor, connect_sqlite
 from foundation.service_registry import RegistryChange
-from foundation.service_registry._store import _sqlite_ts
 from tests.conftest import fresh_postgres
 from tests.helpers import async_wait_for, wait_for
 
@@ -269,19 +266,6 @@ def test_sqlite_a_node_too_far_behind_reads_everything_again(sqlite_url: str) ->
         assert b.service_registry.resyncs == resyncs + 1
         assert b.service_registry.poll_reads == reads + 1
         assert len(b.service_registry.list("bulk.")) == 12_000
-
-
-@pytest.mark.parametrize(
-    "at",
-    [
-        datetime(2026, 11, 28, 19, 0, 0, 0, tzinfo=UTC),  # no microseconds: still six digits
-        datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC),
-        datetime(1999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
-    ],
-)
-def test_registers_sqlite_timestamp_is_the_codecs(at: datetime) -> None:
-    """register formats its SQLite timestamp itself (fast): the same text as the codec."""
-    assert _sqlite_ts(at) == codec_for("sqlite").ts(at)
 
 
 def test_postgres_a_change_announced_during_an_own_write_is_read_by_the_writer(

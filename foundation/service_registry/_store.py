@@ -43,15 +43,6 @@ def _clock(backend: Backend) -> tuple[Any, Any, Any]:
     return sa.bindparam("now"), sa.bindparam("expires"), sa.bindparam("entry_expires")
 
 
-def _sqlite_ts(at: datetime) -> str:
-    """``at`` (aware, UTC) as SQLiteCodec.ts writes it: ``YYYY-MM-DD HH:MM:SS.ffffff``.
-
-    ``isoformat`` with fixed microseconds, cut before the ``+00:00``, is the same text as
-    ``strftime("%Y-%m-%d %H:%M:%S.%f")`` (years 1000-9999) in a fraction of the time.
-    """
-    return at.isoformat(" ", "microseconds")[:26]
-
-
 def _insert(backend: Backend) -> Any:
     return postgresql.insert if backend == "postgresql" else sqlite.insert
 
@@ -362,9 +353,9 @@ class RegistrySQL:
     ) -> tuple[dict[str, Any], datetime | None]:
         """The parameters of ``register`` and, on SQLite, the ``now`` they carry.
 
-        The hot path of register: the SQLite timestamp is formatted once (``isoformat`` is
-        C code; ``strftime`` costs several times more) and handed back so that the caller
-        never parses what it wrote. PostgreSQL reads its own clock: ``None``.
+        The hot path of register: the SQLite timestamp is formatted once and handed back,
+        so that the caller never parses what it wrote. PostgreSQL reads its own clock:
+        ``None``.
         """
         params: dict[str, Any] = {
             "name": name,
@@ -377,9 +368,10 @@ class RegistrySQL:
         if self.backend == "postgresql":
             return params, None
         now = datetime.now(UTC)
-        params["now"] = _sqlite_ts(now)
+        ts = self.codec.ts
+        params["now"] = ts(now)
         params["entry_expires"] = (
-            None if ttl_ms is None else _sqlite_ts(now + timedelta(milliseconds=ttl_ms))
+            None if ttl_ms is None else ts(now + timedelta(milliseconds=ttl_ms))
         )
         return params, now
 
