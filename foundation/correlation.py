@@ -15,8 +15,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import ParamSpec, TypeVar
 
-from foundation._text import is_utf8
-
 __all__ = ["correlation", "current_correlation_id", "new_correlation_id", "run_in_context"]
 
 _current: contextvars.ContextVar[str | None] = contextvars.ContextVar(
@@ -60,9 +58,8 @@ def _check(correlation_id: object) -> None:
     if not isinstance(correlation_id, str) or not correlation_id.strip():
         why = "a non-empty string"
     elif len(correlation_id) > MAX_LENGTH or not correlation_id.isprintable():
+        # (printable excludes NUL and lone surrogates, which no text column takes)
         why = f"at most {MAX_LENGTH} printable characters"
-    elif not is_utf8(correlation_id):
-        why = "valid UTF-8 (it holds a lone surrogate)"
     if why is not None:
         from foundation.errors import ValidationError
 

@@ -25,7 +25,6 @@ from pydantic import ValidationError as PydanticValidationError
 
 from foundation._frozen import freeze
 from foundation._json import encode_json, normalize_json
-from foundation._text import is_utf8
 from foundation._watch import Watch, Watchers
 from foundation.config._sources import parse_env_value
 from foundation.errors import ConfigError
@@ -149,14 +148,10 @@ class ConfigState:
                 f"(this one has {len(key)})",
                 context={"key": key[:80] + "…", "length": len(key)},
             )
-        if "\x00" in key or not key.isprintable():
+        # Printable excludes NUL and lone surrogates: such a key is valid UTF-8 text.
+        if not key.isprintable():
             raise ConfigError(
                 "a config key must not contain control characters",
-                context={"key": repr(key)[:200]},
-            )
-        if not is_utf8(key):
-            raise ConfigError(
-                "a config key must be valid UTF-8 (it holds a lone surrogate)",
                 context={"key": repr(key)[:200]},
             )
         return key

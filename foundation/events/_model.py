@@ -208,13 +208,12 @@ def _name(value: Any, field: str, *, required: bool) -> str | None:
             + ("" if value is not None else " (it is missing)"),
             context={"field": field, "value": repr(value)[:200]},
         )
+    # Printable excludes lone surrogates: a printable name is also valid UTF-8.
     if len(value) > MAX_NAME or not value.isprintable():
         raise EventError(
             f"event field {field!r} must be at most {MAX_NAME} printable characters",
             context={"field": field, "value": repr(value)[:200]},
         )
-    if not is_utf8(value):
-        raise EventError(f"event field {field!r} is not valid UTF-8", context={"field": field})
     return value
 
 

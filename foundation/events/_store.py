@@ -109,7 +109,6 @@ class EventSQL:
     insert_many: str
     insert_checked: str
     append: str
-    by_id: str
     stream_version: str
     last_rowid: str
     sub_create: str
@@ -138,9 +137,6 @@ class EventSQL:
             insert_many=compile_sql(insert, backend),
             insert_checked=compile_sql(_insert_checked(), backend),
             append=compile_sql(_append(), backend) if backend == "postgresql" else "",
-            by_id=compile_sql(
-                sa.select(*_COLUMNS).where(events.c.id == sa.bindparam("id")), backend
-            ),
             stream_version=compile_sql(
                 sa.select(sa.func.max(events.c.stream_version)).where(
                     events.c.stream_id == sa.bindparam("stream_id")

@@ -35,7 +35,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from foundation._json import encode_json, normalize_json
-from foundation._text import is_utf8
 from foundation._watch import Watch, Watchers
 from foundation.errors import NotFoundError, ValidationError
 
@@ -189,14 +188,10 @@ def check_name(name: Any, what: str = "a registry name") -> str:
             f"{what} must be at most {MAX_NAME} characters (this one has {len(name)})",
             context={"name": name[:80] + "…", "length": len(name)},
         )
+    # Printable excludes lone surrogates: a printable name is also valid UTF-8.
     if not name.isprintable():
         raise ValidationError(
             f"{what} must not contain control characters", context={"name": repr(name)[:200]}
-        )
-    if not is_utf8(name):
-        raise ValidationError(
-            f"{what} must be valid UTF-8 (it holds a lone surrogate)",
-            context={"name": repr(name)[:200]},
         )
     return name
 
