@@ -19,10 +19,12 @@ the feed works the same for :class:`~foundation.Foundation` and
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import select
+import socket
 import sqlite3
 import threading
 import time
@@ -183,8 +185,84 @@ class ChangeFeed:
                 log.exception("change feed subscriber %r failed to poll", sub)
         self.polls += 1
 
+    def notify_later(self, key: str, due: float, payload: dict[str, Any]) -> None:
+        """Send ``payload`` on the channel at ``time.monotonic()`` ``due`` (PostgreSQL: a
+        NOTIFY a writer left to the feed; SQLite has none, nodes poll the file)."""
+
     def _run(self) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
+
+
+class _Announcements:
+    """NOTIFYs that writers leave to the feed's connection (events in a burst, migration
+    0008): one per key, the highest position asked, sent once due."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._due: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._asleep_until = 0.0  # time.monotonic() the feed's select may last until
+        # Part of the feed's select, so that a first announcement (or stop) wakes it.
+        self.reader, self._waker = socket.socketpair()
+        self.reader.setblocking(False)
+        self._waker.setblocking(False)
+
+    def add(self, key: str, due: float, payload: dict[str, Any]) -> None:
+        with self._lock:
+            held = self._due.get(key)
+            if held is not None:
+                due = min(due, held[0])
+                if held[1].get("position", 0) > payload.get("position", 0):
+                    payload = held[1]
+            self._due[key] = (due, payload)
+            # Woken only when it sleeps past this time: in a burst the feed is mostly
+            # between selects (reading the burst's first NOTIFY) and sees it by itself.
+            late = due < self._asleep_until
+        if late:
+            self.wake()
+
+    def wake(self) -> None:
+        with contextlib.suppress(OSError):  # a full buffer already wakes it; closed: stopped
+            self._waker.send(b"!")
+
+    def drain(self) -> None:
+        with contextlib.suppress(OSError):
+            while self.reader.recv(4096):
+                pass
+
+    def sleep(self, longest: float) -> float:
+        """How long the feed may wait in select; until ``awake``, an announcement due
+        sooner than that wakes it."""
+        now = time.monotonic()
+        with self._lock:
+            soonest = min((due for due, _ in self._due.values()), default=now + longest)
+            timeout = max(0.0, min(longest, soonest - now))
+            self._asleep_until = now + timeout
+        return timeout
+
+    def awake(self) -> None:
+        with self._lock:
+            self._asleep_until = 0.0
+
+    def send_due(self, conn: psycopg.Connection[Any], everything: bool = False) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if not self._due:
+                return
+            ready = {k: v for k, v in self._due.items() if everything or v[0] <= now}
+            for key in ready:
+                del self._due[key]
+        try:
+            while ready:
+                key, (_, payload) = next(iter(ready.items()))
+                conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, json.dumps(payload)))
+                del ready[key]
+        finally:
+            for key, (due, payload) in ready.items():  # the connection failed: next time
+                self.add(key, due, payload)
+
+    def close(self) -> None:
+        self.reader.close()
+        self._waker.close()
 
 
 class PostgresFeed(ChangeFeed):
@@ -197,7 +275,26 @@ class PostgresFeed(ChangeFeed):
     # first notification after a quiet spell is read at once.
     BATCH_S = 0.002
 
+    def __init__(self, url: DatabaseURL, settings: Settings, emit: Any) -> None:
+        super().__init__(url, settings, emit)
+        self._announcements = _Announcements()
+
+    def notify_later(self, key: str, due: float, payload: dict[str, Any]) -> None:
+        self._announcements.add(key, due, payload)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._announcements.wake()  # out of its select now, not at its next timeout
+        super().stop()
+
     def _run(self) -> None:
+        try:
+            self._listen()
+        finally:
+            self._announcements.close()
+
+    def _listen(self) -> None:
+        announcements = self._announcements
         delay = 0.05
         while not self._stop.is_set():
             conn: psycopg.Connection[Any] | None = None
@@ -227,21 +324,34 @@ class PostgresFeed(ChangeFeed):
                     # selector per call, and this thread takes the GIL at the moment a
                     # writer's own result comes back (NOTIFY is sent at its commit), so
                     # what it does per notification is what every store waits for.
-                    if not pending and select.select([pgconn.socket], [], [], 0.25)[0]:
-                        pgconn.consume_input()  # raises OperationalError if the link died
-                        while (note := pgconn.notifies()) is not None:
-                            pending.append(note.extra.decode("utf-8", "replace"))
+                    if not pending:
+                        ready = select.select(
+                            [pgconn.socket, announcements.reader.fileno()],
+                            [],
+                            [],
+                            announcements.sleep(0.25),
+                        )[0]
+                        announcements.awake()
+                        if announcements.reader.fileno() in ready:
+                            announcements.drain()
+                        if pgconn.socket in ready:
+                            pgconn.consume_input()  # raises OperationalError if link died
+                            while (note := pgconn.notifies()) is not None:
+                                pending.append(note.extra.decode("utf-8", "replace"))
                     if pending:
                         while pending:
                             self._dispatch(pending.popleft(), reader)
                         # A burst of notifications then wakes this thread once per
                         # batch, not once each (at most BATCH_S more latency).
                         self._stop.wait(self.BATCH_S)
+                    announcements.send_due(conn)
                     if self._take_resync_request():
                         self._resync_all(reader)
                     if time.monotonic() - last_ping > self.KEEPALIVE_S:
                         conn.execute("SELECT 1")  # find a silently dead socket
                         last_ping = time.monotonic()
+                # Stopping: what writers left to announce goes now, not never.
+                announcements.send_due(conn, everything=True)
             except psycopg.Error as exc:
                 if self._stop.is_set():
                     break

@@ -50,7 +50,9 @@ class _Slot(Generic[U, R]):
         self.unit = unit
         self.outcome: R | BaseException | None = None
         self.lead = False
-        self.done: threading.Event | None = None  # made only for a caller that waits
+        # Made only for a caller that waits: a plain lock it takes once the leader has
+        # released it (a C-level handoff; threading.Event costs a Python Condition).
+        self.done: threading.Lock | None = None
 
 
 class GroupCommit(Generic[U, R]):
@@ -84,10 +86,11 @@ class GroupCommit(Generic[U, R]):
                 slot.lead = True
                 group = self._take(slot)
             else:
-                slot.done = threading.Event()
+                slot.done = threading.Lock()
+                slot.done.acquire()
                 self._queue.append(slot)
         if not slot.lead:
-            slot.done.wait()  # type: ignore[union-attr]  # made just above
+            slot.done.acquire()  # type: ignore[union-attr]  # made just above
             if not slot.lead:  # another leader ran our unit
                 return _result(slot.outcome)  # type: ignore[return-value]
             with self._lock:  # handed the lead (our slot left the queue then)
@@ -106,9 +109,9 @@ class GroupCommit(Generic[U, R]):
             else:
                 successor.lead = True
         if successor is not None:
-            successor.done.set()  # type: ignore[union-attr]  # a waiting slot
+            successor.done.release()  # type: ignore[union-attr]  # a waiting slot
         for s in group[1:]:
-            s.done.set()  # type: ignore[union-attr]
+            s.done.release()  # type: ignore[union-attr]
         return _result(slot.outcome)  # type: ignore[return-value]
 
 

@@ -20,15 +20,16 @@ mechanism the ``eventsourcing`` library uses.
 Cost: writers to the log do not overlap: throughput is bounded by one transaction's
 lock-to-commit time, including the commit's WAL flush. Two things keep that small. The
 lock, the checks, the inserts and the NOTIFY run inside one server-side function
-(``foundation_append_events``, migration 0007), so a store is one statement and one
-round trip, and the lock is held for the function and the commit only, never across a
-network round trip. And stores that arrive while one is in flight are sent together as
-one call (group commit, :mod:`._group`): one lock, one commit, one WAL flush for all of
-them, each caller's events still all-or-nothing on their own. Readers never take the
-lock. The only other writer of the log, the trigger of migration 0005 that appends
-``foundation.config.changed`` events, takes the same lock first (``EVENTS_LOCK_KEY`` is
-copied there). On SQLite, a write transaction already excludes every other writer and
-the rowid is the position.
+(``foundation_append_events``, migrations 0007 and 0008; inside a burst of stores the
+NOTIFY is left to the change feed, one for the burst, see ``_service``), so a store is
+one statement and one round trip, and the lock is held for the function and the commit
+only, never across a network round trip. And stores that arrive while one is in flight
+are sent together as one call (group commit, :mod:`._group`): one lock, one commit, one
+WAL flush for all of them, each caller's events still all-or-nothing on their own.
+Readers never take the lock. The only other writer of the log, the trigger of migration
+0005 that appends ``foundation.config.changed`` events, takes the same lock first
+(``EVENTS_LOCK_KEY`` is copied there). On SQLite, a write transaction already excludes
+every other writer and the rowid is the position.
 """
 
 from __future__ import annotations
@@ -253,7 +254,12 @@ class EventSQL:
             for u, unit in enumerate(units)
             for e in unit
         ]
-        return {"events": f"[{','.join(parts)}]", "recorded_at": at, "writer": writer}
+        return {
+            "events": f"[{','.join(parts)}]",
+            "recorded_at": at,
+            "writer": writer,
+            "notify": True,
+        }
 
     def record(self, row: tuple[Any, ...]) -> RecordedEvent:
         load = self.codec.load_json
@@ -364,11 +370,13 @@ def _insert_checked() -> Any:
 
 
 def _append() -> Any:
-    """PostgreSQL: ``foundation_append_events`` (migration 0007), one statement per store."""
+    """PostgreSQL: ``foundation_append_events`` (migrations 0007 and 0008), one statement
+    per store; ``notify`` false leaves the NOTIFY to the change feed (see ``_service``)."""
     fn = sa.func.foundation_append_events(
         sa.cast(sa.bindparam("events"), postgresql.JSONB),
         sa.cast(sa.bindparam("recorded_at"), sa.DateTime(timezone=True)),
         sa.cast(sa.bindparam("writer"), sa.Text),
+        sa.cast(sa.bindparam("notify"), sa.Boolean),
     ).table_valued("o_ord", "o_position", "o_version", "o_actual", "o_tail")
     return sa.select(fn.c.o_ord, fn.c.o_position, fn.c.o_version, fn.c.o_actual, fn.c.o_tail)
 

@@ -184,13 +184,15 @@ def test_telemetry(face: Face, tables: Tables) -> None:
             st.one_of(hostile_any, fine_text.map(lambda t: t + uuid.uuid4().hex))
         )
         handler = data.draw(st.sampled_from([lambda *a: seen.append(a), None, 3]))
-        attached = expect(tables, lambda: tel.attach(handler_id, name, handler, None), TELEMETRY)
         measurements = data.draw(
             st.one_of(st.none(), st.dictionaries(fine_text, st.integers()), hostile_any)
         )
         metadata = data.draw(
             st.one_of(st.none(), st.dictionaries(fine_text, hostile_any), hostile_any)
         )
+        # Every draw before the first call: hypothesis may abandon an example at any draw,
+        # and one abandoned after attach would leave its handler behind for the next.
+        attached = expect(tables, lambda: tel.attach(handler_id, name, handler, None), TELEMETRY)
         before = len(seen)
         emitted = expect(tables, lambda: tel.execute(name, measurements, metadata), TELEMETRY)
         if attached is None and emitted is None:
