@@ -73,12 +73,30 @@ def test_a_burst_is_announced_by_its_first_store_and_one_more(
     pg_url: str, listener: Listener
 ) -> None:
     with Foundation(pg_url, migrate="check") as fdn:
-        fdn.events.NOTIFY_EVERY_S = 2.0
+        fdn.events.NOTIFY_EVERY_S = 1.0
         positions = _burst(fdn, 5)
         announced = listener.collect(until=positions[-1])
     # The first store's own NOTIFY, then the feed's, naming the last position: every
     # event of the burst is covered, with two wake-ups instead of five.
     assert announced == [positions[0], positions[-1]]
+
+
+def test_a_long_burst_notifies_from_its_stores_and_once_at_its_end(
+    pg_url: str, listener: Listener
+) -> None:
+    with Foundation(pg_url, migrate="check") as fdn:
+        fdn.events.NOTIFY_EVERY_S = interval = 0.05
+        positions: list[int] = []
+        started = time.monotonic()
+        while time.monotonic() - started < 0.5:
+            positions += _burst(fdn, 1)
+        announced = listener.collect(until=positions[-1])
+    # At most one store's own NOTIFY per interval; the feed's only at the end, since
+    # each next one covered what the stores in between left to it.
+    assert announced[-1] == positions[-1]
+    assert announced == sorted(set(announced))
+    assert len(announced) <= 0.5 / interval + 2
+    assert len(announced) < len(positions) or len(positions) <= 0.5 / interval
 
 
 def test_a_store_after_a_quiet_spell_notifies_at_once(pg_url: str, listener: Listener) -> None:
@@ -100,7 +118,7 @@ def test_other_nodes_see_every_event_of_a_burst(pg_url: str) -> None:
         Foundation(pg_url, migrate="check") as reader,
     ):
         assert reader.feed.wait_connected(10)
-        writer.events.NOTIFY_EVERY_S = 0.5
+        writer.events.NOTIFY_EVERY_S = 0.2
         seen: list[int] = []
         # Polling an hour apart: only the writer's NOTIFYs can wake it in time.
         sub = reader.events.subscribe(
@@ -149,7 +167,7 @@ def test_an_announcement_survives_the_feed_losing_its_connection(
 
 async def test_the_async_face_coalesces_the_same_way(pg_url: str, listener: Listener) -> None:
     async with AsyncFoundation(pg_url, migrate="check") as fdn:
-        fdn.events.NOTIFY_EVERY_S = 2.0
+        fdn.events.NOTIFY_EVERY_S = 1.0
         positions = [
             (await fdn.events.store({"type": "burst", "data": {"i": i}})).position for i in range(4)
         ]

@@ -186,8 +186,13 @@ class ChangeFeed:
         self.polls += 1
 
     def notify_later(self, key: str, due: float, payload: dict[str, Any]) -> None:
-        """Send ``payload`` on the channel at ``time.monotonic()`` ``due`` (PostgreSQL: a
-        NOTIFY a writer left to the feed; SQLite has none, nodes poll the file)."""
+        """Send ``payload`` (with a ``position``) on the channel at ``time.monotonic()``
+        ``due``, unless :meth:`covered` first (PostgreSQL: a NOTIFY a writer left to the
+        feed; SQLite has none, nodes poll the file)."""
+
+    def covered(self, key: str, position: int) -> None:
+        """A NOTIFY naming ``position`` went out with a write: what ``key`` left to send
+        up to there is no longer needed."""
 
     def _run(self) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -195,7 +200,8 @@ class ChangeFeed:
 
 class _Announcements:
     """NOTIFYs that writers leave to the feed's connection (events in a burst, migration
-    0008): one per key, the highest position asked, sent once due."""
+    0008): one per key, the highest position asked, sent once due unless a writer's own
+    NOTIFY covered it meanwhile."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -219,6 +225,12 @@ class _Announcements:
             late = due < self._asleep_until
         if late:
             self.wake()
+
+    def cancel(self, key: str, position: int) -> None:
+        with self._lock:
+            held = self._due.get(key)
+            if held is not None and held[1].get("position", 0) <= position:
+                del self._due[key]
 
     def wake(self) -> None:
         with contextlib.suppress(OSError):  # a full buffer already wakes it; closed: stopped
@@ -281,6 +293,9 @@ class PostgresFeed(ChangeFeed):
 
     def notify_later(self, key: str, due: float, payload: dict[str, Any]) -> None:
         self._announcements.add(key, due, payload)
+
+    def covered(self, key: str, position: int) -> None:
+        self._announcements.cancel(key, position)
 
     def stop(self) -> None:
         self._stop.set()

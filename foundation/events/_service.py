@@ -148,9 +148,10 @@ class _EventsBase:
     def _notify_in_statement(self) -> bool:
         """Whether this store's own statement sends the NOTIFY (migration 0008).
 
-        The first store of a burst does; those within ``NOTIFY_EVERY_S`` of it leave it to
-        the feed, which sends one NOTIFY for all of them when that time is up. Other nodes
-        learn of a burst's events at most that much later; nothing else changes.
+        The first store of a burst does, and then one store per ``NOTIFY_EVERY_S``; the
+        others leave it to the feed, which sends one NOTIFY naming the last of them if no
+        store's own NOTIFY covered it within twice that time (the end of a burst). Other
+        nodes learn of a burst's events at most that much later; nothing else changes.
         Unlocked: two concurrent leaders may both notify, which is only one more NOTIFY.
         """
         now = time.monotonic()
@@ -169,12 +170,17 @@ class _EventsBase:
                 self._cache_written(outcome)
                 if outcome.inserted:
                     last = max(last, outcome.inserted[-1].position)
-        if not notified and last and self._feed is not None:
-            self._feed.notify_later(
-                self._writer,
-                self._notified_at + self.NOTIFY_EVERY_S,
-                {"topic": "events", "position": last, "writer": self._writer},
-            )
+        if last and self._feed is not None:
+            if notified:
+                self._feed.covered(self._writer, last)
+            else:
+                # Twice the interval: inside a burst the next store's own NOTIFY (due
+                # after one) covers this one first, and the feed sends nothing.
+                self._feed.notify_later(
+                    self._writer,
+                    time.monotonic() + 2 * self.NOTIFY_EVERY_S,
+                    {"topic": "events", "position": last, "writer": self._writer},
+                )
         return outcomes
 
     def _stored(self, started: int, records: list[RecordedEvent]) -> None:
