@@ -153,11 +153,24 @@ class _Base:
 
 
 def _outdated(url: DatabaseURL, current: str | None) -> FoundationError | None:
+    """The schema error to raise, or None when the database is at this release's head.
+
+    A database at a revision this release does not know was upgraded by a newer release
+    (a deploy rolled back, say): upgrading cannot help, and nothing is written.
+    """
     head = migrations.head_revision()
     if current == head:
         return None
     from foundation.errors import SchemaOutdatedError
 
+    if current is not None and not migrations.known_revision(current):
+        return SchemaOutdatedError(
+            f"the database at {url.masked} is at schema revision {current}, which a newer "
+            f"release of Foundation wrote; this one knows revisions up to {head}: run the "
+            "newer release on this node, or downgrade the database with it first "
+            f"(`foundation db downgrade {head}`)",
+            context={"url": url.masked, "current": current, "head": head, "newer": True},
+        )
     return SchemaOutdatedError(
         f"the database at {url.masked} is at schema revision {current or 'none (empty)'} "
         f"but this Foundation needs {head}: run `foundation db upgrade` (or `alembic upgrade "
@@ -191,7 +204,7 @@ class Foundation(_Base):
         try:
             if mode != "skip":
                 error = _outdated(self.url, self._current_revision())
-                if error is not None and mode == "upgrade":
+                if error is not None and mode == "upgrade" and not error.context.get("newer"):
                     self._upgrade()
                 elif error is not None:
                     raise error
@@ -311,7 +324,11 @@ class AsyncFoundation(_Base):
             await self._db.open()
             if self._mode != "skip":
                 error = _outdated(self.url, await self._current_revision())
-                if error is not None and self._mode == "upgrade":
+                if (
+                    error is not None
+                    and self._mode == "upgrade"
+                    and not error.context.get("newer")
+                ):
                     # Startup only: alembic is synchronous, so it runs in a worker thread.
                     await asyncio.to_thread(self._upgrade)
                 elif error is not None:

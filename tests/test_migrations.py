@@ -15,7 +15,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
 
-from foundation import Foundation, SchemaOutdatedError
+from foundation import AsyncFoundation, Foundation, SchemaOutdatedError
 from foundation.database import create_engine, migrate
 from foundation.database.schema import metadata
 
@@ -150,3 +150,36 @@ def test_an_application_alembic_history_lives_beside_ours(
     migrate.upgrade(empty_db_url)
     command.downgrade(cfg, "base")
     assert "foundation_config" in table_names(empty_db_url)
+
+
+def _stamped_newer(url: str) -> None:
+    """The database as a newer release of Foundation would leave it."""
+    Foundation(url, migrate="upgrade").close()
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("UPDATE foundation_alembic_version SET version_num = '9001'"))
+    finally:
+        engine.dispose()
+
+
+def test_a_database_from_a_newer_release_is_refused_plainly(db_url: str) -> None:
+    """A deploy rolled back: the old code must not try to upgrade, nor crash in alembic."""
+    _stamped_newer(db_url)
+    for mode in ("upgrade", "check"):
+        with pytest.raises(SchemaOutdatedError) as info:
+            Foundation(db_url, migrate=mode)
+        assert "newer release" in info.value.message
+        assert info.value.context["current"] == "9001"
+        assert info.value.context["head"] == migrate.head_revision()
+        assert info.value.context["newer"] is True
+    assert migrate.current_revision(db_url) == "9001"  # nothing was written
+
+
+async def test_the_async_face_refuses_a_newer_database_too(db_url: str) -> None:
+    _stamped_newer(db_url)
+    with pytest.raises(SchemaOutdatedError) as info:
+        async with AsyncFoundation(db_url, migrate="upgrade"):
+            pass
+    assert info.value.context["newer"] is True
+    assert migrate.current_revision(db_url) == "9001"

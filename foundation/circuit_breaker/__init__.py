@@ -14,13 +14,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from foundation.circuit_breaker._service import (
-    AsyncBreaker,
-    AsyncCircuitBreakers,
-    Breaker,
-    BreakerInfo,
-    CircuitBreakers,
-)
+from foundation.circuit_breaker._aio import AsyncBreaker, AsyncCircuitBreakers
+from foundation.circuit_breaker._base import BreakerInfo
+from foundation.circuit_breaker._service import Breaker, CircuitBreakers
 
 __all__ = [
     "AsyncBreaker",

@@ -31,6 +31,7 @@ __all__ = [
     "downgrade",
     "head_revision",
     "include_name",
+    "known_revision",
     "upgrade",
 ]
 
@@ -68,10 +69,20 @@ def alembic_config(url: str | DatabaseURL, settings: Settings | None = None) -> 
     return cfg
 
 
+def _scripts() -> ScriptDirectory:
+    return ScriptDirectory.from_config(alembic_config("sqlite:///unused.db"))
+
+
 def head_revision() -> str:
-    head = ScriptDirectory.from_config(alembic_config("sqlite:///unused.db")).get_current_head()
+    head = _scripts().get_current_head()
     assert head is not None
     return head
+
+
+def known_revision(revision: str) -> bool:
+    """Whether ``revision`` is one of this release's migrations (a database written by a
+    newer release of Foundation is at one this code has never heard of)."""
+    return revision in {script.revision for script in _scripts().walk_revisions()}
 
 
 @contextmanager

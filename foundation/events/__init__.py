@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+from foundation.events._aio import AsyncEvents
 from foundation.events._model import RecordedEvent, uuid7
-from foundation.events._service import AsyncEvents, Events
+from foundation.events._service import Events
 from foundation.events._store import EVENTS_LOCK_KEY, EventSQL
 from foundation.events._subscription import AsyncSubscription, Subscription, SubscriptionStatus
 from foundation.events._tail import DEFAULT_TAIL_SIZE, TailCache

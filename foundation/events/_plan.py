@@ -30,7 +30,7 @@ from foundation.events._model import NewEvent, RecordedEvent
 from foundation.events._store import EventSQL, new_record
 
 if TYPE_CHECKING:
-    from foundation.events._service import _EventsBase
+    from foundation.events._base import _EventsBase
 
 __all__ = [
     "NO_IDS",

@@ -21,7 +21,7 @@ Cost: writers to the log do not overlap: throughput is bounded by one transactio
 lock-to-commit time, including the commit's WAL flush. Two things keep that small. The
 lock, the checks, the inserts and the NOTIFY run inside one server-side function
 (``foundation_append_events``, migrations 0007 and 0008; inside a burst of stores the
-NOTIFY is left to the change feed, one for the burst, see ``_service``), so a store is
+NOTIFY is left to the change feed, one for the burst, see ``_base``), so a store is
 one statement and one round trip, and the lock is held for the function and the commit
 only, never across a network round trip. And stores that arrive while one is in flight
 are sent together as one call (group commit, :mod:`._group`): one lock, one commit, one
@@ -371,7 +371,7 @@ def _insert_checked() -> Any:
 
 def _append() -> Any:
     """PostgreSQL: ``foundation_append_events`` (migrations 0007 and 0008), one statement
-    per store; ``notify`` false leaves the NOTIFY to the change feed (see ``_service``)."""
+    per store; ``notify`` false leaves the NOTIFY to the change feed (see ``_base``)."""
     fn = sa.func.foundation_append_events(
         sa.cast(sa.bindparam("events"), postgresql.JSONB),
         sa.cast(sa.bindparam("recorded_at"), sa.DateTime(timezone=True)),

@@ -39,7 +39,9 @@ from foundation.events._model import MAX_LIMIT, RecordedEvent
 from foundation.events._store import EventSQL
 
 if TYPE_CHECKING:
-    from foundation.events._service import AsyncEvents, Events, _EventsBase
+    from foundation.events._aio import AsyncEvents
+    from foundation.events._base import _EventsBase
+    from foundation.events._service import Events
 
 __all__ = ["AsyncSubscription", "Subscription", "SubscriptionOptions", "SubscriptionStatus"]
 

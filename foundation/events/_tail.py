@@ -27,7 +27,7 @@ or ``before`` datetimes without such a bound, a window not yet loaded, a feed th
 reconnecting) goes to the database. Writes made by *other* nodes are seen once the feed
 delivers them, as for every other cache in Foundation (PostgreSQL: the NOTIFY latency,
 plus up to ``NOTIFY_EVERY_S``, 5 ms, inside another node's burst of stores, see
-``_service``; SQLite: one poll interval).
+``_base``; SQLite: one poll interval).
 
 Records handed out by the cache are shared: their ``data`` and ``metadata`` are read-only
 containers (:mod:`foundation._frozen`), equal to what the database returns.

@@ -13,11 +13,9 @@ import builtins
 from collections.abc import Callable
 from typing import Any
 
-from foundation.service_registry._service import (
-    AsyncServiceRegistry,
-    RegistryOptions,
-    ServiceRegistry,
-)
+from foundation.service_registry._aio import AsyncServiceRegistry
+from foundation.service_registry._base import RegistryOptions
+from foundation.service_registry._service import ServiceRegistry
 from foundation.service_registry._state import (
     GroupMember,
     RegistryChange,

@@ -10,7 +10,7 @@ with the writer's own commit, and it cost a store about a third of its time in t
 benchmark. So a node that stores in a burst announces the burst, not every store: its
 first store notifies as before, and the stores that follow within a few milliseconds pass
 ``p_notify => false`` while the node's change feed sends one NOTIFY for all of them
-shortly after (``foundation.events._service``). What a store writes, and when it is
+shortly after (``foundation.events._base``). What a store writes, and when it is
 visible, does not change; only the wake-up of other nodes is coalesced.
 
 The function of 0007 is kept under its three-argument signature, now a wrapper that

@@ -1,0 +1,220 @@
+"""The circuit breaker's async face: :class:`AsyncCircuitBreakers` and its
+:class:`AsyncBreaker` handles. How breakers work: :mod:`._base`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import functools
+import inspect
+import time
+from collections.abc import Callable
+from typing import Any
+
+from foundation.circuit_breaker import _logic as logic
+from foundation.circuit_breaker._base import (
+    _FAILURE,
+    F,
+    _BreakerCore,
+    _BreakersBase,
+    _now_local,
+)
+from foundation.circuit_breaker._logic import (
+    CLOSED,
+    CLOSED_ROW,
+    BreakerRow,
+    admission,
+    check_name,
+    fn_name,
+    make_options,
+)
+from foundation.circuit_breaker._store import BreakerSQL
+from foundation.database.aio import AsyncDatabase
+from foundation.errors import (
+    FoundationError,
+)
+from foundation.settings import Settings
+from foundation.telemetry import Telemetry
+
+__all__ = ["AsyncBreaker", "AsyncCircuitBreakers"]
+
+
+class AsyncBreaker(_BreakerCore):
+    """The awaitable twin of :class:`Breaker`; coroutines are cancelled on timeout."""
+
+    __slots__ = ()
+    _svc: AsyncCircuitBreakers
+
+    async def execute(self, fn: Callable[[], Any]) -> Any:
+        return await self.call(fn)
+
+    async def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Await ``fn(*args, **kwargs)`` through the breaker (a plain result is taken too)."""
+        row = self._cache.get(self.name)
+        token = None
+        if row is not None and row.state != CLOSED:
+            token = await self._svc._admit(self, row)
+        timeout = self.options.timeout_ms
+        started = time.perf_counter()
+        cm: Any = None
+        try:
+            result = fn(*args, **kwargs)
+            if inspect.isawaitable(result):
+                if timeout is None:
+                    result = await result
+                else:
+                    cm = asyncio.timeout(timeout / 1000)
+                    async with cm:
+                        result = await result
+        except BaseException as exc:
+            if cm is not None and cm.expired() and isinstance(exc, builtins.TimeoutError):
+                await self._svc._outcome(self, token, False)
+                raise self._svc._timed_out(self, time.perf_counter() - started) from None
+            if isinstance(exc, self._failures):
+                await self._svc._outcome(self, token, False)
+            elif isinstance(exc, Exception) and (token is not None or (row and row.failures)):
+                await self._svc._outcome(self, token, True)
+            raise
+        if timeout is not None and cm is None:  # a plain function: judged as in the sync face
+            elapsed = time.perf_counter() - started
+            if elapsed * 1000 > timeout:
+                await self._svc._outcome(self, token, False)
+                raise self._svc._timed_out(self, elapsed)
+        if token is not None or (row is not None and row.failures):
+            await self._svc._outcome(self, token, True)
+        return result
+
+    async def reset(self) -> None:
+        await self._svc._reset(self)
+
+    async def force_open(self) -> None:
+        await self._svc._force_open(self)
+
+    def __call__(self, fn: F) -> F:
+        self._svc._check_fn(fn)
+
+        @functools.wraps(fn)
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return await self.call(fn, *args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+
+class AsyncCircuitBreakers(_BreakersBase):
+    """Circuit breakers, asyncio face (``afdn.circuit_breaker``); state reads stay plain."""
+
+    def __init__(
+        self,
+        db: AsyncDatabase | None,
+        sql: BreakerSQL | None,
+        settings: Settings,
+        telemetry: Telemetry,
+    ) -> None:
+        super().__init__(sql, settings, telemetry)
+        self._db = db
+
+    async def load(self) -> None:
+        if self._db is not None and self._sql is not None:
+            self._load(await self._db.fetchall(self._sql.select_all, self._params("")))
+
+    def get(self, name: Any, **options: Any) -> AsyncBreaker:
+        return self._object(AsyncBreaker, name, options)  # type: ignore[no-any-return]
+
+    async def execute(
+        self,
+        fn: Callable[[], Any],
+        name: Any = None,
+        timeout: Any = 5000,
+        max_failures: Any = 5,
+        reset_timeout: Any = 10000,
+        failure_exceptions: Any = (Exception,),
+        scope: Any = "shared",
+    ) -> Any:
+        """As :meth:`CircuitBreakers.execute`; a coroutine is cancelled at ``timeout``."""
+        breaker = self._for_call(
+            AsyncBreaker, fn, name, timeout, max_failures, reset_timeout, failure_exceptions, scope
+        )
+        return await breaker.call(fn)
+
+    def protect(self, name: Any = None, **options: Any) -> Callable[[F], F]:
+        make_options(**options)
+
+        def decorate(fn: F) -> F:
+            self._check_fn(fn)
+            return self.get(fn_name(fn) if name is None else name, **options)(fn)
+
+        return decorate
+
+    def state(self, name: Any, scope: str = "shared") -> str:
+        name = check_name(name, self._settings.max_key_length)
+        row = (self._shared if scope == "shared" else self._local).get(name)
+        return CLOSED if row is None else row.state
+
+    async def reset(self, name: Any, scope: str = "shared") -> None:
+        await self.get(name, scope=scope).reset()
+
+    async def force_open(self, name: Any, scope: str = "shared") -> None:
+        await self.get(name, scope=scope).force_open()
+
+    async def _admit(self, core: _BreakerCore, row: BreakerRow) -> str:
+        local = core.options.scope == "local"
+        action, retry = admission(row, _now_local() if local else self._now())
+        if action == "reject":
+            raise self._rejected(core, row, retry)
+        if local:
+            return self._claim_local(core)
+        assert self._db is not None and self._sql is not None
+        token = self._token()
+        try:
+            claimed = await self._db.fetchone(
+                self._sql.claim,
+                self._params(core.name, token=token, lease=core.options.probe_lease_ms),
+            )
+            if claimed is not None:
+                self._returned(core.name, claimed)
+                return token
+            found = await self._db.fetchone(self._sql.select_one, self._params(core.name))
+        except FoundationError as exc:
+            self._storage_failed(core.name, exc)
+            raise self._rejected(core, row, retry) from None
+        if found is not None:
+            self._returned(core.name, found[1:])
+        current = self._shared.get(core.name, row)
+        raise self._rejected(core, current, admission(current, self._now())[1])
+
+    async def _outcome(self, core: _BreakerCore, token: str | None, ok: bool) -> None:
+        if not ok:
+            self._telemetry.execute(_FAILURE, {"count": 1}, {"name": core.name})
+        if core.options.scope == "local":
+            self._outcome_local(core, token, ok)
+            return
+        assert self._db is not None
+        sql, params = self._outcome_statement(core, token, ok)
+        try:
+            if self._returned(core.name, await self._db.fetchone(sql, params)) is None:
+                self._refreshed(core.name, await self._db.fetchone(*self._select(core.name)))
+        except FoundationError as exc:
+            self._storage_failed(core.name, exc)
+
+    async def _reset(self, core: _BreakerCore) -> None:
+        if core.options.scope == "local":
+            with self._lock:
+                old = self._local.pop(core.name, None)
+            self._transition(core.name, "local", old, None, "local")
+            return
+        assert self._db is not None and self._sql is not None
+        self._returned(core.name, await self._db.fetchone(self._sql.reset, self._params(core.name)))
+
+    async def _force_open(self, core: _BreakerCore) -> None:
+        if core.options.scope == "local":
+            with self._lock:
+                old = self._local.get(core.name, CLOSED_ROW)
+                new = logic.force_open(old, _now_local())
+                self._local[core.name] = new
+            self._transition(core.name, "local", old, new, "local")
+            return
+        assert self._db is not None and self._sql is not None
+        self._returned(
+            core.name, await self._db.fetchone(self._sql.force_open, self._params(core.name))
+        )

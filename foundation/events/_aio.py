@@ -1,0 +1,223 @@
+"""The event log's async face: :class:`AsyncEvents` (subscriptions run as tasks). What
+both faces share: :mod:`._base`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Callable,
+    Mapping,
+)
+from typing import Any
+
+from foundation.database.aio import AsyncDatabase
+from foundation.errors import FoundationError
+from foundation.events._base import (
+    _GROUP_UNITS,
+    _callable,
+    _check_id_arg,
+    _check_version_arg,
+    _EventsBase,
+    _ids_given,
+    _now,
+    _Outcome,
+    _Unit,
+)
+from foundation.events._group import AsyncGroupCommit
+from foundation.events._model import (
+    NewEvent,
+    RecordedEvent,
+)
+from foundation.events._plan import (
+    NO_IDS,
+    Pager,
+    StoredBatch,
+    adrive,
+    is_id_race,
+    known_ids,
+    needs_transaction,
+    sqlite_store,
+)
+from foundation.events._store import EventSQL
+from foundation.events._subscription import AsyncSubscription, SubscriptionOptions
+from foundation.settings import Settings
+from foundation.telemetry import Telemetry
+
+__all__ = ["AsyncEvents"]
+
+
+class AsyncEvents(_EventsBase):
+    """The awaitable twin of :class:`Events`."""
+
+    def __init__(
+        self,
+        db: AsyncDatabase,
+        sql: EventSQL,
+        settings: Settings,
+        telemetry: Telemetry,
+    ) -> None:
+        super().__init__(sql, settings, telemetry)
+        self._db = db
+        self._subscriptions: list[AsyncSubscription] = []
+        self.group_commit: AsyncGroupCommit[_Unit, StoredBatch] = AsyncGroupCommit(
+            self._append_group, _GROUP_UNITS
+        )
+
+    async def _append_group(self, units: list[_Unit]) -> list[_Outcome]:
+        now = _now()
+        params = self._append_params(units, now)
+        try:
+            rows = await self._db.fetchall(self._sql.append, params)
+        except FoundationError as exc:
+            if len(units) == 1:
+                return [exc]
+            return [(await self._append_group([unit]))[0] for unit in units]
+        return self._appended(units, rows, now, params["notify"])
+
+    async def _store(self, batch: list[NewEvent]) -> StoredBatch:
+        if self._sql.backend == "sqlite":
+            in_tx = needs_transaction(self._sql, batch)
+            plan = sqlite_store(self._sql, batch, _now(), in_tx)
+            if in_tx:
+                async with self._db.transaction() as tx:
+                    records: StoredBatch = await adrive(tx, plan)
+            else:
+                records = await adrive(self._db, plan)  # type: ignore[arg-type]
+            self._cache_written(records)
+            return records
+        for attempt in (1, 2):
+            known = (
+                await adrive(self._db, known_ids(self._sql, batch))  # type: ignore[arg-type]
+                if _ids_given(batch)
+                else NO_IDS
+            )
+            if not known.fresh(len(batch)):
+                return self._appended([(batch, known)], [], _now())[0]  # type: ignore[return-value]
+            try:
+                return await self.group_commit.submit((batch, known))
+            except FoundationError as exc:
+                if attempt == 2 or not is_id_race(exc):
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def store(self, event: Any) -> RecordedEvent:
+        started = time.perf_counter_ns()
+        records = await self._store(self._parse_one(event))
+        self._stored(started, records)
+        return records[0]
+
+    async def store_many(self, events: list[Any]) -> list[RecordedEvent]:
+        started = time.perf_counter_ns()
+        batch = self._parse(events)
+        if not batch:
+            return []
+        records = await self._store(batch)
+        self._stored(started, records)
+        return records
+
+    async def get(
+        self, criteria: Mapping[str, Any] | None = None, **kwargs: Any
+    ) -> list[RecordedEvent]:
+        started = time.perf_counter_ns()
+        c = self._criteria(criteria, kwargs)
+        records = self._cached(c)
+        if records is None:
+            sql, params = self._read(c)
+            records = [self._sql.record(r) for r in await self._db.fetchall(sql, params)]
+        self._got(started, len(records))
+        return records
+
+    def iter(
+        self, criteria: Mapping[str, Any] | None = None, batch_size: int = 500, **kwargs: Any
+    ) -> AsyncIterator[RecordedEvent]:
+        """``async for event in afdn.events.iter(...)`` (validated when called)."""
+        return self._iter(self._pages(criteria, kwargs, batch_size))
+
+    async def _iter(self, pager: Pager) -> AsyncIterator[RecordedEvent]:
+        while not pager.done:
+            sql, params = pager.next_page()
+            records = [self._sql.record(r) for r in await self._db.fetchall(sql, params)]
+            pager.advance(records, params["limit"])
+            for record in records:
+                yield record
+
+    async def read_stream(self, stream_id: str, from_version: int = 0) -> list[RecordedEvent]:
+        _check_version_arg(from_version)
+        _check_id_arg("stream_id", stream_id)
+        return [
+            e
+            async for e in self.iter(stream_id=stream_id)
+            if e.stream_version is not None and e.stream_version >= from_version
+        ]
+
+    async def correlation_chain(self, correlation_id: str) -> list[RecordedEvent]:
+        _check_id_arg("correlation_id", correlation_id)
+        return [e async for e in self.iter(correlation_id=correlation_id)]
+
+    async def tail(
+        self,
+        criteria: Mapping[str, Any] | None = None,
+        *,
+        start: str | int = "end",
+        poll_interval_ms: int = 500,
+        **kwargs: Any,
+    ) -> AsyncGenerator[RecordedEvent, None]:
+        """``async for event in await afdn.events.tail(type="x")``: as :meth:`Events.tail`."""
+        merged = self._tail_criteria(criteria, kwargs, start)
+        position = await self.last_position() if start == "end" else int(start)
+        return self._tail(merged, position, poll_interval_ms / 1000)
+
+    async def _tail(
+        self, merged: dict[str, Any], position: int, interval: float
+    ) -> AsyncGenerator[RecordedEvent, None]:
+        loop = asyncio.get_running_loop()
+        wake = asyncio.Event()
+
+        def waker() -> None:  # called from the feed's thread or the loop's own
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(wake.set)
+
+        self.add_waker(waker)
+        try:
+            while not self._db._closed:
+                wake.clear()
+                sql, params = self._tail_page(merged, position)
+                rows = await self._db.fetchall(sql, params)
+                for row in rows:
+                    record = self._sql.record(row)
+                    position = record.position
+                    yield record
+                if not rows:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(wake.wait(), interval)
+        finally:
+            self.remove_waker(waker)
+
+    async def last_position(self) -> int:
+        row = await self._db.fetchone(self._sql.last_position_sql(), {"limit": 1})
+        return 0 if row is None else int(row[0])
+
+    async def subscribe(
+        self,
+        name: str,
+        handler: Callable[[RecordedEvent], Any],
+        types: str | list[str] | None = None,
+        start: str | int = "beginning",
+        **options: Any,
+    ) -> AsyncSubscription:
+        """Run ``handler`` (plain or ``async def``) on every event in an asyncio task."""
+        options_ = SubscriptionOptions.make(name, types, start, options)
+        sub = AsyncSubscription(self, self._db, self._sql, options_).bind(_callable(handler))
+        await sub.start()
+        self._subscriptions.append(sub)
+        return sub
+
+    async def close(self) -> None:
+        for sub in self._subscriptions:
+            await sub.stop()
+        self._subscriptions.clear()

@@ -1,0 +1,356 @@
+"""What the event log's two faces share: :class:`_EventsBase`, the base of
+:class:`~._service.Events` (sync) and :class:`~._aio.AsyncEvents`: validation, criteria,
+telemetry, the tail cache and the wake-ups.
+
+The logic of ``store`` is written once, as generators of statements (``_plan``):
+each face only runs the statements it yields, on its own transaction. So the two faces
+cannot drift apart, and neither hops threads.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import (
+    Callable,
+    Mapping,
+)
+from datetime import UTC, datetime
+from typing import Any
+
+import pydantic
+
+from foundation.database.feed import ChangeFeed
+from foundation.database.sync import Cursor
+from foundation.errors import EventError
+from foundation.events._model import (
+    MAX_LIMIT,
+    Criteria,
+    NewEvent,
+    RecordedEvent,
+    parse_criteria,
+    parse_event,
+)
+from foundation.events._plan import (
+    Known,
+    Pager,
+    StoredBatch,
+    appended,
+)
+from foundation.events._store import EventSQL
+from foundation.events._tail import TailCache
+from foundation.events._typed import TypeRegistry
+from foundation.settings import Settings
+from foundation.telemetry import Telemetry
+
+__all__ = ["MAX_BATCH"]
+
+_STORE = ("foundation", "events", "store")
+_GET = ("foundation", "events", "get")
+MAX_BATCH = 10_000
+_TAIL_KEYS = ("type", "stream_id", "correlation_id", "causation_id")
+_TAIL_BATCH = 500
+_CATCH_UP_BATCH = 1_000
+_GROUP_UNITS = 64  # stores sharing one PostgreSQL call, at most
+# One PostgreSQL store: its events, the ids found already recorded, and its outcome.
+_Unit = tuple[list[NewEvent], Known]
+_Outcome = StoredBatch | BaseException
+
+
+class _EventsBase:
+    """Validation, criteria, telemetry and the wake-ups, shared by both faces."""
+
+    # PostgreSQL: within a burst of stores, one NOTIFY per this many seconds (see
+    # _notify_in_statement).
+    NOTIFY_EVERY_S = 0.005
+
+    def __init__(
+        self,
+        sql: EventSQL,
+        settings: Settings,
+        telemetry: Telemetry,
+    ) -> None:
+        self._sql = sql
+        self._settings = settings
+        self._telemetry = telemetry
+        self._node = settings.node_id
+        self._wakers: list[Callable[[], None]] = []
+        # Named in this instance's NOTIFYs (not the node id, which a user may repeat).
+        self._writer = uuid.uuid4().hex
+        self._wakers_lock = threading.Lock()
+        self.tail_cache = TailCache(settings.events_tail_size, sql.codec.load_ts)
+        self._feed: ChangeFeed | None = None
+        self._notified_at = -float("inf")  # time.monotonic() of this writer's last NOTIFY
+        self.types = TypeRegistry()
+
+    # -- typed events -----------------------------------------------------------------
+
+    def register_type(
+        self,
+        type_name: str,
+        model: type[pydantic.BaseModel],
+        version: int = 1,
+        upcasters: Mapping[int, Callable[[Any], Any]] | None = None,
+    ) -> None:
+        """Give events of ``type_name`` a pydantic model (see :mod:`._typed`)."""
+        self.types.register(type_name, model, version, upcasters)
+
+    def decode(self, record: RecordedEvent) -> pydantic.BaseModel:
+        """``record.data`` as its registered model, upcast to the current version."""
+        return self.types.decode(record)
+
+    # -- store ------------------------------------------------------------------------
+
+    def _parse(self, events: Any) -> list[NewEvent]:
+        if isinstance(events, Mapping) or not isinstance(events, list | tuple):
+            raise EventError(
+                "store_many takes a list of events",
+                context={"type": type(events).__name__},
+            )
+        if len(events) > MAX_BATCH:
+            raise EventError(
+                f"store_many takes at most {MAX_BATCH} events at once",
+                context={"count": len(events)},
+            )
+        limit = self._settings.max_value_bytes
+        typed = self.types.prepare
+        return [parse_event(typed(event), limit) for event in events]
+
+    def _parse_one(self, event: Any) -> list[NewEvent]:
+        return [parse_event(self.types.prepare(event), self._settings.max_value_bytes)]
+
+    def _cache_written(self, records: StoredBatch) -> None:
+        """Our own writes enter the tail cache (in position order, see ``_tail``)."""
+        if records.inserted and self.tail_cache.enabled:
+            self.tail_cache.add_own(records.prev_tail, records.inserted)
+
+    def _append_params(self, units: list[_Unit], now: datetime) -> dict[str, Any]:
+        fresh = [[batch[i] for i in known.fresh(len(batch))] for batch, known in units]
+        params = self._sql.append_params(fresh, self._sql.codec.ts(now), self._writer)
+        params["notify"] = self._notify_in_statement()
+        return params
+
+    def _notify_in_statement(self) -> bool:
+        """Whether this store's own statement sends the NOTIFY (migration 0008).
+
+        The first store of a burst does, and then one store per ``NOTIFY_EVERY_S``; the
+        others leave it to the feed, which sends one NOTIFY naming the last of them if no
+        store's own NOTIFY covered it within twice that time (the end of a burst). Other
+        nodes learn of a burst's events at most that much later; nothing else changes.
+        Unlocked: two concurrent leaders may both notify, which is only one more NOTIFY.
+        """
+        now = time.monotonic()
+        if self._feed is None or now - self._notified_at >= self.NOTIFY_EVERY_S:
+            self._notified_at = now
+            return True
+        return False
+
+    def _appended(
+        self, units: list[_Unit], rows: list[Any], now: datetime, notified: bool = True
+    ) -> list[_Outcome]:
+        outcomes: list[_Outcome] = list(appended(units, rows, now))
+        last = 0
+        for outcome in outcomes:
+            if isinstance(outcome, StoredBatch):
+                self._cache_written(outcome)
+                if outcome.inserted:
+                    last = max(last, outcome.inserted[-1].position)
+        if last and self._feed is not None:
+            if notified:
+                self._feed.covered(self._writer, last)
+            else:
+                # Twice the interval: inside a burst the next store's own NOTIFY (due
+                # after one) covers this one first, and the feed sends nothing.
+                self._feed.notify_later(
+                    self._writer,
+                    time.monotonic() + 2 * self.NOTIFY_EVERY_S,
+                    {"topic": "events", "position": last, "writer": self._writer},
+                )
+        return outcomes
+
+    def _stored(self, started: int, records: list[RecordedEvent]) -> None:
+        self._telemetry.execute(
+            _STORE,
+            {"duration": time.perf_counter_ns() - started, "count": len(records)},
+            {"node": self._node},
+        )
+        self.wake()
+
+    # -- get --------------------------------------------------------------------------
+
+    def _criteria(self, criteria: Any, kwargs: Mapping[str, Any]) -> Criteria:
+        return parse_criteria(criteria, kwargs, self._sql.codec.ts)
+
+    def _read(self, criteria: Criteria) -> tuple[str, dict[str, Any]]:
+        return self._sql.query(criteria), {**criteria.params, "limit": criteria.limit}
+
+    def _got(self, started: int, count: int) -> None:
+        self._telemetry.execute(
+            _GET,
+            {"duration": time.perf_counter_ns() - started, "count": count},
+            {"node": self._node},
+        )
+
+    def _pages(self, criteria: Any, kwargs: Mapping[str, Any], batch_size: int) -> Pager:
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool):
+            raise EventError("batch_size must be an int", context={"batch_size": batch_size})
+        if not 1 <= batch_size <= MAX_LIMIT:
+            raise EventError(
+                f"batch_size must be from 1 to {MAX_LIMIT}", context={"batch_size": batch_size}
+            )
+        merged = {**(criteria or {}), **kwargs} if isinstance(criteria, Mapping | None) else {}
+        self._criteria(criteria, kwargs)  # validate everything up front
+        return Pager(self, merged, batch_size)
+
+    def _tail_criteria(
+        self, criteria: Any, kwargs: Mapping[str, Any], start: Any
+    ) -> dict[str, Any]:
+        merged = {**(criteria or {}), **kwargs} if isinstance(criteria, Mapping | None) else {}
+        self._criteria(criteria, kwargs)  # unknown keys and wrong types first
+        for key in merged:
+            if key not in _TAIL_KEYS:
+                raise EventError(
+                    f"criterion {key!r} does not apply to tail() (it takes "
+                    f"{', '.join(_TAIL_KEYS)})",
+                    context={"criterion": key},
+                )
+        if not (
+            start == "end"
+            or (isinstance(start, int) and not isinstance(start, bool) and start >= 0)
+        ):
+            raise EventError(
+                "tail start must be 'end' or a position (an int >= 0)",
+                context={"start": repr(start)},
+            )
+        return merged
+
+    def _tail_page(self, merged: dict[str, Any], position: int) -> tuple[str, dict[str, Any]]:
+        return self._read(
+            self._criteria({**merged, "after_position": position, "limit": _TAIL_BATCH}, {})
+        )
+
+    # -- change feed subscriber (runs in the feed's thread) ---------------------------
+
+    # The list is replaced, never changed in place (copy-on-write): every store wakes,
+    # and reads it without taking the lock.
+    def add_waker(self, waker: Callable[[], None]) -> None:
+        with self._wakers_lock:
+            self._wakers = [*self._wakers, waker]
+
+    def remove_waker(self, waker: Callable[[], None]) -> None:
+        with self._wakers_lock:
+            wakers = list(self._wakers)
+            if waker in wakers:  # equality: a bound method is a new object each access
+                wakers.remove(waker)
+                self._wakers = wakers
+
+    def wake(self) -> None:
+        for waker in self._wakers:
+            waker()
+
+    def bind_feed(self, feed: ChangeFeed) -> None:
+        self._feed = feed
+
+    def _cached(self, criteria: Criteria) -> list[RecordedEvent] | None:
+        feed = self._feed
+        if feed is None or not feed.connected or not self.tail_cache.enabled:
+            return None
+        return self.tail_cache.answer(criteria)
+
+    def on_notify(self, payload: dict[str, Any], reader: Cursor) -> None:
+        if payload.get("writer") == self._writer:
+            # Our own store: the writer already put it in the cache (or, when another
+            # node's events came between, that node's notification catches the cache
+            # up) and woke the subscriptions; reading it back here would double the
+            # database work of every store.
+            return
+        position = payload.get("position")
+        if self.tail_cache.enabled and isinstance(position, int):
+            hi = self.tail_cache.hi()
+            if hi is not None and position > hi:
+                self._catch_up(reader)
+        self.wake()
+
+    def poll(self, reader: Cursor) -> None:
+        """SQLite: the file changed (maybe by another process): read what came after ``hi``."""
+        if self.tail_cache.enabled:
+            self._catch_up(reader)
+        self.wake()
+
+    def resync(self, reader: Cursor) -> None:
+        if self.tail_cache.enabled:
+            self._reload(reader)
+        self.wake()  # notifications may have been missed: let subscriptions poll now
+
+    def _catch_up(self, reader: Cursor) -> None:
+        """Read every event after the window's ``hi`` (a complete prefix: see ``_tail``)."""
+        cache = self.tail_cache
+        while True:
+            hi = cache.hi()
+            if hi is None:
+                return
+            c = Criteria(
+                shape=("after_position", "asc"),
+                params={"after_position": hi},
+                limit=_CATCH_UP_BATCH,
+                order="asc",
+            )
+            sql, params = self._read(c)
+            rows = reader.fetchall(sql, params)
+            records = [self._sql.record(r) for r in rows]
+            if records and not cache.extend(hi, records):
+                continue  # our own write moved hi meanwhile: read again from there
+            if len(rows) < _CATCH_UP_BATCH:
+                return
+
+    def _reload(self, reader: Cursor) -> None:
+        """Drop the window and read the newest ``size`` events again."""
+        cache = self.tail_cache
+        cache.invalidate()
+        newest: list[RecordedEvent] = []
+        before: int | None = None
+        while len(newest) < cache.size:
+            params: dict[str, Any] = {}
+            shape: tuple[Any, ...] = ("desc",)
+            if before is not None:
+                params["before_position"] = before
+                shape = ("before_position", "desc")
+            size = min(MAX_LIMIT, cache.size - len(newest))
+            sql, bound = self._read(Criteria(shape=shape, params=params, limit=size, order="desc"))
+            rows = reader.fetchall(sql, bound)
+            newest += [self._sql.record(r) for r in rows]
+            if len(rows) < size:
+                cache.reset(newest, complete=True)
+                return
+            before = newest[-1].position
+        cache.reset(newest, complete=False)
+
+
+def _ids_given(batch: list[NewEvent]) -> bool:
+    return any(e.id_given for e in batch)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _callable(handler: Any) -> Callable[[RecordedEvent], Any]:
+    if not callable(handler):
+        raise EventError(
+            "a subscription handler must be callable", context={"type": type(handler).__name__}
+        )
+    return handler  # type: ignore[no-any-return]
+
+
+def _check_id_arg(name: str, value: Any) -> None:
+    # None would mean "no criterion": every stream, the whole log.
+    if not isinstance(value, str):
+        raise EventError(f"{name} must be a string", context={name: repr(value)[:200]})
+
+
+def _check_version_arg(from_version: Any) -> None:
+    if not isinstance(from_version, int) or isinstance(from_version, bool) or from_version < 0:
+        raise EventError(
+            "from_version must be an int >= 0", context={"from_version": repr(from_version)}
+        )

@@ -1,0 +1,304 @@
+"""The registry's async face: :class:`AsyncServiceRegistry` (the heartbeat is an asyncio
+task). The lease protocol and what both faces share: :mod:`._base`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from foundation.database.aio import AsyncDatabase
+from foundation.errors import (
+    AlreadyRegisteredError,
+    FoundationError,
+)
+from foundation.service_registry._base import (
+    _HEARTBEAT_FAILED,
+    RegistryOptions,
+    _Held,
+    _RegistryBase,
+    log,
+)
+from foundation.service_registry._state import (
+    GroupMember,
+    RegistryChange,
+    RegistryWatch,
+    ServiceEntry,
+    _Lease,
+    check_json,
+    check_name,
+)
+from foundation.service_registry._store import RegistrySQL
+from foundation.settings import Settings
+from foundation.telemetry import Telemetry
+
+__all__ = ["AsyncServiceRegistry"]
+
+
+class AsyncServiceRegistry(_RegistryBase):
+    """The awaitable twin of :class:`ServiceRegistry`; ``lookup``/``find``/``list``/
+    ``members`` stay plain calls (the cache), and the heartbeat is an asyncio task."""
+
+    def __init__(
+        self,
+        db: AsyncDatabase,
+        sql: RegistrySQL,
+        settings: Settings,
+        telemetry: Telemetry,
+        options: RegistryOptions | None = None,
+    ) -> None:
+        super().__init__(sql, settings, telemetry, options)
+        self._db = db
+        self._recover_lock: asyncio.Lock | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def _lock(self) -> asyncio.Lock:
+        if self._recover_lock is None:
+            self._recover_lock = asyncio.Lock()
+        return self._recover_lock
+
+    async def load(self) -> None:
+        await self._db.execute(self._sql.prune_members, self._sql.clock())
+        started = time.monotonic()
+        row = await self._db.fetchone(self._sql.take_lease, self._lease_params())
+        self._took_lease(row, started)
+        mark = self._state.mark()
+        self._apply_snapshot(
+            await self._db.fetchall(self._sql.select_leases),
+            await self._db.fetchall(self._sql.select_entries),
+            await self._db.fetchall(self._sql.select_members),
+            mark,
+        )
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(), name=f"foundation-registry-{self._node}"
+        )
+
+    async def _run(self) -> None:
+        beat = self.options.heartbeat_ms / 1000
+        tick = min(beat, 0.1)
+        next_beat = time.monotonic() + beat
+        while not self._closed:
+            await asyncio.sleep(tick)
+            try:
+                self._publish(self._state.sweep())
+                if not self._lease_valid():
+                    await self._recover()
+                    next_beat = time.monotonic() + beat
+                elif self._reclaim_pending:
+                    async with self._lock():
+                        await self._reclaim()
+                elif time.monotonic() >= next_beat:
+                    started = time.monotonic()
+                    if await self.heartbeat():
+                        next_beat = started + beat
+            except FoundationError as exc:
+                self._telemetry.execute(
+                    _HEARTBEAT_FAILED, {"count": 1}, {"node": self._node, "error": exc.code}
+                )
+                log.warning("registry heartbeat failed (%s); retrying", exc)
+            except Exception:
+                log.exception("registry heartbeat failed")
+
+    async def heartbeat(self) -> bool:
+        async with self._lock():
+            if self._lease is None or self._closed:
+                return False
+            started = time.monotonic()
+            if started >= self._deadline:
+                await self._recover_locked()
+                return False
+            row = await self._db.fetchone(self._sql.renew, self._lease_params())
+            if self._renewed(row, started):
+                return True
+            self._lost_locally()  # the database says the lease is gone
+            await self._recover_locked()
+            return False
+
+    async def _recover(self) -> None:
+        async with self._lock():
+            await self._recover_locked()
+
+    async def _recover_locked(self) -> None:
+        if self._closed or (self._lease_valid() and not self._reclaim_pending):
+            return
+        had = self._lease is not None
+        self._lost_locally()
+        started = time.monotonic()
+        row = await self._db.fetchone(self._sql.take_lease, self._lease_params())
+        self._took_lease(row, started)
+        if had:
+            self._reclaim_pending = True
+            await self._reclaim()
+
+    async def _reclaim(self) -> None:
+        assert self._lease is not None
+        kept: builtins.list[str] = []
+        lost: dict[str, ServiceEntry | None] = {}
+        for name in self._pending_names():
+            held = self._held[name]
+            started = time.perf_counter_ns()
+            gen = self._lease.generation
+            params, now = self._register_params(name, held, gen)
+            row = await self._db.fetchone(self._sql.register, params)
+            if row is not None:
+                self._registered(name, held, gen, row, now, started)
+                kept.append(name)
+                continue
+            self._held.pop(name, None)
+            owner = await self._db.fetchone(self._sql.select_entry, {"name": name})
+            entry = None
+            if owner is not None and owner[3] is not None:
+                entry = self._entry(owner)
+                self._state.apply_entry(entry, name, entry.revision, "remote")
+            lost[name] = entry
+        for (group, member_id), held in list(self._joined.items()):
+            params = self._join_params(group, member_id, held, self._lease.generation)
+            row = await self._db.fetchone(self._sql.join, params)
+            if row is None:
+                self._joined.pop((group, member_id), None)
+            else:
+                self._joined_row(row, held)
+        self._reclaim_pending = False
+        self._report_loss(kept, lost)
+
+    async def _ensure_lease(self) -> _Lease:
+        if not self._lease_valid() or self._reclaim_pending:
+            await self._recover()
+        assert self._lease is not None
+        return self._lease
+
+    async def register(
+        self,
+        name: Any,
+        address: Any,
+        metadata: Any = None,
+        ttl: Any = None,
+        *,
+        local: bool = False,
+    ) -> ServiceEntry:
+        if local:
+            return self._register_local(name, address, metadata)
+        started = time.perf_counter_ns()
+        name, held = self._prepare(name, address, metadata, ttl)
+        self._check_local_free(name)
+        self._begin_write(name)
+        try:
+            while True:
+                lease = await self._ensure_lease()
+                params, now = self._register_params(name, held, lease.generation)
+                row = await self._db.fetchone(self._sql.register, params)
+                if row is None:
+                    owner = await self._db.fetchone(self._sql.select_entry, {"name": name})
+                    raise self._conflict(name, owner)
+                if self._lease is lease:
+                    return self._registered(name, held, lease.generation, row, now, started)
+        finally:
+            await self._settle(name)
+
+    async def _settle(self, name: str) -> None:
+        """As :meth:`ServiceRegistry._settle`."""
+        revision = self._end_write(name)
+        if revision:
+            try:
+                row = await self._db.fetchone(self._sql.select_entry, {"name": name})
+            except FoundationError:
+                self._request_resync()
+            else:
+                self._apply_name_row(name, revision, row)
+
+    async def unregister(self, name: Any, force: bool = False) -> None:
+        started = time.perf_counter_ns()
+        name = check_name(name)
+        if self._unregister_local(name):
+            return
+        if force:
+            row = await self._db.fetchone(
+                self._sql.unregister_force, {"name": name, **self._sql.clock()}
+            )
+        elif name in self._held and self._lease is not None:
+            params = {"name": name, "node": self._node, "gen": self._lease.generation}
+            row = await self._db.fetchone(self._sql.unregister, {**params, **self._sql.clock()})
+        else:
+            raise self._not_held(name)
+        if row is None:
+            self._held.pop(name, None)
+            raise self._not_held(name)
+        self._unregistered(name, row, started)
+
+    async def update_metadata(self, name: Any, metadata: Any) -> ServiceEntry:
+        name = check_name(name)
+        local = self._state.local_entry(name)
+        if local is not None:
+            entry = ServiceEntry(
+                name, local.address, metadata, local.node, local.registered_at, 0, local=True
+            )
+            self._state.add_local(entry)
+            self._state.notify([RegistryChange(name, "metadata", entry, "local")])
+            return entry
+        held = self._held.get(name)
+        if held is None or self._lease is None:
+            raise self._not_held(name)
+        meta, text = check_json(metadata, f"the metadata of {name!r}", name, self._max_bytes)
+        params = {"name": name, "node": self._node, "gen": self._lease.generation}
+        row = await self._db.fetchone(
+            self._sql.update_metadata, {**params, "metadata": text, **self._sql.clock()}
+        )
+        if row is None:
+            raise self._not_held(name)
+        self._held[name] = _Held(held.address, held.address_text, meta, text, held.ttl_ms)
+        entry = self._entry(row)
+        self._state.notify(self._state.apply_entry(entry, name, entry.revision, "local"))
+        return entry
+
+    async def join(
+        self, group: Any, address: Any, metadata: Any = None, *, member_id: Any = None
+    ) -> GroupMember:
+        group, held = self._prepare(group, address, metadata, None)
+        member_id = uuid.uuid4().hex if member_id is None else check_name(member_id, "a member id")
+        lease = await self._ensure_lease()
+        row = await self._db.fetchone(
+            self._sql.join, self._join_params(group, member_id, held, lease.generation)
+        )
+        if row is None:
+            raise AlreadyRegisteredError(
+                f"member {member_id!r} of group {group!r} belongs to another live node",
+                context={"group": group, "member_id": member_id},
+            )
+        return self._joined_row(row, held)
+
+    async def leave(self, group: Any, member_id: Any = None) -> None:
+        group, ids = self._leave_targets(group, member_id)
+        for mid in ids:
+            await self._db.fetchone(
+                self._sql.leave, {"group": group, "member": mid, "node": self._node}
+            )
+            self._left(group, mid)
+
+    def watch(
+        self, name_or_prefix: Any, callback: Callable[[RegistryChange], Any]
+    ) -> RegistryWatch:
+        """As :meth:`ServiceRegistry.watch`; callbacks (plain or ``async def``) run on the loop."""
+        return self._watch(name_or_prefix, callback, asyncio.get_running_loop())
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        lease = self._lease
+        if lease is not None and time.monotonic() < self._deadline:
+            with contextlib.suppress(FoundationError):
+                async with self._db.transaction() as tx:
+                    params = {"node": self._node, "gen": lease.generation, **self._sql.clock()}
+                    await tx.execute(self._sql.release_entries, params)
+                    await tx.execute(self._sql.release_members, params)
+                    await tx.execute(self._sql.release_lease, params)
+        self._lost_locally()

@@ -1,0 +1,400 @@
+"""What the registry's two faces share: :class:`_RegistryBase`, the base of
+:class:`~._service.ServiceRegistry` (sync) and :class:`~._aio.AsyncServiceRegistry`, holds
+validation, the cache, watches, the change-feed side and the bookkeeping of what this node
+holds; the faces differ only in how they run statements and in their heartbeat (a thread,
+or an asyncio task).
+
+The lease protocol, per instance:
+
+1. ``load`` takes the lease (``generation`` + 1 if the node id had one before).
+2. The heartbeat renews it every ``heartbeat_ms`` (default ``ttl / 3``) with ONE UPDATE
+   that succeeds only while the lease is still live in the database's view.
+3. The node counts its lease valid until ``ttl`` after the monotonic start of its last
+   successful renewal, which is never later than the database's expiry. Past that (a
+   pause, a database outage) or when a renewal finds the lease gone, it takes a new
+   generation, re-registers the names it held where they are still free, and reports
+   each one it lost (``kind="lost"`` to watchers, ``foundation.registry.lease_lost``).
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from foundation.errors import (
+    AlreadyRegisteredError,
+    NotFoundError,
+    ValidationError,
+)
+from foundation.service_registry._feed import RegistryFeedSide
+from foundation.service_registry._state import (
+    INF,
+    GroupMember,
+    RegistryChange,
+    RegistryState,
+    RegistryWatch,
+    ServiceEntry,
+    _Lease,
+    check_json,
+    check_name,
+    check_ttl,
+    check_where,
+)
+from foundation.service_registry._store import RegistrySQL
+from foundation.settings import Settings
+from foundation.telemetry import Telemetry
+
+__all__ = ["RegistryOptions"]
+
+log = logging.getLogger("foundation.registry")
+
+_REGISTER = ("foundation", "registry", "register")
+_UNREGISTER = ("foundation", "registry", "unregister")
+_EXPIRED = ("foundation", "registry", "expired")
+_LEASE_LOST = ("foundation", "registry", "lease_lost")
+_CONFLICT = ("foundation", "registry", "conflict")
+_HEARTBEAT_FAILED = ("foundation", "registry", "heartbeat_failed")
+
+
+@dataclass(frozen=True)
+class RegistryOptions:
+    """Lease timing, from :class:`~foundation.settings.Settings` (``registry_ttl_ms``,
+    ``registry_heartbeat_ms``; ``FOUNDATION_REGISTRY_TTL_MS`` in the environment)."""
+
+    ttl_ms: int = 30_000
+    heartbeat_ms: int = 10_000
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RegistryOptions:
+        ttl = settings.registry_ttl_ms
+        return cls(ttl, settings.registry_heartbeat_ms or max(1, ttl // 3))
+
+
+@dataclass(frozen=True)
+class _Held:
+    """What this node registered, to write again after a lease loss."""
+
+    address: Any
+    address_text: str
+    metadata: Any
+    metadata_text: str
+    ttl_ms: int | None
+
+
+class _RegistryBase(RegistryFeedSide):
+    """Validation, the cache, watches, the change-feed side; no I/O."""
+
+    def __init__(
+        self,
+        sql: RegistrySQL,
+        settings: Settings,
+        telemetry: Telemetry,
+        options: RegistryOptions | None = None,
+    ) -> None:
+        self._sql = sql
+        self._settings = settings
+        self._telemetry = telemetry
+        self.options = options or RegistryOptions.from_settings(settings)
+        self._node = settings.node_id
+        self._max_bytes = settings.max_value_bytes
+        self._state = RegistryState(self._node)
+        self._lease: _Lease | None = None
+        self._deadline = 0.0  # monotonic: this node's own view of its lease
+        self._held: dict[str, _Held] = {}
+        self._joined: dict[tuple[str, str], _Held] = {}
+        self._reclaim_pending = False
+        self._closed = False
+        self._resync_lock = threading.Lock()
+        self.lease_losses = 0
+        self._init_feed_side()
+        # The hot read paths: the state's own bound methods (one dict lookup, no frame).
+        self.lookup = self._state.lookup  # type: ignore[method-assign]
+        self.find = self._state.find  # type: ignore[method-assign]
+
+    # -- reads (cache only) -----------------------------------------------------------
+
+    def lookup(self, name: Any) -> ServiceEntry:
+        """The live entry for ``name`` from the in-process cache, or raise ``not_found``."""
+        return self._state.lookup(name)
+
+    def find(self, name: Any) -> ServiceEntry | None:
+        """As :meth:`lookup`, but ``None`` when nobody holds the name."""
+        return self._state.find(name)
+
+    def list(self, prefix: str | None = None, where: Any = None) -> builtins.list[ServiceEntry]:
+        """Live entries (cluster and local), by name; ``where``: metadata values or a callable."""
+        if prefix is not None and not isinstance(prefix, str):
+            raise ValidationError("prefix must be a string", context={"prefix": repr(prefix)})
+        return self._state.list(prefix, check_where(where))
+
+    def members(self, group: Any) -> builtins.list[GroupMember]:
+        """The live members of ``group``, oldest first."""
+        return self._state.members(check_name(group, "a group name"))
+
+    def owns(self, name: Any) -> bool:
+        """True while this node holds ``name`` and its own lease is valid (monotonic clock)."""
+        name = check_name(name)
+        if self._state.local_entry(name) is not None:
+            return True
+        entry = self._state.cached_entry(name)
+        return (
+            name in self._held
+            and self._lease_valid()
+            and entry is not None
+            and entry.lease is self._lease
+        )
+
+    def nodes(self) -> dict[str, tuple[int, datetime | None]]:
+        """Every lease this node knows: node id -> (generation, expiry; None once released)."""
+        return {
+            node: (gen, datetime.fromtimestamp(exp, UTC) if exp > 0 else None)
+            for node, (gen, exp) in self._state.leases().items()
+        }
+
+    @property
+    def node(self) -> str:
+        return self._node
+
+    @property
+    def lease_generation(self) -> int | None:
+        return None if self._lease is None else self._lease.generation
+
+    def _lease_valid(self) -> bool:
+        return self._lease is not None and time.monotonic() < self._deadline
+
+    # -- validation -------------------------------------------------------------------
+
+    def _prepare(self, name: Any, address: Any, metadata: Any, ttl: Any) -> tuple[str, _Held]:
+        name = check_name(name)
+        if address is None:
+            raise ValidationError(
+                f"the address of {name!r} must not be None", context={"name": name}
+            )
+        addr, addr_text = check_json(address, f"the address of {name!r}", name, self._max_bytes)
+        meta, meta_text = check_json(
+            {} if metadata is None else metadata,
+            f"the metadata of {name!r}",
+            name,
+            self._max_bytes,
+        )
+        return name, _Held(addr, addr_text, meta, meta_text, check_ttl(ttl))
+
+    # -- statement parameters and results ---------------------------------------------
+
+    def _lease_params(self) -> dict[str, Any]:
+        params = {"node": self._node, **self._sql.clock(self.options.ttl_ms)}
+        if self._lease is not None:
+            params["gen"] = self._lease.generation
+        return params
+
+    def _took_lease(self, row: tuple[Any, ...] | None, started: float) -> None:
+        assert row is not None
+        lease = _Lease(self._node, int(row[0]), self._sql.epoch_seconds(row[1]))
+        self._state.install_own(lease)
+        self._lease = lease
+        self._deadline = started + self.options.ttl_ms / 1000
+
+    def _renewed(self, row: tuple[Any, ...] | None, started: float) -> bool:
+        if row is None or self._lease is None:
+            return False
+        self._state.apply_lease(self._node, self._lease.generation, self._sql.epoch_seconds(row[0]))
+        self._deadline = started + self.options.ttl_ms / 1000
+        return True
+
+    def _lost_locally(self) -> None:
+        if self._lease is not None:
+            self._lease.expires = 0.0  # our own entries vanish from lookups at once
+        self._deadline = 0.0
+
+    def _register_params(
+        self, name: str, held: _Held, gen: int
+    ) -> tuple[dict[str, Any], datetime | None]:
+        return self._sql.register_params(
+            name, held.address_text, held.metadata_text, self._node, gen, held.ttl_ms
+        )
+
+    def _entry(self, row: tuple[Any, ...]) -> ServiceEntry:
+        return self._state.make_entry(row, self._sql.codec.load_json, self._sql.codec.load_ts)
+
+    def _member(self, row: tuple[Any, ...]) -> GroupMember:
+        return self._state.make_member(row, self._sql.codec.load_json, self._sql.codec.load_ts)
+
+    def _registered(
+        self,
+        name: str,
+        held: _Held,
+        gen: int,
+        row: tuple[Any, ...],
+        now: datetime | None,
+        started: int,
+    ) -> ServiceEntry:
+        """Install what ``register`` wrote: ``row`` is (epoch, revision, registered_at).
+
+        The entry is built from the values this node sent (already normalised to what
+        they read back as; JSONB may order an object's keys otherwise, which equality
+        ignores), not decoded again from the row; ``now`` is the SQLite timestamp the
+        statement carried (PostgreSQL returns its own ``now()``).
+        """
+        epoch, revision, registered_at = row
+        registered = now if now is not None else self._sql.codec.load_ts(registered_at)
+        ttl = held.ttl_ms
+        entry = ServiceEntry(
+            name,
+            held.address,
+            held.metadata,
+            self._node,
+            registered,
+            int(epoch),
+            lease=self._state.lease_for(self._node, gen),
+            until=INF if ttl is None else registered.timestamp() + ttl / 1000,
+            revision=int(revision),
+        )
+        self._held[name] = held
+        changes = self._state.apply_entry(entry, name, entry.revision, "local")
+        self._telemetry.execute(
+            _REGISTER,
+            {"duration": time.perf_counter_ns() - started},
+            {"node": self._node, "name": name, "epoch": entry.epoch},
+        )
+        self._state.notify(changes)
+        return entry
+
+    def _conflict(self, name: str, owner: tuple[Any, ...] | None) -> AlreadyRegisteredError:
+        context: dict[str, Any] = {"name": name}
+        if owner is not None and owner[3] is not None:
+            entry = self._entry(owner)
+            context.update(owner=entry.node, address=entry.address, epoch=entry.epoch)
+        who = (
+            f" by node {context['owner']!r} at {context['address']!r}" if "owner" in context else ""
+        )
+        self._telemetry.execute(_CONFLICT, {"count": 1}, {"node": self._node, **context})
+        return AlreadyRegisteredError(f"{name!r} is already registered{who}", context=context)
+
+    def _unregistered(self, name: str, row: tuple[Any, ...], started: int) -> None:
+        self._held.pop(name, None)
+        changes = self._state.apply_entry(None, name, int(row[0]), "local")
+        self._emit(_UNREGISTER, started, {"name": name})
+        self._state.notify(changes)
+
+    def _not_held(self, name: str) -> NotFoundError:
+        entry = self._state.live_entry(name)
+        context: dict[str, Any] = {"name": name, "node": self._node}
+        if entry is not None:
+            context["owner"] = entry.node
+        return NotFoundError(f"this node does not hold {name!r}", context=context)
+
+    def _check_local_free(self, name: str) -> None:
+        if self._state.local_entry(name) is not None:
+            raise AlreadyRegisteredError(
+                f"{name!r} is registered locally in this process",
+                context={"name": name, "owner": self._node, "local": True},
+            )
+
+    def _register_local(self, name: Any, value: Any, metadata: Any) -> ServiceEntry:
+        name = check_name(name)
+        if self._state.local_entry(name) is not None or self._state.live_entry(name) is not None:
+            raise self._conflict(name, None)
+        entry = ServiceEntry(
+            name=name,
+            address=value,
+            metadata={} if metadata is None else metadata,
+            node=self._node,
+            registered_at=datetime.now(UTC),
+            epoch=0,
+            local=True,
+        )
+        self._state.add_local(entry)
+        self._state.notify([RegistryChange(name, "register", entry, "local")])
+        return entry
+
+    def _unregister_local(self, name: str) -> bool:
+        entry = self._state.remove_local(name)
+        if entry is None:
+            return False
+        self._state.notify([RegistryChange(name, "unregister", entry, "local")])
+        return True
+
+    def _join_params(self, group: str, member_id: str, held: _Held, gen: int) -> dict[str, Any]:
+        return {
+            "group": group,
+            "member": member_id,
+            "address": held.address_text,
+            "metadata": held.metadata_text,
+            "node": self._node,
+            "gen": gen,
+            **self._sql.clock(),
+        }
+
+    def _joined_row(self, row: tuple[Any, ...], held: _Held) -> GroupMember:
+        member = self._member(row)
+        self._joined[(member.group, member.member_id)] = held
+        self._state.notify(
+            self._state.apply_member(member.group, member.member_id, member, "local")
+        )
+        return member
+
+    def _leave_targets(self, group: Any, member_id: Any) -> tuple[str, builtins.list[str]]:
+        group = check_name(group, "a group name")
+        if member_id is None:
+            ids = [m for (g, m) in builtins.list(self._joined) if g == group]
+        else:
+            ids = [check_name(member_id, "a member id")]
+        if not ids or any((group, m) not in self._joined for m in ids):
+            raise NotFoundError(
+                f"this node is not a member of group {group!r}"
+                + ("" if member_id is None else f" as {member_id!r}"),
+                context={"group": group, "member_id": member_id},
+            )
+        return group, ids
+
+    def _left(self, group: str, member_id: str) -> None:
+        self._joined.pop((group, member_id), None)
+        self._state.notify(self._state.apply_member(group, member_id, None, "local"))
+
+    def _pending_names(self) -> builtins.list[str]:
+        """Names held but not (yet) written under the current lease generation."""
+        out = []
+        for name in builtins.list(self._held):
+            entry = self._state.cached_entry(name)
+            if entry is None or entry.lease is not self._lease:
+                out.append(name)
+        return out
+
+    def _report_loss(self, kept: builtins.list[str], lost: dict[str, ServiceEntry | None]) -> None:
+        self.lease_losses += 1
+        self._telemetry.execute(
+            _LEASE_LOST,
+            {"lost": len(lost), "kept": len(kept)},
+            {"node": self._node, "lost": sorted(lost), "kept": sorted(kept)},
+        )
+        self._state.notify(
+            [RegistryChange(name, "lost", owner, "local") for name, owner in lost.items()]
+        )
+
+    def _emit(self, event: tuple[str, ...], started: int, metadata: dict[str, Any]) -> None:
+        self._telemetry.execute(
+            event, {"duration": time.perf_counter_ns() - started}, {"node": self._node, **metadata}
+        )
+
+    def _publish(self, changes: builtins.list[RegistryChange]) -> None:
+        for change in changes:
+            if change.kind == "expired" and change.entry is not None:
+                self._telemetry.execute(
+                    _EXPIRED,
+                    {"count": 1},
+                    {"name": change.name, "node": self._node, "owner": change.entry.node},
+                )
+        self._state.notify(changes)
+
+    # -- watch ------------------------------------------------------------------------
+
+    def _watch(
+        self, pattern: Any, callback: Callable[[RegistryChange], Any], loop: Any
+    ) -> RegistryWatch:
+        return self._state.watch(pattern, callback, loop)
