@@ -324,11 +324,7 @@ class AsyncFoundation(_Base):
             await self._db.open()
             if self._mode != "skip":
                 error = _outdated(self.url, await self._current_revision())
-                if (
-                    error is not None
-                    and self._mode == "upgrade"
-                    and not error.context.get("newer")
-                ):
+                if error is not None and self._mode == "upgrade" and not error.context.get("newer"):
                     # Startup only: alembic is synchronous, so it runs in a worker thread.
                     await asyncio.to_thread(self._upgrade)
                 elif error is not None:
