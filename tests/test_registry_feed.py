@@ -288,3 +288,38 @@ def test_postgres_a_change_announced_during_an_own_write_is_read_by_the_writer(
         reg.register("mine", "http://a")  # its own notification costs the listener no read
         b.service_registry.unregister("contested")
         wait_for(lambda: reg.find("contested") is None)
+
+
+def _own_writes(fdn: Foundation) -> None:
+    reg = fdn.service_registry
+    reg.register("own", "http://a")
+    reg.update_metadata("own", {"v": 2})
+    reg.unregister("own")
+
+
+def test_postgres_own_writes_cost_the_listener_no_read(postgres_url: str) -> None:
+    """register, update_metadata and unregister settle their own notifications: the
+    listener reads a name only for another node's change (here, the sentinel's)."""
+    with node(postgres_url) as a, node(postgres_url) as b:
+        assert a.feed.wait_connected(10)
+        reads = a.service_registry.names_read
+        _own_writes(a)
+        b.service_registry.register("sentinel", "http://b")  # read after the three above
+        wait_for(lambda: a.service_registry.find("sentinel") is not None)
+        assert a.service_registry.names_read == reads + 1
+        assert a.service_registry.find("own") is None
+
+
+async def test_postgres_async_own_writes_cost_the_listener_no_read(postgres_url: str) -> None:
+    async with AsyncFoundation(postgres_url, migrate="skip", registry_ttl_ms=1000) as a:
+        assert a.feed.wait_connected(10)
+        with node(postgres_url) as b:
+            reg = a.service_registry
+            reads = reg.names_read
+            await reg.register("own", "http://a")
+            await reg.update_metadata("own", {"v": 2})
+            await reg.unregister("own")
+            b.service_registry.register("sentinel", "http://b")
+            await async_wait_for(lambda: reg.find("sentinel") is not None)
+            assert reg.names_read == reads + 1
+            assert reg.find("own") is None

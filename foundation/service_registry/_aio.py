@@ -216,19 +216,23 @@ class AsyncServiceRegistry(_RegistryBase):
         name = check_name(name)
         if self._unregister_local(name):
             return
-        if force:
-            row = await self._db.fetchone(
-                self._sql.unregister_force, {"name": name, **self._sql.clock()}
-            )
-        elif name in self._held and self._lease is not None:
-            params = {"name": name, "node": self._node, "gen": self._lease.generation}
-            row = await self._db.fetchone(self._sql.unregister, {**params, **self._sql.clock()})
-        else:
-            raise self._not_held(name)
-        if row is None:
-            self._held.pop(name, None)
-            raise self._not_held(name)
-        self._unregistered(name, row, started)
+        self._begin_write(name)  # its own notification then costs the listener no read
+        try:
+            if force:
+                row = await self._db.fetchone(
+                    self._sql.unregister_force, {"name": name, **self._sql.clock()}
+                )
+            elif name in self._held and self._lease is not None:
+                params = {"name": name, "node": self._node, "gen": self._lease.generation}
+                row = await self._db.fetchone(self._sql.unregister, {**params, **self._sql.clock()})
+            else:
+                raise self._not_held(name)
+            if row is None:
+                self._held.pop(name, None)
+                raise self._not_held(name)
+            self._unregistered(name, row, started)
+        finally:
+            await self._settle(name)
 
     async def update_metadata(self, name: Any, metadata: Any) -> ServiceEntry:
         name = check_name(name)
@@ -244,16 +248,20 @@ class AsyncServiceRegistry(_RegistryBase):
         if held is None or self._lease is None:
             raise self._not_held(name)
         meta, text = check_json(metadata, f"the metadata of {name!r}", name, self._max_bytes)
-        params = {"name": name, "node": self._node, "gen": self._lease.generation}
-        row = await self._db.fetchone(
-            self._sql.update_metadata, {**params, "metadata": text, **self._sql.clock()}
-        )
-        if row is None:
-            raise self._not_held(name)
-        self._held[name] = _Held(held.address, held.address_text, meta, text, held.ttl_ms)
-        entry = self._entry(row)
-        self._state.notify(self._state.apply_entry(entry, name, entry.revision, "local"))
-        return entry
+        self._begin_write(name)
+        try:
+            params = {"name": name, "node": self._node, "gen": self._lease.generation}
+            row = await self._db.fetchone(
+                self._sql.update_metadata, {**params, "metadata": text, **self._sql.clock()}
+            )
+            if row is None:
+                raise self._not_held(name)
+            self._held[name] = _Held(held.address, held.address_text, meta, text, held.ttl_ms)
+            entry = self._entry(row)
+            self._state.notify(self._state.apply_entry(entry, name, entry.revision, "local"))
+            return entry
+        finally:
+            await self._settle(name)
 
     async def join(
         self, group: Any, address: Any, metadata: Any = None, *, member_id: Any = None

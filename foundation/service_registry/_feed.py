@@ -37,7 +37,8 @@ class RegistryFeedSide:
     def _init_feed_side(self) -> None:
         # Counted for tests and telemetry pollers: full re-reads, SQLite polls (every
         # commit to the file), polls that found a registry topic moved, and the names
-        # those polls decoded.
+        # read because of another node's change (decoded by a poll, or read after a
+        # PostgreSQL notification).
         self.resyncs = 0
         self.polls = 0
         self.poll_reads = 0
@@ -94,6 +95,7 @@ class RegistryFeedSide:
                     # instead of a round trip here for nearly every register.
                     writing[1] = max(writing[1], revision)
                     return
+            self.names_read += 1
             self._apply_name_row(
                 name, revision, reader.fetchone(self._sql.select_entry, {"name": name})
             )
