@@ -137,7 +137,8 @@ class _EventsBase:
         The first store of a burst does, and then one store per ``NOTIFY_EVERY_S``; the
         others leave it to the feed, which sends one NOTIFY naming the last of them if no
         store's own NOTIFY covered it within twice that time (the end of a burst). Other
-        nodes learn of a burst's events at most that much later; nothing else changes.
+        nodes learn of a burst's events at most twice that (10 ms) later; nothing else
+        changes.
         Unlocked: two concurrent leaders may both notify, which is only one more NOTIFY.
         """
         now = time.monotonic()

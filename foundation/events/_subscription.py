@@ -9,7 +9,7 @@ One consumer per name across the cluster: the row is claimed with a conditional 
 that only succeeds when nobody holds a live lease; the owner renews the lease with every
 checkpoint and while idle, and a dead owner's lease simply expires.
 
-The loop wakes on the change feed (NOTIFY on PostgreSQL, at most 5 ms late inside another
+The loop wakes on the change feed (NOTIFY on PostgreSQL, at most 10 ms late inside another
 node's burst of stores; ``data_version`` on SQLite), on this instance's own writes, and at
 the latest every ``poll_interval_ms``.
 A handler that keeps raising is retried with exponential backoff, then the subscription

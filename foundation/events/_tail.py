@@ -26,7 +26,7 @@ lower bound (``after_position``, or the start of the log) is at or above ``lo``,
 or ``before`` datetimes without such a bound, a window not yet loaded, a feed that is
 reconnecting) goes to the database. Writes made by *other* nodes are seen once the feed
 delivers them, as for every other cache in Foundation (PostgreSQL: the NOTIFY latency,
-plus up to ``NOTIFY_EVERY_S``, 5 ms, inside another node's burst of stores, see
+plus up to twice ``NOTIFY_EVERY_S``, 10 ms, inside another node's burst of stores, see
 ``_base``; SQLite: one poll interval).
 
 Records handed out by the cache are shared: their ``data`` and ``metadata`` are read-only

@@ -6,12 +6,13 @@ Create Date: 2026-11-28
 
 Every NOTIFY that commits makes PostgreSQL signal each listening backend, which wakes to
 read the queue and write to its client: on a small server that wake competes for the CPU
-with the writer's own commit, and it cost a store about a third of its time in the
+with the writer's own commit, and it cost a store a fifth to a quarter of its time in the
 benchmark. So a node that stores in a burst announces the burst, not every store: its
-first store notifies as before, and the stores that follow within a few milliseconds pass
-``p_notify => false`` while the node's change feed sends one NOTIFY for all of them
-shortly after (``foundation.events._base``). What a store writes, and when it is
-visible, does not change; only the wake-up of other nodes is coalesced.
+first store notifies as before, and so does one store per 5 ms after it; the stores in
+between pass ``p_notify => false``, and when a burst ends the node's change feed sends
+one NOTIFY for its last stores, at most 10 ms after them (``foundation.events._base``).
+What a store writes, and when it is visible, does not change; only the wake-up of other
+nodes is coalesced.
 
 The function of 0007 is kept under its three-argument signature, now a wrapper that
 always notifies, so that nodes still running the previous release keep working while a
