@@ -70,6 +70,13 @@ def _ttl_ok(ttl: Any) -> bool:
     return type(ttl) is int and 0 < ttl <= YEAR_MS
 
 
+MINUTE_MS = 60_000
+
+
+def _ttl_ms(ttl: int | timedelta) -> float:
+    return ttl.total_seconds() * 1000 if isinstance(ttl, timedelta) else ttl
+
+
 def _stored(tables: Tables, name: str) -> tuple[Any, Any]:
     row = tables.one(
         "SELECT address, metadata FROM foundation_registry WHERE name = ?",
@@ -99,6 +106,10 @@ def test_register_update_unregister(face: Face, tables: Tables) -> None:
             st.one_of(st.none(), st.dictionaries(fine_text, fine_text), json_values)
         )
         ttl = data.draw(st.one_of(st.none(), option_values))
+        if _ttl_ok(ttl) and ttl is not None and _ttl_ms(ttl) < MINUTE_MS:
+            # A valid TTL this short may run out before the lookups below (1 ms did, on
+            # a slow machine): expiry has tests of its own, here the entry must live.
+            ttl = MINUTE_MS
         # everything drawn up front: whether the name is free depends on earlier examples,
         # and Hypothesis needs the same draws when it replays one
         new_meta = data.draw(json_values)
