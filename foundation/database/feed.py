@@ -264,8 +264,7 @@ class _Announcements:
             for key in ready:
                 del self._due[key]
         try:
-            while ready:
-                key, (_, payload) = next(iter(ready.items()))
+            for key, (_, payload) in list(ready.items()):
                 conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, json.dumps(payload)))
                 del ready[key]
         finally:
