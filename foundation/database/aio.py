@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
@@ -22,7 +22,7 @@ import psycopg_pool
 from foundation.database.codec import Codec, codec_for
 from foundation.database.errors import is_disconnect_before_statement, translate
 from foundation.database.postgres import connect_kwargs
-from foundation.database.sync import Params, Row
+from foundation.database.sync import ManyParams, Params, Row
 from foundation.database.url import DatabaseURL
 from foundation.settings import Settings
 
@@ -33,7 +33,7 @@ class AsyncCursor(Protocol):
     async def execute(self, sql: str, params: Params = None) -> int: ...
     async def fetchone(self, sql: str, params: Params = None) -> Row | None: ...
     async def fetchall(self, sql: str, params: Params = None) -> list[Row]: ...
-    async def executemany(self, sql: str, params: Sequence[dict[str, Any]]) -> None: ...
+    async def executemany(self, sql: str, params: ManyParams) -> None: ...
 
 
 class _SQLiteCursor:
@@ -58,7 +58,7 @@ class _SQLiteCursor:
         async with self._conn.execute(sql, params or {}) as cur:
             return [tuple(r) for r in await cur.fetchall()]
 
-    async def executemany(self, sql: str, params: Sequence[dict[str, Any]]) -> None:
+    async def executemany(self, sql: str, params: ManyParams) -> None:
         await self._conn.executemany(sql, params)
 
 
@@ -80,7 +80,7 @@ class _PGCursor:
         cur = await self._conn.execute(sql, params or {})
         return await cur.fetchall()
 
-    async def executemany(self, sql: str, params: Sequence[dict[str, Any]]) -> None:
+    async def executemany(self, sql: str, params: ManyParams) -> None:
         async with self._conn.cursor() as cur:
             await cur.executemany(sql, params)
 

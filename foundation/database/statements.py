@@ -17,7 +17,7 @@ from sqlalchemy.sql import ClauseElement
 
 from foundation.database.url import Backend
 
-__all__ = ["compile_sql", "dialect_for"]
+__all__ = ["compile_sql", "compile_sqlite_positional", "dialect_for"]
 
 
 @cache
@@ -40,4 +40,24 @@ def compile_sql(statement: ClauseElement, backend: Backend) -> str:
     baked = {name: value for name, value in compiled.params.items() if value is not None}
     if baked:
         raise AssertionError(f"statement has bound constants {sorted(baked)}; inline them")
+    return str(compiled)
+
+
+@cache
+def _sqlite_qmark() -> Dialect:
+    return SQLiteDialect_pysqlite(paramstyle="qmark")
+
+
+def compile_sqlite_positional(statement: ClauseElement, order: tuple[str, ...]) -> str:
+    """SQLite text with ``?`` placeholders for a hot statement bound from a tuple.
+
+    ``sqlite3`` binds a named parameter by asking SQLite for its name and looking that up
+    in the dict, per parameter per call: about 0.5 µs each on this kind of machine, a
+    few percent of an insert. ``order`` is the tuple's order, checked against the text.
+    """
+    compiled = statement.compile(dialect=_sqlite_qmark())
+    if tuple(compiled.positiontup or ()) != order:  # type: ignore[attr-defined]
+        raise AssertionError(f"parameters are {compiled.positiontup}, not {order}")  # type: ignore[attr-defined]
+    if any(value is not None for value in compiled.params.values()):
+        raise AssertionError("statement has bound constants; inline them")
     return str(compiled)

@@ -31,7 +31,10 @@ from foundation.settings import Settings
 
 __all__ = ["Cursor", "SyncDatabase", "connect_sqlite"]
 
-Params = dict[str, Any] | None
+# A dict for statements compiled with named parameters; a tuple for the few hot SQLite
+# statements compiled positionally (statements.compile_sqlite_positional).
+Params = dict[str, Any] | tuple[Any, ...] | None
+ManyParams = Sequence[dict[str, Any]] | Sequence[tuple[Any, ...]]
 Row = tuple[Any, ...]
 
 
@@ -41,7 +44,7 @@ class Cursor(Protocol):
     def execute(self, sql: str, params: Params = None) -> int: ...
     def fetchone(self, sql: str, params: Params = None) -> Row | None: ...
     def fetchall(self, sql: str, params: Params = None) -> list[Row]: ...
-    def executemany(self, sql: str, params: Sequence[dict[str, Any]]) -> None: ...
+    def executemany(self, sql: str, params: ManyParams) -> None: ...
 
 
 def connect_sqlite(url: DatabaseURL, settings: Settings) -> sqlite3.Connection:
@@ -84,7 +87,7 @@ class _DriverCursor:
         rows: list[Row] = self._conn.execute(sql, params or {}).fetchall()
         return rows
 
-    def executemany(self, sql: str, params: Sequence[dict[str, Any]]) -> None:
+    def executemany(self, sql: str, params: ManyParams) -> None:
         if isinstance(self._conn, sqlite3.Connection):
             self._conn.executemany(sql, params)
         else:
@@ -175,7 +178,7 @@ class SyncDatabase:
     def fetchall(self, sql: str, params: Params = None) -> list[Row]:
         return self._run(lambda cur: cur.fetchall(sql, params))  # type: ignore[no-any-return]
 
-    def executemany(self, sql: str, params: Sequence[dict[str, Any]]) -> None:
+    def executemany(self, sql: str, params: ManyParams) -> None:
         with self.transaction() as tx:
             tx.executemany(sql, params)
 

@@ -220,7 +220,7 @@ def sqlite_store(
     if len(fresh) == 1:
         event = batch[fresh[0]]
         if event.stream_id is None:
-            row = yield ("fetchone", sql.insert, sql.insert_params(event, None, at))
+            row = yield ("fetchone", sql.insert, sql.insert_row(event, None, at))
             written: list[tuple[int, int | None]] = [(int(row[0]), None)]
         else:
             row = yield ("fetchone", sql.insert_checked, sql.checked_params(event, at))
@@ -248,7 +248,7 @@ def sqlite_store(
                 raise concurrency_error(event, current)
             version = versions[event.stream_id] = current + 1
         assigned.append(version)
-        rows.append(sql.insert_params(event, version, at))
+        rows.append(sql.insert_row(event, version, at))
     yield ("executemany", sql.insert_many, rows)
     last = yield ("fetchone", sql.last_rowid, None)
     first = int(last[0]) - len(rows) + 1  # consecutive rowids: one writer, max + 1 each

@@ -44,7 +44,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from foundation.database.codec import Codec
 from foundation.database.schema import events, subscriptions
-from foundation.database.statements import compile_sql
+from foundation.database.statements import compile_sql, compile_sqlite_positional
 from foundation.database.url import Backend
 from foundation.events._model import Criteria, NewEvent, RecordedEvent, uuid_of
 
@@ -124,6 +124,7 @@ class EventSQL:
     def build(cls, backend: Backend, codec: Codec) -> EventSQL:
         values: dict[str, Any] = {name: sa.bindparam(name) for name in _INSERTED}
         insert = sa.insert(events).values(**values)
+        sqlite_only = backend == "sqlite"  # PostgreSQL appends through foundation_append_events
         s = subscriptions
         claimable = sa.or_(
             s.c.owner.is_(None),
@@ -134,9 +135,14 @@ class EventSQL:
         return cls(
             backend=backend,
             codec=codec,
-            insert=compile_sql(insert.returning(events.c.position), backend),
-            insert_many=compile_sql(insert, backend),
-            insert_checked=compile_sql(_insert_checked(), backend),
+            # SQLite only, bound from insert_row's tuples (see compile_sqlite_positional).
+            insert=(
+                compile_sqlite_positional(insert.returning(events.c.position), _INSERTED)
+                if sqlite_only
+                else ""
+            ),
+            insert_many=compile_sqlite_positional(insert, _INSERTED) if sqlite_only else "",
+            insert_checked=compile_sql(_insert_checked(), backend) if sqlite_only else "",
             append=compile_sql(_append(), backend) if backend == "postgresql" else "",
             stream_version=compile_sql(
                 sa.select(sa.func.max(events.c.stream_version)).where(
@@ -222,27 +228,35 @@ class EventSQL:
     def last_position_sql(self) -> str:
         return self.query(Criteria(shape=("desc",), params={}, limit=1, order="desc"))
 
-    def insert_params(self, event: NewEvent, version: int | None, at: Any) -> dict[str, Any]:
+    def insert_row(self, event: NewEvent, version: int | None, at: Any) -> tuple[Any, ...]:
+        """``insert``'s and ``insert_many``'s parameters, in ``_INSERTED`` order."""
+        return (
+            event.id_text,
+            event.stream_id,
+            version,
+            event.type,
+            event.data_text,
+            event.metadata_text,
+            event.correlation_id,
+            event.causation_id,
+            at,
+        )
+
+    def checked_params(self, event: NewEvent, at: Any) -> dict[str, Any]:
+        """``insert_checked``'s parameters: the row, and the expected version to check."""
+        expected = event.expected_version
         return {
             "id": event.id_text,
             "stream_id": event.stream_id,
-            "stream_version": version,
             "type": event.type,
             "data": event.data_text,
             "metadata": event.metadata_text,
             "correlation_id": event.correlation_id,
             "causation_id": event.causation_id,
             "recorded_at": at,
+            "expected_kind": expected if expected in _EXPECTED_KINDS else "version",
+            "expected_version": expected if isinstance(expected, int) else None,
         }
-
-    def checked_params(self, event: NewEvent, at: Any) -> dict[str, Any]:
-        """``insert_checked``'s parameters: the row, and the expected version to check."""
-        params = self.insert_params(event, None, at)
-        del params["stream_version"]
-        expected = event.expected_version
-        params["expected_kind"] = expected if expected in _EXPECTED_KINDS else "version"
-        params["expected_version"] = expected if isinstance(expected, int) else None
-        return params
 
     def append_params(self, units: list[list[NewEvent]], at: Any, writer: str) -> dict[str, Any]:
         """``append``'s parameters: every event of every unit as one JSON array."""
