@@ -14,7 +14,7 @@ from typing import Any
 
 from foundation.errors import FoundationError
 
-__all__ = ["MAX_DEPTH", "decode_json", "encode_json", "normalize_json"]
+__all__ = ["MAX_DEPTH", "decode_json", "encode_json", "normalize_json", "same_json"]
 
 # An escaped NUL (\u0000) not itself escaped by a preceding backslash.
 _ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
@@ -78,7 +78,7 @@ def encode_json(
             reason = "NaN and Infinity are not JSON"
         raise error(
             f"{what} is not JSON: {reason}",
-            context={**(context or {}), "type": type(value).__name__},
+            context={**(context or {}), "python_type": type(value).__name__},
         ) from None
     if text.count("[") + text.count("{") > MAX_DEPTH and _too_deep(value):
         raise error(
@@ -168,3 +168,28 @@ def normalize_json(value: Any, text: str) -> Any:
     # Text encode_json just made (valid, compact): the C scanner without json.loads's
     # Python wrappers, which cost as much as the scan for small values.
     return _scan(text, 0)[0]
+
+
+def same_json(a: Any, b: Any) -> bool:
+    """Whether two decoded JSON values are the same JSON.
+
+    Python's ``==`` says ``True == 1`` and ``{"x": 1} == {"x": True}``; JSON does not.
+    Numbers compare by value (``1`` and ``1.0`` are one number, as in PostgreSQL's jsonb).
+    """
+    if type(a) is bool or type(b) is bool:
+        return type(a) is type(b) and a == b
+    if isinstance(a, dict):
+        return (
+            isinstance(b, dict)
+            and a.keys() == b.keys()
+            and all(same_json(value, b[key]) for key, value in a.items())
+        )
+    if isinstance(a, list):
+        return (
+            isinstance(b, list)
+            and len(a) == len(b)
+            and all(same_json(x, y) for x, y in zip(a, b, strict=True))
+        )
+    if type(a) in (int, float):
+        return type(b) in (int, float) and a == b
+    return type(a) is type(b) and a == b

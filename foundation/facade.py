@@ -211,6 +211,7 @@ class Foundation(_Base):
             sql = self._statements(self._db.codec)
             self.config = Config(self._db, sql.config, self.settings, self.telemetry)
             self.events = Events(self._db, sql.events, self.settings, self.telemetry)
+            self.config.log_appended = self.events.tail_cache.mark_behind
             self.service_registry = ServiceRegistry(
                 self._db, sql.registry, self.settings, self.telemetry
             )
@@ -302,6 +303,7 @@ class AsyncFoundation(_Base):
         sql = self._statements(self._db.codec)
         self.config = AsyncConfig(self._db, sql.config, self.settings, self.telemetry)
         self.events = AsyncEvents(self._db, sql.events, self.settings, self.telemetry)
+        self.config.log_appended = self.events.tail_cache.mark_behind
         self.service_registry = AsyncServiceRegistry(
             self._db, sql.registry, self.settings, self.telemetry
         )

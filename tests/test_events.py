@@ -292,13 +292,58 @@ def test_read_stream_and_from_version(fdn: Foundation) -> None:
         fdn.events.read_stream("s", from_version=-1)
 
 
+@pytest.mark.parametrize("other", [True, 1.5, "1", [1], {"x": 1}, None])
+def test_a_retry_is_the_same_only_as_the_same_json(fdn: Foundation, other: Any) -> None:
+    # Python says True == 1 and 1.0 == 1; JSON tells a boolean from a number.
+    event_id = str(uuid.uuid4())
+    original = fdn.events.store({"id": event_id, "type": "t", "data": {"x": 1}})
+    assert fdn.events.store({"id": event_id, "type": "t", "data": {"x": 1.0}}) == original
+    with pytest.raises(EventError, match="already recorded with different content"):
+        fdn.events.store({"id": event_id, "type": "t", "data": {"x": other}})
+    with pytest.raises(EventError, match="twice in one batch with different content"):
+        fdn.events.store_many(
+            [
+                {"id": (twice := str(uuid.uuid4())), "type": "t", "data": [True]},
+                {"id": twice, "type": "t", "data": [1]},
+            ]
+        )
+    assert fdn.events.get() == [original]
+
+
+def test_versions_and_positions_beyond_bigint_are_refused(fdn: Foundation) -> None:
+    too_big = 2**63
+    with pytest.raises(EventError, match="expected_version must be a version"):
+        fdn.events.store({"type": "t", "stream_id": "s", "expected_version": too_big})
+    with pytest.raises(EventError, match=f"not {too_big}"):
+        fdn.events.get(after_position=too_big)
+    with pytest.raises(EventError, match="from 1 to 10000, not 0"):
+        fdn.events.get(limit=0)
+    assert fdn.events.get() == []
+
+
 def test_the_log_is_append_only_in_the_database(fdn: Foundation, db_url: str) -> None:
     fdn.events.store({"type": "a", "data": 1})
     url = DatabaseURL.parse(db_url)
     if url.backend == "sqlite":
         conn = sqlite3.connect(url.sqlite_path)
         try:
-            for sql in ("UPDATE foundation_events SET type = 'b'", "DELETE FROM foundation_events"):
+            rewrite = (
+                "SELECT position, id, 'b', NULL, NULL, 'x', '{}', '{}', recorded_at "
+                "FROM foundation_events"
+            )
+            columns = (
+                "(position, id, type, stream_id, stream_version, data, metadata, "
+                "correlation_id, recorded_at)"
+            )
+            for sql in (
+                "UPDATE foundation_events SET type = 'b'",
+                "DELETE FROM foundation_events",
+                # REPLACE deletes the row it conflicts with without firing DELETE triggers.
+                f"REPLACE INTO foundation_events {columns} {rewrite}",
+                f"INSERT OR REPLACE INTO foundation_events {columns} {rewrite}",
+                "INSERT OR REPLACE INTO foundation_events (id, type, data, metadata, "
+                "recorded_at) SELECT id, 'b', 'x', '{}', recorded_at FROM foundation_events",
+            ):
                 with pytest.raises(sqlite3.IntegrityError, match="append-only"):
                     conn.execute(sql)
         finally:
@@ -312,7 +357,7 @@ def test_the_log_is_append_only_in_the_database(fdn: Foundation, db_url: str) ->
             ):
                 with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
                     conn.execute(sql)
-    assert [e.type for e in fdn.events.get()] == ["a"]
+    assert [(e.type, e.data) for e in fdn.events.get()] == [("a", 1)]
 
 
 def test_store_and_get_emit_telemetry(fdn: Foundation) -> None:

@@ -78,6 +78,20 @@ def test_config_changes_are_events_in_order(fdn: Foundation) -> None:
     assert delete["new"] is None
 
 
+def test_config_events_have_time_ordered_ids_and_exact_times(fdn: Foundation) -> None:
+    first = fdn.events.store({"type": "before"})
+    fdn.config.set("feature.y", 1)
+    last = fdn.events.store({"type": "after"})
+    [changed] = fdn.events.get(type="foundation.config.changed")
+    assert changed.id.version == 7  # as the ids store() generates (migration 0009)
+    millis = [e.id.int >> 80 for e in (first, changed, last)]  # ordered to the millisecond
+    assert millis == sorted(millis)
+    # ``before`` is strict for trigger-written events too (SQLite once stored them with
+    # milliseconds, which compared below the same instant written with microseconds).
+    assert fdn.events.get(before=changed.recorded_at, type="foundation.config.changed") == []
+    assert fdn.events.get(after=changed.recorded_at, type="foundation.config.changed") == []
+
+
 def test_config_event_carries_the_correlation_id(fdn: Foundation) -> None:
     import foundation
 

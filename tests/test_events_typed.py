@@ -92,6 +92,17 @@ def test_upcasters_apply_on_read(fdn: Foundation, db_url: str) -> None:
     assert before_registration.metadata[SCHEMA_VERSION] == 1
 
 
+def test_a_failing_upcaster_is_an_event_error(fdn: Foundation) -> None:
+    old = fdn.events.store({"type": "order_placed", "data": {"order_id": 1, "amount": 2}})
+    fdn.events.register_type(
+        "order_placed", OrderPlacedV2, version=2, upcasters={1: lambda data: data["nope"]}
+    )
+    with pytest.raises(EventError, match="upcaster of 'order_placed' from version 1") as info:
+        fdn.events.decode(old)
+    assert info.value.context == {"type": "order_placed", "position": old.position, "from": 1}
+    assert isinstance(info.value.__cause__, KeyError)  # the upcaster's own traceback
+
+
 def test_registration_errors(fdn: Foundation) -> None:
     with pytest.raises(EventError):
         fdn.events.register_type("t", dict)  # type: ignore[arg-type]

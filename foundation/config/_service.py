@@ -56,6 +56,10 @@ class _ConfigBase:
             max_value_bytes=settings.max_value_bytes,
         )
         self._request_resync: Callable[[], None] = lambda: None
+        # Each change is also appended to the event log by a trigger (migration 0005):
+        # the facade points this at the events tail cache, so that this node's next
+        # get() reads its own config change.
+        self.log_appended: Callable[[], None] = lambda: None
         self._history_seen = 0  # SQLite feed: the last history id this node has applied
         # The hot read path: the state's own bound method, so a call costs one dict lookup
         # and no extra Python frame (the method below documents it).
@@ -128,6 +132,7 @@ class _ConfigBase:
             if row is None:  # delete of a key with no runtime value
                 return False
             revision = int(row[0])
+            self.log_appended()
             changes = self._state.apply_runtime(key, stored, revision, delete, self._node, "local")
         except FoundationError:
             self._write_failed()

@@ -269,7 +269,7 @@ class _EventsBase:
         position = payload.get("position")
         if self.tail_cache.enabled and isinstance(position, int):
             hi = self.tail_cache.hi()
-            if hi is not None and position > hi:
+            if hi is not None and (position > hi or self.tail_cache.behind()):
                 self._catch_up(reader)
         self.wake()
 
@@ -287,6 +287,7 @@ class _EventsBase:
     def _catch_up(self, reader: Cursor) -> None:
         """Read every event after the window's ``hi`` (a complete prefix: see ``_tail``)."""
         cache = self.tail_cache
+        ticket = cache.begin_read()
         while True:
             hi = cache.hi()
             if hi is None:
@@ -303,11 +304,13 @@ class _EventsBase:
             if records and not cache.extend(hi, records):
                 continue  # our own write moved hi meanwhile: read again from there
             if len(rows) < _CATCH_UP_BATCH:
+                cache.end_read(ticket)
                 return
 
     def _reload(self, reader: Cursor) -> None:
         """Drop the window and read the newest ``size`` events again."""
         cache = self.tail_cache
+        ticket = cache.begin_read()
         cache.invalidate()
         newest: list[RecordedEvent] = []
         before: int | None = None
@@ -323,9 +326,11 @@ class _EventsBase:
             newest += [self._sql.record(r) for r in rows]
             if len(rows) < size:
                 cache.reset(newest, complete=True)
+                cache.end_read(ticket)
                 return
             before = newest[-1].position
         cache.reset(newest, complete=False)
+        cache.end_read(ticket)
 
 
 def _ids_given(batch: list[NewEvent]) -> bool:

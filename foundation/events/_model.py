@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import pydantic
 
-from foundation._json import encode_json, normalize_json
+from foundation._json import encode_json, normalize_json, same_json
 from foundation._text import is_utf8
 from foundation.correlation import current_correlation_id
 from foundation.errors import EventError
@@ -37,6 +37,7 @@ _UNKNOWN_SAFETY = uuid.SafeUUID.unknown  # an Enum member looked up once, not pe
 
 ExpectedVersion = int | Literal["any", "no_stream", "exists"]
 MAX_NAME = 255
+MAX_VERSION = 2**63 - 1  # BIGINT: positions and stream versions on both databases
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 10_000
 MAX_TYPES = 100
@@ -95,12 +96,11 @@ class NewEvent:
 
     def same_content(self, recorded: RecordedEvent) -> bool:
         """Whether a retry with this id describes the event already recorded."""
-        if (recorded.type, recorded.stream_id, recorded.data, recorded.metadata) != (
-            self.type,
-            self.stream_id,
-            self.data,
-            self.metadata,
-        ):
+        if (recorded.type, recorded.stream_id) != (self.type, self.stream_id):
+            return False
+        if not same_json(recorded.data, self.data):
+            return False
+        if not same_json(recorded.metadata, self.metadata):
             return False
         if self.causal_ids_given:  # an id taken from the context may differ on a retry
             return (recorded.correlation_id, recorded.causation_id) == (
@@ -235,10 +235,11 @@ def _event_id(value: Any) -> tuple[uuid.UUID, bool]:
 def _expected(value: Any) -> ExpectedVersion:
     if value in ("any", "no_stream", "exists"):
         return value  # type: ignore[no-any-return]
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_VERSION:
         return value
     raise EventError(
-        "expected_version must be a version (an int >= 0), 'any', 'no_stream' or 'exists'",
+        f"expected_version must be a version (an int from 0 to {MAX_VERSION}), "
+        "'any', 'no_stream' or 'exists'",
         context={"expected_version": repr(value)[:200]},
     )
 
@@ -357,8 +358,10 @@ _CRITERIA_KEYS = (
 
 
 def _fail(key: str, expected: str, value: Any) -> EventError:
+    # A value of the right type but out of range is shown itself, not its type's name.
+    shown = repr(value)[:60] if isinstance(value, int | float | str) else type(value).__name__
     return EventError(
-        f"criterion {key!r} must be {expected}, not {type(value).__name__}",
+        f"criterion {key!r} must be {expected}, not {shown}",
         context={"criterion": key, "value": repr(value)[:200]},
     )
 
@@ -376,12 +379,11 @@ def _ts(key: str, value: Any) -> datetime:
         ) from None
 
 
-_MAX_POSITION = 2**63 - 1  # BIGINT, the positions' column on both databases
 
 
 def _position(key: str, value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= _MAX_POSITION:
-        raise _fail(key, f"an int from 0 to {_MAX_POSITION}", value)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_VERSION:
+        raise _fail(key, f"an int from 0 to {MAX_VERSION}", value)
     return value
 
 

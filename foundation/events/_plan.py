@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from foundation._json import same_json
 from foundation.database.aio import AsyncCursor
 from foundation.database.sync import Cursor
 from foundation.errors import ConcurrencyError, EventError, FoundationError
@@ -110,13 +111,11 @@ def needs_transaction(sql: EventSQL, batch: Sequence[NewEvent]) -> bool:
 
 
 def _same_new(a: NewEvent, b: NewEvent) -> bool:
-    return (a.type, a.stream_id, a.data, a.metadata, a.correlation_id, a.causation_id) == (
-        b.type,
-        b.stream_id,
-        b.data,
-        b.metadata,
-        b.correlation_id,
-        b.causation_id,
+    return (
+        (a.type, a.stream_id, a.correlation_id, a.causation_id)
+        == (b.type, b.stream_id, b.correlation_id, b.causation_id)
+        and same_json(a.data, b.data)
+        and same_json(a.metadata, b.metadata)
     )
 
 

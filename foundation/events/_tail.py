@@ -105,6 +105,12 @@ class TailCache:
         self._lo = 0
         self._hi = 0
         self._need = 0  # this node's newest own position: served only once hi reaches it
+        # Events this node wrote through a trigger (config changes) have no position
+        # here: after one, the window answers only once a read of the log begun after
+        # it has ended (catch-ups and reloads are numbered as they begin).
+        self._reads_begun = 0
+        self._read_upto = 0  # the newest numbered read that has ended
+        self._stale_until = 0  # the read that must end before the window answers again
         # Appended in place, replaced (never shifted) when trimmed: a reader's snapshot
         # stays consistent, and entries appended after it are above its ``hi``.
         self._records: list[RecordedEvent] = []
@@ -122,6 +128,24 @@ class TailCache:
             return self._valid, self._lo, self._hi
 
     # -- writes into the window ------------------------------------------------------
+
+    def mark_behind(self) -> None:
+        """The log has grown by a write of this node that the window cannot place."""
+        with self._lock:
+            self._stale_until = self._reads_begun + 1
+
+    def behind(self) -> bool:
+        return self._read_upto < self._stale_until
+
+    def begin_read(self) -> int:
+        """Number a read of the log (catch-up or reload) as it begins."""
+        with self._lock:
+            self._reads_begun += 1
+            return self._reads_begun
+
+    def end_read(self, ticket: int) -> None:
+        with self._lock:
+            self._read_upto = max(self._read_upto, ticket)
 
     def invalidate(self) -> None:
         with self._lock:
@@ -204,7 +228,7 @@ class TailCache:
     def answer_at(self, criteria: Criteria) -> tuple[list[RecordedEvent] | None, int]:
         """The answer and the ``hi`` it was computed at (the log as of that position)."""
         with self._lock:
-            if not self._valid or self._hi < self._need:
+            if not self._valid or self._hi < self._need or self._read_upto < self._stale_until:
                 self.misses += 1
                 return None, self._hi
             lo, hi = self._lo, self._hi

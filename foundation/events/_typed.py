@@ -132,7 +132,14 @@ class TypeRegistry:
             )
         data = thaw(record.data) if stored < spec.version else record.data
         for version in range(stored, spec.version):
-            data = spec.upcasters[version](data)
+            try:
+                data = spec.upcasters[version](data)
+            except Exception as exc:  # the caller's upcaster: its traceback is the cause
+                raise EventError(
+                    f"the upcaster of {record.type!r} from version {version} failed on the "
+                    f"event at position {record.position}: {type(exc).__name__}: {exc}",
+                    context={"type": record.type, "position": record.position, "from": version},
+                ) from exc
         try:
             return spec.model.model_validate(data)
         except pydantic.ValidationError as exc:
