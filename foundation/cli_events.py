@@ -275,10 +275,23 @@ def events_import(ctx: click.Context, file: Any) -> None:
 
         for number, raw in enumerate(file, start=1):
             progress.advance(task, len(raw))
-            line = raw.decode("utf-8").strip()
+            try:
+                line = raw.decode("utf-8").strip()
+            except UnicodeDecodeError as exc:
+                raise EventError(
+                    f"line {number} is not UTF-8 text: {exc.reason} at byte {exc.start}",
+                    context={"line": number},
+                ) from None
             if not line:
                 continue
-            batch.append(_import_event(line, number))
+            event = _import_event(line, number)
+            try:  # checked line by line, so that an error names its line
+                fdn.events._parse([event])
+            except EventError as exc:
+                raise EventError(
+                    f"line {number}: {exc.message}", context={**exc.context, "line": number}
+                ) from None
+            batch.append(event)
             if len(batch) >= IMPORT_BATCH:
                 flush()
         flush()

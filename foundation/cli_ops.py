@@ -130,7 +130,8 @@ def breakers(ctx: click.Context, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="A JSON array.")
 @click.pass_context
 def limits(ctx: click.Context, max_rows: int, as_json: bool) -> None:
-    """Shared rate limits: key, algorithm, usage in the current window, reset."""
+    """Shared rate limits as of now: key, algorithm, usage in the current window, reset
+    (a window that has ended is empty, so it is not listed)."""
     with _foundation(ctx) as fdn:
         usage = fdn.rate_limiter.usage(limit=max_rows)
     if as_json:
@@ -139,7 +140,7 @@ def limits(ctx: click.Context, max_rows: int, as_json: bool) -> None:
     now = datetime.now(UTC)
     table = Table("key", "algorithm", "used", "previous window", "state expires in")
     for u in usage:
-        table.add_row(
-            u.key, u.algorithm, str(u.used), str(u.previous_count), _age(now, u.expires_at)
-        )
+        # usage() judged "now" by the database's clock: never show a time already past.
+        expires = _age(now, max(now, u.expires_at))
+        table.add_row(u.key, u.algorithm, str(u.used), str(u.previous_count), expires)
     _stdout().print(table)

@@ -252,8 +252,9 @@ def test_bad_criteria_name_the_criterion(
     with pytest.raises(EventError, match=named) as info:
         fdn.events.get(criteria)
     assert info.value.code == "event_error"
-    with pytest.raises(EventError):
-        list(fdn.events.iter(criteria))
+    if criteria != {"limit": 10_001}:  # iter's limit is a total, not a page (tested below)
+        with pytest.raises(EventError):
+            list(fdn.events.iter(criteria))
 
 
 def test_criteria_must_be_a_mapping(fdn: Foundation) -> None:
@@ -280,6 +281,12 @@ def test_iter_paginates_by_position(fdn: Foundation) -> None:
     assert list(fdn.events.iter(after_position=stored[19].position, batch_size=2)) == stored[20:]
     with pytest.raises(EventError, match="batch_size"):
         fdn.events.iter(batch_size=0)
+    assert list(fdn.events.iter(limit=20_000)) == stored  # the total, not a page: no maximum
+    for bad in (0, True, "10"):
+        with pytest.raises(EventError, match="'limit' of iter"):
+            fdn.events.iter(limit=bad)
+    with pytest.raises(EventError, match="unknown"):
+        fdn.events.iter(limit=5, bogus=1)
 
 
 def test_read_stream_and_from_version(fdn: Foundation) -> None:

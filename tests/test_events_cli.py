@@ -122,3 +122,15 @@ def test_import_reports_bad_lines(db_url: str, tmp_path: Path) -> None:
     conflicting.write_text(json.dumps({"id": str(first.id), "type": "x", "data": 2}) + "\n")
     result = run(db_url, "events", "import", str(conflicting))
     assert result.exit_code == 1 and "different content" in result.stderr
+    for name, content, message in (
+        ("latin1.jsonl", b'{"type": "ok"}\n\xff\xfe{"type": "x"}\n', "line 2 is not UTF-8 text"),
+        ("untyped.jsonl", b'{"type": "ok"}\n{"data": 1}\n', "line 2: event field 'type'"),
+        ("nan.jsonl", b'{"type": "ok"}\n{"type": "x", "data": NaN}\n', "line 2: the data"),
+    ):
+        (tmp_path / name).write_bytes(content)
+        result = run(db_url, "events", "import", str(tmp_path / name))
+        assert result.exit_code == 1, result.output
+        assert f"error [event_error]: {message}" in result.stderr
+        assert "Traceback" not in result.output + result.stderr
+    with Foundation(db_url, migrate="check") as fdn:
+        assert [e.type for e in fdn.events.get()] == ["x"]  # nothing from the bad files

@@ -115,6 +115,76 @@ def test_one_consumer_per_name(fdn: Foundation, db_url: str) -> None:
         taken.stop()
 
 
+def test_one_consumer_per_name_within_one_node(fdn: Foundation, db_url: str) -> None:
+    first = fdn.events.subscribe("once", lambda e: None, **FAST)
+    with pytest.raises(AlreadyRegisteredError, match="another subscription of this node"):
+        fdn.events.subscribe("once", lambda e: None, **FAST)
+    # Another instance given the same node id is a different consumer too.
+    with Foundation(db_url, migrate="check", node_id=fdn.settings.node_id) as twin:
+        with pytest.raises(AlreadyRegisteredError) as info:
+            twin.events.subscribe("once", lambda e: None, **FAST)
+        assert info.value.context["owner"] == fdn.settings.node_id
+        assert info.value.context["consumer"].startswith(fdn.settings.node_id + "#")
+    first.stop()
+    again = fdn.events.subscribe("once", lambda e: None, **FAST)  # released by stop()
+    again.stop()
+
+
+async def test_one_consumer_per_name_within_one_node_async(afdn: AsyncFoundation) -> None:
+    first = await afdn.events.subscribe("once", lambda e: None, **FAST)
+    with pytest.raises(AlreadyRegisteredError):
+        await afdn.events.subscribe("once", lambda e: None, **FAST)
+    await first.stop()
+    again = await afdn.events.subscribe("once", lambda e: None, **FAST)
+    await again.stop()
+
+
+def test_stop_keeps_the_name_while_the_handler_runs(fdn: Foundation, db_url: str) -> None:
+    fdn.events.store({"type": "slow"})
+    entered, release = threading.Event(), threading.Event()
+
+    def slow(event: RecordedEvent) -> None:
+        entered.set()
+        release.wait(10)
+
+    sub = fdn.events.subscribe("patient", slow, **FAST)
+    assert entered.wait(5)
+    sub.stop(timeout=0.05)  # gives up waiting: the handler still holds the event
+    assert sub.status.state == "stopping"
+    with Foundation(db_url, migrate="check") as other:
+        with pytest.raises(AlreadyRegisteredError):
+            other.events.subscribe("patient", lambda e: None, **FAST)
+        release.set()
+        wait_for(lambda: sub.status.state == "stopped")
+        seen: list[int] = []
+        taken = other.events.subscribe("patient", lambda e: seen.append(e.position), **FAST)
+        wait_for(lambda: taken.checkpoint == 1)
+        assert seen == [] and taken.status.state == "running"  # handled once, checkpointed
+        taken.stop()
+
+
+async def test_async_stop_cancels_a_hanging_handler_then_releases(
+    afdn: AsyncFoundation,
+) -> None:
+    await afdn.events.store({"type": "slow"})
+    entered, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def hang(event: RecordedEvent) -> None:
+        entered.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    sub = await afdn.events.subscribe("hanging", hang, **FAST)
+    await asyncio.wait_for(entered.wait(), 5)
+    await sub.stop(timeout=0.05)
+    assert cancelled.is_set() and sub.status.state == "stopped"
+    again = await afdn.events.subscribe("hanging", lambda e: None, start="end", **FAST)
+    await again.stop()
+
+
 def test_close_stops_subscriptions(db_url: str) -> None:
     fdn = Foundation(db_url, migrate="check")
     sub = fdn.events.subscribe("closing", lambda e: None, **FAST)
@@ -314,5 +384,9 @@ def test_an_expired_lease_is_taken_over_and_the_old_owner_stops(
         assert "taken over" in (stuck.status.last_error or "")
         stuck.stop()
         row = _row(fdn, "leased")
-        assert row is not None and row[2] == other.settings.node_id and row[1] == "running"
+        assert (
+            row is not None
+            and row[2].startswith(other.settings.node_id + "#")
+            and row[1] == "running"
+        )
         taker.stop()

@@ -26,8 +26,9 @@ from foundation.circuit_breaker._logic import (
     BreakerRow,
     admission,
     check_name,
+    check_scope,
     fn_name,
-    make_options,
+    options_from,
 )
 from foundation.circuit_breaker._store import BreakerSQL
 from foundation.database.aio import AsyncDatabase
@@ -51,6 +52,8 @@ class AsyncBreaker(_BreakerCore):
 
     async def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Await ``fn(*args, **kwargs)`` through the breaker (a plain result is taken too)."""
+        if self._db is not None and self._db._closed:
+            raise self._closed_error()
         row = self._cache.get(self.name)
         token = None
         if row is not None and row.state != CLOSED:
@@ -138,7 +141,7 @@ class AsyncCircuitBreakers(_BreakersBase):
         return await breaker.call(fn)
 
     def protect(self, name: Any = None, **options: Any) -> Callable[[F], F]:
-        make_options(**options)
+        options_from(options)
 
         def decorate(fn: F) -> F:
             self._check_fn(fn)
@@ -148,7 +151,7 @@ class AsyncCircuitBreakers(_BreakersBase):
 
     def state(self, name: Any, scope: str = "shared") -> str:
         name = check_name(name, self._settings.max_key_length)
-        row = (self._shared if scope == "shared" else self._local).get(name)
+        row = (self._shared if check_scope(scope) == "shared" else self._local).get(name)
         return CLOSED if row is None else row.state
 
     async def reset(self, name: Any, scope: str = "shared") -> None:

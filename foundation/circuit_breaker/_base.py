@@ -27,6 +27,12 @@ If the database cannot be reached while an outcome is recorded, the function's o
 result or exception wins: the error is logged and emitted as
 ``foundation.circuit_breaker.storage_error``. A probe that cannot be claimed is refused
 (``circuit_open``): a breaker fails closed while it is already open.
+
+After ``close()`` a shared breaker raises ``storage_unavailable`` without calling the
+function (as every other service of a closed instance does: that is a bug in the caller,
+not an outage). A local breaker needs no database and keeps working, as the rate
+limiter's local scope does; the state reads (``state``, ``breakers``) answer from the
+cache either way.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from foundation.circuit_breaker import _logic as logic
 from foundation.circuit_breaker._logic import (
@@ -48,7 +54,7 @@ from foundation.circuit_breaker._logic import (
     admission,
     check_name,
     fn_name,
-    make_options,
+    options_from,
 )
 from foundation.circuit_breaker._store import BreakerSQL
 from foundation.database.feed import TOPIC_BREAKERS, TopicRevisions
@@ -56,6 +62,7 @@ from foundation.database.sync import Cursor
 from foundation.errors import (
     CircuitOpenError,
     FoundationError,
+    StorageUnavailableError,
     TimeoutError,
     ValidationError,
 )
@@ -89,10 +96,14 @@ def _now_local() -> int:
     return time.time_ns() // 1_000_000
 
 
+class _Closable(Protocol):
+    _closed: bool
+
+
 class _BreakerCore:
     """What both breaker objects share: the name, the options, the cache they read."""
 
-    __slots__ = ("_cache", "_failures", "_svc", "name", "options")
+    __slots__ = ("_cache", "_db", "_failures", "_svc", "name", "options")
 
     def __init__(self, svc: _BreakersBase, name: str, options: BreakerOptions) -> None:
         self._svc = svc
@@ -100,6 +111,17 @@ class _BreakerCore:
         self.options = options
         self._failures = options.failure_exceptions
         self._cache = svc._shared if options.scope == "shared" else svc._local
+        # The database a shared breaker needs (None: local), to refuse calls after close().
+        self._db: _Closable | None = (
+            getattr(svc, "_db", None) if options.scope == "shared" else None
+        )
+
+    def _closed_error(self) -> StorageUnavailableError:
+        return StorageUnavailableError(
+            f"this Foundation instance is closed: the shared circuit breaker {self.name!r} "
+            "cannot run calls (a local breaker, scope='local', needs no database)",
+            context={"name": self.name, "scope": "shared"},
+        )
 
     @property
     def state(self) -> str:
@@ -149,7 +171,7 @@ class _BreakersBase:
             found = self._objects.get(key)
             if found is not None:
                 return found
-        opts = make_options(**options)
+        opts = options_from(options)
         if opts.scope == "shared" and self._sql is None:  # pragma: no cover - wiring error
             raise ValidationError("this circuit breaker service has no database", context={})
         obj = cls(self, check_name(name, self._settings.max_key_length), opts)

@@ -30,12 +30,15 @@ __all__ = [
     "CLOSED",
     "HALF_OPEN",
     "OPEN",
+    "OPTION_NAMES",
     "BreakerOptions",
     "BreakerRow",
+    "check_scope",
     "claim_probe",
     "make_options",
     "on_failure",
     "on_success",
+    "options_from",
     "probe_done",
 ]
 
@@ -43,6 +46,7 @@ CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 State = Literal["closed", "open", "half_open"]
 PROBE_LEASE_MARGIN_MS = 1000
 MAX_MS = 366 * 24 * 3600 * 1000
+OPTION_NAMES = ("timeout", "max_failures", "reset_timeout", "failure_exceptions", "scope")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +84,7 @@ class BreakerOptions:
         return (self.timeout_ms or self.reset_timeout_ms) + PROBE_LEASE_MARGIN_MS
 
 
-def _ms(value: Any, name: str, allow_none: bool = False) -> int | None:
+def _ms(value: Any, name: str, minimum: int = 0, allow_none: bool = False) -> int | None:
     if value is None and allow_none:
         return None
     if isinstance(value, timedelta):
@@ -93,12 +97,34 @@ def _ms(value: Any, name: str, allow_none: bool = False) -> int | None:
             f"not {type(value).__name__}",
             context={"option": name, "value": repr(value)[:100]},
         )
-    if not 0 <= value <= MAX_MS:
+    if not minimum <= value <= MAX_MS:
+        none = " (or None: no timeout)" if allow_none else ""
         raise ValidationError(
-            f"{name} must be from 0 to {MAX_MS} ms, got {value}",
+            f"{name} must be from {minimum} to {MAX_MS} ms{none}, got {value}",
             context={"option": name, "value": value},
         )
     return value
+
+
+def check_scope(scope: Any) -> Literal["shared", "local"]:
+    if scope not in ("shared", "local"):
+        raise ValidationError(
+            f"scope must be 'shared' or 'local', not {scope!r}",
+            context={"option": "scope", "value": repr(scope)[:100]},
+        )
+    return scope  # type: ignore[no-any-return]
+
+
+def options_from(options: dict[str, Any]) -> BreakerOptions:
+    """:func:`make_options` from keyword options, naming any it does not know."""
+    unknown = sorted(str(name) for name in options if name not in OPTION_NAMES)
+    if unknown:
+        raise ValidationError(
+            f"unknown circuit breaker option{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(map(repr, unknown))}: the options are {', '.join(OPTION_NAMES)}",
+            context={"unknown": unknown, "known": list(OPTION_NAMES)},
+        )
+    return make_options(**options)
 
 
 def make_options(
@@ -125,19 +151,15 @@ def make_options(
             "failure_exceptions must be an exception class or a non-empty tuple of them",
             context={"option": "failure_exceptions", "value": repr(failure_exceptions)[:100]},
         )
-    if scope not in ("shared", "local"):
-        raise ValidationError(
-            f"scope must be 'shared' or 'local', not {scope!r}",
-            context={"option": "scope", "value": repr(scope)[:100]},
-        )
     reset_ms = _ms(reset_timeout, "reset_timeout")
     assert reset_ms is not None
     return BreakerOptions(
-        timeout_ms=_ms(timeout, "timeout", allow_none=True),
+        # A timeout of 0 ms would fail every call: None is how to say "no timeout".
+        timeout_ms=_ms(timeout, "timeout", minimum=1, allow_none=True),
         max_failures=max_failures,
         reset_timeout_ms=reset_ms,
         failure_exceptions=tuple(failure_exceptions),
-        scope=scope,
+        scope=check_scope(scope),
     )
 
 

@@ -24,8 +24,9 @@ from foundation.circuit_breaker._logic import (
     BreakerRow,
     admission,
     check_name,
+    check_scope,
     fn_name,
-    make_options,
+    options_from,
 )
 from foundation.circuit_breaker._store import BreakerSQL
 from foundation.database.sync import SyncDatabase
@@ -51,6 +52,8 @@ class Breaker(_BreakerCore):
 
     def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Call ``fn(*args, **kwargs)`` through the breaker."""
+        if self._db is not None and self._db._closed:
+            raise self._closed_error()
         row = self._cache.get(self.name)
         token = None
         if row is not None and row.state != CLOSED:
@@ -67,11 +70,7 @@ class Breaker(_BreakerCore):
             raise
         if inspect.iscoroutine(result):  # its outcome would escape the breaker
             result.close()
-            raise ValidationError(
-                f"circuit breaker {self.name!r} got a coroutine from {fn!r}: call async "
-                "functions through AsyncFoundation's circuit_breaker (and await it)",
-                context={"name": self.name},
-            )
+            raise self._async_refused(fn)
         if timeout is not None:
             elapsed = time.perf_counter() - started
             if elapsed * 1000 > timeout:
@@ -89,9 +88,18 @@ class Breaker(_BreakerCore):
         """Open the breaker until :meth:`reset` (no probes)."""
         self._svc._force_open(self)
 
+    def _async_refused(self, fn: Any) -> ValidationError:
+        return ValidationError(
+            f"circuit breaker {self.name!r} got a coroutine from {fn!r}: call async "
+            "functions through AsyncFoundation's circuit_breaker (and await it)",
+            context={"name": self.name},
+        )
+
     def __call__(self, fn: F) -> F:
-        """Use the breaker as a decorator."""
+        """Use the breaker as a decorator (of a plain function: ``async def`` is refused)."""
         self._svc._check_fn(fn)
+        if inspect.iscoroutinefunction(fn):
+            raise self._async_refused(fn)
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -145,7 +153,7 @@ class CircuitBreakers(_BreakersBase):
 
     def protect(self, name: Any = None, **options: Any) -> Callable[[F], F]:
         """Decorator: ``@fdn.circuit_breaker.protect("payments", max_failures=3)``."""
-        make_options(**options)
+        options_from(options)
 
         def decorate(fn: F) -> F:
             self._check_fn(fn)
@@ -154,8 +162,9 @@ class CircuitBreakers(_BreakersBase):
         return decorate
 
     def state(self, name: Any, scope: str = "shared") -> str:
+        """``"closed"``, ``"open"`` or ``"half_open"``: this node's view (no database)."""
         name = check_name(name, self._settings.max_key_length)
-        row = (self._shared if scope == "shared" else self._local).get(name)
+        row = (self._shared if check_scope(scope) == "shared" else self._local).get(name)
         return CLOSED if row is None else row.state
 
     def reset(self, name: Any, scope: str = "shared") -> None:

@@ -26,6 +26,7 @@ from foundation.database.sync import Cursor
 from foundation.errors import EventError
 from foundation.events._model import (
     MAX_LIMIT,
+    MAX_VERSION,
     Criteria,
     NewEvent,
     RecordedEvent,
@@ -200,8 +201,19 @@ class _EventsBase:
             raise EventError(
                 f"batch_size must be from 1 to {MAX_LIMIT}", context={"batch_size": batch_size}
             )
-        merged = {**(criteria or {}), **kwargs} if isinstance(criteria, Mapping | None) else {}
-        self._criteria(criteria, kwargs)  # validate everything up front
+        if not isinstance(criteria, Mapping | None):
+            self._criteria(criteria, kwargs)  # raises: criteria must be a mapping
+        merged = {**(criteria or {}), **kwargs}
+        # iter exists for large results: its limit (the total) is not get()'s page maximum.
+        limit = merged.get("limit")
+        if limit is not None and (
+            not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_VERSION
+        ):
+            raise EventError(
+                f"criterion 'limit' of iter must be an int from 1 to {MAX_VERSION}",
+                context={"criterion": "limit", "value": repr(limit)[:200]},
+            )
+        self._criteria({k: v for k, v in merged.items() if k != "limit"}, {})  # the rest
         return Pager(self, merged, batch_size)
 
     def _tail_criteria(

@@ -379,8 +379,6 @@ def _ts(key: str, value: Any) -> datetime:
         ) from None
 
 
-
-
 def _position(key: str, value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_VERSION:
         raise _fail(key, f"an int from 0 to {MAX_VERSION}", value)

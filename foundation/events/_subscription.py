@@ -7,7 +7,10 @@ checkpoint" never skips an event that committed late.
 
 One consumer per name across the cluster: the row is claimed with a conditional UPDATE
 that only succeeds when nobody holds a live lease; the owner renews the lease with every
-checkpoint and while idle, and a dead owner's lease simply expires.
+checkpoint and while idle, and a dead owner's lease simply expires. The owner is one
+subscription object (``<node id>#<random>``), not a node: a second ``subscribe`` of the
+same name is refused in the same process too. ``stop()`` releases the name only once the
+handler in hand has returned.
 
 The loop wakes on the change feed (NOTIFY on PostgreSQL, at most 10 ms late inside another
 node's burst of stores; ``data_version`` on SQLite), on this instance's own writes, and at
@@ -22,6 +25,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -46,7 +50,9 @@ if TYPE_CHECKING:
 __all__ = ["AsyncSubscription", "Subscription", "SubscriptionOptions", "SubscriptionStatus"]
 
 log = logging.getLogger("foundation.events")
-State = Literal["starting", "running", "failed", "stopped"]
+# "stopping": stop() was called while the handler was still running; the name is released
+# when it returns.
+State = Literal["starting", "running", "stopping", "failed", "stopped"]
 Handler = Callable[[RecordedEvent], Any]
 
 
@@ -123,7 +129,9 @@ class _SubscriptionBase:
         self._sql = sql
         self.options = options
         self.name = options.name
-        self._owner = events._node
+        self._node = events._node
+        self._owner = f"{events._node}#{secrets.token_hex(4)}"
+        self._release_lock = threading.Lock()
         self._state: State = "starting"
         self._checkpoint = 0
         self._last_error: str | None = None
@@ -153,11 +161,25 @@ class _SubscriptionBase:
         return int(start)
 
     def _held(self, row: tuple[Any, ...] | None) -> AlreadyRegisteredError:
-        owner = None if row is None else row[2]
+        consumer = None if row is None else row[2]
+        node = consumer.rpartition("#")[0] or consumer if isinstance(consumer, str) else None
+        where = "another subscription of this node" if node == self._node else f"node {node!r}"
         return AlreadyRegisteredError(
-            f"subscription {self.name!r} is already consumed by {owner!r}",
-            context={"name": self.name, "owner": owner},
+            f"subscription {self.name!r} is already consumed by {where} (until its lease "
+            "runs out, or it is stopped)",
+            context={"name": self.name, "owner": node, "consumer": consumer},
         )
+
+    def _releasing(self) -> bool:
+        """Whether this caller is the one to release the name (once, whoever comes first)."""
+        with self._release_lock:
+            if self._state not in ("running", "starting", "stopping"):
+                return False
+            self._state = "stopped"
+            return True
+
+    def _released(self) -> dict[str, Any]:
+        return {**self._stamp(), "status": "stopped", "error": None}
 
     def _page(self) -> tuple[str, dict[str, Any]]:
         criteria: dict[str, Any] = {
@@ -190,7 +212,7 @@ class _SubscriptionBase:
         self._events._telemetry.execute(
             ("foundation", "events", "subscription", "lag"),
             {"count": handled, "lag": max(0, last_position - self._checkpoint)},
-            {"name": self.name, "node": self._owner},
+            {"name": self.name, "node": self._node},
         )
 
     def _crashed(self, exc: BaseException) -> None:
@@ -247,6 +269,13 @@ class Subscription(_SubscriptionBase):
         self._thread.start()
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        finally:
+            if self._stop.is_set():  # stop() may have given up waiting for the handler
+                self._release()
+
+    def _loop(self) -> None:
         idle_since = time.monotonic()
         while not self._stop.is_set() and self._state == "running":
             self._wake.clear()  # before reading, so a write during the read wakes us again
@@ -304,20 +333,39 @@ class Subscription(_SubscriptionBase):
         return True
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop after the event in hand (if any) and release the name."""
+        """Stop after the event in hand (if any) and release the name.
+
+        If the handler is still running after ``timeout`` seconds, the state is
+        ``stopping`` and the name stays held until the handler returns: no other
+        consumer may start on the event in hand meanwhile.
+        """
         self._stop.set()
         self._wake.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout)
         self._events.remove_waker(self._wake.set)
-        if self._state in ("running", "starting"):
-            self._state = "stopped"
-            try:
-                self._db.execute(
-                    self._sql.sub_status, {**self._stamp(), "status": "stopped", "error": None}
-                )
-            except FoundationError:
-                log.warning("could not release subscription %r", self.name)
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+            if thread.is_alive():
+                with self._release_lock:
+                    if self._state == "running":
+                        self._state = "stopping"
+                if self._state == "stopping":  # else the thread ended meanwhile
+                    log.warning(
+                        "subscription %r: the handler is still running after %s s; the name "
+                        "is released when it returns",
+                        self.name,
+                        timeout,
+                    )
+                    return
+        self._release()
+
+    def _release(self) -> None:
+        if not self._releasing():
+            return
+        try:
+            self._db.execute(self._sql.sub_status, self._released())
+        except FoundationError:
+            log.warning("could not release subscription %r", self.name)
 
 
 class AsyncSubscription(_SubscriptionBase):
@@ -421,19 +469,21 @@ class AsyncSubscription(_SubscriptionBase):
         return True
 
     async def stop(self, timeout: float = 10.0) -> None:
+        """Stop after the event in hand; an ``async`` handler still running after
+        ``timeout`` seconds is cancelled (and the name released once it has ended)."""
         self._stopping = True
         self._wake.set()
-        if self._task is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(self._task), timeout)
-            except TimeoutError:
-                self._task.cancel()
         self._events.remove_waker(self._waker)
-        if self._state in ("running", "starting"):
-            self._state = "stopped"
+        task = self._task
+        if task is not None and not task.done() and task is not asyncio.current_task():
             try:
-                await self._db.execute(
-                    self._sql.sub_status, {**self._stamp(), "status": "stopped", "error": None}
-                )
+                await asyncio.wait_for(asyncio.shield(task), timeout)
+            except TimeoutError:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task  # the handler has ended before the name is given up
+        if self._releasing():
+            try:
+                await self._db.execute(self._sql.sub_status, self._released())
             except FoundationError:
                 log.warning("could not release subscription %r", self.name)

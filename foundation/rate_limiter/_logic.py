@@ -175,6 +175,26 @@ def check_usage_limit(limit: Any) -> int:
     return limit
 
 
+def usage_now(
+    algorithm: str,
+    start_ms: int,
+    count: int,
+    previous: int,
+    tat_us: int,
+    expires_ms: int,
+    now_ms: int,
+) -> tuple[int, int, int] | None:
+    """A stored limit as of ``now_ms``: ``(window_start_ms, used, previous_count)``, or
+    None when it holds nothing any more (its window ended, its bucket is full again)."""
+    if expires_ms <= now_ms or (algorithm == "token_bucket" and tat_us <= now_ms * 1000):
+        return None
+    if algorithm == "sliding_window":
+        interval = (expires_ms - start_ms) // 2  # stored: window_start + 2 * interval
+        if now_ms >= start_ms + interval:  # the current window ended: it is the previous now
+            return (start_ms + interval, 0, count) if count else None
+    return start_ms, count, previous
+
+
 # -- fixed window -------------------------------------------------------------------------
 # state: (window_start_ms, count)
 

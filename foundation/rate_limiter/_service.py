@@ -9,7 +9,15 @@ default) admits the request with a ``degraded`` decision and emits
 ``foundation.rate_limiter.storage_error``; ``"closed"`` raises the
 ``storage_unavailable`` error and the function is not called. Fail open is the default
 because a limiter protects a service from overload, and refusing every call while the
-database is down would turn a database outage into a full outage.
+database is down would turn a database outage into a full outage. A closed instance is
+not an outage: after ``close()`` a shared limit raises ``storage_unavailable`` whatever
+the policy (a bug in the caller, reported as config and the registry report it), while
+a local limit (``scope="local"``) needs no database and keeps deciding, as a local
+circuit breaker keeps running.
+
+The sync face refuses ``async`` functions (``validation_error``): their coroutine would
+run, if ever, outside the limit. An ``async def`` is refused before a request is counted;
+a plain function found returning a coroutine, after (its request was counted).
 
 Expired rows are deleted a small batch at a time (``CLEANUP_BATCH`` rows, no table scan
 held under a lock, ``SKIP LOCKED`` on PostgreSQL) by whichever call on a node finds the
@@ -48,6 +56,7 @@ from foundation.rate_limiter._logic import (
     make_limit,
     sliding_decision,
     sliding_window,
+    usage_now,
 )
 from foundation.rate_limiter._store import LimiterSQL
 from foundation.settings import Settings
@@ -77,7 +86,9 @@ def _fn_key(fn: Any) -> str:
 
 
 class LimitUsage(NamedTuple):
-    """One stored limit, as ``foundation limits`` would list it (times in epoch ms / µs)."""
+    """One stored limit as of now, as ``foundation limits`` lists it (times in epoch ms /
+    µs): a window that has ended, or a bucket full again, is left out; a sliding window
+    whose current window ended shows its count as the previous window's."""
 
     key: str
     algorithm: str
@@ -144,6 +155,31 @@ class _LimiterBase:
                 f"rate_limiter.execute needs a callable, not {type(fn).__name__}",
                 context={"fn": repr(fn)[:100]},
             )
+
+    @staticmethod
+    def _async_refused(fn: Any, key: Any) -> ValidationError:
+        return ValidationError(
+            f"the rate limiter got a coroutine from {fn!r}: call async functions through "
+            "AsyncFoundation's rate_limiter (and await it)",
+            context={"key": repr(key)[:100], "fn": repr(fn)[:100]},
+        )
+
+    def _check_sync_fn(self, fn: Any, key: Any) -> None:
+        """The sync face's check, before a request is counted: a callable, not ``async``."""
+        self._check_fn(fn)
+        code = getattr(fn, "__code__", None)  # a function or a bound method: one flag test
+        if (
+            code.co_flags & inspect.CO_COROUTINE
+            if code is not None
+            else inspect.iscoroutinefunction(fn)
+        ):
+            raise self._async_refused(fn, key)
+
+    def _sync_result(self, fn: Any, key: Any, result: Any) -> Any:
+        if inspect.iscoroutine(result):  # from a plain function: it would escape the limit
+            result.close()
+            raise self._async_refused(fn, key)
+        return result
 
     # -- local scope ------------------------------------------------------------------
 
@@ -217,8 +253,8 @@ class _LimiterBase:
             1.0 if deleted >= CLEANUP_BATCH else CLEANUP_EVERY_S
         )
 
-    def _cleanup_params(self) -> dict[str, Any]:
-        params: dict[str, Any] = {"batch": CLEANUP_BATCH}
+    def _now_params(self, **params: Any) -> dict[str, Any]:
+        """``params``, with this node's clock on SQLite (PostgreSQL reads its own)."""
         if self._sql is not None and self._sql.backend == "sqlite":
             params["now_ms"] = time.time_ns() // 1_000_000
         return params
@@ -297,6 +333,8 @@ class RateLimiter(_LimiterBase):
         try:
             row = self._db.fetchone(self._sql.upsert[limit.algorithm], self._params(key, limit))
         except (StorageUnavailableError, StorageError) as exc:
+            if self._db._closed:  # used after close(): not an outage, never fail open
+                raise
             return self._degraded(key, limit, exc)
         assert row is not None
         if self._cleanup_due():
@@ -308,8 +346,10 @@ class RateLimiter(_LimiterBase):
         assert self._db is not None and self._sql is not None
         self._next_cleanup = time.monotonic() + CLEANUP_EVERY_S
         try:
-            deleted = self._db.execute(self._sql.cleanup, self._cleanup_params())
+            deleted = self._db.execute(self._sql.cleanup, self._now_params(batch=CLEANUP_BATCH))
         except FoundationError as exc:
+            if self._db._closed:
+                raise
             log.warning("rate limit cleanup failed: %s", exc.message)
             return 0
         self._cleaned(deleted)
@@ -342,9 +382,10 @@ class RateLimiter(_LimiterBase):
         """Call ``fn()`` if ``key`` (default: ``fn``'s qualified name) is within its limit,
         else raise ``rate_limited`` (``retry_after``, ``limit``, ``remaining``, ``interval``
         in its context) without calling it."""
-        self._check_fn(fn)
-        self.acquire(_fn_key(fn) if key is None else key, max_requests, interval, algorithm, scope)
-        return fn()
+        self._check_sync_fn(fn, key)
+        name = _fn_key(fn) if key is None else key
+        self.acquire(name, max_requests, interval, algorithm, scope)
+        return self._sync_result(fn, name, fn())
 
     def limit(
         self,
@@ -354,41 +395,46 @@ class RateLimiter(_LimiterBase):
         algorithm: Any = "fixed_window",
         scope: Any = "shared",
     ) -> Callable[[F], F]:
-        """Decorator: every call of the function is one request on ``key``."""
+        """Decorator: every call of the function is one request on ``key`` (an ``async
+        def`` is refused: decorate it with AsyncFoundation's rate_limiter)."""
         self._limit(max_requests, interval, algorithm)
         self._scope(scope)
+        checked = None if key is None else check_key(key, self._max_key)
 
         def decorate(fn: F) -> F:
-            self._check_fn(fn)
-            name = _fn_key(fn) if key is None else check_key(key, self._max_key)
+            self._check_sync_fn(fn, key)
+            name = _fn_key(fn) if checked is None else checked
 
             @functools.wraps(fn)
             def wrapper(*args: Any, **kwargs: Any) -> Any:
                 self.acquire(name, max_requests, interval, algorithm, scope)
-                return fn(*args, **kwargs)
+                return self._sync_result(fn, name, fn(*args, **kwargs))
 
             return wrapper  # type: ignore[return-value]
 
         return decorate
 
     def usage(self, limit: int = 1000) -> list[LimitUsage]:
-        """Stored limits (for ``foundation limits``): key, algorithm and counters."""
+        """The stored limits as of now (for ``foundation limits``): key, algorithm and
+        counters; what has ended is left out (see :class:`LimitUsage`)."""
         assert self._db is not None and self._sql is not None
-        rows = self._db.fetchall(self._sql.select_all, {"limit": check_usage_limit(limit)})
-        return [_usage(r) for r in rows]
+        rows = self._db.fetchall(
+            self._sql.select_all, self._now_params(limit=check_usage_limit(limit))
+        )
+        return _usages(rows)
 
 
-def _usage(row: Any) -> LimitUsage:
-    key, algorithm, start, count, previous, tat, expires = row
-    return LimitUsage(
-        key,
-        algorithm,
-        int(start),
-        int(count),
-        int(previous),
-        int(tat),
-        datetime.fromtimestamp(int(expires) / 1000, UTC),
-    )
+def _usages(rows: list[Any]) -> list[LimitUsage]:
+    """The stored rows as of the database's now (the last column)."""
+    out = []
+    for key, algorithm, start, count, previous, tat, expires, now in rows:
+        state = usage_now(
+            algorithm, int(start), int(count), int(previous), int(tat), int(expires), int(now)
+        )
+        if state is not None:
+            at = datetime.fromtimestamp(int(expires) / 1000, UTC)
+            out.append(LimitUsage(key, algorithm, *state, int(tat), at))
+    return out
 
 
 class AsyncRateLimiter(_LimiterBase):
@@ -432,6 +478,8 @@ class AsyncRateLimiter(_LimiterBase):
                 self._sql.upsert[limit.algorithm], self._params(key, limit)
             )
         except (StorageUnavailableError, StorageError) as exc:
+            if self._db._closed:  # used after close(): not an outage, never fail open
+                raise
             return self._degraded(key, limit, exc)
         assert row is not None
         if self._cleanup_due():
@@ -442,8 +490,12 @@ class AsyncRateLimiter(_LimiterBase):
         assert self._db is not None and self._sql is not None
         self._next_cleanup = time.monotonic() + CLEANUP_EVERY_S
         try:
-            deleted = await self._db.execute(self._sql.cleanup, self._cleanup_params())
+            deleted = await self._db.execute(
+                self._sql.cleanup, self._now_params(batch=CLEANUP_BATCH)
+            )
         except FoundationError as exc:
+            if self._db._closed:
+                raise
             log.warning("rate limit cleanup failed: %s", exc.message)
             return 0
         self._cleaned(deleted)
@@ -493,10 +545,11 @@ class AsyncRateLimiter(_LimiterBase):
         """Decorator for ``async def`` functions: each call is one request on ``key``."""
         self._limit(max_requests, interval, algorithm)
         self._scope(scope)
+        checked = None if key is None else check_key(key, self._max_key)
 
         def decorate(fn: F) -> F:
             self._check_fn(fn)
-            name = _fn_key(fn) if key is None else check_key(key, self._max_key)
+            name = _fn_key(fn) if checked is None else checked
 
             @functools.wraps(fn)
             async def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -512,5 +565,7 @@ class AsyncRateLimiter(_LimiterBase):
 
     async def usage(self, limit: int = 1000) -> list[LimitUsage]:
         assert self._db is not None and self._sql is not None
-        rows = await self._db.fetchall(self._sql.select_all, {"limit": check_usage_limit(limit)})
-        return [_usage(r) for r in rows]
+        rows = await self._db.fetchall(
+            self._sql.select_all, self._now_params(limit=check_usage_limit(limit))
+        )
+        return _usages(rows)

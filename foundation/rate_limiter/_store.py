@@ -156,6 +156,7 @@ class LimiterSQL:
 
     @classmethod
     def build(cls, backend: Backend, codec: Codec, fast_commit: bool = True) -> LimiterSQL:
+        now_ms, _ = _now(backend)
         return cls(
             backend=backend,
             upsert={
@@ -172,7 +173,9 @@ class LimiterSQL:
                     t.c.previous_count,
                     t.c.tat_us,
                     t.c.expires_at_ms,
+                    now_ms,
                 )
+                .where(t.c.expires_at_ms > now_ms)  # what has ended holds nothing any more
                 .order_by(t.c.key, t.c.algorithm)
                 .limit(sa.bindparam("limit"))
                 .offset(sa.literal_column("0")),

@@ -100,5 +100,6 @@ def members(group: Any) -> builtins.list[GroupMember]:
 
 
 def watch(name_or_prefix: Any, callback: Callable[[RegistryChange], Any]) -> RegistryWatch:
-    """Call ``callback(change)`` on every change of a name or prefix (``"svc.*"``)."""
+    """Call ``callback(change)`` on changes of a name or prefix (``"svc.*"``); another
+    node's changes arrive coalesced to the latest state (see ``ServiceRegistry.watch``)."""
     return _registry().watch(name_or_prefix, callback)

@@ -30,7 +30,6 @@ from foundation.service_registry._state import (
     RegistryWatch,
     ServiceEntry,
     _Lease,
-    check_json,
     check_name,
 )
 from foundation.service_registry._store import RegistrySQL
@@ -182,7 +181,7 @@ class AsyncServiceRegistry(_RegistryBase):
         local: bool = False,
     ) -> ServiceEntry:
         if local:
-            return self._register_local(name, address, metadata)
+            return self._register_local(name, address, metadata, ttl)
         started = time.perf_counter_ns()
         name, held = self._prepare(name, address, metadata, ttl)
         self._check_local_free(name)
@@ -214,6 +213,7 @@ class AsyncServiceRegistry(_RegistryBase):
     async def unregister(self, name: Any, force: bool = False) -> None:
         started = time.perf_counter_ns()
         name = check_name(name)
+        force = self._check_force(force)
         if self._unregister_local(name):
             return
         self._begin_write(name)  # its own notification then costs the listener no read
@@ -222,14 +222,15 @@ class AsyncServiceRegistry(_RegistryBase):
                 row = await self._db.fetchone(
                     self._sql.unregister_force, {"name": name, **self._sql.clock()}
                 )
-            elif name in self._held and self._lease is not None:
+            elif self._held_live(name) is not None and self._lease is not None:
                 params = {"name": name, "node": self._node, "gen": self._lease.generation}
                 row = await self._db.fetchone(self._sql.unregister, {**params, **self._sql.clock()})
             else:
                 raise self._not_held(name)
             if row is None:
-                self._held.pop(name, None)
-                raise self._not_held(name)
+                if not force:
+                    self._held.pop(name, None)
+                raise self._not_held(name, force=force)
             self._unregistered(name, row, started)
         finally:
             await self._settle(name)
@@ -238,16 +239,11 @@ class AsyncServiceRegistry(_RegistryBase):
         name = check_name(name)
         local = self._state.local_entry(name)
         if local is not None:
-            entry = ServiceEntry(
-                name, local.address, metadata, local.node, local.registered_at, 0, local=True
-            )
-            self._state.add_local(entry)
-            self._state.notify([RegistryChange(name, "metadata", entry, "local")])
-            return entry
-        held = self._held.get(name)
+            return self._update_local(local, metadata)
+        meta, text = self._metadata_json(name, metadata)
+        held = self._held_live(name)
         if held is None or self._lease is None:
             raise self._not_held(name)
-        meta, text = check_json(metadata, f"the metadata of {name!r}", name, self._max_bytes)
         self._begin_write(name)
         try:
             params = {"name": name, "node": self._node, "gen": self._lease.generation}
@@ -255,6 +251,7 @@ class AsyncServiceRegistry(_RegistryBase):
                 self._sql.update_metadata, {**params, "metadata": text, **self._sql.clock()}
             )
             if row is None:
+                self._held_live(name)  # forgets it if its own TTL has passed
                 raise self._not_held(name)
             self._held[name] = _Held(held.address, held.address_text, meta, text, held.ttl_ms)
             entry = self._entry(row)

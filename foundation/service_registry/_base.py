@@ -282,36 +282,112 @@ class _RegistryBase(RegistryFeedSide):
         self._emit(_UNREGISTER, started, {"name": name})
         self._state.notify(changes)
 
-    def _not_held(self, name: str) -> NotFoundError:
+    def _not_held(self, name: str, *, force: bool = False) -> NotFoundError:
+        """``not_found`` for an unregister or update_metadata that changed nothing."""
         entry = self._state.live_entry(name)
         context: dict[str, Any] = {"name": name, "node": self._node}
-        if entry is not None:
+        if entry is not None and entry.node != self._node and not force:
             context["owner"] = entry.node
-        return NotFoundError(f"this node does not hold {name!r}", context=context)
+            return NotFoundError(
+                f"this node does not hold {name!r} (node {entry.node!r} does)", context=context
+            )
+        return NotFoundError(f"no service is registered as {name!r}", context=context)
+
+    def _check_force(self, force: Any) -> bool:
+        if not isinstance(force, bool):
+            raise ValidationError(
+                f"force must be True or False, not {type(force).__name__}",
+                context={"force": repr(force)[:100]},
+            )
+        return force
+
+    def _held_live(self, name: str) -> _Held | None:
+        """What this node holds as ``name``, unless its own TTL has passed (then forgotten:
+        it is registered nowhere, and must not be written again after a lease loss)."""
+        held = self._held.get(name)
+        if held is not None and held.ttl_ms is not None:
+            entry = self._state.cached_entry(name)
+            if entry is not None and entry.until <= time.time():
+                self._held.pop(name, None)
+                return None
+        return held
 
     def _check_local_free(self, name: str) -> None:
-        if self._state.local_entry(name) is not None:
+        local = self._state.local_entry(name)
+        if local is not None:
             raise AlreadyRegisteredError(
                 f"{name!r} is registered locally in this process",
                 context={"name": name, "owner": self._node, "local": True},
             )
 
-    def _register_local(self, name: Any, value: Any, metadata: Any) -> ServiceEntry:
+    def _register_local(self, name: Any, value: Any, metadata: Any, ttl: Any) -> ServiceEntry:
+        """A local entry: any object as its address, JSON metadata, an optional TTL.
+
+        One name, one holder as this node sees it: a name this node's cache shows held
+        cluster-wide is refused, as a cluster ``register`` of a local name is.
+        """
         name = check_name(name)
-        if self._state.local_entry(name) is not None or self._state.live_entry(name) is not None:
-            raise self._conflict(name, None)
+        meta, _ = check_json(
+            {} if metadata is None else metadata,
+            f"the metadata of {name!r}",
+            name,
+            self._max_bytes,
+        )
+        ttl_ms = check_ttl(ttl)
+        self._check_local_free(name)
+        owner = self._state.live_entry(name)
+        if owner is not None:
+            context = {"name": name, "owner": owner.node, "address": owner.address}
+            self._telemetry.execute(_CONFLICT, {"count": 1}, {"node": self._node, **context})
+            raise AlreadyRegisteredError(
+                f"{name!r} is already registered by node {owner.node!r} at {owner.address!r}",
+                context={**context, "epoch": owner.epoch},
+            )
+        now = datetime.now(UTC)
         entry = ServiceEntry(
             name=name,
             address=value,
-            metadata={} if metadata is None else metadata,
+            metadata=meta,
             node=self._node,
-            registered_at=datetime.now(UTC),
+            registered_at=now,
             epoch=0,
             local=True,
+            until=INF if ttl_ms is None else now.timestamp() + ttl_ms / 1000,
         )
         self._state.add_local(entry)
         self._state.notify([RegistryChange(name, "register", entry, "local")])
         return entry
+
+    def _update_local(self, local: ServiceEntry, metadata: Any) -> ServiceEntry:
+        name = local.name
+        meta, _ = check_json(
+            {} if metadata is None else metadata,
+            f"the metadata of {name!r}",
+            name,
+            self._max_bytes,
+        )
+        entry = ServiceEntry(
+            name,
+            local.address,
+            meta,
+            local.node,
+            local.registered_at,
+            0,
+            local=True,
+            until=local.until,
+        )
+        self._state.add_local(entry)
+        self._state.notify([RegistryChange(name, "metadata", entry, "local")])
+        return entry
+
+    def _metadata_json(self, name: str, metadata: Any) -> tuple[Any, str]:
+        """``update_metadata``'s value: JSON, and ``None`` means ``{}`` (as in register)."""
+        return check_json(
+            {} if metadata is None else metadata,
+            f"the metadata of {name!r}",
+            name,
+            self._max_bytes,
+        )
 
     def _unregister_local(self, name: str) -> bool:
         entry = self._state.remove_local(name)
@@ -358,9 +434,12 @@ class _RegistryBase(RegistryFeedSide):
         self._state.notify(self._state.apply_member(group, member_id, None, "local"))
 
     def _pending_names(self) -> builtins.list[str]:
-        """Names held but not (yet) written under the current lease generation."""
+        """Names held but not (yet) written under the current lease generation (and
+        not past their own TTL: those are forgotten)."""
         out = []
         for name in builtins.list(self._held):
+            if self._held_live(name) is None:
+                continue
             entry = self._state.cached_entry(name)
             if entry is None or entry.lease is not self._lease:
                 out.append(name)
@@ -385,11 +464,10 @@ class _RegistryBase(RegistryFeedSide):
     def _publish(self, changes: builtins.list[RegistryChange]) -> None:
         for change in changes:
             if change.kind == "expired" and change.entry is not None:
-                self._telemetry.execute(
-                    _EXPIRED,
-                    {"count": 1},
-                    {"name": change.name, "node": self._node, "owner": change.entry.node},
-                )
+                meta = {"name": change.name, "node": self._node, "owner": change.entry.node}
+                if isinstance(change.entry, GroupMember):
+                    meta["member_id"] = change.entry.member_id
+                self._telemetry.execute(_EXPIRED, {"count": 1}, meta)
         self._state.notify(changes)
 
     # -- watch ------------------------------------------------------------------------
@@ -397,4 +475,10 @@ class _RegistryBase(RegistryFeedSide):
     def _watch(
         self, pattern: Any, callback: Callable[[RegistryChange], Any], loop: Any
     ) -> RegistryWatch:
+        if isinstance(pattern, str) and not pattern.strip():
+            raise ValidationError(
+                "a registry watch pattern must not be empty: a name, a prefix ending in '*'"
+                " ('svc.*'), or '*' for every name",
+                context={"pattern": pattern},
+            )
         return self._state.watch(pattern, callback, loop)

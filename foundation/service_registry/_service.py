@@ -31,7 +31,6 @@ from foundation.service_registry._state import (
     RegistryWatch,
     ServiceEntry,
     _Lease,
-    check_json,
     check_name,
 )
 from foundation.service_registry._store import RegistrySQL
@@ -177,11 +176,20 @@ class ServiceRegistry(_RegistryBase):
 
         A name whose owner's lease expired is taken over in one atomic statement; the
         returned entry's ``epoch`` is the new fencing token. ``ttl`` (ms or timedelta)
-        limits this registration further; ``local=True`` maps the name to any Python
-        object in this process only.
+        limits this registration further: past it the name is registered nowhere
+        (``update_metadata`` and ``unregister`` raise ``not_found``). ``metadata`` is
+        JSON (``None``: ``{}``).
+
+        ``local=True`` maps the name to any Python object (``address``) in this process
+        only, never written to the database; ``ttl`` applies as well. On one node a name
+        is either local or cluster-wide: each refuses the other (``already_registered``).
+        Another node cannot see a local entry and may register the same name
+        cluster-wide; on this node the local entry then shadows it (``lookup``, ``find``
+        and ``list`` show the local one, ``unregister`` removes it, and the cluster entry
+        shows again).
         """
         if local:
-            return self._register_local(name, address, metadata)
+            return self._register_local(name, address, metadata, ttl)
         started = time.perf_counter_ns()
         name, held = self._prepare(name, address, metadata, ttl)
         self._check_local_free(name)
@@ -212,9 +220,12 @@ class ServiceRegistry(_RegistryBase):
                 self._apply_name_row(name, revision, row)
 
     def unregister(self, name: Any, force: bool = False) -> None:
-        """Release ``name`` (only its owner may, unless ``force=True``)."""
+        """Release ``name`` (only its owner may, unless ``force=True``; ``force`` is a
+        bool). A local entry of this process goes first. ``not_found`` when no live
+        registration exists (or, without ``force``, when another node holds it)."""
         started = time.perf_counter_ns()
         name = check_name(name)
+        force = self._check_force(force)
         if self._unregister_local(name):
             return
         self._begin_write(name)  # its own notification then costs the listener no read
@@ -223,33 +234,30 @@ class ServiceRegistry(_RegistryBase):
                 row = self._db.fetchone(
                     self._sql.unregister_force, {"name": name, **self._sql.clock()}
                 )
-            elif name in self._held and self._lease is not None:
+            elif self._held_live(name) is not None and self._lease is not None:
                 params = {"name": name, "node": self._node, "gen": self._lease.generation}
                 row = self._db.fetchone(self._sql.unregister, {**params, **self._sql.clock()})
             else:
                 raise self._not_held(name)
             if row is None:
-                self._held.pop(name, None)
-                raise self._not_held(name)
+                if not force:
+                    self._held.pop(name, None)
+                raise self._not_held(name, force=force)
             self._unregistered(name, row, started)
         finally:
             self._settle(name)
 
     def update_metadata(self, name: Any, metadata: Any) -> ServiceEntry:
-        """Replace the metadata of a name this node holds; every node sees the change."""
+        """Replace the metadata (JSON; ``None``: ``{}``) of a live name this node holds;
+        every node sees the change. ``not_found`` past the entry's own TTL."""
         name = check_name(name)
         local = self._state.local_entry(name)
         if local is not None:
-            entry = ServiceEntry(
-                name, local.address, metadata, local.node, local.registered_at, 0, local=True
-            )
-            self._state.add_local(entry)
-            self._state.notify([RegistryChange(name, "metadata", entry, "local")])
-            return entry
-        held = self._held.get(name)
+            return self._update_local(local, metadata)
+        meta, text = self._metadata_json(name, metadata)
+        held = self._held_live(name)
         if held is None or self._lease is None:
             raise self._not_held(name)
-        meta, text = check_json(metadata, f"the metadata of {name!r}", name, self._max_bytes)
         self._begin_write(name)
         try:
             params = {"name": name, "node": self._node, "gen": self._lease.generation}
@@ -257,6 +265,7 @@ class ServiceRegistry(_RegistryBase):
                 self._sql.update_metadata, {**params, "metadata": text, **self._sql.clock()}
             )
             if row is None:
+                self._held_live(name)  # forgets it if its own TTL has passed
                 raise self._not_held(name)
             self._held[name] = _Held(held.address, held.address_text, meta, text, held.ttl_ms)
             entry = self._entry(row)
@@ -292,8 +301,27 @@ class ServiceRegistry(_RegistryBase):
     def watch(
         self, name_or_prefix: Any, callback: Callable[[RegistryChange], Any]
     ) -> RegistryWatch:
-        """Call ``callback(change)`` on register, unregister, expiry, metadata changes and
-        losses of a name (``"svc.*"``: a prefix, ``"*"``: all), and join/leave of a group."""
+        """Call ``callback(change)`` for changes of a name, a prefix (``"svc.*"``) or all
+        names (``"*"``); an empty pattern is refused (``validation_error``).
+
+        ``change.kind``, for a name: ``register``, ``unregister``, ``metadata``,
+        ``expired`` (its owner's lease or its own TTL ran out; once per registration,
+        never for what was already dead when this node loaded its cache) and ``lost``
+        (this node's lease lapsed and another node took the name). For a group (``name``
+        is the group, ``entry`` a :class:`GroupMember`): ``join``, ``leave`` and
+        ``expired`` (the member's node died).
+
+        What this node does is reported in full (``source="local"``). Another node's
+        changes (``source="remote"``) are reported as this node's cache catches up:
+        SQLite once per poll, PostgreSQL once per notification read, and each read takes
+        the name's *current* row. Changes that land between two reads are coalesced into
+        one change to the latest state: three ``update_metadata`` calls may arrive as one
+        ``metadata`` with the last value; a name registered and unregistered in between
+        may not be reported at all; an unregister followed by a new registration may
+        arrive as one ``register`` with a higher ``epoch``. A watcher always ends on the
+        latest state (the cache's own), never on an older one. Every intermediate change
+        of another node needs a change log in the database (not there yet).
+        """
         return self._watch(name_or_prefix, callback, None)
 
     def close(self) -> None:

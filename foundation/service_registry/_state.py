@@ -73,6 +73,27 @@ _DEAD = _Lease("", -1, 0.0)
 _FOREVER = _Lease("", 0, INF)
 
 
+def _due(
+    timed: set[str], entries: dict[str, ServiceEntry], now: float
+) -> builtins.list[ServiceEntry]:
+    """The entries of ``timed`` (names with their own TTL) whose TTL has passed; those and
+    the names no longer timed leave the set."""
+    due = []
+    for name in list(timed):
+        entry = entries.get(name)
+        if entry is None or entry.until == INF:
+            timed.discard(name)
+        elif entry.until <= now:
+            timed.discard(name)
+            due.append(entry)
+    return due
+
+
+def _death(entry: ServiceEntry) -> float:
+    """When ``entry`` stops being live, as the cache knows it now (0: lease not known)."""
+    return min(entry.lease.expires, entry.until)
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class ServiceEntry:
     """A registered name: where the service is, who holds it, and its fencing epoch.
@@ -158,7 +179,8 @@ class GroupMember:
 
 @dataclass(frozen=True)
 class RegistryChange:
-    """What a watcher receives. ``name`` is the group's name for join/leave."""
+    """What a watcher receives. For a group member (join, leave, expired) ``name`` is the
+    group's name and ``entry`` a :class:`GroupMember`."""
 
     name: str
     kind: ChangeKind
@@ -268,6 +290,12 @@ class RegistryState:
         )
         self._announced: set[tuple[str, int]] = set()  # dead leases already reported
         self._timed: set[str] = set()  # names with their own TTL
+        self._timed_local: set[str] = set()  # local entries with their own TTL
+        # What was reported dead (or was dead when it reached this cache), with its time of
+        # death: one "expired" per registration, none for what was dead before this node
+        # saw it. A lease that comes back to life (a late renewal) dies later, and counts.
+        self._reported: dict[str, tuple[ServiceEntry, float]] = {}
+        self._reported_members: dict[tuple[str, str], tuple[GroupMember, float]] = {}
         # A resync reads a snapshot that may predate this node's own latest writes (they
         # run on other threads): what changed after the resync began is left alone.
         self._seq = 0
@@ -277,8 +305,10 @@ class RegistryState:
     # -- reads (hot path) -------------------------------------------------------------
 
     def lookup(self, name: Any) -> ServiceEntry:
+        # A local entry shadows a cluster entry of the same name on this node; ``_local``
+        # is almost always empty, so the common case costs one truth test more.
         try:
-            entry = self._entries.get(name)
+            entry = (self._local.get(name) if self._local else None) or self._entries.get(name)
         except TypeError:
             entry = None
         if entry is not None:
@@ -289,7 +319,7 @@ class RegistryState:
 
     def find(self, name: Any) -> ServiceEntry | None:
         try:
-            entry = self._entries.get(name)
+            entry = (self._local.get(name) if self._local else None) or self._entries.get(name)
         except TypeError:
             entry = None
         if entry is not None:
@@ -299,17 +329,12 @@ class RegistryState:
         return self._miss(name, raise_=False)
 
     def _miss(self, name: Any, *, raise_: bool) -> ServiceEntry | None:
-        given = name
+        # The slow path: an Enum (the cache is keyed by the name's text), a local entry
+        # past its own TTL that shadowed a live cluster entry, or no live entry at all.
         name = check_name(name)
-        if name is not given:  # an Enum (the cache is keyed by the name's text)
-            entry = self._entries.get(name)
-            if entry is not None:
-                now = _time()
-                if entry.lease.expires > now and entry.until > now:
-                    return entry
-        local = self._local.get(name)
-        if local is not None:
-            return local
+        entry = self.local_entry(name) or self.live_entry(name)
+        if entry is not None:
+            return entry
         if raise_:
             raise NotFoundError(f"no service is registered as {name!r}", context={"name": name})
         return None
@@ -319,17 +344,23 @@ class RegistryState:
         return entry if entry is not None and entry.alive else None
 
     def local_entry(self, name: str) -> ServiceEntry | None:
-        return self._local.get(name)
+        """This process's live local entry for ``name`` (a local TTL may have passed)."""
+        entry = self._local.get(name)
+        return entry if entry is not None and entry.until > _time() else None
 
     def list(
         self, prefix: str | None, where: Callable[[Any], bool] | None
     ) -> builtins.list[ServiceEntry]:
         now = _time()
+        local = dict(self._local)
+        live_local = [e for e in local.values() if e.until > now]
+        shadowed = {e.name for e in live_local}  # a local entry hides a cluster one here
         found = [
             e
-            for e in list(self._entries.values()) + list(self._local.values())
+            for e in [*self._entries.values(), *live_local]
             if e.lease.expires > now
             and e.until > now
+            and (not shadowed or e.local or e.name not in shadowed)
             and (prefix is None or e.name.startswith(prefix))
             and (where is None or where(e.metadata))
         ]
@@ -406,14 +437,29 @@ class RegistryState:
             if self._resyncing:
                 self._touched[name] = self._seq
             old = self._entries.get(name)
-            old_live = old is not None and old.alive
+            now = _time()
+            old_live = old is not None and old.lease.expires > now and old.until > now
             src: Any = source
+            # An old registration that died unseen by the sweep (replaced within a tick).
+            changes = [] if old is None or old_live else self._expired_entry(old, src)
             if entry is None:
                 self._entries.pop(name, None)
-                return [RegistryChange(name, "unregister", old, src)] if old_live else []
+                self._reported.pop(name, None)
+                if old_live:
+                    changes.append(RegistryChange(name, "unregister", old, src))
+                return changes
             self._entries[name] = entry
             if entry.until != INF:
                 self._timed.add(name)
+            death = _death(entry)
+            if 0.0 < death <= now or entry.lease is _DEAD:
+                # Dead before it reached this cache (a lapsed lease or TTL, an old lease
+                # generation): nobody could look it up here, so no register, no expiry.
+                self._reported[name] = (entry, death)
+                if old_live:
+                    changes.append(RegistryChange(name, "unregister", old, src))
+                return changes
+            self._reported.pop(name, None)
             if (
                 old_live
                 and old is not None
@@ -422,9 +468,33 @@ class RegistryState:
                 and old.lease is entry.lease
             ):
                 if old.metadata != entry.metadata or old.address != entry.address:
-                    return [RegistryChange(name, "metadata", entry, src)]
-                return []
-            return [RegistryChange(name, "register", entry, src)]
+                    changes.append(RegistryChange(name, "metadata", entry, src))
+                return changes
+            changes.append(RegistryChange(name, "register", entry, src))
+            return changes
+
+    def _expired_entry(self, entry: ServiceEntry, source: Any) -> builtins.list[RegistryChange]:
+        """``[expired]`` the first time this registration is seen dead, else ``[]``."""
+        death = _death(entry)
+        if death <= 0.0:  # its lease's expiry is not known yet (or it was released)
+            return []
+        seen = self._reported.get(entry.name)
+        if seen is not None and seen[0] is entry and death <= seen[1]:
+            return []
+        self._reported[entry.name] = (entry, death)
+        return [RegistryChange(entry.name, "expired", entry, source)]
+
+    def _expired_member(self, member: GroupMember, source: Any) -> builtins.list[RegistryChange]:
+        """As :meth:`_expired_entry`, for a group member."""
+        death = member.lease.expires
+        if death <= 0.0:
+            return []
+        key = (member.group, member.member_id)
+        seen = self._reported_members.get(key)
+        if seen is not None and seen[0] is member and death <= seen[1]:
+            return []
+        self._reported_members[key] = (member, death)
+        return [RegistryChange(member.group, "expired", member, source)]
 
     def replace_leases(self, lease_rows: Iterable[tuple[str, int, float]]) -> None:
         """A resync, first half: the leases as the table has them (a missing one is dead)."""
@@ -503,17 +573,33 @@ class RegistryState:
                 self._touched[(group, member_id)] = self._seq
             table = self._members.setdefault(group, {})
             old = table.get(member_id)
+            now = _time()
+            old_live = old is not None and old.lease.expires > now
             if member is None:
                 table.pop(member_id, None)
                 if not table:
                     self._members.pop(group, None)
-                return [RegistryChange(group, "leave", old, src)] if old is not None else []
+                self._reported_members.pop((group, member_id), None)
+                if old is None:
+                    return []
+                if old_live:
+                    return [RegistryChange(group, "leave", old, src)]
+                return self._expired_member(old, src)  # pruned before the sweep saw it die
             if old is not None and old.revision >= member.revision:
                 return []
             table[member_id] = member
-            if old is not None and old.alive and old.lease is member.lease:
-                return []
-            return [RegistryChange(group, "join", member, src)]
+            changes = [] if old is None or old_live else self._expired_member(old, src)
+            death = member.lease.expires
+            if 0.0 < death <= now or member.lease is _DEAD:
+                self._reported_members[(group, member_id)] = (member, death)
+                if old_live:
+                    changes.append(RegistryChange(group, "leave", old, src))
+                return changes
+            self._reported_members.pop((group, member_id), None)
+            if old_live and old is not None and old.lease is member.lease:
+                return changes
+            changes.append(RegistryChange(group, "join", member, src))
+            return changes
 
     def replace_members(
         self, members: Iterable[GroupMember], mark: int
@@ -535,6 +621,8 @@ class RegistryState:
     def add_local(self, entry: ServiceEntry) -> None:
         with self._lock:
             self._local[entry.name] = entry
+            if entry.until != INF:
+                self._timed_local.add(entry.name)
 
     def remove_local(self, name: str) -> ServiceEntry | None:
         with self._lock:
@@ -563,15 +651,17 @@ class RegistryState:
                 candidates = [
                     e for e in self._entries.values() if (e.lease.node, e.lease.generation) in newly
                 ]
-            for name in list(self._timed):
-                entry = self._entries.get(name)
-                if entry is None or entry.until == INF:
-                    self._timed.discard(name)
-                elif entry.until <= now:
-                    self._timed.discard(name)
-                    candidates.append(entry)
+            candidates += _due(self._timed, self._entries, now)
             for entry in candidates:
-                changes.append(RegistryChange(entry.name, "expired", entry, "remote"))
+                changes += self._expired_entry(entry, "remote")
+            if newly:
+                for table in self._members.values():
+                    for member in table.values():
+                        if (member.lease.node, member.lease.generation) in newly:
+                            changes += self._expired_member(member, "remote")
+            for local in _due(self._timed_local, self._local, now):
+                del self._local[local.name]
+                changes.append(RegistryChange(local.name, "expired", local, "local"))
         return changes
 
     # -- watches ----------------------------------------------------------------------

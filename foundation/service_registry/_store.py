@@ -230,17 +230,20 @@ class RegistrySQL:
             where=_dead_owner(backend, now),
         ).returning(*REGISTERED_COLUMNS)
 
+        # The owner's own writes: its row, under its lease generation, and not past the
+        # entry's own TTL (a name nobody can look up is registered nowhere: not_found).
         mine = (
             registry.c.name == sa.bindparam("name"),
             registry.c.node_id == sa.bindparam("node"),
             registry.c.lease_generation == sa.bindparam("gen"),
+            sa.or_(registry.c.expires_at.is_(None), registry.c.expires_at > now),
         )
         unregister = (
             sa.update(registry).where(*mine).values(**tombstone).returning(registry.c.revision)
         )
         unregister_force = (
             sa.update(registry)
-            .where(registry.c.name == sa.bindparam("name"), registry.c.node_id.is_not(None))
+            .where(registry.c.name == sa.bindparam("name"), ~_dead_owner(backend, now))
             .values(**tombstone)
             .returning(registry.c.revision)
         )
