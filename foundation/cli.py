@@ -17,12 +17,13 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC
 from typing import Any
 
 import click
-import pydantic
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -33,13 +34,12 @@ from foundation.database import migrate
 from foundation.database.errors import translate_errors
 from foundation.database.url import DatabaseURL
 from foundation.errors import (
-    ConfigError,
     FoundationError,
     NotFoundError,
     ValidationError,
 )
 from foundation.facade import Foundation
-from foundation.settings import Settings
+from foundation.settings import Settings, build_settings
 
 __all__ = ["main"]
 
@@ -102,15 +102,7 @@ def _target(ctx: click.Context) -> _Target:
 
 def _settings(database_url: str | None) -> Settings:
     values: dict[str, Any] = {} if database_url is None else {"database_url": database_url}
-    try:
-        return Settings(**values)
-    except pydantic.ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first.get("loc", ()))
-        raise ConfigError(
-            f"invalid Foundation setting {field!r}: {first.get('msg')}",
-            context={"setting": field},
-        ) from None
+    return build_settings(values)
 
 
 @contextmanager
@@ -184,6 +176,14 @@ def _revision_label(revision: str | None) -> str:
     return revision if revision is not None else "none"
 
 
+def _known(url: DatabaseURL, revision: str | None) -> str | None:
+    """``revision``, unless a newer release of Foundation wrote it: then schema_outdated
+    (alembic would only say it "can't locate" it)."""
+    if revision is not None and not migrate.known_revision(revision):
+        raise migrate.newer_release_error(url, revision)
+    return revision
+
+
 @db.command(context_settings={"ignore_unknown_options": True})
 @click.argument("revision", default="head")
 @click.pass_context
@@ -191,7 +191,7 @@ def upgrade(ctx: click.Context, revision: str) -> None:
     """Upgrade the schema to REVISION (default: head; relative: +1)."""
     target = _target(ctx)
     with _alembic(target.url):
-        before = migrate.current_revision(target.url, target.settings)
+        before = _known(target.url, migrate.current_revision(target.url, target.settings))
         migrate.upgrade(target.url, revision, target.settings)
         after = migrate.current_revision(target.url, target.settings)
     click.echo(_moved("upgraded", target.url, before, after))
@@ -204,7 +204,7 @@ def downgrade(ctx: click.Context, revision: str) -> None:
     """Downgrade the schema to REVISION (required: e.g. -1, base, 0001)."""
     target = _target(ctx)
     with _alembic(target.url):
-        before = migrate.current_revision(target.url, target.settings)
+        before = _known(target.url, migrate.current_revision(target.url, target.settings))
         migrate.downgrade(target.url, revision, target.settings)
         after = migrate.current_revision(target.url, target.settings)
     click.echo(_moved("downgraded", target.url, before, after))
@@ -225,7 +225,7 @@ def current(ctx: click.Context, as_json: bool) -> None:
     """The schema revision of the database, and whether it is head."""
     target = _target(ctx)
     with _alembic(target.url):
-        revision = migrate.current_revision(target.url, target.settings)
+        revision = _known(target.url, migrate.current_revision(target.url, target.settings))
     head = migrate.head_revision()
     if as_json:
         click.echo(
@@ -404,24 +404,32 @@ def config_history(ctx: click.Context, key: str | None, limit: int, as_json: boo
     if as_json:
         click.echo(_dumps([_history_row(e) for e in entries]))
         return
-    table = Table()
-    table.add_column("id", no_wrap=True)
-    table.add_column("when", no_wrap=True)
-    table.add_column("key", overflow="fold")
-    table.add_column("operation", no_wrap=True)
-    for name in ("old", "new", "by", "correlation id"):
-        table.add_column(name, overflow="fold")
+    # Eight columns in 80: no vertical rules (a column costs its text and one space),
+    # the id, time and operation never wrap, the rest fold; --json has everything whole.
+    with_cid = any(entry.correlation_id for entry in entries)
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
+    table.add_column("id", no_wrap=True, justify="right")
+    table.add_column("when (UTC)", no_wrap=True)
+    table.add_column("key", overflow="fold", min_width=6)
+    table.add_column("op", no_wrap=True)
+    for name in ("old", "new", "by"):
+        table.add_column(name, overflow="fold", min_width=6)
+    if with_cid:
+        table.add_column("correlation", overflow="fold", min_width=6)
     for entry in entries:
-        table.add_row(
+        when = entry.changed_at.astimezone(UTC) if entry.changed_at.tzinfo else entry.changed_at
+        cells = [
             Text(str(entry.id)),
-            Text(entry.changed_at.isoformat(sep=" ", timespec="seconds")),
+            Text(when.strftime("%Y-%m-%d %H:%M:%S")),
             Text(entry.key),
             Text(entry.operation),
-            Text(_truncate(_dumps(entry.old_value), 30)),
-            Text(_truncate(_dumps(entry.new_value), 30)),
+            Text(_truncate(_dumps(entry.old_value), 40)),
+            Text(_truncate(_dumps(entry.new_value), 40)),
             Text(entry.changed_by),
-            Text(entry.correlation_id or ""),
-        )
+        ]
+        if with_cid:
+            cells.append(Text(entry.correlation_id or ""))
+        table.add_row(*cells)
     _stdout().print(table)
 
 

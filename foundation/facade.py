@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-import pydantic
-
 from foundation.circuit_breaker import AsyncCircuitBreakers, CircuitBreakers
 from foundation.circuit_breaker._store import BreakerSQL
-from foundation.config._service import AsyncConfig, Config
+from foundation.config._service import NOT_OPEN, AsyncConfig, Config
 from foundation.config._store import ConfigSQL
 from foundation.database import migrate as migrations
 from foundation.database.aio import AsyncDatabase
@@ -26,12 +26,12 @@ from foundation.database.feed import ChangeFeed, start_feed
 from foundation.database.sync import SyncDatabase
 from foundation.database.url import DatabaseURL
 from foundation.database.version import VERSION_QUERIES
-from foundation.errors import ConfigError, FoundationError
+from foundation.errors import ConfigError, FoundationError, StorageUnavailableError
 from foundation.events import AsyncEvents, Events, EventSQL
 from foundation.rate_limiter import AsyncRateLimiter, RateLimiter
 from foundation.rate_limiter._store import LimiterSQL
 from foundation.service_registry import AsyncServiceRegistry, RegistrySQL, ServiceRegistry
-from foundation.settings import Settings
+from foundation.settings import Settings, build_settings
 from foundation.telemetry import Telemetry
 
 if TYPE_CHECKING:
@@ -52,17 +52,18 @@ def _settings(url: str | None, settings: Settings | None, overrides: dict[str, A
                 context={"type": type(url).__name__},
             )
         values["database_url"] = url
-    try:
-        if settings is not None:
-            return Settings.model_validate({**settings.model_dump(), **values})
-        return Settings(**values)
-    except pydantic.ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first.get("loc", ()))
+    return build_settings(values, settings)
+
+
+def _check_telemetry(telemetry: Any) -> Telemetry:
+    if telemetry is None:
+        return Telemetry()
+    if not isinstance(telemetry, Telemetry):
         raise ConfigError(
-            f"invalid Foundation setting {field!r}: {first.get('msg')}",
-            context={"setting": field, "errors": len(exc.errors())},
-        ) from None
+            f"telemetry must be a foundation.telemetry.Telemetry, not {type(telemetry).__name__}",
+            context={"setting": "telemetry", "type": type(telemetry).__name__},
+        )
+    return telemetry
 
 
 @dataclass(frozen=True)
@@ -92,9 +93,11 @@ class _Base:
     ) -> MigrateMode:
         if migrate is not None:
             overrides["migrate"] = migrate
+        # Every argument is checked before any work (no connection, no migration).
+        checked_telemetry = _check_telemetry(telemetry)
         self.settings = _settings(url, settings, overrides)
         self.url = DatabaseURL.parse(self.settings.database_url)
-        self.telemetry = telemetry if telemetry is not None else Telemetry()
+        self.telemetry = checked_telemetry
         self._feed = None
         mode = self.settings.migrate
         return (
@@ -164,13 +167,7 @@ def _outdated(url: DatabaseURL, current: str | None) -> FoundationError | None:
     from foundation.errors import SchemaOutdatedError
 
     if current is not None and not migrations.known_revision(current):
-        return SchemaOutdatedError(
-            f"the database at {url.masked} is at schema revision {current}, which a newer "
-            f"release of Foundation wrote; this one knows revisions up to {head}: run the "
-            "newer release on this node, or downgrade the database with it first "
-            f"(`foundation db downgrade {head}`)",
-            context={"url": url.masked, "current": current, "head": head, "newer": True},
-        )
+        return migrations.newer_release_error(url, current)
     return SchemaOutdatedError(
         f"the database at {url.masked} is at schema revision {current or 'none (empty)'} "
         f"but this Foundation needs {head}: run `foundation db upgrade` (or `alembic upgrade "
@@ -282,6 +279,21 @@ class Foundation(_Base):
         self.close()
 
 
+def _not_open_error(url: DatabaseURL) -> StorageUnavailableError:
+    return StorageUnavailableError(NOT_OPEN, context={"url": url.masked, "opened": False})
+
+
+class _AsyncInstanceDatabase(AsyncDatabase):
+    """The instance's database: a statement before ``open()`` says how to open it."""
+
+    @asynccontextmanager
+    async def _cursor(self) -> AsyncIterator[Any]:
+        if self._sqlite is None and self._pool is None and not self._closed:
+            raise _not_open_error(self.url)
+        async with super()._cursor() as cursor:
+            yield cursor
+
+
 class AsyncFoundation(_Base):
     """The asyncio face: ``async with AsyncFoundation(url) as fdn:`` (or ``await fdn.open()``).
 
@@ -299,7 +311,7 @@ class AsyncFoundation(_Base):
         **overrides: Any,
     ) -> None:
         self._mode = self._prepare(url, migrate, settings, telemetry, overrides)
-        self._db = AsyncDatabase(self.url, self.settings)
+        self._db = _AsyncInstanceDatabase(self.url, self.settings)
         sql = self._statements(self._db.codec)
         self.config = AsyncConfig(self._db, sql.config, self.settings, self.telemetry)
         self.events = AsyncEvents(self._db, sql.events, self.settings, self.telemetry)
@@ -318,8 +330,17 @@ class AsyncFoundation(_Base):
             self.settings.rate_limiter_on_storage_error,
         )
         self._opened = False
+        self._closed = False
 
     async def open(self) -> AsyncFoundation:
+        if self._closed:
+            # Its connections, feed and subscriptions are gone: a closed instance is not
+            # reopened (as a closed file is not); make a new one.
+            raise StorageUnavailableError(
+                "this AsyncFoundation was closed and cannot be opened again: create a new "
+                "AsyncFoundation(url)",
+                context={"url": self.url.masked, "closed": True},
+            )
         if self._opened:
             return self
         try:
@@ -353,6 +374,7 @@ class AsyncFoundation(_Base):
         return self._db
 
     async def close(self) -> None:
+        self._closed = True
         await self.events.close()
         await self.service_registry.close()
         if self._feed is not None:

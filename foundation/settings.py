@@ -9,15 +9,21 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from collections.abc import Mapping
+from datetime import timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+import pydantic
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from foundation._text import is_utf8
+from foundation.errors import ConfigError
 
-__all__ = ["DEFAULT_DATABASE_URL", "Settings", "default_node_id"]
+__all__ = ["DEFAULT_DATABASE_URL", "Settings", "build_settings", "default_node_id"]
+
+ENV_PREFIX = "FOUNDATION_"
 
 DEFAULT_DATABASE_URL = "sqlite:///foundation.db"
 # The upper bound of every interval setting: past it, thread waits overflow the platform's
@@ -33,9 +39,7 @@ def default_node_id() -> str:
 class Settings(BaseSettings):
     """Foundation's settings, from ``FOUNDATION_<FIELD>`` (``FOUNDATION_DATABASE_URL``, …)."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="FOUNDATION_", extra="forbid", validate_default=True
-    )
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
 
     database_url: str = DEFAULT_DATABASE_URL
     """``sqlite:///path`` (the embedded default) or ``postgresql+psycopg://user@host/db``."""
@@ -98,6 +102,33 @@ class Settings(BaseSettings):
     (``synchronous_commit=off`` for that statement only). A server crash can lose the
     last ~600 ms of increments, so those keys may admit that many calls again."""
 
+    @field_validator(
+        "sqlite_busy_timeout_ms",
+        "poll_interval_ms",
+        "listen_reconnect_max_ms",
+        "registry_ttl_ms",
+        "registry_heartbeat_ms",
+        mode="before",
+    )
+    @classmethod
+    def _milliseconds(cls, value: Any) -> Any:
+        # The spec's unit is milliseconds; a timedelta is accepted too (DESIGN.md §1).
+        if isinstance(value, timedelta):
+            ms = value / timedelta(milliseconds=1)
+            return int(ms) if ms == int(ms) else ms  # a fraction of a ms fails as int does
+        return value
+
+    @field_validator("connect_timeout_s", mode="before")
+    @classmethod
+    def _seconds(cls, value: Any) -> Any:
+        return value.total_seconds() if isinstance(value, timedelta) else value
+
+    @field_validator("config_file", mode="before")
+    @classmethod
+    def _unset_when_empty(cls, value: Any) -> Any:
+        # FOUNDATION_CONFIG_FILE= (set but empty) means no file, not the current directory.
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("node_id")
     @classmethod
     def _storable_node_id(cls, value: str) -> str:
@@ -114,12 +145,21 @@ class Settings(BaseSettings):
         if "\x00" in value:
             raise ValueError("database_url must not contain a NUL character")
         _utf8(value, "database_url")
+        if "://" not in value:
+            raise ValueError(
+                f"not a database URL: {_shown(value)}; use sqlite:///path/app.db or "
+                "postgresql+psycopg://user:password@host/db"
+            )
         return value
 
     @model_validator(mode="after")
     def _pool_bounds(self) -> Settings:
         if self.pool_min_size > self.pool_max_size:
-            raise ValueError("pool_min_size must not be larger than pool_max_size")
+            raise _FieldError(
+                "pool_min_size",
+                f"pool_min_size ({self.pool_min_size}) must not be larger than "
+                f"pool_max_size ({self.pool_max_size})",
+            )
         return self
 
     @model_validator(mode="after")
@@ -127,10 +167,69 @@ class Settings(BaseSettings):
         if self.registry_heartbeat_ms is not None and (
             self.registry_heartbeat_ms >= self.registry_ttl_ms
         ):
-            raise ValueError("registry_heartbeat_ms must be shorter than registry_ttl_ms")
+            raise _FieldError(
+                "registry_heartbeat_ms",
+                f"registry_heartbeat_ms ({self.registry_heartbeat_ms}) must be shorter than "
+                f"registry_ttl_ms ({self.registry_ttl_ms})",
+            )
         return self
 
 
 def _utf8(value: str, name: str) -> None:
     if not is_utf8(value):
         raise ValueError(f"{name} must be valid UTF-8 (it holds a lone surrogate)")
+
+
+def _shown(value: str) -> str:
+    """A rejected URL as an error may show it: hidden if it may hold a credential."""
+    if any(c in value for c in "@=:") or len(value) > 80:
+        return "(hidden: it may hold a password)"
+    return repr(value)
+
+
+class _FieldError(ValueError):
+    """A check across fields, naming the field the error is reported under."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def build_settings(values: Mapping[str, Any], base: Settings | None = None) -> Settings:
+    """Settings from keyword arguments over ``base`` (or over ``FOUNDATION_*`` variables).
+
+    A bad value is a ``config_error`` naming the setting, and the environment variable
+    when that is where the value came from.
+    """
+    if base is not None and not isinstance(base, Settings):
+        raise ConfigError(
+            f"settings must be a foundation.Settings, not {type(base).__name__}; pass "
+            "Settings(...), or the values as keyword arguments (Foundation(url, pool_max_size=5))",
+            context={"setting": "settings", "type": type(base).__name__},
+        )
+    try:
+        if base is not None:
+            return Settings.model_validate({**base.model_dump(), **values})
+        return Settings(**values)
+    except pydantic.ValidationError as exc:
+        raise _setting_error(exc, values, from_env=base is None) from None
+
+
+def _setting_error(
+    exc: pydantic.ValidationError, given: Mapping[str, Any], *, from_env: bool
+) -> ConfigError:
+    first = exc.errors()[0]
+    field = ".".join(str(p) for p in first.get("loc", ()))
+    message = str(first.get("msg", ""))
+    error = (first.get("ctx") or {}).get("error")
+    if isinstance(error, _FieldError):
+        field, message = error.field, str(error)
+    elif message.startswith("Value error, "):
+        message = message[len("Value error, ") :]
+    context: dict[str, Any] = {"setting": field, "errors": len(exc.errors())}
+    where = ""
+    variable = ENV_PREFIX + field.upper()
+    if from_env and field and field not in given and variable in os.environ:
+        where = f" (from the environment variable {variable})"
+        context["env"] = variable
+    return ConfigError(f"invalid Foundation setting {field!r}{where}: {message}", context=context)

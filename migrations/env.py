@@ -10,6 +10,7 @@ its own alembic history keeps its own version table.
 from __future__ import annotations
 
 import os
+from logging.config import fileConfig
 
 from alembic import context
 from sqlalchemy.engine import Connection
@@ -20,6 +21,13 @@ from foundation.database.schema import metadata
 from foundation.settings import DEFAULT_DATABASE_URL, Settings
 
 config = context.config
+
+# Plain `alembic upgrade head` reads alembic.ini: apply its logging, as alembic's own
+# templates do, so that "Running upgrade 0009 -> 0010" is printed. Foundation itself
+# (and `foundation db`) builds its config in code, with no file: its logging is the
+# application's business and is left alone.
+if config.config_file_name is not None:
+    fileConfig(config.config_file_name, disable_existing_loggers=False)
 
 
 def _url() -> str:

@@ -26,7 +26,7 @@ from foundation.correlation import current_correlation_id
 from foundation.database.aio import AsyncDatabase
 from foundation.database.feed import ChangeFeed
 from foundation.database.sync import Cursor, SyncDatabase
-from foundation.errors import ConfigError, FoundationError
+from foundation.errors import ConfigError, FoundationError, StorageUnavailableError
 from foundation.settings import Settings
 from foundation.telemetry import Telemetry
 
@@ -37,6 +37,10 @@ _DELETE = ("foundation", "config", "delete")
 _RELOAD = ("foundation", "config", "reload")
 _CHANGED = ("foundation", "config", "changed")
 MAX_HISTORY = 10_000
+NOT_OPEN = (
+    "this AsyncFoundation is not open yet: await fdn.open() first, or use "
+    "`async with AsyncFoundation(url) as fdn:`"
+)
 
 # Yields (sql, params), receives the statement's row, returns whether anything changed.
 WriteFlow = Generator[tuple[str, dict[str, Any]], tuple[Any, ...] | None, bool]
@@ -125,7 +129,7 @@ class _ConfigBase:
     def _write_flow(self, key: Any, value: Any, *, delete: bool) -> WriteFlow:
         started = time.perf_counter_ns()
         key = self._state.check_key(key)
-        stored, text = (None, None) if delete else self._state.prepare(key, value)
+        stored, text, raw = (None, None, None) if delete else self._state.prepare(key, value)
         self._state.begin_write(key)
         try:
             row = yield (self._sql.delete if delete else self._sql.upsert), self._params(key, text)
@@ -133,7 +137,9 @@ class _ConfigBase:
                 return False
             revision = int(row[0])
             self.log_appended()
-            changes = self._state.apply_runtime(key, stored, revision, delete, self._node, "local")
+            changes = self._state.apply_runtime(
+                key, stored, revision, delete, self._node, "local", raw=raw
+            )
         except FoundationError:
             self._write_failed()
             raise
@@ -271,11 +277,19 @@ class AsyncConfig(_ConfigBase):
     ) -> None:
         super().__init__(sql, settings, telemetry)
         self._db = db
+        # Until the first load the cache is empty: get() says so rather than answer None.
+        self.get = self._not_loaded  # type: ignore[method-assign]
+
+    def _not_loaded(self, key: Any, default: Any = None) -> Any:
+        raise StorageUnavailableError(
+            NOT_OPEN, context={"url": self._db.url.masked, "opened": False}
+        )
 
     async def load(self) -> None:
         self._load_external()
         rows = [self._sql.runtime_row(r) for r in await self._db.fetchall(self._sql.select_all)]
         self._state.replace_runtime(rows, "reload")
+        self.get = self._state.get  # type: ignore[method-assign]
 
     async def set(self, key: Any, value: Any) -> None:
         await self._drive(self._write_flow(key, value, delete=False))

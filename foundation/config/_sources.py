@@ -6,12 +6,13 @@ import json
 import os
 import tomllib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from foundation.errors import ConfigError
 
-__all__ = ["env_key", "read_env", "read_file"]
+__all__ = ["EnvValue", "env_key", "env_layer", "parse_env_value", "read_env", "read_file"]
 
 
 def read_file(path: Path) -> dict[str, Any]:
@@ -69,7 +70,7 @@ def _toml_line(message: str) -> int | None:
 
 
 def env_key(name: str, prefix: str) -> str:
-    """``FOUNDATION_CONFIG__DB__HOST`` → ``db.host``."""
+    """``FOUNDATION_CONFIG__DB__HOST`` → ``db.host`` (a path: key ``db``, entry ``host``)."""
     return name[len(prefix) :].lower().replace("__", ".")
 
 
@@ -89,3 +90,66 @@ def parse_env_value(raw: str) -> Any:
         return json.loads(raw)
     except ValueError:
         return raw
+
+
+@dataclass(frozen=True)
+class EnvValue:
+    """One config key as the environment gives it."""
+
+    value: Any  # JSON-parsed leaves: what an untyped key reads
+    text: Any  # the variables' text (a str, or a dict with text leaves): for typed keys
+    names: str  # the variable(s), for explain() and error messages
+
+
+def env_layer(
+    env_values: Mapping[str, tuple[str, str]], file_values: Mapping[str, Any]
+) -> dict[str, EnvValue]:
+    """The env layer: key → value, from :func:`read_env`'s ``db.host`` → (name, text).
+
+    A double underscore reaches into a table, as pydantic-settings' nested delimiter
+    does: ``FOUNDATION_CONFIG__DB__HOST=envhost`` sets ``host`` inside key ``db``, over
+    the file's ``[db]`` table (or over ``FOUNDATION_CONFIG__DB``'s JSON object), so
+    ``get("db")`` is the file's table with ``host`` replaced. Keys are the top-level
+    names; a name with an empty part (``A____B``) stays the flat key ``a..b``.
+    """
+    whole: dict[str, tuple[str, str]] = {}
+    nested: dict[str, list[tuple[list[str], str, str]]] = {}
+    for dotted, (name, raw) in sorted(env_values.items()):
+        parts = dotted.split(".")
+        if len(parts) == 1 or "" in parts:
+            whole[dotted] = (name, raw)
+        else:
+            nested.setdefault(parts[0], []).append((parts[1:], name, raw))
+    out: dict[str, EnvValue] = {}
+    for key, (name, raw) in whole.items():
+        out[key] = EnvValue(parse_env_value(raw), raw, name)
+    for key, entries in nested.items():
+        base: Any = out[key].value if key in out else file_values.get(key)
+        base_text: Any = out[key].value if key in out else file_values.get(key)
+        value = _copy_tree(base)
+        text = _copy_tree(base_text)
+        names = [out[key].names] if key in out else []
+        for path, name, raw in entries:
+            value = _put(value, path, parse_env_value(raw))
+            text = _put(text, path, raw)
+            names.append(name)
+        out[key] = EnvValue(value, text, ",".join(names))
+    return out
+
+
+def _copy_tree(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _copy_tree(v) for k, v in value.items()}
+    return value
+
+
+def _put(tree: Any, path: list[str], leaf: Any) -> dict[str, Any]:
+    root: dict[str, Any] = tree if isinstance(tree, dict) else {}
+    node = root
+    for part in path[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    node[path[-1]] = leaf
+    return root

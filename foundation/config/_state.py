@@ -23,10 +23,11 @@ from typing import Any, Literal
 from pydantic import TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 
-from foundation._frozen import freeze
 from foundation._json import encode_json, normalize_json
+from foundation._text import is_utf8
 from foundation._watch import Watch, Watchers
-from foundation.config._sources import parse_env_value
+from foundation.config._immutable import freeze_value
+from foundation.config._sources import EnvValue, env_layer
 from foundation.errors import ConfigError
 
 __all__ = [
@@ -88,6 +89,7 @@ class _Runtime:
     revision: int
     deleted: bool
     updated_by: str
+    raw: Any = _MISSING  # the row's JSON value, when it came from the table
 
 
 # A watcher of config changes (shared with the registry: foundation._watch).
@@ -104,6 +106,10 @@ class ConfigState:
         self._lock: threading.RLock = threading.RLock()
         self._layers: dict[Layer, dict[str, Any]] = {name: {} for name in LAYERS}
         self._env_names: dict[str, str] = {}
+        # Each env key's text as the variables gave it (a str, or for variables that
+        # reach into a table, the merged dict with text leaves): a typed key validates
+        # this, so that FOUNDATION_CONFIG__VERSION=1.10 is "1.10" for a str key.
+        self._env_text: dict[str, Any] = {}
         self._file: str | None = None
         self._runtime: dict[str, _Runtime] = {}
         self._types: dict[str, TypeAdapter[Any]] = {}
@@ -148,7 +154,11 @@ class ConfigState:
                 f"(this one has {len(key)})",
                 context={"key": key[:80] + "…", "length": len(key)},
             )
-        # Printable excludes NUL and lone surrogates: such a key is valid UTF-8 text.
+        if not is_utf8(key):
+            raise ConfigError(
+                "a config key must be valid UTF-8 text (it holds a lone surrogate)",
+                context={"key": repr(key)[:200]},
+            )
         if not key.isprintable():
             raise ConfigError(
                 "a config key must not contain control characters",
@@ -156,8 +166,9 @@ class ConfigState:
             )
         return key
 
-    def prepare(self, key: str, value: Any) -> tuple[Any, str]:
-        """Validate a value for ``set``: (the value as it will read back, its JSON text)."""
+    def prepare(self, key: str, value: Any) -> tuple[Any, str, Any]:
+        """Validate a value for ``set``: (the value as it will read back, its JSON text,
+        the JSON value as the table will hold it)."""
         adapter = self._types.get(key)
         if adapter is not None:
             value = self._validate(key, adapter, value, source="set")
@@ -171,7 +182,8 @@ class ConfigState:
             error=ConfigError,
             context={"key": key},
         )
-        return (value if adapter is not None else normalize_json(plain, text)), text
+        raw = normalize_json(plain, text)
+        return (value if adapter is not None else raw), text, raw
 
     def _validate(self, key: str, adapter: TypeAdapter[Any], value: Any, *, source: str) -> Any:
         try:
@@ -183,11 +195,29 @@ class ConfigState:
                 context={"key": key, "source": source, "expected": self._type_names[key]},
             ) from None
 
-    def _validate_env(self, key: str, adapter: TypeAdapter[Any], raw: str, source: str) -> Any:
+    def _validate_env(
+        self, key: str, adapter: TypeAdapter[Any], parsed: Any, text: Any, source: str
+    ) -> Any:
+        """An env value for a typed key: ``parsed`` (as JSON) or ``text`` (as written).
+
+        A type that takes the text as it is (``str``, a ``Literal`` of strings, ``str |
+        None``) gets the text: ``1.10`` stays ``"1.10"``. Other types read it as JSON
+        first (``[1, 2]``, ``{"a": 1}``), then as text in pydantic's lax mode (``8`` for
+        an int, ``2026-01-01`` for a date).
+        """
+        if isinstance(text, str):
+            try:
+                return adapter.validate_python(text, strict=True)
+            except PydanticValidationError:
+                pass
+            try:
+                return adapter.validate_json(text)
+            except PydanticValidationError:
+                return self._validate(key, adapter, text, source=source)
         try:
-            return adapter.validate_json(raw)
+            return adapter.validate_python(parsed)
         except PydanticValidationError:
-            return self._validate(key, adapter, raw, source=source)
+            return self._validate(key, adapter, text, source=source)
 
     # -- typed keys -------------------------------------------------------------------
 
@@ -204,32 +234,42 @@ class ConfigState:
                 context={"key": key},
             ) from None
         with self._lock:
+            # Nothing changes unless everything validates: the type, the default and
+            # the values already loaded are put in place together, or not at all.
             previous = (self._types.get(key), self._type_names.get(key))
+            defaults = self._layers["default"]
+            previous_default = defaults.get(key, _MISSING)
             self._types[key] = adapter
             self._type_names[key] = getattr(type_, "__name__", repr(type_))
             try:
                 if default is not _MISSING:
                     default = self._validate(key, adapter, default, source="default")
-                    self._layers["default"][key] = default
                 # Values already loaded must fit the type too.
                 for layer in ("file", "env", "runtime"):
                     if key in self._layers[layer]:
                         self._typed_value(key, layer, self._layers[layer][key])
+                if default is not _MISSING:
+                    defaults[key] = default
+                return self._recompute([key], "reload")
             except ConfigError:
                 if previous[0] is None:
                     self._types.pop(key, None)
                     self._type_names.pop(key, None)
                 else:
                     self._types[key], self._type_names[key] = previous  # type: ignore[assignment]
+                if previous_default is _MISSING:
+                    defaults.pop(key, None)
+                else:
+                    defaults[key] = previous_default
                 raise
-            return self._recompute([key], "reload")
 
     def _typed_value(self, key: str, layer: Layer, raw: Any) -> Any:
         adapter = self._types.get(key)
         if adapter is None:
             return raw
-        if layer == "env" and isinstance(raw, str):
-            return self._validate_env(key, adapter, raw, self._env_names.get(key, "env"))
+        if layer == "env":
+            text = self._env_text.get(key, raw)
+            return self._validate_env(key, adapter, raw, text, self._env_names.get(key, "env"))
         source = {"file": f"file {self._file}", "runtime": "the database"}.get(layer, layer)
         return self._validate(key, adapter, raw, source=source)
 
@@ -241,23 +281,31 @@ class ConfigState:
         file_name: str | None,
         env_values: dict[str, tuple[str, str]],
     ) -> list[ConfigChange]:
-        """Replace the file and env layers (validated first: all or nothing)."""
-        env_layer: dict[str, Any] = {}
-        for key, (_name, raw) in env_values.items():
-            env_layer[key] = raw if key in self._types else parse_env_value(raw)
+        """Replace the file and env layers (validated first: all or nothing).
+
+        A variable whose name reaches into a table (``FOUNDATION_CONFIG__DB__HOST``)
+        overrides that entry of key ``db``: the env layer's ``db`` is the file's table
+        with ``host`` replaced (see :func:`foundation.config._sources.env_layer`).
+        """
         for key in file_values:
             self.check_key(key)
+        env: dict[str, EnvValue] = env_layer(env_values, file_values)
+        for key in env:
+            self.check_key(key)
         with self._lock:
-            old_file, old_env, old_names, old_file_name = (
+            old = (
                 self._layers["file"],
                 self._layers["env"],
                 self._env_names,
+                self._env_text,
                 self._file,
             )
-            self._layers["file"], self._layers["env"] = dict(file_values), env_layer
-            self._env_names = {k: name for k, (name, _raw) in env_values.items()}
+            self._layers["file"] = dict(file_values)
+            self._layers["env"] = {k: v.value for k, v in env.items()}
+            self._env_names = {k: v.names for k, v in env.items()}
+            self._env_text = {k: v.text for k, v in env.items()}
             self._file = file_name
-            keys = set(old_file) | set(old_env) | set(file_values) | set(env_layer)
+            keys = set(old[0]) | set(old[1]) | set(file_values) | set(env)
             try:
                 for key in keys & set(self._types):
                     layer: Layer
@@ -265,8 +313,13 @@ class ConfigState:
                         if key in self._layers[layer]:
                             self._typed_value(key, layer, self._layers[layer][key])
             except ConfigError:
-                self._layers["file"], self._layers["env"] = old_file, old_env
-                self._env_names, self._file = old_names, old_file_name
+                (
+                    self._layers["file"],
+                    self._layers["env"],
+                    self._env_names,
+                    self._env_text,
+                    self._file,
+                ) = old
                 raise
             return self._recompute(keys, "reload")
 
@@ -282,6 +335,7 @@ class ConfigState:
         deleted: bool,
         updated_by: str,
         source: Literal["local", "remote", "reload"],
+        raw: Any = _MISSING,
     ) -> list[ConfigChange]:
         """One runtime row, if it is newer than what this node holds."""
         with self._lock:
@@ -289,13 +343,15 @@ class ConfigState:
                 return []
             if revision <= self.runtime_revision(key):
                 return []  # an older or repeated notification: keep the newer value
+            if raw is _MISSING and source != "local":
+                raw = value  # a row read from the table: its JSON value, before typing
             if not deleted:
                 try:
                     value = self._typed_value(key, "runtime", value)
                 except ConfigError:
                     log.error("ignoring an invalid runtime value for typed key %r", key)
                     return []
-            self._runtime[key] = _Runtime(value, revision, deleted, updated_by)
+            self._runtime[key] = _Runtime(value, revision, deleted, updated_by, raw)
             if source == "local":
                 self.local_writes += 1
             if deleted:
@@ -320,9 +376,19 @@ class ConfigState:
                 current = self._runtime.get(key)
                 if self._own_write_in_flight(key, updated_by):
                     continue
-                if current is None or revision != current.revision:
+                if (
+                    current is None
+                    or revision != current.revision
+                    # The same revision with another value: a row changed by hand in a
+                    # database without revision 0010's trigger. Re-reading the table
+                    # means taking what it holds.
+                    or deleted != current.deleted
+                    or (not deleted and current.raw is not _MISSING and value != current.raw)
+                ):
                     self._runtime.pop(key, None)  # the table is the truth, even if older
-                    changes += self.apply_runtime(key, value, revision, deleted, updated_by, source)
+                    changes += self.apply_runtime(
+                        key, value, revision, deleted, updated_by, source, raw=value
+                    )
             for key in [k for k in self._runtime if k not in seen]:
                 changes += self.forget_runtime(key, source)
         return changes
@@ -382,7 +448,7 @@ class ConfigState:
                 self._effective.pop(key, None)
                 self._source.pop(key, None)
             else:
-                new = freeze(new)
+                new = freeze_value(new)
                 self._effective[key] = new
                 self._source[key] = winner  # type: ignore[assignment]
             if old is not new and old != new:
@@ -405,7 +471,7 @@ class ConfigState:
             layers: dict[str, Any] = {}
             for layer in LAYERS:
                 if key in self._layers[layer]:
-                    layers[self._describe(key, layer)] = self._layers[layer][key]
+                    layers[self._describe(key, layer)] = freeze_value(self._layers[layer][key])
             winner = self._source.get(key)
             return ConfigExplanation(
                 key=key,
@@ -437,6 +503,12 @@ class ConfigState:
     ) -> ConfigWatch:
         if isinstance(pattern, enum.Enum):  # matched as the key it names, as get() reads it
             pattern = self.check_key(pattern)
+        if pattern == "":
+            raise ConfigError(
+                'a config watch needs a key, a prefix ("db.*") or "*" for every key, '
+                "not an empty string",
+                context={"pattern": ""},
+            )
         return self._watchers.add(pattern, callback, loop)
 
     def notify(self, changes: list[ConfigChange]) -> None:

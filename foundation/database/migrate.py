@@ -20,7 +20,7 @@ from alembic.script import ScriptDirectory
 
 from foundation.database.engine import create_engine
 from foundation.database.url import DatabaseURL
-from foundation.errors import FoundationError
+from foundation.errors import FoundationError, SchemaOutdatedError
 from foundation.settings import Settings
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "head_revision",
     "include_name",
     "known_revision",
+    "newer_release_error",
     "upgrade",
 ]
 
@@ -83,6 +84,18 @@ def known_revision(revision: str) -> bool:
     """Whether ``revision`` is one of this release's migrations (a database written by a
     newer release of Foundation is at one this code has never heard of)."""
     return revision in {script.revision for script in _scripts().walk_revisions()}
+
+
+def newer_release_error(url: DatabaseURL, current: str) -> SchemaOutdatedError:
+    """The error for a database at a revision a newer release of Foundation wrote."""
+    head = head_revision()
+    return SchemaOutdatedError(
+        f"the database at {url.masked} is at schema revision {current}, which a newer "
+        f"release of Foundation wrote; this one knows revisions up to {head}: run the "
+        "newer release on this node, or downgrade the database with it first "
+        f"(`foundation db downgrade {head}`)",
+        context={"url": url.masked, "current": current, "head": head, "newer": True},
+    )
 
 
 @contextmanager

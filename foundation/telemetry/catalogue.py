@@ -429,7 +429,9 @@ def default_metrics(
             tags=["subscription"],
             description="Events a subscription is behind (from the poller's probe)",
         ),
-        metrics.last_value("foundation.poller.event_log.size", description="Events in the log"),
+        # No foundation.poller.event_log.size: fdn.poller() reports the tail position only
+        # (counting a large log every poll is a full scan). A poller built with
+        # event_log(size=…) adds metrics.last_value("foundation.poller.event_log.size").
         metrics.last_value(
             "foundation.poller.event_log.tail_position", description="Position of the last event"
         ),

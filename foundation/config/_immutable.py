@@ -1,0 +1,78 @@
+"""Read-only copies of typed config values, so the cache can hand them out as they are.
+
+JSON containers become :mod:`foundation._frozen`'s read-only dicts and lists. A pydantic
+model (as ``register("db", DB)`` validates to) becomes an instance of a frozen subclass of
+its class, made once per class: ``isinstance(value, DB)`` holds, fields read as before,
+``value == DB(...)`` compares the fields, and an assignment raises pydantic's "Instance is
+frozen" error. Its list and dict fields are frozen too. ``value.model_copy()`` or
+``DB.model_validate(value.model_dump())`` gives a private, mutable object.
+
+The copy is made once, when the value enters the cache; ``get`` stays one dict lookup.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from foundation._frozen import FrozenDict, FrozenList
+
+__all__ = ["freeze_value"]
+
+_frozen_classes: dict[type[BaseModel], type[BaseModel]] = {}
+_lock = threading.Lock()
+
+
+def freeze_value(value: Any) -> Any:
+    """A deep, read-only version of a config value (scalars are returned as they are)."""
+    if isinstance(value, dict):
+        return FrozenDict({k: freeze_value(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return FrozenList(freeze_value(v) for v in value)
+    if isinstance(value, BaseModel):
+        return _freeze_model(value)
+    return value
+
+
+def _freeze_model(model: BaseModel) -> BaseModel:
+    cls = _frozen_class(type(model))
+    if type(model) is cls:
+        return model
+    values = {name: freeze_value(v) for name, v in model.__dict__.items()}
+    if model.__pydantic_extra__:
+        values.update({k: freeze_value(v) for k, v in model.__pydantic_extra__.items()})
+    return cls.model_construct(_fields_set=set(model.model_fields_set), **values)
+
+
+def _frozen_class(cls: type[BaseModel]) -> type[BaseModel]:
+    if getattr(cls, "__foundation_frozen__", False):
+        return cls
+    with _lock:
+        frozen = _frozen_classes.get(cls)
+        if frozen is None:
+            base = cls
+
+            def __eq__(self: BaseModel, other: object) -> bool:
+                if isinstance(other, base):
+                    return bool(
+                        self.__dict__ == other.__dict__
+                        and self.__pydantic_extra__ == other.__pydantic_extra__
+                    )
+                return NotImplemented
+
+            frozen = type(
+                cls.__name__,
+                (cls,),
+                {
+                    "__module__": cls.__module__,
+                    "__qualname__": cls.__qualname__,
+                    "__foundation_frozen__": True,
+                    "model_config": ConfigDict(**{**cls.model_config, "frozen": True}),
+                    "__eq__": __eq__,
+                    "__hash__": None,
+                },
+            )
+            _frozen_classes[cls] = frozen
+        return frozen
