@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from foundation.circuit_breaker import AsyncCircuitBreakers, CircuitBreakers
 from foundation.circuit_breaker._store import BreakerSQL
-from foundation.config._service import NOT_OPEN, AsyncConfig, Config
+from foundation.config._service import AsyncConfig, Config
 from foundation.config._store import ConfigSQL
 from foundation.database import migrate as migrations
 from foundation.database.aio import AsyncDatabase
@@ -279,21 +277,6 @@ class Foundation(_Base):
         self.close()
 
 
-def _not_open_error(url: DatabaseURL) -> StorageUnavailableError:
-    return StorageUnavailableError(NOT_OPEN, context={"url": url.masked, "opened": False})
-
-
-class _AsyncInstanceDatabase(AsyncDatabase):
-    """The instance's database: a statement before ``open()`` says how to open it."""
-
-    @asynccontextmanager
-    async def _cursor(self) -> AsyncIterator[Any]:
-        if self._sqlite is None and self._pool is None and not self._closed:
-            raise _not_open_error(self.url)
-        async with super()._cursor() as cursor:
-            yield cursor
-
-
 class AsyncFoundation(_Base):
     """The asyncio face: ``async with AsyncFoundation(url) as fdn:`` (or ``await fdn.open()``).
 
@@ -311,7 +294,7 @@ class AsyncFoundation(_Base):
         **overrides: Any,
     ) -> None:
         self._mode = self._prepare(url, migrate, settings, telemetry, overrides)
-        self._db = _AsyncInstanceDatabase(self.url, self.settings)
+        self._db = AsyncDatabase(self.url, self.settings)
         sql = self._statements(self._db.codec)
         self.config = AsyncConfig(self._db, sql.config, self.settings, self.telemetry)
         self.events = AsyncEvents(self._db, sql.events, self.settings, self.telemetry)

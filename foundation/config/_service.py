@@ -23,10 +23,10 @@ from foundation.config._state import (
 )
 from foundation.config._store import ConfigSQL
 from foundation.correlation import current_correlation_id
-from foundation.database.aio import AsyncDatabase
+from foundation.database.aio import AsyncDatabase, not_open_error
 from foundation.database.feed import ChangeFeed
 from foundation.database.sync import Cursor, SyncDatabase
-from foundation.errors import ConfigError, FoundationError, StorageUnavailableError
+from foundation.errors import ConfigError, FoundationError
 from foundation.settings import Settings
 from foundation.telemetry import Telemetry
 
@@ -37,11 +37,6 @@ _DELETE = ("foundation", "config", "delete")
 _RELOAD = ("foundation", "config", "reload")
 _CHANGED = ("foundation", "config", "changed")
 MAX_HISTORY = 10_000
-NOT_OPEN = (
-    "this AsyncFoundation is not open yet: await fdn.open() first, or use "
-    "`async with AsyncFoundation(url) as fdn:`"
-)
-
 # Yields (sql, params), receives the statement's row, returns whether anything changed.
 WriteFlow = Generator[tuple[str, dict[str, Any]], tuple[Any, ...] | None, bool]
 
@@ -281,9 +276,7 @@ class AsyncConfig(_ConfigBase):
         self.get = self._not_loaded  # type: ignore[method-assign]
 
     def _not_loaded(self, key: Any, default: Any = None) -> Any:
-        raise StorageUnavailableError(
-            NOT_OPEN, context={"url": self._db.url.masked, "opened": False}
-        )
+        raise not_open_error(self._db.url)
 
     async def load(self) -> None:
         self._load_external()

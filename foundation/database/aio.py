@@ -24,9 +24,19 @@ from foundation.database.errors import is_disconnect_before_statement, translate
 from foundation.database.postgres import connect_kwargs
 from foundation.database.sync import ManyParams, Params, Row
 from foundation.database.url import DatabaseURL
+from foundation.errors import StorageUnavailableError
 from foundation.settings import Settings
 
-__all__ = ["AsyncCursor", "AsyncDatabase"]
+__all__ = ["NOT_OPEN", "AsyncCursor", "AsyncDatabase", "not_open_error"]
+
+NOT_OPEN = (
+    "this AsyncFoundation is not open yet: await fdn.open() first, or use "
+    "`async with AsyncFoundation(url) as fdn:`"
+)
+
+
+def not_open_error(url: DatabaseURL) -> StorageUnavailableError:
+    return StorageUnavailableError(NOT_OPEN, context={"url": url.masked, "opened": False})
 
 
 class AsyncCursor(Protocol):
@@ -140,13 +150,13 @@ class AsyncDatabase:
     @asynccontextmanager
     async def _cursor(self) -> AsyncIterator[Any]:
         if self._closed:
-            from foundation.errors import StorageUnavailableError
-
             raise StorageUnavailableError(
                 "this Foundation instance is closed", context={"url": self._masked}
             )
+        if self._pool is None and self._sqlite is None:
+            raise not_open_error(self.url)
         if self._pool is None:
-            assert self._sqlite is not None, "AsyncDatabase.open() was not awaited"
+            assert self._sqlite is not None
             async with self._sqlite_lock:
                 yield _SQLiteCursor(self._sqlite)
         else:

@@ -269,9 +269,15 @@ CATALOGUE: Final[tuple[EventSpec, ...]] = (
     _spec(
         "foundation.registry.expired",
         "service_registry",
-        "on each node, when it sees an entry vanish because its owner's lease expired",
+        "on each node, once per registration, when it sees a name or group member die "
+        "(its owner's lease expired, or the name's own ttl passed)",
         {"count": "always 1"},
-        {"name": "registered name", "node": "observing node id", "owner": "the owner node"},
+        {
+            "name": "registered name (the group's, for a member)",
+            "node": "observing node id",
+            "owner": "the owner node",
+            "member_id": "the member (group members only)",
+        },
     ),
     _spec(
         "foundation.registry.lease_lost",
