@@ -12,10 +12,10 @@ import uuid
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import pydantic
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from foundation._text import is_utf8
@@ -101,6 +101,17 @@ class Settings(BaseSettings):
     """PostgreSQL: limiter counters commit without waiting for the WAL flush
     (``synchronous_commit=off`` for that statement only). A server crash can lose the
     last ~600 ms of increments, so those keys may admit that many calls again."""
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # True is an int to Python: a number setting given True or False is a mistake
+        # (pydantic's lax mode would take it as 1 or 0).
+        if isinstance(value, bool) and info.field_name is not None:
+            annotation = cls.model_fields[info.field_name].annotation
+            if annotation is not bool and bool not in get_args(annotation):
+                raise ValueError("must be a number, not True or False")
+        return value
 
     @field_validator(
         "sqlite_busy_timeout_ms",

@@ -108,6 +108,16 @@ def test_millisecond_settings_accept_a_timedelta(tmp_path: Path) -> None:
         assert fdn.settings.connect_timeout_s == 2.0
 
 
+def test_number_settings_refuse_booleans(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'b.db'}"
+    for name in ("poll_interval_ms", "max_value_bytes", "connect_timeout_s"):
+        with pytest.raises(ConfigError, match=f"'{name}': must be a number, not True or False"):
+            Foundation(url, **{name: True})
+    assert not (tmp_path / "b.db").exists()  # refused before any work
+    with Foundation(url, rate_limiter_fast_commit=False, poll_interval_ms="50") as fdn:
+        assert fdn.settings.poll_interval_ms == 50  # text, as an environment variable is
+
+
 def test_not_a_url_is_shown_without_a_made_up_scheme() -> None:
     with pytest.raises(ConfigError) as info:
         Foundation("not a url")

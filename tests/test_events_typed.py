@@ -106,6 +106,9 @@ def test_a_failing_upcaster_is_an_event_error(fdn: Foundation) -> None:
 def test_registration_errors(fdn: Foundation) -> None:
     with pytest.raises(EventError):
         fdn.events.register_type("t", dict)  # type: ignore[arg-type]
+    for name in ("", "a\x00", "x" * 256, 5):  # what store() would refuse as a type
+        with pytest.raises(EventError, match="event field 'type'"):
+            fdn.events.register_type(name, OrderPlacedV1)  # type: ignore[arg-type]
     with pytest.raises(EventError):
         fdn.events.register_type("t", OrderPlacedV2, version=2)  # no upcaster for v1
     record = fdn.events.store({"type": "untyped", "data": 1})

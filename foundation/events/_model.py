@@ -190,7 +190,7 @@ def _as_mapping(event: Any) -> Mapping[str, Any]:
     )
 
 
-def _name(value: Any, field: str, *, required: bool) -> str | None:
+def valid_name(value: Any, field: str, *, required: bool) -> str | None:
     # The common case first: a short printable str (printable excludes lone surrogates,
     # so such a name always encodes as UTF-8).
     if (
@@ -258,12 +258,12 @@ def parse_event(event: Any, max_bytes: int) -> NewEvent:
             f"unknown event field {unknown[0]!r} (known: {', '.join(sorted(_EVENT_KEYS))})",
             context={"field": unknown[0]},
         )
-    type_ = _name(fields.get("type"), "type", required=True)
+    type_ = valid_name(fields.get("type"), "type", required=True)
     assert type_ is not None
     event_id, id_given = _event_id(fields.get("id"))
     stream_id = fields.get("stream_id")
     if stream_id is not None:
-        stream_id = _name(stream_id, "stream_id", required=False)
+        stream_id = valid_name(stream_id, "stream_id", required=False)
     expected = fields.get("expected_version", "any")
     if expected != "any":
         expected = _expected(expected)
@@ -308,11 +308,11 @@ def parse_event(event: Any, max_bytes: int) -> NewEvent:
     if correlation_id is None:
         correlation_id = current_correlation_id()
     if correlation_id is not None:
-        correlation_id = _name(correlation_id, "correlation_id", required=False)
+        correlation_id = valid_name(correlation_id, "correlation_id", required=False)
     if causation_id is not None:
         if isinstance(causation_id, uuid.UUID):
             causation_id = str(causation_id)
-        causation_id = _name(causation_id, "causation_id", required=False)
+        causation_id = valid_name(causation_id, "causation_id", required=False)
     return NewEvent(
         id=event_id,
         id_text=id_text,

@@ -25,7 +25,7 @@ import pydantic
 
 from foundation._frozen import thaw
 from foundation.errors import EventError
-from foundation.events._model import RecordedEvent
+from foundation.events._model import RecordedEvent, valid_name
 
 __all__ = ["SCHEMA_VERSION", "EventType", "TypeRegistry"]
 
@@ -52,8 +52,9 @@ class TypeRegistry:
         version: int = 1,
         upcasters: Mapping[int, Callable[[Any], Any]] | None = None,
     ) -> None:
-        if not isinstance(name, str) or not name:
-            raise EventError("an event type name must be a non-empty string")
+        checked = valid_name(name, "type", required=True)  # what store() takes as a type
+        assert checked is not None
+        name = checked
         if not (isinstance(model, type) and issubclass(model, pydantic.BaseModel)):
             raise EventError("register_type takes a pydantic model class", context={"type": name})
         if not isinstance(version, int) or isinstance(version, bool) or version < 1:

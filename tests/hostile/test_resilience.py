@@ -84,7 +84,7 @@ def test_breaker(face: Face, tables: Tables) -> None:
                 name is None
                 or (isinstance(name, str) and 0 < len(name) <= 255 and not has_bad_text(name))
             )
-            and _ms_ok(options.get("timeout", 5000), zero=True, allow_none=True)
+            and _ms_ok(options.get("timeout", 5000), zero=False, allow_none=True)
             and _ms_ok(options.get("reset_timeout", 1000))
             and type(options.get("max_failures", 5)) is int
             and options.get("max_failures", 5) >= 1
