@@ -233,6 +233,20 @@ def _import_event(line: str, number: int) -> dict[str, Any]:
     return event
 
 
+def _name_the_line(fdn: Any, batch: list[tuple[int, dict[str, Any]]]) -> None:
+    """A batch was refused: if one of its events is invalid alone, say which line it is.
+
+    (Checked only on failure: the events of a good batch are validated once, by store_many.)
+    """
+    for number, event in batch:
+        try:
+            fdn.events._parse([event])
+        except EventError as exc:
+            raise EventError(
+                f"line {number}: {exc.message}", context={**exc.context, "line": number}
+            ) from None
+
+
 _IMPORT_FIELDS = (
     "id",
     "type",
@@ -260,14 +274,18 @@ def events_import(ctx: click.Context, file: Any) -> None:
     added = skipped = 0
     with _foundation(ctx) as fdn, _progress(size // 200, "importing") as progress:
         task = progress.add_task("import", total=size or None)
-        batch: list[dict[str, Any]] = []
+        batch: list[tuple[int, dict[str, Any]]] = []  # (line number, event)
 
         def flush() -> None:
             nonlocal added, skipped
             if not batch:
                 return
             before = fdn.events.last_position()
-            records = fdn.events.store_many(batch)
+            try:
+                records = fdn.events.store_many([event for _, event in batch])
+            except EventError:
+                _name_the_line(fdn, batch)
+                raise
             new = sum(1 for r in records if r.position > before)
             added += new
             skipped += len(records) - new
@@ -284,14 +302,7 @@ def events_import(ctx: click.Context, file: Any) -> None:
                 ) from None
             if not line:
                 continue
-            event = _import_event(line, number)
-            try:  # checked line by line, so that an error names its line
-                fdn.events._parse([event])
-            except EventError as exc:
-                raise EventError(
-                    f"line {number}: {exc.message}", context={**exc.context, "line": number}
-                ) from None
-            batch.append(event)
+            batch.append((number, _import_event(line, number)))
             if len(batch) >= IMPORT_BATCH:
                 flush()
         flush()

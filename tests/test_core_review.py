@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import logging
-import os
 import re
 import sqlite3
-import subprocess
-import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -140,23 +137,6 @@ def test_cli_on_a_newer_database_says_schema_outdated(db_url: str) -> None:
         assert "0099, which a newer release of Foundation wrote" in result.stderr
     with pytest.raises(SchemaOutdatedError):
         Foundation(db_url)
-
-
-# -- 10. plain alembic logs what it runs ----------------------------------------------------
-
-
-def test_plain_alembic_logs_each_revision(tmp_path: Path) -> None:
-    env = {**os.environ, "FOUNDATION_DATABASE_URL": f"sqlite:///{tmp_path / 'a.db'}"}
-    done = subprocess.run(
-        [sys.executable, "-m", "alembic", "-c", str(ROOT / "alembic.ini"), "upgrade", "head"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert "Running upgrade  -> 0001" in done.stderr
-    assert "Running upgrade 0009 -> 0010" in done.stderr
 
 
 # -- 11. the poller and default_metrics agree -----------------------------------------------

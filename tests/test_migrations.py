@@ -96,6 +96,9 @@ def test_plain_alembic_upgrade_head_with_the_environment(empty_db_url: str) -> N
     )
     assert done.returncode == 0, done.stderr
     assert migrate.current_revision(empty_db_url) == migrate.head_revision()
+    # alembic.ini's logging applies, as with any alembic project: each revision is logged.
+    assert "Running upgrade  -> 0001" in done.stderr
+    assert "Running upgrade 0009 -> 0010" in done.stderr
 
 
 def test_an_application_alembic_history_lives_beside_ours(

@@ -124,10 +124,9 @@ def env_layer(
     for key, (name, raw) in whole.items():
         out[key] = EnvValue(parse_env_value(raw), raw, name)
     for key, entries in nested.items():
+        # Both trees start from the same base (a whole JSON variable is already parsed).
         base: Any = out[key].value if key in out else file_values.get(key)
-        base_text: Any = out[key].value if key in out else file_values.get(key)
-        value = _copy_tree(base)
-        text = _copy_tree(base_text)
+        value, text = _copy_tree(base), _copy_tree(base)
         names = [out[key].names] if key in out else []
         for path, name, raw in entries:
             value = _put(value, path, parse_env_value(raw))
