@@ -36,7 +36,7 @@ def _hold_first_call(fdn: Foundation, queued: int) -> threading.Event:
     released = threading.Event()
 
     def held(sql: str, params: Any = None) -> Any:
-        if "foundation_append_events" in sql and not released.is_set():
+        if sql in (events._sql.append, events._sql.append_one) and not released.is_set():
             wait_for(lambda: len(events.group_commit._queue) >= queued, timeout=30)
             released.set()
         return fetchall(sql, params)
@@ -149,7 +149,7 @@ async def test_async_tasks_share_calls_and_a_cancelled_waiter_is_not_written(
         fetchall = events._db.fetchall
 
         async def held(sql: str, params: Any = None) -> Any:
-            if "foundation_append_events" in sql and not gate.is_set():
+            if sql in (events._sql.append, events._sql.append_one) and not gate.is_set():
                 await gate.wait()
             return await fetchall(sql, params)
 

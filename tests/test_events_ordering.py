@@ -37,6 +37,8 @@ def _writer(url: str, writer: int, go: Any) -> None:
                         for j in range(3)
                     ]
                 )
+            elif i % 4 == 2:  # PostgreSQL: a lone event outside a stream is a plain INSERT
+                fdn.events.store({"type": "w", "data": [writer, i]})
             else:
                 fdn.events.store({"type": "w", "data": [writer, i], "stream_id": f"w{writer}"})
 

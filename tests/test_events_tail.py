@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from foundation import AsyncFoundation, Foundation
+from foundation.database.url import DatabaseURL
 from foundation.events import RecordedEvent
 
 TYPES = ["a", "b", "c", "d"]
@@ -230,3 +233,48 @@ def test_a_disabled_cache_reads_the_database(fdn: Foundation) -> None:
     fdn.events.store({"type": "x"})
     assert fdn.events.get(type="x")[0].type == "x"
     assert fdn.events.tail_cache.hits == 0
+
+
+@pytest.mark.parametrize("overtaken", [False, True])
+def test_a_rolled_back_position_below_a_store_keeps_the_cache_exact(
+    fdn: Foundation, db_url: str, overtaken: bool
+) -> None:
+    # On PostgreSQL a lone store learns the log's tail before it only when its position
+    # follows the last one committed; a rolled-back insert leaves a gap below it, and
+    # the cache must read the log to place the store. ``overtaken``: the store's own
+    # notification reaches the feed before the writer tells the cache.
+    assert fdn.feed.wait_connected(10)
+    first = fdn.events.store({"type": "a"})
+    _wait_caught_up(fdn)
+    gap = 0
+    cache = fdn.events.tail_cache
+    if overtaken and fdn.url.backend == "postgresql":  # SQLite's feed sends no notification
+        add_own = cache.add_own
+
+        def late_add_own(prev_tail: int | None, records: list[RecordedEvent]) -> bool:
+            position = records[-1].position
+            deadline = time.monotonic() + 10
+            while cache._own_passed < position and time.monotonic() < deadline:
+                time.sleep(0.001)
+            return add_own(prev_tail, records)
+
+        cache.add_own = late_add_own  # type: ignore[method-assign]
+    if fdn.url.backend == "postgresql":
+        conninfo = DatabaseURL.parse(db_url).conninfo
+        with psycopg.connect(conninfo) as conn:  # a transaction, rolled back below
+            conn.execute(
+                "INSERT INTO foundation_events (id, type, data, metadata, recorded_at)"
+                " VALUES (%s, 'lost', '{}', '{}', now())",
+                (str(uuid.uuid4()),),
+            )
+            conn.rollback()
+        gap = 1
+    second = fdn.events.store({"type": "a"})
+    assert second.position == first.position + 1 + gap
+    assert fdn.events.get(type="a") == [first, second]  # read-your-writes
+    _wait_caught_up(fdn)
+    assert fdn.events.get(limit=1000) == _db_get(fdn, {"limit": 1000})
+    if fdn.url.backend == "postgresql":
+        assert fdn.events.own_catch_ups == 1
+    third = fdn.events.store({"type": "a"})  # the cache is contiguous again: extended at once
+    assert cache.window()[2] == third.position

@@ -70,9 +70,9 @@ class AsyncEvents(_EventsBase):
 
     async def _append_group(self, units: list[_Unit]) -> list[_Outcome]:
         now = _now()
-        params = self._append_params(units, now)
+        sql, params = self._append_call(units, now)
         try:
-            rows = await self._db.fetchall(self._sql.append, params)
+            rows = await self._db.fetchall(sql, params)
         except FoundationError as exc:
             if len(units) == 1:
                 return [exc]

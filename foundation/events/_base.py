@@ -83,6 +83,7 @@ class _EventsBase:
         self.tail_cache = TailCache(settings.events_tail_size, sql.codec.load_ts)
         self._feed: ChangeFeed | None = None
         self._notified_at = -float("inf")  # time.monotonic() of this writer's last NOTIFY
+        self.own_catch_ups = 0  # own notifications the cache had to read back (tests)
         self.types = TypeRegistry()
 
     # -- typed events -----------------------------------------------------------------
@@ -123,14 +124,29 @@ class _EventsBase:
 
     def _cache_written(self, records: StoredBatch) -> None:
         """Our own writes enter the tail cache (in position order, see ``_tail``)."""
-        if records.inserted and self.tail_cache.enabled:
-            self.tail_cache.add_own(records.prev_tail, records.inserted)
+        if not records.inserted or not self.tail_cache.enabled:
+            return
+        if not self.tail_cache.add_own(records.prev_tail, records.inserted) and self._feed:
+            # Its notification went by before the cache knew it needed a read: one more,
+            # from the feed's connection (a key of its own, which no store's NOTIFY
+            # cancels).
+            position = records.inserted[-1].position
+            payload = {"topic": "events", "position": position, "writer": self._writer}
+            self._feed.notify_later(self._writer + "/again", time.monotonic(), payload)
 
-    def _append_params(self, units: list[_Unit], now: datetime) -> dict[str, Any]:
+    def _append_call(self, units: list[_Unit], now: datetime) -> tuple[str, dict[str, Any]]:
+        """PostgreSQL: the statement appending ``units`` and its parameters."""
         fresh = [[batch[i] for i in known.fresh(len(batch))] for batch, known in units]
-        params = self._sql.append_params(fresh, self._sql.codec.ts(now), self._writer)
+        at = self._sql.codec.ts(now)
+        if len(fresh) == 1 and len(fresh[0]) == 1 and fresh[0][0].stream_id is None:
+            sql, params = (
+                self._sql.append_one,
+                self._sql.append_one_params(fresh[0][0], at, self._writer),
+            )
+        else:
+            sql, params = self._sql.append, self._sql.append_params(fresh, at, self._writer)
         params["notify"] = self._notify_in_statement()
-        return params
+        return sql, params
 
     def _notify_in_statement(self) -> bool:
         """Whether this store's own statement sends the NOTIFY (migration 0008).
@@ -272,13 +288,17 @@ class _EventsBase:
         return self.tail_cache.answer(criteria)
 
     def on_notify(self, payload: dict[str, Any], reader: Cursor) -> None:
-        if payload.get("writer") == self._writer:
-            # Our own store: the writer already put it in the cache (or, when another
-            # node's events came between, that node's notification catches the cache
-            # up) and woke the subscriptions; reading it back here would double the
-            # database work of every store.
-            return
         position = payload.get("position")
+        if payload.get("writer") == self._writer:
+            # Our own store: the writer puts it in the cache and wakes the
+            # subscriptions; reading it back here would double the database work of
+            # every store. Unless the writer did not know the log's tail before it
+            # (see _store._append_one) and the cache could not place it.
+            cache = self.tail_cache
+            if cache.enabled and isinstance(position, int) and cache.own_notified(position):
+                self.own_catch_ups += 1
+                self._catch_up(reader)
+            return
         if self.tail_cache.enabled and isinstance(position, int):
             hi = self.tail_cache.hi()
             if hi is not None and (position > hi or self.tail_cache.behind()):

@@ -70,7 +70,8 @@ class StoredBatch(list[RecordedEvent]):
     """The records of one store (retries included), with what the tail cache needs.
 
     ``inserted``: the records this call wrote; ``prev_tail``: the log's last position
-    just before the first of them (None when nothing was written).
+    just before the first of them (None when nothing was written, or when it is not
+    known: see ``_store._append_one``).
     """
 
     inserted: list[RecordedEvent]
@@ -266,7 +267,7 @@ def appended(
     1); a unit that failed its check is one row with no position.
     """
     by_ord = {int(r[0]): r for r in rows}
-    tail = int(rows[0][4] or 0) if rows else 0
+    tail = _int_or_none(rows[0][4]) if rows else 0  # None: not known (see _append_one)
     out: list[StoredBatch | ConcurrencyError] = []
     ord_ = 0
     for batch, known in units:
@@ -282,7 +283,7 @@ def appended(
         stored = _assemble(batch, known, fresh, written, now, None)
         if written:
             stored.prev_tail = tail
-            tail = written[-1][0]
+            tail = written[-1][0]  # the next unit's follows this one's in the same call
         out.append(stored)
     return out
 

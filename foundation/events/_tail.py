@@ -111,6 +111,7 @@ class TailCache:
         self._reads_begun = 0
         self._read_upto = 0  # the newest numbered read that has ended
         self._stale_until = 0  # the read that must end before the window answers again
+        self._own_passed = 0  # the newest own notification the feed let pass unread
         # Appended in place, replaced (never shifted) when trimmed: a reader's snapshot
         # stays consistent, and entries appended after it are above its ``hi``.
         self._records: list[RecordedEvent] = []
@@ -183,15 +184,35 @@ class TailCache:
             self._append(records)
             return True
 
-    def add_own(self, prev_tail: int | None, records: list[RecordedEvent]) -> None:
+    def add_own(self, prev_tail: int | None, records: list[RecordedEvent]) -> bool:
         """This node's own write: served only once ``hi`` reaches it (read-your-writes),
-        and appended now when the log's tail before it was exactly ``hi``."""
+        and appended now when the log's tail before it was exactly ``hi``.
+
+        ``prev_tail`` None means the tail before it is not known: then only a read of
+        the log can place it, which the write's own notification asks for (see
+        :meth:`own_notified`). False when that notification has already gone by: the
+        caller must have another one sent.
+        """
         with self._lock:
             position = records[-1].position
             if position > self._need:
                 self._need = position
-            if prev_tail is not None and self._valid and prev_tail == self._hi:
+            if prev_tail is None:
+                self._stale_until = self._reads_begun + 1
+                return self._own_passed < position
+            if self._valid and prev_tail == self._hi:
                 self._append(records)
+            return True
+
+    def own_notified(self, position: int) -> bool:
+        """The feed got this node's own notification of ``position``: whether to read
+        the log after the window (a write of ours it could not place), or let it pass
+        (its writer puts it in the window itself)."""
+        with self._lock:
+            if self._valid and position > self._hi and self._read_upto < self._stale_until:
+                return True
+            self._own_passed = max(self._own_passed, position)
+            return False
 
     def _append(self, records: list[RecordedEvent]) -> None:
         # Under the lock.
