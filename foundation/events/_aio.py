@@ -68,15 +68,19 @@ class AsyncEvents(_EventsBase):
             self._append_group, _GROUP_UNITS
         )
 
-    async def _append_group(self, units: list[_Unit]) -> list[_Outcome]:
+    async def _append_group(self, units: list[_Unit], lone: bool = True) -> list[_Outcome]:
         now = _now()
-        sql, params = self._append_call(units, now)
+        sql, params = self._append_call(units, now, lone)
         try:
             rows = await self._db.fetchall(sql, params)
         except FoundationError as exc:
+            if self._undecided(sql, exc):
+                return await self._append_group(units, lone=False)
             if len(units) == 1:
                 return [exc]
             return [(await self._append_group([unit]))[0] for unit in units]
+        if self._undecided(sql, rows):
+            return await self._append_group(units, lone=False)
         return self._appended(units, rows, now, params["notify"])
 
     async def _store(self, batch: list[NewEvent]) -> StoredBatch:

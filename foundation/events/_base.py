@@ -23,7 +23,7 @@ import pydantic
 
 from foundation.database.feed import ChangeFeed
 from foundation.database.sync import Cursor
-from foundation.errors import EventError
+from foundation.errors import EventError, FoundationError
 from foundation.events._model import (
     MAX_LIMIT,
     MAX_VERSION,
@@ -38,6 +38,7 @@ from foundation.events._plan import (
     Pager,
     StoredBatch,
     appended,
+    is_stream_race,
 )
 from foundation.events._store import EventSQL
 from foundation.events._tail import TailCache
@@ -134,19 +135,27 @@ class _EventsBase:
             payload = {"topic": "events", "position": position, "writer": self._writer}
             self._feed.notify_later(self._writer + "/again", time.monotonic(), payload)
 
-    def _append_call(self, units: list[_Unit], now: datetime) -> tuple[str, dict[str, Any]]:
-        """PostgreSQL: the statement appending ``units`` and its parameters."""
+    def _append_call(
+        self, units: list[_Unit], now: datetime, lone: bool = True
+    ) -> tuple[str, dict[str, Any]]:
+        """PostgreSQL: the statement appending ``units`` and its parameters: a lone
+        event's own statement (``lone``, see ``_store._append_one``), or the function."""
         fresh = [[batch[i] for i in known.fresh(len(batch))] for batch, known in units]
         at = self._sql.codec.ts(now)
-        if len(fresh) == 1 and len(fresh[0]) == 1 and fresh[0][0].stream_id is None:
-            sql, params = (
-                self._sql.append_one,
-                self._sql.append_one_params(fresh[0][0], at, self._writer),
-            )
+        if lone and len(fresh) == 1 and len(fresh[0]) == 1:
+            sql, params = self._sql.append_one_params(fresh[0][0], at, self._writer)
         else:
             sql, params = self._sql.append, self._sql.append_params(fresh, at, self._writer)
         params["notify"] = self._notify_in_statement()
         return sql, params
+
+    def _undecided(self, sql: str, outcome: list[Any] | FoundationError) -> bool:
+        """Whether a lone stream event's statement left the answer to the function: no
+        row (its expected version did not hold, as its snapshot read it) or a version
+        another store took meanwhile (see ``_store._append_one``)."""
+        if sql != self._sql.append_one_checked:
+            return False
+        return not outcome if isinstance(outcome, list) else is_stream_race(outcome)
 
     def _notify_in_statement(self) -> bool:
         """Whether this store's own statement sends the NOTIFY (migration 0008).

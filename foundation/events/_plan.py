@@ -106,6 +106,11 @@ def is_id_race(exc: FoundationError) -> bool:
     return exc.context.get("sqlstate") == "23505" and "uq_foundation_events_id" in str(exc)
 
 
+def is_stream_race(exc: FoundationError) -> bool:
+    """A stream version that another writer recorded between our read and our insert."""
+    return exc.context.get("sqlstate") == "23505" and "uq_foundation_events_stream" in str(exc)
+
+
 def needs_transaction(sql: EventSQL, batch: Sequence[NewEvent]) -> bool:
     """SQLite runs one fresh event as a single autocommit statement, else a transaction."""
     return sql.backend == "sqlite" and (len(batch) > 1 or batch[0].id_given)

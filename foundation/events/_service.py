@@ -67,16 +67,20 @@ class Events(_EventsBase):
             self._append_group, _GROUP_UNITS
         )
 
-    def _append_group(self, units: list[_Unit]) -> list[_Outcome]:
+    def _append_group(self, units: list[_Unit], lone: bool = True) -> list[_Outcome]:
         now = _now()
-        sql, params = self._append_call(units, now)
+        sql, params = self._append_call(units, now, lone)
         try:
             rows = self._db.fetchall(sql, params)
         except FoundationError as exc:
+            if self._undecided(sql, exc):
+                return self._append_group(units, lone=False)
             if len(units) == 1:
                 return [exc]
             # One unit's failure (an id race) must not be the others': each alone.
             return [self._append_group([unit])[0] for unit in units]
+        if self._undecided(sql, rows):
+            return self._append_group(units, lone=False)
         return self._appended(units, rows, now, params["notify"])
 
     def _store(self, batch: list[NewEvent]) -> StoredBatch:

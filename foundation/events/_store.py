@@ -22,12 +22,12 @@ lock-to-commit time, including the commit's WAL flush. Two things keep that smal
 lock, the checks, the inserts and the NOTIFY run inside one server-side function
 (``foundation_append_events``, migrations 0007 and 0008; inside a burst of stores the
 NOTIFY is left to the change feed, one for the burst, see ``_base``), or, for a lone
-event outside any stream, inside one INSERT that takes the lock in its WITH clause
-(``_append_one``), so a store is one statement and one round trip, and the lock is held
-for the statement and the commit only, never across a network round trip. And stores that arrive while one is in flight
-are sent together as one call (group commit, :mod:`._group`): one lock, one commit, one
-WAL flush for all of them, each caller's events still all-or-nothing on their own.
-Readers never take the lock. The only other writer of the log, the trigger of migration
+event, inside one INSERT that takes the lock in its WITH clause (``_append_one``), so a
+store is one statement and one round trip, and the lock is held for the statement and
+the commit only, never across a network round trip. And stores that arrive while one is
+in flight are sent together as one call (group commit, :mod:`._group`): one lock, one
+commit, one WAL flush for all of them, each caller's events still all-or-nothing on
+their own. Readers never take the lock. The only other writer of the log, the trigger of migration
 0005 that appends ``foundation.config.changed`` events, takes the same lock first
 (``EVENTS_LOCK_KEY`` is copied there). On SQLite, a write transaction already excludes
 every other writer and the rowid is the position.
@@ -112,6 +112,7 @@ class EventSQL:
     insert_checked: str
     append: str
     append_one: str
+    append_one_checked: str
     stream_version: str
     last_rowid: str
     sub_create: str
@@ -126,7 +127,8 @@ class EventSQL:
     def build(cls, backend: Backend, codec: Codec) -> EventSQL:
         values: dict[str, Any] = {name: sa.bindparam(name) for name in _INSERTED}
         insert = sa.insert(events).values(**values)
-        sqlite_only = backend == "sqlite"  # PostgreSQL appends through foundation_append_events
+        sqlite_only = backend == "sqlite"  # PostgreSQL appends with statements of its own
+        postgres = not sqlite_only
         s = subscriptions
         claimable = sa.or_(
             s.c.owner.is_(None),
@@ -145,8 +147,9 @@ class EventSQL:
             ),
             insert_many=compile_sqlite_positional(insert, _INSERTED) if sqlite_only else "",
             insert_checked=compile_sql(_insert_checked(), backend) if sqlite_only else "",
-            append=compile_sql(_append(), backend) if backend == "postgresql" else "",
-            append_one=compile_sql(_append_one(), backend) if backend == "postgresql" else "",
+            append=compile_sql(_append(), backend) if postgres else "",
+            append_one=compile_sql(_append_one(False), backend) if postgres else "",
+            append_one_checked=compile_sql(_append_one(True), backend) if postgres else "",
             stream_version=compile_sql(
                 sa.select(sa.func.max(events.c.stream_version)).where(
                     events.c.stream_id == sa.bindparam("stream_id")
@@ -271,12 +274,20 @@ class EventSQL:
             "notify": True,
         }
 
-    def append_one_params(self, event: NewEvent, at: Any, writer: str) -> dict[str, Any]:
-        """``append_one``'s parameters: one event outside any stream."""
-        params = _named_row(event, at)
+    def append_one_params(
+        self, event: NewEvent, at: Any, writer: str
+    ) -> tuple[str, dict[str, Any]]:
+        """The lone-event statement for ``event`` (``append_one``, or its stream form)
+        and its parameters."""
+        if event.stream_id is None:
+            params = _named_row(event, at)
+            sql = self.append_one
+        else:
+            params = self.checked_params(event, at)
+            sql = self.append_one_checked
         params["writer"] = writer
         params["notify"] = True
-        return params
+        return sql, params
 
     def record(self, row: tuple[Any, ...]) -> RecordedEvent:
         load = self.codec.load_json
@@ -355,9 +366,8 @@ _INSERTED = (
 )
 
 
-def _insert_checked() -> Any:
-    """SQLite: one event of a stream, its version and expected-version check in one
-    statement (atomic under SQLite's write lock). No row back means the check failed."""
+def _stream_check() -> tuple[Any, Any]:
+    """The stream's current version (a subquery) and whether the expected one holds."""
     current = (
         sa.select(sa.func.coalesce(sa.func.max(events.c.stream_version), _ZERO).label("cur"))
         .where(events.c.stream_id == sa.bindparam("stream_id"))
@@ -371,6 +381,13 @@ def _insert_checked() -> Any:
         sa.and_(kind == sa.literal_column("'exists'"), cur > _ZERO),
         sa.and_(kind == sa.literal_column("'version'"), cur == sa.bindparam("expected_version")),
     )
+    return cur, expected_holds
+
+
+def _insert_checked() -> Any:
+    """SQLite: one event of a stream, its version and expected-version check in one
+    statement (atomic under SQLite's write lock). No row back means the check failed."""
+    cur, expected_holds = _stream_check()
     row = sa.select(
         *(
             (cur + sa.literal_column("1")).label(name)
@@ -400,37 +417,51 @@ def _append() -> Any:
     return sa.select(fn.c.o_ord, fn.c.o_position, fn.c.o_version, fn.c.o_actual, tail)
 
 
-def _append_one() -> Any:
-    """PostgreSQL: one event outside any stream, without the function's machinery.
+def _append_one(stream: bool) -> Any:
+    """PostgreSQL: one event, without ``foundation_append_events``'s machinery.
 
-    The commonest store needs none of ``foundation_append_events``'s unit bookkeeping,
-    and PL/pgSQL costs it about a fifth of its time on top of the INSERT itself. Here
-    the writers' lock is a CTE the INSERT selects from, so it is held before ``nextval``
-    hands out the position (positions still follow commit order, see the module's
-    docstring). The row comes back in the function's shape, with the log's tail before
-    the event when it is certain: the statement's snapshot is taken before the lock, so
-    its ``max(position)`` may miss a store that committed in between; but when it is
-    ``position - 1``, no lower position is left to commit (the lock) and that is the
-    tail. Otherwise (a rolled-back store left a gap, or a commit came in between) it is
-    NULL, unknown, and the tail cache reads the log after its window instead (``_base``).
-    An event of a stream reads its stream's version, which that snapshot could miss:
-    such stores stay with the function.
+    The commonest store needs none of the function's unit bookkeeping, and PL/pgSQL
+    costs it about a fifth of its time on top of the INSERT itself. Here the writers'
+    lock is a CTE the INSERT selects from, so it is held before ``nextval`` hands out
+    the position (positions still follow commit order, see the module's docstring).
+
+    The statement's snapshot is taken before the lock, so what it reads may miss a
+    store that committed in between. The row comes back in the function's shape, with
+    the log's tail before the event when it is certain: when the snapshot's
+    ``max(position)`` is ``position - 1``, no lower position is left to commit (the
+    lock); otherwise (a rolled-back store's gap, or a commit in between) it is NULL, and
+    the tail cache reads the log to place the event (``_tail``). With ``stream``, the
+    event's version is its stream's current one, as that snapshot read it, plus one,
+    written only if the expected version held. A stale read cannot write a wrong
+    version: versions of a stream are consecutive, so a store that came in between
+    holds that version already and the unique index refuses the row. Either way (no
+    row, or that refusal) the caller asks ``foundation_append_events``, which reads
+    once it holds the lock, for the answer.
     """
     lock = sa.select(sa.func.pg_advisory_xact_lock(sa.literal_column(str(EVENTS_LOCK_KEY))))
     held = lock.cte("held")
     jsonb = postgresql.JSONB
-    row = sa.select(
-        sa.bindparam("id"),
-        sa.bindparam("type"),
-        sa.cast(sa.bindparam("data"), jsonb),
-        sa.cast(sa.bindparam("metadata"), jsonb),
-        sa.bindparam("correlation_id"),
-        sa.bindparam("causation_id"),
-        sa.cast(sa.bindparam("recorded_at"), sa.DateTime(timezone=True)),
-    ).select_from(held)
-    columns = ["id", "type", "data", "metadata", "correlation_id", "causation_id", "recorded_at"]
+    values: dict[str, Any] = {
+        "id": sa.bindparam("id"),
+        "type": sa.bindparam("type"),
+        "data": sa.cast(sa.bindparam("data"), jsonb),
+        "metadata": sa.cast(sa.bindparam("metadata"), jsonb),
+        "correlation_id": sa.bindparam("correlation_id"),
+        "causation_id": sa.bindparam("causation_id"),
+        "recorded_at": sa.cast(sa.bindparam("recorded_at"), sa.DateTime(timezone=True)),
+    }
+    if stream:
+        cur, expected_holds = _stream_check()
+        values["stream_id"] = sa.bindparam("stream_id")
+        values["stream_version"] = cur + sa.literal_column("1")
+    row = sa.select(*values.values()).select_from(held)
+    if stream:
+        row = row.where(expected_holds)
     inserted = (
-        sa.insert(events).from_select(columns, row).returning(events.c.position).cte("inserted")
+        sa.insert(events)
+        .from_select(list(values), row)
+        .returning(events.c.position, events.c.stream_version)
+        .cte("inserted")
     )
     # Delivered at commit only; skipped inside a burst as the function's (migration 0008).
     # A SELECT in a WITH runs only when referenced: the count below references it.
@@ -455,7 +486,7 @@ def _append_one() -> Any:
     return sa.select(
         sa.literal_column("1"),
         inserted.c.position,
-        no_number,
+        inserted.c.stream_version,
         no_number,
         sa.case((seen == below, below), else_=no_number),
     ).select_from(inserted.join(sent, sa.true()))

@@ -186,21 +186,24 @@ class TailCache:
 
     def add_own(self, prev_tail: int | None, records: list[RecordedEvent]) -> bool:
         """This node's own write: served only once ``hi`` reaches it (read-your-writes),
-        and appended now when the log's tail before it was exactly ``hi``.
+        and appended now when the log's tail before it was exactly ``hi``, or ``hi`` is
+        the position just below it.
 
-        ``prev_tail`` None means the tail before it is not known: then only a read of
-        the log can place it, which the write's own notification asks for (see
-        :meth:`own_notified`). False when that notification has already gone by: the
-        caller must have another one sent.
+        ``prev_tail`` None means the tail before it is not known: unless ``hi`` is just
+        below it, only a read of the log can place it, which the write's own
+        notification asks for (see :meth:`own_notified`). False when that notification
+        has already gone by: the caller must have another one sent.
         """
         with self._lock:
             position = records[-1].position
             if position > self._need:
                 self._need = position
-            if prev_tail is None:
+            first = records[0].position
+            if prev_tail is None and not (self._valid and self._hi == first - 1):
                 self._stale_until = self._reads_begun + 1
                 return self._own_passed < position
-            if self._valid and prev_tail == self._hi:
+            # The tail before them was hi, or hi is just below them: nothing between.
+            if self._valid and (prev_tail == self._hi or self._hi == first - 1):
                 self._append(records)
             return True
 
