@@ -659,9 +659,12 @@ def registry_register_sqlite(ctx: Context) -> BenchOutput:
 
             def same_statement(i: int) -> Any:
                 # Foundation's own statement (takeover check, epoch RETURNING) on the raw
-                # driver: what the database alone costs for register's work.
-                now = {"now": _sqlite_ts(datetime.now(UTC)), "entry_expires": None}
-                return raw.execute(upsert, {**_upsert_params(i), **now}).fetchone()
+                # driver: what the database alone costs for register's work. Its SQLite
+                # text takes a tuple, in the order of the service's _REGISTER_ORDER.
+                ts = _sqlite_ts(datetime.now(UTC))
+                p = _upsert_params(i)
+                row = (p["name"], p["address"], p["metadata"], p["node"], p["gen"])
+                return raw.execute(upsert, (*row, None, None, None, ts, ts, ts, ts)).fetchone()
 
             mine, flo, same = measure_ops([ours, floor, same_statement], n, warmup)
     finally:

@@ -382,6 +382,10 @@ ALLOWED: dict[tuple[str, str], str] = {
         'f"LISTEN {CHANNEL}"',
     ): "LISTEN takes no bound parameters; CHANNEL is the module constant 'foundation'",
     (
+        "foundation/events/_store.py",
+        "str(EVENTS_LOCK_KEY)",
+    ): "the writers' advisory lock key, an int constant of the module, as in the function",
+    (
         "foundation/circuit_breaker/_store.py",
         "str(value)",
     ): "_c(value: int): integer constants of the statements, compiled once",

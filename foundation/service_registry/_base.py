@@ -214,7 +214,7 @@ class _RegistryBase(RegistryFeedSide):
 
     def _register_params(
         self, name: str, held: _Held, gen: int
-    ) -> tuple[dict[str, Any], datetime | None]:
+    ) -> tuple[dict[str, Any] | tuple[Any, ...], datetime | None]:
         return self._sql.register_params(
             name, held.address_text, held.metadata_text, self._node, gen, held.ttl_ms
         )

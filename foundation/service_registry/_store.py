@@ -23,7 +23,7 @@ from foundation.database.feed import (
     changed_keys_sql,
 )
 from foundation.database.schema import leases, registry, registry_members
-from foundation.database.statements import compile_sql
+from foundation.database.statements import compile_sql, compile_sqlite_positional
 from foundation.database.url import Backend
 
 __all__ = ["RegistrySQL"]
@@ -41,6 +41,23 @@ def _clock(backend: Backend) -> tuple[Any, Any, Any]:
             now + sa.bindparam("entry_ttl_ms", type_=sa.BigInteger) * _ONE_MS,
         )
     return sa.bindparam("now"), sa.bindparam("expires"), sa.bindparam("entry_expires")
+
+
+# The order of register's parameters in its SQLite text (checked when compiled).
+_REGISTER_ORDER = (
+    "name",
+    "address",
+    "metadata",
+    "node",
+    "gen",
+    "entry_ttl_ms",
+    "entry_ttl_ms",
+    "entry_expires",
+    "now",
+    "now",
+    "now",
+    "now",
+)
 
 
 def _insert(backend: Backend) -> Any:
@@ -299,7 +316,12 @@ class RegistrySQL:
             release_lease=compile_sql(release_lease, backend),
             release_entries=compile_sql(release_entries, backend),
             release_members=compile_sql(release_members, backend),
-            register=compile_sql(reg, backend),
+            # SQLite: bound from register_params's tuple (see compile_sqlite_positional).
+            register=(
+                compile_sql(reg, backend)
+                if backend == "postgresql"
+                else compile_sqlite_positional(reg, _REGISTER_ORDER)
+            ),
             unregister=compile_sql(unregister, backend),
             unregister_force=compile_sql(unregister_force, backend),
             update_metadata=compile_sql(update_metadata, backend),
@@ -353,30 +375,28 @@ class RegistrySQL:
 
     def register_params(
         self, name: str, address: str, metadata: str, node: str, gen: int, ttl_ms: int | None
-    ) -> tuple[dict[str, Any], datetime | None]:
+    ) -> tuple[dict[str, Any] | tuple[Any, ...], datetime | None]:
         """The parameters of ``register`` and, on SQLite, the ``now`` they carry.
 
         The hot path of register: the SQLite timestamp is formatted once and handed back,
-        so that the caller never parses what it wrote. PostgreSQL reads its own clock:
-        ``None``.
+        so that the caller never parses what it wrote, and the parameters are a tuple in
+        ``_REGISTER_ORDER``. PostgreSQL reads its own clock: ``None``.
         """
-        params: dict[str, Any] = {
-            "name": name,
-            "address": address,
-            "metadata": metadata,
-            "node": node,
-            "gen": gen,
-            "entry_ttl_ms": ttl_ms,
-        }
         if self.backend == "postgresql":
+            params = {
+                "name": name,
+                "address": address,
+                "metadata": metadata,
+                "node": node,
+                "gen": gen,
+                "entry_ttl_ms": ttl_ms,
+            }
             return params, None
         now = datetime.now(UTC)
         ts = self.codec.ts
-        params["now"] = ts(now)
-        params["entry_expires"] = (
-            None if ttl_ms is None else ts(now + timedelta(milliseconds=ttl_ms))
-        )
-        return params, now
+        at = ts(now)
+        expires = None if ttl_ms is None else ts(now + timedelta(milliseconds=ttl_ms))
+        return (name, address, metadata, node, gen, ttl_ms, ttl_ms, expires, at, at, at, at), now
 
     def epoch_seconds(self, value: Any) -> float:
         """A stored timestamp as seconds since the Unix epoch (what the cache compares)."""
