@@ -16,6 +16,8 @@ from hypothesis import strategies as st
 from foundation import AsyncFoundation, Foundation
 from foundation.database.url import DatabaseURL
 from foundation.events import RecordedEvent
+from foundation.events._model import Criteria
+from foundation.events._tail import TailCache
 
 TYPES = ["a", "b", "c", "d"]
 STREAMS = ["s1", "s2", "s3"]
@@ -278,3 +280,67 @@ def test_a_rolled_back_position_below_a_store_keeps_the_cache_exact(
         assert fdn.events.own_catch_ups == 1
     third = fdn.events.store({"type": "a"})  # the cache is contiguous again: extended at once
     assert cache.window()[2] == third.position
+
+
+def _record(position: int) -> RecordedEvent:
+    return RecordedEvent(
+        uuid.uuid4(), position, None, None, "t", {"p": position}, {}, None, None, datetime.now(UTC)
+    )
+
+
+def _placed_cache(hi: int) -> TailCache:
+    cache = TailCache(100, lambda value: value)
+    cache.reset([_record(p) for p in range(hi, 0, -1)], complete=True)
+    return cache
+
+
+@pytest.mark.parametrize("tail_known", [True, False])
+def test_own_writes_that_come_back_out_of_order_are_both_placed(tail_known: bool) -> None:
+    # Two calls of this node in flight: the second's result is handled first.
+    cache = _placed_cache(5)
+    assert cache.add_own(6 if tail_known else None, [_record(7)])
+    assert cache.window()[2] == 5  # 6 is not in the window yet: 7 waits
+    assert cache.answer(Criteria(shape=("asc",), params={}, limit=10, order="asc")) is None
+    assert cache.add_own(5, [_record(6)])
+    assert cache.window()[2] == 7  # 6 placed, then 7 after it
+    assert not cache.own_notified(7)  # nothing to read back
+    answer = cache.answer(Criteria(shape=("asc",), params={}, limit=10, order="asc"))
+    assert [r.position for r in answer or []] == list(range(1, 8))
+
+
+def test_an_own_write_above_a_gap_is_read_back_when_its_notification_comes() -> None:
+    cache = _placed_cache(5)
+    assert cache.add_own(None, [_record(7)])  # 6 was rolled back: nothing will place 7
+    assert cache.own_notified(7)  # so its notification asks for a read of the log
+    assert cache.extend(5, [_record(7)])  # what that read finds
+    assert cache.window()[2] == 7 and not cache.own_notified(7)
+
+
+def test_an_own_write_whose_notification_went_by_asks_for_another() -> None:
+    cache = _placed_cache(5)
+    assert not cache.own_notified(7)  # the writer had not offered it yet
+    assert not cache.add_own(None, [_record(7)])  # so the writer has one more sent
+    assert cache.own_notified(7)
+
+
+def test_a_node_storing_from_many_threads_keeps_its_cache_answering(fdn: Foundation) -> None:
+    # On PostgreSQL concurrent stores share calls, and two calls in flight can come
+    # back out of order: the cache must still end up holding both, and answer.
+    assert fdn.feed.wait_connected(10)
+
+    def work(i: int) -> None:
+        for j in range(30):
+            fdn.events.store({"type": "c", "data": [i, j]})
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    _wait_caught_up(fdn)
+    cache = fdn.events.tail_cache
+    hits = cache.hits
+    criteria = {"type": "c", "limit": 1000}
+    assert fdn.events.get(criteria) == _db_get(fdn, criteria)
+    assert cache.hits == hits + 1  # from memory: the window is not left waiting
+    assert len(_db_get(fdn, criteria)) == 240

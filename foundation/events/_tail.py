@@ -47,6 +47,7 @@ from foundation.events._store import new_record
 __all__ = ["DEFAULT_TAIL_SIZE", "TailCache"]
 
 DEFAULT_TAIL_SIZE = 10_000
+_MAX_PENDING = 256  # own writes held for placement at most (see TailCache.add_own)
 
 
 def _pos(record: RecordedEvent) -> int:
@@ -112,6 +113,10 @@ class TailCache:
         self._read_upto = 0  # the newest numbered read that has ended
         self._stale_until = 0  # the read that must end before the window answers again
         self._own_passed = 0  # the newest own notification the feed let pass unread
+        # Own writes that came back before the window reached them (another writer's
+        # events between, or ours still on their way): first position -> (the tail
+        # before them when known, the records). Placed as soon as hi reaches them.
+        self._pending: dict[int, tuple[int | None, list[RecordedEvent]]] = {}
         # Appended in place, replaced (never shifted) when trimmed: a reader's snapshot
         # stays consistent, and entries appended after it are above its ``hi``.
         self._records: list[RecordedEvent] = []
@@ -153,6 +158,7 @@ class TailCache:
             self._valid = False
             self._records = []
             self._by_type = {}
+            self._pending = {}
 
     def reset(self, newest_first: list[RecordedEvent], complete: bool) -> None:
         """Replace the window with the log's newest events (``complete``: the whole log)."""
@@ -169,6 +175,7 @@ class TailCache:
             else:
                 self._lo = records[0].position - 1
             self._valid = True
+            self._drain()
 
     def hi(self) -> int | None:
         with self._lock:
@@ -186,39 +193,59 @@ class TailCache:
 
     def add_own(self, prev_tail: int | None, records: list[RecordedEvent]) -> bool:
         """This node's own write: served only once ``hi`` reaches it (read-your-writes),
-        and appended now when the log's tail before it was exactly ``hi``, or ``hi`` is
-        the position just below it.
+        and appended when the log's tail before it is ``hi`` (``prev_tail``; None when
+        not known) or ``hi`` is the position just below it: now, or as soon as ``hi``
+        gets there (another of our writes, or a read of the log, brings it there).
 
-        ``prev_tail`` None means the tail before it is not known: unless ``hi`` is just
-        below it, only a read of the log can place it, which the write's own
-        notification asks for (see :meth:`own_notified`). False when that notification
-        has already gone by: the caller must have another one sent.
+        Left unplaced, it is read from the log when its own notification arrives (see
+        :meth:`own_notified`). False when that notification has already gone by: the
+        caller must have another one sent.
         """
         with self._lock:
             position = records[-1].position
             if position > self._need:
                 self._need = position
+            if not self._valid:
+                return True  # the window's (re)load reads it
             first = records[0].position
-            if prev_tail is None and not (self._valid and self._hi == first - 1):
-                self._stale_until = self._reads_begun + 1
-                return self._own_passed < position
-            # The tail before them was hi, or hi is just below them: nothing between.
-            if self._valid and (prev_tail == self._hi or self._hi == first - 1):
-                self._append(records)
-            return True
+            if first > self._hi:
+                self._pending[first] = (prev_tail, records)
+                if len(self._pending) > _MAX_PENDING:  # stuck behind a gap: read instead
+                    del self._pending[min(self._pending)]
+                self._drain()
+            return self._hi >= position or self._own_passed < position
 
     def own_notified(self, position: int) -> bool:
         """The feed got this node's own notification of ``position``: whether to read
         the log after the window (a write of ours it could not place), or let it pass
-        (its writer puts it in the window itself)."""
+        (already in the window, or its writer has yet to offer it)."""
         with self._lock:
-            if self._valid and position > self._hi and self._read_upto < self._stale_until:
+            if self._valid and self._hi < position <= self._need:
                 return True
             self._own_passed = max(self._own_passed, position)
             return False
 
     def _append(self, records: list[RecordedEvent]) -> None:
         # Under the lock.
+        self._put(records)
+        self._drain()
+
+    def _drain(self) -> None:
+        """Place pending own writes that now follow ``hi``; drop those it passed."""
+        pending = self._pending
+        while pending:
+            hi = self._hi
+            ready = pending.pop(hi + 1, None)
+            if ready is None:
+                for first in [f for f in pending if f <= hi]:
+                    del pending[first]
+                known = next((f for f, (tail, _) in pending.items() if tail == hi), None)
+                if known is None:
+                    return
+                ready = pending.pop(known)
+            self._put(ready[1])
+
+    def _put(self, records: list[RecordedEvent]) -> None:
         fresh = [frozen(r) for r in records]
         self._records.extend(fresh)
         for r in fresh:
