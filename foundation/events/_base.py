@@ -301,8 +301,7 @@ class _EventsBase:
         if payload.get("writer") == self._writer:
             # Our own store: the writer puts it in the cache and wakes the
             # subscriptions; reading it back here would double the database work of
-            # every store. Unless the writer did not know the log's tail before it
-            # (see _store._append_one) and the cache could not place it.
+            # every store. Unless the cache could not place it (see TailCache.add_own).
             cache = self.tail_cache
             if cache.enabled and isinstance(position, int) and cache.own_notified(position):
                 self.own_catch_ups += 1

@@ -8,9 +8,13 @@ prefix of the log up to a new position:
 
 * its own writes: a store also learns the log's tail just before its first inserted row
   (PostgreSQL: ``foundation_append_events`` reads it once it holds the writers' lock, so
-  no other writer can commit in between; SQLite: writers are serialized and the rowid is
-  ``max + 1``, so it is ``position - 1``). A batch extends the cache only when that tail
-  equals ``hi``; otherwise the cache waits for the feed.
+  no other writer can commit in between, and a lone event's statement knows it when no
+  position below its own is missing, see ``_store._append_one``; SQLite: writers are
+  serialized and the rowid is ``max + 1``, so it is ``position - 1``). A batch extends
+  the cache when that tail is ``hi``, or ``hi`` is the position just below it. One that
+  comes back before ``hi`` gets there (another call of this node still on its way, or
+  another node's events between) is held and placed when ``hi`` reaches it; if nothing
+  does (a rolled-back store left a gap), its own notification has the feed read it.
 * the change feed: a notification (PostgreSQL) or a changed ``data_version`` (SQLite)
   makes the feed's thread read every event after ``hi``. Positions follow commit order
   (see ``_store``), so whatever a reader sees after ``hi`` is a complete prefix.
