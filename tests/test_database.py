@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -15,6 +16,8 @@ from foundation import (
     StorageUnavailableError,
 )
 from foundation.database import create_engine, mask_url
+from foundation.database.codec import load_json_bytes
+from foundation.database.postgres import ADAPTERS
 from foundation.database.url import DatabaseURL
 
 
@@ -164,3 +167,46 @@ def test_postgres_schema_must_be_a_plain_identifier() -> None:
     with pytest.raises(ConfigError) as info:
         Foundation("postgresql+psycopg://u@127.0.0.1/x", postgres_schema="x; DROP TABLE y")
     assert info.value.context["setting"] == "postgres_schema"
+
+
+JSON_VALUES = [
+    {},
+    [],
+    {"a": [1, 2.5, None, True, False], "é": "ünïcödé ✓", "nested": {"deep": [[{}]]}},
+    'a string with \\ " and \n',
+    12345678901234567890123,
+    -0.0,
+    1e300,
+    None,
+]
+
+
+def test_foundation_decodes_postgres_json_as_psycopg_does(postgres_server: str) -> None:
+    import json
+
+    from tests.conftest import fresh_postgres
+
+    with fresh_postgres(postgres_server) as url:
+        fdn = Foundation(url, migrate="upgrade")
+        try:
+            conninfo = DatabaseURL.parse(url).conninfo
+            with psycopg.connect(conninfo, autocommit=True) as plain:
+                for value in JSON_VALUES:
+                    text = json.dumps(value)
+                    ours = fdn.events._db.fetchone("SELECT %(v)s::jsonb", {"v": text})
+                    theirs = plain.execute("SELECT %s::jsonb", (text,)).fetchone()
+                    assert ours is not None and theirs is not None
+                    # (jsonb keeps 1e300 as the number's digits: an int for both)
+                    assert ours[0] == theirs[0]
+                    assert type(ours[0]) is type(theirs[0])
+                # Foundation's loader is its connections' own, not set on psycopg globally.
+                jsonb = psycopg.adapters.types["jsonb"].oid
+                theirs_loader: Any = plain.adapters.get_loader(jsonb, 0)
+                ours_loader: Any = ADAPTERS.get_loader(jsonb, 0)
+                assert theirs_loader._loads is json.loads
+                assert ours_loader._loads is load_json_bytes
+            stored = fdn.events.store({"type": "t", "data": JSON_VALUES[2]})
+            fdn.events.tail_cache.size = 0  # from the database
+            assert fdn.events.get(type="t") == [stored]
+        finally:
+            fdn.close()

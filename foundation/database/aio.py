@@ -21,7 +21,7 @@ import psycopg_pool
 
 from foundation.database.codec import Codec, codec_for
 from foundation.database.errors import is_disconnect_before_statement, translate
-from foundation.database.postgres import connect_kwargs
+from foundation.database.postgres import driver_kwargs
 from foundation.database.sync import ManyParams, Params, Row
 from foundation.database.url import DatabaseURL
 from foundation.errors import StorageUnavailableError
@@ -131,7 +131,7 @@ class AsyncDatabase:
                 self._sqlite = conn
             else:
                 probe = await psycopg.AsyncConnection.connect(
-                    self.url.conninfo, **connect_kwargs(self.settings)
+                    self.url.conninfo, **driver_kwargs(self.settings)
                 )
                 await probe.close()
                 self._pool = psycopg_pool.AsyncConnectionPool(
@@ -139,7 +139,7 @@ class AsyncDatabase:
                     min_size=self.settings.pool_min_size,
                     max_size=self.settings.pool_max_size,
                     timeout=self.settings.connect_timeout_s,
-                    kwargs={"autocommit": True, **connect_kwargs(self.settings)},
+                    kwargs={"autocommit": True, **driver_kwargs(self.settings)},
                     name=f"foundation-async-{self.settings.node_id}",
                     open=False,
                 )

@@ -35,7 +35,7 @@ from typing import Any, Protocol
 import psycopg
 import sqlalchemy as sa
 
-from foundation.database.postgres import connect_kwargs
+from foundation.database.postgres import driver_kwargs
 from foundation.database.schema import topic_revisions
 from foundation.database.statements import compile_sql
 from foundation.database.sync import Cursor, _DriverCursor, connect_sqlite
@@ -316,7 +316,7 @@ class PostgresFeed(ChangeFeed):
                 conn = psycopg.connect(
                     self.url.conninfo,
                     autocommit=True,
-                    **connect_kwargs(self.settings, "foundation-listen"),
+                    **driver_kwargs(self.settings, "foundation-listen"),
                 )
                 conn.execute(f"LISTEN {CHANNEL}")
                 # Notifications that arrive while a subscriber queries through this

@@ -10,9 +10,20 @@ from __future__ import annotations
 
 from typing import Any
 
+import psycopg
+from psycopg.adapt import AdaptersMap
+from psycopg.types.json import set_json_loads
+
+from foundation.database.codec import load_json_bytes
 from foundation.settings import Settings
 
-__all__ = ["connect_kwargs"]
+__all__ = ["ADAPTERS", "connect_kwargs", "driver_kwargs"]
+
+# psycopg's own adapters, but JSON decoded by Foundation's faster loader. Given to the
+# connections Foundation opens itself only, never set globally: an application's other
+# psycopg connections keep theirs.
+ADAPTERS = AdaptersMap(psycopg.adapters)
+set_json_loads(load_json_bytes, ADAPTERS)
 
 
 def connect_kwargs(settings: Settings, purpose: str = "foundation") -> dict[str, Any]:
@@ -24,3 +35,9 @@ def connect_kwargs(settings: Settings, purpose: str = "foundation") -> dict[str,
         # Validated as a plain identifier by Settings, so it needs no quoting here.
         kwargs["options"] = f"-c search_path={settings.postgres_schema}"
     return kwargs
+
+
+def driver_kwargs(settings: Settings, purpose: str = "foundation") -> dict[str, Any]:
+    """``connect_kwargs`` and Foundation's adapters, for ``psycopg.connect`` and pools
+    (not for SQLAlchemy's engine, whose dialect decodes JSON its own way)."""
+    return {**connect_kwargs(settings, purpose), "context": ADAPTERS}

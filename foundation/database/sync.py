@@ -25,7 +25,7 @@ import psycopg_pool
 
 from foundation.database.codec import Codec, codec_for
 from foundation.database.errors import is_disconnect_before_statement, translate
-from foundation.database.postgres import connect_kwargs
+from foundation.database.postgres import driver_kwargs
 from foundation.database.url import DatabaseURL
 from foundation.settings import Settings
 
@@ -117,7 +117,7 @@ class SyncDatabase:
                 min_size=settings.pool_min_size,
                 max_size=settings.pool_max_size,
                 timeout=settings.connect_timeout_s,
-                kwargs={"autocommit": True, **connect_kwargs(settings)},
+                kwargs={"autocommit": True, **driver_kwargs(settings)},
                 name=f"foundation-{settings.node_id}",
                 open=True,
             )
@@ -130,7 +130,7 @@ class SyncDatabase:
             if self.backend == "sqlite":
                 connect_sqlite(self.url, self.settings).close()
             else:
-                psycopg.connect(self.url.conninfo, **connect_kwargs(self.settings)).close()
+                psycopg.connect(self.url.conninfo, **driver_kwargs(self.settings)).close()
         except (sqlite3.Error, psycopg.Error) as exc:
             raise translate(exc, self._masked) from exc
 
