@@ -2,8 +2,9 @@
 
 One place for the connect timeout, the ``application_name`` operators see in
 ``pg_stat_activity`` (``foundation:<node>`` for pooled connections,
-``foundation-listen:<node>`` for the change feed), and the optional schema
-(``search_path``) that ``Settings.postgres_schema`` puts Foundation's tables in.
+``foundation-listen:<node>`` for the change feed), the optional schema
+(``search_path``) that ``Settings.postgres_schema`` puts Foundation's tables in, and the
+adapters of the connections Foundation opens itself (a faster JSON loader).
 """
 
 from __future__ import annotations
