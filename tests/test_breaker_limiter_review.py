@@ -388,7 +388,7 @@ def test_the_limits_listing_leaves_out_ended_windows(db_url: str) -> None:
     with Foundation(db_url, migrate="check") as node:
         for _ in range(2):
             node.rate_limiter.try_acquire("gone", max_requests=5, interval=20)
-            node.rate_limiter.try_acquire("live", max_requests=5, interval=3_600_000)
+            node.rate_limiter.try_acquire("live", max_requests=5, interval=86_400_000)
         wait_for(lambda: [u.key for u in node.rate_limiter.usage()] == ["live"])
     result = CliRunner().invoke(main, ["-d", db_url, "limits", "--json"])
     assert result.exit_code == 0, result.stderr
