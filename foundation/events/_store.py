@@ -430,7 +430,8 @@ def _append_one(stream: bool) -> Any:
     the log's tail before the event when it is certain: when the snapshot's
     ``max(position)`` is ``position - 1``, no lower position is left to commit (the
     lock); otherwise (a rolled-back store's gap, or a commit in between) it is NULL, and
-    the tail cache reads the log to place the event (``_tail``). With ``stream``, the
+    the tail cache places the event once its window reaches the position below it, or
+    reads the log (``_tail``). With ``stream``, the
     event's version is its stream's current one, as that snapshot read it, plus one,
     written only if the expected version held. A stale read cannot write a wrong
     version: versions of a stream are consecutive, so a store that came in between
