@@ -27,11 +27,11 @@ THREADS = 16
 def _hold_first_call(fdn: Foundation, queued: int) -> threading.Event:
     """Make the first append call wait until ``queued`` stores are queued behind it.
 
-    With one lead (the default is two calls in flight), everything queued behind the held
-    call then goes as one group: the grouping is certain.
+    With one lead (the default), everything queued behind the held call then goes as one
+    group: the grouping is certain.
     """
     events = fdn.events
-    events.group_commit._max_leaders = 1
+    assert events.group_commit._max_leaders == 1
     fetchall = events._db.fetchall
     released = threading.Event()
 

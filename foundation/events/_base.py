@@ -165,7 +165,7 @@ class _EventsBase:
         store's own NOTIFY covered it within twice that time (the end of a burst). Other
         nodes learn of a burst's events at most twice that (10 ms) later; nothing else
         changes.
-        Unlocked: two concurrent leaders may both notify, which is only one more NOTIFY.
+        Unlocked: two calls racing here may both notify, which is only one more NOTIFY.
         """
         now = time.monotonic()
         if self._feed is None or now - self._notified_at >= self.NOTIFY_EVERY_S:

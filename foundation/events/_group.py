@@ -11,10 +11,13 @@ durable exactly as a lone store is.
 
 A lone caller pays nothing: with an empty queue it runs its store at once.
 
-The sync face uses leader hand-off (as LevelDB's writer queue): a caller that finds a
-free lead runs its unit with those waiting, then passes the lead to the next waiting
-caller, so no thread is kept serving others; two leads at once keep a group waiting at
-the lock while the previous one commits. On the async face a lone caller runs its own
+The sync face uses leader hand-off (as LevelDB's writer queue): a caller that finds the
+lead free runs its unit with those waiting, then passes the lead to the next waiting
+caller, so no thread is kept serving others. One lead at a time: writers wait for their
+own outcome, so whatever arrives during a call goes in the next one whether one or two
+calls are in flight; a second lead only halves the groups, and with them the stores per
+round trip. On two cores, 16 threads stored 15% faster with one lead than with two
+(8.5 stores per call against 5.3). On the async face a lone caller runs its own
 call too; the callers that queue meanwhile are sent by a task of their own, so that no
 caller's cancellation cancels the others' statement, and a caller cancelled before its
 group is sent is not written.
@@ -58,12 +61,10 @@ class _Slot(Generic[U, R]):
 class GroupCommit(Generic[U, R]):
     """Threads' units, run in groups of at most ``limit`` units by the threads that lead.
 
-    Up to ``leaders`` groups are in flight at once: while one holds the writers' lock in
-    the server, the next is already sent and waits there for it, so the lock is never
-    idle for a client round trip between two groups.
+    Up to ``leaders`` groups are in flight at once (one by default, see the module).
     """
 
-    def __init__(self, run: Run[U, R], limit: int, leaders: int = 2) -> None:
+    def __init__(self, run: Run[U, R], limit: int, leaders: int = 1) -> None:
         self._run = run
         self._limit = limit
         self._max_leaders = leaders
