@@ -7,13 +7,16 @@ two so that both see the same machine. Each event is one ``store`` call acknowle
 after its commit (``synchronous_commit=on``).
 
 Writers are threads of one process sharing one ``Foundation`` (a web app's worker
-threads): concurrent stores there are grouped into one call and one commit
-(``foundation.events._group``). Writers that are separate processes cannot be grouped:
-each store holds the writers' lock to its commit, so their row is shown for information.
+threads), or tasks sharing one ``AsyncFoundation`` (an asyncio app's requests): concurrent
+stores there are grouped into one call and one commit (``foundation.events._group``).
+Each face is compared with its own single writer. Writers that are separate processes
+cannot be grouped: each store holds the writers' lock to its commit, so their row is shown
+for information.
 """
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import threading
 import time
@@ -22,7 +25,7 @@ from typing import Any
 from bench_events_registry import DATA, TYPE, _foundation
 from bench_helpers import BenchOutput, Context, Floor, Measured, bench
 
-from foundation import Foundation
+from foundation import AsyncFoundation, Foundation
 
 WRITERS = 16
 
@@ -123,4 +126,60 @@ def events_store_concurrent(ctx: Context) -> BenchOutput:
         note=f"{WRITERS} threads sharing one Foundation, {per_writer} stores each per round; "
         f"{grouped:.1f} stores per database call on average (group commit); every store "
         "is acknowledged after its own commit",
+    )
+
+
+async def _one_task_round(store: Any, count: int) -> int:
+    t0 = time.perf_counter_ns()
+    for i in range(count):
+        await store({"type": TYPE, "data": {**DATA, "i": i}})
+    return (time.perf_counter_ns() - t0) // count
+
+
+async def _tasks_round(store: Any, per_writer: int) -> int:
+    async def writer(w: int) -> None:
+        for i in range(per_writer):
+            await store({"type": TYPE, "data": {**DATA, "w": w, "i": i}})
+
+    t0 = time.perf_counter_ns()
+    await asyncio.gather(*(writer(w) for w in range(WRITERS)))
+    return (time.perf_counter_ns() - t0) // (WRITERS * per_writer)
+
+
+async def _async_rounds(
+    url: str, rounds: int, per_writer: int
+) -> tuple[list[int], list[int], float]:
+    async with AsyncFoundation(url, migrate="upgrade", pool_max_size=WRITERS) as fdn:
+        if not await asyncio.to_thread(fdn.feed.wait_connected, 10):
+            raise RuntimeError("the change feed did not connect within 10 s")
+        store = fdn.events.store
+        for _ in range(3):  # every pooled connection's statements prepared
+            await _tasks_round(store, per_writer)
+            await _one_task_round(store, WRITERS * per_writer // 4)
+        tasks, single = [], []
+        for _ in range(rounds):
+            tasks.append(await _tasks_round(store, per_writer))
+            single.append(await _one_task_round(store, WRITERS * per_writer // 4))
+        groups_before = fdn.events.group_commit.groups
+        await _tasks_round(store, per_writer)
+        grouped = WRITERS * per_writer / max(1, fdn.events.group_commit.groups - groups_before)
+    return tasks, single, grouped
+
+
+@bench(
+    f"events.store, {WRITERS} concurrent asyncio tasks (time per event)",
+    backend="postgresql",
+    target="≥ 5x one writer's throughput (time per event ≤ 0.2x)",
+    ratio=0.2,
+)
+def events_store_concurrent_tasks(ctx: Context) -> BenchOutput:
+    per_writer = ctx.n(40, 5)
+    with ctx.pg_database() as url:
+        tasks, single, grouped = asyncio.run(_async_rounds(url, ctx.n(20, 2), per_writer))
+    return Measured(
+        tasks,
+        [Floor("one task: await store after await store (time per event)", single)],
+        note=f"{WRITERS} tasks sharing one AsyncFoundation, {per_writer} stores each per "
+        f"round; {grouped:.1f} stores per database call on average (group commit); every "
+        "store is acknowledged after its own commit",
     )
