@@ -1,4 +1,5 @@
-"""Every Python example in the README runs, as a new user would run it."""
+"""Every Python example in the README and in docs/events.md runs, as a new user would
+run it."""
 
 from __future__ import annotations
 
@@ -10,25 +11,34 @@ from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+# The events guide's example checks itself with asserts, and prints one line.
+EVENTS_GUIDE = re.findall(r"```python\n(.*?)```", (ROOT / "docs/events.md").read_text(), flags=re.S)
 
 
 def test_the_readme_has_examples() -> None:
     assert len(BLOCKS) >= 2
 
 
+def _run(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FOUNDATION_")}
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_the_events_guide_example_runs(tmp_path: Path) -> None:
+    assert len(EVENTS_GUIDE) == 1
+    done = _run(EVENTS_GUIDE[0], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "stopped ['post', 'bike']\n"
+
+
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
 def test_readme_example_runs(index: int, tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FOUNDATION_")}
-    done = subprocess.run(
-        [sys.executable, "-c", BLOCKS[index]],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = _run(BLOCKS[index], tmp_path)
     assert done.returncode == 0, done.stderr
     if "port: None -> 4000" in done.stdout:
         assert "config_error" in done.stdout
