@@ -361,10 +361,13 @@ def test_an_expired_lease_is_taken_over_and_the_old_owner_stops(
 
     def hang(event: RecordedEvent) -> None:
         entered.set()
-        release.wait(10)  # a handler stuck past its lease: no renewal meanwhile
+        release.wait(10)
 
     stuck = fdn.events.subscribe("leased", hang, lease_ms=300, **FAST)
     assert entered.wait(5)
+    # As in a process paused past its lease (SIGSTOP, a frozen VM): its keeper renews no
+    # more (while it runs, a slow handler keeps the name: see the next test).
+    stuck._ended.set()
     with Foundation(db_url, migrate="check") as other:
         with pytest.raises(AlreadyRegisteredError):
             other.events.subscribe("leased", lambda e: None, lease_ms=300, **FAST)
@@ -390,3 +393,122 @@ def test_an_expired_lease_is_taken_over_and_the_old_owner_stops(
             and row[1] == "running"
         )
         taker.stop()
+
+
+def test_a_handler_slower_than_its_lease_keeps_the_name(fdn: Foundation, db_url: str) -> None:
+    first = fdn.events.store({"type": "slow"})
+    release = threading.Event()
+    calls: list[str] = []
+
+    def slow(event: RecordedEvent) -> None:
+        calls.append(event.type)
+        release.wait(10)
+
+    sub = fdn.events.subscribe("kept", slow, lease_ms=300, **FAST)
+    wait_for(lambda: calls == ["slow"])
+    with Foundation(db_url, migrate="check") as other:
+        for _ in range(4):  # well past the lease, handler still running: nobody takes over
+            threading.Event().wait(0.3)
+            with pytest.raises(AlreadyRegisteredError):
+                other.events.subscribe("kept", lambda e: calls.append("other"), **FAST)
+    release.set()
+    wait_for(lambda: sub.status.checkpoint == first.position)
+    assert sub.status.state == "running" and calls == ["slow"]
+    sub.stop()
+
+
+async def test_a_slow_async_handler_keeps_the_name(afdn: AsyncFoundation, db_url: str) -> None:
+    first = await afdn.events.store({"type": "slow"})
+    release = asyncio.Event()
+    calls: list[str] = []
+
+    async def slow(event: RecordedEvent) -> None:
+        calls.append(event.type)
+        await release.wait()
+
+    sub = await afdn.events.subscribe("kept", slow, lease_ms=300, **FAST)
+    await async_wait_for(lambda: calls == ["slow"])
+    async with AsyncFoundation(db_url, migrate="check") as other:
+        for _ in range(4):
+            await asyncio.sleep(0.3)
+            with pytest.raises(AlreadyRegisteredError):
+                await other.events.subscribe("kept", lambda e: None, **FAST)
+    release.set()
+    await async_wait_for(lambda: sub.status.checkpoint == first.position)
+    assert sub.status.state == "running"
+    await sub.stop()
+
+
+def test_stop_called_by_the_handler_ends_cleanly(fdn: Foundation) -> None:
+    events = fdn.events.store_many([{"type": "a"}, {"type": "b"}, {"type": "c"}])
+    seen: list[str] = []
+    subs: list[Any] = []
+
+    def handler(event: RecordedEvent) -> None:
+        seen.append(event.type)
+        if event.type == "b":
+            subs[0].stop()
+
+    subs.append(fdn.events.subscribe("self-stop", handler, start=events[0].position, **FAST))
+    wait_for(lambda: subs[0].status.state == "stopped")
+    # "a" was before the start; "b" is handled and checkpointed; "c" is never started.
+    assert seen == ["b"]
+    assert subs[0].status.checkpoint == events[1].position
+    assert subs[0].status.last_error is None
+    row = _row(fdn, "self-stop")
+    assert row is not None and int(row[0]) == events[1].position and row[1] == "stopped"
+
+
+async def test_async_stop_called_by_the_handler_ends_cleanly(afdn: AsyncFoundation) -> None:
+    events = await afdn.events.store_many([{"type": "a"}, {"type": "b"}])
+    subs: list[Any] = []
+
+    async def handler(event: RecordedEvent) -> None:
+        await subs[0].stop()
+
+    subs.append(await afdn.events.subscribe("self-stop", handler, **FAST))
+    await async_wait_for(lambda: subs[0].status.state == "stopped")
+    assert subs[0].status.checkpoint == events[0].position
+    assert subs[0].status.last_error is None
+
+
+def test_a_handler_raising_systemexit_fails_visibly(fdn: Foundation) -> None:
+    """Not only Exception: a thread ended by SystemExit must not leave "running" behind.
+    (On the async face SystemExit and KeyboardInterrupt are recorded, then end the loop
+    as asyncio makes them do anywhere.)"""
+    fdn.events.store({"type": "exit"})
+
+    def handler(event: RecordedEvent) -> None:
+        raise SystemExit(3)
+
+    sub = fdn.events.subscribe("exiting", handler, **FAST)
+    wait_for(lambda: sub.status.state == "failed")
+    assert "SystemExit" in (sub.status.last_error or "")
+    row = _row(fdn, "exiting")
+    assert row is not None and row[1] == "failed"
+
+
+def test_subscribe_refuses_more_types_than_a_read_takes(fdn: Foundation) -> None:
+    with pytest.raises(EventError, match="at most 100 types"):
+        fdn.events.subscribe("many", lambda e: None, types=[f"t{i}" for i in range(101)])
+    assert _row(fdn, "many") is None  # nothing written
+    fdn.events.subscribe("many", lambda e: None, types=[f"t{i}" for i in range(100)]).stop()
+
+
+def test_a_start_past_the_end_of_the_log_is_refused(fdn: Foundation) -> None:
+    last = fdn.events.store({"type": "a"}).position
+    with pytest.raises(EventError, match="past the end of the log") as raised:
+        fdn.events.subscribe("ahead", lambda e: None, start=last + 1)
+    assert raised.value.context == {"start": last + 1, "last_position": last}
+    assert _row(fdn, "ahead") is None
+    with pytest.raises(EventError, match="past the end of the log"):
+        fdn.events.tail(start=last + 1)
+    fdn.events.subscribe("ahead", lambda e: None, start=last, **FAST).stop()
+
+
+async def test_async_start_past_the_end_of_the_log_is_refused(afdn: AsyncFoundation) -> None:
+    last = (await afdn.events.store({"type": "a"})).position
+    with pytest.raises(EventError, match="past the end of the log"):
+        await afdn.events.subscribe("ahead", lambda e: None, start=last + 1)
+    with pytest.raises(EventError, match="past the end of the log"):
+        await afdn.events.tail(start=last + 1)

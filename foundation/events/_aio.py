@@ -44,7 +44,11 @@ from foundation.events._plan import (
     sqlite_store,
 )
 from foundation.events._store import EventSQL
-from foundation.events._subscription import AsyncSubscription, SubscriptionOptions
+from foundation.events._subscription import (
+    AsyncSubscription,
+    SubscriptionOptions,
+    start_position,
+)
 from foundation.settings import Settings
 from foundation.telemetry import Telemetry
 
@@ -173,7 +177,8 @@ class AsyncEvents(_EventsBase):
     ) -> AsyncGenerator[RecordedEvent, None]:
         """``async for event in await afdn.events.tail(type="x")``: as :meth:`Events.tail`."""
         merged = self._tail_criteria(criteria, kwargs, start)
-        position = await self.last_position() if start == "end" else int(start)
+        last = await self.last_position()
+        position = last if start == "end" else start_position(int(start), last)
         return self._tail(merged, position, poll_interval_ms / 1000)
 
     async def _tail(

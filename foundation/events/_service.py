@@ -43,7 +43,7 @@ from foundation.events._plan import (
     sqlite_store,
 )
 from foundation.events._store import EventSQL
-from foundation.events._subscription import Subscription, SubscriptionOptions
+from foundation.events._subscription import Subscription, SubscriptionOptions, start_position
 from foundation.settings import Settings
 from foundation.telemetry import Telemetry
 
@@ -184,7 +184,8 @@ class Events(_EventsBase):
         """
         merged = self._tail_criteria(criteria, kwargs, start)
         # Taken now, not at the first next(): events stored after tail() returns count.
-        position = self.last_position() if start == "end" else int(start)
+        last = self.last_position()
+        position = last if start == "end" else start_position(int(start), last)
         return self._tail(merged, position, poll_interval_ms / 1000)
 
     def _tail(

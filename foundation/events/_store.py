@@ -118,6 +118,7 @@ class EventSQL:
     sub_create: str
     sub_claim: str
     sub_checkpoint: str
+    sub_renew: str
     sub_status: str
     sub_read: str
     _queries: dict[tuple[Any, ...], str] = field(default_factory=dict)
@@ -181,6 +182,13 @@ class EventSQL:
                     lease_expires_at=sa.bindparam("expires"),
                     updated_at=sa.bindparam("now"),
                 ),
+                backend,
+            ),
+            # The lease alone, while a handler runs: the checkpoint is the loop's to move.
+            sub_renew=compile_sql(
+                sa.update(s)
+                .where(mine)
+                .values(lease_expires_at=sa.bindparam("expires"), updated_at=sa.bindparam("now")),
                 backend,
             ),
             # Leave the row: stopped (or failed, with the error), lease released.

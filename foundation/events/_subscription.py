@@ -7,7 +7,10 @@ checkpoint" never skips an event that committed late.
 
 One consumer per name across the cluster: the row is claimed with a conditional UPDATE
 that only succeeds when nobody holds a live lease; the owner renews the lease with every
-checkpoint and while idle, and a dead owner's lease simply expires. The owner is one
+checkpoint and, every third of the lease, from a keeper of its own (a thread, or a task),
+so a handler slower than the lease, or retried for longer, keeps the name and the event
+in hand; a dead owner's lease simply expires. An owner paused past its lease (SIGSTOP, a
+frozen VM) finds its lease taken when it resumes, and stops as ``failed``. The owner is one
 subscription object (``<node id>#<random>``), not a node: a second ``subscribe`` of the
 same name is refused in the same process too. ``stop()`` releases the name only once the
 handler in hand has returned.
@@ -27,7 +30,6 @@ import inspect
 import logging
 import secrets
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,8 +40,14 @@ from foundation._text import is_utf8
 from foundation.correlation import correlation
 from foundation.database.aio import AsyncDatabase
 from foundation.database.sync import SyncDatabase
-from foundation.errors import AlreadyRegisteredError, EventError, FoundationError
-from foundation.events._model import MAX_LIMIT, RecordedEvent
+from foundation.errors import (
+    AlreadyRegisteredError,
+    EventError,
+    FoundationError,
+    StorageError,
+    StorageUnavailableError,
+)
+from foundation.events._model import MAX_LIMIT, MAX_TYPES, RecordedEvent
 from foundation.events._store import EventSQL
 
 if TYPE_CHECKING:
@@ -54,6 +62,8 @@ log = logging.getLogger("foundation.events")
 # when it returns.
 State = Literal["starting", "running", "stopping", "failed", "stopped"]
 Handler = Callable[[RecordedEvent], Any]
+# Retried from the checkpoint; any other error (an EventError, a bug) fails visibly.
+_DATABASE_FAULTS = (StorageUnavailableError, StorageError)
 
 
 @dataclass(frozen=True)
@@ -91,6 +101,12 @@ class SubscriptionOptions:
         ):
             raise EventError(
                 "types must be an event type or a list of them", context={"types": repr(types)}
+            )
+        if types is not None and len(types) > MAX_TYPES:
+            # Every read of the subscription filters on them: refused now, not at each poll.
+            raise EventError(
+                f"a subscription takes at most {MAX_TYPES} types (got {len(types)})",
+                context={"count": len(types)},
             )
         if not (
             start in ("beginning", "end")
@@ -158,7 +174,7 @@ class _SubscriptionBase:
             return 0
         if start == "end":
             return last_position
-        return int(start)
+        return start_position(int(start), last_position)
 
     def _held(self, row: tuple[Any, ...] | None) -> AlreadyRegisteredError:
         consumer = None if row is None else row[2]
@@ -215,14 +231,32 @@ class _SubscriptionBase:
             {"name": self.name, "node": self._node},
         )
 
-    def _crashed(self, exc: BaseException) -> None:
+    def _crashed(self, exc: BaseException) -> dict[str, Any]:
+        """A fault of the loop itself (not of the handler): stop visibly rather than spin.
+        Returns the row's parameters for the caller to record."""
         log.exception("subscription %r stopped on an unexpected error", self.name)
         self._last_error = f"{type(exc).__name__}: {exc}"
-        self._state = "failed"
+        return {**self._stamp(), "status": "failed", "error": self._last_error[:4000]}
 
     def _lost(self) -> None:
-        self._state = "failed"
+        with self._release_lock:  # after a release, the lease is not ours to lose
+            if self._state not in ("running", "stopping"):
+                return
+            self._state = "failed"
         self._last_error = "the subscription's lease was taken over by another consumer"
+        log.error("subscription %r: %s", self.name, self._last_error)
+
+
+def start_position(start: int, last_position: int) -> int:
+    """A start position must be one the log has reached: past its end, the events stored
+    later at positions up to it would be skipped without a word."""
+    if start > last_position:
+        raise EventError(
+            f"start position {start} is past the end of the log (last position "
+            f"{last_position}): events stored later would be skipped",
+            context={"start": start, "last_position": last_position},
+        )
+    return start
 
 
 @contextmanager
@@ -245,6 +279,7 @@ class Subscription(_SubscriptionBase):
         self._db = db
         self._stop = threading.Event()
         self._wake = threading.Event()
+        self._ended = threading.Event()  # the loop's thread is done: the keeper stops
         self._thread: threading.Thread | None = None
         self._handler: Handler | None = None
         self._sync_events = events
@@ -267,26 +302,34 @@ class Subscription(_SubscriptionBase):
             target=self._run, name=f"foundation-subscription-{self.name}", daemon=True
         )
         self._thread.start()
+        threading.Thread(
+            target=self._keep_lease, name=f"foundation-subscription-{self.name}-lease", daemon=True
+        ).start()
+
+    def _keep_lease(self) -> None:
+        while not self._ended.wait(self.options.lease_ms / 3000):
+            try:
+                if self._db.execute(self._sql.sub_renew, self._stamp()) == 0:
+                    self._lost()
+                    return
+            except FoundationError as exc:  # down: the next period tries again
+                log.warning("subscription %r could not renew its lease (%s)", self.name, exc)
 
     def _run(self) -> None:
         try:
             self._loop()
         finally:
+            self._ended.set()
             if self._stop.is_set():  # stop() may have given up waiting for the handler
                 self._release()
 
     def _loop(self) -> None:
-        idle_since = time.monotonic()
         while not self._stop.is_set() and self._state == "running":
             self._wake.clear()  # before reading, so a write during the read wakes us again
             try:
                 sql, params = self._page()
                 records = [self._sql.record(r) for r in self._db.fetchall(sql, params)]
                 if not records:
-                    if time.monotonic() - idle_since > self.options.lease_ms / 3000:
-                        idle_since = time.monotonic()
-                        if not self._checkpoint_to(self._checkpoint):
-                            return
                     self._wake.wait(self.options.poll_interval_ms / 1000)
                     continue
                 for record in records:
@@ -294,13 +337,13 @@ class Subscription(_SubscriptionBase):
                         return
                     if not self._checkpoint_to(record.position):
                         return
-                idle_since = time.monotonic()
                 self._lag(len(records), self._sync_events.last_position())
-            except FoundationError as exc:  # the database went away: retry from checkpoint
+            except _DATABASE_FAULTS as exc:  # the database went away: retry
                 log.warning("subscription %r cannot read the log (%s); retrying", self.name, exc)
                 self._stop.wait(self.options.poll_interval_ms / 1000)
             except Exception as exc:  # a bug, not a fault: stop visibly rather than spin
-                self._crashed(exc)
+                self._record_failure(self._crashed(exc))
+                return
 
     def _deliver(self, record: RecordedEvent) -> bool:
         assert self._handler is not None
@@ -311,16 +354,24 @@ class Subscription(_SubscriptionBase):
                 return True
             except Exception as exc:
                 if attempt > self.options.max_retries:
-                    params = self._failed(record, exc)
-                    try:
-                        self._db.execute(self._sql.sub_status, params)
-                    except FoundationError:
-                        log.exception("could not record the failure of %r", self.name)
-                    self._state = "failed"
+                    self._record_failure(self._failed(record, exc))
                     return False
                 if self._stop.wait(self._backoff(attempt)):
                     return False
+            except BaseException as exc:
+                # SystemExit, KeyboardInterrupt: not retried, and this thread must not end
+                # with the status still saying "running".
+                self._record_failure(self._failed(record, exc))
+                return False
         return False  # pragma: no cover
+
+    def _record_failure(self, params: dict[str, Any]) -> None:
+        # The row first, then the state: whoever sees "failed" also finds it in the table.
+        try:
+            self._db.execute(self._sql.sub_status, params)
+        except FoundationError:
+            log.exception("could not record the failure of %r", self.name)
+        self._state = "failed"
 
     def _checkpoint_to(self, position: int) -> bool:
         changed = self._db.execute(
@@ -343,7 +394,9 @@ class Subscription(_SubscriptionBase):
         self._wake.set()
         self._events.remove_waker(self._wake.set)
         thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
+        if thread is threading.current_thread():
+            return  # called by the handler: its event is checkpointed, then _run releases
+        if thread is not None:
             thread.join(timeout)
             if thread.is_alive():
                 with self._release_lock:
@@ -380,6 +433,7 @@ class AsyncSubscription(_SubscriptionBase):
         self._stopping = False
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._keeper: asyncio.Task[None] | None = None
         self._handler: Handler | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -405,23 +459,40 @@ class AsyncSubscription(_SubscriptionBase):
         self._state = "running"
         self._events.add_waker(self._waker)
         self._task = asyncio.create_task(self._run(), name=f"foundation-subscription-{self.name}")
+        self._keeper = asyncio.create_task(
+            self._keep_lease(), name=f"foundation-subscription-{self.name}-lease"
+        )
+
+    async def _keep_lease(self) -> None:
+        while True:
+            await asyncio.sleep(self.options.lease_ms / 3000)
+            try:
+                if await self._db.execute(self._sql.sub_renew, self._stamp()) == 0:
+                    self._lost()
+                    return
+            except FoundationError as exc:  # down: the next period tries again
+                log.warning("subscription %r could not renew its lease (%s)", self.name, exc)
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), seconds)
 
     async def _run(self) -> None:
-        idle_since = time.monotonic()
+        try:
+            await self._follow()
+        finally:
+            if self._keeper is not None:
+                self._keeper.cancel()
+            if self._stopping:  # stop() was called by the handler, or cancelled it
+                await self._release()
+
+    async def _follow(self) -> None:
         while not self._stopping and self._state == "running":
             self._wake.clear()
             try:
                 sql, params = self._page()
                 records = [self._sql.record(r) for r in await self._db.fetchall(sql, params)]
                 if not records:
-                    if time.monotonic() - idle_since > self.options.lease_ms / 3000:
-                        idle_since = time.monotonic()
-                        if not await self._checkpoint_to(self._checkpoint):
-                            return
                     await self._sleep(self.options.poll_interval_ms / 1000)
                     continue
                 for record in records:
@@ -429,13 +500,13 @@ class AsyncSubscription(_SubscriptionBase):
                         return
                     if not await self._checkpoint_to(record.position):
                         return
-                idle_since = time.monotonic()
                 self._lag(len(records), await self._async_events.last_position())
-            except FoundationError as exc:
+            except _DATABASE_FAULTS as exc:
                 log.warning("subscription %r cannot read the log (%s); retrying", self.name, exc)
                 await asyncio.sleep(self.options.poll_interval_ms / 1000)
             except Exception as exc:  # a bug, not a fault: stop visibly rather than spin
-                self._crashed(exc)
+                await self._record_failure(self._crashed(exc))
+                return
 
     async def _deliver(self, record: RecordedEvent) -> bool:
         assert self._handler is not None
@@ -448,17 +519,23 @@ class AsyncSubscription(_SubscriptionBase):
                 return True
             except Exception as exc:
                 if attempt > self.options.max_retries:
-                    params = self._failed(record, exc)
-                    try:
-                        await self._db.execute(self._sql.sub_status, params)
-                    except FoundationError:
-                        log.exception("could not record the failure of %r", self.name)
-                    self._state = "failed"
+                    await self._record_failure(self._failed(record, exc))
                     return False
                 await asyncio.sleep(self._backoff(attempt))
                 if self._stopping:
                     return False
+            except (SystemExit, KeyboardInterrupt) as exc:
+                # Recorded, then raised on: in asyncio they end the program, as elsewhere.
+                await self._record_failure(self._failed(record, exc))
+                raise
         return False  # pragma: no cover
+
+    async def _record_failure(self, params: dict[str, Any]) -> None:
+        try:
+            await self._db.execute(self._sql.sub_status, params)
+        except FoundationError:
+            log.exception("could not record the failure of %r", self.name)
+        self._state = "failed"
 
     async def _checkpoint_to(self, position: int) -> bool:
         params = {**self._stamp(), "checkpoint": position}
@@ -475,15 +552,23 @@ class AsyncSubscription(_SubscriptionBase):
         self._wake.set()
         self._events.remove_waker(self._waker)
         task = self._task
-        if task is not None and not task.done() and task is not asyncio.current_task():
+        if task is asyncio.current_task():
+            return  # called by the handler: its event is checkpointed, then _run releases
+        if task is not None and not task.done():
             try:
                 await asyncio.wait_for(asyncio.shield(task), timeout)
             except TimeoutError:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task  # the handler has ended before the name is given up
-        if self._releasing():
-            try:
-                await self._db.execute(self._sql.sub_status, self._released())
-            except FoundationError:
-                log.warning("could not release subscription %r", self.name)
+        await self._release()
+
+    async def _release(self) -> None:
+        if not self._releasing():
+            return
+        if self._keeper is not None:
+            self._keeper.cancel()
+        try:
+            await self._db.execute(self._sql.sub_status, self._released())
+        except FoundationError:
+            log.warning("could not release subscription %r", self.name)
