@@ -80,6 +80,16 @@ def encode_json(
             f"{what} is not JSON: {reason}",
             context={**(context or {}), "python_type": type(value).__name__},
         ) from None
+    if "{" in text:
+        # One object and it is the value: its own keys are all there is to check.
+        flat = kind is dict and text.count("{") == 1
+        key = _first_key_not_text(value) if flat else _key_not_text(value)
+        if key is not _NONE:
+            raise error(
+                f"{what} has a key that is not a string ({key!r}): JSON keys are strings, "
+                "so it would read back as another key, or collide with one",
+                context={**(context or {}), "key": repr(key)[:200]},
+            )
     if text.count("[") + text.count("{") > MAX_DEPTH and _too_deep(value):
         raise error(
             f"{what} is nested more than {MAX_DEPTH} levels deep",
@@ -115,6 +125,37 @@ def _checked_size(
                 context={**(context or {}), "size": size, "max_bytes": max_bytes},
             )
     return text
+
+
+_NONE = object()
+_CONTAINERS = (dict, list, tuple)
+
+
+def _first_key_not_text(mapping: dict[Any, Any]) -> Any:
+    if set(map(type, mapping)) <= {str}:  # the usual answer, without a Python loop
+        return _NONE
+    return next((key for key in mapping if not isinstance(key, str)), _NONE)
+
+
+def _key_not_text(value: Any) -> Any:
+    """The first dict key that is not a str (the encoder writes 1, None, True as "1",
+    "null", "true", silently), or ``_NONE``. Walked without recursion."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            key = _first_key_not_text(item)
+            if key is not _NONE:
+                return key
+            children: Any = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        for child in children:
+            if isinstance(child, _CONTAINERS):
+                stack.append(child)
+    return _NONE
 
 
 def _too_deep(value: Any) -> bool:

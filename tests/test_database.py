@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from foundation import (
     ConfigError,
     Foundation,
     FoundationError,
+    StorageError,
     StorageUnavailableError,
 )
 from foundation.database import create_engine, mask_url
@@ -122,6 +124,20 @@ def test_postgres_that_goes_away_keeps_serving_reads(postgres_server: str) -> No
             fdn.close()
 
 
+def test_a_postgres_limit_is_a_refusal_not_an_outage(postgres_server: str) -> None:
+    """psycopg raises class 54 (program limit exceeded) as an OperationalError, its
+    family for a server it cannot talk to; "unavailable" would invite a retry that can
+    never succeed."""
+    from tests.conftest import fresh_postgres
+
+    with fresh_postgres(postgres_server) as url, Foundation(url, migrate="upgrade") as fdn:
+        with pytest.raises(StorageError) as info:
+            fdn.database.fetchone("SELECT concat(" + ",".join(["1"] * 101) + ")")
+        assert not isinstance(info.value, StorageUnavailableError)
+        assert info.value.context["sqlstate"] == "54023"
+        assert "refused the operation" in str(info.value)
+
+
 def test_closed_instance_refuses_writes(db_url: str) -> None:
     fdn = Foundation(db_url, migrate="skip")
     fdn.config.set("k", 1)
@@ -161,6 +177,25 @@ def test_postgres_schema_setting_keeps_tables_in_that_schema(postgres_server: st
             assert conn.execute(
                 "SELECT count(*) FROM fdn_app.foundation_config_history"
             ).fetchone() == (1,)
+
+
+def test_postgres_timestamps_come_back_in_utc_whatever_the_server_zone(
+    postgres_server: str,
+) -> None:
+    """The tail cache and SQLite give UTC: a read from PostgreSQL must not differ by its
+    session's TimeZone (equal instants, but another tzinfo and repr)."""
+    from tests.conftest import fresh_postgres
+
+    with fresh_postgres(postgres_server) as url:
+        name = DatabaseURL.parse(url).url.database
+        with psycopg.connect(DatabaseURL.parse(postgres_server).conninfo, autocommit=True) as c:
+            c.execute(f"ALTER DATABASE {name} SET TimeZone = 'Asia/Tokyo'")
+        with Foundation(url, migrate="upgrade", events_tail_size=0) as fdn:
+            stored = fdn.events.store({"type": "t"})
+            [read] = fdn.events.get(type="t")
+            assert read == stored
+            assert str(read.recorded_at) == str(stored.recorded_at)
+            assert read.recorded_at.utcoffset() == timedelta(0)
 
 
 def test_postgres_schema_must_be_a_plain_identifier() -> None:

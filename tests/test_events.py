@@ -142,6 +142,67 @@ def test_same_id_different_content_is_refused(fdn: Foundation) -> None:
     assert fdn.events.get() == [first]
 
 
+def test_the_refusal_names_the_fields_that_differ(fdn: Foundation) -> None:
+    event_id = uuid7()
+    fdn.events.store({"id": event_id, "type": "paid", "data": {"amount": 5}})
+    with pytest.raises(EventError, match=r"different content \(type, data\)") as info:
+        fdn.events.store({"id": event_id, "type": "refunded", "data": {"amount": 6}})
+    assert info.value.context["fields"] == ["type", "data"]
+
+
+@dataclasses.dataclass
+class _Paid:
+    type: str
+    data: dict[str, Any]
+    id: uuid.UUID
+    correlation_id: str | None = None
+    causation_id: str | None = None
+
+
+class _PaidModel(pydantic.BaseModel):
+    type: str
+    data: dict[str, Any]
+    id: uuid.UUID
+    correlation_id: str | None = None
+    causation_id: str | None = None
+
+
+def test_a_retry_outside_the_original_correlation_returns_the_original(
+    fdn: Foundation,
+) -> None:
+    """A retry often runs where the first call's correlation context is gone. A dataclass
+    or a model always carries the fields, None when not set: None is "not given", as a
+    dict without the key is, so the retry is the same event."""
+    event_id = uuid7()
+    with foundation.correlation("request-1"):
+        first = fdn.events.store({"id": event_id, "type": "paid", "data": {"amount": 5}})
+    assert first.correlation_id == "request-1"
+    retries: list[Any] = [
+        {"id": event_id, "type": "paid", "data": {"amount": 5}},
+        {"id": event_id, "type": "paid", "data": {"amount": 5}, "correlation_id": None},
+        _Paid("paid", {"amount": 5}, event_id),
+        _PaidModel(type="paid", data={"amount": 5}, id=event_id),
+    ]
+    for retry in retries:
+        assert fdn.events.store(retry) == first
+    with foundation.correlation("request-2"):  # a new context is not a new content either
+        assert fdn.events.store(_Paid("paid", {"amount": 5}, event_id)) == first
+    # Given explicitly, a correlation or causation id is part of the content.
+    with pytest.raises(EventError, match=r"\(correlation_id\)"):
+        fdn.events.store(_Paid("paid", {"amount": 5}, event_id, correlation_id="other"))
+    with pytest.raises(EventError, match=r"\(causation_id\)"):
+        fdn.events.store(_PaidModel(type="paid", data={"amount": 5}, id=event_id, causation_id="c"))
+    assert fdn.events.get() == [first]
+
+
+def test_causation_id_is_an_event_id_in_store_and_in_get(fdn: Foundation) -> None:
+    cause = fdn.events.store({"type": "order_placed"})
+    effect = fdn.events.store({"type": "invoice_sent", "causation_id": cause.id})
+    assert effect.causation_id == str(cause.id)
+    assert fdn.events.get(causation_id=cause.id) == [effect]
+    assert fdn.events.get(causation_id=str(cause.id)) == [effect]
+
+
 def test_expected_version(fdn: Foundation) -> None:
     ev = fdn.events
     with pytest.raises(ConcurrencyError) as info:
@@ -175,6 +236,11 @@ def test_expected_version(fdn: Foundation) -> None:
         ({"type": "a", "data": float("nan")}, "NaN"),
         ({"type": "a", "data": object()}, "not JSON"),
         ({"type": "a", "data": "a\x00b"}, "NUL"),
+        # json.dumps would write 1 as "1" (here losing "a" to the collision) and None as
+        # "null": what reads back is not what was stored.
+        ({"type": "a", "data": {1: "a", "1": "b"}}, r"key that is not a string \(1\)"),
+        ({"type": "a", "data": {"lines": [{None: 1}]}}, r"not a string \(None\)"),
+        ({"type": "a", "metadata": {"n": {True: 1}}}, r"not a string \(True\)"),
         ({"type": "a", "metadata": [1]}, "'metadata' must be a dict"),
         ({"type": "a", "id": "not-a-uuid"}, "'id' must be a UUID"),
         ({"type": "a", "stream_id": "s", "expected_version": -1}, "expected_version"),

@@ -18,7 +18,9 @@ from typing import Any
 import pytest
 
 from foundation import AsyncFoundation, Foundation
-from foundation.errors import ConcurrencyError
+from foundation.errors import ConcurrencyError, EventError
+from foundation.events._base import MAX_BATCH_JSON
+from foundation.events._group import AsyncGroupCommit, GroupCommit
 from tests.helpers import async_wait_for, wait_for
 
 THREADS = 16
@@ -124,7 +126,7 @@ def test_the_same_given_id_from_two_callers_is_written_once(fdn: Foundation) -> 
     assert [e.id for e in fdn.events.get(type="paid")] == [uuid.UUID(event_id)]
 
 
-def test_two_calls_in_flight_keep_every_outcome_apart(fdn: Foundation) -> None:
+def test_many_stores_per_thread_keep_every_outcome_apart(fdn: Foundation) -> None:
     def work(i: int) -> Any:
         return [fdn.events.store({"type": "t", "data": [i, j]}) for j in range(20)]
 
@@ -171,3 +173,67 @@ async def test_async_tasks_share_calls_and_a_cancelled_waiter_is_not_written(
     assert len(await events.get(type="t")) == 8
     if postgres:
         assert events.group_commit.groups == 2
+
+
+def test_a_group_stays_under_its_weight_in_queue_order() -> None:
+    """PostgreSQL takes a call's events as one jsonb array, which cannot exceed 255 MiB:
+    the units of a group weigh at most max_weight (a heavier unit goes alone)."""
+    calls: list[list[str]] = []
+    gate = threading.Event()
+
+    def run(units: list[str]) -> list[str | BaseException]:
+        calls.append(list(units))
+        if len(calls) == 1:
+            gate.wait(10)
+        return list(units)
+
+    group: GroupCommit[str, str] = GroupCommit(run, limit=64, weigh=len, max_weight=10)
+    first = threading.Thread(target=group.submit, args=("a",))
+    first.start()
+    wait_for(lambda: calls)
+    units = ["bbbb", "cccc", "dddd", "e" * 12, "f"]
+    threads: list[threading.Thread] = []
+    for unit in units:  # queued one after the other, so their order is known
+        threads.append(threading.Thread(target=group.submit, args=(unit,)))
+        threads[-1].start()
+        queued = len(threads)
+        wait_for(lambda: len(group._queue) == queued)  # noqa: B023 - waited for here
+    gate.set()
+    for t in [first, *threads]:
+        t.join(10)
+    assert calls == [["a"], ["bbbb", "cccc"], ["dddd"], ["e" * 12], ["f"]]
+
+
+async def test_an_async_group_stays_under_its_weight() -> None:
+    calls: list[list[str]] = []
+    gate = asyncio.Event()
+
+    async def run(units: list[str]) -> list[str | BaseException]:
+        calls.append(list(units))
+        if len(calls) == 1:
+            await gate.wait()
+        return list(units)
+
+    group: AsyncGroupCommit[str, str] = AsyncGroupCommit(run, limit=64, weigh=len, max_weight=10)
+    first = asyncio.ensure_future(group.submit("a"))
+    await async_wait_for(lambda: group.busy)
+    units = ["bbbb", "cccc", "dddd", "e" * 12, "f"]
+    queued = [asyncio.ensure_future(group.submit(u)) for u in units]
+    await asyncio.sleep(0)
+    gate.set()
+    assert await asyncio.gather(first, *queued) == ["a", *units]
+    assert calls == [["a"], ["bbbb", "cccc"], ["dddd"], ["e" * 12], ["f"]]
+
+
+def test_store_many_refuses_more_json_than_one_call_takes(db_url: str) -> None:
+    """32 MiB in all: far below what PostgreSQL's jsonb takes in one call (255 MiB), so a
+    batch that SQLite would store is not refused by PostgreSQL alone, half-way."""
+    big = "x" * (2**20 - 100)
+    count = MAX_BATCH_JSON // len(big) + 1
+    with Foundation(db_url, migrate="check") as fdn:
+        with pytest.raises(EventError, match="at most 32 MiB of JSON in one call") as info:
+            fdn.events.store_many([{"type": "big", "data": big} for _ in range(count)])
+        assert info.value.context["count"] == count
+        assert fdn.events.get(type="big") == []
+        fdn.events.store_many([{"type": "big", "data": big} for _ in range(3)])  # under it
+        assert len(fdn.events.get(type="big")) == 3

@@ -443,13 +443,16 @@ def test_stop_called_by_the_handler_ends_cleanly(fdn: Foundation) -> None:
     events = fdn.events.store_many([{"type": "a"}, {"type": "b"}, {"type": "c"}])
     seen: list[str] = []
     subs: list[Any] = []
+    subscribed = threading.Event()
 
     def handler(event: RecordedEvent) -> None:
         seen.append(event.type)
         if event.type == "b":
+            subscribed.wait(10)  # the thread may start before subscribe() returns
             subs[0].stop()
 
     subs.append(fdn.events.subscribe("self-stop", handler, start=events[0].position, **FAST))
+    subscribed.set()
     wait_for(lambda: subs[0].status.state == "stopped")
     # "a" was before the start; "b" is handled and checkpointed; "c" is never started.
     assert seen == ["b"]
@@ -462,11 +465,14 @@ def test_stop_called_by_the_handler_ends_cleanly(fdn: Foundation) -> None:
 async def test_async_stop_called_by_the_handler_ends_cleanly(afdn: AsyncFoundation) -> None:
     events = await afdn.events.store_many([{"type": "a"}, {"type": "b"}])
     subs: list[Any] = []
+    subscribed = asyncio.Event()
 
     async def handler(event: RecordedEvent) -> None:
+        await subscribed.wait()
         await subs[0].stop()
 
     subs.append(await afdn.events.subscribe("self-stop", handler, **FAST))
+    subscribed.set()
     await async_wait_for(lambda: subs[0].status.state == "stopped")
     assert subs[0].status.checkpoint == events[0].position
     assert subs[0].status.last_error is None

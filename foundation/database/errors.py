@@ -44,8 +44,11 @@ def translate(exc: BaseException, url: str) -> FoundationError:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         # OperationalError is psycopg's "could not talk to the server" family (refused,
         # terminated, database gone); the listed classes are the same from the server.
-        if isinstance(exc, psycopg.OperationalError) or sqlstate.startswith(
-            _UNAVAILABLE_SQLSTATE_PREFIXES
+        # Class 54 (a program limit exceeded: a value too large, too many columns) is an
+        # OperationalError too, but a retry cannot succeed: refused, not unavailable.
+        if not sqlstate.startswith("54") and (
+            isinstance(exc, psycopg.OperationalError)
+            or sqlstate.startswith(_UNAVAILABLE_SQLSTATE_PREFIXES)
         ):
             return StorageUnavailableError(
                 f"the database at {url} is unavailable: {detail}",

@@ -2,9 +2,10 @@
 
 One place for the connect timeout, the ``application_name`` operators see in
 ``pg_stat_activity`` (``foundation:<node>`` for pooled connections,
-``foundation-listen:<node>`` for the change feed), the optional schema
-(``search_path``) that ``Settings.postgres_schema`` puts Foundation's tables in, and the
-adapters of the connections Foundation opens itself (a faster JSON loader).
+``foundation-listen:<node>`` for the change feed), UTC as the session's time zone, the
+optional schema (``search_path``) that ``Settings.postgres_schema`` puts Foundation's
+tables in, and the adapters of the connections Foundation opens itself (a faster JSON
+loader).
 """
 
 from __future__ import annotations
@@ -28,14 +29,17 @@ set_json_loads(load_json_bytes, ADAPTERS)
 
 
 def connect_kwargs(settings: Settings, purpose: str = "foundation") -> dict[str, Any]:
-    kwargs: dict[str, Any] = {
-        "connect_timeout": max(1, int(settings.connect_timeout_s)),
-        "application_name": f"{purpose}:{settings.node_id}"[:63],
-    }
+    # Timestamps come back in UTC, whatever the server's or the role's TimeZone: as the
+    # tail cache and SQLite give them, so one record reads the same from any source.
+    options = "-c TimeZone=UTC"
     if settings.postgres_schema:
         # Validated as a plain identifier by Settings, so it needs no quoting here.
-        kwargs["options"] = f"-c search_path={settings.postgres_schema}"
-    return kwargs
+        options += f" -c search_path={settings.postgres_schema}"
+    return {
+        "connect_timeout": max(1, int(settings.connect_timeout_s)),
+        "application_name": f"{purpose}:{settings.node_id}"[:63],
+        "options": options,
+    }
 
 
 def driver_kwargs(settings: Settings, purpose: str = "foundation") -> dict[str, Any]:

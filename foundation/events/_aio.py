@@ -19,6 +19,7 @@ from foundation.database.aio import AsyncDatabase
 from foundation.errors import FoundationError
 from foundation.events._base import (
     _GROUP_UNITS,
+    MAX_BATCH_JSON,
     _callable,
     _check_id_arg,
     _check_version_arg,
@@ -27,6 +28,7 @@ from foundation.events._base import (
     _now,
     _Outcome,
     _Unit,
+    unit_json,
 )
 from foundation.events._group import AsyncGroupCommit
 from foundation.events._model import (
@@ -69,7 +71,7 @@ class AsyncEvents(_EventsBase):
         self._db = db
         self._subscriptions: list[AsyncSubscription] = []
         self.group_commit: AsyncGroupCommit[_Unit, StoredBatch] = AsyncGroupCommit(
-            self._append_group, _GROUP_UNITS
+            self._append_group, _GROUP_UNITS, weigh=unit_json, max_weight=MAX_BATCH_JSON
         )
 
     async def _append_group(self, units: list[_Unit], lone: bool = True) -> list[_Outcome]:

@@ -46,11 +46,14 @@ from foundation.events._typed import TypeRegistry
 from foundation.settings import Settings
 from foundation.telemetry import Telemetry
 
-__all__ = ["MAX_BATCH"]
+__all__ = ["MAX_BATCH", "MAX_BATCH_JSON"]
 
 _STORE = ("foundation", "events", "store")
 _GET = ("foundation", "events", "get")
 MAX_BATCH = 10_000
+# JSON (data and metadata, in characters) of one store_many, and of one PostgreSQL call
+# of grouped stores: far below jsonb's 255 MiB, which the call's array of events must fit.
+MAX_BATCH_JSON = 32 * 1024 * 1024
 _TAIL_KEYS = ("type", "stream_id", "correlation_id", "causation_id")
 _TAIL_BATCH = 500
 _CATCH_UP_BATCH = 1_000
@@ -118,7 +121,17 @@ class _EventsBase:
             )
         limit = self._settings.max_value_bytes
         typed = self.types.prepare
-        return [parse_event(typed(event), limit) for event in events]
+        batch = [parse_event(typed(event), limit) for event in events]
+        if len(batch) > 1:  # one event: its own limit (max_value_bytes) is the one to meet
+            size = sum(map(_unit_json_of, batch))
+            if size > MAX_BATCH_JSON:
+                raise EventError(
+                    f"store_many takes at most {MAX_BATCH_JSON // 2**20} MiB of JSON in one "
+                    f"call (these {len(batch)} events have {size:,} characters): split it "
+                    "into several calls, each all or nothing",
+                    context={"count": len(batch), "size": size, "max_size": MAX_BATCH_JSON},
+                )
+        return batch
 
     def _parse_one(self, event: Any) -> list[NewEvent]:
         return [parse_event(self.types.prepare(event), self._settings.max_value_bytes)]
@@ -371,6 +384,15 @@ class _EventsBase:
             before = newest[-1].position
         cache.reset(newest, complete=False)
         cache.end_read(ticket)
+
+
+def _unit_json_of(event: NewEvent) -> int:
+    return len(event.data_text) + len(event.metadata_text)
+
+
+def unit_json(unit: _Unit) -> int:
+    """A group commit unit's weight: the JSON it sends (see MAX_BATCH_JSON)."""
+    return sum(map(_unit_json_of, unit[0]))
 
 
 def _ids_given(batch: list[NewEvent]) -> bool:

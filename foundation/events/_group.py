@@ -40,6 +40,21 @@ R = TypeVar("R")
 Run = Callable[[list[U]], list[R | BaseException]]
 
 
+def _fitting(units: list[U], limit: int, weigh: Callable[[U], int], max_weight: int) -> int:
+    """How many of the first ``units`` go in one call: at most ``limit``, and no more
+    than ``max_weight`` in all (the first always goes, whatever it weighs)."""
+    total = 0
+    for count, unit in enumerate(units[:limit]):
+        total += weigh(unit)
+        if count and total > max_weight:
+            return count
+    return min(len(units), limit)
+
+
+def _one(unit: object) -> int:
+    return 1
+
+
 def _result(outcome: R | BaseException) -> R:
     if isinstance(outcome, BaseException):
         raise outcome
@@ -64,9 +79,18 @@ class GroupCommit(Generic[U, R]):
     Up to ``leaders`` groups are in flight at once (one by default, see the module).
     """
 
-    def __init__(self, run: Run[U, R], limit: int, leaders: int = 1) -> None:
+    def __init__(
+        self,
+        run: Run[U, R],
+        limit: int,
+        leaders: int = 1,
+        weigh: Callable[[U], int] = _one,
+        max_weight: int = 2**62,
+    ) -> None:
         self._run = run
         self._limit = limit
+        self._weigh = weigh
+        self._max_weight = max_weight
         self._max_leaders = leaders
         self._lock = threading.Lock()
         self._queue: list[_Slot[U, R]] = []  # waiting followers only
@@ -75,8 +99,10 @@ class GroupCommit(Generic[U, R]):
 
     def _take(self, slot: _Slot[U, R]) -> list[_Slot[U, R]]:
         # Under the lock: the leader's own unit first, then the oldest waiting ones.
-        group = [slot, *self._queue[: self._limit - 1]]
-        del self._queue[: len(group) - 1]
+        units = [slot.unit, *(s.unit for s in self._queue[: self._limit - 1])]
+        taken = _fitting(units, self._limit, self._weigh, self._max_weight) - 1
+        group = [slot, *self._queue[:taken]]
+        del self._queue[:taken]
         return group
 
     def submit(self, unit: U) -> R:
@@ -119,9 +145,17 @@ class GroupCommit(Generic[U, R]):
 class AsyncGroupCommit(Generic[U, R]):
     """Tasks' units: a lone caller runs its own; those arriving meanwhile, in groups."""
 
-    def __init__(self, run: Callable[[list[U]], Awaitable[list[R | BaseException]]], limit: int):
+    def __init__(
+        self,
+        run: Callable[[list[U]], Awaitable[list[R | BaseException]]],
+        limit: int,
+        weigh: Callable[[U], int] = _one,
+        max_weight: int = 2**62,
+    ):
         self._run = run
         self._limit = limit
+        self._weigh = weigh
+        self._max_weight = max_weight
         self._queue: list[tuple[U, asyncio.Future[R]]] = []
         self.busy = False  # a call is in flight (its caller's own, or a flushing task's)
         self._flusher: asyncio.Task[None] | None = None
@@ -151,10 +185,15 @@ class AsyncGroupCommit(Generic[U, R]):
         group: list[tuple[U, asyncio.Future[R]]] = []
         try:
             while self._queue:
-                group = [(u, f) for u, f in self._queue[: self._limit] if not f.done()]
-                del self._queue[: self._limit]
-                if not group:
-                    continue
+                # Callers cancelled while queued are dropped first: they are not written.
+                self._queue = [(u, f) for u, f in self._queue if not f.done()]
+                if not self._queue:
+                    break
+                count = _fitting(
+                    [u for u, _ in self._queue], self._limit, self._weigh, self._max_weight
+                )
+                group = self._queue[:count]
+                del self._queue[:count]
                 try:
                     outcomes = await self._run([u for u, _ in group])
                 except asyncio.CancelledError:

@@ -92,22 +92,27 @@ class NewEvent:
     expected_version: ExpectedVersion
     correlation_id: str | None
     causation_id: str | None
-    causal_ids_given: bool
+    # Given by the caller, not None: an id taken from the context (or left out, which a
+    # dataclass or a model with the field cannot do) may differ on a retry.
+    correlation_given: bool
+    causation_given: bool
 
-    def same_content(self, recorded: RecordedEvent) -> bool:
-        """Whether a retry with this id describes the event already recorded."""
-        if (recorded.type, recorded.stream_id) != (self.type, self.stream_id):
-            return False
+    def differences(self, recorded: RecordedEvent) -> list[str]:
+        """The fields in which a retry with this id differs from the event recorded."""
+        fields = []
+        if recorded.type != self.type:
+            fields.append("type")
+        if recorded.stream_id != self.stream_id:
+            fields.append("stream_id")
         if not same_json(recorded.data, self.data):
-            return False
+            fields.append("data")
         if not same_json(recorded.metadata, self.metadata):
-            return False
-        if self.causal_ids_given:  # an id taken from the context may differ on a retry
-            return (recorded.correlation_id, recorded.causation_id) == (
-                self.correlation_id,
-                self.causation_id,
-            )
-        return True
+            fields.append("metadata")
+        if self.correlation_given and recorded.correlation_id != self.correlation_id:
+            fields.append("correlation_id")
+        if self.causation_given and recorded.causation_id != self.causation_id:
+            fields.append("causation_id")
+        return fields
 
 
 # -- UUIDv7 (RFC 9562): 48 bits of Unix milliseconds, then random bits --------------------
@@ -304,7 +309,7 @@ def parse_event(event: Any, max_bytes: int) -> NewEvent:
         metadata = normalize_json(dict(metadata), metadata_text)
     correlation_id = fields.get("correlation_id")
     causation_id = fields.get("causation_id")
-    given = "correlation_id" in fields or "causation_id" in fields
+    correlation_given = correlation_id is not None
     if correlation_id is None:
         correlation_id = current_correlation_id()
     if correlation_id is not None:
@@ -326,7 +331,8 @@ def parse_event(event: Any, max_bytes: int) -> NewEvent:
         expected_version=expected,
         correlation_id=correlation_id,
         causation_id=causation_id,
-        causal_ids_given=given,
+        correlation_given=correlation_given,
+        causation_given=causation_id is not None,
     )
 
 
@@ -423,8 +429,11 @@ def parse_criteria(
             params[f"type_{i}"] = _text("type", name)
         shape.append(("type", len(names)))
     for key in ("stream_id", "correlation_id", "causation_id"):
-        if merged.get(key) is not None:
-            params[key] = _text(key, merged[key])
+        value = merged.get(key)
+        if value is not None:
+            if key == "causation_id" and isinstance(value, uuid.UUID):
+                value = str(value)  # as store() takes it: usually the id of another event
+            params[key] = _text(key, value)
             shape.append(key)
     for key in ("after", "before"):
         if merged.get(key) is not None:

@@ -156,10 +156,16 @@ def known_ids(sql: EventSQL, batch: Sequence[NewEvent]) -> Generator[Step, Any, 
         for row in rows:
             existing = sql.record(row)
             index = given[existing.id]
-            if not batch[index].same_content(existing):
+            differ = batch[index].differences(existing)
+            if differ:
                 raise EventError(
-                    f"event {existing.id} is already recorded with different content",
-                    context={"id": str(existing.id), "position": existing.position},
+                    f"event {existing.id} is already recorded with different content "
+                    f"({', '.join(differ)}): a retry must repeat the event as it was stored",
+                    context={
+                        "id": str(existing.id),
+                        "position": existing.position,
+                        "fields": differ,
+                    },
                 )
             known.records[index] = existing
     return known

@@ -18,6 +18,7 @@ from foundation.database.sync import SyncDatabase
 from foundation.errors import FoundationError, StorageUnavailableError
 from foundation.events._base import (
     _GROUP_UNITS,
+    MAX_BATCH_JSON,
     _callable,
     _check_id_arg,
     _check_version_arg,
@@ -26,6 +27,7 @@ from foundation.events._base import (
     _now,
     _Outcome,
     _Unit,
+    unit_json,
 )
 from foundation.events._group import GroupCommit
 from foundation.events._model import (
@@ -64,7 +66,7 @@ class Events(_EventsBase):
         self._db = db
         self._subscriptions: list[Subscription] = []
         self.group_commit: GroupCommit[_Unit, StoredBatch] = GroupCommit(
-            self._append_group, _GROUP_UNITS
+            self._append_group, _GROUP_UNITS, weigh=unit_json, max_weight=MAX_BATCH_JSON
         )
 
     def _append_group(self, units: list[_Unit], lone: bool = True) -> list[_Outcome]:

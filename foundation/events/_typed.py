@@ -4,8 +4,9 @@
 
 * at ``store``, the ``data`` of an event of that type (a dict or the model itself) is
   validated against the model; invalid data is an :class:`~foundation.errors.EventError`
-  and nothing is written. The model's JSON dump is stored, and the version in
-  ``metadata["schema_version"]``.
+  and nothing is written. The model's JSON dump is stored (its wire form: by alias,
+  without computed fields, see :func:`_stored_data`), and the version in
+  ``metadata["schema_version"]``. A dump that would not decode back is refused there too.
 * on read, ``RecordedEvent.data`` stays exactly what the log holds (JSON, as an auditor or
   the tail cache sees it); ``events.decode(record)`` gives the model instance, after
   applying the upcasters from the stored version up to the registered one
@@ -24,6 +25,7 @@ from typing import Any
 import pydantic
 
 from foundation._frozen import thaw
+from foundation._json import same_json
 from foundation.errors import EventError
 from foundation.events._model import RecordedEvent, valid_name
 
@@ -38,6 +40,16 @@ class EventType:
     model: type[pydantic.BaseModel]
     version: int
     upcasters: dict[int, Callable[[Any], Any]]
+    # How the log holds the data: by alias unless a field's serialization alias is not a
+    # name it validates from (then by field name, see ``_readable_by_alias``).
+    by_alias: bool = True
+    # The top-level keys of computed fields, dropped before decoding (events stored
+    # before computed fields were left out of the log hold them).
+    computed: frozenset[str] = frozenset()
+    # The registered model's serializer: a subclass instance is stored as the model.
+    adapter: pydantic.TypeAdapter[Any] | None = dataclasses.field(
+        default=None, repr=False, compare=False
+    )
 
 
 class TypeRegistry:
@@ -65,16 +77,45 @@ class TypeRegistry:
                 context={"type": name, "upcasters": repr(upcasters)[:200]},
             )
         ups = dict(upcasters or {})
+        # Keys are compared as ints only: "1" would fail the range comparison with a raw
+        # TypeError, and True or 1.0 would pass as 1 (equal and hashing alike).
+        unexpected = [v for v in ups if type(v) is not int or not 1 <= v < version]
         missing = [v for v in range(1, version) if v not in ups]
-        bad = [v for v in ups if not callable(ups[v]) or not 1 <= v < version]
-        if missing or bad:
+        if missing or unexpected:
+            needs = {
+                1: "takes no upcasters",
+                2: "needs an upcaster for version 1",
+            }.get(version, f"needs one upcaster for each of the versions 1 to {version - 1}")
+            shown = ", ".join(repr(v) for v in unexpected)[:200]
+            keyed = ", keyed by the version it upcasts from (an int)" if version > 1 else ""
             raise EventError(
-                f"event type {name!r} at version {version} needs one upcaster for each "
-                f"version 1 to {version - 1}",
-                context={"type": name, "missing": missing, "unexpected": bad},
+                f"event type {name!r} at version {version} {needs}{keyed}"
+                + (f"; unexpected keys: {shown}" if shown else ""),
+                context={
+                    "type": name,
+                    "missing": missing,
+                    "unexpected": [v if type(v) is int else repr(v)[:50] for v in unexpected],
+                },
             )
+        not_callable = [v for v, fn in ups.items() if not callable(fn)]
+        if not_callable:
+            raise EventError(
+                f"the upcasters of event type {name!r} must be functions; the one for "
+                f"version {not_callable[0]} is not callable "
+                f"({type(ups[not_callable[0]]).__name__})",
+                context={"type": name, "not_callable": not_callable},
+            )
+        spec = EventType(
+            name,
+            model,
+            version,
+            ups,
+            by_alias=_readable_by_alias(model),
+            computed=frozenset(_computed_keys(model)),
+            adapter=pydantic.TypeAdapter(model),
+        )
         with self._lock:
-            self._types = {**self._types, name: EventType(name, model, version, ups)}
+            self._types = {**self._types, name: spec}
 
     def get(self, name: str) -> EventType | None:
         return self._types.get(name)
@@ -103,12 +144,18 @@ class TypeRegistry:
                 f"(version {spec.version}): {where}: {first.get('msg')}",
                 context={"type": spec.name, "field": where, "errors": exc.error_count()},
             ) from None
+        except Exception as exc:  # pydantic converts only ValueError and AssertionError
+            raise EventError(
+                f"validating event {spec.name!r} as {spec.model.__name__} "
+                f"(version {spec.version}) failed: {_describe(exc)}",
+                context={"type": spec.name},
+            ) from exc
         metadata = fields.get("metadata") or {}
         if not isinstance(metadata, Mapping):
             return event  # parse_event refuses it
         return {
             **fields,
-            "data": model.model_dump(mode="json"),
+            "data": _stored_data(spec, model),
             "metadata": {**metadata, SCHEMA_VERSION: spec.version},
         }
 
@@ -125,13 +172,15 @@ class TypeRegistry:
                 context={"type": record.type, "position": record.position},
             )
         stored = record.metadata.get(SCHEMA_VERSION, 1) if record.metadata else 1
-        if not isinstance(stored, int) or not 1 <= stored <= spec.version:
+        if type(stored) is not int or not 1 <= stored <= spec.version:
             raise EventError(
                 f"event at position {record.position} has schema version {stored!r}, "
                 f"but {record.type!r} is registered at version {spec.version}",
                 context={"type": record.type, "position": record.position},
             )
-        data = thaw(record.data) if stored < spec.version else record.data
+        # A private copy: upcasters and "before" validators may change what they are given,
+        # and record.data is read-only (shared with the tail cache).
+        data = thaw(record.data)
         for version in range(stored, spec.version):
             try:
                 data = spec.upcasters[version](data)
@@ -141,14 +190,131 @@ class TypeRegistry:
                     f"event at position {record.position}: {type(exc).__name__}: {exc}",
                     context={"type": record.type, "position": record.position, "from": version},
                 ) from exc
+        context = {"type": record.type, "position": record.position, "version": stored}
+        where = (
+            f"event {record.type!r} at position {record.position} (stored at schema version "
+            f"{stored}) does not decode as {spec.model.__name__} (version {spec.version})"
+        )
         try:
-            return spec.model.model_validate(data)
+            return _read(spec, data)
         except pydantic.ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(p) for p in first.get("loc", ())) or "data"
             raise EventError(
-                f"event at position {record.position} does not decode as "
-                f"{spec.model.__name__}: {exc.errors()[0].get('msg')}",
-                context={"type": record.type, "position": record.position},
+                f"{where}: {field}: {first.get('msg')}", context={**context, "field": field}
             ) from None
+        except Exception as exc:  # a validator's own error: its traceback is the cause
+            raise EventError(f"{where}: {_describe(exc)}", context=context) from exc
+
+
+def _read(spec: EventType, data: Any) -> pydantic.BaseModel:
+    """Decode's validation, also used at store to prove the stored data decodes back.
+
+    By alias *and* by name: the log holds one or the other (see ``_readable_by_alias``),
+    and events stored by field name before aliases were honoured still decode. Lax, not
+    the model's own strictness: the log holds JSON, where a datetime or a UUID is a string
+    that a strict model refuses outside ``model_validate_json``.
+    """
+    if spec.computed and isinstance(data, Mapping) and not spec.computed.isdisjoint(data):
+        data = {k: v for k, v in data.items() if k not in spec.computed}
+    return spec.model.model_validate(data, strict=False, by_alias=True, by_name=True)
+
+
+def _dump(spec: EventType, model: pydantic.BaseModel) -> Any:
+    assert spec.adapter is not None
+    return spec.adapter.dump_python(
+        model,
+        mode="json",
+        by_alias=spec.by_alias,
+        # Computed fields are derived: decode computes them again, a stored copy would
+        # freeze what an older release computed, and extra="forbid" refuses them.
+        exclude_computed_fields=True,
+        round_trip=True,  # e.g. a Json[...] field is dumped as the JSON text it validates
+    )
+
+
+def _stored_data(spec: EventType, model: pydantic.BaseModel) -> Any:
+    """What the log holds for a valid model: its wire form, proven to decode back.
+
+    The wire form (by alias, as ``model_dump_json(by_alias=True)`` gives it and other
+    services exchange the event) is what an auditor reading the log expects to see, and
+    what the model validates from; dumping by field name stored ``{"order_id": 1}`` for
+    ``Field(alias="orderId")``, which decode then refused. The dump is validated back as
+    decode will, and dumped again: a custom serializer, an ``exclude=True`` field without
+    a default, or a serialization alias that no validation alias matches in a nested
+    model would otherwise store an event that never decodes (or decodes as other data).
+    Such a model is refused here, before anything is written; the check costs one more
+    validation and dump, small beside the write.
+    """
+    try:
+        dumped = _dump(spec, model)
+    except Exception as exc:  # a field serializer's error, or a value JSON cannot hold
+        raise EventError(
+            f"event {spec.name!r}: {spec.model.__name__} does not serialize to JSON: "
+            f"{_describe(exc)}",
+            context={"type": spec.name},
+        ) from exc
+    try:
+        back = _dump(spec, _read(spec, dumped))
+    except Exception as exc:
+        problem = _describe(exc)
+        cause: Exception | None = exc
+    else:
+        if same_json(back, dumped):
+            return dumped
+        problem = "it decodes back as different data"
+        cause = None
+    raise EventError(
+        f"event {spec.name!r} cannot be stored: the JSON dump of {spec.model.__name__} "
+        f"would not decode back ({problem}); check its aliases and serializers",
+        context={"type": spec.name},
+    ) from cause
+
+
+def _readable_by_alias(model: type[pydantic.BaseModel]) -> bool:
+    """Whether each field's dump key (by alias) is a key the field validates from.
+
+    ``Field(serialization_alias="X", validation_alias="x_in")`` dumps ``X`` but reads only
+    ``x_in`` (or the name): there is no single wire form, so such a model is stored by
+    field name, which decode always accepts. Decided per type, not per event, so the log
+    holds one form per type. Nested models are left to the round-trip check at store.
+    """
+    for name, info in model.model_fields.items():
+        key = info.serialization_alias or name
+        if key != name and key not in _validation_keys(info):
+            return False
+    return True
+
+
+def _validation_keys(info: Any) -> set[str]:
+    alias = info.validation_alias
+    choices = alias.choices if isinstance(alias, pydantic.AliasChoices) else [alias]
+    keys: set[str] = set()
+    for choice in choices:
+        if isinstance(choice, str):
+            keys.add(choice)
+        elif isinstance(choice, pydantic.AliasPath) and len(choice.path) == 1:
+            keys.add(str(choice.path[0]))
+    return keys
+
+
+def _computed_keys(model: type[pydantic.BaseModel]) -> set[str]:
+    """Names and aliases of the computed fields that are not also input keys."""
+    inputs = set(model.model_fields)
+    for info in model.model_fields.values():
+        inputs |= _validation_keys(info)
+    keys = set()
+    for name, computed in model.model_computed_fields.items():
+        keys |= {name, computed.alias or name}
+    return keys - inputs
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, pydantic.ValidationError):
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "data"
+        return f"{where}: {first.get('msg')}"
+    return f"{type(exc).__name__}: {exc}"[:500]
 
 
 def _fields(event: Any) -> dict[str, Any] | None:
