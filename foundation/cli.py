@@ -8,7 +8,8 @@
 The database comes from ``--database-url``/``-d``, else ``FOUNDATION_DATABASE_URL``,
 else the default of :class:`~foundation.Settings`; it is only ever shown masked.
 Every :class:`~foundation.FoundationError` ends the command with ``error [code]:
-message`` on stderr and exit code 1 (usage errors exit 2, as click does).
+message`` on stderr and exit code 1 (usage errors exit 2, as click does). Commands that
+only read never create a SQLite file: a path with no file is a ``not_found`` error.
 """
 
 from __future__ import annotations
@@ -115,10 +116,38 @@ def _alembic(url: DatabaseURL) -> Iterator[None]:
         raise ValidationError(f"alembic: {exc}", context={"url": url.masked}) from None
 
 
+def _no_file(url: DatabaseURL) -> bool:
+    """Whether ``url`` names a SQLite file that does not exist (yet)."""
+    return url.backend == "sqlite" and not url.sqlite_path.exists()
+
+
+def _existing(url: DatabaseURL) -> None:
+    """Refuse a SQLite path with no file: opening it would create one, directories and all.
+
+    For a command that only reads, a missing file is a mistyped path far more often than
+    a wish for a new, empty database (whose empty answer would look like a real one).
+    """
+    if _no_file(url):
+        path = url.sqlite_path
+        raise NotFoundError(
+            f"no such database file: {path}; check the path, "
+            "or create the database with `foundation db upgrade`",
+            context={"url": url.masked, "path": str(path)},
+        )
+
+
 @contextmanager
-def _foundation(ctx: click.Context) -> Iterator[Foundation]:
+def _foundation(ctx: click.Context, *, create: bool) -> Iterator[Foundation]:
+    """The Foundation of the command's database.
+
+    ``create``: whether the command may create a SQLite file that does not exist; a
+    command that only reads says False (see :func:`_existing`).
+    """
+    target = _target(ctx)
+    if not create:
+        _existing(target.url)
     # migrate=None keeps the default: SQLite upgrades itself, PostgreSQL checks.
-    with Foundation(settings=_target(ctx).settings, migrate=None) as fdn:
+    with Foundation(settings=target.settings, migrate=None) as fdn:
         yield fdn
 
 
@@ -136,7 +165,9 @@ def _parse_value(raw: str, force_string: bool) -> Any:
 
 
 def _stdout() -> Console:
-    return Console(highlight=False)
+    # No markup: names, keys and values are the user's text, and "[bold]svc[/]" must
+    # print as typed, not as "svc" (or fail on a "[/]" with nothing to close).
+    return Console(highlight=False, markup=False)
 
 
 # -- the root group -------------------------------------------------------------------
@@ -174,6 +205,14 @@ def db() -> None:
 
 def _revision_label(revision: str | None) -> str:
     return revision if revision is not None else "none"
+
+
+def _current(target: _Target) -> str | None:
+    """The database's revision; none for a SQLite file that does not exist, which is
+    left uncreated (reading the version table would create the file and its directories)."""
+    if _no_file(target.url):
+        return None
+    return migrate.current_revision(target.url, target.settings)
 
 
 def _known(url: DatabaseURL, revision: str | None) -> str | None:
@@ -225,7 +264,7 @@ def current(ctx: click.Context, as_json: bool) -> None:
     """The schema revision of the database, and whether it is head."""
     target = _target(ctx)
     with _alembic(target.url):
-        revision = _known(target.url, migrate.current_revision(target.url, target.settings))
+        revision = _known(target.url, _current(target))
     head = migrate.head_revision()
     if as_json:
         click.echo(
@@ -253,7 +292,7 @@ def db_history(ctx: click.Context, as_json: bool) -> None:
     with _alembic(target.url):
         script = ScriptDirectory.from_config(migrate.alembic_config(target.url))
         heads = set(script.get_heads())
-        revision = migrate.current_revision(target.url, target.settings)
+        revision = _current(target)
         revisions = list(script.walk_revisions())
     if as_json:
         rows = [
@@ -307,7 +346,7 @@ def config() -> None:
 @click.pass_context
 def config_get(ctx: click.Context, key: str) -> None:
     """Print KEY's value as JSON (exit 1 if it is not set)."""
-    with _foundation(ctx) as fdn:
+    with _foundation(ctx, create=False) as fdn:
         explanation = fdn.config.explain(key)  # validates the key
         value = fdn.config.get(key, _MISSING)
     if value is _MISSING or explanation.source is None:
@@ -323,7 +362,7 @@ def config_get(ctx: click.Context, key: str) -> None:
 def config_set(ctx: click.Context, key: str, value: str, force_string: bool) -> None:
     """Set KEY to VALUE (read as JSON when it parses, else as a string)."""
     parsed = _parse_value(value, force_string)
-    with _foundation(ctx) as fdn:
+    with _foundation(ctx, create=True) as fdn:
         fdn.config.set(key, parsed)
         stored = fdn.config.get(key)
     click.echo(f"set {key} = {_dumps(stored)}")
@@ -334,7 +373,7 @@ def config_set(ctx: click.Context, key: str, value: str, force_string: bool) -> 
 @click.pass_context
 def config_delete(ctx: click.Context, key: str) -> None:
     """Delete KEY's runtime value (file, environment and defaults stay)."""
-    with _foundation(ctx) as fdn:
+    with _foundation(ctx, create=True) as fdn:
         deleted = fdn.config.delete(key)
         explanation = fdn.config.explain(key)
     if deleted:
@@ -351,7 +390,7 @@ def config_delete(ctx: click.Context, key: str) -> None:
 @click.pass_context
 def config_list(ctx: click.Context, prefix: str, as_json: bool) -> None:
     """Every key with its winning value and where that value comes from."""
-    with _foundation(ctx) as fdn:
+    with _foundation(ctx, create=False) as fdn:
         values = fdn.config.all()
         rows = [
             {"key": key, "value": values[key], "source": fdn.config.explain(key).source}
@@ -399,7 +438,7 @@ def _history_row(entry: ConfigHistoryEntry) -> dict[str, Any]:
 @click.pass_context
 def config_history(ctx: click.Context, key: str | None, limit: int, as_json: bool) -> None:
     """Changes to KEY (or to every key), newest first."""
-    with _foundation(ctx) as fdn:
+    with _foundation(ctx, create=False) as fdn:
         entries = fdn.config.history(key, limit=limit)
     if as_json:
         click.echo(_dumps([_history_row(e) for e in entries]))

@@ -6,7 +6,9 @@ import contextlib
 import io
 import json
 import os
+import shlex
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import click
@@ -21,8 +23,9 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from foundation._json import MAX_DEPTH
 from foundation.cli import _dumps, _foundation, _stdout, _truncate
-from foundation.errors import EventError
+from foundation.errors import EventError, FoundationError
 from foundation.events import RecordedEvent
 
 __all__ = ["events"]
@@ -113,7 +116,7 @@ def events_query(
         criteria["after_position"] = after_position
     criteria["limit"] = limit
     criteria["order"] = "desc" if desc else "asc"
-    with _foundation(ctx) as fdn:
+    with _foundation(ctx, create=False) as fdn:
         found = fdn.events.get(criteria)
     if as_json:
         click.echo(_dumps([_event_row(e) for e in found]))
@@ -165,7 +168,7 @@ def events_tail(
     def show(event: RecordedEvent) -> None:
         click.echo(_dumps(_event_row(event)) if as_json else _event_line(event))
 
-    with _foundation(ctx) as fdn:
+    with _foundation(ctx, create=False) as fdn:
         position = fdn.events.last_position()
         if lines:
             for event in reversed(fdn.events.get(criteria, limit=lines, order="desc")):
@@ -204,7 +207,7 @@ def events_export(
     criteria = _criteria(types, None)
     criteria["after_position"] = after_position
     count = 0
-    with _foundation(ctx) as fdn:
+    with _foundation(ctx, create=False) as fdn:
         total = max(fdn.events.last_position() - after_position, 0)
         with _progress(total, "exporting") as progress:
             task = progress.add_task("export", total=total)
@@ -225,6 +228,14 @@ def _import_event(line: str, number: int) -> dict[str, Any]:
         row = json.loads(line)
     except ValueError as exc:
         raise EventError(f"line {number} is not JSON: {exc}", context={"line": number}) from None
+    except RecursionError:
+        # The decoder recurses once per level: a line nested past the interpreter's limit
+        # cannot be read at all (and the log would refuse it past MAX_DEPTH levels anyway).
+        raise EventError(
+            f"line {number} is nested too deeply to read "
+            f"(an event's values may nest at most {MAX_DEPTH} levels)",
+            context={"line": number, "max_depth": MAX_DEPTH},
+        ) from None
     if not isinstance(row, dict):
         raise EventError(f"line {number} is not a JSON object", context={"line": number})
     event = {k: row.get(k) for k in _IMPORT_FIELDS if row.get(k) is not None}
@@ -233,18 +244,90 @@ def _import_event(line: str, number: int) -> dict[str, Any]:
     return event
 
 
-def _name_the_line(fdn: Any, batch: list[tuple[int, dict[str, Any]]]) -> None:
-    """A batch was refused: if one of its events is invalid alone, say which line it is.
+def _name_the_line(
+    fdn: Any, batch: list[tuple[int, dict[str, Any]]], exc: EventError
+) -> EventError:
+    """A batch was refused with ``exc``: the same error, naming the line it is about.
 
-    (Checked only on failure: the events of a good batch are validated once, by store_many.)
+    An event invalid alone is found by validating each one again; an id conflict (with
+    the log, or within the batch) names the id in its context, and so the lines that
+    carry it. (Checked only on failure: a good batch is validated once, by store_many.)
     """
+    conflict = exc.context.get("id")
+    lines: list[int] = []
     for number, event in batch:
         try:
-            fdn.events._parse([event])
-        except EventError as exc:
-            raise EventError(
-                f"line {number}: {exc.message}", context={**exc.context, "line": number}
-            ) from None
+            [parsed] = fdn.events._parse([event])
+        except EventError as bad:
+            return EventError(
+                f"line {number}: {bad.message}", context={**bad.context, "line": number}
+            )
+        if parsed.id_given and str(parsed.id) == conflict:
+            lines.append(number)
+    if not lines:
+        return exc
+    context = {**exc.context, "line": lines[0]}
+    if len(lines) > 1:
+        context["lines"] = lines
+    where = f"line {lines[0]}" if len(lines) == 1 else f"lines {', '.join(map(str, lines))}"
+    return type(exc)(f"{where}: {exc.message}", context=context, correlation_id=exc.correlation_id)
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+@dataclass
+class _Tally:
+    """What an import has committed so far: it commits IMPORT_BATCH lines at a time, so a
+    failure part-way leaves the batches before it in the log."""
+
+    new: int = 0
+    known: int = 0  # already recorded (same id): earlier in the log, or earlier in the file
+    without_id: int = 0  # committed events whose line gave no id (a new id each import)
+    through_line: int = 0  # the last line of the last committed batch
+    file: str = "FILE"  # as the user may type it in a shell
+
+    def committed(self, batch: list[tuple[int, dict[str, Any]]], new: int) -> None:
+        self.new += new
+        self.known += len(batch) - new
+        self.without_id += sum(1 for _, event in batch if "id" not in event)
+        self.through_line = batch[-1][0]
+
+    def explain(self, exc: FoundationError) -> FoundationError:
+        """``exc``, saying what stays committed before it and how to go on safely."""
+        if not self.through_line:
+            if "line" not in exc.context:
+                return exc  # not about the file (the database, say): nothing to add
+            return type(exc)(
+                f"{exc.message}; nothing was imported",
+                context=exc.context,
+                correlation_id=exc.correlation_id,
+            )
+        done = (
+            f"lines 1-{self.through_line} before it were imported and stay committed "
+            f"({_plural(self.new, 'new event')}, {self.known} already recorded)"
+        )
+        fix = f"fix line {exc.context['line']}, then " if "line" in exc.context else ""
+        if self.without_id:
+            # Those events get a new id on every import: running the file again would
+            # record them twice, so only the rest of the file may be imported.
+            how = (
+                f"{self.without_id} of them have no id and would be recorded twice if "
+                f"imported again: {fix}import only the lines after line {self.through_line} "
+                f"(`tail -n +{self.through_line + 1} {self.file} | foundation events import -`)"
+            )
+        else:
+            how = f"{fix}run the same import again: it skips the events already recorded (same id)"
+        context = {
+            **exc.context,
+            "imported": self.new,
+            "already_recorded": self.known,
+            "committed_through_line": self.through_line,
+        }
+        return type(exc)(
+            f"{exc.message}; {done}; {how}", context=context, correlation_id=exc.correlation_id
+        )
 
 
 _IMPORT_FIELDS = (
@@ -265,45 +348,51 @@ def events_import(ctx: click.Context, file: Any) -> None:
     """Append the JSON-lines events of FILE; events already recorded (same id) are skipped.
 
     Positions, stream versions and timestamps are those of this log; ids, types, streams,
-    data, metadata, correlation and causation ids are kept.
+    data, metadata, correlation and causation ids are kept. Events are committed
+    IMPORT_BATCH lines at a time: an error names its line and what was committed before it.
     """
     try:
         size = os.fstat(file.fileno()).st_size
     except (OSError, ValueError, io.UnsupportedOperation):
         size = 0
-    added = skipped = 0
-    with _foundation(ctx) as fdn, _progress(size // 200, "importing") as progress:
+    tally = _Tally()
+    name = getattr(file, "name", None)  # stdin may be a stream without one
+    if isinstance(name, str) and name not in ("-", "<stdin>"):
+        tally.file = shlex.quote(name)
+    with _foundation(ctx, create=True) as fdn, _progress(size // 200, "importing") as progress:
         task = progress.add_task("import", total=size or None)
         batch: list[tuple[int, dict[str, Any]]] = []  # (line number, event)
 
         def flush() -> None:
-            nonlocal added, skipped
             if not batch:
                 return
             before = fdn.events.last_position()
             try:
                 records = fdn.events.store_many([event for _, event in batch])
-            except EventError:
-                _name_the_line(fdn, batch)
-                raise
-            new = sum(1 for r in records if r.position > before)
-            added += new
-            skipped += len(records) - new
+            except EventError as exc:
+                raise _name_the_line(fdn, batch, exc) from None
+            # New records lie past the log's end as it was; an id already recorded (or
+            # repeated in the batch) is answered with its original record, so only
+            # distinct new positions count.
+            tally.committed(batch, len({r.position for r in records if r.position > before}))
             batch.clear()
 
-        for number, raw in enumerate(file, start=1):
-            progress.advance(task, len(raw))
-            try:
-                line = raw.decode("utf-8").strip()
-            except UnicodeDecodeError as exc:
-                raise EventError(
-                    f"line {number} is not UTF-8 text: {exc.reason} at byte {exc.start}",
-                    context={"line": number},
-                ) from None
-            if not line:
-                continue
-            batch.append((number, _import_event(line, number)))
-            if len(batch) >= IMPORT_BATCH:
-                flush()
-        flush()
-    click.echo(f"imported {added} events, skipped {skipped} already recorded")
+        try:
+            for number, raw in enumerate(file, start=1):
+                progress.advance(task, len(raw))
+                try:
+                    line = raw.decode("utf-8").strip()
+                except UnicodeDecodeError as exc:
+                    raise EventError(
+                        f"line {number} is not UTF-8 text: {exc.reason} at byte {exc.start}",
+                        context={"line": number},
+                    ) from None
+                if not line:
+                    continue
+                batch.append((number, _import_event(line, number)))
+                if len(batch) >= IMPORT_BATCH:
+                    flush()
+            flush()
+        except FoundationError as exc:
+            raise tally.explain(exc) from None
+    click.echo(f"imported {_plural(tally.new, 'event')}, skipped {tally.known} already recorded")

@@ -59,7 +59,7 @@ def registry() -> None:
 @click.pass_context
 def registry_list(ctx: click.Context, prefix: str | None, as_json: bool) -> None:
     """Live names with their owner, age and time to expiry."""
-    with _foundation(ctx) as fdn:
+    with _foundation(ctx, create=False) as fdn:
         entries = fdn.service_registry.list(prefix=prefix)
     if as_json:
         click.echo(_dumps([_entry_dict(e) for e in entries]))
@@ -85,7 +85,7 @@ def registry_list(ctx: click.Context, prefix: str | None, as_json: bool) -> None
 @click.pass_context
 def registry_show(ctx: click.Context, name: str) -> None:
     """One name (raises not_found when nobody holds it), or a group's members."""
-    with _foundation(ctx) as fdn:
+    with _foundation(ctx, create=False) as fdn:
         entry = fdn.service_registry.find(name)
         members = fdn.service_registry.members(name)
         if entry is None and not members:
@@ -103,7 +103,7 @@ def registry_show(ctx: click.Context, name: str) -> None:
 @click.pass_context
 def registry_unregister(ctx: click.Context, name: str) -> None:
     """Remove NAME whoever holds it (an operator's override: force=True)."""
-    with _foundation(ctx) as fdn:
+    with _foundation(ctx, create=True) as fdn:
         fdn.service_registry.unregister(name, force=True)
     click.echo(f"unregistered {name}")
 
@@ -113,7 +113,7 @@ def registry_unregister(ctx: click.Context, name: str) -> None:
 @click.pass_context
 def breakers(ctx: click.Context, as_json: bool) -> None:
     """Circuit breakers: state, failures and time until the next probe."""
-    with _foundation(ctx) as fdn:
+    with _foundation(ctx, create=False) as fdn:
         infos = [i for i in fdn.circuit_breaker.breakers() if i.scope != "local"]
     if as_json:
         click.echo(_dumps([asdict(i) for i in infos]))
@@ -132,7 +132,7 @@ def breakers(ctx: click.Context, as_json: bool) -> None:
 def limits(ctx: click.Context, max_rows: int, as_json: bool) -> None:
     """Shared rate limits as of now: key, algorithm, usage in the current window, reset
     (a window that has ended is empty, so it is not listed)."""
-    with _foundation(ctx) as fdn:
+    with _foundation(ctx, create=False) as fdn:
         usage = fdn.rate_limiter.usage(limit=max_rows)
     if as_json:
         click.echo(_dumps([{**u._asdict(), "expires_at": u.expires_at.isoformat()} for u in usage]))

@@ -60,3 +60,18 @@ def test_breakers_and_limits_listings(db_url: str) -> None:
     assert (usage["key"], usage["used"]) == ("api", 2)
     code, out, _ = run(db_url, "limits")
     assert code == 0 and "api" in out
+
+
+def test_tables_print_names_as_typed_not_as_markup(db_url: str) -> None:
+    """Rich would read "[bold]svc[/]" as markup (printing "svc", the name of another
+    entry) and fail on "cache[/]"; the user's text is printed as it is."""
+    with Foundation(db_url, migrate="skip") as node:  # its names live while it runs
+        for name in ("svc", "[bold]svc[/]", "cache[/]"):
+            node.service_registry.register(name, f"http://{len(name)}", {})
+        node.config.set("[red]key[/red]", 1)
+        code, out, err = run(db_url, "registry", "list")
+        assert code == 0, err
+        assert "[bold]svc[/]" in out and "cache[/]" in out
+    code, out, err = run(db_url, "config", "list")
+    assert code == 0, err
+    assert "[red]key[/red]" in out
