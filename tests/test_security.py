@@ -457,6 +457,15 @@ ALLOWED: dict[tuple[str, str], str] = {
         'f"VALUES ({uuid_sql},"',
     ): "0005's trigger function with its uuid expression swapped for one of the module's "
     "two constants (_PG_UUID7, or 0005's own on downgrade)",
+    (
+        "migrations/versions/0011_registry_audit_views.py",
+        'REGISTRY_VIEW.replace("NOW", now)',
+    ): "DDL in a migration: the view with the backend's now(), one of the module's two "
+    "constant expressions",
+    (
+        "migrations/versions/0011_registry_audit_views.py",
+        'MEMBERS_VIEW.replace("NOW", now)',
+    ): "as above",
 }
 
 

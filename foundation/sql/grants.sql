@@ -33,7 +33,8 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON
     TO foundation_app;
 
 -- The audit views (an auditor's role needs only this line and USAGE on the schema).
-GRANT SELECT ON foundation_audit_events, foundation_audit_config TO foundation_app;
+GRANT SELECT ON foundation_audit_events, foundation_audit_config, foundation_audit_registry,
+    foundation_audit_registry_members TO foundation_app;
 
 -- Nothing on foundation_topic_revisions: it carries SQLite's change feed and is not used
 -- on PostgreSQL (the feed there is LISTEN/NOTIFY).
