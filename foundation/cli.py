@@ -15,6 +15,7 @@ only read never create a SQLite file: a path with no file is a ``not_found`` err
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -146,8 +147,10 @@ def _foundation(ctx: click.Context, *, create: bool) -> Iterator[Foundation]:
     target = _target(ctx)
     if not create:
         _existing(target.url)
-    # migrate=None keeps the default: SQLite upgrades itself, PostgreSQL checks.
-    with Foundation(settings=target.settings, migrate=None) as fdn:
+    # A command that writes keeps the default (SQLite upgrades itself, PostgreSQL checks);
+    # one that reads changes nothing, a schema neither: an unmigrated or older file (an
+    # app's own database, say) is a schema_outdated error, not a file given new tables.
+    with Foundation(settings=target.settings, migrate=None if create else "check") as fdn:
         yield fdn
 
 
@@ -223,11 +226,26 @@ def _known(url: DatabaseURL, revision: str | None) -> str | None:
     return revision
 
 
-@db.command(context_settings={"ignore_unknown_options": True})
+def _revision_arg(revision: str, extra: tuple[str, ...]) -> None:
+    """``-1`` is a revision (options are not parsed for these two commands, so that it
+    can be one); ``--json`` or ``-d URL`` here are misplaced options, said so plainly."""
+    if (revision.startswith("-") and not re.fullmatch(r"-\d+", revision)) or extra:
+        raise click.UsageError(
+            f"unexpected {' '.join([revision, *extra])!r}: these commands take a REVISION "
+            "only; the database is chosen before the command: foundation -d URL db …"
+        )
+
+
+@db.command(
+    context_settings={"ignore_unknown_options": True},
+    short_help="Upgrade the schema to REVISION (default: head).",
+)
 @click.argument("revision", default="head")
+@click.argument("extra", nargs=-1, metavar="")
 @click.pass_context
-def upgrade(ctx: click.Context, revision: str) -> None:
+def upgrade(ctx: click.Context, revision: str, extra: tuple[str, ...]) -> None:
     """Upgrade the schema to REVISION (default: head; relative: +1)."""
+    _revision_arg(revision, extra)
     target = _target(ctx)
     with _alembic(target.url):
         before = _known(target.url, migrate.current_revision(target.url, target.settings))
@@ -236,12 +254,31 @@ def upgrade(ctx: click.Context, revision: str) -> None:
     click.echo(_moved("upgraded", target.url, before, after))
 
 
-@db.command(context_settings={"ignore_unknown_options": True})
+@db.command(
+    context_settings={"ignore_unknown_options": True},
+    short_help="Downgrade the schema to REVISION (asks first).",
+)
 @click.argument("revision")
+@click.argument("extra", nargs=-1, metavar="")
+@click.option("--yes", is_flag=True, help="Do not ask (scripts): the answer is yes.")
 @click.pass_context
-def downgrade(ctx: click.Context, revision: str) -> None:
-    """Downgrade the schema to REVISION (required: e.g. -1, base, 0001)."""
+def downgrade(ctx: click.Context, revision: str, extra: tuple[str, ...], yes: bool) -> None:
+    """Downgrade the schema to REVISION (required: e.g. -1, base, 0010).
+
+    Reverting a revision runs its downgrade: revisions 0001 to 0004 drop the tables they
+    created, with every row (0001 config and its history, 0002 the event log and the
+    subscriptions, 0003 the registry, 0004 breakers and limits). Asks first, unless
+    --yes; without a terminal to ask on, it does nothing.
+    """
+    _revision_arg(revision, extra)
     target = _target(ctx)
+    if not yes:
+        click.confirm(
+            f"Downgrade {target.url.masked} to {revision}? Reverting 0001-0004 drops their "
+            "tables with every row (0002: the event log)",
+            abort=True,
+            err=True,
+        )
     with _alembic(target.url):
         before = _known(target.url, migrate.current_revision(target.url, target.settings))
         migrate.downgrade(target.url, revision, target.settings)
@@ -283,7 +320,7 @@ def current(ctx: click.Context, as_json: bool) -> None:
         click.echo(f"{_revision_label(revision)} (not head; head is {head})")
 
 
-@db.command("history")
+@db.command("history", short_help="Foundation's revisions, marking current and head.")
 @click.option("--json", "as_json", is_flag=True, help="A JSON array, newest first.")
 @click.pass_context
 def db_history(ctx: click.Context, as_json: bool) -> None:

@@ -136,7 +136,7 @@ def events_query(
     _stdout().print(table)
 
 
-@events.command("tail")
+@events.command("tail", short_help="The last events, then new ones with --follow.")
 @_TYPE_OPTION
 @_STREAM_OPTION
 @click.option("--lines", "-n", default=10, show_default=True, type=click.IntRange(0, 10_000))
@@ -195,7 +195,7 @@ def events_tail(
                 time.sleep(min(interval, 0.2))
 
 
-@events.command("export")
+@events.command("export", short_help="Write the log to FILE as JSON lines.")
 @click.argument("file", type=click.File("w", encoding="utf-8", lazy=True))
 @_TYPE_OPTION
 @click.option("--after-position", type=click.IntRange(0), default=0, help="After N.")
@@ -341,7 +341,7 @@ _IMPORT_FIELDS = (
 )
 
 
-@events.command("import")
+@events.command("import", short_help="Append the JSON-lines events of FILE (idempotent).")
 @click.argument("file", type=click.File("rb"))
 @click.pass_context
 def events_import(ctx: click.Context, file: Any) -> None:

@@ -80,7 +80,7 @@ def registry_list(ctx: click.Context, prefix: str | None, as_json: bool) -> None
     _stdout().print(table)
 
 
-@registry.command("show")
+@registry.command("show", short_help="One name, or a group's members.")
 @click.argument("name")
 @click.pass_context
 def registry_show(ctx: click.Context, name: str) -> None:
@@ -98,7 +98,7 @@ def registry_show(ctx: click.Context, name: str) -> None:
     click.echo(_dumps(out))
 
 
-@registry.command("unregister")
+@registry.command("unregister", short_help="Remove NAME, whoever holds it (an override).")
 @click.argument("name")
 @click.pass_context
 def registry_unregister(ctx: click.Context, name: str) -> None:

@@ -1,11 +1,14 @@
 """A tour for newcomers: ``scripts/demo`` (or ``python -m foundation.demo``).
 
 Runs on the embedded SQLite default (``sqlite:///foundation.db`` in the working
-folder) unless ``FOUNDATION_DATABASE_URL`` says otherwise.
+folder) unless ``FOUNDATION_DATABASE_URL`` says otherwise (``scripts/demo`` clears it and
+runs in a new folder). It may run again on the same database: each run writes an order
+stream of its own.
 """
 
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 from collections.abc import Mapping
@@ -17,7 +20,7 @@ from rich.table import Table
 import foundation
 from foundation import Foundation, FoundationError
 
-console = Console()
+console = Console(soft_wrap=True)  # a line stays one line in a log or a pipe
 
 
 def section(title: str) -> None:
@@ -39,10 +42,12 @@ def config_across_two_instances() -> None:
             changed.set()
 
         other.config.watch("port", on_change)
-        console.print(f"  port before: {default.get('port', 8080)} (the default given to get)")
+        before = default.get("port", 8080)
+        source = default.explain("port").source or "the default given to get"
+        console.print(f"  port before: {before} ({source})")
         started = time.perf_counter()
         with foundation.correlation("demo-deploy-1"):
-            default.set("port", 4000)
+            default.set("port", 4001 if before == 4000 else 4000)  # a change, on any run
         changed.wait(5)
         console.print(
             f"  set on this node, seen on the other after "
@@ -102,48 +107,53 @@ def event_sourcing() -> None:
             projected.set()
 
     events = foundation.events
-    subscription = events.subscribe("order-totals", project, types=["item_added", "order_paid"])
-    with foundation.correlation("checkout-7"):
+    run = secrets.token_hex(2)  # a stream of this run's own: the demo may run again
+    order, checkout = f"order-{run}", f"checkout-{run}"
+    subscription = events.subscribe(
+        "order-totals", project, types=["item_added", "order_paid"], start="end"
+    )
+    with foundation.correlation(checkout):
         placed = events.store(
             {
                 "type": "order_placed",
-                "stream_id": "order-7",
+                "stream_id": order,
                 "expected_version": "no_stream",
                 "data": {"customer": "ada"},
             }
         )
         events.store_many(
             [
-                {"type": "item_added", "stream_id": "order-7", "data": {"sku": "A", "price": 30}},
-                {"type": "item_added", "stream_id": "order-7", "data": {"sku": "B", "price": 12}},
+                {"type": "item_added", "stream_id": order, "data": {"sku": "A", "price": 30}},
+                {"type": "item_added", "stream_id": order, "data": {"sku": "B", "price": 12}},
             ]
         )
         events.store(
             {
                 "type": "order_paid",
-                "stream_id": "order-7",
+                "stream_id": order,
                 "expected_version": 3,
                 "data": {"amount": 42},
                 "causation_id": str(placed.id),
             }
         )
     projected.wait(5)
-    for event in events.read_stream("order-7"):
+    console.print("  position (in the whole log, config changes included), stream version:")
+    for event in events.read_stream(order):
         console.print(f"  #{event.position} v{event.stream_version} {event.type:<13} {event.data}")
-    console.print(f"  projection (subscription, at least once): totals = {totals}")
+    console.print(f"  projection (subscription, at least once): total = {totals.get(order)}")
     try:
         events.store(
             {
                 "type": "order_paid",
-                "stream_id": "order-7",
+                "stream_id": order,
                 "expected_version": 3,
                 "data": {"amount": 42},
             }
         )
     except FoundationError as err:
         console.print(f"  [yellow]{err.code}[/]: {err.message}")
-    chain = events.correlation_chain("checkout-7")
-    console.print(f"  correlation chain checkout-7: {[e.type for e in chain]}")
+    chain = events.correlation_chain(checkout)
+    console.print(f"  correlation chain {checkout}: {[e.type for e in chain]}")
     subscription.stop()
 
 
@@ -257,7 +267,7 @@ class MetricsSummary:
             self.durations.setdefault(name, []).append(measurements["duration"] / 1000)
 
     def print(self) -> None:
-        section("Metrics summary (telemetry handlers)")
+        section("Metrics summary: this node's telemetry (the other nodes have their own)")
         foundation.telemetry.detach("demo-metrics")
         table = Table("event", "count", "median µs")
         for name in sorted(self.counts):

@@ -123,7 +123,7 @@ class Settings(BaseSettings):
     )
     @classmethod
     def _milliseconds(cls, value: Any) -> Any:
-        # The spec's unit is milliseconds; a timedelta is accepted too (DESIGN.md §1).
+        # The spec's unit is milliseconds; a timedelta is accepted too.
         if isinstance(value, timedelta):
             ms = value / timedelta(milliseconds=1)
             return int(ms) if ms == int(ms) else ms  # a fraction of a ms fails as int does

@@ -80,7 +80,7 @@ def test_db_upgrade_on_empty_database_then_current_is_head(empty_db_url: str) ->
 
 def test_db_downgrade_base_then_current_is_none(db_url: str) -> None:
     assert migrate.current_revision(db_url) == HEAD
-    result = ok(db_url, "db", "downgrade", "base")
+    result = ok(db_url, "db", "downgrade", "base", "--yes")
     assert f": {HEAD} -> none" in result.stdout
     assert migrate.current_revision(db_url) is None
     assert ok(db_url, "db", "current").stdout.startswith("none (not head")
@@ -89,9 +89,30 @@ def test_db_downgrade_base_then_current_is_none(db_url: str) -> None:
     # Back up, then a relative step down (a leading "-" is a revision, not an option).
     ok(db_url, "db", "upgrade", HEAD)
     assert migrate.current_revision(db_url) == HEAD
-    ok(db_url, "db", "downgrade", "-1")
+    ok(db_url, "db", "downgrade", "-1", "--yes")
     script = ScriptDirectory.from_config(migrate.alembic_config(db_url))
     assert migrate.current_revision(db_url) == script.get_revision(HEAD).down_revision
+
+
+def test_db_downgrade_asks_first(db_url: str) -> None:
+    """It may drop the event log: without a yes (no terminal, or "n"), nothing happens."""
+    for answer in (None, "n\n"):
+        result = CliRunner().invoke(main, ["-d", db_url, "db", "downgrade", "base"], input=answer)
+        assert result.exit_code == 1 and "drops their tables" in result.stderr
+        assert migrate.current_revision(db_url) == HEAD
+    result = CliRunner().invoke(main, ["-d", db_url, "db", "downgrade", "-1"], input="y\n")
+    assert result.exit_code == 0, result.stderr
+    assert migrate.current_revision(db_url) != HEAD
+
+
+@pytest.mark.parametrize(
+    "args", [["upgrade", "--json"], ["upgrade", "-d", "sqlite:///x.db"], ["downgrade", "-d"]]
+)
+def test_misplaced_options_of_db_commands_say_so(db_url: str, args: list[str]) -> None:
+    result = run(db_url, "db", *args)
+    assert result.exit_code == 2
+    assert "the database is chosen before the command" in result.stderr
+    assert migrate.current_revision(db_url) == HEAD
 
 
 def test_db_downgrade_needs_a_revision(db_url: str) -> None:
@@ -102,7 +123,7 @@ def test_db_downgrade_needs_a_revision(db_url: str) -> None:
 
 
 def test_db_downgrade_past_base_is_a_foundation_error(empty_db_url: str) -> None:
-    result = fails(empty_db_url, "validation_error", "db", "downgrade", "-1")
+    result = fails(empty_db_url, "validation_error", "db", "downgrade", "-1", "--yes")
     assert "alembic" in result.stderr
     assert migrate.current_revision(empty_db_url) is None
 
