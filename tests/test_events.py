@@ -446,6 +446,14 @@ def test_store_and_get_emit_telemetry(fdn: Foundation) -> None:
     assert store[0] == ("foundation", "events", "store") and store[1]["count"] == 2
     assert get[0] == ("foundation", "events", "get") and get[1]["count"] == 2
     assert store[1]["duration"] > 0 and get[1]["duration"] > 0
+    # iter, read_stream and correlation_chain read the database page by page: one get each.
+    seen.clear()
+    fdn.events.store_many([{"type": "s", "stream_id": "s1"} for _ in range(3)])
+    assert len(list(fdn.events.iter(type="a", batch_size=1))) == 1
+    assert len(fdn.events.read_stream("s1")) == 3
+    assert fdn.events.correlation_chain("none") == []
+    gets = [m["count"] for name, m in seen if name == ("foundation", "events", "get")]
+    assert gets == [1, 0, 3, 0]  # iter: a page of 1, then an empty one; then one page each
 
 
 def test_module_level_functions_use_the_default_instance(

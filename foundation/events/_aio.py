@@ -150,9 +150,11 @@ class AsyncEvents(_EventsBase):
 
     async def _iter(self, pager: Pager) -> AsyncIterator[RecordedEvent]:
         while not pager.done:
+            started = time.perf_counter_ns()  # each page is a get (read_stream's too)
             sql, params = pager.next_page()
             records = [self._sql.record(r) for r in await self._db.fetchall(sql, params)]
             pager.advance(records, params["limit"])
+            self._got(started, len(records))
             for record in records:
                 yield record
 

@@ -151,9 +151,11 @@ class Events(_EventsBase):
 
     def _iter(self, pager: Pager) -> Iterator[RecordedEvent]:
         while not pager.done:
+            started = time.perf_counter_ns()  # each page is a get (read_stream's too)
             sql, params = pager.next_page()
             records = [self._sql.record(r) for r in self._db.fetchall(sql, params)]
             pager.advance(records, params["limit"])
+            self._got(started, len(records))
             yield from records
 
     def read_stream(self, stream_id: str, from_version: int = 0) -> list[RecordedEvent]:
