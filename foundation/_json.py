@@ -88,7 +88,7 @@ def encode_json(
             raise error(
                 f"{what} has a key that is not a string ({key!r}): JSON keys are strings, "
                 "so it would read back as another key, or collide with one",
-                context={**(context or {}), "key": repr(key)[:200]},
+                context={**(context or {}), "json_key": repr(key)[:200]},
             )
     if text.count("[") + text.count("{") > MAX_DEPTH and _too_deep(value):
         raise error(

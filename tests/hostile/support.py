@@ -167,12 +167,31 @@ MAX_BYTES = 1024 * 1024  # Settings.max_value_bytes by default
 
 
 def is_json(value: Any) -> bool:
-    """Whether ``value`` is storable JSON: encodable, at most MAX_DEPTH deep, MAX_BYTES long."""
+    """Whether ``value`` is storable JSON: encodable, at most MAX_DEPTH deep, MAX_BYTES long,
+    its objects keyed by strings (json.dumps would write 1 as "1")."""
     try:
         text = json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
     except (TypeError, ValueError, RecursionError):
         return False
-    return depth(value) <= MAX_DEPTH and len(text.encode("utf-8", "replace")) <= MAX_BYTES
+    return (
+        depth(value) <= MAX_DEPTH
+        and len(text.encode("utf-8", "replace")) <= MAX_BYTES
+        and str_keys(value)
+    )
+
+
+def str_keys(value: Any) -> bool:
+    """Whether every dict in ``value`` has only string keys."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if not all(isinstance(k, str) for k in item):
+                return False
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return True
 
 
 def depth(value: Any) -> int:
