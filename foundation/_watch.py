@@ -1,9 +1,11 @@
 """Watchers shared by the services that announce changes (config, the registry).
 
 A watch matches one name exactly, or a prefix when its pattern ends in ``*``
-(``"db.*"``; ``"*"`` matches all). The sync face calls the callback in the thread that
-saw the change; the async face hands it to its event loop (plain or ``async def``
-callbacks). A callback that raises is logged, never raised into Foundation.
+(``"db.*"``; ``"*"`` matches all). Here the sync face calls the callback in the thread
+that saw the change, and the async face hands it to its event loop (plain or ``async
+def`` callbacks); the registry delivers through a dispatcher of its own instead, off its
+heartbeat and feed threads (``service_registry._dispatch``). A callback that raises is
+logged, never raised into Foundation.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ from foundation.errors import (
     ValidationError,
 )
 from foundation.facade import Foundation
-from foundation.settings import Settings, build_settings
+from foundation.settings import Settings, build_settings, default_node_id
 
 __all__ = ["main"]
 
@@ -103,7 +103,12 @@ def _target(ctx: click.Context) -> _Target:
 
 
 def _settings(database_url: str | None) -> Settings:
-    values: dict[str, Any] = {} if database_url is None else {"database_url": database_url}
+    # A node id of its own: FOUNDATION_NODE_ID in an app's environment names the app's
+    # live instance, whose lease a command must neither take nor wait for (one node id,
+    # one live instance: see docs/registry.md).
+    values: dict[str, Any] = {"node_id": f"cli:{default_node_id()}"}
+    if database_url is not None:
+        values["database_url"] = database_url
     return build_settings(values)
 
 

@@ -22,7 +22,12 @@ from foundation import (
     ValidationError,
 )
 from foundation.database.url import DatabaseURL
-from foundation.service_registry import RegistryChange, RegistryOptions, ServiceEntry
+from foundation.service_registry import (
+    RegistryChange,
+    RegistryOptions,
+    ServiceEntry,
+    ServiceRegistry,
+)
 from tests.helpers import wait_for
 
 TTL = 1000
@@ -44,6 +49,11 @@ def count_rows(fdn: Foundation, table: str) -> int:
     row = fdn.database.fetchone(f"SELECT count(*) FROM {table}")
     assert row is not None
     return int(row[0])
+
+
+def drain(reg: ServiceRegistry) -> None:
+    """Wait until the registry's watch thread has called back every change queued so far."""
+    assert reg._dispatcher.flush(5), "the watch thread delivered nothing for 5 s"
 
 
 def stop_heartbeat(fdn: Foundation) -> None:
@@ -165,9 +175,12 @@ def test_watch_prefix_and_cancel(fdn: Foundation) -> None:
     reg.register("api.a", 1)
     reg.register("other", 1)
     reg.unregister("api.a")
-    assert seen == [("api.a", "register"), ("api.a", "unregister")]
+    # Callbacks run on the registry's watch thread: shortly after, in order.
+    wait_for(lambda: seen == [("api.a", "register"), ("api.a", "unregister")])
     watch.cancel()
     reg.register("api.b", 1)
+    reg.register("api.c", 1, local=True)
+    drain(reg)
     assert len(seen) == 2
 
 
@@ -375,6 +388,7 @@ def test_a_node_that_lost_its_lease_recovers_free_names_and_reports_lost_ones(
     assert a.service_registry.lease_generation == (generation or 0) + 1
     assert lost_events and lost_events[-1]["lost"] == ["taken"]
     assert lost_events[-1]["kept"] == ["kept"]
+    drain(a.service_registry)
     lost = [c for c in changes if c.kind == "lost"]
     assert [c.name for c in lost] == ["taken"]
     assert lost[0].entry is not None and lost[0].entry.node == b.settings.node_id
@@ -476,7 +490,7 @@ def test_module_level_api_acts_on_the_default_instance(db_url: str) -> None:
             seen: list[str] = []
             registry.watch("mod", lambda c: seen.append(c.kind))
             registry.unregister("mod")
-            assert seen == ["unregister"]
+            wait_for(lambda: seen == ["unregister"])
             registry.join("g", "a")
             assert len(registry.members("g")) == 1
             registry.leave("g")

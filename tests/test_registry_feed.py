@@ -26,6 +26,7 @@ from foundation.database.sync import Cursor, _DriverCursor, connect_sqlite
 from foundation.service_registry import RegistryChange
 from tests.conftest import fresh_postgres
 from tests.helpers import async_wait_for, wait_for
+from tests.test_registry import drain
 
 QUIET = 600_000  # a feed (or heartbeat) interval that never comes round during a test
 
@@ -132,6 +133,7 @@ def test_sqlite_unregister_release_and_a_hand_delete_are_seen(sqlite_url: str) -
         poll()  # a closed: its names and its lease were released
         assert b.service_registry.find("released") is None
         assert b.service_registry.resyncs == resyncs
+        drain(b.service_registry)
         assert [(c.name, c.kind) for c in changes if c.kind != "register"] == [
             ("gone", "unregister"),
             ("deleted", "unregister"),

@@ -24,6 +24,7 @@ from foundation.service_registry._base import (
     _RegistryBase,
     log,
 )
+from foundation.service_registry._dispatch import LoopDispatcher
 from foundation.service_registry._state import (
     GroupMember,
     RegistryChange,
@@ -55,6 +56,10 @@ class AsyncServiceRegistry(_RegistryBase):
         self._db = db
         self._recover_lock: asyncio.Lock | None = None
         self._task: asyncio.Task[None] | None = None
+        self._dispatcher = LoopDispatcher(
+            f"foundation-registry-watch-{self._node}", self._state.watch_active
+        )
+        self._state.set_dispatcher(self._dispatcher)
 
     def _lock(self) -> asyncio.Lock:
         if self._recover_lock is None:
@@ -62,10 +67,10 @@ class AsyncServiceRegistry(_RegistryBase):
         return self._recover_lock
 
     async def load(self) -> None:
+        """As :meth:`ServiceRegistry.load` (``config_error`` if another live instance
+        holds this node id's lease)."""
         await self._db.execute(self._sql.prune_members, self._sql.clock())
-        started = time.monotonic()
-        row = await self._db.fetchone(self._sql.take_lease, self._lease_params())
-        self._took_lease(row, started)
+        await self._take_first_lease()
         mark = self._state.mark()
         self._apply_snapshot(
             await self._db.fetchall(self._sql.select_leases),
@@ -77,6 +82,18 @@ class AsyncServiceRegistry(_RegistryBase):
             self._run(), name=f"foundation-registry-{self._node}"
         )
 
+    async def _take_first_lease(self) -> None:
+        seen: tuple[int, Any] | None = None
+        while True:
+            started = time.monotonic()
+            row = await self._db.fetchone(self._sql.take_lease, self._lease_params())
+            if row is not None:
+                self._took_lease(row, started)
+                return
+            holder = await self._db.fetchone(self._sql.select_lease, {"node": self._node})
+            seen = self._watch_holder(holder, seen)
+            await asyncio.sleep(self._lease_wait_s())
+
     async def _run(self) -> None:
         beat = self.options.heartbeat_ms / 1000
         tick = min(beat, 0.1)
@@ -86,6 +103,8 @@ class AsyncServiceRegistry(_RegistryBase):
             try:
                 self._publish(self._state.sweep())
                 if not self._lease_valid():
+                    if self._conflict_wait():
+                        continue
                     await self._recover()
                     next_beat = time.monotonic() + beat
                 elif self._reclaim_pending:
@@ -129,6 +148,8 @@ class AsyncServiceRegistry(_RegistryBase):
         self._lost_locally()
         started = time.monotonic()
         row = await self._db.fetchone(self._sql.take_lease, self._lease_params())
+        if row is None:
+            raise self._node_taken()  # another live instance has this node id
         self._took_lease(row, started)
         if had:
             self._reclaim_pending = True
@@ -137,9 +158,11 @@ class AsyncServiceRegistry(_RegistryBase):
     async def _reclaim(self) -> None:
         assert self._lease is not None
         kept: builtins.list[str] = []
-        lost: dict[str, ServiceEntry | None] = {}
-        for name in self._pending_names():
-            held = self._held[name]
+        pending, lost = self._pending_names()
+        for name in pending:
+            held = self._held.get(name)
+            if held is None:
+                continue  # the feed found it lost meanwhile
             started = time.perf_counter_ns()
             gen = self._lease.generation
             params, now = self._register_params(name, held, gen)
@@ -209,6 +232,7 @@ class AsyncServiceRegistry(_RegistryBase):
                 self._request_resync()
             else:
                 self._apply_name_row(name, revision, row)
+        self._judge_after_write(name)
 
     async def unregister(self, name: Any, force: bool = False) -> None:
         started = time.perf_counter_ns()
@@ -287,8 +311,16 @@ class AsyncServiceRegistry(_RegistryBase):
     def watch(
         self, name_or_prefix: Any, callback: Callable[[RegistryChange], Any]
     ) -> RegistryWatch:
-        """As :meth:`ServiceRegistry.watch`; callbacks (plain or ``async def``) run on the loop."""
-        return self._watch(name_or_prefix, callback, asyncio.get_running_loop())
+        """As :meth:`ServiceRegistry.watch`, but callbacks (plain or ``async def``) run on
+        the event loop of the first ``watch``, in one task of this registry: one at a time,
+        in the order the changes happened, an ``async def`` callback awaited before the
+        next one starts. The heartbeat is another task: a callback that awaits (however
+        long) never delays a renewal, but a plain callback that blocks the loop blocks
+        the heartbeat with it; hand blocking work to ``asyncio.to_thread``."""
+        loop = asyncio.get_running_loop()
+        watch = self._watch(name_or_prefix, callback, None)
+        self._dispatcher.bind(loop)
+        return watch
 
     async def close(self) -> None:
         if self._closed:
@@ -307,3 +339,4 @@ class AsyncServiceRegistry(_RegistryBase):
                     await tx.execute(self._sql.release_members, params)
                     await tx.execute(self._sql.release_lease, params)
         self._lost_locally()
+        await self._dispatcher.close(timeout=1.0)  # delivers what is queued (or gives up)

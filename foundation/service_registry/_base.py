@@ -6,14 +6,28 @@ or an asyncio task).
 
 The lease protocol, per instance:
 
-1. ``load`` takes the lease (``generation`` + 1 if the node id had one before).
+1. ``load`` takes the lease (``generation`` + 1 if the node id had one before), but only
+   a lease nobody holds: none, released, or lapsed. The lease row names its holder by
+   (node id, generation) alone, so a live lease of the node id may be a predecessor that
+   crashed a moment ago or another live instance given the same node id. ``load`` waits
+   and watches the row: a renewal proves a live holder, and the instance is refused with
+   ``config_error`` (one node id per process); an expiry (at most the TTL) frees the
+   lease for a restarted process. Taking a live lease instead would kill the other
+   instance's, whose recovery would kill this one's, forever.
 2. The heartbeat renews it every ``heartbeat_ms`` (default ``ttl / 3``) with ONE UPDATE
    that succeeds only while the lease is still live in the database's view.
 3. The node counts its lease valid until ``ttl`` after the monotonic start of its last
    successful renewal, which is never later than the database's expiry. Past that (a
    pause, a database outage) or when a renewal finds the lease gone, it takes a new
-   generation, re-registers the names it held where they are still free, and reports
-   each one it lost (``kind="lost"`` to watchers, ``foundation.registry.lease_lost``).
+   generation (its own lease, or a lapsed one), re-registers the names it held where
+   they are still free, and reports each one it lost (``kind="lost"`` to watchers,
+   ``foundation.registry.lease_lost``). If another instance holds the node id's lease by
+   then, the node reports every name lost and stays in error: ``register`` and ``join``
+   raise ``config_error``, the heartbeat retries once per interval and takes the lease
+   only once that instance's lapses.
+4. A name this node holds that another node removes (``unregister(force=True)``) or
+   takes is dropped from what it holds as soon as its cache shows it, and reported lost
+   the same way; it is never written again after a lease loss.
 """
 
 from __future__ import annotations
@@ -29,6 +43,7 @@ from typing import Any
 
 from foundation.errors import (
     AlreadyRegisteredError,
+    ConfigError,
     NotFoundError,
     ValidationError,
 )
@@ -109,6 +124,9 @@ class _RegistryBase(RegistryFeedSide):
         self._held: dict[str, _Held] = {}
         self._joined: dict[tuple[str, str], _Held] = {}
         self._reclaim_pending = False
+        # Set while another live instance holds this node id's lease (see the module).
+        self._node_conflict: ConfigError | None = None
+        self._conflict_retry = 0.0  # monotonic: the next attempt to take the lease
         self._closed = False
         self._resync_lock = threading.Lock()
         self.lease_losses = 0
@@ -188,13 +206,78 @@ class _RegistryBase(RegistryFeedSide):
     # -- statement parameters and results ---------------------------------------------
 
     def _lease_params(self) -> dict[str, Any]:
+        """Parameters of take_lease and renew: ``gen`` is this instance's generation
+        (``None`` before its first lease: it takes only a lease nobody holds)."""
         params = {"node": self._node, **self._sql.clock(self.options.ttl_ms)}
-        if self._lease is not None:
-            params["gen"] = self._lease.generation
+        params["gen"] = None if self._lease is None else self._lease.generation
         return params
+
+    # -- one node id, one live instance -----------------------------------------------
+
+    def _lease_wait_s(self) -> float:
+        """How often ``load`` looks at a lease it waits for."""
+        return min(0.05, self.options.ttl_ms / 10_000)
+
+    def _node_in_use(self, generation: int | None, why: str) -> ConfigError:
+        return ConfigError(
+            f"node id {self._node!r} is in use by another live Foundation instance ({why});"
+            " every process needs its own node_id: set a different FOUNDATION_NODE_ID (or"
+            " node_id=...) per process, or leave it unset for a unique host:pid:random id",
+            context={"node_id": self._node, "generation": generation},
+        )
+
+    def _watch_holder(
+        self, holder: tuple[Any, ...] | None, seen: tuple[int, Any] | None
+    ) -> tuple[int, Any] | None:
+        """``load`` found this node id's lease live: the holder as first seen, or raise
+        ``config_error`` once it was renewed (or taken again) since: a live instance."""
+        if holder is None:
+            return seen  # released meanwhile: the next attempt takes it
+        mark = (int(holder[0]), holder[2])
+        if seen is None:
+            log.warning(
+                "node id %r: its lease (generation %s) is live; waiting until it expires"
+                " (a previous process of this node id that stopped) or is renewed (another"
+                " live instance: refused)",
+                self._node,
+                mark[0],
+            )
+            return mark
+        if mark != seen:
+            raise self._node_in_use(mark[0], "its lease was renewed while this one waited")
+        return seen
+
+    def _node_taken(self) -> ConfigError:
+        """A recovery found this node id's lease live under another generation: another
+        instance holds it. Report every name lost (they hung off this instance's dead
+        generation), forget them, and stay in error until that lease lapses."""
+        self._conflict_retry = time.monotonic() + self.options.heartbeat_ms / 1000
+        if self._node_conflict is None:
+            gen = None if self._lease is None else self._lease.generation
+            self._node_conflict = self._node_in_use(
+                gen, "it took this node id's lease while this instance's had lapsed"
+            )
+            log.error("registry: %s", self._node_conflict.message)
+            lost: dict[str, ServiceEntry | None] = {}
+            for name in builtins.list(self._held):
+                entry = self._state.cached_entry(name)  # None: it was this instance's
+                lost[name] = entry if entry is not None and entry.node != self._node else None
+            self._held.clear()
+            self._joined.clear()
+            self._reclaim_pending = False
+            self._report_loss([], lost)
+        return self._node_conflict
+
+    def _conflict_wait(self) -> bool:
+        """True while in error (another instance holds the node id) and not yet time to
+        try the lease again: the heartbeat then skips the attempt."""
+        return self._node_conflict is not None and time.monotonic() < self._conflict_retry
 
     def _took_lease(self, row: tuple[Any, ...] | None, started: float) -> None:
         assert row is not None
+        if self._node_conflict is not None:
+            log.warning("registry: node id %r: its lease is this instance's again", self._node)
+            self._node_conflict = None
         lease = _Lease(self._node, int(row[0]), self._sql.epoch_seconds(row[1]))
         self._state.install_own(lease)
         self._lease = lease
@@ -393,7 +476,10 @@ class _RegistryBase(RegistryFeedSide):
         entry = self._state.remove_local(name)
         if entry is None:
             return False
-        self._state.notify([RegistryChange(name, "unregister", entry, "local")])
+        # Then the cluster entry the local one hid, if any: what lookup returns now.
+        self._state.notify(
+            [RegistryChange(name, "unregister", entry, "local"), *self._state.unshadowed(name)]
+        )
         return True
 
     def _join_params(self, group: str, member_id: str, held: _Held, gen: int) -> dict[str, Any]:
@@ -433,17 +519,60 @@ class _RegistryBase(RegistryFeedSide):
         self._joined.pop((group, member_id), None)
         self._state.notify(self._state.apply_member(group, member_id, None, "local"))
 
-    def _pending_names(self) -> builtins.list[str]:
+    def _pending_names(self) -> tuple[builtins.list[str], dict[str, ServiceEntry | None]]:
         """Names held but not (yet) written under the current lease generation (and
-        not past their own TTL: those are forgotten)."""
+        not past their own TTL: those are forgotten), and the held names the cache shows
+        removed or owned by another node: lost, never written again (dropped here)."""
         out = []
+        gone: dict[str, ServiceEntry | None] = {}
         for name in builtins.list(self._held):
             if self._held_live(name) is None:
                 continue
             entry = self._state.cached_entry(name)
-            if entry is None or entry.lease is not self._lease:
+            if entry is None or entry.node != self._node:
+                if self._held.pop(name, None) is not None:
+                    gone[name] = entry
+            elif entry.lease is not self._lease:
                 out.append(name)
-        return out
+        return out, gone
+
+    def _losses(self, names: builtins.list[str]) -> builtins.list[RegistryChange]:
+        """Of ``names`` (another node's changes reached them), those this node believed it
+        held while its lease is valid: dropped, reported (telemetry and ``lost``).
+
+        While the lease is not valid, the recovery judges them (``_pending_names``) and
+        reports them with the names it kept, as one lease loss. A name this node is
+        writing is judged by the writer (``_settle``): the change may be its own.
+        """
+        if (
+            not names
+            or not self._held
+            or self._closed  # closing releases the names: its own tombstones are no loss
+            or self._reclaim_pending
+            or not self._lease_valid()
+        ):
+            return []
+        lost: dict[str, ServiceEntry | None] = {}
+        for name in names:
+            if name not in self._held or self._writing_now(name):
+                continue
+            entry = self._state.cached_entry(name)
+            if entry is not None and entry.node == self._node:
+                continue
+            if self._held.pop(name, None) is not None:
+                lost[name] = entry
+        if not lost:
+            return []
+        self._telemetry.execute(
+            _LEASE_LOST,
+            {"lost": len(lost), "kept": 0},
+            {"node": self._node, "lost": sorted(lost), "kept": []},
+        )
+        return [RegistryChange(name, "lost", owner, "local") for name, owner in lost.items()]
+
+    def _judge_after_write(self, name: str) -> None:
+        """After this node's write of ``name``: lost meanwhile to another node's change?"""
+        self._state.notify(self._losses([name]))
 
     def _report_loss(self, kept: builtins.list[str], lost: dict[str, ServiceEntry | None]) -> None:
         self.lease_losses += 1
@@ -468,6 +597,9 @@ class _RegistryBase(RegistryFeedSide):
                 if isinstance(change.entry, GroupMember):
                     meta["member_id"] = change.entry.member_id
                 self._telemetry.execute(_EXPIRED, {"count": 1}, meta)
+        displaced = self._state.take_displaced()
+        if displaced:
+            changes = changes + self._losses(displaced)  # after the change that caused them
         self._state.notify(changes)
 
     # -- watch ------------------------------------------------------------------------

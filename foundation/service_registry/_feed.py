@@ -116,26 +116,31 @@ class RegistryFeedSide:
             entry = self._entry(row)
             self._publish(self._state.apply_entry(entry, name, entry.revision, "remote"))
 
-    # PostgreSQL: the writes of this node, so that their own notifications (which the
+    # The writes of this node in flight. PostgreSQL: their own notifications (which the
     # listener often receives before the writer has updated the cache) cost no read.
+    # Both: a name being written is not judged lost on what the feed saw meanwhile (this
+    # node's own unregister, read by a poll before the writer forgot the name); the writer
+    # judges it when done (``_settle``).
 
     def _begin_write(self, name: str) -> None:
-        if self._notified:
-            with self._writes_lock:
-                writing = self._writing.setdefault(name, [0, 0])
-                writing[0] += 1
+        with self._writes_lock:
+            writing = self._writing.setdefault(name, [0, 0])
+            writing[0] += 1
 
     def _end_write(self, name: str) -> int:
         """The newest revision a notification named during the write (0: none) that
         the cache does not hold yet: the writer must read the row (``_settle``)."""
-        if not self._notified:
-            return 0
         with self._writes_lock:
             writing = self._writing[name]
             writing[0] -= 1
             if writing[0] == 0:
                 del self._writing[name]
+        if not self._notified:
+            return 0
         return writing[1] if writing[1] > self._state.revision(name) else 0
+
+    def _writing_now(self, name: str) -> bool:
+        return name in self._writing
 
     def resync(self, reader: Cursor) -> None:
         with self._resync_lock:  # one snapshot at a time (see RegistryState.mark)

@@ -25,6 +25,7 @@ from foundation.service_registry._base import (
     _RegistryBase,
     log,
 )
+from foundation.service_registry._dispatch import ThreadDispatcher
 from foundation.service_registry._state import (
     GroupMember,
     RegistryChange,
@@ -56,17 +57,36 @@ class ServiceRegistry(_RegistryBase):
         self._recover_lock = threading.RLock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._dispatcher = ThreadDispatcher(
+            f"foundation-registry-watch-{self._node}", self._state.watch_active
+        )
+        self._state.set_dispatcher(self._dispatcher)
 
     def load(self) -> None:
-        """Take this instance's lease, fill the cache, start the heartbeat thread."""
+        """Take this instance's lease, fill the cache, start the heartbeat thread.
+
+        ``config_error`` if another live instance holds this node id's lease (see
+        :mod:`._base`); a lease left by a stopped process is waited for (at most its TTL).
+        """
         self._db.execute(self._sql.prune_members, self._sql.clock())
-        started = time.monotonic()
-        self._took_lease(self._db.fetchone(self._sql.take_lease, self._lease_params()), started)
+        self._take_first_lease()
         self.resync(self._db)
         self._thread = threading.Thread(
             target=self._run, name=f"foundation-registry-{self._node}", daemon=True
         )
         self._thread.start()
+
+    def _take_first_lease(self) -> None:
+        seen: tuple[int, Any] | None = None
+        while True:
+            started = time.monotonic()
+            row = self._db.fetchone(self._sql.take_lease, self._lease_params())
+            if row is not None:
+                self._took_lease(row, started)
+                return
+            holder = self._db.fetchone(self._sql.select_lease, {"node": self._node})
+            seen = self._watch_holder(holder, seen)
+            time.sleep(self._lease_wait_s())
 
     # -- heartbeat --------------------------------------------------------------------
 
@@ -78,6 +98,8 @@ class ServiceRegistry(_RegistryBase):
             try:
                 self._publish(self._state.sweep())
                 if not self._lease_valid():
+                    if self._conflict_wait():
+                        continue
                     self._recover()
                     next_beat = time.monotonic() + beat
                 elif self._reclaim_pending:
@@ -118,7 +140,10 @@ class ServiceRegistry(_RegistryBase):
             had = self._lease is not None
             self._lost_locally()
             started = time.monotonic()
-            self._took_lease(self._db.fetchone(self._sql.take_lease, self._lease_params()), started)
+            row = self._db.fetchone(self._sql.take_lease, self._lease_params())
+            if row is None:
+                raise self._node_taken()  # another live instance has this node id
+            self._took_lease(row, started)
             if had:
                 self._reclaim_pending = True
                 self._reclaim()
@@ -127,9 +152,11 @@ class ServiceRegistry(_RegistryBase):
         """Write again what this node held under its new lease; report what is gone."""
         assert self._lease is not None
         kept: builtins.list[str] = []
-        lost: dict[str, ServiceEntry | None] = {}
-        for name in self._pending_names():
-            held = self._held[name]
+        pending, lost = self._pending_names()
+        for name in pending:
+            held = self._held.get(name)
+            if held is None:
+                continue  # the feed found it lost meanwhile
             started = time.perf_counter_ns()
             gen = self._lease.generation
             params, now = self._register_params(name, held, gen)
@@ -218,6 +245,7 @@ class ServiceRegistry(_RegistryBase):
                 self._request_resync()  # the feed reads it, a little later
             else:
                 self._apply_name_row(name, revision, row)
+        self._judge_after_write(name)
 
     def unregister(self, name: Any, force: bool = False) -> None:
         """Release ``name`` (only its owner may, unless ``force=True``; ``force`` is a
@@ -309,7 +337,16 @@ class ServiceRegistry(_RegistryBase):
         never for what was already dead when this node loaded its cache) and ``lost``
         (this node's lease lapsed and another node took the name). For a group (``name``
         is the group, ``entry`` a :class:`GroupMember`): ``join``, ``leave`` and
-        ``expired`` (the member's node died).
+        ``expired`` (the member's node died). ``lost``: a name this node held and no
+        longer does, because another node took it after this node's lease lapsed or
+        removed it (``unregister(force=True)``); ``entry`` is the new owner's, or None.
+
+        Callbacks run on this registry's own watch thread (``foundation-registry-watch-
+        <node>``), one at a time, in the order the changes happened: never on the
+        heartbeat or change-feed thread, so a slow callback delays the callbacks after
+        it, never the lease renewals or the cache. A callback that raises is logged.
+        Delivery is asynchronous: a change this thread made (``register``) reaches the
+        callback shortly after the call returns. A cancelled watch receives nothing more.
 
         What this node does is reported in full (``source="local"``). Another node's
         changes (``source="remote"``) are reported as this node's cache catches up:
@@ -319,8 +356,11 @@ class ServiceRegistry(_RegistryBase):
         ``metadata`` with the last value; a name registered and unregistered in between
         may not be reported at all; an unregister followed by a new registration may
         arrive as one ``register`` with a higher ``epoch``. A watcher always ends on the
-        latest state (the cache's own), never on an older one. Every intermediate change
-        of another node needs a change log in the database (not there yet).
+        latest state (the cache's own, what ``lookup`` returns), never on an older one: a
+        local entry hides the changes of a cluster entry of the same name on this node,
+        and when the local entry goes, a ``register`` of the live cluster entry follows.
+        Every intermediate change of another node needs a change log in the database
+        (not there yet).
         """
         return self._watch(name_or_prefix, callback, None)
 
@@ -340,3 +380,4 @@ class ServiceRegistry(_RegistryBase):
                 tx.execute(self._sql.release_members, params)
                 tx.execute(self._sql.release_lease, params)
         self._lost_locally()
+        self._dispatcher.close(timeout=1.0)  # delivers what is queued (or gives up)

@@ -35,8 +35,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from foundation._json import encode_json, normalize_json
-from foundation._watch import Watch, Watchers
+from foundation._watch import Watch
 from foundation.errors import NotFoundError, ValidationError
+from foundation.service_registry._dispatch import Dispatcher, RegistryWatchers
 
 __all__ = [
     "GroupMember",
@@ -285,9 +286,7 @@ class RegistryState:
         self._revisions: dict[str, int] = {}  # name -> last revision seen (tombstones too)
         self._members: dict[str, dict[str, GroupMember]] = {}
         self._local: dict[str, ServiceEntry] = {}
-        self._watchers: Watchers[RegistryChange] = Watchers(
-            "registry", lambda change: change.name, check_name, ValidationError, log
-        )
+        self._watchers = RegistryWatchers(lambda change: change.name, check_name)
         self._announced: set[tuple[str, int]] = set()  # dead leases already reported
         self._timed: set[str] = set()  # names with their own TTL
         self._timed_local: set[str] = set()  # local entries with their own TTL
@@ -301,6 +300,9 @@ class RegistryState:
         self._seq = 0
         self._touched: dict[Any, int] = {}
         self._resyncing = False
+        # Names another node's change (a tombstone, another owner) reached since the last
+        # take_displaced(): the service checks them against what it believes it holds.
+        self._displaced: set[str] = set()
 
     # -- reads (hot path) -------------------------------------------------------------
 
@@ -436,6 +438,8 @@ class RegistryState:
             self._seq += 1
             if self._resyncing:
                 self._touched[name] = self._seq
+            if source == "remote" and (entry is None or entry.node != self.node):
+                self._displaced.add(name)
             old = self._entries.get(name)
             now = _time()
             old_live = old is not None and old.lease.expires > now and old.until > now
@@ -548,6 +552,15 @@ class RegistryState:
     def cached_entry(self, name: str) -> ServiceEntry | None:
         return self._entries.get(name)
 
+    def take_displaced(self) -> builtins.list[str]:
+        """The names another node removed or registered since the last call."""
+        with self._lock:
+            if not self._displaced:
+                return []
+            names = builtins.list(self._displaced)
+            self._displaced.clear()
+            return names
+
     # -- members ----------------------------------------------------------------------
 
     def make_member(self, row: tuple[Any, ...], load_json: Any, load_ts: Any) -> GroupMember:
@@ -628,6 +641,25 @@ class RegistryState:
         with self._lock:
             return self._local.pop(name, None)
 
+    def unshadowed(self, name: str) -> builtins.list[RegistryChange]:
+        """After this node's local entry for ``name`` went: the cluster entry it hid, if
+        one is live, as a ``register`` (the watcher then ends on what ``lookup`` says)."""
+        entry = self.live_entry(name)
+        if entry is None or self.local_entry(name) is not None:
+            return []
+        source: Any = "local" if entry.node == self.node else "remote"
+        return [RegistryChange(name, "register", entry, source)]
+
+    def _shadowed(self, change: RegistryChange) -> bool:
+        """A cluster entry's change hidden here by a live local entry of the same name
+        (lookups show the local one; the cluster entry is reported when it goes)."""
+        return (
+            isinstance(change.entry, ServiceEntry)
+            and not change.entry.local
+            and change.kind != "lost"
+            and self.local_entry(change.name) is not None
+        )
+
     # -- expiry -----------------------------------------------------------------------
 
     def sweep(self) -> builtins.list[RegistryChange]:
@@ -662,6 +694,7 @@ class RegistryState:
             for local in _due(self._timed_local, self._local, now):
                 del self._local[local.name]
                 changes.append(RegistryChange(local.name, "expired", local, "local"))
+                changes += self.unshadowed(local.name)
         return changes
 
     # -- watches ----------------------------------------------------------------------
@@ -674,5 +707,15 @@ class RegistryState:
     ) -> RegistryWatch:
         return self._watchers.add(pattern, callback, loop)
 
+    def set_dispatcher(self, dispatcher: Dispatcher) -> None:
+        """Who calls the watchers back (see :mod:`._dispatch`)."""
+        self._watchers.dispatcher = dispatcher
+
+    def watch_active(self, watch: RegistryWatch) -> bool:
+        return self._watchers.active(watch)
+
     def notify(self, changes: builtins.list[RegistryChange]) -> None:
-        self._watchers.notify(changes)
+        if self._local and changes:
+            changes = [c for c in changes if not self._shadowed(c)]
+        if changes:
+            self._watchers.notify(changes)

@@ -144,6 +144,7 @@ class RegistrySQL:
     select_entries: str
     select_entry: str
     select_leases: str
+    select_lease: str
     join: str
     leave: str
     select_members: str
@@ -165,6 +166,11 @@ class RegistrySQL:
             renewed_at=now,
             started_at=now,
         )
+        # Only a lease nobody else holds: the node's own current generation (``:gen``, a
+        # recovery; NULL on start), or one that lapsed. A live lease of another generation
+        # belongs to another instance started with the same node id: taking it would kill
+        # that instance's lease, whose recovery would kill this one's, and so on forever.
+        # No row comes back then, and the caller refuses (``config_error``) or waits.
         take = take.on_conflict_do_update(
             index_elements=[leases.c.node_id],
             set_={
@@ -174,6 +180,10 @@ class RegistrySQL:
                 "renewed_at": take.excluded.renewed_at,
                 "started_at": take.excluded.started_at,
             },
+            where=sa.or_(
+                leases.c.generation == sa.bindparam("gen", type_=sa.BigInteger),
+                leases.c.expires_at <= now,
+            ),
         ).returning(leases.c.generation, leases.c.expires_at)
 
         # The heartbeat: one statement whatever the number of names, and only while the
@@ -334,6 +344,12 @@ class RegistrySQL:
             ),
             select_leases=compile_sql(
                 sa.select(leases.c.node_id, leases.c.generation, leases.c.expires_at), backend
+            ),
+            select_lease=compile_sql(
+                sa.select(leases.c.generation, leases.c.expires_at, leases.c.renewed_at).where(
+                    leases.c.node_id == sa.bindparam("node")
+                ),
+                backend,
             ),
             join=compile_sql(join, backend),
             leave=compile_sql(leave, backend),

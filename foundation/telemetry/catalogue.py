@@ -282,7 +282,8 @@ CATALOGUE: Final[tuple[EventSpec, ...]] = (
     _spec(
         "foundation.registry.lease_lost",
         "service_registry",
-        "when this node finds its own lease expired and re-registers what it can",
+        "when this node finds its own lease expired and re-registers what it can, or "
+        "finds a name it holds removed or taken by another node (kept is then empty)",
         {"lost": "names taken by other nodes", "kept": "names re-registered"},
         {"node": "node id", "lost": "sorted lost names", "kept": "sorted kept names"},
     ),

@@ -1,0 +1,228 @@
+"""Where the registry's watch callbacks run: never on the heartbeat or the feed thread.
+
+The cache announces a change on whichever thread applied it: the heartbeat (an expiry, a
+lease loss), the change feed (another node's change) or the caller's own (``register``).
+Calling back there would let a slow callback stall what must never wait: a callback
+slower than the TTL on the heartbeat thread let the lease lapse, and another node took a
+live node's names; on the feed thread it froze the cache. So the watchers only queue
+``(watch, change)`` pairs, and one dispatcher per registry calls back, one callback at a
+time, in the order the changes were announced (so the changes of one name arrive in their
+order):
+
+* :class:`ThreadDispatcher` (the sync face): one daemon thread per registry, started by
+  the first change a watch matches.
+* :class:`LoopDispatcher` (the async face): one task on the event loop of the first
+  ``watch``; it calls a plain callback on the loop and awaits an ``async def`` one before
+  the next. A callback that awaits never stalls the heartbeat task; one that blocks the
+  loop blocks everything on it, the heartbeat included (as any blocking call on a loop).
+
+A callback that raises is logged, never raised into Foundation; a cancelled watch
+receives nothing more, even what was queued before ``cancel()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import inspect
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+from foundation._watch import Watch, Watchers
+from foundation.errors import ValidationError
+
+__all__ = ["Dispatcher", "LoopDispatcher", "RegistryWatchers", "ThreadDispatcher"]
+
+log = logging.getLogger("foundation.registry")
+
+Batch = builtins.list[tuple[Watch[Any], Any]]
+
+
+class Dispatcher(Protocol):
+    def submit(self, batch: Batch) -> None: ...
+
+
+class RegistryWatchers(Watchers[Any]):
+    """The registry's watches: a change is queued for the dispatcher, never called back
+    on the thread that announced it (see the module's docstring)."""
+
+    def __init__(self, name_of: Callable[[Any], str], check_name: Callable[[Any], Any]) -> None:
+        super().__init__("registry", name_of, check_name, ValidationError, log)
+        self.dispatcher: Dispatcher | None = None
+
+    def active(self, watch: Watch[Any]) -> bool:
+        """False once the watch was cancelled."""
+        return any(w is watch for w in self._watches)
+
+    def notify(self, changes: Iterable[Any]) -> None:
+        watches = self._watches
+        if not watches or self.dispatcher is None:
+            return
+        batch: Batch = [
+            (watch, change)
+            for change in changes
+            for watch in watches
+            if watch.matches(self._name_of(change))
+        ]
+        if batch:
+            self.dispatcher.submit(batch)
+
+
+def _failed(watch: Watch[Any], change: Any) -> None:
+    log.exception("registry watcher %r failed on %r", watch.callback, change)
+
+
+class ThreadDispatcher:
+    """The sync face's dispatcher: one daemon thread, callbacks one at a time, in order."""
+
+    def __init__(self, name: str, active: Callable[[Watch[Any]], bool]) -> None:
+        self._name = name
+        self._active = active
+        self._queue: queue.SimpleQueue[Batch | threading.Event | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        """The thread that runs the callbacks (None until a watch first matched)."""
+        return self._thread
+
+    def submit(self, batch: Batch) -> None:
+        if self._thread is None:
+            with self._lock:
+                if self._closed:
+                    return
+                if self._thread is None:
+                    thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                    thread.start()
+                    self._thread = thread
+        self._queue.put(batch)
+
+    def _run(self) -> None:
+        while True:
+            batch = self._queue.get()
+            if batch is None:
+                return
+            if isinstance(batch, threading.Event):
+                batch.set()  # flush(): everything queued before it was delivered
+                continue
+            for watch, change in batch:
+                if not self._active(watch):
+                    continue
+                try:
+                    result = watch.callback(change)
+                except Exception:
+                    _failed(watch, change)
+                    continue
+                if inspect.iscoroutine(result):
+                    result.close()
+                    log.error(
+                        "registry watcher %r returned a coroutine: the sync registry calls"
+                        " plain functions (async def callbacks need AsyncFoundation)",
+                        watch.callback,
+                    )
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every change queued so far was called back (False: timed out)."""
+        with self._lock:
+            if self._thread is None or self._closed:
+                return True
+        done = threading.Event()
+        self._queue.put(done)
+        return done.wait(timeout)
+
+    def close(self, timeout: float) -> None:
+        """Deliver what is queued (waiting at most ``timeout`` seconds), then stop."""
+        with self._lock:
+            self._closed = True
+            thread = self._thread
+        if thread is None:
+            return
+        self._queue.put(None)
+        if thread is not threading.current_thread():
+            thread.join(timeout)
+
+
+class LoopDispatcher:
+    """The async face's dispatcher: one task on the loop, callbacks one at a time, in
+    order; an ``async def`` callback is awaited before the next one starts."""
+
+    def __init__(self, name: str, active: Callable[[Watch[Any]], bool]) -> None:
+        self._name = name
+        self._active = active
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: asyncio.Queue[Batch | asyncio.Event | None] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        return self._task
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Run the callbacks on ``loop`` (the loop of the first ``watch``; called on it)."""
+        if self._loop is None or self._loop.is_closed():
+            self._loop = loop
+            self._queue = asyncio.Queue()
+            self._task = loop.create_task(self._run(), name=self._name)
+
+    def submit(self, batch: Batch) -> None:
+        loop, q = self._loop, self._queue
+        if loop is None or q is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # RuntimeError: the loop closed meanwhile
+            loop.call_soon_threadsafe(q.put_nowait, batch)  # FIFO, from any thread
+
+    async def _run(self) -> None:
+        assert self._queue is not None
+        while True:
+            batch = await self._queue.get()
+            if batch is None:
+                return
+            if isinstance(batch, asyncio.Event):
+                batch.set()  # flush(): everything queued before it was delivered
+                continue
+            for watch, change in batch:
+                if not self._active(watch):
+                    continue
+                try:
+                    result = watch.callback(change)
+                    if inspect.isawaitable(result):
+                        await result
+                except Exception:
+                    _failed(watch, change)
+
+    async def flush(self, timeout: float) -> bool:
+        """Wait until every change queued so far was called back (False: timed out);
+        called on the dispatcher's loop."""
+        loop, q = self._loop, self._queue
+        if loop is None or q is None or loop.is_closed():
+            return True
+        done = asyncio.Event()
+        loop.call_soon_threadsafe(q.put_nowait, done)  # after what other threads queued
+        try:
+            await asyncio.wait_for(done.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def close(self, timeout: float) -> None:
+        """Deliver what is queued (waiting at most ``timeout`` seconds), then stop."""
+        task, q, loop = self._task, self._queue, self._loop
+        self._loop = None
+        if task is None or q is None or loop is None or loop.is_closed():
+            return
+        if loop is not asyncio.get_running_loop():
+            loop.call_soon_threadsafe(task.cancel)
+            return
+        q.put_nowait(None)
+        if task is asyncio.current_task():
+            return  # close() called from a callback: the task ends after it
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+        if not done:
+            task.cancel()
+            await asyncio.wait({task})
