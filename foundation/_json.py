@@ -70,8 +70,10 @@ def encode_json(
         return _checked_size(_encode_str(value), what, max_bytes, error, context)
     try:
         text = "".join(_c_encode(value, 0))
-        if "e+" in text:  # a float of 1e16 or more (or a string holding "e+")
-            text = "".join(_c_encode(_exact_big_floats(value), 0))
+        # A float of 1e16 or more, or -0.0 (or a string holding "e+" or "-0.0"): the form
+        # both databases give back (see _canonical_floats).
+        if "e+" in text or "-0.0" in text:
+            text = "".join(_c_encode(_canonical_floats(value), 0))
     except (TypeError, ValueError, RecursionError) as exc:
         reason = str(exc)
         if "Out of range float" in reason:
@@ -181,16 +183,20 @@ def _too_deep(value: Any) -> bool:
 # float's value, while SQLite keeps the text and gives back the float: the nodes and the
 # two databases would disagree. So such a float is written as the exact integer it is:
 # every reader gets the same int, equal (==) to the float that was stored.
+# Likewise -0.0: JSONB's numeric has no negative zero and gives back 0.0, SQLite keeps
+# "-0.0"; so it is written as 0.0 (equal to it, as Python and JSON numbers go).
 _BIG_FLOAT = 1e16
 
 
-def _exact_big_floats(value: Any) -> Any:
+def _canonical_floats(value: Any) -> Any:
     if isinstance(value, float):
+        if value == 0.0:
+            return 0.0
         return int(value) if _BIG_FLOAT <= abs(value) < math.inf else value
     if isinstance(value, dict):
-        return {k: _exact_big_floats(v) for k, v in value.items()}
+        return {k: _canonical_floats(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_exact_big_floats(v) for v in value]
+        return [_canonical_floats(v) for v in value]
     return value
 
 
@@ -202,7 +208,7 @@ def normalize_json(value: Any, text: str) -> Any:
     """What a value reads back as from the database (tuples become lists, and so on)."""
     if value is None or isinstance(value, bool | int | str):
         return value
-    if type(value) is float and not abs(value) >= _BIG_FLOAT:
+    if type(value) is float and not abs(value) >= _BIG_FLOAT and value != 0.0:
         return value
     if text == "{}":  # the usual metadata: no decoder for it
         return {}

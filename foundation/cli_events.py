@@ -40,8 +40,8 @@ IMPORT_BATCH = 500
 def events() -> None:
     """Read, follow, export and import the event log.
 
-    Exports are JSON lines, one event per line; importing a file twice writes nothing
-    the second time (events keep their ids, and a stored id is skipped).
+    Exports are JSON lines, one event per line, each with its id; importing such a file
+    twice writes nothing the second time (a stored id is skipped).
     """
 
 
@@ -347,6 +347,9 @@ _IMPORT_FIELDS = (
 def events_import(ctx: click.Context, file: Any) -> None:
     """Append the JSON-lines events of FILE; events already recorded (same id) are skipped.
 
+    Importing a file twice writes nothing the second time when its lines carry ids (an
+    export's do); a line without an id gets a new one on each import.
+
     Positions, stream versions and timestamps are those of this log; ids, types, streams,
     data, metadata, correlation and causation ids are kept. Events are committed
     IMPORT_BATCH lines at a time: an error names its line and what was committed before it.
@@ -396,3 +399,11 @@ def events_import(ctx: click.Context, file: Any) -> None:
         except FoundationError as exc:
             raise tally.explain(exc) from None
     click.echo(f"imported {_plural(tally.new, 'event')}, skipped {tally.known} already recorded")
+    if tally.without_id:
+        # Idempotence rests on ids: such lines get new ones on every import.
+        click.echo(
+            f"note: {_plural(tally.without_id, 'line')} had no id; importing this file again "
+            f"would record {'them' if tally.without_id > 1 else 'it'} again "
+            "(`foundation events export` writes every event's id)",
+            err=True,
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import sqlite3
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -201,6 +202,29 @@ def test_causation_id_is_an_event_id_in_store_and_in_get(fdn: Foundation) -> Non
     assert effect.causation_id == str(cause.id)
     assert fdn.events.get(causation_id=cause.id) == [effect]
     assert fdn.events.get(causation_id=str(cause.id)) == [effect]
+
+
+def test_a_store_many_error_names_the_event_by_its_index(fdn: Foundation) -> None:
+    batch: list[Any] = [{"type": "row", "data": i} for i in range(50)]
+    batch[31] = {"type": "row", "data": float("nan")}
+    with pytest.raises(EventError, match=r"^\[event_error\] event 31 of the batch") as info:
+        fdn.events.store_many(batch)
+    assert info.value.context["index"] == 31
+    assert _count(fdn) == 0
+
+
+def test_negative_zero_reads_back_the_same_from_cache_and_database(db_url: str) -> None:
+    """JSONB's numeric has no -0.0 (PostgreSQL gives back 0.0, SQLite "-0.0"): stored as
+    0.0, so the record returned, the tail cache and the database agree on both."""
+    with (
+        Foundation(db_url, migrate="check") as cached,
+        Foundation(db_url, migrate="check", events_tail_size=0) as direct,
+    ):
+        stored = cached.events.store({"type": "z", "data": {"x": -0.0, "y": [-0.0]}})
+        assert math.copysign(1, stored.data["x"]) == 1.0
+        for read in (cached.events.get(type="z")[0], direct.events.get(type="z")[0]):
+            assert read.data == stored.data
+            assert math.copysign(1, read.data["x"]) == math.copysign(1, read.data["y"][0]) == 1
 
 
 def test_expected_version(fdn: Foundation) -> None:

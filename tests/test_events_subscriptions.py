@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -516,3 +517,52 @@ async def test_async_start_past_the_end_of_the_log_is_refused(afdn: AsyncFoundat
         await afdn.events.subscribe("ahead", lambda e: None, start=last + 1)
     with pytest.raises(EventError, match="past the end of the log"):
         await afdn.events.tail(start=last + 1)
+
+
+async def test_an_async_handler_raising_cancelled_error_fails_visibly(
+    afdn: AsyncFoundation,
+) -> None:
+    """A CancelledError of the handler's own (a task it awaited was cancelled) is a failure
+    like any: retried, then "failed", never a task that ends with "running" left behind."""
+    await afdn.events.store({"type": "a"})
+    calls: list[int] = []
+
+    async def handler(event: RecordedEvent) -> None:
+        calls.append(event.position)
+        victim = asyncio.ensure_future(asyncio.sleep(10))
+        victim.cancel()
+        await victim  # raises CancelledError into the handler
+
+    sub = await afdn.events.subscribe("cancelled", handler, max_retries=1, **FAST)
+    await async_wait_for(lambda: sub.status.state == "failed")
+    assert len(calls) == 2 and "CancelledError" in (sub.status.last_error or "")
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"poll_interval_ms": 0}, "poll_interval_ms must be milliseconds"),
+        ({"poll_interval_ms": "500"}, "poll_interval_ms must be milliseconds"),
+        ({"poll_interval_ms": None}, "poll_interval_ms must be milliseconds"),
+        ({"poll_interval_ms": timedelta(microseconds=10)}, "poll_interval_ms must be"),
+    ],
+)
+def test_tail_checks_its_poll_interval(
+    fdn: Foundation, options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(EventError, match=message):
+        fdn.events.tail(**options)
+
+
+def test_interval_options_take_a_timedelta(fdn: Foundation) -> None:
+    sub = fdn.events.subscribe(
+        "durations",
+        lambda e: None,
+        lease_ms=timedelta(seconds=5),
+        poll_interval_ms=timedelta(milliseconds=50),
+        retry_backoff_ms=timedelta(milliseconds=1),
+    )
+    assert (sub.options.lease_ms, sub.options.poll_interval_ms) == (5000, 50)
+    sub.stop()
+    tail = fdn.events.tail(poll_interval_ms=timedelta(milliseconds=20))
+    tail.close()

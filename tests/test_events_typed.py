@@ -376,3 +376,17 @@ async def test_async_aliases_and_validator_errors(afdn: AsyncFoundation) -> None
         await afdn.events.store_many([{"type": "picky", "data": {"a": -1}}])
     assert isinstance(info.value.__cause__, TypeError)
     assert await afdn.events.get(type="picky") == []
+
+
+def test_schema_version_in_metadata_is_foundations(fdn: Foundation) -> None:
+    """The key says which version the data is: a caller's own value there would be lost
+    (or decode the data as another version), so it is refused, and nothing written."""
+    fdn.events.register_type("order_placed", OrderPlacedV1)
+    data = {"order_id": 1, "amount": 2}
+    with pytest.raises(EventError, match="'schema_version' of typed event") as info:
+        fdn.events.store({"type": "order_placed", "data": data, "metadata": {SCHEMA_VERSION: "x"}})
+    assert info.value.context["field"] == "metadata"
+    assert fdn.events.get(type="order_placed") == []
+    # Its own value (a retry of what was stored, say) is the same event.
+    same = {"type": "order_placed", "data": data, "metadata": {SCHEMA_VERSION: 1, "by": "a"}}
+    assert fdn.events.store(same).metadata == {SCHEMA_VERSION: 1, "by": "a"}

@@ -49,6 +49,7 @@ from foundation.events._store import EventSQL
 from foundation.events._subscription import (
     AsyncSubscription,
     SubscriptionOptions,
+    interval_ms,
     start_position,
 )
 from foundation.settings import Settings
@@ -183,7 +184,9 @@ class AsyncEvents(_EventsBase):
         merged = self._tail_criteria(criteria, kwargs, start)
         last = await self.last_position()
         position = last if start == "end" else start_position(int(start), last)
-        return self._tail(merged, position, poll_interval_ms / 1000)
+        return self._tail(
+            merged, position, interval_ms("poll_interval_ms", poll_interval_ms) / 1000
+        )
 
     async def _tail(
         self, merged: dict[str, Any], position: int, interval: float

@@ -51,8 +51,9 @@ __all__ = ["MAX_BATCH", "MAX_BATCH_JSON"]
 _STORE = ("foundation", "events", "store")
 _GET = ("foundation", "events", "get")
 MAX_BATCH = 10_000
-# JSON (data and metadata, in characters) of one store_many, and of one PostgreSQL call
-# of grouped stores: far below jsonb's 255 MiB, which the call's array of events must fit.
+# JSON (data and metadata, in UTF-8 bytes) of one store_many, and (in characters) of one
+# PostgreSQL call of grouped stores: far below jsonb's 255 MiB, which the call's array of
+# events must fit.
 MAX_BATCH_JSON = 32 * 1024 * 1024
 _TAIL_KEYS = ("type", "stream_id", "correlation_id", "causation_id")
 _TAIL_BATCH = 500
@@ -121,14 +122,25 @@ class _EventsBase:
             )
         limit = self._settings.max_value_bytes
         typed = self.types.prepare
-        batch = [parse_event(typed(event), limit) for event in events]
+        batch = []
+        for index, event in enumerate(events):
+            try:
+                batch.append(parse_event(typed(event), limit))
+            except EventError as exc:
+                if len(events) == 1:
+                    raise
+                # Which one of thousands: the ids in the context were generated here.
+                raise EventError(
+                    f"event {index} of the batch (counting from 0): {exc.message}",
+                    context={**exc.context, "index": index},
+                ) from exc.__cause__
         if len(batch) > 1:  # one event: its own limit (max_value_bytes) is the one to meet
-            size = sum(map(_unit_json_of, batch))
+            size = _batch_bytes(batch)
             if size > MAX_BATCH_JSON:
                 raise EventError(
                     f"store_many takes at most {MAX_BATCH_JSON // 2**20} MiB of JSON in one "
-                    f"call (these {len(batch)} events have {size:,} characters): split it "
-                    "into several calls, each all or nothing",
+                    f"call (these {len(batch)} events have {size:,} bytes): split it into "
+                    "several calls, each all or nothing",
                     context={"count": len(batch), "size": size, "max_size": MAX_BATCH_JSON},
                 )
         return batch
@@ -388,6 +400,15 @@ class _EventsBase:
 
 def _unit_json_of(event: NewEvent) -> int:
     return len(event.data_text) + len(event.metadata_text)
+
+
+def _batch_bytes(batch: list[NewEvent]) -> int:
+    """The batch's JSON in UTF-8 bytes, or a smaller count when that is surely under
+    MAX_BATCH_JSON (a character is 1 to 4 bytes: small batches are not encoded)."""
+    chars = sum(map(_unit_json_of, batch))
+    if chars * 4 <= MAX_BATCH_JSON:
+        return chars
+    return sum(len(e.data_text.encode()) + len(e.metadata_text.encode()) for e in batch)
 
 
 def unit_json(unit: _Unit) -> int:

@@ -45,7 +45,12 @@ from foundation.events._plan import (
     sqlite_store,
 )
 from foundation.events._store import EventSQL
-from foundation.events._subscription import Subscription, SubscriptionOptions, start_position
+from foundation.events._subscription import (
+    Subscription,
+    SubscriptionOptions,
+    interval_ms,
+    start_position,
+)
 from foundation.settings import Settings
 from foundation.telemetry import Telemetry
 
@@ -190,7 +195,9 @@ class Events(_EventsBase):
         # Taken now, not at the first next(): events stored after tail() returns count.
         last = self.last_position()
         position = last if start == "end" else start_position(int(start), last)
-        return self._tail(merged, position, poll_interval_ms / 1000)
+        return self._tail(
+            merged, position, interval_ms("poll_interval_ms", poll_interval_ms) / 1000
+        )
 
     def _tail(
         self, merged: dict[str, Any], position: int, interval: float

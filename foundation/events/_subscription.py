@@ -120,6 +120,9 @@ class SubscriptionOptions:
         for key, value in options.items():
             if key not in cls.__dataclass_fields__ or key in ("name", "types", "start"):
                 raise EventError(f"unknown subscription option {key!r}", context={"option": key})
+            if key.endswith("_ms"):
+                ints[key] = interval_ms(key, value)
+                continue
             low = 0 if key == "max_retries" else 1
             high = MAX_LIMIT if key == "batch_size" else 86_400_000
             if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
@@ -129,6 +132,21 @@ class SubscriptionOptions:
                 )
             ints[key] = value
         return cls(name, None if types is None else tuple(types), start, **ints)
+
+
+def interval_ms(name: str, value: Any) -> int:
+    """An interval option: milliseconds (an int from 1 to a day), or a timedelta, as every
+    Foundation option in milliseconds takes. 0 would make a loop spin."""
+    if isinstance(value, timedelta):
+        value = round(value.total_seconds() * 1000)
+        if value == 0:
+            value = -1  # under a millisecond: refused below, with the given value shown
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 86_400_000:
+        raise EventError(
+            f"{name} must be milliseconds from 1 to 86400000 (an int) or a timedelta",
+            context={"option": name, "value": repr(value)[:200]},
+        )
+    return value
 
 
 @dataclass(frozen=True)
@@ -511,23 +529,31 @@ class AsyncSubscription(_SubscriptionBase):
     async def _deliver(self, record: RecordedEvent) -> bool:
         assert self._handler is not None
         for attempt in range(1, self.options.max_retries + 2):
+            failure: BaseException
             try:
                 with _correlated(record):
                     result = self._handler(record)
                     if inspect.isawaitable(result):
                         await result
                 return True
+            except asyncio.CancelledError as exc:
+                task = asyncio.current_task()
+                if self._stopping or (task is not None and task.cancelling()):
+                    raise  # stop() or the loop's end cancelled this task
+                # The handler's own (a task it awaited was cancelled): a failure like any.
+                failure = exc
             except Exception as exc:
-                if attempt > self.options.max_retries:
-                    await self._record_failure(self._failed(record, exc))
-                    return False
-                await asyncio.sleep(self._backoff(attempt))
-                if self._stopping:
-                    return False
+                failure = exc
             except (SystemExit, KeyboardInterrupt) as exc:
                 # Recorded, then raised on: in asyncio they end the program, as elsewhere.
                 await self._record_failure(self._failed(record, exc))
                 raise
+            if attempt > self.options.max_retries:
+                await self._record_failure(self._failed(record, failure))
+                return False
+            await asyncio.sleep(self._backoff(attempt))
+            if self._stopping:
+                return False
         return False  # pragma: no cover
 
     async def _record_failure(self, params: dict[str, Any]) -> None:

@@ -153,6 +153,15 @@ class TypeRegistry:
         metadata = fields.get("metadata") or {}
         if not isinstance(metadata, Mapping):
             return event  # parse_event refuses it
+        given = metadata.get(SCHEMA_VERSION, spec.version)
+        if type(given) is not int or given != spec.version:
+            # The key says which version the data is: a value of the caller's own there
+            # would be overwritten, or would decode the data as another version.
+            raise EventError(
+                f"metadata key {SCHEMA_VERSION!r} of typed event {spec.name!r} is "
+                f"Foundation's (the version of its data, {spec.version}): use another key",
+                context={"type": spec.name, "field": "metadata", "given": repr(given)[:200]},
+            )
         return {
             **fields,
             "data": _stored_data(spec, model),
