@@ -330,13 +330,13 @@ class AsyncServiceRegistry(_RegistryBase):
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
-        lease = self._lease
-        if lease is not None and time.monotonic() < self._deadline:
+        params = self._closing()
+        if params is not None:
             with contextlib.suppress(FoundationError):
                 async with self._db.transaction() as tx:
-                    params = {"node": self._node, "gen": lease.generation, **self._sql.clock()}
-                    await tx.execute(self._sql.release_entries, params)
-                    await tx.execute(self._sql.release_members, params)
+                    names = await tx.fetchall(self._sql.release_entries, params)
+                    members = await tx.fetchall(self._sql.release_members, params)
                     await tx.execute(self._sql.release_lease, params)
+                self._released(names, members)  # committed: reported as this node's own
         self._lost_locally()
         await self._dispatcher.close(timeout=1.0)  # delivers what is queued (or gives up)

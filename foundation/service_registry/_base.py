@@ -295,6 +295,33 @@ class _RegistryBase(RegistryFeedSide):
             self._lease.expires = 0.0  # our own entries vanish from lookups at once
         self._deadline = 0.0
 
+    def _closing(self) -> dict[str, Any] | None:
+        """``close()``: the release's parameters, or None if there is nothing to release
+        (no lease, or one that lapsed: the database may have given it away already).
+        From here on, the release is this node's own change (``RegistryState.closing``)."""
+        lease = self._lease
+        if lease is None or time.monotonic() >= self._deadline:
+            return None
+        self._state.closing(lease)
+        return {"node": self._node, "gen": lease.generation, **self._sql.clock()}
+
+    def _released(
+        self, names: builtins.list[tuple[Any, ...]], members: builtins.list[tuple[Any, ...]]
+    ) -> None:
+        """``close()`` released ``names`` ((name, revision) rows) and ``members`` ((group,
+        member id) rows): reported to this node's watchers as its own ``unregister`` and
+        ``leave`` (``local``), queued before the dispatcher delivers what is left and
+        stops. The feed may have applied some of it first: it reports them the same way
+        (``RegistryState.closing``), and the cache takes each change once."""
+        changes: builtins.list[RegistryChange] = []
+        for name, revision in names:
+            self._held.pop(name, None)
+            changes += self._state.apply_entry(None, name, int(revision), "local")
+        for group, member_id in members:
+            self._joined.pop((group, member_id), None)
+            changes += self._state.apply_member(group, member_id, None, "local")
+        self._state.notify(changes)
+
     def _register_params(
         self, name: str, held: _Held, gen: int
     ) -> tuple[dict[str, Any] | tuple[Any, ...], datetime | None]:

@@ -219,7 +219,9 @@ class LoopDispatcher:
         if loop is not asyncio.get_running_loop():
             loop.call_soon_threadsafe(task.cancel)
             return
-        q.put_nowait(None)
+        # After what was submitted before (submit() queues through call_soon_threadsafe,
+        # even on this thread): a change announced just before close() is delivered.
+        loop.call_soon_threadsafe(q.put_nowait, None)
         if task is asyncio.current_task():
             return  # close() called from a callback: the task ends after it
         done, _ = await asyncio.wait({task}, timeout=timeout)

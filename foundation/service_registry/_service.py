@@ -348,7 +348,10 @@ class ServiceRegistry(_RegistryBase):
         Delivery is asynchronous: a change this thread made (``register``) reaches the
         callback shortly after the call returns. A cancelled watch receives nothing more.
 
-        What this node does is reported in full (``source="local"``). Another node's
+        What this node does is reported in full (``source="local"``): its ``close()``
+        included (an ``unregister`` or ``leave`` for each name and member it releases,
+        delivered before ``close()`` returns), and the ``expired`` of its own
+        registrations (another node sees that expiry as ``remote``). Another node's
         changes (``source="remote"``) are reported as this node's cache catches up:
         SQLite once per poll, PostgreSQL once per notification read, and each read takes
         the name's *current* row. Changes that land between two reads are coalesced into
@@ -372,12 +375,13 @@ class ServiceRegistry(_RegistryBase):
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
-        lease = self._lease
-        if lease is not None and time.monotonic() < self._deadline:
-            with contextlib.suppress(FoundationError), self._db.transaction() as tx:
-                params = {"node": self._node, "gen": lease.generation, **self._sql.clock()}
-                tx.execute(self._sql.release_entries, params)
-                tx.execute(self._sql.release_members, params)
-                tx.execute(self._sql.release_lease, params)
+        params = self._closing()
+        if params is not None:
+            with contextlib.suppress(FoundationError):
+                with self._db.transaction() as tx:
+                    names = tx.fetchall(self._sql.release_entries, params)
+                    members = tx.fetchall(self._sql.release_members, params)
+                    tx.execute(self._sql.release_lease, params)
+                self._released(names, members)  # committed: reported as this node's own
         self._lost_locally()
         self._dispatcher.close(timeout=1.0)  # delivers what is queued (or gives up)

@@ -303,6 +303,8 @@ class RegistryState:
         # Names another node's change (a tombstone, another owner) reached since the last
         # take_displaced(): the service checks them against what it believes it holds.
         self._displaced: set[str] = set()
+        # The lease this node's close() is releasing (see closing()).
+        self._closing: _Lease | None = None
 
     # -- reads (hot path) -------------------------------------------------------------
 
@@ -395,6 +397,8 @@ class RegistryState:
     def apply_lease(self, node: str, generation: int, expires: float) -> _Lease:
         with self._lock:
             lease = self.lease_for(node, generation)
+            if lease is self._closing:
+                return lease  # its end is the closing node's to report (see closing())
             if lease is not _DEAD and (expires > lease.expires or expires == 0.0):
                 lease.expires = expires
                 if expires > _time():
@@ -407,6 +411,23 @@ class RegistryState:
             if current is not None and current is not lease:
                 current.expires = min(current.expires, 0.0)
             self._leases[lease.node] = lease
+
+    def closing(self, lease: _Lease) -> None:
+        """This node's ``close()`` is about to release ``lease``, its names and members.
+
+        The release is this node's own change, whoever applies it first: ``close()`` itself
+        (from the rows it released) or the change feed (the notification or poll that read
+        them). So a removal of an entry or member on that lease is reported ``local``, and
+        the lease's deletion, read by the feed, leaves it live here until ``close()`` ends
+        it: otherwise the entries would be dead when their release is applied, and nothing
+        reported. (A ``force`` unregister by another node in that instant cannot be told
+        apart from the release; it is reported as the release.)
+        """
+        with self._lock:
+            self._closing = lease
+
+    def _removal_source(self, old: ServiceEntry | GroupMember | None, source: str) -> Any:
+        return "local" if old is not None and old.lease is self._closing else source
 
     # -- entries ----------------------------------------------------------------------
 
@@ -443,9 +464,9 @@ class RegistryState:
             old = self._entries.get(name)
             now = _time()
             old_live = old is not None and old.lease.expires > now and old.until > now
-            src: Any = source
+            src: Any = source if entry is not None else self._removal_source(old, source)
             # An old registration that died unseen by the sweep (replaced within a tick).
-            changes = [] if old is None or old_live else self._expired_entry(old, src)
+            changes = [] if old is None or old_live else self._expired_entry(old)
             if entry is None:
                 self._entries.pop(name, None)
                 self._reported.pop(name, None)
@@ -477,7 +498,12 @@ class RegistryState:
             changes.append(RegistryChange(name, "register", entry, src))
             return changes
 
-    def _expired_entry(self, entry: ServiceEntry, source: Any) -> builtins.list[RegistryChange]:
+    def _source_of(self, node: str) -> Any:
+        """An expiry's source: ``local`` for this node's own registration or member (its
+        own TTL or lease ran out), ``remote`` for another node's, whoever noticed it."""
+        return "local" if node == self.node else "remote"
+
+    def _expired_entry(self, entry: ServiceEntry) -> builtins.list[RegistryChange]:
         """``[expired]`` the first time this registration is seen dead, else ``[]``."""
         death = _death(entry)
         if death <= 0.0:  # its lease's expiry is not known yet (or it was released)
@@ -486,9 +512,9 @@ class RegistryState:
         if seen is not None and seen[0] is entry and death <= seen[1]:
             return []
         self._reported[entry.name] = (entry, death)
-        return [RegistryChange(entry.name, "expired", entry, source)]
+        return [RegistryChange(entry.name, "expired", entry, self._source_of(entry.node))]
 
-    def _expired_member(self, member: GroupMember, source: Any) -> builtins.list[RegistryChange]:
+    def _expired_member(self, member: GroupMember) -> builtins.list[RegistryChange]:
         """As :meth:`_expired_entry`, for a group member."""
         death = member.lease.expires
         if death <= 0.0:
@@ -498,7 +524,7 @@ class RegistryState:
         if seen is not None and seen[0] is member and death <= seen[1]:
             return []
         self._reported_members[key] = (member, death)
-        return [RegistryChange(member.group, "expired", member, source)]
+        return [RegistryChange(member.group, "expired", member, self._source_of(member.node))]
 
     def replace_leases(self, lease_rows: Iterable[tuple[str, int, float]]) -> None:
         """A resync, first half: the leases as the table has them (a missing one is dead)."""
@@ -579,7 +605,6 @@ class RegistryState:
     def apply_member(
         self, group: str, member_id: str, member: GroupMember | None, source: str
     ) -> builtins.list[RegistryChange]:
-        src: Any = source
         with self._lock:
             self._seq += 1
             if self._resyncing:
@@ -588,6 +613,7 @@ class RegistryState:
             old = table.get(member_id)
             now = _time()
             old_live = old is not None and old.lease.expires > now
+            src: Any = source if member is not None else self._removal_source(old, source)
             if member is None:
                 table.pop(member_id, None)
                 if not table:
@@ -597,11 +623,11 @@ class RegistryState:
                     return []
                 if old_live:
                     return [RegistryChange(group, "leave", old, src)]
-                return self._expired_member(old, src)  # pruned before the sweep saw it die
+                return self._expired_member(old)  # pruned before the sweep saw it die
             if old is not None and old.revision >= member.revision:
                 return []
             table[member_id] = member
-            changes = [] if old is None or old_live else self._expired_member(old, src)
+            changes = [] if old is None or old_live else self._expired_member(old)
             death = member.lease.expires
             if 0.0 < death <= now or member.lease is _DEAD:
                 self._reported_members[(group, member_id)] = (member, death)
@@ -685,12 +711,12 @@ class RegistryState:
                 ]
             candidates += _due(self._timed, self._entries, now)
             for entry in candidates:
-                changes += self._expired_entry(entry, "remote")
+                changes += self._expired_entry(entry)
             if newly:
                 for table in self._members.values():
                     for member in table.values():
                         if (member.lease.node, member.lease.generation) in newly:
-                            changes += self._expired_member(member, "remote")
+                            changes += self._expired_member(member)
             for local in _due(self._timed_local, self._local, now):
                 del self._local[local.name]
                 changes.append(RegistryChange(local.name, "expired", local, "local"))

@@ -218,9 +218,12 @@ class RegistrySQL:
                 registry.c.lease_generation == sa.bindparam("gen"),
             )
             .values(**tombstone)
+            .returning(registry.c.name, registry.c.revision)
         )
-        release_members = sa.delete(registry_members).where(
-            registry_members.c.node_id == sa.bindparam("node")
+        release_members = (
+            sa.delete(registry_members)
+            .where(registry_members.c.node_id == sa.bindparam("node"))
+            .returning(registry_members.c.group_name, registry_members.c.member_id)
         )
 
         # Register, or take over a name whose owner is gone: ONE atomic statement.
