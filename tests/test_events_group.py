@@ -237,3 +237,33 @@ def test_store_many_refuses_more_json_than_one_call_takes(db_url: str) -> None:
         assert fdn.events.get(type="big") == []
         fdn.events.store_many([{"type": "big", "data": big} for _ in range(3)])  # under it
         assert len(fdn.events.get(type="big")) == 3
+
+
+async def test_async_tasks_ready_together_share_one_call(afdn: AsyncFoundation) -> None:
+    """A caller that finds no call in flight lets the loop turn once: the tasks due at the
+    same time go with it, in one call (on PostgreSQL; SQLite runs no group commit)."""
+    events = afdn.events
+    before = events.group_commit.groups
+    records = await asyncio.gather(*(events.store({"type": "t", "data": i}) for i in range(10)))
+    assert [r.data for r in records] == list(range(10))
+    assert [r.data for r in await events.get(type="t")] == list(range(10))
+    if afdn.url.backend == "postgresql":
+        assert events.group_commit.groups == before + 1
+
+
+async def test_async_a_lone_caller_cancelled_in_its_loop_turn_leaves_no_trace() -> None:
+    calls: list[list[str]] = []
+
+    async def run(units: list[str]) -> list[str | BaseException]:
+        calls.append(list(units))
+        return list(units)
+
+    group: AsyncGroupCommit[str, str] = AsyncGroupCommit(run, limit=64)
+    doomed = asyncio.ensure_future(group.submit("doomed"))
+    await asyncio.sleep(0)  # it is in its loop turn now
+    doomed.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await doomed
+    assert not group.busy and calls == []  # not written, and the next caller goes
+    assert await group.submit("next") == "next"
+    assert calls == [["next"]]

@@ -9,7 +9,7 @@ one unit, all or nothing on its own), and each caller gets its own outcome. A ca
 answered only after that call, commit included, has returned: an acknowledged event is
 durable exactly as a lone store is.
 
-A lone caller pays nothing: with an empty queue it runs its store at once.
+A lone thread pays nothing: with an empty queue it runs its store at once.
 
 The sync face uses leader hand-off (as LevelDB's writer queue): a caller that finds the
 lead free runs its unit with those waiting, then passes the lead to the next waiting
@@ -17,10 +17,15 @@ caller, so no thread is kept serving others. One lead at a time: writers wait fo
 own outcome, so whatever arrives during a call goes in the next one whether one or two
 calls are in flight; a second lead only halves the groups, and with them the stores per
 round trip. On two cores, 16 threads stored 15% faster with one lead than with two
-(8.5 stores per call against 5.3). On the async face a lone caller runs its own
-call too; the callers that queue meanwhile are sent by a task of their own, so that no
-caller's cancellation cancels the others' statement, and a caller cancelled before its
-group is sent is not written.
+(8.5 stores per call against 5.3).
+
+On the async face a caller that finds no call in flight lets the loop turn once, so that
+the tasks already due to store (woken by the last call's outcomes, typically) queue beside
+it. Alone, it runs its own call (one loop turn later: a few µs). Else the queue, its unit
+first, is sent by a task of its own, as are the callers that queue while a call is in
+flight: no caller's cancellation cancels the others' statement, and a caller cancelled
+before its group is sent is not written. With 16 tasks storing, that turn cut the time
+per event by 13% (68 to 60 µs), the lone store's unchanged.
 """
 
 from __future__ import annotations
@@ -170,6 +175,18 @@ class AsyncGroupCommit(Generic[U, R]):
             return await future
         self.busy = True
         try:
+            # One turn of the loop first: the tasks already due to store (woken by the
+            # last call's outcomes, say) queue meanwhile, and go with this unit.
+            await asyncio.sleep(0)
+        except BaseException:
+            self._handoff(loop)
+            raise
+        if self._queue:
+            future = loop.create_future()
+            self._queue.insert(0, (unit, future))
+            self._handoff(loop)
+            return await future
+        try:
             outcome = (await self._run([unit]))[0]
             self.groups += 1
         finally:
@@ -180,6 +197,13 @@ class AsyncGroupCommit(Generic[U, R]):
             else:
                 self.busy = False
         return _result(outcome)
+
+    def _handoff(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The queue goes to a task of its own (none in flight: ``busy`` is ours)."""
+        if self._queue:
+            self._flusher = loop.create_task(self._flush())
+        else:
+            self.busy = False
 
     async def _flush(self) -> None:
         group: list[tuple[U, asyncio.Future[R]]] = []
