@@ -103,7 +103,7 @@ def registry_show(ctx: click.Context, name: str) -> None:
 @click.pass_context
 def registry_unregister(ctx: click.Context, name: str) -> None:
     """Remove NAME whoever holds it (an operator's override: force=True)."""
-    with _foundation(ctx, create=True) as fdn:
+    with _foundation(ctx, create=False) as fdn:
         fdn.service_registry.unregister(name, force=True)
     click.echo(f"unregistered {name}")
 

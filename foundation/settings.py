@@ -91,7 +91,7 @@ class Settings(BaseSettings):
     """How long a node's lease (and so its registered names) outlives its last heartbeat."""
 
     registry_heartbeat_ms: int | None = Field(default=None, ge=1)
-    """How often the lease is renewed; by default a third of the TTL."""
+    """How often the lease is renewed; by default a third of the TTL, at most half of it."""
 
     rate_limiter_on_storage_error: Literal["open", "closed"] = "open"
     """When the database cannot be reached, a shared limiter admits the call (``open``,
@@ -175,13 +175,17 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _heartbeat_within_ttl(self) -> Settings:
+        # A renewal must land before the lease runs out with room to spare: the heartbeat
+        # wakes on a tick and waits for the database, and near the TTL every late beat
+        # lets the lease lapse (the node's names then flap, and another may take them).
         if self.registry_heartbeat_ms is not None and (
-            self.registry_heartbeat_ms >= self.registry_ttl_ms
+            self.registry_heartbeat_ms * 2 > self.registry_ttl_ms
         ):
             raise _FieldError(
                 "registry_heartbeat_ms",
-                f"registry_heartbeat_ms ({self.registry_heartbeat_ms}) must be shorter than "
-                f"registry_ttl_ms ({self.registry_ttl_ms})",
+                f"registry_heartbeat_ms ({self.registry_heartbeat_ms}) must be at most half "
+                f"of registry_ttl_ms ({self.registry_ttl_ms}), so that a late renewal still "
+                "lands before the lease runs out",
             )
         return self
 

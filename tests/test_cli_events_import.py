@@ -221,7 +221,7 @@ def test_id_conflict_names_the_line(
     assert [data for _, data in logged(db_url)] == [1, 3, 4]
 
 
-# -- reading commands on a SQLite path with no file ------------------------------------
+# -- commands that read (or remove) on a SQLite path with no file -------------------------
 
 READING = [
     ("events", "query"),
@@ -233,6 +233,7 @@ READING = [
     ("config", "history"),
     ("registry", "list"),
     ("registry", "show", "auth"),
+    ("registry", "unregister", "auth"),  # writes, but to a database that is not there
     ("breakers",),
     ("limits",),
 ]

@@ -78,6 +78,11 @@ def test_cross_field_setting_errors_name_the_field(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         Foundation(url, registry_ttl_ms=1000, registry_heartbeat_ms=1000)
     assert info.value.context["setting"] == "registry_heartbeat_ms"
+    # Just under the TTL, every late beat let the lease lapse (the names flapped): at most
+    # half of it.
+    with pytest.raises(ConfigError, match="at most half of registry_ttl_ms"):
+        Foundation(url, registry_ttl_ms=1000, registry_heartbeat_ms=501)
+    Foundation(url, registry_ttl_ms=1000, registry_heartbeat_ms=500, migrate="upgrade").close()
 
 
 def test_setting_errors_name_the_environment_variable(
