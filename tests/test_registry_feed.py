@@ -278,13 +278,14 @@ def test_postgres_a_change_announced_during_an_own_write_is_read_by_the_writer(
     with node(postgres_url) as a, node(postgres_url) as b:
         assert a.feed.wait_connected(10)
         reg = a.service_registry
-        reg._begin_write("contested")
+        lock = reg._begin_write("contested")
+        lock.acquire()
         try:
             b.service_registry.register("contested", "http://b")
             wait_for(lambda: reg._writing["contested"][1] > 0)  # noted, not read
             assert reg.find("contested") is None
         finally:
-            reg._settle("contested")
+            reg._settle("contested", lock, True)
         assert reg.lookup("contested").address == "http://b"
         assert "contested" not in reg._writing
         reg.register("mine", "http://a")  # its own notification costs the listener no read

@@ -20,7 +20,6 @@ from foundation.errors import (
 from foundation.service_registry._base import (
     _HEARTBEAT_FAILED,
     RegistryOptions,
-    _Held,
     _RegistryBase,
     log,
 )
@@ -163,12 +162,14 @@ class AsyncServiceRegistry(_RegistryBase):
             held = self._held.get(name)
             if held is None:
                 continue  # the feed found it lost meanwhile
+            if not self._reclaim_due(name, held):
+                continue  # its own TTL passed meanwhile: expired, not lost
             started = time.perf_counter_ns()
             gen = self._lease.generation
-            params, now = self._register_params(name, held, gen)
-            row = await self._db.fetchone(self._sql.register, params)
+            params = self._reclaim_params(name, held, gen)
+            row = await self._db.fetchone(self._sql.reclaim, params)
             if row is not None:
-                self._registered(name, held, gen, row, now, started)
+                self._registered(name, held, gen, row, None, started, reclaimed=True)
                 kept.append(name)
                 continue
             self._held.pop(name, None)
@@ -208,8 +209,10 @@ class AsyncServiceRegistry(_RegistryBase):
         started = time.perf_counter_ns()
         name, held = self._prepare(name, address, metadata, ttl)
         self._check_local_free(name)
-        self._begin_write(name)
+        lock = self._begin_write(name)
+        locked = False
         try:
+            locked = await lock.acquire()
             while True:
                 lease = await self._ensure_lease()
                 params, now = self._register_params(name, held, lease.generation)
@@ -220,19 +223,26 @@ class AsyncServiceRegistry(_RegistryBase):
                 if self._lease is lease:
                     return self._registered(name, held, lease.generation, row, now, started)
         finally:
-            await self._settle(name)
+            await self._settle(name, lock, locked)
 
-    async def _settle(self, name: str) -> None:
+    def _new_write_lock(self) -> asyncio.Lock:
+        return asyncio.Lock()
+
+    async def _settle(self, name: str, lock: asyncio.Lock, locked: bool) -> None:
         """As :meth:`ServiceRegistry._settle`."""
-        revision = self._end_write(name)
-        if revision:
-            try:
-                row = await self._db.fetchone(self._sql.select_entry, {"name": name})
-            except FoundationError:
-                self._request_resync()
-            else:
-                self._apply_name_row(name, revision, row)
-        self._judge_after_write(name)
+        try:
+            revision = self._end_write(name, locked=locked)
+            if revision:
+                try:
+                    row = await self._db.fetchone(self._sql.select_entry, {"name": name})
+                except FoundationError:
+                    self._request_resync()
+                else:
+                    self._apply_name_row(name, revision, row)
+            self._judge_after_write(name)
+        finally:
+            if locked:
+                lock.release()
 
     async def unregister(self, name: Any, force: bool = False) -> None:
         started = time.perf_counter_ns()
@@ -240,8 +250,10 @@ class AsyncServiceRegistry(_RegistryBase):
         force = self._check_force(force)
         if self._unregister_local(name):
             return
-        self._begin_write(name)  # its own notification then costs the listener no read
+        lock = self._begin_write(name)  # its own notification then costs the listener no read
+        locked = False
         try:
+            locked = await lock.acquire()
             if force:
                 row = await self._db.fetchone(
                     self._sql.unregister_force, {"name": name, **self._sql.clock()}
@@ -257,7 +269,7 @@ class AsyncServiceRegistry(_RegistryBase):
                 raise self._not_held(name, force=force)
             self._unregistered(name, row, started)
         finally:
-            await self._settle(name)
+            await self._settle(name, lock, locked)
 
     async def update_metadata(self, name: Any, metadata: Any) -> ServiceEntry:
         name = check_name(name)
@@ -265,11 +277,15 @@ class AsyncServiceRegistry(_RegistryBase):
         if local is not None:
             return self._update_local(local, metadata)
         meta, text = self._metadata_json(name, metadata)
-        held = self._held_live(name)
-        if held is None or self._lease is None:
+        if self._held_live(name) is None or self._lease is None:
             raise self._not_held(name)
-        self._begin_write(name)
+        lock = self._begin_write(name)
+        locked = False
         try:
+            locked = await lock.acquire()
+            held = self._held_live(name)  # again: another task's write may have run first
+            if held is None or self._lease is None:
+                raise self._not_held(name)
             params = {"name": name, "node": self._node, "gen": self._lease.generation}
             row = await self._db.fetchone(
                 self._sql.update_metadata, {**params, "metadata": text, **self._sql.clock()}
@@ -277,12 +293,12 @@ class AsyncServiceRegistry(_RegistryBase):
             if row is None:
                 self._held_live(name)  # forgets it if its own TTL has passed
                 raise self._not_held(name)
-            self._held[name] = _Held(held.address, held.address_text, meta, text, held.ttl_ms)
+            self._held[name] = held.with_metadata(meta, text)
             entry = self._entry(row)
             self._state.notify(self._state.apply_entry(entry, name, entry.revision, "local"))
             return entry
         finally:
-            await self._settle(name)
+            await self._settle(name, lock, locked)
 
     async def join(
         self, group: Any, address: Any, metadata: Any = None, *, member_id: Any = None
@@ -339,4 +355,5 @@ class AsyncServiceRegistry(_RegistryBase):
                     await tx.execute(self._sql.release_lease, params)
                 self._released(names, members)  # committed: reported as this node's own
         self._lost_locally()
+        self._feed_settled(1.0)  # what the feed applied of the release is queued
         await self._dispatcher.close(timeout=1.0)  # delivers what is queued (or gives up)

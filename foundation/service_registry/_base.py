@@ -20,7 +20,8 @@ The lease protocol, per instance:
    successful renewal, which is never later than the database's expiry. Past that (a
    pause, a database outage) or when a renewal finds the lease gone, it takes a new
    generation (its own lease, or a lapsed one), re-registers the names it held where
-   they are still free, and reports each one it lost (``kind="lost"`` to watchers,
+   they are still free (a name keeps the end of its own ``ttl``; one past it is not
+   written again), and reports each one it lost (``kind="lost"`` to watchers,
    ``foundation.registry.lease_lost``). If another instance holds the node id's lease by
    then, the node reports every name lost and stays in error: ``register`` and ``join``
    raise ``config_error``, the heartbeat retries once per interval and takes the lease
@@ -93,13 +94,22 @@ class RegistryOptions:
 
 @dataclass(frozen=True)
 class _Held:
-    """What this node registered, to write again after a lease loss."""
+    """What this node registered, to write again after a lease loss.
+
+    ``until``: the end of the registration's own ``ttl`` (Unix seconds, from the database
+    clock; ``INF`` without one), set once registered. A recovery writes the name again
+    with that same end: a lease loss never gives a name more of its own TTL.
+    """
 
     address: Any
     address_text: str
     metadata: Any
     metadata_text: str
     ttl_ms: int | None
+    until: float = INF
+
+    def with_metadata(self, metadata: Any, text: str) -> _Held:
+        return _Held(self.address, self.address_text, metadata, text, self.ttl_ms, self.until)
 
 
 class _RegistryBase(RegistryFeedSide):
@@ -329,6 +339,34 @@ class _RegistryBase(RegistryFeedSide):
             name, held.address_text, held.metadata_text, self._node, gen, held.ttl_ms
         )
 
+    def _reclaim_params(self, name: str, held: _Held, gen: int) -> dict[str, Any]:
+        """``reclaim``'s parameters: ``register``'s, with the registration's own end
+        (``held.until``) instead of a TTL counted from now."""
+        until = (
+            None
+            if held.until == INF
+            else self._sql.codec.ts(datetime.fromtimestamp(held.until, UTC))
+        )
+        return {
+            **self._sql.clock(),
+            "name": name,
+            "address": held.address_text,
+            "metadata": held.metadata_text,
+            "node": self._node,
+            "gen": gen,
+            "entry_ttl_ms": held.ttl_ms,
+            "entry_until": until,
+        }
+
+    def _reclaim_due(self, name: str, held: _Held) -> bool:
+        """Whether a recovery writes ``name`` again: not once its own TTL has passed (it is
+        registered nowhere then; its ``expired`` is the sweep's, once, as for any name):
+        forgotten here, neither kept nor lost."""
+        if held.until <= time.time():
+            self._held.pop(name, None)
+            return False
+        return True
+
     def _entry(self, row: tuple[Any, ...]) -> ServiceEntry:
         return self._state.make_entry(row, self._sql.codec.load_json, self._sql.codec.load_ts)
 
@@ -343,17 +381,29 @@ class _RegistryBase(RegistryFeedSide):
         row: tuple[Any, ...],
         now: datetime | None,
         started: int,
+        *,
+        reclaimed: bool = False,
     ) -> ServiceEntry:
         """Install what ``register`` wrote: ``row`` is (epoch, revision, registered_at).
 
         The entry is built from the values this node sent (already normalised to what
         they read back as; JSONB may order an object's keys otherwise, which equality
         ignores), not decoded again from the row; ``now`` is the SQLite timestamp the
-        statement carried (PostgreSQL returns its own ``now()``).
+        statement carried (PostgreSQL returns its own ``now()``). ``reclaimed``: written
+        again by a recovery (``reclaim``), which kept the registration's own end.
         """
         epoch, revision, registered_at = row
         registered = now if now is not None else self._sql.codec.load_ts(registered_at)
         ttl = held.ttl_ms
+        if ttl is not None and not reclaimed:
+            held = _Held(
+                held.address,
+                held.address_text,
+                held.metadata,
+                held.metadata_text,
+                ttl,
+                registered.timestamp() + ttl / 1000,
+            )
         entry = ServiceEntry(
             name,
             held.address,
@@ -362,7 +412,7 @@ class _RegistryBase(RegistryFeedSide):
             registered,
             int(epoch),
             lease=self._state.lease_for(self._node, gen),
-            until=INF if ttl is None else registered.timestamp() + ttl / 1000,
+            until=held.until,
             revision=int(revision),
         )
         self._held[name] = held
@@ -415,11 +465,9 @@ class _RegistryBase(RegistryFeedSide):
         """What this node holds as ``name``, unless its own TTL has passed (then forgotten:
         it is registered nowhere, and must not be written again after a lease loss)."""
         held = self._held.get(name)
-        if held is not None and held.ttl_ms is not None:
-            entry = self._state.cached_entry(name)
-            if entry is not None and entry.until <= time.time():
-                self._held.pop(name, None)
-                return None
+        if held is not None and held.until <= time.time():
+            self._held.pop(name, None)
+            return None
         return held
 
     def _check_local_free(self, name: str) -> None:

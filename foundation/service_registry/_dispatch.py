@@ -29,6 +29,7 @@ import inspect
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
@@ -86,6 +87,9 @@ class ThreadDispatcher:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._closed = False
+        # Set by close() when its time is up: the thread starts no callback after that
+        # (checked under _lock, as close() sets it, before each callback).
+        self._halted = False
 
     @property
     def thread(self) -> threading.Thread | None:
@@ -112,6 +116,9 @@ class ThreadDispatcher:
                 batch.set()  # flush(): everything queued before it was delivered
                 continue
             for watch, change in batch:
+                with self._lock:
+                    if self._halted:
+                        return  # close() gave up waiting: what is left is dropped
                 if not self._active(watch):
                     continue
                 try:
@@ -137,15 +144,23 @@ class ThreadDispatcher:
         return done.wait(timeout)
 
     def close(self, timeout: float) -> None:
-        """Deliver what is queued (waiting at most ``timeout`` seconds), then stop."""
+        """Deliver what is queued (waiting at most ``timeout`` seconds), then stop: no
+        callback starts after this returns. What is still queued then is dropped; a
+        callback running then is not interrupted (a thread cannot be): it runs to its end
+        on the watch thread, which then ends. Called from a callback (on the watch thread
+        itself), it returns at once; the thread delivers what was queued before, then
+        ends."""
         with self._lock:
             self._closed = True
             thread = self._thread
         if thread is None:
             return
         self._queue.put(None)
-        if thread is not threading.current_thread():
-            thread.join(timeout)
+        if thread is threading.current_thread():
+            return
+        thread.join(timeout)
+        with self._lock:
+            self._halted = True  # if still running: no next callback
 
 
 class LoopDispatcher:
@@ -158,6 +173,9 @@ class LoopDispatcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[Batch | asyncio.Event | None] | None = None
         self._task: asyncio.Task[None] | None = None
+        # close()'s deadline (monotonic): no callback starts after it, even when plain
+        # callbacks that block the loop keep close()'s own timeout from firing.
+        self._deadline: float | None = None
 
     @property
     def task(self) -> asyncio.Task[None] | None:
@@ -168,6 +186,7 @@ class LoopDispatcher:
         if self._loop is None or self._loop.is_closed():
             self._loop = loop
             self._queue = asyncio.Queue()
+            self._deadline = None
             self._task = loop.create_task(self._run(), name=self._name)
 
     def submit(self, batch: Batch) -> None:
@@ -187,6 +206,9 @@ class LoopDispatcher:
                 batch.set()  # flush(): everything queued before it was delivered
                 continue
             for watch, change in batch:
+                deadline = self._deadline
+                if deadline is not None and time.monotonic() >= deadline:
+                    return  # close() is out of time: what is left is dropped
                 if not self._active(watch):
                     continue
                 try:
@@ -224,6 +246,7 @@ class LoopDispatcher:
         loop.call_soon_threadsafe(q.put_nowait, None)
         if task is asyncio.current_task():
             return  # close() called from a callback: the task ends after it
+        self._deadline = time.monotonic() + timeout
         done, _ = await asyncio.wait({task}, timeout=timeout)
         if not done:
             task.cancel()

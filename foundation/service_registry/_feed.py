@@ -44,11 +44,12 @@ class RegistryFeedSide:
         self.poll_reads = 0
         self.names_read = 0
         self._topics_seen: tuple[Any, ...] | None = None  # (names, members, leases)
-        self._notified = self._sql.backend == "postgresql"
         self._feed: Any = None
         self._writes_lock = threading.Lock()
-        # name -> [writers in flight, newest revision a notification named meanwhile]
-        self._writing: dict[str, builtins.list[int]] = {}
+        # name -> [writers in flight (waiting ones included), newest revision the feed
+        # named meanwhile, the lock that lets this node's writers of the name in one at a
+        # time (``_new_write_lock``)]
+        self._writing: dict[str, builtins.list[Any]] = {}
 
     def bind_feed(self, feed: Any) -> None:
         """Called by the facade: a write whose settling read failed asks for a resync."""
@@ -59,6 +60,10 @@ class RegistryFeedSide:
             self._feed.request_resync()
 
     # Provided by the service.
+    def _new_write_lock(self) -> Any:
+        """A lock for one name's writers: ``threading.Lock`` or ``asyncio.Lock``."""
+        raise NotImplementedError
+
     def _entry(self, row: tuple[Any, ...]) -> ServiceEntry:
         raise NotImplementedError
 
@@ -86,26 +91,36 @@ class RegistryFeedSide:
                 return
             if revision <= self._state.revision(name):
                 return  # this node already holds that change (its own write, usually)
-            with self._writes_lock:
-                writing = self._writing.get(name)
-                if writing is not None:
-                    # This node is writing that name: the notification is most likely its
-                    # own write, committed but not yet in the cache. The writer settles it
-                    # when done (a read only if another node's change came in between),
-                    # instead of a round trip here for nearly every register.
-                    writing[1] = max(writing[1], revision)
-                    return
+            if self._defer_to_writer(name, revision):
+                # This node is writing that name: the notification is most likely its own
+                # write, committed but not yet in the cache. The writer settles it when
+                # done (a read only if another node's change came in between), instead of
+                # a round trip here for nearly every register.
+                return
             self.names_read += 1
-            self._apply_name_row(
-                name, revision, reader.fetchone(self._sql.select_entry, {"name": name})
-            )
+            with self._resync_lock:  # applied and published as one (see _feed_settled)
+                self._apply_name_row(
+                    name, revision, reader.fetchone(self._sql.select_entry, {"name": name})
+                )
         elif kind == "member":
             group, member_id = payload.get("group"), payload.get("member")
             if not isinstance(group, str) or not isinstance(member_id, str):
                 return
-            row = reader.fetchone(self._sql.select_member, {"group": group, "member": member_id})
-            member = None if row is None else self._member(row)
-            self._publish(self._state.apply_member(group, member_id, member, "remote"))
+            with self._resync_lock:
+                row = reader.fetchone(
+                    self._sql.select_member, {"group": group, "member": member_id}
+                )
+                member = None if row is None else self._member(row)
+                self._publish(self._state.apply_member(group, member_id, member, "remote"))
+
+    def _feed_settled(self, timeout: float) -> None:
+        """Wait (at most ``timeout`` seconds) until a feed pass under way has queued what
+        it applied. ``close()``: the feed may have applied this node's release to the
+        cache first (a loaded machine); its changes must be queued before the dispatcher's
+        stop, or they would never be delivered. The feed applies and publishes under
+        ``_resync_lock``."""
+        if self._resync_lock.acquire(timeout=timeout):
+            self._resync_lock.release()
 
     def _apply_name_row(self, name: str, revision: int, row: tuple[Any, ...] | None) -> None:
         """Install the row a notification of ``revision`` sent this node to read."""
@@ -116,28 +131,53 @@ class RegistryFeedSide:
             entry = self._entry(row)
             self._publish(self._state.apply_entry(entry, name, entry.revision, "remote"))
 
-    # The writes of this node in flight. PostgreSQL: their own notifications (which the
-    # listener often receives before the writer has updated the cache) cost no read.
-    # Both: a name being written is not judged lost on what the feed saw meanwhile (this
-    # node's own unregister, read by a poll before the writer forgot the name); the writer
-    # judges it when done (``_settle``).
+    # The writes of this node in flight. A node's own writes of one name run one at a
+    # time (the name's write lock, held from the statement until the writer settled), and
+    # the feed leaves a name being written to its writer: a change the feed saw meanwhile
+    # (a notification, a poll, a resync) is read by the writer after its own (``_settle``). So the
+    # node's own changes reach the cache, and its watchers, one by one, in revision order,
+    # as ``local``, on both backends: without that, two threads' writes committed in one
+    # order could be applied in the other (the older then skipped as stale), or the feed
+    # could read a write before its writer applied it (and report it ``remote``).
+    # PostgreSQL: the writer's own notifications (which the listener often receives
+    # before the writer has updated the cache) cost no read. Both: a name being written is
+    # not judged lost on what the feed saw meanwhile (this node's own unregister, read
+    # before the writer forgot the name); the writer judges it when done.
 
-    def _begin_write(self, name: str) -> None:
+    def _begin_write(self, name: str) -> Any:
+        """Count a writer of ``name`` in; return the name's write lock, which the writer
+        holds from its statement until it settled (``_end_write`` counts it out, whether
+        it got the lock or not)."""
         with self._writes_lock:
-            writing = self._writing.setdefault(name, [0, 0])
+            writing = self._writing.get(name)
+            if writing is None:
+                writing = self._writing[name] = [0, 0, self._new_write_lock()]
             writing[0] += 1
+            return writing[2]
 
-    def _end_write(self, name: str) -> int:
-        """The newest revision a notification named during the write (0: none) that
-        the cache does not hold yet: the writer must read the row (``_settle``)."""
+    def _end_write(self, name: str, *, locked: bool = True) -> int:
+        """The newest revision the feed named during the write (0: none) that the cache
+        does not hold yet: the writer must read the row (``_settle``). A writer that never
+        got the lock (cancelled while it waited) reads it only if it is the last one:
+        otherwise the writer holding the lock may not have applied its own change yet."""
         with self._writes_lock:
             writing = self._writing[name]
             writing[0] -= 1
-            if writing[0] == 0:
+            last = writing[0] == 0
+            if last:
                 del self._writing[name]
-        if not self._notified:
+        if not (locked or last):
             return 0
         return writing[1] if writing[1] > self._state.revision(name) else 0
+
+    def _defer_to_writer(self, name: str, revision: int) -> bool:
+        """True if this node is writing ``name``: the writer reads ``revision`` when done."""
+        with self._writes_lock:
+            writing = self._writing.get(name)
+            if writing is None:
+                return False
+            writing[1] = max(writing[1], revision)
+            return True
 
     def _writing_now(self, name: str) -> bool:
         return name in self._writing
@@ -204,10 +244,9 @@ class RegistryFeedSide:
                         for r in reader.fetchall(self._sql.select_leases)
                     )
                 self._topics_seen = topics
+                self._publish(changes)  # in the lock, as applied (see _feed_settled)
         if changes is None:
             self.resync(reader)  # revisions it never read were pruned: it was far behind
-        else:
-            self._publish(changes)
 
     def _changed_names(self, reader: Cursor, after: int) -> builtins.list[RegistryChange] | None:
         """Apply the names changed after revision ``after``; None if some were pruned."""
@@ -232,6 +271,8 @@ class RegistryFeedSide:
         revision = int(row[6])
         if revision <= state.revision(name):
             return []  # already held (this node's own write, usually): nothing to decode
+        if self._defer_to_writer(name, revision):
+            return []  # this node is writing it: its writer reads it after its own write
         self.names_read += 1
         if row[3] is None:  # a tombstone: unregistered or released
             return state.apply_entry(None, name, revision, "remote")
@@ -257,4 +298,4 @@ class RegistryFeedSide:
                 else self._entry(row)
             )
         members = [self._member(r) for r in member_rows]
-        self._publish(self._state.replace_entries(entries, members, mark))
+        self._publish(self._state.replace_entries(entries, members, mark, self._defer_to_writer))

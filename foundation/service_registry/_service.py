@@ -21,7 +21,6 @@ from foundation.errors import (
 from foundation.service_registry._base import (
     _HEARTBEAT_FAILED,
     RegistryOptions,
-    _Held,
     _RegistryBase,
     log,
 )
@@ -157,12 +156,14 @@ class ServiceRegistry(_RegistryBase):
             held = self._held.get(name)
             if held is None:
                 continue  # the feed found it lost meanwhile
+            if not self._reclaim_due(name, held):
+                continue  # its own TTL passed meanwhile: expired, not lost
             started = time.perf_counter_ns()
             gen = self._lease.generation
-            params, now = self._register_params(name, held, gen)
-            row = self._db.fetchone(self._sql.register, params)
+            params = self._reclaim_params(name, held, gen)
+            row = self._db.fetchone(self._sql.reclaim, params)
             if row is not None:
-                self._registered(name, held, gen, row, now, started)
+                self._registered(name, held, gen, row, None, started, reclaimed=True)
                 kept.append(name)
                 continue
             self._held.pop(name, None)
@@ -220,8 +221,10 @@ class ServiceRegistry(_RegistryBase):
         started = time.perf_counter_ns()
         name, held = self._prepare(name, address, metadata, ttl)
         self._check_local_free(name)
-        self._begin_write(name)
+        lock = self._begin_write(name)
+        locked = False
         try:
+            locked = lock.acquire()
             while True:
                 lease = self._ensure_lease()
                 params, now = self._register_params(name, held, lease.generation)
@@ -233,19 +236,27 @@ class ServiceRegistry(_RegistryBase):
                     return self._registered(name, held, lease.generation, row, now, started)
                 # The lease changed while we wrote (a recovery ran): write again under it.
         finally:
-            self._settle(name)
+            self._settle(name, lock, locked)
 
-    def _settle(self, name: str) -> None:
-        """After a write: read ``name`` if another node's change was announced meanwhile."""
-        revision = self._end_write(name)
-        if revision:
-            try:
-                row = self._db.fetchone(self._sql.select_entry, {"name": name})
-            except FoundationError:
-                self._request_resync()  # the feed reads it, a little later
-            else:
-                self._apply_name_row(name, revision, row)
-        self._judge_after_write(name)
+    def _new_write_lock(self) -> threading.Lock:
+        return threading.Lock()
+
+    def _settle(self, name: str, lock: threading.Lock, locked: bool) -> None:
+        """After a write: read ``name`` if the feed saw a change of it meanwhile (another
+        node's, after this one's own), then let the name's next writer in."""
+        try:
+            revision = self._end_write(name, locked=locked)
+            if revision:
+                try:
+                    row = self._db.fetchone(self._sql.select_entry, {"name": name})
+                except FoundationError:
+                    self._request_resync()  # the feed reads it, a little later
+                else:
+                    self._apply_name_row(name, revision, row)
+            self._judge_after_write(name)
+        finally:
+            if locked:
+                lock.release()
 
     def unregister(self, name: Any, force: bool = False) -> None:
         """Release ``name`` (only its owner may, unless ``force=True``; ``force`` is a
@@ -256,8 +267,10 @@ class ServiceRegistry(_RegistryBase):
         force = self._check_force(force)
         if self._unregister_local(name):
             return
-        self._begin_write(name)  # its own notification then costs the listener no read
+        lock = self._begin_write(name)  # its own notification then costs the listener no read
+        locked = False
         try:
+            locked = lock.acquire()
             if force:
                 row = self._db.fetchone(
                     self._sql.unregister_force, {"name": name, **self._sql.clock()}
@@ -273,7 +286,7 @@ class ServiceRegistry(_RegistryBase):
                 raise self._not_held(name, force=force)
             self._unregistered(name, row, started)
         finally:
-            self._settle(name)
+            self._settle(name, lock, locked)
 
     def update_metadata(self, name: Any, metadata: Any) -> ServiceEntry:
         """Replace the metadata (JSON; ``None``: ``{}``) of a live name this node holds;
@@ -283,11 +296,15 @@ class ServiceRegistry(_RegistryBase):
         if local is not None:
             return self._update_local(local, metadata)
         meta, text = self._metadata_json(name, metadata)
-        held = self._held_live(name)
-        if held is None or self._lease is None:
+        if self._held_live(name) is None or self._lease is None:
             raise self._not_held(name)
-        self._begin_write(name)
+        lock = self._begin_write(name)
+        locked = False
         try:
+            locked = lock.acquire()
+            held = self._held_live(name)  # again: another thread's write may have run first
+            if held is None or self._lease is None:
+                raise self._not_held(name)
             params = {"name": name, "node": self._node, "gen": self._lease.generation}
             row = self._db.fetchone(
                 self._sql.update_metadata, {**params, "metadata": text, **self._sql.clock()}
@@ -295,12 +312,12 @@ class ServiceRegistry(_RegistryBase):
             if row is None:
                 self._held_live(name)  # forgets it if its own TTL has passed
                 raise self._not_held(name)
-            self._held[name] = _Held(held.address, held.address_text, meta, text, held.ttl_ms)
+            self._held[name] = held.with_metadata(meta, text)
             entry = self._entry(row)
             self._state.notify(self._state.apply_entry(entry, name, entry.revision, "local"))
             return entry
         finally:
-            self._settle(name)
+            self._settle(name, lock, locked)
 
     def join(
         self, group: Any, address: Any, metadata: Any = None, *, member_id: Any = None
@@ -342,16 +359,22 @@ class ServiceRegistry(_RegistryBase):
         removed it (``unregister(force=True)``); ``entry`` is the new owner's, or None.
 
         Callbacks run on this registry's own watch thread (``foundation-registry-watch-
-        <node>``), one at a time, in the order the changes happened: never on the
-        heartbeat or change-feed thread, so a slow callback delays the callbacks after
-        it, never the lease renewals or the cache. A callback that raises is logged.
-        Delivery is asynchronous: a change this thread made (``register``) reaches the
-        callback shortly after the call returns. A cancelled watch receives nothing more.
+        <node>``), one at a time, in the order the cache took the changes (each name's
+        in their order; across names, the order they happened, except after a resync,
+        which reports what it finds name by name): never on the heartbeat or change-feed
+        thread, so a slow callback delays the callbacks after it, never the lease
+        renewals or the cache. A callback that raises is logged. Delivery is
+        asynchronous: a change this thread made (``register``) reaches the callback
+        shortly after the call returns. A cancelled watch receives nothing more.
+        ``close()`` delivers what is queued for at most a second; no callback starts
+        after it returns (one still running then runs to its end).
 
-        What this node does is reported in full (``source="local"``): its ``close()``
-        included (an ``unregister`` or ``leave`` for each name and member it releases,
-        delivered before ``close()`` returns), and the ``expired`` of its own
-        registrations (another node sees that expiry as ``remote``). Another node's
+        What this node does is reported in full (``source="local"``), one change at a
+        time in revision order (this node's writes of one name, from any thread, run one
+        at a time): its ``close()`` included (an ``unregister`` or ``leave`` for each name
+        and member it releases, delivered before ``close()`` returns), and the
+        ``expired`` of its own registrations (another node sees that expiry as
+        ``remote``). Another node's
         changes (``source="remote"``) are reported as this node's cache catches up:
         SQLite once per poll, PostgreSQL once per notification read, and each read takes
         the name's *current* row. Changes that land between two reads are coalesced into
@@ -384,4 +407,5 @@ class ServiceRegistry(_RegistryBase):
                     tx.execute(self._sql.release_lease, params)
                 self._released(names, members)  # committed: reported as this node's own
         self._lost_locally()
+        self._feed_settled(1.0)  # what the feed applied of the release is queued
         self._dispatcher.close(timeout=1.0)  # delivers what is queued (or gives up)

@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from foundation._json import encode_json, normalize_json
+from foundation._json import encode_json, normalize_json, same_json
+from foundation._text import is_utf8
 from foundation._watch import Watch
 from foundation.errors import NotFoundError, ValidationError
 from foundation.service_registry._dispatch import Dispatcher, RegistryWatchers
@@ -88,6 +89,15 @@ def _due(
             timed.discard(name)
             due.append(entry)
     return due
+
+
+def _by_name(change: RegistryChange) -> str:
+    return change.name
+
+
+def _by_member(change: RegistryChange) -> tuple[str, str]:
+    member = change.entry
+    return change.name, member.member_id if isinstance(member, GroupMember) else ""
 
 
 def _death(entry: ServiceEntry) -> float:
@@ -213,6 +223,11 @@ def check_name(name: Any, what: str = "a registry name") -> str:
         )
     # Printable excludes lone surrogates: a printable name is also valid UTF-8.
     if not name.isprintable():
+        if not is_utf8(name):
+            raise ValidationError(
+                f"{what} must be valid UTF-8 text (it holds a lone surrogate)",
+                context={"name": repr(name)[:200]},
+            )
         raise ValidationError(
             f"{what} must not contain control characters", context={"name": repr(name)[:200]}
         )
@@ -260,9 +275,11 @@ def check_where(where: Any) -> Callable[[Any], bool] | None:
     if isinstance(where, Mapping):
         wanted = dict(where)
 
+        # JSON equality, not Python's: true is not 1 and false is not 0 (1 and 1.0 are one
+        # number), as the metadata reads back from either database.
         def match(metadata: Any) -> bool:
             return isinstance(metadata, Mapping) and all(
-                k in metadata and metadata[k] == v for k, v in wanted.items()
+                k in metadata and same_json(metadata[k], v) for k, v in wanted.items()
             )
 
         return match
@@ -548,18 +565,37 @@ class RegistryState:
             return self._seq
 
     def replace_entries(
-        self, entries: Iterable[ServiceEntry], members: Iterable[GroupMember], mark: int
+        self,
+        entries: Iterable[ServiceEntry],
+        members: Iterable[GroupMember],
+        mark: int,
+        writing: Callable[[str, int], bool] | None = None,
     ) -> builtins.list[RegistryChange]:
-        """A resync, second half: entries and members become exactly the tables."""
+        """A resync, second half: entries and members become exactly the tables.
+
+        ``writing(name, revision)``: True if this node is writing ``name``; the snapshot's
+        row of it (which may hold that write, not yet in the cache) is left to the writer.
+
+        The changes are what the snapshot shows, name by name: in name order (then the
+        groups, by group and member id), each name's own changes in their order. A
+        snapshot does not say in which order different names changed (the rows come in
+        table order, which differs between the backends and moves with every update).
+        """
         with self._lock:
             changes: builtins.list[RegistryChange] = []
             fresh = {entry.name: entry for entry in entries}
             for name, entry in fresh.items():
                 if entry.revision > self._revisions.get(name, 0):
+                    if writing is not None and writing(name, entry.revision):
+                        continue
                     changes += self.apply_entry(entry, name, entry.revision, "remote")
             touched = self._touched
             for name in [n for n in self._entries if n not in fresh and touched.get(n, 0) <= mark]:
-                changes += self.apply_entry(None, name, self._revisions.get(name, 0) + 1, "remote")
+                revision = self._revisions.get(name, 0) + 1
+                if writing is not None and writing(name, revision):
+                    continue  # (its writer reads the row, a tombstone, and its revision)
+                changes += self.apply_entry(None, name, revision, "remote")
+            changes.sort(key=_by_name)  # stable: each name's changes keep their order
             changes += self.replace_members(members, mark)
             self._resyncing = False
             self._touched.clear()
@@ -653,6 +689,7 @@ class RegistryState:
                     (group, member_id), 0
                 ) <= mark:
                     changes += self.apply_member(group, member_id, None, "remote")
+        changes.sort(key=_by_member)  # by group and member id, as replace_entries
         return changes
 
     # -- local entries ----------------------------------------------------------------

@@ -138,6 +138,7 @@ class RegistrySQL:
     release_entries: str
     release_members: str
     register: str
+    reclaim: str
     unregister: str
     unregister_force: str
     update_metadata: str
@@ -226,39 +227,47 @@ class RegistrySQL:
             .returning(registry_members.c.group_name, registry_members.c.member_id)
         )
 
-        # Register, or take over a name whose owner is gone: ONE atomic statement.
-        reg = insert(registry).values(
-            name=sa.bindparam("name"),
-            address=sa.bindparam("address"),
-            metadata=sa.bindparam("metadata"),
-            node_id=sa.bindparam("node"),
-            lease_generation=sa.bindparam("gen"),
-            epoch=sa.literal_column("1"),
-            revision=sa.literal_column("1"),
-            ttl_ms=sa.bindparam("entry_ttl_ms"),
-            expires_at=sa.case(
+        def register_statement(expires_at: Any) -> Any:
+            """Register, or take over a name whose owner is gone: ONE atomic statement."""
+            reg = insert(registry).values(
+                name=sa.bindparam("name"),
+                address=sa.bindparam("address"),
+                metadata=sa.bindparam("metadata"),
+                node_id=sa.bindparam("node"),
+                lease_generation=sa.bindparam("gen"),
+                epoch=sa.literal_column("1"),
+                revision=sa.literal_column("1"),
+                ttl_ms=sa.bindparam("entry_ttl_ms"),
+                expires_at=expires_at,
+                registered_at=now,
+                updated_at=now,
+            )
+            return reg.on_conflict_do_update(
+                index_elements=[registry.c.name],
+                set_={
+                    "address": reg.excluded.address,
+                    "metadata": reg.excluded.metadata,
+                    "node_id": reg.excluded.node_id,
+                    "lease_generation": reg.excluded.lease_generation,
+                    "epoch": registry.c.epoch + sa.literal_column("1"),
+                    "revision": registry.c.revision + sa.literal_column("1"),
+                    "ttl_ms": reg.excluded.ttl_ms,
+                    "expires_at": reg.excluded.expires_at,
+                    "registered_at": reg.excluded.registered_at,
+                    "updated_at": reg.excluded.updated_at,
+                },
+                where=_dead_owner(backend, now),
+            ).returning(*REGISTERED_COLUMNS)
+
+        reg = register_statement(
+            sa.case(
                 (sa.bindparam("entry_ttl_ms", type_=sa.BigInteger).is_(None), sa.null()),
                 else_=entry_expires,
-            ),
-            registered_at=now,
-            updated_at=now,
+            )
         )
-        reg = reg.on_conflict_do_update(
-            index_elements=[registry.c.name],
-            set_={
-                "address": reg.excluded.address,
-                "metadata": reg.excluded.metadata,
-                "node_id": reg.excluded.node_id,
-                "lease_generation": reg.excluded.lease_generation,
-                "epoch": registry.c.epoch + sa.literal_column("1"),
-                "revision": registry.c.revision + sa.literal_column("1"),
-                "ttl_ms": reg.excluded.ttl_ms,
-                "expires_at": reg.excluded.expires_at,
-                "registered_at": reg.excluded.registered_at,
-                "updated_at": reg.excluded.updated_at,
-            },
-            where=_dead_owner(backend, now),
-        ).returning(*REGISTERED_COLUMNS)
+        # A recovery writes a name again with the end its own TTL already had (a lease
+        # loss never lengthens a name's life): ``:entry_until``, NULL without a TTL.
+        reclaim = register_statement(sa.bindparam("entry_until", type_=registry.c.expires_at.type))
 
         # The owner's own writes: its row, under its lease generation, and not past the
         # entry's own TTL (a name nobody can look up is registered nowhere: not_found).
@@ -335,6 +344,7 @@ class RegistrySQL:
                 if backend == "postgresql"
                 else compile_sqlite_positional(reg, _REGISTER_ORDER)
             ),
+            reclaim=compile_sql(reclaim, backend),
             unregister=compile_sql(unregister, backend),
             unregister_force=compile_sql(unregister_force, backend),
             update_metadata=compile_sql(update_metadata, backend),
