@@ -182,11 +182,10 @@ class AsyncEvents(_EventsBase):
     ) -> AsyncGenerator[RecordedEvent, None]:
         """``async for event in await afdn.events.tail(type="x")``: as :meth:`Events.tail`."""
         merged = self._tail_criteria(criteria, kwargs, start)
+        interval = interval_ms("poll_interval_ms", poll_interval_ms) / 1000  # before a read
         last = await self.last_position()
         position = last if start == "end" else start_position(int(start), last)
-        return self._tail(
-            merged, position, interval_ms("poll_interval_ms", poll_interval_ms) / 1000
-        )
+        return self._tail(merged, position, interval)
 
     async def _tail(
         self, merged: dict[str, Any], position: int, interval: float

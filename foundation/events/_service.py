@@ -192,12 +192,11 @@ class Events(_EventsBase):
         caller stops iterating or the instance is closed.
         """
         merged = self._tail_criteria(criteria, kwargs, start)
+        interval = interval_ms("poll_interval_ms", poll_interval_ms) / 1000  # before a read
         # Taken now, not at the first next(): events stored after tail() returns count.
         last = self.last_position()
         position = last if start == "end" else start_position(int(start), last)
-        return self._tail(
-            merged, position, interval_ms("poll_interval_ms", poll_interval_ms) / 1000
-        )
+        return self._tail(merged, position, interval)
 
     def _tail(
         self, merged: dict[str, Any], position: int, interval: float
