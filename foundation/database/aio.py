@@ -44,6 +44,7 @@ class AsyncCursor(Protocol):
     async def fetchone(self, sql: str, params: Params = None) -> Row | None: ...
     async def fetchall(self, sql: str, params: Params = None) -> list[Row]: ...
     async def executemany(self, sql: str, params: ManyParams) -> None: ...
+    async def insert(self, sql: str, params: Params = None) -> int: ...
 
 
 class _SQLiteCursor:
@@ -71,6 +72,12 @@ class _SQLiteCursor:
     async def executemany(self, sql: str, params: ManyParams) -> None:
         await self._conn.executemany(sql, params)
 
+    async def insert(self, sql: str, params: Params = None) -> int:
+        # One trip to aiosqlite's thread (execute, fetch and close are three).
+        row = await self._conn.execute_insert(sql, params or {})
+        assert row is not None  # last_insert_rowid() always answers
+        return int(row[0])
+
 
 class _PGCursor:
     __slots__ = ("_conn",)
@@ -93,6 +100,9 @@ class _PGCursor:
     async def executemany(self, sql: str, params: ManyParams) -> None:
         async with self._conn.cursor() as cur:
             await cur.executemany(sql, params)
+
+    async def insert(self, sql: str, params: Params = None) -> int:
+        raise NotImplementedError("insert returns a SQLite rowid; use RETURNING here")
 
 
 _DRIVER_ERRORS = (sqlite3.Error, psycopg.Error, psycopg_pool.PoolTimeout, psycopg_pool.PoolClosed)
@@ -183,6 +193,10 @@ class AsyncDatabase:
 
     async def fetchall(self, sql: str, params: Params = None) -> list[Row]:
         return await self._run("fetchall", sql, params)  # type: ignore[no-any-return]
+
+    async def insert(self, sql: str, params: Params = None) -> int:
+        """SQLite only: run an INSERT of one row and return its rowid."""
+        return await self._run("insert", sql, params)  # type: ignore[no-any-return]
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncCursor]:

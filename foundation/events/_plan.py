@@ -231,8 +231,8 @@ def sqlite_store(
     if len(fresh) == 1:
         event = batch[fresh[0]]
         if event.stream_id is None:
-            row = yield ("fetchone", sql.insert, sql.insert_row(event, None, at))
-            written: list[tuple[int, int | None]] = [(int(row[0]), None)]
+            position = yield ("insert", sql.insert, sql.insert_row(event, None, at))
+            written: list[tuple[int, int | None]] = [(position, None)]
         else:
             row = yield ("fetchone", sql.insert_checked, sql.checked_params(event, at))
             if row is None:  # the expected version did not hold: nothing was written
@@ -260,7 +260,7 @@ def sqlite_store(
             version = versions[event.stream_id] = current + 1
         assigned.append(version)
         rows.append(sql.insert_row(event, version, at))
-    yield ("executemany", sql.insert_many, rows)
+    yield ("executemany", sql.insert, rows)
     last = yield ("fetchone", sql.last_rowid, None)
     first = int(last[0]) - len(rows) + 1  # consecutive rowids: one writer, max + 1 each
     written = [(first + k, v) for k, v in enumerate(assigned)]

@@ -108,7 +108,6 @@ class EventSQL:
     backend: Backend
     codec: Codec
     insert: str
-    insert_many: str
     insert_checked: str
     append: str
     append_one: str
@@ -140,13 +139,9 @@ class EventSQL:
         return cls(
             backend=backend,
             codec=codec,
-            # SQLite only, bound from insert_row's tuples (see compile_sqlite_positional).
-            insert=(
-                compile_sqlite_positional(insert.returning(events.c.position), _INSERTED)
-                if sqlite_only
-                else ""
-            ),
-            insert_many=compile_sqlite_positional(insert, _INSERTED) if sqlite_only else "",
+            # SQLite only, bound from insert_row's tuples (see compile_sqlite_positional);
+            # a lone insert's position is the connection's last rowid.
+            insert=compile_sqlite_positional(insert, _INSERTED) if sqlite_only else "",
             insert_checked=compile_sql(_insert_checked(), backend) if sqlite_only else "",
             append=compile_sql(_append(), backend) if postgres else "",
             append_one=compile_sql(_append_one(False), backend) if postgres else "",
@@ -243,7 +238,7 @@ class EventSQL:
         return self.query(Criteria(shape=("desc",), params={}, limit=1, order="desc"))
 
     def insert_row(self, event: NewEvent, version: int | None, at: Any) -> tuple[Any, ...]:
-        """``insert``'s and ``insert_many``'s parameters, in ``_INSERTED`` order."""
+        """``insert``'s parameters (one row, or each of executemany's), in ``_INSERTED`` order."""
         return (
             event.id_text,
             event.stream_id,

@@ -19,6 +19,7 @@ from foundation.errors import (
 )
 from foundation.service_registry._base import (
     _HEARTBEAT_FAILED,
+    NEW_ROW,
     RegistryOptions,
     _RegistryBase,
     log,
@@ -216,7 +217,11 @@ class AsyncServiceRegistry(_RegistryBase):
             while True:
                 lease = await self._ensure_lease()
                 params, now = self._register_params(name, held, lease.generation)
-                row = await self._db.fetchone(self._sql.register, params)
+                fresh = self._fresh_params(name, params)
+                if fresh is not None and await self._db.execute(self._sql.register_new, fresh):
+                    row: tuple[Any, ...] | None = NEW_ROW
+                else:
+                    row = await self._db.fetchone(self._sql.register, params)
                 if row is None:
                     owner = await self._db.fetchone(self._sql.select_entry, {"name": name})
                     raise self._conflict(name, owner)

@@ -112,6 +112,11 @@ class _Held:
         return _Held(self.address, self.address_text, metadata, text, self.ttl_ms, self.until)
 
 
+# What register_new "returns" for the row it wrote (epoch, revision, registered_at): a new
+# row's first epoch and revision; registered_at is the ``now`` the statement carried.
+NEW_ROW = (1, 1, None)
+
+
 class _RegistryBase(RegistryFeedSide):
     """Validation, the cache, watches, the change-feed side; no I/O."""
 
@@ -338,6 +343,15 @@ class _RegistryBase(RegistryFeedSide):
         return self._sql.register_params(
             name, held.address_text, held.metadata_text, self._node, gen, held.ttl_ms
         )
+
+    def _fresh_params(
+        self, name: str, params: dict[str, Any] | tuple[Any, ...]
+    ) -> tuple[Any, ...] | None:
+        """``register_new``'s parameters when ``name`` is new to this node's cache (see
+        :meth:`RegistrySQL.fresh_params`), else None."""
+        if self._state.revision(name):
+            return None
+        return self._sql.fresh_params(params)
 
     def _reclaim_params(self, name: str, held: _Held, gen: int) -> dict[str, Any]:
         """``reclaim``'s parameters: ``register``'s, with the registration's own end

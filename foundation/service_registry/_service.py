@@ -20,6 +20,7 @@ from foundation.errors import (
 )
 from foundation.service_registry._base import (
     _HEARTBEAT_FAILED,
+    NEW_ROW,
     RegistryOptions,
     _RegistryBase,
     log,
@@ -228,7 +229,11 @@ class ServiceRegistry(_RegistryBase):
             while True:
                 lease = self._ensure_lease()
                 params, now = self._register_params(name, held, lease.generation)
-                row = self._db.fetchone(self._sql.register, params)
+                fresh = self._fresh_params(name, params)
+                if fresh is not None and self._db.execute(self._sql.register_new, fresh):
+                    row: tuple[Any, ...] | None = NEW_ROW
+                else:
+                    row = self._db.fetchone(self._sql.register, params)
                 if row is None:
                     owner = self._db.fetchone(self._sql.select_entry, {"name": name})
                     raise self._conflict(name, owner)

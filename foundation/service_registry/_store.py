@@ -58,6 +58,8 @@ _REGISTER_ORDER = (
     "now",
     "now",
 )
+# register_new's parameters: the first of register's, without its takeover check's.
+_NEW_PARAMS = 10
 
 
 def _insert(backend: Backend) -> Any:
@@ -138,6 +140,7 @@ class RegistrySQL:
     release_entries: str
     release_members: str
     register: str
+    register_new: str
     reclaim: str
     unregister: str
     unregister_force: str
@@ -227,9 +230,8 @@ class RegistrySQL:
             .returning(registry_members.c.group_name, registry_members.c.member_id)
         )
 
-        def register_statement(expires_at: Any) -> Any:
-            """Register, or take over a name whose owner is gone: ONE atomic statement."""
-            reg = insert(registry).values(
+        def new_row(expires_at: Any) -> Any:
+            return insert(registry).values(
                 name=sa.bindparam("name"),
                 address=sa.bindparam("address"),
                 metadata=sa.bindparam("metadata"),
@@ -242,6 +244,10 @@ class RegistrySQL:
                 registered_at=now,
                 updated_at=now,
             )
+
+        def register_statement(expires_at: Any) -> Any:
+            """Register, or take over a name whose owner is gone: ONE atomic statement."""
+            reg = new_row(expires_at)
             return reg.on_conflict_do_update(
                 index_elements=[registry.c.name],
                 set_={
@@ -259,12 +265,11 @@ class RegistrySQL:
                 where=_dead_owner(backend, now),
             ).returning(*REGISTERED_COLUMNS)
 
-        reg = register_statement(
-            sa.case(
-                (sa.bindparam("entry_ttl_ms", type_=sa.BigInteger).is_(None), sa.null()),
-                else_=entry_expires,
-            )
+        entry_end = sa.case(
+            (sa.bindparam("entry_ttl_ms", type_=sa.BigInteger).is_(None), sa.null()),
+            else_=entry_expires,
         )
+        reg = register_statement(entry_end)
         # A recovery writes a name again with the end its own TTL already had (a lease
         # loss never lengthens a name's life): ``:entry_until``, NULL without a TTL.
         reclaim = register_statement(sa.bindparam("entry_until", type_=registry.c.expires_at.type))
@@ -343,6 +348,14 @@ class RegistrySQL:
                 compile_sql(reg, backend)
                 if backend == "postgresql"
                 else compile_sqlite_positional(reg, _REGISTER_ORDER)
+            ),
+            register_new=(
+                ""
+                if backend == "postgresql"
+                else compile_sqlite_positional(
+                    new_row(entry_end).on_conflict_do_nothing(index_elements=[registry.c.name]),
+                    _REGISTER_ORDER[:_NEW_PARAMS],
+                )
             ),
             reclaim=compile_sql(reclaim, backend),
             unregister=compile_sql(unregister, backend),
@@ -426,6 +439,21 @@ class RegistrySQL:
         at = ts(now)
         expires = None if ttl_ms is None else ts(now + timedelta(milliseconds=ttl_ms))
         return (name, address, metadata, node, gen, ttl_ms, ttl_ms, expires, at, at, at, at), now
+
+    def fresh_params(self, params: dict[str, Any] | tuple[Any, ...]) -> tuple[Any, ...] | None:
+        """``register_new``'s parameters from ``register``'s, or None on PostgreSQL.
+
+        SQLite: a name no row of which ever reached this node's cache is most likely new.
+        A plain insert is tried first; it writes nothing on a conflict, and ``register``
+        (the takeover check) runs then. A RETURNING clause costs SQLite about a quarter
+        of a one-row insert, and a new row's epoch and revision are known: 1 and 1.
+        PostgreSQL gains nothing (its upsert costs what an insert does) and needs
+        RETURNING for its own clock.
+        """
+        if not self.register_new:
+            return None
+        assert isinstance(params, tuple)
+        return params[:_NEW_PARAMS]
 
     def epoch_seconds(self, value: Any) -> float:
         """A stored timestamp as seconds since the Unix epoch (what the cache compares)."""
