@@ -23,7 +23,7 @@ from foundation.config._state import (
 )
 from foundation.config._store import ConfigSQL
 from foundation.correlation import current_correlation_id
-from foundation.database.aio import AsyncDatabase, not_open_error
+from foundation.database.aio import AsyncDatabase, finish, not_open_error
 from foundation.database.feed import ChangeFeed
 from foundation.database.sync import Cursor, SyncDatabase
 from foundation.errors import ConfigError, FoundationError
@@ -285,10 +285,12 @@ class AsyncConfig(_ConfigBase):
         self.get = self._state.get  # type: ignore[method-assign]
 
     async def set(self, key: Any, value: Any) -> None:
-        await self._drive(self._write_flow(key, value, delete=False))
+        # Whole even if the caller is cancelled meanwhile (the statement runs anyway): a
+        # write that reached the database is one this node has applied and logged.
+        await finish(self._drive(self._write_flow(key, value, delete=False)))
 
     async def delete(self, key: Any) -> bool:
-        return await self._drive(self._write_flow(key, None, delete=True))
+        return await finish(self._drive(self._write_flow(key, None, delete=True)))
 
     async def _drive(self, flow: WriteFlow) -> bool:
         try:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import aiosqlite
 import psycopg
@@ -27,7 +27,9 @@ from foundation.database.url import DatabaseURL
 from foundation.errors import StorageUnavailableError
 from foundation.settings import Settings
 
-__all__ = ["NOT_OPEN", "AsyncCursor", "AsyncDatabase", "not_open_error"]
+__all__ = ["NOT_OPEN", "AsyncCursor", "AsyncDatabase", "finish", "not_open_error"]
+
+T = TypeVar("T")
 
 NOT_OPEN = (
     "this AsyncFoundation is not open yet: await fdn.open() first, or use "
@@ -48,35 +50,49 @@ class AsyncCursor(Protocol):
 
 
 class _SQLiteCursor:
+    """Each statement is one trip to aiosqlite's thread that runs it to its end there.
+
+    A task cancelled while it awaits a statement does not stop the statement: aiosqlite
+    runs it anyway. Run whole in the thread (executed, its rows read, its cursor done
+    with), it never leaves the connection holding a half-read statement, whose write
+    lock would shut every other process out of the file.
+    """
+
     __slots__ = ("_conn",)
 
     def __init__(self, conn: aiosqlite.Connection) -> None:
         self._conn = conn
 
     async def execute(self, sql: str, params: Params = None) -> int:
+        # Only statements without rows come here: they run to their end in execute().
         cur = await self._conn.execute(sql, params or {})
-        try:
-            return int(cur.rowcount)
-        finally:
-            await cur.close()
+        return int(cur.rowcount)
 
     async def fetchone(self, sql: str, params: Params = None) -> Row | None:
-        async with self._conn.execute(sql, params or {}) as cur:
-            row = await cur.fetchone()
-            return None if row is None else tuple(row)
+        rows = await self._conn.execute_fetchall(sql, params or {})
+        for row in rows:
+            return tuple(row)
+        return None
 
     async def fetchall(self, sql: str, params: Params = None) -> list[Row]:
-        async with self._conn.execute(sql, params or {}) as cur:
-            return [tuple(r) for r in await cur.fetchall()]
+        return [tuple(r) for r in await self._conn.execute_fetchall(sql, params or {})]
 
     async def executemany(self, sql: str, params: ManyParams) -> None:
         await self._conn.executemany(sql, params)
 
     async def insert(self, sql: str, params: Params = None) -> int:
-        # One trip to aiosqlite's thread (execute, fetch and close are three).
         row = await self._conn.execute_insert(sql, params or {})
         assert row is not None  # last_insert_rowid() always answers
         return int(row[0])
+
+    async def end_transaction(self) -> None:
+        """Roll back whatever transaction the connection is in, if any.
+
+        Queued behind every statement already sent (aiosqlite runs them in order), so
+        it also undoes a BEGIN whose caller was cancelled before it ran. A no-op outside
+        a transaction (after a COMMIT that ran despite its caller's cancellation).
+        """
+        await self._conn.rollback()
 
 
 class _PGCursor:
@@ -103,6 +119,26 @@ class _PGCursor:
 
     async def insert(self, sql: str, params: Params = None) -> int:
         raise NotImplementedError("insert returns a SQLite rowid; use RETURNING here")
+
+
+async def finish(aw: Awaitable[T]) -> T:
+    """Await ``aw`` to its end even if the caller is cancelled meanwhile.
+
+    For work that must not stop half done: a write and the bookkeeping of what it wrote,
+    a rollback. A cancellation that arrives meanwhile is raised once ``aw`` has ended
+    (``aw``'s own error, if it fails, instead).
+    """
+    task = asyncio.ensure_future(aw)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            cancelled = True  # the caller's (a cancelled task is done: the loop ends)
+    result = task.result()
+    if cancelled:
+        raise asyncio.CancelledError
+    return result
 
 
 _DRIVER_ERRORS = (sqlite3.Error, psycopg.Error, psycopg_pool.PoolTimeout, psycopg_pool.PoolClosed)
@@ -205,14 +241,17 @@ class AsyncDatabase:
             try:
                 async with self._cursor() as cur:
                     if isinstance(cur, _SQLiteCursor):
-                        await cur.execute("BEGIN IMMEDIATE")
-                        began = True
                         try:
+                            await cur.execute("BEGIN IMMEDIATE")
+                            began = True
                             yield cur
+                            await cur.execute("COMMIT")
                         except BaseException:
-                            await cur.execute("ROLLBACK")
+                            # Also on a cancellation, whichever statement it interrupted
+                            # (BEGIN and COMMIT run even then): see end_transaction.
+                            with contextlib.suppress(Exception):  # the error is the first
+                                await finish(cur.end_transaction())
                             raise
-                        await cur.execute("COMMIT")
                     else:
                         async with cur._conn.transaction():
                             began = True

@@ -15,7 +15,7 @@ from collections.abc import (
 )
 from typing import Any
 
-from foundation.database.aio import AsyncDatabase
+from foundation.database.aio import AsyncDatabase, finish
 from foundation.errors import FoundationError
 from foundation.events._base import (
     _GROUP_UNITS,
@@ -90,17 +90,22 @@ class AsyncEvents(_EventsBase):
             return await self._append_group(units, lone=False)
         return self._appended(units, rows, now, params["notify"])
 
+    async def _store_sqlite(self, batch: list[NewEvent]) -> StoredBatch:
+        in_tx = needs_transaction(self._sql, batch)
+        plan = sqlite_store(self._sql, batch, _now(), in_tx)
+        if in_tx:
+            async with self._db.transaction() as tx:
+                records: StoredBatch = await adrive(tx, plan)
+        else:
+            records = await adrive(self._db, plan)  # type: ignore[arg-type]
+        self._cache_written(records)
+        return records
+
     async def _store(self, batch: list[NewEvent]) -> StoredBatch:
         if self._sql.backend == "sqlite":
-            in_tx = needs_transaction(self._sql, batch)
-            plan = sqlite_store(self._sql, batch, _now(), in_tx)
-            if in_tx:
-                async with self._db.transaction() as tx:
-                    records: StoredBatch = await adrive(tx, plan)
-            else:
-                records = await adrive(self._db, plan)  # type: ignore[arg-type]
-            self._cache_written(records)
-            return records
+            # Whole, even if the caller is cancelled meanwhile (aiosqlite runs a statement
+            # sent anyway): what it wrote is in the tail cache when the cancellation goes on.
+            return await finish(self._store_sqlite(batch))
         for attempt in (1, 2):
             known = (
                 await adrive(self._db, known_ids(self._sql, batch))  # type: ignore[arg-type]

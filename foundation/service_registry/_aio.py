@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from foundation.database.aio import AsyncDatabase
+from foundation.database.aio import AsyncDatabase, finish
 from foundation.errors import (
     AlreadyRegisteredError,
     FoundationError,
@@ -85,10 +85,7 @@ class AsyncServiceRegistry(_RegistryBase):
     async def _take_first_lease(self) -> None:
         seen: tuple[int, Any] | None = None
         while True:
-            started = time.monotonic()
-            row = await self._db.fetchone(self._sql.take_lease, self._lease_params())
-            if row is not None:
-                self._took_lease(row, started)
+            if await finish(self._take_lease()):
                 return
             holder = await self._db.fetchone(self._sql.select_lease, {"node": self._node})
             seen = self._watch_holder(holder, seen)
@@ -146,14 +143,43 @@ class AsyncServiceRegistry(_RegistryBase):
             return
         had = self._lease is not None
         self._lost_locally()
-        started = time.monotonic()
-        row = await self._db.fetchone(self._sql.take_lease, self._lease_params())
-        if row is None:
+        if not await finish(self._take_lease()):
             raise self._node_taken()  # another live instance has this node id
-        self._took_lease(row, started)
         if had:
             self._reclaim_pending = True
             await self._reclaim()
+
+    async def _reclaim_one(self, name: str, held: Any) -> bool:
+        # Whole, as _take_lease: True when the name is written again under the new lease.
+        assert self._lease is not None
+        started = time.perf_counter_ns()
+        gen = self._lease.generation
+        row = await self._db.fetchone(self._sql.reclaim, self._reclaim_params(name, held, gen))
+        if row is None:
+            return False
+        self._registered(name, held, gen, row, None, started, reclaimed=True)
+        return True
+
+    async def _rejoin(self, group: str, member_id: str, held: Any) -> None:
+        # Whole, as _take_lease.
+        assert self._lease is not None
+        params = self._join_params(group, member_id, held, self._lease.generation)
+        row = await self._db.fetchone(self._sql.join, params)
+        if row is None:
+            self._joined.pop((group, member_id), None)
+        else:
+            self._joined_row(row, held)
+
+    async def _take_lease(self) -> bool:
+        """Take this node's lease, whole even if the caller is cancelled meanwhile (a
+        lease taken and not known here would pass for another instance's); False when
+        another live instance holds it."""
+        started = time.monotonic()
+        row = await self._db.fetchone(self._sql.take_lease, self._lease_params())
+        if row is None:
+            return False
+        self._took_lease(row, started)
+        return True
 
     async def _reclaim(self) -> None:
         assert self._lease is not None
@@ -165,12 +191,7 @@ class AsyncServiceRegistry(_RegistryBase):
                 continue  # the feed found it lost meanwhile
             if not self._reclaim_due(name, held):
                 continue  # its own TTL passed meanwhile: expired, not lost
-            started = time.perf_counter_ns()
-            gen = self._lease.generation
-            params = self._reclaim_params(name, held, gen)
-            row = await self._db.fetchone(self._sql.reclaim, params)
-            if row is not None:
-                self._registered(name, held, gen, row, None, started, reclaimed=True)
+            if await finish(self._reclaim_one(name, held)):
                 kept.append(name)
                 continue
             self._held.pop(name, None)
@@ -181,12 +202,7 @@ class AsyncServiceRegistry(_RegistryBase):
                 self._state.apply_entry(entry, name, entry.revision, "remote")
             lost[name] = entry
         for (group, member_id), held in list(self._joined.items()):
-            params = self._join_params(group, member_id, held, self._lease.generation)
-            row = await self._db.fetchone(self._sql.join, params)
-            if row is None:
-                self._joined.pop((group, member_id), None)
-            else:
-                self._joined_row(row, held)
+            await finish(self._rejoin(group, member_id, held))
         self._reclaim_pending = False
         self._report_loss(kept, lost)
 
@@ -216,19 +232,30 @@ class AsyncServiceRegistry(_RegistryBase):
             locked = await lock.acquire()
             while True:
                 lease = await self._ensure_lease()
-                params, now = self._register_params(name, held, lease.generation)
-                fresh = self._fresh_params(name, params)
-                if fresh is not None and await self._db.execute(self._sql.register_new, fresh):
-                    row: tuple[Any, ...] | None = NEW_ROW
-                else:
-                    row = await self._db.fetchone(self._sql.register, params)
-                if row is None:
-                    owner = await self._db.fetchone(self._sql.select_entry, {"name": name})
-                    raise self._conflict(name, owner)
-                if self._lease is lease:
-                    return self._registered(name, held, lease.generation, row, now, started)
+                entry = await finish(self._register_once(name, held, lease, started))
+                if entry is not None:
+                    return entry
         finally:
             await self._settle(name, lock, locked)
+
+    async def _register_once(
+        self, name: str, held: Any, lease: _Lease, started: int
+    ) -> ServiceEntry | None:
+        """The write and what this node keeps of it: run whole, even if the caller is
+        cancelled meanwhile (else a row this node wrote would be one it cannot remove).
+        None: the lease changed while we wrote (a recovery ran): write again under it."""
+        params, now = self._register_params(name, held, lease.generation)
+        fresh = self._fresh_params(name, params)
+        if fresh is not None and await self._db.execute(self._sql.register_new, fresh):
+            row: tuple[Any, ...] | None = NEW_ROW
+        else:
+            row = await self._db.fetchone(self._sql.register, params)
+        if row is None:
+            owner = await self._db.fetchone(self._sql.select_entry, {"name": name})
+            raise self._conflict(name, owner)
+        if self._lease is not lease:
+            return None
+        return self._registered(name, held, lease.generation, row, now, started)
 
     def _new_write_lock(self) -> asyncio.Lock:
         return asyncio.Lock()
@@ -259,22 +286,26 @@ class AsyncServiceRegistry(_RegistryBase):
         locked = False
         try:
             locked = await lock.acquire()
-            if force:
-                row = await self._db.fetchone(
-                    self._sql.unregister_force, {"name": name, **self._sql.clock()}
-                )
-            elif self._held_live(name) is not None and self._lease is not None:
-                params = {"name": name, "node": self._node, "gen": self._lease.generation}
-                row = await self._db.fetchone(self._sql.unregister, {**params, **self._sql.clock()})
-            else:
-                raise self._not_held(name)
-            if row is None:
-                if not force:
-                    self._held.pop(name, None)
-                raise self._not_held(name, force=force)
-            self._unregistered(name, row, started)
+            await finish(self._unregister_once(name, force, started))
         finally:
             await self._settle(name, lock, locked)
+
+    async def _unregister_once(self, name: str, force: bool, started: int) -> None:
+        # Whole, as _register_once.
+        if force:
+            row = await self._db.fetchone(
+                self._sql.unregister_force, {"name": name, **self._sql.clock()}
+            )
+        elif self._held_live(name) is not None and self._lease is not None:
+            params = {"name": name, "node": self._node, "gen": self._lease.generation}
+            row = await self._db.fetchone(self._sql.unregister, {**params, **self._sql.clock()})
+        else:
+            raise self._not_held(name)
+        if row is None:
+            if not force:
+                self._held.pop(name, None)
+            raise self._not_held(name, force=force)
+        self._unregistered(name, row, started)
 
     async def update_metadata(self, name: Any, metadata: Any) -> ServiceEntry:
         name = check_name(name)
@@ -288,22 +319,26 @@ class AsyncServiceRegistry(_RegistryBase):
         locked = False
         try:
             locked = await lock.acquire()
-            held = self._held_live(name)  # again: another task's write may have run first
-            if held is None or self._lease is None:
-                raise self._not_held(name)
-            params = {"name": name, "node": self._node, "gen": self._lease.generation}
-            row = await self._db.fetchone(
-                self._sql.update_metadata, {**params, "metadata": text, **self._sql.clock()}
-            )
-            if row is None:
-                self._held_live(name)  # forgets it if its own TTL has passed
-                raise self._not_held(name)
-            self._held[name] = held.with_metadata(meta, text)
-            entry = self._entry(row)
-            self._state.notify(self._state.apply_entry(entry, name, entry.revision, "local"))
-            return entry
+            return await finish(self._update_once(name, meta, text))
         finally:
             await self._settle(name, lock, locked)
+
+    async def _update_once(self, name: str, meta: Any, text: str) -> ServiceEntry:
+        # Whole, as _register_once.
+        held = self._held_live(name)  # again: another task's write may have run first
+        if held is None or self._lease is None:
+            raise self._not_held(name)
+        params = {"name": name, "node": self._node, "gen": self._lease.generation}
+        row = await self._db.fetchone(
+            self._sql.update_metadata, {**params, "metadata": text, **self._sql.clock()}
+        )
+        if row is None:
+            self._held_live(name)  # forgets it if its own TTL has passed
+            raise self._not_held(name)
+        self._held[name] = held.with_metadata(meta, text)
+        entry = self._entry(row)
+        self._state.notify(self._state.apply_entry(entry, name, entry.revision, "local"))
+        return entry
 
     async def join(
         self, group: Any, address: Any, metadata: Any = None, *, member_id: Any = None
@@ -311,6 +346,10 @@ class AsyncServiceRegistry(_RegistryBase):
         group, held = self._prepare(group, address, metadata, None)
         member_id = uuid.uuid4().hex if member_id is None else check_name(member_id, "a member id")
         lease = await self._ensure_lease()
+        return await finish(self._join_once(group, member_id, held, lease))
+
+    async def _join_once(self, group: str, member_id: str, held: Any, lease: _Lease) -> GroupMember:
+        # Whole, as _register_once.
         row = await self._db.fetchone(
             self._sql.join, self._join_params(group, member_id, held, lease.generation)
         )
@@ -324,10 +363,14 @@ class AsyncServiceRegistry(_RegistryBase):
     async def leave(self, group: Any, member_id: Any = None) -> None:
         group, ids = self._leave_targets(group, member_id)
         for mid in ids:
-            await self._db.fetchone(
-                self._sql.leave, {"group": group, "member": mid, "node": self._node}
-            )
-            self._left(group, mid)
+            await finish(self._leave_once(group, mid))
+
+    async def _leave_once(self, group: str, member_id: str) -> None:
+        # Whole, as _register_once.
+        await self._db.fetchone(
+            self._sql.leave, {"group": group, "member": member_id, "node": self._node}
+        )
+        self._left(group, member_id)
 
     def watch(
         self, name_or_prefix: Any, callback: Callable[[RegistryChange], Any]

@@ -1,0 +1,142 @@
+"""Cancelling an awaited call of AsyncFoundation (``asyncio.wait_for`` timing out, a
+dropped request) leaves nothing half done. SQLite and PostgreSQL.
+
+1. The connection is clean afterwards: no transaction left open (SQLite ran a BEGIN its
+   cancelled caller never saw, and every later store went into it, never committed), no
+   half-read statement holding the file's write lock (other processes could not write).
+2. A registry write is whole: a name or member written is one this node knows it holds
+   (it can update and remove it), or it is not written.
+
+Each call is cancelled after 1, 2, 3 … turns of the loop, so that the cancellation lands
+on each of its awaits in turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from foundation import AsyncFoundation, Foundation, FoundationError
+
+TURNS = range(1, 7)
+
+Op = Callable[[AsyncFoundation], Awaitable[Any]]
+
+WRITES: dict[str, Op] = {
+    "store_many": lambda f: f.events.store_many([{"type": "a"}, {"type": "b"}]),
+    "store in a stream": lambda f: f.events.store({"type": "a", "stream_id": "s"}),
+    "store with an id": lambda f: f.events.store({"type": "a", "id": str(uuid.uuid4())}),
+    "store": lambda f: f.events.store({"type": "a"}),
+    "config.set": lambda f: f.config.set("k", uuid.uuid4().hex),
+    "update_metadata": lambda f: f.service_registry.update_metadata("held", {"u": 1}),
+    "join": lambda f: f.service_registry.join("g", "http://x"),
+    "rate_limiter": lambda f: f.rate_limiter.execute(
+        lambda: 1, key="k", max_requests=10**6, interval=60_000
+    ),
+}
+
+
+async def cancelled_after(aw: Awaitable[Any], turns: int) -> bool:
+    """Run ``aw`` as a task cancelled after ``turns`` turns of the loop; whether the
+    cancellation reached it (False: it had finished)."""
+    task = asyncio.ensure_future(aw)
+    for _ in range(turns):
+        await asyncio.sleep(0)
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        return True
+    return False
+
+
+def sqlite_write_lock_free(url: str) -> bool:
+    other = sqlite3.connect(url.removeprefix("sqlite:///"), timeout=0.05)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("ROLLBACK")
+        return True
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        other.close()
+
+
+def log_length(url: str) -> int:
+    """The log's length as another connection (another process would) reads it."""
+    with Foundation(url, migrate="skip", events_tail_size=0) as other:
+        return len(other.events.get(limit=10_000))
+
+
+@pytest.mark.parametrize("op", list(WRITES))
+async def test_a_cancelled_write_leaves_the_connection_clean(db_url: str, op: str) -> None:
+    async with AsyncFoundation(db_url, migrate="skip", poll_interval_ms=5) as fdn:
+        await fdn.service_registry.register("held", "http://x")
+        for turns in TURNS:
+            await cancelled_after(WRITES[op](fdn), turns)
+            if db_url.startswith("sqlite"):
+                assert sqlite_write_lock_free(db_url), f"locked after {turns} turns"
+            # Later writes commit: another connection sees them.
+            before = await fdn.events.get(limit=10_000)
+            stored = await fdn.events.store_many([{"type": "later"}, {"type": "later"}])
+            assert [r.position for r in stored] == [
+                r.position for r in (await fdn.events.get(limit=10_000))[len(before) :]
+            ][-2:]
+            assert log_length(db_url) == len(before) + 2, f"after {turns} turns"
+
+
+async def test_a_cancelled_store_leaves_the_tail_cache_true(db_url: str) -> None:
+    async with AsyncFoundation(db_url, migrate="skip", poll_interval_ms=5) as fdn:
+        for turns in TURNS:
+            await cancelled_after(fdn.events.store({"type": "a", "data": turns}), turns)
+            # The cancelled store is written and known, or not written: what the cache
+            # answers (no other node writes here) is what the database holds.
+            cached = [r.data for r in await fdn.events.get(type="a", limit=100)]
+            with Foundation(db_url, migrate="skip", events_tail_size=0) as other:
+                assert cached == [r.data for r in other.events.get(type="a", limit=100)]
+        assert fdn.events.tail_cache.hits > 0
+
+
+async def test_a_cancelled_register_is_held_or_not_written(db_url: str) -> None:
+    async with AsyncFoundation(db_url, migrate="skip", poll_interval_ms=5) as fdn:
+        reg = fdn.service_registry
+        for turns in TURNS:
+            name = f"svc.{turns}"
+            if not await cancelled_after(reg.register(name, "http://x"), turns):
+                await reg.unregister(name)
+                continue
+            entry = reg.find(name)
+            if entry is None:  # not written: nobody holds it
+                row = await fdn.database.fetchone(
+                    "SELECT node_id FROM foundation_registry WHERE name = "
+                    + (":n" if db_url.startswith("sqlite") else "%(n)s"),
+                    {"n": name},
+                )
+                assert row is None or row[0] is None
+                continue
+            assert entry.node == reg.node and reg.owns(name)
+            updated = await reg.update_metadata(name, {"v": 2})
+            assert updated.metadata == {"v": 2}
+            await reg.unregister(name)
+            assert reg.find(name) is None
+            await reg.register(name, "http://y")  # free for this node again
+
+
+async def test_a_cancelled_join_is_a_member_or_not_written(db_url: str) -> None:
+    async with AsyncFoundation(db_url, migrate="skip", poll_interval_ms=5) as fdn:
+        reg = fdn.service_registry
+        for turns in TURNS:
+            mid = f"m{turns}"
+            await cancelled_after(reg.join("workers", "http://x", member_id=mid), turns)
+            listed = mid in [m.member_id for m in reg.members("workers")]
+            if listed:
+                await reg.leave("workers", mid)
+            else:
+                with pytest.raises(FoundationError):
+                    await reg.leave("workers", mid)
+            assert mid not in [m.member_id for m in reg.members("workers")]
