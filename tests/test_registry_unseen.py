@@ -6,6 +6,8 @@ back to the takeover statement when a row is there after all (written by another
 since the last poll). Either way the outcome is the database's: a dead owner's row is
 taken over with the next epoch, a live owner's is refused, naming it. The feed polls
 once a day here, so the rows below stay unseen until register meets them.
+
+Also: ``watch`` on a closed instance is refused, as every write is (it would never call).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from foundation import AlreadyRegisteredError, AsyncFoundation, Foundation
+from foundation import AlreadyRegisteredError, AsyncFoundation, Foundation, StorageUnavailableError
 from foundation.database.codec import codec_for
 
 DAY_MS = 86_400_000
@@ -98,3 +100,18 @@ async def test_async_register_meets_rows_its_cache_has_not_seen(db_url: str) -> 
             "SELECT name, epoch, revision FROM foundation_registry ORDER BY name"
         )
     assert [tuple(r) for r in rows] == [("svc.gone", 4, 6), ("svc.held", 7, 9), ("svc.new", 1, 1)]
+
+
+def test_watch_after_close_is_refused(db_url: str) -> None:
+    fdn = Foundation(db_url, migrate="skip")
+    fdn.close()
+    with pytest.raises(StorageUnavailableError, match="closed"):
+        fdn.service_registry.watch("svc.*", print)
+
+
+async def test_async_watch_after_close_is_refused(db_url: str) -> None:
+    fdn = AsyncFoundation(db_url, migrate="skip")
+    await fdn.open()
+    await fdn.close()
+    with pytest.raises(StorageUnavailableError, match="closed"):
+        fdn.service_registry.watch("svc.*", print)

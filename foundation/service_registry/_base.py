@@ -46,6 +46,7 @@ from foundation.errors import (
     AlreadyRegisteredError,
     ConfigError,
     NotFoundError,
+    StorageUnavailableError,
     ValidationError,
 )
 from foundation.service_registry._feed import RegistryFeedSide
@@ -161,7 +162,11 @@ class _RegistryBase(RegistryFeedSide):
         return self._state.find(name)
 
     def list(self, prefix: str | None = None, where: Any = None) -> builtins.list[ServiceEntry]:
-        """Live entries (cluster and local), by name; ``where``: metadata values or a callable."""
+        """Live entries (cluster and local), by name; ``where``: metadata values or a callable.
+
+        ``prefix`` is the names' first characters, as they are: ``"svc."``, not a
+        pattern (``"svc.*"`` matches only names that start with those five characters;
+        ``watch`` is the one that takes ``"svc.*"``)."""
         if prefix is not None and not isinstance(prefix, str):
             raise ValidationError("prefix must be a string", context={"prefix": repr(prefix)})
         return self._state.list(prefix, check_where(where))
@@ -696,6 +701,12 @@ class _RegistryBase(RegistryFeedSide):
     def _watch(
         self, pattern: Any, callback: Callable[[RegistryChange], Any], loop: Any
     ) -> RegistryWatch:
+        if self._closed:
+            # Nothing would ever call it back: say so, as every write does.
+            raise StorageUnavailableError(
+                "this Foundation instance is closed: its registry watches nothing",
+                context={"pattern": repr(pattern)[:200]},
+            )
         if isinstance(pattern, str) and not pattern.strip():
             raise ValidationError(
                 "a registry watch pattern must not be empty: a name, a prefix ending in '*'"
