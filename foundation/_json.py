@@ -75,6 +75,19 @@ def encode_json(
         if "e+" in text or "-0.0" in text:
             text = "".join(_c_encode(_canonical_floats(value), 0))
     except (TypeError, ValueError, RecursionError) as exc:
+        if isinstance(exc, RecursionError):
+            # The encoder recurses once per level: a value nested past the interpreter's
+            # limit (or one that holds itself) ends here, not at the depth check below.
+            if _holds_itself(value):
+                raise error(
+                    f"{what} is not JSON: it contains itself (a circular reference)",
+                    context={**(context or {}), "python_type": type(value).__name__},
+                ) from None
+            if _too_deep(value):
+                raise error(
+                    f"{what} is nested more than {MAX_DEPTH} levels deep",
+                    context={**(context or {}), "max_depth": MAX_DEPTH},
+                ) from None
         reason = str(exc)
         if "Out of range float" in reason:
             reason = "NaN and Infinity are not JSON"
@@ -158,6 +171,40 @@ def _key_not_text(value: Any) -> Any:
             if isinstance(child, _CONTAINERS):
                 stack.append(child)
     return _NONE
+
+
+def _children(item: Any) -> Any:
+    if isinstance(item, dict):
+        return item.values()
+    if isinstance(item, list | tuple):
+        return item
+    return None
+
+
+def _holds_itself(value: Any) -> bool:
+    """Whether a container holds itself at some depth (walked without recursion; each
+    container once, so a value that shares one many times costs no more)."""
+    if _children(value) is None:
+        return False
+    on_path = {id(value)}  # the containers from value down to the one being walked
+    done: set[int] = set()  # walked whole: no cycle through them
+    stack = [(value, iter(_children(value)))]
+    while stack:
+        item, children = stack[-1]
+        for child in children:
+            grandchildren = _children(child)
+            if grandchildren is None or id(child) in done:
+                continue
+            if id(child) in on_path:
+                return True
+            on_path.add(id(child))
+            stack.append((child, iter(grandchildren)))
+            break
+        else:
+            stack.pop()
+            on_path.discard(id(item))
+            done.add(id(item))
+    return False
 
 
 def _too_deep(value: Any) -> bool:

@@ -514,6 +514,14 @@ def config_history(ctx: click.Context, key: str | None, limit: int, as_json: boo
     _stdout().print(table)
 
 
+if __name__ == "__main__":
+    # `python -m foundation.cli` runs this file as __main__, a second copy beside the
+    # module foundation.cli that the command modules below import (and that imports them
+    # back): imported from here, they would meet it half made. Run the module's command.
+    from foundation.cli import main as _main
+
+    _main(prog_name="foundation")
+
 # -- events, registry, breakers, limits (their own modules; they use the helpers above) --
 
 from foundation.cli_events import events  # noqa: E402

@@ -238,6 +238,15 @@ def _import_event(line: str, number: int) -> dict[str, Any]:
         ) from None
     if not isinstance(row, dict):
         raise EventError(f"line {number} is not a JSON object", context={"line": number})
+    unknown = [key for key in row if key not in _EXPORTED_FIELDS]
+    if unknown:
+        # A misspelt field ("dta") would otherwise be dropped and its event imported
+        # without it, as store() refuses to do.
+        raise EventError(
+            f"line {number}: unknown field {unknown[0]!r} "
+            f"(a line has the fields an export writes: {', '.join(_EXPORTED_FIELDS)})",
+            context={"line": number, "field": unknown[0]},
+        )
     event = {k: row.get(k) for k in _IMPORT_FIELDS if row.get(k) is not None}
     event.setdefault("data", row.get("data"))
     event.setdefault("correlation_id", None)  # never taken from the importing context
@@ -266,7 +275,8 @@ def _name_the_line(
             lines.append(number)
     if not lines:
         return exc
-    context = {**exc.context, "line": lines[0]}
+    # The line replaces store_many's index, which counts within this batch of the file.
+    context = {**{k: v for k, v in exc.context.items() if k != "index"}, "line": lines[0]}
     if len(lines) > 1:
         context["lines"] = lines
     where = f"line {lines[0]}" if len(lines) == 1 else f"lines {', '.join(map(str, lines))}"
@@ -339,6 +349,9 @@ _IMPORT_FIELDS = (
     "correlation_id",
     "causation_id",
 )
+# What an export writes (_event_row): the fields a line may have. Position, stream version
+# and time are the exporting log's, taken and left aside (this log gives its own).
+_EXPORTED_FIELDS = (*_IMPORT_FIELDS, "position", "stream_version", "recorded_at")
 
 
 @events.command("import", short_help="Append the JSON-lines events of FILE (idempotent).")
@@ -351,8 +364,9 @@ def events_import(ctx: click.Context, file: Any) -> None:
     export's do); a line without an id gets a new one on each import.
 
     Positions, stream versions and timestamps are those of this log; ids, types, streams,
-    data, metadata, correlation and causation ids are kept. Events are committed
-    IMPORT_BATCH lines at a time: an error names its line and what was committed before it.
+    data, metadata, correlation and causation ids are kept; a field an export does not
+    write is refused. Events are committed IMPORT_BATCH lines at a time: an error names its
+    line and what was committed before it.
     """
     try:
         size = os.fstat(file.fileno()).st_size

@@ -21,6 +21,8 @@ from foundation.service_registry import ServiceEntry
 
 __all__ = ["breakers", "limits", "registry"]
 
+NAME_WIDTH = 24  # registry list: longer names fold
+
 
 def _age(since: datetime | None, now: datetime) -> str:
     if since is None:
@@ -65,8 +67,20 @@ def registry_list(ctx: click.Context, prefix: str | None, as_json: bool) -> None
         click.echo(_dumps([_entry_dict(e) for e in entries]))
         return
     now = datetime.now(UTC)
-    table = Table("address", "owner", "epoch", "age", "expires in", "metadata")
-    table.columns.insert(0, Column("name", no_wrap=True))
+    # A name may be 255 characters: never wrapped, it took the whole width and left the
+    # other columns none. So a name folds (whole, to copy into `registry show`) when one
+    # is longer than NAME_WIDTH; shorter ones stay on one line, as names read best.
+    # Addresses, owners and metadata fold too; the short columns never wrap.
+    longest = max((len(entry.name) for entry in entries), default=0)
+    table = Table(
+        Column("name", no_wrap=longest <= NAME_WIDTH, overflow="fold"),
+        Column("address", overflow="fold"),
+        Column("owner", overflow="fold"),
+        Column("epoch", no_wrap=True, justify="right"),
+        Column("age", no_wrap=True),
+        Column("expires in", no_wrap=True),
+        Column("metadata", overflow="fold"),
+    )
     for entry in entries:
         table.add_row(
             entry.name,

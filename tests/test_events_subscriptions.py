@@ -267,7 +267,7 @@ def test_tail_follows_the_log_live(fdn: Foundation) -> None:
         with pytest.raises(EventError, match=message):
             fdn.events.tail(bad)
     with pytest.raises(EventError, match="tail start"):
-        fdn.events.tail(start="beginning")
+        fdn.events.tail(start="middle")  # "beginning" is taken: see test_review5
 
 
 async def test_async_tail(afdn: AsyncFoundation) -> None:

@@ -50,7 +50,6 @@ from foundation.events._subscription import (
     AsyncSubscription,
     SubscriptionOptions,
     interval_ms,
-    start_position,
 )
 from foundation.settings import Settings
 from foundation.telemetry import Telemetry
@@ -189,7 +188,7 @@ class AsyncEvents(_EventsBase):
         merged = self._tail_criteria(criteria, kwargs, start)
         interval = interval_ms("poll_interval_ms", poll_interval_ms) / 1000  # before a read
         last = await self.last_position()
-        position = last if start == "end" else start_position(int(start), last)
+        position = self._tail_start(start, last)
         return self._tail(merged, position, interval)
 
     async def _tail(

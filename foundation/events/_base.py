@@ -41,6 +41,7 @@ from foundation.events._plan import (
     is_stream_race,
 )
 from foundation.events._store import EventSQL
+from foundation.events._subscription import start_position
 from foundation.events._tail import TailCache
 from foundation.events._typed import TypeRegistry
 from foundation.settings import Settings
@@ -279,14 +280,23 @@ class _EventsBase:
                     context={"criterion": key},
                 )
         if not (
-            start == "end"
+            start in ("beginning", "end")
             or (isinstance(start, int) and not isinstance(start, bool) and start >= 0)
         ):
             raise EventError(
-                "tail start must be 'end' or a position (an int >= 0)",
+                "tail start must be 'beginning', 'end' or a position (an int >= 0)",
                 context={"start": repr(start)},
             )
         return merged
+
+    @staticmethod
+    def _tail_start(start: str | int, last_position: int) -> int:
+        """The position a tail reads after: ``start`` as subscribe() takes it."""
+        if start == "beginning":
+            return 0
+        if start == "end":
+            return last_position
+        return start_position(int(start), last_position)
 
     def _tail_page(self, merged: dict[str, Any], position: int) -> tuple[str, dict[str, Any]]:
         return self._read(

@@ -213,10 +213,25 @@ def valid_name(value: Any, field: str, *, required: bool) -> str | None:
             + ("" if value is not None else " (it is missing)"),
             context={"field": field, "value": repr(value)[:200]},
         )
-    # Printable excludes lone surrogates: a printable name is also valid UTF-8.
-    if len(value) > MAX_NAME or not value.isprintable():
+    # Each refusal says which rule the name breaks: a 2-character name holding a NUL
+    # is not "too long".
+    if len(value) > MAX_NAME:
         raise EventError(
-            f"event field {field!r} must be at most {MAX_NAME} printable characters",
+            f"event field {field!r} must be at most {MAX_NAME} characters "
+            f"(this one has {len(value)})",
+            context={"field": field, "value": repr(value)[:200], "length": len(value)},
+        )
+    # Printable excludes lone surrogates: a printable name is also valid UTF-8.
+    if not value.isprintable():
+        if not is_utf8(value):
+            raise EventError(
+                f"event field {field!r} must be valid UTF-8 text (it holds a lone surrogate)",
+                context={"field": field, "value": repr(value)[:200]},
+            )
+        bad = next(c for c in value if not c.isprintable())
+        raise EventError(
+            f"event field {field!r} must not contain control or other non-printable "
+            f"characters ({bad!r})",
             context={"field": field, "value": repr(value)[:200]},
         )
     return value
@@ -373,11 +388,19 @@ def _fail(key: str, expected: str, value: Any) -> EventError:
 
 
 def _ts(key: str, value: Any) -> datetime:
-    """The criterion in UTC; a naive datetime is taken as UTC, the zone of the log."""
+    """The criterion in UTC. A naive datetime is refused: read as UTC, ``datetime.now()``
+    (local time) would silently be hours off anywhere but in UTC, and read as local
+    time, the same code would ask another question on each machine."""
     if not isinstance(value, datetime):
         raise _fail(key, "a datetime", value)
+    if value.utcoffset() is None:  # no tzinfo, or one that knows no offset: both naive
+        raise EventError(
+            f"criterion {key!r} must be an aware datetime (with a time zone), not a naive "
+            "one: pass e.g. datetime.now(UTC), not datetime.now()",
+            context={"criterion": key, "value": repr(value)[:200]},
+        )
     try:
-        return value.astimezone(UTC) if value.tzinfo is not None else value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
     except OverflowError:  # within hours of datetime.min or max in another zone
         raise EventError(
             f"criterion {key!r} is out of range in UTC",

@@ -78,7 +78,17 @@ class StoredBatch(list[RecordedEvent]):
     prev_tail: int | None
 
 
-def concurrency_error(event: NewEvent, actual: int) -> ConcurrencyError:
+def _index(batch: Sequence[NewEvent], index: int) -> dict[str, int]:
+    """``{"index": index}`` for an event of a store_many of several, as an event refused
+    by validation is named (``_EventsBase._parse``): its id may be one generated here,
+    and one stream may appear many times in a batch. Nothing for a lone event."""
+    return {"index": index} if len(batch) > 1 else {}
+
+
+def concurrency_error(
+    event: NewEvent, actual: int, batch: Sequence[NewEvent] = (), index: int = 0
+) -> ConcurrencyError:
+    """``event`` (``batch[index]``) expected another version of its stream than ``actual``."""
     return ConcurrencyError(
         f"stream {event.stream_id!r} is at version {actual}, "
         f"but the writer expected {event.expected_version!r}; nothing was written",
@@ -87,6 +97,7 @@ def concurrency_error(event: NewEvent, actual: int) -> ConcurrencyError:
             "expected": event.expected_version,
             "actual": actual,
             "id": str(event.id),
+            **_index(batch, index),
         },
     )
 
@@ -145,7 +156,7 @@ def known_ids(sql: EventSQL, batch: Sequence[NewEvent]) -> Generator[Step, Any, 
         elif not _same_new(batch[first], event):
             raise EventError(
                 f"event {event.id} appears twice in one batch with different content",
-                context={"id": str(event.id)},
+                context={"id": str(event.id), **_index(batch, index)},  # the second
             )
         else:
             known.repeats[index] = first
@@ -165,6 +176,7 @@ def known_ids(sql: EventSQL, batch: Sequence[NewEvent]) -> Generator[Step, Any, 
                         "id": str(existing.id),
                         "position": existing.position,
                         "fields": differ,
+                        **_index(batch, index),  # the first with this id (repeats are equal)
                     },
                 )
             known.records[index] = existing
@@ -237,7 +249,7 @@ def sqlite_store(
             row = yield ("fetchone", sql.insert_checked, sql.checked_params(event, at))
             if row is None:  # the expected version did not hold: nothing was written
                 current = yield ("fetchone", sql.stream_version, {"stream_id": event.stream_id})
-                raise concurrency_error(event, int(current[0] or 0))
+                raise concurrency_error(event, int(current[0] or 0), batch, fresh[0])
             written = [(int(row[0]), int(row[1]))]
         # Writers are serialized and the rowid is max + 1 (append-only): the tail before
         # this row is the position just below it.
@@ -256,7 +268,7 @@ def sqlite_store(
                 row = yield ("fetchone", sql.stream_version, {"stream_id": event.stream_id})
                 current = 0 if row[0] is None else int(row[0])
             if not _expected_holds(event, current):
-                raise concurrency_error(event, current)
+                raise concurrency_error(event, current, batch, index)
             version = versions[event.stream_id] = current + 1
         assigned.append(version)
         rows.append(sql.insert_row(event, version, at))
@@ -288,7 +300,8 @@ def appended(
         failed = next((o for o in span if by_ord.get(o, (0, 0))[1] is None), None)
         if failed is not None:
             actual = int(by_ord[failed][3])
-            out.append(concurrency_error(batch[fresh[failed - span.start]], actual))
+            index = fresh[failed - span.start]
+            out.append(concurrency_error(batch[index], actual, batch, index))
             continue
         written = [(int(by_ord[o][1]), _int_or_none(by_ord[o][2])) for o in span]
         stored = _assemble(batch, known, fresh, written, now, None)

@@ -49,7 +49,6 @@ from foundation.events._subscription import (
     Subscription,
     SubscriptionOptions,
     interval_ms,
-    start_position,
 )
 from foundation.settings import Settings
 from foundation.telemetry import Telemetry
@@ -186,7 +185,8 @@ class Events(_EventsBase):
         poll_interval_ms: int = 500,
         **kwargs: Any,
     ) -> Generator[RecordedEvent, None, None]:
-        """Follow the log live: yields each new event (after ``start``) as it commits.
+        """Follow the log live: yields each new event (after ``start``: ``"end"``,
+        ``"beginning"`` or a position) as it commits.
 
         Not durable (see :meth:`subscribe`); it blocks between events and ends when the
         caller stops iterating or the instance is closed.
@@ -195,7 +195,7 @@ class Events(_EventsBase):
         interval = interval_ms("poll_interval_ms", poll_interval_ms) / 1000  # before a read
         # Taken now, not at the first next(): events stored after tail() returns count.
         last = self.last_position()
-        position = last if start == "end" else start_position(int(start), last)
+        position = self._tail_start(start, last)
         return self._tail(merged, position, interval)
 
     def _tail(
