@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -282,6 +283,30 @@ async def test_async_tail(afdn: AsyncFoundation) -> None:
     assert first.data == 1 and first.stream_version == 1
     await writer
     await tail.aclose()
+
+
+def test_close_ends_a_waiting_tail_at_once(db_url: str) -> None:
+    # A minute between polls: only close() itself can end the wait in time.
+    fdn = Foundation(db_url, migrate="skip")
+    seen: list[Any] = []
+    reader = threading.Thread(
+        target=lambda: seen.extend(fdn.events.tail(poll_interval_ms=60_000)), daemon=True
+    )
+    reader.start()
+    time.sleep(0.2)  # the reader waits for events
+    fdn.close()
+    reader.join(10)
+    assert not reader.is_alive() and seen == []
+
+
+async def test_async_close_ends_a_waiting_tail_at_once(db_url: str) -> None:
+    fdn = AsyncFoundation(db_url, migrate="skip")
+    await fdn.open()
+    tail = await fdn.events.tail(poll_interval_ms=60_000)
+    reader = asyncio.create_task(anext(tail, None))
+    await asyncio.sleep(0.2)
+    await fdn.close()
+    assert await asyncio.wait_for(reader, 10) is None
 
 
 def test_handlers_run_under_the_event_correlation_id(fdn: Foundation) -> None:

@@ -203,7 +203,7 @@ class AsyncEvents(_EventsBase):
 
         self.add_waker(waker)
         try:
-            while not self._db._closed:
+            while not self.closed and not self._db._closed:
                 wake.clear()
                 sql, params = self._tail_page(merged, position)
                 rows = await self._db.fetchall(sql, params)
@@ -237,6 +237,8 @@ class AsyncEvents(_EventsBase):
         return sub
 
     async def close(self) -> None:
+        self.closed = True
+        self.wake()  # tails waiting for events end now, not at their next poll
         for sub in self._subscriptions:
             await sub.stop()
         self._subscriptions.clear()

@@ -83,6 +83,7 @@ class _EventsBase:
         self._telemetry = telemetry
         self._node = settings.node_id
         self._wakers: list[Callable[[], None]] = []
+        self.closed = False  # close() ran: tails end
         # Named in this instance's NOTIFYs (not the node id, which a user may repeat).
         self._writer = uuid.uuid4().hex
         self._wakers_lock = threading.Lock()

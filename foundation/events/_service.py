@@ -204,7 +204,7 @@ class Events(_EventsBase):
         wake = threading.Event()
         self.add_waker(wake.set)
         try:
-            while not self._db._closed:
+            while not self.closed and not self._db._closed:
                 wake.clear()
                 sql, params = self._tail_page(merged, position)
                 try:
@@ -243,6 +243,8 @@ class Events(_EventsBase):
         return sub
 
     def close(self) -> None:
+        self.closed = True
+        self.wake()  # tails waiting for events end now, not at their next poll
         for sub in self._subscriptions:
             sub.stop()
         self._subscriptions.clear()
