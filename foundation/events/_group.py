@@ -209,7 +209,7 @@ class AsyncGroupCommit(Generic[U, R]):
         written and known to this node (its tail cache), or not written at all.
         """
         try:
-            return _result(await asyncio.shield(future))
+            return await asyncio.shield(future)
         except asyncio.CancelledError:
             if future.done() or any(f is future for _, f in self._queue):
                 future.cancel()  # queued: the flusher drops it
