@@ -17,7 +17,7 @@ from foundation.circuit_breaker._store import BreakerSQL
 from foundation.config._service import AsyncConfig, Config
 from foundation.config._store import ConfigSQL
 from foundation.database import migrate as migrations
-from foundation.database.aio import AsyncDatabase
+from foundation.database.aio import AsyncDatabase, finish
 from foundation.database.codec import Codec
 from foundation.database.errors import translate_errors
 from foundation.database.feed import ChangeFeed, start_feed
@@ -357,6 +357,12 @@ class AsyncFoundation(_Base):
         return self._db
 
     async def close(self) -> None:
+        # Whole, even if the caller is cancelled meanwhile (its cancellation is raised
+        # after): a close cut short would leave this node's names, members and lease
+        # live for their TTL, and a second close() finds nothing left to do.
+        await finish(self._close())
+
+    async def _close(self) -> None:
         self._closed = True
         await self.events.close()
         await self.service_registry.close()

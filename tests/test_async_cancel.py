@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from foundation import AsyncFoundation, Foundation, FoundationError
+from tests.helpers import async_wait_for
 
 TURNS = range(1, 7)
 
@@ -140,3 +141,85 @@ async def test_a_cancelled_join_is_a_member_or_not_written(db_url: str) -> None:
                 with pytest.raises(FoundationError):
                     await reg.leave("workers", mid)
             assert mid not in [m.member_id for m in reg.members("workers")]
+
+
+def _q(url: str, sql: str) -> str:
+    """``sql`` with ``?`` placeholders in the driver's style of ``url``."""
+    return sql if url.startswith("sqlite") else sql.replace("?", "%s")
+
+
+async def test_a_cancelled_close_still_releases_names_members_and_lease(db_url: str) -> None:
+    for turns in TURNS:
+        node = f"web-{turns}"
+        fdn = await AsyncFoundation(db_url, migrate="skip", node_id=node).open()
+        await fdn.service_registry.register(f"auth-{turns}", "http://10.0.0.5:8000")
+        await fdn.service_registry.join("workers", "http://10.0.0.5:8000")
+        assert await cancelled_after(fdn.close(), turns)
+        await fdn.close()  # a second close: nothing left to do, and no error
+        with Foundation(db_url, migrate="skip", node_id=f"other-{turns}") as other:
+            assert other.service_registry.find(f"auth-{turns}") is None
+            assert other.service_registry.members("workers") == []
+            leases = other.database.fetchall(
+                _q(db_url, "SELECT node_id FROM foundation_leases WHERE node_id = ?"), (node,)
+            )
+        assert leases == []
+
+
+async def test_a_cancelled_subscribe_holds_nothing(db_url: str) -> None:
+    async with AsyncFoundation(db_url, migrate="skip", poll_interval_ms=5) as fdn:
+        await fdn.events.store({"type": "t"})
+        for turns in range(1, 40):  # subscribe takes more turns than a write
+            name = f"billing-{turns}"
+            subscribing = fdn.events.subscribe(name, lambda e: None, lease_ms=60_000)
+            if not await cancelled_after(subscribing, turns):
+                continue  # subscribed before the cancellation: its object was returned
+            # Free at once (not after its minute of lease): the claim was given back.
+            sub = await fdn.events.subscribe(name, lambda e: None)
+            await sub.stop()
+
+
+async def test_a_cancelled_stop_gives_the_name_up_after_the_handler_ends(db_url: str) -> None:
+    async with AsyncFoundation(db_url, migrate="skip", poll_interval_ms=5) as fdn:
+        await fdn.events.store({"type": "t"})
+        log: list[str] = []
+        started = asyncio.Event()
+
+        async def slow(event: Any) -> None:
+            started.set()
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                await asyncio.sleep(0.3)  # cleaning up after itself
+                log.append("first cleaned up")
+                raise
+
+        sub = await fdn.events.subscribe("mail", slow)
+        await asyncio.wait_for(started.wait(), 10)
+        stopper = asyncio.create_task(sub.stop(timeout=0.05))  # cancels the handler
+        await asyncio.sleep(0.1)
+        stopper.cancel()  # while the handler still cleans up
+        with pytest.raises(asyncio.CancelledError):
+            await stopper
+        log.append("stop ended")
+        second = await fdn.events.subscribe("mail", lambda e: log.append("second got it"))
+        await async_wait_for(lambda: "second got it" in log)
+        await second.stop()
+    assert log[:2] == ["first cleaned up", "stop ended"]
+
+
+async def test_a_cancelled_breaker_outcome_is_known_at_once(db_url: str) -> None:
+    async with AsyncFoundation(db_url, migrate="skip", poll_interval_ms=60_000) as fdn:
+        cb = fdn.circuit_breaker
+
+        async def boom() -> None:
+            raise ValueError("down")
+
+        for turns in TURNS:
+            name = f"b{turns}"
+            await cancelled_after(
+                cb.execute(boom, name=name, max_failures=1, reset_timeout=60_000), turns
+            )
+            row = await fdn.database.fetchone(
+                _q(db_url, "SELECT state FROM foundation_breakers WHERE name = ?"), (name,)
+            )
+            assert cb.state(name) == (row[0] if row else "closed"), f"after {turns} turns"

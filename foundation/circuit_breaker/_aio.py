@@ -31,7 +31,7 @@ from foundation.circuit_breaker._logic import (
     options_from,
 )
 from foundation.circuit_breaker._store import BreakerSQL
-from foundation.database.aio import AsyncDatabase
+from foundation.database.aio import AsyncDatabase, finish
 from foundation.errors import (
     FoundationError,
 )
@@ -192,6 +192,11 @@ class AsyncCircuitBreakers(_BreakersBase):
         if core.options.scope == "local":
             self._outcome_local(core, token, ok)
             return
+        # Whole, even if the caller is cancelled meanwhile: an outcome the database took is
+        # one this node's copy shows (else a probe's success left it half open, refusing).
+        await finish(self._record_outcome(core, token, ok))
+
+    async def _record_outcome(self, core: _BreakerCore, token: str | None, ok: bool) -> None:
         assert self._db is not None
         sql, params = self._outcome_statement(core, token, ok)
         try:

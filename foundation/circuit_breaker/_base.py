@@ -158,6 +158,11 @@ class _BreakersBase:
             self._topic = TopicRevisions.build(sql.backend, TOPIC_BREAKERS)
         self._topic_seen: tuple[Any, ...] | None = None
         self.resyncs = 0
+        # A full read's snapshot may predate a write this node made meanwhile (another
+        # thread or task): each name this node wrote is numbered, and a read leaves alone
+        # what was written after it began.
+        self._writes = 0
+        self._written: dict[str, int] = {}
 
     # -- options and objects ----------------------------------------------------------
 
@@ -275,6 +280,10 @@ class _BreakersBase:
             return None
         row, db_now = BreakerSQL.row(values)
         self._db_clock(db_now)
+        if source == "local":
+            with self._lock:
+                self._writes += 1
+                self._written[name] = self._writes
         self._apply(name, row, source)
         return row
 
@@ -298,7 +307,8 @@ class _BreakersBase:
             return
         # The revision first: a change committed during the read moves it again.
         seen = None if self._topic is None else self._topic.read(reader)
-        self._load(reader.fetchall(self._sql.select_all, self._params("")))
+        began = self._writes
+        self._load(reader.fetchall(self._sql.select_all, self._params("")), began)
         self._topic_seen = seen
         self.resyncs += 1
 
@@ -310,18 +320,26 @@ class _BreakersBase:
         if self._topic_seen is None or self._topic.read(reader) != self._topic_seen:
             self.resync(reader)
 
-    def _load(self, rows: list[Any]) -> None:
+    def _load(self, rows: list[Any], began: int | None = None) -> None:
+        """Take a full read of the table (``began``: ``_writes`` when it began)."""
         seen = set()
         for values in rows:
             name = values[0]
             seen.add(name)
             row, db_now = BreakerSQL.row(values[1:])
             self._db_clock(db_now)
+            if self._written_since(name, began):
+                continue  # this node's own write is newer than the snapshot
             current = self._shared.get(name)
             if current is None or current.revision != row.revision:
+                # Any other revision, lower too: a row deleted (reset) and made again.
                 self._apply(name, row, "remote", force=True)
         for name in [n for n in self._shared if n not in seen]:
-            self._apply(name, None, "remote")
+            if not self._written_since(name, began):
+                self._apply(name, None, "remote")
+
+    def _written_since(self, name: str, began: int | None) -> bool:
+        return began is not None and self._written.get(name, 0) > began
 
     # -- decisions shared by both faces ----------------------------------------------
 

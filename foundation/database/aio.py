@@ -125,8 +125,9 @@ async def finish(aw: Awaitable[T]) -> T:
     """Await ``aw`` to its end even if the caller is cancelled meanwhile.
 
     For work that must not stop half done: a write and the bookkeeping of what it wrote,
-    a rollback. A cancellation that arrives meanwhile is raised once ``aw`` has ended
-    (``aw``'s own error, if it fails, instead).
+    a rollback, a close. A cancellation that arrives meanwhile is raised once ``aw`` has
+    ended, whatever its outcome (``asyncio.timeout`` and ``wait_for`` then say
+    ``TimeoutError``); ``aw``'s own error, if any, is its ``__cause__``.
     """
     task = asyncio.ensure_future(aw)
     cancelled = False
@@ -135,10 +136,9 @@ async def finish(aw: Awaitable[T]) -> T:
             await asyncio.shield(task)
         except asyncio.CancelledError:
             cancelled = True  # the caller's (a cancelled task is done: the loop ends)
-    result = task.result()
     if cancelled:
-        raise asyncio.CancelledError
-    return result
+        raise asyncio.CancelledError from (None if task.cancelled() else task.exception())
+    return task.result()
 
 
 _DRIVER_ERRORS = (sqlite3.Error, psycopg.Error, psycopg_pool.PoolTimeout, psycopg_pool.PoolClosed)
@@ -163,10 +163,14 @@ class AsyncDatabase:
             if self.backend == "sqlite":
                 path = self.url.sqlite_path
                 path.parent.mkdir(parents=True, exist_ok=True)
-                conn = await aiosqlite.connect(
-                    str(path),
-                    isolation_level=None,
-                    timeout=self.settings.sqlite_busy_timeout_ms / 1000,
+                # Kept from the start (whole, even if the caller is cancelled meanwhile):
+                # a start cut short is closed by close(), not left to the collector.
+                conn = self._sqlite = await finish(
+                    aiosqlite.connect(
+                        str(path),
+                        isolation_level=None,
+                        timeout=self.settings.sqlite_busy_timeout_ms / 1000,
+                    )
                 )
                 await conn.execute(
                     f"PRAGMA busy_timeout = {int(self.settings.sqlite_busy_timeout_ms)}"
@@ -174,7 +178,6 @@ class AsyncDatabase:
                 await conn.execute("PRAGMA journal_mode = WAL")
                 await conn.execute(f"PRAGMA synchronous = {self.settings.sqlite_synchronous}")
                 await conn.execute("PRAGMA foreign_keys = ON")
-                self._sqlite = conn
             else:
                 probe = await psycopg.AsyncConnection.connect(
                     self.url.conninfo, **driver_kwargs(self.settings)

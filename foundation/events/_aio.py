@@ -232,7 +232,13 @@ class AsyncEvents(_EventsBase):
         """Run ``handler`` (plain or ``async def``) on every event in an asyncio task."""
         options_ = SubscriptionOptions.make(name, types, start, options)
         sub = AsyncSubscription(self, self._db, self._sql, options_).bind(_callable(handler))
-        await sub.start()
+        try:
+            await finish(sub.start())
+        except asyncio.CancelledError:
+            # A cancelled subscribe holds nothing: a claim that ran is given back (else the
+            # name stayed taken for its lease, by a subscription nobody could stop).
+            await finish(sub.stop())
+            raise
         self._subscriptions.append(sub)
         return sub
 

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from foundation._text import is_utf8
 from foundation.correlation import correlation
-from foundation.database.aio import AsyncDatabase
+from foundation.database.aio import AsyncDatabase, finish
 from foundation.database.sync import SyncDatabase
 from foundation.errors import (
     AlreadyRegisteredError,
@@ -577,16 +577,22 @@ class AsyncSubscription(_SubscriptionBase):
         self._stopping = True
         self._wake.set()
         self._events.remove_waker(self._waker)
-        task = self._task
-        if task is asyncio.current_task():
+        if self._task is asyncio.current_task():
             return  # called by the handler: its event is checkpointed, then _run releases
+        # Whole, even if the caller is cancelled meanwhile (its cancellation is raised
+        # after): the name is given up only once the handler has ended, and it is given
+        # up, so that a second consumer never runs beside this one nor waits for a lease.
+        await finish(self._stopped(timeout))
+
+    async def _stopped(self, timeout: float) -> None:
+        task = self._task
         if task is not None and not task.done():
             try:
                 await asyncio.wait_for(asyncio.shield(task), timeout)
             except TimeoutError:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await task  # the handler has ended before the name is given up
+                    await task  # its own cancellation: the handler has ended
         await self._release()
 
     async def _release(self) -> None:

@@ -524,7 +524,10 @@ class AsyncRateLimiter(_LimiterBase):
         algorithm: Any = "fixed_window",
         scope: Any = "shared",
     ) -> Any:
-        """As :meth:`RateLimiter.execute`; ``fn()`` may return an awaitable (awaited)."""
+        """As :meth:`RateLimiter.execute`; ``fn()`` may return an awaitable (awaited).
+
+        A call cancelled once its request was counted stays counted (as a request that
+        failed would), though ``fn`` never ran: the count is the attempts'."""
         self._check_fn(fn)
         await self.acquire(
             _fn_key(fn) if key is None else key, max_requests, interval, algorithm, scope
