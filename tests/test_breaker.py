@@ -363,3 +363,27 @@ def test_module_level_functions_act_on_the_default_instance(fdn: Foundation) -> 
         assert two() == 2
     finally:
         _default.set_instance(None)
+
+
+def test_a_resync_snapshot_older_than_a_local_write_is_not_taken(fdn: Foundation) -> None:
+    """A full re-read (the SQLite feed's, or a reconnect's) whose snapshot was taken before
+    this node's own write committed must not put the older state back (it made a breaker
+    this node had just closed half open again, refusing calls until the next poll)."""
+    cb = fdn.circuit_breaker
+    sql = cb._sql
+    assert sql is not None
+
+    def boom() -> None:
+        raise ValueError("down")
+
+    with pytest.raises(ValueError):
+        cb.execute(boom, name="racy", max_failures=1, reset_timeout=60_000)
+    assert cb.state("racy") == "open"
+    began = cb._writes
+    snapshot = fdn.database.fetchall(sql.select_all, cb._params(""))  # open
+    cb.reset("racy")  # this node's write, after the snapshot was read
+    cb.execute(lambda: None, name="racy", max_failures=1)
+    cb._load(snapshot, began)
+    assert cb.state("racy") == "closed"
+    cb._load(snapshot)  # without the mark (start-up load), the snapshot is taken as is
+    assert cb.state("racy") == "open"
