@@ -223,3 +223,33 @@ async def test_a_cancelled_breaker_outcome_is_known_at_once(db_url: str) -> None
                 _q(db_url, "SELECT state FROM foundation_breakers WHERE name = ?"), (name,)
             )
             assert cb.state(name) == (row[0] if row else "closed"), f"after {turns} turns"
+
+
+async def test_a_handler_may_close_its_foundation(db_url: str) -> None:
+    # close() runs in a task of its own (see finish): stop() must still know it is called
+    # from the handler's side, or it would wait for the handler, which waits for close().
+    fdn = await AsyncFoundation(db_url, migrate="skip", poll_interval_ms=5).open()
+    closed = asyncio.Event()
+
+    async def shutdown(event: Any) -> None:
+        await fdn.close()
+        closed.set()
+
+    await fdn.events.subscribe("shutdown", shutdown)
+    await fdn.events.store({"type": "shutdown"})
+    await asyncio.wait_for(closed.wait(), 10)
+    with pytest.raises(FoundationError, match="closed"):
+        await fdn.events.store({"type": "after"})
+
+
+async def test_a_watch_callback_may_close_its_foundation(db_url: str) -> None:
+    fdn = await AsyncFoundation(db_url, migrate="skip", poll_interval_ms=5).open()
+    closed = asyncio.Event()
+
+    async def shutdown(change: Any) -> None:
+        await fdn.close()
+        closed.set()
+
+    fdn.service_registry.watch("svc.*", shutdown)
+    await fdn.service_registry.register("svc.a", "http://x")
+    await asyncio.wait_for(closed.wait(), 10)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import inspect
 import logging
 import secrets
@@ -439,6 +440,12 @@ class Subscription(_SubscriptionBase):
             log.warning("could not release subscription %r", self.name)
 
 
+# The subscription whose task runs the current code (a handler, or a task it started).
+_FOLLOWING: contextvars.ContextVar[AsyncSubscription | None] = contextvars.ContextVar(
+    "foundation_following", default=None
+)
+
+
 class AsyncSubscription(_SubscriptionBase):
     """A subscription run by an asyncio task; the handler may be ``async def``."""
 
@@ -496,6 +503,7 @@ class AsyncSubscription(_SubscriptionBase):
             await asyncio.wait_for(self._wake.wait(), seconds)
 
     async def _run(self) -> None:
+        _FOLLOWING.set(self)  # in this task, and the tasks it (its handler) starts
         try:
             await self._follow()
         finally:
@@ -577,8 +585,11 @@ class AsyncSubscription(_SubscriptionBase):
         self._stopping = True
         self._wake.set()
         self._events.remove_waker(self._waker)
-        if self._task is asyncio.current_task():
-            return  # called by the handler: its event is checkpointed, then _run releases
+        if self._task is asyncio.current_task() or _FOLLOWING.get() is self:
+            # Called by the handler (or a task of its own: AsyncFoundation.close() runs in
+            # one): its event is checkpointed, then _run releases. Waiting here would wait
+            # for ourselves.
+            return
         # Whole, even if the caller is cancelled meanwhile (its cancellation is raised
         # after): the name is given up only once the handler has ended, and it is given
         # up, so that a second consumer never runs beside this one nor waits for a lease.

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import contextvars
 import inspect
 import logging
 import queue
@@ -163,6 +164,12 @@ class ThreadDispatcher:
             self._halted = True  # if still running: no next callback
 
 
+# The dispatcher whose task runs the current code (a callback, or a task it started).
+_DISPATCHING: contextvars.ContextVar[LoopDispatcher | None] = contextvars.ContextVar(
+    "foundation_dispatching", default=None
+)
+
+
 class LoopDispatcher:
     """The async face's dispatcher: one task on the loop, callbacks one at a time, in
     order; an ``async def`` callback is awaited before the next one starts."""
@@ -198,6 +205,7 @@ class LoopDispatcher:
 
     async def _run(self) -> None:
         assert self._queue is not None
+        _DISPATCHING.set(self)  # in this task, and the tasks its callbacks start
         while True:
             batch = await self._queue.get()
             if batch is None:
@@ -244,8 +252,10 @@ class LoopDispatcher:
         # After what was submitted before (submit() queues through call_soon_threadsafe,
         # even on this thread): a change announced just before close() is delivered.
         loop.call_soon_threadsafe(q.put_nowait, None)
-        if task is asyncio.current_task():
-            return  # close() called from a callback: the task ends after it
+        if task is asyncio.current_task() or _DISPATCHING.get() is self:
+            # close() called from a callback (or a task of its own: AsyncFoundation.close()
+            # runs in one): the task ends after it; waiting would wait for ourselves.
+            return
         self._deadline = time.monotonic() + timeout
         done, _ = await asyncio.wait({task}, timeout=timeout)
         if not done:
