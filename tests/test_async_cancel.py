@@ -225,31 +225,24 @@ async def test_a_cancelled_breaker_outcome_is_known_at_once(db_url: str) -> None
             assert cb.state(name) == (row[0] if row else "closed"), f"after {turns} turns"
 
 
-async def test_a_handler_may_close_its_foundation(db_url: str) -> None:
-    # close() runs in a task of its own (see finish): stop() must still know it is called
-    # from the handler's side, or it would wait for the handler, which waits for close().
+@pytest.mark.parametrize("via", ["subscription handler", "watch callback"])
+async def test_a_callback_may_close_its_foundation(db_url: str, via: str) -> None:
+    # close() runs in a task of its own (see finish): stop() and the watch dispatcher must
+    # still know they are called from their own side, or they would wait for the
+    # callback, which waits for close().
     fdn = await AsyncFoundation(db_url, migrate="skip", poll_interval_ms=5).open()
     closed = asyncio.Event()
 
-    async def shutdown(event: Any) -> None:
+    async def shutdown(_: Any) -> None:
         await fdn.close()
         closed.set()
 
-    await fdn.events.subscribe("shutdown", shutdown)
-    await fdn.events.store({"type": "shutdown"})
+    if via == "subscription handler":
+        await fdn.events.subscribe("shutdown", shutdown)
+        await fdn.events.store({"type": "shutdown"})
+    else:
+        fdn.service_registry.watch("svc.*", shutdown)
+        await fdn.service_registry.register("svc.a", "http://x")
     await asyncio.wait_for(closed.wait(), 10)
     with pytest.raises(FoundationError, match="closed"):
         await fdn.events.store({"type": "after"})
-
-
-async def test_a_watch_callback_may_close_its_foundation(db_url: str) -> None:
-    fdn = await AsyncFoundation(db_url, migrate="skip", poll_interval_ms=5).open()
-    closed = asyncio.Event()
-
-    async def shutdown(change: Any) -> None:
-        await fdn.close()
-        closed.set()
-
-    fdn.service_registry.watch("svc.*", shutdown)
-    await fdn.service_registry.register("svc.a", "http://x")
-    await asyncio.wait_for(closed.wait(), 10)
