@@ -46,7 +46,6 @@ class AsyncCursor(Protocol):
     async def fetchone(self, sql: str, params: Params = None) -> Row | None: ...
     async def fetchall(self, sql: str, params: Params = None) -> list[Row]: ...
     async def executemany(self, sql: str, params: ManyParams) -> None: ...
-    async def insert(self, sql: str, params: Params = None) -> int: ...
 
 
 class _SQLiteCursor:
@@ -116,9 +115,6 @@ class _PGCursor:
     async def executemany(self, sql: str, params: ManyParams) -> None:
         async with self._conn.cursor() as cur:
             await cur.executemany(sql, params)
-
-    async def insert(self, sql: str, params: Params = None) -> int:
-        raise NotImplementedError("insert returns a SQLite rowid; use RETURNING here")
 
 
 async def finish(aw: Awaitable[T]) -> T:

@@ -325,20 +325,9 @@ class AsyncServiceRegistry(_RegistryBase):
 
     async def _update_once(self, name: str, meta: Any, text: str) -> ServiceEntry:
         # Whole, as _register_once.
-        held = self._held_live(name)  # again: another task's write may have run first
-        if held is None or self._lease is None:
-            raise self._not_held(name)
-        params = {"name": name, "node": self._node, "gen": self._lease.generation}
-        row = await self._db.fetchone(
-            self._sql.update_metadata, {**params, "metadata": text, **self._sql.clock()}
-        )
-        if row is None:
-            self._held_live(name)  # forgets it if its own TTL has passed
-            raise self._not_held(name)
-        self._held[name] = held.with_metadata(meta, text)
-        entry = self._entry(row)
-        self._state.notify(self._state.apply_entry(entry, name, entry.revision, "local"))
-        return entry
+        held, params = self._update_params(name, text)
+        row = await self._db.fetchone(self._sql.update_metadata, params)
+        return self._metadata_updated(name, held, meta, text, row)
 
     async def join(
         self, group: Any, address: Any, metadata: Any = None, *, member_id: Any = None

@@ -349,6 +349,27 @@ class _RegistryBase(RegistryFeedSide):
             name, held.address_text, held.metadata_text, self._node, gen, held.ttl_ms
         )
 
+    def _update_params(self, name: str, text: str) -> tuple[_Held, dict[str, Any]]:
+        """``update_metadata``'s row check and parameters, under the name's write lock
+        (checked again there: another write of the name may have run first)."""
+        held = self._held_live(name)
+        if held is None or self._lease is None:
+            raise self._not_held(name)
+        params = {"name": name, "node": self._node, "gen": self._lease.generation}
+        return held, {**params, "metadata": text, **self._sql.clock()}
+
+    def _metadata_updated(
+        self, name: str, held: _Held, meta: Any, text: str, row: tuple[Any, ...] | None
+    ) -> ServiceEntry:
+        """Install what ``update_metadata`` wrote (``row`` None: not this node's any more)."""
+        if row is None:
+            self._held_live(name)  # forgets it if its own TTL has passed
+            raise self._not_held(name)
+        self._held[name] = held.with_metadata(meta, text)
+        entry = self._entry(row)
+        self._state.notify(self._state.apply_entry(entry, name, entry.revision, "local"))
+        return entry
+
     def _fresh_params(
         self, name: str, params: dict[str, Any] | tuple[Any, ...]
     ) -> tuple[Any, ...] | None:

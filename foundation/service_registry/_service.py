@@ -307,20 +307,9 @@ class ServiceRegistry(_RegistryBase):
         locked = False
         try:
             locked = lock.acquire()
-            held = self._held_live(name)  # again: another thread's write may have run first
-            if held is None or self._lease is None:
-                raise self._not_held(name)
-            params = {"name": name, "node": self._node, "gen": self._lease.generation}
-            row = self._db.fetchone(
-                self._sql.update_metadata, {**params, "metadata": text, **self._sql.clock()}
-            )
-            if row is None:
-                self._held_live(name)  # forgets it if its own TTL has passed
-                raise self._not_held(name)
-            self._held[name] = held.with_metadata(meta, text)
-            entry = self._entry(row)
-            self._state.notify(self._state.apply_entry(entry, name, entry.revision, "local"))
-            return entry
+            held, params = self._update_params(name, text)
+            row = self._db.fetchone(self._sql.update_metadata, params)
+            return self._metadata_updated(name, held, meta, text, row)
         finally:
             self._settle(name, lock, locked)
 
