@@ -245,3 +245,63 @@ def test_foundation_decodes_postgres_json_as_psycopg_does(postgres_server: str) 
             assert fdn.events.get(type="t") == [stored]
         finally:
             fdn.close()
+
+
+def _backend_pid(conn: Any) -> int:
+    return int(conn.info.backend_pid)
+
+
+def test_the_pool_hands_out_the_connection_used_last(postgres_server: str) -> None:
+    # psycopg's own pool takes its idle connections in turn: a process storing one
+    # event at a time would wake a cold server process on every call.
+    from foundation.database.postgres import ConnectionPool
+
+    conninfo = DatabaseURL.parse(postgres_server).conninfo
+    with ConnectionPool(conninfo, min_size=3, max_size=3, kwargs={"autocommit": True}) as pool:
+        pool.wait()
+        first, second, third = pool.getconn(), pool.getconn(), pool.getconn()
+        for conn in (first, second, third):
+            pool.putconn(conn)
+        for _ in range(4):
+            with pool.connection() as conn:
+                assert _backend_pid(conn) == _backend_pid(third)
+                conn.execute("SELECT 1")
+        # Two at once: the two used last, the longest idle left for the pool to close.
+        with pool.connection() as a, pool.connection() as b:
+            assert {_backend_pid(a), _backend_pid(b)} == {
+                _backend_pid(third),
+                _backend_pid(second),
+            }
+        assert pool.get_stats()["pool_available"] == 3
+
+
+async def test_the_async_pool_hands_out_the_connection_used_last(postgres_server: str) -> None:
+    from foundation.database.postgres import AsyncConnectionPool
+
+    conninfo = DatabaseURL.parse(postgres_server).conninfo
+    async with AsyncConnectionPool(
+        conninfo, min_size=3, max_size=3, kwargs={"autocommit": True}
+    ) as pool:
+        await pool.wait()
+        taken = [await pool.getconn() for _ in range(3)]
+        for conn in taken:
+            await pool.putconn(conn)
+        for _ in range(4):
+            async with pool.connection() as conn:
+                assert _backend_pid(conn) == _backend_pid(taken[-1])
+                await conn.execute("SELECT 1")
+
+
+def test_foundation_stores_on_the_connection_it_used_last(postgres_server: str) -> None:
+    from tests.conftest import fresh_postgres
+
+    with fresh_postgres(postgres_server) as url:
+        fdn = Foundation(url, migrate="upgrade", pool_min_size=3)
+        try:
+            db = fdn.events._db
+            assert db._pool is not None
+            db._pool.wait()
+            pids = {db.fetchone("SELECT pg_backend_pid()")[0] for _ in range(6)}  # type: ignore[index]
+            assert len(pids) == 1
+        finally:
+            fdn.close()

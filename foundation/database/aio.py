@@ -21,7 +21,7 @@ import psycopg_pool
 
 from foundation.database.codec import Codec, codec_for
 from foundation.database.errors import is_disconnect_before_statement, translate
-from foundation.database.postgres import driver_kwargs
+from foundation.database.postgres import AsyncConnectionPool, driver_kwargs
 from foundation.database.sync import ManyParams, Params, Row
 from foundation.database.url import DatabaseURL
 from foundation.errors import StorageUnavailableError
@@ -151,7 +151,7 @@ class AsyncDatabase:
         self._masked = url.masked
         self._sqlite: aiosqlite.Connection | None = None
         self._sqlite_lock = asyncio.Lock()
-        self._pool: psycopg_pool.AsyncConnectionPool[psycopg.AsyncConnection[Row]] | None = None
+        self._pool: AsyncConnectionPool | None = None
         self._closed = False
 
     async def open(self) -> None:
@@ -179,7 +179,7 @@ class AsyncDatabase:
                     self.url.conninfo, **driver_kwargs(self.settings)
                 )
                 await probe.close()
-                self._pool = psycopg_pool.AsyncConnectionPool(
+                self._pool = AsyncConnectionPool(
                     self.url.conninfo,
                     min_size=self.settings.pool_min_size,
                     max_size=self.settings.pool_max_size,

@@ -4,22 +4,24 @@ One place for the connect timeout, the ``application_name`` operators see in
 ``pg_stat_activity`` (``foundation:<node>`` for pooled connections,
 ``foundation-listen:<node>`` for the change feed), UTC as the session's time zone, the
 optional schema (``search_path``) that ``Settings.postgres_schema`` puts Foundation's
-tables in, and the adapters of the connections Foundation opens itself (a faster JSON
-loader).
+tables in, the adapters of the connections Foundation opens itself (a faster JSON
+loader), and the pools that hand out the connection used last.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 import psycopg
+import psycopg_pool
 from psycopg.adapt import AdaptersMap
 from psycopg.types.json import set_json_loads
 
 from foundation.database.codec import load_json_bytes
 from foundation.settings import Settings
 
-__all__ = ["ADAPTERS", "connect_kwargs", "driver_kwargs"]
+__all__ = ["ADAPTERS", "AsyncConnectionPool", "ConnectionPool", "connect_kwargs", "driver_kwargs"]
 
 # psycopg's own adapters, but JSON decoded by Foundation's faster loader. Given to the
 # connections Foundation opens itself only, never set globally: an application's other
@@ -46,3 +48,39 @@ def driver_kwargs(settings: Settings, purpose: str = "foundation") -> dict[str, 
     """``connect_kwargs`` and Foundation's adapters, for ``psycopg.connect`` and pools
     (not for SQLAlchemy's engine, whose dialect decodes JSON its own way)."""
     return {**connect_kwargs(settings, purpose), "context": ADAPTERS}
+
+
+# psycopg's pools hand out their idle connections in turn (first returned, first out), so
+# a process whose work comes one statement at a time still spreads it over every
+# connection the pool ever opened, each a server process whose caches have gone cold
+# since its last turn. Measured here with two pooled connections and one thread storing
+# events: 460 µs a store in turn, 370 µs on the connection used last (the statement alone
+# on one connection: 355 µs). Most recently used first also lets the connections a burst
+# added sit idle until the pool's ``max_idle`` closes them (psycopg's shrink closes the
+# longest idle, at the other end). Only the order changes: the pool's checks, growth and
+# statistics are its own.
+
+
+def _most_recent_first(idle: object) -> None:
+    # ``_pool`` is the pool's deque of idle connections, returned ones appended on the
+    # right and taken from the left (psycopg_pool 3.2 and 3.3); anything else: left as is.
+    if isinstance(idle, deque) and len(idle) > 1:
+        idle.rotate(1)
+
+
+class ConnectionPool(psycopg_pool.ConnectionPool[psycopg.Connection[Any]]):
+    """psycopg's pool, the connection returned last handed out first."""
+
+    def _get_ready_connection(self, timeout: float | None) -> psycopg.Connection[Any] | None:
+        _most_recent_first(getattr(self, "_pool", None))  # under the pool's lock
+        return super()._get_ready_connection(timeout)
+
+
+class AsyncConnectionPool(psycopg_pool.AsyncConnectionPool[psycopg.AsyncConnection[Any]]):
+    """psycopg's async pool, the connection returned last handed out first."""
+
+    async def _get_ready_connection(
+        self, timeout: float | None
+    ) -> psycopg.AsyncConnection[Any] | None:
+        _most_recent_first(getattr(self, "_pool", None))
+        return await super()._get_ready_connection(timeout)

@@ -5,10 +5,11 @@ never waits on another's), WAL, ``busy_timeout``, foreign keys, autocommit with 
 explicit ``BEGIN IMMEDIATE`` for multi-statement writes so that a writer takes the
 write lock up front and never deadlocks upgrading a read lock.
 
-PostgreSQL: a ``psycopg_pool.ConnectionPool`` of autocommit connections; a single
-statement is its own transaction (one round trip), several statements use
-``transaction()``. A pooled connection found dead before its statement ran (the
-server terminated it) is replaced and the statement run again, once.
+PostgreSQL: a ``psycopg_pool.ConnectionPool`` of autocommit connections (the one used
+last handed out first, see :mod:`.postgres`); a single statement is its own transaction
+(one round trip), several statements use ``transaction()``. A pooled connection found
+dead before its statement ran (the server terminated it) is replaced and the statement
+run again, once.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import psycopg_pool
 
 from foundation.database.codec import Codec, codec_for
 from foundation.database.errors import is_disconnect_before_statement, translate
-from foundation.database.postgres import driver_kwargs
+from foundation.database.postgres import ConnectionPool, driver_kwargs
 from foundation.database.url import DatabaseURL
 from foundation.settings import Settings
 
@@ -114,11 +115,11 @@ class SyncDatabase:
         self._local = threading.local()
         self._sqlite_conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
-        self._pool: psycopg_pool.ConnectionPool[psycopg.Connection[Row]] | None = None
+        self._pool: ConnectionPool | None = None
         if url.backend == "postgresql":
             # Fail fast, with the driver's own reason, when the server cannot be reached.
             self.probe()
-            self._pool = psycopg_pool.ConnectionPool(
+            self._pool = ConnectionPool(
                 url.conninfo,
                 min_size=settings.pool_min_size,
                 max_size=settings.pool_max_size,
