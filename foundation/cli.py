@@ -38,6 +38,7 @@ from foundation.database.url import DatabaseURL
 from foundation.errors import (
     FoundationError,
     NotFoundError,
+    SchemaOutdatedError,
     ValidationError,
 )
 from foundation.facade import Foundation
@@ -155,7 +156,19 @@ def _foundation(ctx: click.Context, *, create: bool) -> Iterator[Foundation]:
     # A command that writes keeps the default (SQLite upgrades itself, PostgreSQL checks);
     # one that reads changes nothing, a schema neither: an unmigrated or older file (an
     # app's own database, say) is a schema_outdated error, not a file given new tables.
-    with Foundation(settings=target.settings, migrate=None if create else "check") as fdn:
+    try:
+        fdn = Foundation(settings=target.settings, migrate=None if create else "check")
+    except SchemaOutdatedError as err:
+        if err.context.get("newer"):
+            raise
+        # The library's message also offers migrate='upgrade', which a shell cannot pass.
+        raise SchemaOutdatedError(
+            f"the database at {err.context['url']} is at schema revision "
+            f"{err.context['current'] or 'none (empty)'} but this Foundation needs "
+            f"{err.context['head']}: run `foundation db upgrade` first",
+            context=err.context,
+        ) from None
+    with fdn:
         yield fdn
 
 
