@@ -125,6 +125,8 @@ class AsyncServiceRegistry(_RegistryBase):
                 return False
             started = time.monotonic()
             if started >= self._deadline:
+                # What lapsed is reported expired first, as the heartbeat's own loop does.
+                self._publish(self._state.sweep())
                 await self._recover_locked()
                 return False
             row = await self._db.fetchone(self._sql.renew, self._lease_params())

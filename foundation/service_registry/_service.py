@@ -124,6 +124,8 @@ class ServiceRegistry(_RegistryBase):
                 return False
             started = time.monotonic()
             if started >= self._deadline:
+                # What lapsed is reported expired first, as the heartbeat's own loop does.
+                self._publish(self._state.sweep())
                 self._recover()
                 return False
             row = self._db.fetchone(self._sql.renew, self._lease_params())
