@@ -10,6 +10,8 @@ else the default of :class:`~foundation.Settings`; it is only ever shown masked.
 Every :class:`~foundation.FoundationError` ends the command with ``error [code]:
 message`` on stderr and exit code 1 (usage errors exit 2, as click does). Commands that
 only read never create a SQLite file: a path with no file is a ``not_found`` error.
+The events, registry, breakers and limits commands live in :mod:`.cli_events` and
+:mod:`.cli_ops`; what all share, in :mod:`.cli_common`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import json
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC
 from typing import Any
 
@@ -30,41 +31,28 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from foundation.cli_common import (
+    Target,
+    dumps,
+    no_file,
+    open_foundation,
+    stdout_console,
+    target_of,
+    truncate,
+)
+from foundation.cli_events import events
+from foundation.cli_ops import breakers, limits, registry
 from foundation.config._service import MAX_HISTORY
 from foundation.config._state import ConfigHistoryEntry
 from foundation.database import migrate
 from foundation.database.errors import translate_errors
 from foundation.database.url import DatabaseURL
-from foundation.errors import (
-    FoundationError,
-    NotFoundError,
-    SchemaOutdatedError,
-    ValidationError,
-)
-from foundation.facade import Foundation
+from foundation.errors import FoundationError, NotFoundError, ValidationError
 from foundation.settings import Settings, build_settings, default_node_id
 
 __all__ = ["main"]
 
-VALUE_WIDTH = 60
 _MISSING: Any = object()
-
-
-@dataclass(frozen=True)
-class _Target:
-    """What the group resolved: the settings to use and the parsed URL (never printed raw)."""
-
-    settings: Settings
-    url: DatabaseURL
-
-
-def _dumps(value: Any) -> str:
-    """Compact, deterministic JSON for humans and scripts alike."""
-    return json.dumps(value, ensure_ascii=False, default=str)
-
-
-def _truncate(text: str, width: int = VALUE_WIDTH) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _secret(raw: str | None) -> str | None:
@@ -97,12 +85,6 @@ class _FoundationGroup(click.Group):
             ctx.exit(1)
 
 
-def _target(ctx: click.Context) -> _Target:
-    target = ctx.find_object(_Target)
-    assert target is not None, "the root group always sets its target"
-    return target
-
-
 def _settings(database_url: str | None) -> Settings:
     # A node id of its own: FOUNDATION_NODE_ID in an app's environment names the app's
     # live instance, whose lease a command must neither take nor wait for (one node id,
@@ -123,55 +105,6 @@ def _alembic(url: DatabaseURL) -> Iterator[None]:
         raise ValidationError(f"alembic: {exc}", context={"url": url.masked}) from None
 
 
-def _no_file(url: DatabaseURL) -> bool:
-    """Whether ``url`` names a SQLite file that does not exist (yet)."""
-    return url.backend == "sqlite" and not url.sqlite_path.exists()
-
-
-def _existing(url: DatabaseURL) -> None:
-    """Refuse a SQLite path with no file: opening it would create one, directories and all.
-
-    For a command that only reads, a missing file is a mistyped path far more often than
-    a wish for a new, empty database (whose empty answer would look like a real one).
-    """
-    if _no_file(url):
-        path = url.sqlite_path
-        raise NotFoundError(
-            f"no such database file: {path}; check the path, "
-            "or create the database with `foundation db upgrade`",
-            context={"url": url.masked, "path": str(path)},
-        )
-
-
-@contextmanager
-def _foundation(ctx: click.Context, *, create: bool) -> Iterator[Foundation]:
-    """The Foundation of the command's database.
-
-    ``create``: whether the command may create a SQLite file that does not exist; a
-    command that only reads says False (see :func:`_existing`).
-    """
-    target = _target(ctx)
-    if not create:
-        _existing(target.url)
-    # A command that writes keeps the default (SQLite upgrades itself, PostgreSQL checks);
-    # one that reads changes nothing, a schema neither: an unmigrated or older file (an
-    # app's own database, say) is a schema_outdated error, not a file given new tables.
-    try:
-        fdn = Foundation(settings=target.settings, migrate=None if create else "check")
-    except SchemaOutdatedError as err:
-        if err.context.get("newer"):
-            raise
-        # The library's message also offers migrate='upgrade', which a shell cannot pass.
-        raise SchemaOutdatedError(
-            f"the database at {err.context['url']} is at schema revision "
-            f"{err.context['current'] or 'none (empty)'} but this Foundation needs "
-            f"{err.context['head']}: run `foundation db upgrade` first",
-            context=err.context,
-        ) from None
-    with fdn:
-        yield fdn
-
-
 def _parse_value(raw: str, force_string: bool) -> Any:
     if force_string:
         return raw
@@ -183,12 +116,6 @@ def _parse_value(raw: str, force_string: bool) -> Any:
         return json.loads(raw, parse_constant=refuse)
     except ValueError:
         return raw
-
-
-def _stdout() -> Console:
-    # No markup: names, keys and values are the user's text, and "[bold]svc[/]" must
-    # print as typed, not as "svc" (or fail on a "[/]" with nothing to close).
-    return Console(highlight=False, markup=False)
 
 
 # -- the root group -------------------------------------------------------------------
@@ -209,7 +136,7 @@ def _stdout() -> Console:
 def main(ctx: click.Context, database_url: str | None) -> None:
     """Foundation from a shell: migrations, config, events, registry, breakers, limits."""
     settings = _settings(database_url)
-    ctx.obj = _Target(settings, DatabaseURL.parse(settings.database_url))
+    ctx.obj = Target(settings, DatabaseURL.parse(settings.database_url))
 
 
 # -- db -------------------------------------------------------------------------------
@@ -228,10 +155,10 @@ def _revision_label(revision: str | None) -> str:
     return revision if revision is not None else "none"
 
 
-def _current(target: _Target) -> str | None:
+def _current(target: Target) -> str | None:
     """The database's revision; none for a SQLite file that does not exist, which is
     left uncreated (reading the version table would create the file and its directories)."""
-    if _no_file(target.url):
+    if no_file(target.url):
         return None
     return migrate.current_revision(target.url, target.settings)
 
@@ -264,7 +191,7 @@ def _revision_arg(revision: str, extra: tuple[str, ...]) -> None:
 def upgrade(ctx: click.Context, revision: str, extra: tuple[str, ...]) -> None:
     """Upgrade the schema to REVISION (default: head; relative: +1)."""
     _revision_arg(revision, extra)
-    target = _target(ctx)
+    target = target_of(ctx)
     with _alembic(target.url):
         before = _known(target.url, migrate.current_revision(target.url, target.settings))
         migrate.upgrade(target.url, revision, target.settings)
@@ -289,7 +216,7 @@ def downgrade(ctx: click.Context, revision: str, extra: tuple[str, ...], yes: bo
     --yes; without a terminal to ask on, it does nothing.
     """
     _revision_arg(revision, extra)
-    target = _target(ctx)
+    target = target_of(ctx)
     if not yes:
         click.confirm(
             f"Downgrade {target.url.masked} to {revision}? Reverting 0001-0004 drops their "
@@ -317,13 +244,13 @@ def _moved(verb: str, url: DatabaseURL, before: str | None, after: str | None) -
 @click.pass_context
 def current(ctx: click.Context, as_json: bool) -> None:
     """The schema revision of the database, and whether it is head."""
-    target = _target(ctx)
+    target = target_of(ctx)
     with _alembic(target.url):
         revision = _known(target.url, _current(target))
     head = migrate.head_revision()
     if as_json:
         click.echo(
-            _dumps(
+            dumps(
                 {
                     "url": target.url.masked,
                     "current": revision,
@@ -343,7 +270,7 @@ def current(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def db_history(ctx: click.Context, as_json: bool) -> None:
     """Foundation's revisions, newest first, marking the current one and head."""
-    target = _target(ctx)
+    target = target_of(ctx)
     with _alembic(target.url):
         script = ScriptDirectory.from_config(migrate.alembic_config(target.url))
         heads = set(script.get_heads())
@@ -360,7 +287,7 @@ def db_history(ctx: click.Context, as_json: bool) -> None:
             }
             for rev in revisions
         ]
-        click.echo(_dumps(rows))
+        click.echo(dumps(rows))
         return
     table = Table(title=f"revisions of {target.url.masked}", title_justify="left")
     table.add_column("revision", no_wrap=True)
@@ -380,7 +307,7 @@ def db_history(ctx: click.Context, as_json: bool) -> None:
             Text(", ".join(marks)),
             Text((rev.doc or "").strip()),
         )
-    _stdout().print(table)
+    stdout_console().print(table)
     if revision is None:
         click.echo("current: none (empty database)")
 
@@ -401,12 +328,12 @@ def config() -> None:
 @click.pass_context
 def config_get(ctx: click.Context, key: str) -> None:
     """Print KEY's value as JSON (exit 1 if it is not set)."""
-    with _foundation(ctx, create=False) as fdn:
+    with open_foundation(ctx, create=False) as fdn:
         explanation = fdn.config.explain(key)  # validates the key
         value = fdn.config.get(key, _MISSING)
     if value is _MISSING or explanation.source is None:
         raise NotFoundError(f"config key {key!r} is not set", context={"key": key})
-    click.echo(_dumps(value))
+    click.echo(dumps(value))
 
 
 @config.command("set", context_settings={"ignore_unknown_options": True})
@@ -417,10 +344,10 @@ def config_get(ctx: click.Context, key: str) -> None:
 def config_set(ctx: click.Context, key: str, value: str, force_string: bool) -> None:
     """Set KEY to VALUE (read as JSON when it parses, else as a string)."""
     parsed = _parse_value(value, force_string)
-    with _foundation(ctx, create=True) as fdn:
+    with open_foundation(ctx, create=True) as fdn:
         fdn.config.set(key, parsed)
         stored = fdn.config.get(key)
-    click.echo(f"set {key} = {_dumps(stored)}")
+    click.echo(f"set {key} = {dumps(stored)}")
 
 
 @config.command("delete")
@@ -428,7 +355,7 @@ def config_set(ctx: click.Context, key: str, value: str, force_string: bool) -> 
 @click.pass_context
 def config_delete(ctx: click.Context, key: str) -> None:
     """Delete KEY's runtime value (file, environment and defaults stay)."""
-    with _foundation(ctx, create=True) as fdn:
+    with open_foundation(ctx, create=True) as fdn:
         deleted = fdn.config.delete(key)
         explanation = fdn.config.explain(key)
     if deleted:
@@ -436,7 +363,7 @@ def config_delete(ctx: click.Context, key: str) -> None:
     else:
         click.echo(f"{key} had no runtime value; nothing deleted")
     if explanation.source is not None:
-        click.echo(f"{key} is now {_dumps(explanation.value)} from {explanation.source}")
+        click.echo(f"{key} is now {dumps(explanation.value)} from {explanation.source}")
 
 
 @config.command("list")
@@ -445,7 +372,7 @@ def config_delete(ctx: click.Context, key: str) -> None:
 @click.pass_context
 def config_list(ctx: click.Context, prefix: str, as_json: bool) -> None:
     """Every key with its winning value and where that value comes from."""
-    with _foundation(ctx, create=False) as fdn:
+    with open_foundation(ctx, create=False) as fdn:
         values = fdn.config.all()
         rows = [
             {"key": key, "value": values[key], "source": fdn.config.explain(key).source}
@@ -453,7 +380,7 @@ def config_list(ctx: click.Context, prefix: str, as_json: bool) -> None:
             if key.startswith(prefix)
         ]
     if as_json:
-        click.echo(_dumps(rows))
+        click.echo(dumps(rows))
         return
     table = Table()
     table.add_column("key", overflow="fold")
@@ -461,9 +388,9 @@ def config_list(ctx: click.Context, prefix: str, as_json: bool) -> None:
     table.add_column("source", overflow="fold")
     for row in rows:
         table.add_row(
-            Text(str(row["key"])), Text(_truncate(_dumps(row["value"]))), Text(str(row["source"]))
+            Text(str(row["key"])), Text(truncate(dumps(row["value"]))), Text(str(row["source"]))
         )
-    _stdout().print(table)
+    stdout_console().print(table)
 
 
 def _history_row(entry: ConfigHistoryEntry) -> dict[str, Any]:
@@ -493,10 +420,10 @@ def _history_row(entry: ConfigHistoryEntry) -> dict[str, Any]:
 @click.pass_context
 def config_history(ctx: click.Context, key: str | None, limit: int, as_json: bool) -> None:
     """Changes to KEY (or to every key), newest first."""
-    with _foundation(ctx, create=False) as fdn:
+    with open_foundation(ctx, create=False) as fdn:
         entries = fdn.config.history(key, limit=limit)
     if as_json:
-        click.echo(_dumps([_history_row(e) for e in entries]))
+        click.echo(dumps([_history_row(e) for e in entries]))
         return
     # Eight columns in 80: no vertical rules (a column costs its text and one space),
     # the id, time and operation never wrap, the rest fold; --json has everything whole.
@@ -517,28 +444,19 @@ def config_history(ctx: click.Context, key: str | None, limit: int, as_json: boo
             Text(when.strftime("%Y-%m-%d %H:%M:%S")),
             Text(entry.key),
             Text(entry.operation),
-            Text(_truncate(_dumps(entry.old_value), 40)),
-            Text(_truncate(_dumps(entry.new_value), 40)),
+            Text(truncate(dumps(entry.old_value), 40)),
+            Text(truncate(dumps(entry.new_value), 40)),
             Text(entry.changed_by),
         ]
         if with_cid:
             cells.append(Text(entry.correlation_id or ""))
         table.add_row(*cells)
-    _stdout().print(table)
+    stdout_console().print(table)
+
+
+for _command in (events, registry, breakers, limits):  # each in a module of its own
+    main.add_command(_command)
 
 
 if __name__ == "__main__":
-    # `python -m foundation.cli` runs this file as __main__, a second copy beside the
-    # module foundation.cli that the command modules below import (and that imports them
-    # back): imported from here, they would meet it half made. Run the module's command.
-    from foundation.cli import main as _main
-
-    _main(prog_name="foundation")
-
-# -- events, registry, breakers, limits (their own modules; they use the helpers above) --
-
-from foundation.cli_events import events  # noqa: E402
-from foundation.cli_ops import breakers, limits, registry  # noqa: E402
-
-for _command in (events, registry, breakers, limits):
-    main.add_command(_command)
+    main(prog_name="foundation")

@@ -24,7 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from foundation._json import MAX_DEPTH
-from foundation.cli import _dumps, _foundation, _stdout, _truncate
+from foundation.cli_common import dumps, open_foundation, stdout_console, truncate
 from foundation.errors import EventError, FoundationError
 from foundation.events import RecordedEvent
 
@@ -63,7 +63,7 @@ def _event_row(event: RecordedEvent) -> dict[str, Any]:
 def _event_line(event: RecordedEvent) -> str:
     when = event.recorded_at.isoformat(sep=" ", timespec="milliseconds")
     stream = "" if event.stream_id is None else f" {event.stream_id}@{event.stream_version}"
-    return f"{event.position} {when} {event.type}{stream} {_truncate(_dumps(event.data))}"
+    return f"{event.position} {when} {event.type}{stream} {truncate(dumps(event.data))}"
 
 
 def _criteria(types: tuple[str, ...], stream: str | None) -> dict[str, Any]:
@@ -116,10 +116,10 @@ def events_query(
         criteria["after_position"] = after_position
     criteria["limit"] = limit
     criteria["order"] = "desc" if desc else "asc"
-    with _foundation(ctx, create=False) as fdn:
+    with open_foundation(ctx, create=False) as fdn:
         found = fdn.events.get(criteria)
     if as_json:
-        click.echo(_dumps([_event_row(e) for e in found]))
+        click.echo(dumps([_event_row(e) for e in found]))
         return
     table = Table()
     for name in ("position", "recorded at", "type", "stream", "version", "data"):
@@ -131,9 +131,9 @@ def events_query(
             Text(e.type),
             Text(e.stream_id or ""),
             Text("" if e.stream_version is None else str(e.stream_version)),
-            Text(_truncate(_dumps(e.data))),
+            Text(truncate(dumps(e.data))),
         )
-    _stdout().print(table)
+    stdout_console().print(table)
 
 
 @events.command("tail", short_help="The last events, then new ones with --follow.")
@@ -166,9 +166,9 @@ def events_tail(
     criteria = _criteria(types, stream)
 
     def show(event: RecordedEvent) -> None:
-        click.echo(_dumps(_event_row(event)) if as_json else _event_line(event))
+        click.echo(dumps(_event_row(event)) if as_json else _event_line(event))
 
-    with _foundation(ctx, create=False) as fdn:
+    with open_foundation(ctx, create=False) as fdn:
         position = fdn.events.last_position()
         if lines:
             for event in reversed(fdn.events.get(criteria, limit=lines, order="desc")):
@@ -207,13 +207,13 @@ def events_export(
     criteria = _criteria(types, None)
     criteria["after_position"] = after_position
     count = 0
-    with _foundation(ctx, create=False) as fdn:
+    with open_foundation(ctx, create=False) as fdn:
         total = max(fdn.events.last_position() - after_position, 0)
         with _progress(total, "exporting") as progress:
             task = progress.add_task("export", total=total)
             last = after_position
             for event in fdn.events.iter(criteria, batch_size=1_000):
-                file.write(_dumps(_event_row(event)) + "\n")
+                file.write(dumps(_event_row(event)) + "\n")
                 count += 1
                 progress.advance(task, event.position - last)
                 last = event.position
@@ -376,7 +376,7 @@ def events_import(ctx: click.Context, file: Any) -> None:
     name = getattr(file, "name", None)  # stdin may be a stream without one
     if isinstance(name, str) and name not in ("-", "<stdin>"):
         tally.file = shlex.quote(name)
-    with _foundation(ctx, create=True) as fdn, _progress(size // 200, "importing") as progress:
+    with open_foundation(ctx, create=True) as fdn, _progress(size // 200, "importing") as progress:
         task = progress.add_task("import", total=size or None)
         batch: list[tuple[int, dict[str, Any]]] = []  # (line number, event)
 

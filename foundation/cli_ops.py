@@ -16,7 +16,7 @@ from typing import Any
 import click
 from rich.table import Column, Table
 
-from foundation.cli import _dumps, _foundation, _stdout, _truncate
+from foundation.cli_common import dumps, open_foundation, stdout_console, truncate
 from foundation.service_registry import ServiceEntry
 
 __all__ = ["breakers", "limits", "registry"]
@@ -61,10 +61,10 @@ def registry() -> None:
 @click.pass_context
 def registry_list(ctx: click.Context, prefix: str | None, as_json: bool) -> None:
     """Live names with their owner, age and time to expiry."""
-    with _foundation(ctx, create=False) as fdn:
+    with open_foundation(ctx, create=False) as fdn:
         entries = fdn.service_registry.list(prefix=prefix)
     if as_json:
-        click.echo(_dumps([_entry_dict(e) for e in entries]))
+        click.echo(dumps([_entry_dict(e) for e in entries]))
         return
     now = datetime.now(UTC)
     # A name may be 255 characters: never wrapped, it took the whole width and left the
@@ -84,14 +84,14 @@ def registry_list(ctx: click.Context, prefix: str | None, as_json: bool) -> None
     for entry in entries:
         table.add_row(
             entry.name,
-            _truncate(_dumps(entry.address), 40),
+            truncate(dumps(entry.address), 40),
             entry.node,
             str(entry.epoch),
             _age(entry.registered_at, now),
             _age(now, entry.expires_at) if entry.expires_at else "never",
-            _truncate(_dumps(entry.metadata), 40),
+            truncate(dumps(entry.metadata), 40),
         )
-    _stdout().print(table)
+    stdout_console().print(table)
 
 
 @registry.command("show", short_help="One name, or a group's members.")
@@ -99,7 +99,7 @@ def registry_list(ctx: click.Context, prefix: str | None, as_json: bool) -> None
 @click.pass_context
 def registry_show(ctx: click.Context, name: str) -> None:
     """One name (raises not_found when nobody holds it), or a group's members."""
-    with _foundation(ctx, create=False) as fdn:
+    with open_foundation(ctx, create=False) as fdn:
         entry = fdn.service_registry.find(name)
         members = fdn.service_registry.members(name)
         if entry is None and not members:
@@ -109,7 +109,7 @@ def registry_show(ctx: click.Context, name: str) -> None:
             out["members"] = [
                 {"member_id": m.member_id, "address": m.address, "node": m.node} for m in members
             ]
-    click.echo(_dumps(out))
+    click.echo(dumps(out))
 
 
 @registry.command("unregister", short_help="Remove NAME, whoever holds it (an override).")
@@ -117,7 +117,7 @@ def registry_show(ctx: click.Context, name: str) -> None:
 @click.pass_context
 def registry_unregister(ctx: click.Context, name: str) -> None:
     """Remove NAME whoever holds it (an operator's override: force=True)."""
-    with _foundation(ctx, create=False) as fdn:
+    with open_foundation(ctx, create=False) as fdn:
         fdn.service_registry.unregister(name, force=True)
     click.echo(f"unregistered {name}")
 
@@ -127,16 +127,16 @@ def registry_unregister(ctx: click.Context, name: str) -> None:
 @click.pass_context
 def breakers(ctx: click.Context, as_json: bool) -> None:
     """Circuit breakers: state, failures and time until the next probe."""
-    with _foundation(ctx, create=False) as fdn:
+    with open_foundation(ctx, create=False) as fdn:
         infos = [i for i in fdn.circuit_breaker.breakers() if i.scope != "local"]
     if as_json:
-        click.echo(_dumps([asdict(i) for i in infos]))
+        click.echo(dumps([asdict(i) for i in infos]))
         return
     table = Table("name", "state", "failures", "probe in")
     for info in infos:
         probe = "" if info.retry_after is None else f"{info.retry_after / 1000:.1f}s"
         table.add_row(info.name, info.state, str(info.failures), probe)
-    _stdout().print(table)
+    stdout_console().print(table)
 
 
 @click.command()
@@ -146,10 +146,10 @@ def breakers(ctx: click.Context, as_json: bool) -> None:
 def limits(ctx: click.Context, max_rows: int, as_json: bool) -> None:
     """Shared rate limits as of now: key, algorithm, usage in the current window, reset
     (a window that has ended is empty, so it is not listed)."""
-    with _foundation(ctx, create=False) as fdn:
+    with open_foundation(ctx, create=False) as fdn:
         usage = fdn.rate_limiter.usage(limit=max_rows)
     if as_json:
-        click.echo(_dumps([{**u._asdict(), "expires_at": u.expires_at.isoformat()} for u in usage]))
+        click.echo(dumps([{**u._asdict(), "expires_at": u.expires_at.isoformat()} for u in usage]))
         return
     now = datetime.now(UTC)
     table = Table("key", "algorithm", "used", "previous window", "state expires in")
@@ -157,4 +157,4 @@ def limits(ctx: click.Context, max_rows: int, as_json: bool) -> None:
         # usage() judged "now" by the database's clock: never show a time already past.
         expires = _age(now, max(now, u.expires_at))
         table.add_row(u.key, u.algorithm, str(u.used), str(u.previous_count), expires)
-    _stdout().print(table)
+    stdout_console().print(table)

@@ -11,7 +11,7 @@ from click.testing import CliRunner, Result
 
 from foundation import Foundation
 from foundation.cli import main
-from foundation.cli_events import IMPORT_BATCH  # after foundation.cli: they import each other
+from foundation.cli_events import IMPORT_BATCH
 
 
 def run(url: str, *args: str, stdin: str | None = None) -> Result:

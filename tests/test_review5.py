@@ -298,6 +298,21 @@ def test_python_m(module: str) -> None:
     assert "registry" in done.stdout
 
 
+@pytest.mark.parametrize(
+    "module", ["foundation.cli_events", "foundation.cli_ops", "foundation.cli_common"]
+)
+def test_each_cli_module_imports_first(module: str) -> None:
+    # They used to import foundation.cli, which imported them back: a half-made module.
+    done = subprocess.run(
+        [sys.executable, "-c", f"import {module}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+
+
 # -- 8. registry list with a very long name --------------------------------------------------
 
 
