@@ -5,6 +5,8 @@ SQLite and PostgreSQL.
 * A node that closes reports the names and members it releases to its own watchers as
   ``unregister`` and ``leave``, ``local``, every time: whether close() applies the release
   itself or the change feed read it first (a loaded machine), never as ``remote``.
+* A node's own join and leave are ``local`` even when the change feed reads the member
+  row before the call that wrote it has applied it (a loaded machine).
 * A name past its own TTL is reported ``expired``: ``local`` on the node that registered
   it, ``remote`` on the others, whichever path noticed it (the sweep, or a takeover that
   arrived before the sweep).
@@ -135,6 +137,51 @@ async def test_async_close_reports_its_own_release_as_local(
         assert in_order(seen) == in_order(CLOSED)
         await async_wait_for(lambda: len(others) == 4, timeout=5)
         assert in_order(others) == in_order(SEEN_CLOSE)
+
+
+def _feed_first_members(monkeypatch: pytest.MonkeyPatch, fdn: Foundation | AsyncFoundation) -> None:
+    """join() and leave() apply their own write only once the feed has read it."""
+    reg = fdn.service_registry
+    joined_row, left = reg._joined_row, reg._left
+
+    def late_join(row: tuple[Any, ...], held: Any) -> Any:
+        group, member_id = row[0], row[1]
+        wait_for(lambda: any(m.member_id == member_id for m in reg.members(group)), timeout=5)
+        return joined_row(row, held)
+
+    def late_leave(group: str, member_id: str) -> None:
+        wait_for(lambda: all(m.member_id != member_id for m in reg.members(group)), timeout=5)
+        left(group, member_id)
+
+    monkeypatch.setattr(reg, "_joined_row", late_join)
+    monkeypatch.setattr(reg, "_left", late_leave)
+
+
+OWN_MEMBER = [("grp", "join", "local"), ("grp", "leave", "local")]
+
+
+def test_own_join_and_leave_read_by_the_feed_first_are_local(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with node(db_url) as a:
+        seen = watched(a)
+        _feed_first_members(monkeypatch, a)
+        a.service_registry.join("grp", "http://a", member_id="m1")
+        a.service_registry.leave("grp", "m1")
+        drain(a.service_registry)
+        assert seen == OWN_MEMBER
+
+
+async def test_async_own_join_and_leave_read_by_the_feed_first_are_local(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with anode(db_url) as a:
+        seen = watched(a)
+        _feed_first_members(monkeypatch, a)
+        await a.service_registry.join("grp", "http://a", member_id="m1")
+        await a.service_registry.leave("grp", "m1")
+        await async_wait_for(lambda: len(seen) >= 2, timeout=5)
+        assert seen == OWN_MEMBER
 
 
 # -- 2. a name's own TTL ----------------------------------------------------------------------

@@ -650,6 +650,11 @@ class RegistryState:
             now = _time()
             old_live = old is not None and old.lease.expires > now
             src: Any = source if member is not None else self._removal_source(old, source)
+            owner = old if member is None else member
+            if owner is not None and owner.node == self.node:
+                # This node's own join or leave (one live instance per node id), which the
+                # feed may read before the call that wrote it has applied it here.
+                src = "local"
             if member is None:
                 table.pop(member_id, None)
                 if not table:
