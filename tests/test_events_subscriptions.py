@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import threading
 import time
 from datetime import timedelta
@@ -484,6 +485,47 @@ def test_stop_called_by_the_handler_ends_cleanly(fdn: Foundation) -> None:
     assert subs[0].status.last_error is None
     row = _row(fdn, "self-stop")
     assert row is not None and int(row[0]) == events[1].position and row[1] == "stopped"
+
+
+def _slow_release(monkeypatch: pytest.MonkeyPatch, sub: Any, pause: float = 0.3) -> None:
+    """The row that says ``stopped`` takes ``pause`` seconds to be written."""
+    execute, release_sql = sub._db.execute, sub._sql.sub_status
+
+    def slow(sql: str, params: Any = None) -> Any:
+        if sql == release_sql:
+            time.sleep(pause)
+        return execute(sql, params)
+
+    async def slow_async(sql: str, params: Any = None) -> Any:
+        if sql == release_sql:
+            await asyncio.sleep(pause)
+        return await execute(sql, params)
+
+    is_async = inspect.iscoroutinefunction(execute)
+    monkeypatch.setattr(sub._db, "execute", slow_async if is_async else slow)
+
+
+def test_a_stopped_status_is_already_in_the_table(
+    fdn: Foundation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sub = fdn.events.subscribe("seen-stopped", lambda e: None, **FAST)
+    _slow_release(monkeypatch, sub)
+    threading.Thread(target=sub.stop).start()
+    wait_for(lambda: sub.status.state == "stopped")
+    row = _row(fdn, "seen-stopped")
+    assert row is not None and row[1] == "stopped"
+
+
+async def test_async_a_stopped_status_is_already_in_the_table(
+    afdn: AsyncFoundation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sub = await afdn.events.subscribe("seen-stopped", lambda e: None, **FAST)
+    _slow_release(monkeypatch, sub)
+    stopping = asyncio.create_task(sub.stop())
+    await async_wait_for(lambda: sub.status.state == "stopped")
+    row = await afdn.database.fetchone(afdn.events._sql.sub_read, {"name": "seen-stopped"})
+    assert row is not None and row[1] == "stopped"
+    await stopping
 
 
 async def test_async_stop_called_by_the_handler_ends_cleanly(afdn: AsyncFoundation) -> None:

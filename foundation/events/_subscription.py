@@ -167,6 +167,7 @@ class _SubscriptionBase:
         self._node = events._node
         self._owner = f"{events._node}#{secrets.token_hex(4)}"
         self._release_lock = threading.Lock()
+        self._release_claimed = False  # a caller is releasing the name (see _releasing)
         self._state: State = "starting"
         self._checkpoint = 0
         self._last_error: str | None = None
@@ -206,11 +207,15 @@ class _SubscriptionBase:
         )
 
     def _releasing(self) -> bool:
-        """Whether this caller is the one to release the name (once, whoever comes first)."""
+        """Whether this caller is the one to release the name (once, whoever comes first).
+
+        The state turns ``stopped`` only once the row says so (the caller's ``finally``):
+        whoever sees ``stopped`` also finds it in the table.
+        """
         with self._release_lock:
-            if self._state not in ("running", "starting", "stopping"):
+            if self._release_claimed or self._state not in ("running", "starting", "stopping"):
                 return False
-            self._state = "stopped"
+            self._release_claimed = True
             return True
 
     def _released(self) -> dict[str, Any]:
@@ -259,7 +264,7 @@ class _SubscriptionBase:
 
     def _lost(self) -> None:
         with self._release_lock:  # after a release, the lease is not ours to lose
-            if self._state not in ("running", "stopping"):
+            if self._release_claimed or self._state not in ("running", "stopping"):
                 return
             self._state = "failed"
         self._last_error = "the subscription's lease was taken over by another consumer"
@@ -438,6 +443,8 @@ class Subscription(_SubscriptionBase):
             self._db.execute(self._sql.sub_status, self._released())
         except FoundationError:
             log.warning("could not release subscription %r", self.name)
+        finally:
+            self._state = "stopped"
 
 
 # The subscription whose task runs the current code (a handler, or a task it started).
@@ -615,3 +622,5 @@ class AsyncSubscription(_SubscriptionBase):
             await self._db.execute(self._sql.sub_status, self._released())
         except FoundationError:
             log.warning("could not release subscription %r", self.name)
+        finally:
+            self._state = "stopped"
