@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -286,9 +287,11 @@ async def test_async_close_starts_no_callback_after_it_returns(db_url: str) -> N
     assert calls == [("x0", "register")]
 
 
-async def test_async_close_gives_blocking_callbacks_a_second_not_more(db_url: str) -> None:
-    """Plain callbacks that block the loop keep close()'s own timeout from firing: the
-    dispatcher itself starts no callback past the second."""
+async def _eight_names_watched_by_a_blocking_callback(
+    db_url: str,
+) -> tuple[AsyncFoundation, list[float], threading.Event]:
+    """A node holding x0…x7, watched by a plain callback that records when it starts and,
+    once ``slow`` is set, blocks the loop for half a second."""
     a = anode(db_url)
     await a.open()
     starts: list[float] = []
@@ -304,12 +307,45 @@ async def test_async_close_gives_blocking_callbacks_a_second_not_more(db_url: st
         await a.service_registry.register(f"x{i}", "http://a")
     await a.service_registry._dispatcher.flush(5)  # the registrations' callbacks ran
     starts.clear()
+    return a, starts, slow
+
+
+async def test_async_close_gives_blocking_callbacks_a_second_not_more(db_url: str) -> None:
+    """Plain callbacks that block the loop keep close()'s own timeout from firing: the
+    dispatcher itself starts no callback past the second."""
+    a, starts, slow = await _eight_names_watched_by_a_blocking_callback(db_url)
     slow.set()  # close() releases 8 names: 8 changes, 4 s of callbacks
     await a.close()
     closed = time.monotonic()
     await asyncio.sleep(0.2)
     assert starts and all(t < closed for t in starts)
     assert len(starts) < 8  # the rest was dropped, not delivered late
+
+
+async def test_async_close_counts_its_second_from_its_start(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The change feed may read the release first, and its batch of blocking callbacks
+    then holds the loop before close() reaches the dispatcher: the second still counts
+    from close()'s start."""
+    a, starts, slow = await _eight_names_watched_by_a_blocking_callback(db_url)
+    db = a.service_registry._db
+    transaction = db.transaction
+
+    @contextlib.asynccontextmanager
+    async def feed_first() -> Any:
+        async with transaction() as tx:
+            yield tx
+        # Committed: let the feed apply (and queue) the release before close() goes on.
+        await async_wait_for(lambda: a.service_registry.find("x7") is None, timeout=5)
+        await asyncio.sleep(0.05)
+
+    monkeypatch.setattr(db, "transaction", feed_first)
+    slow.set()
+    began = time.monotonic()
+    await a.close()
+    assert starts and all(t < began + 1.0 for t in starts)
+    assert len(starts) < 8
 
 
 # -- 4. where= compares metadata as JSON -------------------------------------------------------

@@ -381,6 +381,7 @@ class AsyncServiceRegistry(_RegistryBase):
         if self._closed:
             return
         self._closed = True
+        self._dispatcher.closing(timeout=1.0)  # callbacks get a second from now, no more
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -395,4 +396,4 @@ class AsyncServiceRegistry(_RegistryBase):
                 self._released(names, members)  # committed: reported as this node's own
         self._lost_locally()
         self._feed_settled(1.0)  # what the feed applied of the release is queued
-        await self._dispatcher.close(timeout=1.0)  # delivers what is queued (or gives up)
+        await self._dispatcher.close(timeout=1.0)  # delivers what is queued, within that second

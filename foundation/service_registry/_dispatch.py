@@ -240,8 +240,18 @@ class LoopDispatcher:
             return False
         return True
 
+    def closing(self, timeout: float) -> None:
+        """The registry's close() has begun: no callback starts more than ``timeout``
+        seconds from now. Plain callbacks that block the loop while close() releases the
+        node's names would otherwise run on before :meth:`close` starts its clock."""
+        if _DISPATCHING.get() is self:
+            return  # close() from a callback: what was queued before is delivered
+        if self._deadline is None:
+            self._deadline = time.monotonic() + timeout
+
     async def close(self, timeout: float) -> None:
-        """Deliver what is queued (waiting at most ``timeout`` seconds), then stop."""
+        """Deliver what is queued (waiting at most ``timeout`` seconds, counted from
+        :meth:`closing` if it was called), then stop."""
         task, q, loop = self._task, self._queue, self._loop
         self._loop = None
         if task is None or q is None or loop is None or loop.is_closed():
@@ -256,8 +266,10 @@ class LoopDispatcher:
             # close() called from a callback (or a task of its own: AsyncFoundation.close()
             # runs in one): the task ends after it; waiting would wait for ourselves.
             return
-        self._deadline = time.monotonic() + timeout
-        done, _ = await asyncio.wait({task}, timeout=timeout)
+        if self._deadline is None:
+            self._deadline = time.monotonic() + timeout
+        left = max(0.0, self._deadline - time.monotonic())
+        done, _ = await asyncio.wait({task}, timeout=left)
         if not done:
             task.cancel()
             await asyncio.wait({task})
