@@ -61,6 +61,8 @@ class Settings(BaseSettings):
     pool_min_size: int = Field(default=1, ge=0, le=10_000)
     pool_max_size: int = Field(default=10, ge=1, le=10_000)
     connect_timeout_s: float = Field(default=5.0, gt=0, le=3600)
+    """PostgreSQL: how long to wait for a connection, opened or from the pool (seconds;
+    one at least is used, as libpq counts whole seconds)."""
 
     poll_interval_ms: int = Field(default=25, ge=1, le=_DAY_MS)
     """SQLite change feed: how often ``PRAGMA data_version`` is checked."""

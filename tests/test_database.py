@@ -305,3 +305,18 @@ def test_foundation_stores_on_the_connection_it_used_last(postgres_server: str) 
             assert len(pids) == 1
         finally:
             fdn.close()
+
+
+@pytest.mark.parametrize("timeout", [5e-324, 1e-9, 0.001])
+def test_a_tiny_connect_timeout_still_gets_a_free_connection(
+    postgres_server: str, timeout: float
+) -> None:
+    # The pool's wait was the setting itself: shorter than handing out a free connection.
+    from tests.conftest import fresh_postgres
+
+    with fresh_postgres(postgres_server) as url:
+        Foundation(url, migrate="upgrade").close()
+        for _ in range(3):
+            with Foundation(url, migrate="check", connect_timeout_s=timeout) as fdn:
+                fdn.config.set("k", 1)
+                assert fdn.config.get("k") == 1

@@ -21,7 +21,7 @@ import psycopg_pool
 
 from foundation.database.codec import Codec, codec_for
 from foundation.database.errors import is_disconnect_before_statement, translate
-from foundation.database.postgres import AsyncConnectionPool, driver_kwargs
+from foundation.database.postgres import AsyncConnectionPool, driver_kwargs, pool_wait_s
 from foundation.database.sync import ManyParams, Params, Row
 from foundation.database.url import DatabaseURL
 from foundation.errors import StorageUnavailableError
@@ -183,7 +183,7 @@ class AsyncDatabase:
                     self.url.conninfo,
                     min_size=self.settings.pool_min_size,
                     max_size=self.settings.pool_max_size,
-                    timeout=self.settings.connect_timeout_s,
+                    timeout=pool_wait_s(self.settings),
                     kwargs={"autocommit": True, **driver_kwargs(self.settings)},
                     name=f"foundation-async-{self.settings.node_id}",
                     open=False,

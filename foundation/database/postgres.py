@@ -21,7 +21,14 @@ from psycopg.types.json import set_json_loads
 from foundation.database.codec import load_json_bytes
 from foundation.settings import Settings
 
-__all__ = ["ADAPTERS", "AsyncConnectionPool", "ConnectionPool", "connect_kwargs", "driver_kwargs"]
+__all__ = [
+    "ADAPTERS",
+    "AsyncConnectionPool",
+    "ConnectionPool",
+    "connect_kwargs",
+    "driver_kwargs",
+    "pool_wait_s",
+]
 
 # psycopg's own adapters, but JSON decoded by Foundation's faster loader. Given to the
 # connections Foundation opens itself only, never set globally: an application's other
@@ -42,6 +49,13 @@ def connect_kwargs(settings: Settings, purpose: str = "foundation") -> dict[str,
         "application_name": f"{purpose}:{settings.node_id}"[:63],
         "options": options,
     }
+
+
+def pool_wait_s(settings: Settings) -> float:
+    """How long a caller waits for a pooled connection: ``connect_timeout_s``, one second
+    at least. libpq counts a connect's time limit in whole seconds (two at least), and a
+    shorter wait would fail callers while a connection is free or being opened."""
+    return max(1.0, settings.connect_timeout_s)
 
 
 def driver_kwargs(settings: Settings, purpose: str = "foundation") -> dict[str, Any]:

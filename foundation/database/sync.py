@@ -26,7 +26,7 @@ import psycopg_pool
 
 from foundation.database.codec import Codec, codec_for
 from foundation.database.errors import is_disconnect_before_statement, translate
-from foundation.database.postgres import ConnectionPool, driver_kwargs
+from foundation.database.postgres import ConnectionPool, driver_kwargs, pool_wait_s
 from foundation.database.url import DatabaseURL
 from foundation.settings import Settings
 
@@ -123,7 +123,7 @@ class SyncDatabase:
                 url.conninfo,
                 min_size=settings.pool_min_size,
                 max_size=settings.pool_max_size,
-                timeout=settings.connect_timeout_s,
+                timeout=pool_wait_s(settings),
                 kwargs={"autocommit": True, **driver_kwargs(settings)},
                 name=f"foundation-{settings.node_id}",
                 open=True,
