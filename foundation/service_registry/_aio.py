@@ -143,12 +143,10 @@ class AsyncServiceRegistry(_RegistryBase):
     async def _recover_locked(self) -> None:
         if self._closed or (self._lease_valid() and not self._reclaim_pending):
             return
-        had = self._lease is not None
         self._lost_locally()
         if not await finish(self._take_lease()):
             raise self._node_taken()  # another live instance has this node id
-        if had:
-            self._reclaim_pending = True
+        if self._reclaim_pending:
             await self._reclaim()
 
     async def _reclaim_one(self, name: str, held: Any) -> bool:

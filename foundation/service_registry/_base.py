@@ -298,6 +298,11 @@ class _RegistryBase(RegistryFeedSide):
         if self._node_conflict is not None:
             log.warning("registry: node id %r: its lease is this instance's again", self._node)
             self._node_conflict = None
+        if self._lease is not None:
+            # A new generation after a loss: raised in the same step as the lease turns
+            # valid, so that no change the feed applies before the reclaim reads a held
+            # name as lost on its own (the reclaim reports them with the kept ones).
+            self._reclaim_pending = True
         lease = _Lease(self._node, int(row[0]), self._sql.epoch_seconds(row[1]))
         self._state.install_own(lease)
         self._lease = lease

@@ -139,15 +139,13 @@ class ServiceRegistry(_RegistryBase):
         with self._recover_lock:
             if self._closed or (self._lease_valid() and not self._reclaim_pending):
                 return
-            had = self._lease is not None
             self._lost_locally()
             started = time.monotonic()
             row = self._db.fetchone(self._sql.take_lease, self._lease_params())
             if row is None:
                 raise self._node_taken()  # another live instance has this node id
             self._took_lease(row, started)
-            if had:
-                self._reclaim_pending = True
+            if self._reclaim_pending:
                 self._reclaim()
 
     def _reclaim(self) -> None:
