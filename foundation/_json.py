@@ -251,10 +251,13 @@ def decode_json(text: str) -> Any:
     return json.loads(text)
 
 
+_PLAIN = frozenset((bool, int, str))
+
+
 def normalize_json(value: Any, text: str) -> Any:
     """What a value reads back as from the database (tuples become lists, and so on)."""
-    if value is None or isinstance(value, bool | int | str):
-        return value
+    if value is None or type(value) in _PLAIN:
+        return value  # not a subclass (an IntEnum): that reads back as the plain value
     if type(value) is float and not abs(value) >= _BIG_FLOAT and value != 0.0:
         return value
     if text == "{}":  # the usual metadata: no decoder for it

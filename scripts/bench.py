@@ -36,6 +36,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +117,7 @@ CREATE TABLE kv_plain (
 
 SQLITE_UPSERT = """
 INSERT INTO {table} (key, value, deleted, revision, updated_at, updated_by, correlation_id)
-VALUES (?, ?, 0, 1, strftime('%Y-%m-%d %H:%M:%f', 'now'), ?, NULL)
+VALUES (?, ?, 0, 1, ?, ?, NULL)
 ON CONFLICT (key) DO UPDATE SET value = excluded.value, deleted = 0,
     revision = {table}.revision + 1, updated_at = excluded.updated_at,
     updated_by = excluded.updated_by, correlation_id = excluded.correlation_id
@@ -194,18 +195,23 @@ def sqlite_upsert(conn: sqlite3.Connection, table: str, key: str) -> Callable[[i
     sql = SQLITE_UPSERT.format(table=table)
 
     def upsert(i: int) -> Any:
-        # The same work as config.set: encode the value, upsert, read back the revision.
-        return conn.execute(sql, (key, json.dumps(i), NODE)).fetchone()
+        # The same work as config.set: encode the value, take the time (microseconds,
+        # as the log's), upsert, read back the revision.
+        at = datetime.now(UTC).isoformat(" ", "microseconds")[:26]
+        return conn.execute(sql, (key, json.dumps(i), at, NODE)).fetchone()
 
     return upsert
 
 
 def foundation_upsert(conn: Any, backend: str) -> Callable[[int], Any]:
     """The raw driver running the very statement config.set runs, on a migrated schema."""
-    sql = ConfigSQL.build(backend, codec_for(backend)).upsert  # type: ignore[arg-type]
+    config_sql = ConfigSQL.build(backend, codec_for(backend))  # type: ignore[arg-type]
+    sql = config_sql.upsert
 
     def upsert(i: int) -> Any:
         params = {"key": "bench.set", "value": json.dumps(i), "by": NODE, "cid": None}
+        if config_sql.binds_time:
+            params["at"] = config_sql.codec.ts(datetime.now(UTC))
         return conn.execute(sql, params).fetchone()
 
     return upsert

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Generator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -83,12 +84,10 @@ class _ConfigBase:
         return self._state.load_external(file_values, str(path) if path else None, env_values)
 
     def _params(self, key: str, text: str | None) -> dict[str, Any]:
-        return {
-            "key": key,
-            "value": text,
-            "by": self._node,
-            "cid": current_correlation_id(),
-        }
+        params = {"key": key, "value": text, "by": self._node, "cid": current_correlation_id()}
+        if self._sql.binds_time:
+            params["at"] = self._sql.codec.ts(datetime.now(UTC))
+        return params
 
     def _history_params(self, key: Any, limit: int) -> tuple[str, dict[str, Any]]:
         if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_HISTORY:

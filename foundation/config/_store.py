@@ -17,10 +17,12 @@ from foundation.database.url import Backend
 __all__ = ["ConfigSQL"]
 
 
-def db_now(backend: Backend) -> sa.ColumnElement[Any]:
-    """The database's clock, in the format each backend keeps timestamps in."""
+def changed_at(backend: Backend) -> sa.ColumnElement[Any]:
+    """When a change is made: PostgreSQL's clock; on SQLite, this process's, bound as
+    ``at`` (SQLite's own clock keeps milliseconds only, and the change's event in the log
+    would be recorded before an event this process stored just earlier)."""
     if backend == "sqlite":
-        return sa.literal_column("strftime('%Y-%m-%d %H:%M:%f', 'now')")
+        return sa.bindparam("at")
     return sa.func.now()
 
 
@@ -31,7 +33,7 @@ def _upsert(backend: Backend) -> sa.Insert:
         value=sa.bindparam("value"),
         deleted=sa.false(),
         revision=sa.literal_column("1"),
-        updated_at=db_now(backend),
+        updated_at=changed_at(backend),
         updated_by=sa.bindparam("by"),
         correlation_id=sa.bindparam("cid"),
     )
@@ -61,6 +63,7 @@ class ConfigSQL:
     history_head: str
     history_keys: str
     codec: Codec
+    binds_time: bool  # statements take the change's time as ``at`` (see ``changed_at``)
 
     @classmethod
     def build(cls, backend: Backend, codec: Codec) -> ConfigSQL:
@@ -78,7 +81,7 @@ class ConfigSQL:
                 value=sa.null(),
                 deleted=sa.true(),
                 revision=config.c.revision + sa.literal_column("1"),
-                updated_at=db_now(backend),
+                updated_at=changed_at(backend),
                 updated_by=sa.bindparam("by"),
                 correlation_id=sa.bindparam("cid"),
             )
@@ -122,6 +125,7 @@ class ConfigSQL:
                 history.where(config_history.c.key == sa.bindparam("key")), backend
             ),
             codec=codec,
+            binds_time=backend == "sqlite",
         )
 
     def runtime_row(self, row: tuple[Any, ...]) -> tuple[str, Any, int, bool, str]:

@@ -14,6 +14,7 @@ from collections.abc import (
     Mapping,
 )
 from typing import Any
+from uuid import UUID
 
 from foundation.database.aio import AsyncDatabase, finish
 from foundation.errors import FoundationError
@@ -23,6 +24,7 @@ from foundation.events._base import (
     _callable,
     _check_id_arg,
     _check_version_arg,
+    _correlation_arg,
     _EventsBase,
     _ids_given,
     _now,
@@ -172,8 +174,8 @@ class AsyncEvents(_EventsBase):
             if e.stream_version is not None and e.stream_version >= from_version
         ]
 
-    async def correlation_chain(self, correlation_id: str) -> list[RecordedEvent]:
-        _check_id_arg("correlation_id", correlation_id)
+    async def correlation_chain(self, correlation_id: str | UUID) -> list[RecordedEvent]:
+        correlation_id = _correlation_arg(correlation_id)
         return [e async for e in self.iter(correlation_id=correlation_id)]
 
     async def tail(

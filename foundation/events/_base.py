@@ -9,6 +9,7 @@ cannot drift apart, and neither hops threads.
 
 from __future__ import annotations
 
+import inspect
 import threading
 import time
 import uuid
@@ -435,18 +436,39 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _callable(handler: Any) -> Callable[[RecordedEvent], Any]:
+def _callable(handler: Any, *, sync: bool = False) -> Callable[[RecordedEvent], Any]:
     if not callable(handler):
         raise EventError(
             "a subscription handler must be callable", context={"type": type(handler).__name__}
         )
+    if sync and is_async_callable(handler):
+        # Its coroutine would never run, and every event would be checkpointed unhandled.
+        raise EventError(
+            "an async def handler needs AsyncFoundation: Foundation runs handlers on a"
+            " thread and calls plain functions",
+            context={"handler": repr(handler)[:200]},
+        )
     return handler  # type: ignore[no-any-return]
+
+
+def is_async_callable(fn: Any) -> bool:
+    """``async def`` functions, their partials, and objects whose ``__call__`` is one."""
+    call = getattr(type(fn), "__call__", None)  # noqa: B004 (the method, not a test)
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call)
 
 
 def _check_id_arg(name: str, value: Any) -> None:
     # None would mean "no criterion": every stream, the whole log.
     if not isinstance(value, str):
         raise EventError(f"{name} must be a string", context={name: repr(value)[:200]})
+
+
+def _correlation_arg(value: Any) -> str:
+    """``correlation_chain``'s argument: text, or a UUID as ``store`` takes it."""
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    _check_id_arg("correlation_id", value)
+    return value  # type: ignore[no-any-return]
 
 
 def _check_version_arg(from_version: Any) -> None:

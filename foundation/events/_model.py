@@ -234,7 +234,7 @@ def valid_name(value: Any, field: str, *, required: bool) -> str | None:
             f"characters ({bad!r})",
             context={"field": field, "value": repr(value)[:200]},
         )
-    return value
+    return str.__str__(value)  # a str subclass (a StrEnum) is kept as the plain text
 
 
 def _event_id(value: Any) -> tuple[uuid.UUID, bool]:
@@ -328,10 +328,12 @@ def parse_event(event: Any, max_bytes: int) -> NewEvent:
     if correlation_id is None:
         correlation_id = current_correlation_id()
     if correlation_id is not None:
+        if isinstance(correlation_id, uuid.UUID):
+            correlation_id = str(correlation_id)
         correlation_id = valid_name(correlation_id, "correlation_id", required=False)
     if causation_id is not None:
         if isinstance(causation_id, uuid.UUID):
-            causation_id = str(causation_id)
+            causation_id = str(causation_id)  # usually the id of another event
         causation_id = valid_name(causation_id, "causation_id", required=False)
     return NewEvent(
         id=event_id,
@@ -454,8 +456,8 @@ def parse_criteria(
     for key in ("stream_id", "correlation_id", "causation_id"):
         value = merged.get(key)
         if value is not None:
-            if key == "causation_id" and isinstance(value, uuid.UUID):
-                value = str(value)  # as store() takes it: usually the id of another event
+            if key != "stream_id" and isinstance(value, uuid.UUID):
+                value = str(value)  # as store() takes them
             params[key] = _text(key, value)
             shape.append(key)
     for key in ("after", "before"):

@@ -13,6 +13,7 @@ from collections.abc import (
     Mapping,
 )
 from typing import Any
+from uuid import UUID
 
 from foundation.database.sync import SyncDatabase
 from foundation.errors import FoundationError, StorageUnavailableError
@@ -22,6 +23,7 @@ from foundation.events._base import (
     _callable,
     _check_id_arg,
     _check_version_arg,
+    _correlation_arg,
     _EventsBase,
     _ids_given,
     _now,
@@ -172,9 +174,9 @@ class Events(_EventsBase):
             if e.stream_version is not None and e.stream_version >= from_version
         ]
 
-    def correlation_chain(self, correlation_id: str) -> list[RecordedEvent]:
+    def correlation_chain(self, correlation_id: str | UUID) -> list[RecordedEvent]:
         """Every event carrying ``correlation_id``, in log order."""
-        _check_id_arg("correlation_id", correlation_id)
+        correlation_id = _correlation_arg(correlation_id)
         return list(self.iter(correlation_id=correlation_id))
 
     def tail(
@@ -237,7 +239,7 @@ class Events(_EventsBase):
     ) -> Subscription:
         """Run ``handler`` on every event (durably, at least once) in a thread."""
         options_ = SubscriptionOptions.make(name, types, start, options)
-        sub = Subscription(self, self._db, self._sql, options_).bind(_callable(handler))
+        sub = Subscription(self, self._db, self._sql, options_).bind(_callable(handler, sync=True))
         sub.start()
         self._subscriptions.append(sub)
         return sub

@@ -10,7 +10,10 @@ that only succeeds when nobody holds a live lease; the owner renews the lease wi
 checkpoint and, every third of the lease, from a keeper of its own (a thread, or a task),
 so a handler slower than the lease, or retried for longer, keeps the name and the event
 in hand; a dead owner's lease simply expires. An owner paused past its lease (SIGSTOP, a
-frozen VM) finds its lease taken when it resumes, and stops as ``failed``. The owner is one
+frozen VM) finds its lease taken when it resumes, and stops as ``failed``: before it hands
+an event to the handler, a consumer whose lease may have run out by its own clock (a
+monotonic deadline from its last renewal, never later than the row's) renews it first, so
+it never delivers an event once another consumer may hold the name. The owner is one
 subscription object (``<node id>#<random>``), not a node: a second ``subscribe`` of the
 same name is refused in the same process too. ``stop()`` releases the name only once the
 handler in hand has returned.
@@ -31,6 +34,7 @@ import inspect
 import logging
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -172,6 +176,15 @@ class _SubscriptionBase:
         self._checkpoint = 0
         self._last_error: str | None = None
         self._attempts = 0
+        # Monotonic end of the lease as this consumer knows it: counted from before the
+        # statement that last renewed it was sent, so never later than the row's.
+        self._lease_until = 0.0
+
+    def _renewed(self, sent: float) -> None:
+        self._lease_until = max(self._lease_until, sent + self.options.lease_ms / 1000)
+
+    def _lease_lapsed(self) -> bool:
+        return time.monotonic() >= self._lease_until
 
     @property
     def status(self) -> SubscriptionStatus:
@@ -271,6 +284,12 @@ class _SubscriptionBase:
         log.error("subscription %r: %s", self.name, self._last_error)
 
 
+def _discard(awaitable: Any) -> None:
+    """Close a coroutine nobody will await (no "never awaited" warning on top)."""
+    if inspect.iscoroutine(awaitable):
+        awaitable.close()
+
+
 def start_position(start: int, last_position: int) -> int:
     """A start position must be one the log has reached: past its end, the events stored
     later at positions up to it would be skipped without a word."""
@@ -314,11 +333,13 @@ class Subscription(_SubscriptionBase):
 
     def start(self) -> None:
         first = self._initial_checkpoint(self._sync_events.last_position())
+        sent = time.monotonic()  # before the stamp: the lease's end counts from it
         stamp = self._stamp()
         self._db.execute(self._sql.sub_create, {**stamp, "checkpoint": first})
         row = self._db.fetchone(self._sql.sub_claim, stamp)
         if row is None:
             raise self._held(self._db.fetchone(self._sql.sub_read, {"name": self.name}))
+        self._renewed(sent)
         self._checkpoint = int(row[0])
         self._state = "running"
         self._events.add_waker(self._wake.set)
@@ -333,11 +354,18 @@ class Subscription(_SubscriptionBase):
     def _keep_lease(self) -> None:
         while not self._ended.wait(self.options.lease_ms / 3000):
             try:
-                if self._db.execute(self._sql.sub_renew, self._stamp()) == 0:
-                    self._lost()
+                if not self._renew():
                     return
             except FoundationError as exc:  # down: the next period tries again
                 log.warning("subscription %r could not renew its lease (%s)", self.name, exc)
+
+    def _renew(self) -> bool:
+        sent = time.monotonic()
+        if self._db.execute(self._sql.sub_renew, self._stamp()) == 0:
+            self._lost()
+            return False
+        self._renewed(sent)
+        return True
 
     def _run(self) -> None:
         try:
@@ -372,9 +400,17 @@ class Subscription(_SubscriptionBase):
     def _deliver(self, record: RecordedEvent) -> bool:
         assert self._handler is not None
         for attempt in range(1, self.options.max_retries + 2):
+            if self._lease_lapsed() and not self._renew():
+                return False  # another consumer may hold the name: not ours to deliver
             try:
                 with _correlated(record):
-                    self._handler(record)
+                    result = self._handler(record)
+                if inspect.isawaitable(result):
+                    _discard(result)
+                    raise TypeError(
+                        "the handler returned an awaitable, which a thread cannot await"
+                        " (async handlers need AsyncFoundation)"
+                    )
                 return True
             except Exception as exc:
                 if attempt > self.options.max_retries:
@@ -398,12 +434,14 @@ class Subscription(_SubscriptionBase):
         self._state = "failed"
 
     def _checkpoint_to(self, position: int) -> bool:
+        sent = time.monotonic()
         changed = self._db.execute(
             self._sql.sub_checkpoint, {**self._stamp(), "checkpoint": position}
         )
         if changed == 0:
             self._lost()
             return False
+        self._renewed(sent)
         self._checkpoint = position
         return True
 
@@ -482,11 +520,13 @@ class AsyncSubscription(_SubscriptionBase):
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         first = self._initial_checkpoint(await self._async_events.last_position())
+        sent = time.monotonic()  # before the stamp: the lease's end counts from it
         stamp = self._stamp()
         await self._db.execute(self._sql.sub_create, {**stamp, "checkpoint": first})
         row = await self._db.fetchone(self._sql.sub_claim, stamp)
         if row is None:
             raise self._held(await self._db.fetchone(self._sql.sub_read, {"name": self.name}))
+        self._renewed(sent)
         self._checkpoint = int(row[0])
         self._state = "running"
         self._events.add_waker(self._waker)
@@ -499,11 +539,18 @@ class AsyncSubscription(_SubscriptionBase):
         while True:
             await asyncio.sleep(self.options.lease_ms / 3000)
             try:
-                if await self._db.execute(self._sql.sub_renew, self._stamp()) == 0:
-                    self._lost()
+                if not await self._renew():
                     return
             except FoundationError as exc:  # down: the next period tries again
                 log.warning("subscription %r could not renew its lease (%s)", self.name, exc)
+
+    async def _renew(self) -> bool:
+        sent = time.monotonic()
+        if await self._db.execute(self._sql.sub_renew, self._stamp()) == 0:
+            self._lost()
+            return False
+        self._renewed(sent)
+        return True
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -544,6 +591,8 @@ class AsyncSubscription(_SubscriptionBase):
     async def _deliver(self, record: RecordedEvent) -> bool:
         assert self._handler is not None
         for attempt in range(1, self.options.max_retries + 2):
+            if self._lease_lapsed() and not await self._renew():
+                return False  # another consumer may hold the name: not ours to deliver
             failure: BaseException
             try:
                 with _correlated(record):
@@ -579,10 +628,12 @@ class AsyncSubscription(_SubscriptionBase):
         self._state = "failed"
 
     async def _checkpoint_to(self, position: int) -> bool:
+        sent = time.monotonic()
         params = {**self._stamp(), "checkpoint": position}
         if await self._db.execute(self._sql.sub_checkpoint, params) == 0:
             self._lost()
             return False
+        self._renewed(sent)
         self._checkpoint = position
         return True
 

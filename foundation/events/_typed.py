@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -273,11 +274,27 @@ def _stored_data(spec: EventType, model: pydantic.BaseModel) -> Any:
             return dumped
         problem = "it decodes back as different data"
         cause = None
+    if _has_nan_or_infinity(model.model_dump()):
+        # pydantic dumps them as null, which the field then refuses: say what is wrong.
+        raise EventError(
+            f"event {spec.name!r} is not JSON: NaN and Infinity are not JSON",
+            context={"type": spec.name},
+        )
     raise EventError(
         f"event {spec.name!r} cannot be stored: the JSON dump of {spec.model.__name__} "
         f"would not decode back ({problem}); check its aliases and serializers",
         context={"type": spec.name},
     ) from cause
+
+
+def _has_nan_or_infinity(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_has_nan_or_infinity(v) for v in value.values())
+    if isinstance(value, list | tuple | set | frozenset):
+        return any(_has_nan_or_infinity(v) for v in value)
+    return False
 
 
 def _readable_by_alias(model: type[pydantic.BaseModel]) -> bool:
