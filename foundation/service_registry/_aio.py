@@ -19,6 +19,7 @@ from foundation.errors import (
 )
 from foundation.service_registry._base import (
     _HEARTBEAT_FAILED,
+    _TAKE_ATTEMPTS,
     NEW_ROW,
     RegistryOptions,
     _RegistryBase,
@@ -143,7 +144,7 @@ class AsyncServiceRegistry(_RegistryBase):
     async def _recover_locked(self) -> None:
         if self._closed or (self._lease_valid() and not self._reclaim_pending):
             return
-        self._lost_locally()
+        self._recovering()
         if not await finish(self._take_lease()):
             raise self._node_taken()  # another live instance has this node id
         if self._reclaim_pending:
@@ -174,11 +175,14 @@ class AsyncServiceRegistry(_RegistryBase):
         """Take this node's lease, whole even if the caller is cancelled meanwhile (a
         lease taken and not known here would pass for another instance's); False when
         another live instance holds it."""
-        started = time.monotonic()
-        row = await self._db.fetchone(self._sql.take_lease, self._lease_params())
-        if row is None:
-            return False
-        self._took_lease(row, started)
+        for _ in range(_TAKE_ATTEMPTS):  # see the sync face's _take_lease
+            started = time.monotonic()
+            row = await self._db.fetchone(self._sql.take_lease, self._lease_params())
+            if row is None:
+                return False
+            self._took_lease(row, started)
+            if self._lease_valid():
+                break
         return True
 
     async def _reclaim(self) -> None:
@@ -199,7 +203,8 @@ class AsyncServiceRegistry(_RegistryBase):
             entry = None
             if owner is not None and owner[3] is not None:
                 entry = self._entry(owner)
-                self._state.apply_entry(entry, name, entry.revision, "remote")
+                # Its register (and our registration's expiry) before the loss it caused.
+                self._state.notify(self._state.apply_entry(entry, name, entry.revision, "remote"))
             lost[name] = entry
         for (group, member_id), held in list(self._joined.items()):
             await finish(self._rejoin(group, member_id, held))

@@ -45,6 +45,7 @@ from typing import Any
 from foundation.errors import (
     AlreadyRegisteredError,
     ConfigError,
+    FoundationError,
     NotFoundError,
     StorageUnavailableError,
     ValidationError,
@@ -77,6 +78,8 @@ _EXPIRED = ("foundation", "registry", "expired")
 _LEASE_LOST = ("foundation", "registry", "lease_lost")
 _CONFLICT = ("foundation", "registry", "conflict")
 _HEARTBEAT_FAILED = ("foundation", "registry", "heartbeat_failed")
+# A lease statement that waited longer than the TTL is run again, this many times in all.
+_TAKE_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -162,7 +165,8 @@ class _RegistryBase(RegistryFeedSide):
         return self._state.find(name)
 
     def list(self, prefix: str | None = None, where: Any = None) -> builtins.list[ServiceEntry]:
-        """Live entries (cluster and local), by name; ``where``: metadata values or a callable.
+        """Live entries (cluster and local), by name; ``where``: metadata values (a dict of
+        text keys and JSON values, ``validation_error`` otherwise) or a callable.
 
         ``prefix`` is the names' first characters, as they are: ``"svc."``, not a
         pattern (``"svc.*"`` matches only names that start with those five characters;
@@ -298,11 +302,6 @@ class _RegistryBase(RegistryFeedSide):
         if self._node_conflict is not None:
             log.warning("registry: node id %r: its lease is this instance's again", self._node)
             self._node_conflict = None
-        if self._lease is not None:
-            # A new generation after a loss: raised in the same step as the lease turns
-            # valid, so that no change the feed applies before the reclaim reads a held
-            # name as lost on its own (the reclaim reports them with the kept ones).
-            self._reclaim_pending = True
         lease = _Lease(self._node, int(row[0]), self._sql.epoch_seconds(row[1]))
         self._state.install_own(lease)
         self._lease = lease
@@ -315,9 +314,21 @@ class _RegistryBase(RegistryFeedSide):
         self._deadline = started + self.options.ttl_ms / 1000
         return True
 
+    def _recovering(self) -> None:
+        """A recovery begins: the lease is lost here. What this node held is reclaimed
+        once it has a new one, unless another instance took the node id meanwhile (all
+        was reported lost then). Flagged before the lease turns valid, so that no change
+        the feed applies in between reads a held name as lost on its own (the reclaim
+        reports them with the kept ones, as one loss)."""
+        self._lost_locally()
+        if self._lease is not None and self._node_conflict is None:
+            self._reclaim_pending = True
+
     def _lost_locally(self) -> None:
         if self._lease is not None:
-            self._lease.expires = 0.0  # our own entries vanish from lookups at once
+            # Our own entries vanish from lookups at once, and are reported expired (a
+            # time of death, not 0.0, which would read as "not known yet").
+            self._lease.expires = min(self._lease.expires, time.time())
         self._deadline = 0.0
 
     def _closing(self) -> dict[str, Any] | None:
@@ -487,8 +498,11 @@ class _RegistryBase(RegistryFeedSide):
         self._emit(_UNREGISTER, started, {"name": name})
         self._state.notify(changes)
 
-    def _not_held(self, name: str, *, force: bool = False) -> NotFoundError:
-        """``not_found`` for an unregister or update_metadata that changed nothing."""
+    def _not_held(self, name: str, *, force: bool = False) -> FoundationError:
+        """``not_found`` for an unregister or update_metadata that changed nothing (on a
+        closed instance, which held nothing more, what every other write says)."""
+        if self._closed:
+            return self._closed_error({"name": name})
         entry = self._state.live_entry(name)
         context: dict[str, Any] = {"name": name, "node": self._node}
         if entry is not None and entry.node != self._node and not force:
@@ -497,6 +511,14 @@ class _RegistryBase(RegistryFeedSide):
                 f"this node does not hold {name!r} (node {entry.node!r} does)", context=context
             )
         return NotFoundError(f"no service is registered as {name!r}", context=context)
+
+    @staticmethod
+    def _closed_error(context: dict[str, Any], what: str | None = None) -> FoundationError:
+        """What a write on a closed instance raises (as the database layer's own)."""
+        message = "this Foundation instance is closed"
+        if what is not None:
+            message += f": its registry {what}"
+        return StorageUnavailableError(message, context=context)
 
     def _check_force(self, force: Any) -> bool:
         if not isinstance(force, bool):
@@ -627,6 +649,8 @@ class _RegistryBase(RegistryFeedSide):
             ids = [m for (g, m) in builtins.list(self._joined) if g == group]
         else:
             ids = [check_name(member_id, "a member id")]
+        if self._closed:
+            raise self._closed_error({"group": group})
         if not ids or any((group, m) not in self._joined for m in ids):
             raise NotFoundError(
                 f"this node is not a member of group {group!r}"
@@ -729,10 +753,7 @@ class _RegistryBase(RegistryFeedSide):
     ) -> RegistryWatch:
         if self._closed:
             # Nothing would ever call it back: say so, as every write does.
-            raise StorageUnavailableError(
-                "this Foundation instance is closed: its registry watches nothing",
-                context={"pattern": repr(pattern)[:200]},
-            )
+            raise self._closed_error({"pattern": repr(pattern)[:200]}, "watches nothing")
         if isinstance(pattern, str) and not pattern.strip():
             raise ValidationError(
                 "a registry watch pattern must not be empty: a name, a prefix ending in '*'"

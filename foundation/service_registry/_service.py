@@ -20,6 +20,7 @@ from foundation.errors import (
 )
 from foundation.service_registry._base import (
     _HEARTBEAT_FAILED,
+    _TAKE_ATTEMPTS,
     NEW_ROW,
     RegistryOptions,
     _RegistryBase,
@@ -79,10 +80,7 @@ class ServiceRegistry(_RegistryBase):
     def _take_first_lease(self) -> None:
         seen: tuple[int, Any] | None = None
         while True:
-            started = time.monotonic()
-            row = self._db.fetchone(self._sql.take_lease, self._lease_params())
-            if row is not None:
-                self._took_lease(row, started)
+            if self._take_lease():
                 return
             holder = self._db.fetchone(self._sql.select_lease, {"node": self._node})
             seen = self._watch_holder(holder, seen)
@@ -139,14 +137,25 @@ class ServiceRegistry(_RegistryBase):
         with self._recover_lock:
             if self._closed or (self._lease_valid() and not self._reclaim_pending):
                 return
-            self._lost_locally()
+            self._recovering()
+            if not self._take_lease():
+                raise self._node_taken()  # another live instance has this node id
+            if self._reclaim_pending:
+                self._reclaim()
+
+    def _take_lease(self) -> bool:
+        """Take this node's lease; False when another live instance holds it. Taken again
+        (twice at most) when the statement waited longer than the TTL (for a connection
+        after an outage, for SQLite's lock): one recovery, not a second one at once."""
+        for _ in range(_TAKE_ATTEMPTS):
             started = time.monotonic()
             row = self._db.fetchone(self._sql.take_lease, self._lease_params())
             if row is None:
-                raise self._node_taken()  # another live instance has this node id
+                return False
             self._took_lease(row, started)
-            if self._reclaim_pending:
-                self._reclaim()
+            if self._lease_valid():
+                break
+        return True
 
     def _reclaim(self) -> None:
         """Write again what this node held under its new lease; report what is gone."""
@@ -172,7 +181,8 @@ class ServiceRegistry(_RegistryBase):
             entry = None
             if owner is not None and owner[3] is not None:
                 entry = self._entry(owner)
-                self._state.apply_entry(entry, name, entry.revision, "remote")
+                # Its register (and our registration's expiry) before the loss it caused.
+                self._state.notify(self._state.apply_entry(entry, name, entry.revision, "remote"))
             lost[name] = entry
         for (group, member_id), held in list(self._joined.items()):
             params = self._join_params(group, member_id, held, self._lease.generation)

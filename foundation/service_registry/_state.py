@@ -273,7 +273,13 @@ def check_where(where: Any) -> Callable[[Any], bool] | None:
     if callable(where):
         return where  # type: ignore[no-any-return]
     if isinstance(where, Mapping):
-        wanted = dict(where)
+        # Metadata keys are text and values JSON: anything else would match nothing.
+        wanted, _ = check_json(dict(where), "where", "where", 1 << 20)
+        if not isinstance(wanted, dict) or len(wanted) != len(where):
+            raise ValidationError(
+                "where's keys must be strings (metadata keys are)",
+                context={"where": repr(where)[:200]},
+            )
 
         # JSON equality, not Python's: true is not 1 and false is not 0 (1 and 1.0 are one
         # number), as the metadata reads back from either database.
@@ -426,7 +432,9 @@ class RegistryState:
         with self._lock:
             current = self._leases.get(lease.node)
             if current is not None and current is not lease:
-                current.expires = min(current.expires, 0.0)
+                # Dead from now (a time of death: its entries are reported expired, once,
+                # whoever finds them first; 0.0 would read as "not known").
+                current.expires = min(current.expires, _time())
             self._leases[lease.node] = lease
 
     def closing(self, lease: _Lease) -> None:
@@ -659,12 +667,14 @@ class RegistryState:
                 table.pop(member_id, None)
                 if not table:
                     self._members.pop(group, None)
+                removed: builtins.list[RegistryChange] = []
+                if old is not None and old_live:
+                    removed = [RegistryChange(group, "leave", old, src)]
+                elif old is not None:
+                    removed = self._expired_member(old)  # pruned before the sweep saw it die
+                # Forgotten only now: the member's death may have been reported already.
                 self._reported_members.pop((group, member_id), None)
-                if old is None:
-                    return []
-                if old_live:
-                    return [RegistryChange(group, "leave", old, src)]
-                return self._expired_member(old)  # pruned before the sweep saw it die
+                return removed
             if old is not None and old.revision >= member.revision:
                 return []
             table[member_id] = member

@@ -1,0 +1,263 @@
+"""Found by a reviewer using the registry as a new user would (SQLite and PostgreSQL).
+
+* A dead node's group member is reported ``expired`` once: a node that starts later and
+  prunes the dead member's row does not report it again.
+* A node whose lease lapsed reports its own names ``expired`` before they come back,
+  whichever call finds the lapse (a ``register``, not only the heartbeat).
+* A recovery whose lease statement waited longer than the TTL (a connection, after an
+  outage) ends with a valid lease: one recovery, one ``lease_lost``, not two.
+* A name another node took while this one was paused: watchers see that node's
+  ``register`` before the ``lost`` it caused, whoever read the row first.
+* A node id taken by another instance and given back: no second, empty ``lease_lost``.
+* Writes on a closed instance all say ``storage_unavailable``; ``list(where=)`` refuses
+  a filter no metadata could match (a key that is not text, a value that is not JSON).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from foundation import AsyncFoundation, Foundation, StorageUnavailableError, ValidationError
+from foundation.service_registry import RegistryChange
+from tests.helpers import async_wait_for, wait_for
+from tests.test_registry import TTL, drain, node, stop_heartbeat
+from tests.test_registry_async import freeze
+from tests.test_registry_review3 import anode, kinds, lease_lost, watched
+
+
+def test_a_dead_members_expiry_is_reported_once(db_url: str) -> None:
+    with node(db_url) as watcher:
+        seen = watched(watcher, "grp")
+        dead = node(db_url)
+        try:
+            dead.service_registry.join("grp", "http://dead", member_id="m1")
+            wait_for(lambda: len(watcher.service_registry.members("grp")) == 1)
+            stop_heartbeat(dead)  # as a process killed with -9
+            wait_for(lambda: kinds(seen) == ["join", "expired"], timeout=5)
+            with node(db_url):  # its start prunes the dead member's row
+                wait_for(lambda: watcher.service_registry._state._members.get("grp") is None)
+                drain(watcher.service_registry)
+            assert kinds(seen) == ["join", "expired"]
+        finally:
+            dead.close()
+
+
+def test_a_lapse_found_by_a_register_reports_the_own_names_expired(db_url: str) -> None:
+    with node(db_url) as a:
+        seen = watched(a, "svc")
+        a.service_registry.register("svc", "http://a")
+        stop_heartbeat(a)
+        wait_for(lambda: not a.service_registry.owns("svc"), timeout=5)
+        a.service_registry.register("other", "http://a")  # finds the lapse, recovers
+        drain(a.service_registry)
+        assert [(c.kind, c.source) for c in seen] == [
+            ("register", "local"),
+            ("expired", "local"),
+            ("register", "local"),
+        ]
+
+
+async def test_async_a_lapse_found_by_a_register_reports_the_own_names_expired(
+    db_url: str,
+) -> None:
+    async with anode(db_url) as a:
+        seen = watched(a, "svc")
+        await a.service_registry.register("svc", "http://a")
+        await freeze(a)
+        await async_wait_for(lambda: not a.service_registry.owns("svc"), timeout=5)
+        await a.service_registry.register("other", "http://a")
+        await async_wait_for(lambda: len(seen) >= 3, timeout=5)
+        assert kinds(seen) == ["register", "expired", "register"]
+
+
+# -- a lease statement slower than the TTL ----------------------------------------------------
+
+
+def _slow_take_lease(monkeypatch: pytest.MonkeyPatch, fdn: Foundation | AsyncFoundation) -> None:
+    """The next take_lease waits longer than the TTL before it reaches the database."""
+    reg = fdn.service_registry
+    db = reg._db
+    fetchone = db.fetchone
+    take = reg._sql.take_lease
+    delay = TTL / 1000 * 1.3
+    waits = [delay]
+
+    def wait(sql: str) -> None:
+        if sql == take and waits:
+            time.sleep(waits.pop())  # (blocks an async node's loop: its heartbeat is frozen)
+
+    if isinstance(fdn, Foundation):
+
+        def slow(sql: str, params: Any = None) -> Any:
+            wait(sql)
+            return fetchone(sql, params)
+
+        monkeypatch.setattr(db, "fetchone", slow)
+    else:
+
+        async def aslow(sql: str, params: Any = None) -> Any:
+            wait(sql)
+            return await fetchone(sql, params)
+
+        monkeypatch.setattr(db, "fetchone", aslow)
+
+
+def test_a_recovery_slower_than_the_ttl_keeps_its_lease(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with node(db_url) as a:
+        lost = lease_lost(a)
+        a.service_registry.register("kept", "http://a")
+        generation = a.service_registry.lease_generation or 0
+        stop_heartbeat(a)
+        wait_for(lambda: not a.service_registry.owns("kept"), timeout=5)
+        _slow_take_lease(monkeypatch, a)
+        assert a.service_registry.heartbeat() is False  # recovers
+        assert a.service_registry.owns("kept")
+        recovered = a.service_registry.lease_generation or 0
+        assert recovered > generation
+        a.service_registry.register("other", "http://a")  # no second recovery
+        assert a.service_registry.lease_generation == recovered
+        assert [m["kept"] for m in lost] == [["kept"]]
+
+
+async def test_async_a_recovery_slower_than_the_ttl_keeps_its_lease(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with anode(db_url) as a:
+        lost = lease_lost(a)
+        await a.service_registry.register("kept", "http://a")
+        generation = a.service_registry.lease_generation or 0
+        await freeze(a)
+        await async_wait_for(lambda: not a.service_registry.owns("kept"), timeout=5)
+        _slow_take_lease(monkeypatch, a)
+        assert await a.service_registry.heartbeat() is False
+        assert a.service_registry.owns("kept")
+        recovered = a.service_registry.lease_generation or 0
+        assert recovered > generation
+        await a.service_registry.register("other", "http://a")
+        assert a.service_registry.lease_generation == recovered
+        assert [m["kept"] for m in lost] == [["kept"]]
+
+
+# -- the register that caused a loss ----------------------------------------------------------
+
+
+def _feed_blind(monkeypatch: pytest.MonkeyPatch, fdn: Foundation | AsyncFoundation) -> None:
+    """The node's change feed reads no registry change (a paused process, resumed: its
+    heartbeat recovers before the feed has read anything)."""
+    reg = fdn.service_registry
+    monkeypatch.setattr(reg, "poll", lambda reader: None)
+    monkeypatch.setattr(reg, "on_notify", lambda payload, reader: None)
+
+
+LOST_ORDER = [
+    ("register", "local"),
+    ("expired", "local"),
+    ("register", "remote"),
+    ("lost", "local"),
+]
+
+
+def test_the_register_that_caused_a_loss_is_reported_before_it(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with node(db_url) as a, node(db_url) as b:
+        seen = watched(a, "svc")
+        a.service_registry.register("svc", "http://a")
+        wait_for(lambda: b.service_registry.find("svc") is not None)
+        stop_heartbeat(a)
+        _feed_blind(monkeypatch, a)
+        wait_for(lambda: b.service_registry.find("svc") is None, timeout=5)
+        b.service_registry.register("svc", "http://b")
+        assert a.service_registry.heartbeat() is False
+        drain(a.service_registry)
+        assert [(c.kind, c.source) for c in seen] == LOST_ORDER
+        monkeypatch.undo()  # the feed reads again (b's lease renewals among the rest)
+        owner = b.settings.node_id
+        wait_for(lambda: getattr(a.service_registry.find("svc"), "node", None) == owner)
+
+
+async def test_async_the_register_that_caused_a_loss_is_reported_before_it(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with anode(db_url) as a:
+        with node(db_url) as b:
+            seen: list[RegistryChange] = watched(a, "svc")
+            await a.service_registry.register("svc", "http://a")
+            await async_wait_for(lambda: b.service_registry.find("svc") is not None)
+            await freeze(a)
+            _feed_blind(monkeypatch, a)
+            await async_wait_for(lambda: b.service_registry.find("svc") is None, timeout=5)
+            b.service_registry.register("svc", "http://b")
+            assert await a.service_registry.heartbeat() is False
+            await async_wait_for(lambda: len(seen) >= 4, timeout=5)
+            assert [(c.kind, c.source) for c in seen] == LOST_ORDER
+
+
+# -- a node id given back ---------------------------------------------------------------------
+
+
+def test_a_node_id_given_back_reports_no_second_loss(db_url: str) -> None:
+    old = node(db_url, node_id="web")
+    try:
+        lost = lease_lost(old)
+        old.service_registry.register("svc", "http://old")
+        stop_heartbeat(old)
+        with node(db_url, node_id="web"):
+            wait_for(lambda: not old.service_registry.owns("svc"), timeout=5)
+            with pytest.raises(Exception, match="in use"):
+                old.service_registry.heartbeat()
+        old.service_registry.heartbeat()  # the other instance closed: the lease is free
+        assert old.service_registry.register("again", "http://old").node == "web"
+        assert lost == [{"node": "web", "lost": ["svc"], "kept": []}]
+    finally:
+        old.close()
+
+
+# -- closed instances, where filters ----------------------------------------------------------
+
+
+def test_writes_on_a_closed_instance_say_storage_unavailable(db_url: str) -> None:
+    fdn = node(db_url)
+    fdn.service_registry.register("svc", "http://a")
+    fdn.service_registry.join("grp", "http://a", member_id="m1")
+    fdn.close()
+    reg = fdn.service_registry
+    for call in (
+        lambda: reg.unregister("svc"),
+        lambda: reg.update_metadata("svc", {"v": 2}),
+        lambda: reg.leave("grp"),
+        lambda: reg.leave("grp", "m1"),
+        lambda: reg.register("svc", "http://a"),
+    ):
+        with pytest.raises(StorageUnavailableError, match="closed"):
+            call()
+
+
+async def test_async_writes_on_a_closed_instance_say_storage_unavailable(db_url: str) -> None:
+    fdn = anode(db_url)
+    await fdn.open()
+    await fdn.service_registry.register("svc", "http://a")
+    await fdn.service_registry.join("grp", "http://a", member_id="m1")
+    await fdn.close()
+    reg = fdn.service_registry
+    with pytest.raises(StorageUnavailableError, match="closed"):
+        await reg.unregister("svc")
+    with pytest.raises(StorageUnavailableError, match="closed"):
+        await reg.update_metadata("svc", {"v": 2})
+    with pytest.raises(StorageUnavailableError, match="closed"):
+        await reg.leave("grp")
+
+
+@pytest.mark.parametrize(
+    "where", [{"v": object()}, {1: 1}, {"v": float("nan")}], ids=["object", "int-key", "nan"]
+)
+def test_list_refuses_a_where_no_metadata_could_match(fdn: Foundation, where: Any) -> None:
+    fdn.service_registry.register("svc", "http://a", {"v": 1})
+    with pytest.raises(ValidationError, match="where"):
+        fdn.service_registry.list(where=where)
+    assert [e.name for e in fdn.service_registry.list(where={"v": 1.0})] == ["svc"]
