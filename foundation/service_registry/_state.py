@@ -490,6 +490,10 @@ class RegistryState:
             now = _time()
             old_live = old is not None and old.lease.expires > now and old.until > now
             src: Any = source if entry is not None else self._removal_source(old, source)
+            if entry is not None and entry.node == self.node:
+                # This node's own row (one live instance per node id): a recovery's
+                # rewrite, which the feed may read before the recovery applied it.
+                src = "local"
             # An old registration that died unseen by the sweep (replaced within a tick).
             changes = [] if old is None or old_live else self._expired_entry(old)
             if entry is None:
@@ -687,6 +691,8 @@ class RegistryState:
                 return changes
             self._reported_members.pop((group, member_id), None)
             if old_live and old is not None and old.lease is member.lease:
+                if old.address != member.address or old.metadata != member.metadata:
+                    changes.append(RegistryChange(group, "join", member, src))  # joined again
                 return changes
             changes.append(RegistryChange(group, "join", member, src))
             return changes

@@ -321,6 +321,15 @@ class RegistrySQL:
                 "node_id": join.excluded.node_id,
                 "lease_generation": join.excluded.lease_generation,
                 "revision": registry_members.c.revision + sa.literal_column("1"),
+                # The same node joining again keeps its place in members()' order; a
+                # member id taken over from a dead node joins now.
+                "joined_at": sa.case(
+                    (
+                        registry_members.c.node_id == join.excluded.node_id,
+                        registry_members.c.joined_at,
+                    ),
+                    else_=join.excluded.joined_at,
+                ),
             },
             where=sa.or_(registry_members.c.node_id == join.excluded.node_id, ~member_live),
         ).returning(*MEMBER_COLUMNS)
