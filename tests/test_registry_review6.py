@@ -53,12 +53,26 @@ def test_a_dead_members_expiry_is_reported_once(db_url: str) -> None:
             dead.close()
 
 
+def _lapsed_holding_svc(a: Foundation) -> list[RegistryChange]:
+    """``a`` registers "svc" and is paused past its TTL; what its watcher of "svc" sees."""
+    seen = watched(a, "svc")
+    a.service_registry.register("svc", "http://a")
+    stop_heartbeat(a)
+    wait_for(lambda: not a.service_registry.owns("svc"), timeout=5)
+    return seen
+
+
+async def _async_lapsed_holding_svc(a: AsyncFoundation) -> list[RegistryChange]:
+    seen = watched(a, "svc")
+    await a.service_registry.register("svc", "http://a")
+    await freeze(a)
+    await async_wait_for(lambda: not a.service_registry.owns("svc"), timeout=5)
+    return seen
+
+
 def test_a_lapse_found_by_a_register_reports_the_own_names_expired(db_url: str) -> None:
     with node(db_url) as a:
-        seen = watched(a, "svc")
-        a.service_registry.register("svc", "http://a")
-        stop_heartbeat(a)
-        wait_for(lambda: not a.service_registry.owns("svc"), timeout=5)
+        seen = _lapsed_holding_svc(a)
         a.service_registry.register("other", "http://a")  # finds the lapse, recovers
         drain(a.service_registry)
         assert [(c.kind, c.source) for c in seen] == [
@@ -72,10 +86,7 @@ async def test_async_a_lapse_found_by_a_register_reports_the_own_names_expired(
     db_url: str,
 ) -> None:
     async with anode(db_url) as a:
-        seen = watched(a, "svc")
-        await a.service_registry.register("svc", "http://a")
-        await freeze(a)
-        await async_wait_for(lambda: not a.service_registry.owns("svc"), timeout=5)
+        seen = await _async_lapsed_holding_svc(a)
         await a.service_registry.register("other", "http://a")
         await async_wait_for(lambda: len(seen) >= 3, timeout=5)
         assert kinds(seen) == ["register", "expired", "register"]
@@ -355,10 +366,7 @@ def test_a_recoverys_rewrites_read_by_the_feed_first_are_local(
     db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with node(db_url) as a:
-        seen = watched(a, "svc")
-        a.service_registry.register("svc", "http://a")
-        stop_heartbeat(a)
-        wait_for(lambda: not a.service_registry.owns("svc"), timeout=5)
+        seen = _lapsed_holding_svc(a)
         _feed_first_reclaim(monkeypatch, a)
         assert a.service_registry.heartbeat() is False
         drain(a.service_registry)
@@ -370,10 +378,7 @@ async def test_async_a_recoverys_rewrites_read_by_the_feed_first_are_local(
     db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with anode(db_url) as a:
-        seen = watched(a, "svc")
-        await a.service_registry.register("svc", "http://a")
-        await freeze(a)
-        await async_wait_for(lambda: not a.service_registry.owns("svc"), timeout=5)
+        seen = await _async_lapsed_holding_svc(a)
         _feed_first_reclaim(monkeypatch, a)
         assert await a.service_registry.heartbeat() is False
         await async_wait_for(lambda: len(seen) >= 3, timeout=5)
