@@ -218,9 +218,14 @@ def downgrade(ctx: click.Context, revision: str, extra: tuple[str, ...], yes: bo
     _revision_arg(revision, extra)
     target = target_of(ctx)
     if not yes:
+        keeps_tables = revision.isdigit() and int(revision) >= 4  # 0001-0004 are kept
         click.confirm(
-            f"Downgrade {target.url.masked} to {revision}? Reverting 0001-0004 drops their "
-            "tables with every row (0002: the event log)",
+            f"Downgrade {target.url.masked} to {revision}?"
+            + (
+                ""
+                if keeps_tables
+                else " Reverting 0001-0004 drops their tables with every row (0002: the event log)"
+            ),
             abort=True,
             err=True,
         )

@@ -100,6 +100,9 @@ def test_db_downgrade_asks_first(db_url: str) -> None:
         result = CliRunner().invoke(main, ["-d", db_url, "db", "downgrade", "base"], input=answer)
         assert result.exit_code == 1 and "drops their tables" in result.stderr
         assert migrate.current_revision(db_url) == HEAD
+    kept = CliRunner().invoke(main, ["-d", db_url, "db", "downgrade", "0005"], input="n\n")
+    assert kept.exit_code == 1 and "to 0005?" in kept.stderr
+    assert "drops" not in kept.stderr  # no table of 0001-0004 is reverted down to 0005
     result = CliRunner().invoke(main, ["-d", db_url, "db", "downgrade", "-1"], input="y\n")
     assert result.exit_code == 0, result.stderr
     assert migrate.current_revision(db_url) != HEAD
