@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import functools
+import inspect
 import math
 import uuid
 from typing import Any
@@ -87,7 +88,7 @@ def _paused(monkeypatch: pytest.MonkeyPatch, cls: type) -> None:
     def no_keeper(self: Any) -> None:
         return None
 
-    is_async = asyncio.iscoroutinefunction(cls._keep_lease)
+    is_async = inspect.iscoroutinefunction(cls._keep_lease)
     monkeypatch.setattr(cls, "_keep_lease", no_keeper_async if is_async else no_keeper)
 
 
