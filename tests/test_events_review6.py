@@ -204,3 +204,21 @@ def test_a_typed_event_with_nan_says_so(fdn: Foundation, bad: float) -> None:
     with pytest.raises(EventError, match="NaN and Infinity are not JSON"):
         fdn.events.store({"type": "ratio", "data": Ratio(value=bad)})
     assert fdn.events.get(type="ratio") == []
+
+
+class AliasedEvent(pydantic.BaseModel):
+    kind: str = pydantic.Field(alias="type")
+    payload: dict[str, Any] = pydantic.Field(alias="data")
+
+
+class PlainEvent(pydantic.BaseModel):
+    type: str
+    data: dict[str, Any]
+    extra_field: int = 0
+
+
+def test_a_pydantic_event_may_name_its_fields_by_alias(fdn: Foundation) -> None:
+    stored = fdn.events.store(AliasedEvent(type="order.placed", data={"n": 1}))
+    assert (stored.type, stored.data) == ("order.placed", {"n": 1})
+    with pytest.raises(EventError, match="unknown event field 'extra_field'"):
+        fdn.events.store(PlainEvent(type="t", data={}))  # neither form fits: named as before

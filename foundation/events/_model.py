@@ -181,7 +181,13 @@ def _as_mapping(event: Any) -> Mapping[str, Any]:
         return event
     if isinstance(event, pydantic.BaseModel):
         try:
-            return event.model_dump(mode="json", exclude_unset=False)
+            dumped = event.model_dump(mode="json", exclude_unset=False)
+            if not _EVENT_KEYS.issuperset(dumped):
+                # A model that names the event's fields by alias (kind = Field(alias="type")).
+                by_alias = event.model_dump(mode="json", exclude_unset=False, by_alias=True)
+                if _EVENT_KEYS.issuperset(by_alias):
+                    return by_alias
+            return dumped
         except (ValueError, TypeError) as exc:  # PydanticSerializationError is a ValueError
             raise EventError(
                 f"event model {type(event).__name__} cannot be turned into JSON: {exc}",
