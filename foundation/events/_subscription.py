@@ -284,12 +284,6 @@ class _SubscriptionBase:
         log.error("subscription %r: %s", self.name, self._last_error)
 
 
-def _discard(awaitable: Any) -> None:
-    """Close a coroutine nobody will await (no "never awaited" warning on top)."""
-    if inspect.iscoroutine(awaitable):
-        awaitable.close()
-
-
 def start_position(start: int, last_position: int) -> int:
     """A start position must be one the log has reached: past its end, the events stored
     later at positions up to it would be skipped without a word."""
@@ -406,7 +400,8 @@ class Subscription(_SubscriptionBase):
                 with _correlated(record):
                     result = self._handler(record)
                 if inspect.isawaitable(result):
-                    _discard(result)
+                    if inspect.iscoroutine(result):
+                        result.close()  # nobody will await it: no "never awaited" warning
                     raise TypeError(
                         "the handler returned an awaitable, which a thread cannot await"
                         " (async handlers need AsyncFoundation)"
