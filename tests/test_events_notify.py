@@ -94,8 +94,10 @@ def test_a_long_burst_notifies_from_its_stores_and_once_at_its_end(
     # At most one store's own NOTIFY per interval; the feed's only at the end, since
     # each next one covered what the stores in between left to it.
     assert announced[-1] == positions[-1]
-    assert announced == sorted(set(announced))
-    assert len(announced) <= 0.5 / interval + 2
+    # In order; a position may come twice when the tail cache could not place a store
+    # of its own and asked the feed for one more notice (``_cache_written``).
+    assert announced == sorted(announced)
+    assert len(set(announced)) <= 0.5 / interval + 2
     assert len(announced) < len(positions) or len(positions) <= 0.5 / interval
 
 
