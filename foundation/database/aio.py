@@ -192,17 +192,22 @@ class AsyncDatabase:
         except _DRIVER_ERRORS as exc:
             raise translate(exc, self._masked) from exc
 
+    def _closed_error(self) -> StorageUnavailableError:
+        return StorageUnavailableError(
+            "this Foundation instance is closed", context={"url": self._masked}
+        )
+
     @asynccontextmanager
     async def _cursor(self) -> AsyncIterator[Any]:
         if self._closed:
-            raise StorageUnavailableError(
-                "this Foundation instance is closed", context={"url": self._masked}
-            )
+            raise self._closed_error()
         if self._pool is None and self._sqlite is None:
             raise not_open_error(self.url)
         if self._pool is None:
             assert self._sqlite is not None
             async with self._sqlite_lock:
+                if self._closed:  # close() ran while this waited for the connection
+                    raise self._closed_error()
                 yield _SQLiteCursor(self._sqlite)
         else:
             async with self._pool.connection() as conn:
@@ -274,4 +279,16 @@ class AsyncDatabase:
         if self._pool is not None:
             await self._pool.close()
         if self._sqlite is not None:
-            await self._sqlite.close()
+            # Not under a statement or transaction in flight (the callers queued behind
+            # it find the instance closed): aiosqlite would fail them with its own
+            # errors. A statement waits for SQLite's lock at most the busy timeout.
+            wait_s = self.settings.sqlite_busy_timeout_ms / 1000 + 1.0
+            try:
+                await asyncio.wait_for(self._sqlite_lock.acquire(), wait_s)
+            except TimeoutError:
+                await self._sqlite.close()
+            else:
+                try:
+                    await self._sqlite.close()
+                finally:
+                    self._sqlite_lock.release()

@@ -113,7 +113,7 @@ class SyncDatabase:
         self._masked = url.masked
         self._closed = False
         self._local = threading.local()
-        self._sqlite_conns: list[sqlite3.Connection] = []
+        self._sqlite_conns: list[tuple[sqlite3.Connection, threading.RLock]] = []
         self._lock = threading.Lock()
         self._pool: ConnectionPool | None = None
         if url.backend == "postgresql":
@@ -141,27 +141,36 @@ class SyncDatabase:
         except (sqlite3.Error, psycopg.Error) as exc:
             raise translate(exc, self._masked) from exc
 
-    def _sqlite(self) -> sqlite3.Connection:
+    def _sqlite(self) -> tuple[sqlite3.Connection, threading.RLock]:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             conn = connect_sqlite(self.url, self.settings)
+            busy = threading.RLock()
             with self._lock:
-                self._sqlite_conns.append(conn)
+                self._sqlite_conns.append((conn, busy))
             self._local.conn = conn
+            self._local.busy = busy
             self._local.cur = _DriverCursor(conn)
-        return conn
+        return conn, self._local.busy
+
+    def _closed_error(self) -> Exception:
+        from foundation.errors import StorageUnavailableError
+
+        return StorageUnavailableError(
+            "this Foundation instance is closed", context={"url": self._masked}
+        )
 
     @contextmanager
     def connection(self) -> Iterator[Any]:
         """A raw driver connection (autocommit) for this thread's work."""
         if self._closed:
-            from foundation.errors import StorageUnavailableError
-
-            raise StorageUnavailableError(
-                "this Foundation instance is closed", context={"url": self._masked}
-            )
+            raise self._closed_error()
         if self._pool is None:
-            yield self._sqlite()
+            sqlite_conn, busy = self._sqlite()
+            with busy:  # close() waits for it (see close)
+                if self._closed:
+                    raise self._closed_error()
+                yield sqlite_conn
         else:
             with self._pool.connection() as conn:
                 yield conn
@@ -186,14 +195,17 @@ class SyncDatabase:
             tx.executemany(sql, params)
 
     def _run(self, fn: Any) -> Any:
-        cur = self._local.__dict__.get("cur") if self._pool is None else None
-        if cur is not None and not self._closed:
+        local = self._local.__dict__
+        cur = local.get("cur") if self._pool is None else None
+        if cur is not None:
             # SQLite's hot path (store, register, config.set): this thread's connection,
             # no context manager; nothing to retry (no server to lose).
-            try:
-                return fn(cur)
-            except sqlite3.Error as exc:
-                raise translate(exc, self._masked) from exc
+            with local["busy"]:  # close() waits for it (see close)
+                if not self._closed:
+                    try:
+                        return fn(cur)
+                    except sqlite3.Error as exc:
+                        raise translate(exc, self._masked) from exc
         for attempt in (1, 2):
             try:
                 with self.connection() as conn:
@@ -246,7 +258,17 @@ class SyncDatabase:
         if self._pool is not None:
             self._pool.close()
         with self._lock:
-            for conn in self._sqlite_conns:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.close()
-            self._sqlite_conns.clear()
+            conns, self._sqlite_conns = self._sqlite_conns, []
+        # Another thread's statement may be running on its connection: closing it under
+        # the statement crashes the interpreter (sqlite3 frees what the statement is
+        # using). Each thread runs its statements holding its connection's lock; wait for
+        # it (a statement waits for SQLite's lock at most the busy timeout). The
+        # connection of a thread still stuck past that is left to the collector.
+        wait_s = self.settings.sqlite_busy_timeout_ms / 1000 + 1.0
+        for conn, busy in conns:
+            if busy.acquire(timeout=wait_s):
+                try:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.close()
+                finally:
+                    busy.release()

@@ -14,10 +14,10 @@ from typing import Any
 
 from foundation.database.aio import AsyncDatabase, finish
 from foundation.errors import (
-    AlreadyRegisteredError,
     FoundationError,
 )
 from foundation.service_registry._base import (
+    _CLOSE_WAIT_S,
     _HEARTBEAT_FAILED,
     _TAKE_ATTEMPTS,
     NEW_ROW,
@@ -280,6 +280,7 @@ class AsyncServiceRegistry(_RegistryBase):
         finally:
             if locked:
                 lock.release()
+            self._count_out()
 
     async def unregister(self, name: Any, force: bool = False) -> None:
         started = time.perf_counter_ns()
@@ -339,25 +340,22 @@ class AsyncServiceRegistry(_RegistryBase):
     ) -> GroupMember:
         group, held = self._prepare(group, address, metadata, None)
         member_id = uuid.uuid4().hex if member_id is None else check_name(member_id, "a member id")
-        lease = await self._ensure_lease()
-        return await finish(self._join_once(group, member_id, held, lease))
+        with self._counted({"group": group}):
+            lease = await self._ensure_lease()
+            return await finish(self._join_once(group, member_id, held, lease))
 
     async def _join_once(self, group: str, member_id: str, held: Any, lease: _Lease) -> GroupMember:
         # Whole, as _register_once.
         row = await self._db.fetchone(
             self._sql.join, self._join_params(group, member_id, held, lease.generation)
         )
-        if row is None:
-            raise AlreadyRegisteredError(
-                f"member {member_id!r} of group {group!r} belongs to another live node",
-                context={"group": group, "member_id": member_id},
-            )
-        return self._joined_row(row, held)
+        return self._join_result(group, member_id, held, row)
 
     async def leave(self, group: Any, member_id: Any = None) -> None:
         group, ids = self._leave_targets(group, member_id)
-        for mid in ids:
-            await finish(self._leave_once(group, mid))
+        with self._counted({"group": group}):
+            for mid in ids:
+                await finish(self._leave_once(group, mid))
 
     async def _leave_once(self, group: str, member_id: str) -> None:
         # Whole, as _register_once.
@@ -383,12 +381,17 @@ class AsyncServiceRegistry(_RegistryBase):
     async def close(self) -> None:
         if self._closed:
             return
-        self._closed = True
+        self._closed = True  # no write begins from here (see _count_in)
         self._dispatcher.closing(timeout=1.0)  # callbacks get a second from now, no more
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
+        deadline = time.monotonic() + _CLOSE_WAIT_S
+        while self._writers and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)  # the writes in flight end (they run whole)
+        if self._writers:
+            log.warning("registry: closing with writes still running after %s s", _CLOSE_WAIT_S)
         params = self._closing()
         if params is not None:
             with contextlib.suppress(FoundationError):

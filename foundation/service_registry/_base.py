@@ -80,6 +80,8 @@ _CONFLICT = ("foundation", "registry", "conflict")
 _HEARTBEAT_FAILED = ("foundation", "registry", "heartbeat_failed")
 # A lease statement that waited longer than the TTL is run again, this many times in all.
 _TAKE_ATTEMPTS = 3
+# close() waits this long at most for this node's writes in flight (see _count_in).
+_CLOSE_WAIT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -186,7 +188,7 @@ class _RegistryBase(RegistryFeedSide):
             return True
         entry = self._state.cached_entry(name)
         return (
-            name in self._held
+            self._held_live(name) is not None
             and self._lease_valid()
             and entry is not None
             and entry.lease is self._lease
@@ -635,6 +637,18 @@ class _RegistryBase(RegistryFeedSide):
             **self._sql.clock(),
         }
 
+    def _join_result(
+        self, group: str, member_id: str, held: _Held, row: tuple[Any, ...] | None
+    ) -> GroupMember:
+        """What ``join``'s statement returned: the member, or None when another live node
+        holds that member id."""
+        if row is None:
+            raise AlreadyRegisteredError(
+                f"member {member_id!r} of group {group!r} belongs to another live node",
+                context={"group": group, "member_id": member_id},
+            )
+        return self._joined_row(row, held)
+
     def _joined_row(self, row: tuple[Any, ...], held: _Held) -> GroupMember:
         member = self._member(row)
         self._joined[(member.group, member.member_id)] = held
@@ -698,7 +712,8 @@ class _RegistryBase(RegistryFeedSide):
             return []
         lost: dict[str, ServiceEntry | None] = {}
         for name in names:
-            if name not in self._held or self._writing_now(name):
+            # Past its own TTL it was registered nowhere: expired then, neither kept nor lost.
+            if self._writing_now(name) or self._held_live(name) is None:
                 continue
             entry = self._state.cached_entry(name)
             if entry is not None and entry.node == self._node:

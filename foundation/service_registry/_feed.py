@@ -11,7 +11,9 @@ small read and a registration elsewhere costs reading that one name.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 from foundation.database.feed import TOPIC_NAMES
@@ -33,6 +35,8 @@ class RegistryFeedSide:
     _sql: RegistrySQL
     _state: RegistryState
     _resync_lock: threading.Lock
+    _closed: bool
+    _closed_error: Any
 
     def _init_feed_side(self) -> None:
         # Counted for tests and telemetry pollers: full re-reads, SQLite polls (every
@@ -45,7 +49,8 @@ class RegistryFeedSide:
         self.names_read = 0
         self._topics_seen: tuple[Any, ...] | None = None  # (names, members, leases)
         self._feed: Any = None
-        self._writes_lock = threading.Lock()
+        self._writes_lock = threading.Condition(threading.Lock())
+        self._writers = 0  # this node's writes in flight, all names and groups (see _count_in)
         # name -> [writers in flight (waiting ones included), newest revision the feed
         # named meanwhile, the lock that lets this node's writers of the name in one at a
         # time (``_new_write_lock``)]
@@ -144,11 +149,47 @@ class RegistryFeedSide:
     # not judged lost on what the feed saw meanwhile (this node's own unregister, read
     # before the writer forgot the name); the writer judges it when done.
 
-    def _begin_write(self, name: str) -> Any:
-        """Count a writer of ``name`` in; return the name's write lock, which the writer
-        holds from its statement until it settled (``_end_write`` counts it out, whether
-        it got the lock or not)."""
+    # close() releases the lease and every name and member under it in one transaction.
+    # A write that committed after that release would leave a row of a closed node (live
+    # again if its node id comes back with the same lease generation). So a write is
+    # counted in while it runs (refused once close() began), and close() waits for the
+    # count to drop to zero before it releases (``_writes_done``).
+
+    def _count_in(self, context: dict[str, Any]) -> None:
+        """A write begins (``storage_unavailable`` once close() began)."""
         with self._writes_lock:
+            if self._closed:
+                raise self._closed_error(context)
+            self._writers += 1
+
+    def _count_out(self) -> None:
+        with self._writes_lock:
+            self._writers -= 1
+            if not self._writers:
+                self._writes_lock.notify_all()
+
+    @contextlib.contextmanager
+    def _counted(self, context: dict[str, Any]) -> Iterator[None]:
+        self._count_in(context)
+        try:
+            yield
+        finally:
+            self._count_out()
+
+    def _writes_done(self, timeout: float) -> bool:
+        """Sync close(): wait for the writes in flight (False: some still run)."""
+        with self._writes_lock:
+            return self._writes_lock.wait_for(lambda: not self._writers, timeout)
+
+    def _begin_write(self, name: str) -> Any:
+        """Count a writer of ``name`` in (refused once close() began, see ``_count_in``);
+        return the name's write lock, which the writer holds from its statement until it
+        settled (``_end_write`` and then ``_count_out`` count it out, whether it got the
+        lock or not)."""
+        with self._writes_lock:
+            if self._closed:
+                raise self._closed_error({"name": name})
+            self._writers += 1
             writing = self._writing.get(name)
             if writing is None:
                 writing = self._writing[name] = [0, 0, self._new_write_lock()]

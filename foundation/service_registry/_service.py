@@ -15,10 +15,10 @@ from typing import Any
 
 from foundation.database.sync import SyncDatabase
 from foundation.errors import (
-    AlreadyRegisteredError,
     FoundationError,
 )
 from foundation.service_registry._base import (
+    _CLOSE_WAIT_S,
     _HEARTBEAT_FAILED,
     _TAKE_ATTEMPTS,
     NEW_ROW,
@@ -272,6 +272,7 @@ class ServiceRegistry(_RegistryBase):
         finally:
             if locked:
                 lock.release()
+            self._count_out()
 
     def unregister(self, name: Any, force: bool = False) -> None:
         """Release ``name`` (only its owner may, unless ``force=True``; ``force`` is a
@@ -329,23 +330,21 @@ class ServiceRegistry(_RegistryBase):
         """Add this node as a member of ``group`` (many members per group)."""
         group, held = self._prepare(group, address, metadata, None)
         member_id = uuid.uuid4().hex if member_id is None else check_name(member_id, "a member id")
-        lease = self._ensure_lease()
-        row = self._db.fetchone(
-            self._sql.join, self._join_params(group, member_id, held, lease.generation)
-        )
-        if row is None:
-            raise AlreadyRegisteredError(
-                f"member {member_id!r} of group {group!r} belongs to another live node",
-                context={"group": group, "member_id": member_id},
+        with self._counted({"group": group}):
+            lease = self._ensure_lease()
+            row = self._db.fetchone(
+                self._sql.join, self._join_params(group, member_id, held, lease.generation)
             )
-        return self._joined_row(row, held)
+            return self._join_result(group, member_id, held, row)
 
     def leave(self, group: Any, member_id: Any = None) -> None:
         """Remove this node's member (or all its members, without ``member_id``) of ``group``."""
         group, ids = self._leave_targets(group, member_id)
-        for mid in ids:
-            self._db.fetchone(self._sql.leave, {"group": group, "member": mid, "node": self._node})
-            self._left(group, mid)
+        with self._counted({"group": group}):
+            for mid in ids:
+                row = {"group": group, "member": mid, "node": self._node}
+                self._db.fetchone(self._sql.leave, row)
+                self._left(group, mid)
 
     def watch(
         self, name_or_prefix: Any, callback: Callable[[RegistryChange], Any]
@@ -396,12 +395,15 @@ class ServiceRegistry(_RegistryBase):
 
     def close(self) -> None:
         """Stop the heartbeat and release the lease and names (others see them go at once)."""
-        if self._closed:
-            return
-        self._closed = True
+        with self._writes_lock:
+            if self._closed:
+                return
+            self._closed = True  # no write begins from here (see _count_in)
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
+        if not self._writes_done(_CLOSE_WAIT_S):
+            log.warning("registry: closing with writes still running after %s s", _CLOSE_WAIT_S)
         params = self._closing()
         if params is not None:
             with contextlib.suppress(FoundationError):
