@@ -213,7 +213,8 @@ def downgrade(ctx: click.Context, revision: str, extra: tuple[str, ...], yes: bo
     Reverting a revision runs its downgrade: revisions 0001 to 0004 drop the tables they
     created, with every row (0001 config and its history, 0002 the event log and the
     subscriptions, 0003 the registry, 0004 breakers and limits). Asks first, unless
-    --yes; without a terminal to ask on, it does nothing.
+    --yes; the answer is read from standard input, so a script that pipes "y" in
+    says yes, and with no answer there (< /dev/null) it does nothing.
     """
     _revision_arg(revision, extra)
     target = target_of(ctx)

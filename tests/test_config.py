@@ -164,9 +164,17 @@ def test_history_is_append_only_in_the_database(fdn: Foundation, db_url: str) ->
     parsed = DatabaseURL.parse(db_url)
     if parsed.backend == "sqlite":
         conn = sqlite3.connect(parsed.sqlite_path)
+        # REPLACE deletes the row it conflicts with without firing DELETE triggers.
+        rewrite = (
+            "(id, key, operation, old_value, new_value, revision, changed_at, changed_by) "
+            "SELECT id, key, operation, old_value, '9999', revision, changed_at, 'alice' "
+            "FROM foundation_config_history"
+        )
         for sql in (
             "UPDATE foundation_config_history SET key = 'x'",
             "DELETE FROM foundation_config_history",
+            f"REPLACE INTO foundation_config_history {rewrite}",
+            f"INSERT OR REPLACE INTO foundation_config_history {rewrite}",
         ):
             with pytest.raises(sqlite3.DatabaseError, match="append-only"):
                 conn.execute(sql)
@@ -180,7 +188,8 @@ def test_history_is_append_only_in_the_database(fdn: Foundation, db_url: str) ->
             ):
                 with pytest.raises(psycopg.Error, match="append-only"):
                     conn.execute(sql)
-    assert len(fdn.config.history()) == 1
+    [change] = fdn.config.history()
+    assert (change.new_value, change.changed_by) == (1, fdn.settings.node_id)
 
 
 def test_history_limit_is_validated(fdn: Foundation) -> None:

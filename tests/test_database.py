@@ -21,6 +21,7 @@ from foundation.database import create_engine, mask_url
 from foundation.database.codec import load_json_bytes
 from foundation.database.postgres import ADAPTERS
 from foundation.database.url import DatabaseURL
+from tests.helpers import wait_for
 
 
 def test_mask_url_hides_the_password() -> None:
@@ -177,6 +178,36 @@ def test_postgres_schema_setting_keeps_tables_in_that_schema(postgres_server: st
             assert conn.execute(
                 "SELECT count(*) FROM fdn_app.foundation_config_history"
             ).fetchone() == (1,)
+
+
+def test_plain_sql_in_another_search_path_audits_into_the_schemas_own_tables(
+    postgres_server: str,
+) -> None:
+    """Functions that name tables find them in their own schema, not the caller's
+    search_path: a psql session (search_path public) that updates fdn_app's config while
+    another install lives in public writes fdn_app's history and log, not public's."""
+    from tests.conftest import fresh_postgres
+
+    with fresh_postgres(postgres_server) as url:
+        Foundation(url, migrate="upgrade").close()  # another install, in public
+        with Foundation(url, migrate="upgrade", postgres_schema="fdn_app") as fdn:
+            fdn.config.set("port", 1)
+            with psycopg.connect(DatabaseURL.parse(url).conninfo, autocommit=True) as psql:
+                psql.execute("UPDATE fdn_app.foundation_config SET value = '2' WHERE key = 'port'")
+                counts = [
+                    psql.execute(f"SELECT count(*) FROM {table}").fetchone()
+                    for table in (
+                        "public.foundation_config_history",
+                        "public.foundation_events",
+                        "fdn_app.foundation_config_history",
+                    )
+                ]
+                assert counts == [(0,), (0,), (2,)]
+            wait_for(lambda: fdn.config.get("port") == 2)
+            [change, _] = fdn.config.history("port")
+            assert (change.old_value, change.new_value, change.changed_by) == (1, 2, "sql:postgres")
+            events = fdn.events.get(type="foundation.config.changed")
+            assert [e.data["new"] for e in events] == [1, 2]
 
 
 def test_postgres_timestamps_come_back_in_utc_whatever_the_server_zone(

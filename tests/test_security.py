@@ -466,6 +466,14 @@ ALLOWED: dict[tuple[str, str], str] = {
         "migrations/versions/0011_registry_audit_views.py",
         'MEMBERS_VIEW.replace("NOW", now)',
     ): "as above",
+    (
+        "migrations/versions/0012_function_search_path.py",
+        'PG_EACH_FUNCTION.replace("ACTION", PG_SET_SEARCH_PATH)',
+    ): "DDL in a migration: the ALTER FUNCTION clause, one of the module's two constants",
+    (
+        "migrations/versions/0012_function_search_path.py",
+        'PG_EACH_FUNCTION.replace("ACTION", PG_RESET_SEARCH_PATH)',
+    ): "as above",
 }
 
 

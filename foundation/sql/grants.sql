@@ -2,9 +2,12 @@
 --
 -- Run as the role that owns the Foundation tables (the one that ran `foundation db
 -- upgrade`), after every upgrade. Replace foundation_app with your application's role
--- (created beforehand: CREATE ROLE foundation_app LOGIN PASSWORD '...'), and public with
--- the schema of the postgres_schema setting if you use one. The role gets no DDL and
--- can neither rewrite nor erase the event log or the config history.
+-- (created beforehand: CREATE ROLE foundation_app LOGIN PASSWORD '...'). With the
+-- postgres_schema setting, also replace public below with that schema, and run the
+-- script with that schema first in the search path (the names below are unqualified):
+--   PGOPTIONS='-c search_path=myschema' psql ... -f grants.sql
+-- The role gets no DDL and can neither rewrite nor erase the event log or the config
+-- history.
 
 -- No DDL: USAGE lets the role see the schema, not create in it. (PostgreSQL 15 and
 -- later give PUBLIC no CREATE on the schema public; on older servers also run
