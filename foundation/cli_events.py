@@ -33,7 +33,7 @@ __all__ = ["events"]
 # -- events ---------------------------------------------------------------------------
 
 PROGRESS_MIN_EVENTS = 1_000  # shorter exports and imports show no progress bar
-IMPORT_BATCH = 500
+IMPORT_BATCH = 500  # lines per commit; the import command's help says 500
 
 
 @click.group()
@@ -365,7 +365,7 @@ def events_import(ctx: click.Context, file: Any) -> None:
 
     Positions, stream versions and timestamps are those of this log; ids, types, streams,
     data, metadata, correlation and causation ids are kept; a field an export does not
-    write is refused. Events are committed IMPORT_BATCH lines at a time: an error names its
+    write is refused. Events are committed 500 lines at a time: an error names its
     line and what was committed before it.
     """
     try:

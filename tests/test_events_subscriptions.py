@@ -586,6 +586,71 @@ async def test_async_start_past_the_end_of_the_log_is_refused(afdn: AsyncFoundat
         await afdn.events.tail(start=last + 1)
 
 
+def test_start_is_not_checked_for_a_name_that_has_its_checkpoint(fdn: Foundation) -> None:
+    """``start`` applies the first time a name is used; after that the stored checkpoint
+    decides, so a start past the end (from a consumer's fixed config, say) is not refused."""
+    first = fdn.events.store({"type": "a"}).position
+    fdn.events.subscribe("resumes", lambda e: None, start=first, **FAST).stop()
+    later = fdn.events.store({"type": "a"})
+    seen: list[RecordedEvent] = []
+    sub = fdn.events.subscribe("resumes", seen.append, start=later.position + 100, **FAST)
+    try:
+        wait_for(lambda: seen == [later])
+    finally:
+        sub.stop()
+
+
+async def test_async_start_is_not_checked_for_a_name_that_has_its_checkpoint(
+    afdn: AsyncFoundation,
+) -> None:
+    first = (await afdn.events.store({"type": "a"})).position
+    await (await afdn.events.subscribe("resumes", lambda e: None, start=first, **FAST)).stop()
+    later = await afdn.events.store({"type": "a"})
+    seen: list[RecordedEvent] = []
+    sub = await afdn.events.subscribe("resumes", seen.append, start=later.position + 100, **FAST)
+    try:
+        await async_wait_for(lambda: seen == [later])
+    finally:
+        await sub.stop()
+
+
+def test_a_handler_outliving_close_has_its_event_delivered_again(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """stop() gave up waiting for the handler and the database closed before it returned
+    (what close() does after its stop's timeout): the event is not checkpointed, the
+    next consumer gets it once the lease runs out, and the log says so once."""
+    event = threading.Event()
+    fdn = Foundation(db_url, migrate="skip")
+    stored = fdn.events.store({"type": "a"})
+    sub = fdn.events.subscribe(
+        "slow", lambda e: event.wait(10), start="beginning", lease_ms=300, **FAST
+    )
+    time.sleep(0.2)  # the handler holds the event
+    sub.stop(timeout=0.1)
+    assert sub.status.state == "stopping"
+    fdn.database.close()
+    time.sleep(0.3)  # the lease keeper's period: nothing to log
+    event.set()
+    wait_for(lambda: sub.status.state == "stopped")
+    fdn.close()
+    messages = [r.getMessage() for r in caplog.records if "slow" in r.getMessage()]
+    assert len(messages) == 2 and "still running" in messages[0], messages
+    assert "was not checkpointed" in messages[1]
+    again: list[RecordedEvent] = []
+    with Foundation(db_url, migrate="skip") as other:
+        wait_for(lambda: _try_subscribe(other, again))
+        wait_for(lambda: again == [stored])
+
+
+def _try_subscribe(fdn: Foundation, seen: list[RecordedEvent]) -> bool:
+    try:
+        fdn.events.subscribe("slow", seen.append, start="end", **FAST)
+    except AlreadyRegisteredError:
+        return False  # until the closed instance's lease runs out
+    return True
+
+
 async def test_an_async_handler_raising_cancelled_error_fails_visibly(
     afdn: AsyncFoundation,
 ) -> None:

@@ -192,6 +192,10 @@ class AsyncDatabase:
         except _DRIVER_ERRORS as exc:
             raise translate(exc, self._masked) from exc
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def _closed_error(self) -> StorageUnavailableError:
         return StorageUnavailableError(
             "this Foundation instance is closed", context={"url": self._masked}

@@ -153,6 +153,10 @@ class SyncDatabase:
             self._local.cur = _DriverCursor(conn)
         return conn, self._local.busy
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def _closed_error(self) -> Exception:
         from foundation.errors import StorageUnavailableError
 

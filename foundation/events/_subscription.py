@@ -201,7 +201,11 @@ class _SubscriptionBase:
         ts = self._sql.codec.ts
         return {"name": self.name, "owner": self._owner, "now": ts(now), "expires": ts(expires)}
 
-    def _initial_checkpoint(self, last_position: int) -> int:
+    def _initial_checkpoint(self, last_position: int, row: tuple[Any, ...] | None) -> int:
+        """The checkpoint of a name used for the first time (``row``: the name's row, if
+        it has one: then its stored checkpoint decides, and ``start`` is not checked)."""
+        if row is not None:
+            return 0  # unused: sub_create leaves an existing row as it is
         start = self.options.start
         if start == "beginning":
             return 0
@@ -326,7 +330,8 @@ class Subscription(_SubscriptionBase):
         return self
 
     def start(self) -> None:
-        first = self._initial_checkpoint(self._sync_events.last_position())
+        known = self._db.fetchone(self._sql.sub_read, {"name": self.name})
+        first = self._initial_checkpoint(self._sync_events.last_position(), known)
         sent = time.monotonic()  # before the stamp: the lease's end counts from it
         stamp = self._stamp()
         self._db.execute(self._sql.sub_create, {**stamp, "checkpoint": first})
@@ -351,6 +356,8 @@ class Subscription(_SubscriptionBase):
                 if not self._renew():
                     return
             except FoundationError as exc:  # down: the next period tries again
+                if self._db.closed:
+                    return  # the loop says so when the handler returns
                 log.warning("subscription %r could not renew its lease (%s)", self.name, exc)
 
     def _renew(self) -> bool:
@@ -385,6 +392,14 @@ class Subscription(_SubscriptionBase):
                         return
                 self._lag(len(records), self._sync_events.last_position())
             except _DATABASE_FAULTS as exc:  # the database went away: retry
+                if self._db.closed:  # close() gave up waiting for the handler (see stop)
+                    log.warning(
+                        "subscription %r: its Foundation instance closed while the handler "
+                        "ran; the event it handled was not checkpointed and goes to the "
+                        "next consumer of the name, once the name's lease runs out",
+                        self.name,
+                    )
+                    return
                 log.warning("subscription %r cannot read the log (%s); retrying", self.name, exc)
                 self._stop.wait(self.options.poll_interval_ms / 1000)
             except Exception as exc:  # a bug, not a fault: stop visibly rather than spin
@@ -472,6 +487,9 @@ class Subscription(_SubscriptionBase):
     def _release(self) -> None:
         if not self._releasing():
             return
+        if self._db.closed:
+            self._state = "stopped"  # the name frees when its lease runs out (see _loop)
+            return
         try:
             self._db.execute(self._sql.sub_status, self._released())
         except FoundationError:
@@ -514,7 +532,8 @@ class AsyncSubscription(_SubscriptionBase):
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        first = self._initial_checkpoint(await self._async_events.last_position())
+        known = await self._db.fetchone(self._sql.sub_read, {"name": self.name})
+        first = self._initial_checkpoint(await self._async_events.last_position(), known)
         sent = time.monotonic()  # before the stamp: the lease's end counts from it
         stamp = self._stamp()
         await self._db.execute(self._sql.sub_create, {**stamp, "checkpoint": first})
@@ -537,6 +556,8 @@ class AsyncSubscription(_SubscriptionBase):
                 if not await self._renew():
                     return
             except FoundationError as exc:  # down: the next period tries again
+                if self._db.closed:
+                    return  # the loop says so when the handler returns
                 log.warning("subscription %r could not renew its lease (%s)", self.name, exc)
 
     async def _renew(self) -> bool:
