@@ -388,14 +388,14 @@ def test_an_expired_lease_is_taken_over_and_the_old_owner_stops(
         entered.set()
         release.wait(10)
 
-    stuck = fdn.events.subscribe("leased", hang, lease_ms=300, **FAST)
+    stuck = fdn.events.subscribe("leased", hang, lease_ms=1500, **FAST)
     assert entered.wait(5)
-    # As in a process paused past its lease (SIGSTOP, a frozen VM): its keeper renews no
-    # more (while it runs, a slow handler keeps the name: see the next test).
-    stuck._ended.set()
     with Foundation(db_url, migrate="check") as other:
-        with pytest.raises(AlreadyRegisteredError):
-            other.events.subscribe("leased", lambda e: None, lease_ms=300, **FAST)
+        with pytest.raises(AlreadyRegisteredError):  # a live lease (opening other is slow
+            other.events.subscribe("leased", lambda e: None, **FAST)  # on a busy machine)
+        # As in a process paused past its lease (SIGSTOP, a frozen VM): its keeper renews
+        # no more (while it runs, a slow handler keeps the name: see the next test).
+        stuck._ended.set()
         seen: list[str] = []
 
         def take_over() -> Any:
@@ -404,7 +404,7 @@ def test_an_expired_lease_is_taken_over_and_the_old_owner_stops(
             except AlreadyRegisteredError:
                 return None
 
-        taker = wait_for(take_over, timeout=5)
+        taker = wait_for(take_over, timeout=10)
         wait_for(lambda: seen == ["slow"])  # the new owner redelivers: at least once
         release.set()
         # The old owner finds its checkpoint refused and stops rather than run on beside it.
