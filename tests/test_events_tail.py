@@ -308,6 +308,17 @@ def test_own_writes_that_come_back_out_of_order_are_both_placed(tail_known: bool
     assert [r.position for r in answer or []] == list(range(1, 8))
 
 
+def test_an_own_write_placed_later_is_what_was_written_not_what_its_caller_changed() -> None:
+    # store() returned 7 to its caller (plain, mutable data) before 6 let the cache place it.
+    cache = _placed_cache(5)
+    returned = _record(7)
+    assert cache.add_own(6, [returned])
+    returned.data["p"] = "changed by the caller"
+    assert cache.add_own(5, [_record(6)])
+    answer = cache.answer(Criteria(shape=("asc",), params={}, limit=10, order="asc"))
+    assert answer is not None and answer[-1].data == {"p": 7}
+
+
 def test_an_own_write_above_a_gap_is_read_back_when_its_notification_comes() -> None:
     cache = _placed_cache(5)
     assert cache.add_own(None, [_record(7)])  # 6 was rolled back: nothing will place 7

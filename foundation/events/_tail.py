@@ -213,7 +213,9 @@ class TailCache:
                 return True  # the window's (re)load reads it
             first = records[0].position
             if first > self._hi:
-                self._pending[first] = (prev_tail, records)
+                # Copied now: the caller gets ``records`` back and may change their data
+                # before the drain places them (behind another writer's, say).
+                self._pending[first] = (prev_tail, [frozen(r) for r in records])
                 if len(self._pending) > _MAX_PENDING:  # stuck behind a gap: read instead
                     del self._pending[min(self._pending)]
                 self._drain()
@@ -247,10 +249,10 @@ class TailCache:
                 if known is None:
                     return
                 ready = pending.pop(known)
-            self._put(ready[1])
+            self._put(ready[1], already_frozen=True)
 
-    def _put(self, records: list[RecordedEvent]) -> None:
-        fresh = [frozen(r) for r in records]
+    def _put(self, records: list[RecordedEvent], *, already_frozen: bool = False) -> None:
+        fresh = records if already_frozen else [frozen(r) for r in records]
         self._records.extend(fresh)
         for r in fresh:
             bucket = self._by_type.get(r.type)
