@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import threading
 from collections.abc import Callable, Mapping
@@ -28,7 +29,7 @@ import pydantic
 from foundation._frozen import thaw
 from foundation._json import same_json
 from foundation.errors import EventError
-from foundation.events._model import RecordedEvent, valid_name
+from foundation.events._model import RecordedEvent, _as_mapping, valid_name
 
 __all__ = ["SCHEMA_VERSION", "EventType", "TypeRegistry"]
 
@@ -232,15 +233,32 @@ def _read(spec: EventType, data: Any) -> pydantic.BaseModel:
 
 def _dump(spec: EventType, model: pydantic.BaseModel) -> Any:
     assert spec.adapter is not None
-    return spec.adapter.dump_python(
-        model,
-        mode="json",
-        by_alias=spec.by_alias,
+    options: dict[str, Any] = {
+        "by_alias": spec.by_alias,
         # Computed fields are derived: decode computes them again, a stored copy would
         # freeze what an older release computed, and extra="forbid" refuses them.
-        exclude_computed_fields=True,
-        round_trip=True,  # e.g. a Json[...] field is dumped as the JSON text it validates
-    )
+        "exclude_computed_fields": True,
+        "round_trip": True,  # e.g. a Json[...] field is dumped as the JSON text it validates
+    }
+    dumped = spec.adapter.dump_python(model, mode="json", **options)
+    return _sets_sorted(dumped, spec.adapter.dump_python(model, **options))
+
+
+def _sets_sorted(dumped: Any, python: Any) -> Any:
+    """``dumped`` with each list that dumps a set sorted (by its items' JSON text).
+
+    A set dumps in its iteration order, which follows the hash seed of the process: the
+    same event would be stored as other data by another process (an idempotent retry
+    refused as different content), and its round trip at store compared unequal. The
+    Python dump (same shape, sets still sets) says where the sets are.
+    """
+    if isinstance(python, set | frozenset) and isinstance(dumped, list):
+        return sorted(dumped, key=lambda item: json.dumps(item, sort_keys=True))
+    if isinstance(python, dict) and isinstance(dumped, dict):
+        return {k: _sets_sorted(v, python[k]) if k in python else v for k, v in dumped.items()}
+    if isinstance(python, list | tuple) and isinstance(dumped, list) and len(python) == len(dumped):
+        return [_sets_sorted(d, p) for d, p in zip(dumped, python, strict=True)]
+    return dumped
 
 
 def _stored_data(spec: EventType, model: pydantic.BaseModel) -> Any:
@@ -347,7 +365,8 @@ def _fields(event: Any) -> dict[str, Any] | None:
     if isinstance(event, Mapping):
         return dict(event)
     if isinstance(event, pydantic.BaseModel):
-        return {name: getattr(event, name) for name in type(event).model_fields}
+        # As store reads it: JSON values, by alias where the aliases name the fields.
+        return dict(_as_mapping(event))
     if dataclasses.is_dataclass(event) and not isinstance(event, type):
         return {f.name: getattr(event, f.name) for f in dataclasses.fields(event)}
     return None
