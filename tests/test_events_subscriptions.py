@@ -586,6 +586,17 @@ async def test_async_start_past_the_end_of_the_log_is_refused(afdn: AsyncFoundat
         await afdn.events.tail(start=last + 1)
 
 
+@pytest.mark.parametrize(
+    ("criterion", "says"), [("limit", "does not apply to tail()"), ("colour", "is unknown")]
+)
+def test_tail_names_the_criteria_it_takes(fdn: Foundation, criterion: str, says: str) -> None:
+    with pytest.raises(EventError) as raised:
+        fdn.events.tail({criterion: 1})
+    message = str(raised.value)
+    assert says in message and "limit" not in message.partition("takes")[2]
+    assert "type, stream_id, correlation_id, causation_id" in message
+
+
 def test_start_is_not_checked_for_a_name_that_has_its_checkpoint(fdn: Foundation) -> None:
     """``start`` applies the first time a name is used; after that the stored checkpoint
     decides, so a start past the end (from a consumer's fixed config, say) is not refused."""

@@ -26,6 +26,7 @@ from foundation.database.feed import ChangeFeed
 from foundation.database.sync import Cursor
 from foundation.errors import EventError, FoundationError
 from foundation.events._model import (
+    _CRITERIA_KEYS,
     MAX_LIMIT,
     MAX_VERSION,
     Criteria,
@@ -273,14 +274,14 @@ class _EventsBase:
         self, criteria: Any, kwargs: Mapping[str, Any], start: Any
     ) -> dict[str, Any]:
         merged = {**(criteria or {}), **kwargs} if isinstance(criteria, Mapping | None) else {}
-        self._criteria(criteria, kwargs)  # unknown keys and wrong types first
         for key in merged:
             if key not in _TAIL_KEYS:
+                what = "does not apply to tail()" if key in _CRITERIA_KEYS else "is unknown"
                 raise EventError(
-                    f"criterion {key!r} does not apply to tail() (it takes "
-                    f"{', '.join(_TAIL_KEYS)})",
-                    context={"criterion": key},
+                    f"criterion {str(key)[:200]!r} {what} (tail() takes {', '.join(_TAIL_KEYS)})",
+                    context={"criterion": str(key)[:200]},
                 )
+        self._criteria(criteria, kwargs)  # wrong types
         if not (
             start in ("beginning", "end")
             or (isinstance(start, int) and not isinstance(start, bool) and start >= 0)
