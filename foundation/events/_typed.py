@@ -52,6 +52,8 @@ class EventType:
     adapter: pydantic.TypeAdapter[Any] | None = dataclasses.field(
         default=None, repr=False, compare=False
     )
+    # Whether the model may hold a set anywhere (its dump is then sorted: ``_sets_sorted``).
+    has_sets: bool = True
 
 
 class TypeRegistry:
@@ -115,6 +117,7 @@ class TypeRegistry:
             by_alias=_readable_by_alias(model),
             computed=frozenset(_computed_keys(model)),
             adapter=pydantic.TypeAdapter(model),
+            has_sets=_may_hold_sets(model),
         )
         with self._lock:
             self._types = {**self._types, name: spec}
@@ -241,7 +244,19 @@ def _dump(spec: EventType, model: pydantic.BaseModel) -> Any:
         "round_trip": True,  # e.g. a Json[...] field is dumped as the JSON text it validates
     }
     dumped = spec.adapter.dump_python(model, mode="json", **options)
+    if not spec.has_sets:
+        return dumped
     return _sets_sorted(dumped, spec.adapter.dump_python(model, **options))
+
+
+def _may_hold_sets(model: type[pydantic.BaseModel]) -> bool:
+    """From the model's JSON schema, where a set is an array of unique items (a model
+    without one costs no second dump); True when the schema cannot be made."""
+    try:
+        schema = model.model_json_schema(mode="serialization")
+    except Exception:  # e.g. arbitrary types: no schema, so assume the worst
+        return True
+    return '"uniqueItems": true' in json.dumps(schema)
 
 
 def _sets_sorted(dumped: Any, python: Any) -> Any:
