@@ -46,6 +46,9 @@ CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 State = Literal["closed", "open", "half_open"]
 PROBE_LEASE_MARGIN_MS = 1000
 MAX_MS = 366 * 24 * 3600 * 1000
+# The failure count is a BIGINT in the shared table; this leaves it room (and is far
+# beyond any breaker that would ever open).
+MAX_FAILURES = 10_000_000
 OPTION_NAMES = ("timeout", "max_failures", "reset_timeout", "failure_exceptions", "scope")
 
 
@@ -135,9 +138,14 @@ def make_options(
     scope: Any = "shared",
 ) -> BreakerOptions:
     """Validate a breaker's options (raises ``validation_error``)."""
-    if not isinstance(max_failures, int) or isinstance(max_failures, bool) or max_failures < 1:
+    if (
+        not isinstance(max_failures, int)
+        or isinstance(max_failures, bool)
+        or not 1 <= max_failures <= MAX_FAILURES
+    ):
         raise ValidationError(
-            f"max_failures must be an integer of at least 1, got {max_failures!r}",
+            f"max_failures must be an integer from 1 to {MAX_FAILURES:,}, "
+            f"got {repr(max_failures)[:40]}",
             context={"option": "max_failures", "value": repr(max_failures)[:100]},
         )
     if isinstance(failure_exceptions, type):

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict
 
 from foundation._frozen import FrozenDict, FrozenList
 
-__all__ = ["freeze_value"]
+__all__ = ["freeze_value", "same_value"]
 
 _frozen_classes: dict[type[BaseModel], type[BaseModel]] = {}
 _lock = threading.Lock()
@@ -34,6 +34,19 @@ def freeze_value(value: Any) -> Any:
     if isinstance(value, BaseModel):
         return _freeze_model(value)
     return value
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Equal and of the same types throughout: 1, 1.0 and True are three values (``==``
+    says one), and so are [1] and [True]. Watchers are told when a key turns from one to
+    another, as its history records."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same_value(v, b[k]) for k, v in a.items())
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
 
 
 def _freeze_model(model: BaseModel) -> BaseModel:

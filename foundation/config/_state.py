@@ -12,6 +12,7 @@ winning value of every key and is what ``get`` reads: one dict lookup.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import logging
 import threading
@@ -26,7 +27,7 @@ from pydantic import ValidationError as PydanticValidationError
 from foundation._json import encode_json, normalize_json
 from foundation._text import is_utf8
 from foundation._watch import Watch, Watchers
-from foundation.config._immutable import freeze_value
+from foundation.config._immutable import freeze_value, same_value
 from foundation.config._sources import EnvValue, env_layer
 from foundation.errors import ConfigError
 
@@ -172,7 +173,13 @@ class ConfigState:
         adapter = self._types.get(key)
         if adapter is not None:
             value = self._validate(key, adapter, value, source="set")
-            plain = adapter.dump_python(value, mode="json")
+            try:
+                plain = adapter.dump_python(value, mode="json")
+            except (ValueError, TypeError) as exc:  # UnicodeDecodeError: bytes not UTF-8
+                raise ConfigError(
+                    f"the value for config key {key!r} cannot be stored as JSON: {exc}",
+                    context={"key": key, "expected": self._type_names[key]},
+                ) from None
         else:
             plain = value
         text = encode_json(
@@ -244,12 +251,22 @@ class ConfigState:
             try:
                 if default is not _MISSING:
                     default = self._validate(key, adapter, default, source="default")
-                # Values already loaded must fit the type too.
-                for layer in ("file", "env", "runtime"):
+                # Values already loaded must fit the type too. The file and env layers
+                # are typed as they are read; the runtime value is typed when applied,
+                # so one loaded before this call (every start) is typed again now.
+                for layer in ("file", "env"):
                     if key in self._layers[layer]:
                         self._typed_value(key, layer, self._layers[layer][key])
+                runtime = self._runtime.get(key)
+                typed = _MISSING
+                if runtime is not None and not runtime.deleted:
+                    raw = runtime.raw if runtime.raw is not _MISSING else runtime.value
+                    typed = self._typed_value(key, "runtime", raw)
                 if default is not _MISSING:
                     defaults[key] = default
+                if runtime is not None and typed is not _MISSING:
+                    self._runtime[key] = dataclasses.replace(runtime, value=typed)
+                    self._layers["runtime"][key] = typed
                 return self._recompute([key], "reload")
             except ConfigError:
                 if previous[0] is None:
@@ -451,7 +468,7 @@ class ConfigState:
                 new = freeze_value(new)
                 self._effective[key] = new
                 self._source[key] = winner  # type: ignore[assignment]
-            if old is not new and old != new:
+            if old is not new and not same_value(old, new):
                 changes.append(
                     ConfigChange(
                         key,

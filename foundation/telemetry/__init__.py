@@ -7,10 +7,10 @@ Library code emits events; applications attach handlers to the ones they care ab
     def log_set(event, measurements, metadata, config):
         config.info("%s took %d ns", metadata["key"], measurements["duration"])
 
-    telemetry.attach("log-config-set", "foundation.config.set.stop", log_set, logger)
+    telemetry.attach("log-config-set", "foundation.config.set", log_set, logger)
 
-    with telemetry.span("foundation.config.set", {"key": "x"}) as meta:
-        meta["result"] = "ok"   # goes into the stop event's metadata
+    with telemetry.span("checkout", {"order": 7}) as meta:
+        meta["result"] = "ok"   # goes into checkout.stop's metadata
 
 The module-level functions act on one process-wide :class:`Telemetry`, returned by
 :func:`default`. An event nobody is attached to costs one dict lookup, so emitting is

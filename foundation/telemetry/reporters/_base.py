@@ -7,9 +7,9 @@ the subclass supplies. Everything that can go wrong with the *input* is skipped 
 counted here and never reaches the caller or the backend:
 
 - a measurement that is missing, or a measurement callable that raises: ``missing``;
-- a value that is not a real number (``bool`` included), NaN, or a negative value for a
-  monotonic sum: ``invalid``; a ``keep``/``drop``/``tag_values`` callable that raises
-  counts here too;
+- a value that is not a real number (``bool`` included), NaN, an int beyond a float's
+  range, or a negative value for a monotonic sum: ``invalid``; a ``keep``/``drop``/
+  ``tag_values`` callable that raises counts here too;
 - a tag-value set beyond ``max_tag_sets`` distinct sets for the metric: ``overflow``.
 
 Each kind of skip is logged once per metric (``foundation.telemetry.reporters``), then
@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import numbers
+import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ Sink: TypeAlias = Callable[[float, tuple[str, ...]], None]
 """``sink(value, tag_values)``: record one value in the backend."""
 
 _MISSING: Final = object()
+_FLOAT_MAX: Final = int(sys.float_info.max)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +169,10 @@ class _Series:
             value = float(value)
         if kind is float and math.isnan(value):
             self._skip("invalid", "measurement is NaN")
+            return
+        if kind is int and not -_FLOAT_MAX <= value <= _FLOAT_MAX:
+            # No backend can hold it (a float overflows): the input's fault, not the sink's.
+            self._skip("invalid", f"measurement {str(value)[:40]}… is beyond a float's range")
             return
         if self.scale != 1.0:
             value = value * self.scale

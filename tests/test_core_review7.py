@@ -1,0 +1,109 @@
+"""Found by a reviewer using config, breakers and telemetry as a new user would.
+
+* A typed key registered after the instance loaded its values (every restart) kept the
+  stored value untyped: a str for a datetime, a dict for a model.
+* A change from 1 to True (or [1] to [True]) reached no watcher: ``==`` said "no change".
+* A typed ``bytes`` key set to bytes that are not UTF-8 raised pydantic's
+  ``UnicodeDecodeError``; a breaker's ``max_failures`` beyond a BIGINT let SQLite's
+  ``OverflowError`` replace the function's own error.
+* One measurement too large for a float detached a whole reporter.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any
+
+import pydantic
+import pytest
+
+from foundation import ConfigError, Foundation, ValidationError
+from foundation.config import ConfigChange
+from foundation.telemetry import Telemetry, metrics
+from foundation.telemetry.reporters import LoggingReporter
+from tests.helpers import wait_for
+
+
+class DB(pydantic.BaseModel):
+    host: str
+    port: int
+
+
+def test_a_type_registered_after_load_types_the_stored_value(db_url: str) -> None:
+    with Foundation(db_url, migrate="skip") as first:
+        first.config.register("deploy_at", datetime)
+        first.config.register("db", DB)
+        first.config.set("deploy_at", datetime(2024, 5, 1, 12))
+        first.config.set("db", DB(host="h", port=1))
+        first.config.set("port", "4000")  # untyped yet: a str
+    with Foundation(db_url, migrate="skip") as restarted:  # loads, then registers
+        changes: list[ConfigChange] = []
+        restarted.config.watch("port", changes.append)
+        restarted.config.register("deploy_at", datetime)
+        restarted.config.register("db", DB)
+        restarted.config.register("port", int)
+        assert restarted.config.get("deploy_at") == datetime(2024, 5, 1, 12)
+        assert restarted.config.get("db") == DB(host="h", port=1)
+        assert isinstance(restarted.config.get("db"), DB)
+        assert restarted.config.get("port") == 4000
+        wait_for(lambda: [(c.old, c.new) for c in changes] == [("4000", 4000)])
+        restarted.config.reload()
+        assert restarted.config.get("port") == 4000
+        with pytest.raises(ConfigError, match="expected list"):
+            restarted.config.register("port", list[int])  # 4000 is no list: refused
+        assert restarted.config.get("port") == 4000  # and nothing changed
+
+
+def test_watchers_see_a_change_between_values_python_calls_equal(db_url: str) -> None:
+    with Foundation(db_url, migrate="skip") as fdn:
+        seen: list[tuple[Any, Any]] = []
+        fdn.config.watch("flag", lambda c: seen.append((c.old, c.new)))
+        for value in (1, True, 1.0, [1], [True]):
+            fdn.config.set("flag", value)
+        wait_for(lambda: len(seen) == 5)
+        assert [type(new) for _, new in seen[:3]] == [int, bool, float]
+        assert [list(new) for _, new in seen[3:]] == [[1], [True]]
+        assert [type(new[0]) for _, new in seen[3:]] == [int, bool]
+
+
+def test_bytes_that_are_not_utf8_are_a_config_error(db_url: str) -> None:
+    with Foundation(db_url, migrate="skip") as fdn:
+        fdn.config.register("blob", bytes)
+        with pytest.raises(ConfigError, match="cannot be stored as JSON"):
+            fdn.config.set("blob", b"\xff\xfe")
+        assert fdn.config.history("blob") == []
+        fdn.config.set("blob", b"ok")
+        assert fdn.config.get("blob") == b"ok"
+
+
+def test_max_failures_is_bounded(fdn: Foundation) -> None:
+    with pytest.raises(ValidationError, match="from 1 to 10,000,000"):
+        fdn.circuit_breaker.execute(lambda: 1, name="b", max_failures=2**63)
+    assert fdn.circuit_breaker.execute(lambda: 1, name="b", max_failures=10_000_000) == 1
+
+
+def test_a_measurement_beyond_a_float_is_skipped_not_the_reporter(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    telemetry = Telemetry()
+    reporter = LoggingReporter(
+        telemetry,
+        [
+            metrics.summary("app.req.duration", unit=("native", "millisecond")),
+            metrics.last_value("app.req.size"),
+        ],
+        logger="t.review7",
+        level=logging.INFO,
+    )
+    with caplog.at_level(logging.INFO, logger="t.review7"):
+        telemetry.execute("app.req", {"duration": 10**400, "size": -(10**400)})
+        telemetry.execute("app.req", {"duration": 5, "size": 7})
+    assert reporter.attached
+    stats = reporter.stats()
+    assert stats["app.req.duration"].invalid == 1 and stats["app.req.size"].invalid == 1
+    logged = [r.getMessage() for r in caplog.records if r.name == "t.review7"]
+    assert logged == [
+        "summary app.req.duration=4.9999999999999996e-06 millisecond",
+        "last_value app.req.size=7",
+    ]
