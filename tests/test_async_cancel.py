@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from foundation import AsyncFoundation, Foundation, FoundationError
+from tests.conftest import fresh_postgres
 from tests.helpers import async_wait_for
 
 TURNS = range(1, 7)
@@ -246,3 +247,35 @@ async def test_a_callback_may_close_its_foundation(db_url: str, via: str) -> Non
     await asyncio.wait_for(closed.wait(), 10)
     with pytest.raises(FoundationError, match="closed"):
         await fdn.events.store({"type": "after"})
+
+
+async def test_cancelled_calls_give_every_pool_connection_back(
+    postgres_server: str, postgres_template: str
+) -> None:
+    """A cancellation that landed while psycopg_pool's connection() handed a connection
+    back lost it: after some hundreds of timed-out reads every call waited for a
+    connection and failed with storage_unavailable."""
+    with fresh_postgres(postgres_server, postgres_template) as url:
+        await _read_storm(url)
+
+
+async def _read_storm(url: str) -> None:
+    async with AsyncFoundation(url, migrate="skip", events_tail_size=0) as fdn:
+        await fdn.events.store({"type": "x", "stream_id": "s"})
+        timeouts = 0
+
+        async def reader(k: int) -> None:
+            nonlocal timeouts
+            for n in range(60):
+                try:
+                    await asyncio.wait_for(fdn.events.read_stream("s"), (k * 60 + n) % 5 / 1000)
+                except TimeoutError:
+                    timeouts += 1
+
+        await asyncio.gather(*(reader(k) for k in range(12)))
+        assert timeouts > 100  # the race was run
+        pool = fdn.events._db._pool
+        assert pool is not None
+        stats = pool.get_stats()
+        assert stats["pool_available"] == stats["pool_size"]
+        assert len(await asyncio.wait_for(fdn.events.read_stream("s"), 2)) == 1

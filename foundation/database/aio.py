@@ -214,8 +214,16 @@ class AsyncDatabase:
                     raise self._closed_error()
                 yield _SQLiteCursor(self._sqlite)
         else:
-            async with self._pool.connection() as conn:
+            # Not the pool's connection(): a cancellation that lands while it hands the
+            # connection back loses it (neither returned nor closed), and enough of them
+            # empty the pool for good. The return runs whole (putconn rolls back or
+            # replaces a connection a cancelled statement left busy).
+            pool = self._pool
+            conn = await pool.getconn()
+            try:
                 yield _PGCursor(conn)
+            finally:
+                await finish(pool.putconn(conn))
 
     async def _run(self, op: str, sql: str, params: Params) -> Any:
         for attempt in (1, 2):
