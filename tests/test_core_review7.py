@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pydantic
@@ -107,3 +108,18 @@ def test_a_measurement_beyond_a_float_is_skipped_not_the_reporter(
         "summary app.req.duration=4.9999999999999996e-06 millisecond",
         "last_value app.req.size=7",
     ]
+
+
+def test_nan_and_infinity_are_not_json_in_files_or_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"sqlite:///{tmp_path / 'nan.db'}"
+    monkeypatch.setenv("FOUNDATION_CONFIG__RATIO", "NaN")
+    monkeypatch.setenv("FOUNDATION_CONFIG__LIMIT", "-Infinity")
+    with Foundation(url, migrate="upgrade") as fdn:  # not JSON: the text, as any other
+        assert (fdn.config.get("ratio"), fdn.config.get("limit")) == ("NaN", "-Infinity")
+    for name, text in (("app.json", '{"ratio": NaN}'), ("app.toml", "[x]\nratio = nan\n")):
+        path = tmp_path / name
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=r"NaN is not JSON|nan or inf, which is not JSON"):
+            Foundation(url, config_file=path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -32,12 +33,16 @@ def read_file(path: Path) -> dict[str, Any]:
         ) from None
     if path.suffix.lower() == ".json":
         try:
-            data = json.loads(text)
+            data = json.loads(text, parse_constant=_not_json)
         except json.JSONDecodeError as exc:
             raise ConfigError(
                 f"config file {path} is not valid JSON at line {exc.lineno}, "
                 f"column {exc.colno}: {exc.msg}",
                 context={"file": str(path), "line": exc.lineno, "column": exc.colno},
+            ) from None
+        except ValueError as exc:  # NaN or Infinity (see _not_json)
+            raise ConfigError(
+                f"config file {path} is not valid JSON: {exc}", context={"file": str(path)}
             ) from None
         if not isinstance(data, dict):
             raise ConfigError(
@@ -50,13 +55,36 @@ def read_file(path: Path) -> dict[str, Any]:
             f"config file {path} must end in .toml or .json", context={"file": str(path)}
         )
     try:
-        return tomllib.loads(text)
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         line = _toml_line(str(exc))
         raise ConfigError(
             f"config file {path} is not valid TOML: {exc}",
             context={"file": str(path), "line": line},
         ) from None
+    for key, value in data.items():
+        if _has_non_finite(value):
+            # TOML has nan and inf; a config value is JSON (as set() refuses them).
+            raise ConfigError(
+                f"config file {path}: key {key!r} holds nan or inf, which is not JSON",
+                context={"file": str(path), "key": key},
+            )
+    return data
+
+
+def _not_json(constant: str) -> Any:
+    # json.loads takes NaN, Infinity and -Infinity by default; JSON has none of them.
+    raise ValueError(f"{constant} is not JSON")
+
+
+def _has_non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_has_non_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_non_finite(v) for v in value)
+    return False
 
 
 def _toml_line(message: str) -> int | None:
@@ -87,7 +115,7 @@ def read_env(prefix: str, environ: Mapping[str, str] | None = None) -> dict[str,
 def parse_env_value(raw: str) -> Any:
     """JSON when the text is JSON (``4000``, ``true``, ``[1, 2]``), else the text itself."""
     try:
-        return json.loads(raw)
+        return json.loads(raw, parse_constant=_not_json)
     except ValueError:
         return raw
 
