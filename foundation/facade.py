@@ -244,11 +244,18 @@ class Foundation(_Base):
         def open_count() -> int:
             return sum(info.state == "open" for info in self.circuit_breaker.breakers())
 
+        def tail_position() -> int | None:
+            # A short outage skips this round: a probe that raises is removed for good.
+            try:
+                return self.events.last_position()
+            except FoundationError:
+                return None
+
         poller = Poller(
             self.telemetry,
             measurements=[
                 process_memory(),
-                event_log(tail_position=self.events.last_position),
+                event_log(tail_position=tail_position),
                 open_breakers(open_count, total=lambda: len(self.circuit_breaker.breakers())),
             ],
             interval_ms=interval_ms,

@@ -122,8 +122,13 @@ CATALOGUE: Final[tuple[EventSpec, ...]] = (
     _spec(
         "foundation.events.store",
         "events",
-        "after a batch of events was committed to the log",
-        {"duration": _NS, "count": "events stored"},
+        "after a `store` or `store_many` returned its records",
+        {
+            "duration": _NS,
+            "count": "events the call stored or, for an id already recorded, returned (an "
+            "idempotent replay counts; `foundation.config.changed` events, appended by the "
+            "database, count under `foundation.config.set`)",
+        },
         {"node": "node id"},
     ),
     _spec(
@@ -297,6 +302,7 @@ CATALOGUE: Final[tuple[EventSpec, ...]] = (
             "name": "registered name",
             "owner": "owner node (when known)",
             "address": "owner's address (when known)",
+            "epoch": "the owner's epoch (when known)",
         },
     ),
     _spec(
@@ -409,7 +415,10 @@ def default_metrics(
             buckets=latency_buckets,
             description="Time to commit a batch of events to the log",
         ),
-        metrics.sum("foundation.events.store.count", description="Events appended to the log"),
+        metrics.sum(
+            "foundation.events.store.count",
+            description="Events stored by store and store_many (idempotent replays included)",
+        ),
         metrics.distribution(
             "foundation.events.get.duration",
             unit=unit,

@@ -356,6 +356,9 @@ def counter(
     reporter_options: Mapping[str, Any] | None = None,
 ) -> Counter:
     """A count of the events named by ``name`` minus its last segment (or ``event_name``)."""
+    if isinstance(unit, tuple):
+        # It records 1 per event: a conversion (native -> millisecond) would scale the 1.
+        raise _invalid("a counter counts events: its unit cannot be a conversion", unit=unit)
     result: Counter = _build(
         Counter,
         name,

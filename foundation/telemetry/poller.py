@@ -74,6 +74,7 @@ __all__ = [
 ]
 
 _log = logging.getLogger("foundation.telemetry.poller")
+_MAX_INTERVAL_S: Final = 86_400.0  # a longer wait overflows Event.wait (inf) or never polls
 
 MEMORY_EVENT: Final[EventName] = ("foundation", "poller", "memory")
 EVENT_LOG_EVENT: Final[EventName] = ("foundation", "poller", "event_log")
@@ -227,9 +228,10 @@ def _interval_seconds(interval_ms: float | timedelta) -> float:
             "interval_ms must be a number of milliseconds or a timedelta",
             context={"interval_ms": repr(interval_ms)},
         )
-    if not seconds > 0:
+    if not 0 < seconds <= _MAX_INTERVAL_S:
         raise ValidationError(
-            "interval_ms must be positive", context={"interval_ms": repr(interval_ms)}
+            "interval_ms must be positive and at most a day",
+            context={"interval_ms": repr(interval_ms)},
         )
     return seconds
 

@@ -7,8 +7,8 @@ the subclass supplies. Everything that can go wrong with the *input* is skipped 
 counted here and never reaches the caller or the backend:
 
 - a measurement that is missing, or a measurement callable that raises: ``missing``;
-- a value that is not a real number (``bool`` included), NaN, an int beyond a float's
-  range, or a negative value for a monotonic sum: ``invalid``; a ``keep``/``drop``/
+- a value that is not a real number (``bool`` included), NaN or infinite, beyond a
+  float's range, or a negative value for a monotonic sum: ``invalid``; a ``keep``/``drop``/
   ``tag_values`` callable that raises counts here too;
 - a tag-value set beyond ``max_tag_sets`` distinct sets for the metric: ``overflow``.
 
@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, TypeAlias
 
+from foundation._text import is_utf8
 from foundation.errors import ValidationError
 from foundation.telemetry._core import EventName, Telemetry
 from foundation.telemetry.metrics import Metric, Sum
@@ -58,11 +59,12 @@ class MetricStats:
 
 
 def _label(value: object) -> str:
-    if value is None:
-        return ""
-    if type(value) is str:
-        return value
-    return str(value)
+    text = "" if value is None else value if type(value) is str else str(value)
+    if not text.isascii() and not is_utf8(text):
+        # A lone surrogate (a path decoded with surrogateescape, say): no exposition
+        # format can carry it, and Prometheus would fail every scrape from then on.
+        return text.encode("utf-8", "replace").decode("utf-8")
+    return text
 
 
 class _Series:
@@ -163,12 +165,18 @@ class _Series:
 
         kind = type(value)
         if kind is not int and kind is not float:
+            # numpy's float64, a Fraction, an int subclass: a plain float from here on.
             if kind is bool or not isinstance(value, numbers.Real):
                 self._skip("invalid", f"non-numeric measurement {value!r}")
                 return
-            value = float(value)
-        if kind is float and math.isnan(value):
-            self._skip("invalid", "measurement is NaN")
+            try:
+                value = float(value)
+            except (OverflowError, ValueError, TypeError):
+                self._skip("invalid", f"measurement {str(value)[:40]} is beyond a float's range")
+                return
+            kind = float
+        if kind is float and not math.isfinite(value):
+            self._skip("invalid", f"measurement is {value}")
             return
         if kind is int and not -_FLOAT_MAX <= value <= _FLOAT_MAX:
             # No backend can hold it (a float overflows): the input's fault, not the sink's.

@@ -40,6 +40,7 @@ status to ``ERROR``.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
@@ -57,6 +58,8 @@ from foundation.telemetry.reporters._base import DEFAULT_MAX_TAG_SETS, Reporter,
 
 __all__ = ["OTelReporter"]
 
+# The OpenTelemetry API's rule for instrument names (its SDK raises a bare Exception).
+_INSTRUMENT_NAME: Final = re.compile(r"[A-Za-z][A-Za-z0-9_.\-/]{0,254}")
 _UCUM: Final = {
     "nanosecond": "ns",
     "microsecond": "us",
@@ -161,6 +164,15 @@ class OTelReporter(Reporter):
             else None
         )
         self._open: dict[object, tuple[Any, Any, int | None]] = {}
+        metrics = list(metrics)
+        for metric in metrics:  # all checked before any instrument is made
+            if not isinstance(metric, Metric) or _INSTRUMENT_NAME.fullmatch(metric.dotted_name):
+                continue  # (the base class says what is wrong with a non-metric)
+            raise ValidationError(
+                f"OpenTelemetry cannot name an instrument {metric.dotted_name[:80]!r}: a "
+                "letter, then at most 254 ASCII letters, digits, '_', '.', '-' or '/'",
+                context={"metric": metric.dotted_name[:300]},
+            )
         super().__init__(telemetry, metrics, max_tag_sets=max_tag_sets, handler_id=handler_id)
         self.span_handler_id = f"{self.handler_id}.spans"
         if self._span_prefixes:
