@@ -7,6 +7,7 @@ in the working directory), shares the process-wide telemetry, and is closed at e
 from __future__ import annotations
 
 import atexit
+import os
 import threading
 
 from foundation import telemetry
@@ -46,4 +47,14 @@ def reset() -> None:
         current.close()
 
 
+def _forget_in_child() -> None:
+    # The parent's default instance is not this process's (see foundation._fork): the
+    # child's first use creates its own, and its exit closes only that one.
+    global _instance, _lock
+    _instance = None
+    _lock = threading.Lock()  # another thread may have held it when the parent forked
+
+
 atexit.register(reset)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_in_child)

@@ -8,10 +8,12 @@ touches the database is awaitable on :class:`AsyncFoundation`.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from foundation import _fork
 from foundation.circuit_breaker import AsyncCircuitBreakers, CircuitBreakers
 from foundation.circuit_breaker._store import BreakerSQL
 from foundation.config._service import AsyncConfig, Config
@@ -97,6 +99,9 @@ class _Base:
         self.url = DatabaseURL.parse(self.settings.database_url)
         self.telemetry = checked_telemetry
         self._feed = None
+        self._pid = os.getpid()
+        self._forked = False  # a child's copy, after os.fork() (see foundation._fork)
+        _fork.track(self)
         mode = self.settings.migrate
         return (
             mode if mode is not None else ("upgrade" if self.url.backend == "sqlite" else "check")
@@ -122,6 +127,18 @@ class _Base:
                 backend, codec, fast_commit=self.settings.rate_limiter_fast_commit
             ),
         )
+
+    def _hold_for_fork(self) -> list[Any]:
+        db = getattr(self, "_db", None)
+        held = db.hold_for_fork() if isinstance(db, SyncDatabase) else []
+        return held + (self._feed.hold_for_fork() if self._feed is not None else [])
+
+    def _inherited(self, message: str) -> None:
+        """In a forked child: nothing here is this process's (see :mod:`foundation._fork`)."""
+        self._forked = True
+        db = getattr(self, "_db", None)
+        if db is not None:
+            db.disown(message)
 
     def _topics(self) -> dict[str, Any]:
         """Which service follows which change-feed topic."""
@@ -269,6 +286,8 @@ class Foundation(_Base):
 
     def close(self) -> None:
         """Stop the change feed and close every connection. Safe to call twice."""
+        if self._forked:
+            return  # the lease, names and connections are the parent process's
         if getattr(self, "events", None) is not None:
             self.events.close()  # stop subscriptions while the database is still open
         if getattr(self, "service_registry", None) is not None:
@@ -371,6 +390,8 @@ class AsyncFoundation(_Base):
 
     async def _close(self) -> None:
         self._closed = True
+        if self._forked:
+            return  # the lease, names and connections are the parent process's
         await self.events.close()
         await self.service_registry.close()
         if self._feed is not None:

@@ -12,6 +12,10 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
+import textwrap
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -123,3 +127,51 @@ def test_nan_and_infinity_are_not_json_in_files_or_the_environment(
         path.write_text(text)
         with pytest.raises(ConfigError, match=r"NaN is not JSON|nan or inf, which is not JSON"):
             Foundation(url, config_file=path)
+
+
+def test_a_database_that_cannot_be_opened_is_a_clean_foundation_error() -> None:
+    """A SQLite path in a directory that cannot be made raised FileNotFoundError; on the
+    async face, aiosqlite's thread, stopped after a failed connect, answered on a loop
+    that had closed meanwhile: a RuntimeError traceback on stderr, after the error."""
+    script = textwrap.dedent(
+        """
+        import asyncio
+        from foundation import AsyncFoundation, Foundation, FoundationError
+        async def main(url):
+            try:
+                async with AsyncFoundation(url):
+                    pass
+            except FoundationError as exc:
+                print(exc.code)
+        for url in ("sqlite:////proc/no/such.db", "sqlite:////proc/such.db"):
+            try:
+                Foundation(url)
+            except FoundationError as exc:
+                print(exc.code)
+            asyncio.run(main(url))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert done.stdout == "storage_unavailable\n" * 4, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr, done.stderr
+
+
+def test_local_limits_of_keys_gone_quiet_are_dropped(fdn: Foundation) -> None:
+    limiter = fdn.rate_limiter
+    for algorithm in ("fixed_window", "sliding_window", "token_bucket"):
+        for i in range(300):
+            limiter.execute(
+                lambda: None,
+                key=f"user-{i}",
+                max_requests=5,
+                interval=20,
+                scope="local",
+                algorithm=algorithm,
+            )
+    assert len(limiter._local) == 900
+    time.sleep(0.1)  # every window has passed, every bucket refilled
+    limiter._local_sweep_at = 0  # the sweep is due (every 30 s)
+    limiter.execute(lambda: None, key="now", max_requests=5, interval=20, scope="local")
+    assert list(limiter._local) == [("now", "fixed_window")]

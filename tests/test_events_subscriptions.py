@@ -709,3 +709,21 @@ def test_interval_options_take_a_timedelta(fdn: Foundation) -> None:
     sub.stop()
     tail = fdn.events.tail(poll_interval_ms=timedelta(milliseconds=20))
     tail.close()
+
+
+def test_ended_subscriptions_are_not_kept(fdn: Foundation) -> None:
+    """Each holds its handler and all it refers to: a service that subscribes per job
+    kept every one until close()."""
+    for i in range(5):
+        fdn.events.subscribe(f"job-{i}", lambda e: None, **FAST).stop()
+    live = fdn.events.subscribe("live", lambda e: None, **FAST)
+    assert fdn.events._subscriptions == [live]
+    live.stop()
+
+
+async def test_ended_async_subscriptions_are_not_kept(afdn: AsyncFoundation) -> None:
+    for i in range(5):
+        await (await afdn.events.subscribe(f"job-{i}", lambda e: None, **FAST)).stop()
+    live = await afdn.events.subscribe("live", lambda e: None, **FAST)
+    assert afdn.events._subscriptions == [live]
+    await live.stop()

@@ -22,6 +22,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from foundation import Foundation, FoundationError, StorageUnavailableError
 from foundation.service_registry import RegistryChange
 from tests.helpers import wait_for
@@ -165,3 +167,27 @@ def test_a_name_past_its_own_ttl_is_not_lost_when_taken(db_url: str) -> None:
         assert kinds(seen) == ["register", "expired", "register"]
         assert seen[-1].entry is not None and seen[-1].entry.node == b.service_registry.node
         assert lost == []
+
+
+def test_close_inside_one_of_its_own_writes_does_not_wait_for_it(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As close() from a SIGTERM handler that interrupted a register: the write cannot
+    end before close() returns, so close() does not wait for it (it waited 5 s), and it
+    releases what the node holds (PostgreSQL on another connection)."""
+    fdn = node(db_url)
+    fdn.service_registry.register("kept", "http://a")
+    closed: list[bool] = []
+
+    def close_now(*_: object) -> None:
+        fdn.close()
+        closed.append(True)
+
+    fdn.telemetry.attach("review7-close", "foundation.registry.register", close_now)
+    fdn.service_registry.register("last", "http://a")  # its telemetry closes the instance
+    assert closed
+    assert not [r for r in caplog.records if "writes still running" in r.getMessage()]
+    with node(db_url) as other:
+        assert other.service_registry.find("kept") is None
+        assert other.service_registry.find("last") is None
+        assert _rows_held_by(other, fdn.service_registry.node) == 0

@@ -22,7 +22,7 @@ import psycopg_pool
 from foundation.database.codec import Codec, codec_for
 from foundation.database.errors import is_disconnect_before_statement, translate
 from foundation.database.postgres import AsyncConnectionPool, driver_kwargs, pool_wait_s
-from foundation.database.sync import ManyParams, Params, Row
+from foundation.database.sync import ManyParams, Params, Row, make_parent
 from foundation.database.url import DatabaseURL
 from foundation.errors import StorageUnavailableError
 from foundation.settings import Settings
@@ -153,21 +153,29 @@ class AsyncDatabase:
         self._sqlite_lock = asyncio.Lock()
         self._pool: AsyncConnectionPool | None = None
         self._closed = False
+        self._closed_message = "this Foundation instance is closed"
 
     async def open(self) -> None:
         try:
             if self.backend == "sqlite":
                 path = self.url.sqlite_path
-                path.parent.mkdir(parents=True, exist_ok=True)
+                make_parent(self.url)
                 # Kept from the start (whole, even if the caller is cancelled meanwhile):
                 # a start cut short is closed by close(), not left to the collector.
-                conn = self._sqlite = await finish(
-                    aiosqlite.connect(
-                        str(path),
-                        isolation_level=None,
-                        timeout=self.settings.sqlite_busy_timeout_ms / 1000,
-                    )
+                connecting = aiosqlite.connect(
+                    str(path),
+                    isolation_level=None,
+                    timeout=self.settings.sqlite_busy_timeout_ms / 1000,
                 )
+                try:
+                    conn = self._sqlite = await finish(connecting)
+                except BaseException:
+                    # aiosqlite stops its thread by a message that answers on this loop:
+                    # wait for it here, or it fails later on a closed loop, to stderr.
+                    thread = getattr(connecting, "_thread", None)
+                    if thread is not None and thread.is_alive():
+                        await asyncio.to_thread(thread.join, 5)
+                    raise
                 await conn.execute(
                     f"PRAGMA busy_timeout = {int(self.settings.sqlite_busy_timeout_ms)}"
                 )
@@ -196,10 +204,13 @@ class AsyncDatabase:
     def closed(self) -> bool:
         return self._closed
 
+    def disown(self, message: str) -> None:
+        """As :meth:`foundation.database.sync.SyncDatabase.disown`."""
+        self._closed_message = message
+        self._closed = True
+
     def _closed_error(self) -> StorageUnavailableError:
-        return StorageUnavailableError(
-            "this Foundation instance is closed", context={"url": self._masked}
-        )
+        return StorageUnavailableError(self._closed_message, context={"url": self._masked})
 
     @asynccontextmanager
     async def _cursor(self) -> AsyncIterator[Any]:

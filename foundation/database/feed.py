@@ -115,6 +115,10 @@ class FeedSubscriber(Protocol):
 class ChangeFeed:
     """Base: the subscriber table, the thread, start and stop."""
 
+    def hold_for_fork(self) -> list[Any]:
+        """The locks to hold across ``os.fork()`` (see :mod:`foundation._fork`)."""
+        return []
+
     def __init__(self, url: DatabaseURL, settings: Settings, emit: Any) -> None:
         self.url = url
         self.settings = settings
@@ -353,7 +357,7 @@ class PostgresFeed(ChangeFeed):
                             while (note := pgconn.notifies()) is not None:
                                 pending.append(note.extra.decode("utf-8", "replace"))
                     if pending:
-                        while pending:
+                        while pending and not self._stop.is_set():  # stop() cuts a backlog
                             self._dispatch(pending.popleft(), reader)
                         # A burst of notifications then wakes this thread once per
                         # batch, not once each (at most BATCH_S more latency).
@@ -410,33 +414,50 @@ def _queue_payload(queue: deque[str], note: psycopg.Notify) -> None:
 class SQLiteFeed(ChangeFeed):
     """Poll ``PRAGMA data_version``; when another connection committed, let subscribers poll."""
 
+    def __init__(self, url: DatabaseURL, settings: Settings, emit: Any) -> None:
+        super().__init__(url, settings, emit)
+        self.busy = threading.Lock()  # held while the thread is in SQLite
+
+    def hold_for_fork(self) -> list[Any]:
+        """As :meth:`SyncDatabase.hold_for_fork`, for the feed's own connection."""
+        wait_s = self.settings.sqlite_busy_timeout_ms / 1000 + 1.0
+        return [self.busy] if self.busy.acquire(timeout=wait_s) else []
+
     def _run(self) -> None:
         interval = self.settings.poll_interval_ms / 1000
         conn: sqlite3.Connection | None = None
         last: int | None = None
         while not self._stop.is_set():
-            try:
-                if conn is None:
-                    conn = connect_sqlite(self.url, self.settings)
-                    last = None
-                version = conn.execute("PRAGMA data_version").fetchone()[0]
-                if last is None or self._take_resync_request():
-                    self._resync_all(_DriverCursor(conn))
-                    self._connected.set()
-                elif version != last:
-                    self._poll_all(_DriverCursor(conn))
-                last = version
-            except sqlite3.Error as exc:
-                log.warning("SQLite change feed poll failed (%s); retrying", exc)
-                if conn is not None:
-                    conn.close()
-                    conn = None
-            except Exception:
-                log.exception("SQLite change feed subscriber failed")
+            with self.busy:
+                conn, last = self._poll_once(conn, last)
             self._stop.wait(interval)
         if conn is not None:
-            conn.close()
+            with self.busy:
+                conn.close()
         self._connected.clear()
+
+    def _poll_once(
+        self, conn: sqlite3.Connection | None, last: int | None
+    ) -> tuple[sqlite3.Connection | None, int | None]:
+        try:
+            if conn is None:
+                conn = connect_sqlite(self.url, self.settings)
+                last = None
+            version = conn.execute("PRAGMA data_version").fetchone()[0]
+            if last is None or self._take_resync_request():
+                self._resync_all(_DriverCursor(conn))
+                self._connected.set()
+            elif version != last:
+                self._poll_all(_DriverCursor(conn))
+            return conn, version
+        except sqlite3.Error as exc:
+            log.warning("SQLite change feed poll failed (%s); retrying", exc)
+            if conn is not None:
+                conn.close()
+            return None, None
+        except Exception:
+            log.exception("SQLite change feed subscriber failed")
+            return conn, last
 
 
 def start_feed(url: DatabaseURL, settings: Settings, emit: Any) -> ChangeFeed:

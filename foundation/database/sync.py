@@ -30,7 +30,7 @@ from foundation.database.postgres import ConnectionPool, driver_kwargs, pool_wai
 from foundation.database.url import DatabaseURL
 from foundation.settings import Settings
 
-__all__ = ["Cursor", "SyncDatabase", "connect_sqlite"]
+__all__ = ["Cursor", "SyncDatabase", "connect_sqlite", "make_parent"]
 
 # A dict for statements compiled with named parameters; a tuple for the few hot SQLite
 # statements compiled positionally (statements.compile_sqlite_positional).
@@ -53,7 +53,7 @@ def connect_sqlite(url: DatabaseURL, settings: Settings) -> sqlite3.Connection:
     """A SQLite connection set up as Foundation needs it (WAL, busy timeout, FKs)."""
     path = url.sqlite_path
     if path.parent and not path.parent.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_parent(url)
     conn = sqlite3.connect(
         str(path),
         isolation_level=None,  # autocommit; transactions are explicit
@@ -69,6 +69,21 @@ def connect_sqlite(url: DatabaseURL, settings: Settings) -> sqlite3.Connection:
     conn.execute(f"PRAGMA synchronous = {settings.sqlite_synchronous}")
     conn.execute("PRAGMA foreign_keys = ON")
     return conn
+
+
+def make_parent(url: DatabaseURL) -> None:
+    """Create the SQLite file's directory (``storage_unavailable`` if it cannot be)."""
+    path = url.sqlite_path
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        from foundation.errors import StorageUnavailableError
+
+        raise StorageUnavailableError(
+            f"the SQLite database at {url.masked} is unavailable: its directory "
+            f"{path.parent} cannot be created ({exc.strerror or exc})",
+            context={"url": url.masked, "path": str(path)},
+        ) from None
 
 
 class _DriverCursor:
@@ -112,6 +127,7 @@ class SyncDatabase:
         self.codec: Codec = codec_for(url.backend)
         self._masked = url.masked
         self._closed = False
+        self._closed_message = "this Foundation instance is closed"
         self._local = threading.local()
         self._sqlite_conns: list[tuple[sqlite3.Connection, threading.RLock]] = []
         self._lock = threading.Lock()
@@ -144,9 +160,9 @@ class SyncDatabase:
     def _sqlite(self) -> tuple[sqlite3.Connection, threading.RLock]:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = connect_sqlite(self.url, self.settings)
             busy = threading.RLock()
-            with self._lock:
+            with self._lock:  # a fork waits for it (see hold_for_fork)
+                conn = connect_sqlite(self.url, self.settings)
                 self._sqlite_conns.append((conn, busy))
             self._local.conn = conn
             self._local.busy = busy
@@ -157,12 +173,29 @@ class SyncDatabase:
     def closed(self) -> bool:
         return self._closed
 
+    def hold_for_fork(self) -> list[Any]:
+        """Before ``os.fork()``: the locks that keep every thread of this instance out of
+        SQLite, taken (a lock SQLite holds inside a call would stay held for good in the
+        child, and its first connection would wait on it forever). Released after."""
+        if self._pool is not None:
+            return []
+        wait_s = self.settings.sqlite_busy_timeout_ms / 1000 + 1.0
+        held: list[Any] = []
+        if self._lock.acquire(timeout=wait_s):
+            held.append(self._lock)
+            held += [busy for _, busy in self._sqlite_conns if busy.acquire(timeout=wait_s)]
+        return held
+
+    def disown(self, message: str) -> None:
+        """In a forked child: refuse every statement (``message`` says why); close
+        nothing (the connections are the parent's, see :mod:`foundation._fork`)."""
+        self._closed_message = message
+        self._closed = True
+
     def _closed_error(self) -> Exception:
         from foundation.errors import StorageUnavailableError
 
-        return StorageUnavailableError(
-            "this Foundation instance is closed", context={"url": self._masked}
-        )
+        return StorageUnavailableError(self._closed_message, context={"url": self._masked})
 
     @contextmanager
     def connection(self) -> Iterator[Any]:

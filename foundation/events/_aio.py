@@ -241,6 +241,8 @@ class AsyncEvents(_EventsBase):
             # name stayed taken for its lease, by a subscription nobody could stop).
             await finish(sub.stop())
             raise
+        # The ended ones go (each holds its handler and all it refers to).
+        self._subscriptions = [s for s in self._subscriptions if not s.ended]
         self._subscriptions.append(sub)
         return sub
 

@@ -241,6 +241,8 @@ class Events(_EventsBase):
         options_ = SubscriptionOptions.make(name, types, start, options)
         sub = Subscription(self, self._db, self._sql, options_).bind(_callable(handler, sync=True))
         sub.start()
+        # The ended ones go (each holds its handler and all it refers to).
+        self._subscriptions = [s for s in self._subscriptions if not s.ended]
         self._subscriptions.append(sub)
         return sub
 

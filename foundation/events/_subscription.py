@@ -187,6 +187,11 @@ class _SubscriptionBase:
         return time.monotonic() >= self._lease_until
 
     @property
+    def ended(self) -> bool:
+        """Stopped or failed: nothing left for ``close()`` to stop."""
+        return self._state in ("stopped", "failed")
+
+    @property
     def status(self) -> SubscriptionStatus:
         """Where the subscription is: state, checkpoint (last handled position), error."""
         return SubscriptionStatus(self.name, self._state, self._checkpoint, self._last_error)

@@ -73,6 +73,7 @@ _DENY = ("foundation", "rate_limiter", "deny")
 _STORAGE = ("foundation", "rate_limiter", "storage_error")
 CLEANUP_BATCH = 500
 CLEANUP_EVERY_S = 30.0
+_NO_STATE: tuple[Any, int] = (None, 0)
 
 
 def _plain_key(key: Any, max_length: int) -> bool:
@@ -118,8 +119,9 @@ class _LimiterBase:
         self._node = settings.node_id
         self._max_key = settings.max_key_length
         self.on_storage_error: Literal["open", "closed"] = on_storage_error
-        self._local: dict[tuple[str, str], Any] = {}
+        self._local: dict[tuple[str, str], tuple[Any, int]] = {}
         self._local_lock = threading.Lock()
+        self._local_sweep_at = 0
         self._limits: dict[tuple[Any, Any, Any], Limit] = {}
         self._next_cleanup = time.monotonic() + CLEANUP_EVERY_S
 
@@ -185,20 +187,30 @@ class _LimiterBase:
 
     def _decide_local(self, key: str, limit: Limit) -> Decision:
         now_us = time.time_ns() // 1000
+        now_ms = now_us // 1000
         slot = (key, limit.algorithm)
         with self._local_lock:
-            state = self._local.get(slot)
+            if now_ms >= self._local_sweep_at:
+                self._sweep_local(now_ms)
+            # Each slot holds (state, the time in ms from which it reads as no state).
+            state = self._local.get(slot, _NO_STATE)[0]
             if limit.algorithm == "fixed_window":
-                new, allowed = fixed_window(state, now_us // 1000, limit)
-                self._local[slot] = new
-                return fixed_decision(new, allowed, now_us // 1000, limit)
+                new, allowed = fixed_window(state, now_ms, limit)
+                self._local[slot] = (new, new[0] + limit.interval)
+                return fixed_decision(new, allowed, now_ms, limit)
             if limit.algorithm == "sliding_window":
-                new3, allowed = sliding_window(state, now_us // 1000, limit)
-                self._local[slot] = new3
-                return sliding_decision(new3, allowed, now_us // 1000, limit)
+                new3, allowed = sliding_window(state, now_ms, limit)
+                self._local[slot] = (new3, new3[0] + 2 * limit.interval)
+                return sliding_decision(new3, allowed, now_ms, limit)
             tat, allowed = gcra(state, now_us, limit)
-            self._local[slot] = tat
+            self._local[slot] = (tat, tat // 1000 + 1)
             return gcra_decision(tat, allowed, now_us, limit)
+
+    def _sweep_local(self, now_ms: int) -> None:
+        """Drop the local slots that read as no state any more (a window past, a bucket
+        refilled): one per key ever limited otherwise, kept for the process's life."""
+        self._local = {slot: kept for slot, kept in self._local.items() if kept[1] > now_ms}
+        self._local_sweep_at = now_ms + int(CLEANUP_EVERY_S * 1000)
 
     # -- shared scope -----------------------------------------------------------------
 

@@ -394,11 +394,14 @@ class AsyncServiceRegistry(_RegistryBase):
             log.warning("registry: closing with writes still running after %s s", _CLOSE_WAIT_S)
         params = self._closing()
         if params is not None:
-            with contextlib.suppress(FoundationError):
+            try:
                 async with self._db.transaction() as tx:
                     names = await tx.fetchall(self._sql.release_entries, params)
                     members = await tx.fetchall(self._sql.release_members, params)
                     await tx.execute(self._sql.release_lease, params)
+            except FoundationError as exc:
+                log.warning(self._NOT_RELEASED, self._node, exc)
+            else:
                 self._released(names, members)  # committed: reported as this node's own
         self._lost_locally()
         self._feed_settled(1.0)  # what the feed applied of the release is queued

@@ -333,6 +333,11 @@ class _RegistryBase(RegistryFeedSide):
             self._lease.expires = min(self._lease.expires, time.time())
         self._deadline = 0.0
 
+    _NOT_RELEASED = (
+        "registry: node %s could not release its lease and names on close (%s); other nodes "
+        "see them until the lease runs out"
+    )
+
     def _closing(self) -> dict[str, Any] | None:
         """``close()``: the release's parameters, or None if there is nothing to release
         (no lease, or one that lapsed: the database may have given it away already).

@@ -51,6 +51,7 @@ class RegistryFeedSide:
         self._feed: Any = None
         self._writes_lock = threading.Condition(threading.Lock())
         self._writers = 0  # this node's writes in flight, all names and groups (see _count_in)
+        self._writer_threads: dict[int, int] = {}  # thread id -> its writes in flight
         # name -> [writers in flight (waiting ones included), newest revision the feed
         # named meanwhile, the lock that lets this node's writers of the name in one at a
         # time (``_new_write_lock``)]
@@ -160,11 +161,23 @@ class RegistryFeedSide:
         with self._writes_lock:
             if self._closed:
                 raise self._closed_error(context)
-            self._writers += 1
+            self._counted_in()
+
+    def _counted_in(self) -> None:
+        # Under the lock.
+        self._writers += 1
+        me = threading.get_ident()
+        self._writer_threads[me] = self._writer_threads.get(me, 0) + 1
 
     def _count_out(self) -> None:
         with self._writes_lock:
             self._writers -= 1
+            me = threading.get_ident()
+            left = self._writer_threads[me] - 1
+            if left:
+                self._writer_threads[me] = left
+            else:
+                del self._writer_threads[me]
             if not self._writers:
                 self._writes_lock.notify_all()
 
@@ -177,9 +190,18 @@ class RegistryFeedSide:
             self._count_out()
 
     def _writes_done(self, timeout: float) -> bool:
-        """Sync close(): wait for the writes in flight (False: some still run)."""
+        """Sync close(): wait for the writes in flight of other threads (False: some still
+        run). This thread's own cannot end while it closes (close() called from a signal
+        handler, or a callback, inside one of them): not waited for."""
+        me = threading.get_ident()
         with self._writes_lock:
-            return self._writes_lock.wait_for(lambda: not self._writers, timeout)
+            return self._writes_lock.wait_for(
+                lambda: self._writers == self._writer_threads.get(me, 0), timeout
+            )
+
+    def _writing_here(self) -> bool:
+        """Whether this thread is inside a write of this node (see ``_writes_done``)."""
+        return threading.get_ident() in self._writer_threads
 
     def _begin_write(self, name: str) -> Any:
         """Count a writer of ``name`` in (refused once close() began, see ``_count_in``);
@@ -189,7 +211,7 @@ class RegistryFeedSide:
         with self._writes_lock:
             if self._closed:
                 raise self._closed_error({"name": name})
-            self._writers += 1
+            self._counted_in()
             writing = self._writing.get(name)
             if writing is None:
                 writing = self._writing[name] = [0, 0, self._new_write_lock()]

@@ -6,7 +6,6 @@ The lease protocol and what both faces share: :mod:`._base`.
 from __future__ import annotations
 
 import builtins
-import contextlib
 import threading
 import time
 import uuid
@@ -393,6 +392,17 @@ class ServiceRegistry(_RegistryBase):
         """
         return self._watch(name_or_prefix, callback, None)
 
+    def _release(self, params: dict[str, Any]) -> None:
+        try:
+            with self._db.transaction() as tx:
+                names = tx.fetchall(self._sql.release_entries, params)
+                members = tx.fetchall(self._sql.release_members, params)
+                tx.execute(self._sql.release_lease, params)
+        except FoundationError as exc:
+            log.warning(self._NOT_RELEASED, self._node, exc)
+            return
+        self._released(names, members)  # committed: reported as this node's own
+
     def close(self) -> None:
         """Stop the heartbeat and release the lease and names (others see them go at once)."""
         with self._writes_lock:
@@ -406,12 +416,16 @@ class ServiceRegistry(_RegistryBase):
             log.warning("registry: closing with writes still running after %s s", _CLOSE_WAIT_S)
         params = self._closing()
         if params is not None:
-            with contextlib.suppress(FoundationError):
-                with self._db.transaction() as tx:
-                    names = tx.fetchall(self._sql.release_entries, params)
-                    members = tx.fetchall(self._sql.release_members, params)
-                    tx.execute(self._sql.release_lease, params)
-                self._released(names, members)  # committed: reported as this node's own
+            if self._writing_here() and self._sql.backend == "postgresql":
+                # Inside a write of this thread (close() from a signal handler): its
+                # connection may be in the middle of that write. Another one releases.
+                # (SQLite: the same connection; it may refuse while the interrupted
+                # statement is unfinished, which the warning then says.)
+                releaser = threading.Thread(target=self._release, args=(params,))
+                releaser.start()
+                releaser.join()
+            else:
+                self._release(params)
         self._lost_locally()
         self._feed_settled(1.0)  # what the feed applied of the release is queued
         self._dispatcher.close(timeout=1.0)  # delivers what is queued (or gives up)

@@ -1,0 +1,70 @@
+"""What an instance is in a child process after ``os.fork()`` (gunicorn ``--preload``,
+multiprocessing's fork start method).
+
+The child inherits the parent's sockets and files but none of its threads: no heartbeat,
+no change feed. Used from two processes, one PostgreSQL connection interleaves both
+sessions' messages (one process reads the other's rows), and a SQLite connection must
+not cross a fork at all. So every instance the child inherits is marked in the child:
+whatever would touch the database raises ``storage_unavailable`` naming the process that
+made it, and ``close()`` releases nothing (the lease, the names and the connections are
+the parent's: closing a PostgreSQL connection here would end the parent's session). The
+inherited instances are kept referenced for the child's life, so that the collector
+never closes those connections either. Create an instance in each process.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from typing import Any, Protocol
+
+__all__ = ["forked_error_message", "track"]
+
+
+class _Inheritable(Protocol):
+    def _inherited(self, message: str) -> None: ...
+    def _hold_for_fork(self) -> list[Any]: ...
+
+
+_live: weakref.WeakSet[Any] = weakref.WeakSet()
+_kept: list[Any] = []  # the instances a child inherited, never collected there
+_held: list[Any] = []  # the locks taken before a fork, released after it in both processes
+
+
+def track(instance: _Inheritable) -> None:
+    """Mark ``instance`` as this process's, to be disowned in a forked child."""
+    _live.add(instance)
+
+
+def forked_error_message(pid: int) -> str:
+    return (
+        f"this Foundation instance was created in process {pid}, before a fork: its "
+        "connections belong to that process; create an instance in each process (with "
+        "gunicorn --preload, in a post_fork hook)"
+    )
+
+
+def _quiesce() -> None:
+    """Before the fork: no thread of an instance inside SQLite (its locks held), so that
+    no lock SQLite takes inside a call is copied held into the child (where the first
+    connection of the child's own instance would wait on it forever)."""
+    for instance in list(_live):
+        _held.extend(instance._hold_for_fork())
+
+
+def _resume() -> None:
+    while _held:
+        _held.pop().release()
+
+
+def _disown_in_child() -> None:
+    _resume()
+    inherited = list(_live)
+    _live.clear()
+    for instance in inherited:
+        _kept.append(instance)
+        instance._inherited(forked_error_message(instance._pid))
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(before=_quiesce, after_in_parent=_resume, after_in_child=_disown_in_child)
