@@ -129,9 +129,10 @@ class _Base:
         )
 
     def _hold_for_fork(self) -> list[Any]:
+        # The feed's first: its thread may use the database's locks while it holds its own.
+        held = self._feed.hold_for_fork() if self._feed is not None else []
         db = getattr(self, "_db", None)
-        held = db.hold_for_fork() if isinstance(db, SyncDatabase) else []
-        return held + (self._feed.hold_for_fork() if self._feed is not None else [])
+        return held + (db.hold_for_fork() if isinstance(db, SyncDatabase) else [])
 
     def _inherited(self, message: str) -> None:
         """In a forked child: nothing here is this process's (see :mod:`foundation._fork`)."""
