@@ -22,7 +22,7 @@ import psycopg_pool
 from foundation.database.codec import Codec, codec_for
 from foundation.database.errors import is_disconnect_before_statement, translate
 from foundation.database.postgres import AsyncConnectionPool, driver_kwargs, pool_wait_s
-from foundation.database.sync import ManyParams, Params, Row, make_parent
+from foundation.database.sync import ManyParams, Params, Row, make_parent, statement_wait_s
 from foundation.database.url import DatabaseURL
 from foundation.errors import StorageUnavailableError
 from foundation.settings import Settings
@@ -305,7 +305,7 @@ class AsyncDatabase:
             # Not under a statement or transaction in flight (the callers queued behind
             # it find the instance closed): aiosqlite would fail them with its own
             # errors. A statement waits for SQLite's lock at most the busy timeout.
-            wait_s = self.settings.sqlite_busy_timeout_ms / 1000 + 1.0
+            wait_s = statement_wait_s(self.settings)
             try:
                 await asyncio.wait_for(self._sqlite_lock.acquire(), wait_s)
             except TimeoutError:

@@ -38,7 +38,7 @@ import sqlalchemy as sa
 from foundation.database.postgres import driver_kwargs
 from foundation.database.schema import topic_revisions
 from foundation.database.statements import compile_sql
-from foundation.database.sync import Cursor, _DriverCursor, connect_sqlite
+from foundation.database.sync import Cursor, _DriverCursor, connect_sqlite, statement_wait_s
 from foundation.database.url import Backend, DatabaseURL
 from foundation.settings import Settings
 
@@ -420,7 +420,7 @@ class SQLiteFeed(ChangeFeed):
 
     def hold_for_fork(self) -> list[Any]:
         """As :meth:`SyncDatabase.hold_for_fork`, for the feed's own connection."""
-        wait_s = self.settings.sqlite_busy_timeout_ms / 1000 + 1.0
+        wait_s = statement_wait_s(self.settings)
         return [self.busy] if self.busy.acquire(timeout=wait_s) else []
 
     def _run(self) -> None:

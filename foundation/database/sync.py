@@ -30,7 +30,7 @@ from foundation.database.postgres import ConnectionPool, driver_kwargs, pool_wai
 from foundation.database.url import DatabaseURL
 from foundation.settings import Settings
 
-__all__ = ["Cursor", "SyncDatabase", "connect_sqlite", "make_parent"]
+__all__ = ["Cursor", "SyncDatabase", "connect_sqlite", "make_parent", "statement_wait_s"]
 
 # A dict for statements compiled with named parameters; a tuple for the few hot SQLite
 # statements compiled positionally (statements.compile_sqlite_positional).
@@ -69,6 +69,12 @@ def connect_sqlite(url: DatabaseURL, settings: Settings) -> sqlite3.Connection:
     conn.execute(f"PRAGMA synchronous = {settings.sqlite_synchronous}")
     conn.execute("PRAGMA foreign_keys = ON")
     return conn
+
+
+def statement_wait_s(settings: Settings) -> float:
+    """How long a SQLite statement in flight may take at most (it waits for the file's
+    lock up to the busy timeout): what close() or a fork waits for one."""
+    return settings.sqlite_busy_timeout_ms / 1000 + 1.0
 
 
 def make_parent(url: DatabaseURL) -> None:
@@ -179,7 +185,7 @@ class SyncDatabase:
         child, and its first connection would wait on it forever). Released after."""
         if self._pool is not None:
             return []
-        wait_s = self.settings.sqlite_busy_timeout_ms / 1000 + 1.0
+        wait_s = statement_wait_s(self.settings)
         held: list[Any] = []
         if self._lock.acquire(timeout=wait_s):
             held.append(self._lock)
@@ -301,7 +307,7 @@ class SyncDatabase:
         # using). Each thread runs its statements holding its connection's lock; wait for
         # it (a statement waits for SQLite's lock at most the busy timeout). The
         # connection of a thread still stuck past that is left to the collector.
-        wait_s = self.settings.sqlite_busy_timeout_ms / 1000 + 1.0
+        wait_s = statement_wait_s(self.settings)
         for conn, busy in conns:
             if busy.acquire(timeout=wait_s):
                 try:
