@@ -173,6 +173,8 @@ def events_tail(
         if lines:
             for event in reversed(fdn.events.get(criteria, limit=lines, order="desc")):
                 show(event)
+                # One committed since last_position() is shown here: not again below.
+                position = max(position, event.position)
         if not follow:
             return
         seen = 0

@@ -42,8 +42,8 @@ from foundation.events._plan import (
     Pager,
     StoredBatch,
     adrive,
-    is_id_race,
     known_ids,
+    may_be_own_retry,
     needs_transaction,
     sqlite_store,
 )
@@ -107,6 +107,7 @@ class AsyncEvents(_EventsBase):
             # Whole, even if the caller is cancelled meanwhile (aiosqlite runs a statement
             # sent anyway): what it wrote is in the tail cache when the cancellation goes on.
             return await finish(self._store_sqlite(batch))
+        failed: FoundationError | None = None
         for attempt in (1, 2):
             known = (
                 await adrive(self._db, known_ids(self._sql, batch))  # type: ignore[arg-type]
@@ -115,11 +116,14 @@ class AsyncEvents(_EventsBase):
             )
             if not known.fresh(len(batch)):
                 return self._appended([(batch, known)], [], _now())[0]  # type: ignore[return-value]
+            if failed is not None and not known.records:
+                raise failed  # as Events._store
             try:
                 return await self.group_commit.submit((batch, known))
             except FoundationError as exc:
-                if attempt == 2 or not is_id_race(exc):
+                if attempt == 2 or not may_be_own_retry(exc, batch):
                     raise
+                failed = exc
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def store(self, event: Any) -> RecordedEvent:

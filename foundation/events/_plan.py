@@ -45,6 +45,7 @@ __all__ = [
     "drive",
     "is_id_race",
     "known_ids",
+    "may_be_own_retry",
     "needs_transaction",
     "sqlite_store",
 ]
@@ -115,6 +116,16 @@ def _expected_holds(event: NewEvent, current: int) -> bool:
 def is_id_race(exc: FoundationError) -> bool:
     """A given id that another writer recorded between our lookup and our insert."""
     return exc.context.get("sqlstate") == "23505" and "uq_foundation_events_id" in str(exc)
+
+
+def may_be_own_retry(exc: FoundationError, batch: Sequence[NewEvent]) -> bool:
+    """Whether a store that failed with ``exc`` may have lost to another store of the same
+    events (a client's retry overlapping its original), so that its ids are worth
+    looking up again: an id race, or a stream version taken by a writer that may have
+    written these very ids (the version is checked before the id)."""
+    if is_id_race(exc):
+        return True
+    return isinstance(exc, ConcurrencyError) and any(e.id_given for e in batch)
 
 
 def is_stream_race(exc: FoundationError) -> bool:

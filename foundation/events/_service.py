@@ -41,8 +41,8 @@ from foundation.events._plan import (
     Pager,
     StoredBatch,
     drive,
-    is_id_race,
     known_ids,
+    may_be_own_retry,
     needs_transaction,
     sqlite_store,
 )
@@ -102,16 +102,21 @@ class Events(_EventsBase):
                 records = drive(self._db, plan)
             self._cache_written(records)
             return records
+        failed: FoundationError | None = None
         for attempt in (1, 2):
             known = drive(self._db, known_ids(self._sql, batch)) if _ids_given(batch) else NO_IDS
             if not known.fresh(len(batch)):
                 return self._appended([(batch, known)], [], _now())[0]  # type: ignore[return-value]
+            if failed is not None and not known.records:
+                raise failed  # none of ours was there: the conflict was another writer's
             try:
                 return self.group_commit.submit((batch, known))
             except FoundationError as exc:
-                # A given id recorded by another writer meanwhile: look the ids up again.
-                if attempt == 2 or not is_id_race(exc):
+                # Given ids recorded by another writer meanwhile (the same store, retried
+                # while the first was in flight, say): look them up again.
+                if attempt == 2 or not may_be_own_retry(exc, batch):
                     raise
+                failed = exc
         raise AssertionError("unreachable")  # pragma: no cover
 
     def store(self, event: Any) -> RecordedEvent:
