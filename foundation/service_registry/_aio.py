@@ -99,7 +99,7 @@ class AsyncServiceRegistry(_RegistryBase):
         while not self._closed:
             await asyncio.sleep(tick)
             try:
-                self._publish(self._state.sweep())
+                self._loop_sweep(tick)
                 if not self._lease_valid():
                     if self._conflict_wait():
                         continue

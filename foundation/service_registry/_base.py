@@ -82,6 +82,10 @@ _HEARTBEAT_FAILED = ("foundation", "registry", "heartbeat_failed")
 _TAKE_ATTEMPTS = 3
 # close() waits this long at most for this node's writes in flight (see _count_in).
 _CLOSE_WAIT_S = 5.0
+# A heartbeat loop that woke this much later than it asked stood still; its sweeps then
+# give the change feed this long to bring in other nodes' renewals (see _loop_sweep).
+_STALL_S = 0.25
+_STALL_GRACE_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -149,6 +153,8 @@ class _RegistryBase(RegistryFeedSide):
         self._node_conflict: ConfigError | None = None
         self._conflict_retry = 0.0  # monotonic: the next attempt to take the lease
         self._closed = False
+        self._ticked = time.monotonic()  # the heartbeat loop's last wake-up
+        self._sweep_from = 0.0  # monotonic: the loop's sweeps wait till then (a stall)
         self._resync_lock = threading.Lock()
         self.lease_losses = 0
         self._init_feed_side()
@@ -228,6 +234,22 @@ class _RegistryBase(RegistryFeedSide):
             self._max_bytes,
         )
         return name, _Held(addr, addr_text, meta, meta_text, check_ttl(ttl))
+
+    def _loop_sweep(self, tick: float) -> None:
+        """The heartbeat loop's sweep of what expired, after a wait of ``tick`` seconds.
+
+        A wait that lasted much longer means this process stood still (a pause, SIGSTOP,
+        starvation): every other node's lease then looks lapsed here, while the renewals
+        they made meanwhile are still on their way through the change feed. The sweeps
+        wait a moment for it, so as not to report live names expired (lookups still
+        enforce every expiry at once; a renewal read late reports them back, see
+        ``RegistryState._revived``)."""
+        now = time.monotonic()
+        if now - self._ticked > tick + _STALL_S:
+            self._sweep_from = now + _STALL_GRACE_S
+        self._ticked = now
+        if now >= self._sweep_from:
+            self._publish(self._state.sweep())
 
     # -- statement parameters and results ---------------------------------------------
 
@@ -312,7 +334,8 @@ class _RegistryBase(RegistryFeedSide):
     def _renewed(self, row: tuple[Any, ...] | None, started: float) -> bool:
         if row is None or self._lease is None:
             return False
-        self._state.apply_lease(self._node, self._lease.generation, self._sql.epoch_seconds(row[0]))
+        expires = self._sql.epoch_seconds(row[0])
+        self._publish(self._state.apply_lease(self._node, self._lease.generation, expires))
         self._deadline = started + self.options.ttl_ms / 1000
         return True
 

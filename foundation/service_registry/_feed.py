@@ -88,9 +88,12 @@ class RegistryFeedSide:
                 payload.get("expires"),
             )
             if isinstance(node, str) and isinstance(gen, int) and isinstance(expires, int | float):
-                self._state.apply_lease(
-                    node, gen, 0.0 if payload.get("deleted") else float(expires)
-                )
+                with self._resync_lock:  # applied and published as one (see _feed_settled)
+                    self._publish(
+                        self._state.apply_lease(
+                            node, gen, 0.0 if payload.get("deleted") else float(expires)
+                        )
+                    )
         elif kind == "name":
             name, revision = payload.get("name"), payload.get("revision")
             if not isinstance(name, str) or not isinstance(revision, int):
@@ -302,7 +305,7 @@ class RegistryFeedSide:
                     )
                 if leases != seen[2]:
                     seconds = self._sql.epoch_seconds
-                    self._state.replace_leases(
+                    changes += self._state.replace_leases(
                         (r[0], int(r[1]), seconds(r[2]))
                         for r in reader.fetchall(self._sql.select_leases)
                     )
@@ -350,7 +353,7 @@ class RegistryFeedSide:
         mark: int,
     ) -> None:
         seconds = self._sql.epoch_seconds
-        self._state.replace_leases((r[0], int(r[1]), seconds(r[2])) for r in lease_rows)
+        revived = self._state.replace_leases((r[0], int(r[1]), seconds(r[2])) for r in lease_rows)
         entries = []
         for row in entry_rows:
             cached = self._state.cached_entry(row[0])
@@ -361,4 +364,6 @@ class RegistryFeedSide:
                 else self._entry(row)
             )
         members = [self._member(r) for r in member_rows]
-        self._publish(self._state.replace_entries(entries, members, mark, self._defer_to_writer))
+        self._publish(
+            revived + self._state.replace_entries(entries, members, mark, self._defer_to_writer)
+        )

@@ -93,7 +93,7 @@ class ServiceRegistry(_RegistryBase):
         next_beat = time.monotonic() + beat
         while not self._stop.wait(tick):
             try:
-                self._publish(self._state.sweep())
+                self._loop_sweep(tick)
                 if not self._lease_valid():
                     if self._conflict_wait():
                         continue

@@ -417,16 +417,38 @@ class RegistryState:
             return fresh
         return _DEAD
 
-    def apply_lease(self, node: str, generation: int, expires: float) -> _Lease:
+    def apply_lease(
+        self, node: str, generation: int, expires: float
+    ) -> builtins.list[RegistryChange]:
+        """A lease's expiry as the database has it (0.0: released or deleted)."""
         with self._lock:
             lease = self.lease_for(node, generation)
             if lease is self._closing:
-                return lease  # its end is the closing node's to report (see closing())
+                return []  # its end is the closing node's to report (see closing())
             if lease is not _DEAD and (expires > lease.expires or expires == 0.0):
-                lease.expires = expires
-                if expires > _time():
+                was, lease.expires = lease.expires, expires
+                now = _time()
+                if expires > now:
                     self._announced.discard((node, generation))
-            return lease
+                    if 0.0 < was <= now:
+                        return self._revived(lease, now)
+            return []
+
+    def _revived(self, lease: _Lease, now: float) -> builtins.list[RegistryChange]:
+        """``register`` and ``join`` again for what was reported dead (or arrived dead) on
+        ``lease``, which a renewal read late has brought back: this process stood still
+        past the lease's expiry, or the renewal's notification came after it. A watcher
+        ends on what lookups give; the lease's real end is reported expired later."""
+        changes = []
+        for name, (entry, _) in list(self._reported.items()):
+            if entry.lease is lease and self._entries.get(name) is entry and _death(entry) > now:
+                del self._reported[name]
+                changes.append(RegistryChange(name, "register", entry, self._source_of(lease.node)))
+        for key, (member, _) in list(self._reported_members.items()):
+            if member.lease is lease and self._members.get(key[0], {}).get(key[1]) is member:
+                del self._reported_members[key]
+                changes.append(RegistryChange(key[0], "join", member, self._source_of(lease.node)))
+        return changes
 
     def install_own(self, lease: _Lease) -> None:
         with self._lock:
@@ -555,16 +577,21 @@ class RegistryState:
         self._reported_members[key] = (member, death)
         return [RegistryChange(member.group, "expired", member, self._source_of(member.node))]
 
-    def replace_leases(self, lease_rows: Iterable[tuple[str, int, float]]) -> None:
-        """A resync, first half: the leases as the table has them (a missing one is dead)."""
+    def replace_leases(
+        self, lease_rows: Iterable[tuple[str, int, float]]
+    ) -> builtins.list[RegistryChange]:
+        """A resync, first half: the leases as the table has them (a missing one is dead).
+        Returns what leases that came back brought back (see :meth:`_revived`)."""
+        changes: builtins.list[RegistryChange] = []
         with self._lock:
             seen = set()
             for node, gen, expires in lease_rows:
                 seen.add(node)
-                self.apply_lease(node, gen, expires)
+                changes += self.apply_lease(node, gen, expires)
             for node, lease in self._leases.items():
                 if node not in seen and node != self.node:
                     lease.expires = 0.0  # released or deleted
+        return changes
 
     def mark(self) -> int:
         """Call before reading a snapshot; pass the result to :meth:`replace_entries`.

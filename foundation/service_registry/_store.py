@@ -29,6 +29,11 @@ from foundation.database.url import Backend
 __all__ = ["RegistrySQL"]
 
 _ONE_MS: Any = sa.literal_column("interval '1 millisecond'")
+# SQLite's clock when the statement runs, to the millisecond, in the text form of
+# Codec.ts. A renewal must judge its lease by it, not by ``:now``: that was read before
+# the statement waited for the write lock (up to the busy timeout), and a lease that
+# lapsed meanwhile, its names perhaps taken by another node, would live again.
+_SQLITE_NOW: Any = sa.literal_column("strftime('%Y-%m-%d %H:%M:%f', 'now')")
 
 
 def _clock(backend: Backend) -> tuple[Any, Any, Any]:
@@ -197,7 +202,7 @@ class RegistrySQL:
             .where(
                 leases.c.node_id == sa.bindparam("node"),
                 leases.c.generation == sa.bindparam("gen"),
-                leases.c.expires_at > now,
+                leases.c.expires_at > (now if backend == "postgresql" else _SQLITE_NOW),
             )
             .values(expires_at=expires, renewed_at=now)
             .returning(leases.c.expires_at)
