@@ -27,6 +27,7 @@ from foundation._json import MAX_DEPTH
 from foundation.cli_common import dumps, open_foundation, stdout_console, truncate
 from foundation.errors import EventError, FoundationError
 from foundation.events import RecordedEvent
+from foundation.events._subscription import DATABASE_FAULTS
 
 __all__ = ["events"]
 
@@ -180,9 +181,18 @@ def events_tail(
         seen = 0
         idle_since = time.monotonic()
         interval = fdn.settings.poll_interval_ms / 1000
+        failing = False
         with contextlib.suppress(KeyboardInterrupt):
             while max_events is None or seen < max_events:
-                batch = fdn.events.get(criteria, after_position=position, limit=500)
+                try:
+                    batch = fdn.events.get(criteria, after_position=position, limit=500)
+                except DATABASE_FAULTS as exc:  # a restart, a cut connection: ride it out
+                    if not failing:
+                        click.echo(f"cannot read the log ({exc.message}); retrying", err=True)
+                    failing = True
+                    time.sleep(min(interval, 0.2))
+                    continue
+                failing = False
                 if max_events is not None:
                     batch = batch[: max_events - seen]
                 for event in batch:

@@ -8,8 +8,10 @@ touches the database is awaitable on :class:`AsyncFoundation`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -289,13 +291,16 @@ class Foundation(_Base):
         """Stop the change feed and close every connection. Safe to call twice."""
         if self._forked:
             return  # the lease, names and connections are the parent process's
-        if getattr(self, "events", None) is not None:
-            self.events.close()  # stop subscriptions while the database is still open
-        if getattr(self, "service_registry", None) is not None:
-            self.service_registry.close()  # releases this node's names and lease
-        if self._feed is not None:
-            self._feed.stop()
-        self._db.close()
+        # Last pushed, first run; each step runs whatever the one before raised (Ctrl-C
+        # while a handler ends, say): one cut short would leave threads running.
+        with contextlib.ExitStack() as steps:
+            steps.callback(self._db.close)
+            if self._feed is not None:
+                steps.callback(self._feed.stop)
+            if getattr(self, "service_registry", None) is not None:
+                steps.callback(self.service_registry.close)  # this node's names and lease
+            if getattr(self, "events", None) is not None:
+                steps.callback(self.events.close)  # subscriptions, while the database is open
 
     def __enter__(self) -> Foundation:
         return self
@@ -384,20 +389,20 @@ class AsyncFoundation(_Base):
         return self._db
 
     async def close(self) -> None:
-        # Whole, even if the caller is cancelled meanwhile (its cancellation is raised
-        # after): a close cut short would leave this node's names, members and lease
-        # live for their TTL, and a second close() finds nothing left to do.
-        await finish(self._close())
-
-    async def _close(self) -> None:
         self._closed = True
         if self._forked:
             return  # the lease, names and connections are the parent process's
-        await self.events.close()
-        await self.service_registry.close()
-        if self._feed is not None:
-            await asyncio.to_thread(self._feed.stop)
-        await self._db.close()
+        # As Foundation.close, and each step whole even if the caller is cancelled
+        # meanwhile (its cancellation is raised after): a close cut short would leave this
+        # node's names, members and lease live for their TTL, and the database's threads
+        # running. At the end of asyncio.run (SIGTERM -> sys.exit) every task is
+        # cancelled at once, a step's own task included: the next steps still run.
+        async with contextlib.AsyncExitStack() as steps:
+            steps.push_async_callback(_whole, self._db.close)
+            if self._feed is not None:
+                steps.push_async_callback(_whole, asyncio.to_thread, self._feed.stop)
+            steps.push_async_callback(_whole, self.service_registry.close)
+            steps.push_async_callback(_whole, self.events.close)
 
     async def __aenter__(self) -> AsyncFoundation:
         return await self.open()
@@ -407,3 +412,19 @@ class AsyncFoundation(_Base):
 
     def __await__(self) -> Any:
         return self.open().__await__()
+
+
+async def _whole(step: Callable[..., Awaitable[Any]], *args: Any) -> None:
+    """``await step(*args)`` to its end, even if the caller is cancelled meanwhile.
+
+    A step whose own task was cancelled by someone else (the end of asyncio.run cancels
+    every task, one not yet started included) runs again: closing twice is harmless.
+    """
+    for attempt in (1, 2):
+        try:
+            await finish(step(*args))
+            return
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if attempt == 2 or (current is not None and current.cancelling()):
+                raise

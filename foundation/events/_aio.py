@@ -49,6 +49,7 @@ from foundation.events._plan import (
 )
 from foundation.events._store import EventSQL
 from foundation.events._subscription import (
+    DATABASE_FAULTS,
     AsyncSubscription,
     SubscriptionOptions,
     interval_ms,
@@ -146,7 +147,9 @@ class AsyncEvents(_EventsBase):
     ) -> list[RecordedEvent]:
         started = time.perf_counter_ns()
         c = self._criteria(criteria, kwargs)
-        records = self._cached(c)
+        records, hi = self._cached(c)
+        if records is not None and not self._fresh(hi, await self.last_position()):
+            records = None
         if records is None:
             sql, params = self._read(c)
             records = [self._sql.record(r) for r in await self._db.fetchall(sql, params)]
@@ -208,11 +211,21 @@ class AsyncEvents(_EventsBase):
                 loop.call_soon_threadsafe(wake.set)
 
         self.add_waker(waker)
+        failing = False
         try:
             while not self.closed and not self._db._closed:
                 wake.clear()
                 sql, params = self._tail_page(merged, position)
-                rows = await self._db.fetchall(sql, params)
+                try:
+                    rows = await self._db.fetchall(sql, params)
+                except DATABASE_FAULTS as exc:
+                    if self._db._closed:
+                        return
+                    failing = self._tail_fault(exc, failing)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(wake.wait(), interval)
+                    continue
+                failing = False
                 for row in rows:
                     record = self._sql.record(row)
                     position = record.position
@@ -224,8 +237,7 @@ class AsyncEvents(_EventsBase):
             self.remove_waker(waker)
 
     async def last_position(self) -> int:
-        row = await self._db.fetchone(self._sql.last_position_sql(), {"limit": 1})
-        return 0 if row is None else int(row[0])
+        return self._position(await self._db.fetchone(self._sql.newest))
 
     async def subscribe(
         self,

@@ -43,7 +43,7 @@ from foundation.events._plan import (
     is_stream_race,
 )
 from foundation.events._store import EventSQL
-from foundation.events._subscription import start_position
+from foundation.events._subscription import log, start_position
 from foundation.events._tail import TailCache
 from foundation.events._typed import TypeRegistry
 from foundation.settings import Settings
@@ -306,6 +306,14 @@ class _EventsBase:
             self._criteria({**merged, "after_position": position, "limit": _TAIL_BATCH}, {})
         )
 
+    @staticmethod
+    def _tail_fault(exc: FoundationError, failing: bool) -> bool:
+        """A tail's read failed (a restart, a cut connection): it reads again after its
+        poll interval, as a subscription does, and says so once per outage."""
+        if not failing:
+            log.warning("tail() cannot read the log (%s); retrying until it answers", exc)
+        return True
+
     # -- change feed subscriber (runs in the feed's thread) ---------------------------
 
     # The list is replaced, never changed in place (copy-on-write): every store wakes,
@@ -328,11 +336,30 @@ class _EventsBase:
     def bind_feed(self, feed: ChangeFeed) -> None:
         self._feed = feed
 
-    def _cached(self, criteria: Criteria) -> list[RecordedEvent] | None:
+    def _cached(self, criteria: Criteria) -> tuple[list[RecordedEvent] | None, int]:
+        """The tail cache's answer (None: only the database can give it), and the last
+        position it was computed at. The caller then asks the database for the log's
+        last position (:meth:`_fresh`): the cache is fed by this node's writes and the
+        change feed, which brings other nodes' events a moment after their commit, and a
+        read that follows another node's store must see it."""
         feed = self._feed
         if feed is None or not feed.connected or not self.tail_cache.enabled:
-            return None
-        return self.tail_cache.answer(criteria)
+            return None, 0
+        return self.tail_cache.answer_at(criteria)
+
+    def _fresh(self, hi: int, newest: int) -> bool:
+        """Whether the cache's answer, computed with the window up to ``hi``, is the
+        database's: nothing was committed after ``hi`` when the log's last position was
+        ``newest``, read after the answer (positions up to ``hi`` are all there)."""
+        if newest <= hi:
+            return True
+        self.tail_cache.hits -= 1
+        self.tail_cache.misses += 1
+        return False
+
+    @staticmethod
+    def _position(row: tuple[Any, ...] | None) -> int:
+        return 0 if row is None or row[0] is None else int(row[0])
 
     def on_notify(self, payload: dict[str, Any], reader: Cursor) -> None:
         position = payload.get("position")

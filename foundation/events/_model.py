@@ -254,7 +254,8 @@ def _event_id(value: Any) -> tuple[uuid.UUID, bool]:
         except ValueError:
             pass
     raise EventError(
-        "event field 'id' must be a UUID (or its text)", context={"id": repr(value)[:200]}
+        "event field 'id' must be a UUID (or its text)",
+        context={"field": "id", "id": repr(value)[:200]},
     )
 
 
@@ -266,7 +267,7 @@ def _expected(value: Any) -> ExpectedVersion:
     raise EventError(
         f"expected_version must be a version (an int from 0 to {MAX_VERSION}), "
         "'any', 'no_stream' or 'exists'",
-        context={"expected_version": repr(value)[:200]},
+        context={"field": "expected_version", "expected_version": repr(value)[:200]},
     )
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from uuid import UUID
 
 from foundation.database.sync import SyncDatabase
-from foundation.errors import FoundationError, StorageUnavailableError
+from foundation.errors import FoundationError
 from foundation.events._base import (
     _GROUP_UNITS,
     MAX_BATCH_JSON,
@@ -48,6 +48,7 @@ from foundation.events._plan import (
 )
 from foundation.events._store import EventSQL
 from foundation.events._subscription import (
+    DATABASE_FAULTS,
     Subscription,
     SubscriptionOptions,
     interval_ms,
@@ -146,7 +147,9 @@ class Events(_EventsBase):
         """
         started = time.perf_counter_ns()
         c = self._criteria(criteria, kwargs)
-        records = self._cached(c)
+        records, hi = self._cached(c)
+        if records is not None and not self._fresh(hi, self.last_position()):
+            records = None
         if records is None:
             sql, params = self._read(c)
             records = [self._sql.record(r) for r in self._db.fetchall(sql, params)]
@@ -210,16 +213,20 @@ class Events(_EventsBase):
     ) -> Generator[RecordedEvent, None, None]:
         wake = threading.Event()
         self.add_waker(wake.set)
+        failing = False
         try:
             while not self.closed and not self._db._closed:
                 wake.clear()
                 sql, params = self._tail_page(merged, position)
                 try:
                     rows = self._db.fetchall(sql, params)
-                except StorageUnavailableError:
+                except DATABASE_FAULTS as exc:
                     if self._db._closed:
                         return
-                    raise
+                    failing = self._tail_fault(exc, failing)
+                    wake.wait(interval)
+                    continue
+                failing = False
                 for row in rows:
                     record = self._sql.record(row)
                     position = record.position
@@ -231,8 +238,7 @@ class Events(_EventsBase):
 
     def last_position(self) -> int:
         """The position of the newest event (0 for an empty log)."""
-        row = self._db.fetchone(self._sql.last_position_sql(), {"limit": 1})
-        return 0 if row is None else int(row[0])
+        return self._position(self._db.fetchone(self._sql.newest))
 
     def subscribe(
         self,

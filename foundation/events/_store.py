@@ -114,6 +114,7 @@ class EventSQL:
     append_one_checked: str
     stream_version: str
     last_rowid: str
+    newest: str  # the log's last position (NULL when empty): an index's last entry
     sub_create: str
     sub_claim: str
     sub_checkpoint: str
@@ -153,6 +154,7 @@ class EventSQL:
                 backend,
             ),
             last_rowid=compile_sql(sa.select(sa.func.last_insert_rowid()), backend),
+            newest=compile_sql(sa.select(sa.func.max(events.c.position)), backend),
             sub_create=compile_sql(_sub_create(backend), backend),
             # Claim the row only when nobody holds a live lease on it.
             sub_claim=compile_sql(
@@ -233,9 +235,6 @@ class EventSQL:
             text = compile_sql(_query(criteria.shape), self.backend)
             self._queries[criteria.shape] = text
         return text
-
-    def last_position_sql(self) -> str:
-        return self.query(Criteria(shape=("desc",), params={}, limit=1, order="desc"))
 
     def insert_row(self, event: NewEvent, version: int | None, at: Any) -> tuple[Any, ...]:
         """``insert``'s parameters (one row, or each of executemany's), in ``_INSERTED`` order."""

@@ -32,6 +32,7 @@ import contextlib
 import contextvars
 import inspect
 import logging
+import math
 import secrets
 import threading
 import time
@@ -68,7 +69,7 @@ log = logging.getLogger("foundation.events")
 State = Literal["starting", "running", "stopping", "failed", "stopped"]
 Handler = Callable[[RecordedEvent], Any]
 # Retried from the checkpoint; any other error (an EventError, a bug) fails visibly.
-_DATABASE_FAULTS = (StorageUnavailableError, StorageError)
+DATABASE_FAULTS = (StorageUnavailableError, StorageError)
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,18 @@ def interval_ms(name: str, value: Any) -> int:
             context={"option": name, "value": repr(value)[:200]},
         )
     return value
+
+
+def stop_timeout(value: Any) -> float:
+    """``stop(timeout=…)``: seconds (a number from 0) or a timedelta."""
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value < math.inf:
+        raise EventError(
+            "stop(timeout=…) takes seconds (a number, 0 or more) or a timedelta",
+            context={"field": "timeout", "value": repr(value)[:200]},
+        )
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -396,7 +409,7 @@ class Subscription(_SubscriptionBase):
                     if not self._checkpoint_to(record.position):
                         return
                 self._lag(len(records), self._sync_events.last_position())
-            except _DATABASE_FAULTS as exc:  # the database went away: retry
+            except DATABASE_FAULTS as exc:  # the database went away: retry
                 if self._db.closed:  # close() gave up waiting for the handler (see stop)
                     log.warning(
                         "subscription %r: its Foundation instance closed while the handler "
@@ -460,13 +473,14 @@ class Subscription(_SubscriptionBase):
         self._checkpoint = position
         return True
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float | timedelta = 10.0) -> None:
         """Stop after the event in hand (if any) and release the name.
 
         If the handler is still running after ``timeout`` seconds, the state is
         ``stopping`` and the name stays held until the handler returns: no other
         consumer may start on the event in hand meanwhile.
         """
+        timeout = stop_timeout(timeout)
         self._stop.set()
         self._wake.set()
         self._events.remove_waker(self._wake.set)
@@ -520,6 +534,7 @@ class AsyncSubscription(_SubscriptionBase):
         self._async_events = events
         self._stopping = False
         self._wake = asyncio.Event()
+        self._stop_asked = asyncio.Event()  # cuts a retry's backoff short (as sync's _stop)
         self._task: asyncio.Task[None] | None = None
         self._keeper: asyncio.Task[None] | None = None
         self._handler: Handler | None = None
@@ -602,7 +617,7 @@ class AsyncSubscription(_SubscriptionBase):
                     if not await self._checkpoint_to(record.position):
                         return
                 self._lag(len(records), await self._async_events.last_position())
-            except _DATABASE_FAULTS as exc:
+            except DATABASE_FAULTS as exc:
                 log.warning("subscription %r cannot read the log (%s); retrying", self.name, exc)
                 await asyncio.sleep(self.options.poll_interval_ms / 1000)
             except Exception as exc:  # a bug, not a fault: stop visibly rather than spin
@@ -636,7 +651,8 @@ class AsyncSubscription(_SubscriptionBase):
             if attempt > self.options.max_retries:
                 await self._record_failure(self._failed(record, failure))
                 return False
-            await asyncio.sleep(self._backoff(attempt))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop_asked.wait(), self._backoff(attempt))
             if self._stopping:
                 return False
         return False  # pragma: no cover
@@ -658,11 +674,13 @@ class AsyncSubscription(_SubscriptionBase):
         self._checkpoint = position
         return True
 
-    async def stop(self, timeout: float = 10.0) -> None:
+    async def stop(self, timeout: float | timedelta = 10.0) -> None:
         """Stop after the event in hand; an ``async`` handler still running after
         ``timeout`` seconds is cancelled (and the name released once it has ended)."""
+        timeout = stop_timeout(timeout)
         self._stopping = True
         self._wake.set()
+        self._stop_asked.set()
         self._events.remove_waker(self._waker)
         if self._task is asyncio.current_task() or _FOLLOWING.get() is self:
             # Called by the handler (or a task of its own: AsyncFoundation.close() runs in
@@ -676,14 +694,25 @@ class AsyncSubscription(_SubscriptionBase):
 
     async def _stopped(self, timeout: float) -> None:
         task = self._task
-        if task is not None and not task.done():
-            try:
-                await asyncio.wait_for(asyncio.shield(task), timeout)
-            except TimeoutError:
+        try:
+            if task is not None and not task.done():
+                try:
+                    await asyncio.wait_for(asyncio.shield(task), timeout)
+                except TimeoutError:
+                    task.cancel()
+                except asyncio.CancelledError:
+                    current = asyncio.current_task()
+                    if current is not None and current.cancelling():
+                        raise  # this stop's own
+                    # The loop's task, cancelled by someone else (the end of asyncio.run
+                    # cancels every task at once): it has ended, the stop goes on.
+        finally:
+            # Also when this stop is cancelled: the name is given up all the same, once
+            # the handler has ended (a second consumer never runs beside this one).
+            if task is not None:
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task  # its own cancellation: the handler has ended
-        await self._release()
+                await asyncio.wait([task])
+            await self._release()
 
     async def _release(self) -> None:
         if not self._releasing():

@@ -28,10 +28,11 @@ is loaded and holds this node's own latest write (read-your-writes), and the cri
 lower bound (``after_position``, or the start of the log) is at or above ``lo``, or a
 ``desc`` query found its ``limit`` matches inside the window. Anything else (``after``
 or ``before`` datetimes without such a bound, a window not yet loaded, a feed that is
-reconnecting) goes to the database. Writes made by *other* nodes are seen once the feed
-delivers them, as for every other cache in Foundation (PostgreSQL: the NOTIFY latency,
-plus up to twice ``NOTIFY_EVERY_S``, 10 ms, inside another node's burst of stores, see
-``_base``; SQLite: one poll interval).
+reconnecting) goes to the database. Writes made by *other* nodes reach the window once
+the feed delivers them (PostgreSQL: the NOTIFY latency, plus up to twice
+``NOTIFY_EVERY_S``, 10 ms, inside another node's burst of stores, see ``_base``; SQLite:
+one poll interval); meanwhile ``get`` sees them in the log's last position, which it
+reads after each answer from the window, and reads the database instead.
 
 Records handed out by the cache are shared: their ``data`` and ``metadata`` are read-only
 containers (:mod:`foundation._frozen`), equal to what the database returns.
