@@ -9,6 +9,7 @@ import os
 import shlex
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -92,10 +93,25 @@ _TYPE_OPTION = click.option("--type", "types", multiple=True, help="Only this ty
 _STREAM_OPTION = click.option("--stream", default=None, help="Only this stream.")
 
 
+def _moment(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
+    """An ISO 8601 time; UTC when it names no offset."""
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an ISO 8601 time") from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
 @events.command("query")
 @_TYPE_OPTION
 @_STREAM_OPTION
 @click.option("--after-position", type=click.IntRange(0), default=None, help="After N.")
+@click.option("--after", callback=_moment, help="Recorded after this ISO time (UTC if bare).")
+@click.option("--before", callback=_moment, help="Recorded before this ISO time.")
+@click.option("--correlation-id", default=None, help="Only events of this correlation.")
+@click.option("--causation-id", default=None, help="Only events caused by this one.")
 @click.option(
     "--limit", default=100, show_default=True, type=click.IntRange(1, 10_000), help="At most N."
 )
@@ -107,14 +123,24 @@ def events_query(
     types: tuple[str, ...],
     stream: str | None,
     after_position: int | None,
+    after: datetime | None,
+    before: datetime | None,
+    correlation_id: str | None,
+    causation_id: str | None,
     limit: int,
     desc: bool,
     as_json: bool,
 ) -> None:
     """Events matching the options, by position."""
     criteria = _criteria(types, stream)
-    if after_position is not None:
-        criteria["after_position"] = after_position
+    given = {
+        "after_position": after_position,
+        "after": after,
+        "before": before,
+        "correlation_id": correlation_id,
+        "causation_id": causation_id,
+    }
+    criteria.update({key: value for key, value in given.items() if value is not None})
     criteria["limit"] = limit
     criteria["order"] = "desc" if desc else "asc"
     with open_foundation(ctx, create=False) as fdn:
@@ -210,13 +236,15 @@ def events_tail(
 @events.command("export", short_help="Write the log to FILE as JSON lines.")
 @click.argument("file", type=click.File("w", encoding="utf-8", lazy=True))
 @_TYPE_OPTION
+@_STREAM_OPTION
 @click.option("--after-position", type=click.IntRange(0), default=0, help="After N.")
 @click.pass_context
 def events_export(
-    ctx: click.Context, file: Any, types: tuple[str, ...], after_position: int
+    ctx: click.Context, file: Any, types: tuple[str, ...], stream: str | None, after_position: int
 ) -> None:
-    """Write the log (or the events of --type) to FILE as JSON lines (- for stdout)."""
-    criteria = _criteria(types, None)
+    """Write the log (or the events of --type, --stream) to FILE as JSON lines (- for
+    stdout)."""
+    criteria = _criteria(types, stream)
     criteria["after_position"] = after_position
     count = 0
     with open_foundation(ctx, create=False) as fdn:

@@ -10,6 +10,8 @@
 * The tail cache answered without an event another node had committed, until the change
   feed brought it (50 of 50 reads right after that store on SQLite, 45 of 50 on
   PostgreSQL): a read after another node's write must see it.
+* ``events query`` could not select by correlation, causation or time, nor ``export`` by
+  stream (an auditor's first questions).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import json
 import threading
 import uuid
 from collections.abc import Generator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,7 +32,7 @@ from foundation import AsyncFoundation, ConcurrencyError, EventError, Foundation
 from foundation.events._plan import known_ids
 from tests.helpers import async_wait_for, wait_for
 
-from .test_events_cli import ok
+from .test_events_cli import ok, run
 
 
 @pytest.fixture
@@ -213,3 +216,27 @@ def test_a_bad_id_or_expected_version_names_its_field(
     with pytest.raises(EventError) as info:
         fdn.events.store({"type": "t", "stream_id": "s", field: value})
     assert info.value.context["field"] == field
+
+
+def test_cli_query_by_correlation_causation_and_time(db_url: str, tmp_path: Path) -> None:
+    with Foundation(db_url, migrate="check") as fdn:
+        first = fdn.events.store({"type": "a", "correlation_id": "req-1", "stream_id": "s"})
+        second = fdn.events.store(
+            {"type": "b", "correlation_id": "req-1", "causation_id": str(first.id)}
+        )
+        fdn.events.store({"type": "c", "correlation_id": "req-2", "stream_id": "s"})
+
+    def positions(*args: str) -> list[int]:
+        rows = json.loads(ok(db_url, "events", "query", "--json", *args).stdout)
+        return [r["position"] for r in rows]
+
+    assert positions("--correlation-id", "req-1") == [first.position, second.position]
+    assert positions("--causation-id", str(first.id)) == [second.position]
+    moment = second.recorded_at.isoformat()
+    assert positions("--before", moment) == [first.position]
+    bare = second.recorded_at.replace(tzinfo=None).isoformat()  # no offset: UTC
+    assert positions("--after", bare) == [second.position + 1]
+    assert "not an ISO 8601 time" in run(db_url, "events", "query", "--after", "soon").stderr
+    out = tmp_path / "s.jsonl"
+    ok(db_url, "events", "export", str(out), "--stream", "s")
+    assert [json.loads(line)["type"] for line in out.read_text().splitlines()] == ["a", "c"]
