@@ -26,9 +26,8 @@ from rich.text import Text
 
 from foundation._json import MAX_DEPTH
 from foundation.cli_common import dumps, open_foundation, stdout_console, truncate
-from foundation.errors import EventError, FoundationError
+from foundation.errors import EventError, FoundationError, StorageUnavailableError
 from foundation.events import RecordedEvent
-from foundation.events._subscription import DATABASE_FAULTS
 
 __all__ = ["events"]
 
@@ -212,13 +211,13 @@ def events_tail(
             while max_events is None or seen < max_events:
                 try:
                     batch = fdn.events.get(criteria, after_position=position, limit=500)
-                except DATABASE_FAULTS as exc:  # a restart, a cut connection: ride it out
+                except StorageUnavailableError as exc:  # a restart, a cut connection
                     if not failing:
                         click.echo(f"cannot read the log ({exc.message}); retrying", err=True)
                     failing = True
-                    time.sleep(min(interval, 0.2))
-                    continue
-                failing = False
+                    batch = []
+                else:
+                    failing = False
                 if max_events is not None:
                     batch = batch[: max_events - seen]
                 for event in batch:

@@ -23,7 +23,13 @@ from typing import Any
 import psycopg
 import pytest
 
-from foundation import AsyncFoundation, EventError, Foundation, StorageUnavailableError
+from foundation import (
+    AsyncFoundation,
+    EventError,
+    Foundation,
+    StorageError,
+    StorageUnavailableError,
+)
 from foundation.database.url import DatabaseURL
 from foundation.events import RecordedEvent
 from tests.helpers import async_wait_for
@@ -182,7 +188,7 @@ async def test_async_stop_cuts_a_retry_backoff_short(afdn: AsyncFoundation) -> N
     assert sub.status.state == "stopped" and calls == [calls[0]]
 
 
-@pytest.mark.parametrize("bad", ["5", -1, float("nan"), True, None])
+@pytest.mark.parametrize("bad", ["5", -1, float("nan"), True])
 def test_stop_timeout_is_checked_before_anything_changes(fdn: Foundation, bad: Any) -> None:
     sub = fdn.events.subscribe("checked", lambda e: None, **FAST)
     with pytest.raises(EventError) as info:
@@ -191,6 +197,9 @@ def test_stop_timeout_is_checked_before_anything_changes(fdn: Foundation, bad: A
     assert sub.status.state == "running"
     sub.stop(timeout=timedelta(seconds=5))  # a timedelta, as every duration option
     assert sub.status.state == "stopped"
+    again = fdn.events.subscribe("checked", lambda e: None, **FAST)
+    again.stop(timeout=None)  # no limit
+    assert again.status.state == "stopped"
 
 
 async def test_stop_timeout_is_checked_before_anything_changes_async(
@@ -202,3 +211,29 @@ async def test_stop_timeout_is_checked_before_anything_changes_async(
     assert sub.status.state == "running"
     await sub.stop(timeout=timedelta(seconds=5))
     assert sub.status.state == "stopped"
+
+
+def test_tail_raises_an_error_that_waiting_cannot_cure(
+    fdn: Foundation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tail = fdn.events.tail(start="beginning", poll_interval_ms=20)
+
+    def broken(sql: str, params: Any = None) -> Any:
+        raise StorageError("no such table: foundation_events (simulated)")
+
+    monkeypatch.setattr(fdn.database, "fetchall", broken)
+    with pytest.raises(StorageError):
+        next(tail)
+
+
+def test_cli_tail_follow_idle_timeout_ends_it_during_an_outage(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import foundation.events._service as sync_events
+
+    def down(self: Any, *args: Any, **kwargs: Any) -> Any:
+        raise StorageUnavailableError("the database is down (simulated)")
+
+    monkeypatch.setattr(sync_events.Events, "get", down)
+    out = ok(db_url, "events", "tail", "-n", "0", "--follow", "--idle-timeout", "0.3")
+    assert out.stderr.count("retrying") == 1

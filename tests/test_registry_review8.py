@@ -17,6 +17,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from foundation import AsyncFoundation, Foundation
 from foundation.service_registry import RegistryChange
@@ -76,12 +77,61 @@ async def test_a_renewal_read_late_registers_again_what_was_reported_expired_asy
         assert reg.lookup("x").node == owner.settings.node_id
 
 
-def _ticks(reg: object, seconds: float) -> None:
-    """The heartbeat loop's sweeps, on time, for ``seconds``."""
+def _ticks(reg: Any, seconds: float, late: float = 0.0) -> None:
+    """The heartbeat loop's passes for ``seconds``: each wakes ``late`` seconds late."""
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         time.sleep(0.05)
-        reg._loop_sweep(0.1)  # type: ignore[attr-defined]
+        reg._ticked -= late
+        reg._loop_sweep(0.1)
+        reg._ticked = time.monotonic()  # the pass's end
+
+
+def test_a_loop_that_always_wakes_late_still_reports_expiry(db_url: str) -> None:
+    with node(db_url, node_id="owner") as owner, node(db_url, node_id="observer") as observer:
+        reg = observer.service_registry
+        stop_heartbeat(observer)
+        owner.service_registry.register("x", "addr")
+        wait_for(lambda: reg.find("x") is not None)
+        seen = watched(observer, "*")
+        stop_heartbeat(owner)
+        _lapse_here(observer, "owner")
+        _ticks(reg, 1.5, late=1.0)  # every pass a "stall": one grace each, then a sweep
+        drain(reg)
+        assert kinds(seen) == ["expired"]
+
+
+def test_a_slow_pass_is_no_stall(db_url: str) -> None:
+    with node(db_url, node_id="owner") as owner, node(db_url, node_id="observer") as observer:
+        reg = observer.service_registry
+        stop_heartbeat(observer)
+        owner.service_registry.register("x", "addr")
+        wait_for(lambda: reg.find("x") is not None)
+        seen = watched(observer, "*")
+        stop_heartbeat(owner)
+        time.sleep(0.5)  # a pass that waited for the database: it ends now
+        reg._ticked = time.monotonic()
+        _lapse_here(observer, "owner")
+        reg._loop_sweep(0.1)
+        drain(reg)
+        assert kinds(seen) == ["expired"]
+
+
+def test_a_change_read_with_a_renewal_this_node_had_missed_is_that_change(
+    db_url: str,
+) -> None:
+    with node(db_url, node_id="owner") as owner, node(db_url, node_id="observer") as observer:
+        reg = observer.service_registry
+        stop_heartbeat(observer)
+        owner.service_registry.register("x", "addr", {"v": 1})
+        wait_for(lambda: reg.find("x") is not None)
+        seen = watched(observer, "x")
+        _lapse_here(observer, "owner")  # it stood still: the owner's renewals unseen
+        owner.service_registry.heartbeat()
+        owner.service_registry.update_metadata("x", {"v": 2})
+        wait_for(lambda: reg.find("x") is not None and reg.lookup("x").metadata == {"v": 2})
+        drain(reg)
+        assert kinds(seen) == ["metadata"]
 
 
 def test_a_node_that_stood_still_waits_for_the_feed_before_reporting_expiry(

@@ -17,7 +17,7 @@ from typing import Any
 from uuid import UUID
 
 from foundation.database.aio import AsyncDatabase, finish
-from foundation.errors import FoundationError
+from foundation.errors import FoundationError, StorageUnavailableError
 from foundation.events._base import (
     _GROUP_UNITS,
     MAX_BATCH_JSON,
@@ -49,7 +49,6 @@ from foundation.events._plan import (
 )
 from foundation.events._store import EventSQL
 from foundation.events._subscription import (
-    DATABASE_FAULTS,
     AsyncSubscription,
     SubscriptionOptions,
     interval_ms,
@@ -218,7 +217,7 @@ class AsyncEvents(_EventsBase):
                 sql, params = self._tail_page(merged, position)
                 try:
                     rows = await self._db.fetchall(sql, params)
-                except DATABASE_FAULTS as exc:
+                except StorageUnavailableError as exc:  # a restart, a cut connection
                     if self._db._closed:
                         return
                     failing = self._tail_fault(exc, failing)

@@ -16,7 +16,7 @@ from typing import Any
 from uuid import UUID
 
 from foundation.database.sync import SyncDatabase
-from foundation.errors import FoundationError
+from foundation.errors import FoundationError, StorageUnavailableError
 from foundation.events._base import (
     _GROUP_UNITS,
     MAX_BATCH_JSON,
@@ -48,7 +48,6 @@ from foundation.events._plan import (
 )
 from foundation.events._store import EventSQL
 from foundation.events._subscription import (
-    DATABASE_FAULTS,
     Subscription,
     SubscriptionOptions,
     interval_ms,
@@ -220,7 +219,7 @@ class Events(_EventsBase):
                 sql, params = self._tail_page(merged, position)
                 try:
                     rows = self._db.fetchall(sql, params)
-                except DATABASE_FAULTS as exc:
+                except StorageUnavailableError as exc:  # a restart, a cut connection
                     if self._db._closed:
                         return
                     failing = self._tail_fault(exc, failing)

@@ -69,7 +69,7 @@ log = logging.getLogger("foundation.events")
 State = Literal["starting", "running", "stopping", "failed", "stopped"]
 Handler = Callable[[RecordedEvent], Any]
 # Retried from the checkpoint; any other error (an EventError, a bug) fails visibly.
-DATABASE_FAULTS = (StorageUnavailableError, StorageError)
+_DATABASE_FAULTS = (StorageUnavailableError, StorageError)
 
 
 @dataclass(frozen=True)
@@ -155,13 +155,15 @@ def interval_ms(name: str, value: Any) -> int:
     return value
 
 
-def stop_timeout(value: Any) -> float:
-    """``stop(timeout=…)``: seconds (a number from 0) or a timedelta."""
+def stop_timeout(value: Any) -> float | None:
+    """``stop(timeout=…)``: seconds (a number from 0), a timedelta, or None (no limit)."""
+    if value is None:
+        return None
     if isinstance(value, timedelta):
         value = value.total_seconds()
     if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value < math.inf:
         raise EventError(
-            "stop(timeout=…) takes seconds (a number, 0 or more) or a timedelta",
+            "stop(timeout=…) takes seconds (a number, 0 or more), a timedelta or None",
             context={"field": "timeout", "value": repr(value)[:200]},
         )
     return float(value)
@@ -409,7 +411,7 @@ class Subscription(_SubscriptionBase):
                     if not self._checkpoint_to(record.position):
                         return
                 self._lag(len(records), self._sync_events.last_position())
-            except DATABASE_FAULTS as exc:  # the database went away: retry
+            except _DATABASE_FAULTS as exc:  # the database went away: retry
                 if self._db.closed:  # close() gave up waiting for the handler (see stop)
                     log.warning(
                         "subscription %r: its Foundation instance closed while the handler "
@@ -473,7 +475,7 @@ class Subscription(_SubscriptionBase):
         self._checkpoint = position
         return True
 
-    def stop(self, timeout: float | timedelta = 10.0) -> None:
+    def stop(self, timeout: float | timedelta | None = 10.0) -> None:
         """Stop after the event in hand (if any) and release the name.
 
         If the handler is still running after ``timeout`` seconds, the state is
@@ -617,7 +619,7 @@ class AsyncSubscription(_SubscriptionBase):
                     if not await self._checkpoint_to(record.position):
                         return
                 self._lag(len(records), await self._async_events.last_position())
-            except DATABASE_FAULTS as exc:
+            except _DATABASE_FAULTS as exc:
                 log.warning("subscription %r cannot read the log (%s); retrying", self.name, exc)
                 await asyncio.sleep(self.options.poll_interval_ms / 1000)
             except Exception as exc:  # a bug, not a fault: stop visibly rather than spin
@@ -674,7 +676,7 @@ class AsyncSubscription(_SubscriptionBase):
         self._checkpoint = position
         return True
 
-    async def stop(self, timeout: float | timedelta = 10.0) -> None:
+    async def stop(self, timeout: float | timedelta | None = 10.0) -> None:
         """Stop after the event in hand; an ``async`` handler still running after
         ``timeout`` seconds is cancelled (and the name released once it has ended)."""
         timeout = stop_timeout(timeout)
@@ -692,7 +694,7 @@ class AsyncSubscription(_SubscriptionBase):
         # up, so that a second consumer never runs beside this one nor waits for a lease.
         await finish(self._stopped(timeout))
 
-    async def _stopped(self, timeout: float) -> None:
+    async def _stopped(self, timeout: float | None) -> None:
         task = self._task
         try:
             if task is not None and not task.done():

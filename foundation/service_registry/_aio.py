@@ -119,6 +119,8 @@ class AsyncServiceRegistry(_RegistryBase):
                 log.warning("registry heartbeat failed (%s); retrying", exc)
             except Exception:
                 log.exception("registry heartbeat failed")
+            finally:
+                self._ticked = time.monotonic()  # see _loop_sweep
 
     async def heartbeat(self) -> bool:
         async with self._lock():
@@ -127,7 +129,7 @@ class AsyncServiceRegistry(_RegistryBase):
             started = time.monotonic()
             if started >= self._deadline:
                 # What lapsed is reported expired first, as the heartbeat's own loop does.
-                self._publish(self._state.sweep())
+                self._sweep()
                 await self._recover_locked()
                 return False
             row = await self._db.fetchone(self._sql.renew, self._lease_params())

@@ -153,7 +153,7 @@ class _RegistryBase(RegistryFeedSide):
         self._node_conflict: ConfigError | None = None
         self._conflict_retry = 0.0  # monotonic: the next attempt to take the lease
         self._closed = False
-        self._ticked = time.monotonic()  # the heartbeat loop's last wake-up
+        self._ticked = time.monotonic()  # the end of the heartbeat loop's last pass
         self._sweep_from = 0.0  # monotonic: the loop's sweeps wait till then (a stall)
         self._resync_lock = threading.Lock()
         self.lease_losses = 0
@@ -245,11 +245,19 @@ class _RegistryBase(RegistryFeedSide):
         enforce every expiry at once; a renewal read late reports them back, see
         ``RegistryState._revived``)."""
         now = time.monotonic()
-        if now - self._ticked > tick + _STALL_S:
+        # From the end of the last pass (a pass waiting for the database is no stall),
+        # and one grace per stall: a loop that always wakes late still sweeps.
+        if now - self._ticked > tick + _STALL_S and not self._sweep_from:
             self._sweep_from = now + _STALL_GRACE_S
-        self._ticked = now
         if now >= self._sweep_from:
-            self._publish(self._state.sweep())
+            self._sweep_from = 0.0
+            self._sweep()
+
+    def _sweep(self) -> None:
+        """Report what expired. Watchers are told under the cache's lock, as what expired
+        is found: a late renewal's ``register`` (see ``RegistryState._revived``), found
+        just after, is never delivered before this ``expired``."""
+        self._count_expired(self._state.sweep(notify=True))
 
     # -- statement parameters and results ---------------------------------------------
 
@@ -777,13 +785,16 @@ class _RegistryBase(RegistryFeedSide):
             event, {"duration": time.perf_counter_ns() - started}, {"node": self._node, **metadata}
         )
 
-    def _publish(self, changes: builtins.list[RegistryChange]) -> None:
+    def _count_expired(self, changes: builtins.list[RegistryChange]) -> None:
         for change in changes:
             if change.kind == "expired" and change.entry is not None:
                 meta = {"name": change.name, "node": self._node, "owner": change.entry.node}
                 if isinstance(change.entry, GroupMember):
                     meta["member_id"] = change.entry.member_id
                 self._telemetry.execute(_EXPIRED, {"count": 1}, meta)
+
+    def _publish(self, changes: builtins.list[RegistryChange]) -> None:
+        self._count_expired(changes)
         displaced = self._state.take_displaced()
         if displaced:
             changes = changes + self._losses(displaced)  # after the change that caused them

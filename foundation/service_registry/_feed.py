@@ -291,26 +291,37 @@ class RegistryFeedSide:
         changes: builtins.list[RegistryChange] | None = []
         with self._resync_lock:
             self.poll_reads += 1
-            # Names before leases: a node that closed released its names and its lease in
-            # one transaction, and its names must go while their lease still counts as
-            # live here, so that watchers hear "unregister" (as NOTIFY's order gives).
+            lease_rows = None
+            renewed: builtins.list[RegistryChange] = []
+            if leases != seen[2]:
+                seconds = self._sql.epoch_seconds
+                lease_rows = [
+                    (r[0], int(r[1]), seconds(r[2]))
+                    for r in reader.fetchall(self._sql.select_leases)
+                ]
+                # Renewals first: a name another node changed while this one stood still
+                # is that node's live name, not one that expired meanwhile.
+                renewed = self._state.apply_leases(lease_rows)
+            # Names before the leases' ends: a node that closed released its names and its
+            # lease in one transaction, and its names must go while their lease still
+            # counts as live here, so that watchers hear "unregister" (as NOTIFY's order
+            # gives).
             if names != seen[0]:
                 changes = self._changed_names(reader, seen[0] or 0)
             if changes is not None:
+                changes = renewed + changes
                 if members != seen[1]:
                     mark = self._state.mark()
                     group_rows = reader.fetchall(self._sql.select_members)
                     changes += self._state.replace_members_only(
                         [self._member(r) for r in group_rows], mark
                     )
-                if leases != seen[2]:
-                    seconds = self._sql.epoch_seconds
-                    changes += self._state.replace_leases(
-                        (r[0], int(r[1]), seconds(r[2]))
-                        for r in reader.fetchall(self._sql.select_leases)
-                    )
+                if lease_rows is not None:
+                    changes += self._state.replace_leases(lease_rows)
                 self._topics_seen = topics
                 self._publish(changes)  # in the lock, as applied (see _feed_settled)
+            else:
+                self._publish(renewed)
         if changes is None:
             self.resync(reader)  # revisions it never read were pruned: it was far behind
 

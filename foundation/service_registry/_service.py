@@ -113,6 +113,8 @@ class ServiceRegistry(_RegistryBase):
                 log.warning("registry heartbeat failed (%s); retrying", exc)
             except Exception:
                 log.exception("registry heartbeat failed")
+            finally:
+                self._ticked = time.monotonic()  # see _loop_sweep
 
     def heartbeat(self) -> bool:
         """Renew the lease now (one statement); on a lost lease, recover. True if renewed."""
@@ -122,7 +124,7 @@ class ServiceRegistry(_RegistryBase):
             started = time.monotonic()
             if started >= self._deadline:
                 # What lapsed is reported expired first, as the heartbeat's own loop does.
-                self._publish(self._state.sweep())
+                self._sweep()
                 self._recover()
                 return False
             row = self._db.fetchone(self._sql.renew, self._lease_params())

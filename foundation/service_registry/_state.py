@@ -434,6 +434,17 @@ class RegistryState:
                         return self._revived(lease, now)
             return []
 
+    def apply_leases(
+        self, lease_rows: Iterable[tuple[str, int, float]]
+    ) -> builtins.list[RegistryChange]:
+        """Each lease's expiry as the database has it (none ends here: see
+        :meth:`replace_leases`); what a lease that came back brought back."""
+        changes: builtins.list[RegistryChange] = []
+        with self._lock:
+            for node, gen, expires in lease_rows:
+                changes += self.apply_lease(node, gen, expires)
+        return changes
+
     def _revived(self, lease: _Lease, now: float) -> builtins.list[RegistryChange]:
         """``register`` and ``join`` again for what was reported dead (or arrived dead) on
         ``lease``, which a renewal read late has brought back: this process stood still
@@ -582,12 +593,10 @@ class RegistryState:
     ) -> builtins.list[RegistryChange]:
         """A resync, first half: the leases as the table has them (a missing one is dead).
         Returns what leases that came back brought back (see :meth:`_revived`)."""
-        changes: builtins.list[RegistryChange] = []
         with self._lock:
-            seen = set()
-            for node, gen, expires in lease_rows:
-                seen.add(node)
-                changes += self.apply_lease(node, gen, expires)
+            rows = list(lease_rows)
+            changes = self.apply_leases(rows)
+            seen = {node for node, _, _ in rows}
             for node, lease in self._leases.items():
                 if node not in seen and node != self.node:
                     lease.expires = 0.0  # released or deleted
@@ -773,8 +782,9 @@ class RegistryState:
 
     # -- expiry -----------------------------------------------------------------------
 
-    def sweep(self) -> builtins.list[RegistryChange]:
-        """Report entries whose lease (or own TTL) ran out since the last sweep.
+    def sweep(self, notify: bool = False) -> builtins.list[RegistryChange]:
+        """Report entries whose lease (or own TTL) ran out since the last sweep (to the
+        watchers too, under the lock, with ``notify``).
 
         Cheap when nothing died: it looks at the leases (one per node) and at the few
         entries that carry their own TTL; it scans the entries only when a lease died.
@@ -806,6 +816,8 @@ class RegistryState:
                 del self._local[local.name]
                 changes.append(RegistryChange(local.name, "expired", local, "local"))
                 changes += self.unshadowed(local.name)
+            if notify:
+                self.notify(changes)
         return changes
 
     # -- watches ----------------------------------------------------------------------

@@ -6,6 +6,7 @@ negative, zero, huge, NaN, infinities, bools where ints are expected, extreme ti
 
 from __future__ import annotations
 
+import math
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -38,7 +39,8 @@ def _ms_ok(value: Any, *, zero: bool = True, allow_none: bool = False) -> bool:
     if value is None:
         return allow_none
     if isinstance(value, timedelta):
-        ms = value / timedelta(milliseconds=1)
+        # A breaker rounds a timedelta up to whole milliseconds (1 µs is 1 ms).
+        ms = math.ceil(value / timedelta(milliseconds=1))
         return (0 if zero else 1) <= ms <= MAX_MS
     if isinstance(value, float) and value.is_integer():
         value = int(value)
