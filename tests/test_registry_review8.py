@@ -13,9 +13,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,19 @@ def _lapse_here(observer: Foundation | AsyncFoundation, owner: str) -> None:
     """``owner``'s lease lapses in ``observer``'s cache, as after a stall of ``observer``
     (the owner renewed meanwhile; the renewal has not reached it yet)."""
     observer.service_registry._state._leases[owner].expires = time.time() - 0.01
+
+
+@contextlib.contextmanager
+def _observed(
+    db_url: str,
+) -> Iterator[tuple[Foundation, Foundation, list[RegistryChange]]]:
+    """An owner of "x", and an observer whose sweeps run only when a test calls them,
+    watching every name."""
+    with node(db_url, node_id="owner") as owner, node(db_url, node_id="observer") as observer:
+        stop_heartbeat(observer)
+        owner.service_registry.register("x", "addr")
+        wait_for(lambda: observer.service_registry.find("x") is not None)
+        yield owner, observer, watched(observer, "*")
 
 
 def _live_again_here(observer: Foundation | AsyncFoundation, owner: str) -> bool:
@@ -88,12 +103,8 @@ def _ticks(reg: Any, seconds: float, late: float = 0.0) -> None:
 
 
 def test_a_loop_that_always_wakes_late_still_reports_expiry(db_url: str) -> None:
-    with node(db_url, node_id="owner") as owner, node(db_url, node_id="observer") as observer:
+    with _observed(db_url) as (owner, observer, seen):
         reg = observer.service_registry
-        stop_heartbeat(observer)
-        owner.service_registry.register("x", "addr")
-        wait_for(lambda: reg.find("x") is not None)
-        seen = watched(observer, "*")
         stop_heartbeat(owner)
         _lapse_here(observer, "owner")
         _ticks(reg, 1.5, late=1.0)  # every pass a "stall": one grace each, then a sweep
@@ -102,12 +113,8 @@ def test_a_loop_that_always_wakes_late_still_reports_expiry(db_url: str) -> None
 
 
 def test_a_slow_pass_is_no_stall(db_url: str) -> None:
-    with node(db_url, node_id="owner") as owner, node(db_url, node_id="observer") as observer:
+    with _observed(db_url) as (owner, observer, seen):
         reg = observer.service_registry
-        stop_heartbeat(observer)
-        owner.service_registry.register("x", "addr")
-        wait_for(lambda: reg.find("x") is not None)
-        seen = watched(observer, "*")
         stop_heartbeat(owner)
         time.sleep(0.5)  # a pass that waited for the database: it ends now
         reg._ticked = time.monotonic()
@@ -137,12 +144,8 @@ def test_a_change_read_with_a_renewal_this_node_had_missed_is_that_change(
 def test_a_node_that_stood_still_waits_for_the_feed_before_reporting_expiry(
     db_url: str,
 ) -> None:
-    with node(db_url, node_id="owner") as owner, node(db_url, node_id="observer") as observer:
+    with _observed(db_url) as (owner, observer, seen):
         reg = observer.service_registry
-        stop_heartbeat(observer)
-        owner.service_registry.register("x", "addr")
-        wait_for(lambda: reg.find("x") is not None)
-        seen: list[RegistryChange] = watched(observer, "*")
         reg._loop_sweep(0.1)
         reg._ticked -= 3.0  # its heartbeat loop slept 3 s instead of 0.1
         _lapse_here(observer, "owner")
