@@ -390,9 +390,9 @@ class AsyncServiceRegistry(_RegistryBase):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
         deadline = time.monotonic() + _CLOSE_WAIT_S
-        while self._writers and time.monotonic() < deadline:
+        while self._writer_threads and time.monotonic() < deadline:
             await asyncio.sleep(0.005)  # the writes in flight end (they run whole)
-        if self._writers:
+        if self._writer_threads:
             log.warning("registry: closing with writes still running after %s s", _CLOSE_WAIT_S)
         params = self._closing()
         if params is not None:

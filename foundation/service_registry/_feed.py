@@ -50,8 +50,9 @@ class RegistryFeedSide:
         self._topics_seen: tuple[Any, ...] | None = None  # (names, members, leases)
         self._feed: Any = None
         self._writes_lock = threading.Condition(threading.Lock())
-        self._writers = 0  # this node's writes in flight, all names and groups (see _count_in)
-        self._writer_threads: dict[int, int] = {}  # thread id -> its writes in flight
+        # Thread id -> this node's writes in flight on it, all names and groups (see
+        # _count_in); empty when none is.
+        self._writer_threads: dict[int, int] = {}
         # name -> [writers in flight (waiting ones included), newest revision the feed
         # named meanwhile, the lock that lets this node's writers of the name in one at a
         # time (``_new_write_lock``)]
@@ -168,20 +169,18 @@ class RegistryFeedSide:
 
     def _counted_in(self) -> None:
         # Under the lock.
-        self._writers += 1
         me = threading.get_ident()
         self._writer_threads[me] = self._writer_threads.get(me, 0) + 1
 
     def _count_out(self) -> None:
         with self._writes_lock:
-            self._writers -= 1
             me = threading.get_ident()
             left = self._writer_threads[me] - 1
             if left:
                 self._writer_threads[me] = left
             else:
                 del self._writer_threads[me]
-            if not self._writers:
+            if not self._writer_threads:
                 self._writes_lock.notify_all()
 
     @contextlib.contextmanager
@@ -198,9 +197,7 @@ class RegistryFeedSide:
         handler, or a callback, inside one of them): not waited for."""
         me = threading.get_ident()
         with self._writes_lock:
-            return self._writes_lock.wait_for(
-                lambda: self._writers == self._writer_threads.get(me, 0), timeout
-            )
+            return self._writes_lock.wait_for(lambda: self._writer_threads.keys() <= {me}, timeout)
 
     def _writing_here(self) -> bool:
         """Whether this thread is inside a write of this node (see ``_writes_done``)."""
