@@ -546,8 +546,8 @@ async def test_async_stop_called_by_the_handler_ends_cleanly(afdn: AsyncFoundati
 
 def test_a_handler_raising_systemexit_fails_visibly(fdn: Foundation) -> None:
     """Not only Exception: a thread ended by SystemExit must not leave "running" behind.
-    (On the async face SystemExit and KeyboardInterrupt are recorded, then end the loop
-    as asyncio makes them do anywhere.)"""
+    (On the async face they are the program's end, a SIGTERM handler's or Ctrl-C's: a
+    stop, see test_events_review9.)"""
     fdn.events.store({"type": "exit"})
 
     def handler(event: RecordedEvent) -> None:

@@ -339,6 +339,7 @@ class Subscription(_SubscriptionBase):
         super().__init__(events, sql, options)
         self._db = db
         self._stop = threading.Event()
+        self._handling = False  # the handler is running (a stop that times out says so)
         self._wake = threading.Event()
         self._ended = threading.Event()  # the loop's thread is done: the keeper stops
         self._thread: threading.Thread | None = None
@@ -432,8 +433,12 @@ class Subscription(_SubscriptionBase):
             if self._lease_lapsed() and not self._renew():
                 return False  # another consumer may hold the name: not ours to deliver
             try:
-                with _correlated(record):
-                    result = self._handler(record)
+                self._handling = True
+                try:
+                    with _correlated(record):
+                        result = self._handler(record)
+                finally:
+                    self._handling = False
                 if inspect.isawaitable(result):
                     if inspect.iscoroutine(result):
                         result.close()  # nobody will await it: no "never awaited" warning
@@ -495,7 +500,7 @@ class Subscription(_SubscriptionBase):
                 with self._release_lock:
                     if self._state == "running":
                         self._state = "stopping"
-                if self._state == "stopping":  # else the thread ended meanwhile
+                if self._state == "stopping" and self._handling:  # else it ends at once
                     log.warning(
                         "subscription %r: the handler is still running after %s s; the name "
                         "is released when it returns",
@@ -647,8 +652,17 @@ class AsyncSubscription(_SubscriptionBase):
             except Exception as exc:
                 failure = exc
             except (SystemExit, KeyboardInterrupt) as exc:
-                # Recorded, then raised on: in asyncio they end the program, as elsewhere.
-                await self._record_failure(self._failed(record, exc))
+                # The program is ending (a SIGTERM handler's sys.exit, Ctrl-C, which on
+                # the loop land in a plain handler): a stop, not the handler's failure.
+                # The event is not checkpointed (delivered again); _run releases the name.
+                log.warning(
+                    "subscription %r stopped by %s in its handler; the event at position "
+                    "%s is delivered again",
+                    self.name,
+                    type(exc).__name__,
+                    record.position,
+                )
+                self._stopping = True
                 raise
             if attempt > self.options.max_retries:
                 await self._record_failure(self._failed(record, failure))

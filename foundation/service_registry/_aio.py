@@ -405,6 +405,6 @@ class AsyncServiceRegistry(_RegistryBase):
                 log.warning(self._NOT_RELEASED, self._node, exc)
             else:
                 self._released(names, members)  # committed: reported as this node's own
-        self._lost_locally()
+        self._closed_locally()
         self._feed_settled(1.0)  # what the feed applied of the release is queued
         await self._dispatcher.close(timeout=1.0)  # delivers what is queued, within that second

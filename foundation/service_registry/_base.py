@@ -357,6 +357,12 @@ class _RegistryBase(RegistryFeedSide):
         if self._lease is not None and self._node_conflict is None:
             self._reclaim_pending = True
 
+    def _closed_locally(self) -> None:
+        """``close()``, after the release: this node's names are gone, its local ones too
+        (reported ``unregister`` with the released names, before the dispatcher stops)."""
+        self._lost_locally()
+        self._state.notify(self._state.drop_locals())
+
     def _lost_locally(self) -> None:
         if self._lease is not None:
             # Our own entries vanish from lookups at once, and are reported expired (a
@@ -617,7 +623,8 @@ class _RegistryBase(RegistryFeedSide):
             local=True,
             until=INF if ttl_ms is None else now.timestamp() + ttl_ms / 1000,
         )
-        self._state.add_local(entry)
+        if not self._state.add_local(entry):
+            raise self._closed_error({"name": name, "local": True})
         self._state.notify([RegistryChange(name, "register", entry, "local")])
         return entry
 
@@ -639,7 +646,8 @@ class _RegistryBase(RegistryFeedSide):
             local=True,
             until=local.until,
         )
-        self._state.add_local(entry)
+        if not self._state.add_local(entry):
+            raise self._closed_error({"name": name, "local": True})
         self._state.notify([RegistryChange(name, "metadata", entry, "local")])
         return entry
 

@@ -428,6 +428,6 @@ class ServiceRegistry(_RegistryBase):
                 releaser.join()
             else:
                 self._release(params)
-        self._lost_locally()
+        self._closed_locally()
         self._feed_settled(1.0)  # what the feed applied of the release is queued
         self._dispatcher.close(timeout=1.0)  # delivers what is queued (or gives up)

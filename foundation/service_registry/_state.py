@@ -313,6 +313,7 @@ class RegistryState:
         self._announced: set[tuple[str, int]] = set()  # dead leases already reported
         self._timed: set[str] = set()  # names with their own TTL
         self._timed_local: set[str] = set()  # local entries with their own TTL
+        self._locals_dropped = False  # close() dropped them: none is kept any more
         # What was reported dead (or was dead when it reached this cache), with its time of
         # death: one "expired" per registration, none for what was dead before this node
         # saw it. A lease that comes back to life (a late renewal) dies later, and counts.
@@ -751,11 +752,29 @@ class RegistryState:
 
     # -- local entries ----------------------------------------------------------------
 
-    def add_local(self, entry: ServiceEntry) -> None:
+    def add_local(self, entry: ServiceEntry) -> bool:
+        """Keep a local entry; False (nothing kept) once ``drop_locals`` ran (closed)."""
         with self._lock:
+            if self._locals_dropped:
+                return False
             self._local[entry.name] = entry
             if entry.until != INF:
                 self._timed_local.add(entry.name)
+            return True
+
+    def drop_locals(self) -> builtins.list[RegistryChange]:
+        """``close()``: every local entry goes, reported ``unregister`` as a released
+        cluster name is; none is kept after (see ``add_local``)."""
+        with self._lock:
+            self._locals_dropped = True
+            dropped, self._local = self._local, {}
+            self._timed_local.clear()
+        now = _time()
+        return [
+            RegistryChange(e.name, "unregister", e, "local")
+            for e in dropped.values()
+            if e.until > now  # one past its own TTL was (or is being) reported expired
+        ]
 
     def remove_local(self, name: str) -> ServiceEntry | None:
         with self._lock:
