@@ -118,6 +118,18 @@ def encode_json(
     return _checked_size(text, what, max_bytes, error, context)
 
 
+def has_nan_or_infinity(value: Any) -> bool:
+    """Whether a Python value holds a float NaN or Infinity (which pydantic's JSON dump
+    turns into null without a word)."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(has_nan_or_infinity(v) for v in value.values())
+    if isinstance(value, list | tuple | set | frozenset):
+        return any(has_nan_or_infinity(v) for v in value)
+    return False
+
+
 def _checked_size(
     text: str,
     what: str,

@@ -4,6 +4,10 @@
   docs/deployment.md) while a plain handler ran on the loop recorded the subscription as
   ``failed`` ("SystemExit: 0") in its row, with a telemetry ``failed`` and an error in the
   log, at every such shutdown.
+* An event given as a pydantic model stored NaN and Infinity as null (a dict with them is
+  refused): its JSON dump was taken as it came.
+* A refusal of an event's ``data`` or ``metadata`` content, and "expected_version needs a
+  stream_id", did not name the field in ``context`` as the other refusals do.
 """
 
 from __future__ import annotations
@@ -13,8 +17,12 @@ import signal
 import subprocess
 import sys
 import textwrap
+from typing import Any
 
-from foundation import Foundation
+import pydantic
+import pytest
+
+from foundation import AsyncFoundation, EventError, Foundation
 
 _SIGTERM_APP = textwrap.dedent(
     """
@@ -61,3 +69,54 @@ def test_sigterm_in_a_plain_async_handler_is_a_stop_not_a_failure(db_url: str) -
         # Stopped, and the interrupted event (position 1) was not checkpointed.
         assert (row[0], row[1], row[3]) == (0, "stopped", None)
         fdn.events.subscribe("projector", lambda e: None).stop()  # the name is free
+
+
+class _Measured(pydantic.BaseModel):
+    type: str = "measured"
+    data: dict[str, Any]
+    metadata: dict[str, Any] = {}
+
+
+@pytest.mark.parametrize(
+    ("event", "field"),
+    [
+        (_Measured(data={"v": float("nan")}), "data"),
+        (_Measured(data={"v": [1.0, float("-inf")]}), "data"),
+        (_Measured(data={}, metadata={"v": float("inf")}), "metadata"),
+    ],
+)
+def test_a_model_holding_nan_is_refused_as_a_dict_is(
+    fdn: Foundation, event: _Measured, field: str
+) -> None:
+    with pytest.raises(EventError, match="NaN or Infinity") as err:
+        fdn.events.store(event)
+    assert err.value.context["field"] == field
+    with pytest.raises(EventError):
+        fdn.events.store_many([_Measured(data={"v": 1}), event])
+    assert fdn.events.get() == []
+
+
+async def test_a_model_holding_nan_is_refused_as_a_dict_is_async(afdn: AsyncFoundation) -> None:
+    with pytest.raises(EventError) as err:
+        await afdn.events.store(_Measured(data={"v": float("nan")}))
+    assert err.value.context["field"] == "data"
+    assert await afdn.events.get() == []
+
+
+@pytest.mark.parametrize(
+    ("event", "field"),
+    [
+        ({"type": "t", "data": {"x": float("nan")}}, "data"),
+        ({"type": "t", "data": b"bytes"}, "data"),
+        ({"type": "t", "data": {1: "a"}}, "data"),
+        ({"type": "t", "data": "x" * (1 << 20)}, "data"),
+        ({"type": "t", "metadata": {"x": "\x00"}}, "metadata"),
+        ({"type": "t", "metadata": {"x": float("inf")}}, "metadata"),
+        ({"type": "t", "expected_version": 0}, "expected_version"),
+    ],
+)
+def test_a_refused_event_names_its_field(fdn: Foundation, event: Any, field: str) -> None:
+    with pytest.raises(EventError) as err:
+        fdn.events.store(event)
+    assert err.value.context["field"] == field
+    assert fdn.events.get() == []

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import pydantic
 
-from foundation._json import encode_json, normalize_json, same_json
+from foundation._json import encode_json, has_nan_or_infinity, normalize_json, same_json
 from foundation._text import is_utf8
 from foundation.correlation import current_correlation_id
 from foundation.errors import EventError
@@ -182,6 +182,7 @@ def _as_mapping(event: Any) -> Mapping[str, Any]:
     if isinstance(event, pydantic.BaseModel):
         try:
             dumped = event.model_dump(mode="json", exclude_unset=False)
+            _refuse_nan(event)
             if not _EVENT_KEYS.issuperset(dumped):
                 # A model that names the event's fields by alias (kind = Field(alias="type")).
                 by_alias = event.model_dump(mode="json", exclude_unset=False, by_alias=True)
@@ -199,6 +200,18 @@ def _as_mapping(event: Any) -> Mapping[str, Any]:
         f"an event must be a dict, a pydantic model or a dataclass, not {type(event).__name__}",
         context={"type": type(event).__name__},
     )
+
+
+def _refuse_nan(model: pydantic.BaseModel) -> None:
+    """NaN and Infinity are refused in a model as in a dict: its JSON dump would store
+    them as null."""
+    for field, value in model.model_dump().items():
+        if has_nan_or_infinity(value):
+            raise EventError(
+                f"event model {type(model).__name__} is not JSON: its {field!r} holds NaN "
+                "or Infinity, which are not JSON",
+                context={"type": type(model).__name__, "field": field},
+            )
 
 
 def valid_name(value: Any, field: str, *, required: bool) -> str | None:
@@ -296,7 +309,8 @@ def parse_event(event: Any, max_bytes: int) -> NewEvent:
         expected = _expected(expected)
         if stream_id is None:
             raise EventError(
-                "expected_version needs a stream_id", context={"expected_version": expected}
+                "expected_version needs a stream_id",
+                context={"field": "expected_version", "expected_version": expected},
             )
     id_text = str(event_id)
     ctx = {"type": type_, "id": id_text}
@@ -311,7 +325,7 @@ def parse_event(event: Any, max_bytes: int) -> NewEvent:
         what=what,
         max_bytes=max_bytes,
         error=EventError,
-        context=ctx,
+        context={**ctx, "field": "data"},
     )
     metadata = fields.get("metadata")
     if not metadata and (metadata is None or type(metadata) is dict):
@@ -326,7 +340,7 @@ def parse_event(event: Any, max_bytes: int) -> NewEvent:
             what=f"the metadata of event {type_!r}",
             max_bytes=max_bytes,
             error=EventError,
-            context=ctx,
+            context={**ctx, "field": "metadata"},
         )
         metadata = normalize_json(dict(metadata), metadata_text)
     correlation_id = fields.get("correlation_id")

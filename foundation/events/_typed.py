@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from typing import Any
 import pydantic
 
 from foundation._frozen import thaw
-from foundation._json import same_json
+from foundation._json import has_nan_or_infinity, same_json
 from foundation.errors import EventError
 from foundation.events._model import RecordedEvent, _as_mapping, valid_name
 
@@ -307,7 +306,7 @@ def _stored_data(spec: EventType, model: pydantic.BaseModel) -> Any:
             return dumped
         problem = "it decodes back as different data"
         cause = None
-    if _has_nan_or_infinity(model.model_dump()):
+    if has_nan_or_infinity(model.model_dump()):
         # pydantic dumps them as null, which the field then refuses: say what is wrong.
         raise EventError(
             f"event {spec.name!r} is not JSON: NaN and Infinity are not JSON",
@@ -318,16 +317,6 @@ def _stored_data(spec: EventType, model: pydantic.BaseModel) -> Any:
         f"would not decode back ({problem}); check its aliases and serializers",
         context={"type": spec.name},
     ) from cause
-
-
-def _has_nan_or_infinity(value: Any) -> bool:
-    if isinstance(value, float):
-        return not math.isfinite(value)
-    if isinstance(value, dict):
-        return any(_has_nan_or_infinity(v) for v in value.values())
-    if isinstance(value, list | tuple | set | frozenset):
-        return any(_has_nan_or_infinity(v) for v in value)
-    return False
 
 
 def _readable_by_alias(model: type[pydantic.BaseModel]) -> bool:
