@@ -3,14 +3,30 @@
 * ``close()`` released the node's cluster names but kept its local entries: ``lookup``,
   ``find`` and ``list`` still gave them after close, no watcher heard of their end, and a
   local ``register`` after close succeeded (a cluster one raised ``storage_unavailable``).
+* An ``AsyncFoundation`` on SQLite that the program never closed kept the interpreter from
+  exiting for ever: aiosqlite's thread is not a daemon (the sync face's threads are).
+* A registration whose own TTL ran out before its row reached the cache (a TTL shorter
+  than the round trip) was returned by ``register`` but never told to the node's own
+  watchers, neither ``register`` nor ``expired``.
+* An ``expired`` found by a write's own answer or a recovery reached watchers without the
+  ``foundation.registry.expired`` telemetry event (only the feed's and the sweep's had it).
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
 import pytest
 
-from foundation import FoundationError
-from tests.test_registry import node
+from foundation import AsyncFoundation, Foundation, FoundationError
+from tests.helpers import async_wait_for, wait_for
+from tests.test_registry import drain, node, stop_heartbeat
 from tests.test_registry_async import anode
 from tests.test_registry_review3 import kinds, watched
 
@@ -46,3 +62,95 @@ async def test_close_drops_local_entries_and_reports_them_async(db_url: str) -> 
     with pytest.raises(FoundationError) as err:
         await reg.update_metadata("cache", {"v": 2})
     assert err.value.code in {"storage_unavailable", "not_found"}
+
+
+_UNCLOSED_APP = textwrap.dedent(
+    """
+    import asyncio, sys
+    from foundation import AsyncFoundation
+
+    async def main():
+        fdn = await AsyncFoundation(sys.argv[1], migrate="check")
+        await fdn.service_registry.register("svc", "http://a")
+        raise RuntimeError("a bug before close()")
+
+    try:
+        asyncio.run(main())
+    except RuntimeError:
+        print("ended", flush=True)
+    """
+)
+
+
+def test_an_unclosed_async_instance_does_not_keep_the_process_alive(db_url: str) -> None:
+    app = subprocess.run(
+        [sys.executable, "-c", _UNCLOSED_APP, db_url],
+        capture_output=True,
+        text=True,
+        timeout=60,  # the defect: it never exited
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
+    assert (app.returncode, app.stdout) == (0, "ended\n"), app.stderr
+
+
+def _told(fdn: Foundation | AsyncFoundation) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """What this node's watchers and its telemetry were told, by name."""
+    watched_: dict[str, list[str]] = collections.defaultdict(list)
+    telemetry: dict[str, list[str]] = collections.defaultdict(list)
+    fdn.service_registry.watch("short.*", lambda c: watched_[c.name].append(c.kind))
+    fdn.telemetry.attach(
+        "review9-told",
+        [("foundation", "registry", "register"), ("foundation", "registry", "expired")],
+        lambda event, _m, meta, _c: telemetry[meta["name"]].append(event[-1]),
+    )
+    return watched_, telemetry
+
+
+def _all_told(names: list[str], watched_: dict[str, list[str]]) -> bool:
+    return all(watched_.get(n) == ["register", "expired"] for n in names)
+
+
+def test_a_registration_dead_on_arrival_is_told_register_then_expired(db_url: str) -> None:
+    with node(db_url) as fdn:
+        watched_, telemetry = _told(fdn)
+        names = [f"short.{i}" for i in range(20)]
+        for name in names:
+            fdn.service_registry.register(name, "addr", ttl=1)  # 1 ms: gone on arrival
+        wait_for(lambda: _all_told(names, watched_))
+        time.sleep(0.2)  # a sweep or a late feed read would report it twice
+        assert {n: watched_[n] for n in names} == {n: ["register", "expired"] for n in names}
+        assert {n: sorted(telemetry[n]) for n in names} == {
+            n: ["expired", "register"] for n in names
+        }
+
+
+async def test_a_registration_dead_on_arrival_is_told_register_then_expired_async(
+    db_url: str,
+) -> None:
+    fdn = await anode(db_url).open()
+    try:
+        watched_, telemetry = _told(fdn)
+        names = [f"short.{i}" for i in range(20)]
+        for name in names:
+            await fdn.service_registry.register(name, "addr", ttl=1)
+        await async_wait_for(lambda: _all_told(names, watched_))
+        await asyncio.sleep(0.2)
+        assert {n: watched_[n] for n in names} == {n: ["register", "expired"] for n in names}
+        assert {n: sorted(telemetry[n]) for n in names} == {
+            n: ["expired", "register"] for n in names
+        }
+    finally:
+        await fdn.close()
+
+
+def test_an_expiry_found_by_a_write_has_its_telemetry(db_url: str) -> None:
+    with node(db_url) as fdn:
+        reg = fdn.service_registry
+        stop_heartbeat(fdn)  # no sweep: the next register finds the old one dead
+        watched_, telemetry = _told(fdn)
+        reg.register("short.again", "addr", ttl=50)
+        time.sleep(0.1)
+        reg.register("short.again", "addr")
+        drain(reg)
+        assert watched_["short.again"] == ["register", "expired", "register"]
+        assert telemetry["short.again"] == ["register", "expired", "register"]

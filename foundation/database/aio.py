@@ -167,6 +167,12 @@ class AsyncDatabase:
                     isolation_level=None,
                     timeout=self.settings.sqlite_busy_timeout_ms / 1000,
                 )
+                worker = getattr(connecting, "_thread", None)
+                if worker is not None and not worker.is_alive():
+                    # A daemon, as the sync face's threads are: an instance the program
+                    # never closed must not keep the interpreter from exiting (what is
+                    # acknowledged is committed; an open transaction rolls back).
+                    worker.daemon = True
                 try:
                     conn = self._sqlite = await finish(connecting)
                 except BaseException:

@@ -206,7 +206,7 @@ class AsyncServiceRegistry(_RegistryBase):
             if owner is not None and owner[3] is not None:
                 entry = self._entry(owner)
                 # Its register (and our registration's expiry) before the loss it caused.
-                self._state.notify(self._state.apply_entry(entry, name, entry.revision, "remote"))
+                self._notify(self._state.apply_entry(entry, name, entry.revision, "remote"))
             lost[name] = entry
         for (group, member_id), held in list(self._joined.items()):
             await finish(self._rejoin(group, member_id, held))

@@ -361,7 +361,7 @@ class _RegistryBase(RegistryFeedSide):
         """``close()``, after the release: this node's names are gone, its local ones too
         (reported ``unregister`` with the released names, before the dispatcher stops)."""
         self._lost_locally()
-        self._state.notify(self._state.drop_locals())
+        self._notify(self._state.drop_locals())
 
     def _lost_locally(self) -> None:
         if self._lease is not None:
@@ -400,7 +400,7 @@ class _RegistryBase(RegistryFeedSide):
         for group, member_id in members:
             self._joined.pop((group, member_id), None)
             changes += self._state.apply_member(group, member_id, None, "local")
-        self._state.notify(changes)
+        self._notify(changes)
 
     def _register_params(
         self, name: str, held: _Held, gen: int
@@ -427,7 +427,7 @@ class _RegistryBase(RegistryFeedSide):
             raise self._not_held(name)
         self._held[name] = held.with_metadata(meta, text)
         entry = self._entry(row)
-        self._state.notify(self._state.apply_entry(entry, name, entry.revision, "local"))
+        self._notify(self._state.apply_entry(entry, name, entry.revision, "local"))
         return entry
 
     def _fresh_params(
@@ -516,13 +516,13 @@ class _RegistryBase(RegistryFeedSide):
             revision=int(revision),
         )
         self._held[name] = held
-        changes = self._state.apply_entry(entry, name, entry.revision, "local")
+        # Told first: an ``expired`` of the registration this one replaces, if unseen.
+        self._notify(self._state.apply_entry(entry, name, entry.revision, "local"))
         self._telemetry.execute(
             _REGISTER,
             {"duration": time.perf_counter_ns() - started},
             {"node": self._node, "name": name, "epoch": entry.epoch},
         )
-        self._state.notify(changes)
         return entry
 
     def _conflict(self, name: str, owner: tuple[Any, ...] | None) -> AlreadyRegisteredError:
@@ -540,7 +540,7 @@ class _RegistryBase(RegistryFeedSide):
         self._held.pop(name, None)
         changes = self._state.apply_entry(None, name, int(row[0]), "local")
         self._emit(_UNREGISTER, started, {"name": name})
-        self._state.notify(changes)
+        self._notify(changes)
 
     def _not_held(self, name: str, *, force: bool = False) -> FoundationError:
         """``not_found`` for an unregister or update_metadata that changed nothing (on a
@@ -625,7 +625,7 @@ class _RegistryBase(RegistryFeedSide):
         )
         if not self._state.add_local(entry):
             raise self._closed_error({"name": name, "local": True})
-        self._state.notify([RegistryChange(name, "register", entry, "local")])
+        self._notify([RegistryChange(name, "register", entry, "local")])
         return entry
 
     def _update_local(self, local: ServiceEntry, metadata: Any) -> ServiceEntry:
@@ -648,7 +648,7 @@ class _RegistryBase(RegistryFeedSide):
         )
         if not self._state.add_local(entry):
             raise self._closed_error({"name": name, "local": True})
-        self._state.notify([RegistryChange(name, "metadata", entry, "local")])
+        self._notify([RegistryChange(name, "metadata", entry, "local")])
         return entry
 
     def _metadata_json(self, name: str, metadata: Any) -> tuple[Any, str]:
@@ -665,7 +665,7 @@ class _RegistryBase(RegistryFeedSide):
         if entry is None:
             return False
         # Then the cluster entry the local one hid, if any: what lookup returns now.
-        self._state.notify(
+        self._notify(
             [RegistryChange(name, "unregister", entry, "local"), *self._state.unshadowed(name)]
         )
         return True
@@ -696,7 +696,7 @@ class _RegistryBase(RegistryFeedSide):
     def _joined_row(self, row: tuple[Any, ...], held: _Held) -> GroupMember:
         member = self._member(row)
         self._joined[(member.group, member.member_id)] = held
-        self._state.notify(
+        self._notify(
             self._state.apply_member(member.group, member.member_id, member, "local")
         )
         return member
@@ -719,7 +719,7 @@ class _RegistryBase(RegistryFeedSide):
 
     def _left(self, group: str, member_id: str) -> None:
         self._joined.pop((group, member_id), None)
-        self._state.notify(self._state.apply_member(group, member_id, None, "local"))
+        self._notify(self._state.apply_member(group, member_id, None, "local"))
 
     def _pending_names(self) -> tuple[builtins.list[str], dict[str, ServiceEntry | None]]:
         """Names held but not (yet) written under the current lease generation (and
@@ -775,7 +775,7 @@ class _RegistryBase(RegistryFeedSide):
 
     def _judge_after_write(self, name: str) -> None:
         """After this node's write of ``name``: lost meanwhile to another node's change?"""
-        self._state.notify(self._losses([name]))
+        self._notify(self._losses([name]))
 
     def _report_loss(self, kept: builtins.list[str], lost: dict[str, ServiceEntry | None]) -> None:
         self.lease_losses += 1
@@ -784,7 +784,7 @@ class _RegistryBase(RegistryFeedSide):
             {"lost": len(lost), "kept": len(kept)},
             {"node": self._node, "lost": sorted(lost), "kept": sorted(kept)},
         )
-        self._state.notify(
+        self._notify(
             [RegistryChange(name, "lost", owner, "local") for name, owner in lost.items()]
         )
 
@@ -801,12 +801,17 @@ class _RegistryBase(RegistryFeedSide):
                     meta["member_id"] = change.entry.member_id
                 self._telemetry.execute(_EXPIRED, {"count": 1}, meta)
 
-    def _publish(self, changes: builtins.list[RegistryChange]) -> None:
+    def _notify(self, changes: builtins.list[RegistryChange]) -> None:
+        """Tell watchers, and telemetry of each ``expired``, whichever path found it (a
+        feed, a write's own answer, a recovery): one report, both ways."""
         self._count_expired(changes)
+        self._state.notify(changes)
+
+    def _publish(self, changes: builtins.list[RegistryChange]) -> None:
         displaced = self._state.take_displaced()
         if displaced:
             changes = changes + self._losses(displaced)  # after the change that caused them
-        self._state.notify(changes)
+        self._notify(changes)
 
     # -- watch ------------------------------------------------------------------------
 

@@ -541,11 +541,17 @@ class RegistryState:
                 self._timed.add(name)
             death = _death(entry)
             if 0.0 < death <= now or entry.lease is _DEAD:
+                if old_live:
+                    changes.append(RegistryChange(name, "unregister", old, src))
+                if entry.node == self.node and entry.lease is not _DEAD and entry.until <= now:
+                    # This node's own registration, whose own TTL ran out on the way here
+                    # (shorter than a round trip): its register returned it, so both are
+                    # told, once, whichever path brings the row first.
+                    changes.append(RegistryChange(name, "register", entry, "local"))
+                    return changes + self._expired_entry(entry)
                 # Dead before it reached this cache (a lapsed lease or TTL, an old lease
                 # generation): nobody could look it up here, so no register, no expiry.
                 self._reported[name] = (entry, death)
-                if old_live:
-                    changes.append(RegistryChange(name, "unregister", old, src))
                 return changes
             self._reported.pop(name, None)
             if (
