@@ -10,6 +10,8 @@
   watchers, neither ``register`` nor ``expired``.
 * An ``expired`` found by a write's own answer or a recovery reached watchers without the
   ``foundation.registry.expired`` telemetry event (only the feed's and the sweep's had it).
+* SQLite: another node's joins, read by a poll, reached watchers in member id order, not
+  in the order they happened.
 """
 
 from __future__ import annotations
@@ -154,3 +156,15 @@ def test_an_expiry_found_by_a_write_has_its_telemetry(db_url: str) -> None:
         drain(reg)
         assert watched_["short.again"] == ["register", "expired", "register"]
         assert telemetry["short.again"] == ["register", "expired", "register"]
+
+
+def test_a_poll_reports_another_nodes_joins_in_their_order(db_url: str) -> None:
+    with node(db_url, poll_interval_ms=200) as a, node(db_url, poll_interval_ms=200) as b:
+        seen: list[tuple[str, str]] = []
+        b.service_registry.register("warm", "x")  # b's next reads are polls, not a resync
+        wait_for(lambda: a.service_registry.find("warm") is not None)
+        b.service_registry.watch("grp", lambda c: seen.append((c.kind, c.entry.member_id)))
+        for member in ("m3", "m1", "m2"):  # within one poll interval
+            a.service_registry.join("grp", f"h:{member}", member_id=member)
+        wait_for(lambda: len(seen) == 3)
+        assert seen == [("join", "m3"), ("join", "m1"), ("join", "m2")]

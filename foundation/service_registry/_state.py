@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import enum
+import itertools
 import json
 import logging
 import threading
@@ -98,6 +99,14 @@ def _by_name(change: RegistryChange) -> str:
 def _by_member(change: RegistryChange) -> tuple[str, str]:
     member = change.entry
     return change.name, member.member_id if isinstance(member, GroupMember) else ""
+
+
+def _joined_first(run: builtins.list[RegistryChange]) -> tuple[int, float]:
+    """A member's changes in a poll: by the time of a join, a leave after them all."""
+    last = run[-1]
+    if last.kind == "join" and isinstance(last.entry, GroupMember):
+        return 0, last.entry.joined_at.timestamp()
+    return 1, 0.0
 
 
 def _death(entry: ServiceEntry) -> float:
@@ -659,12 +668,18 @@ class RegistryState:
     def replace_members_only(
         self, members: Iterable[GroupMember], mark: int
     ) -> builtins.list[RegistryChange]:
-        """A poll that found only the members changed: they become exactly the table."""
+        """A poll that found only the members changed: they become exactly the table.
+
+        Reported in the order the joins happened (their ``joined_at``), then the members
+        that left, by group and member id: a deleted row says nothing of when it went.
+        Each member's own changes keep their order."""
         with self._lock:
             changes = self.replace_members(members, mark)
             self._resyncing = False
             self._touched.clear()
-            return changes
+        runs = [list(run) for _, run in itertools.groupby(changes, key=_by_member)]
+        runs.sort(key=_joined_first)  # stable: the leaves stay in member id order
+        return [change for run in runs for change in run]
 
     def cached_entry(self, name: str) -> ServiceEntry | None:
         return self._entries.get(name)
