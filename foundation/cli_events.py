@@ -189,6 +189,9 @@ def events_tail(
     as_json: bool,
 ) -> None:
     """The last events (-n), then with --follow every new one (Ctrl-C stops)."""
+    if not follow and (max_events is not None or idle_timeout is not None):
+        option = "--max-events" if max_events is not None else "--idle-timeout"
+        raise click.UsageError(f"{option} applies to --follow only: add --follow, or drop it")
     criteria = _criteria(types, stream)
 
     def show(event: RecordedEvent) -> None:

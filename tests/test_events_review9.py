@@ -8,6 +8,7 @@
   refused): its JSON dump was taken as it came.
 * A refusal of an event's ``data`` or ``metadata`` content, and "expected_version needs a
   stream_id", did not name the field in ``context`` as the other refusals do.
+* ``events tail --max-events`` and ``--idle-timeout`` without ``--follow`` were ignored.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import pydantic
 import pytest
 
 from foundation import AsyncFoundation, EventError, Foundation
+from tests.test_events_cli import run
 
 _SIGTERM_APP = textwrap.dedent(
     """
@@ -120,3 +122,10 @@ def test_a_refused_event_names_its_field(fdn: Foundation, event: Any, field: str
         fdn.events.store(event)
     assert err.value.context["field"] == field
     assert fdn.events.get() == []
+
+
+@pytest.mark.parametrize("option", [["--max-events", "1"], ["--idle-timeout", "1"]])
+def test_tail_refuses_a_follow_option_without_follow(db_url: str, option: list[str]) -> None:
+    result = run(db_url, "events", "tail", *option)
+    assert result.exit_code == 2
+    assert f"{option[0]} applies to --follow only" in result.output

@@ -696,9 +696,7 @@ class _RegistryBase(RegistryFeedSide):
     def _joined_row(self, row: tuple[Any, ...], held: _Held) -> GroupMember:
         member = self._member(row)
         self._joined[(member.group, member.member_id)] = held
-        self._notify(
-            self._state.apply_member(member.group, member.member_id, member, "local")
-        )
+        self._notify(self._state.apply_member(member.group, member.member_id, member, "local"))
         return member
 
     def _leave_targets(self, group: Any, member_id: Any) -> tuple[str, builtins.list[str]]:
@@ -784,9 +782,7 @@ class _RegistryBase(RegistryFeedSide):
             {"lost": len(lost), "kept": len(kept)},
             {"node": self._node, "lost": sorted(lost), "kept": sorted(kept)},
         )
-        self._notify(
-            [RegistryChange(name, "lost", owner, "local") for name, owner in lost.items()]
-        )
+        self._notify([RegistryChange(name, "lost", owner, "local") for name, owner in lost.items()])
 
     def _emit(self, event: tuple[str, ...], started: int, metadata: dict[str, Any]) -> None:
         self._telemetry.execute(
