@@ -9,6 +9,8 @@
 * A refusal of an event's ``data`` or ``metadata`` content, and "expected_version needs a
   stream_id", did not name the field in ``context`` as the other refusals do.
 * ``events tail --max-events`` and ``--idle-timeout`` without ``--follow`` were ignored.
+* SQLite: a config change made with plain SQL was stamped with milliseconds in its history
+  row, its event with microseconds: the two disagreed as text (migration 0013).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 
 import pydantic
 import pytest
+import sqlalchemy as sa
 
 from foundation import AsyncFoundation, EventError, Foundation
 from tests.test_events_cli import run
@@ -129,3 +132,28 @@ def test_tail_refuses_a_follow_option_without_follow(db_url: str, option: list[s
     result = run(db_url, "events", "tail", *option)
     assert result.exit_code == 2
     assert f"{option[0]} applies to --follow only" in result.output
+
+
+def test_sqlite_plain_sql_config_changes_are_stamped_as_their_events(tmp_path: Any) -> None:
+    url = f"sqlite:///{tmp_path}/stamp.db"
+    with Foundation(url, migrate="upgrade") as fdn:
+        fdn.config.set("port", 1)
+        fdn.config.set("gone", 1)
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:  # as typed in sqlite3
+        conn.execute(sa.text("UPDATE foundation_config SET value = '2' WHERE key = 'port'"))
+        conn.execute(sa.text("DELETE FROM foundation_config WHERE key = 'gone'"))
+    with engine.connect() as conn:
+        by_sql = conn.execute(
+            sa.text(
+                "SELECT c.changed_at, e.recorded_at FROM foundation_audit_config c "
+                "LEFT JOIN foundation_audit_events e ON e.type = 'foundation.config.changed' "
+                "AND json_extract(e.data, '$.revision') = c.revision "
+                "AND json_extract(e.data, '$.key') = c.key "
+                "WHERE c.changed_by = 'sql' ORDER BY c.id"
+            )
+        ).all()
+    engine.dispose()
+    assert len(by_sql) == 2
+    for changed_at, recorded_at in by_sql:
+        assert changed_at == recorded_at and len(changed_at) == len("2026-01-01 00:00:00.000000")
