@@ -14,6 +14,8 @@
 * PostgreSQL: ``events import`` into a new database slowed down as the log grew (100,000
   events: 3 minutes), its plans made when the log was empty; it now analyzes the log as
   it grows.
+* Found in review of those fixes: a sync ``stop(timeout=0)`` released the name while the
+  loop was about to call the handler (it ran after ``stop()`` said ``stopped``).
 """
 
 from __future__ import annotations
@@ -174,3 +176,32 @@ def test_import_analyzes_a_growing_postgresql_log(db_url: str, tmp_path: Any) ->
         )
         assert analyzed is not None and analyzed[0] is not None
         assert len(fdn.events.get(type="imported", limit=2000)) == 1200
+
+
+def test_a_stop_that_times_out_before_the_handler_starts_keeps_the_name(
+    fdn: Foundation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+    import time
+
+    from foundation.events._subscription import Subscription
+
+    fdn.events.store({"type": "job"})
+    about_to_handle = threading.Event()
+    handled: list[int] = []
+    lapsed = Subscription._lease_lapsed
+
+    def slow(self: Subscription) -> bool:
+        about_to_handle.set()
+        time.sleep(0.2)  # between the loop's stop check and the handler
+        return lapsed(self)
+
+    monkeypatch.setattr(Subscription, "_lease_lapsed", slow)
+    sub = fdn.events.subscribe("projector", lambda e: handled.append(e.position))
+    assert about_to_handle.wait(10)
+    sub.stop(timeout=0)
+    assert sub.status.state == "stopping"
+    row = fdn.database.fetchone(fdn.events._sql.sub_read, {"name": "projector"})
+    assert row is not None and row[1] == "running"  # held while the handler may run
+    sub.stop(timeout=None)
+    assert sub.status.state == "stopped" and handled == [1]

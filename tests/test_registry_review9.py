@@ -12,6 +12,9 @@
   ``foundation.registry.expired`` telemetry event (only the feed's and the sweep's had it).
 * SQLite: another node's joins, read by a poll, reached watchers in member id order, not
   in the order they happened.
+* Found in review of those fixes: a local entry whose own TTL ran out unswept was dropped
+  by ``close()`` untold; an ``update_metadata`` answered as the registration's TTL ended
+  told it ``register, expired`` a second time.
 """
 
 from __future__ import annotations
@@ -159,6 +162,8 @@ def test_an_expiry_found_by_a_write_has_its_telemetry(db_url: str) -> None:
 
 
 def test_a_poll_reports_another_nodes_joins_in_their_order(db_url: str) -> None:
+    if not db_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL tells each join by NOTIFY; a listener's resync, by member id")
     with node(db_url, poll_interval_ms=200) as a, node(db_url, poll_interval_ms=200) as b:
         seen: list[tuple[str, str]] = []
         b.service_registry.register("warm", "x")  # b's next reads are polls, not a resync
@@ -168,3 +173,38 @@ def test_a_poll_reports_another_nodes_joins_in_their_order(db_url: str) -> None:
             a.service_registry.join("grp", f"h:{member}", member_id=member)
         wait_for(lambda: len(seen) == 3)
         assert seen == [("join", "m3"), ("join", "m1"), ("join", "m2")]
+
+
+def test_close_tells_the_expiry_of_a_local_entry_not_yet_swept(db_url: str) -> None:
+    fdn = node(db_url)
+    stop_heartbeat(fdn)  # no sweep: only close() can tell it
+    seen = watched(fdn, "*")
+    fdn.service_registry.register("brief", object(), local=True, ttl=20)
+    time.sleep(0.05)
+    fdn.close()
+    assert kinds(seen) == ["register", "expired"]
+
+
+def test_an_update_answered_as_its_ttl_ends_is_told_once(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from foundation.service_registry import _state
+
+    with node(db_url) as fdn:
+        reg = fdn.service_registry
+        stop_heartbeat(fdn)
+        watched_, telemetry = _told(fdn)
+        reg.register("short.update", "addr", ttl=60_000)
+        installed = reg._metadata_updated
+
+        def late(*args: object) -> object:
+            # The row comes back after the registration's own TTL ran out.
+            monkeypatch.setattr(_state, "_time", lambda: time.time() + 120)
+            return installed(*args)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(reg, "_metadata_updated", late)
+        reg.update_metadata("short.update", {"v": 2})
+        reg._sweep()
+        drain(reg)
+        assert watched_["short.update"] == ["register", "expired"]
+        assert telemetry["short.update"] == ["register", "expired"]

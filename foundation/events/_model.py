@@ -182,12 +182,13 @@ def _as_mapping(event: Any) -> Mapping[str, Any]:
     if isinstance(event, pydantic.BaseModel):
         try:
             dumped = event.model_dump(mode="json", exclude_unset=False)
-            _refuse_nan(event)
+            alias = False
             if not _EVENT_KEYS.issuperset(dumped):
                 # A model that names the event's fields by alias (kind = Field(alias="type")).
                 by_alias = event.model_dump(mode="json", exclude_unset=False, by_alias=True)
                 if _EVENT_KEYS.issuperset(by_alias):
-                    return by_alias
+                    dumped, alias = by_alias, True
+            _refuse_nan(event, alias)
             return dumped
         except (ValueError, TypeError) as exc:  # PydanticSerializationError is a ValueError
             raise EventError(
@@ -202,10 +203,11 @@ def _as_mapping(event: Any) -> Mapping[str, Any]:
     )
 
 
-def _refuse_nan(model: pydantic.BaseModel) -> None:
+def _refuse_nan(model: pydantic.BaseModel, by_alias: bool) -> None:
     """NaN and Infinity are refused in a model as in a dict: its JSON dump would store
-    them as null."""
-    for field, value in model.model_dump().items():
+    them as null. Read from the model's Python values, so a serializer that turns them
+    into something else must run in both modes (``when_used="always"``)."""
+    for field, value in model.model_dump(by_alias=by_alias).items():
         if has_nan_or_infinity(value):
             raise EventError(
                 f"event model {type(model).__name__} is not JSON: its {field!r} holds NaN "

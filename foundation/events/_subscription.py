@@ -500,13 +500,14 @@ class Subscription(_SubscriptionBase):
                 with self._release_lock:
                     if self._state == "running":
                         self._state = "stopping"
-                if self._state == "stopping" and self._handling:  # else it ends at once
-                    log.warning(
-                        "subscription %r: the handler is still running after %s s; the name "
-                        "is released when it returns",
-                        self.name,
-                        timeout,
-                    )
+                if self._state == "stopping":  # else the thread ended meanwhile
+                    if self._handling:  # an idle loop ends at once: nothing to say
+                        log.warning(
+                            "subscription %r: the handler is still running after %s s; the "
+                            "name is released when it returns",
+                            self.name,
+                            timeout,
+                        )
                     return
         self._release()
 

@@ -361,7 +361,7 @@ class _RegistryBase(RegistryFeedSide):
         """``close()``, after the release: this node's names are gone, its local ones too
         (reported ``unregister`` with the released names, before the dispatcher stops)."""
         self._lost_locally()
-        self._notify(self._state.drop_locals())
+        self._count_expired(self._state.drop_locals())  # told as dropped, under its lock
 
     def _lost_locally(self) -> None:
         if self._lease is not None:
@@ -623,9 +623,8 @@ class _RegistryBase(RegistryFeedSide):
             local=True,
             until=INF if ttl_ms is None else now.timestamp() + ttl_ms / 1000,
         )
-        if not self._state.add_local(entry):
+        if not self._state.add_local(entry, "register"):
             raise self._closed_error({"name": name, "local": True})
-        self._notify([RegistryChange(name, "register", entry, "local")])
         return entry
 
     def _update_local(self, local: ServiceEntry, metadata: Any) -> ServiceEntry:
@@ -646,9 +645,8 @@ class _RegistryBase(RegistryFeedSide):
             local=True,
             until=local.until,
         )
-        if not self._state.add_local(entry):
+        if not self._state.add_local(entry, "metadata"):
             raise self._closed_error({"name": name, "local": True})
-        self._notify([RegistryChange(name, "metadata", entry, "local")])
         return entry
 
     def _metadata_json(self, name: str, metadata: Any) -> tuple[Any, str]:

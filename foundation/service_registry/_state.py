@@ -550,6 +550,12 @@ class RegistryState:
                 self._timed.add(name)
             death = _death(entry)
             if 0.0 < death <= now or entry.lease is _DEAD:
+                if old is not None and old.epoch == entry.epoch and old.node == entry.node:
+                    # The same registration, changed (update_metadata) as it ended: its end
+                    # is told once, as an expiry.
+                    changes += self._expired_entry(old) if old_live else []
+                    self._reported[name] = (entry, death)
+                    return changes
                 if old_live:
                     changes.append(RegistryChange(name, "unregister", old, src))
                 if entry.node == self.node and entry.lease is not _DEAD and entry.until <= now:
@@ -773,29 +779,33 @@ class RegistryState:
 
     # -- local entries ----------------------------------------------------------------
 
-    def add_local(self, entry: ServiceEntry) -> bool:
-        """Keep a local entry; False (nothing kept) once ``drop_locals`` ran (closed)."""
+    def add_local(self, entry: ServiceEntry, kind: ChangeKind) -> bool:
+        """Keep a local entry and tell watchers (``register`` or ``metadata``), as one
+        against ``drop_locals``; False (nothing kept or told) once that ran (closed)."""
         with self._lock:
             if self._locals_dropped:
                 return False
             self._local[entry.name] = entry
             if entry.until != INF:
                 self._timed_local.add(entry.name)
+            self.notify([RegistryChange(entry.name, kind, entry, "local")])
             return True
 
     def drop_locals(self) -> builtins.list[RegistryChange]:
-        """``close()``: every local entry goes, reported ``unregister`` as a released
-        cluster name is; none is kept after (see ``add_local``)."""
+        """``close()``: every local entry goes, told ``unregister`` as a released cluster
+        name is (``expired`` if its own TTL ran out unswept); none is kept after (see
+        ``add_local``). Returns what watchers were told."""
         with self._lock:
             self._locals_dropped = True
             dropped, self._local = self._local, {}
             self._timed_local.clear()
-        now = _time()
-        return [
-            RegistryChange(e.name, "unregister", e, "local")
-            for e in dropped.values()
-            if e.until > now  # one past its own TTL was (or is being) reported expired
-        ]
+            now = _time()
+            changes = [
+                RegistryChange(e.name, "unregister" if e.until > now else "expired", e, "local")
+                for e in dropped.values()
+            ]
+            self.notify(changes)
+            return changes
 
     def remove_local(self, name: str) -> ServiceEntry | None:
         with self._lock:
