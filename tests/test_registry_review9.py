@@ -15,6 +15,11 @@
 * Found in review of those fixes: a local entry whose own TTL ran out unswept was dropped
   by ``close()`` untold; an ``update_metadata`` answered as the registration's TTL ended
   told it ``register, expired`` a second time.
+* PostgreSQL: a ``register`` whose reply was lost (the connection cut after its commit)
+  raised ``storage_unavailable`` and left a row of this node's lease that the node did not
+  hold: ``owns()`` False, ``unregister`` ``not_found``, a retry ``already_registered`` by
+  itself, and the heartbeat kept it alive. Forced here by a reply dropped after the
+  statement ran.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from typing import Any
 
 import pytest
 
@@ -208,3 +214,107 @@ def test_an_update_answered_as_its_ttl_ends_is_told_once(
         drain(reg)
         assert watched_["short.update"] == ["register", "expired"]
         assert telemetry["short.update"] == ["register", "expired"]
+
+
+def _lose_register_replies(
+    fdn: Foundation | AsyncFoundation,
+    monkeypatch: pytest.MonkeyPatch,
+    reads_fail: bool,
+    aio: bool = False,
+) -> None:
+    """The register statements commit, then their reply is lost (and, with
+    ``reads_fail``, the database stays away for the read that follows)."""
+    from foundation import StorageUnavailableError
+
+    reg, db = fdn.service_registry, fdn.service_registry._db
+    writes = {reg._sql.register, reg._sql.register_new}
+    down = {"read": reads_fail}
+
+    def before(sql: str) -> None:
+        if sql == reg._sql.select_entry and down["read"]:
+            down["read"] = False  # back for the heartbeat
+            raise StorageUnavailableError("still down (simulated)")
+
+    def after(sql: str) -> None:
+        if sql in writes:
+            raise StorageUnavailableError("the reply was lost (simulated)")
+
+    for method in ("execute", "fetchone"):
+        real = getattr(db, method)
+
+        async def acall(sql: str, params: Any = None, _real: Any = real) -> Any:
+            before(sql)
+            result = await _real(sql, params)
+            after(sql)
+            return result
+
+        def call(sql: str, params: Any = None, _real: Any = real) -> Any:
+            before(sql)
+            result = _real(sql, params)
+            after(sql)
+            return result
+
+        monkeypatch.setattr(db, method, acall if aio else call)
+
+
+def test_a_register_whose_reply_was_lost_is_adopted(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with node(db_url) as fdn:
+        reg = fdn.service_registry
+        _lose_register_replies(fdn, monkeypatch, reads_fail=False)
+        entry = reg.register("svc", "http://a")  # written: the read after says so
+        monkeypatch.undo()
+        assert reg.owns("svc") and reg.lookup("svc").epoch == entry.epoch
+        reg.unregister("svc")
+        assert reg.find("svc") is None
+
+
+def test_a_lost_register_left_alone_is_released_by_the_heartbeat(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with node(db_url) as fdn, node(db_url) as other:
+        reg = fdn.service_registry
+        _lose_register_replies(fdn, monkeypatch, reads_fail=True)
+        with pytest.raises(FoundationError) as err:
+            reg.register("svc", "http://a")
+        monkeypatch.undo()
+        assert err.value.code == "storage_unavailable" and not reg.owns("svc")
+        reg.heartbeat()  # the failed call said nothing was written: so it is
+        wait_for(lambda: other.service_registry.find("svc") is None)
+        other.service_registry.register("svc", "http://b")
+
+
+def test_a_retry_with_other_values_replaces_a_lost_register(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with node(db_url) as fdn:
+        reg = fdn.service_registry
+        _lose_register_replies(fdn, monkeypatch, reads_fail=True)
+        with pytest.raises(FoundationError):
+            reg.register("svc", "http://a")
+        monkeypatch.undo()
+        entry = reg.register("svc", "http://b")  # a retry, another address
+        assert reg.owns("svc") and reg.lookup("svc").address == "http://b"
+        assert entry.epoch == 2
+
+
+async def test_a_register_whose_reply_was_lost_is_adopted_async(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fdn = await anode(db_url).open()
+    try:
+        reg = fdn.service_registry
+        _lose_register_replies(fdn, monkeypatch, reads_fail=False, aio=True)
+        await reg.register("svc", "http://a")
+        monkeypatch.undo()
+        assert reg.owns("svc")
+        await reg.unregister("svc")
+        _lose_register_replies(fdn, monkeypatch, reads_fail=True, aio=True)
+        with pytest.raises(FoundationError):
+            await reg.register("again", "http://a")
+        monkeypatch.undo()
+        assert await reg.heartbeat()
+        await async_wait_for(lambda: reg.find("again") is None)
+    finally:
+        await fdn.close()

@@ -13,15 +13,14 @@ from collections.abc import Callable
 from typing import Any
 
 from foundation.database.aio import AsyncDatabase, finish
-from foundation.errors import (
-    FoundationError,
-)
+from foundation.errors import FoundationError, StorageUnavailableError
 from foundation.service_registry._base import (
     _CLOSE_WAIT_S,
     _HEARTBEAT_FAILED,
     _TAKE_ATTEMPTS,
     NEW_ROW,
     RegistryOptions,
+    _Held,
     _RegistryBase,
     log,
 )
@@ -123,6 +122,12 @@ class AsyncServiceRegistry(_RegistryBase):
                 self._ticked = time.monotonic()  # see _loop_sweep
 
     async def heartbeat(self) -> bool:
+        renewed = await self._renew()
+        if renewed and self._in_doubt:
+            await self._settle_doubts()  # out of the recovery's lock: writes take it inside
+        return renewed
+
+    async def _renew(self) -> bool:
         async with self._lock():
             if self._lease is None or self._closed:
                 return False
@@ -251,18 +256,71 @@ class AsyncServiceRegistry(_RegistryBase):
         """The write and what this node keeps of it: run whole, even if the caller is
         cancelled meanwhile (else a row this node wrote would be one it cannot remove).
         None: the lease changed while we wrote (a recovery ran): write again under it."""
-        params, now = self._register_params(name, held, lease.generation)
+        gen = lease.generation
+        params, now = self._register_params(name, held, gen)
         fresh = self._fresh_params(name, params)
-        if fresh is not None and await self._db.execute(self._sql.register_new, fresh):
-            row: tuple[Any, ...] | None = NEW_ROW
-        else:
-            row = await self._db.fetchone(self._sql.register, params)
+        try:
+            if fresh is not None and await self._db.execute(self._sql.register_new, fresh):
+                row: tuple[Any, ...] | None = NEW_ROW
+            else:
+                row = await self._db.fetchone(self._sql.register, params)
+        except StorageUnavailableError:
+            adopted = await self._lost_reply(name, held, gen, started)
+            if adopted is None:
+                raise
+            return adopted
         if row is None:
             owner = await self._db.fetchone(self._sql.select_entry, {"name": name})
-            raise self._conflict(name, owner)
+            if not self._orphan(name, gen, owner):
+                raise self._conflict(name, owner)
+            assert owner is not None
+            if self._adoptable(held, owner):
+                return self._adopt(name, held, gen, owner, started)
+            await self._release_orphan(name, gen)
+            return None  # written anew with the values of this call
         if self._lease is not lease:
             return None
-        return self._registered(name, held, lease.generation, row, now, started)
+        return self._registered(name, held, gen, row, now, started)
+
+    async def _lost_reply(
+        self, name: str, held: _Held, gen: int, started: int
+    ) -> ServiceEntry | None:
+        """As :meth:`ServiceRegistry._lost_reply`."""
+        try:
+            owner = await self._db.fetchone(self._sql.select_entry, {"name": name})
+        except FoundationError:
+            self._in_doubt.add(name)
+            return None
+        if not self._orphan(name, gen, owner):
+            return None
+        assert owner is not None
+        if self._adoptable(held, owner):
+            return self._adopt(name, held, gen, owner, started)
+        self._in_doubt.add(name)
+        return None
+
+    async def _release_orphan(self, name: str, gen: int) -> None:
+        """As :meth:`ServiceRegistry._release_orphan`."""
+        params = {"name": name, "node": self._node, "gen": gen, **self._sql.clock()}
+        row = await self._db.fetchone(self._sql.unregister, params)
+        if row is not None:
+            self._unregistered(name, row, time.perf_counter_ns())
+
+    async def _settle_doubts(self) -> None:
+        """As :meth:`ServiceRegistry._settle_doubts`."""
+        for name in builtins.list(self._in_doubt):
+            lock = self._begin_write(name)
+            locked = False
+            try:
+                locked = await lock.acquire()
+                lease = self._lease
+                if lease is not None and self._held_live(name) is None:
+                    owner = await self._db.fetchone(self._sql.select_entry, {"name": name})
+                    if self._orphan(name, lease.generation, owner):
+                        await finish(self._release_orphan(name, lease.generation))
+                self._in_doubt.discard(name)
+            finally:
+                await self._settle(name, lock, locked)
 
     def _new_write_lock(self) -> asyncio.Lock:
         return asyncio.Lock()

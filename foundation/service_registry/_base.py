@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from foundation._json import same_json
 from foundation.errors import (
     AlreadyRegisteredError,
     ConfigError,
@@ -147,6 +148,9 @@ class _RegistryBase(RegistryFeedSide):
         self._lease: _Lease | None = None
         self._deadline = 0.0  # monotonic: this node's own view of its lease
         self._held: dict[str, _Held] = {}
+        # Names whose register failed on the connection, unread since: it may have
+        # committed (its reply lost). The heartbeat settles them (see _orphan).
+        self._in_doubt: set[str] = set()
         self._joined: dict[tuple[str, str], _Held] = {}
         self._reclaim_pending = False
         # Set while another live instance holds this node id's lease (see the module).
@@ -524,6 +528,42 @@ class _RegistryBase(RegistryFeedSide):
             {"node": self._node, "name": name, "epoch": entry.epoch},
         )
         return entry
+
+    # -- a register whose reply was lost ----------------------------------------------
+    #
+    # On PostgreSQL a connection cut after the commit and before the reply raises
+    # storage_unavailable for a register that did write: the row is this node's, under
+    # its current lease, while this node does not hold it (nor can it unregister it, and
+    # a retry found it "already registered" by itself). Such a row is an orphan. A retry
+    # with the same values adopts it (the register succeeded after all); one with other
+    # values releases it and writes anew; left alone, the heartbeat releases it, as the
+    # failed call said nothing was written.
+
+    def _orphan(self, name: str, gen: int, owner: tuple[Any, ...] | None) -> bool:
+        """Whether ``owner`` (the name's row) is this node's, under lease generation
+        ``gen``, and not a registration this node holds."""
+        return (
+            owner is not None
+            and owner[3] == self._node
+            and owner[4] is not None
+            and int(owner[4]) == gen
+            and self._held_live(name) is None
+        )
+
+    def _adoptable(self, held: _Held, owner: tuple[Any, ...]) -> bool:
+        """Whether the orphan ``owner`` holds the values a register sends now."""
+        load = self._sql.codec.load_json
+        return (
+            same_json(load(owner[1]), held.address)
+            and same_json(load(owner[2]), held.metadata)
+            and (owner[8] is None) == (held.ttl_ms is None)
+        )
+
+    def _adopt(
+        self, name: str, held: _Held, gen: int, owner: tuple[Any, ...], started: int
+    ) -> ServiceEntry:
+        self._in_doubt.discard(name)
+        return self._registered(name, held, gen, (owner[5], owner[6], owner[7]), None, started)
 
     def _conflict(self, name: str, owner: tuple[Any, ...] | None) -> AlreadyRegisteredError:
         context: dict[str, Any] = {"name": name}

@@ -13,15 +13,14 @@ from collections.abc import Callable
 from typing import Any
 
 from foundation.database.sync import SyncDatabase
-from foundation.errors import (
-    FoundationError,
-)
+from foundation.errors import FoundationError, StorageUnavailableError
 from foundation.service_registry._base import (
     _CLOSE_WAIT_S,
     _HEARTBEAT_FAILED,
     _TAKE_ATTEMPTS,
     NEW_ROW,
     RegistryOptions,
+    _Held,
     _RegistryBase,
     log,
 )
@@ -118,6 +117,12 @@ class ServiceRegistry(_RegistryBase):
 
     def heartbeat(self) -> bool:
         """Renew the lease now (one statement); on a lost lease, recover. True if renewed."""
+        renewed = self._renew()
+        if renewed and self._in_doubt:
+            self._settle_doubts()  # out of the recovery's lock: writes take it inside theirs
+        return renewed
+
+    def _renew(self) -> bool:
         with self._recover_lock:
             if self._lease is None or self._closed:
                 return False
@@ -239,20 +244,74 @@ class ServiceRegistry(_RegistryBase):
             locked = lock.acquire()
             while True:
                 lease = self._ensure_lease()
-                params, now = self._register_params(name, held, lease.generation)
+                gen = lease.generation
+                params, now = self._register_params(name, held, gen)
                 fresh = self._fresh_params(name, params)
-                if fresh is not None and self._db.execute(self._sql.register_new, fresh):
-                    row: tuple[Any, ...] | None = NEW_ROW
-                else:
-                    row = self._db.fetchone(self._sql.register, params)
+                try:
+                    if fresh is not None and self._db.execute(self._sql.register_new, fresh):
+                        row: tuple[Any, ...] | None = NEW_ROW
+                    else:
+                        row = self._db.fetchone(self._sql.register, params)
+                except StorageUnavailableError:
+                    adopted = self._lost_reply(name, held, gen, started)
+                    if adopted is None:
+                        raise
+                    return adopted
                 if row is None:
                     owner = self._db.fetchone(self._sql.select_entry, {"name": name})
-                    raise self._conflict(name, owner)
+                    if not self._orphan(name, gen, owner):
+                        raise self._conflict(name, owner)
+                    assert owner is not None
+                    if self._adoptable(held, owner):
+                        return self._adopt(name, held, gen, owner, started)
+                    self._release_orphan(name, gen)
+                    continue  # written anew with the values of this call
                 if self._lease is lease:
                     return self._registered(name, held, lease.generation, row, now, started)
                 # The lease changed while we wrote (a recovery ran): write again under it.
         finally:
             self._settle(name, lock, locked)
+
+    def _lost_reply(self, name: str, held: _Held, gen: int, started: int) -> ServiceEntry | None:
+        """After a register failed on the connection: its row, read again, says whether it
+        committed (see ``_orphan``). The entry if it did with these values; else None, and
+        the name waits in doubt for the heartbeat when the row cannot be read."""
+        try:
+            owner = self._db.fetchone(self._sql.select_entry, {"name": name})
+        except FoundationError:
+            self._in_doubt.add(name)
+            return None
+        if not self._orphan(name, gen, owner):
+            return None
+        assert owner is not None
+        if self._adoptable(held, owner):
+            return self._adopt(name, held, gen, owner, started)
+        self._in_doubt.add(name)
+        return None
+
+    def _release_orphan(self, name: str, gen: int) -> None:
+        """Release a row of this node's lease that it does not hold (the name's write
+        lock is held)."""
+        params = {"name": name, "node": self._node, "gen": gen, **self._sql.clock()}
+        row = self._db.fetchone(self._sql.unregister, params)
+        if row is not None:
+            self._unregistered(name, row, time.perf_counter_ns())
+
+    def _settle_doubts(self) -> None:
+        """Release the orphans of lost replies that no retry adopted (a heartbeat's)."""
+        for name in builtins.list(self._in_doubt):
+            lock = self._begin_write(name)
+            locked = False
+            try:
+                locked = lock.acquire()
+                lease = self._lease
+                if lease is not None and self._held_live(name) is None:
+                    owner = self._db.fetchone(self._sql.select_entry, {"name": name})
+                    if self._orphan(name, lease.generation, owner):
+                        self._release_orphan(name, lease.generation)
+                self._in_doubt.discard(name)
+            finally:
+                self._settle(name, lock, locked)
 
     def _new_write_lock(self) -> threading.Lock:
         return threading.Lock()
