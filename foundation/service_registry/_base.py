@@ -559,6 +559,20 @@ class _RegistryBase(RegistryFeedSide):
             and (owner[8] is None) == (held.ttl_ms is None)
         )
 
+    def _judge_lost_reply(
+        self, name: str, held: _Held, gen: int, owner: tuple[Any, ...] | None, started: int
+    ) -> ServiceEntry | None:
+        """A register that failed on the connection, and its row as read after: the entry
+        if the write landed with these values; else None (an orphan of other values waits
+        in doubt for the heartbeat)."""
+        if not self._orphan(name, gen, owner):
+            return None
+        assert owner is not None
+        if self._adoptable(held, owner):
+            return self._adopt(name, held, gen, owner, started)
+        self._in_doubt.add(name)
+        return None
+
     def _adopt(
         self, name: str, held: _Held, gen: int, owner: tuple[Any, ...], started: int
     ) -> ServiceEntry:

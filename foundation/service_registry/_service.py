@@ -281,13 +281,7 @@ class ServiceRegistry(_RegistryBase):
         except FoundationError:
             self._in_doubt.add(name)
             return None
-        if not self._orphan(name, gen, owner):
-            return None
-        assert owner is not None
-        if self._adoptable(held, owner):
-            return self._adopt(name, held, gen, owner, started)
-        self._in_doubt.add(name)
-        return None
+        return self._judge_lost_reply(name, held, gen, owner, started)
 
     def _release_orphan(self, name: str, gen: int) -> None:
         """Release a row of this node's lease that it does not hold (the name's write
