@@ -303,6 +303,14 @@ class Foundation(_Base):
                 steps.callback(self.events.close)  # subscriptions, while the database is open
 
     def __enter__(self) -> Foundation:
+        if self._db.closed:
+            # As AsyncFoundation.open: a closed instance is not reopened (its lease, feed
+            # and connections are gone); the first call would say so, later and less well.
+            raise StorageUnavailableError(
+                "this Foundation was closed and cannot be opened again: create a new "
+                "Foundation(url)",
+                context={"url": self.url.masked, "closed": True},
+            )
         return self
 
     def __exit__(self, *exc: object) -> None:

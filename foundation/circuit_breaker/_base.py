@@ -430,7 +430,10 @@ class _BreakersBase:
         return self._local.get(name)
 
     def breakers(self) -> list[BreakerInfo]:
-        """Every breaker this node knows (shared ones: all of the cluster's), by name."""
+        """The breakers with a state to show, by name (shared ones: the cluster's): those
+        that failed since their last reset, are open or half-open, or were forced. A
+        breaker whose calls all succeeded keeps no row (it is closed, with no failures,
+        which is what ``state`` says of any name) and is not listed."""
         now_shared, now_local = self._now(), _now_local()
         out = []
         for scope, rows, now in (

@@ -42,6 +42,8 @@ GRANT SELECT ON foundation_audit_events, foundation_audit_config, foundation_aud
 -- Nothing on foundation_topic_revisions: it carries SQLite's change feed and is not used
 -- on PostgreSQL (the feed there is LISTEN/NOTIFY).
 
--- The one function the runtime's statements call (triggers run theirs as the owner set
--- them up; they need no grant).
+-- The functions the runtime's statements call (PostgreSQL lets PUBLIC execute any
+-- function unless revoked; triggers run theirs as the owner set them up and need no grant).
 GRANT EXECUTE ON FUNCTION foundation_lease_live(text, bigint) TO foundation_app;
+GRANT EXECUTE ON FUNCTION foundation_append_events(jsonb, timestamptz, text, boolean)
+    TO foundation_app;

@@ -475,9 +475,18 @@ def default_metrics(
         metrics.last_value(
             "foundation.poller.memory.rss", unit="byte", description="Resident memory"
         ),
+        metrics.last_value(
+            "foundation.poller.memory.peak_rss", unit="byte", description="Peak resident memory"
+        ),
+        metrics.last_value(
+            "foundation.poller.memory.vms", unit="byte", description="Virtual memory size"
+        ),
         # circuit breakers
         metrics.last_value(
             "foundation.poller.circuit_breakers.open", description="Circuit breakers open now"
+        ),
+        metrics.last_value(
+            "foundation.poller.circuit_breakers.total", description="Circuit breakers known"
         ),
         metrics.counter(
             "foundation.circuit_breaker.state_change.count",
