@@ -203,6 +203,16 @@ class Foundation(_Base):
     ``migrate``: ``"upgrade"`` the schema on start, ``"check"`` that it is at head, or
     ``"skip"``; by default SQLite upgrades and PostgreSQL checks (run ``foundation db
     upgrade`` during deploys). Other keyword arguments override :class:`Settings`.
+
+    The services, one object each: ``config`` (:class:`~foundation.config.Config`),
+    ``events`` (:class:`~foundation.events.Events`), ``service_registry``
+    (:class:`~foundation.service_registry.ServiceRegistry`), ``circuit_breaker``
+    (:class:`~foundation.circuit_breaker.CircuitBreakers`), ``rate_limiter``
+    (:class:`~foundation.rate_limiter.RateLimiter`) and ``telemetry``
+    (:class:`~foundation.telemetry.Telemetry`, the one passed in or a new one). Also
+    ``settings`` (the resolved :class:`Settings`), ``url`` (the parsed
+    :class:`~foundation.database.url.DatabaseURL`; ``url.masked`` hides the password),
+    ``database``, ``feed`` and :meth:`poller`.
     """
 
     def __init__(
@@ -285,6 +295,10 @@ class Foundation(_Base):
 
     @property
     def database(self) -> SyncDatabase:
+        """The database handle the services share (``execute``, ``fetchone``,
+        ``fetchall``, ``transaction``), for statements of your own on the same connections;
+        driver errors come out as ``storage_unavailable`` or ``storage_error``. It closes
+        with the instance."""
         return self._db
 
     def close(self) -> None:
@@ -322,6 +336,18 @@ class AsyncFoundation(_Base):
 
     Same attributes as :class:`Foundation`; what touches the database is awaited, pure
     cache reads (``config.get``, ``telemetry.execute``) are plain calls.
+
+    The services: ``config`` (:class:`~foundation.config.AsyncConfig`), ``events``
+    (:class:`~foundation.events.AsyncEvents`), ``service_registry``
+    (:class:`~foundation.service_registry.AsyncServiceRegistry`), ``circuit_breaker``
+    (:class:`~foundation.circuit_breaker.AsyncCircuitBreakers`), ``rate_limiter``
+    (:class:`~foundation.rate_limiter.AsyncRateLimiter`) and ``telemetry``
+    (:class:`~foundation.telemetry.Telemetry`, shared with sync code). Also ``settings``
+    (the resolved :class:`Settings`), ``url`` (the parsed
+    :class:`~foundation.database.url.DatabaseURL`; ``url.masked`` hides the password),
+    ``database`` and ``feed``. The constructor checks its arguments and connects nothing;
+    :meth:`open` connects, checks or upgrades the schema and loads the caches. There is
+    no ``poller()`` here: build a :class:`foundation.telemetry.AsyncPoller`.
     """
 
     def __init__(
@@ -356,6 +382,16 @@ class AsyncFoundation(_Base):
         self._closed = False
 
     async def open(self) -> AsyncFoundation:
+        """Connect, check (or upgrade) the schema as ``migrate`` says, load the config,
+        registry and breaker caches, start the change feed; returns the instance.
+
+        ``async with`` and ``await AsyncFoundation(url)`` call it; a second call returns at
+        once. Raises ``schema_outdated`` (the schema is not at this release's head and
+        ``migrate`` does not upgrade it), ``config_error`` (a bad config file, or another
+        live instance holds this node id), ``storage_unavailable`` (the database cannot be
+        reached, or this instance was closed). A failed or cancelled open closes the
+        instance: make a new one to try again.
+        """
         if self._closed:
             # Its connections, feed and subscriptions are gone: a closed instance is not
             # reopened (as a closed file is not); make a new one.
@@ -394,9 +430,19 @@ class AsyncFoundation(_Base):
 
     @property
     def database(self) -> AsyncDatabase:
+        """The database handle the services share (awaitable ``execute``, ``fetchone``,
+        ``fetchall``, ``transaction``); as :attr:`Foundation.database`."""
         return self._db
 
     async def close(self) -> None:
+        """End the subscriptions, release this node's names and lease, stop the change feed
+        and close every connection; safe to call twice. A closed instance is not opened
+        again.
+
+        Each step runs whole even if the caller is cancelled meanwhile (the cancellation
+        is raised after): a close cut short would leave this node's names live until
+        their lease ran out.
+        """
         self._closed = True
         if self._forked:
             return  # the lease, names and connections are the parent process's

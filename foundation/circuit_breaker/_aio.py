@@ -48,6 +48,8 @@ class AsyncBreaker(_BreakerCore):
     _svc: AsyncCircuitBreakers
 
     async def execute(self, fn: Callable[[], Any]) -> Any:
+        """Await ``fn()`` through the breaker (the spec's shape): :meth:`call` with no
+        arguments."""
         return await self.call(fn)
 
     async def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -89,12 +91,18 @@ class AsyncBreaker(_BreakerCore):
         return result
 
     async def reset(self) -> None:
+        """Close the breaker (on every node, for a shared one). As :meth:`Breaker.reset`,
+        awaited."""
         await self._svc._reset(self)
 
     async def force_open(self) -> None:
+        """Open the breaker until :meth:`reset` (no probes). As :meth:`Breaker.force_open`,
+        awaited."""
         await self._svc._force_open(self)
 
     def __call__(self, fn: F) -> F:
+        """Use the breaker as a decorator. The wrapper is an ``async def`` (await its
+        calls), whether ``fn`` is one or a plain function."""
         self._svc._check_fn(fn)
 
         @functools.wraps(fn)
@@ -118,10 +126,16 @@ class AsyncCircuitBreakers(_BreakersBase):
         self._db = db
 
     async def load(self) -> None:
+        """Read every shared breaker into the cache (at start). As
+        :meth:`CircuitBreakers.load`, awaited."""
         if self._db is not None and self._sql is not None:
             self._load(await self._db.fetchall(self._sql.select_all, self._params("")))
 
     def get(self, name: Any, **options: Any) -> AsyncBreaker:
+        """The breaker ``name`` with these options (``timeout``, ``max_failures``,
+        ``reset_timeout``, ``failure_exceptions``, ``scope``); ``validation_error`` for a
+        bad name or option. As :meth:`CircuitBreakers.get`, and a plain call too: the
+        handle's ``call``, ``execute``, ``reset`` and ``force_open`` are awaited."""
         return self._object(AsyncBreaker, name, options)  # type: ignore[no-any-return]
 
     async def execute(
@@ -141,6 +155,10 @@ class AsyncCircuitBreakers(_BreakersBase):
         return await breaker.call(fn)
 
     def protect(self, name: Any = None, **options: Any) -> Callable[[F], F]:
+        """Decorator: ``@afdn.circuit_breaker.protect("payments", max_failures=3)``
+        (``name`` defaults to the function's qualified name; options are checked now).
+        The decorated function is an ``async def`` (await it), whether ``fn`` is one or a
+        plain function; a coroutine is cancelled at ``timeout``."""
         options_from(options)
 
         def decorate(fn: F) -> F:
@@ -150,14 +168,20 @@ class AsyncCircuitBreakers(_BreakersBase):
         return decorate
 
     def state(self, name: Any, scope: str = "shared") -> str:
+        """``"closed"``, ``"open"`` or ``"half_open"``: this node's view (no database, a
+        plain call). As :meth:`CircuitBreakers.state`."""
         name = check_name(name, self._settings.max_key_length)
         row = (self._shared if check_scope(scope) == "shared" else self._local).get(name)
         return CLOSED if row is None else row.state
 
     async def reset(self, name: Any, scope: str = "shared") -> None:
+        """Close the breaker ``name`` (on every node, for a shared one). As
+        :meth:`CircuitBreakers.reset`, awaited."""
         await self.get(name, scope=scope).reset()
 
     async def force_open(self, name: Any, scope: str = "shared") -> None:
+        """Open the breaker ``name`` until :meth:`reset` (no probes). As
+        :meth:`CircuitBreakers.force_open`, awaited."""
         await self.get(name, scope=scope).force_open()
 
     async def _admit(self, core: _BreakerCore, row: BreakerRow) -> str:

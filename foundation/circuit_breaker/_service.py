@@ -168,9 +168,15 @@ class CircuitBreakers(_BreakersBase):
         return CLOSED if row is None else row.state
 
     def reset(self, name: Any, scope: str = "shared") -> None:
+        """Close the breaker ``name`` (on every node, for a shared one): failures back to
+        0, a forced open ended. A shared one writes to the database (its errors raise;
+        ``storage_unavailable`` after ``close()``)."""
         self.get(name, scope=scope).reset()
 
     def force_open(self, name: Any, scope: str = "shared") -> None:
+        """Open the breaker ``name`` until :meth:`reset` (no probes; on every node, for a
+        shared one): calls through it raise ``circuit_open``. A shared one writes to the
+        database (its errors raise; ``storage_unavailable`` after ``close()``)."""
         self.get(name, scope=scope).force_open()
 
     # -- I/O --------------------------------------------------------------------------

@@ -275,20 +275,34 @@ class AsyncConfig(_ConfigBase):
         self.get = self._not_loaded  # type: ignore[method-assign]
 
     def _not_loaded(self, key: Any, default: Any = None) -> Any:
+        """``get`` before :meth:`AsyncFoundation.open` loaded the cache: raises
+        ``storage_unavailable`` rather than answer ``default``. Once open, ``get`` is the
+        plain cache read of :meth:`Config.get`."""
         raise not_open_error(self._db.url)
 
     async def load(self) -> None:
+        """As :meth:`Config.load`, awaited (``AsyncFoundation.open`` calls it); from then
+        on ``get`` answers from the cache."""
         self._load_external()
         rows = [self._sql.runtime_row(r) for r in await self._db.fetchall(self._sql.select_all)]
         self._state.replace_runtime(rows, "reload")
         self.get = self._state.get  # type: ignore[method-assign]
 
     async def set(self, key: Any, value: Any) -> None:
+        """Write ``value`` for every node: validated, committed, then cached and announced.
+
+        As :meth:`Config.set`, awaited (``config_error`` for a bad key or a value that does
+        not fit its type or JSON). Once called it runs whole even if the caller is
+        cancelled meanwhile: the value is written, cached and announced, then
+        ``CancelledError`` is raised.
+        """
         # Whole even if the caller is cancelled meanwhile (the statement runs anyway): a
         # write that reached the database is one this node has applied and logged.
         await finish(self._drive(self._write_flow(key, value, delete=False)))
 
     async def delete(self, key: Any) -> bool:
+        """Remove the runtime value of ``key`` (file, env, defaults stay); True if there was
+        one. As :meth:`Config.delete`, awaited; whole when cancelled, as :meth:`set` is."""
         return await finish(self._drive(self._write_flow(key, None, delete=True)))
 
     async def _drive(self, flow: WriteFlow) -> bool:
@@ -305,6 +319,13 @@ class AsyncConfig(_ConfigBase):
             return bool(done.value)
 
     async def reload(self) -> None:
+        """Re-read the file, the environment and the database; watchers see what changed.
+
+        As :meth:`Config.reload`, awaited (``config_error`` on a bad file, and nothing
+        changes). The read cannot hold the cache's lock across an await: a local write that
+        lands meanwhile makes it read again (three reads at most; the change feed settles
+        anything left over).
+        """
         started = time.perf_counter_ns()
         changes = self._load_external()
         # A thread lock cannot be held across an await: read, and apply only if no local
@@ -320,6 +341,12 @@ class AsyncConfig(_ConfigBase):
         self._publish(changes)
 
     def register(self, key: Any, type_: Any, default: Any = _MISSING) -> None:
+        """Give ``key`` a type (any type pydantic validates, or a model) and a default.
+
+        As :meth:`Config.register`, and a plain call too (no database). ``config_error``
+        if the type is unusable or the default or a value already loaded does not fit it;
+        then nothing changes.
+        """
         self._publish(self._state.register(key, type_, default))
 
     def watch(self, key_or_prefix: Any, callback: Callable[[ConfigChange], Any]) -> ConfigWatch:
@@ -327,5 +354,8 @@ class AsyncConfig(_ConfigBase):
         return self._state.watch(key_or_prefix, callback, loop=asyncio.get_running_loop())
 
     async def history(self, key: Any = None, limit: int = 100) -> list[ConfigHistoryEntry]:
+        """Changes, newest first, from ``foundation_config_history``: of ``key``, or of every
+        key when it is None; ``limit`` from 1 to 10,000 (else ``config_error``). As
+        :meth:`Config.history`, awaited."""
         sql, params = self._history_params(key, limit)
         return [self._sql.history_entry(r) for r in await self._db.fetchall(sql, params)]

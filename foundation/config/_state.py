@@ -128,6 +128,11 @@ class ConfigState:
     # -- reads (hot path) -------------------------------------------------------------
 
     def get(self, key: Any, default: Any = None) -> Any:
+        """The value of ``key`` from the in-process cache (the winning layer's), or
+        ``default``: no database, so it answers during an outage too. A cached dict or
+        list is frozen (read-only, shared by every reader): copy it to change it. A key
+        that is not a string raises ``config_error`` (an Enum reads as its value, or its
+        name)."""
         if key.__class__ is not str:
             key = self.check_key(key)
         # Containers in the cache are frozen (foundation._frozen), so the cached value

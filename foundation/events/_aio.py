@@ -127,12 +127,25 @@ class AsyncEvents(_EventsBase):
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def store(self, event: Any) -> RecordedEvent:
+        """Append one event (a dict, pydantic model or dataclass); returns its record.
+
+        As :meth:`Events.store`, awaited (``event_error``, ``concurrency_error``).
+        A task cancelled while it awaits the store gets its ``CancelledError`` once the
+        store is either not written at all (still queued for a group commit, on
+        PostgreSQL) or written whole and in this node's tail cache: never half (see
+        "Cancelled stores" in docs/events.md). A retry with the same id tells which.
+        """
         started = time.perf_counter_ns()
         records = await self._store(self._parse_one(event))
         self._stored(started, records)
         return records[0]
 
     async def store_many(self, events: list[Any]) -> list[RecordedEvent]:
+        """Append several events in one transaction: all are recorded, or none.
+
+        As :meth:`Events.store_many`, awaited; cancelled, it is written whole or not at
+        all, as :meth:`store` is.
+        """
         started = time.perf_counter_ns()
         batch = self._parse(events)
         if not batch:
@@ -144,6 +157,11 @@ class AsyncEvents(_EventsBase):
     async def get(
         self, criteria: Mapping[str, Any] | None = None, **kwargs: Any
     ) -> list[RecordedEvent]:
+        """Events matching ``criteria`` (or keyword arguments), by position.
+
+        As :meth:`Events.get`, awaited: answered from the tail cache (read-only ``data``)
+        when the answer lies entirely in it, else from the database.
+        """
         started = time.perf_counter_ns()
         c = self._criteria(criteria, kwargs)
         records, hi = self._cached(c)
@@ -172,6 +190,8 @@ class AsyncEvents(_EventsBase):
                 yield record
 
     async def read_stream(self, stream_id: str, from_version: int = 0) -> list[RecordedEvent]:
+        """The events of one stream with ``stream_version >= from_version``, in order. As
+        :meth:`Events.read_stream`, awaited."""
         _check_version_arg(from_version)
         _check_id_arg("stream_id", stream_id)
         return [
@@ -181,6 +201,8 @@ class AsyncEvents(_EventsBase):
         ]
 
     async def correlation_chain(self, correlation_id: str | UUID) -> list[RecordedEvent]:
+        """Every event carrying ``correlation_id``, in log order. As
+        :meth:`Events.correlation_chain`, awaited."""
         correlation_id = _correlation_arg(correlation_id)
         return [e async for e in self.iter(correlation_id=correlation_id)]
 
@@ -236,6 +258,8 @@ class AsyncEvents(_EventsBase):
             self.remove_waker(waker)
 
     async def last_position(self) -> int:
+        """The position of the newest event (0 for an empty log). As
+        :meth:`Events.last_position`, awaited."""
         return self._position(await self._db.fetchone(self._sql.newest))
 
     async def subscribe(
@@ -262,6 +286,9 @@ class AsyncEvents(_EventsBase):
         return sub
 
     async def close(self) -> None:
+        """Stop every subscription and end every live :meth:`tail`. As
+        :meth:`Events.close`, awaited: an ``async`` handler still running after 10 s is
+        cancelled (see :meth:`AsyncSubscription.stop`)."""
         self.closed = True
         self.wake()  # tails waiting for events end now, not at their next poll
         for sub in self._subscriptions:

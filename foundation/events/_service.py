@@ -257,6 +257,9 @@ class Events(_EventsBase):
         return sub
 
     def close(self) -> None:
+        """Stop every subscription (each as ``stop()``, waiting up to 10 s for a running
+        handler) and end every live :meth:`tail`. ``Foundation.close`` calls it before
+        the database closes."""
         self.closed = True
         self.wake()  # tails waiting for events end now, not at their next poll
         for sub in self._subscriptions:

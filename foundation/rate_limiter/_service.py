@@ -471,6 +471,15 @@ class AsyncRateLimiter(_LimiterBase):
         algorithm: Any = "fixed_window",
         scope: Any = "shared",
     ) -> Decision:
+        """Count one request for ``key``; the :class:`Decision`, allowed or not (never raises
+        ``rate_limited``). As :meth:`RateLimiter.try_acquire`, awaited (a local decision
+        awaits nothing).
+
+        ``validation_error`` for a bad key or limit. A shared decision the database cannot
+        make follows ``on_storage_error``: a ``degraded`` admission, or
+        ``storage_unavailable`` (always, after ``close()``). A call cancelled while its
+        statement runs may have counted its request.
+        """
         if not _plain_key(key, self._max_key):
             key = check_key(key, self._max_key)
         limit = self._limit(max_requests, interval, algorithm)
@@ -499,6 +508,9 @@ class AsyncRateLimiter(_LimiterBase):
         return self._from_row(row, limit)
 
     async def cleanup(self) -> int:
+        """Delete one batch of expired rows; how many went. As :meth:`RateLimiter.cleanup`,
+        awaited: a failure is logged and counts 0 (``storage_unavailable`` after
+        ``close()``). Shared decisions call it when it is due."""
         assert self._db is not None and self._sql is not None
         self._next_cleanup = time.monotonic() + CLEANUP_EVERY_S
         try:
@@ -521,6 +533,9 @@ class AsyncRateLimiter(_LimiterBase):
         algorithm: Any = "fixed_window",
         scope: Any = "shared",
     ) -> Decision:
+        """As :meth:`try_acquire`, but a refusal raises ``rate_limited`` (``retry_after``,
+        ``limit``, ``remaining``, ``interval`` in its context). As
+        :meth:`RateLimiter.acquire`, awaited."""
         limit = self._limit(max_requests, interval, algorithm)
         decision = await self.try_acquire(key, max_requests, interval, algorithm, scope)
         if not decision.allowed:
@@ -579,6 +594,10 @@ class AsyncRateLimiter(_LimiterBase):
         return decorate
 
     async def usage(self, limit: int = 1000) -> list[LimitUsage]:
+        """The stored limits as of now (for ``foundation limits``): key, algorithm and
+        counters; what has ended is left out (see :class:`LimitUsage`). ``limit``: at most
+        that many rows, 1 to 100,000 (else ``validation_error``). As
+        :meth:`RateLimiter.usage`, awaited."""
         assert self._db is not None and self._sql is not None
         rows = await self._db.fetchall(
             self._sql.select_all, self._now_params(limit=check_usage_limit(limit))

@@ -122,6 +122,12 @@ class AsyncServiceRegistry(_RegistryBase):
                 self._ticked = time.monotonic()  # see _loop_sweep
 
     async def heartbeat(self) -> bool:
+        """Renew the lease now (one statement); on a lost lease, recover. True if renewed.
+
+        As :meth:`ServiceRegistry.heartbeat`, awaited; the heartbeat task calls it every
+        ``registry_heartbeat_ms``. ``config_error`` if another live instance took this
+        node id's lease.
+        """
         renewed = await self._renew()
         if renewed and self._in_doubt:
             await self._settle_doubts()  # out of the recovery's lock: writes take it inside
@@ -233,6 +239,14 @@ class AsyncServiceRegistry(_RegistryBase):
         *,
         local: bool = False,
     ) -> ServiceEntry:
+        """Hold ``name`` cluster-wide, or raise ``already_registered`` naming the owner.
+
+        As :meth:`ServiceRegistry.register`, awaited (``local=True`` too, which touches no
+        database). A task cancelled once the write has begun lets it finish, and this
+        node's record of it, then raises ``CancelledError``: the name is then held as any
+        other; one still waiting for another write of the same name writes nothing (see
+        "Cancelled calls" in docs/registry.md). ``find(name)`` tells which.
+        """
         if local:
             return self._register_local(name, address, metadata, ttl)
         started = time.perf_counter_ns()
@@ -337,6 +351,9 @@ class AsyncServiceRegistry(_RegistryBase):
             self._count_out()
 
     async def unregister(self, name: Any, force: bool = False) -> None:
+        """Release ``name`` (only its owner may, unless ``force=True``); ``not_found`` when
+        no live registration exists. As :meth:`ServiceRegistry.unregister`, awaited;
+        cancelled once its write has begun, it finishes it (see :meth:`register`)."""
         started = time.perf_counter_ns()
         name = check_name(name)
         force = self._check_force(force)
@@ -368,6 +385,9 @@ class AsyncServiceRegistry(_RegistryBase):
         self._unregistered(name, row, started)
 
     async def update_metadata(self, name: Any, metadata: Any) -> ServiceEntry:
+        """Replace the metadata (JSON; ``None``: ``{}``) of a live name this node holds;
+        ``not_found`` otherwise. As :meth:`ServiceRegistry.update_metadata`, awaited;
+        cancelled once its write has begun, it finishes it (see :meth:`register`)."""
         name = check_name(name)
         local = self._state.local_entry(name)
         if local is not None:
@@ -392,6 +412,9 @@ class AsyncServiceRegistry(_RegistryBase):
     async def join(
         self, group: Any, address: Any, metadata: Any = None, *, member_id: Any = None
     ) -> GroupMember:
+        """Add this node as a member of ``group`` (many members per group). As
+        :meth:`ServiceRegistry.join`, awaited; cancelled once its write has begun, it
+        finishes it (see :meth:`register`)."""
         group, held = self._prepare(group, address, metadata, None)
         member_id = uuid.uuid4().hex if member_id is None else check_name(member_id, "a member id")
         with self._counted({"group": group}):
@@ -406,6 +429,10 @@ class AsyncServiceRegistry(_RegistryBase):
         return self._join_result(group, member_id, held, row)
 
     async def leave(self, group: Any, member_id: Any = None) -> None:
+        """Remove this node's member (or all its members, without ``member_id``) of
+        ``group``. As :meth:`ServiceRegistry.leave`, awaited. Members leave one statement
+        each, each finished if cancelled once begun: a cancelled call for all members may
+        have removed only some (``members(group)`` tells)."""
         group, ids = self._leave_targets(group, member_id)
         with self._counted({"group": group}):
             for mid in ids:
@@ -433,6 +460,12 @@ class AsyncServiceRegistry(_RegistryBase):
         return watch
 
     async def close(self) -> None:
+        """Stop the heartbeat and release the lease and names (others see them go at once).
+
+        As :meth:`ServiceRegistry.close`, awaited: writes in flight get up to 5 s to end,
+        and queued watch callbacks up to a second. It is not shielded from cancellation
+        itself: :meth:`AsyncFoundation.close` runs it whole.
+        """
         if self._closed:
             return
         self._closed = True  # no write begins from here (see _count_in)

@@ -342,6 +342,10 @@ class RegistryState:
     # -- reads (hot path) -------------------------------------------------------------
 
     def lookup(self, name: Any) -> ServiceEntry:
+        """The live entry for ``name`` from the in-process cache (no database), or raise
+        ``not_found``. A local entry of this process shadows a cluster entry of the same
+        name; an entry whose lease or own TTL has run out is not live. A name that is not
+        valid (not a string, empty, too long) raises ``validation_error``."""
         # A local entry shadows a cluster entry of the same name on this node; ``_local``
         # is almost always empty, so the common case costs one truth test more.
         try:
@@ -355,6 +359,8 @@ class RegistryState:
         return self._miss(name, raise_=True)  # type: ignore[return-value]
 
     def find(self, name: Any) -> ServiceEntry | None:
+        """As :meth:`lookup`, but ``None`` when nobody holds the name (an invalid name
+        still raises ``validation_error``)."""
         try:
             entry = (self._local.get(name) if self._local else None) or self._entries.get(name)
         except TypeError:
