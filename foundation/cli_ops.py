@@ -126,8 +126,8 @@ def registry_unregister(ctx: click.Context, name: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="A JSON array.")
 @click.pass_context
 def breakers(ctx: click.Context, as_json: bool) -> None:
-    """Circuit breakers with a state to show (failed since their last reset, open,
-    half-open or forced): state, failures and time until the next probe."""
+    """Shared circuit breakers with a stored state (any that has failed, opened, or been
+    forced or reset): state, failures and time until the next probe."""
     with open_foundation(ctx, create=False) as fdn:
         infos = [i for i in fdn.circuit_breaker.breakers() if i.scope != "local"]
     if as_json:

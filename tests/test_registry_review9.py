@@ -221,6 +221,7 @@ def _lose_register_replies(
     monkeypatch: pytest.MonkeyPatch,
     reads_fail: bool,
     aio: bool = False,
+    meanwhile: Any = None,
 ) -> None:
     """The register statements commit, then their reply is lost (and, with
     ``reads_fail``, the database stays away for the read that follows)."""
@@ -237,6 +238,8 @@ def _lose_register_replies(
 
     def after(sql: str) -> None:
         if sql in writes:
+            if meanwhile is not None:
+                meanwhile()
             raise StorageUnavailableError("the reply was lost (simulated)")
 
     for method in ("execute", "fetchone"):
@@ -318,3 +321,36 @@ async def test_a_register_whose_reply_was_lost_is_adopted_async(
         await async_wait_for(lambda: reg.find("again") is None)
     finally:
         await fdn.close()
+
+
+def test_a_retry_with_another_ttl_replaces_a_lost_register(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with node(db_url) as fdn:
+        reg = fdn.service_registry
+        _lose_register_replies(fdn, monkeypatch, reads_fail=True)
+        with pytest.raises(FoundationError):
+            reg.register("svc", "http://a", ttl=1000)
+        monkeypatch.undo()
+        entry = reg.register("svc", "http://a", ttl=60_000)  # the same address, longer
+        assert entry.epoch == 2  # written anew: the row's own expiry is the new one
+        assert entry.until - entry.registered_at.timestamp() > 50  # its own TTL
+
+
+def test_a_lost_register_is_not_adopted_under_a_lease_recovered_since(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with node(db_url) as fdn, node(db_url) as other:
+        reg = fdn.service_registry
+
+        def recovered() -> None:  # the cut that lost the reply also cost the lease
+            reg._lost_locally()
+            reg._recover()
+
+        _lose_register_replies(fdn, monkeypatch, reads_fail=False, meanwhile=recovered)
+        with pytest.raises(FoundationError):
+            reg.register("svc", "http://a")
+        monkeypatch.undo()
+        assert not reg.owns("svc")
+        wait_for(lambda: other.service_registry.find("svc") is None)
+        other.service_registry.register("svc", "http://b")  # free: its row's lease is dead

@@ -430,10 +430,11 @@ class _BreakersBase:
         return self._local.get(name)
 
     def breakers(self) -> list[BreakerInfo]:
-        """The breakers with a state to show, by name (shared ones: the cluster's): those
-        that failed since their last reset, are open or half-open, or were forced. A
-        breaker whose calls all succeeded keeps no row (it is closed, with no failures,
-        which is what ``state`` says of any name) and is not listed."""
+        """The breakers with a stored state, by name: a shared one (the cluster's) once
+        it has failed, opened, or been forced or reset, closed again or not; a local one
+        while it has failures or is open, half-open or forced. A breaker whose calls have
+        all succeeded stores nothing (it is closed, with no failures, which is what
+        ``state`` says of any name) and is not listed."""
         now_shared, now_local = self._now(), _now_local()
         out = []
         for scope, rows, now in (

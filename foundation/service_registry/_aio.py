@@ -130,7 +130,10 @@ class AsyncServiceRegistry(_RegistryBase):
         """
         renewed = await self._renew()
         if renewed and self._in_doubt:
-            await self._settle_doubts()  # out of the recovery's lock: writes take it inside
+            try:
+                await self._settle_doubts()  # out of the recovery's lock: writes take it inside
+            except FoundationError as exc:  # the lease is renewed; the next beat tries again
+                log.warning("registry: could not settle a register in doubt (%s)", exc)
         return renewed
 
     async def _renew(self) -> bool:

@@ -547,17 +547,24 @@ class _RegistryBase(RegistryFeedSide):
             and owner[3] == self._node
             and owner[4] is not None
             and int(owner[4]) == gen
+            # Under the lease this node holds now: a recovery since made the row dead.
+            and self._lease is not None
+            and self._lease.generation == gen
             and self._held_live(name) is None
         )
 
     def _adoptable(self, held: _Held, owner: tuple[Any, ...]) -> bool:
         """Whether the orphan ``owner`` holds the values a register sends now."""
         load = self._sql.codec.load_json
-        return (
-            same_json(load(owner[1]), held.address)
-            and same_json(load(owner[2]), held.metadata)
-            and (owner[8] is None) == (held.ttl_ms is None)
-        )
+        if not (
+            same_json(load(owner[1]), held.address) and same_json(load(owner[2]), held.metadata)
+        ):
+            return False
+        if owner[8] is None or held.ttl_ms is None:
+            return owner[8] is None and held.ttl_ms is None
+        load_ts = self._sql.codec.load_ts
+        ttl_ms = (load_ts(owner[8]) - load_ts(owner[7])).total_seconds() * 1000
+        return abs(ttl_ms - held.ttl_ms) < 1  # the same ttl, not only a ttl
 
     def _judge_lost_reply(
         self, name: str, held: _Held, gen: int, owner: tuple[Any, ...] | None, started: int

@@ -119,7 +119,10 @@ class ServiceRegistry(_RegistryBase):
         """Renew the lease now (one statement); on a lost lease, recover. True if renewed."""
         renewed = self._renew()
         if renewed and self._in_doubt:
-            self._settle_doubts()  # out of the recovery's lock: writes take it inside theirs
+            try:
+                self._settle_doubts()  # out of the recovery's lock: writes take it inside
+            except FoundationError as exc:  # the lease is renewed; the next beat tries again
+                log.warning("registry: could not settle a register in doubt (%s)", exc)
         return renewed
 
     def _renew(self) -> bool:

@@ -486,7 +486,8 @@ def default_metrics(
             "foundation.poller.circuit_breakers.open", description="Circuit breakers open now"
         ),
         metrics.last_value(
-            "foundation.poller.circuit_breakers.total", description="Circuit breakers known"
+            "foundation.poller.circuit_breakers.total",
+            description="Circuit breakers with a stored state",
         ),
         metrics.counter(
             "foundation.circuit_breaker.state_change.count",
