@@ -302,7 +302,9 @@ class Foundation(_Base):
         return self._db
 
     def close(self) -> None:
-        """Stop the change feed and close every connection. Safe to call twice."""
+        """End the subscriptions, release this node's names and lease, stop the change
+        feed and close every connection. Safe to call twice; a closed instance is not
+        entered again."""
         if self._forked:
             return  # the lease, names and connections are the parent process's
         # Last pushed, first run; each step runs whatever the one before raised (Ctrl-C
