@@ -5,15 +5,20 @@
   docs/telemetry.md says every value has one.
 * A closed ``Foundation`` could be entered again (``with fdn:``) without a word, failing
   only at its first database call; ``AsyncFoundation`` refuses at once.
+* PostgreSQL: ``AsyncFoundation.close()`` run after every task was cancelled (the end of
+  ``asyncio.run`` after SIGTERM -> ``sys.exit``) left the pool's idle connections open.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 
+import psycopg
 import pytest
 
-from foundation import Foundation, FoundationError
+from foundation import AsyncFoundation, Foundation, FoundationError
+from foundation.database.url import DatabaseURL
 from foundation.telemetry import default_metrics
 
 
@@ -45,3 +50,24 @@ def test_a_closed_foundation_is_not_entered_again(db_url: str) -> None:
     with pytest.raises(FoundationError) as err, fdn:
         pass
     assert err.value.code == "storage_unavailable" and "cannot be opened again" in str(err.value)
+
+
+async def test_async_close_closes_idle_connections_when_every_task_was_cancelled(
+    db_url: str,
+) -> None:
+    if not db_url.startswith("postgresql"):
+        pytest.skip("a pool of connections is PostgreSQL's")
+    fdn = await AsyncFoundation(db_url, migrate="check", pool_max_size=8)
+    await asyncio.gather(*(fdn.events.get(limit=1) for _ in range(20)))  # a few connections
+    for task in asyncio.all_tasks():  # as asyncio.run does at its end, the pool's own too
+        if task is not asyncio.current_task():
+            task.cancel()
+    await asyncio.sleep(0.05)
+    await fdn.close()
+    with psycopg.connect(DatabaseURL.parse(db_url).conninfo, autocommit=True) as admin:
+        left = admin.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND application_name LIKE %s",
+            (f"%{fdn.settings.node_id}%",),
+        ).fetchone()
+    assert left == (0,)

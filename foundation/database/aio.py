@@ -306,7 +306,18 @@ class AsyncDatabase:
             return
         self._closed = True
         if self._pool is not None:
-            await self._pool.close()
+            # psycopg_pool's close() takes its idle connections out, waits for its worker
+            # tasks, then closes them: when those tasks were cancelled already (the end of
+            # asyncio.run cancels every task at once, SIGTERM -> sys.exit) the wait raises
+            # and the connections stay open for ever. Kept here, they are closed anyway.
+            idle = list(getattr(self._pool, "_pool", ()))
+            try:
+                await self._pool.close()
+            finally:
+                for conn in idle:
+                    if not conn.closed:
+                        with contextlib.suppress(psycopg.Error):
+                            await conn.close()
         if self._sqlite is not None:
             # Not under a statement or transaction in flight (the callers queued behind
             # it find the instance closed): aiosqlite would fail them with its own
