@@ -7,12 +7,18 @@
   only at its first database call; ``AsyncFoundation`` refuses at once.
 * PostgreSQL: ``AsyncFoundation.close()`` run after every task was cancelled (the end of
   ``asyncio.run`` after SIGTERM -> ``sys.exit``) left the pool's idle connections open.
+* ``AsyncFoundation`` on SQLite: calls queued for the instance's one connection each
+  waited a whole busy timeout in turn while another process held the write lock (three
+  writes: 5, 10 and 15 s).
 """
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import threading
 import time
+from typing import Any
 
 import psycopg
 import pytest
@@ -71,3 +77,35 @@ async def test_async_close_closes_idle_connections_when_every_task_was_cancelled
             (f"%{fdn.settings.node_id}%",),
         ).fetchone()
     assert left == (0,)
+
+
+async def test_async_sqlite_calls_wait_one_busy_timeout_in_all(tmp_path: Any) -> None:
+    url = f"sqlite:///{tmp_path}/locked.db"
+    fdn = await AsyncFoundation(url, sqlite_busy_timeout_ms=200)
+    try:
+        held, release = threading.Event(), threading.Event()
+
+        def other_process() -> None:  # another writer holds the file's write lock
+            conn = sqlite3.connect(f"{tmp_path}/locked.db", isolation_level=None)
+            conn.execute("BEGIN IMMEDIATE")
+            held.set()
+            release.wait(10)
+            conn.execute("COMMIT")
+            conn.close()
+
+        holder = threading.Thread(target=other_process)
+        holder.start()
+        held.wait(5)
+        threading.Timer(0.7, release.set).start()
+        outcomes = await asyncio.gather(
+            *(fdn.events.store({"type": "queued", "data": i}) for i in range(5)),
+            return_exceptions=True,
+        )
+        await asyncio.to_thread(holder.join)
+        # Each gave up after one busy timeout (200 ms), long before the lock was let go:
+        # queued one behind another, the fourth would have waited past 0.7 s and written.
+        codes = [getattr(o, "code", o) for o in outcomes]
+        assert codes == ["storage_unavailable"] * 5
+        assert await fdn.events.get(type="queued") == []
+    finally:
+        await fdn.close()

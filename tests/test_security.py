@@ -372,6 +372,10 @@ ALLOWED: dict[tuple[str, str], str] = {
     ): "as in sync.py: int() of a validated Settings field",
     (
         "foundation/database/aio.py",
+        'f"PRAGMA busy_timeout = {int(ms)}"',
+    ): "int() of the busy timeout (a validated Settings field) less the ms a call waited",
+    (
+        "foundation/database/aio.py",
         'f"PRAGMA synchronous = {self.settings.sqlite_synchronous}"',
     ): "as in sync.py: the literal NORMAL or FULL",
     (

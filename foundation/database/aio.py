@@ -48,6 +48,15 @@ class AsyncCursor(Protocol):
     async def executemany(self, sql: str, params: ManyParams) -> None: ...
 
 
+# A statement that waited this long for the instance's one SQLite connection has the rest
+# of its busy timeout, not all of it (see _cursor).
+_QUEUED_MS = 50
+
+
+def _busy_timeout(ms: int) -> str:
+    return f"PRAGMA busy_timeout = {int(ms)}"
+
+
 class _SQLiteCursor:
     """Each statement is one trip to aiosqlite's thread that runs it to its end there.
 
@@ -226,10 +235,21 @@ class AsyncDatabase:
             raise not_open_error(self.url)
         if self._pool is None:
             assert self._sqlite is not None
-            async with self._sqlite_lock:
+            async with self._sqlite_turn() as waited_ms:
                 if self._closed:  # close() ran while this waited for the connection
                     raise self._closed_error()
-                yield _SQLiteCursor(self._sqlite)
+                if waited_ms < _QUEUED_MS:
+                    yield _SQLiteCursor(self._sqlite)
+                else:
+                    # Queued behind statements that waited for another process's lock:
+                    # this one waits only what is left of the busy timeout, as on the
+                    # sync face, where each thread has its own connection.
+                    full = int(self.settings.sqlite_busy_timeout_ms)
+                    await self._sqlite.execute(_busy_timeout(max(1, full - waited_ms)))
+                    try:
+                        yield _SQLiteCursor(self._sqlite)
+                    finally:
+                        await finish(self._sqlite.execute(_busy_timeout(full)))
         else:
             # Not the pool's connection(): a cancellation that lands while it hands the
             # connection back loses it (neither returned nor closed), and enough of them
@@ -241,6 +261,31 @@ class AsyncDatabase:
                 yield _PGCursor(conn)
             finally:
                 await finish(pool.putconn(conn))
+
+    @asynccontextmanager
+    async def _sqlite_turn(self) -> AsyncIterator[int]:
+        """The connection, to this task alone (SQLite: one per instance); yields how long
+        the task waited for it, in ms. Waiting longer than the busy timeout is the error
+        the statement itself would have raised: the file is locked."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            busy_s = self.settings.sqlite_busy_timeout_ms / 1000
+            await asyncio.wait_for(self._sqlite_lock.acquire(), busy_s)
+        except TimeoutError:
+            raise StorageUnavailableError(
+                f"the database at {self._masked} is locked: this instance's statements "
+                "ahead of this one waited for another process's write lock for the whole "
+                "busy timeout",
+                context={
+                    "url": self._masked,
+                    "busy_timeout_ms": self.settings.sqlite_busy_timeout_ms,
+                },
+            ) from None
+        try:
+            yield int((loop.time() - started) * 1000)
+        finally:
+            self._sqlite_lock.release()
 
     async def _run(self, op: str, sql: str, params: Params) -> Any:
         for attempt in (1, 2):
