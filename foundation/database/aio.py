@@ -267,11 +267,18 @@ class AsyncDatabase:
         """The connection, to this task alone (SQLite: one per instance); yields how long
         the task waited for it, in ms. Waiting longer than the busy timeout is the error
         the statement itself would have raised: the file is locked."""
+        lock = self._sqlite_lock
+        if not lock.locked():  # the common case: free, taken at once (no timer, no task)
+            await lock.acquire()
+            try:
+                yield 0
+            finally:
+                lock.release()
+            return
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
-            busy_s = self.settings.sqlite_busy_timeout_ms / 1000
-            await asyncio.wait_for(self._sqlite_lock.acquire(), busy_s)
+            await asyncio.wait_for(lock.acquire(), self.settings.sqlite_busy_timeout_ms / 1000)
         except TimeoutError:
             raise StorageUnavailableError(
                 f"the database at {self._masked} is locked: this instance's statements "
@@ -285,7 +292,7 @@ class AsyncDatabase:
         try:
             yield int((loop.time() - started) * 1000)
         finally:
-            self._sqlite_lock.release()
+            lock.release()
 
     async def _run(self, op: str, sql: str, params: Params) -> Any:
         for attempt in (1, 2):
