@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
@@ -48,9 +49,9 @@ class AsyncCursor(Protocol):
     async def executemany(self, sql: str, params: ManyParams) -> None: ...
 
 
-# A statement that waited this long for the instance's one SQLite connection has the rest
-# of its busy timeout, not all of it (see _cursor).
-_QUEUED_MS = 50
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    """Whether a statement gave up on another connection's lock (SQLITE_BUSY)."""
+    return getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY
 
 
 def _busy_timeout(ms: int) -> str:
@@ -160,6 +161,8 @@ class AsyncDatabase:
         self._masked = url.masked
         self._sqlite: aiosqlite.Connection | None = None
         self._sqlite_lock = asyncio.Lock()
+        # When a statement last gave up on another process's write lock (loop time).
+        self._gave_up_at = -math.inf
         self._pool: AsyncConnectionPool | None = None
         self._closed = False
         self._closed_message = "this Foundation instance is closed"
@@ -235,21 +238,8 @@ class AsyncDatabase:
             raise not_open_error(self.url)
         if self._pool is None:
             assert self._sqlite is not None
-            async with self._sqlite_turn() as waited_ms:
-                if self._closed:  # close() ran while this waited for the connection
-                    raise self._closed_error()
-                if waited_ms < _QUEUED_MS:
-                    yield _SQLiteCursor(self._sqlite)
-                else:
-                    # Queued behind statements that waited for another process's lock:
-                    # this one waits only what is left of the busy timeout, as on the
-                    # sync face, where each thread has its own connection.
-                    full = int(self.settings.sqlite_busy_timeout_ms)
-                    await self._sqlite.execute(_busy_timeout(max(1, full - waited_ms)))
-                    try:
-                        yield _SQLiteCursor(self._sqlite)
-                    finally:
-                        await finish(self._sqlite.execute(_busy_timeout(full)))
+            async with self._sqlite_turn() as cursor:
+                yield cursor
         else:
             # Not the pool's connection(): a cancellation that lands while it hands the
             # connection back loses it (neither returned nor closed), and enough of them
@@ -263,36 +253,44 @@ class AsyncDatabase:
                 await finish(pool.putconn(conn))
 
     @asynccontextmanager
-    async def _sqlite_turn(self) -> AsyncIterator[int]:
-        """The connection, to this task alone (SQLite: one per instance); yields how long
-        the task waited for it, in ms. Waiting longer than the busy timeout is the error
-        the statement itself would have raised: the file is locked."""
-        lock = self._sqlite_lock
-        if not lock.locked():  # the common case: free, taken at once (no timer, no task)
-            await lock.acquire()
-            try:
-                yield 0
-            finally:
-                lock.release()
-            return
+    async def _sqlite_turn(self) -> AsyncIterator[_SQLiteCursor]:
+        """The instance's one SQLite connection, to this task alone.
+
+        Waiting behind this instance's own statements costs nothing of a call's busy
+        timeout. But when a statement ahead gave up on another process's write lock
+        while this one waited, this one gets only what is left of its busy timeout,
+        counted from when it began to wait: else calls queued behind a lock each waited
+        a whole busy timeout in turn (three writes: 5, 10 and 15 s), where on the sync
+        face, a connection per thread, each waits one.
+        """
+        assert self._sqlite is not None
         loop = asyncio.get_running_loop()
         started = loop.time()
-        try:
-            await asyncio.wait_for(lock.acquire(), self.settings.sqlite_busy_timeout_ms / 1000)
-        except TimeoutError:
-            raise StorageUnavailableError(
-                f"the database at {self._masked} is locked: this instance's statements "
-                "ahead of this one waited for another process's write lock for the whole "
-                "busy timeout",
-                context={
-                    "url": self._masked,
-                    "busy_timeout_ms": self.settings.sqlite_busy_timeout_ms,
-                },
-            ) from None
-        try:
-            yield int((loop.time() - started) * 1000)
-        finally:
-            lock.release()
+        async with self._sqlite_lock:
+            if self._closed:  # close() ran while this waited for the connection
+                raise self._closed_error()
+            cursor = _SQLiteCursor(self._sqlite)
+            full = int(self.settings.sqlite_busy_timeout_ms)
+            left = full - int((loop.time() - started) * 1000)
+            if self._gave_up_at < started or left >= full:
+                try:
+                    yield cursor
+                except sqlite3.OperationalError as exc:
+                    if _is_busy(exc):
+                        self._gave_up_at = loop.time()
+                    raise
+                return
+            if left <= 0:
+                raise translate(sqlite3.OperationalError("database is locked"), self._masked)
+            try:
+                await self._sqlite.execute(_busy_timeout(left))
+                yield cursor
+            except sqlite3.OperationalError as exc:
+                if _is_busy(exc):
+                    self._gave_up_at = loop.time()
+                raise
+            finally:
+                await finish(self._sqlite.execute(_busy_timeout(full)))
 
     async def _run(self, op: str, sql: str, params: Params) -> Any:
         for attempt in (1, 2):
