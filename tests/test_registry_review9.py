@@ -288,18 +288,27 @@ def test_a_lost_register_left_alone_is_released_by_the_heartbeat(
         other.service_registry.register("svc", "http://b")
 
 
+@pytest.mark.parametrize(
+    ("first", "retry"),
+    [
+        ({"address": "http://a"}, {"address": "http://b"}),  # another address
+        ({"address": "http://a", "ttl": 1000}, {"address": "http://a", "ttl": 60_000}),
+    ],
+)
 def test_a_retry_with_other_values_replaces_a_lost_register(
-    db_url: str, monkeypatch: pytest.MonkeyPatch
+    db_url: str, monkeypatch: pytest.MonkeyPatch, first: dict[str, Any], retry: dict[str, Any]
 ) -> None:
     with node(db_url) as fdn:
         reg = fdn.service_registry
         _lose_register_replies(fdn, monkeypatch, reads_fail=True)
         with pytest.raises(FoundationError):
-            reg.register("svc", "http://a")
+            reg.register("svc", **first)
         monkeypatch.undo()
-        entry = reg.register("svc", "http://b")  # a retry, another address
-        assert reg.owns("svc") and reg.lookup("svc").address == "http://b"
-        assert entry.epoch == 2
+        entry = reg.register("svc", **retry)
+        assert entry.epoch == 2  # written anew, with the retry's values
+        assert reg.owns("svc") and reg.lookup("svc").address == retry["address"]
+        if "ttl" in retry:  # the row's own expiry is the retry's
+            assert entry.until - entry.registered_at.timestamp() > 50
 
 
 async def test_a_register_whose_reply_was_lost_is_adopted_async(
@@ -321,20 +330,6 @@ async def test_a_register_whose_reply_was_lost_is_adopted_async(
         await async_wait_for(lambda: reg.find("again") is None)
     finally:
         await fdn.close()
-
-
-def test_a_retry_with_another_ttl_replaces_a_lost_register(
-    db_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    with node(db_url) as fdn:
-        reg = fdn.service_registry
-        _lose_register_replies(fdn, monkeypatch, reads_fail=True)
-        with pytest.raises(FoundationError):
-            reg.register("svc", "http://a", ttl=1000)
-        monkeypatch.undo()
-        entry = reg.register("svc", "http://a", ttl=60_000)  # the same address, longer
-        assert entry.epoch == 2  # written anew: the row's own expiry is the new one
-        assert entry.until - entry.registered_at.timestamp() > 50  # its own TTL
 
 
 def test_a_lost_register_is_not_adopted_under_a_lease_recovered_since(
