@@ -272,25 +272,20 @@ class AsyncDatabase:
             cursor = _SQLiteCursor(self._sqlite)
             full = int(self.settings.sqlite_busy_timeout_ms)
             left = full - int((loop.time() - started) * 1000)
-            if self._gave_up_at < started or left >= full:
-                try:
-                    yield cursor
-                except sqlite3.OperationalError as exc:
-                    if _is_busy(exc):
-                        self._gave_up_at = loop.time()
-                    raise
-                return
-            if left <= 0:
+            reduced = self._gave_up_at >= started and left < full
+            if reduced and left <= 0:
                 raise translate(sqlite3.OperationalError("database is locked"), self._masked)
             try:
-                await self._sqlite.execute(_busy_timeout(left))
+                if reduced:
+                    await self._sqlite.execute(_busy_timeout(left))
                 yield cursor
             except sqlite3.OperationalError as exc:
                 if _is_busy(exc):
                     self._gave_up_at = loop.time()
                 raise
             finally:
-                await finish(self._sqlite.execute(_busy_timeout(full)))
+                if reduced:
+                    await finish(self._sqlite.execute(_busy_timeout(full)))
 
     async def _run(self, op: str, sql: str, params: Params) -> Any:
         for attempt in (1, 2):
