@@ -222,17 +222,20 @@ def _lose_register_replies(
     reads_fail: bool,
     aio: bool = False,
     meanwhile: Any = None,
+    statement: str = "register",
 ) -> None:
-    """The register statements commit, then their reply is lost (and, with
-    ``reads_fail``, the database stays away for the read that follows)."""
+    """The ``statement``'s (``register`` or ``join``) writes commit, then their reply is
+    lost (and, with ``reads_fail``, the database stays away for the read that follows)."""
     from foundation import StorageUnavailableError
 
     reg, db = fdn.service_registry, fdn.service_registry._db
-    writes = {reg._sql.register, reg._sql.register_new}
+    sql_ = reg._sql
+    writes = {sql_.join} if statement == "join" else {sql_.register, sql_.register_new}
+    read = sql_.select_member if statement == "join" else sql_.select_entry
     down = {"read": reads_fail}
 
     def before(sql: str) -> None:
-        if sql == reg._sql.select_entry and down["read"]:
+        if sql == read and down["read"]:
             down["read"] = False  # back for the heartbeat
             raise StorageUnavailableError("still down (simulated)")
 
@@ -258,6 +261,12 @@ def _lose_register_replies(
             return result
 
         monkeypatch.setattr(db, method, acall if aio else call)
+
+
+def _recovered(reg: Any) -> None:
+    """The cut that lost the reply also cost the lease: recovered under a new one."""
+    reg._lost_locally()
+    reg._recover()
 
 
 def test_a_register_whose_reply_was_lost_is_adopted(
@@ -337,12 +346,9 @@ def test_a_lost_register_is_not_adopted_under_a_lease_recovered_since(
 ) -> None:
     with node(db_url) as fdn, node(db_url) as other:
         reg = fdn.service_registry
-
-        def recovered() -> None:  # the cut that lost the reply also cost the lease
-            reg._lost_locally()
-            reg._recover()
-
-        _lose_register_replies(fdn, monkeypatch, reads_fail=False, meanwhile=recovered)
+        _lose_register_replies(
+            fdn, monkeypatch, reads_fail=False, meanwhile=lambda: _recovered(reg)
+        )
         with pytest.raises(FoundationError):
             reg.register("svc", "http://a")
         monkeypatch.undo()

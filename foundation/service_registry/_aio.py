@@ -8,7 +8,6 @@ import asyncio
 import builtins
 import contextlib
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -129,7 +128,7 @@ class AsyncServiceRegistry(_RegistryBase):
         node id's lease.
         """
         renewed = await self._renew()
-        if renewed and self._in_doubt:
+        if renewed and (self._in_doubt or self._members_in_doubt):
             try:
                 await self._settle_doubts()  # out of the recovery's lock: writes take it inside
             except FoundationError as exc:  # the lease is renewed; the next beat tries again
@@ -332,6 +331,11 @@ class AsyncServiceRegistry(_RegistryBase):
                 self._in_doubt.discard(name)
             finally:
                 await self._settle(name, lock, locked)
+        for group, member_id in builtins.list(self._members_in_doubt):
+            params = {"group": group, "member": member_id, "node": self._node}
+            await finish(self._db.fetchone(self._sql.leave, params))
+            self._members_in_doubt.discard((group, member_id))
+            self._left(group, member_id)
 
     def _new_write_lock(self) -> asyncio.Lock:
         return asyncio.Lock()
@@ -419,17 +423,40 @@ class AsyncServiceRegistry(_RegistryBase):
         :meth:`ServiceRegistry.join`, awaited; cancelled once its write has begun, it
         finishes it (see :meth:`register`)."""
         group, held = self._prepare(group, address, metadata, None)
-        member_id = uuid.uuid4().hex if member_id is None else check_name(member_id, "a member id")
+        member_id, generated = self._new_member_id(member_id)
         with self._counted({"group": group}):
             lease = await self._ensure_lease()
-            return await finish(self._join_once(group, member_id, held, lease))
+            return await finish(self._join_once(group, member_id, held, lease, generated))
 
-    async def _join_once(self, group: str, member_id: str, held: Any, lease: _Lease) -> GroupMember:
+    async def _join_once(
+        self, group: str, member_id: str, held: Any, lease: _Lease, generated: bool
+    ) -> GroupMember:
         # Whole, as _register_once.
-        row = await self._db.fetchone(
-            self._sql.join, self._join_params(group, member_id, held, lease.generation)
-        )
+        gen = lease.generation
+        try:
+            row = await self._db.fetchone(
+                self._sql.join, self._join_params(group, member_id, held, gen)
+            )
+        except StorageUnavailableError:
+            member = await self._lost_join((group, member_id), held, gen, generated)
+            if member is None:
+                raise
+            return member
         return self._join_result(group, member_id, held, row)
+
+    async def _lost_join(
+        self, key: tuple[str, str], held: _Held, gen: int, generated: bool
+    ) -> GroupMember | None:
+        """As :meth:`ServiceRegistry._lost_join`."""
+        try:
+            row = await self._db.fetchone(
+                self._sql.select_member, {"group": key[0], "member": key[1]}
+            )
+        except FoundationError:
+            if generated:
+                self._members_in_doubt.add(key)
+            return None
+        return self._judge_lost_join(key, held, gen, row, generated)
 
     async def leave(self, group: Any, member_id: Any = None) -> None:
         """Remove this node's member (or all its members, without ``member_id``) of

@@ -37,6 +37,7 @@ import builtins
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -152,6 +153,9 @@ class _RegistryBase(RegistryFeedSide):
         # committed (its reply lost). The heartbeat settles them (see _orphan).
         self._in_doubt: set[str] = set()
         self._joined: dict[tuple[str, str], _Held] = {}
+        # Members (of an id join generated) whose join failed so, unread since: the
+        # heartbeat removes them (see _judge_lost_join).
+        self._members_in_doubt: set[tuple[str, str]] = set()
         self._reclaim_pending = False
         # Set while another live instance holds this node id's lease (see the module).
         self._node_conflict: ConfigError | None = None
@@ -544,13 +548,19 @@ class _RegistryBase(RegistryFeedSide):
         ``gen``, and not a registration this node holds."""
         return (
             owner is not None
-            and owner[3] == self._node
-            and owner[4] is not None
-            and int(owner[4]) == gen
-            # Under the lease this node holds now: a recovery since made the row dead.
+            and self._under_lease(owner[3], owner[4], gen)
+            and self._held_live(name) is None
+        )
+
+    def _under_lease(self, node: Any, row_gen: Any, gen: int) -> bool:
+        """Whether a row's node and lease generation are this node's ``gen``, and that
+        lease is still the one it holds (a recovery since made the row dead)."""
+        return (
+            node == self._node
+            and row_gen is not None
+            and int(row_gen) == gen
             and self._lease is not None
             and self._lease.generation == gen
-            and self._held_live(name) is None
         )
 
     def _adoptable(self, held: _Held, owner: tuple[Any, ...]) -> bool:
@@ -739,6 +749,43 @@ class _RegistryBase(RegistryFeedSide):
             "gen": gen,
             **self._sql.clock(),
         }
+
+    def _new_member_id(self, member_id: Any) -> tuple[str, bool]:
+        """``join``'s member id, and whether it was generated here (no caller knows it)."""
+        if member_id is None:
+            return uuid.uuid4().hex, True
+        return check_name(member_id, "a member id"), False
+
+    # A join whose reply was lost (the connection cut after its commit) left a member of
+    # this node that the node does not know: members() lists it, leave() cannot remove
+    # it, and a retry without member_id joins a second one. Its row is read again at
+    # once and adopted when it holds this call's values under the current lease. When
+    # that read fails too, a member of a generated id (no retry can name it) waits in
+    # doubt for the heartbeat, which removes it (the failed call said nothing was
+    # written); one of the caller's own id is the caller's: a retry joins it again.
+
+    def _judge_lost_join(
+        self,
+        key: tuple[str, str],
+        held: _Held,
+        gen: int,
+        row: tuple[Any, ...] | None,
+        generated: bool,
+    ) -> GroupMember | None:
+        """A join that failed on the connection, and its row as read after: the member
+        if the write landed with these values."""
+        load = self._sql.codec.load_json
+        if (
+            row is not None
+            and self._under_lease(row[4], row[5], gen)
+            and same_json(load(row[2]), held.address)
+            and same_json(load(row[3]), held.metadata)
+        ):
+            self._members_in_doubt.discard(key)
+            return self._joined_row(row, held)
+        if generated and row is not None and row[4] == self._node:
+            self._members_in_doubt.add(key)
+        return None
 
     def _join_result(
         self, group: str, member_id: str, held: _Held, row: tuple[Any, ...] | None

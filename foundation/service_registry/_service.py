@@ -8,7 +8,6 @@ from __future__ import annotations
 import builtins
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -118,7 +117,7 @@ class ServiceRegistry(_RegistryBase):
     def heartbeat(self) -> bool:
         """Renew the lease now (one statement); on a lost lease, recover. True if renewed."""
         renewed = self._renew()
-        if renewed and self._in_doubt:
+        if renewed and (self._in_doubt or self._members_in_doubt):
             try:
                 self._settle_doubts()  # out of the recovery's lock: writes take it inside
             except FoundationError as exc:  # the lease is renewed; the next beat tries again
@@ -295,7 +294,8 @@ class ServiceRegistry(_RegistryBase):
             self._unregistered(name, row, time.perf_counter_ns())
 
     def _settle_doubts(self) -> None:
-        """Release the orphans of lost replies that no retry adopted (a heartbeat's)."""
+        """Release the orphans of lost replies that no retry adopted (a heartbeat's):
+        names, and members of generated ids."""
         for name in builtins.list(self._in_doubt):
             lock = self._begin_write(name)
             locked = False
@@ -309,6 +309,11 @@ class ServiceRegistry(_RegistryBase):
                 self._in_doubt.discard(name)
             finally:
                 self._settle(name, lock, locked)
+        for group, member_id in builtins.list(self._members_in_doubt):
+            params = {"group": group, "member": member_id, "node": self._node}
+            self._db.fetchone(self._sql.leave, params)
+            self._members_in_doubt.discard((group, member_id))
+            self._left(group, member_id)
 
     def _new_write_lock(self) -> threading.Lock:
         return threading.Lock()
@@ -386,13 +391,33 @@ class ServiceRegistry(_RegistryBase):
     ) -> GroupMember:
         """Add this node as a member of ``group`` (many members per group)."""
         group, held = self._prepare(group, address, metadata, None)
-        member_id = uuid.uuid4().hex if member_id is None else check_name(member_id, "a member id")
+        member_id, generated = self._new_member_id(member_id)
         with self._counted({"group": group}):
             lease = self._ensure_lease()
-            row = self._db.fetchone(
-                self._sql.join, self._join_params(group, member_id, held, lease.generation)
-            )
+            gen = lease.generation
+            try:
+                row = self._db.fetchone(
+                    self._sql.join, self._join_params(group, member_id, held, gen)
+                )
+            except StorageUnavailableError:
+                member = self._lost_join((group, member_id), held, gen, generated)
+                if member is None:
+                    raise
+                return member
             return self._join_result(group, member_id, held, row)
+
+    def _lost_join(
+        self, key: tuple[str, str], held: _Held, gen: int, generated: bool
+    ) -> GroupMember | None:
+        """After a join failed on the connection: the member if it landed (see
+        ``_judge_lost_join``)."""
+        try:
+            row = self._db.fetchone(self._sql.select_member, {"group": key[0], "member": key[1]})
+        except FoundationError:
+            if generated:
+                self._members_in_doubt.add(key)
+            return None
+        return self._judge_lost_join(key, held, gen, row, generated)
 
     def leave(self, group: Any, member_id: Any = None) -> None:
         """Remove this node's member (or all its members, without ``member_id``) of ``group``."""

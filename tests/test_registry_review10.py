@@ -1,0 +1,112 @@
+"""Found in the tenth round of review.
+
+* A ``join`` whose reply was lost (the connection cut after its commit) raised
+  ``storage_unavailable`` and left a member of this node that the node did not know:
+  ``members()`` listed it on every node, ``leave()`` could not remove it, a retry without
+  ``member_id`` joined a second one, and it stayed until ``close()``. Forced here, as for
+  ``register`` in the ninth round, by a reply dropped after the statement ran.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from foundation import FoundationError
+from tests.helpers import async_wait_for, wait_for
+from tests.test_registry import node
+from tests.test_registry_async import anode
+from tests.test_registry_review3 import kinds, watched
+from tests.test_registry_review9 import _lose_register_replies, _recovered
+
+
+def _lose_join_replies(fdn: Any, monkeypatch: pytest.MonkeyPatch, **kwargs: Any) -> None:
+    _lose_register_replies(fdn, monkeypatch, statement="join", **kwargs)
+
+
+def test_a_join_whose_reply_was_lost_is_adopted(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with node(db_url) as fdn, node(db_url) as other:
+        reg = fdn.service_registry
+        _lose_join_replies(fdn, monkeypatch, reads_fail=False)
+        member = reg.join("workers", "http://a", {"zone": "a"})  # written: the read says so
+        monkeypatch.undo()
+        assert [m.member_id for m in reg.members("workers")] == [member.member_id]
+        assert member.address == "http://a" and member.metadata == {"zone": "a"}
+        wait_for(lambda: len(other.service_registry.members("workers")) == 1)
+        reg.leave("workers")  # the node knows its member: it can leave
+        wait_for(lambda: other.service_registry.members("workers") == [])
+
+
+def test_a_lost_join_left_alone_is_removed_by_the_heartbeat(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with node(db_url) as fdn, node(db_url) as other:
+        reg = fdn.service_registry
+        seen = watched(fdn, "workers")
+        _lose_join_replies(fdn, monkeypatch, reads_fail=True)
+        with pytest.raises(FoundationError) as err:
+            reg.join("workers", "http://a")
+        monkeypatch.undo()
+        assert err.value.code == "storage_unavailable"
+        wait_for(lambda: len(other.service_registry.members("workers")) == 1)  # it landed
+        assert reg.heartbeat()  # the failed call said nothing was written: so it is
+        wait_for(lambda: other.service_registry.members("workers") == [])
+        assert reg.members("workers") == [] and reg._members_in_doubt == set()
+        wait_for(lambda: kinds(seen)[-1:] == ["leave"])
+        member = reg.join("workers", "http://a")  # a retry: one member, not two
+        wait_for(lambda: other.service_registry.members("workers") == [member])
+
+
+def test_a_lost_join_of_the_callers_own_id_is_the_callers_to_retry(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with node(db_url) as fdn:
+        reg = fdn.service_registry
+        _lose_join_replies(fdn, monkeypatch, reads_fail=True)
+        with pytest.raises(FoundationError):
+            reg.join("workers", "http://a", member_id="w1")
+        monkeypatch.undo()
+        assert reg.heartbeat() and reg._members_in_doubt == set()
+        member = reg.join("workers", "http://a", member_id="w1")  # joins it again
+        assert reg.members("workers") == [member]
+        reg.leave("workers", "w1")
+        assert reg.members("workers") == []
+
+
+def test_a_lost_join_is_not_adopted_under_a_lease_recovered_since(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with node(db_url) as fdn:
+        reg = fdn.service_registry
+        _lose_join_replies(fdn, monkeypatch, reads_fail=False, meanwhile=lambda: _recovered(reg))
+        with pytest.raises(FoundationError):
+            reg.join("workers", "http://a")
+        monkeypatch.undo()
+        assert reg._joined == {}
+        assert reg.heartbeat()  # the dead lease's member goes
+        wait_for(lambda: reg.members("workers") == [])
+
+
+async def test_a_join_whose_reply_was_lost_async(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fdn = await anode(db_url).open()
+    try:
+        reg = fdn.service_registry
+        _lose_join_replies(fdn, monkeypatch, reads_fail=False, aio=True)
+        member = await reg.join("workers", "http://a")
+        monkeypatch.undo()
+        assert reg.members("workers") == [member]
+        await reg.leave("workers")
+        _lose_join_replies(fdn, monkeypatch, reads_fail=True, aio=True)
+        with pytest.raises(FoundationError):
+            await reg.join("workers", "http://b")
+        monkeypatch.undo()
+        assert await reg.heartbeat()
+        await async_wait_for(lambda: reg.members("workers") == [])
+        assert reg._members_in_doubt == set()
+    finally:
+        await fdn.close()
