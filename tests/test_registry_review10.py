@@ -5,6 +5,9 @@
   ``members()`` listed it on every node, ``leave()`` could not remove it, a retry without
   ``member_id`` joined a second one, and it stayed until ``close()``. Forced here, as for
   ``register`` in the ninth round, by a reply dropped after the statement ran.
+* An ``unregister`` whose reply was lost so raised ``storage_unavailable`` though the name
+  was released, and the node went on believing it held it (``owns()`` True, its watchers
+  told nothing); the caller's retry then raised ``not_found``.
 """
 
 from __future__ import annotations
@@ -108,5 +111,53 @@ async def test_a_join_whose_reply_was_lost_async(
         assert await reg.heartbeat()
         await async_wait_for(lambda: reg.members("workers") == [])
         assert reg._members_in_doubt == set()
+    finally:
+        await fdn.close()
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_an_unregister_whose_reply_was_lost_is_told_done(
+    db_url: str, monkeypatch: pytest.MonkeyPatch, force: bool
+) -> None:
+    with node(db_url) as fdn, node(db_url) as other:
+        reg = fdn.service_registry
+        reg.register("svc", "http://a")
+        seen = watched(fdn, "svc")
+        _lose_register_replies(fdn, monkeypatch, reads_fail=False, statement="unregister")
+        reg.unregister("svc", force=force)  # released: the read after says so
+        monkeypatch.undo()
+        assert not reg.owns("svc") and reg.find("svc") is None
+        wait_for(lambda: kinds(seen) == ["unregister"])
+        wait_for(lambda: other.service_registry.find("svc") is None)
+        other.service_registry.register("svc", "http://b")
+
+
+def test_an_unregister_whose_outcome_cannot_be_read_raises(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with node(db_url) as fdn:
+        reg = fdn.service_registry
+        reg.register("svc", "http://a")
+        _lose_register_replies(fdn, monkeypatch, reads_fail=True, statement="unregister")
+        with pytest.raises(FoundationError) as err:
+            reg.unregister("svc")
+        monkeypatch.undo()
+        assert err.value.code == "storage_unavailable"
+        wait_for(lambda: reg.find("svc") is None)  # the feed tells what happened
+
+
+async def test_an_unregister_whose_reply_was_lost_async(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fdn = await anode(db_url).open()
+    try:
+        reg = fdn.service_registry
+        await reg.register("svc", "http://a")
+        _lose_register_replies(fdn, monkeypatch, reads_fail=False, aio=True, statement="unregister")
+        await reg.unregister("svc")
+        monkeypatch.undo()
+        assert not reg.owns("svc") and reg.find("svc") is None
+        await reg.register("svc", "http://b")  # this node's again, anew
+        assert reg.lookup("svc").epoch == 2
     finally:
         await fdn.close()

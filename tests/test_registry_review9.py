@@ -224,13 +224,18 @@ def _lose_register_replies(
     meanwhile: Any = None,
     statement: str = "register",
 ) -> None:
-    """The ``statement``'s (``register`` or ``join``) writes commit, then their reply is
-    lost (and, with ``reads_fail``, the database stays away for the read that follows)."""
+    """The ``statement``'s (``register``, ``join`` or ``unregister``) writes commit, then
+    their reply is lost (and, with ``reads_fail``, the database stays away for the read
+    that follows)."""
     from foundation import StorageUnavailableError
 
     reg, db = fdn.service_registry, fdn.service_registry._db
     sql_ = reg._sql
-    writes = {sql_.join} if statement == "join" else {sql_.register, sql_.register_new}
+    writes = {
+        "register": {sql_.register, sql_.register_new},
+        "join": {sql_.join},
+        "unregister": {sql_.unregister, sql_.unregister_force},
+    }[statement]
     read = sql_.select_member if statement == "join" else sql_.select_entry
     down = {"read": reads_fail}
 

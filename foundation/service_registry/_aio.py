@@ -376,20 +376,26 @@ class AsyncServiceRegistry(_RegistryBase):
 
     async def _unregister_once(self, name: str, force: bool, started: int) -> None:
         # Whole, as _register_once.
-        if force:
-            row = await self._db.fetchone(
-                self._sql.unregister_force, {"name": name, **self._sql.clock()}
-            )
-        elif self._held_live(name) is not None and self._lease is not None:
-            params = {"name": name, "node": self._node, "gen": self._lease.generation}
-            row = await self._db.fetchone(self._sql.unregister, {**params, **self._sql.clock()})
-        else:
-            raise self._not_held(name)
+        sql, params = self._unregister_statement(name, force)
+        try:
+            row = await self._db.fetchone(sql, params)
+        except StorageUnavailableError:
+            row = await self._lost_unregister(name)
+            if row is None:
+                raise
         if row is None:
             if not force:
                 self._held.pop(name, None)
             raise self._not_held(name, force=force)
         self._unregistered(name, row, started)
+
+    async def _lost_unregister(self, name: str) -> tuple[Any, ...] | None:
+        """As :meth:`ServiceRegistry._lost_unregister`."""
+        try:
+            owner = await self._db.fetchone(self._sql.select_entry, {"name": name})
+        except FoundationError:
+            return None
+        return self._judge_lost_unregister(owner)
 
     async def update_metadata(self, name: Any, metadata: Any) -> ServiceEntry:
         """Replace the metadata (JSON; ``None``: ``{}``) of a live name this node holds;

@@ -607,6 +607,25 @@ class _RegistryBase(RegistryFeedSide):
         self._telemetry.execute(_CONFLICT, {"count": 1}, {"node": self._node, **context})
         return AlreadyRegisteredError(f"{name!r} is already registered{who}", context=context)
 
+    def _unregister_statement(self, name: str, force: bool) -> tuple[str, dict[str, Any]]:
+        """``unregister``'s statement and parameters, or ``not_found`` when this node does
+        not hold ``name`` (and ``force`` is false)."""
+        if force:
+            return self._sql.unregister_force, {"name": name, **self._sql.clock()}
+        if self._held_live(name) is None or self._lease is None:
+            raise self._not_held(name)
+        params = {"name": name, "node": self._node, "gen": self._lease.generation}
+        return self._sql.unregister, {**params, **self._sql.clock()}
+
+    @staticmethod
+    def _judge_lost_unregister(owner: tuple[Any, ...] | None) -> tuple[Any, ...] | None:
+        """An unregister that failed on the connection (its reply lost after the commit,
+        maybe), and the name's row read after: released (no owner), what the statement
+        would have returned (its revision); else None, and the call raises."""
+        if owner is not None and owner[3] is None:
+            return (owner[6],)
+        return None
+
     def _unregistered(self, name: str, row: tuple[Any, ...], started: int) -> None:
         self._held.pop(name, None)
         changes = self._state.apply_entry(None, name, int(row[0]), "local")

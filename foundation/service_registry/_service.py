@@ -349,15 +349,13 @@ class ServiceRegistry(_RegistryBase):
         locked = False
         try:
             locked = lock.acquire()
-            if force:
-                row = self._db.fetchone(
-                    self._sql.unregister_force, {"name": name, **self._sql.clock()}
-                )
-            elif self._held_live(name) is not None and self._lease is not None:
-                params = {"name": name, "node": self._node, "gen": self._lease.generation}
-                row = self._db.fetchone(self._sql.unregister, {**params, **self._sql.clock()})
-            else:
-                raise self._not_held(name)
+            sql, params = self._unregister_statement(name, force)
+            try:
+                row = self._db.fetchone(sql, params)
+            except StorageUnavailableError:
+                row = self._lost_unregister(name)
+                if row is None:
+                    raise
             if row is None:
                 if not force:
                     self._held.pop(name, None)
@@ -365,6 +363,15 @@ class ServiceRegistry(_RegistryBase):
             self._unregistered(name, row, started)
         finally:
             self._settle(name, lock, locked)
+
+    def _lost_unregister(self, name: str) -> tuple[Any, ...] | None:
+        """After an unregister failed on the connection: the name's row, read again, says
+        whether it was released (see ``_judge_lost_unregister``)."""
+        try:
+            owner = self._db.fetchone(self._sql.select_entry, {"name": name})
+        except FoundationError:
+            return None
+        return self._judge_lost_unregister(owner)
 
     def update_metadata(self, name: Any, metadata: Any) -> ServiceEntry:
         """Replace the metadata (JSON; ``None``: ``{}``) of a live name this node holds;
