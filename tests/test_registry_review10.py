@@ -7,7 +7,9 @@
   ``register`` in the ninth round, by a reply dropped after the statement ran.
 * An ``unregister`` whose reply was lost so raised ``storage_unavailable`` though the name
   was released, and the node went on believing it held it (``owns()`` True, its watchers
-  told nothing); the caller's retry then raised ``not_found``.
+  told nothing); the caller's retry then raised ``not_found``. An ``update_metadata`` so
+  lost left the node's own record of the metadata behind the database's (a recovery of
+  its lease wrote the old metadata back).
 """
 
 from __future__ import annotations
@@ -159,5 +161,52 @@ async def test_an_unregister_whose_reply_was_lost_async(
         assert not reg.owns("svc") and reg.find("svc") is None
         await reg.register("svc", "http://b")  # this node's again, anew
         assert reg.lookup("svc").epoch == 2
+    finally:
+        await fdn.close()
+
+
+def test_an_update_whose_reply_was_lost_is_told_done(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with node(db_url) as fdn, node(db_url) as other:
+        reg = fdn.service_registry
+        reg.register("svc", "http://a", {"v": 1})
+        _lose_register_replies(fdn, monkeypatch, reads_fail=False, statement="update_metadata")
+        entry = reg.update_metadata("svc", {"v": 2})  # landed: the read after says so
+        monkeypatch.undo()
+        assert entry.metadata == {"v": 2} and reg.lookup("svc").metadata == {"v": 2}
+        reg._lost_locally()  # a recovery writes what the node holds: the new metadata
+        reg._recover()
+        mine = reg.lookup("svc")
+        assert reg.owns("svc") and mine.metadata == {"v": 2}
+
+        def seen_by_other() -> Any:
+            entry = other.service_registry.find("svc")
+            return entry if entry is not None and entry.revision == mine.revision else None
+
+        assert wait_for(seen_by_other).metadata == {"v": 2}
+
+
+async def test_an_update_whose_reply_was_lost_async(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fdn = await anode(db_url).open()
+    try:
+        reg = fdn.service_registry
+        await reg.register("svc", "http://a", {"v": 1})
+        _lose_register_replies(
+            fdn, monkeypatch, reads_fail=False, aio=True, statement="update_metadata"
+        )
+        entry = await reg.update_metadata("svc", {"v": 2})
+        monkeypatch.undo()
+        assert entry.metadata == {"v": 2} and reg.lookup("svc").metadata == {"v": 2}
+        _lose_register_replies(
+            fdn, monkeypatch, reads_fail=True, aio=True, statement="update_metadata"
+        )
+        with pytest.raises(FoundationError) as err:
+            await reg.update_metadata("svc", {"v": 3})
+        monkeypatch.undo()
+        assert err.value.code == "storage_unavailable"
+        assert (await reg.update_metadata("svc", {"v": 3})).metadata == {"v": 3}  # a retry
     finally:
         await fdn.close()

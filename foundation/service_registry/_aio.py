@@ -380,7 +380,7 @@ class AsyncServiceRegistry(_RegistryBase):
         try:
             row = await self._db.fetchone(sql, params)
         except StorageUnavailableError:
-            row = await self._lost_unregister(name)
+            row = await self._lost_write(name, self._judge_lost_unregister)
             if row is None:
                 raise
         if row is None:
@@ -389,13 +389,15 @@ class AsyncServiceRegistry(_RegistryBase):
             raise self._not_held(name, force=force)
         self._unregistered(name, row, started)
 
-    async def _lost_unregister(self, name: str) -> tuple[Any, ...] | None:
-        """As :meth:`ServiceRegistry._lost_unregister`."""
+    async def _lost_write(
+        self, name: str, judge: Callable[[tuple[Any, ...] | None], tuple[Any, ...] | None]
+    ) -> tuple[Any, ...] | None:
+        """As :meth:`ServiceRegistry._lost_write`."""
         try:
             owner = await self._db.fetchone(self._sql.select_entry, {"name": name})
         except FoundationError:
             return None
-        return self._judge_lost_unregister(owner)
+        return judge(owner)
 
     async def update_metadata(self, name: Any, metadata: Any) -> ServiceEntry:
         """Replace the metadata (JSON; ``None``: ``{}``) of a live name this node holds;
@@ -419,7 +421,12 @@ class AsyncServiceRegistry(_RegistryBase):
     async def _update_once(self, name: str, meta: Any, text: str) -> ServiceEntry:
         # Whole, as _register_once.
         held, params = self._update_params(name, text)
-        row = await self._db.fetchone(self._sql.update_metadata, params)
+        try:
+            row = await self._db.fetchone(self._sql.update_metadata, params)
+        except StorageUnavailableError:
+            row = await self._lost_write(name, self._judge_lost_update(meta, params["gen"]))
+            if row is None:
+                raise
         return self._metadata_updated(name, held, meta, text, row)
 
     async def join(

@@ -626,6 +626,20 @@ class _RegistryBase(RegistryFeedSide):
             return (owner[6],)
         return None
 
+    def _judge_lost_update(
+        self, meta: Any, gen: int
+    ) -> Callable[[tuple[Any, ...] | None], tuple[Any, ...] | None]:
+        """For an update_metadata that failed on the connection: the name's row read
+        after, if it is this node's under lease ``gen`` with ``meta`` (the update landed:
+        the row is what the statement returns); else None, and the call raises."""
+
+        def judge(owner: tuple[Any, ...] | None) -> tuple[Any, ...] | None:
+            if owner is None or not self._under_lease(owner[3], owner[4], gen):
+                return None
+            return owner if same_json(self._sql.codec.load_json(owner[2]), meta) else None
+
+        return judge
+
     def _unregistered(self, name: str, row: tuple[Any, ...], started: int) -> None:
         self._held.pop(name, None)
         changes = self._state.apply_entry(None, name, int(row[0]), "local")

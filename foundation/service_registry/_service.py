@@ -353,7 +353,7 @@ class ServiceRegistry(_RegistryBase):
             try:
                 row = self._db.fetchone(sql, params)
             except StorageUnavailableError:
-                row = self._lost_unregister(name)
+                row = self._lost_write(name, self._judge_lost_unregister)
                 if row is None:
                     raise
             if row is None:
@@ -364,14 +364,17 @@ class ServiceRegistry(_RegistryBase):
         finally:
             self._settle(name, lock, locked)
 
-    def _lost_unregister(self, name: str) -> tuple[Any, ...] | None:
-        """After an unregister failed on the connection: the name's row, read again, says
-        whether it was released (see ``_judge_lost_unregister``)."""
+    def _lost_write(
+        self, name: str, judge: Callable[[tuple[Any, ...] | None], tuple[Any, ...] | None]
+    ) -> tuple[Any, ...] | None:
+        """After an unregister or update_metadata failed on the connection (its reply
+        lost after the commit, maybe): ``judge`` of the name's row, read again; None when
+        that read fails too."""
         try:
             owner = self._db.fetchone(self._sql.select_entry, {"name": name})
         except FoundationError:
             return None
-        return self._judge_lost_unregister(owner)
+        return judge(owner)
 
     def update_metadata(self, name: Any, metadata: Any) -> ServiceEntry:
         """Replace the metadata (JSON; ``None``: ``{}``) of a live name this node holds;
@@ -388,7 +391,12 @@ class ServiceRegistry(_RegistryBase):
         try:
             locked = lock.acquire()
             held, params = self._update_params(name, text)
-            row = self._db.fetchone(self._sql.update_metadata, params)
+            try:
+                row = self._db.fetchone(self._sql.update_metadata, params)
+            except StorageUnavailableError:
+                row = self._lost_write(name, self._judge_lost_update(meta, params["gen"]))
+                if row is None:
+                    raise
             return self._metadata_updated(name, held, meta, text, row)
         finally:
             self._settle(name, lock, locked)
