@@ -108,7 +108,8 @@ class AsyncEvents(_EventsBase):
             # sent anyway): what it wrote is in the tail cache when the cancellation goes on.
             return await finish(self._store_sqlite(batch))
         failed: FoundationError | None = None
-        for attempt in (1, 2):
+        found = -1
+        while True:
             known = (
                 await adrive(self._db, known_ids(self._sql, batch))  # type: ignore[arg-type]
                 if _ids_given(batch)
@@ -116,15 +117,15 @@ class AsyncEvents(_EventsBase):
             )
             if not known.fresh(len(batch)):
                 return self._appended([(batch, known)], [], _now())[0]  # type: ignore[return-value]
-            if failed is not None and not known.records:
+            if failed is not None and len(known.records) <= found:
                 raise failed  # as Events._store
+            found = len(known.records)
             try:
                 return await self.group_commit.submit((batch, known))
             except FoundationError as exc:
-                if attempt == 2 or not may_be_own_retry(exc, batch):
+                if not may_be_own_retry(exc, batch):
                     raise
                 failed = exc
-        raise AssertionError("unreachable")  # pragma: no cover
 
     async def store(self, event: Any) -> RecordedEvent:
         """Append one event (a dict, pydantic model or dataclass); returns its record.

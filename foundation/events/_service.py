@@ -103,21 +103,25 @@ class Events(_EventsBase):
             self._cache_written(records)
             return records
         failed: FoundationError | None = None
-        for attempt in (1, 2):
+        found = -1  # of the batch's ids, how many the last look-up found recorded
+        while True:
             known = drive(self._db, known_ids(self._sql, batch)) if _ids_given(batch) else NO_IDS
             if not known.fresh(len(batch)):
                 return self._appended([(batch, known)], [], _now())[0]  # type: ignore[return-value]
-            if failed is not None and not known.records:
-                raise failed  # none of ours was there: the conflict was another writer's
+            if failed is not None and len(known.records) <= found:
+                # No more of ours recorded since the last try: the conflict was another
+                # writer's. (Each try that goes on finds more: at most one per event.)
+                raise failed
+            found = len(known.records)
             try:
                 return self.group_commit.submit((batch, known))
             except FoundationError as exc:
                 # Given ids recorded by another writer meanwhile (the same store, retried
-                # while the first was in flight, say): look them up again.
-                if attempt == 2 or not may_be_own_retry(exc, batch):
+                # while the first was in flight, say, or other retries overlapping it in
+                # a chain: [A, B], [B, C], [C]): look them up again.
+                if not may_be_own_retry(exc, batch):
                     raise
                 failed = exc
-        raise AssertionError("unreachable")  # pragma: no cover
 
     def store(self, event: Any) -> RecordedEvent:
         """Append one event (a dict, pydantic model or dataclass); returns its record."""
