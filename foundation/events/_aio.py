@@ -84,8 +84,8 @@ class AsyncEvents(_EventsBase):
         except FoundationError as exc:
             if self._undecided(sql, exc):
                 return await self._append_group(units, lone=False)
-            if len(units) == 1:
-                return [exc]
+            if not self._each_alone(exc, units):
+                return [exc] * len(units)
             return [(await self._append_group([unit]))[0] for unit in units]
         if self._undecided(sql, rows):
             return await self._append_group(units, lone=False)

@@ -24,7 +24,7 @@ import pydantic
 
 from foundation.database.feed import ChangeFeed
 from foundation.database.sync import Cursor
-from foundation.errors import EventError, FoundationError
+from foundation.errors import EventError, FoundationError, StorageUnavailableError
 from foundation.events._model import (
     _CRITERIA_KEYS,
     MAX_LIMIT,
@@ -177,6 +177,15 @@ class _EventsBase:
             sql, params = self._sql.append, self._sql.append_params(fresh, at, self._writer)
         params["notify"] = self._notify_in_statement()
         return sql, params
+
+    @staticmethod
+    def _each_alone(exc: FoundationError, units: list[Any]) -> bool:
+        """Whether a group's failure may be one unit's (an id race, say), so that each
+        unit runs again alone. Not when the database is away, timed out or the reply was
+        lost: each unit would wait out the same limit again in turn (16 stores failing
+        after 17 lock timeouts), and a group that committed before its reply was lost
+        would be written twice."""
+        return len(units) > 1 and not isinstance(exc, StorageUnavailableError)
 
     def _undecided(self, sql: str, outcome: list[Any] | FoundationError) -> bool:
         """Whether a lone stream event's statement left the answer to the function: no

@@ -83,8 +83,8 @@ class Events(_EventsBase):
         except FoundationError as exc:
             if self._undecided(sql, exc):
                 return self._append_group(units, lone=False)
-            if len(units) == 1:
-                return [exc]
+            if not self._each_alone(exc, units):
+                return [exc] * len(units)
             # One unit's failure (an id race) must not be the others': each alone.
             return [self._append_group([unit])[0] for unit in units]
         if self._undecided(sql, rows):
