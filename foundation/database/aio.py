@@ -21,7 +21,12 @@ import psycopg
 import psycopg_pool
 
 from foundation.database.codec import Codec, codec_for
-from foundation.database.errors import is_disconnect_before_statement, translate
+from foundation.database.errors import (
+    forget_plans_async,
+    is_disconnect_before_statement,
+    is_stale_plan,
+    translate,
+)
 from foundation.database.postgres import AsyncConnectionPool, driver_kwargs, pool_wait_s
 from foundation.database.sync import ManyParams, Params, Row, make_parent, statement_wait_s
 from foundation.database.url import DatabaseURL
@@ -249,6 +254,10 @@ class AsyncDatabase:
             conn = await pool.getconn()
             try:
                 yield _PGCursor(conn)
+            except psycopg.errors.FeatureNotSupported as exc:
+                if is_stale_plan(exc):
+                    await finish(forget_plans_async(conn))  # see SyncDatabase.connection
+                raise
             finally:
                 await finish(pool.putconn(conn))
 
@@ -296,6 +305,8 @@ class AsyncDatabase:
                 if attempt == 1 and is_disconnect_before_statement(exc):
                     await self._recycle_pool()
                     continue
+                if attempt == 1 and is_stale_plan(exc):
+                    continue  # as SyncDatabase._run
                 raise translate(exc, self._masked) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 

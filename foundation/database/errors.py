@@ -6,9 +6,11 @@ Every call into ``sqlite3``, ``aiosqlite`` or ``psycopg`` in Foundation runs und
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import psycopg
 import psycopg.errors
@@ -21,7 +23,14 @@ from foundation.errors import (
     StorageUnavailableError,
 )
 
-__all__ = ["is_disconnect_before_statement", "translate", "translate_errors"]
+__all__ = [
+    "forget_plans",
+    "forget_plans_async",
+    "is_disconnect_before_statement",
+    "is_stale_plan",
+    "translate",
+    "translate_errors",
+]
 
 # SQLSTATE class 08 (connection exception) and 57P (operator intervention: the
 # backend was terminated or the server is shutting down or starting).
@@ -46,6 +55,12 @@ def translate(exc: BaseException, url: str) -> FoundationError:
         # terminated, database gone); the listed classes are the same from the server.
         # Class 54 (a program limit exceeded: a value too large, too many columns) is an
         # OperationalError too, but a retry cannot succeed: refused, not unavailable.
+        if is_stale_plan(exc):
+            return StorageUnavailableError(
+                f"the database at {url} changed a table under a statement prepared on this "
+                f"connection (a migration ran): the statement did not run; run it again",
+                context={"url": url, "sqlstate": sqlstate, "driver_error": type(exc).__name__},
+            )
         if not sqlstate.startswith("54") and (
             isinstance(exc, psycopg.OperationalError)
             or sqlstate.startswith(_UNAVAILABLE_SQLSTATE_PREFIXES)
@@ -91,6 +106,32 @@ def is_disconnect_before_statement(exc: BaseException) -> bool:
         sqlstate = getattr(exc, "sqlstate", None) or ""
         return sqlstate.startswith("57P")
     return False
+
+
+def is_stale_plan(exc: BaseException) -> bool:
+    """True when a statement psycopg prepared on a connection (``prepare_threshold``)
+    meets a table a migration changed since: PostgreSQL refuses to run it ("cached plan
+    must not change result type"), on that connection, until the plan is deallocated.
+    The statement did not run: it is safe to run it again once :func:`forget_plans`."""
+    return isinstance(exc, psycopg.errors.FeatureNotSupported) and "cached plan must not" in str(
+        exc
+    )
+
+
+def forget_plans(conn: psycopg.Connection[Any]) -> None:
+    """Deallocate a connection's prepared statements after :func:`is_stale_plan`
+    (psycopg then forgets its own record of them). A connection in a transaction is
+    left alone: its rollback does the same."""
+    if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+        with contextlib.suppress(psycopg.Error):  # a broken connection: the pool drops it
+            conn.execute("DEALLOCATE ALL")
+
+
+async def forget_plans_async(conn: psycopg.AsyncConnection[Any]) -> None:
+    """As :func:`forget_plans`, awaited."""
+    if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+        with contextlib.suppress(psycopg.Error):
+            await conn.execute("DEALLOCATE ALL")
 
 
 _DRIVER_ERRORS = (

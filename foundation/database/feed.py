@@ -172,8 +172,8 @@ class ChangeFeed:
         for sub in self._all():
             try:
                 sub.resync(reader)
-            except (sqlite3.Error, psycopg.OperationalError):
-                raise  # the feed's connection failed: reconnect, then resync again
+            except (sqlite3.Error, psycopg.Error):
+                raise  # the feed's connection failed (see _dispatch): reconnect, resync
             except Exception:
                 log.exception("change feed subscriber %r failed to resync", sub)
 
@@ -183,7 +183,7 @@ class ChangeFeed:
             poll = getattr(sub, "poll", None)
             try:
                 poll(reader) if poll is not None else sub.resync(reader)
-            except (sqlite3.Error, psycopg.OperationalError):
+            except (sqlite3.Error, psycopg.Error):
                 raise
             except Exception:
                 log.exception("change feed subscriber %r failed to poll", sub)
@@ -401,8 +401,11 @@ class PostgresFeed(ChangeFeed):
         for sub in subscribers:
             try:
                 sub.on_notify(payload, reader)
-            except psycopg.OperationalError:
-                raise  # the connection is gone: reconnect and resync
+            except psycopg.Error:
+                # The connection is gone, or no longer fit (a migration made a statement
+                # prepared on it stale): reconnect and resync, rather than go on silent
+                # and out of date while reporting itself connected.
+                raise
             except Exception:
                 log.exception("change feed subscriber failed on %r", payload)
 

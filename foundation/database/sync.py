@@ -9,7 +9,9 @@ PostgreSQL: a ``psycopg_pool.ConnectionPool`` of autocommit connections (the one
 last handed out first, see :mod:`.postgres`); a single statement is its own transaction
 (one round trip), several statements use ``transaction()``. A pooled connection found
 dead before its statement ran (the server terminated it) is replaced and the statement
-run again, once.
+run again, once; so is a statement whose prepared plan a migration made stale, on its
+connection cleaned of such plans (a transaction so refused raises
+``storage_unavailable``: its rollback cleans the connection, and a retry runs).
 """
 
 from __future__ import annotations
@@ -25,7 +27,12 @@ import psycopg
 import psycopg_pool
 
 from foundation.database.codec import Codec, codec_for
-from foundation.database.errors import is_disconnect_before_statement, translate
+from foundation.database.errors import (
+    forget_plans,
+    is_disconnect_before_statement,
+    is_stale_plan,
+    translate,
+)
 from foundation.database.postgres import ConnectionPool, driver_kwargs, pool_wait_s
 from foundation.database.url import DatabaseURL
 from foundation.settings import Settings
@@ -216,7 +223,12 @@ class SyncDatabase:
                 yield sqlite_conn
         else:
             with self._pool.connection() as conn:
-                yield conn
+                try:
+                    yield conn
+                except psycopg.errors.FeatureNotSupported as exc:
+                    if is_stale_plan(exc):
+                        forget_plans(conn)  # before the pool hands it out again
+                    raise
 
     # -- statements ------------------------------------------------------------------
 
@@ -257,6 +269,8 @@ class SyncDatabase:
                 if attempt == 1 and is_disconnect_before_statement(exc):
                     self._recycle_pool()
                     continue
+                if attempt == 1 and is_stale_plan(exc):
+                    continue  # on that connection, cleaned (the pool hands it out first)
                 raise translate(exc, self._masked) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 

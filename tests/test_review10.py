@@ -1,0 +1,85 @@
+"""Found in the tenth round of review, in the database layer under both services.
+
+* PostgreSQL: after a migration changed a column's type under running nodes, every
+  ``get`` and ``read_stream`` of a node raised ``storage_error`` ("cached plan must not
+  change result type", psycopg's prepared statements) until the pool retired its
+  connections (an hour), and the change feed, swallowing the same error, stopped
+  following the cluster while it reported itself connected: another node's registration
+  and unregistration never reached the node's registry cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from foundation import AsyncFoundation, Foundation
+from foundation.database.url import DatabaseURL
+from tests.helpers import async_wait_for, wait_for
+
+# What a later revision widening a column does: the views over it go and come back.
+_WIDEN = """DO $$ DECLARE ev text; rg text; BEGIN
+  ev := pg_get_viewdef('foundation_audit_events');
+  rg := pg_get_viewdef('foundation_audit_registry');
+  DROP VIEW foundation_audit_events; DROP VIEW foundation_audit_registry;
+  ALTER TABLE foundation_events ALTER COLUMN stream_id TYPE varchar(512);
+  ALTER TABLE foundation_registry ALTER COLUMN name TYPE varchar(512);
+  EXECUTE 'CREATE VIEW foundation_audit_events AS ' || ev;
+  EXECUTE 'CREATE VIEW foundation_audit_registry AS ' || rg; END $$"""
+
+
+@pytest.fixture
+def pg_url(postgres_server: str, postgres_template: str) -> Iterator[str]:
+    from tests.conftest import fresh_postgres
+
+    with fresh_postgres(postgres_server, postgres_template) as url:
+        yield url
+
+
+def _migrate_under(url: str) -> None:
+    with psycopg.connect(DatabaseURL.parse(url).conninfo, autocommit=True) as conn:
+        conn.execute(_WIDEN)
+
+
+def test_reads_and_the_feed_go_on_after_a_migration_changes_a_column(pg_url: str) -> None:
+    with Foundation(pg_url, migrate="check") as fdn, Foundation(pg_url) as other:
+        reg = fdn.service_registry
+        for i in range(8):  # past psycopg's prepare_threshold: the statements are prepared
+            fdn.events.store({"type": "t", "stream_id": "s", "data": {"i": i}})
+            fdn.events.get(type="t", limit=5, order="desc")
+            fdn.events.read_stream("s")
+            other.service_registry.register(f"n{i}", "http://n")
+            wait_for(lambda i=i: reg.find(f"n{i}") is not None)
+        _migrate_under(pg_url)
+        for _ in range(3):
+            assert len(fdn.events.read_stream("s")) == 8
+            assert len(fdn.events.get(type="t", limit=5, order="desc")) == 5
+        other.service_registry.register("after", "http://a")
+        other.service_registry.unregister("n0")
+        wait_for(lambda: reg.find("after") is not None and reg.find("n0") is None)
+
+
+def test_the_feed_follows_the_cluster_after_a_migration_changes_a_column(pg_url: str) -> None:
+    with Foundation(pg_url, migrate="check") as fdn, Foundation(pg_url) as other:
+        reg = fdn.service_registry
+        for i in range(8):  # the feed's reads of the names, prepared
+            other.service_registry.register(f"n{i}", "http://n")
+            wait_for(lambda i=i: reg.find(f"n{i}") is not None)
+        _migrate_under(pg_url)
+        other.service_registry.register("after", "http://a")
+        wait_for(lambda: reg.find("after") is not None)
+
+
+async def test_reads_go_on_after_a_migration_changes_a_column_async(pg_url: str) -> None:
+    async with AsyncFoundation(pg_url, migrate="check") as fdn:
+        for i in range(8):
+            await fdn.events.store({"type": "t", "stream_id": "s", "data": {"i": i}})
+            await fdn.events.read_stream("s")
+        _migrate_under(pg_url)
+        for _ in range(3):
+            assert len(await fdn.events.read_stream("s")) == 8
+        async with AsyncFoundation(pg_url) as other:
+            await other.service_registry.register("after", "http://a")
+            await async_wait_for(lambda: fdn.service_registry.find("after") is not None)
