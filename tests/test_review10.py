@@ -6,11 +6,18 @@
   connections (an hour), and the change feed, swallowing the same error, stopped
   following the cluster while it reported itself connected: another node's registration
   and unregistration never reached the node's registry cache.
+* SQLite: the sync face kept the connection of every thread that ever used it (two file
+  descriptors each) until ``close()``: a server with a thread per request ran out of file
+  descriptors ("unable to open database file" after ~500 threads under ``ulimit -n
+  1024``).
 """
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -83,3 +90,19 @@ async def test_reads_go_on_after_a_migration_changes_a_column_async(pg_url: str)
         async with AsyncFoundation(pg_url) as other:
             await other.service_registry.register("after", "http://a")
             await async_wait_for(lambda: fdn.service_registry.find("after") is not None)
+
+
+def test_a_threads_sqlite_connection_closes_when_the_thread_ends(tmp_path: Any) -> None:
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    with Foundation(f"sqlite:///{tmp_path / 'threads.db'}") as fdn:
+        fdn.events.store({"type": "warm", "data": {}})
+        before = open_fds()
+        for _ in range(60):  # one short-lived thread per request
+            worker = threading.Thread(target=fdn.events.store, args=({"type": "t", "data": {}},))
+            worker.start()
+            worker.join()
+        assert open_fds() - before < 10  # not two per thread
+        assert len(fdn.events.get(type="t")) == 60
+        fdn.events.store({"type": "still", "data": {}})  # this thread's is still open

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol
@@ -130,6 +131,22 @@ class _DriverCursor:
                 cur.executemany(sql, params)
 
 
+class _ThreadEnd:
+    """Kept in a thread's thread-local values: its end is the thread's (see _sqlite)."""
+
+    __slots__ = ("__weakref__",)
+
+
+def _close_thread_connection(
+    conns: dict[int, tuple[sqlite3.Connection, threading.RLock]], busy: threading.RLock
+) -> None:
+    """Close the SQLite connection of a thread that ended (unless close() took it)."""
+    entry = conns.pop(id(busy), None)  # atomic: no lock (this may run inside any call)
+    if entry is not None:
+        with busy, contextlib.suppress(sqlite3.Error):  # its thread is gone: nobody holds it
+            entry[0].close()
+
+
 class SyncDatabase:
     """Runs compiled statements on the driver, translating every driver error."""
 
@@ -142,7 +159,8 @@ class SyncDatabase:
         self._closed = False
         self._closed_message = "this Foundation instance is closed"
         self._local = threading.local()
-        self._sqlite_conns: list[tuple[sqlite3.Connection, threading.RLock]] = []
+        # Each thread's SQLite connection and its lock, by a key of the thread's own.
+        self._sqlite_conns: dict[int, tuple[sqlite3.Connection, threading.RLock]] = {}
         self._lock = threading.Lock()
         self._pool: ConnectionPool | None = None
         if url.backend == "postgresql":
@@ -176,10 +194,15 @@ class SyncDatabase:
             busy = threading.RLock()
             with self._lock:  # a fork waits for it (see hold_for_fork)
                 conn = connect_sqlite(self.url, self.settings)
-                self._sqlite_conns.append((conn, busy))
+                self._sqlite_conns[id(busy)] = (conn, busy)
             self._local.conn = conn
             self._local.busy = busy
             self._local.cur = _DriverCursor(conn)
+            # Closed when the thread ends (its thread-local values go then): a server
+            # with a thread per request would otherwise keep a connection, two file
+            # descriptors, for every thread it ever ran, until "too many open files".
+            self._local.end = end = _ThreadEnd()
+            weakref.finalize(end, _close_thread_connection, self._sqlite_conns, busy).atexit = False
         return conn, self._local.busy
 
     @property
@@ -196,7 +219,8 @@ class SyncDatabase:
         held: list[Any] = []
         if self._lock.acquire(timeout=wait_s):
             held.append(self._lock)
-            held += [busy for _, busy in self._sqlite_conns if busy.acquire(timeout=wait_s)]
+            conns = list(self._sqlite_conns.values())
+            held += [busy for _, busy in conns if busy.acquire(timeout=wait_s)]
         return held
 
     def disown(self, message: str) -> None:
@@ -315,7 +339,8 @@ class SyncDatabase:
         if self._pool is not None:
             self._pool.close()
         with self._lock:
-            conns, self._sqlite_conns = self._sqlite_conns, []
+            conns = list(self._sqlite_conns.values())
+            self._sqlite_conns.clear()
         # Another thread's statement may be running on its connection: closing it under
         # the statement crashes the interpreter (sqlite3 frees what the statement is
         # using). Each thread runs its statements holding its connection's lock; wait for
