@@ -298,7 +298,14 @@ class Foundation(_Base):
         """The database handle the services share (``execute``, ``fetchone``,
         ``fetchall``, ``transaction``), for statements of your own on the same connections;
         driver errors come out as ``storage_unavailable`` or ``storage_error``. It closes
-        with the instance."""
+        with the instance.
+
+        Inside ``with fdn.database.transaction() as tx:`` run statements through ``tx``.
+        Foundation's services never join it: on PostgreSQL a call of theirs runs on
+        another connection and commits by itself; on SQLite any other call on the
+        instance from inside it (the same thread; the same task, or one it started, on
+        the async face) raises ``storage_error``: it would join the transaction and be
+        undone by its rollback while the service believed it done."""
         return self._db
 
     def close(self) -> None:
@@ -433,7 +440,8 @@ class AsyncFoundation(_Base):
     @property
     def database(self) -> AsyncDatabase:
         """The database handle the services share (awaitable ``execute``, ``fetchone``,
-        ``fetchall``, ``transaction``); as :attr:`Foundation.database`."""
+        ``fetchall``, ``transaction``); as :attr:`Foundation.database`, calls inside its
+        ``transaction()`` included (on SQLite they would wait for it for ever)."""
         return self._db
 
     async def close(self) -> None:

@@ -10,10 +10,16 @@
   descriptors each) until ``close()``: a server with a thread per request ran out of file
   descriptors ("unable to open database file" after ~500 threads under ``ulimit -n
   1024``).
+* SQLite: a service call inside the caller's own ``fdn.database.transaction()`` joined it on
+  the sync face (a rolled-back ``store`` gave its position to the next event; a
+  ``store_many`` failed with "cannot start a transaction within a transaction") and waited
+  for it for ever on the async face, past any ``wait_for``. It is refused with
+  ``storage_error``; PostgreSQL runs it on another connection (documented).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 from collections.abc import Iterator
@@ -22,7 +28,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from foundation import AsyncFoundation, Foundation
+from foundation import AsyncFoundation, Foundation, FoundationError
 from foundation.database.url import DatabaseURL
 from tests.helpers import async_wait_for, wait_for
 
@@ -106,3 +112,49 @@ def test_a_threads_sqlite_connection_closes_when_the_thread_ends(tmp_path: Any) 
         assert open_fds() - before < 10  # not two per thread
         assert len(fdn.events.get(type="t")) == 60
         fdn.events.store({"type": "still", "data": {}})  # this thread's is still open
+
+
+def test_a_service_call_inside_your_sqlite_transaction_is_refused(tmp_path: Any) -> None:
+    with Foundation(f"sqlite:///{tmp_path / 'tx.db'}") as fdn:
+        with fdn.database.transaction() as tx:
+            tx.execute("CREATE TABLE mine (x INTEGER)")
+            for call in (
+                lambda: fdn.events.store({"type": "t", "data": {}}),
+                lambda: fdn.events.store_many([{"type": "t", "data": {}}] * 2),
+                lambda: fdn.service_registry.register("svc", "http://a"),
+                lambda: fdn.database.execute("INSERT INTO mine VALUES (1)"),
+            ):
+                with pytest.raises(FoundationError) as err:
+                    call()
+                assert err.value.code == "storage_error"
+                assert "the transaction's own cursor" in str(err.value)
+            tx.execute("INSERT INTO mine VALUES (2)")
+        assert fdn.database.fetchall("SELECT x FROM mine") == [(2,)]
+        assert fdn.events.get() == [] and fdn.service_registry.find("svc") is None
+        assert fdn.events.store({"type": "t", "data": {}}).position == 1  # after it: fine
+
+
+async def test_a_service_call_inside_your_sqlite_transaction_is_refused_async(
+    tmp_path: Any,
+) -> None:
+    async with AsyncFoundation(f"sqlite:///{tmp_path / 'tx.db'}") as fdn:
+        async with fdn.database.transaction() as tx:
+            await tx.execute("CREATE TABLE mine (x INTEGER)")
+            with pytest.raises(FoundationError) as err:  # not a wait for ever
+                await asyncio.wait_for(fdn.events.store({"type": "t", "data": {}}), 10)
+            assert err.value.code == "storage_error"
+            with pytest.raises(FoundationError):  # from a task started inside it too
+                await asyncio.wait_for(asyncio.create_task(fdn.events.get()), 10)
+        assert await fdn.database.fetchall("SELECT count(*) FROM mine") == [(0,)]
+        assert (await fdn.events.store({"type": "t", "data": {}})).position == 1
+
+
+def test_a_service_call_inside_your_postgres_transaction_commits_by_itself(
+    pg_url: str,
+) -> None:
+    with Foundation(pg_url, migrate="check") as fdn:
+        with pytest.raises(RuntimeError), fdn.database.transaction() as tx:
+            tx.execute("CREATE TABLE mine (x INTEGER)")
+            fdn.events.store({"type": "t", "data": {}})  # another connection
+            raise RuntimeError("rolled back")
+        assert len(fdn.events.get()) == 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import math
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable
@@ -28,7 +29,14 @@ from foundation.database.errors import (
     translate,
 )
 from foundation.database.postgres import AsyncConnectionPool, driver_kwargs, pool_wait_s
-from foundation.database.sync import ManyParams, Params, Row, make_parent, statement_wait_s
+from foundation.database.sync import (
+    ManyParams,
+    Params,
+    Row,
+    inside_transaction_error,
+    make_parent,
+    statement_wait_s,
+)
 from foundation.database.url import DatabaseURL
 from foundation.errors import StorageUnavailableError
 from foundation.settings import Settings
@@ -155,6 +163,23 @@ async def finish(aw: Awaitable[T]) -> T:
 _DRIVER_ERRORS = (sqlite3.Error, psycopg.Error, psycopg_pool.PoolTimeout, psycopg_pool.PoolClosed)
 
 
+class _OpenTransaction:
+    """A SQLite ``transaction()`` of an :class:`AsyncDatabase`, while it is open."""
+
+    __slots__ = ("db", "open")
+
+    def __init__(self, db: AsyncDatabase) -> None:
+        self.db = db
+        self.open = True
+
+
+# The SQLite transaction() open in this context: its task's, and inherited by the tasks
+# started inside it (finish() runs a call in one), which would wait for it for ever.
+_OPEN_SQLITE_TRANSACTION: contextvars.ContextVar[_OpenTransaction | None] = contextvars.ContextVar(
+    "foundation_open_sqlite_transaction", default=None
+)
+
+
 class AsyncDatabase:
     """Awaitable twin of :class:`foundation.database.sync.SyncDatabase`."""
 
@@ -273,6 +298,9 @@ class AsyncDatabase:
         face, a connection per thread, each waits one.
         """
         assert self._sqlite is not None
+        around = _OPEN_SQLITE_TRANSACTION.get()
+        if around is not None and around.db is self and around.open:
+            raise inside_transaction_error(self._masked)  # it holds the connection
         loop = asyncio.get_running_loop()
         started = loop.time()
         async with self._sqlite_lock:
@@ -330,6 +358,8 @@ class AsyncDatabase:
             try:
                 async with self._cursor() as cur:
                     if isinstance(cur, _SQLiteCursor):
+                        marker = _OpenTransaction(self)
+                        token = _OPEN_SQLITE_TRANSACTION.set(marker)
                         try:
                             await cur.execute("BEGIN IMMEDIATE")
                             began = True
@@ -341,6 +371,10 @@ class AsyncDatabase:
                             with contextlib.suppress(Exception):  # the error is the first
                                 await finish(cur.end_transaction())
                             raise
+                        finally:
+                            marker.open = False
+                            with contextlib.suppress(ValueError):  # ended in another context
+                                _OPEN_SQLITE_TRANSACTION.reset(token)
                     else:
                         async with cur._conn.transaction():
                             began = True

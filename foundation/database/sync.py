@@ -38,7 +38,14 @@ from foundation.database.postgres import ConnectionPool, driver_kwargs, pool_wai
 from foundation.database.url import DatabaseURL
 from foundation.settings import Settings
 
-__all__ = ["Cursor", "SyncDatabase", "connect_sqlite", "make_parent", "statement_wait_s"]
+__all__ = [
+    "Cursor",
+    "SyncDatabase",
+    "connect_sqlite",
+    "inside_transaction_error",
+    "make_parent",
+    "statement_wait_s",
+]
 
 # A dict for statements compiled with named parameters; a tuple for the few hot SQLite
 # statements compiled positionally (statements.compile_sqlite_positional).
@@ -100,11 +107,32 @@ def make_parent(url: DatabaseURL) -> None:
         ) from None
 
 
+def inside_transaction_error(url: str) -> Exception:
+    """SQLite: a call made inside a ``transaction()`` of the same thread (sync) or task
+    (async) that is not a statement of its cursor. A service's write would join the
+    transaction, and be undone by its rollback while the service believes it done (an
+    event's position reused, a name held nowhere); on the async face, with one connection,
+    it would wait for the transaction for ever. PostgreSQL runs it on another pooled
+    connection, which commits by itself."""
+    from foundation.errors import StorageError
+
+    return StorageError(
+        "this call was made inside a transaction() of this thread or task on a SQLite "
+        "database: run your statements through the transaction's own cursor, and "
+        "Foundation's other calls after the transaction",
+        context={"url": url},
+    )
+
+
 class _DriverCursor:
     __slots__ = ("_conn",)
 
     def __init__(self, conn: Any) -> None:
         self._conn = conn
+
+    def in_transaction(self) -> bool:
+        """SQLite: whether the connection is inside a transaction (see _run)."""
+        return bool(self._conn.in_transaction)
 
     def execute(self, sql: str, params: Params = None) -> int:
         cur = self._conn.execute(sql, params or {})
@@ -234,6 +262,9 @@ class SyncDatabase:
 
         return StorageUnavailableError(self._closed_message, context={"url": self._masked})
 
+    def _inside_transaction_error(self) -> Exception:
+        return inside_transaction_error(self._masked)
+
     @contextmanager
     def connection(self) -> Iterator[Any]:
         """A raw driver connection (autocommit) for this thread's work."""
@@ -244,6 +275,8 @@ class SyncDatabase:
             with busy:  # close() waits for it (see close)
                 if self._closed:
                     raise self._closed_error()
+                if sqlite_conn.in_transaction:
+                    raise self._inside_transaction_error()
                 yield sqlite_conn
         else:
             with self._pool.connection() as conn:
@@ -281,6 +314,8 @@ class SyncDatabase:
             # no context manager; nothing to retry (no server to lose).
             with local["busy"]:  # close() waits for it (see close)
                 if not self._closed:
+                    if cur.in_transaction():
+                        raise self._inside_transaction_error()
                     try:
                         return fn(cur)
                     except sqlite3.Error as exc:
@@ -310,10 +345,12 @@ class SyncDatabase:
                         began = True
                         try:
                             yield _DriverCursor(conn)
+                            conn.execute("COMMIT")
                         except BaseException:
-                            conn.execute("ROLLBACK")
+                            if conn.in_transaction:  # a failed COMMIT too (disk full, say)
+                                with contextlib.suppress(sqlite3.Error):  # the error is the first
+                                    conn.execute("ROLLBACK")
                             raise
-                        conn.execute("COMMIT")
                     else:
                         with conn.transaction():
                             began = True
