@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import logging
+import math
 import os
 import shlex
 import time
@@ -27,7 +28,7 @@ from rich.text import Text
 
 from foundation._json import MAX_DEPTH
 from foundation.cli_common import dumps, open_foundation, stdout_console, truncate
-from foundation.errors import EventError, FoundationError, StorageUnavailableError
+from foundation.errors import EventError, FoundationError, StorageError, StorageUnavailableError
 from foundation.events import RecordedEvent
 from foundation.facade import Foundation
 
@@ -166,6 +167,13 @@ def events_query(
     stdout_console().print(table)
 
 
+def _not_nan(value: float | None) -> float | None:
+    # NaN passes FloatRange (it fails every comparison) and would never time out.
+    if value is not None and math.isnan(value):
+        raise click.BadParameter("nan is not a number of seconds")
+    return value
+
+
 @events.command("tail", short_help="The last events, then new ones with --follow.")
 @_TYPE_OPTION
 @_STREAM_OPTION
@@ -177,6 +185,7 @@ def events_query(
 @click.option(
     "--idle-timeout",
     type=click.FloatRange(0),
+    callback=lambda _ctx, _param, value: _not_nan(value),
     default=None,
     help="With --follow: stop after this many seconds without a new event.",
 )
@@ -253,18 +262,29 @@ def events_export(
     criteria = _criteria(types, stream)
     criteria["after_position"] = after_position
     count = 0
-    with open_foundation(ctx, create=False) as fdn:
-        total = max(fdn.events.last_position() - after_position, 0)
-        with _progress(total, "exporting") as progress:
-            task = progress.add_task("export", total=total)
-            last = after_position
-            for event in fdn.events.iter(criteria, batch_size=1_000):
-                file.write(dumps(_event_row(event)) + "\n")
-                count += 1
-                progress.advance(task, event.position - last)
-                last = event.position
-    file.flush()
     to_stdout = file.name in ("-", "<stdout>")
+    try:
+        with open_foundation(ctx, create=False) as fdn:
+            total = max(fdn.events.last_position() - after_position, 0)
+            with _progress(total, "exporting") as progress:
+                task = progress.add_task("export", total=total)
+                last = after_position
+                for event in fdn.events.iter(criteria, batch_size=1_000):
+                    file.write(dumps(_event_row(event)) + "\n")
+                    count += 1
+                    progress.advance(task, event.position - last)
+                    last = event.position
+        file.flush()
+        if not to_stdout:
+            file.close()  # its last bytes reach the disk here: a full disk fails here
+    except OSError as exc:  # a full disk, a broken pipe: the file is cut short
+        with contextlib.suppress(OSError):  # else click's own close raises it again
+            file.close()
+        raise StorageError(
+            f"cannot write {file.name} ({exc.strerror or exc}): the export is incomplete "
+            f"(it stopped within the first {count} events)",
+            context={"file": file.name, "events_read": count},
+        ) from None
     # With FILE "-" the events are the output: the summary goes to stderr.
     click.echo(f"exported {count} events to {'stdout' if to_stdout else file.name}", err=to_stdout)
 

@@ -10,20 +10,29 @@
   a 1 s ``lock_timeout``; 85 s with a 5 s connect timeout), and a group whose reply was
   lost after its commit was written a second time, store by store. Only a failure that
   may be one store's (an id race) runs them alone now.
+* Bad input: ``events export`` to a full disk printed two Python tracebacks and left a
+  file cut mid-line without a word; ``events tail -f --idle-timeout nan`` never timed out;
+  ``register_type(..., version=2**62)`` used up memory listing the missing upcasters;
+  ``subscribe`` took types no event can have (``""``, 1000 characters) and names with
+  control characters.
 """
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Generator, Iterator
 from typing import Any
 
+import pydantic
 import pytest
 
 import foundation.events._aio as aio_events
 import foundation.events._service as sync_events
-from foundation import AsyncFoundation, Foundation, StorageUnavailableError
+from foundation import AsyncFoundation, Foundation, FoundationError, StorageUnavailableError
 from foundation.events._plan import NO_IDS, known_ids
+
+from .test_events_cli import ok, run
 
 
 @pytest.fixture
@@ -127,3 +136,43 @@ async def test_a_failed_group_commit_is_not_run_again_store_by_store_async(
         assert len(calls) == 1
         assert all(isinstance(o, StorageUnavailableError) for o in outcomes)
         assert len(await fdn.events.get()) == 4
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_an_export_to_a_full_disk_says_it_is_incomplete(db_url: str) -> None:
+    ok(db_url, "events", "export", os.devnull)  # migrates, nothing to export
+    with Foundation(db_url, migrate="check") as fdn:
+        fdn.events.store({"type": "t", "data": {}})
+    result = run(db_url, "events", "export", "/dev/full")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "error [storage_error]: cannot write /dev/full" in result.stderr
+    assert "the export is incomplete" in result.stderr
+
+
+def test_tail_refuses_an_idle_timeout_of_nan(db_url: str) -> None:
+    result = run(db_url, "events", "tail", "--follow", "--idle-timeout", "nan")
+    assert result.exit_code == 2 and "nan is not a number of seconds" in result.stderr
+
+
+def test_register_type_with_a_huge_version_is_refused_at_once(fdn: Foundation) -> None:
+    class Order(pydantic.BaseModel):
+        total: int
+
+    with pytest.raises(FoundationError) as err:
+        fdn.events.register_type("order", Order, version=2**62, upcasters={1: lambda d: d})
+    assert err.value.code == "event_error"
+    assert err.value.context["missing"][:2] == [2, 3] and len(err.value.context["missing"]) == 20
+    assert err.value.context["missing_count"] == 2**62 - 2
+
+
+@pytest.mark.parametrize(
+    ("name", "types"),
+    [("ok", ""), ("ok", ["x" * 1000]), ("ok", ["a", " "]), ("line\nbreak", None)],
+)
+def test_subscribe_refuses_types_no_event_has_and_unprintable_names(
+    fdn: Foundation, name: str, types: Any
+) -> None:
+    with pytest.raises(FoundationError) as err:
+        fdn.events.subscribe(name, lambda event: None, types=types)
+    assert err.value.code == "event_error"
+    assert fdn.events._subscriptions == []

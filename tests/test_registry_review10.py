@@ -10,6 +10,8 @@
   told nothing); the caller's retry then raised ``not_found``. An ``update_metadata`` so
   lost left the node's own record of the metadata behind the database's (a recovery of
   its lease wrote the old metadata back).
+* ``register(..., local="false")`` (any truthy value) registered the name in this process
+  only, unseen by every other node; ``local`` must be a bool, as ``force`` is.
 """
 
 from __future__ import annotations
@@ -210,3 +212,15 @@ async def test_an_update_whose_reply_was_lost_async(
         assert (await reg.update_metadata("svc", {"v": 3})).metadata == {"v": 3}  # a retry
     finally:
         await fdn.close()
+
+
+@pytest.mark.parametrize("local", ["false", 1, None])
+def test_local_must_be_a_bool(db_url: str, local: Any) -> None:
+    with node(db_url) as fdn:
+        reg = fdn.service_registry
+        with pytest.raises(FoundationError) as err:
+            reg.register("svc", "http://a", local=local)
+        assert err.value.code == "validation_error" and "local must be True or False" in str(
+            err.value
+        )
+        assert reg.find("svc") is None

@@ -42,7 +42,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
-from foundation._text import is_utf8
 from foundation.correlation import correlation
 from foundation.database.aio import AsyncDatabase, finish
 from foundation.database.sync import SyncDatabase
@@ -53,7 +52,7 @@ from foundation.errors import (
     StorageError,
     StorageUnavailableError,
 )
-from foundation.events._model import MAX_LIMIT, MAX_TYPES, RecordedEvent
+from foundation.events._model import MAX_LIMIT, MAX_TYPES, RecordedEvent, valid_name
 from foundation.events._store import EventSQL
 
 if TYPE_CHECKING:
@@ -91,23 +90,27 @@ class SubscriptionOptions:
             not isinstance(name, str)
             or not name.strip()
             or len(name) > 255
-            or "\x00" in name
-            or not is_utf8(name)
+            or not name.isprintable()  # no control characters (a name is shown, logged)
         ):
             raise EventError(
-                "a subscription name must be a non-empty string of at most 255 characters",
+                "a subscription name must be a non-empty printable string of at most 255 "
+                "characters",
                 context={"name": repr(name)[:200]},
             )
         if isinstance(types, str):
             types = [types]
-        if types is not None and (
-            not isinstance(types, list | tuple)
-            or not types
-            or not all(isinstance(t, str) and "\x00" not in t and is_utf8(t) for t in types)
-        ):
+        if types is not None and (not isinstance(types, list | tuple) or not types):
             raise EventError(
-                "types must be an event type or a list of them", context={"types": repr(types)}
+                "types must be an event type or a list of them",
+                context={"types": repr(types)[:200]},
             )
+        for each in types or ():
+            try:  # what store() takes as a type: another could never be delivered
+                valid_name(each, "type", required=True)
+            except EventError as exc:
+                raise EventError(
+                    f"types: {exc.message}", context={"types": repr(types)[:200]}
+                ) from None
         if types is not None and len(types) > MAX_TYPES:
             # Every read of the subscription filters on them: refused now, not at each poll.
             raise EventError(

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import threading
 from collections.abc import Callable, Mapping
@@ -83,7 +84,8 @@ class TypeRegistry:
         # Keys are compared as ints only: "1" would fail the range comparison with a raw
         # TypeError, and True or 1.0 would pass as 1 (equal and hashing alike).
         unexpected = [v for v in ups if type(v) is not int or not 1 <= v < version]
-        missing = [v for v in range(1, version) if v not in ups]
+        # The first few missing only: a version of 2**62 would list them all (memory).
+        missing = list(itertools.islice((v for v in range(1, version) if v not in ups), 20))
         if missing or unexpected:
             needs = {
                 1: "takes no upcasters",
@@ -97,6 +99,7 @@ class TypeRegistry:
                 context={
                     "type": name,
                     "missing": missing,
+                    "missing_count": version - 1 - (len(ups) - len(unexpected)),
                     "unexpected": [v if type(v) is int else repr(v)[:50] for v in unexpected],
                 },
             )

@@ -249,7 +249,7 @@ class AsyncServiceRegistry(_RegistryBase):
         other; one still waiting for another write of the same name writes nothing (see
         "Cancelled calls" in docs/registry.md). ``find(name)`` tells which.
         """
-        if local:
+        if self._check_flag(local, "local"):
             return self._register_local(name, address, metadata, ttl)
         started = time.perf_counter_ns()
         name, held = self._prepare(name, address, metadata, ttl)
@@ -363,7 +363,7 @@ class AsyncServiceRegistry(_RegistryBase):
         cancelled once its write has begun, it finishes it (see :meth:`register`)."""
         started = time.perf_counter_ns()
         name = check_name(name)
-        force = self._check_force(force)
+        force = self._check_flag(force, "force")
         if self._unregister_local(name):
             return
         lock = self._begin_write(name)  # its own notification then costs the listener no read

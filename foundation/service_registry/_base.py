@@ -668,13 +668,16 @@ class _RegistryBase(RegistryFeedSide):
             message += f": its registry {what}"
         return StorageUnavailableError(message, context=context)
 
-    def _check_force(self, force: Any) -> bool:
-        if not isinstance(force, bool):
+    @staticmethod
+    def _check_flag(value: Any, flag: str) -> bool:
+        """``value`` of the option ``flag`` (``force``, ``local``): a bool, not any truthy
+        value (``local="false"`` would register in this process only, unseen)."""
+        if not isinstance(value, bool):
             raise ValidationError(
-                f"force must be True or False, not {type(force).__name__}",
-                context={"force": repr(force)[:100]},
+                f"{flag} must be True or False, not {type(value).__name__}",
+                context={flag: repr(value)[:100]},
             )
-        return force
+        return value
 
     def _held_live(self, name: str) -> _Held | None:
         """What this node holds as ``name``, unless its own TTL has passed (then forgotten:

@@ -235,7 +235,7 @@ class ServiceRegistry(_RegistryBase):
         and ``list`` show the local one, ``unregister`` removes it, and the cluster entry
         shows again).
         """
-        if local:
+        if self._check_flag(local, "local"):
             return self._register_local(name, address, metadata, ttl)
         started = time.perf_counter_ns()
         name, held = self._prepare(name, address, metadata, ttl)
@@ -342,7 +342,7 @@ class ServiceRegistry(_RegistryBase):
         registration exists (or, without ``force``, when another node holds it)."""
         started = time.perf_counter_ns()
         name = check_name(name)
-        force = self._check_force(force)
+        force = self._check_flag(force, "force")
         if self._unregister_local(name):
             return
         lock = self._begin_write(name)  # its own notification then costs the listener no read
