@@ -918,6 +918,11 @@ class _RegistryBase(RegistryFeedSide):
         self._notify(self._losses([name]))
 
     def _report_loss(self, kept: builtins.list[str], lost: dict[str, ServiceEntry | None]) -> None:
+        if lost:
+            # The feed may have put a new owner's row in the cache (the recovery then
+            # found nothing to tell) and not yet queued its register: a loss told first
+            # would precede the change that caused it. Wait for such a pass (bounded).
+            self._feed_settled(1.0)
         self.lease_losses += 1
         self._telemetry.execute(
             _LEASE_LOST,
