@@ -16,6 +16,10 @@
   watchers ``lost`` before the takeover's ``register`` (2 of 25 pauses, SQLite): the feed
   had put the new owner's row in the cache but not yet queued its ``register`` when the
   recovery reported the loss. The recovery now waits for a feed pass under way.
+* A node that stood still inside a heartbeat pass (during its statement) reported another
+  node's live names and members ``expired`` as it woke, then ``join`` again: the stall
+  was measured from the end of the last pass only, so no grace let the change feed bring
+  the renewals in first.
 """
 
 from __future__ import annotations
@@ -268,3 +272,37 @@ def test_a_recovery_tells_lost_after_the_feeds_register_of_the_new_owner(db_url:
         wait_for(lambda: "lost" in kinds(seen))
         told = kinds(seen)
         assert told.index("register") < told.index("lost"), told
+
+
+def test_a_stall_inside_a_heartbeat_pass_reports_no_live_name_expired(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with (
+        node(db_url, registry_ttl_ms=10_000, registry_heartbeat_ms=200) as fdn,
+        node(db_url) as other,
+    ):
+        other.service_registry.register("svc", "http://b")
+        reg = fdn.service_registry
+        wait_for(lambda: reg.find("svc") is not None)
+        seen = watched(fdn, "svc")
+        real = reg.heartbeat
+        feed_held, caught_up = threading.Event(), threading.Event()
+
+        def hold_feed() -> None:  # the feed stands still too, and wakes a little later
+            with reg._resync_lock:
+                feed_held.set()
+                caught_up.wait(10)
+
+        def stalled_heartbeat() -> bool:
+            if not feed_held.is_set():
+                threading.Thread(target=hold_feed, daemon=True).start()
+                feed_held.wait(5)
+                time.sleep(1.5)  # past the other node's TTL (1 s), in the statement
+                threading.Timer(0.3, caught_up.set).start()
+            return real()
+
+        monkeypatch.setattr(reg, "heartbeat", stalled_heartbeat)
+        wait_for(caught_up.is_set)
+        time.sleep(1.0)  # past the grace
+        assert "expired" not in kinds(seen), kinds(seen)
+        assert reg.find("svc") is not None

@@ -117,8 +117,6 @@ class AsyncServiceRegistry(_RegistryBase):
                 log.warning("registry heartbeat failed (%s); retrying", exc)
             except Exception:
                 log.exception("registry heartbeat failed")
-            finally:
-                self._ticked = time.monotonic()  # see _loop_sweep
 
     async def heartbeat(self) -> bool:
         """Renew the lease now (one statement); on a lost lease, recover. True if renewed.

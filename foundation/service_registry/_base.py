@@ -161,7 +161,7 @@ class _RegistryBase(RegistryFeedSide):
         self._node_conflict: ConfigError | None = None
         self._conflict_retry = 0.0  # monotonic: the next attempt to take the lease
         self._closed = False
-        self._ticked = time.monotonic()  # the end of the heartbeat loop's last pass
+        self._ticked = time.monotonic()  # the start of the heartbeat loop's last pass
         self._sweep_from = 0.0  # monotonic: the loop's sweeps wait till then (a stall)
         self._resync_lock = threading.Lock()
         self.lease_losses = 0
@@ -253,10 +253,13 @@ class _RegistryBase(RegistryFeedSide):
         enforce every expiry at once; a renewal read late reports them back, see
         ``RegistryState._revived``)."""
         now = time.monotonic()
-        # From the end of the last pass (a pass waiting for the database is no stall),
-        # and one grace per stall: a loop that always wakes late still sweeps.
+        # From the start of the last pass: a stall that landed inside it (during its
+        # statement, say) counts as well as one in the wait. So does a long wait for the
+        # database: it only puts the sweep off by the grace. One grace per stall: a loop
+        # that is always late still sweeps, every other pass.
         if now - self._ticked > tick + _STALL_S and not self._sweep_from:
             self._sweep_from = now + _STALL_GRACE_S
+        self._ticked = now
         if now >= self._sweep_from:
             self._sweep_from = 0.0
             self._sweep()
