@@ -15,6 +15,10 @@
   ``store_many`` failed with "cannot start a transaction within a transaction") and waited
   for it for ever on the async face, past any ``wait_for``. It is refused with
   ``storage_error``; PostgreSQL runs it on another connection (documented).
+* Found in review of those fixes: a thread's connection closed at its end in a forked
+  child too (the child freeing the parent's threads), waiting for ever for a lock a
+  parent thread held; and a transaction begun with ``execute("BEGIN")`` could no longer
+  be ended (only ``transaction()`` marks a thread's calls as inside one now).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -158,3 +163,45 @@ def test_a_service_call_inside_your_postgres_transaction_commits_by_itself(
             fdn.events.store({"type": "t", "data": {}})  # another connection
             raise RuntimeError("rolled back")
         assert len(fdn.events.get()) == 1
+
+
+def test_a_transaction_begun_by_hand_can_be_ended(tmp_path: Any) -> None:
+    with Foundation(f"sqlite:///{tmp_path / 'begin.db'}") as fdn:
+        db = fdn.database
+        db.execute("CREATE TABLE t (x INTEGER)")
+        db.execute("BEGIN")
+        db.execute("INSERT INTO t VALUES (1)")
+        db.execute("COMMIT")
+        assert db.fetchall("SELECT x FROM t") == [(1,)]
+
+
+def test_a_fork_while_a_thread_is_in_a_long_transaction_runs_the_child(tmp_path: Any) -> None:
+    fdn = Foundation(f"sqlite:///{tmp_path / 'fork.db'}", sqlite_busy_timeout_ms=100)
+    try:
+        fdn.events.store({"type": "x", "data": {}})
+        slow = (  # longer than the fork's wait for the thread (the busy timeout + 1 s)
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c "
+            "WHERE x < 12000000) SELECT count(*) FROM c"
+        )
+
+        def long_transaction() -> None:
+            with fdn.database.transaction() as tx:
+                tx.fetchone(slow)
+
+        worker = threading.Thread(target=long_transaction)
+        worker.start()
+        time.sleep(0.2)
+        pid = os.fork()
+        if pid == 0:  # the child must get here, and leave the parent's connections be
+            os._exit(0)
+        deadline = time.monotonic() + 20
+        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if done[0] == 0:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        assert done[0] == pid and os.waitstatus_to_exitcode(done[1]) == 0  # not hung
+        worker.join()
+        assert len(fdn.events.get()) == 1  # the parent's connections still work
+    finally:
+        fdn.close()

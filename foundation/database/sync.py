@@ -17,6 +17,7 @@ connection cleaned of such plans (a transaction so refused raises
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import threading
 import weakref
@@ -130,10 +131,6 @@ class _DriverCursor:
     def __init__(self, conn: Any) -> None:
         self._conn = conn
 
-    def in_transaction(self) -> bool:
-        """SQLite: whether the connection is inside a transaction (see _run)."""
-        return bool(self._conn.in_transaction)
-
     def execute(self, sql: str, params: Params = None) -> int:
         cur = self._conn.execute(sql, params or {})
         return int(cur.rowcount)
@@ -166,13 +163,24 @@ class _ThreadEnd:
 
 
 def _close_thread_connection(
-    conns: dict[int, tuple[sqlite3.Connection, threading.RLock]], busy: threading.RLock
+    conns: dict[int, tuple[sqlite3.Connection, threading.RLock]],
+    busy: threading.RLock,
+    pid: int,
 ) -> None:
     """Close the SQLite connection of a thread that ended (unless close() took it)."""
+    if os.getpid() != pid:
+        # A forked child frees the parent's other threads' values: their connections
+        # are the parent's, never touched here (see foundation._fork); and their lock
+        # may be held for ever by a thread the child does not have.
+        return
     entry = conns.pop(id(busy), None)  # atomic: no lock (this may run inside any call)
-    if entry is not None:
-        with busy, contextlib.suppress(sqlite3.Error):  # its thread is gone: nobody holds it
-            entry[0].close()
+    # Nobody else holds it once its thread is gone, but close() or a fork for a moment.
+    if entry is not None and busy.acquire(timeout=1.0):
+        try:
+            with contextlib.suppress(sqlite3.Error):
+                entry[0].close()
+        finally:
+            busy.release()
 
 
 class SyncDatabase:
@@ -230,7 +238,10 @@ class SyncDatabase:
             # with a thread per request would otherwise keep a connection, two file
             # descriptors, for every thread it ever ran, until "too many open files".
             self._local.end = end = _ThreadEnd()
-            weakref.finalize(end, _close_thread_connection, self._sqlite_conns, busy).atexit = False
+            finalizer = weakref.finalize(
+                end, _close_thread_connection, self._sqlite_conns, busy, os.getpid()
+            )
+            finalizer.atexit = False
         return conn, self._local.busy
 
     @property
@@ -275,7 +286,7 @@ class SyncDatabase:
             with busy:  # close() waits for it (see close)
                 if self._closed:
                     raise self._closed_error()
-                if sqlite_conn.in_transaction:
+                if self._local.__dict__.get("in_transaction"):
                     raise self._inside_transaction_error()
                 yield sqlite_conn
         else:
@@ -314,7 +325,7 @@ class SyncDatabase:
             # no context manager; nothing to retry (no server to lose).
             with local["busy"]:  # close() waits for it (see close)
                 if not self._closed:
-                    if cur.in_transaction():
+                    if local.get("in_transaction"):
                         raise self._inside_transaction_error()
                     try:
                         return fn(cur)
@@ -343,6 +354,8 @@ class SyncDatabase:
                     if self._pool is None:
                         conn.execute("BEGIN IMMEDIATE")
                         began = True
+                        # Other calls of this thread are refused meanwhile (see _run).
+                        self._local.in_transaction = True
                         try:
                             yield _DriverCursor(conn)
                             conn.execute("COMMIT")
@@ -351,6 +364,8 @@ class SyncDatabase:
                                 with contextlib.suppress(sqlite3.Error):  # the error is the first
                                     conn.execute("ROLLBACK")
                             raise
+                        finally:
+                            self._local.in_transaction = False
                     else:
                         with conn.transaction():
                             began = True

@@ -222,7 +222,11 @@ class AsyncServiceRegistry(_RegistryBase):
         for (group, member_id), held in list(self._joined.items()):
             await finish(self._rejoin(group, member_id, held))
         self._reclaim_pending = False
-        self._report_loss(kept, lost)
+        try:
+            if lost:  # see _report_loss; in a thread, the loop is not held meanwhile
+                await asyncio.to_thread(self._feed_settled, 1.0)
+        finally:
+            self._report_loss(kept, lost)  # cancelled meanwhile too: told
 
     async def _ensure_lease(self) -> _Lease:
         if not self._lease_valid() or self._reclaim_pending:

@@ -921,11 +921,10 @@ class _RegistryBase(RegistryFeedSide):
         self._notify(self._losses([name]))
 
     def _report_loss(self, kept: builtins.list[str], lost: dict[str, ServiceEntry | None]) -> None:
-        if lost:
-            # The feed may have put a new owner's row in the cache (the recovery then
-            # found nothing to tell) and not yet queued its register: a loss told first
-            # would precede the change that caused it. Wait for such a pass (bounded).
-            self._feed_settled(1.0)
+        """Tell a recovery's outcome. A recovery that lost names first waits (at most a
+        second, ``_feed_settled``) for a feed pass under way: the feed may have put a new
+        owner's row in the cache (the recovery then found nothing to tell) and not yet
+        queued its register, and a loss told first would precede the change causing it."""
         self.lease_losses += 1
         self._telemetry.execute(
             _LEASE_LOST,

@@ -198,6 +198,8 @@ class ServiceRegistry(_RegistryBase):
             else:
                 self._joined_row(row, held)
         self._reclaim_pending = False
+        if lost:
+            self._feed_settled(1.0)  # see _report_loss
         self._report_loss(kept, lost)
 
     def _ensure_lease(self) -> _Lease:
