@@ -6,6 +6,10 @@
   connections (an hour), and the change feed, swallowing the same error, stopped
   following the cluster while it reported itself connected: another node's registration
   and unregistration never reached the node's registry cache.
+* Found by a migrations review: a revision changing the type of a column a trigger reads
+  (``foundation_config.updated_by`` to text) failed every ``config.set`` of a running node
+  (PL/pgSQL's plans cached per session: "type of parameter N does not match that when
+  preparing the plan"), and ``register`` likewise for the registry's columns.
 * SQLite: the sync face kept the connection of every thread that ever used it (two file
   descriptors each) until ``close()``: a server with a thread per request ran out of file
   descriptors ("unable to open database file" after ~500 threads under ``ulimit -n
@@ -77,6 +81,22 @@ def test_reads_and_the_feed_go_on_after_a_migration_changes_a_column(pg_url: str
         other.service_registry.register("after", "http://a")
         other.service_registry.unregister("n0")
         wait_for(lambda: reg.find("after") is not None and reg.find("n0") is None)
+
+
+def test_writes_through_triggers_go_on_after_a_migration_changes_a_column(
+    pg_url: str,
+) -> None:
+    with Foundation(pg_url, migrate="check") as fdn:
+        fdn.config.set("port", 1)  # the triggers' plans, cached on the connection
+        fdn.service_registry.register("svc", "http://a")
+        with psycopg.connect(DatabaseURL.parse(pg_url).conninfo, autocommit=True) as conn:
+            conn.execute("ALTER TABLE foundation_config ALTER COLUMN updated_by TYPE text")
+            conn.execute("ALTER TABLE foundation_registry ALTER COLUMN revision TYPE numeric")
+        for port in (2, 3):
+            fdn.config.set("port", port)
+        fdn.service_registry.update_metadata("svc", {"v": 2})
+        fdn.service_registry.register("other", "http://b")
+        assert fdn.config.get("port") == 3
 
 
 def test_the_feed_follows_the_cluster_after_a_migration_changes_a_column(pg_url: str) -> None:

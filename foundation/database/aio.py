@@ -279,7 +279,7 @@ class AsyncDatabase:
             conn = await pool.getconn()
             try:
                 yield _PGCursor(conn)
-            except psycopg.errors.FeatureNotSupported as exc:
+            except psycopg.Error as exc:
                 if is_stale_plan(exc):
                     await finish(forget_plans_async(conn))  # see SyncDatabase.connection
                 raise

@@ -57,7 +57,7 @@ def translate(exc: BaseException, url: str) -> FoundationError:
         # OperationalError too, but a retry cannot succeed: refused, not unavailable.
         if is_stale_plan(exc):
             return StorageUnavailableError(
-                f"the database at {url} changed a table under a statement prepared on this "
+                f"the database at {url} changed a table under a plan cached on this "
                 f"connection (a migration ran): the statement did not run; run it again",
                 context={"url": url, "sqlstate": sqlstate, "driver_error": type(exc).__name__},
             )
@@ -109,29 +109,41 @@ def is_disconnect_before_statement(exc: BaseException) -> bool:
 
 
 def is_stale_plan(exc: BaseException) -> bool:
-    """True when a statement psycopg prepared on a connection (``prepare_threshold``)
-    meets a table a migration changed since: PostgreSQL refuses to run it ("cached plan
-    must not change result type"), on that connection, until the plan is deallocated.
-    The statement did not run: it is safe to run it again once :func:`forget_plans`."""
-    return isinstance(exc, psycopg.errors.FeatureNotSupported) and "cached plan must not" in str(
-        exc
-    )
+    """True when a plan cached on a connection meets a table a migration changed since:
+    a statement psycopg prepared (``prepare_threshold``), which PostgreSQL refuses to run
+    ("cached plan must not change result type"), or a statement inside one of
+    Foundation's trigger functions, whose plans PL/pgSQL keeps per session ("type of
+    parameter N ... does not match that when preparing the plan"). It fails so on that
+    connection until :func:`forget_plans`; the statement and its transaction were rolled
+    back: it is safe to run it again."""
+    if isinstance(exc, psycopg.errors.FeatureNotSupported):
+        return "cached plan must not" in str(exc)
+    if isinstance(exc, psycopg.errors.DatatypeMismatch):
+        return "when preparing the plan" in str(exc)
+    return False
+
+
+# The connection's prepared statements (psycopg forgets its record of them on seeing
+# this command), then the plans its functions cached.
+_FORGET_PLANS = ("DEALLOCATE ALL", "DISCARD PLANS")
 
 
 def forget_plans(conn: psycopg.Connection[Any]) -> None:
-    """Deallocate a connection's prepared statements after :func:`is_stale_plan`
-    (psycopg then forgets its own record of them). A connection in a transaction is
-    left alone: its rollback does the same."""
+    """Drop a connection's cached plans after :func:`is_stale_plan`. A connection in a
+    transaction is left alone (its rollback comes first): its next stale plan, run
+    outside one, is dropped then."""
     if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
         with contextlib.suppress(psycopg.Error):  # a broken connection: the pool drops it
-            conn.execute("DEALLOCATE ALL")
+            for command in _FORGET_PLANS:
+                conn.execute(command)
 
 
 async def forget_plans_async(conn: psycopg.AsyncConnection[Any]) -> None:
     """As :func:`forget_plans`, awaited."""
     if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
         with contextlib.suppress(psycopg.Error):
-            await conn.execute("DEALLOCATE ALL")
+            for command in _FORGET_PLANS:
+                await conn.execute(command)
 
 
 _DRIVER_ERRORS = (

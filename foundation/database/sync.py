@@ -293,7 +293,7 @@ class SyncDatabase:
             with self._pool.connection() as conn:
                 try:
                     yield conn
-                except psycopg.errors.FeatureNotSupported as exc:
+                except psycopg.Error as exc:
                     if is_stale_plan(exc):
                         forget_plans(conn)  # before the pool hands it out again
                     raise
