@@ -16,8 +16,14 @@ from alembic import context
 from sqlalchemy.engine import Connection
 
 from foundation.database.engine import create_engine
-from foundation.database.migrate import ADVISORY_LOCK_KEY, VERSION_TABLE, include_name
+from foundation.database.migrate import (
+    ADVISORY_LOCK_KEY,
+    VERSION_TABLE,
+    include_name,
+    postgres_schema,
+)
 from foundation.database.schema import metadata
+from foundation.database.url import DatabaseURL
 from foundation.settings import DEFAULT_DATABASE_URL, Settings
 
 config = context.config
@@ -40,10 +46,11 @@ def _url() -> str:
 
 
 def _schema() -> str | None:
-    """Settings.postgres_schema: given by Foundation, else from FOUNDATION_POSTGRES_SCHEMA."""
+    """Settings.postgres_schema: given by Foundation, else from FOUNDATION_POSTGRES_SCHEMA
+    (PostgreSQL only: SQLite would take it for an attached database)."""
     if "schema" in config.attributes:
         return config.attributes["schema"]  # type: ignore[no-any-return]
-    return Settings().postgres_schema
+    return postgres_schema(DatabaseURL.parse(_url()), Settings())
 
 
 def _configure(**kwargs: object) -> None:
@@ -60,6 +67,10 @@ def _configure(**kwargs: object) -> None:
 def run_offline() -> None:
     _configure(url=_url(), literal_binds=True, dialect_opts={"paramstyle": "named"})
     with context.begin_transaction():
+        schema = _schema()
+        if schema:  # as _run and the engine do online (a plain identifier, validated)
+            context.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+            context.execute(f"SET search_path TO {schema}")
         context.run_migrations()
 
 

@@ -10,6 +10,10 @@
   (``foundation_config.updated_by`` to text) failed every ``config.set`` of a running node
   (PL/pgSQL's plans cached per session: "type of parameter N does not match that when
   preparing the plan"), and ``register`` likewise for the registry's columns.
+* Found by the same review: ``FOUNDATION_POSTGRES_SCHEMA`` (PostgreSQL only) broke SQLite
+  (``unknown database fdn``: the version table's schema read as an attached database),
+  and ``alembic upgrade head --sql`` with it wrote a script that created every table
+  outside that schema.
 * SQLite: the sync face kept the connection of every thread that ever used it (two file
   descriptors each) until ``close()``: a server with a thread per request ran out of file
   descriptors ("unable to open database file" after ~500 threads under ``ulimit -n
@@ -29,6 +33,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -225,3 +231,41 @@ def test_a_fork_while_a_thread_is_in_a_long_transaction_runs_the_child(tmp_path:
         assert len(fdn.events.get()) == 1  # the parent's connections still work
     finally:
         fdn.close()
+
+
+def test_the_postgres_schema_setting_leaves_sqlite_alone(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from foundation.database import migrate
+
+    monkeypatch.setenv("FOUNDATION_POSTGRES_SCHEMA", "fdn")  # one environment for both
+    url = f"sqlite:///{tmp_path / 'dev.db'}"
+    with Foundation(url) as fdn:
+        fdn.config.set("k", 1)
+    assert migrate.current_revision(url, fdn.settings) == migrate.head_revision()
+
+
+def test_offline_sql_with_a_schema_installs_into_it(pg_url: str) -> None:
+    from tests.test_migrations import ROOT
+
+    env = {**os.environ, "FOUNDATION_DATABASE_URL": pg_url, "FOUNDATION_POSTGRES_SCHEMA": "fdn"}
+    alembic = [sys.executable, "-m", "alembic", "-c", str(ROOT / "alembic.ini")]
+    done = subprocess.run(
+        [*alembic, "upgrade", "head", "--sql"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    with psycopg.connect(DatabaseURL.parse(pg_url).conninfo, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")  # a fresh database
+        conn.execute(done.stdout.encode())  # what a DBA runs in psql
+        where = conn.execute(
+            "SELECT DISTINCT table_schema FROM information_schema.tables "
+            "WHERE table_name LIKE 'foundation%'"
+        ).fetchall()
+    assert where == [("fdn",)]
+    with Foundation(pg_url, postgres_schema="fdn", migrate="check") as fdn:
+        fdn.config.set("k", 1)

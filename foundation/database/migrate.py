@@ -59,11 +59,17 @@ def migrations_dir() -> Path:
     )
 
 
+def postgres_schema(url: DatabaseURL, settings: Settings | None) -> str | None:
+    """The schema Foundation's tables live in: the setting, on PostgreSQL only (SQLite
+    would read it as an attached database)."""
+    return settings.postgres_schema if settings and url.backend == "postgresql" else None
+
+
 def alembic_config(url: str | DatabaseURL, settings: Settings | None = None) -> Config:
     parsed = url if isinstance(url, DatabaseURL) else DatabaseURL.parse(url)
     cfg = Config()
     if settings is not None:
-        cfg.attributes["schema"] = settings.postgres_schema
+        cfg.attributes["schema"] = postgres_schema(parsed, settings)
     cfg.set_main_option("script_location", str(migrations_dir()))
     cfg.set_main_option("path_separator", "os")
     cfg.attributes["url"] = parsed.url.render_as_string(hide_password=False)
@@ -114,7 +120,7 @@ def current_revision(url: str | DatabaseURL, settings: Settings | None = None) -
             conn,
             opts={
                 "version_table": VERSION_TABLE,
-                "version_table_schema": settings.postgres_schema if settings else None,
+                "version_table_schema": postgres_schema(parsed, settings),
             },
         )
         return ctx.get_current_revision()
