@@ -84,16 +84,20 @@ def test_check_mode_on_sqlite_refuses_an_empty_database(tmp_path: Path) -> None:
         Foundation(f"sqlite:///{tmp_path / 'e.db'}", migrate="check")
 
 
-def test_plain_alembic_upgrade_head_with_the_environment(empty_db_url: str) -> None:
-    env = {**os.environ, "FOUNDATION_DATABASE_URL": empty_db_url}
-    done = subprocess.run(
-        [sys.executable, "-m", "alembic", "-c", str(ROOT / "alembic.ini"), "upgrade", "head"],
+def run_alembic(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Plain ``alembic`` from the project's directory, as a deploy runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "alembic", "-c", str(ROOT / "alembic.ini"), *args],
         cwd=ROOT,
-        env=env,
+        env={**os.environ, **env},
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def test_plain_alembic_upgrade_head_with_the_environment(empty_db_url: str) -> None:
+    done = run_alembic("upgrade", "head", FOUNDATION_DATABASE_URL=empty_db_url)
     assert done.returncode == 0, done.stderr
     assert migrate.current_revision(empty_db_url) == migrate.head_revision()
     # alembic.ini's logging applies, as with any alembic project: each revision is logged.

@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -246,18 +244,10 @@ def test_the_postgres_schema_setting_leaves_sqlite_alone(
 
 
 def test_offline_sql_with_a_schema_installs_into_it(pg_url: str) -> None:
-    from tests.test_migrations import ROOT
+    from tests.test_migrations import run_alembic
 
-    env = {**os.environ, "FOUNDATION_DATABASE_URL": pg_url, "FOUNDATION_POSTGRES_SCHEMA": "fdn"}
-    alembic = [sys.executable, "-m", "alembic", "-c", str(ROOT / "alembic.ini")]
-    done = subprocess.run(
-        [*alembic, "upgrade", "head", "--sql"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    settings = {"FOUNDATION_DATABASE_URL": pg_url, "FOUNDATION_POSTGRES_SCHEMA": "fdn"}
+    done = run_alembic("upgrade", "head", "--sql", **settings)
     assert done.returncode == 0, done.stderr
     with psycopg.connect(DatabaseURL.parse(pg_url).conninfo, autocommit=True) as conn:
         conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")  # a fresh database
