@@ -15,22 +15,34 @@
   ``register_type(..., version=2**62)`` used up memory listing the missing upcasters;
   ``subscribe`` took types no event can have (``""``, 1000 characters) and names with
   control characters.
+* Found by a subscriptions review: a row written with plain SQL whose id is not a UUID
+  (``'order-42'``) stopped every reader with a bare ``ValueError`` (``get``, ``tail``, every
+  subscription reaching it, failed without the ``failed`` telemetry); an upper-case id let
+  the log hold one UUID twice; invalid JSON (SQLite) did the same. Migration 0014 refuses
+  such rows; a reader reaching one written before it raises ``event_error`` naming its
+  position. A subscription to some types reported a lag of every event of other types
+  after it had caught up, for good; one that lost its lease went ``failed`` untold.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
 import uuid
 from collections.abc import Generator, Iterator
 from typing import Any
 
+import psycopg
 import pydantic
 import pytest
 
 import foundation.events._aio as aio_events
 import foundation.events._service as sync_events
 from foundation import AsyncFoundation, Foundation, FoundationError, StorageUnavailableError
+from foundation.database.url import DatabaseURL
 from foundation.events._plan import NO_IDS, known_ids
+from tests.helpers import async_wait_for, wait_for
 
 from .test_events_cli import ok, run
 
@@ -176,3 +188,108 @@ def test_subscribe_refuses_types_no_event_has_and_unprintable_names(
         fdn.events.subscribe(name, lambda event: None, types=types)
     assert err.value.code == "event_error"
     assert fdn.events._subscriptions == []
+
+
+def _plain_insert(db_url: str, event_id: str, data: str = "{}") -> None:
+    """An INSERT an auditor or a script might make, straight through the driver."""
+    url = DatabaseURL.parse(db_url)
+    if url.backend == "sqlite":
+        with contextlib.closing(sqlite3.connect(url.sqlite_path, isolation_level=None)) as c:
+            c.execute(
+                "INSERT INTO foundation_events (id, type, data, metadata, recorded_at) "
+                "VALUES (?, 't', ?, '{}', '2026-11-30 00:00:00.000000')",
+                (event_id, data),
+            )
+    else:
+        with psycopg.connect(url.conninfo, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO foundation_events (id, type, data, metadata, recorded_at) "
+                "VALUES (%s, 't', %s::jsonb, '{}', now())",
+                (event_id, data),
+            )
+
+
+@pytest.mark.parametrize(
+    ("event_id", "data"),
+    [
+        ("order-42", "{}"),
+        ("0192F0C4-7A10-7B3E-9C1D-2F4B6A8C0E12", "{}"),  # another text than store()'s
+        ("deadbeef", "{}"),
+    ],
+)
+def test_the_log_refuses_a_row_its_readers_cannot_read(
+    fdn: Foundation, db_url: str, event_id: str, data: str
+) -> None:
+    with pytest.raises((sqlite3.Error, psycopg.Error)):
+        _plain_insert(db_url, event_id, data)
+    assert fdn.events.get() == []
+
+
+def test_sqlite_refuses_a_row_whose_data_is_not_json(tmp_path: Any) -> None:
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    with Foundation(url) as fdn:
+        with pytest.raises(sqlite3.IntegrityError, match="data JSON"):
+            _plain_insert(url, str(uuid.uuid4()), "{not json")
+        assert fdn.events.get() == []
+
+
+def _unreadable_row_written_before_0014(db_url: str) -> None:
+    url = DatabaseURL.parse(db_url)
+    if url.backend == "sqlite":
+        with contextlib.closing(sqlite3.connect(url.sqlite_path, isolation_level=None)) as c:
+            c.execute("DROP TRIGGER foundation_events_valid_row")
+    else:
+        with psycopg.connect(url.conninfo, autocommit=True) as conn:
+            conn.execute("DROP TRIGGER foundation_events_valid_row ON foundation_events")
+    _plain_insert(db_url, "order-42")
+
+
+def test_a_row_no_reader_can_read_is_named_by_its_position(fdn: Foundation, db_url: str) -> None:
+    fdn.events.store({"type": "t", "data": {}})
+    _unreadable_row_written_before_0014(db_url)
+    failed: list[dict[str, Any]] = []
+    fdn.telemetry.attach(
+        "unreadable",
+        ("foundation", "events", "subscription", "failed"),
+        lambda _e, measurements, meta, _c: failed.append({**measurements, **meta}),
+    )
+    with pytest.raises(FoundationError) as err:
+        fdn.events.get(after_position=1)
+    assert err.value.code == "event_error" and err.value.context["position"] == 2
+    assert "position 2" in err.value.message
+    seen: list[int] = []
+    sub = fdn.events.subscribe("projection", lambda e: seen.append(e.position), start=0)
+    wait_for(lambda: sub.status.state == "failed")
+    assert seen == [1] and "position 2" in (sub.status.last_error or "")
+    assert failed == [{"count": 1, "position": 2, "name": "projection", "error": "EventError"}]
+    sub.stop()
+
+
+async def test_a_row_no_reader_can_read_fails_an_async_subscription(db_url: str) -> None:
+    async with AsyncFoundation(db_url, migrate="check") as fdn:
+        await fdn.events.store({"type": "t", "data": {}})
+        _unreadable_row_written_before_0014(db_url)
+        seen: list[int] = []
+        sub = await fdn.events.subscribe("projection", lambda e: seen.append(e.position), start=0)
+        await async_wait_for(lambda: sub.status.state == "failed")
+        assert seen == [1] and "position 2" in (sub.status.last_error or "")
+        with pytest.raises(FoundationError) as err:
+            async for _ in await fdn.events.tail(start=1):
+                pass
+        assert err.value.code == "event_error"
+        await sub.stop()
+
+
+def test_a_subscription_to_some_types_reports_no_lag_once_caught_up(fdn: Foundation) -> None:
+    lags: list[int] = []
+    fdn.telemetry.attach(
+        "lag",
+        ("foundation", "events", "subscription", "lag"),
+        lambda _e, measurements, _m, _c: lags.append(measurements["lag"]),
+    )
+    fdn.events.store({"type": "order_cancelled", "data": {}})
+    fdn.events.store_many([{"type": "order_placed", "data": {}}] * 50)
+    sub = fdn.events.subscribe("cancellations", lambda e: None, types=["order_cancelled"])
+    wait_for(lambda: lags)
+    sub.stop()
+    assert lags == [0]

@@ -388,6 +388,12 @@ def test_an_expired_lease_is_taken_over_and_the_old_owner_stops(
         entered.set()
         release.wait(10)
 
+    failed: list[dict[str, Any]] = []
+    fdn.telemetry.attach(
+        "lease-lost",
+        ("foundation", "events", "subscription", "failed"),
+        lambda _e, _m, meta, _c: failed.append(meta),
+    )
     stuck = fdn.events.subscribe("leased", hang, lease_ms=1500, **FAST)
     assert entered.wait(5)
     with Foundation(db_url, migrate="check") as other:
@@ -410,6 +416,7 @@ def test_an_expired_lease_is_taken_over_and_the_old_owner_stops(
         # The old owner finds its checkpoint refused and stops rather than run on beside it.
         wait_for(lambda: stuck.status.state == "failed")
         assert "taken over" in (stuck.status.last_error or "")
+        assert failed == [{"name": "leased", "error": "lease_lost"}]  # told as every failure
         stuck.stop()
         row = _row(fdn, "leased")
         assert (

@@ -436,6 +436,10 @@ ALLOWED: dict[tuple[str, str], str] = {
     ): "DDL takes no bound parameters; the schema name is validated by Settings "
     "(pattern ^[a-z_][a-z0-9_]{0,62}$)",
     (
+        "migrations/env.py",
+        'f"SET search_path TO {schema}"',
+    ): "as above: the schema name validated by Settings",
+    (
         "migrations/versions/0005_audit.py",
         "<DDL>",
     ): "the PL/pgSQL and SQLite trigger bodies; the values are the events lock key and the "

@@ -47,6 +47,7 @@ from foundation.database.codec import Codec
 from foundation.database.schema import events, subscriptions
 from foundation.database.statements import compile_sql, compile_sqlite_positional
 from foundation.database.url import Backend
+from foundation.errors import EventError
 from foundation.events._model import Criteria, NewEvent, RecordedEvent, uuid_of
 
 __all__ = ["EVENTS_LOCK_KEY", "EventSQL"]
@@ -293,18 +294,21 @@ class EventSQL:
 
     def record(self, row: tuple[Any, ...]) -> RecordedEvent:
         load = self.codec.load_json
-        return new_record(
-            _uuid(row[1]),
-            int(row[0]),
-            row[2],
-            None if row[3] is None else int(row[3]),
-            row[4],
-            load(row[5]),
-            load(row[6]),
-            row[7],
-            row[8],
-            self.codec.load_ts(row[9]),
-        )
+        try:
+            return new_record(
+                _uuid(row[1]),
+                int(row[0]),
+                row[2],
+                None if row[3] is None else int(row[3]),
+                row[4],
+                load(row[5]),
+                load(row[6]),
+                row[7],
+                row[8],
+                self.codec.load_ts(row[9]),
+            )
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise unreadable_row(row, exc) from None
 
 
 # Reading 1000 events is mostly building 1000 records, so both steps skip the generic
@@ -351,7 +355,22 @@ def new_record(
 
 
 def _uuid(text: str) -> uuid.UUID:
+    if len(text) != 36:  # the int below would take 'deadbeef' for another UUID
+        raise ValueError(f"{text!r} is not a UUID's text")
     return uuid_of(int(text.replace("-", ""), 16))
+
+
+def unreadable_row(row: tuple[Any, ...], exc: Exception) -> EventError:
+    """A row of the log no record can be made of: one written with plain SQL before
+    migration 0014 refused such rows (an id that is not a UUID, say). Named by its
+    position, for its owner to see to; every reader reaching it stops there (a
+    subscription as ``failed``: no retry can read it)."""
+    return EventError(
+        f"the event at position {row[0]} cannot be read ({type(exc).__name__}: "
+        f"{str(exc)[:200]}); a row written to foundation_events with plain SQL? Its id "
+        f"is {str(row[1])[:60]!r}",
+        context={"position": row[0], "id": str(row[1])[:60], "error": type(exc).__name__},
+    )
 
 
 _ZERO: Any = sa.literal_column("0")

@@ -280,26 +280,38 @@ class _SubscriptionBase:
             f"{event.position})"
         )
         log.error("subscription %r failed: %s", self.name, self._last_error)
-        self._events._telemetry.execute(
-            ("foundation", "events", "subscription", "failed"),
-            {"count": 1, "position": event.position},
-            {"name": self.name, "error": type(exc).__name__},
-        )
+        self._telemetry_failed(type(exc).__name__, event.position)
         return {**self._stamp(), "status": "failed", "error": self._last_error[:4000]}
 
     def _lag(self, handled: int, last_position: int) -> None:
         # Positions between the checkpoint and the head of the log (one query per batch).
+        # A subscription to some types whose page was not full has read every event of
+        # its types: caught up, though its checkpoint (the last of them) may lie far
+        # behind the head, past events of other types.
+        caught_up = self.options.types is not None and handled < self.options.batch_size
+        lag = 0 if caught_up else max(0, last_position - self._checkpoint)
         self._events._telemetry.execute(
             ("foundation", "events", "subscription", "lag"),
-            {"count": handled, "lag": max(0, last_position - self._checkpoint)},
+            {"count": handled, "lag": lag},
             {"name": self.name, "node": self._node},
         )
 
+    def _telemetry_failed(self, error: str, position: int | None = None) -> None:
+        """Every way into ``failed`` tells telemetry (an alert watches this event)."""
+        measurements = {"count": 1} if position is None else {"count": 1, "position": position}
+        self._events._telemetry.execute(
+            ("foundation", "events", "subscription", "failed"),
+            measurements,
+            {"name": self.name, "error": error},
+        )
+
     def _crashed(self, exc: BaseException) -> dict[str, Any]:
-        """A fault of the loop itself (not of the handler): stop visibly rather than spin.
+        """A fault of the loop itself (not of the handler; a row of the log it cannot
+        read, after the events before it were delivered): stop visibly rather than spin.
         Returns the row's parameters for the caller to record."""
         log.exception("subscription %r stopped on an unexpected error", self.name)
         self._last_error = f"{type(exc).__name__}: {exc}"
+        self._telemetry_failed(type(exc).__name__, getattr(exc, "context", {}).get("position"))
         return {**self._stamp(), "status": "failed", "error": self._last_error[:4000]}
 
     def _lost(self) -> None:
@@ -309,6 +321,7 @@ class _SubscriptionBase:
             self._state = "failed"
         self._last_error = "the subscription's lease was taken over by another consumer"
         log.error("subscription %r: %s", self.name, self._last_error)
+        self._telemetry_failed("lease_lost")
 
 
 def start_position(start: int, last_position: int) -> int:
@@ -405,16 +418,17 @@ class Subscription(_SubscriptionBase):
             self._wake.clear()  # before reading, so a write during the read wakes us again
             try:
                 sql, params = self._page()
-                records = [self._sql.record(r) for r in self._db.fetchall(sql, params)]
-                if not records:
+                rows = self._db.fetchall(sql, params)
+                if not rows:
                     self._wake.wait(self.options.poll_interval_ms / 1000)
                     continue
-                for record in records:
+                for row in rows:  # each made a record in turn: see _crashed
+                    record = self._sql.record(row)
                     if self._stop.is_set() or not self._deliver(record):
                         return
                     if not self._checkpoint_to(record.position):
                         return
-                self._lag(len(records), self._sync_events.last_position())
+                self._lag(len(rows), self._sync_events.last_position())
             except _DATABASE_FAULTS as exc:  # the database went away: retry
                 if self._db.closed:  # close() gave up waiting for the handler (see stop)
                     log.warning(
@@ -618,16 +632,17 @@ class AsyncSubscription(_SubscriptionBase):
             self._wake.clear()
             try:
                 sql, params = self._page()
-                records = [self._sql.record(r) for r in await self._db.fetchall(sql, params)]
-                if not records:
+                rows = await self._db.fetchall(sql, params)
+                if not rows:
                     await self._sleep(self.options.poll_interval_ms / 1000)
                     continue
-                for record in records:
+                for row in rows:  # as Subscription._loop
+                    record = self._sql.record(row)
                     if self._stopping or not await self._deliver(record):
                         return
                     if not await self._checkpoint_to(record.position):
                         return
-                self._lag(len(records), await self._async_events.last_position())
+                self._lag(len(rows), await self._async_events.last_position())
             except _DATABASE_FAULTS as exc:
                 log.warning("subscription %r cannot read the log (%s); retrying", self.name, exc)
                 await asyncio.sleep(self.options.poll_interval_ms / 1000)

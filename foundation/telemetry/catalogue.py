@@ -141,9 +141,13 @@ CATALOGUE: Final[tuple[EventSpec, ...]] = (
     _spec(
         "foundation.events.subscription.failed",
         "events",
-        "when a subscription's handler failed past its retries and the subscription stopped",
-        {"count": "always 1", "position": "log position of the failing event"},
-        {"name": "subscription name", "error": "exception class name"},
+        "when a subscription stopped `failed`: its handler failed past its retries, its "
+        "lease was taken over, or it met a row it cannot read",
+        {
+            "count": "always 1",
+            "position": "log position of the failing event (absent for a lease loss)",
+        },
+        {"name": "subscription name", "error": "exception class name, or `lease_lost`"},
     ),
     _spec(
         "foundation.events.subscription.lag",
@@ -151,7 +155,8 @@ CATALOGUE: Final[tuple[EventSpec, ...]] = (
         "after a subscription handled a batch of events",
         {
             "count": "events handled in the batch",
-            "lag": "positions between the subscription's checkpoint and the log's head",
+            "lag": "positions between the subscription's checkpoint and the log's head "
+            "(0 for one of some `types` that read all of them)",
         },
         {"name": "subscription name", "node": "the node running it"},
     ),
