@@ -20,6 +20,11 @@
   node's live names and members ``expired`` as it woke, then ``join`` again: the stall
   was measured from the end of the last pass only, so no grace let the change feed bring
   the renewals in first.
+* Found with a proxy cutting replies for real: a ``leave`` whose reply was lost left the
+  member among those the node rejoins after a lease recovery (it came back); an
+  ``update_metadata`` whose reply and re-read were lost was undone by the next recovery
+  (the old metadata written back); an ``unregister`` so lost was told to the node's
+  watchers as ``lost``, with a false ``lease_lost``.
 """
 
 from __future__ import annotations
@@ -306,3 +311,91 @@ def test_a_stall_inside_a_heartbeat_pass_reports_no_live_name_expired(
         time.sleep(1.0)  # past the grace
         assert "expired" not in kinds(seen), kinds(seen)
         assert reg.find("svc") is not None
+
+
+def test_a_leave_whose_reply_was_lost_is_not_rejoined_by_a_recovery(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with node(db_url) as fdn, node(db_url) as other:
+        reg = fdn.service_registry
+        reg.join("g", "http://a", member_id="m1")
+        reg.join("g", "http://a", member_id="m2")
+        _lose_register_replies(fdn, monkeypatch, reads_fail=False, statement="leave")
+        with pytest.raises(FoundationError):
+            reg.leave("g", "m1")
+        monkeypatch.undo()
+        _recovered(reg)  # the outage also cost the lease: what the node holds is rejoined
+        assert [m.member_id for m in reg.members("g")] == ["m2"]
+        wait_for(lambda: [m.member_id for m in other.service_registry.members("g")] == ["m2"])
+        reg.leave("g", "m1")  # a retry does what the first call meant, without a word
+
+
+def test_an_update_whose_outcome_was_unread_is_not_undone_by_a_recovery(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with node(db_url) as fdn, node(db_url) as other:
+        reg = fdn.service_registry
+        reg.register("svc", "http://a", {"v": 0})
+        _lose_register_replies(fdn, monkeypatch, reads_fail=True, statement="update_metadata")
+        with pytest.raises(FoundationError):
+            reg.update_metadata("svc", {"v": 1})
+        monkeypatch.undo()
+        wait_for(lambda: reg.lookup("svc").metadata == {"v": 1})  # landed: the feed says so
+        _recovered(reg)
+        mine = reg.lookup("svc")
+        assert mine.metadata == {"v": 1}
+
+        def seen_by_other() -> Any:
+            entry = other.service_registry.find("svc")
+            return entry if entry is not None and entry.revision == mine.revision else None
+
+        assert wait_for(seen_by_other).metadata == {"v": 1}
+
+
+def test_an_unregister_whose_outcome_was_unread_is_not_told_lost(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with node(db_url) as fdn, node(db_url) as other:
+        reg = fdn.service_registry
+        reg.register("svc", "http://a")
+        seen = watched(fdn, "svc")
+        losses: list[Any] = []
+        fdn.telemetry.attach(
+            "lost", "foundation.registry.lease_lost", lambda *args: losses.append(args)
+        )
+        _lose_register_replies(fdn, monkeypatch, reads_fail=True, statement="unregister")
+        with pytest.raises(FoundationError):
+            reg.unregister("svc")
+        monkeypatch.undo()
+        assert not reg.owns("svc")
+        wait_for(lambda: reg.find("svc") is None and kinds(seen) == ["unregister"])
+        assert reg.heartbeat() and reg._in_doubt == set()
+        time.sleep(0.2)
+        assert kinds(seen) == ["unregister"] and losses == []
+        other.service_registry.register("svc", "http://b")
+
+
+async def test_a_lost_leave_and_unregister_async(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fdn = await anode(db_url).open()
+    try:
+        reg = fdn.service_registry
+        await reg.join("g", "http://a", member_id="m1")
+        await reg.register("svc", "http://a", {"v": 0})
+        seen = watched(fdn, "svc")
+        _lose_register_replies(fdn, monkeypatch, reads_fail=False, aio=True, statement="leave")
+        with pytest.raises(FoundationError):
+            await reg.leave("g", "m1")
+        monkeypatch.undo()
+        _lose_register_replies(fdn, monkeypatch, reads_fail=True, aio=True, statement="unregister")
+        with pytest.raises(FoundationError):
+            await reg.unregister("svc")
+        monkeypatch.undo()
+        reg._lost_locally()
+        await reg._recover()  # neither comes back, and nothing is told lost
+        assert reg.members("g") == [] and not reg.owns("svc")
+        await async_wait_for(lambda: reg.find("svc") is None)
+        assert "lost" not in kinds(seen)
+    finally:
+        await fdn.close()

@@ -224,8 +224,8 @@ def _lose_register_replies(
     meanwhile: Any = None,
     statement: str = "register",
 ) -> None:
-    """The ``statement``'s (``register``, ``join``, ``unregister``, ``update_metadata``)
-    writes commit, then
+    """The ``statement``'s (``register``, ``join``, ``unregister``, ``update_metadata``,
+    ``leave``) writes commit, then
     their reply is lost (and, with ``reads_fail``, the database stays away for the read
     that follows)."""
     from foundation import StorageUnavailableError
@@ -237,6 +237,7 @@ def _lose_register_replies(
         "join": {sql_.join},
         "unregister": {sql_.unregister, sql_.unregister_force},
         "update_metadata": {sql_.update_metadata},
+        "leave": {sql_.leave},
     }[statement]
     read = sql_.select_member if statement == "join" else sql_.select_entry
     down = {"read": reads_fail}

@@ -208,6 +208,7 @@ class AsyncServiceRegistry(_RegistryBase):
                 continue  # the feed found it lost meanwhile
             if not self._reclaim_due(name, held):
                 continue  # its own TTL passed meanwhile: expired, not lost
+            held = self._as_cached(name, held)
             if await finish(self._reclaim_one(name, held)):
                 kept.append(name)
                 continue
@@ -334,9 +335,11 @@ class AsyncServiceRegistry(_RegistryBase):
             finally:
                 await self._settle(name, lock, locked)
         for group, member_id in builtins.list(self._members_in_doubt):
+            if (group, member_id) in self._joined:  # as ServiceRegistry._settle_doubts
+                self._members_in_doubt.discard((group, member_id))
+                continue
             params = {"group": group, "member": member_id, "node": self._node}
             await finish(self._db.fetchone(self._sql.leave, params))
-            self._members_in_doubt.discard((group, member_id))
             self._left(group, member_id)
 
     def _new_write_lock(self) -> asyncio.Lock:
@@ -382,7 +385,9 @@ class AsyncServiceRegistry(_RegistryBase):
         try:
             row = await self._db.fetchone(sql, params)
         except StorageUnavailableError:
-            row = await self._lost_write(name, self._judge_lost_unregister)
+            row = await self._lost_write(
+                name, self._judge_lost_unregister, lambda: self._unregister_in_doubt(name)
+            )
             if row is None:
                 raise
         if row is None:
@@ -392,12 +397,16 @@ class AsyncServiceRegistry(_RegistryBase):
         self._unregistered(name, row, started)
 
     async def _lost_write(
-        self, name: str, judge: Callable[[tuple[Any, ...] | None], tuple[Any, ...] | None]
+        self,
+        name: str,
+        judge: Callable[[tuple[Any, ...] | None], tuple[Any, ...] | None],
+        unread: Callable[[], None] = lambda: None,
     ) -> tuple[Any, ...] | None:
         """As :meth:`ServiceRegistry._lost_write`."""
         try:
             owner = await self._db.fetchone(self._sql.select_entry, {"name": name})
         except FoundationError:
+            unread()
             return None
         return judge(owner)
 
@@ -485,9 +494,13 @@ class AsyncServiceRegistry(_RegistryBase):
 
     async def _leave_once(self, group: str, member_id: str) -> None:
         # Whole, as _register_once.
-        await self._db.fetchone(
-            self._sql.leave, {"group": group, "member": member_id, "node": self._node}
-        )
+        try:
+            await self._db.fetchone(
+                self._sql.leave, {"group": group, "member": member_id, "node": self._node}
+            )
+        except StorageUnavailableError:
+            self._leave_in_doubt(group, member_id)
+            raise
         self._left(group, member_id)
 
     def watch(

@@ -450,6 +450,18 @@ class _RegistryBase(RegistryFeedSide):
             return None
         return self._sql.fresh_params(params)
 
+    def _as_cached(self, name: str, held: _Held) -> _Held:
+        """What a recovery writes again for ``name``: what this node holds, with the
+        metadata the cache last saw of this node's registration (an update_metadata
+        whose reply and re-read were lost landed, and the feed brought it in: written
+        back as it was, the old metadata would undo it)."""
+        entry = self._state.cached_entry(name)
+        if entry is None or entry.node != self._node or same_json(entry.metadata, held.metadata):
+            return held
+        meta, text = self._metadata_json(name, entry.metadata)
+        self._held[name] = held = held.with_metadata(meta, text)
+        return held
+
     def _reclaim_params(self, name: str, held: _Held, gen: int) -> dict[str, Any]:
         """``reclaim``'s parameters: ``register``'s, with the registration's own end
         (``held.until``) instead of a TTL counted from now."""
@@ -619,6 +631,14 @@ class _RegistryBase(RegistryFeedSide):
             raise self._not_held(name)
         params = {"name": name, "node": self._node, "gen": self._lease.generation}
         return self._sql.unregister, {**params, **self._sql.clock()}
+
+    def _unregister_in_doubt(self, name: str) -> None:
+        """An unregister that failed on the connection, its outcome unread: the name is
+        no longer this node's (a recovery would write it again; the feed's tombstone would
+        read as the name lost), and the heartbeat releases its row if it is still there
+        (the unregister the caller asked for, done; see ``_settle_doubts``)."""
+        if self._held.pop(name, None) is not None:
+            self._in_doubt.add(name)
 
     @staticmethod
     def _judge_lost_unregister(owner: tuple[Any, ...] | None) -> tuple[Any, ...] | None:
@@ -840,6 +860,7 @@ class _RegistryBase(RegistryFeedSide):
 
     def _joined_row(self, row: tuple[Any, ...], held: _Held) -> GroupMember:
         member = self._member(row)
+        self._members_in_doubt.discard((member.group, member.member_id))
         self._joined[(member.group, member.member_id)] = held
         self._notify(self._state.apply_member(member.group, member.member_id, member, "local"))
         return member
@@ -852,7 +873,8 @@ class _RegistryBase(RegistryFeedSide):
             ids = [check_name(member_id, "a member id")]
         if self._closed:
             raise self._closed_error({"group": group})
-        if not ids or any((group, m) not in self._joined for m in ids):
+        wanted = self._joined.keys() | self._members_in_doubt
+        if not ids or any((group, m) not in wanted for m in ids):
             raise NotFoundError(
                 f"this node is not a member of group {group!r}"
                 + ("" if member_id is None else f" as {member_id!r}"),
@@ -862,7 +884,15 @@ class _RegistryBase(RegistryFeedSide):
 
     def _left(self, group: str, member_id: str) -> None:
         self._joined.pop((group, member_id), None)
+        self._members_in_doubt.discard((group, member_id))
         self._notify(self._state.apply_member(group, member_id, None, "local"))
+
+    def _leave_in_doubt(self, group: str, member_id: str) -> None:
+        """A leave that failed on the connection (its reply lost after the commit, maybe):
+        the member is no longer this node's to rejoin after a lease recovery, and the
+        heartbeat removes it (the leave the caller asked for, done); a retry may too."""
+        self._joined.pop((group, member_id), None)
+        self._members_in_doubt.add((group, member_id))
 
     def _pending_names(self) -> tuple[builtins.list[str], dict[str, ServiceEntry | None]]:
         """Names held but not (yet) written under the current lease generation (and

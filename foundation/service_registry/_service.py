@@ -174,6 +174,7 @@ class ServiceRegistry(_RegistryBase):
                 continue  # the feed found it lost meanwhile
             if not self._reclaim_due(name, held):
                 continue  # its own TTL passed meanwhile: expired, not lost
+            held = self._as_cached(name, held)
             started = time.perf_counter_ns()
             gen = self._lease.generation
             params = self._reclaim_params(name, held, gen)
@@ -310,9 +311,11 @@ class ServiceRegistry(_RegistryBase):
             finally:
                 self._settle(name, lock, locked)
         for group, member_id in builtins.list(self._members_in_doubt):
+            if (group, member_id) in self._joined:  # joined again meanwhile
+                self._members_in_doubt.discard((group, member_id))
+                continue
             params = {"group": group, "member": member_id, "node": self._node}
             self._db.fetchone(self._sql.leave, params)
-            self._members_in_doubt.discard((group, member_id))
             self._left(group, member_id)
 
     def _new_write_lock(self) -> threading.Lock:
@@ -353,7 +356,9 @@ class ServiceRegistry(_RegistryBase):
             try:
                 row = self._db.fetchone(sql, params)
             except StorageUnavailableError:
-                row = self._lost_write(name, self._judge_lost_unregister)
+                row = self._lost_write(
+                    name, self._judge_lost_unregister, lambda: self._unregister_in_doubt(name)
+                )
                 if row is None:
                     raise
             if row is None:
@@ -365,14 +370,18 @@ class ServiceRegistry(_RegistryBase):
             self._settle(name, lock, locked)
 
     def _lost_write(
-        self, name: str, judge: Callable[[tuple[Any, ...] | None], tuple[Any, ...] | None]
+        self,
+        name: str,
+        judge: Callable[[tuple[Any, ...] | None], tuple[Any, ...] | None],
+        unread: Callable[[], None] = lambda: None,
     ) -> tuple[Any, ...] | None:
         """After an unregister or update_metadata failed on the connection (its reply
         lost after the commit, maybe): ``judge`` of the name's row, read again; None when
-        that read fails too."""
+        that read fails too (after ``unread()``)."""
         try:
             owner = self._db.fetchone(self._sql.select_entry, {"name": name})
         except FoundationError:
+            unread()
             return None
         return judge(owner)
 
@@ -440,7 +449,11 @@ class ServiceRegistry(_RegistryBase):
         with self._counted({"group": group}):
             for mid in ids:
                 row = {"group": group, "member": mid, "node": self._node}
-                self._db.fetchone(self._sql.leave, row)
+                try:
+                    self._db.fetchone(self._sql.leave, row)
+                except StorageUnavailableError:
+                    self._leave_in_doubt(group, mid)
+                    raise
                 self._left(group, mid)
 
     def watch(
