@@ -43,6 +43,16 @@ from tests.test_registry_review3 import kinds, watched
 from tests.test_registry_review9 import _lose_register_replies, _recovered
 
 
+def _as_seen_by(other: Any, mine: Any) -> Any:
+    """``mine`` (an entry) once ``other`` (a node) has seen that very revision of it."""
+
+    def seen() -> Any:
+        entry = other.service_registry.find(mine.name)
+        return entry if entry is not None and entry.revision == mine.revision else None
+
+    return wait_for(seen)
+
+
 def _lose_join_replies(fdn: Any, monkeypatch: pytest.MonkeyPatch, **kwargs: Any) -> None:
     _lose_register_replies(fdn, monkeypatch, statement="join", **kwargs)
 
@@ -196,12 +206,7 @@ def test_an_update_whose_reply_was_lost_is_told_done(
         reg._recover()
         mine = reg.lookup("svc")
         assert reg.owns("svc") and mine.metadata == {"v": 2}
-
-        def seen_by_other() -> Any:
-            entry = other.service_registry.find("svc")
-            return entry if entry is not None and entry.revision == mine.revision else None
-
-        assert wait_for(seen_by_other).metadata == {"v": 2}
+        assert _as_seen_by(other, mine).metadata == {"v": 2}
 
 
 async def test_an_update_whose_reply_was_lost_async(
@@ -344,12 +349,7 @@ def test_an_update_whose_outcome_was_unread_is_not_undone_by_a_recovery(
         _recovered(reg)
         mine = reg.lookup("svc")
         assert mine.metadata == {"v": 1}
-
-        def seen_by_other() -> Any:
-            entry = other.service_registry.find("svc")
-            return entry if entry is not None and entry.revision == mine.revision else None
-
-        assert wait_for(seen_by_other).metadata == {"v": 1}
+        assert _as_seen_by(other, mine).metadata == {"v": 1}
 
 
 def test_an_unregister_whose_outcome_was_unread_is_not_told_lost(
