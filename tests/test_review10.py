@@ -14,6 +14,9 @@
   (``unknown database fdn``: the version table's schema read as an attached database),
   and ``alembic upgrade head --sql`` with it wrote a script that created every table
   outside that schema.
+* Found with a proxy cutting connections: after an outage, the pool's reconnection waits
+  began at 1 s and doubled without bound: a server back after 16 s was reached at 31 s,
+  past a 30 s lease, and a node lost its names to an outage shorter than their TTL.
 * SQLite: the sync face kept the connection of every thread that ever used it (two file
   descriptors each) until ``close()``: a server with a thread per request ran out of file
   descriptors ("unable to open database file" after ~500 threads under ``ulimit -n
@@ -259,3 +262,35 @@ def test_offline_sql_with_a_schema_installs_into_it(pg_url: str) -> None:
     assert where == [("fdn",)]
     with Foundation(pg_url, postgres_schema="fdn", migrate="check") as fdn:
         fdn.config.set("k", 1)
+
+
+def test_the_pools_reconnect_every_second_at_most(monkeypatch: pytest.MonkeyPatch) -> None:
+    import psycopg_pool
+
+    from foundation.database import postgres
+
+    attempt = postgres._Reconnect(timeout=300)
+    delays = []
+    for now in range(10):
+        attempt.update_delay(float(now))
+        delays.append(attempt.delay)
+    assert delays[0] < 0.3 and max(delays) == 1.0  # psycopg_pool's own: 1, 2, 4 … 512
+    used: list[Any] = []
+
+    async def add(self: Any, attempt: Any, growing: bool = False) -> None:
+        used.append(attempt)
+
+    monkeypatch.setattr(
+        psycopg_pool.ConnectionPool,
+        "_add_connection",
+        lambda self, a, growing=False: used.append(a),
+    )
+    monkeypatch.setattr(psycopg_pool.AsyncConnectionPool, "_add_connection", add)
+    conninfo = "host=127.0.0.1 port=1"  # never connected: open=False
+    postgres.ConnectionPool(conninfo, open=False)._add_connection(None)
+
+    async def add_async() -> None:
+        await postgres.AsyncConnectionPool(conninfo, open=False)._add_connection(None)
+
+    asyncio.run(add_async())
+    assert len(used) == 2 and all(isinstance(a, postgres._Reconnect) for a in used)

@@ -17,6 +17,7 @@ import psycopg
 import psycopg_pool
 from psycopg.adapt import AdaptersMap
 from psycopg.types.json import set_json_loads
+from psycopg_pool.base import AttemptWithBackoff
 
 from foundation.database.codec import load_json_bytes
 from foundation.settings import Settings
@@ -82,16 +83,42 @@ def _most_recent_first(idle: object) -> None:
         idle.rotate(1)
 
 
+class _Reconnect(AttemptWithBackoff):
+    """psycopg_pool's reconnection after the server went away, its waits shorter.
+
+    Its own start at 1 s and double without bound (1, 2, 4 … s): a server back after
+    1.5 s was reached at 3 s, one back after 16 s at 31 s, past a 30 s lease: a node
+    lost its names to an outage shorter than their TTL. Here: from 0.25 s, at most 1 s
+    apart (a refused connection costs the server next to nothing)."""
+
+    INITIAL_DELAY = 0.25
+    MAX_DELAY = 1.0
+
+    def update_delay(self, now: float) -> None:
+        super().update_delay(now)
+        self.delay = min(self.delay, self.MAX_DELAY)
+
+
 class ConnectionPool(psycopg_pool.ConnectionPool[psycopg.Connection[Any]]):
-    """psycopg's pool, the connection returned last handed out first."""
+    """psycopg's pool, the connection returned last handed out first, reconnecting every
+    second at most (see ``_Reconnect``)."""
 
     def _get_ready_connection(self, timeout: float | None) -> psycopg.Connection[Any] | None:
         _most_recent_first(getattr(self, "_pool", None))  # under the pool's lock
         return super()._get_ready_connection(timeout)
 
+    def _add_connection(self, attempt: AttemptWithBackoff | None, growing: bool = False) -> None:
+        super()._add_connection(attempt or _Reconnect(timeout=self.reconnect_timeout), growing)
+
 
 class AsyncConnectionPool(psycopg_pool.AsyncConnectionPool[psycopg.AsyncConnection[Any]]):
-    """psycopg's async pool, the connection returned last handed out first."""
+    """psycopg's async pool, as :class:`ConnectionPool`."""
+
+    async def _add_connection(
+        self, attempt: AttemptWithBackoff | None, growing: bool = False
+    ) -> None:
+        attempt = attempt or _Reconnect(timeout=self.reconnect_timeout)
+        await super()._add_connection(attempt, growing)
 
     async def _get_ready_connection(
         self, timeout: float | None
