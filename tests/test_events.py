@@ -427,7 +427,7 @@ def test_the_log_is_append_only_in_the_database(fdn: Foundation, db_url: str) ->
         conn = sqlite3.connect(url.sqlite_path)
         try:
             rewrite = (
-                "SELECT position, id, 'b', NULL, NULL, 'x', '{}', '{}', recorded_at "
+                "SELECT position, id, 'b', NULL, NULL, '\"x\"', '{}', '{}', recorded_at "
                 "FROM foundation_events"
             )
             columns = (
@@ -441,8 +441,8 @@ def test_the_log_is_append_only_in_the_database(fdn: Foundation, db_url: str) ->
                 f"REPLACE INTO foundation_events {columns} {rewrite}",
                 f"INSERT OR REPLACE INTO foundation_events {columns} {rewrite}",
                 "INSERT OR REPLACE INTO foundation_events (id, type, data, metadata, "
-                "recorded_at) SELECT id, 'b', 'x', '{}', recorded_at FROM foundation_events",
-            ):
+                "recorded_at) SELECT id, 'b', '\"x\"', '{}', recorded_at FROM foundation_events",
+            ):  # valid rows (JSON data): refused as rewrites, not by migration 0014
                 with pytest.raises(sqlite3.IntegrityError, match="append-only"):
                     conn.execute(sql)
         finally:
