@@ -22,6 +22,9 @@
   such rows; a reader reaching one written before it raises ``event_error`` naming its
   position. A subscription to some types reported a lag of every event of other types
   after it had caught up, for good; one that lost its lease went ``failed`` untold.
+* Found in review of those fixes: the lag stayed at its last batch's when that batch
+  was exactly a full page; 36 characters that are not a UUID's text (36 hex digits, a
+  misplaced dash, a leading space) read as some other UUID.
 """
 
 from __future__ import annotations
@@ -233,7 +236,7 @@ def test_sqlite_refuses_a_row_whose_data_is_not_json(tmp_path: Any) -> None:
         assert fdn.events.get() == []
 
 
-def _unreadable_row_written_before_0014(db_url: str) -> None:
+def _unreadable_row_written_before_0014(db_url: str, event_id: str = "order-42") -> None:
     url = DatabaseURL.parse(db_url)
     if url.backend == "sqlite":
         with contextlib.closing(sqlite3.connect(url.sqlite_path, isolation_level=None)) as c:
@@ -241,7 +244,7 @@ def _unreadable_row_written_before_0014(db_url: str) -> None:
     else:
         with psycopg.connect(url.conninfo, autocommit=True) as conn:
             conn.execute("DROP TRIGGER foundation_events_valid_row ON foundation_events")
-    _plain_insert(db_url, "order-42")
+    _plain_insert(db_url, event_id)
 
 
 def test_a_row_no_reader_can_read_is_named_by_its_position(fdn: Foundation, db_url: str) -> None:
@@ -293,3 +296,38 @@ def test_a_subscription_to_some_types_reports_no_lag_once_caught_up(fdn: Foundat
     wait_for(lambda: lags)
     sub.stop()
     assert lags == [0]
+
+
+@pytest.mark.parametrize(
+    "event_id",
+    ["a" * 36, "0192f0c47a10-7b3e-9c1d-2f4b6a8c0e12-", " 0192f0c4-7a10-7b3e-9c1d-2f4b6a8c0e1"],
+)
+def test_a_row_whose_id_only_looks_like_a_uuid_is_named_too(
+    fdn: Foundation, db_url: str, event_id: str
+) -> None:
+    fdn.events.store({"type": "t", "data": {}})
+    _unreadable_row_written_before_0014(db_url, event_id)
+    with pytest.raises(FoundationError) as err:
+        fdn.events.get(after_position=1)
+    assert err.value.code == "event_error" and err.value.context["position"] == 2
+
+
+def test_the_lag_drops_to_0_after_a_full_last_page(fdn: Foundation) -> None:
+    lags: list[tuple[int, int]] = []
+    fdn.telemetry.attach(
+        "lag-full-page",
+        ("foundation", "events", "subscription", "lag"),
+        lambda _e, measurements, _m, _c: lags.append((measurements["count"], measurements["lag"])),
+    )
+    fdn.events.store_many([{"type": "order_cancelled", "data": {}}] * 10)
+    fdn.events.store_many([{"type": "order_placed", "data": {}}] * 50)
+    sub = fdn.events.subscribe(
+        "cancellations",
+        lambda e: None,
+        types=["order_cancelled"],
+        batch_size=10,
+        poll_interval_ms=10,
+    )
+    wait_for(lambda: lags and lags[-1] == (0, 0))
+    sub.stop()
+    assert lags == [(10, 50), (0, 0)]  # told once, not at every idle poll

@@ -25,6 +25,9 @@
   ``update_metadata`` whose reply and re-read were lost was undone by the next recovery
   (the old metadata written back); an ``unregister`` so lost was told to the node's
   watchers as ``lost``, with a false ``lease_lost``.
+* Found in review of those fixes: a ``join`` of a member whose ``leave`` had been lost,
+  landing while the heartbeat removed that member, was undone by it (or left a member
+  the node did not know).
 """
 
 from __future__ import annotations
@@ -399,3 +402,38 @@ async def test_a_lost_leave_and_unregister_async(
         assert "lost" not in kinds(seen)
     finally:
         await fdn.close()
+
+
+def test_a_join_racing_the_heartbeats_removal_of_a_lost_leave_stays(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with node(db_url) as fdn:
+        reg = fdn.service_registry
+        stop_heartbeat(fdn)  # the heartbeat is driven by hand below
+        reg.join("g", "http://a", member_id="M")
+        _lose_register_replies(fdn, monkeypatch, reads_fail=False, statement="leave")
+        with pytest.raises(FoundationError):
+            reg.leave("g", "M")
+        monkeypatch.undo()
+        db, real = reg._db, reg._db.fetchone
+        joiner: list[threading.Thread] = []
+
+        def fetchone(sql: str, params: Any = None) -> Any:
+            if sql == reg._sql.leave and not joiner:  # the settle's removal: a join now
+                joiner.append(
+                    threading.Thread(
+                        target=reg.join, args=("g", "http://b"), kwargs={"member_id": "M"}
+                    )
+                )
+                joiner[0].start()
+                time.sleep(0.3)
+            return real(sql, params)
+
+        monkeypatch.setattr(db, "fetchone", fetchone)
+        assert reg.heartbeat()
+        joiner[0].join(10)
+        monkeypatch.undo()
+        assert [(m.member_id, m.address) for m in reg.members("g")] == [("M", "http://b")]
+        assert ("g", "M") in reg._joined
+        reg.leave("g", "M")
+        assert reg.members("g") == []

@@ -355,9 +355,16 @@ def new_record(
 
 
 def _uuid(text: str) -> uuid.UUID:
-    if len(text) != 36:  # the int below would take 'deadbeef' for another UUID
+    # The int below alone would take 'deadbeef', ' 0192…' or 36 hex digits for a UUID.
+    digits = text.replace("-", "")
+    if not (
+        len(text) == 36
+        and len(digits) == 32
+        and digits.isalnum()
+        and text[8] == text[13] == text[18] == text[23] == "-"
+    ):
         raise ValueError(f"{text!r} is not a UUID's text")
-    return uuid_of(int(text.replace("-", ""), 16))
+    return uuid_of(int(digits, 16))
 
 
 def unreadable_row(row: tuple[Any, ...], exc: Exception) -> EventError:

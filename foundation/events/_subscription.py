@@ -192,6 +192,7 @@ class _SubscriptionBase:
         self._release_claimed = False  # a caller is releasing the name (see _releasing)
         self._state: State = "starting"
         self._checkpoint = 0
+        self._lag_told = 0  # the lag last told (see _lag)
         self._last_error: str | None = None
         self._attempts = 0
         # Monotonic end of the lease as this consumer knows it: counted from before the
@@ -283,13 +284,19 @@ class _SubscriptionBase:
         self._telemetry_failed(type(exc).__name__, event.position)
         return {**self._stamp(), "status": "failed", "error": self._last_error[:4000]}
 
-    def _lag(self, handled: int, last_position: int) -> None:
-        # Positions between the checkpoint and the head of the log (one query per batch).
-        # A subscription to some types whose page was not full has read every event of
-        # its types: caught up, though its checkpoint (the last of them) may lie far
-        # behind the head, past events of other types.
-        caught_up = self.options.types is not None and handled < self.options.batch_size
-        lag = 0 if caught_up else max(0, last_position - self._checkpoint)
+    def _lag(self, handled: int, last_position: int | None) -> None:
+        """After a batch: positions between the checkpoint and the head of the log (one
+        query per batch). A subscription to some types whose page was not full has read
+        every event of its types: caught up, though its checkpoint (the last of them)
+        may lie far behind the head, past events of other types. ``last_position`` None:
+        a read found nothing more, told once (a gauge would keep the last batch's lag)."""
+        caught_up = last_position is None or (
+            self.options.types is not None and handled < self.options.batch_size
+        )
+        lag = 0 if caught_up else max(0, (last_position or 0) - self._checkpoint)
+        if handled == 0 and self._lag_told == 0:
+            return
+        self._lag_told = lag
         self._events._telemetry.execute(
             ("foundation", "events", "subscription", "lag"),
             {"count": handled, "lag": lag},
@@ -420,6 +427,7 @@ class Subscription(_SubscriptionBase):
                 sql, params = self._page()
                 rows = self._db.fetchall(sql, params)
                 if not rows:
+                    self._lag(0, None)
                     self._wake.wait(self.options.poll_interval_ms / 1000)
                     continue
                 for row in rows:  # each made a record in turn: see _crashed
@@ -634,6 +642,7 @@ class AsyncSubscription(_SubscriptionBase):
                 sql, params = self._page()
                 rows = await self._db.fetchall(sql, params)
                 if not rows:
+                    self._lag(0, None)
                     await self._sleep(self.options.poll_interval_ms / 1000)
                     continue
                 for row in rows:  # as Subscription._loop

@@ -54,6 +54,7 @@ class AsyncServiceRegistry(_RegistryBase):
         super().__init__(sql, settings, telemetry, options)
         self._db = db
         self._recover_lock: asyncio.Lock | None = None
+        self._members_guard: asyncio.Lock | None = None
         self._task: asyncio.Task[None] | None = None
         self._dispatcher = LoopDispatcher(
             f"foundation-registry-watch-{self._node}", self._state.watch_active
@@ -64,6 +65,12 @@ class AsyncServiceRegistry(_RegistryBase):
         if self._recover_lock is None:
             self._recover_lock = asyncio.Lock()
         return self._recover_lock
+
+    def _members_lock(self) -> asyncio.Lock:
+        """As ``ServiceRegistry._members_lock`` (made on the loop that first needs it)."""
+        if self._members_guard is None:
+            self._members_guard = asyncio.Lock()
+        return self._members_guard
 
     async def load(self) -> None:
         """As :meth:`ServiceRegistry.load` (``config_error`` if another live instance
@@ -334,13 +341,12 @@ class AsyncServiceRegistry(_RegistryBase):
                 self._in_doubt.discard(name)
             finally:
                 await self._settle(name, lock, locked)
-        for group, member_id in builtins.list(self._members_in_doubt):
-            if (group, member_id) in self._joined:  # as ServiceRegistry._settle_doubts
-                self._members_in_doubt.discard((group, member_id))
-                continue
-            params = {"group": group, "member": member_id, "node": self._node}
-            await finish(self._db.fetchone(self._sql.leave, params))
-            self._left(group, member_id)
+        async with self._members_lock():  # as ServiceRegistry._settle_doubts
+            for group, member_id in builtins.list(self._members_in_doubt):
+                if (group, member_id) in self._members_in_doubt:
+                    params = {"group": group, "member": member_id, "node": self._node}
+                    await finish(self._db.fetchone(self._sql.leave, params))
+                    self._left(group, member_id)
 
     def _new_write_lock(self) -> asyncio.Lock:
         return asyncio.Lock()
@@ -450,7 +456,11 @@ class AsyncServiceRegistry(_RegistryBase):
         member_id, generated = self._new_member_id(member_id)
         with self._counted({"group": group}):
             lease = await self._ensure_lease()
-            return await finish(self._join_once(group, member_id, held, lease, generated))
+            if (group, member_id) not in self._members_in_doubt:
+                return await finish(self._join_once(group, member_id, held, lease, generated))
+            async with self._members_lock():  # see ServiceRegistry._settle_doubts
+                self._members_in_doubt.discard((group, member_id))
+                return await finish(self._join_once(group, member_id, held, lease, generated))
 
     async def _join_once(
         self, group: str, member_id: str, held: Any, lease: _Lease, generated: bool

@@ -53,6 +53,9 @@ class ServiceRegistry(_RegistryBase):
         super().__init__(sql, settings, telemetry, options)
         self._db = db
         self._recover_lock = threading.RLock()
+        # The heartbeat's removal of members in doubt, and a join of one of them: one at a
+        # time (a join landing between its check and its leave was undone).
+        self._members_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._dispatcher = ThreadDispatcher(
@@ -310,13 +313,12 @@ class ServiceRegistry(_RegistryBase):
                 self._in_doubt.discard(name)
             finally:
                 self._settle(name, lock, locked)
-        for group, member_id in builtins.list(self._members_in_doubt):
-            if (group, member_id) in self._joined:  # joined again meanwhile
-                self._members_in_doubt.discard((group, member_id))
-                continue
-            params = {"group": group, "member": member_id, "node": self._node}
-            self._db.fetchone(self._sql.leave, params)
-            self._left(group, member_id)
+        with self._members_lock:  # a join of one of them waits, or goes first
+            for group, member_id in builtins.list(self._members_in_doubt):
+                if (group, member_id) in self._members_in_doubt:  # not joined meanwhile
+                    params = {"group": group, "member": member_id, "node": self._node}
+                    self._db.fetchone(self._sql.leave, params)
+                    self._left(group, member_id)
 
     def _new_write_lock(self) -> threading.Lock:
         return threading.Lock()
@@ -418,17 +420,23 @@ class ServiceRegistry(_RegistryBase):
         member_id, generated = self._new_member_id(member_id)
         with self._counted({"group": group}):
             lease = self._ensure_lease()
-            gen = lease.generation
-            try:
-                row = self._db.fetchone(
-                    self._sql.join, self._join_params(group, member_id, held, gen)
-                )
-            except StorageUnavailableError:
-                member = self._lost_join((group, member_id), held, gen, generated)
-                if member is None:
-                    raise
-                return member
-            return self._join_result(group, member_id, held, row)
+            if (group, member_id) not in self._members_in_doubt:
+                return self._join_once(group, member_id, held, lease.generation, generated)
+            with self._members_lock:  # see _settle_doubts
+                self._members_in_doubt.discard((group, member_id))  # joined, not left
+                return self._join_once(group, member_id, held, lease.generation, generated)
+
+    def _join_once(
+        self, group: str, member_id: str, held: _Held, gen: int, generated: bool
+    ) -> GroupMember:
+        try:
+            row = self._db.fetchone(self._sql.join, self._join_params(group, member_id, held, gen))
+        except StorageUnavailableError:
+            member = self._lost_join((group, member_id), held, gen, generated)
+            if member is None:
+                raise
+            return member
+        return self._join_result(group, member_id, held, row)
 
     def _lost_join(
         self, key: tuple[str, str], held: _Held, gen: int, generated: bool

@@ -152,11 +152,11 @@ CATALOGUE: Final[tuple[EventSpec, ...]] = (
     _spec(
         "foundation.events.subscription.lag",
         "events",
-        "after a subscription handled a batch of events",
+        "after a subscription handled a batch of events, and when it has caught up",
         {
             "count": "events handled in the batch",
             "lag": "positions between the subscription's checkpoint and the log's head "
-            "(0 for one of some `types` that read all of them)",
+            "(0 once it read all of its events: then told once, with `count` 0)",
         },
         {"name": "subscription name", "node": "the node running it"},
     ),
