@@ -228,10 +228,39 @@ def test_the_log_refuses_a_row_its_readers_cannot_read(
     assert fdn.events.get() == []
 
 
+@pytest.mark.parametrize(
+    ("column", "value", "rule"),
+    [
+        ("data", b"{}", "data must be JSON"),  # a blob: json_valid() takes it
+        ("metadata", "[1]", "metadata must be a JSON object"),
+        ("recorded_at", "garbage", "recorded_at must be an ISO date"),
+        ("recorded_at", 12345, "recorded_at must be an ISO date"),
+        ("stream_version", "abc", "stream_version must be an integer"),
+    ],
+)
+def test_sqlite_refuses_what_postgres_column_types_refuse(
+    tmp_path: Any, column: str, value: Any, rule: str
+) -> None:
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    row = {"id": str(uuid.uuid4()), "type": "t", "data": "{}", "metadata": "{}"}
+    row |= {"recorded_at": "2026-11-30 00:00:00.000000", "stream_id": "s"}
+    row |= {"stream_version": 1, column: value}
+    with Foundation(url) as fdn:
+        with (
+            contextlib.closing(sqlite3.connect(tmp_path / "log.db")) as conn,
+            pytest.raises(sqlite3.IntegrityError, match=rule),
+        ):
+            columns, marks = ", ".join(row), ", ".join("?" * len(row))
+            conn.execute(
+                f"INSERT INTO foundation_events ({columns}) VALUES ({marks})", tuple(row.values())
+            )
+        assert fdn.events.get() == []
+
+
 def test_sqlite_refuses_a_row_whose_data_is_not_json(tmp_path: Any) -> None:
     url = f"sqlite:///{tmp_path / 'log.db'}"
     with Foundation(url) as fdn:
-        with pytest.raises(sqlite3.IntegrityError, match="data JSON"):
+        with pytest.raises(sqlite3.IntegrityError, match="data must be JSON"):
             _plain_insert(url, str(uuid.uuid4()), "{not json")
         assert fdn.events.get() == []
 

@@ -28,6 +28,10 @@
 * Found in review of those fixes: a ``join`` of a member whose ``leave`` had been lost,
   landing while the heartbeat removed that member, was undone by it (or left a member
   the node did not know).
+* Found re-running the proxy's cuts: an update_metadata whose outcome was unread, then an
+  outage longer than the lease, was still undone when the recovery ran before the feed
+  had brought the update in; the node's own unregister so lost reached its watchers as
+  ``remote``; ``leave(group)`` retried after a lost reply raised ``not_found``.
 """
 
 from __future__ import annotations
@@ -437,3 +441,35 @@ def test_a_join_racing_the_heartbeats_removal_of_a_lost_leave_stays(
         assert ("g", "M") in reg._joined
         reg.leave("g", "M")
         assert reg.members("g") == []
+
+
+def test_lost_writes_then_a_recovery_before_the_feed_catches_up(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with node(db_url) as fdn:
+        reg = fdn.service_registry
+        stop_heartbeat(fdn)
+        fdn.feed.stop()  # the recovery runs before the feed brings anything in
+        reg.register("svc", "http://a", {"v": 0})
+        reg.register("gone", "http://a")
+        reg.join("g", "http://a", member_id="m1")
+        seen = watched(fdn, "gone")
+        for statement, call in (
+            ("update_metadata", lambda: reg.update_metadata("svc", {"v": 1})),
+            ("unregister", lambda: reg.unregister("gone")),
+            ("leave", lambda: reg.leave("g")),
+        ):
+            _lose_register_replies(fdn, monkeypatch, reads_fail=True, statement=statement)
+            with pytest.raises(FoundationError):
+                call()
+            monkeypatch.undo()
+        reg.leave("g")  # a retry of leave(group) takes the member in doubt too
+        # The feed's tombstone of "gone", as the feed would apply and tell it:
+        reg._publish(
+            reg._state.apply_entry(None, "gone", reg._state.revision("gone") + 1, "remote")
+        )
+        wait_for(lambda: [(c.kind, c.source) for c in seen] == [("unregister", "local")])
+        _recovered(reg)
+        assert reg.lookup("svc").metadata == {"v": 1}  # the update landed: kept
+        row = reg._db.fetchone(reg._sql.select_entry, {"name": "svc"})
+        assert reg._sql.codec.load_json(row[2]) == {"v": 1}

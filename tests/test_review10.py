@@ -17,6 +17,9 @@
 * Found with a proxy cutting connections: after an outage, the pool's reconnection waits
   began at 1 s and doubled without bound: a server back after 16 s was reached at 31 s,
   past a 30 s lease, and a node lost its names to an outage shorter than their TTL.
+* Found by a new user checking the docs: inside a SQLite ``transaction()``, a shared rate
+  limiter failed open (5 of 5 calls allowed with ``max_requests=1``) and a breaker
+  recorded no outcome, taking the refusal for an outage; they raise it now.
 * SQLite: the sync face kept the connection of every thread that ever used it (two file
   descriptors each) until ``close()``: a server with a thread per request ran out of file
   descriptors ("unable to open database file" after ~500 threads under ``ulimit -n
@@ -294,3 +297,29 @@ def test_the_pools_reconnect_every_second_at_most(monkeypatch: pytest.MonkeyPatc
 
     asyncio.run(add_async())
     assert len(used) == 2 and all(isinstance(a, postgres._Reconnect) for a in used)
+
+
+def test_the_limiter_and_breaker_refuse_inside_a_sqlite_transaction_too(tmp_path: Any) -> None:
+    with Foundation(f"sqlite:///{tmp_path / 'tx.db'}") as fdn:
+        calls = (
+            lambda: fdn.rate_limiter.execute(lambda: None, key="api", max_requests=1),
+            lambda: fdn.circuit_breaker.execute(_boom, name="payments", max_failures=2),
+        )
+        with fdn.database.transaction():
+            for call in calls:
+                with pytest.raises(FoundationError) as err:
+                    call()
+                assert err.value.code == "storage_error"  # not failed open, not swallowed
+        fdn.rate_limiter.execute(lambda: None, key="api", max_requests=1)  # after: fine
+
+
+async def test_the_limiter_refuses_inside_a_sqlite_transaction_async(tmp_path: Any) -> None:
+    async with AsyncFoundation(f"sqlite:///{tmp_path / 'tx.db'}") as fdn:
+        async with fdn.database.transaction():
+            with pytest.raises(FoundationError) as err:
+                await fdn.rate_limiter.execute(lambda: None, key="api", max_requests=1)
+            assert err.value.code == "storage_error"
+
+
+def _boom() -> None:
+    raise RuntimeError("payment gateway down")

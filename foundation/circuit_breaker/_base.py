@@ -423,6 +423,8 @@ class _BreakersBase:
             self._returned(name, found[1:])
 
     def _storage_failed(self, name: str, exc: FoundationError) -> None:
+        if exc.context.get("inside_transaction"):  # a caller's mistake, not an outage
+            raise exc
         log.warning("circuit breaker %r could not record an outcome: %s", name, exc.message)
         self._telemetry.execute(_STORAGE, {"count": 1}, {"name": name, "error": exc.code})
 

@@ -121,7 +121,9 @@ def inside_transaction_error(url: str) -> Exception:
         "this call was made inside a transaction() of this thread or task on a SQLite "
         "database: run your statements through the transaction's own cursor, and "
         "Foundation's other calls after the transaction",
-        context={"url": url},
+        # A caller's mistake, not an outage: the services that ride out an outage (a
+        # rate limiter failing open, a breaker) raise it all the same.
+        context={"url": url, "inside_transaction": True},
     )
 
 

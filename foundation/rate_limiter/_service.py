@@ -345,7 +345,9 @@ class RateLimiter(_LimiterBase):
         try:
             row = self._db.fetchone(self._sql.upsert[limit.algorithm], self._params(key, limit))
         except (StorageUnavailableError, StorageError) as exc:
-            if self._db._closed:  # used after close(): not an outage, never fail open
+            # Used after close(), or inside a SQLite transaction(): a caller's mistake,
+            # not an outage; never fail open.
+            if self._db._closed or exc.context.get("inside_transaction"):
                 raise
             return self._degraded(key, limit, exc)
         assert row is not None
@@ -499,7 +501,9 @@ class AsyncRateLimiter(_LimiterBase):
                 self._sql.upsert[limit.algorithm], self._params(key, limit)
             )
         except (StorageUnavailableError, StorageError) as exc:
-            if self._db._closed:  # used after close(): not an outage, never fail open
+            # Used after close(), or inside a SQLite transaction(): a caller's mistake,
+            # not an outage; never fail open.
+            if self._db._closed or exc.context.get("inside_transaction"):
                 raise
             return self._degraded(key, limit, exc)
         assert row is not None

@@ -216,6 +216,9 @@ class AsyncServiceRegistry(_RegistryBase):
             if not self._reclaim_due(name, held):
                 continue  # its own TTL passed meanwhile: expired, not lost
             held = self._as_cached(name, held)
+            if name in self._metadata_in_doubt:
+                owner = await self._db.fetchone(self._sql.select_entry, {"name": name})
+                held = self._landed(name, held, owner)
             if await finish(self._reclaim_one(name, held)):
                 kept.append(name)
                 continue
@@ -441,7 +444,11 @@ class AsyncServiceRegistry(_RegistryBase):
         try:
             row = await self._db.fetchone(self._sql.update_metadata, params)
         except StorageUnavailableError:
-            row = await self._lost_write(name, self._judge_lost_update(meta, params["gen"]))
+            row = await self._lost_write(
+                name,
+                self._judge_lost_update(meta, params["gen"]),
+                lambda: self._update_in_doubt(name, meta, text),
+            )
             if row is None:
                 raise
         return self._metadata_updated(name, held, meta, text, row)

@@ -156,6 +156,8 @@ class _RegistryBase(RegistryFeedSide):
         # Members (of an id join generated) whose join failed so, unread since: the
         # heartbeat removes them (see _judge_lost_join).
         self._members_in_doubt: set[tuple[str, str]] = set()
+        # Names whose update_metadata failed so: its metadata and text (see _landed).
+        self._metadata_in_doubt: dict[str, tuple[Any, str]] = {}
         self._reclaim_pending = False
         # Set while another live instance holds this node id's lease (see the module).
         self._node_conflict: ConfigError | None = None
@@ -436,6 +438,7 @@ class _RegistryBase(RegistryFeedSide):
         if row is None:
             self._held_live(name)  # forgets it if its own TTL has passed
             raise self._not_held(name)
+        self._metadata_in_doubt.pop(name, None)
         self._held[name] = held.with_metadata(meta, text)
         entry = self._entry(row)
         self._notify(self._state.apply_entry(entry, name, entry.revision, "local"))
@@ -515,6 +518,7 @@ class _RegistryBase(RegistryFeedSide):
         statement carried (PostgreSQL returns its own ``now()``). ``reclaimed``: written
         again by a recovery (``reclaim``), which kept the registration's own end.
         """
+        self._state.releasing(name, done=True)
         epoch, revision, registered_at = row
         registered = now if now is not None else self._sql.codec.load_ts(registered_at)
         ttl = held.ttl_ms
@@ -635,10 +639,28 @@ class _RegistryBase(RegistryFeedSide):
     def _unregister_in_doubt(self, name: str) -> None:
         """An unregister that failed on the connection, its outcome unread: the name is
         no longer this node's (a recovery would write it again; the feed's tombstone would
-        read as the name lost), and the heartbeat releases its row if it is still there
-        (the unregister the caller asked for, done; see ``_settle_doubts``)."""
+        read as the name lost, and is told as this node's own, ``local``), and the
+        heartbeat releases its row if it is still there (the unregister the caller asked
+        for, done; see ``_settle_doubts``)."""
         if self._held.pop(name, None) is not None:
             self._in_doubt.add(name)
+            self._state.releasing(name)
+
+    def _update_in_doubt(self, name: str, meta: Any, text: str) -> None:
+        """An update_metadata that failed on the connection, its outcome unread: a lease
+        recovery reads the row before it writes the name again (see ``_landed``)."""
+        self._metadata_in_doubt[name] = (meta, text)
+
+    def _landed(self, name: str, held: _Held, owner: tuple[Any, ...] | None) -> _Held:
+        """What a recovery writes for a name whose update_metadata is in doubt: its row
+        (``owner``, read again) says whether that update landed."""
+        meta, text = self._metadata_in_doubt.pop(name)
+        if owner is None or owner[3] != self._node:
+            return held
+        if not same_json(self._sql.codec.load_json(owner[2]), meta):
+            return held
+        self._held[name] = held = held.with_metadata(meta, text)
+        return held
 
     @staticmethod
     def _judge_lost_unregister(owner: tuple[Any, ...] | None) -> tuple[Any, ...] | None:
@@ -867,8 +889,9 @@ class _RegistryBase(RegistryFeedSide):
 
     def _leave_targets(self, group: Any, member_id: Any) -> tuple[str, builtins.list[str]]:
         group = check_name(group, "a group name")
-        if member_id is None:
-            ids = [m for (g, m) in builtins.list(self._joined) if g == group]
+        if member_id is None:  # its members, those a lost leave left in doubt too
+            mine = [*self._joined, *self._members_in_doubt]
+            ids = builtins.list(dict.fromkeys(m for (g, m) in mine if g == group))
         else:
             ids = [check_name(member_id, "a member id")]
         if self._closed:

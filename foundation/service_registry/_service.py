@@ -178,6 +178,9 @@ class ServiceRegistry(_RegistryBase):
             if not self._reclaim_due(name, held):
                 continue  # its own TTL passed meanwhile: expired, not lost
             held = self._as_cached(name, held)
+            if name in self._metadata_in_doubt:
+                owner = self._db.fetchone(self._sql.select_entry, {"name": name})
+                held = self._landed(name, held, owner)
             started = time.perf_counter_ns()
             gen = self._lease.generation
             params = self._reclaim_params(name, held, gen)
@@ -405,7 +408,11 @@ class ServiceRegistry(_RegistryBase):
             try:
                 row = self._db.fetchone(self._sql.update_metadata, params)
             except StorageUnavailableError:
-                row = self._lost_write(name, self._judge_lost_update(meta, params["gen"]))
+                row = self._lost_write(
+                    name,
+                    self._judge_lost_update(meta, params["gen"]),
+                    lambda: self._update_in_doubt(name, meta, text),
+                )
                 if row is None:
                     raise
             return self._metadata_updated(name, held, meta, text, row)

@@ -338,6 +338,7 @@ class RegistryState:
         self._displaced: set[str] = set()
         # The lease this node's close() is releasing (see closing()).
         self._closing: _Lease | None = None
+        self._releasing: set[str] = set()  # see releasing
 
     # -- reads (hot path) -------------------------------------------------------------
 
@@ -501,7 +502,23 @@ class RegistryState:
             self._closing = lease
 
     def _removal_source(self, old: ServiceEntry | GroupMember | None, source: str) -> Any:
-        return "local" if old is not None and old.lease is self._closing else source
+        if old is None:
+            return source
+        if isinstance(old, ServiceEntry) and old.name in self._releasing:
+            self._releasing.discard(old.name)
+            return "local"  # this node's own unregister, its reply lost (see releasing)
+        return "local" if old.lease is self._closing else source
+
+    def releasing(self, name: str, *, done: bool = False) -> None:
+        """This node unregistered ``name``, its reply lost: the removal, when the feed
+        brings it, is this node's own (``local``). ``done``: no more (registered again)."""
+        if done and name not in self._releasing:
+            return  # the usual case (every register): no lock
+        with self._lock:
+            if done:
+                self._releasing.discard(name)
+            else:
+                self._releasing.add(name)
 
     # -- entries ----------------------------------------------------------------------
 
