@@ -7,9 +7,10 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import functools
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from foundation.database.aio import AsyncDatabase, finish
 from foundation.errors import FoundationError, StorageUnavailableError
@@ -37,6 +38,8 @@ from foundation.settings import Settings
 from foundation.telemetry import Telemetry
 
 __all__ = ["AsyncServiceRegistry"]
+
+_T = TypeVar("_T")  # what a judge of a re-read row makes of it (see _lost_write)
 
 
 class AsyncServiceRegistry(_RegistryBase):
@@ -215,7 +218,6 @@ class AsyncServiceRegistry(_RegistryBase):
                 continue  # the feed found it lost meanwhile
             if not self._reclaim_due(name, held):
                 continue  # its own TTL passed meanwhile: expired, not lost
-            held = self._as_cached(name, held)
             if name in self._metadata_in_doubt:
                 owner = await self._db.fetchone(self._sql.select_entry, {"name": name})
                 held = self._landed(name, held, owner)
@@ -294,7 +296,11 @@ class AsyncServiceRegistry(_RegistryBase):
             else:
                 row = await self._db.fetchone(self._sql.register, params)
         except StorageUnavailableError:
-            adopted = await self._lost_reply(name, held, gen, started)
+            adopted = await self._lost_write(
+                name,
+                functools.partial(self._judge_lost_reply, name, held, gen, started),
+                lambda: self._in_doubt.add(name),
+            )
             if adopted is None:
                 raise
             return adopted
@@ -310,17 +316,6 @@ class AsyncServiceRegistry(_RegistryBase):
         if self._lease is not lease:
             return None
         return self._registered(name, held, gen, row, now, started)
-
-    async def _lost_reply(
-        self, name: str, held: _Held, gen: int, started: int
-    ) -> ServiceEntry | None:
-        """As :meth:`ServiceRegistry._lost_reply`."""
-        try:
-            owner = await self._db.fetchone(self._sql.select_entry, {"name": name})
-        except FoundationError:
-            self._in_doubt.add(name)
-            return None
-        return self._judge_lost_reply(name, held, gen, owner, started)
 
     async def _release_orphan(self, name: str, gen: int) -> None:
         """As :meth:`ServiceRegistry._release_orphan`."""
@@ -408,9 +403,9 @@ class AsyncServiceRegistry(_RegistryBase):
     async def _lost_write(
         self,
         name: str,
-        judge: Callable[[tuple[Any, ...] | None], tuple[Any, ...] | None],
+        judge: Callable[[tuple[Any, ...] | None], _T | None],
         unread: Callable[[], None] = lambda: None,
-    ) -> tuple[Any, ...] | None:
+    ) -> _T | None:
         """As :meth:`ServiceRegistry._lost_write`."""
         try:
             owner = await self._db.fetchone(self._sql.select_entry, {"name": name})

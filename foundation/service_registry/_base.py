@@ -453,18 +453,6 @@ class _RegistryBase(RegistryFeedSide):
             return None
         return self._sql.fresh_params(params)
 
-    def _as_cached(self, name: str, held: _Held) -> _Held:
-        """What a recovery writes again for ``name``: what this node holds, with the
-        metadata the cache last saw of this node's registration (an update_metadata
-        whose reply and re-read were lost landed, and the feed brought it in: written
-        back as it was, the old metadata would undo it)."""
-        entry = self._state.cached_entry(name)
-        if entry is None or entry.node != self._node or same_json(entry.metadata, held.metadata):
-            return held
-        meta, text = self._metadata_json(name, entry.metadata)
-        self._held[name] = held = held.with_metadata(meta, text)
-        return held
-
     def _reclaim_params(self, name: str, held: _Held, gen: int) -> dict[str, Any]:
         """``reclaim``'s parameters: ``register``'s, with the registration's own end
         (``held.until``) instead of a TTL counted from now."""
@@ -596,7 +584,7 @@ class _RegistryBase(RegistryFeedSide):
         return abs(ttl_ms - held.ttl_ms) < 1  # the same ttl, not only a ttl
 
     def _judge_lost_reply(
-        self, name: str, held: _Held, gen: int, owner: tuple[Any, ...] | None, started: int
+        self, name: str, held: _Held, gen: int, started: int, owner: tuple[Any, ...] | None
     ) -> ServiceEntry | None:
         """A register that failed on the connection, and its row as read after: the entry
         if the write landed with these values; else None (an orphan of other values waits

@@ -6,10 +6,11 @@ The lease protocol and what both faces share: :mod:`._base`.
 from __future__ import annotations
 
 import builtins
+import functools
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from foundation.database.sync import SyncDatabase
 from foundation.errors import FoundationError, StorageUnavailableError
@@ -37,6 +38,8 @@ from foundation.settings import Settings
 from foundation.telemetry import Telemetry
 
 __all__ = ["ServiceRegistry"]
+
+_T = TypeVar("_T")  # what a judge of a re-read row makes of it (see _lost_write)
 
 
 class ServiceRegistry(_RegistryBase):
@@ -177,7 +180,6 @@ class ServiceRegistry(_RegistryBase):
                 continue  # the feed found it lost meanwhile
             if not self._reclaim_due(name, held):
                 continue  # its own TTL passed meanwhile: expired, not lost
-            held = self._as_cached(name, held)
             if name in self._metadata_in_doubt:
                 owner = self._db.fetchone(self._sql.select_entry, {"name": name})
                 held = self._landed(name, held, owner)
@@ -262,7 +264,11 @@ class ServiceRegistry(_RegistryBase):
                     else:
                         row = self._db.fetchone(self._sql.register, params)
                 except StorageUnavailableError:
-                    adopted = self._lost_reply(name, held, gen, started)
+                    adopted = self._lost_write(
+                        name,
+                        functools.partial(self._judge_lost_reply, name, held, gen, started),
+                        lambda: self._in_doubt.add(name),  # the heartbeat settles it
+                    )
                     if adopted is None:
                         raise
                     return adopted
@@ -280,17 +286,6 @@ class ServiceRegistry(_RegistryBase):
                 # The lease changed while we wrote (a recovery ran): write again under it.
         finally:
             self._settle(name, lock, locked)
-
-    def _lost_reply(self, name: str, held: _Held, gen: int, started: int) -> ServiceEntry | None:
-        """After a register failed on the connection: its row, read again, says whether it
-        committed (see ``_orphan``). The entry if it did with these values; else None, and
-        the name waits in doubt for the heartbeat when the row cannot be read."""
-        try:
-            owner = self._db.fetchone(self._sql.select_entry, {"name": name})
-        except FoundationError:
-            self._in_doubt.add(name)
-            return None
-        return self._judge_lost_reply(name, held, gen, owner, started)
 
     def _release_orphan(self, name: str, gen: int) -> None:
         """Release a row of this node's lease that it does not hold (the name's write
@@ -377,12 +372,12 @@ class ServiceRegistry(_RegistryBase):
     def _lost_write(
         self,
         name: str,
-        judge: Callable[[tuple[Any, ...] | None], tuple[Any, ...] | None],
+        judge: Callable[[tuple[Any, ...] | None], _T | None],
         unread: Callable[[], None] = lambda: None,
-    ) -> tuple[Any, ...] | None:
-        """After an unregister or update_metadata failed on the connection (its reply
-        lost after the commit, maybe): ``judge`` of the name's row, read again; None when
-        that read fails too (after ``unread()``)."""
+    ) -> _T | None:
+        """After a register, unregister or update_metadata failed on the connection (its
+        reply lost after the commit, maybe): ``judge`` of the name's row, read again;
+        None when that read fails too (after ``unread()``)."""
         try:
             owner = self._db.fetchone(self._sql.select_entry, {"name": name})
         except FoundationError:
