@@ -61,6 +61,17 @@ class LatencyProxy:
             with self._lock:
                 self._sockets.difference_update((src, dst))
 
+    def cut(self, client_port: int) -> int:
+        """Cut the connection whose server process sees it coming from ``client_port``
+        (``pg_stat_activity.client_port``): the client's statement goes on on the server,
+        its reply is lost. The number of connections cut."""
+        with self._lock:
+            hit = [s for s in self._sockets if _local_port(s) == client_port]
+        for s in hit:  # its pump then shuts the client's side too
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+        return len(hit)
+
     def stop(self) -> None:
         self._stopped.set()
         self._server.close()
@@ -68,3 +79,10 @@ class LatencyProxy:
             for s in list(self._sockets):
                 with contextlib.suppress(OSError):
                     s.close()
+
+
+def _local_port(s: socket.socket) -> int | None:
+    try:
+        return int(s.getsockname()[1])
+    except OSError:  # closed meanwhile
+        return None

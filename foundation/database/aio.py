@@ -26,6 +26,7 @@ from foundation.database.errors import (
     forget_plans_async,
     is_disconnect_before_statement,
     is_stale_plan,
+    remember_backend,
     translate,
 )
 from foundation.database.postgres import AsyncConnectionPool, driver_kwargs, pool_wait_s
@@ -277,11 +278,13 @@ class AsyncDatabase:
             # replaces a connection a cancelled statement left busy).
             pool = self._pool
             conn = await pool.getconn()
+            pid = conn.pgconn.backend_pid
             try:
                 yield _PGCursor(conn)
             except psycopg.Error as exc:
                 if is_stale_plan(exc):
                     await finish(forget_plans_async(conn))  # see SyncDatabase.connection
+                remember_backend(exc, pid)
                 raise
             finally:
                 await finish(pool.putconn(conn))

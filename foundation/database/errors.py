@@ -28,6 +28,7 @@ __all__ = [
     "forget_plans_async",
     "is_disconnect_before_statement",
     "is_stale_plan",
+    "remember_backend",
     "translate",
     "translate_errors",
 ]
@@ -35,6 +36,17 @@ __all__ = [
 # SQLSTATE class 08 (connection exception) and 57P (operator intervention: the
 # backend was terminated or the server is shutting down or starting).
 _UNAVAILABLE_SQLSTATE_PREFIXES = ("08", "57P", "53")
+
+_BACKEND_PID = "_foundation_backend_pid"
+
+
+def remember_backend(exc: BaseException, pid: int) -> None:
+    """Note on a psycopg error the server process the failed statement ran in (read
+    before the statement: a broken connection no longer tells). A statement whose reply
+    was lost may still be running there; a caller that must know whether it landed asks
+    the server about that process (``backend_pid`` in the error's context)."""
+    if pid and not hasattr(exc, _BACKEND_PID):
+        setattr(exc, _BACKEND_PID, pid)
 
 
 def translate(exc: BaseException, url: str) -> FoundationError:
@@ -65,9 +77,12 @@ def translate(exc: BaseException, url: str) -> FoundationError:
             isinstance(exc, psycopg.OperationalError)
             or sqlstate.startswith(_UNAVAILABLE_SQLSTATE_PREFIXES)
         ):
+            context = {"url": url, "sqlstate": sqlstate, "driver_error": type(exc).__name__}
+            pid = getattr(exc, _BACKEND_PID, None)
+            if pid is not None:
+                context["backend_pid"] = pid
             return StorageUnavailableError(
-                f"the database at {url} is unavailable: {detail}",
-                context={"url": url, "sqlstate": sqlstate, "driver_error": type(exc).__name__},
+                f"the database at {url} is unavailable: {detail}", context=context
             )
         return StorageError(
             f"the database at {url} refused the operation: {detail}",

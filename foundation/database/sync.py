@@ -33,6 +33,7 @@ from foundation.database.errors import (
     forget_plans,
     is_disconnect_before_statement,
     is_stale_plan,
+    remember_backend,
     translate,
 )
 from foundation.database.postgres import ConnectionPool, driver_kwargs, pool_wait_s
@@ -293,11 +294,13 @@ class SyncDatabase:
                 yield sqlite_conn
         else:
             with self._pool.connection() as conn:
+                pid = conn.pgconn.backend_pid
                 try:
                     yield conn
                 except psycopg.Error as exc:
                     if is_stale_plan(exc):
                         forget_plans(conn)  # before the pool hands it out again
+                    remember_backend(exc, pid)
                     raise
 
     # -- statements ------------------------------------------------------------------

@@ -295,8 +295,9 @@ class AsyncServiceRegistry(_RegistryBase):
                 row: tuple[Any, ...] | None = NEW_ROW
             else:
                 row = await self._db.fetchone(self._sql.register, params)
-        except StorageUnavailableError:
+        except StorageUnavailableError as exc:
             adopted = await self._lost_write(
+                exc,
                 name,
                 functools.partial(self._judge_lost_reply, name, held, gen, started),
                 lambda: self._in_doubt.add(name),
@@ -326,6 +327,8 @@ class AsyncServiceRegistry(_RegistryBase):
 
     async def _settle_doubts(self) -> None:
         """As :meth:`ServiceRegistry._settle_doubts`."""
+        if not await self._ended_backends():
+            return
         for name in builtins.list(self._in_doubt):
             lock = self._begin_write(name)
             locked = False
@@ -388,9 +391,12 @@ class AsyncServiceRegistry(_RegistryBase):
         sql, params = self._unregister_statement(name, force)
         try:
             row = await self._db.fetchone(sql, params)
-        except StorageUnavailableError:
+        except StorageUnavailableError as exc:
             row = await self._lost_write(
-                name, self._judge_lost_unregister, lambda: self._unregister_in_doubt(name)
+                exc,
+                name,
+                self._judge_lost_unregister,
+                lambda: self._unregister_in_doubt(name),
             )
             if row is None:
                 raise
@@ -402,17 +408,35 @@ class AsyncServiceRegistry(_RegistryBase):
 
     async def _lost_write(
         self,
+        exc: FoundationError,
         name: str,
         judge: Callable[[tuple[Any, ...] | None], _T | None],
-        unread: Callable[[], None] = lambda: None,
+        unread: Callable[[], None],
     ) -> _T | None:
         """As :meth:`ServiceRegistry._lost_write`."""
         try:
-            owner = await self._db.fetchone(self._sql.select_entry, {"name": name})
+            owner = await self._reread(exc, self._sql.select_entry, {"name": name})
         except FoundationError:
             unread()
             return None
         return judge(owner)
+
+    async def _reread(self, exc: FoundationError, sql: str, params: dict[str, Any]) -> Any:
+        """As :meth:`ServiceRegistry._reread`."""
+        pid = self._cut_backend(exc)
+        if pid is not None:
+            self._cut_backends.add(pid)
+            await self._ended_backends()
+            if pid in self._cut_backends:
+                raise exc
+        return await self._db.fetchone(sql, params)
+
+    async def _ended_backends(self) -> bool:
+        """As :meth:`ServiceRegistry._ended_backends`."""
+        for pid in builtins.list(self._cut_backends):
+            if await self._db.fetchone(self._sql.backend_busy, {"pid": pid}) is None:
+                self._cut_backends.discard(pid)
+        return not self._cut_backends
 
     async def update_metadata(self, name: Any, metadata: Any) -> ServiceEntry:
         """Replace the metadata (JSON; ``None``: ``{}``) of a live name this node holds;
@@ -438,8 +462,9 @@ class AsyncServiceRegistry(_RegistryBase):
         held, params = self._update_params(name, text)
         try:
             row = await self._db.fetchone(self._sql.update_metadata, params)
-        except StorageUnavailableError:
+        except StorageUnavailableError as exc:
             row = await self._lost_write(
+                exc,
                 name,
                 self._judge_lost_update(meta, params["gen"]),
                 lambda: self._update_in_doubt(name, meta, text),
@@ -473,20 +498,20 @@ class AsyncServiceRegistry(_RegistryBase):
             row = await self._db.fetchone(
                 self._sql.join, self._join_params(group, member_id, held, gen)
             )
-        except StorageUnavailableError:
-            member = await self._lost_join((group, member_id), held, gen, generated)
+        except StorageUnavailableError as exc:
+            member = await self._lost_join(exc, (group, member_id), held, gen, generated)
             if member is None:
                 raise
             return member
         return self._join_result(group, member_id, held, row)
 
     async def _lost_join(
-        self, key: tuple[str, str], held: _Held, gen: int, generated: bool
+        self, exc: FoundationError, key: tuple[str, str], held: _Held, gen: int, generated: bool
     ) -> GroupMember | None:
         """As :meth:`ServiceRegistry._lost_join`."""
         try:
-            row = await self._db.fetchone(
-                self._sql.select_member, {"group": key[0], "member": key[1]}
+            row = await self._reread(
+                exc, self._sql.select_member, {"group": key[0], "member": key[1]}
             )
         except FoundationError:
             if generated:
@@ -510,8 +535,8 @@ class AsyncServiceRegistry(_RegistryBase):
             await self._db.fetchone(
                 self._sql.leave, {"group": group, "member": member_id, "node": self._node}
             )
-        except StorageUnavailableError:
-            self._leave_in_doubt(group, member_id)
+        except StorageUnavailableError as exc:
+            self._leave_in_doubt(exc, group, member_id)
             raise
         self._left(group, member_id)
 

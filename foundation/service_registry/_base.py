@@ -158,6 +158,10 @@ class _RegistryBase(RegistryFeedSide):
         self._members_in_doubt: set[tuple[str, str]] = set()
         # Names whose update_metadata failed so: its metadata and text (see _landed).
         self._metadata_in_doubt: dict[str, tuple[Any, str]] = {}
+        # PostgreSQL: the server processes of connections cut under a write. While one
+        # still runs, that write may yet land: no read says it did not (see _lost_write),
+        # and the heartbeat settles nothing in doubt until each has ended.
+        self._cut_backends: set[int] = set()
         self._reclaim_pending = False
         # Set while another live instance holds this node id's lease (see the module).
         self._node_conflict: ConfigError | None = None
@@ -597,6 +601,12 @@ class _RegistryBase(RegistryFeedSide):
         self._in_doubt.add(name)
         return None
 
+    @staticmethod
+    def _cut_backend(exc: FoundationError) -> int | None:
+        """The server process a lost write ran in (PostgreSQL), as the error tells it."""
+        pid = exc.context.get("backend_pid")
+        return pid if type(pid) is int else None
+
     def _adopt(
         self, name: str, held: _Held, gen: int, owner: tuple[Any, ...], started: int
     ) -> ServiceEntry:
@@ -898,10 +908,13 @@ class _RegistryBase(RegistryFeedSide):
         self._members_in_doubt.discard((group, member_id))
         self._notify(self._state.apply_member(group, member_id, None, "local"))
 
-    def _leave_in_doubt(self, group: str, member_id: str) -> None:
+    def _leave_in_doubt(self, exc: FoundationError, group: str, member_id: str) -> None:
         """A leave that failed on the connection (its reply lost after the commit, maybe):
         the member is no longer this node's to rejoin after a lease recovery, and the
         heartbeat removes it (the leave the caller asked for, done); a retry may too."""
+        pid = self._cut_backend(exc)
+        if pid is not None:
+            self._cut_backends.add(pid)
         self._joined.pop((group, member_id), None)
         self._members_in_doubt.add((group, member_id))
 

@@ -263,8 +263,9 @@ class ServiceRegistry(_RegistryBase):
                         row: tuple[Any, ...] | None = NEW_ROW
                     else:
                         row = self._db.fetchone(self._sql.register, params)
-                except StorageUnavailableError:
+                except StorageUnavailableError as exc:
                     adopted = self._lost_write(
+                        exc,
                         name,
                         functools.partial(self._judge_lost_reply, name, held, gen, started),
                         lambda: self._in_doubt.add(name),  # the heartbeat settles it
@@ -298,6 +299,8 @@ class ServiceRegistry(_RegistryBase):
     def _settle_doubts(self) -> None:
         """Release the orphans of lost replies that no retry adopted (a heartbeat's):
         names, and members of generated ids."""
+        if not self._ended_backends():
+            return  # a write in doubt may still land: the next beat looks again
         for name in builtins.list(self._in_doubt):
             lock = self._begin_write(name)
             locked = False
@@ -355,9 +358,12 @@ class ServiceRegistry(_RegistryBase):
             sql, params = self._unregister_statement(name, force)
             try:
                 row = self._db.fetchone(sql, params)
-            except StorageUnavailableError:
+            except StorageUnavailableError as exc:
                 row = self._lost_write(
-                    name, self._judge_lost_unregister, lambda: self._unregister_in_doubt(name)
+                    exc,
+                    name,
+                    self._judge_lost_unregister,
+                    lambda: self._unregister_in_doubt(name),
                 )
                 if row is None:
                     raise
@@ -371,19 +377,43 @@ class ServiceRegistry(_RegistryBase):
 
     def _lost_write(
         self,
+        exc: FoundationError,
         name: str,
         judge: Callable[[tuple[Any, ...] | None], _T | None],
-        unread: Callable[[], None] = lambda: None,
+        unread: Callable[[], None],
     ) -> _T | None:
         """After a register, unregister or update_metadata failed on the connection (its
         reply lost after the commit, maybe): ``judge`` of the name's row, read again;
-        None when that read fails too (after ``unread()``)."""
+        None, after ``unread()``, when that read fails too or cannot be trusted yet."""
         try:
-            owner = self._db.fetchone(self._sql.select_entry, {"name": name})
+            owner = self._reread(exc, self._sql.select_entry, {"name": name})
         except FoundationError:
             unread()
             return None
         return judge(owner)
+
+    def _reread(self, exc: FoundationError, sql: str, params: dict[str, Any]) -> Any:
+        """The row a lost write touched, read again; raises while the write may still land.
+
+        A cut connection's statement can go on running on the server (waiting for a
+        lock, say) and commit after a read made at once: that read is trusted only when
+        the server process it ran in is idle or gone (PostgreSQL tells; SQLite loses no
+        replies)."""
+        pid = self._cut_backend(exc)
+        if pid is not None:
+            self._cut_backends.add(pid)
+            self._ended_backends()
+            if pid in self._cut_backends:
+                raise exc
+        return self._db.fetchone(sql, params)
+
+    def _ended_backends(self) -> bool:
+        """Forget the cut connections' server processes that are idle or gone; True when
+        none is left running."""
+        for pid in builtins.list(self._cut_backends):
+            if self._db.fetchone(self._sql.backend_busy, {"pid": pid}) is None:
+                self._cut_backends.discard(pid)
+        return not self._cut_backends
 
     def update_metadata(self, name: Any, metadata: Any) -> ServiceEntry:
         """Replace the metadata (JSON; ``None``: ``{}``) of a live name this node holds;
@@ -402,8 +432,9 @@ class ServiceRegistry(_RegistryBase):
             held, params = self._update_params(name, text)
             try:
                 row = self._db.fetchone(self._sql.update_metadata, params)
-            except StorageUnavailableError:
+            except StorageUnavailableError as exc:
                 row = self._lost_write(
+                    exc,
                     name,
                     self._judge_lost_update(meta, params["gen"]),
                     lambda: self._update_in_doubt(name, meta, text),
@@ -433,20 +464,20 @@ class ServiceRegistry(_RegistryBase):
     ) -> GroupMember:
         try:
             row = self._db.fetchone(self._sql.join, self._join_params(group, member_id, held, gen))
-        except StorageUnavailableError:
-            member = self._lost_join((group, member_id), held, gen, generated)
+        except StorageUnavailableError as exc:
+            member = self._lost_join(exc, (group, member_id), held, gen, generated)
             if member is None:
                 raise
             return member
         return self._join_result(group, member_id, held, row)
 
     def _lost_join(
-        self, key: tuple[str, str], held: _Held, gen: int, generated: bool
+        self, exc: FoundationError, key: tuple[str, str], held: _Held, gen: int, generated: bool
     ) -> GroupMember | None:
         """After a join failed on the connection: the member if it landed (see
         ``_judge_lost_join``)."""
         try:
-            row = self._db.fetchone(self._sql.select_member, {"group": key[0], "member": key[1]})
+            row = self._reread(exc, self._sql.select_member, {"group": key[0], "member": key[1]})
         except FoundationError:
             if generated:
                 self._members_in_doubt.add(key)
@@ -461,8 +492,8 @@ class ServiceRegistry(_RegistryBase):
                 row = {"group": group, "member": mid, "node": self._node}
                 try:
                     self._db.fetchone(self._sql.leave, row)
-                except StorageUnavailableError:
-                    self._leave_in_doubt(group, mid)
+                except StorageUnavailableError as exc:
+                    self._leave_in_doubt(exc, group, mid)
                     raise
                 self._left(group, mid)
 

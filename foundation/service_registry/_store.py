@@ -159,6 +159,7 @@ class RegistrySQL:
     select_members: str
     select_member: str
     prune_members: str
+    backend_busy: str
     topics: TopicRevisions
     select_changed_entries: str
 
@@ -402,6 +403,7 @@ class RegistrySQL:
                 backend,
             ),
             prune_members=compile_sql(prune_members, backend),
+            backend_busy=compile_sql(_backend_busy(), backend) if backend == "postgresql" else "",
             topics=TopicRevisions.build(backend, TOPIC_NAMES, TOPIC_MEMBERS, TOPIC_LEASES),
             # (revision, name, *ENTRY_COLUMNS) of each change after :after; NULLs: deleted.
             select_changed_entries=changed_keys_sql(backend, *ENTRY_COLUMNS, key=registry.c.name),
@@ -474,3 +476,14 @@ class RegistrySQL:
         if value is None:
             return float("inf")
         return self.codec.load_ts(value).timestamp()
+
+
+def _backend_busy() -> Any:
+    """PostgreSQL: a row while server process ``pid`` is not idle (a statement of a cut
+    connection may still be running there and land); none once it is idle or gone. A
+    process of another role shows no state: busy, to be safe (it ends some time)."""
+    activity = sa.table("pg_stat_activity", sa.column("pid"), sa.column("state"))
+    return sa.select(sa.literal_column("1")).where(
+        activity.c.pid == sa.bindparam("pid"),
+        activity.c.state.is_distinct_from(sa.literal_column("'idle'")),
+    )
