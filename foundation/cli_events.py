@@ -9,15 +9,20 @@ import logging
 import math
 import os
 import shlex
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from types import FrameType
 from typing import Any
 
 import click
 from rich.console import Console
 from rich.progress import (
     BarColumn,
+    DownloadColumn,
     MofNCompleteColumn,
     Progress,
     TextColumn,
@@ -30,6 +35,7 @@ from foundation._json import MAX_DEPTH
 from foundation.cli_common import dumps, open_foundation, stdout_console, truncate
 from foundation.errors import EventError, FoundationError, StorageError, StorageUnavailableError
 from foundation.events import RecordedEvent
+from foundation.events._base import MAX_BATCH_JSON
 from foundation.facade import Foundation
 
 __all__ = ["events"]
@@ -38,8 +44,14 @@ log = logging.getLogger("foundation.cli")
 
 # -- events ---------------------------------------------------------------------------
 
-PROGRESS_MIN_EVENTS = 1_000  # shorter exports and imports show no progress bar
-IMPORT_BATCH = 500  # lines per commit; the import command's help says 500
+PROGRESS_MIN_EVENTS = 1_000  # shorter exports show no progress bar
+PROGRESS_MIN_BYTES = 200_000  # nor smaller imports (about 1,000 lines of small events)
+IMPORT_BATCH = 500  # lines per commit at most; the import command's help says 500
+# Bytes of lines per commit at most: store_many refuses a batch of more than MAX_BATCH_JSON
+# bytes of data and metadata, which an export's lines hold with a little more around them.
+# Half leaves room for JSON that grows when read (1e5 is stored as 100000.0), and a batch
+# refused all the same is split in two (see events_import).
+IMPORT_BATCH_BYTES = MAX_BATCH_JSON // 2
 
 
 @click.group()
@@ -81,16 +93,23 @@ def _criteria(types: tuple[str, ...], stream: str | None) -> dict[str, Any]:
     return criteria
 
 
-def _progress(total: int, what: str) -> Progress:
+def _progress(what: str, *, shown: bool, in_bytes: bool = False) -> Progress:
+    """A progress bar on stderr, when ``shown`` and stderr is a terminal: elsewhere (a
+    log file, a pipe) it would only leave a blank line behind."""
+    console = Console(stderr=True)
     return Progress(
         TextColumn(what),
         BarColumn(),
-        MofNCompleteColumn(),
+        DownloadColumn() if in_bytes else MofNCompleteColumn(),  # "1.2/36.0 MB" or "M/N"
         TimeRemainingColumn(),
-        console=Console(stderr=True),
-        disable=total < PROGRESS_MIN_EVENTS,
+        console=console,
+        disable=not (shown and console.is_terminal),
         transient=True,
     )
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 _TYPE_OPTION = click.option("--type", "types", multiple=True, help="Only this type (repeatable).")
@@ -266,7 +285,9 @@ def events_export(
     try:
         with open_foundation(ctx, create=False) as fdn:
             total = max(fdn.events.last_position() - after_position, 0)
-            with _progress(total, "exporting") as progress:
+            # It counts positions of the log read through (with --type or --stream, most
+            # are not exported), so its last frame is complete only once set below.
+            with _progress("exporting", shown=total >= PROGRESS_MIN_EVENTS) as progress:
                 task = progress.add_task("export", total=total)
                 last = after_position
                 for event in fdn.events.iter(criteria, batch_size=1_000):
@@ -274,6 +295,10 @@ def events_export(
                     count += 1
                     progress.advance(task, event.position - last)
                     last = event.position
+                # The whole log is read: past the last event exported, and past the end
+                # it had at the start if events were appended meanwhile.
+                end = max(total, last - after_position)
+                progress.update(task, total=end, completed=end)
         file.flush()
         if not to_stdout:
             file.close()  # its last bytes reach the disk here: a full disk fails here
@@ -282,11 +307,12 @@ def events_export(
             file.close()
         raise StorageError(
             f"cannot write {file.name} ({exc.strerror or exc}): the export is incomplete "
-            f"(it stopped within the first {count} events)",
+            f"(it stopped within the first {_plural(count, 'event')})",
             context={"file": file.name, "events_read": count},
         ) from None
     # With FILE "-" the events are the output: the summary goes to stderr.
-    click.echo(f"exported {count} events to {'stdout' if to_stdout else file.name}", err=to_stdout)
+    where = "stdout" if to_stdout else file.name
+    click.echo(f"exported {_plural(count, 'event')} to {where}", err=to_stdout)
 
 
 def _import_event(line: str, number: int) -> dict[str, Any]:
@@ -349,26 +375,44 @@ def _name_the_line(
     return type(exc)(f"{where}: {exc.message}", context=context, correlation_id=exc.correlation_id)
 
 
-def _plural(count: int, noun: str) -> str:
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
-
-
 @dataclass
 class _Tally:
-    """What an import has committed so far: it commits IMPORT_BATCH lines at a time, so a
-    failure part-way leaves the batches before it in the log."""
+    """What an import has committed so far: it commits a batch of lines at a time (at most
+    IMPORT_BATCH, fewer when they are large), so a failure part-way leaves the batches
+    before it in the log."""
 
     new: int = 0
     known: int = 0  # already recorded (same id): earlier in the log, or earlier in the file
     without_id: int = 0  # committed events whose line gave no id (a new id each import)
     through_line: int = 0  # the last line of the last committed batch
     file: str = "FILE"  # as the user may type it in a shell
+    # The first and last line of the batch being committed, if any: interrupted then (a
+    # second Ctrl-C), it may or may not be in the log.
+    writing: tuple[int, int] | None = None
 
     def committed(self, batch: list[tuple[int, dict[str, Any]]], new: int) -> None:
         self.new += new
         self.known += len(batch) - new
         self.without_id += sum(1 for _, event in batch if "id" not in event)
         self.through_line = batch[-1][0]
+        self.writing = None
+
+    def _done(self, before: str) -> str:
+        return (
+            f"lines 1-{self.through_line}{before} were imported and stay committed "
+            f"({_plural(self.new, 'new event')}, {self.known} already recorded)"
+        )
+
+    def _how(self, fix: str) -> str:
+        if self.without_id:
+            # Those events get a new id on every import: running the file again would
+            # record them twice, so only the rest of the file may be imported.
+            return (
+                f"{self.without_id} of them have no id and would be recorded twice if "
+                f"imported again: {fix}import only the lines after line {self.through_line} "
+                f"(`tail -n +{self.through_line + 1} {self.file} | foundation events import -`)"
+            )
+        return f"{fix}run the same import again: it skips the events already recorded (same id)"
 
     def explain(self, exc: FoundationError) -> FoundationError:
         """``exc``, saying what stays committed before it and how to go on safely."""
@@ -380,21 +424,7 @@ class _Tally:
                 context=exc.context,
                 correlation_id=exc.correlation_id,
             )
-        done = (
-            f"lines 1-{self.through_line} before it were imported and stay committed "
-            f"({_plural(self.new, 'new event')}, {self.known} already recorded)"
-        )
         fix = f"fix line {exc.context['line']}, then " if "line" in exc.context else ""
-        if self.without_id:
-            # Those events get a new id on every import: running the file again would
-            # record them twice, so only the rest of the file may be imported.
-            how = (
-                f"{self.without_id} of them have no id and would be recorded twice if "
-                f"imported again: {fix}import only the lines after line {self.through_line} "
-                f"(`tail -n +{self.through_line + 1} {self.file} | foundation events import -`)"
-            )
-        else:
-            how = f"{fix}run the same import again: it skips the events already recorded (same id)"
         context = {
             **exc.context,
             "imported": self.new,
@@ -402,8 +432,68 @@ class _Tally:
             "committed_through_line": self.through_line,
         }
         return type(exc)(
-            f"{exc.message}; {done}; {how}", context=context, correlation_id=exc.correlation_id
+            f"{exc.message}; {self._done(' before it')}; {self._how(fix)}",
+            context=context,
+            correlation_id=exc.correlation_id,
         )
+
+    def interrupted(self) -> str:
+        """What stays committed after Ctrl-C, and how to go on safely."""
+        parts = [self._done("") if self.through_line else "nothing was imported"]
+        if self.writing is not None:
+            first, last = self.writing
+            parts.append(
+                f"lines {first}-{last} were being committed and may be in the log too "
+                "(look for their events before importing them again)"
+            )
+        if self.through_line:
+            parts.append(self._how(""))
+        elif self.writing is not None:
+            parts.append("events with an id are skipped if imported again")
+        return "interrupted: " + "; ".join(parts)
+
+
+class _Interrupts:
+    """Ctrl-C during an import waits for the batch being committed: it is then counted,
+    so the message says exactly which lines are in the log. A second Ctrl-C stops at once.
+
+    Only in the main thread, and only over Python's own handler (not over one a caller
+    installed, nor where SIGINT is ignored).
+    """
+
+    def __init__(self) -> None:
+        self.committing = False
+        self.pending = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _Interrupts:
+        if (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        ):
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.committing and not self.pending:
+            self.pending = True
+            return
+        raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Ctrl-C within waits for the end of the block (unless pressed twice)."""
+        self.committing = True
+        try:
+            yield
+        finally:
+            self.committing = False
+        if self.pending:
+            raise KeyboardInterrupt
 
 
 _IMPORT_FIELDS = (
@@ -447,8 +537,8 @@ def events_import(ctx: click.Context, file: Any) -> None:
 
     Positions, stream versions and timestamps are those of this log; ids, types, streams,
     data, metadata, correlation and causation ids are kept; a field an export does not
-    write is refused. Events are committed 500 lines at a time: an error names its
-    line and what was committed before it.
+    write is refused. Events are committed in batches of at most 500 lines (fewer when
+    the lines are large): an error, or Ctrl-C, says which lines were committed before it.
     """
     try:
         size = os.fstat(file.fileno()).st_size
@@ -458,27 +548,47 @@ def events_import(ctx: click.Context, file: Any) -> None:
     name = getattr(file, "name", None)  # stdin may be a stream without one
     if isinstance(name, str) and name not in ("-", "<stdin>"):
         tally.file = shlex.quote(name)
-    with open_foundation(ctx, create=True) as fdn, _progress(size // 200, "importing") as progress:
+    interrupted = False
+    with (
+        open_foundation(ctx, create=True) as fdn,
+        _progress("importing", shown=size >= PROGRESS_MIN_BYTES, in_bytes=True) as progress,
+        _Interrupts() as interrupts,
+    ):
         task = progress.add_task("import", total=size or None)
         batch: list[tuple[int, dict[str, Any]]] = []  # (line number, event)
+        batch_bytes = 0  # of its lines
         analyzed = [0]  # the log's last position at the last ANALYZE
 
-        def flush() -> None:
-            if not batch:
-                return
+        def commit(part: list[tuple[int, dict[str, Any]]]) -> None:
             before = fdn.events.last_position()
             if fdn.url.backend == "postgresql" and before >= 2 * analyzed[0] + IMPORT_BATCH:
                 _analyze(fdn)
                 analyzed[0] = before
-            try:
-                records = fdn.events.store_many([event for _, event in batch])
-            except EventError as exc:
-                raise _name_the_line(fdn, batch, exc) from None
-            # New records lie past the log's end as it was; an id already recorded (or
-            # repeated in the batch) is answered with its original record, so only
-            # distinct new positions count.
-            tally.committed(batch, len({r.position for r in records if r.position > before}))
+            tally.writing = (part[0][0], part[-1][0])
+            with interrupts.deferred():
+                try:
+                    records = fdn.events.store_many([event for _, event in part])
+                except EventError as exc:
+                    tally.writing = None  # all or nothing: nothing of it was written
+                    if len(part) > 1 and "max_size" in exc.context:
+                        # More JSON than its lines' bytes let expect (numbers written
+                        # short, a typed event's defaults): in two halves, each smaller.
+                        half = len(part) // 2
+                        commit(part[:half])
+                        commit(part[half:])
+                        return
+                    raise _name_the_line(fdn, part, exc) from None
+                # New records lie past the log's end as it was; an id already recorded (or
+                # repeated in the batch) is answered with its original record, so only
+                # distinct new positions count.
+                tally.committed(part, len({r.position for r in records if r.position > before}))
+
+        def flush() -> None:
+            nonlocal batch_bytes
+            if batch:
+                commit(batch)
             batch.clear()
+            batch_bytes = 0
 
         try:
             for number, raw in enumerate(file, start=1):
@@ -492,12 +602,21 @@ def events_import(ctx: click.Context, file: Any) -> None:
                     ) from None
                 if not line:
                     continue
-                batch.append((number, _import_event(line, number)))
+                event = _import_event(line, number)
+                if batch_bytes + len(raw) > IMPORT_BATCH_BYTES:
+                    flush()  # a large line starts the next batch (alone, if larger still)
+                batch.append((number, event))
+                batch_bytes += len(raw)
                 if len(batch) >= IMPORT_BATCH:
                     flush()
             flush()
         except FoundationError as exc:
             raise tally.explain(exc) from None
+        except KeyboardInterrupt:
+            interrupted = True  # said once the progress bar is gone
+    if interrupted:
+        click.echo(tally.interrupted(), err=True)
+        raise click.Abort
     click.echo(f"imported {_plural(tally.new, 'event')}, skipped {tally.known} already recorded")
     if tally.without_id:
         # Idempotence rests on ids: such lines get new ones on every import.

@@ -114,6 +114,12 @@ def registry_show(ctx: click.Context, name: str) -> None:
 
 @registry.command("unregister", short_help="Remove NAME, whoever holds it (an override).")
 @click.argument("name")
+@click.option(
+    "--force",
+    is_flag=True,
+    expose_value=False,
+    help="Accepted and ignored: unregister always removes NAME, whoever holds it.",
+)
 @click.pass_context
 def registry_unregister(ctx: click.Context, name: str) -> None:
     """Remove NAME whoever holds it (an operator's override: force=True)."""

@@ -141,6 +141,14 @@ def db_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iter
 
 
 @pytest.fixture
+def pg_url(postgres_server: str, postgres_template: str) -> Iterator[str]:
+    """A migrated, empty PostgreSQL database, for what only a server does (cut
+    connections, other sessions' locks, plans, NOTIFY)."""
+    with fresh_postgres(postgres_server, postgres_template) as url:
+        yield url
+
+
+@pytest.fixture
 def empty_db_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A database with no tables at all (for migration tests)."""
     if backend == "sqlite":

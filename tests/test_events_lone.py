@@ -15,7 +15,6 @@ import asyncio
 import json
 import threading
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -26,14 +25,6 @@ from foundation.database.url import DatabaseURL
 from foundation.errors import ConcurrencyError
 from foundation.events._store import EVENTS_LOCK_KEY
 from tests.helpers import wait_for
-
-
-@pytest.fixture
-def pg_url(postgres_server: str, postgres_template: str) -> Iterator[str]:
-    from tests.conftest import fresh_postgres
-
-    with fresh_postgres(postgres_server, postgres_template) as url:
-        yield url
 
 
 def _waiting_for_the_lock(conninfo: str) -> bool:

@@ -23,14 +23,6 @@ from foundation.database.url import DatabaseURL
 from tests.helpers import wait_for
 
 
-@pytest.fixture
-def pg_url(postgres_server: str, postgres_template: str) -> Iterator[str]:
-    from tests.conftest import fresh_postgres
-
-    with fresh_postgres(postgres_server, postgres_template) as url:
-        yield url
-
-
 class Listener:
     """Another node's view of the channel: every events notification, in order."""
 

@@ -33,7 +33,7 @@ import contextlib
 import os
 import sqlite3
 import uuid
-from collections.abc import Generator, Iterator
+from collections.abc import Generator
 from typing import Any
 
 import psycopg
@@ -48,15 +48,6 @@ from foundation.events._plan import NO_IDS, known_ids
 from tests.helpers import async_wait_for, wait_for
 
 from .test_events_cli import ok, run
-
-
-@pytest.fixture
-def pg_url(postgres_server: str, postgres_template: str) -> Iterator[str]:
-    # SQLite looks the ids up inside its write transaction: no race to lose there.
-    from tests.conftest import fresh_postgres
-
-    with fresh_postgres(postgres_server, postgres_template) as url:
-        yield url
 
 
 def _each_lookup_loses_a_race(

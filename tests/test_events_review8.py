@@ -20,7 +20,7 @@ import asyncio
 import json
 import threading
 import uuid
-from collections.abc import Generator, Iterator
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +33,6 @@ from foundation.events._plan import known_ids
 from tests.helpers import async_wait_for, wait_for
 
 from .test_events_cli import ok, run
-
-
-@pytest.fixture
-def pg_url(postgres_server: str, postgres_template: str) -> Iterator[str]:
-    # SQLite looks the ids up inside its write transaction: no window to force there.
-    from tests.conftest import fresh_postgres
-
-    with fresh_postgres(postgres_server, postgres_template) as url:
-        yield url
 
 
 def _order(stream: str, expected: Any = "no_stream") -> dict[str, Any]:

@@ -41,7 +41,6 @@ import asyncio
 import os
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -60,14 +59,6 @@ _WIDEN = """DO $$ DECLARE ev text; rg text; BEGIN
   ALTER TABLE foundation_registry ALTER COLUMN name TYPE varchar(512);
   EXECUTE 'CREATE VIEW foundation_audit_events AS ' || ev;
   EXECUTE 'CREATE VIEW foundation_audit_registry AS ' || rg; END $$"""
-
-
-@pytest.fixture
-def pg_url(postgres_server: str, postgres_template: str) -> Iterator[str]:
-    from tests.conftest import fresh_postgres
-
-    with fresh_postgres(postgres_server, postgres_template) as url:
-        yield url
 
 
 def _migrate_under(url: str) -> None:

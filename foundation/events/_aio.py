@@ -195,9 +195,18 @@ class AsyncEvents(_EventsBase):
         :meth:`Events.read_stream`, awaited."""
         _check_version_arg(from_version)
         _check_id_arg("stream_id", stream_id)
+        after = -1  # as Events.read_stream
+        if from_version > 1:
+            params = {"stream_id": stream_id, "from_version": from_version}
+            first = await self._db.fetchone(self._sql.stream_from, params)
+            if first is None or first[0] is None:
+                return []
+            after = int(first[0]) - 1
         return [
             e
-            async for e in self.iter(stream_id=stream_id)
+            async for e in self.iter(
+                stream_id=stream_id, after_position=after if after >= 0 else None
+            )
             if e.stream_version is not None and e.stream_version >= from_version
         ]
 

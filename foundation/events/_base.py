@@ -32,6 +32,7 @@ from foundation.events._model import (
     Criteria,
     NewEvent,
     RecordedEvent,
+    merge_criteria,
     parse_criteria,
     parse_event,
 )
@@ -264,9 +265,7 @@ class _EventsBase:
             raise EventError(
                 f"batch_size must be from 1 to {MAX_LIMIT}", context={"batch_size": batch_size}
             )
-        if not isinstance(criteria, Mapping | None):
-            self._criteria(criteria, kwargs)  # raises: criteria must be a mapping
-        merged = {**(criteria or {}), **kwargs}
+        merged = merge_criteria(criteria, kwargs)
         # iter exists for large results: its limit (the total) is not get()'s page maximum.
         limit = merged.get("limit")
         if limit is not None and (
@@ -282,7 +281,7 @@ class _EventsBase:
     def _tail_criteria(
         self, criteria: Any, kwargs: Mapping[str, Any], start: Any
     ) -> dict[str, Any]:
-        merged = {**(criteria or {}), **kwargs} if isinstance(criteria, Mapping | None) else {}
+        merged = merge_criteria(criteria, kwargs)
         for key in merged:
             if key not in _TAIL_KEYS:
                 what = "does not apply to tail()" if key in _CRITERIA_KEYS else "is unknown"
@@ -509,7 +508,12 @@ def _correlation_arg(value: Any) -> str:
 
 
 def _check_version_arg(from_version: Any) -> None:
-    if not isinstance(from_version, int) or isinstance(from_version, bool) or from_version < 0:
+    if (
+        not isinstance(from_version, int)
+        or isinstance(from_version, bool)
+        or not 0 <= from_version <= MAX_VERSION
+    ):
         raise EventError(
-            "from_version must be an int >= 0", context={"from_version": repr(from_version)}
+            f"from_version must be an int from 0 to {MAX_VERSION}",
+            context={"from_version": repr(from_version)[:200]},
         )

@@ -184,9 +184,10 @@ def _as_mapping(event: Any) -> Mapping[str, Any]:
             dumped = event.model_dump(mode="json", exclude_unset=False)
             alias = False
             if not _EVENT_KEYS.issuperset(dumped):
-                # A model that names the event's fields by alias (kind = Field(alias="type")).
+                # A model that names the event's fields by alias (kind = Field(alias="type")):
+                # the form with fewer other fields, so that a refusal names one of those.
                 by_alias = event.model_dump(mode="json", exclude_unset=False, by_alias=True)
-                if _EVENT_KEYS.issuperset(by_alias):
+                if len(by_alias.keys() - _EVENT_KEYS) < len(dumped.keys() - _EVENT_KEYS):
                     dumped, alias = by_alias, True
             _refuse_nan(event, alias)
             return dumped
@@ -306,9 +307,9 @@ def parse_event(event: Any, max_bytes: int) -> NewEvent:
     stream_id = fields.get("stream_id")
     if stream_id is not None:
         stream_id = valid_name(stream_id, "stream_id", required=False)
-    expected = fields.get("expected_version", "any")
-    if expected != "any":
-        expected = _expected(expected)
+    expected: ExpectedVersion = "any"  # also for None: not given, as for every optional field
+    if fields.get("expected_version") not in (None, "any"):
+        expected = _expected(fields["expected_version"])
         if stream_id is None:
             raise EventError(
                 "expected_version needs a stream_id",
@@ -450,16 +451,30 @@ def _text(key: str, value: Any) -> str:
     return value
 
 
-def parse_criteria(
-    criteria: Mapping[str, Any] | None, kwargs: Mapping[str, Any], ts: Any
-) -> Criteria:
-    """Check every criterion; ``ts`` turns a datetime into the backend's bound value."""
+def merge_criteria(criteria: Any, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The criteria dict and the keyword arguments, as one; a criterion given in both is
+    refused (which of two answers was meant?)."""
     if criteria is not None and not isinstance(criteria, Mapping):
         raise EventError(
             f"criteria must be a dict, not {type(criteria).__name__}",
             context={"type": type(criteria).__name__},
         )
-    merged: dict[str, Any] = {**(criteria or {}), **kwargs}
+    if criteria and kwargs:
+        both = sorted(str(key)[:200] for key in criteria if key in kwargs)
+        if both:
+            raise EventError(
+                f"criterion {both[0]!r} is given twice, in the criteria dict and as a "
+                "keyword argument: give it once",
+                context={"criterion": both[0]},
+            )
+    return {**(criteria or {}), **kwargs}
+
+
+def parse_criteria(
+    criteria: Mapping[str, Any] | None, kwargs: Mapping[str, Any], ts: Any
+) -> Criteria:
+    """Check every criterion; ``ts`` turns a datetime into the backend's bound value."""
+    merged = merge_criteria(criteria, kwargs)
     for key in merged:
         if key not in _CRITERIA_KEYS:
             raise EventError(

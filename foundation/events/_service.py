@@ -179,9 +179,16 @@ class Events(_EventsBase):
         """The events of one stream with ``stream_version >= from_version``, in order."""
         _check_version_arg(from_version)
         _check_id_arg("stream_id", stream_id)
+        after = -1  # the whole stream: every version is >= 1
+        if from_version > 1:  # from that version's event on, found by the stream's index
+            params = {"stream_id": stream_id, "from_version": from_version}
+            first = self._db.fetchone(self._sql.stream_from, params)
+            if first is None or first[0] is None:
+                return []
+            after = int(first[0]) - 1
         return [
             e
-            for e in self.iter(stream_id=stream_id)
+            for e in self.iter(stream_id=stream_id, after_position=after if after >= 0 else None)
             if e.stream_version is not None and e.stream_version >= from_version
         ]
 

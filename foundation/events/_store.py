@@ -114,6 +114,7 @@ class EventSQL:
     append_one: str
     append_one_checked: str
     stream_version: str
+    stream_from: str  # the position of a stream's first event from a version on
     last_rowid: str
     newest: str  # the log's last position (NULL when empty): an index's last entry
     sub_create: str
@@ -151,6 +152,14 @@ class EventSQL:
             stream_version=compile_sql(
                 sa.select(sa.func.max(events.c.stream_version)).where(
                     events.c.stream_id == sa.bindparam("stream_id")
+                ),
+                backend,
+            ),
+            # Found by the stream's unique index (stream_id, stream_version).
+            stream_from=compile_sql(
+                sa.select(sa.func.min(events.c.position)).where(
+                    events.c.stream_id == sa.bindparam("stream_id"),
+                    events.c.stream_version >= sa.bindparam("from_version"),
                 ),
                 backend,
             ),
