@@ -52,8 +52,23 @@ class FrozenList(list[Any]):
         return (list, (thaw(self),))
 
 
+_EMPTY = FrozenDict()
+
+
 def freeze(value: Any) -> Any:
-    """A deep, read-only version of a JSON value (other values are returned as they are)."""
+    """A deep, read-only version of a JSON value (other values are returned as they are),
+    with decoded JSON's plain dicts and lists short-cut: a cache freezes all it takes in."""
+    kind = type(value)
+    if kind is dict:
+        if not value:
+            return _EMPTY
+        return FrozenDict(
+            {k: freeze(v) if type(v) in (dict, list) else v for k, v in value.items()}
+        )
+    if kind is list:
+        return FrozenList(freeze(v) if type(v) in (dict, list) else v for v in value)
+    if isinstance(value, FrozenDict | FrozenList):
+        return value
     if isinstance(value, dict):
         return FrozenDict({k: freeze(v) for k, v in value.items()})
     if isinstance(value, list):

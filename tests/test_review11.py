@@ -20,12 +20,28 @@
   naming its aliased field (``kind``) instead of the extra one.
 * ``get({"type": "a"}, type="b")`` answered for ``b`` without a word; a criterion given
   both ways is refused (``get``, ``iter``, ``tail``).
+* The registry handed out its cache's own dicts and lists: ``lookup(n).metadata["x"] = 1``
+  (or a watcher's, a member's) changed what every later read in the process returned,
+  while the database and other nodes kept the real value. They are read-only now, as
+  config's values and the event log's cached records are.
+* A closed instance's registry answered reads from a cache nothing kept fresh any more
+  (another node's old address, after it had moved); an ``AsyncFoundation`` never opened
+  answered ``not_found`` for a name another node held (a forgotten ``open()`` looked
+  like a missing service). Both raise ``storage_unavailable`` saying why.
+* An ``AsyncFoundation`` opened in one event loop and used in another (two
+  ``asyncio.run``) registered names its heartbeat, dead with the first loop, never
+  renewed: they vanished after the TTL without a word. Its calls raise now; closing it
+  from another loop raised a bare ``RuntimeError`` (PostgreSQL).
+* ``foundation.registry.conflict`` was not emitted for a name held by a local entry, and
+  lacked ``epoch`` for a local ``register`` refused by a cluster owner.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
+import json
 import threading
 from typing import Any
 
@@ -231,3 +247,105 @@ def test_a_criterion_given_twice_is_refused(fdn: Foundation, read: str) -> None:
         list(getattr(fdn.events, read)({"type": "a"}, type="b"))
     assert err.value.code == "event_error" and err.value.context == {"criterion": "type"}
     assert len(fdn.events.get({"type": "a"}, limit=5)) == 1  # distinct keys still merge
+
+
+# -- registry: what reads hand out, and when they answer ----------------------------------
+
+
+def _refuses_changes(value: Any) -> None:
+    with pytest.raises(TypeError, match="read-only"):
+        value["x"] = 1 if isinstance(value, dict) else value.append(1)
+
+
+def test_registry_values_are_read_only(db_url: str) -> None:
+    with node(db_url) as fdn, node(db_url) as other:
+        reg = fdn.service_registry
+        seen = watched(other, "svc")
+        entry = reg.register("svc", {"host": "h", "ports": [1]}, {"tags": ["a"], "n": {"k": 1}})
+        member = reg.join("workers", ["h", 1], {"zone": "a"})
+        for value in (entry.address, entry.metadata, entry.metadata["tags"], member.metadata):
+            _refuses_changes(value)
+        _refuses_changes(reg.lookup("svc").metadata["n"])
+        wait_for(lambda: other.service_registry.find("svc") is not None and seen)
+        theirs = other.service_registry.lookup("svc")
+        for value in (theirs.address["ports"], seen[0].entry.metadata, theirs.metadata):
+            _refuses_changes(value)
+        _refuses_changes(wait_for(lambda: other.service_registry.members("workers"))[0].address)
+        copied = copy.deepcopy(theirs.metadata)
+        copied["tags"].append("b")  # a private copy is the caller's
+        assert reg.lookup("svc").metadata == {"tags": ["a"], "n": {"k": 1}}
+        assert json.loads(json.dumps(theirs.metadata)) == {"tags": ["a"], "n": {"k": 1}}
+        updated = reg.update_metadata("svc", {"v": [2]})
+        _refuses_changes(updated.metadata["v"])
+        obj = {"any": "object"}  # a local entry's address is the object given, as it is
+        assert reg.register("here", obj, local=True).address is obj
+
+
+def test_reads_of_a_closed_instance_raise(db_url: str) -> None:
+    with node(db_url) as other:
+        other.service_registry.register("svc", "http://b")
+        fdn = node(db_url)
+        assert fdn.service_registry.lookup("svc").address == "http://b"
+        fdn.close()
+        for read in (
+            lambda: fdn.service_registry.lookup("svc"),
+            lambda: fdn.service_registry.find("svc"),
+            lambda: fdn.service_registry.list(),
+            lambda: fdn.service_registry.members("g"),
+        ):
+            with pytest.raises(FoundationError) as err:
+                read()
+            assert err.value.code == "storage_unavailable" and "closed" in err.value.message
+
+
+async def test_reads_before_open_and_after_close_raise_async(db_url: str) -> None:
+    with node(db_url) as other:
+        other.service_registry.register("svc", "http://b")
+        fdn = anode(db_url)
+        with pytest.raises(FoundationError) as err:
+            fdn.service_registry.lookup("svc")
+        assert err.value.code == "storage_unavailable" and "not open" in err.value.message
+        with pytest.raises(FoundationError):
+            fdn.service_registry.list()
+        async with fdn:
+            assert fdn.service_registry.lookup("svc").address == "http://b"
+        with pytest.raises(FoundationError) as err:
+            fdn.service_registry.find("svc")
+        assert "closed" in err.value.message
+
+
+def test_an_async_instance_used_in_another_loop_says_so(db_url: str) -> None:
+    fdn = anode(db_url)
+    asyncio.run(fdn.open())
+
+    async def second() -> None:
+        with pytest.raises(FoundationError) as err:
+            await fdn.service_registry.register("svc", "http://a")
+        assert err.value.code == "storage_unavailable" and "event loop" in err.value.message
+        with pytest.raises(FoundationError):
+            await fdn.events.store({"type": "t", "data": {}})
+
+    asyncio.run(second())
+    asyncio.run(fdn.close())  # from yet another loop: closed all the same, no RuntimeError
+    with node(db_url) as other:
+        assert other.service_registry.find("svc") is None
+
+
+def test_conflicts_with_local_entries_are_told(db_url: str) -> None:
+    with node(db_url) as fdn, node(db_url) as other:
+        told: list[dict[str, Any]] = []
+        fdn.telemetry.attach(
+            "review11-conflict",
+            "foundation.registry.conflict",
+            lambda _n, _m, meta, _c: told.append(meta),
+        )
+        fdn.service_registry.register("mine", object(), local=True)
+        for local in (False, True):
+            with pytest.raises(FoundationError):
+                fdn.service_registry.register("mine", "http://a", local=local)
+        assert [t.get("local") for t in told] == [True, True]
+        entry = other.service_registry.register("theirs", "http://b")
+        wait_for(lambda: fdn.service_registry.find("theirs") is not None)
+        with pytest.raises(FoundationError) as err:
+            fdn.service_registry.register("theirs", object(), local=True)
+        assert told[-1]["epoch"] == entry.epoch == err.value.context["epoch"]

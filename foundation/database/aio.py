@@ -197,8 +197,10 @@ class AsyncDatabase:
         self._pool: AsyncConnectionPool | None = None
         self._closed = False
         self._closed_message = "this Foundation instance is closed"
+        self._loop: asyncio.AbstractEventLoop | None = None  # the one it was opened in
 
     async def open(self) -> None:
+        self._loop = asyncio.get_running_loop()
         try:
             if self.backend == "sqlite":
                 path = self.url.sqlite_path
@@ -261,10 +263,22 @@ class AsyncDatabase:
     def _closed_error(self) -> StorageUnavailableError:
         return StorageUnavailableError(self._closed_message, context={"url": self._masked})
 
+    def _other_loop_error(self) -> StorageUnavailableError:
+        # Its connections, and its feed's and heartbeat's tasks, belong to that loop: used
+        # from another, they would fail later or not at all (a lease left unrenewed).
+        return StorageUnavailableError(
+            "this AsyncFoundation was opened in another event loop, and its connections and "
+            "tasks (the registry's heartbeat, subscriptions) belong to that one: open and "
+            "use an AsyncFoundation within one event loop (one per asyncio.run)",
+            context={"url": self._masked, "other_loop": True},
+        )
+
     @asynccontextmanager
     async def _cursor(self) -> AsyncIterator[Any]:
         if self._closed:
             raise self._closed_error()
+        if asyncio.get_running_loop() is not self._loop and self._loop is not None:
+            raise self._other_loop_error()
         if self._pool is None and self._sqlite is None:
             raise not_open_error(self.url)
         if self._pool is None:
@@ -405,7 +419,10 @@ class AsyncDatabase:
             # and the connections stay open for ever. Kept here, they are closed anyway.
             idle = list(getattr(self._pool, "_pool", ()))
             try:
-                await self._pool.close()
+                if asyncio.get_running_loop() is self._loop:
+                    await self._pool.close()
+                # Else the pool's tasks are the other loop's (closed, most likely): its idle
+                # connections are closed below, what it had in use is that loop's to end.
             finally:
                 for conn in idle:
                     if not conn.closed:

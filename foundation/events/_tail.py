@@ -45,7 +45,7 @@ from bisect import bisect_right
 from collections.abc import Callable
 from typing import Any
 
-from foundation._frozen import FrozenDict, FrozenList
+from foundation._frozen import freeze
 from foundation.events._model import Criteria, RecordedEvent
 from foundation.events._store import new_record
 
@@ -59,29 +59,6 @@ def _pos(record: RecordedEvent) -> int:
     return record.position
 
 
-_EMPTY = FrozenDict()
-
-
-def _freeze(value: Any) -> Any:
-    """``_frozen.freeze`` for decoded JSON, with the common cases short-cut."""
-    kind = type(value)
-    if kind is dict:
-        if not value:
-            return _EMPTY
-        return FrozenDict(
-            {k: _freeze(v) if type(v) in (dict, list) else v for k, v in value.items()}
-        )
-    if kind is list:
-        return FrozenList(_freeze(v) if type(v) in (dict, list) else v for v in value)
-    if isinstance(value, FrozenDict | FrozenList):
-        return value
-    if isinstance(value, dict):
-        return FrozenDict({k: _freeze(v) for k, v in value.items()})
-    if isinstance(value, list):
-        return FrozenList(_freeze(v) for v in value)
-    return value
-
-
 def frozen(record: RecordedEvent) -> RecordedEvent:
     """The record with read-only data and metadata (what the cache shares)."""
     return new_record(
@@ -90,8 +67,8 @@ def frozen(record: RecordedEvent) -> RecordedEvent:
         record.stream_id,
         record.stream_version,
         record.type,
-        _freeze(record.data),
-        _freeze(record.metadata),
+        freeze(record.data),
+        freeze(record.metadata),
         record.correlation_id,
         record.causation_id,
         record.recorded_at,

@@ -87,6 +87,7 @@ class AsyncServiceRegistry(_RegistryBase):
             await self._db.fetchall(self._sql.select_members),
             mark,
         )
+        self._refuse_reads(None)
         self._task = asyncio.get_running_loop().create_task(
             self._run(), name=f"foundation-registry-{self._node}"
         )
@@ -588,3 +589,4 @@ class AsyncServiceRegistry(_RegistryBase):
         self._closed_locally()
         self._feed_settled(1.0)  # what the feed applied of the release is queued
         await self._dispatcher.close(timeout=1.0)  # delivers what is queued, within that second
+        self._refuse_reads(self._CLOSED_READS)

@@ -41,7 +41,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 from foundation._json import same_json
 from foundation.errors import (
@@ -172,11 +172,29 @@ class _RegistryBase(RegistryFeedSide):
         self._resync_lock = threading.Lock()
         self.lease_losses = 0
         self._init_feed_side()
-        # The hot read paths: the state's own bound methods (one dict lookup, no frame).
-        self.lookup = self._state.lookup  # type: ignore[method-assign]
-        self.find = self._state.find  # type: ignore[method-assign]
+        self._refusal: str | None = (
+            "this Foundation instance is not open yet: its registry has no cache to answer "
+            "from (async with AsyncFoundation(url), or await fdn.open(), first)"
+        )
+        self._refuse_reads(self._refusal)
 
     # -- reads (cache only) -----------------------------------------------------------
+
+    def _refuse_reads(self, refusal: str | None) -> None:
+        """Reads answer from the cache (``refusal`` None, once it is loaded), or raise
+        ``storage_unavailable`` saying ``refusal``: before the cache is loaded, and once
+        the instance is closed, when nothing keeps it fresh (it would answer with what
+        was true then)."""
+        self._refusal = refusal
+        if refusal is None:
+            # The hot read paths: the state's own bound methods (one dict lookup, no frame).
+            self.lookup = self._state.lookup  # type: ignore[method-assign]
+            self.find = self._state.find  # type: ignore[method-assign]
+        else:
+            self.lookup = self.find = self._refused  # type: ignore[method-assign]
+
+    def _refused(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise StorageUnavailableError(str(self._refusal), context={"reads": "refused"})
 
     def lookup(self, name: Any) -> ServiceEntry:
         """The live entry for ``name`` from the in-process cache, or raise ``not_found``."""
@@ -195,11 +213,17 @@ class _RegistryBase(RegistryFeedSide):
         ``watch`` is the one that takes ``"svc.*"``)."""
         if prefix is not None and not isinstance(prefix, str):
             raise ValidationError("prefix must be a string", context={"prefix": repr(prefix)})
-        return self._state.list(prefix, check_where(where))
+        where = check_where(where)
+        if self._refusal is not None:
+            self._refused()
+        return self._state.list(prefix, where)
 
     def members(self, group: Any) -> builtins.list[GroupMember]:
         """The live members of ``group``, oldest first."""
-        return self._state.members(check_name(group, "a group name"))
+        group = check_name(group, "a group name")
+        if self._refusal is not None:
+            self._refused()
+        return self._state.members(group)
 
     def owns(self, name: Any) -> bool:
         """True while this node holds ``name`` and its own lease is valid (monotonic clock)."""
@@ -386,6 +410,11 @@ class _RegistryBase(RegistryFeedSide):
             # time of death, not 0.0, which would read as "not known yet").
             self._lease.expires = min(self._lease.expires, time.time())
         self._deadline = 0.0
+
+    _CLOSED_READS = (
+        "this Foundation instance is closed: its registry cache is no longer kept up to "
+        "date (what it held then may have changed since)"
+    )
 
     _NOT_RELEASED = (
         "registry: node %s could not release its lease and names on close (%s); other nodes "
@@ -734,9 +763,10 @@ class _RegistryBase(RegistryFeedSide):
     def _check_local_free(self, name: str) -> None:
         local = self._state.local_entry(name)
         if local is not None:
+            context = {"name": name, "owner": self._node, "local": True}
+            self._telemetry.execute(_CONFLICT, {"count": 1}, {"node": self._node, **context})
             raise AlreadyRegisteredError(
-                f"{name!r} is registered locally in this process",
-                context={"name": name, "owner": self._node, "local": True},
+                f"{name!r} is registered locally in this process", context=context
             )
 
     def _register_local(self, name: Any, value: Any, metadata: Any, ttl: Any) -> ServiceEntry:
@@ -756,11 +786,16 @@ class _RegistryBase(RegistryFeedSide):
         self._check_local_free(name)
         owner = self._state.live_entry(name)
         if owner is not None:
-            context = {"name": name, "owner": owner.node, "address": owner.address}
+            context = {
+                "name": name,
+                "owner": owner.node,
+                "address": owner.address,
+                "epoch": owner.epoch,
+            }
             self._telemetry.execute(_CONFLICT, {"count": 1}, {"node": self._node, **context})
             raise AlreadyRegisteredError(
                 f"{name!r} is already registered by node {owner.node!r} at {owner.address!r}",
-                context={**context, "epoch": owner.epoch},
+                context=context,
             )
         now = datetime.now(UTC)
         entry = ServiceEntry(

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+from foundation._frozen import freeze
 from foundation._json import encode_json, normalize_json, same_json
 from foundation._text import is_utf8
 from foundation._watch import Watch
@@ -121,7 +122,9 @@ class ServiceEntry:
     ``expires_at`` is the owner's lease expiry (it moves forward with each heartbeat), or
     the entry's own TTL if that comes first; ``None`` for a local entry. ``epoch``
     increases on every registration of the name cluster-wide: pass it downstream as a
-    fencing token. Treat ``address`` and ``metadata`` as read-only (they are shared).
+    fencing token. ``address`` and ``metadata`` are read-only (a dict or list refuses
+    changes: the cache shares them; ``copy.deepcopy`` gives a private copy), but for a
+    local entry's address, which is the object given.
     """
 
     name: str
@@ -162,7 +165,8 @@ class ServiceEntry:
 
 @dataclass(frozen=True, slots=True, eq=False)
 class GroupMember:
-    """One member of a group (``join``)."""
+    """One member of a group (``join``); ``address`` and ``metadata`` are read-only, as
+    a :class:`ServiceEntry`'s."""
 
     group: str
     member_id: str
@@ -244,15 +248,16 @@ def check_name(name: Any, what: str = "a registry name") -> str:
 
 
 def check_json(value: Any, what: str, name: str, max_bytes: int) -> tuple[Any, str]:
-    """(the value as it reads back, its JSON text) or a ValidationError."""
+    """(the value as it reads back, read-only: the cache shares it with every caller; its
+    JSON text) or a ValidationError."""
     text = encode_json(
         value, what=what, max_bytes=max_bytes, error=ValidationError, context={"name": name}
     )
     if type(value) is dict or type(value) is list:
         # What normalize_json does for a container, with the C scanner alone: json.loads'
         # Python wrapper costs twice the scan of a small metadata dict (register's hot path).
-        return _scan(text, 0)[0], text
-    return normalize_json(value, text), text
+        return freeze(_scan(text, 0)[0]), text
+    return freeze(normalize_json(value, text)), text
 
 
 def check_ttl(ttl: Any, what: str = "ttl") -> int | None:
@@ -526,8 +531,8 @@ class RegistryState:
         name, address, metadata, node, gen, epoch, revision, registered_at, expires_at = row
         return ServiceEntry(
             name=name,
-            address=load_json(address),
-            metadata=load_json(metadata),
+            address=freeze(load_json(address)),
+            metadata=freeze(load_json(metadata)),
             node=node,
             registered_at=load_ts(registered_at),
             epoch=int(epoch),
@@ -729,8 +734,8 @@ class RegistryState:
         return GroupMember(
             group=group,
             member_id=member_id,
-            address=load_json(address),
-            metadata=load_json(metadata),
+            address=freeze(load_json(address)),
+            metadata=freeze(load_json(metadata)),
             node=node,
             joined_at=load_ts(joined_at),
             lease=self.lease_for(node, int(gen)),

@@ -308,6 +308,7 @@ CATALOGUE: Final[tuple[EventSpec, ...]] = (
             "owner": "owner node (when known)",
             "address": "owner's address (when known)",
             "epoch": "the owner's epoch (when known)",
+            "local": "true when the holder is a local entry of this process (no address)",
         },
     ),
     _spec(
