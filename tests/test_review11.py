@@ -32,6 +32,10 @@
   ``asyncio.run``) registered names its heartbeat, dead with the first loop, never
   renewed: they vanished after the TTL without a word. Its calls raise now; closing it
   from another loop raised a bare ``RuntimeError`` (PostgreSQL).
+* PostgreSQL: a server that stopped answering (a partition, no reset) held a ``register``
+  until the kernel gave up on the connection, about 15 minutes: far past every lease.
+  Connections now carry libpq's keepalive and ``tcp_user_timeout`` options, unless the URL
+  sets them.
 * ``foundation.registry.conflict`` was not emitted for a name held by a local entry, and
   lacked ``epoch`` for a local ``register`` refused by a cluster owner.
 """
@@ -43,6 +47,7 @@ import copy
 import dataclasses
 import json
 import threading
+import urllib.parse
 from typing import Any
 
 import psycopg
@@ -349,3 +354,14 @@ def test_conflicts_with_local_entries_are_told(db_url: str) -> None:
         with pytest.raises(FoundationError) as err:
             fdn.service_registry.register("theirs", object(), local=True)
         assert told[-1]["epoch"] == entry.epoch == err.value.context["epoch"]
+
+
+def test_connections_notice_a_server_that_stops_answering(pg_url: str) -> None:
+    given = DatabaseURL.parse(pg_url + "?tcp_user_timeout=5000")
+    options = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(given.conninfo).query))
+    assert options["tcp_user_timeout"] == "5000"  # the URL's own wins
+    assert options["keepalives"] == "1" and int(options["keepalives_idle"]) > 0
+    with Foundation(pg_url, migrate="skip") as fdn:
+        with fdn.database.connection() as conn:  # what a pooled connection was opened with
+            used = {o.keyword.decode(): o.val for o in conn.pgconn.info if o.val is not None}
+        assert used["keepalives"] == b"1" and int(used["tcp_user_timeout"]) > 0

@@ -24,6 +24,21 @@ def mask_url(url: str) -> str:
         return url.split(":", 1)[0] + "://***"
 
 
+# A server that stops answering while the connection stays open (a network partition, a
+# host gone) would hold a statement until the kernel gives up retransmitting (about 15
+# minutes on Linux), past every lease. With these, a connection that gets no answer is
+# dropped: data unacknowledged for 15 s, or an idle wait for a reply whose probes go
+# unanswered for 10 + 3 x 5 s. A live server's kernel answers both while a slow statement
+# runs, so none is cut short. Ignored on Unix sockets.
+_DEAD_PEER = {
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "5",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "15000",
+}
+
+
 @dataclass(frozen=True)
 class DatabaseURL:
     """A parsed Foundation database URL.
@@ -89,9 +104,12 @@ class DatabaseURL:
 
     @property
     def conninfo(self) -> str:
-        """A libpq URI for psycopg (password included: never log it)."""
+        """A libpq URI for psycopg (password included: never log it), with libpq's TCP
+        options for a server that stops answering, unless the URL sets them."""
         assert self.backend == "postgresql"
-        return self.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        unset = {k: v for k, v in _DEAD_PEER.items() if k not in self.url.query}
+        url = self.url.set(drivername="postgresql").update_query_dict(unset)
+        return url.render_as_string(hide_password=False)
 
     def sqlalchemy_url(self, *, asynchronous: bool = False) -> URL:
         if self.backend == "sqlite":
