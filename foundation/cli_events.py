@@ -594,7 +594,8 @@ def events_import(ctx: click.Context, file: Any) -> None:
             for number, raw in enumerate(file, start=1):
                 progress.advance(task, len(raw))
                 try:
-                    line = raw.decode("utf-8").strip()
+                    # A byte order mark some editors put first (Windows) is not a line's.
+                    line = raw.decode("utf-8-sig" if number == 1 else "utf-8").strip()
                 except UnicodeDecodeError as exc:
                     raise EventError(
                         f"line {number} is not UTF-8 text: {exc.reason} at byte {exc.start}",

@@ -164,6 +164,7 @@ def breaker_and_limiter() -> None:
         raise ConnectionError("payment gateway down")
 
     breaker = foundation.circuit_breaker.get("payments", max_failures=2, reset_timeout=30_000)
+    breaker.reset()  # the state is shared and kept: a run a minute ago left it open
     for attempt in range(1, 4):
         try:
             breaker.execute(flaky)
@@ -171,10 +172,11 @@ def breaker_and_limiter() -> None:
             console.print(f"  call {attempt}: [yellow]{err.code}[/] {err.context}")
         except ConnectionError as exc:
             console.print(f"  call {attempt}: failed ({exc}); breaker is {breaker.state}")
+    window = f"demo-api:{secrets.token_hex(4)}"  # this run's own: the last run's is kept
     for attempt in range(1, 5):
         try:
             foundation.rate_limiter.execute(
-                lambda: None, key="demo-api", max_requests=3, interval=60_000
+                lambda: None, key=window, max_requests=3, interval=60_000
             )
             console.print(f"  request {attempt}: allowed")
         except FoundationError as err:

@@ -456,6 +456,7 @@ class AsyncFoundation(_Base):
         self._closed = True
         if self._forked:
             return  # the lease, names and connections are the parent process's
+        self._db.closing()
         # As Foundation.close, and each step whole even if the caller is cancelled
         # meanwhile (its cancellation is raised after): a close cut short would leave this
         # node's names, members and lease live for their TTL, and the database's threads

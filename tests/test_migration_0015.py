@@ -32,7 +32,7 @@ from foundation.database.url import DatabaseURL
 
 SQLITE_MESSAGE = (
     "foundation_events: recorded_at must be an ISO date and time"
-    " (YYYY-MM-DD[ HH:MM[:SS[.ffffff]]][Z|+HH:MM]) between the years 2 and 9998"
+    " (YYYY-MM-DD[ HH:MM[:SS[.fraction]]][Z|+HH:MM]) between the years 2 and 9998"
 )
 PG_MESSAGE = "foundation_events: recorded_at must be a finite time between the years 2 and 9998"
 
@@ -40,7 +40,7 @@ PG_MESSAGE = "foundation_events: recorded_at must be a finite time between the y
 # (and offset minutes up to 59, where fromisoformat takes '+01:60').
 GRAMMAR = re.compile(
     r"\d{4}-\d{2}-\d{2}"
-    r"(?:[ T]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?(?:Z|[+-]\d{2}:(?P<offset_minutes>\d{2}))?)?",
+    r"(?:[ T]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?(?:Z|[+-]\d{2}:(?P<offset_minutes>\d{2}))?)?",
     re.ASCII,
 )
 
@@ -125,6 +125,8 @@ SQLITE_TAKEN = [
     "2026-11-30T12:00:00Z",
     "2026-11-30 12:00Z",
     "2026-11-30 12:00:00.1",
+    "2026-11-30T12:00:00.1234567+00:00",  # .NET's round-trip form
+    "2026-11-30T12:00:00.123456789Z",  # Go's RFC 3339 with nanoseconds
     "2026-11-30 12:00:00.12345Z",  # 26 characters, not Foundation's form
     "2026-11-30 12:00+05:30",
     "2026-11-30 12:00:00.5-23:59",
@@ -157,7 +159,7 @@ SQLITE_REFUSED = [
     "2026-11-30+01:00",
     "2026-11-30 12",
     "2026-11-30 12:00:00.",
-    "2026-11-30 12:00:00.1234567",
+    "2026-11-30 12:00:00.1234567890",  # 10 digits
     "2026-11-30 12:00:00,5",
     "2026-11-30 12:00:00.12a",
     "2026-11-30x12:00",

@@ -31,11 +31,18 @@
 * An ``AsyncFoundation`` opened in one event loop and used in another (two
   ``asyncio.run``) registered names its heartbeat, dead with the first loop, never
   renewed: they vanished after the TTL without a word. Its calls raise now; closing it
-  from another loop raised a bare ``RuntimeError`` (PostgreSQL).
+  from another loop raised a bare ``RuntimeError`` (PostgreSQL), and releases its names.
+* Found in review of those fixes: a read method taken before ``open()`` refused for good;
+  a cut write whose server process id had gone to another process (a restart) was never
+  judged (the heartbeat settled no doubt again while that process lived).
 * PostgreSQL: a server that stopped answering (a partition, no reset) held a ``register``
   until the kernel gave up on the connection, about 15 minutes: far past every lease.
   Connections now carry libpq's keepalive and ``tcp_user_timeout`` options, unless the URL
   sets them.
+* ``foundation events import`` of a file that begins with a byte order mark (an editor's,
+  on Windows) refused its first line as not JSON.
+* A URL naming a ``service=`` of ``pg_service.conf`` had its settings overridden by the
+  keepalive defaults added in this round.
 * ``foundation.registry.conflict`` was not emitted for a name held by a local entry, and
   lacked ``epoch`` for a local ``register`` refused by a cluster owner.
 """
@@ -54,10 +61,11 @@ import psycopg
 import pydantic
 import pytest
 
-from foundation import AsyncFoundation, Foundation, FoundationError
+from foundation import AsyncFoundation, Foundation, FoundationError, StorageUnavailableError
 from foundation.database.url import DatabaseURL
 from tests.cut_proxy import cut_proxy
 from tests.helpers import async_wait_for, wait_for
+from tests.test_events_cli import ok
 from tests.test_registry import node
 from tests.test_registry_async import anode
 from tests.test_registry_review3 import kinds, watched
@@ -336,6 +344,60 @@ def test_an_async_instance_used_in_another_loop_says_so(db_url: str) -> None:
         assert other.service_registry.find("svc") is None
 
 
+def test_close_in_another_loop_releases_the_names(db_url: str) -> None:
+    fdn = anode(db_url)
+
+    async def first() -> None:
+        await fdn.open()
+        await fdn.service_registry.register("svc", "http://a")
+
+    asyncio.run(first())
+    asyncio.run(fdn.close())
+    with node(db_url) as other:  # released at once, not left for the lease to run out
+        row = other.database.fetchone("SELECT node_id FROM foundation_registry WHERE name = 'svc'")
+        assert row is not None and row[0] is None
+
+
+async def test_a_read_method_taken_before_open_answers_once_open(db_url: str) -> None:
+    with node(db_url) as other:
+        other.service_registry.register("svc", "http://b")
+        fdn = anode(db_url)
+        lookup, find = fdn.service_registry.lookup, fdn.service_registry.find
+        async with fdn:
+            assert lookup("svc").address == "http://b" and find("nope") is None
+        with pytest.raises(FoundationError) as err:
+            lookup("svc")
+        assert "closed" in err.value.message
+
+
+def test_a_lost_write_whose_process_id_is_another_s_is_judged_at_once(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cut connection's server process is gone and its pid names another process (a
+    restart gave it away): not the write's, so the read is trusted."""
+    with node(pg_url) as fdn:
+        reg = fdn.service_registry
+        row = fdn.database.fetchone(
+            "SELECT pid FROM pg_stat_activity WHERE backend_type = 'checkpointer'"
+        )
+        assert row is not None
+        real = reg._db.fetchone
+        lost_once: list[str] = []
+
+        def lost(sql: str, params: Any = None) -> Any:
+            done = real(sql, params)
+            if sql == reg._sql.register:  # PostgreSQL's register: one upsert
+                lost_once.append(sql)
+                raise StorageUnavailableError("reply lost", context={"backend_pid": row[0]})
+            return done
+
+        monkeypatch.setattr(reg._db, "fetchone", lost)
+        entry = reg.register("svc", "http://a")  # landed: adopted, not left in doubt
+        monkeypatch.undo()
+        assert lost_once and reg.owns("svc") and entry.address == "http://a"
+        assert reg._in_doubt == set() and reg._cut_backends == set()
+
+
 def test_conflicts_with_local_entries_are_told(db_url: str) -> None:
     with node(db_url) as fdn, node(db_url) as other:
         told: list[dict[str, Any]] = []
@@ -365,3 +427,16 @@ def test_connections_notice_a_server_that_stops_answering(pg_url: str) -> None:
         with fdn.database.connection() as conn:  # what a pooled connection was opened with
             used = {o.keyword.decode(): o.val for o in conn.pgconn.info if o.val is not None}
         assert used["keepalives"] == b"1" and int(used["tcp_user_timeout"]) > 0
+
+
+def test_an_import_file_may_begin_with_a_byte_order_mark(db_url: str, tmp_path: Any) -> None:
+    path = tmp_path / "log.jsonl"
+    path.write_text('{"type": "a", "data": {}}\n', encoding="utf-8-sig")
+    ok(db_url, "events", "import", str(path))
+    with Foundation(db_url, migrate="skip") as fdn:
+        assert [e.type for e in fdn.events.get()] == ["a"]
+
+
+def test_a_service_file_entry_keeps_its_own_settings() -> None:
+    named = DatabaseURL.parse("postgresql+psycopg:///?service=app")
+    assert "keepalives" not in named.conninfo and "tcp_user_timeout" not in named.conninfo

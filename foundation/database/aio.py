@@ -198,6 +198,7 @@ class AsyncDatabase:
         self._closed = False
         self._closed_message = "this Foundation instance is closed"
         self._loop: asyncio.AbstractEventLoop | None = None  # the one it was opened in
+        self._closing = False  # see closing()
 
     async def open(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -263,6 +264,11 @@ class AsyncDatabase:
     def _closed_error(self) -> StorageUnavailableError:
         return StorageUnavailableError(self._closed_message, context={"url": self._masked})
 
+    def closing(self) -> None:
+        """The instance's close() has begun: its statements may run in another event loop
+        than the one it was opened in (a close at the end of another ``asyncio.run``)."""
+        self._closing = True
+
     def _other_loop_error(self) -> StorageUnavailableError:
         # Its connections, and its feed's and heartbeat's tasks, belong to that loop: used
         # from another, they would fail later or not at all (a lease left unrenewed).
@@ -278,7 +284,19 @@ class AsyncDatabase:
         if self._closed:
             raise self._closed_error()
         if asyncio.get_running_loop() is not self._loop and self._loop is not None:
-            raise self._other_loop_error()
+            if not self._closing:
+                raise self._other_loop_error()
+            if self._pool is not None:
+                # close() in another loop: the pool is the first loop's; the release of
+                # this node's names runs on a connection of this one (SQLite's works in any).
+                conn = await psycopg.AsyncConnection.connect(
+                    self.url.conninfo, autocommit=True, **driver_kwargs(self.settings)
+                )
+                try:
+                    yield _PGCursor(conn)
+                finally:
+                    await finish(conn.close())
+                return
         if self._pool is None and self._sqlite is None:
             raise not_open_error(self.url)
         if self._pool is None:

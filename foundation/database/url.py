@@ -107,7 +107,11 @@ class DatabaseURL:
         """A libpq URI for psycopg (password included: never log it), with libpq's TCP
         options for a server that stops answering, unless the URL sets them."""
         assert self.backend == "postgresql"
-        unset = {k: v for k, v in _DEAD_PEER.items() if k not in self.url.query}
+        query = self.url.query
+        # A service file entry (``service=``) may set them: the URL's own words would win.
+        unset = (
+            {} if "service" in query else {k: v for k, v in _DEAD_PEER.items() if k not in query}
+        )
         url = self.url.set(drivername="postgresql").update_query_dict(unset)
         return url.render_as_string(hide_password=False)
 

@@ -26,6 +26,7 @@ from foundation.service_registry._base import (
 )
 from foundation.service_registry._dispatch import LoopDispatcher
 from foundation.service_registry._state import (
+    CLOSED,
     GroupMember,
     RegistryChange,
     RegistryWatch,
@@ -87,7 +88,7 @@ class AsyncServiceRegistry(_RegistryBase):
             await self._db.fetchall(self._sql.select_members),
             mark,
         )
-        self._refuse_reads(None)
+        self._state.refusal = None  # loaded: reads answer
         self._task = asyncio.get_running_loop().create_task(
             self._run(), name=f"foundation-registry-{self._node}"
         )
@@ -589,4 +590,4 @@ class AsyncServiceRegistry(_RegistryBase):
         self._closed_locally()
         self._feed_settled(1.0)  # what the feed applied of the release is queued
         await self._dispatcher.close(timeout=1.0)  # delivers what is queued, within that second
-        self._refuse_reads(self._CLOSED_READS)
+        self._state.refusal = CLOSED  # nothing keeps the cache fresh

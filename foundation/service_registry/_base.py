@@ -41,7 +41,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, NoReturn
+from typing import Any
 
 from foundation._json import same_json
 from foundation.errors import (
@@ -172,29 +172,12 @@ class _RegistryBase(RegistryFeedSide):
         self._resync_lock = threading.Lock()
         self.lease_losses = 0
         self._init_feed_side()
-        self._refusal: str | None = (
-            "this Foundation instance is not open yet: its registry has no cache to answer "
-            "from (async with AsyncFoundation(url), or await fdn.open(), first)"
-        )
-        self._refuse_reads(self._refusal)
+        # The hot read paths: the state's own bound methods (one dict lookup, no frame).
+        # Until load() they refuse (see RegistryState.refusal), as they do after close().
+        self.lookup = self._state.lookup  # type: ignore[method-assign]
+        self.find = self._state.find  # type: ignore[method-assign]
 
     # -- reads (cache only) -----------------------------------------------------------
-
-    def _refuse_reads(self, refusal: str | None) -> None:
-        """Reads answer from the cache (``refusal`` None, once it is loaded), or raise
-        ``storage_unavailable`` saying ``refusal``: before the cache is loaded, and once
-        the instance is closed, when nothing keeps it fresh (it would answer with what
-        was true then)."""
-        self._refusal = refusal
-        if refusal is None:
-            # The hot read paths: the state's own bound methods (one dict lookup, no frame).
-            self.lookup = self._state.lookup  # type: ignore[method-assign]
-            self.find = self._state.find  # type: ignore[method-assign]
-        else:
-            self.lookup = self.find = self._refused  # type: ignore[method-assign]
-
-    def _refused(self, *args: Any, **kwargs: Any) -> NoReturn:
-        raise StorageUnavailableError(str(self._refusal), context={"reads": "refused"})
 
     def lookup(self, name: Any) -> ServiceEntry:
         """The live entry for ``name`` from the in-process cache, or raise ``not_found``."""
@@ -213,17 +196,11 @@ class _RegistryBase(RegistryFeedSide):
         ``watch`` is the one that takes ``"svc.*"``)."""
         if prefix is not None and not isinstance(prefix, str):
             raise ValidationError("prefix must be a string", context={"prefix": repr(prefix)})
-        where = check_where(where)
-        if self._refusal is not None:
-            self._refused()
-        return self._state.list(prefix, where)
+        return self._state.list(prefix, check_where(where))
 
     def members(self, group: Any) -> builtins.list[GroupMember]:
         """The live members of ``group``, oldest first."""
-        group = check_name(group, "a group name")
-        if self._refusal is not None:
-            self._refused()
-        return self._state.members(group)
+        return self._state.members(check_name(group, "a group name"))
 
     def owns(self, name: Any) -> bool:
         """True while this node holds ``name`` and its own lease is valid (monotonic clock)."""
@@ -410,11 +387,6 @@ class _RegistryBase(RegistryFeedSide):
             # time of death, not 0.0, which would read as "not known yet").
             self._lease.expires = min(self._lease.expires, time.time())
         self._deadline = 0.0
-
-    _CLOSED_READS = (
-        "this Foundation instance is closed: its registry cache is no longer kept up to "
-        "date (what it held then may have changed since)"
-    )
 
     _NOT_RELEASED = (
         "registry: node %s could not release its lease and names on close (%s); other nodes "

@@ -26,6 +26,7 @@ from foundation.service_registry._base import (
 )
 from foundation.service_registry._dispatch import ThreadDispatcher
 from foundation.service_registry._state import (
+    CLOSED,
     GroupMember,
     RegistryChange,
     RegistryWatch,
@@ -75,7 +76,7 @@ class ServiceRegistry(_RegistryBase):
         self._db.execute(self._sql.prune_members, self._sql.clock())
         self._take_first_lease()
         self.resync(self._db)
-        self._refuse_reads(None)
+        self._state.refusal = None  # loaded: reads answer
         self._thread = threading.Thread(
             target=self._run, name=f"foundation-registry-{self._node}", daemon=True
         )
@@ -582,4 +583,4 @@ class ServiceRegistry(_RegistryBase):
         self._closed_locally()
         self._feed_settled(1.0)  # what the feed applied of the release is queued
         self._dispatcher.close(timeout=1.0)  # delivers what is queued (or gives up)
-        self._refuse_reads(self._CLOSED_READS)
+        self._state.refusal = CLOSED  # nothing keeps the cache fresh

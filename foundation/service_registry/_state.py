@@ -33,22 +33,34 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 from foundation._frozen import freeze
 from foundation._json import encode_json, normalize_json, same_json
 from foundation._text import is_utf8
 from foundation._watch import Watch
-from foundation.errors import NotFoundError, ValidationError
+from foundation.errors import NotFoundError, StorageUnavailableError, ValidationError
 from foundation.service_registry._dispatch import Dispatcher, RegistryWatchers
 
 __all__ = [
+    "CLOSED",
+    "NOT_OPEN",
     "GroupMember",
     "RegistryChange",
     "RegistryState",
     "RegistryWatch",
     "ServiceEntry",
 ]
+
+# Why the registry's reads are refused (see RegistryState.refusal).
+NOT_OPEN = (
+    "this Foundation instance is not open yet: its registry has no cache to answer from "
+    "(async with AsyncFoundation(url), or await fdn.open(), first)"
+)
+CLOSED = (
+    "this Foundation instance is closed: its registry cache is no longer kept up to date "
+    "(what it held then may have changed since)"
+)
 
 log = logging.getLogger("foundation.registry")
 _time = time.time
@@ -344,6 +356,9 @@ class RegistryState:
         # The lease this node's close() is releasing (see closing()).
         self._closing: _Lease | None = None
         self._releasing: set[str] = set()  # see releasing
+        # Why reads cannot be answered, or None: until the cache is loaded, and once the
+        # instance is closed (nothing keeps it fresh: it would answer with what was true).
+        self.refusal: str | None = NOT_OPEN
 
     # -- reads (hot path) -------------------------------------------------------------
 
@@ -354,6 +369,8 @@ class RegistryState:
         valid (not a string, empty, too long) raises ``validation_error``."""
         # A local entry shadows a cluster entry of the same name on this node; ``_local``
         # is almost always empty, so the common case costs one truth test more.
+        if self.refusal is not None:
+            self._refuse()
         try:
             entry = (self._local.get(name) if self._local else None) or self._entries.get(name)
         except TypeError:
@@ -367,6 +384,8 @@ class RegistryState:
     def find(self, name: Any) -> ServiceEntry | None:
         """As :meth:`lookup`, but ``None`` when nobody holds the name (an invalid name
         still raises ``validation_error``)."""
+        if self.refusal is not None:
+            self._refuse()
         try:
             entry = (self._local.get(name) if self._local else None) or self._entries.get(name)
         except TypeError:
@@ -376,6 +395,9 @@ class RegistryState:
             if entry.lease.expires > now and entry.until > now:
                 return entry
         return self._miss(name, raise_=False)
+
+    def _refuse(self) -> NoReturn:
+        raise StorageUnavailableError(str(self.refusal), context={"reads": "refused"})
 
     def _miss(self, name: Any, *, raise_: bool) -> ServiceEntry | None:
         # The slow path: an Enum (the cache is keyed by the name's text), a local entry
@@ -400,6 +422,8 @@ class RegistryState:
     def list(
         self, prefix: str | None, where: Callable[[Any], bool] | None
     ) -> builtins.list[ServiceEntry]:
+        if self.refusal is not None:
+            self._refuse()
         now = _time()
         local = dict(self._local)
         live_local = [e for e in local.values() if e.until > now]
@@ -417,6 +441,8 @@ class RegistryState:
         return found
 
     def members(self, group: str) -> builtins.list[GroupMember]:
+        if self.refusal is not None:
+            self._refuse()
         now = _time()
         found = [m for m in self._members.get(group, {}).values() if m.lease.expires > now]
         found.sort(key=lambda m: (m.joined_at, m.member_id))

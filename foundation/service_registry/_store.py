@@ -479,11 +479,22 @@ class RegistrySQL:
 
 
 def _backend_busy() -> Any:
-    """PostgreSQL: a row while server process ``pid`` is not idle (a statement of a cut
-    connection may still be running there and land); none once it is idle or gone. A
-    process of another role shows no state: busy, to be safe (it ends some time)."""
-    activity = sa.table("pg_stat_activity", sa.column("pid"), sa.column("state"))
+    """PostgreSQL: a row while server process ``pid`` runs a statement or transaction (a
+    statement of a cut connection may still land); none once it is idle or gone. A
+    process of that pid that is not this role's (another role's, a background process:
+    the pid reused, after a restart say) is not the cut connection's, which is gone; one
+    whose state is not tracked (``track_activities`` off) cannot tell: taken as ended."""
+    activity = sa.table(
+        "pg_stat_activity", sa.column("pid"), sa.column("state"), sa.column("usename")
+    )
+    busy: list[Any] = [
+        sa.literal_column("'active'"),
+        sa.literal_column("'idle in transaction'"),
+        sa.literal_column("'idle in transaction (aborted)'"),
+        sa.literal_column("'fastpath function call'"),
+    ]
     return sa.select(sa.literal_column("1")).where(
         activity.c.pid == sa.bindparam("pid"),
-        activity.c.state.is_distinct_from(sa.literal_column("'idle'")),
+        activity.c.usename == sa.func.current_user(),
+        activity.c.state.in_(busy),
     )

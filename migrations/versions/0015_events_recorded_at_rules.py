@@ -17,8 +17,11 @@ Migration 0014 left two holes in the rule on ``recorded_at``:
   functions do not check the day of the month), ``'2026-11-30 24:00:00'``, a trailing
   space, a lower-case ``'z'``, the year 0. It must now be ``YYYY-MM-DD``, optionally
   followed by ``' '`` or ``'T'`` and ``HH:MM``, optionally ``:SS``, optionally ``.`` and 1
-  to 6 digits, then optionally ``Z`` or ``+HH:MM`` / ``-HH:MM``: a day of the calendar in
-  the years 2 to 9998, hours 00 to 23, minutes and seconds 00 to 59.
+  to 9 digits (.NET writes 7, Go 9: the reader keeps the first 6), then optionally ``Z``
+  or ``+HH:MM`` / ``-HH:MM``: a day of the calendar in the years 2 to 9998, hours 00 to
+  23, minutes and seconds 00 to 59. Some text 0014 took and the reader reads is refused
+  now too, for one plain rule: a space before the offset (``'12:00:00 +01:00'``), more
+  than 9 digits of a second.
 
 SQLite also refuses a NUL character in the id, data or metadata text, which 0014's rules
 did not see (SQLite's text functions stop at it: a UUID's text, a NUL and more passed for
@@ -83,8 +86,9 @@ SQLITE_DROP = "DROP TRIGGER foundation_events_valid_row"
 
 # SQLite triggers have no variables, and SQL here is written out, not put together (see
 # tests/test_security.py). The WHEN clause holds 0014's rules but for recorded_at, which
-# it checks in Foundation's own form only ('YYYY-MM-DD HH:MM:SS.ffffff', days 01 to 28:
-# a real date whatever the month), the row every store writes. Any other row runs the
+# it checks in Foundation's own form only ('YYYY-MM-DD HH:MM:SS.ffffff', days 01 to 28
+# a real date whatever the month, a later one checked as below), the row every store
+# writes. Any other row runs the
 # body, which checks each rule and names the one broken; the recorded_at rule there
 # names its parts with subqueries: x the text, s what follows 'YYYY-MM-DD[ T]HH:MM',
 # n the length of its offset (Z: 1, +HH:MM: 6), p and o the parts before and of it.
@@ -111,7 +115,9 @@ SQLITE_ADD = r"""
              AND NEW.recorded_at GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9] [0-2][0-9]:[0-5][0-9]:[0-5][0-9].[0-9][0-9][0-9][0-9][0-9][0-9]'
              AND substr(NEW.recorded_at, 1, 4) BETWEEN '0002' AND '9998'
              AND substr(NEW.recorded_at, 6, 2) BETWEEN '01' AND '12'
-             AND substr(NEW.recorded_at, 9, 2) BETWEEN '01' AND '28'
+             AND (substr(NEW.recorded_at, 9, 2) BETWEEN '01' AND '28'
+                  OR date(substr(NEW.recorded_at, 1, 10), '+0 days')
+                     IS substr(NEW.recorded_at, 1, 10))
              AND substr(NEW.recorded_at, 12, 2) <= '23'
              AND instr(NEW.recorded_at, char(0)) = 0)
         AND (NEW.stream_version IS NULL OR typeof(NEW.stream_version) = 'integer'))
@@ -128,7 +134,7 @@ SQLITE_ADD = r"""
         WHERE NOT (typeof(NEW.metadata) = 'text' AND CASE WHEN json_valid(NEW.metadata)
                    THEN json_type(NEW.metadata) = 'object' ELSE 0 END
                    AND instr(NEW.metadata, char(0)) = 0);
-        SELECT RAISE(ABORT, 'foundation_events: recorded_at must be an ISO date and time (YYYY-MM-DD[ HH:MM[\:SS[.ffffff]]][Z|+HH:MM]) between the years 2 and 9998')
+        SELECT RAISE(ABORT, 'foundation_events: recorded_at must be an ISO date and time (YYYY-MM-DD[ HH:MM[\:SS[.fraction]]][Z|+HH:MM]) between the years 2 and 9998')
         FROM (SELECT x, substr(s, 1, length(s) - n) AS p, substr(s, length(s) - n + 1) AS o
               FROM (SELECT x, s, CASE WHEN s GLOB '*Z' THEN 1 WHEN s GLOB '*[+-]*' THEN 6
                                  ELSE 0 END AS n
@@ -141,7 +147,7 @@ SQLITE_ADD = r"""
                         OR (substr(x, 11, 6) GLOB '[ T][0-2][0-9]:[0-5][0-9]'
                             AND substr(x, 12, 2) <= '23'
                             AND (p = '' OR p GLOB ':[0-5][0-9]'
-                                 OR (p GLOB ':[0-5][0-9].[0-9]*' AND length(p) <= 10
+                                 OR (p GLOB ':[0-5][0-9].[0-9]*' AND length(p) <= 13
                                      AND substr(p, 5) NOT GLOB '*[^0-9]*'))
                             AND (o = '' OR o = 'Z'
                                  OR (o GLOB '[+-][0-2][0-9]:[0-5][0-9]'
