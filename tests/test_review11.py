@@ -43,6 +43,12 @@
   on Windows) refused its first line as not JSON.
 * A URL naming a ``service=`` of ``pg_service.conf`` had its settings overridden by the
   keepalive defaults added in this round.
+* Found in the last review: a close in another loop with a subscription raised
+  ``RuntimeError`` (PostgreSQL) or hung for good (SQLite: the connection's thread died
+  answering what the first loop left in flight); the check of a cut connection's server
+  process compared it with ``current_user``, which a session that switched roles does not
+  log in as (the check was off); a ``close()`` interrupted (Ctrl-C) left the cache
+  answering; ``PGSERVICE`` had its service's settings overridden.
 * ``foundation.registry.conflict`` was not emitted for a name held by a local entry, and
   lacked ``epoch`` for a local ``register`` refused by a cluster owner.
 """
@@ -62,7 +68,9 @@ import pydantic
 import pytest
 
 from foundation import AsyncFoundation, Foundation, FoundationError, StorageUnavailableError
+from foundation.database.codec import codec_for
 from foundation.database.url import DatabaseURL
+from foundation.service_registry._store import RegistrySQL
 from tests.cut_proxy import cut_proxy
 from tests.helpers import async_wait_for, wait_for
 from tests.test_events_cli import ok
@@ -440,3 +448,69 @@ def test_an_import_file_may_begin_with_a_byte_order_mark(db_url: str, tmp_path: 
 def test_a_service_file_entry_keeps_its_own_settings() -> None:
     named = DatabaseURL.parse("postgresql+psycopg:///?service=app")
     assert "keepalives" not in named.conninfo and "tcp_user_timeout" not in named.conninfo
+
+
+# aiosqlite's thread dies answering a statement the first loop left in flight (its own
+# "Event loop is closed"): the first asyncio.run's doing, not the close's.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_close_in_another_loop_releases_a_subscription_too(db_url: str) -> None:
+    fdn = anode(db_url)
+
+    async def handler(event: Any) -> None:
+        pass
+
+    async def first() -> None:
+        await fdn.open()
+        await fdn.service_registry.register("svc", "http://a")
+        await fdn.events.subscribe("projector", handler)
+
+    asyncio.run(first())
+    asyncio.run(fdn.close())  # returns, in that loop, and releases all
+    with node(db_url) as other:
+        rows = other.database.fetchall(
+            "SELECT status, owner FROM foundation_subscriptions WHERE name = 'projector'"
+        )
+        assert rows == [("stopped", None)]
+        assert other.service_registry.find("svc") is None
+
+
+def test_the_busy_check_goes_by_the_login_role(pg_url: str) -> None:
+    conninfo = DatabaseURL.parse(pg_url).conninfo
+    busy = RegistrySQL.build("postgresql", codec_for("postgresql")).backend_busy
+    with (
+        psycopg.connect(conninfo, autocommit=True) as sleeper,
+        psycopg.connect(conninfo, autocommit=True) as checker,
+    ):
+        pid = sleeper.info.backend_pid
+        thread = threading.Thread(target=lambda: sleeper.execute("SELECT pg_sleep(1)"))
+        thread.start()
+        state = "SELECT state FROM pg_stat_activity WHERE pid = %(pid)s"
+        wait_for(lambda: checker.execute(state, {"pid": pid}).fetchone() == ("active",))
+        checker.execute("SET ROLE pg_read_all_stats")  # a session that switched roles
+        assert checker.execute(busy, {"pid": pid}).fetchone() is not None
+        thread.join()
+        wait_for(lambda: checker.execute(busy, {"pid": pid}).fetchone() is None)
+
+
+def test_an_interrupted_close_still_refuses_reads(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fdn = node(db_url)
+    reg = fdn.service_registry
+
+    def interrupted(timeout: float) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(reg._dispatcher, "close", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        fdn.close()
+    monkeypatch.undo()
+    fdn.close()  # again: returns at once
+    with pytest.raises(FoundationError) as err:
+        reg.find("svc")
+    assert err.value.code == "storage_unavailable"
+
+
+def test_pgservice_keeps_its_service_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PGSERVICE", "app")
+    assert "keepalives" not in DatabaseURL.parse("postgresql+psycopg://h/db").conninfo

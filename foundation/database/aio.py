@@ -264,6 +264,28 @@ class AsyncDatabase:
     def _closed_error(self) -> StorageUnavailableError:
         return StorageUnavailableError(self._closed_message, context={"url": self._masked})
 
+    @asynccontextmanager
+    async def _one_off(self) -> AsyncIterator[Any]:
+        """A connection of the running loop for one statement or transaction."""
+        if self._pool is not None:
+            conn = await psycopg.AsyncConnection.connect(
+                self.url.conninfo, autocommit=True, **driver_kwargs(self.settings)
+            )
+            try:
+                yield _PGCursor(conn)
+            finally:
+                await finish(conn.close())
+            return
+        lite = await aiosqlite.connect(
+            str(self.url.sqlite_path),
+            isolation_level=None,
+            timeout=self.settings.sqlite_busy_timeout_ms / 1000,
+        )
+        try:
+            yield _SQLiteCursor(lite)
+        finally:
+            await finish(lite.close())
+
     def closing(self) -> None:
         """The instance's close() has begun: its statements may run in another event loop
         than the one it was opened in (a close at the end of another ``asyncio.run``)."""
@@ -286,17 +308,13 @@ class AsyncDatabase:
         if asyncio.get_running_loop() is not self._loop and self._loop is not None:
             if not self._closing:
                 raise self._other_loop_error()
-            if self._pool is not None:
-                # close() in another loop: the pool is the first loop's; the release of
-                # this node's names runs on a connection of this one (SQLite's works in any).
-                conn = await psycopg.AsyncConnection.connect(
-                    self.url.conninfo, autocommit=True, **driver_kwargs(self.settings)
-                )
-                try:
-                    yield _PGCursor(conn)
-                finally:
-                    await finish(conn.close())
-                return
+            # close() in another loop: the pool and the SQLite connection's thread are the
+            # first loop's (that thread dies once it answers a statement the first loop
+            # left in flight: one queued behind it would wait for ever). The release of
+            # this node's names and subscriptions runs on a connection of this loop.
+            async with self._one_off() as cursor:
+                yield cursor
+            return
         if self._pool is None and self._sqlite is None:
             raise not_open_error(self.url)
         if self._pool is None:
@@ -450,6 +468,13 @@ class AsyncDatabase:
             # Not under a statement or transaction in flight (the callers queued behind
             # it find the instance closed): aiosqlite would fail them with its own
             # errors. A statement waits for SQLite's lock at most the busy timeout.
+            if asyncio.get_running_loop() is not self._loop:
+                # Its thread is the first loop's, and dies answering a statement that loop
+                # left in flight (see _cursor): a close sent to it may never be answered.
+                # Let go: the file is closed when the connection is collected (what was
+                # acknowledged is committed), and the thread is a daemon.
+                self._sqlite._connection = None
+                return
             wait_s = statement_wait_s(self.settings)
             try:
                 await asyncio.wait_for(self._sqlite_lock.acquire(), wait_s)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -108,10 +109,10 @@ class DatabaseURL:
         options for a server that stops answering, unless the URL sets them."""
         assert self.backend == "postgresql"
         query = self.url.query
-        # A service file entry (``service=``) may set them: the URL's own words would win.
-        unset = (
-            {} if "service" in query else {k: v for k, v in _DEAD_PEER.items() if k not in query}
-        )
+        # A service file entry (``service=``, PGSERVICE) may set them: the URL's own words
+        # would win over the file's.
+        named = "service" in query or os.environ.get("PGSERVICE")
+        unset = {} if named else {k: v for k, v in _DEAD_PEER.items() if k not in query}
         url = self.url.set(drivername="postgresql").update_query_dict(unset)
         return url.render_as_string(hide_password=False)
 

@@ -738,6 +738,10 @@ class AsyncSubscription(_SubscriptionBase):
 
     async def _stopped(self, timeout: float | None) -> None:
         task = self._task
+        if task is not None and task.get_loop().is_closed():
+            # A close in another event loop, the subscription's own gone (and its task
+            # with it): nothing is left to wait for; the name is given up.
+            task = None
         try:
             if task is not None and not task.done():
                 try:

@@ -566,28 +566,30 @@ class AsyncServiceRegistry(_RegistryBase):
         if self._closed:
             return
         self._closed = True  # no write begins from here (see _count_in)
-        self._dispatcher.closing(timeout=1.0)  # callbacks get a second from now, no more
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-        deadline = time.monotonic() + _CLOSE_WAIT_S
-        while self._writer_threads and time.monotonic() < deadline:
-            await asyncio.sleep(0.005)  # the writes in flight end (they run whole)
-        if self._writer_threads:
-            log.warning("registry: closing with writes still running after %s s", _CLOSE_WAIT_S)
-        params = self._closing()
-        if params is not None:
-            try:
-                async with self._db.transaction() as tx:
-                    names = await tx.fetchall(self._sql.release_entries, params)
-                    members = await tx.fetchall(self._sql.release_members, params)
-                    await tx.execute(self._sql.release_lease, params)
-            except FoundationError as exc:
-                log.warning(self._NOT_RELEASED, self._node, exc)
-            else:
-                self._released(names, members)  # committed: reported as this node's own
-        self._closed_locally()
-        self._feed_settled(1.0)  # what the feed applied of the release is queued
-        await self._dispatcher.close(timeout=1.0)  # delivers what is queued, within that second
-        self._state.refusal = CLOSED  # nothing keeps the cache fresh
+        try:
+            self._dispatcher.closing(timeout=1.0)  # callbacks get a second from now, no more
+            if self._task is not None:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._task
+            deadline = time.monotonic() + _CLOSE_WAIT_S
+            while self._writer_threads and time.monotonic() < deadline:
+                await asyncio.sleep(0.005)  # the writes in flight end (they run whole)
+            if self._writer_threads:
+                log.warning("registry: closing with writes still running after %s s", _CLOSE_WAIT_S)
+            params = self._closing()
+            if params is not None:
+                try:
+                    async with self._db.transaction() as tx:
+                        names = await tx.fetchall(self._sql.release_entries, params)
+                        members = await tx.fetchall(self._sql.release_members, params)
+                        await tx.execute(self._sql.release_lease, params)
+                except FoundationError as exc:
+                    log.warning(self._NOT_RELEASED, self._node, exc)
+                else:
+                    self._released(names, members)  # committed: reported as this node's own
+            self._closed_locally()
+            self._feed_settled(1.0)  # what the feed applied of the release is queued
+            await self._dispatcher.close(timeout=1.0)  # delivers what is queued, within that second
+        finally:  # also when cancelled: a second close() returns at once
+            self._state.refusal = CLOSED  # nothing keeps the cache fresh

@@ -563,24 +563,26 @@ class ServiceRegistry(_RegistryBase):
             if self._closed:
                 return
             self._closed = True  # no write begins from here (see _count_in)
-        self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
-        if not self._writes_done(_CLOSE_WAIT_S):
-            log.warning("registry: closing with writes still running after %s s", _CLOSE_WAIT_S)
-        params = self._closing()
-        if params is not None:
-            if self._writing_here() and self._sql.backend == "postgresql":
-                # Inside a write of this thread (close() from a signal handler): its
-                # connection may be in the middle of that write. Another one releases.
-                # (SQLite: the same connection; it may refuse while the interrupted
-                # statement is unfinished, which the warning then says.)
-                releaser = threading.Thread(target=self._release, args=(params,))
-                releaser.start()
-                releaser.join()
-            else:
-                self._release(params)
-        self._closed_locally()
-        self._feed_settled(1.0)  # what the feed applied of the release is queued
-        self._dispatcher.close(timeout=1.0)  # delivers what is queued (or gives up)
-        self._state.refusal = CLOSED  # nothing keeps the cache fresh
+        try:
+            self._stop.set()
+            if self._thread is not None and self._thread is not threading.current_thread():
+                self._thread.join(timeout=5)
+            if not self._writes_done(_CLOSE_WAIT_S):
+                log.warning("registry: closing with writes still running after %s s", _CLOSE_WAIT_S)
+            params = self._closing()
+            if params is not None:
+                if self._writing_here() and self._sql.backend == "postgresql":
+                    # Inside a write of this thread (close() from a signal handler): its
+                    # connection may be in the middle of that write. Another one releases.
+                    # (SQLite: the same connection; it may refuse while the interrupted
+                    # statement is unfinished, which the warning then says.)
+                    releaser = threading.Thread(target=self._release, args=(params,))
+                    releaser.start()
+                    releaser.join()
+                else:
+                    self._release(params)
+            self._closed_locally()
+            self._feed_settled(1.0)  # what the feed applied of the release is queued
+            self._dispatcher.close(timeout=1.0)  # delivers what is queued (or gives up)
+        finally:  # also when interrupted (Ctrl-C): a second close() returns at once
+            self._state.refusal = CLOSED  # nothing keeps the cache fresh

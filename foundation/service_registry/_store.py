@@ -481,9 +481,10 @@ class RegistrySQL:
 def _backend_busy() -> Any:
     """PostgreSQL: a row while server process ``pid`` runs a statement or transaction (a
     statement of a cut connection may still land); none once it is idle or gone. A
-    process of that pid that is not this role's (another role's, a background process:
-    the pid reused, after a restart say) is not the cut connection's, which is gone; one
-    whose state is not tracked (``track_activities`` off) cannot tell: taken as ended."""
+    process of that pid that is not this login role's (another role's, a background
+    process: the pid reused, after a restart say) is not the cut connection's, which is
+    gone; one whose state is not tracked (``track_activities`` off: ``disabled``) cannot
+    tell: taken as ended."""
     activity = sa.table(
         "pg_stat_activity", sa.column("pid"), sa.column("state"), sa.column("usename")
     )
@@ -495,6 +496,8 @@ def _backend_busy() -> Any:
     ]
     return sa.select(sa.literal_column("1")).where(
         activity.c.pid == sa.bindparam("pid"),
-        activity.c.usename == sa.func.current_user(),
-        activity.c.state.in_(busy),
+        # The login role's (usename): a session may have switched to another (SET ROLE,
+        # ALTER ROLE ... SET role), which may not see its state: NULL, busy to be safe.
+        activity.c.usename == sa.func.session_user(),
+        sa.or_(activity.c.state.is_(None), activity.c.state.in_(busy)),
     )
