@@ -615,15 +615,22 @@ class _RegistryBase(RegistryFeedSide):
         return self._registered(name, held, gen, (owner[5], owner[6], owner[7]), None, started)
 
     def _conflict(self, name: str, owner: tuple[Any, ...] | None) -> AlreadyRegisteredError:
+        """``already_registered`` for ``name``, whose row (``owner``) a write met held."""
+        if owner is None or owner[3] is None:  # released meanwhile: no holder to name
+            return self._held_by(name, None)
+        return self._held_by(name, self._entry(owner))
+
+    def _held_by(self, name: str, entry: ServiceEntry | None) -> AlreadyRegisteredError:
         context: dict[str, Any] = {"name": name}
-        if owner is not None and owner[3] is not None:
-            entry = self._entry(owner)
+        who = ""
+        if entry is not None:
             context.update(owner=entry.node, address=entry.address, epoch=entry.epoch)
-        who = (
-            f" by node {context['owner']!r} at {context['address']!r}" if "owner" in context else ""
-        )
+            who = f" by node {entry.node!r} at {entry.address!r}"
+        return self._refused_conflict(f"{name!r} is already registered{who}", context)
+
+    def _refused_conflict(self, message: str, context: dict[str, Any]) -> AlreadyRegisteredError:
         self._telemetry.execute(_CONFLICT, {"count": 1}, {"node": self._node, **context})
-        return AlreadyRegisteredError(f"{name!r} is already registered{who}", context=context)
+        return AlreadyRegisteredError(message, context=context)
 
     def _unregister_statement(self, name: str, force: bool) -> tuple[str, dict[str, Any]]:
         """``unregister``'s statement and parameters, or ``not_found`` when this node does
@@ -735,10 +742,9 @@ class _RegistryBase(RegistryFeedSide):
     def _check_local_free(self, name: str) -> None:
         local = self._state.local_entry(name)
         if local is not None:
-            context = {"name": name, "owner": self._node, "local": True}
-            self._telemetry.execute(_CONFLICT, {"count": 1}, {"node": self._node, **context})
-            raise AlreadyRegisteredError(
-                f"{name!r} is registered locally in this process", context=context
+            raise self._refused_conflict(
+                f"{name!r} is registered locally in this process",
+                {"name": name, "owner": self._node, "local": True},
             )
 
     def _register_local(self, name: Any, value: Any, metadata: Any, ttl: Any) -> ServiceEntry:
@@ -758,17 +764,7 @@ class _RegistryBase(RegistryFeedSide):
         self._check_local_free(name)
         owner = self._state.live_entry(name)
         if owner is not None:
-            context = {
-                "name": name,
-                "owner": owner.node,
-                "address": owner.address,
-                "epoch": owner.epoch,
-            }
-            self._telemetry.execute(_CONFLICT, {"count": 1}, {"node": self._node, **context})
-            raise AlreadyRegisteredError(
-                f"{name!r} is already registered by node {owner.node!r} at {owner.address!r}",
-                context=context,
-            )
+            raise self._held_by(name, owner)
         now = datetime.now(UTC)
         entry = ServiceEntry(
             name=name,
