@@ -219,14 +219,13 @@ def downgrade(ctx: click.Context, revision: str, extra: tuple[str, ...], yes: bo
     _revision_arg(revision, extra)
     target = target_of(ctx)
     if not yes:
-        keeps_tables = revision.isdigit() and int(revision) >= 4  # 0001-0004 are kept
+        with _alembic(target.url):
+            current = _known(target.url, _current(target))
+        reverted = migrate.reverted_by(current, revision) if current else []
+        dropped = [TABLES_OF[r] for r in reverted if r in TABLES_OF]
         click.confirm(
             f"Downgrade {target.url.masked} to {revision}?"
-            + (
-                ""
-                if keeps_tables
-                else " Reverting 0001-0004 drops their tables with every row (0002: the event log)"
-            ),
+            + (f" This drops {'; '.join(dropped)}, with every row." if dropped else ""),
             abort=True,
             err=True,
         )
@@ -235,6 +234,15 @@ def downgrade(ctx: click.Context, revision: str, extra: tuple[str, ...], yes: bo
         migrate.downgrade(target.url, revision, target.settings)
         after = migrate.current_revision(target.url, target.settings)
     click.echo(_moved("downgraded", target.url, before, after))
+
+
+# The revisions whose downgrade drops tables, with what they hold.
+TABLES_OF = {
+    "0004": "0004's breakers and limits",
+    "0003": "0003's registry",
+    "0002": "0002's event log and subscriptions",
+    "0001": "0001's config and its history",
+}
 
 
 def _moved(verb: str, url: DatabaseURL, before: str | None, after: str | None) -> str:

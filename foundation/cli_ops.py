@@ -1,7 +1,7 @@
 """``foundation registry | breakers | limits``: what the cluster's shared state looks like.
 
-foundation registry list [--prefix P] [--json]
-foundation registry show NAME
+foundation registry list [--prefix P] [--groups] [--json]
+foundation registry show NAME | GROUP
 foundation registry unregister NAME       # forced: the CLI is never the owner
 foundation breakers [--json]
 foundation limits [--limit N] [--json]
@@ -17,7 +17,7 @@ import click
 from rich.table import Column, Table
 
 from foundation.cli_common import dumps, open_foundation, stdout_console, truncate
-from foundation.service_registry import ServiceEntry
+from foundation.service_registry import GroupMember, ServiceEntry
 
 __all__ = ["breakers", "limits", "registry"]
 
@@ -37,17 +37,23 @@ def _age(since: datetime | None, now: datetime) -> str:
     return f"{sign}{seconds / 3600:.1f}h"
 
 
+def _as_dict(item: ServiceEntry | GroupMember, *fields: str) -> dict[str, Any]:
+    """``fields`` of an entry or a member as they are, times as ISO text (None: never)."""
+    out = {}
+    for name in fields:
+        value = getattr(item, name)
+        out[name] = value.isoformat() if isinstance(value, datetime) else value
+    return out
+
+
 def _entry_dict(entry: ServiceEntry) -> dict[str, Any]:
-    expires = entry.expires_at
-    return {
-        "name": entry.name,
-        "address": entry.address,
-        "metadata": entry.metadata,
-        "node": entry.node,
-        "epoch": entry.epoch,
-        "registered_at": entry.registered_at.isoformat(),
-        "expires_at": expires.isoformat() if expires else None,
-    }
+    return _as_dict(
+        entry, "name", "address", "metadata", "node", "epoch", "registered_at", "expires_at"
+    )
+
+
+def _member_dict(member: GroupMember) -> dict[str, Any]:
+    return _as_dict(member, "member_id", "address", "metadata", "node", "joined_at", "expires_at")
 
 
 @click.group()
@@ -56,13 +62,21 @@ def registry() -> None:
 
 
 @registry.command("list")
-@click.option("--prefix", default=None, help="Only names starting with this.")
+@click.option("--prefix", default=None, help="Only names (or groups) starting with this.")
+@click.option("--groups", "groups", is_flag=True, help="Groups and their members instead of names.")
 @click.option("--json", "as_json", is_flag=True, help="A JSON array.")
 @click.pass_context
-def registry_list(ctx: click.Context, prefix: str | None, as_json: bool) -> None:
-    """Live names with their owner, age and time to expiry."""
+def registry_list(ctx: click.Context, prefix: str | None, groups: bool, as_json: bool) -> None:
+    """Live names with their owner, age and time to expiry (--groups: the groups)."""
     with open_foundation(ctx, create=False) as fdn:
+        if groups:
+            found = {
+                g: fdn.service_registry.members(g) for g in fdn.service_registry.groups(prefix)
+            }
+            _print_groups(found, as_json)
+            return
         entries = fdn.service_registry.list(prefix=prefix)
+        group_count = len(fdn.service_registry.groups(prefix))
     if as_json:
         click.echo(dumps([_entry_dict(e) for e in entries]))
         return
@@ -92,6 +106,42 @@ def registry_list(ctx: click.Context, prefix: str | None, as_json: bool) -> None
             truncate(dumps(entry.metadata), 40),
         )
     stdout_console().print(table)
+    if group_count:  # on stderr: stdout stays the table alone
+        plural = "group has" if group_count == 1 else "groups have"
+        click.echo(f"{group_count} {plural} live members: registry list --groups", err=True)
+
+
+def _print_groups(found: dict[str, list[GroupMember]], as_json: bool) -> None:
+    if as_json:
+        click.echo(
+            dumps(
+                [{"group": g, "members": [_member_dict(m) for m in ms]} for g, ms in found.items()]
+            )
+        )
+        return
+    now = datetime.now(UTC)
+    table = Table(
+        Column("group", overflow="fold"),
+        Column("member", overflow="fold"),
+        Column("address", overflow="fold"),
+        Column("owner", overflow="fold"),
+        Column("age", no_wrap=True),
+        Column("expires in", no_wrap=True),
+        Column("metadata", overflow="fold"),
+    )
+    for group, members in found.items():
+        for member in members:
+            expires = member.expires_at
+            table.add_row(
+                group,
+                member.member_id,
+                truncate(dumps(member.address), 40),
+                member.node,
+                _age(member.joined_at, now),
+                _age(now, expires) if expires else "never",
+                truncate(dumps(member.metadata), 40),
+            )
+    stdout_console().print(table)
 
 
 @registry.command("show", short_help="One name, or a group's members.")
@@ -106,9 +156,7 @@ def registry_show(ctx: click.Context, name: str) -> None:
             fdn.service_registry.lookup(name)  # raises not_found, reported by the root group
         out: dict[str, Any] = _entry_dict(entry) if entry is not None else {"name": name}
         if members:
-            out["members"] = [
-                {"member_id": m.member_id, "address": m.address, "node": m.node} for m in members
-            ]
+            out["members"] = [_member_dict(m) for m in members]
     click.echo(dumps(out))
 
 

@@ -98,13 +98,17 @@ def test_db_downgrade_asks_first(db_url: str) -> None:
     """It may drop the event log: without a yes (no terminal, or "n"), nothing happens."""
     for answer in (None, "n\n"):
         result = CliRunner().invoke(main, ["-d", db_url, "db", "downgrade", "base"], input=answer)
-        assert result.exit_code == 1 and "drops their tables" in result.stderr
+        assert result.exit_code == 1 and "0002's event log" in result.stderr
         assert migrate.current_revision(db_url) == HEAD
     kept = CliRunner().invoke(main, ["-d", db_url, "db", "downgrade", "0005"], input="n\n")
     assert kept.exit_code == 1 and "to 0005?" in kept.stderr
     assert "drops" not in kept.stderr  # no table of 0001-0004 is reverted down to 0005
     result = CliRunner().invoke(main, ["-d", db_url, "db", "downgrade", "-1"], input="y\n")
     assert result.exit_code == 0, result.stderr
+    assert "drops" not in result.stderr  # -1 from head reverts the newest revision alone
+    stepped = CliRunner().invoke(main, ["-d", db_url, "db", "downgrade", "0003"], input="n\n")
+    assert "drops 0004's breakers and limits, with every row" in stepped.stderr
+    assert "registry" not in stepped.stderr  # 0003 stays
     assert migrate.current_revision(db_url) != HEAD
 
 

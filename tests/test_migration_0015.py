@@ -426,7 +426,7 @@ def test_upgrade_downgrade_upgrade_with_rows(empty_db_url: str) -> None:
     migrate.upgrade(url, "0014")
     at_0014 = _definition(url)
     migrate.upgrade(url)
-    assert migrate.current_revision(url) == "0015"
+    assert migrate.current_revision(url) == migrate.head_revision()  # 0015 and after
     at_0015 = _definition(url)
     assert at_0015 != at_0014 and "between the years 2 and 9998" in at_0015
     with Foundation(url, migrate="check") as fdn:

@@ -45,7 +45,9 @@ def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
     """Only Foundation's tables are Foundation's business (for autogenerate and checks)."""
     if type_ == "table":
         return bool(name) and name.startswith("foundation_") and name != VERSION_TABLE  # type: ignore[union-attr]
-    return True
+    # SQLite's partial index of migration 0016: in no table's metadata, as it is
+    # SQLite's alone (SQLAlchemy would create it on PostgreSQL too, without its WHERE).
+    return name != "ix_foundation_events_other_times"
 
 
 def migrations_dir() -> Path:
@@ -90,6 +92,19 @@ def known_revision(revision: str) -> bool:
     """Whether ``revision`` is one of this release's migrations (a database written by a
     newer release of Foundation is at one this code has never heard of)."""
     return revision in {script.revision for script in _scripts().walk_revisions()}
+
+
+def reverted_by(current: str, target: str) -> list[str]:
+    """The revisions a downgrade from ``current`` to ``target`` (``-1``, ``base``, an id)
+    reverts, newest first; empty when alembic cannot resolve them (the downgrade then
+    says why)."""
+    try:
+        steps = _scripts().revision_map.iterate_revisions(
+            current, target, select_for_downgrade=True
+        )
+        return [script.revision for script in steps if script is not None]
+    except Exception:  # only a warning's text depends on it
+        return []
 
 
 def newer_release_error(url: DatabaseURL, current: str) -> SchemaOutdatedError:

@@ -71,31 +71,86 @@ _COLUMNS = (
 )
 
 
-def _query(shape: tuple[Any, ...]) -> sa.Select[Any]:
-    """The SELECT for one criteria shape; every value stays a bound parameter."""
-    stmt = sa.select(*_COLUMNS)
+# SQLite keeps recorded_at as text. Foundation writes "YYYY-MM-DD HH:MM:SS.ffffff" in UTC,
+# whose text order is time order; plain SQL may write the other ISO forms migration 0015
+# takes ("T", no seconds, "Z", an offset), whose text order is not (…T12:00+05:00 is 07:00
+# UTC). after/before read the rows of Foundation's form by text, on the recorded_at index,
+# and the others apart, by their time in UTC, found by migration 0016's partial index:
+# its WHERE is NOT (SQLITE_OWN_TIME), and SQLite uses it only for a query that says so
+# in the very same words.
+SQLITE_OTHER_TIMES = "ix_foundation_events_other_times"
+SQLITE_OWN_TIME = (
+    "length(recorded_at) = 26 AND substr(recorded_at, 11, 1) = ' '"
+    " AND substr(recorded_at, 20, 1) = '.' AND substr(recorded_at, 26) BETWEEN '0' AND '9'"
+)
+# The text of another form's time in UTC, as Foundation writes it: SQLite's strftime takes
+# offsets of at most 14 hours, so the offset (0015: up to 23:59) is applied in minutes,
+# and its digits of a second are those written (strftime would round them: 59.9999 s).
+SQLITE_UTC_TIME = """(
+    SELECT strftime('%Y-%m-%d %H:%M:%S', substr(t, 1, 16) || substr(p, 1, 3),
+                    CASE WHEN length(o) = 6
+                         THEN CASE WHEN o GLOB '+*' THEN '-' ELSE '+' END
+                              || (substr(o, 2, 2) * 60 + substr(o, 5, 2)) || ' minutes'
+                         ELSE '+0 minutes' END)
+           || '.' || substr(substr(p, 5) || '000000', 1, 6)
+    FROM (SELECT t, substr(s, 1, length(s) - n) AS p, substr(s, length(s) - n + 1) AS o
+          FROM (SELECT t, s, CASE WHEN s GLOB '*Z' THEN 1 WHEN s GLOB '*[+-]*' THEN 6
+                                  ELSE 0 END AS n
+                FROM (SELECT recorded_at AS t, substr(recorded_at, 17) AS s))))"""
+
+
+def _where(shape: tuple[Any, ...], column: Any, recorded_at: Any) -> list[Any]:
+    """The conditions of a criteria shape; every value stays a bound parameter."""
+    where: list[Any] = []
     for item in shape:
         if isinstance(item, tuple) and item[0] == "type":
-            stmt = stmt.where(
-                events.c.type.in_([sa.bindparam(f"type_{i}") for i in range(item[1])])
-            )
-        elif item == "stream_id":
-            stmt = stmt.where(events.c.stream_id == sa.bindparam("stream_id"))
-        elif item == "correlation_id":
-            stmt = stmt.where(events.c.correlation_id == sa.bindparam("correlation_id"))
-        elif item == "causation_id":
-            stmt = stmt.where(events.c.causation_id == sa.bindparam("causation_id"))
+            where.append(column("type").in_([sa.bindparam(f"type_{i}") for i in range(item[1])]))
+        elif item in ("stream_id", "correlation_id", "causation_id"):
+            where.append(column(item) == sa.bindparam(item))
         elif item == "after":
-            stmt = stmt.where(events.c.recorded_at > sa.bindparam("after"))
+            where.append(recorded_at > sa.bindparam("after"))
         elif item == "before":
-            stmt = stmt.where(events.c.recorded_at < sa.bindparam("before"))
+            where.append(recorded_at < sa.bindparam("before"))
         elif item == "after_position":
-            stmt = stmt.where(events.c.position > sa.bindparam("after_position"))
+            where.append(column("position") > sa.bindparam("after_position"))
         elif item == "before_position":
-            stmt = stmt.where(events.c.position < sa.bindparam("before_position"))
-    order = events.c.position.desc() if shape[-1] == "desc" else events.c.position.asc()
+            where.append(column("position") < sa.bindparam("before_position"))
+    return where
+
+
+def _ordered(stmt: sa.Select[Any], position: Any, shape: tuple[Any, ...]) -> sa.Select[Any]:
+    order = position.desc() if shape[-1] == "desc" else position.asc()
     # SQLite renders LIMIT with an OFFSET; a literal keeps it out of the parameters.
     return stmt.order_by(order).limit(sa.bindparam("limit")).offset(sa.literal_column("0"))
+
+
+def _query(shape: tuple[Any, ...], backend: Backend) -> sa.Select[Any]:
+    """The SELECT for one criteria shape."""
+    column = events.c.__getitem__
+    if backend != "sqlite" or not ("after" in shape or "before" in shape):
+        stmt = sa.select(*_COLUMNS).where(*_where(shape, column, events.c.recorded_at))
+        return _ordered(stmt, events.c.position, shape)
+    # The shape test last: SQLite tests a row's terms in their order, so that it costs
+    # only the rows the others take.
+    own = sa.select(*_COLUMNS).where(
+        *_where(shape, column, events.c.recorded_at), sa.text(f"({SQLITE_OWN_TIME})")
+    )
+    # The other forms through their partial index alone (INDEXED BY): left to itself, the
+    # planner may walk the type index, or every position after after_position.
+    names: list[Any] = [sa.literal_column(c.name) for c in _COLUMNS]
+    other = (
+        sa.select(*names)
+        .select_from(sa.text(f"{events.name} INDEXED BY {SQLITE_OTHER_TIMES}"))
+        .where(
+            sa.text(f"NOT ({SQLITE_OWN_TIME})"),
+            *_where(shape, sa.literal_column, sa.literal_column(SQLITE_UTC_TIME)),
+        )
+    )
+    # Each the first `limit` of its own, then the first `limit` of both.
+    own_first = _ordered(own, events.c.position, shape).subquery()
+    other_first = _ordered(other, sa.literal_column("position"), shape).subquery()
+    both = sa.union_all(sa.select(own_first), sa.select(other_first)).subquery()
+    return _ordered(sa.select(both), both.c.position, shape)
 
 
 _ID_CHUNK = 100  # ids looked up per statement (one compiled text per chunk size)
@@ -242,7 +297,7 @@ class EventSQL:
         """The compiled SELECT for ``criteria``'s shape (compiled once per shape)."""
         text = self._queries.get(criteria.shape)
         if text is None:
-            text = compile_sql(_query(criteria.shape), self.backend)
+            text = compile_sql(_query(criteria.shape, self.backend), self.backend)
             self._queries[criteria.shape] = text
         return text
 

@@ -34,6 +34,7 @@ __all__ = [
     "ServiceEntry",
     "ServiceRegistry",
     "find",
+    "groups",
     "join",
     "leave",
     "list",
@@ -92,6 +93,11 @@ def join(group: Any, address: Any, metadata: Any = None, *, member_id: Any = Non
 def leave(group: Any, member_id: Any = None) -> None:
     """Remove this node's member(s) of ``group``."""
     _registry().leave(group, member_id)
+
+
+def groups(prefix: str | None = None) -> builtins.list[str]:
+    """The groups with a live member, by name."""
+    return _registry().groups(prefix)
 
 
 def members(group: Any) -> builtins.list[GroupMember]:

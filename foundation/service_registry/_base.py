@@ -63,6 +63,7 @@ from foundation.service_registry._state import (
     _Lease,
     check_json,
     check_name,
+    check_new_name,
     check_ttl,
     check_where,
 )
@@ -198,6 +199,12 @@ class _RegistryBase(RegistryFeedSide):
             raise ValidationError("prefix must be a string", context={"prefix": repr(prefix)})
         return self._state.list(prefix, check_where(where))
 
+    def groups(self, prefix: str | None = None) -> builtins.list[str]:
+        """The groups with a live member, by name; ``prefix`` as :meth:`list`'s."""
+        if prefix is not None and not isinstance(prefix, str):
+            raise ValidationError("prefix must be a string", context={"prefix": repr(prefix)})
+        return self._state.groups(prefix)
+
     def members(self, group: Any) -> builtins.list[GroupMember]:
         """The live members of ``group``, oldest first."""
         return self._state.members(check_name(group, "a group name"))
@@ -236,7 +243,7 @@ class _RegistryBase(RegistryFeedSide):
     # -- validation -------------------------------------------------------------------
 
     def _prepare(self, name: Any, address: Any, metadata: Any, ttl: Any) -> tuple[str, _Held]:
-        name = check_name(name)
+        name = check_new_name(name)
         if address is None:
             raise ValidationError(
                 f"the address of {name!r} must not be None", context={"name": name}
@@ -753,7 +760,7 @@ class _RegistryBase(RegistryFeedSide):
         One name, one holder as this node sees it: a name this node's cache shows held
         cluster-wide is refused, as a cluster ``register`` of a local name is.
         """
-        name = check_name(name)
+        name = check_new_name(name)
         meta, _ = check_json(
             {} if metadata is None else metadata,
             f"the metadata of {name!r}",

@@ -28,6 +28,7 @@ import enum
 import itertools
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -273,7 +274,7 @@ def check_json(value: Any, what: str, name: str, max_bytes: int) -> tuple[Any, s
 
 
 def check_ttl(ttl: Any, what: str = "ttl") -> int | None:
-    """Milliseconds (an int > 0, or a positive timedelta), or None."""
+    """Milliseconds (an int or a finite float > 0, or a positive timedelta), or None."""
     if ttl is None:
         return None
     if isinstance(ttl, timedelta):
@@ -281,9 +282,15 @@ def check_ttl(ttl: Any, what: str = "ttl") -> int | None:
         if ms <= 0:
             raise ValidationError(f"{what} must be positive", context={"ttl": str(ttl)})
         ttl = max(1, round(ms))  # and at most a year, as below
+    if isinstance(ttl, float):
+        if not math.isfinite(ttl) or ttl <= 0:
+            raise ValidationError(
+                f"{what} must be positive and finite, got {ttl}", context={"ttl": repr(ttl)}
+            )
+        ttl = max(1, round(ttl))  # whole milliseconds, as stored: 1.5 is 2
     if isinstance(ttl, bool) or not isinstance(ttl, int):
         raise ValidationError(
-            f"{what} must be milliseconds (an int) or a timedelta, not {type(ttl).__name__}",
+            f"{what} must be milliseconds (a number) or a timedelta, not {type(ttl).__name__}",
             context={"ttl": repr(ttl)[:100]},
         )
     if ttl <= 0:
@@ -291,6 +298,18 @@ def check_ttl(ttl: Any, what: str = "ttl") -> int | None:
     if ttl > 366 * 86_400_000:
         raise ValidationError(f"{what} must be at most a year", context={"ttl": ttl})
     return ttl
+
+
+def check_new_name(name: Any, what: str = "a registry name") -> str:
+    """A name to register or a group to join: ``check_name``'s rules, and no trailing
+    ``*``, which ``watch`` reads as a prefix (a watch could not name it alone)."""
+    checked = check_name(name, what)
+    if checked.endswith("*"):
+        raise ValidationError(
+            f"{what} must not end in '*' (watch reads a trailing '*' as a prefix)",
+            context={"name": checked[:200]},
+        )
+    return checked
 
 
 def check_where(where: Any) -> Callable[[Any], bool] | None:
@@ -446,6 +465,19 @@ class RegistryState:
         now = _time()
         found = [m for m in self._members.get(group, {}).values() if m.lease.expires > now]
         found.sort(key=lambda m: (m.joined_at, m.member_id))
+        return found
+
+    def groups(self, prefix: str | None) -> builtins.list[str]:
+        if self.refusal is not None:
+            self._refuse()
+        now = _time()
+        found = [
+            group
+            for group, members in builtins.list(self._members.items())
+            if (prefix is None or group.startswith(prefix))
+            and any(m.lease.expires > now for m in builtins.list(members.values()))
+        ]
+        found.sort()
         return found
 
     def leases(self) -> dict[str, tuple[int, float]]:

@@ -552,7 +552,3 @@ def default_metrics(
             description="Time to register a name",
         ),
     ]
-
-
-if __name__ == "__main__":  # python -m foundation.telemetry.catalogue: the docs table
-    print(markdown_table())

@@ -1,0 +1,237 @@
+"""Review 12, on SQLite and PostgreSQL, sync and async: the registry's known loose ends (a
+float ttl, a name ending in ``*``, the groups a node sees and the CLI's view of them);
+``get(after=…, before=…)`` by time whatever text SQLite holds."""
+
+from __future__ import annotations
+
+import json
+import random
+import sqlite3
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+
+from foundation import AsyncFoundation, Foundation
+from foundation.cli import main
+from foundation.database.codec import SQLiteCodec
+from foundation.database.url import DatabaseURL
+from foundation.errors import ValidationError
+from foundation.events._store import SQLITE_OWN_TIME
+from tests.helpers import wait_for
+
+
+def test_a_float_ttl_is_milliseconds_as_the_settings_take_them(fdn: Foundation) -> None:
+    reg = fdn.service_registry
+    entry = reg.register("float.ttl", "a", ttl=2500.4)  # under the lease's 30 s
+    assert entry.expires_at is not None
+    assert entry.expires_at - entry.registered_at == timedelta(milliseconds=2500)
+    tiny = reg.register("float.tiny", "a", ttl=0.2)  # under a millisecond is one
+    assert tiny.expires_at - tiny.registered_at == timedelta(milliseconds=1)
+    for bad in (0.0, -1.5, float("nan"), float("inf")):
+        with pytest.raises(ValidationError, match="ttl must be positive and finite") as err:
+            reg.register("float.bad", "a", ttl=bad)
+        assert err.value.context["ttl"] == repr(bad)
+    assert reg.find("float.bad") is None
+
+
+async def test_async_a_float_ttl_is_milliseconds(afdn: AsyncFoundation) -> None:
+    entry = await afdn.service_registry.register("float.ttl", "a", ttl=1500.0)
+    assert entry.expires_at - entry.registered_at == timedelta(milliseconds=1500)
+    with pytest.raises(ValidationError, match="positive and finite"):
+        await afdn.service_registry.register("float.bad", "a", ttl=float("-inf"))
+
+
+def test_a_name_or_group_ending_in_a_star_is_refused(fdn: Foundation) -> None:
+    """watch("svc*") is the prefix svc: a name "svc*" could never be watched alone."""
+    reg = fdn.service_registry
+    for call in (
+        lambda: reg.register("svc*", "a"),
+        lambda: reg.register("svc*", object(), local=True),
+        lambda: reg.join("pool*", "a"),
+    ):
+        with pytest.raises(ValidationError, match=r"must not end in '\*'"):
+            call()
+    assert reg.list() == [] and reg.groups() == []
+    reg.register("a*b", "ok")  # a star elsewhere is text like any other
+    assert reg.lookup("a*b").address == "ok"
+
+
+async def test_async_a_name_ending_in_a_star_is_refused(afdn: AsyncFoundation) -> None:
+    with pytest.raises(ValidationError, match=r"must not end in '\*'"):
+        await afdn.service_registry.register("svc*", "a")
+    with pytest.raises(ValidationError, match=r"must not end in '\*'"):
+        await afdn.service_registry.join("pool*", "a")
+
+
+def test_groups_lists_the_groups_with_a_live_member_on_every_node(db_url: str) -> None:
+    with Foundation(db_url) as one, Foundation(db_url) as two:
+        one.service_registry.join("pool.b", "b1", {"zone": "x"})
+        one.service_registry.join("pool.a", "a1")
+        two.service_registry.join("pool.a", "a2")
+        two.service_registry.join("other", "o")
+        for fdn in (one, two):
+            wait_for(lambda fdn=fdn: len(fdn.service_registry.groups()) == 3)
+            assert fdn.service_registry.groups() == ["other", "pool.a", "pool.b"]
+            assert fdn.service_registry.groups("pool.") == ["pool.a", "pool.b"]
+        one.service_registry.leave("pool.b")
+        wait_for(lambda: "pool.b" not in two.service_registry.groups())
+        assert two.service_registry.groups() == ["other", "pool.a"]
+        with pytest.raises(ValidationError, match="prefix must be a string"):
+            one.service_registry.groups(1)  # type: ignore[arg-type]
+
+
+async def test_async_groups(afdn: AsyncFoundation) -> None:
+    await afdn.service_registry.join("g.one", "a")
+    assert afdn.service_registry.groups() == ["g.one"]
+    await afdn.service_registry.leave("g.one")
+    assert afdn.service_registry.groups() == []
+
+
+def test_cli_lists_groups_and_shows_members_with_their_metadata(db_url: str) -> None:
+    with Foundation(db_url) as node:
+        node.service_registry.register("svc.api", "http://a")
+        node.service_registry.join("workers", "w1", {"zone": "eu"}, member_id="m1")
+        node.service_registry.join("workers", "w2", member_id="m2")
+
+        def cli(*args: str) -> tuple[str, str]:
+            result = CliRunner().invoke(
+                main, ["-d", db_url, "registry", *args], env={"COLUMNS": "200"}
+            )
+            assert result.exit_code == 0, result.output
+            return result.stdout, result.stderr
+
+        out, err = cli("list")
+        assert "svc.api" in out and "workers" not in out
+        assert "1 group has live members: registry list --groups" in err
+        groups = json.loads(cli("list", "--groups", "--json")[0])
+        assert [g["group"] for g in groups] == ["workers"]
+        members = groups[0]["members"]
+        assert [(m["member_id"], m["address"], m["metadata"]) for m in members] == [
+            ("m1", "w1", {"zone": "eu"}),
+            ("m2", "w2", {}),
+        ]
+        assert all(m["node"] == node.service_registry.node and m["expires_at"] for m in members)
+        table = cli("list", "--groups")[0]
+        assert "workers" in table and "m1" in table and '{"zone": "eu"}' in table
+        shown = json.loads(cli("show", "workers")[0])
+        assert shown["members"] == members
+        assert json.loads(cli("list", "--groups", "--prefix", "x", "--json")[0]) == []
+
+
+# -- events: after/before compare times, whatever text SQLite holds ----------------------
+
+# Forms migration 0015 takes from plain SQL, whose text order is not their time order.
+OTHER_FORMS = [
+    "2026-11-30T12:00:00+05:00",  # 07:00 UTC
+    "2026-11-30T06:00:00Z",
+    "2026-11-30 02:00:00-05:00",  # 07:00 UTC
+    "2026-12-01",  # midnight UTC
+    "2026-12-01 00:00:00",  # the same time, CURRENT_TIMESTAMP's form
+    "2026-11-30 08:00",
+    "2026-11-30 07:59:59.9999999Z",  # 7 digits: the reader keeps 6
+    "2026-11-30 23:30:00.5-23:30",  # 2026-12-01 23:00:00.5 UTC
+    "2026-11-30 23:59:59.999999+14:00",  # an offset of 14 hours: SQLite's own limit
+]
+
+
+def _plain_rows(url: str) -> None:
+    """The forms above, through the driver, between events Foundation stores."""
+    backend = DatabaseURL.parse(url).backend
+    with Foundation(url) as fdn:
+        for i, text in enumerate(OTHER_FORMS):
+            fdn.events.store({"type": "own", "data": i})
+            row = (str(uuid.uuid4()), f"other.{i % 2}", text)
+            if backend == "sqlite":
+                with sqlite3.connect(url.removeprefix("sqlite:///")) as conn:
+                    conn.execute(
+                        "INSERT INTO foundation_events (id, type, data, metadata, recorded_at)"
+                        " VALUES (?, ?, '{}', '{}', ?)",
+                        row,
+                    )
+            else:  # PostgreSQL takes offsets up to 15:59: the same time, in UTC
+                row = (*row[:2], SQLiteCodec.load_ts(text).astimezone(UTC).isoformat())
+                with psycopg.connect(DatabaseURL.parse(url).conninfo, autocommit=True) as conn:
+                    conn.execute(
+                        "INSERT INTO foundation_events (id, type, data, metadata, recorded_at)"
+                        " VALUES (%s, %s, '{}', '{}', %s::timestamptz)",
+                        row,
+                    )
+
+
+def _bounds() -> list[datetime]:
+    utc = [SQLiteCodec.load_ts(text).astimezone(UTC) for text in OTHER_FORMS]
+    near = [t + timedelta(microseconds=d) for t in utc for d in (-1, 0, 1)]
+    return [*near, datetime(2026, 11, 30, 7, 30, tzinfo=UTC), datetime.now(UTC)]
+
+
+def _expected(log: list[Any], criteria: dict[str, Any]) -> list[Any]:
+    kept = [
+        e
+        for e in log
+        if ("after" not in criteria or e.recorded_at > criteria["after"])
+        and ("before" not in criteria or e.recorded_at < criteria["before"])
+        and ("type" not in criteria or e.type == criteria["type"])
+    ]
+    if criteria.get("order") == "desc":
+        kept.reverse()
+    return [e.position for e in kept[: criteria.get("limit", 100)]]
+
+
+def _time_criteria() -> list[dict[str, Any]]:
+    rng = random.Random(12)
+    bounds = _bounds()
+    out: list[dict[str, Any]] = []
+    for _ in range(150):
+        criteria: dict[str, Any] = {}
+        if rng.random() < 0.8:
+            criteria["after"] = rng.choice(bounds)
+        if "after" not in criteria or rng.random() < 0.5:
+            criteria["before"] = rng.choice(bounds)
+        if rng.random() < 0.3:
+            criteria["type"] = rng.choice(["own", "other.0", "other.1"])
+        criteria["order"] = rng.choice(["asc", "desc"])
+        criteria["limit"] = rng.choice([1, 2, 3, 100])
+        out.append(criteria)
+    return out
+
+
+def test_after_and_before_compare_times_whatever_the_text(db_url: str) -> None:
+    _plain_rows(db_url)
+    with Foundation(db_url, events_tail_size=0) as fdn:
+        log = fdn.events.get(limit=1000)
+        assert len(log) == 2 * len(OTHER_FORMS)
+        for criteria in _time_criteria():
+            got = [e.position for e in fdn.events.get(**criteria)]
+            assert got == _expected(log, criteria), criteria
+        # iter pages by position under the same time bounds
+        after = datetime(2026, 11, 30, 7, 30, tzinfo=UTC)
+        paged = [e.position for e in fdn.events.iter({"after": after}, batch_size=1)]
+        assert paged == _expected(log, {"after": after, "limit": 1000})
+        assert len(paged) >= len(OTHER_FORMS)  # every one of Foundation's, and others
+
+
+async def test_async_after_and_before_compare_times(db_url: str) -> None:
+    _plain_rows(db_url)
+    async with AsyncFoundation(db_url, events_tail_size=0) as fdn:
+        log = await fdn.events.get(limit=1000)
+        for criteria in _time_criteria()[:40]:
+            got = [e.position for e in await fdn.events.get(**criteria)]
+            assert got == _expected(log, criteria), criteria
+
+
+def test_sqlite_finds_other_forms_by_their_partial_index(tmp_path: Path) -> None:
+    """Foundation's own rows stay out of it: the other rows are found without reading
+    the log (the partial index of migration 0016)."""
+    url = f"sqlite:///{tmp_path / 'forms.db'}"
+    _plain_rows(url)
+    with sqlite3.connect(tmp_path / "forms.db") as conn:
+        indexed = conn.execute(
+            "SELECT count(*) FROM foundation_events INDEXED BY ix_foundation_events_other_times"
+            f" WHERE NOT ({SQLITE_OWN_TIME})"
+        ).fetchone()[0]
+    assert indexed == len(OTHER_FORMS)
