@@ -59,7 +59,11 @@ class Watch(Generic[C]):
             result = self.callback(change)
             if asyncio.iscoroutine(result):
                 asyncio.ensure_future(result).add_done_callback(self._log_failure)
-        except Exception:
+        except (KeyboardInterrupt, SystemExit):
+            if self._loop is not None or threading.current_thread() is threading.main_thread():
+                raise  # the application's own exit (Ctrl-C), where it can end it
+            self._log.exception("watcher %r failed on %r", self.callback, change)
+        except BaseException:  # on the feed's thread: anything else would end the thread
             self._log.exception("watcher %r failed on %r", self.callback, change)
 
     def _log_failure(self, task: asyncio.Future[Any]) -> None:

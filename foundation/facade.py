@@ -226,6 +226,9 @@ class Foundation(_Base):
     ) -> None:
         mode = self._prepare(url, migrate, settings, telemetry, overrides)
         self._db = SyncDatabase(self.url, self.settings)
+        self._close_lock = threading.Lock()
+        self._closing = False
+        self._closed = threading.Event()
         try:
             if mode != "skip":
                 error = _outdated(self.url, self._current_revision())
@@ -314,6 +317,22 @@ class Foundation(_Base):
         entered again."""
         if self._forked:
             return  # the lease, names and connections are the parent process's
+        with self._close_lock:
+            first, self._closing = not self._closing, True
+        if not first:
+            # Another thread's close() is under way (a signal handler's and the main
+            # thread's): return once it has released everything, not while it does. A
+            # callback or handler of this instance (on a thread of Foundation's, which that
+            # close() may be waiting for) returns at once.
+            if not threading.current_thread().name.startswith("foundation-"):
+                self._closed.wait()
+            return
+        try:
+            self._close_steps()
+        finally:
+            self._closed.set()
+
+    def _close_steps(self) -> None:
         # Last pushed, first run; each step runs whatever the one before raised (Ctrl-C
         # while a handler ends, say): one cut short would leave threads running.
         with contextlib.ExitStack() as steps:

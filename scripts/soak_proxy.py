@@ -19,6 +19,7 @@ class LatencyProxy:
         self._server = socket.create_server(("127.0.0.1", 0))
         self.port = int(self._server.getsockname()[1])
         self.delay_s = 0.0
+        self.refusing = False  # a server unreachable: new connections are reset at once
         self._stopped = threading.Event()
         self._sockets: set[socket.socket] = set()
         self._lock = threading.Lock()
@@ -30,6 +31,9 @@ class LatencyProxy:
                 client, _ = self._server.accept()
             except OSError:
                 return
+            if self.refusing:
+                client.close()
+                continue
             try:
                 upstream = socket.create_connection(self._target, timeout=5)
                 upstream.settimeout(None)
@@ -71,6 +75,14 @@ class LatencyProxy:
             with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
         return len(hit)
+
+    def cut_all(self) -> None:
+        """Cut every connection (with ``refusing``: an outage)."""
+        with self._lock:
+            hit = list(self._sockets)
+        for s in hit:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
 
     def stop(self) -> None:
         self._stopped.set()

@@ -4,9 +4,13 @@ float ttl, a name ending in ``*``, the groups a node sees and the CLI's view of 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import sqlite3
+import sys
+import threading
+import urllib.parse
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,9 +24,10 @@ from foundation import AsyncFoundation, Foundation
 from foundation.cli import main
 from foundation.database.codec import SQLiteCodec
 from foundation.database.url import DatabaseURL
-from foundation.errors import ValidationError
+from foundation.errors import StorageUnavailableError, ValidationError
 from foundation.events._store import SQLITE_OWN_TIME
-from tests.helpers import wait_for
+from tests.cut_proxy import cut_proxy
+from tests.helpers import async_wait_for, wait_for
 
 
 def test_a_float_ttl_is_milliseconds_as_the_settings_take_them(fdn: Foundation) -> None:
@@ -235,3 +240,185 @@ def test_sqlite_finds_other_forms_by_their_partial_index(tmp_path: Path) -> None
             f" WHERE NOT ({SQLITE_OWN_TIME})"
         ).fetchone()[0]
     assert indexed == len(OTHER_FORMS)
+
+
+# -- connections, watchers ---------------------------------------------------------------
+
+
+def test_a_url_that_turns_keepalives_off_gets_no_other_dead_peer_option() -> None:
+    def options(url: str) -> dict[str, str]:
+        conninfo = DatabaseURL.parse(url).conninfo
+        return dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(conninfo).query))
+
+    assert options("postgresql+psycopg://u@h/db?keepalives=0") == {"keepalives": "0"}
+    assert options("postgresql+psycopg://u@h/db?keepalives_idle=60") == {"keepalives_idle": "60"}
+    assert options("postgresql+psycopg://u@h/db")["tcp_user_timeout"] == "15000"
+
+
+def test_a_sync_watcher_that_calls_sys_exit_stops_no_other(db_url: str, caplog: Any) -> None:
+    with Foundation(db_url) as fdn:
+        seen: list[str] = []
+        fdn.service_registry.watch("x.*", lambda change: sys.exit(3))
+        fdn.service_registry.watch("x.*", lambda change: seen.append(change.name))
+        fdn.service_registry.register("x.a", "a")
+        fdn.service_registry.register("x.b", "b")
+        wait_for(lambda: seen == ["x.a", "x.b"])
+        assert sum("registry watcher" in r.getMessage() for r in caplog.records) == 2
+
+
+def test_a_config_watcher_of_another_node_that_calls_sys_exit(db_url: str) -> None:
+    """Another node's change is told on the change feed's thread: it must live on."""
+    with Foundation(db_url) as one, Foundation(db_url) as two:
+        seen: list[Any] = []
+        two.config.watch("k", lambda change: sys.exit(1))
+        two.config.watch("k", lambda change: seen.append(change.new))
+        one.config.set("k", 1)
+        wait_for(lambda: seen == [1])
+        one.config.set("k", 2)
+        wait_for(lambda: seen == [1, 2])
+
+
+async def test_an_async_watcher_that_awaits_a_cancelled_task_stops_no_other(
+    db_url: str, caplog: Any
+) -> None:
+    async with AsyncFoundation(db_url) as fdn:
+        seen: list[str] = []
+
+        async def awaits_a_cancelled_request(change: Any) -> None:
+            request = asyncio.ensure_future(asyncio.sleep(10))
+            request.cancel()
+            await request
+
+        fdn.service_registry.watch("y.*", awaits_a_cancelled_request)
+        fdn.service_registry.watch("y.*", lambda change: seen.append(change.name))
+        await fdn.service_registry.register("y.a", "a")
+        await async_wait_for(lambda: seen == ["y.a"])
+        later: list[str] = []
+        fdn.service_registry.watch("y.*", lambda change: later.append(change.name))
+        await fdn.service_registry.register("y.b", "b")
+        await async_wait_for(lambda: later == ["y.b"] and seen == ["y.a", "y.b"])
+        assert sum("registry watcher" in r.getMessage() for r in caplog.records) == 2
+
+
+def test_close_from_two_threads_at_once_returns_once_all_is_released(db_url: str) -> None:
+    """A shutdown hook's close() and the main thread's: neither returns before the
+    node's names are released (the second closed the database under the first)."""
+    for _ in range(8):
+        fdn = Foundation(db_url)
+        names = [f"closing-{uuid.uuid4().hex[:8]}" for _ in range(3)]
+        for name in names:
+            fdn.service_registry.register(name, "http://x")
+        fdn.events.subscribe(f"closing-{uuid.uuid4().hex[:8]}", lambda event: None)
+        barrier = threading.Barrier(2)
+        returned: list[list[str]] = []
+
+        def close(
+            fdn: Foundation = fdn,
+            names: list[str] = names,
+            barrier: threading.Barrier = barrier,
+            returned: list[list[str]] = returned,
+        ) -> None:
+            barrier.wait()
+            fdn.close()
+            with Foundation(db_url, migrate="skip") as other:  # what others see then
+                returned.append([n for n in names if other.service_registry.find(n)])
+
+        threads = [threading.Thread(target=close) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert returned == [[], []]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_registry_reads_refuse_once_the_opening_loop_has_ended(db_url: str) -> None:
+    async def first() -> AsyncFoundation:
+        fdn = AsyncFoundation(db_url)
+        await fdn.open()
+        await fdn.service_registry.register("mine", "a")
+        assert fdn.service_registry.lookup("mine").address == "a"  # its loop runs
+        return fdn
+
+    fdn = asyncio.run(first())
+    for read in (
+        lambda: fdn.service_registry.lookup("mine"),
+        lambda: fdn.service_registry.find("mine"),
+        lambda: fdn.service_registry.list(),
+        lambda: fdn.service_registry.members("g"),
+    ):
+        with pytest.raises(StorageUnavailableError, match=r"event loop .* has ended"):
+            read()
+
+    async def second() -> None:
+        await fdn.close()
+
+    asyncio.run(second())
+    with Foundation(db_url, migrate="skip") as other:
+        assert other.service_registry.find("mine") is None  # released by close()
+
+
+def test_closing_in_another_loop_ends_the_sqlite_connections_thread(tmp_path: Path) -> None:
+    """One loop per job (or per test) opening and closing: no thread is left per close."""
+    url = f"sqlite:///{tmp_path / 'loops.db'}"
+
+    def workers() -> int:
+        return sum("_connection_worker_thread" in t.name for t in threading.enumerate())
+
+    before = workers()
+    for _ in range(3):
+
+        async def open_one() -> AsyncFoundation:
+            fdn = AsyncFoundation(url)
+            await fdn.open()
+            return fdn
+
+        fdn = asyncio.run(open_one())
+        asyncio.run(fdn.close())
+    wait_for(lambda: workers() == before)
+
+
+@pytest.mark.parametrize("face", ["sync", "async"])
+def test_after_an_outage_past_the_lease_the_new_owner_is_told_before_the_loss(
+    pg_url: str, face: str
+) -> None:
+    """The new owner's lease reached this node with its row, not later by the feed: its
+    register came a second after the loss it caused, lookup finding nobody meanwhile."""
+    with cut_proxy(pg_url) as (proxy, through), Foundation(pg_url, registry_ttl_ms=1500) as b:
+        settings = {"registry_ttl_ms": 1500, "connect_timeout_s": 1}
+        told: list[tuple[str, str | None, str | None]] = []
+
+        def on_change(change: Any, registry: Any) -> None:
+            now = registry.find(change.name)
+            told.append((change.kind, change.entry and change.entry.node, now and now.node))
+
+        def outage() -> None:
+            wait_for(lambda: b.service_registry.find("take") is not None)  # A's, seen by B
+            proxy.refusing = True
+            proxy.cut_all()
+            wait_for(lambda: b.service_registry.find("take") is None)
+            b.service_registry.register("take", "b")
+            proxy.refusing = False
+
+        def lost() -> bool:
+            return any(kind == "lost" for kind, _, _ in told)
+
+        if face == "sync":
+            with Foundation(through, **settings) as a:
+                a.service_registry.watch("take", lambda c: on_change(c, a.service_registry))
+                a.service_registry.register("take", "a")
+                outage()
+                wait_for(lost, 20)
+        else:
+
+            async def run() -> None:
+                async with AsyncFoundation(through, **settings) as a:
+                    a.service_registry.watch("take", lambda c: on_change(c, a.service_registry))
+                    await a.service_registry.register("take", "a")
+                    await asyncio.to_thread(outage)
+                    await async_wait_for(lost, 20)
+
+            asyncio.run(run())
+        node_b = b.service_registry.node
+        at = told.index(("lost", node_b, node_b))  # lookup said B in the loss's callback
+        assert ("register", node_b, node_b) in told[:at]

@@ -470,10 +470,20 @@ class AsyncDatabase:
             # errors. A statement waits for SQLite's lock at most the busy timeout.
             if asyncio.get_running_loop() is not self._loop:
                 # Its thread is the first loop's, and dies answering a statement that loop
-                # left in flight (see _cursor): a close sent to it may never be answered.
-                # Let go: the file is closed when the connection is collected (what was
-                # acknowledged is committed), and the thread is a daemon.
-                self._sqlite._connection = None
+                # left in flight (see _cursor): a close sent to it may never be answered,
+                # so none is awaited. A thread still alive is told to close the file and
+                # end (one per instance would pile up: one loop per job or test); a dead
+                # one's file is closed when the connection is collected (what was
+                # acknowledged is committed).
+                thread = getattr(self._sqlite, "_thread", None)
+                if thread is not None and thread.is_alive():
+                    # Its answer comes on this loop, which must outlive it.
+                    stopped = self._sqlite.stop()
+                    if stopped is not None:
+                        with contextlib.suppress(Exception):
+                            await asyncio.wait_for(asyncio.shield(stopped), 1.0)
+                if thread is None or not thread.is_alive():
+                    self._sqlite._connection = None
                 return
             wait_s = statement_wait_s(self.settings)
             try:

@@ -106,14 +106,16 @@ class DatabaseURL:
     @property
     def conninfo(self) -> str:
         """A libpq URI for psycopg (password included: never log it), with libpq's TCP
-        options for a server that stops answering, unless the URL sets them."""
+        options for a server that stops answering, unless the URL sets any of them."""
         assert self.backend == "postgresql"
         query = self.url.query
-        # A service file entry (``service=``, PGSERVICE) may set them: the URL's own words
-        # would win over the file's.
-        named = "service" in query or os.environ.get("PGSERVICE")
-        unset = {} if named else {k: v for k, v in _DEAD_PEER.items() if k not in query}
-        url = self.url.set(drivername="postgresql").update_query_dict(unset)
+        # A URL that sets one of them (keepalives=0: off) is tuned by its author; a
+        # service file entry (``service=``, PGSERVICE) may set them, and the URL's own
+        # words would win over the file's. Either way, none is added.
+        tuned = "service" in query or os.environ.get("PGSERVICE") or _DEAD_PEER.keys() & query
+        url = self.url.set(drivername="postgresql")
+        if not tuned:
+            url = url.update_query_dict(_DEAD_PEER)
         return url.render_as_string(hide_password=False)
 
     def sqlalchemy_url(self, *, asynchronous: bool = False) -> URL:

@@ -51,6 +51,7 @@ from foundation.events._store import EventSQL
 from foundation.events._subscription import (
     AsyncSubscription,
     SubscriptionOptions,
+    closed_error,
     interval_ms,
 )
 from foundation.settings import Settings
@@ -72,6 +73,9 @@ class AsyncEvents(_EventsBase):
         super().__init__(sql, settings, telemetry)
         self._db = db
         self._subscriptions: list[AsyncSubscription] = []
+        # The subscribe() calls under way, each done when it has put its subscription in
+        # the list or stopped it (see close()).
+        self._starts: set[asyncio.Future[None]] = set()
         self.group_commit: AsyncGroupCommit[_Unit, StoredBatch] = AsyncGroupCommit(
             self._append_group, _GROUP_UNITS, weigh=unit_json, max_weight=MAX_BATCH_JSON
         )
@@ -280,27 +284,53 @@ class AsyncEvents(_EventsBase):
         start: str | int = "beginning",
         **options: Any,
     ) -> AsyncSubscription:
-        """Run ``handler`` (plain or ``async def``) on every event in an asyncio task."""
+        """Run ``handler`` (plain or ``async def``) on every event in an asyncio task.
+
+        As :meth:`Events.subscribe`: ``storage_unavailable`` once the close has begun.
+        """
         options_ = SubscriptionOptions.make(name, types, start, options)
         sub = AsyncSubscription(self, self._db, self._sql, options_).bind(_callable(handler))
+        if self.closed:
+            raise closed_error(options_.name)
+        done = asyncio.get_running_loop().create_future()
+        self._starts.add(done)
         try:
-            await finish(sub.start())
-        except asyncio.CancelledError:
-            # A cancelled subscribe holds nothing: a claim that ran is given back (else the
-            # name stayed taken for its lease, by a subscription nobody could stop).
-            await finish(sub.stop())
-            raise
-        # The ended ones go (each holds its handler and all it refers to).
-        self._subscriptions = [s for s in self._subscriptions if not s.ended]
-        self._subscriptions.append(sub)
+            try:
+                await finish(sub.start())
+            except asyncio.CancelledError:
+                # A cancelled subscribe holds nothing: a claim that ran is given back (else
+                # the name stayed taken for its lease, by a subscription nobody could stop).
+                await finish(sub.stop())
+                raise
+            if self.closed:
+                # close() began meanwhile, and waits for this call (not in its list): a
+                # subscription left running would retry against the closed database.
+                await finish(sub.stop())
+                raise closed_error(options_.name)
+            # The ended ones go (each holds its handler and all it refers to).
+            self._subscriptions = [s for s in self._subscriptions if not s.ended]
+            self._subscriptions.append(sub)
+        finally:
+            self._starts.discard(done)
+            done.set_result(None)
         return sub
 
     async def close(self) -> None:
         """Stop every subscription and end every live :meth:`tail`. As
         :meth:`Events.close`, awaited: an ``async`` handler still running after 10 s is
-        cancelled (see :meth:`AsyncSubscription.stop`)."""
+        cancelled (see :meth:`AsyncSubscription.stop`); one that awaits this close (or a
+        task it started does) gives up its name at once, as a sync one does."""
         self.closed = True
         self.wake()  # tails waiting for events end now, not at their next poll
-        for sub in self._subscriptions:
-            await sub.stop()
-        self._subscriptions.clear()
+        # A subscribe under way stops its own subscription once started (it sees
+        # ``closed``): waited for, so that its name is released before the database
+        # closes. One of another event loop (a close at the end of another asyncio.run)
+        # cannot be awaited here, and its loop, its task with it, is gone.
+        loop = asyncio.get_running_loop()
+        starts = [f for f in self._starts if f.get_loop() is loop]
+        if starts:
+            await asyncio.wait(starts)
+        # Taken whole (and replaced): a subscribe ending meanwhile no longer changes it.
+        subs, self._subscriptions = self._subscriptions, []
+        for sub in subs:
+            await sub._stop_for_close()

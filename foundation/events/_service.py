@@ -50,6 +50,7 @@ from foundation.events._store import EventSQL
 from foundation.events._subscription import (
     Subscription,
     SubscriptionOptions,
+    closed_error,
     interval_ms,
 )
 from foundation.settings import Settings
@@ -71,6 +72,12 @@ class Events(_EventsBase):
         super().__init__(sql, settings, telemetry)
         self._db = db
         self._subscriptions: list[Subscription] = []
+        # Guards the list, ``closed`` and the count of subscribe() calls under way: a
+        # subscribe is either in the list close() takes, or sees ``closed`` and stops its
+        # own subscription; close() waits for those under way (a start is a few
+        # statements). Held only to read or change them, never across a statement.
+        self._subscribing = threading.Condition(threading.Lock())
+        self._starts = 0
         self.group_commit: GroupCommit[_Unit, StoredBatch] = GroupCommit(
             self._append_group, _GROUP_UNITS, weigh=unit_json, max_weight=MAX_BATCH_JSON
         )
@@ -258,21 +265,48 @@ class Events(_EventsBase):
         start: str | int = "beginning",
         **options: Any,
     ) -> Subscription:
-        """Run ``handler`` on every event (durably, at least once) in a thread."""
+        """Run ``handler`` on every event (durably, at least once) in a thread.
+
+        Once the instance's close has begun it raises ``storage_unavailable`` (a
+        subscription started then is stopped first).
+        """
         options_ = SubscriptionOptions.make(name, types, start, options)
         sub = Subscription(self, self._db, self._sql, options_).bind(_callable(handler, sync=True))
-        sub.start()
-        # The ended ones go (each holds its handler and all it refers to).
-        self._subscriptions = [s for s in self._subscriptions if not s.ended]
-        self._subscriptions.append(sub)
+        with self._subscribing:
+            if self.closed:
+                raise closed_error(options_.name)
+            self._starts += 1
+        try:
+            sub.start()
+            with self._subscribing:
+                closed = self.closed
+                if not closed:
+                    # The ended ones go (each holds its handler and all it refers to).
+                    self._subscriptions = [s for s in self._subscriptions if not s.ended]
+                    self._subscriptions.append(sub)
+            if closed:  # close() began meanwhile, and does not see this one: stopped here
+                sub.stop()
+                raise closed_error(options_.name)
+        finally:
+            with self._subscribing:
+                self._starts -= 1
+                if self._starts == 0:
+                    self._subscribing.notify_all()
         return sub
 
     def close(self) -> None:
         """Stop every subscription (each as ``stop()``, waiting up to 10 s for a running
-        handler) and end every live :meth:`tail`. ``Foundation.close`` calls it before
-        the database closes."""
-        self.closed = True
+        handler; one whose handler called this, at once: see
+        :meth:`Subscription._stop_for_close`) and end every live :meth:`tail`. From here
+        on ``subscribe()`` raises ``storage_unavailable``. ``Foundation.close`` calls it
+        before the database closes."""
+        with self._subscribing:
+            self.closed = True
+            # A subscribe under way stops its own subscription once started (it sees
+            # ``closed``): waited for, so that its name is released before the database
+            # closes.
+            self._subscribing.wait_for(lambda: self._starts == 0)
+            subs, self._subscriptions = self._subscriptions, []
         self.wake()  # tails waiting for events end now, not at their next poll
-        for sub in self._subscriptions:
-            sub.stop()
-        self._subscriptions.clear()
+        for sub in subs:
+            sub._stop_for_close()

@@ -23,6 +23,17 @@ node's burst of stores; ``data_version`` on SQLite), on this instance's own writ
 the latest every ``poll_interval_ms``.
 A handler that keeps raising is retried with exponential backoff, then the subscription
 stops in the ``failed`` state with the error, in memory and in its row: it never skips.
+
+A subscription object runs once: ``start()`` a second time (after ``stop()``, say) raises
+``event_error``; ``subscribe()`` again resumes from the checkpoint. A restarted object would
+need its thread or task, its lease keeper and its place in the instance's list (that
+``close()`` stops) made again; a fresh object has all that, and nothing left over from the
+stop (a handler still running, a release still being written) to race with.
+
+``close()`` called by a handler (the instance closing under it) cannot wait for the
+handler, which waits for it, and the database is gone by the time the handler returns:
+the name is released at once, while the database is still open, and the event in hand is
+not checkpointed (at least once: the next consumer of the name gets it again).
 """
 
 from __future__ import annotations
@@ -158,6 +169,15 @@ def interval_ms(name: str, value: Any) -> int:
     return value
 
 
+def closed_error(name: str) -> StorageUnavailableError:
+    """What ``subscribe()`` raises once the instance's close has begun (as every other call
+    on a closed instance): nothing would stop a subscription started then."""
+    return StorageUnavailableError(
+        "this Foundation instance is closed: it starts no subscription",
+        context={"name": name},
+    )
+
+
 def stop_timeout(value: Any) -> float | None:
     """``stop(timeout=…)``: seconds (a number from 0), a timedelta, or None (no limit)."""
     if value is None:
@@ -191,6 +211,7 @@ class _SubscriptionBase:
         self._release_lock = threading.Lock()
         self._release_claimed = False  # a caller is releasing the name (see _releasing)
         self._state: State = "starting"
+        self._started = False  # start() ran (see _starting)
         self._checkpoint = 0
         self._lag_told = 0  # the lag last told (see _lag)
         self._last_error: str | None = None
@@ -198,6 +219,33 @@ class _SubscriptionBase:
         # Monotonic end of the lease as this consumer knows it: counted from before the
         # statement that last renewed it was sent, so never later than the row's.
         self._lease_until = 0.0
+
+    def _starting(self) -> None:
+        """Refuse a second ``start()``: an object runs once (see the module's docstring).
+        Its stop would still be set: it would claim the name and say ``running``, deliver
+        nothing, and hold the name past ``close()`` until the lease ran out."""
+        with self._release_lock:
+            started, self._started = self._started, True
+        if started:
+            raise EventError(
+                f"subscription {self.name!r} was already started (it is {self._state}): a "
+                "subscription object runs once; call subscribe() again to resume from its "
+                "checkpoint",
+                context={"name": self.name, "state": self._state},
+            )
+
+    def _releasing_under_handler(self) -> bool:
+        """``_releasing`` for a close() called by the handler, which says so (a warning:
+        the event in hand goes to another consumer)."""
+        if not self._releasing():
+            return False
+        log.warning(
+            "subscription %r: close() was called by its handler; the name is released now, "
+            "while the database is open, and the event in hand is not checkpointed: the next "
+            "consumer of the name gets it again",
+            self.name,
+        )
+        return True
 
     def _renewed(self, sent: float) -> None:
         self._lease_until = max(self._lease_until, sent + self.options.lease_ms / 1000)
@@ -374,6 +422,8 @@ class Subscription(_SubscriptionBase):
         return self
 
     def start(self) -> None:
+        """Claim the name and start the thread (``subscribe()`` calls it); once only."""
+        self._starting()
         known = self._db.fetchone(self._sql.sub_read, {"name": self.name})
         first = self._initial_checkpoint(self._sync_events.last_position(), known)
         sent = time.monotonic()  # before the stamp: the lease's end counts from it
@@ -433,6 +483,8 @@ class Subscription(_SubscriptionBase):
                 for row in rows:  # each made a record in turn: see _crashed
                     record = self._sql.record(row)
                     if self._stop.is_set() or not self._deliver(record):
+                        return
+                    if self._release_claimed:  # released under the handler: _stop_for_close
                         return
                     if not self._checkpoint_to(record.position):
                         return
@@ -536,12 +588,31 @@ class Subscription(_SubscriptionBase):
                     return
         self._release()
 
+    def _stop_for_close(self) -> None:
+        """``stop()`` for the instance's close (``Events.close``).
+
+        Called by the handler itself, it cannot wait for the handler (which waits for it),
+        and the database closes before the handler returns: the name is released now, and
+        the event in hand is delivered again to the next consumer (at least once).
+        """
+        if self._thread is not threading.current_thread():
+            self.stop()
+            return
+        self._stop.set()
+        self._wake.set()
+        self._events.remove_waker(self._wake.set)
+        if self._releasing_under_handler():
+            self._write_release()
+
     def _release(self) -> None:
         if not self._releasing():
             return
         if self._db.closed:
             self._state = "stopped"  # the name frees when its lease runs out (see _loop)
             return
+        self._write_release()
+
+    def _write_release(self) -> None:
         try:
             self._db.execute(self._sql.sub_status, self._released())
         except FoundationError:
@@ -584,6 +655,8 @@ class AsyncSubscription(_SubscriptionBase):
             loop.call_soon_threadsafe(self._wake.set)
 
     async def start(self) -> None:
+        """Claim the name and start the task (``subscribe()`` calls it); once only."""
+        self._starting()
         self._loop = asyncio.get_running_loop()
         known = await self._db.fetchone(self._sql.sub_read, {"name": self.name})
         first = self._initial_checkpoint(await self._async_events.last_position(), known)
@@ -648,6 +721,8 @@ class AsyncSubscription(_SubscriptionBase):
                 for row in rows:  # as Subscription._loop
                     record = self._sql.record(row)
                     if self._stopping or not await self._deliver(record):
+                        return
+                    if self._release_claimed:  # released under the handler: _stop_for_close
                         return
                     if not await self._checkpoint_to(record.position):
                         return
@@ -761,6 +836,29 @@ class AsyncSubscription(_SubscriptionBase):
                 task.cancel()
                 await asyncio.wait([task])
             await self._release()
+
+    async def _stop_for_close(self) -> None:
+        """``stop()`` for the instance's close (``AsyncEvents.close``): as
+        :meth:`Subscription._stop_for_close`, and the lease keeper has ended when it returns."""
+        if not (self._task is asyncio.current_task() or _FOLLOWING.get() is self):
+            await self.stop()
+            return
+        self._stopping = True
+        self._wake.set()
+        self._stop_asked.set()
+        self._events.remove_waker(self._waker)
+        if not self._releasing_under_handler():
+            return
+        try:
+            keeper = self._keeper
+            if keeper is not None and keeper is not asyncio.current_task():
+                keeper.cancel()  # it renews what is released here: ended first
+                await asyncio.wait([keeper])
+            await self._db.execute(self._sql.sub_status, self._released())
+        except FoundationError:
+            log.warning("could not release subscription %r", self.name)
+        finally:
+            self._state = "stopped"
 
     async def _release(self) -> None:
         if not self._releasing():

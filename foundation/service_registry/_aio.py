@@ -27,6 +27,7 @@ from foundation.service_registry._base import (
 from foundation.service_registry._dispatch import LoopDispatcher
 from foundation.service_registry._state import (
     CLOSED,
+    LOOP_ENDED,
     GroupMember,
     RegistryChange,
     RegistryWatch,
@@ -103,6 +104,17 @@ class AsyncServiceRegistry(_RegistryBase):
             await asyncio.sleep(self._lease_wait_s())
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await self._beat()
+        except asyncio.CancelledError:
+            if not self._closed:
+                # Not close(): the loop ends (its asyncio.run returns, cancelling every
+                # task). Once it has, nothing renews the lease or keeps the cache fresh.
+                self._state.refusal = lambda: LOOP_ENDED if loop.is_closed() else None
+            raise
+
+    async def _beat(self) -> None:
         beat = self.options.heartbeat_ms / 1000
         tick = min(beat, 0.1)
         next_beat = time.monotonic() + beat
@@ -230,6 +242,8 @@ class AsyncServiceRegistry(_RegistryBase):
             owner = await self._db.fetchone(self._sql.select_entry, {"name": name})
             entry = None
             if owner is not None and owner[3] is not None:
+                lease = await self._db.fetchone(self._sql.select_lease, {"node": owner[3]})
+                self._notify(self._owner_lease(lease, owner[3]))
                 entry = self._entry(owner)
                 # Its register (and our registration's expiry) before the loss it caused.
                 self._notify(self._state.apply_entry(entry, name, entry.revision, "remote"))

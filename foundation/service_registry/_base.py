@@ -493,6 +493,16 @@ class _RegistryBase(RegistryFeedSide):
             return False
         return True
 
+    def _owner_lease(self, lease_row: tuple[Any, ...] | None, node: str) -> builtins.list[Any]:
+        """The lease of a name's new owner, read after its row (``select_lease``): the feed
+        may not have brought it yet (this node back from an outage), and an entry whose
+        lease has no known expiry is dead to the cache: its ``register`` was told after
+        the loss it caused, and ``lookup`` found nobody meanwhile."""
+        if lease_row is None:
+            return []
+        expires = self._sql.epoch_seconds(lease_row[1])
+        return self._state.apply_lease(node, int(lease_row[0]), expires)
+
     def _entry(self, row: tuple[Any, ...]) -> ServiceEntry:
         return self._state.make_entry(row, self._sql.codec.load_json, self._sql.codec.load_ts)
 

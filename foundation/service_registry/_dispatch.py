@@ -124,7 +124,7 @@ class ThreadDispatcher:
                     continue
                 try:
                     result = watch.callback(change)
-                except Exception:
+                except BaseException:  # sys.exit() too: it would end this thread alone
                     _failed(watch, change)
                     continue
                 if inspect.iscoroutine(result):
@@ -223,6 +223,11 @@ class LoopDispatcher:
                     result = watch.callback(change)
                     if inspect.isawaitable(result):
                         await result
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        raise  # this task's own cancellation (close() out of time)
+                    _failed(watch, change)  # the callback's own: it awaited a cancelled task
                 except Exception:
                     _failed(watch, change)
 

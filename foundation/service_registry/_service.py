@@ -197,6 +197,8 @@ class ServiceRegistry(_RegistryBase):
             owner = self._db.fetchone(self._sql.select_entry, {"name": name})
             entry = None
             if owner is not None and owner[3] is not None:
+                lease = self._db.fetchone(self._sql.select_lease, {"node": owner[3]})
+                self._notify(self._owner_lease(lease, owner[3]))
                 entry = self._entry(owner)
                 # Its register (and our registration's expiry) before the loss it caused.
                 self._notify(self._state.apply_entry(entry, name, entry.revision, "remote"))

@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal
 
 from foundation._frozen import freeze
 from foundation._json import encode_json, normalize_json, same_json
@@ -61,6 +61,11 @@ NOT_OPEN = (
 CLOSED = (
     "this Foundation instance is closed: its registry cache is no longer kept up to date "
     "(what it held then may have changed since)"
+)
+LOOP_ENDED = (
+    "the event loop this AsyncFoundation was opened in has ended (its asyncio.run "
+    "returned): its registry cache is no longer kept up to date, nor its lease renewed; "
+    "open and use an AsyncFoundation within one event loop"
 )
 
 log = logging.getLogger("foundation.registry")
@@ -377,7 +382,8 @@ class RegistryState:
         self._releasing: set[str] = set()  # see releasing
         # Why reads cannot be answered, or None: until the cache is loaded, and once the
         # instance is closed (nothing keeps it fresh: it would answer with what was true).
-        self.refusal: str | None = NOT_OPEN
+        # Why reads raise; a callable tells it when asked (None: they answer after all).
+        self.refusal: str | Callable[[], str | None] | None = NOT_OPEN
 
     # -- reads (hot path) -------------------------------------------------------------
 
@@ -415,8 +421,12 @@ class RegistryState:
                 return entry
         return self._miss(name, raise_=False)
 
-    def _refuse(self) -> NoReturn:
-        raise StorageUnavailableError(str(self.refusal), context={"reads": "refused"})
+    def _refuse(self) -> None:
+        refusal = self.refusal
+        if callable(refusal):
+            refusal = refusal()
+        if refusal is not None:
+            raise StorageUnavailableError(refusal, context={"reads": "refused"})
 
     def _miss(self, name: Any, *, raise_: bool) -> ServiceEntry | None:
         # The slow path: an Enum (the cache is keyed by the name's text), a local entry

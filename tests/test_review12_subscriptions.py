@@ -1,0 +1,335 @@
+"""Found by reviewers closing instances under running subscriptions.
+
+* ``start()`` again after ``stop()`` claimed the name and said ``running``, but its stop
+  was still set: it delivered nothing, and held the name past ``close()`` for its lease.
+  It is refused now (``event_error``): ``subscribe()`` again resumes from the checkpoint.
+* ``subscribe()`` while ``close()`` ran (or a start under way when it began) was never
+  stopped: the name stayed held, and on the async face the task kept retrying against the
+  closed database. It raises ``storage_unavailable`` now, its subscription stopped.
+* ``subscribe()`` from many threads at once dropped subscriptions from the instance's
+  list (rebuilt without a lock): ``close()`` never stopped them.
+* ``close()`` called by a subscription's handler left the name held for its lease (the
+  database was closed before the handler returned, so nothing could be written), and on
+  the async face its lease keeper pending after ``close()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from foundation import (
+    AsyncFoundation,
+    EventError,
+    Foundation,
+    StorageUnavailableError,
+)
+from foundation.database.url import DatabaseURL
+from foundation.events import RecordedEvent
+from tests.helpers import async_wait_for, wait_for
+
+FAST = {"poll_interval_ms": 20, "retry_backoff_ms": 1}
+
+
+def _row(db_url: str, name: str) -> tuple[Any, ...] | None:
+    """The subscription's row (checkpoint, status, owner, last_error), read by another
+    instance: what the rest of the cluster sees."""
+    with Foundation(db_url, migrate="skip") as other:
+        return other.database.fetchone(other.events._sql.sub_read, {"name": name})
+
+
+def _released(db_url: str, name: str) -> bool:
+    row = _row(db_url, name)
+    return row is not None and row[1] == "stopped" and row[2] is None
+
+
+def _free(db_url: str, name: str) -> None:
+    """Another instance subscribes to ``name`` at once (no lease left to run out)."""
+    with Foundation(db_url, migrate="skip") as other:
+        other.events.subscribe(name, lambda e: None, **FAST).stop()
+
+
+def _subscription_tasks() -> list[str]:
+    return [
+        t.get_name()
+        for t in asyncio.all_tasks()
+        if t.get_name().startswith("foundation-subscription-") and not t.done()
+    ]
+
+
+# -- 1. start() again ----------------------------------------------------------------
+
+
+def test_start_again_is_refused_and_subscribe_resumes(fdn: Foundation, db_url: str) -> None:
+    seen: list[int] = []
+    fdn.events.store({"type": "a"})
+    sub = fdn.events.subscribe("again", lambda e: seen.append(e.position), **FAST)
+    wait_for(lambda: len(seen) == 1)
+    sub.stop()
+    with pytest.raises(EventError, match=r"subscribe\(\) again") as caught:
+        sub.start()
+    assert caught.value.context == {"name": "again", "state": "stopped"}
+    assert sub.status.state == "stopped" and _released(db_url, "again")
+    with pytest.raises(EventError):  # nor a second start of a running one
+        fdn.events.subscribe("running", lambda e: None, **FAST).start()
+    resumed = fdn.events.subscribe("again", lambda e: seen.append(e.position), **FAST)
+    fdn.events.store({"type": "a"})
+    wait_for(lambda: len(seen) == 2)
+    assert seen == [1, 2] and resumed.status.state == "running"
+    fdn.close()
+    assert _released(db_url, "again") and _released(db_url, "running")
+
+
+async def test_async_start_again_is_refused_and_subscribe_resumes(
+    afdn: AsyncFoundation, db_url: str
+) -> None:
+    seen: list[int] = []
+    await afdn.events.store({"type": "a"})
+    sub = await afdn.events.subscribe("again", lambda e: seen.append(e.position), **FAST)
+    await async_wait_for(lambda: len(seen) == 1)
+    await sub.stop()
+    with pytest.raises(EventError, match=r"subscribe\(\) again"):
+        await sub.start()
+    assert sub.status.state == "stopped"
+    resumed = await afdn.events.subscribe("again", lambda e: seen.append(e.position), **FAST)
+    await afdn.events.store({"type": "a"})
+    await async_wait_for(lambda: len(seen) == 2)
+    assert seen == [1, 2] and resumed.status.state == "running"
+    await afdn.close()
+    assert _subscription_tasks() == []
+    assert await asyncio.to_thread(_released, db_url, "again")
+
+
+# -- 2. subscribe() while close() runs --------------------------------------------------
+
+
+def test_subscribe_while_close_runs_is_refused(fdn: Foundation, db_url: str) -> None:
+    holding, go = threading.Event(), threading.Event()
+    fdn.events.store({"type": "a"})
+    fdn.events.subscribe("first", lambda e: (holding.set(), go.wait(10)), **FAST)
+    holding.wait(10)
+    closing = threading.Thread(target=fdn.close)
+    closing.start()  # it waits for the handler in hand
+    wait_for(lambda: fdn.events.closed)
+    with pytest.raises(StorageUnavailableError, match="is closed"):
+        fdn.events.subscribe("late", lambda e: None, **FAST)
+    go.set()
+    closing.join(10)
+    assert not closing.is_alive()
+    assert _row(db_url, "late") is None
+    with pytest.raises(StorageUnavailableError):  # and after it
+        fdn.events.subscribe("later", lambda e: None, **FAST)
+
+
+async def test_async_subscribe_while_close_runs_is_refused(
+    afdn: AsyncFoundation, db_url: str
+) -> None:
+    go = asyncio.Event()
+    holding = asyncio.Event()
+
+    async def handler(event: RecordedEvent) -> None:
+        holding.set()
+        await go.wait()
+
+    await afdn.events.store({"type": "a"})
+    await afdn.events.subscribe("first", handler, **FAST)
+    await holding.wait()
+    closing = asyncio.create_task(afdn.close())
+    await async_wait_for(lambda: afdn.events.closed)
+    with pytest.raises(StorageUnavailableError, match="is closed"):
+        await afdn.events.subscribe("late", lambda e: None, **FAST)
+    go.set()
+    await closing
+    assert _subscription_tasks() == []
+    assert await asyncio.to_thread(_row, db_url, "late") is None
+
+
+@contextlib.contextmanager
+def _subscriptions_locked(db_url: str) -> Iterator[None]:
+    """Writes to the subscriptions table wait (a subscribe's start with them) until the
+    block ends; reads go on."""
+    url = DatabaseURL.parse(db_url)
+    if url.backend == "postgresql":
+        with psycopg.connect(url.conninfo) as conn:
+            conn.execute("LOCK TABLE foundation_subscriptions IN EXCLUSIVE MODE")
+            yield
+            conn.rollback()
+        return
+    conn = sqlite3.connect(str(url.sqlite_path), isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        yield
+        conn.execute("ROLLBACK")
+    finally:
+        conn.close()
+
+
+def test_a_subscribe_under_way_when_close_begins_is_stopped(fdn: Foundation, db_url: str) -> None:
+    outcome: list[BaseException | None] = []
+
+    def late() -> None:
+        try:
+            fdn.events.subscribe("late", lambda e: None, **FAST)
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    closing = threading.Thread(target=fdn.close)
+    with _subscriptions_locked(db_url):
+        subscribing = threading.Thread(target=late)
+        subscribing.start()
+        time.sleep(0.3)  # lets it reach the claim, which waits for the lock
+        closing.start()
+        wait_for(lambda: fdn.events.closed)
+        closing.join(0.3)
+        # close() waits for the start under way (which stops what it started): it would
+        # otherwise close the database under it.
+        assert closing.is_alive()
+    subscribing.join(10)
+    closing.join(10)
+    assert not subscribing.is_alive() and not closing.is_alive()
+    assert len(outcome) == 1 and isinstance(outcome[0], StorageUnavailableError), outcome
+    row = _row(db_url, "late")
+    assert row is None or (row[1] == "stopped" and row[2] is None), row
+    _free(db_url, "late")
+
+
+async def test_async_a_subscribe_under_way_when_close_begins_is_stopped(
+    afdn: AsyncFoundation, db_url: str
+) -> None:
+    locked = threading.Event()
+    unlock = threading.Event()
+
+    def hold() -> None:
+        with _subscriptions_locked(db_url):
+            locked.set()
+            unlock.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    locked.wait(10)
+    late = asyncio.create_task(afdn.events.subscribe("late", lambda e: None, **FAST))
+    await asyncio.sleep(0.3)  # lets it reach the claim, which waits for the lock
+    closing = asyncio.create_task(afdn.close())
+    await async_wait_for(lambda: afdn.events.closed)
+    unlock.set()
+    await asyncio.to_thread(holder.join, 10)
+    with pytest.raises(StorageUnavailableError, match="is closed"):
+        await late
+    await closing
+    assert _subscription_tasks() == []
+    row = await asyncio.to_thread(_row, db_url, "late")
+    assert row is None or (row[1] == "stopped" and row[2] is None), row
+    await asyncio.to_thread(_free, db_url, "late")
+
+
+# -- 3. subscribe() from many threads ---------------------------------------------------
+
+
+def test_subscribe_from_many_threads_keeps_every_subscription(db_url: str) -> None:
+    """Every name released by close(): none dropped from the instance's list. A race:
+    before the fix PostgreSQL lost one about one round in nine (so most runs of this test
+    failed); on SQLite the starts' writes take turns, and it never showed."""
+    threads, rounds = 32, 20
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # thread switches inside the list's update
+    try:
+        for round_ in range(rounds):
+            fdn = Foundation(db_url, migrate="skip", node_id=f"n{round_}")
+            barrier = threading.Barrier(threads)
+
+            def go(fdn: Foundation, barrier: threading.Barrier, name: str) -> None:
+                barrier.wait()
+                fdn.events.subscribe(name, lambda e: None, **FAST)
+
+            workers = [
+                threading.Thread(target=go, args=(fdn, barrier, f"race{round_}-{i}"))
+                for i in range(threads)
+            ]
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join()
+            fdn.close()
+            with Foundation(db_url, migrate="skip") as other:
+                rows = other.database.fetchall(
+                    "SELECT name FROM foundation_subscriptions WHERE owner IS NOT NULL"
+                )
+            assert rows == [], f"round {round_}: still held after close: {rows}"
+    finally:
+        sys.setswitchinterval(switch)
+
+
+# -- 4. close() by a handler ------------------------------------------------------------
+
+
+def test_close_by_the_handler_releases_the_name(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    fdn = Foundation(db_url, migrate="skip")
+    done = threading.Event()
+
+    def closer(event: RecordedEvent) -> None:
+        fdn.close()
+        done.set()
+
+    sub = fdn.events.subscribe("closer", closer, start="end", **FAST)
+    stored = fdn.events.store({"type": "a"})
+    assert done.wait(10)
+    wait_for(
+        lambda: (
+            not any(
+                t.name.startswith("foundation-subscription-closer") for t in threading.enumerate()
+            )
+        )
+    )
+    assert sub.status.state == "stopped"
+    row = _row(db_url, "closer")
+    assert row is not None and row[1:3] == ("stopped", None), row
+    assert row[0] == stored.position - 1  # its event not checkpointed: delivered again
+    again: list[RecordedEvent] = []
+    with Foundation(db_url, migrate="skip") as other:
+        other.events.subscribe("closer", again.append, **FAST)  # no lease to wait for
+        wait_for(lambda: again == [stored])
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    said = [r.getMessage() for r in caplog.records if "closer" in r.getMessage()]
+    assert len(said) == 1 and "close() was called by its handler" in said[0], said
+
+
+async def test_async_close_by_the_handler_releases_the_name(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    afdn = await AsyncFoundation(db_url, migrate="skip")
+    left: list[list[str]] = []
+
+    async def closer(event: RecordedEvent) -> None:
+        await afdn.close()
+        left.append(_subscription_tasks())
+
+    sub = await afdn.events.subscribe("closer", closer, start="end", **FAST)
+    stored = await afdn.events.store({"type": "a"})
+    await async_wait_for(lambda: left)
+    # The lease keeper has ended when close() returns; the loop's task is the handler's.
+    assert left == [["foundation-subscription-closer"]]
+    await async_wait_for(lambda: not _subscription_tasks())
+    assert sub.status.state == "stopped"
+    row = await asyncio.to_thread(_row, db_url, "closer")
+    assert row is not None and row[1:3] == ("stopped", None), row
+    assert row[0] == stored.position - 1
+    async with AsyncFoundation(db_url, migrate="skip") as other:
+        again: list[RecordedEvent] = []
+        await other.events.subscribe("closer", again.append, **FAST)
+        await async_wait_for(lambda: again == [stored])
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    said = [r.getMessage() for r in caplog.records if "closer" in r.getMessage()]
+    assert len(said) == 1 and "close() was called by its handler" in said[0], said
