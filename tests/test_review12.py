@@ -24,7 +24,7 @@ from foundation import AsyncFoundation, Foundation
 from foundation.cli import main
 from foundation.database.codec import SQLiteCodec
 from foundation.database.url import DatabaseURL
-from foundation.errors import StorageUnavailableError, ValidationError
+from foundation.errors import EventError, StorageUnavailableError, ValidationError
 from foundation.events._store import SQLITE_OWN_TIME
 from tests.cut_proxy import cut_proxy
 from tests.helpers import async_wait_for, wait_for
@@ -422,3 +422,19 @@ def test_after_an_outage_past_the_lease_the_new_owner_is_told_before_the_loss(
         node_b = b.service_registry.node
         at = told.index(("lost", node_b, node_b))  # lookup said B in the loss's callback
         assert ("register", node_b, node_b) in told[:at]
+
+
+def test_read_stream_and_correlation_chain_refuse_a_nul(fdn: Foundation) -> None:
+    """PostgreSQL's driver refused it (storage_error) for a read_stream from a version."""
+    for call in (
+        lambda: fdn.events.read_stream("a\x00b", from_version=2),
+        lambda: fdn.events.read_stream("a\x00b"),
+        lambda: fdn.events.correlation_chain("c\x00"),
+    ):
+        with pytest.raises(EventError, match="without NUL characters"):
+            call()
+
+
+async def test_async_read_stream_refuses_a_nul(afdn: AsyncFoundation) -> None:
+    with pytest.raises(EventError, match="without NUL characters"):
+        await afdn.events.read_stream("a\x00b", from_version=2)

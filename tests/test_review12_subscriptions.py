@@ -192,15 +192,15 @@ def test_a_subscribe_under_way_when_close_begins_is_stopped(fdn: Foundation, db_
         closing.start()
         wait_for(lambda: fdn.events.closed)
         closing.join(0.3)
-        # close() waits for the start under way (which stops what it started): it would
-        # otherwise close the database under it.
+        # close() waits for the start under way, then stops what it started with the
+        # others: it would otherwise close the database under it.
         assert closing.is_alive()
     subscribing.join(10)
     closing.join(10)
     assert not subscribing.is_alive() and not closing.is_alive()
-    assert len(outcome) == 1 and isinstance(outcome[0], StorageUnavailableError), outcome
+    assert outcome == [None]  # it had begun: its subscription is returned, stopped
     row = _row(db_url, "late")
-    assert row is None or (row[1] == "stopped" and row[2] is None), row
+    assert row is not None and row[1] == "stopped" and row[2] is None, row
     _free(db_url, "late")
 
 
@@ -224,12 +224,11 @@ async def test_async_a_subscribe_under_way_when_close_begins_is_stopped(
     await async_wait_for(lambda: afdn.events.closed)
     unlock.set()
     await asyncio.to_thread(holder.join, 10)
-    with pytest.raises(StorageUnavailableError, match="is closed"):
-        await late
+    await late  # it had begun: its subscription is returned, and stopped by close()
     await closing
     assert _subscription_tasks() == []
     row = await asyncio.to_thread(_row, db_url, "late")
-    assert row is None or (row[1] == "stopped" and row[2] is None), row
+    assert row is not None and row[1] == "stopped" and row[2] is None, row
     await asyncio.to_thread(_free, db_url, "late")
 
 
@@ -333,3 +332,23 @@ async def test_async_close_by_the_handler_releases_the_name(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     said = [r.getMessage() for r in caplog.records if "closer" in r.getMessage()]
     assert len(said) == 1 and "close() was called by its handler" in said[0], said
+
+
+def test_a_handler_closing_while_its_subscribe_returns(db_url: str) -> None:
+    """The handler may run before subscribe() has returned: close() waited for that call,
+    which stopped its subscription and so waited (10 s) for the handler; the name stayed
+    held for its lease. A race: a few rounds (the old code stalled in about one in three)."""
+    with Foundation(db_url) as writer:
+        writer.events.store({"type": "shutdown", "data": {}})
+    for trial in range(6):
+        fdn = Foundation(db_url)
+        closed = threading.Event()
+
+        def handler(event: Any, fdn: Foundation = fdn, closed: threading.Event = closed) -> None:
+            fdn.close()
+            closed.set()
+
+        sub = fdn.events.subscribe(f"closer-{trial}", handler, **FAST)
+        assert closed.wait(30)
+        assert sub.status.state == "stopped"
+        assert _released(db_url, f"closer-{trial}")

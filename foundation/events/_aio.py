@@ -74,7 +74,7 @@ class AsyncEvents(_EventsBase):
         self._db = db
         self._subscriptions: list[AsyncSubscription] = []
         # The subscribe() calls under way, each done when it has put its subscription in
-        # the list or stopped it (see close()).
+        # the list (see close()).
         self._starts: set[asyncio.Future[None]] = set()
         self.group_commit: AsyncGroupCommit[_Unit, StoredBatch] = AsyncGroupCommit(
             self._append_group, _GROUP_UNITS, weigh=unit_json, max_weight=MAX_BATCH_JSON
@@ -302,11 +302,8 @@ class AsyncEvents(_EventsBase):
                 # the name stayed taken for its lease, by a subscription nobody could stop).
                 await finish(sub.stop())
                 raise
-            if self.closed:
-                # close() began meanwhile, and waits for this call (not in its list): a
-                # subscription left running would retry against the closed database.
-                await finish(sub.stop())
-                raise closed_error(options_.name)
+            # Listed even when close() began meanwhile: it waits for this call, then
+            # stops it with the others (see Events.subscribe).
             # The ended ones go (each holds its handler and all it refers to).
             self._subscriptions = [s for s in self._subscriptions if not s.ended]
             self._subscriptions.append(sub)
@@ -322,10 +319,10 @@ class AsyncEvents(_EventsBase):
         task it started does) gives up its name at once, as a sync one does."""
         self.closed = True
         self.wake()  # tails waiting for events end now, not at their next poll
-        # A subscribe under way stops its own subscription once started (it sees
-        # ``closed``): waited for, so that its name is released before the database
-        # closes. One of another event loop (a close at the end of another asyncio.run)
-        # cannot be awaited here, and its loop, its task with it, is gone.
+        # A subscribe under way lists its subscription once started: waited for, so
+        # that its name is released before the database closes. One of another event
+        # loop (a close at the end of another asyncio.run) cannot be awaited here, and
+        # its loop, its task with it, is gone.
         loop = asyncio.get_running_loop()
         starts = [f for f in self._starts if f.get_loop() is loop]
         if starts:

@@ -32,6 +32,7 @@ from foundation.events._model import (
     Criteria,
     NewEvent,
     RecordedEvent,
+    _text,
     merge_criteria,
     parse_criteria,
     parse_event,
@@ -497,6 +498,7 @@ def _check_id_arg(name: str, value: Any) -> None:
     # None would mean "no criterion": every stream, the whole log.
     if not isinstance(value, str):
         raise EventError(f"{name} must be a string", context={name: repr(value)[:200]})
+    _text(name, value)  # and text the database takes (PostgreSQL's refuses a NUL)
 
 
 def _correlation_arg(value: Any) -> str:

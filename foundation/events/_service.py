@@ -73,9 +73,9 @@ class Events(_EventsBase):
         self._db = db
         self._subscriptions: list[Subscription] = []
         # Guards the list, ``closed`` and the count of subscribe() calls under way: a
-        # subscribe is either in the list close() takes, or sees ``closed`` and stops its
-        # own subscription; close() waits for those under way (a start is a few
-        # statements). Held only to read or change them, never across a statement.
+        # subscribe either sees ``closed`` first and starts nothing, or is in the list
+        # close() takes, which waits for those under way (a start is a few statements).
+        # Held only to read or change them, never across a statement.
         self._subscribing = threading.Condition(threading.Lock())
         self._starts = 0
         self.group_commit: GroupCommit[_Unit, StoredBatch] = GroupCommit(
@@ -267,8 +267,8 @@ class Events(_EventsBase):
     ) -> Subscription:
         """Run ``handler`` on every event (durably, at least once) in a thread.
 
-        Once the instance's close has begun it raises ``storage_unavailable`` (a
-        subscription started then is stopped first).
+        Once the instance's close has begun it raises ``storage_unavailable``; one
+        under way when it begins is stopped by it, with the others.
         """
         options_ = SubscriptionOptions.make(name, types, start, options)
         sub = Subscription(self, self._db, self._sql, options_).bind(_callable(handler, sync=True))
@@ -279,14 +279,12 @@ class Events(_EventsBase):
         try:
             sub.start()
             with self._subscribing:
-                closed = self.closed
-                if not closed:
-                    # The ended ones go (each holds its handler and all it refers to).
-                    self._subscriptions = [s for s in self._subscriptions if not s.ended]
-                    self._subscriptions.append(sub)
-            if closed:  # close() began meanwhile, and does not see this one: stopped here
-                sub.stop()
-                raise closed_error(options_.name)
+                # Listed even when close() began meanwhile: it waits for this call, then
+                # stops it with the others (its handler may be the one closing: stopped
+                # here, this call would wait for that handler, which waits for this call).
+                # The ended ones go (each holds its handler and all it refers to).
+                self._subscriptions = [s for s in self._subscriptions if not s.ended]
+                self._subscriptions.append(sub)
         finally:
             with self._subscribing:
                 self._starts -= 1
@@ -302,9 +300,8 @@ class Events(_EventsBase):
         before the database closes."""
         with self._subscribing:
             self.closed = True
-            # A subscribe under way stops its own subscription once started (it sees
-            # ``closed``): waited for, so that its name is released before the database
-            # closes.
+            # A subscribe under way lists its subscription once started: waited for, so
+            # that its name is released before the database closes.
             self._subscribing.wait_for(lambda: self._starts == 0)
             subs, self._subscriptions = self._subscriptions, []
         self.wake()  # tails waiting for events end now, not at their next poll

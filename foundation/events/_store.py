@@ -75,28 +75,27 @@ _COLUMNS = (
 # whose text order is time order; plain SQL may write the other ISO forms migration 0015
 # takes ("T", no seconds, "Z", an offset), whose text order is not (…T12:00+05:00 is 07:00
 # UTC). after/before read the rows of Foundation's form by text, on the recorded_at index,
-# and the others apart, by their time in UTC, found by migration 0016's partial index:
-# its WHERE is NOT (SQLITE_OWN_TIME), and SQLite uses it only for a query that says so
-# in the very same words.
-SQLITE_OTHER_TIMES = "ix_foundation_events_other_times"
-SQLITE_OWN_TIME = (
-    "length(recorded_at) = 26 AND substr(recorded_at, 11, 1) = ' '"
-    " AND substr(recorded_at, 20, 1) = '.' AND substr(recorded_at, 26) BETWEEN '0' AND '9'"
+# and the others apart, by SQLITE_UTC_TIME: migration 0016's partial index is on that
+# expression for the rows NOT (SQLITE_OWN_TIME), and SQLite uses it only for a query that
+# says both in the very same words (the two texts below are 0016's).
+SQLITE_OWN_TIME = "recorded_at GLOB '????-??-?? ??:??:??.?????[0-9]'"
+# Another form's time as Foundation writes it, in UTC: SQLite's strftime takes offsets of
+# at most 14 hours, so the offset (0015: up to 23:59) is applied in minutes; the digits
+# of a second are those written (strftime would round them: 59.9999 s). _N is the
+# offset's length (Z: 1, +HH:MM: 6), _S the seconds and their fraction (":SS.fff").
+_N = (
+    "(CASE WHEN recorded_at GLOB '*Z' THEN 1"
+    " WHEN substr(recorded_at, 17) GLOB '*[+-]*' THEN 6 ELSE 0 END)"
 )
-# The text of another form's time in UTC, as Foundation writes it: SQLite's strftime takes
-# offsets of at most 14 hours, so the offset (0015: up to 23:59) is applied in minutes,
-# and its digits of a second are those written (strftime would round them: 59.9999 s).
-SQLITE_UTC_TIME = """(
-    SELECT strftime('%Y-%m-%d %H:%M:%S', substr(t, 1, 16) || substr(p, 1, 3),
-                    CASE WHEN length(o) = 6
-                         THEN CASE WHEN o GLOB '+*' THEN '-' ELSE '+' END
-                              || (substr(o, 2, 2) * 60 + substr(o, 5, 2)) || ' minutes'
-                         ELSE '+0 minutes' END)
-           || '.' || substr(substr(p, 5) || '000000', 1, 6)
-    FROM (SELECT t, substr(s, 1, length(s) - n) AS p, substr(s, length(s) - n + 1) AS o
-          FROM (SELECT t, s, CASE WHEN s GLOB '*Z' THEN 1 WHEN s GLOB '*[+-]*' THEN 6
-                                  ELSE 0 END AS n
-                FROM (SELECT recorded_at AS t, substr(recorded_at, 17) AS s))))"""
+_S = f"substr(recorded_at, 17, length(recorded_at) - 16 - {_N})"
+SQLITE_UTC_TIME = (
+    f"strftime('%Y-%m-%d %H:%M:%S', substr(recorded_at, 1, 16) || substr({_S}, 1, 3),"
+    f" CASE WHEN {_N} = 6"
+    " THEN CASE WHEN substr(recorded_at, -6, 1) = '+' THEN '-' ELSE '+' END"
+    " || (substr(recorded_at, -5, 2) * 60 + substr(recorded_at, -2, 2)) || ' minutes'"
+    " ELSE '+0 minutes' END)"
+    f" || '.' || substr(substr({_S}, 5) || '000000', 1, 6)"
+)
 
 
 def _where(shape: tuple[Any, ...], column: Any, recorded_at: Any) -> list[Any]:
@@ -135,20 +134,22 @@ def _query(shape: tuple[Any, ...], backend: Backend) -> sa.Select[Any]:
     own = sa.select(*_COLUMNS).where(
         *_where(shape, column, events.c.recorded_at), sa.text(f"({SQLITE_OWN_TIME})")
     )
-    # The other forms through their partial index alone (INDEXED BY): left to itself, the
-    # planner may walk the type index, or every position after after_position.
-    names: list[Any] = [sa.literal_column(c.name) for c in _COLUMNS]
-    other = (
-        sa.select(*names)
-        .select_from(sa.text(f"{events.name} INDEXED BY {SQLITE_OTHER_TIMES}"))
-        .where(
-            sa.text(f"NOT ({SQLITE_OWN_TIME})"),
-            *_where(shape, sa.literal_column, sa.literal_column(SQLITE_UTC_TIME)),
-        )
+    # The others on 0016's index when the time bounds are what narrows them most, else
+    # on another (a stream's, a type's): the planner's choice.
+    utc: Any = sa.literal_column(f"({SQLITE_UTC_TIME})")
+    # Both bounds always: with one, SQLite's planner guesses the range too wide for the
+    # index and reads the whole log instead (the other is every time's).
+    bounds = [utc > sa.literal_column("''") if "after" not in shape else sa.true()]
+    bounds += [utc < sa.literal_column("'A'") if "before" not in shape else sa.true()]
+    # And not the type index ("+type" is no index's term): walked whole for a common
+    # type, where the time index holds the few rows of other forms.
+    other_column = lambda name: sa.literal_column("+type") if name == "type" else column(name)  # noqa: E731
+    other = sa.select(*_COLUMNS).where(
+        sa.text(f"NOT ({SQLITE_OWN_TIME})"), *_where(shape, other_column, utc), *bounds
     )
     # Each the first `limit` of its own, then the first `limit` of both.
     own_first = _ordered(own, events.c.position, shape).subquery()
-    other_first = _ordered(other, sa.literal_column("position"), shape).subquery()
+    other_first = _ordered(other, events.c.position, shape).subquery()
     both = sa.union_all(sa.select(own_first), sa.select(other_first)).subquery()
     return _ordered(sa.select(both), both.c.position, shape)
 

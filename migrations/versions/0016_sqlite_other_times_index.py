@@ -1,4 +1,4 @@
-"""SQLite: an index of the events whose ``recorded_at`` is not Foundation's own text.
+"""SQLite: an index of the events whose ``recorded_at`` is not Foundation's own text, by time.
 
 Revision ID: 0016
 Revises: 0015
@@ -10,13 +10,18 @@ with the bound as text. Plain SQL may write the other ISO forms migration 0015 t
 (``'T'``, no seconds, ``Z``, an offset such as ``+05:00``), whose text order is not their
 time order: ``'2026-11-30T12:00:00+05:00'`` (07:00 UTC) sorted after 08:00 UTC.
 
-The readers now compare those rows by their time in UTC, and this partial index finds
-them without reading the log: it holds only rows not in Foundation's form (none, for a
-log Foundation alone writes; its maintenance costs Foundation's own inserts one test of
-the text's shape). PostgreSQL's ``timestamptz`` compares times already: nothing there.
+The readers now compare those rows by their time in UTC, written as Foundation writes it,
+and this partial index holds that time for them alone: nothing for a log Foundation alone
+writes (its maintenance costs Foundation's inserts one test of the text's shape), and for
+a log plain SQL writes too (``CURRENT_TIMESTAMP``, say) a time-bounded read finds those
+rows by range, as the ``recorded_at`` index finds Foundation's. PostgreSQL's
+``timestamptz`` compares times already: nothing there.
 
-The index's WHERE must stay the very text of ``foundation.events._store.SQLITE_OWN_TIME``
-(negated): SQLite uses a partial index only for a query that repeats its condition.
+SQLite uses an expression index only for a query that repeats its expression and its WHERE
+in the same words: ``foundation.events._store``'s ``SQLITE_UTC_TIME`` and
+``SQLITE_OWN_TIME`` (negated), copied here as they were when this revision was written
+(SQLite's ``strftime`` takes offsets of at most 14 hours: the offset, 0015's up to 23:59,
+is applied in minutes; the digits of a second are kept as written, not rounded).
 """
 
 from collections.abc import Sequence
@@ -28,11 +33,25 @@ down_revision: str | None = "0015"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-SQLITE_ADD = """
-    CREATE INDEX ix_foundation_events_other_times ON foundation_events (position)
-    WHERE NOT (length(recorded_at) = 26 AND substr(recorded_at, 11, 1) = ' '
-               AND substr(recorded_at, 20, 1) = '.' AND substr(recorded_at, 26) BETWEEN '0' AND '9')
-"""
+# The offset's length (Z: 1, +HH:MM: 6), and the seconds with their fraction (":SS.fff").
+_N = (
+    "(CASE WHEN recorded_at GLOB '*Z' THEN 1"
+    " WHEN substr(recorded_at, 17) GLOB '*[+-]*' THEN 6 ELSE 0 END)"
+)
+_S = f"substr(recorded_at, 17, length(recorded_at) - 16 - {_N})"
+UTC_TIME = (
+    f"strftime('%Y-%m-%d %H:%M:%S', substr(recorded_at, 1, 16) || substr({_S}, 1, 3),"
+    f" CASE WHEN {_N} = 6"
+    " THEN CASE WHEN substr(recorded_at, -6, 1) = '+' THEN '-' ELSE '+' END"
+    " || (substr(recorded_at, -5, 2) * 60 + substr(recorded_at, -2, 2)) || ' minutes'"
+    " ELSE '+0 minutes' END)"
+    f" || '.' || substr(substr({_S}, 5) || '000000', 1, 6)"
+)
+OWN_TIME = "recorded_at GLOB '????-??-?? ??:??:??.?????[0-9]'"
+SQLITE_ADD = (
+    f"CREATE INDEX ix_foundation_events_other_times ON foundation_events ({UTC_TIME})"
+    f" WHERE NOT ({OWN_TIME})"
+)
 
 
 def upgrade() -> None:
