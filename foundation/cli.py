@@ -193,10 +193,10 @@ def upgrade(ctx: click.Context, revision: str, extra: tuple[str, ...]) -> None:
     _revision_arg(revision, extra)
     target = target_of(ctx)
     with _alembic(target.url):
-        before = _known(target.url, migrate.current_revision(target.url, target.settings))
-        migrate.upgrade(target.url, revision, target.settings)
+        _known(target.url, migrate.current_revision(target.url, target.settings))
+        moved = migrate.upgrade(target.url, revision, target.settings)
         after = migrate.current_revision(target.url, target.settings)
-    click.echo(_moved("upgraded", target.url, before, after))
+    click.echo(_moved("upgraded", target.url, moved, after))
 
 
 @db.command(
@@ -218,10 +218,13 @@ def downgrade(ctx: click.Context, revision: str, extra: tuple[str, ...], yes: bo
     """
     _revision_arg(revision, extra)
     target = target_of(ctx)
+    with _alembic(target.url):
+        current = _known(target.url, _current(target))
+    if current is None:  # nothing to revert; a missing SQLite file stays uncreated
+        click.echo(f"{target.url.masked}: no Foundation schema (none); nothing to do")
+        return
     if not yes:
-        with _alembic(target.url):
-            current = _known(target.url, _current(target))
-        reverted = migrate.reverted_by(current, revision) if current else []
+        reverted = migrate.reverted_by(current, revision)
         dropped = [TABLES_OF[r] for r in reverted if r in TABLES_OF]
         click.confirm(
             f"Downgrade {target.url.masked} to {revision}?"
@@ -230,10 +233,9 @@ def downgrade(ctx: click.Context, revision: str, extra: tuple[str, ...], yes: bo
             err=True,
         )
     with _alembic(target.url):
-        before = _known(target.url, migrate.current_revision(target.url, target.settings))
-        migrate.downgrade(target.url, revision, target.settings)
+        moved = migrate.downgrade(target.url, revision, target.settings)
         after = migrate.current_revision(target.url, target.settings)
-    click.echo(_moved("downgraded", target.url, before, after))
+    click.echo(_moved("downgraded", target.url, moved, after))
 
 
 # The revisions whose downgrade drops tables, with what they hold.
@@ -245,12 +247,15 @@ TABLES_OF = {
 }
 
 
-def _moved(verb: str, url: DatabaseURL, before: str | None, after: str | None) -> str:
-    head = migrate.head_revision()
-    mark = " (head)" if after == head else ""
-    if before == after:
+def _moved(verb: str, url: DatabaseURL, moved: migrate.Moved, after: str | None) -> str:
+    """What this run did (the steps it ran under the migration lock: another deploy may
+    have run some or all of them meanwhile), and where the schema is now."""
+    mark = " (head)" if after == migrate.head_revision() else ""
+    if moved is None:
         return f"{url.masked}: already at {_revision_label(after)}{mark}; nothing to do"
-    return f"{verb} {url.masked}: {_revision_label(before)} -> {_revision_label(after)}{mark}"
+    before, to = moved
+    now = "" if to == after else f" (now at {_revision_label(after)}: another run moved it)"
+    return f"{verb} {url.masked}: {_revision_label(before)} -> {_revision_label(to)}{mark}{now}"
 
 
 @db.command()
@@ -288,7 +293,7 @@ def db_history(ctx: click.Context, as_json: bool) -> None:
     with _alembic(target.url):
         script = ScriptDirectory.from_config(migrate.alembic_config(target.url))
         heads = set(script.get_heads())
-        revision = _current(target)
+        revision = _known(target.url, _current(target))  # a newer release's: as db current
         revisions = list(script.walk_revisions())
     if as_json:
         rows = [

@@ -75,12 +75,16 @@ def run_offline() -> None:
 
 
 def _run(connection: Connection) -> None:
+    steps = config.attributes.get("steps")  # what ran, for Foundation's report of it
     _configure(
         connection=connection,
         render_as_batch=connection.dialect.name == "sqlite",
         # SQLite runs DDL in transactions too (our engine issues BEGIN IMMEDIATE), so a
         # failed upgrade leaves nothing half-done on either database.
         transactional_ddl=True,
+        on_version_apply=(lambda ctx, step, heads, run_args: steps.append(step))
+        if isinstance(steps, list)
+        else None,
     )
     with context.begin_transaction():
         if connection.dialect.name == "postgresql":

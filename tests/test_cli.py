@@ -7,8 +7,10 @@ import os
 import subprocess
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from alembic.script import ScriptDirectory
 from click.testing import CliRunner, Result
@@ -129,10 +131,27 @@ def test_db_downgrade_needs_a_revision(db_url: str) -> None:
     assert migrate.current_revision(db_url) == HEAD
 
 
+def test_db_downgrade_of_an_empty_database_does_nothing(empty_db_url: str) -> None:
+    """Nothing to revert (review 12: alembic's "Relative revision -1 didn't produce 1
+    migrations", and a mistyped SQLite path was created, with a version table)."""
+    for target in ("-1", "base"):
+        said = ok(empty_db_url, "db", "downgrade", target, "--yes").stdout
+        assert said.endswith(": no Foundation schema (none); nothing to do\n")
+    if empty_db_url.startswith("sqlite"):
+        assert not Path(empty_db_url.removeprefix("sqlite:///")).exists()
+    else:
+        assert migrate.current_revision(empty_db_url) is None
+        conninfo = DatabaseURL.parse(empty_db_url).conninfo
+        with psycopg.connect(conninfo) as conn:
+            query = "SELECT to_regclass('foundation_alembic_version') IS NOT NULL"
+            assert conn.execute(query).fetchone() == (False,)
+
+
 def test_db_downgrade_past_base_is_a_foundation_error(empty_db_url: str) -> None:
-    result = fails(empty_db_url, "validation_error", "db", "downgrade", "-1", "--yes")
+    ok(empty_db_url, "db", "upgrade", "0001")
+    result = fails(empty_db_url, "validation_error", "db", "downgrade", "-2", "--yes")
     assert "alembic" in result.stderr
-    assert migrate.current_revision(empty_db_url) is None
+    assert migrate.current_revision(empty_db_url) == "0001"
 
 
 def test_db_history_lists_revisions_marking_current_and_head(

@@ -22,6 +22,7 @@ from click.testing import CliRunner
 
 from foundation import AsyncFoundation, Foundation
 from foundation.cli import main
+from foundation.database import migrate
 from foundation.database.codec import SQLiteCodec
 from foundation.database.url import DatabaseURL
 from foundation.errors import EventError, StorageUnavailableError, ValidationError
@@ -438,3 +439,63 @@ def test_read_stream_and_correlation_chain_refuse_a_nul(fdn: Foundation) -> None
 async def test_async_read_stream_refuses_a_nul(afdn: AsyncFoundation) -> None:
     with pytest.raises(EventError, match="without NUL characters"):
         await afdn.events.read_stream("a\x00b", from_version=2)
+
+
+# -- foundation db ------------------------------------------------------------------------
+
+
+def test_two_upgrades_at_once_each_report_what_they_ran(empty_db_url: str) -> None:
+    """Under the migration lock one runs every step, the other none: `db upgrade` says
+    so (both said "none -> head", read before the lock)."""
+    moved: list[Any] = []
+    barrier = threading.Barrier(2)
+
+    def upgrade() -> None:
+        barrier.wait()
+        moved.append(migrate.upgrade(empty_db_url))
+
+    threads = [threading.Thread(target=upgrade) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(moved, key=repr) == [(None, migrate.head_revision()), None]
+    assert migrate.upgrade(empty_db_url) is None  # at head: nothing ran
+    assert migrate.downgrade(empty_db_url, "-1") == (
+        migrate.head_revision(),
+        migrate.current_revision(empty_db_url),
+    )
+
+
+def test_db_history_of_a_database_a_newer_release_migrated(db_url: str) -> None:
+    with Foundation(db_url, migrate="skip") as fdn:
+        fdn.database.execute("UPDATE foundation_alembic_version SET version_num = '9999'")
+    result = CliRunner().invoke(main, ["-d", db_url, "db", "history"])
+    assert result.exit_code == 1
+    assert "error [schema_outdated]" in result.stderr and "9999" in result.stderr
+
+
+def test_two_instances_of_two_databases_migrating_at_once(tmp_path: Path) -> None:
+    """alembic's env.py context is one per process: two upgrades at once mixed them."""
+    for round_ in range(3):
+        errors: list[BaseException] = []
+        barrier = threading.Barrier(2)
+
+        def start(
+            name: str,
+            round_: int = round_,
+            barrier: threading.Barrier = barrier,
+            errors: list[BaseException] = errors,
+        ) -> None:
+            barrier.wait()
+            try:
+                Foundation(f"sqlite:///{tmp_path / f'{name}-{round_}.db'}").close()
+            except BaseException as exc:  # reported below, with its type
+                errors.append(exc)
+
+        threads = [threading.Thread(target=start, args=(name,)) for name in ("a", "b")]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []

@@ -482,6 +482,23 @@ ALLOWED: dict[tuple[str, str], str] = {
         "migrations/versions/0012_function_search_path.py",
         'PG_EACH_FUNCTION.replace("ACTION", PG_RESET_SEARCH_PATH)',
     ): "as above",
+    (
+        "foundation/events/_store.py",
+        'f"({SQLITE_OWN_TIME})"',
+    ): "SQLite's test of Foundation's recorded_at form: a module constant, no input",
+    (
+        "foundation/events/_store.py",
+        'f"NOT ({SQLITE_OWN_TIME})"',
+    ): "as above, negated (the WHERE of migration 0016's partial index)",
+    (
+        "foundation/events/_store.py",
+        'f"({SQLITE_UTC_TIME})"',
+    ): "SQLite's expression of a recorded_at in UTC: a module constant, no input",
+    (
+        "migrations/versions/0016_sqlite_other_times_index.py",
+        'f"CREATE INDEX ix_foundation_events_other_times ON foundation_events ({UTC_TIME})"\n'
+        '    f" WHERE NOT ({OWN_TIME})"',
+    ): "DDL in a migration: the index's expression and WHERE, the module's constants",
 }
 
 

@@ -7,6 +7,7 @@ so an application's own alembic history can share the database.
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -151,21 +152,36 @@ def current_revision(url: str | DatabaseURL, settings: Settings | None = None) -
         return ctx.get_current_revision()
 
 
+_IN_PROCESS = threading.Lock()
+
+# What a run moved the schema through: (revision before, revision after) of the steps it
+# ran itself, None when it ran none (another deploy had, or nothing was to do).
+Moved = tuple[str | None, str | None] | None
+
+
 def upgrade(
     url: str | DatabaseURL, revision: str = "head", settings: Settings | None = None
-) -> None:
-    parsed = url if isinstance(url, DatabaseURL) else DatabaseURL.parse(url)
-    with _engine(parsed, settings) as engine, engine.connect() as conn:
-        cfg = alembic_config(parsed, settings)
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, revision)
-        conn.commit()
+) -> Moved:
+    return _migrate(command.upgrade, url, revision, settings)
 
 
-def downgrade(url: str | DatabaseURL, revision: str, settings: Settings | None = None) -> None:
+def downgrade(url: str | DatabaseURL, revision: str, settings: Settings | None = None) -> Moved:
+    return _migrate(command.downgrade, url, revision, settings)
+
+
+def _migrate(run: Any, url: str | DatabaseURL, revision: str, settings: Settings | None) -> Moved:
     parsed = url if isinstance(url, DatabaseURL) else DatabaseURL.parse(url)
-    with _engine(parsed, settings) as engine, engine.connect() as conn:
+    steps: list[Any] = []  # appended by migrations/env.py, under the migration lock
+    # alembic runs env.py through one module-level context: two runs at once in one
+    # process (two Foundation instances of two databases starting in two threads) mix
+    # them. One at a time, then; other processes wait on the database's own lock.
+    with _IN_PROCESS, _engine(parsed, settings) as engine, engine.connect() as conn:
         cfg = alembic_config(parsed, settings)
         cfg.attributes["connection"] = conn
-        command.downgrade(cfg, revision)
+        cfg.attributes["steps"] = steps
+        run(cfg, revision)
         conn.commit()
+    if not steps:
+        return None
+    first, last = steps[0].source_revision_ids, steps[-1].destination_revision_ids
+    return (first[0] if first else None, last[0] if last else None)

@@ -2,7 +2,8 @@
 --
 -- Run as the role that owns the Foundation tables (the one that ran `foundation db
 -- upgrade`), after every upgrade. Replace foundation_app with your application's role
--- (created beforehand: CREATE ROLE foundation_app LOGIN PASSWORD '...'). With the
+-- (created beforehand: CREATE ROLE foundation_app LOGIN PASSWORD '...'), as a whole word:
+-- foundation_append_events keeps its name (sed 's/\bfoundation_app\b/myrole/g'). With the
 -- postgres_schema setting, also replace public below with that schema, and run the
 -- script with that schema first in the search path (the names below are unqualified):
 --   PGOPTIONS='-c search_path=myschema' psql ... -f grants.sql
