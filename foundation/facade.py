@@ -227,7 +227,7 @@ class Foundation(_Base):
         mode = self._prepare(url, migrate, settings, telemetry, overrides)
         self._db = SyncDatabase(self.url, self.settings)
         self._close_lock = threading.Lock()
-        self._closing = False
+        self._closer: int | None = None  # the thread of the first close()
         self._closed = threading.Event()
         try:
             if mode != "skip":
@@ -318,13 +318,15 @@ class Foundation(_Base):
         if self._forked:
             return  # the lease, names and connections are the parent process's
         with self._close_lock:
-            first, self._closing = not self._closing, True
-        if not first:
-            # Another thread's close() is under way (a signal handler's and the main
-            # thread's): return once it has released everything, not while it does. A
-            # callback or handler of this instance (on a thread of Foundation's, which that
-            # close() may be waiting for) returns at once.
-            if not threading.current_thread().name.startswith("foundation-"):
+            closer, self._closer = self._closer, self._closer or threading.get_ident()
+        if closer is not None:
+            # Another thread's close() is under way (a shutdown hook's and the main
+            # thread's): return once it has released everything, not while it does. Its
+            # own thread (a signal handler interrupting it) and a callback or handler of
+            # this instance (on a thread of Foundation's, which that close() may be
+            # waiting for) return at once.
+            current = threading.current_thread()
+            if closer != current.ident and not current.name.startswith("foundation-"):
                 self._closed.wait()
             return
         try:

@@ -499,3 +499,25 @@ def test_two_instances_of_two_databases_migrating_at_once(tmp_path: Path) -> Non
         for thread in threads:
             thread.join()
         assert errors == []
+
+
+def test_close_reentered_on_its_own_thread_returns(db_url: str) -> None:
+    """A signal handler calling close() while the main thread's close() runs: it returns
+    at once (waiting for that close() would wait for itself)."""
+    fdn = Foundation(db_url)
+    fdn.service_registry.register("reentered", "a")
+    events_close = fdn.events.close
+    inner: list[str] = []
+
+    def interrupted() -> None:  # as a signal arriving during the first step
+        fdn.close()
+        inner.append("returned")
+        events_close()
+
+    fdn.events.close = interrupted  # type: ignore[method-assign]
+    done = threading.Thread(target=fdn.close, name="app-shutdown")
+    done.start()
+    done.join(30)
+    assert not done.is_alive() and inner == ["returned"]
+    with Foundation(db_url, migrate="skip") as other:
+        assert other.service_registry.find("reentered") is None
