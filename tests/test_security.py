@@ -171,6 +171,9 @@ def test_the_runtime_works_with_the_recommended_grants(app_url: str) -> None:
         "DROP TABLE foundation_rate_limits",
         "DROP TRIGGER foundation_events_append_only ON foundation_events",
         "CREATE FUNCTION foundation_x() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+        # a position past the sequence hid every later event from position readers
+        "INSERT INTO foundation_events (position, id, type, data, metadata, recorded_at)"
+        " VALUES (1000, gen_random_uuid()::text, 't', '{}', '{}', now())",
     ],
 )
 def test_the_role_is_refused_what_it_does_not_need(app_url: str, statement: str) -> None:

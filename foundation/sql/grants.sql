@@ -20,8 +20,13 @@ GRANT SELECT ON foundation_alembic_version TO foundation_app;
 
 -- Append only: the event log, and the config history its trigger writes. No UPDATE,
 -- DELETE or TRUNCATE (the triggers refuse those too, but here the database refuses
--- them before any trigger runs). The sequences hand out positions and history ids.
-GRANT SELECT, INSERT ON foundation_events, foundation_config_history TO foundation_app;
+-- them before any trigger runs). The sequences hand out positions and history ids:
+-- an event's position is the sequence's alone (a row given one past the sequence hid
+-- every later event from the readers that follow positions), so every column but it.
+GRANT SELECT ON foundation_events, foundation_config_history TO foundation_app;
+GRANT INSERT (id, stream_id, stream_version, type, data, metadata, correlation_id,
+              causation_id, recorded_at) ON foundation_events TO foundation_app;
+GRANT INSERT ON foundation_config_history TO foundation_app;
 GRANT USAGE ON SEQUENCE foundation_events_position_seq, foundation_config_history_id_seq
     TO foundation_app;
 
