@@ -30,9 +30,11 @@ from foundation.database.url import DatabaseURL
 from foundation.database.version import VERSION_QUERIES
 from foundation.errors import ConfigError, FoundationError, StorageUnavailableError
 from foundation.events import AsyncEvents, Events, EventSQL
+from foundation.events._subscription import _FOLLOWING
 from foundation.rate_limiter import AsyncRateLimiter, RateLimiter
 from foundation.rate_limiter._store import LimiterSQL
 from foundation.service_registry import AsyncServiceRegistry, RegistrySQL, ServiceRegistry
+from foundation.service_registry._dispatch import _DISPATCHING
 from foundation.settings import Settings, build_settings
 from foundation.telemetry import Telemetry
 
@@ -410,6 +412,7 @@ class AsyncFoundation(_Base):
         )
         self._opened = False
         self._closed = False
+        self._closing: asyncio.Future[None] | None = None  # done once the first close() is
 
     async def open(self) -> AsyncFoundation:
         """Connect, check (or upgrade) the schema as ``migrate`` says, load the config,
@@ -477,6 +480,25 @@ class AsyncFoundation(_Base):
         self._closed = True
         if self._forked:
             return  # the lease, names and connections are the parent process's
+        loop = asyncio.get_running_loop()
+        first = self._closing
+        if first is not None and (first.done() or first.get_loop() is loop):
+            # Another close() is under way (a SIGTERM task's and `async with`'s exit, two
+            # handlers'): return once it has released everything, not while it does; a
+            # handler or watch callback (which that close() may be waiting for) at once.
+            if not first.done() and _FOLLOWING.get() is None and _DISPATCHING.get() is None:
+                await asyncio.shield(first)
+            return
+        # The first, or one in another loop than a first that loop's end cut short: each
+        # step below runs again, which is harmless.
+        self._closing = loop.create_future()
+        try:
+            await self._close_steps()
+        finally:
+            if not self._closing.done():
+                self._closing.set_result(None)
+
+    async def _close_steps(self) -> None:
         self._db.closing()
         # As Foundation.close, and each step whole even if the caller is cancelled
         # meanwhile (its cancellation is raised after): a close cut short would leave this

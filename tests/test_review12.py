@@ -142,6 +142,9 @@ OTHER_FORMS = [
     "2026-11-30 07:59:59.9999999Z",  # 7 digits: the reader keeps 6
     "2026-11-30 23:30:00.5-23:30",  # 2026-12-01 23:00:00.5 UTC
     "2026-11-30 23:59:59.999999+14:00",  # an offset of 14 hours: SQLite's own limit
+    "2026-11-30 00:30:00+23:59",  # the largest offsets: a day from the text's own time
+    "2026-11-29 23:30:00.25-23:59",
+    "2026-11-30T08:00:00.123+01:00",
 ]
 
 

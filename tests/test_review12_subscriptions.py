@@ -352,3 +352,44 @@ def test_a_handler_closing_while_its_subscribe_returns(db_url: str) -> None:
         assert closed.wait(30)
         assert sub.status.state == "stopped"
         assert _released(db_url, f"closer-{trial}")
+
+
+async def test_async_close_from_two_tasks_at_once_releases_the_name(db_url: str) -> None:
+    """A SIGTERM task's close() and `async with`'s exit: the second closed the database
+    while the first still stopped the subscription; the name stayed held for its lease."""
+    async with AsyncFoundation(db_url) as writer:
+        await writer.events.store({"type": "job", "data": {}})
+    fdn = AsyncFoundation(db_url)
+    await fdn.open()
+    busy = asyncio.Event()
+
+    async def handler(event: Any) -> None:
+        busy.set()
+        await asyncio.sleep(0.5)  # at work when the shutdown begins
+
+    await fdn.events.subscribe("two-closes", handler, **FAST)
+    await busy.wait()
+    await asyncio.gather(fdn.close(), fdn.close())
+    assert await asyncio.to_thread(_released, db_url, "two-closes")
+
+
+async def test_async_two_handlers_closing_release_both_names(db_url: str) -> None:
+    async with AsyncFoundation(db_url) as writer:
+        await writer.events.store({"type": "shutdown", "data": {}})
+    fdn = AsyncFoundation(db_url)
+    await fdn.open()
+    closed: list[str] = []
+
+    def closing(name: str) -> Any:
+        async def handler(event: Any) -> None:
+            await fdn.close()
+            closed.append(name)
+
+        return handler
+
+    for name in ("closer-1", "closer-2"):
+        await fdn.events.subscribe(name, closing(name), **FAST)
+    await async_wait_for(lambda: len(closed) >= 1)
+    await fdn.close()
+    for name in ("closer-1", "closer-2"):
+        assert await asyncio.to_thread(_released, db_url, name), name

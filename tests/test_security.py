@@ -498,6 +498,10 @@ ALLOWED: dict[tuple[str, str], str] = {
         'f"({SQLITE_UTC_TIME})"',
     ): "SQLite's expression of a recorded_at in UTC: a module constant, no input",
     (
+        "foundation/events/_store.py",
+        'f"(CASE WHEN {SQLITE_OWN_TIME} THEN recorded_at ELSE {SQLITE_UTC_TIME} END)"',
+    ): "the two constants above, no input",
+    (
         "migrations/versions/0016_sqlite_other_times_index.py",
         'f"CREATE INDEX ix_foundation_events_other_times ON foundation_events ({UTC_TIME})"\n'
         '    f" WHERE NOT ({OWN_TIME})"',

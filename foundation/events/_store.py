@@ -129,6 +129,24 @@ def _query(shape: tuple[Any, ...], backend: Backend) -> sa.Select[Any]:
     if backend != "sqlite" or not ("after" in shape or "before" in shape):
         stmt = sa.select(*_COLUMNS).where(*_where(shape, column, events.c.recorded_at))
         return _ordered(stmt, events.c.position, shape)
+    if not ("after" in shape and "before" in shape):
+        # One bound ("the latest after t", iter's pages): read in position order until
+        # `limit` rows match, each row by its own form's time; Foundation's rows cost a
+        # test of their text's shape more (a window is the union's, below).
+        either: Any = sa.literal_column(
+            f"(CASE WHEN {SQLITE_OWN_TIME} THEN recorded_at ELSE {SQLITE_UTC_TIME} END)"
+        )
+        # First a test of the text every row in the bound passes (see _text_bounds):
+        # the exact one then costs only the rows within a day or two of it.
+        loose = (
+            events.c.recorded_at >= sa.bindparam("after_floor")
+            if "after" in shape
+            else events.c.recorded_at < sa.bindparam("before_ceil")
+        )
+        stmt = sa.select(*_COLUMNS).where(loose, *_where(shape, column, either))
+        return _ordered(stmt, events.c.position, shape)
+    # A window: Foundation's rows on the recorded_at index, exactly, and the others on
+    # migration 0016's, each its first `limit` in position order, then those of both.
     # The shape test last: SQLite tests a row's terms in their order, so that it costs
     # only the rows the others take.
     own = sa.select(*_COLUMNS).where(
@@ -137,15 +155,11 @@ def _query(shape: tuple[Any, ...], backend: Backend) -> sa.Select[Any]:
     # The others on 0016's index when the time bounds are what narrows them most, else
     # on another (a stream's, a type's): the planner's choice.
     utc: Any = sa.literal_column(f"({SQLITE_UTC_TIME})")
-    # Both bounds always: with one, SQLite's planner guesses the range too wide for the
-    # index and reads the whole log instead (the other is every time's).
-    bounds = [utc > sa.literal_column("''") if "after" not in shape else sa.true()]
-    bounds += [utc < sa.literal_column("'A'") if "before" not in shape else sa.true()]
     # And not the type index ("+type" is no index's term): walked whole for a common
     # type, where the time index holds the few rows of other forms.
     other_column = lambda name: sa.literal_column("+type") if name == "type" else column(name)  # noqa: E731
     other = sa.select(*_COLUMNS).where(
-        sa.text(f"NOT ({SQLITE_OWN_TIME})"), *_where(shape, other_column, utc), *bounds
+        sa.text(f"NOT ({SQLITE_OWN_TIME})"), *_where(shape, other_column, utc)
     )
     # Each the first `limit` of its own, then the first `limit` of both.
     own_first = _ordered(own, events.c.position, shape).subquery()
