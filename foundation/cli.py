@@ -250,12 +250,15 @@ TABLES_OF = {
 def _moved(verb: str, url: DatabaseURL, moved: migrate.Moved, after: str | None) -> str:
     """What this run did (the steps it ran under the migration lock: another deploy may
     have run some or all of them meanwhile), and where the schema is now."""
-    mark = " (head)" if after == migrate.head_revision() else ""
+    def marked(revision: str | None) -> str:
+        head = " (head)" if revision == migrate.head_revision() else ""
+        return _revision_label(revision) + head
+
     if moved is None:
-        return f"{url.masked}: already at {_revision_label(after)}{mark}; nothing to do"
+        return f"{url.masked}: already at {marked(after)}; nothing to do"
     before, to = moved
-    now = "" if to == after else f" (now at {_revision_label(after)}: another run moved it)"
-    return f"{verb} {url.masked}: {_revision_label(before)} -> {_revision_label(to)}{mark}{now}"
+    now = "" if to == after else f"; now at {marked(after)}: another run moved it since"
+    return f"{verb} {url.masked}: {_revision_label(before)} -> {marked(to)}{now}"
 
 
 @db.command()

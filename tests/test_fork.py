@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -104,3 +106,19 @@ def test_a_childs_default_instance_is_its_own(
         assert foundation.service_registry.lookup("web").address == "http://master"
     finally:
         _default.reset()
+
+
+def test_a_fork_while_a_thread_migrates_leaves_the_child_free_to_migrate(tmp_path: Path) -> None:
+    """The lock that keeps migrations one at a time in a process, held by a thread the
+    child does not have (review 12: the child's own upgrade of another database hung)."""
+    from foundation.database import migrate
+
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    with migrate._IN_PROCESS:  # as a thread of the parent's that waits on another deploy
+
+        def child() -> dict[str, Any]:
+            signal.alarm(20)  # a hang ends the child (the parent's assert then fails)
+            with Foundation(f"sqlite:///{tmp_path / 'child.db'}") as fdn:
+                return {"events": len(fdn.events.get())}
+
+        assert _in_child(child) == {"events": 0}

@@ -524,3 +524,16 @@ def test_close_reentered_on_its_own_thread_returns(db_url: str) -> None:
     assert not done.is_alive() and inner == ["returned"]
     with Foundation(db_url, migrate="skip") as other:
         assert other.service_registry.find("reentered") is None
+
+
+def test_db_marks_head_on_the_revision_that_is_head() -> None:
+    """Another deploy moved the schema after this run's steps: each revision shown with
+    its own mark (review 12: '0016 -> 0012 (head)')."""
+    from foundation.cli import _moved
+
+    url = DatabaseURL.parse("sqlite:////tmp/x.db")
+    head = migrate.head_revision()
+    said = _moved("downgraded", url, (head, "0012"), head)
+    assert said.endswith(f": {head} -> 0012; now at {head} (head): another run moved it since")
+    assert _moved("upgraded", url, ("0012", head), head).endswith(f"0012 -> {head} (head)")
+    assert _moved("upgraded", url, None, head).endswith(f"already at {head} (head); nothing to do")

@@ -7,6 +7,7 @@ so an application's own alembic history can share the database.
 
 from __future__ import annotations
 
+import os
 import threading
 import warnings
 from collections.abc import Iterator
@@ -153,6 +154,16 @@ def current_revision(url: str | DatabaseURL, settings: Settings | None = None) -
 
 
 _IN_PROCESS = threading.Lock()
+
+
+def _unlock_in_child() -> None:
+    # A fork while another thread migrated: the child has no such thread to release it.
+    global _IN_PROCESS
+    _IN_PROCESS = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=_unlock_in_child)
 
 # What a run moved the schema through: (revision before, revision after) of the steps it
 # ran itself, None when it ran none (another deploy had, or nothing was to do).
