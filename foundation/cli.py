@@ -250,6 +250,7 @@ TABLES_OF = {
 def _moved(verb: str, url: DatabaseURL, moved: migrate.Moved, after: str | None) -> str:
     """What this run did (the steps it ran under the migration lock: another deploy may
     have run some or all of them meanwhile), and where the schema is now."""
+
     def marked(revision: str | None) -> str:
         head = " (head)" if revision == migrate.head_revision() else ""
         return _revision_label(revision) + head

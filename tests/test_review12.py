@@ -5,6 +5,7 @@ float ttl, a name ending in ``*``, the groups a node sees and the CLI's view of 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import sqlite3
@@ -537,3 +538,65 @@ def test_db_marks_head_on_the_revision_that_is_head() -> None:
     assert said.endswith(f": {head} -> 0012; now at {head} (head): another run moved it since")
     assert _moved("upgraded", url, ("0012", head), head).endswith(f"0012 -> {head} (head)")
     assert _moved("upgraded", url, None, head).endswith(f"already at {head} (head); nothing to do")
+
+
+@pytest.mark.parametrize("face", ["sync", "async"])
+def test_a_register_answered_after_the_lease_ran_out_is_written_again(
+    pg_url: str, face: str
+) -> None:
+    """A stalled server answered a register after the node's lease had run out: the
+    entry came back dead (lookup None, owns False) with an epoch replaced a moment
+    later. It is written again under a live lease, and what it returns is what lookup
+    says."""
+    settings = {"registry_ttl_ms": 1500, "connect_timeout_s": 1}
+    with cut_proxy(pg_url) as (proxy, through):
+
+        def check(entry: Any, registry: Any) -> None:
+            assert entry.expires_at > datetime.now(UTC)
+            assert registry.owns("stalled")
+            assert registry.lookup("stalled").epoch == entry.epoch
+
+        # The heartbeat stopped first: its own stalled renewal would otherwise recover
+        # the lease while the register waits, some of the time.
+        if face == "sync":
+            with Foundation(through, **settings) as fdn:
+                registry = fdn.service_registry
+                registry._stop.set()
+                assert registry._thread is not None
+                registry._thread.join()
+                proxy.delay_s = 1.2  # each way: the statement answers after ~2.4 s
+                threading.Timer(1.5, lambda: setattr(proxy, "delay_s", 0.0)).start()
+                check(registry.register("stalled", "a"), registry)
+        else:
+
+            async def run() -> None:
+                async with AsyncFoundation(through, **settings) as fdn:
+                    registry = fdn.service_registry
+                    assert registry._task is not None
+                    registry._task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await registry._task
+                    proxy.delay_s = 1.2
+                    threading.Timer(1.5, lambda: setattr(proxy, "delay_s", 0.0)).start()
+                    check(await registry.register("stalled", "a"), registry)
+
+            asyncio.run(run())
+
+
+def test_an_unregister_that_had_no_connection_leaves_the_name_held(pg_url: str) -> None:
+    """No connection could be had: the statement was never sent, nothing is in doubt. The
+    name stays this node's (review 12: dropped as if the unregister might have landed, and
+    then told to no watcher, expiring nowhere)."""
+    with Foundation(pg_url, pool_min_size=1, pool_max_size=1, connect_timeout_s=0.5) as fdn:
+        registry = fdn.service_registry
+        registry.register("kept", "a")
+        seen: list[str] = []
+        registry.watch("kept", lambda change: seen.append(change.kind))
+        with fdn.database.connection():  # the pool's one connection, held
+            with pytest.raises(StorageUnavailableError, match="could be had in time"):
+                registry.unregister("kept")
+        assert registry.owns("kept") and registry.lookup("kept").address == "a"
+        registry.unregister("kept")  # the retry the caller makes
+        wait_for(lambda: seen == ["unregister"])
+    with Foundation(pg_url, migrate="skip") as other:
+        assert other.service_registry.find("kept") is None

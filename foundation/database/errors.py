@@ -28,6 +28,7 @@ __all__ = [
     "forget_plans_async",
     "is_disconnect_before_statement",
     "is_stale_plan",
+    "never_sent",
     "remember_backend",
     "translate",
     "translate_errors",
@@ -168,6 +169,12 @@ _DRIVER_ERRORS = (
     psycopg_pool.PoolClosed,
     sa_exc.DBAPIError,
 )
+
+
+def never_sent(exc: FoundationError) -> bool:
+    """Whether the failed call's statement never reached the server: no connection could
+    be had (the pool's wait ran out, or it was closed). Nothing of it is in doubt."""
+    return exc.context.get("driver_error") in ("PoolTimeout", "PoolClosed")
 
 
 @contextmanager

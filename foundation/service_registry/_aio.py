@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from foundation.database.aio import AsyncDatabase, finish
+from foundation.database.errors import never_sent
 from foundation.errors import FoundationError, StorageUnavailableError
 from foundation.service_registry._base import (
     _CLOSE_WAIT_S,
@@ -289,11 +290,13 @@ class AsyncServiceRegistry(_RegistryBase):
         locked = False
         try:
             locked = await lock.acquire()
+            late = 0
             while True:
                 lease = await self._ensure_lease()
                 entry = await finish(self._register_once(name, held, lease, started))
                 if entry is not None:
                     return entry
+                late = self._too_late(name, late, lease)
         finally:
             await self._settle(name, lock, locked)
 
@@ -330,8 +333,8 @@ class AsyncServiceRegistry(_RegistryBase):
                 return self._adopt(name, held, gen, owner, started)
             await self._release_orphan(name, gen)
             return None  # written anew with the values of this call
-        if self._lease is not lease:
-            return None
+        if self._lease is not lease or not self._lease_valid():
+            return None  # see ServiceRegistry.register
         return self._registered(name, held, gen, row, now, started)
 
     async def _release_orphan(self, name: str, gen: int) -> None:
@@ -430,6 +433,8 @@ class AsyncServiceRegistry(_RegistryBase):
         unread: Callable[[], None],
     ) -> _T | None:
         """As :meth:`ServiceRegistry._lost_write`."""
+        if never_sent(exc):
+            return None
         try:
             owner = await self._reread(exc, self._sql.select_entry, {"name": name})
         except FoundationError:

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from foundation.database.errors import never_sent
 from foundation.database.sync import SyncDatabase
 from foundation.errors import FoundationError, StorageUnavailableError
 from foundation.service_registry._base import (
@@ -255,6 +256,7 @@ class ServiceRegistry(_RegistryBase):
         self._check_local_free(name)
         lock = self._begin_write(name)
         locked = False
+        late = 0
         try:
             locked = lock.acquire()
             while True:
@@ -286,9 +288,12 @@ class ServiceRegistry(_RegistryBase):
                         return self._adopt(name, held, gen, owner, started)
                     self._release_orphan(name, gen)
                     continue  # written anew with the values of this call
-                if self._lease is lease:
+                if self._lease is lease and self._lease_valid():
                     return self._registered(name, held, lease.generation, row, now, started)
-                # The lease changed while we wrote (a recovery ran): write again under it.
+                # The lease changed while we wrote (a recovery ran), or ran out while the
+                # statement waited (a stalled server): an entry dead as it is returned,
+                # its epoch replaced a moment later. Write again under a live one.
+                late = self._too_late(name, late, lease)
         finally:
             self._settle(name, lock, locked)
 
@@ -388,7 +393,10 @@ class ServiceRegistry(_RegistryBase):
     ) -> _T | None:
         """After a register, unregister or update_metadata failed on the connection (its
         reply lost after the commit, maybe): ``judge`` of the name's row, read again;
-        None, after ``unread()``, when that read fails too or cannot be trusted yet."""
+        None, after ``unread()``, when that read fails too or cannot be trusted yet; None
+        at once when the statement was never sent (no connection could be had)."""
+        if never_sent(exc):
+            return None
         try:
             owner = self._reread(exc, self._sql.select_entry, {"name": name})
         except FoundationError:
