@@ -15,6 +15,7 @@ never closes those connections either. Create an instance in each process.
 from __future__ import annotations
 
 import os
+import threading
 import weakref
 from typing import Any, Protocol
 
@@ -42,6 +43,25 @@ def forked_error_message(pid: int) -> str:
         "connections belong to that process; create an instance in each process (with "
         "gunicorn --preload, in a post_fork hook)"
     )
+
+
+_LOCK = type(threading.Lock())
+_RLOCK = type(threading.RLock())
+
+
+def renew_locks(*holders: Any) -> None:
+    """In a child: each holder's thread locks made anew. Another thread of the parent may
+    have held one at the fork (the feed's, applying a change): copied held, with no thread
+    left to release it, it stopped the child's first call for good, before the call could
+    even be refused. What they guard is refused or read from the caches as copied."""
+    for holder in holders:
+        for name, value in list(vars(holder).items()):
+            if isinstance(value, _RLOCK):
+                setattr(holder, name, threading.RLock())
+            elif isinstance(value, _LOCK):
+                setattr(holder, name, threading.Lock())
+            elif isinstance(value, threading.Condition):
+                setattr(holder, name, threading.Condition(threading.Lock()))
 
 
 def _quiesce() -> None:

@@ -59,6 +59,11 @@ def _settings(url: str | None, settings: Settings | None, overrides: dict[str, A
     return build_settings(values, settings)
 
 
+# In a forked child, the objects whose thread locks are made anew (see _fork.renew_locks).
+_SERVICES = ("config", "events", "service_registry", "circuit_breaker", "rate_limiter")
+_PARTS = ("_state", "tail_cache", "group_commit")
+
+
 def _check_telemetry(telemetry: Any) -> Telemetry:
     if telemetry is None:
         return Telemetry()
@@ -144,6 +149,9 @@ class _Base:
         db = getattr(self, "_db", None)
         if db is not None:
             db.disown(message)
+        services = [getattr(self, name, None) for name in _SERVICES]
+        parts = [getattr(s, part, None) for s in services for part in _PARTS]
+        _fork.renew_locks(*(x for x in [*services, *parts] if x is not None))
 
     def _topics(self) -> dict[str, Any]:
         """Which service follows which change-feed topic."""
@@ -412,7 +420,10 @@ class AsyncFoundation(_Base):
         )
         self._opened = False
         self._closed = False
-        self._closing: asyncio.Future[None] | None = None  # done once the first close() is
+        # The first close(): its loop, and its end told to that loop and to any thread.
+        self._closing: (
+            tuple[asyncio.AbstractEventLoop, asyncio.Future[None], threading.Event] | None
+        ) = None
 
     async def open(self) -> AsyncFoundation:
         """Connect, check (or upgrade) the schema as ``migrate`` says, load the config,
@@ -481,22 +492,45 @@ class AsyncFoundation(_Base):
         if self._forked:
             return  # the lease, names and connections are the parent process's
         loop = asyncio.get_running_loop()
-        first = self._closing
-        if first is not None and (first.done() or first.get_loop() is loop):
-            # Another close() is under way (a SIGTERM task's and `async with`'s exit, two
-            # handlers'): return once it has released everything, not while it does; a
-            # handler or watch callback (which that close() may be waiting for) at once.
-            if not first.done() and _FOLLOWING.get() is None and _DISPATCHING.get() is None:
-                await asyncio.shield(first)
-            return
-        # The first, or one in another loop than a first that loop's end cut short: each
-        # step below runs again, which is harmless.
-        self._closing = loop.create_future()
+        if self._closing is not None:
+            first_loop, first, done = self._closing
+            if done.is_set():
+                return
+            if first_loop is loop or first_loop.is_running():
+                # Another close() is under way (a SIGTERM task's and `async with`'s exit, two
+                # handlers', an atexit hook's in another loop): return once it has released
+                # everything, not while it does; but at once from this instance's handler
+                # or watch callback that it may be waiting for.
+                if self._awaited_by_close():
+                    return
+                if first_loop is loop:
+                    await asyncio.shield(first)
+                else:
+                    await asyncio.to_thread(done.wait)
+                return
+            # The first close's loop ended with it unfinished: each step below runs again,
+            # which is harmless.
+        ours = self._closing = (loop, loop.create_future(), threading.Event())
         try:
             await self._close_steps()
         finally:
-            if not self._closing.done():
-                self._closing.set_result(None)
+            ours[2].set()
+            if not ours[1].done():
+                ours[1].set_result(None)
+
+    def _awaited_by_close(self) -> bool:
+        """Whether the current task is one a close() waits for: a subscription's handler
+        of this instance, or its registry's watch callbacks."""
+        task = asyncio.current_task()
+        following = _FOLLOWING.get()
+        if following is not None and following._events is self.events:
+            return following._task is task
+        dispatching = _DISPATCHING.get()
+        return (
+            dispatching is not None
+            and dispatching.task is task
+            and (dispatching is self.service_registry._dispatcher)
+        )
 
     async def _close_steps(self) -> None:
         self._db.closing()

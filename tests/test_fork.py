@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -122,3 +123,49 @@ def test_a_fork_while_a_thread_migrates_leaves_the_child_free_to_migrate(tmp_pat
                 return {"events": len(fdn.events.get())}
 
         assert _in_child(child) == {"events": 0}
+
+
+def test_a_fork_while_another_thread_holds_a_cache_lock(db_url: str) -> None:
+    """The feed's thread applying a change holds the config cache's lock: copied held
+    into the child, it stopped the child's config.set for good (review 12: the suite hung
+    here now and then), before the call could be refused."""
+    with Foundation(db_url, migrate="skip") as parent:
+        held = threading.Event()
+        release = threading.Event()
+        locks = [
+            parent.config._state._lock,
+            parent.service_registry._state._lock,
+            parent.events.group_commit._lock,
+        ]
+
+        def holder() -> None:
+            for lock in locks:
+                lock.acquire()
+            held.set()
+            release.wait(30)
+            for lock in reversed(locks):
+                lock.release()
+
+        thread = threading.Thread(target=holder)
+        thread.start()
+        assert held.wait(10)
+        try:
+
+            def child() -> dict[str, Any]:
+                signal.alarm(20)  # a hang ends the child (the parent's assert then fails)
+                refused = 0
+                for write in (
+                    lambda: parent.config.set("port", 2),
+                    lambda: parent.service_registry.register("other", "http://child"),
+                    lambda: parent.events.store({"type": "from-child"}),
+                ):
+                    try:
+                        write()
+                    except StorageUnavailableError:
+                        refused += 1
+                return {"refused": refused}
+
+            assert _in_child(child) == {"refused": 3}
+        finally:
+            release.set()
+            thread.join()

@@ -600,3 +600,19 @@ def test_an_unregister_that_had_no_connection_leaves_the_name_held(pg_url: str) 
         wait_for(lambda: seen == ["unregister"])
     with Foundation(pg_url, migrate="skip") as other:
         assert other.service_registry.find("kept") is None
+
+
+def test_a_register_on_a_database_slower_than_the_lease_gives_up(pg_url: str) -> None:
+    """Every statement answered after the lease's TTL, the heartbeat running (it recovers
+    the lease meanwhile): three writes, then storage_unavailable, not for as long as the
+    slowness lasts."""
+    with (
+        cut_proxy(pg_url) as (proxy, through),
+        Foundation(through, registry_ttl_ms=500, connect_timeout_s=5) as fdn,
+    ):
+        proxy.delay_s = 0.35  # each way: every statement answers after ~0.7 s
+        try:
+            with pytest.raises(StorageUnavailableError, match="three times"):
+                fdn.service_registry.register("slow", "a")
+        finally:
+            proxy.delay_s = 0.0

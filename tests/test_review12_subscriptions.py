@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+import subprocess
 import sys
 import threading
 import time
@@ -393,3 +394,109 @@ async def test_async_two_handlers_closing_release_both_names(db_url: str) -> Non
     await fdn.close()
     for name in ("closer-1", "closer-2"):
         assert await asyncio.to_thread(_released, db_url, name), name
+
+
+def test_a_close_in_another_running_loop_waits_for_the_first(db_url: str) -> None:
+    """The first close() runs in its loop's thread (a handler at work), an atexit hook's in
+    another loop: the second closed the database under the first (the name held)."""
+    with Foundation(db_url) as writer:
+        writer.events.store({"type": "job", "data": {}})
+    loop = asyncio.new_event_loop()
+    runner = threading.Thread(target=loop.run_forever)
+    runner.start()
+    try:
+        busy = threading.Event()
+
+        async def handler(event: Any) -> None:
+            busy.set()
+            await asyncio.sleep(0.5)
+
+        async def start() -> AsyncFoundation:
+            fdn = AsyncFoundation(db_url)
+            await fdn.open()
+            await fdn.events.subscribe("two-loops", handler, **FAST)
+            return fdn
+
+        fdn = asyncio.run_coroutine_threadsafe(start(), loop).result(10)
+        assert busy.wait(10)
+        first = asyncio.run_coroutine_threadsafe(fdn.close(), loop)
+        wait_for(lambda: fdn._closing is not None)
+        asyncio.run(fdn.close())  # returns once the first has released everything
+        assert first.done()
+        assert _released(db_url, "two-loops")
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        runner.join(10)
+        loop.close()
+
+
+async def test_async_close_from_a_task_a_handler_started_waits(db_url: str) -> None:
+    """Only the handler's own task (which close() may wait for) returns at once: a task
+    it started (an app's shutdown) waits as any other."""
+    async with AsyncFoundation(db_url) as writer:
+        await writer.events.store({"type": "shutdown", "data": {}})
+    fdn = AsyncFoundation(db_url)
+    await fdn.open()
+    await fdn.service_registry.register("svc-h", "a")
+    outcome: list[bool] = []
+    shutdown: list[asyncio.Task[None]] = []
+
+    async def app_shutdown() -> None:
+        await fdn.close()
+        released = await asyncio.to_thread(_released, db_url, "h-sub")
+        outcome.append(released and fdn.service_registry._closed)
+
+    async def handler(event: Any) -> None:
+        shutdown.append(asyncio.create_task(app_shutdown()))
+        await asyncio.sleep(0.2)
+
+    await fdn.events.subscribe("h-sub", handler, **FAST)
+    await async_wait_for(lambda: shutdown)
+    closing = asyncio.create_task(fdn.close())  # as a SIGTERM task's
+    await shutdown[0]
+    await closing
+    assert outcome == [True]
+
+
+# The scenario, in a process of its own: the first loop's coroutines, never ended, say
+# so when collected (asyncio's and psycopg_pool's complaints, the scenario's own).
+_CLOSED_UNDER_IT = """
+import asyncio, sys
+from foundation import AsyncFoundation
+
+async def handler(event):
+    await asyncio.sleep(5)
+
+async def start():
+    fdn = AsyncFoundation(sys.argv[1])
+    await fdn.open()
+    await fdn.service_registry.register("svc-cut", "a")
+    await fdn.events.subscribe("sub-cut", handler, poll_interval_ms=20)
+    await asyncio.sleep(0.3)  # the handler at work
+    return fdn
+
+loop = asyncio.new_event_loop()
+fdn = loop.run_until_complete(start())
+loop.create_task(fdn.close())
+loop.run_until_complete(asyncio.sleep(0.2))  # the close under way, waiting on it
+loop.close()
+asyncio.run(fdn.close())
+print("closed")
+"""
+
+
+def test_a_close_after_the_loop_was_closed_under_it_releases_everything(db_url: str) -> None:
+    """run_until_complete(...); loop.close() with a close() under way (its tasks never
+    ended): a close in another loop raised RuntimeError and left the subscription held."""
+    with Foundation(db_url) as writer:
+        writer.events.store({"type": "job", "data": {}})
+    done = subprocess.run(
+        [sys.executable, "-c", _CLOSED_UNDER_IT, db_url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0 and done.stdout == "closed\n", done.stderr[-2000:]
+    assert _released(db_url, "sub-cut")
+    with Foundation(db_url, migrate="skip") as other:
+        assert other.service_registry.find("svc-cut") is None

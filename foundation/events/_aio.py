@@ -327,7 +327,9 @@ class AsyncEvents(_EventsBase):
         starts = [f for f in self._starts if f.get_loop() is loop]
         if starts:
             await asyncio.wait(starts)
-        # Taken whole (and replaced): a subscribe ending meanwhile no longer changes it.
-        subs, self._subscriptions = self._subscriptions, []
-        for sub in subs:
+        # Each leaves the list once stopped (none joins it now: subscribe raises): a close
+        # cut short (its loop closed under it) leaves the rest to the next close.
+        for sub in list(self._subscriptions):
             await sub._stop_for_close()
+            with contextlib.suppress(ValueError):
+                self._subscriptions.remove(sub)

@@ -863,8 +863,9 @@ class AsyncSubscription(_SubscriptionBase):
     async def _release(self) -> None:
         if not self._releasing():
             return
-        if self._keeper is not None:
-            self._keeper.cancel()
+        keeper = self._keeper
+        if keeper is not None and not keeper.get_loop().is_closed():  # else dead with it
+            keeper.cancel()
         try:
             await self._db.execute(self._sql.sub_status, self._released())
         except FoundationError:

@@ -296,7 +296,7 @@ class AsyncServiceRegistry(_RegistryBase):
                 entry = await finish(self._register_once(name, held, lease, started))
                 if entry is not None:
                     return entry
-                late = self._too_late(name, late, lease)
+                late = self._too_late(name, late)
         finally:
             await self._settle(name, lock, locked)
 
@@ -587,7 +587,9 @@ class AsyncServiceRegistry(_RegistryBase):
         self._closed = True  # no write begins from here (see _count_in)
         try:
             self._dispatcher.closing(timeout=1.0)  # callbacks get a second from now, no more
-            if self._task is not None:
+            # A task of a loop closed without its tasks' end (loop.close() after
+            # run_until_complete) is dead, and cancelling it would raise.
+            if self._task is not None and not self._task.get_loop().is_closed():
                 self._task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await self._task

@@ -237,12 +237,11 @@ class _RegistryBase(RegistryFeedSide):
     def lease_generation(self) -> int | None:
         return None if self._lease is None else self._lease.generation
 
-    def _too_late(self, name: str, late: int, lease: _Lease) -> int:
-        """A register written again: its lease changed meanwhile (a recovery), or ran out
-        while its statement waited. Three times in a row is a database slower than the
-        lease: ``storage_unavailable`` (the heartbeat settles what was written)."""
-        if lease is not self._lease or self._lease_valid():
-            return late  # a recovery ran: no lateness of this call's
+    def _too_late(self, name: str, late: int) -> int:
+        """A register written again: its lease changed meanwhile (a recovery, this call's
+        or the heartbeat's), or ran out while its statement waited. Three times in a row
+        is a database slower than the lease: ``storage_unavailable`` (the heartbeat
+        settles what was written)."""
         if late >= 2:
             raise StorageUnavailableError(
                 f"register of {name!r}: the database answered after this node's lease "

@@ -293,7 +293,7 @@ class ServiceRegistry(_RegistryBase):
                 # The lease changed while we wrote (a recovery ran), or ran out while the
                 # statement waited (a stalled server): an entry dead as it is returned,
                 # its epoch replaced a moment later. Write again under a live one.
-                late = self._too_late(name, late, lease)
+                late = self._too_late(name, late)
         finally:
             self._settle(name, lock, locked)
 
