@@ -151,7 +151,7 @@ class _Base:
             db.disown(message)
         services = [getattr(self, name, None) for name in _SERVICES]
         parts = [getattr(s, part, None) for s in services for part in _PARTS]
-        _fork.renew_locks(*(x for x in [*services, *parts] if x is not None))
+        _fork.renew_locks(self, *(x for x in [*services, *parts] if x is not None))
 
     def _topics(self) -> dict[str, Any]:
         """Which service follows which change-feed topic."""

@@ -74,10 +74,10 @@ _COLUMNS = (
 # SQLite keeps recorded_at as text. Foundation writes "YYYY-MM-DD HH:MM:SS.ffffff" in UTC,
 # whose text order is time order; plain SQL may write the other ISO forms migration 0015
 # takes ("T", no seconds, "Z", an offset), whose text order is not (…T12:00+05:00 is 07:00
-# UTC). after/before read the rows of Foundation's form by text, on the recorded_at index,
-# and the others apart, by SQLITE_UTC_TIME: migration 0016's partial index is on that
-# expression for the rows NOT (SQLITE_OWN_TIME), and SQLite uses it only for a query that
-# says both in the very same words (the two texts below are 0016's).
+# UTC). after/before compare Foundation's rows by their text and the others by
+# SQLITE_UTC_TIME (see _query): migration 0016's partial index is on that expression for
+# the rows NOT (SQLITE_OWN_TIME), and SQLite uses it only for a query that says both in the
+# very same words (the two texts below are 0016's).
 SQLITE_OWN_TIME = "recorded_at GLOB '????-??-?? ??:??:??.?????[0-9]'"
 # Another form's time as Foundation writes it, in UTC: SQLite's strftime takes offsets of
 # at most 14 hours, so the offset (0015: up to 23:59) is applied in minutes; the digits
@@ -152,11 +152,10 @@ def _query(shape: tuple[Any, ...], backend: Backend) -> sa.Select[Any]:
     own = sa.select(*_COLUMNS).where(
         *_where(shape, column, events.c.recorded_at), sa.text(f"({SQLITE_OWN_TIME})")
     )
-    # The others on 0016's index when the time bounds are what narrows them most, else
-    # on another (a stream's, a type's): the planner's choice.
+    # The others on 0016's index, or on a stream's or a correlation's when that narrows
+    # them more (the planner's choice), but never on the type index ("+type" is no
+    # index's term): walked whole for a common type, where 0016's holds few rows.
     utc: Any = sa.literal_column(f"({SQLITE_UTC_TIME})")
-    # And not the type index ("+type" is no index's term): walked whole for a common
-    # type, where the time index holds the few rows of other forms.
     other_column = lambda name: sa.literal_column("+type") if name == "type" else column(name)  # noqa: E731
     other = sa.select(*_COLUMNS).where(
         sa.text(f"NOT ({SQLITE_OWN_TIME})"), *_where(shape, other_column, utc)
