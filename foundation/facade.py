@@ -534,6 +534,9 @@ class AsyncFoundation(_Base):
 
     async def _close_steps(self) -> None:
         self._db.closing()
+        # subscribe() refuses from here on, as on the sync face: the events close (below)
+        # runs in a task of its own, and a subscribe in between would be accepted.
+        self.events.closed = True
         # As Foundation.close, and each step whole even if the caller is cancelled
         # meanwhile (its cancellation is raised after): a close cut short would leave this
         # node's names, members and lease live for their TTL, and the database's threads

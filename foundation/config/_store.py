@@ -9,10 +9,11 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from foundation.config._state import ConfigHistoryEntry
-from foundation.database.codec import Codec
+from foundation.database.codec import Codec, unreadable_json
 from foundation.database.schema import config, config_history
 from foundation.database.statements import compile_sql
 from foundation.database.url import Backend
+from foundation.errors import ConfigError
 
 __all__ = ["ConfigSQL"]
 
@@ -133,22 +134,28 @@ class ConfigSQL:
         deleted = self.codec.load_bool(deleted)
         return (
             key,
-            (None if deleted else self.codec.load_json(value)),
+            (None if deleted else self._load(key, "foundation_config", value)),
             int(revision),
             deleted,
             updated_by,
         )
 
     def history_entry(self, row: tuple[Any, ...]) -> ConfigHistoryEntry:
-        load = self.codec.load_json
         return ConfigHistoryEntry(
             id=int(row[0]),
             key=row[1],
             operation=row[2],
-            old_value=load(row[3]),
-            new_value=load(row[4]),
+            old_value=self._load(row[1], "foundation_config_history", row[3]),
+            new_value=self._load(row[1], "foundation_config_history", row[4]),
             revision=int(row[5]),
             changed_at=self.codec.load_ts(row[6]),
             changed_by=row[7],
             correlation_id=row[8],
         )
+
+    def _load(self, key: str, table: str, value: Any) -> Any:
+        try:
+            return self.codec.load_json(value)
+        except ValueError as exc:
+            what = f"the value of config key {key!r}"
+            raise unreadable_json(what, table, exc, ConfigError, key=key) from None

@@ -9,12 +9,20 @@ and works with SQLite's date functions.
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from typing import Any
 
 from foundation.database.url import Backend
 
-__all__ = ["Codec", "codec_for", "load_json_bytes", "scan_json"]
+__all__ = [
+    "Codec",
+    "UnreadableJSON",
+    "codec_for",
+    "load_json_bytes",
+    "scan_json",
+    "unreadable_json",
+]
 
 _scan = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
@@ -31,11 +39,38 @@ def scan_json(text: str) -> Any:
     return result
 
 
+class UnreadableJSON:
+    """What psycopg's loader hands back for a JSON value Python cannot hold: a number of
+    more than 4,300 digits (``int``'s limit), which ``jsonb`` takes from plain SQL
+    (``1e5000`` is kept as its digits). Raised from there by ``Codec.load_json``, where
+    the reader knows the row to name; psycopg would let the loader's ``ValueError``
+    reach the caller from inside a fetch, with no row to say which."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: ValueError) -> None:
+        self.error = error
+
+
 def load_json_bytes(data: str | bytes) -> Any:
     """psycopg's JSON loader on Foundation's connections (``postgres.ADAPTERS``):
     ``json.loads`` of bytes first guesses their encoding, a third of a small value's
     cost; PostgreSQL sends UTF-8."""
-    return scan_json(data.decode() if isinstance(data, bytes) else data)
+    try:
+        return scan_json(data.decode() if isinstance(data, bytes) else data)
+    except ValueError as exc:
+        return UnreadableJSON(exc)
+
+
+def unreadable_json(what: str, table: str, exc: ValueError, error: Any, **context: Any) -> Any:
+    """The error for a JSON value of ``table`` no reader can load: only a hand can have
+    written it (Foundation checks every value it writes), such as a number of more than
+    4,300 digits. ``error``: the service's FoundationError class."""
+    return error(
+        f"{what} in {table} cannot be read ({exc}); written with plain SQL? Replace it "
+        "there with JSON Python can read",
+        context={**context, "table": table},
+    )
 
 
 class Codec:
@@ -43,6 +78,8 @@ class Codec:
 
     @staticmethod
     def load_json(value: Any) -> Any:
+        if type(value) is UnreadableJSON:
+            raise value.error
         return value
 
     @staticmethod
@@ -88,9 +125,23 @@ class SQLiteCodec(Codec):
                 return datetime.fromisoformat(value + "+00:00")
             except ValueError:
                 pass  # written by another hand: below
+        if not _OTHER_TIME.match(value):
+            # Python reads more (``+05``, ``+0500``, week dates, a comma before the
+            # fraction), which the log's SQL reads otherwise (``get(after=...)``, the
+            # audit views): a row only a plain-SQL writer before migration 0014 can have.
+            raise ValueError(
+                f"{value[:60]!r} is not a time of the form "
+                "YYYY-MM-DD[ HH:MM[:SS[.fraction]]][Z|+HH:MM]"
+            )
         parsed = datetime.fromisoformat(value)
         return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
+
+# The forms of a time the log's SQLite trigger takes (migrations 0015 and 0017).
+_OTHER_TIME = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
+    r"(?:[ T][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,9})?)?(?:Z|[+-][0-9]{2}:[0-9]{2})?)?\Z"
+)
 
 _CODECS: dict[Backend, Codec] = {"sqlite": SQLiteCodec(), "postgresql": Codec()}
 

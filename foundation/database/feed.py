@@ -40,6 +40,7 @@ from foundation.database.schema import topic_revisions
 from foundation.database.statements import compile_sql
 from foundation.database.sync import Cursor, _DriverCursor, connect_sqlite, statement_wait_s
 from foundation.database.url import Backend, DatabaseURL
+from foundation.errors import FoundationError
 from foundation.settings import Settings
 
 __all__ = [
@@ -174,6 +175,8 @@ class ChangeFeed:
                 sub.resync(reader)
             except (sqlite3.Error, psycopg.Error):
                 raise  # the feed's connection failed (see _dispatch): reconnect, resync
+            except FoundationError as exc:  # a row no reader can load, say: it says which
+                log.error("change feed subscriber %r failed to resync: %s", sub, exc)
             except Exception:
                 log.exception("change feed subscriber %r failed to resync", sub)
 
@@ -185,6 +188,8 @@ class ChangeFeed:
                 poll(reader) if poll is not None else sub.resync(reader)
             except (sqlite3.Error, psycopg.Error):
                 raise
+            except FoundationError as exc:  # a row no reader can load, say: it says which
+                log.error("change feed subscriber %r failed to poll: %s", sub, exc)
             except Exception:
                 log.exception("change feed subscriber %r failed to poll", sub)
         self.polls += 1

@@ -42,6 +42,20 @@ DEFAULT_LIMIT = 100
 MAX_LIMIT = 10_000
 MAX_TYPES = 100
 
+_CONFIG_CHANGED = "foundation.config.changed"
+# Room in a config change's data beside its old and new values: the key (1,024
+# characters at most, each up to 6 bytes escaped), the operation, the node and revision.
+_CONFIG_EVENT_ROOM = 64 * 1024
+
+
+def _data_limit(type_: str, max_bytes: int) -> int:
+    """The most JSON an event's data may hold: ``max_bytes``, but for the config changes
+    the log records itself (migration 0005's trigger), whose data holds a config value's
+    old and new, each up to ``max_bytes``: one the log holds must store again as it is
+    (``foundation events import`` of an export)."""
+    return 2 * max_bytes + _CONFIG_EVENT_ROOM if type_ == _CONFIG_CHANGED else max_bytes
+
+
 _EVENT_KEYS = frozenset(
     {
         "type",
@@ -326,7 +340,7 @@ def parse_event(event: Any, max_bytes: int) -> NewEvent:
     data_text = encode_json(
         data,
         what=what,
-        max_bytes=max_bytes,
+        max_bytes=_data_limit(type_, max_bytes),
         error=EventError,
         context={**ctx, "field": "data"},
     )

@@ -40,7 +40,13 @@ from foundation._frozen import freeze
 from foundation._json import encode_json, normalize_json, same_json
 from foundation._text import is_utf8
 from foundation._watch import Watch
-from foundation.errors import NotFoundError, StorageUnavailableError, ValidationError
+from foundation.database.codec import unreadable_json
+from foundation.errors import (
+    NotFoundError,
+    StorageError,
+    StorageUnavailableError,
+    ValidationError,
+)
 from foundation.service_registry._dispatch import Dispatcher, RegistryWatchers
 
 __all__ = [
@@ -599,8 +605,8 @@ class RegistryState:
         name, address, metadata, node, gen, epoch, revision, registered_at, expires_at = row
         return ServiceEntry(
             name=name,
-            address=freeze(load_json(address)),
-            metadata=freeze(load_json(metadata)),
+            address=freeze(_loaded(load_json, address, name, "foundation_registry")),
+            metadata=freeze(_loaded(load_json, metadata, name, "foundation_registry")),
             node=node,
             registered_at=load_ts(registered_at),
             epoch=int(epoch),
@@ -802,8 +808,8 @@ class RegistryState:
         return GroupMember(
             group=group,
             member_id=member_id,
-            address=freeze(load_json(address)),
-            metadata=freeze(load_json(metadata)),
+            address=freeze(_loaded(load_json, address, group, "foundation_registry_members")),
+            metadata=freeze(_loaded(load_json, metadata, group, "foundation_registry_members")),
             node=node,
             joined_at=load_ts(joined_at),
             lease=self.lease_for(node, int(gen)),
@@ -988,3 +994,10 @@ class RegistryState:
             changes = [c for c in changes if not self._shadowed(c)]
         if changes:
             self._watchers.notify(changes)
+
+
+def _loaded(load_json: Any, value: Any, name: str, table: str) -> Any:
+    try:
+        return load_json(value)
+    except ValueError as exc:
+        raise unreadable_json(f"the row of {name!r}", table, exc, StorageError, name=name) from None
