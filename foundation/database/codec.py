@@ -90,6 +90,8 @@ class Codec:
     def load_ts(value: Any) -> datetime:
         return value  # type: ignore[no-any-return]
 
+    load_event_ts = load_ts
+
     @staticmethod
     def load_bool(value: Any) -> bool:
         return bool(value)
@@ -125,20 +127,30 @@ class SQLiteCodec(Codec):
                 return datetime.fromisoformat(value + "+00:00")
             except ValueError:
                 pass  # written by another hand: below
-        if not _OTHER_TIME.match(value):
-            # Python reads more (``+05``, ``+0500``, week dates, a comma before the
-            # fraction), which the log's SQL reads otherwise (``get(after=...)``, the
-            # audit views): a row only a plain-SQL writer before migration 0014 can have.
+        parsed = datetime.fromisoformat(value)
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+    @classmethod
+    def load_event_ts(cls, value: Any) -> datetime:
+        """An event's ``recorded_at``: only the forms the log's trigger takes (migrations
+        0015 and 0017). Python reads more (``+05``, ``+0500``, week dates, a comma before
+        the fraction), which the log's SQL reads otherwise (``get(after=...)``, the
+        audit views): a row only a plain-SQL writer before migration 0014 can have."""
+        if len(value) == 26 and value[10] == " " and value[19] == ".":
+            try:
+                return datetime.fromisoformat(value + "+00:00")  # Foundation's own text
+            except ValueError:
+                pass
+        if not _EVENT_TIME.match(value):
             raise ValueError(
                 f"{value[:60]!r} is not a time of the form "
                 "YYYY-MM-DD[ HH:MM[:SS[.fraction]]][Z|+HH:MM]"
             )
-        parsed = datetime.fromisoformat(value)
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        return cls.load_ts(value)
 
 
 # The forms of a time the log's SQLite trigger takes (migrations 0015 and 0017).
-_OTHER_TIME = re.compile(
+_EVENT_TIME = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
     r"(?:[ T][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,9})?)?(?:Z|[+-][0-9]{2}:[0-9]{2})?)?\Z"
 )

@@ -383,7 +383,7 @@ class EventSQL:
                 load(row[6]),
                 row[7],
                 row[8],
-                self.codec.load_ts(row[9]),
+                self.codec.load_event_ts(row[9]),
             )
         except (ValueError, TypeError, OverflowError) as exc:
             raise unreadable_row(row, exc) from None

@@ -22,6 +22,7 @@ from foundation.service_registry._base import (
     NEW_ROW,
     RegistryOptions,
     _Held,
+    _Recovery,
     _RegistryBase,
     log,
 )
@@ -175,18 +176,20 @@ class AsyncServiceRegistry(_RegistryBase):
             await self._recover_locked()
             return False
 
-    async def _recover(self) -> None:
+    async def _recover(self, own: str | None = None) -> None:
         async with self._lock():
-            await self._recover_locked()
+            await self._recover_locked(own)
 
-    async def _recover_locked(self) -> None:
-        if self._closed or (self._lease_valid() and not self._reclaim_pending):
+    async def _recover_locked(self, own: str | None = None) -> None:
+        """As :meth:`ServiceRegistry._recover`."""
+        if self._closed:
             return
-        self._recovering()
-        if not await finish(self._take_lease()):
-            raise self._node_taken()  # another live instance has this node id
+        if not self._lease_valid():
+            self._recovering()
+            if not await finish(self._take_lease()):
+                raise self._node_taken()  # another live instance has this node id
         if self._reclaim_pending:
-            await self._reclaim()
+            await self._reclaim(own)
 
     async def _reclaim_one(self, name: str, held: Any) -> bool:
         # Whole, as _take_lease: True when the name is written again under the new lease.
@@ -223,44 +226,67 @@ class AsyncServiceRegistry(_RegistryBase):
                 break
         return True
 
-    async def _reclaim(self) -> None:
+    async def _reclaim(self, own: str | None = None) -> None:
+        """As :meth:`ServiceRegistry._reclaim`: a name another call is writing is left
+        to it."""
         assert self._lease is not None
-        kept: builtins.list[str] = []
-        pending, lost = self._pending_names()
+        recovery = self._recovery
+        pending, gone = self._pending_names()
+        recovery.lost.update(gone)
+        deferred = False
         for name in pending:
-            held = self._held.get(name)
-            if held is None:
-                continue  # the feed found it lost meanwhile
-            if not self._reclaim_due(name, held):
-                continue  # its own TTL passed meanwhile: expired, not lost
-            if name in self._metadata_in_doubt:
-                owner = await self._db.fetchone(self._sql.select_entry, {"name": name})
-                held = self._landed(name, held, owner)
-            if await finish(self._reclaim_one(name, held)):
-                kept.append(name)
-                continue
-            self._held.pop(name, None)
-            owner = await self._db.fetchone(self._sql.select_entry, {"name": name})
-            entry = None
-            if owner is not None and owner[3] is not None:
-                lease = await self._db.fetchone(self._sql.select_lease, {"node": owner[3]})
-                self._notify(self._owner_lease(lease, owner[3]))
-                entry = self._entry(owner)
-                # Its register (and our registration's expiry) before the loss it caused.
-                self._notify(self._state.apply_entry(entry, name, entry.revision, "remote"))
-            lost[name] = entry
-        for (group, member_id), held in list(self._joined.items()):
-            await finish(self._rejoin(group, member_id, held))
-        self._reclaim_pending = False
-        try:
-            if lost:  # see _report_loss; in a thread, the loop is not held meanwhile
-                await asyncio.to_thread(self._feed_settled, 1.0)
-        finally:
-            self._report_loss(kept, lost)  # cancelled meanwhile too: told
+            lock = None
+            if name != own:
+                lock = self._begin_write(name)
+                if lock.locked():
+                    await self._settle(name, lock, False)
+                    deferred = True
+                    continue
+                await lock.acquire()  # free: taken at once
+            try:
+                await self._reclaim_name(name, recovery)
+            finally:
+                if lock is not None:
+                    await self._settle(name, lock, True)
+        if not recovery.members_done:
+            async with self._members_lock():  # see ServiceRegistry._reclaim
+                for (group, member_id), held in list(self._joined.items()):
+                    await finish(self._rejoin(group, member_id, held))
+            recovery.members_done = True
+        done = self._recovered(deferred)
+        if done is not None:
+            try:
+                if done.lost:  # see _report_loss; in a thread, the loop is not held meanwhile
+                    await asyncio.to_thread(self._feed_settled, 1.0)
+            finally:
+                self._report_loss(done.kept, done.lost)  # cancelled meanwhile too: told
 
-    async def _ensure_lease(self) -> _Lease:
+    async def _reclaim_name(self, name: str, recovery: _Recovery) -> None:
+        held = self._held.get(name)
+        if held is None:
+            return  # the feed found it lost meanwhile, or it was unregistered
+        if not self._reclaim_due(name, held):
+            return  # its own TTL passed meanwhile: expired, not lost
+        if name in self._metadata_in_doubt:
+            owner = await self._db.fetchone(self._sql.select_entry, {"name": name})
+            held = self._landed(name, held, owner)
+        if await finish(self._reclaim_one(name, held)):
+            recovery.kept.append(name)
+            return
+        self._held.pop(name, None)
+        owner = await self._db.fetchone(self._sql.select_entry, {"name": name})
+        entry = None
+        if owner is not None and owner[3] is not None:
+            lease = await self._db.fetchone(self._sql.select_lease, {"node": owner[3]})
+            self._notify(self._owner_lease(lease, owner[3]))
+            entry = self._entry(owner)
+            # Its register (and our registration's expiry) before the loss it caused.
+            self._notify(self._state.apply_entry(entry, name, entry.revision, "remote"))
+        recovery.lost[name] = entry
+
+    async def _ensure_lease(self, own: str | None = None) -> _Lease:
         if not self._lease_valid() or self._reclaim_pending:
-            await self._recover()
+            await self._recover(own)
         assert self._lease is not None
         return self._lease
 
@@ -292,7 +318,7 @@ class AsyncServiceRegistry(_RegistryBase):
             locked = await lock.acquire()
             late = 0
             while True:
-                lease = await self._ensure_lease()
+                lease = await self._ensure_lease(name)
                 entry = await finish(self._register_once(name, held, lease, started))
                 if entry is not None:
                     return entry
@@ -401,6 +427,8 @@ class AsyncServiceRegistry(_RegistryBase):
         locked = False
         try:
             locked = await lock.acquire()
+            if not force and self._held_live(name) is not None:
+                await self._ensure_lease(name)  # see ServiceRegistry.unregister
             await finish(self._unregister_once(name, force, started))
         finally:
             await self._settle(name, lock, locked)
@@ -474,6 +502,7 @@ class AsyncServiceRegistry(_RegistryBase):
         locked = False
         try:
             locked = await lock.acquire()
+            await self._ensure_lease(name)  # see ServiceRegistry.update_metadata
             return await finish(self._update_once(name, meta, text))
         finally:
             await self._settle(name, lock, locked)
@@ -551,15 +580,16 @@ class AsyncServiceRegistry(_RegistryBase):
                 await finish(self._leave_once(group, mid))
 
     async def _leave_once(self, group: str, member_id: str) -> None:
-        # Whole, as _register_once.
-        try:
-            await self._db.fetchone(
-                self._sql.leave, {"group": group, "member": member_id, "node": self._node}
-            )
-        except StorageUnavailableError as exc:
-            self._leave_in_doubt(exc, group, member_id)
-            raise
-        self._left(group, member_id)
+        # Whole, as _register_once; not written again by a recovery once left.
+        async with self._members_lock():
+            try:
+                await self._db.fetchone(
+                    self._sql.leave, {"group": group, "member": member_id, "node": self._node}
+                )
+            except StorageUnavailableError as exc:
+                self._leave_in_doubt(exc, group, member_id)
+                raise
+            self._left(group, member_id)
 
     def watch(
         self, name_or_prefix: Any, callback: Callable[[RegistryChange], Any]

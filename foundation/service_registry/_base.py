@@ -39,7 +39,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -125,6 +125,17 @@ class _Held:
         return _Held(self.address, self.address_text, metadata, text, self.ttl_ms, self.until)
 
 
+@dataclass
+class _Recovery:
+    """A lease recovery's outcome, gathered over its passes: a name another call of this
+    node is writing when a pass reaches it is left to that call, and a later pass (the
+    heartbeat's, or that call's own) takes it; the loss is told once, at the end."""
+
+    kept: builtins.list[str] = field(default_factory=builtins.list)
+    lost: dict[str, ServiceEntry | None] = field(default_factory=dict)
+    members_done: bool = False
+
+
 # What register_new "returns" for the row it wrote (epoch, revision, registered_at): a new
 # row's first epoch and revision; registered_at is the ``now`` the statement carried.
 NEW_ROW = (1, 1, None)
@@ -164,6 +175,7 @@ class _RegistryBase(RegistryFeedSide):
         # and the heartbeat settles nothing in doubt until each has ended.
         self._cut_backends: set[int] = set()
         self._reclaim_pending = False
+        self._recovery = _Recovery()
         # Set while another live instance holds this node id's lease (see the module).
         self._node_conflict: ConfigError | None = None
         self._conflict_retry = 0.0  # monotonic: the next attempt to take the lease
@@ -394,6 +406,7 @@ class _RegistryBase(RegistryFeedSide):
         self._lost_locally()
         if self._lease is not None and self._node_conflict is None:
             self._reclaim_pending = True
+            self._recovery = _Recovery()
 
     def _closed_locally(self) -> None:
         """``close()``, after the release: this node's names are gone, its local ones too
@@ -1006,6 +1019,15 @@ class _RegistryBase(RegistryFeedSide):
     def _judge_after_write(self, name: str) -> None:
         """After this node's write of ``name``: lost meanwhile to another node's change?"""
         self._notify(self._losses([name]))
+
+    def _recovered(self, deferred: bool) -> _Recovery | None:
+        """After a reclaim pass: the recovery's outcome to tell, once no name was left
+        to another call (``deferred``); None while one was."""
+        if deferred:
+            return None
+        self._reclaim_pending = False
+        recovery, self._recovery = self._recovery, _Recovery()
+        return recovery
 
     def _report_loss(self, kept: builtins.list[str], lost: dict[str, ServiceEntry | None]) -> None:
         """Tell a recovery's outcome. A recovery that lost names first waits (at most a

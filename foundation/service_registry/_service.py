@@ -22,6 +22,7 @@ from foundation.service_registry._base import (
     NEW_ROW,
     RegistryOptions,
     _Held,
+    _Recovery,
     _RegistryBase,
     log,
 )
@@ -148,15 +149,18 @@ class ServiceRegistry(_RegistryBase):
             self._recover()
             return False
 
-    def _recover(self) -> None:
+    def _recover(self, own: str | None = None) -> None:
+        """Take a new lease if this one lapsed, then write again what this node held
+        (``own``: a name whose write lock the caller holds)."""
         with self._recover_lock:
-            if self._closed or (self._lease_valid() and not self._reclaim_pending):
+            if self._closed:
                 return
-            self._recovering()
-            if not self._take_lease():
-                raise self._node_taken()  # another live instance has this node id
+            if not self._lease_valid():
+                self._recovering()
+                if not self._take_lease():
+                    raise self._node_taken()  # another live instance has this node id
             if self._reclaim_pending:
-                self._reclaim()
+                self._reclaim(own)
 
     def _take_lease(self) -> bool:
         """Take this node's lease; False when another live instance holds it. Taken again
@@ -172,53 +176,80 @@ class ServiceRegistry(_RegistryBase):
                 break
         return True
 
-    def _reclaim(self) -> None:
-        """Write again what this node held under its new lease; report what is gone."""
-        assert self._lease is not None
-        kept: builtins.list[str] = []
-        pending, lost = self._pending_names()
-        for name in pending:
-            held = self._held.get(name)
-            if held is None:
-                continue  # the feed found it lost meanwhile
-            if not self._reclaim_due(name, held):
-                continue  # its own TTL passed meanwhile: expired, not lost
-            if name in self._metadata_in_doubt:
-                owner = self._db.fetchone(self._sql.select_entry, {"name": name})
-                held = self._landed(name, held, owner)
-            started = time.perf_counter_ns()
-            gen = self._lease.generation
-            params = self._reclaim_params(name, held, gen)
-            row = self._db.fetchone(self._sql.reclaim, params)
-            if row is not None:
-                self._registered(name, held, gen, row, None, started, reclaimed=True)
-                kept.append(name)
-                continue
-            self._held.pop(name, None)
-            owner = self._db.fetchone(self._sql.select_entry, {"name": name})
-            entry = None
-            if owner is not None and owner[3] is not None:
-                lease = self._db.fetchone(self._sql.select_lease, {"node": owner[3]})
-                self._notify(self._owner_lease(lease, owner[3]))
-                entry = self._entry(owner)
-                # Its register (and our registration's expiry) before the loss it caused.
-                self._notify(self._state.apply_entry(entry, name, entry.revision, "remote"))
-            lost[name] = entry
-        for (group, member_id), held in list(self._joined.items()):
-            params = self._join_params(group, member_id, held, self._lease.generation)
-            row = self._db.fetchone(self._sql.join, params)
-            if row is None:
-                self._joined.pop((group, member_id), None)
-            else:
-                self._joined_row(row, held)
-        self._reclaim_pending = False
-        if lost:
-            self._feed_settled(1.0)  # see _report_loss
-        self._report_loss(kept, lost)
+    def _reclaim(self, own: str | None = None) -> None:
+        """Write again what this node held under its new lease; report what is gone.
 
-    def _ensure_lease(self) -> _Lease:
+        Each name under its write lock, taken without waiting: a name another call is
+        writing (an ``unregister`` just after a pause, say) is left to it, as that call
+        may be waiting for this recovery; the call writes it again itself first
+        (``_ensure_lease``) or releases it, and the recovery ends on a later pass.
+        ``own``: the name whose lock the calling thread holds."""
+        assert self._lease is not None
+        recovery = self._recovery
+        pending, gone = self._pending_names()
+        recovery.lost.update(gone)
+        deferred = False
+        for name in pending:
+            lock = None
+            if name != own:
+                lock = self._begin_write(name)
+                if not lock.acquire(blocking=False):
+                    self._settle(name, lock, False)
+                    deferred = True
+                    continue
+            try:
+                self._reclaim_name(name, recovery)
+            finally:
+                if lock is not None:
+                    self._settle(name, lock, True)
+        if not recovery.members_done:
+            with self._members_lock:  # a leave goes first, or after (see leave)
+                for (group, member_id), held in list(self._joined.items()):
+                    params = self._join_params(group, member_id, held, self._lease.generation)
+                    row = self._db.fetchone(self._sql.join, params)
+                    if row is None:
+                        self._joined.pop((group, member_id), None)
+                    else:
+                        self._joined_row(row, held)
+            recovery.members_done = True
+        done = self._recovered(deferred)
+        if done is not None:
+            if done.lost:
+                self._feed_settled(1.0)  # see _report_loss
+            self._report_loss(done.kept, done.lost)
+
+    def _reclaim_name(self, name: str, recovery: _Recovery) -> None:
+        assert self._lease is not None
+        held = self._held.get(name)
+        if held is None:
+            return  # the feed found it lost meanwhile, or it was unregistered
+        if not self._reclaim_due(name, held):
+            return  # its own TTL passed meanwhile: expired, not lost
+        if name in self._metadata_in_doubt:
+            owner = self._db.fetchone(self._sql.select_entry, {"name": name})
+            held = self._landed(name, held, owner)
+        started = time.perf_counter_ns()
+        gen = self._lease.generation
+        row = self._db.fetchone(self._sql.reclaim, self._reclaim_params(name, held, gen))
+        if row is not None:
+            self._registered(name, held, gen, row, None, started, reclaimed=True)
+            recovery.kept.append(name)
+            return
+        self._held.pop(name, None)
+        owner = self._db.fetchone(self._sql.select_entry, {"name": name})
+        entry = None
+        if owner is not None and owner[3] is not None:
+            lease = self._db.fetchone(self._sql.select_lease, {"node": owner[3]})
+            self._notify(self._owner_lease(lease, owner[3]))
+            entry = self._entry(owner)
+            # Its register (and our registration's expiry) before the loss it caused.
+            self._notify(self._state.apply_entry(entry, name, entry.revision, "remote"))
+        recovery.lost[name] = entry
+
+    def _ensure_lease(self, own: str | None = None) -> _Lease:
+        """A live lease, every held name written under it (``own``: see ``_recover``)."""
         if not self._lease_valid() or self._reclaim_pending:
-            self._recover()
+            self._recover(own)
         assert self._lease is not None
         return self._lease
 
@@ -260,7 +291,7 @@ class ServiceRegistry(_RegistryBase):
         try:
             locked = lock.acquire()
             while True:
-                lease = self._ensure_lease()
+                lease = self._ensure_lease(name)
                 gen = lease.generation
                 params, now = self._register_params(name, held, gen)
                 fresh = self._fresh_params(name, params)
@@ -364,6 +395,10 @@ class ServiceRegistry(_RegistryBase):
         locked = False
         try:
             locked = lock.acquire()
+            if not force and self._held_live(name) is not None:
+                # A lapsed lease is recovered first: the name under the new one (or lost),
+                # not left for a recovery to write again once released.
+                self._ensure_lease(name)
             sql, params = self._unregister_statement(name, force)
             try:
                 row = self._db.fetchone(sql, params)
@@ -441,6 +476,7 @@ class ServiceRegistry(_RegistryBase):
         locked = False
         try:
             locked = lock.acquire()
+            self._ensure_lease(name)  # not an entry of a lapsed lease, dead as returned
             held, params = self._update_params(name, text)
             try:
                 row = self._db.fetchone(self._sql.update_metadata, params)
@@ -502,12 +538,13 @@ class ServiceRegistry(_RegistryBase):
         with self._counted({"group": group}):
             for mid in ids:
                 row = {"group": group, "member": mid, "node": self._node}
-                try:
-                    self._db.fetchone(self._sql.leave, row)
-                except StorageUnavailableError as exc:
-                    self._leave_in_doubt(exc, group, mid)
-                    raise
-                self._left(group, mid)
+                with self._members_lock:  # not written again by a recovery once left
+                    try:
+                        self._db.fetchone(self._sql.leave, row)
+                    except StorageUnavailableError as exc:
+                        self._leave_in_doubt(exc, group, mid)
+                        raise
+                    self._left(group, mid)
 
     def watch(
         self, name_or_prefix: Any, callback: Callable[[RegistryChange], Any]

@@ -1,0 +1,161 @@
+"""Review 13, registry, on SQLite and PostgreSQL: a node back from a pause past its TTL.
+
+* Its first ``update_metadata`` returns the live entry under the new lease (its new
+  epoch), not the lapsed one, dead as returned and superseded a moment later.
+* An ``unregister`` or ``leave`` that runs while the lease recovery writes the node's
+  names and members again stays done: the recovery does not write them back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import pytest
+
+from foundation import FoundationError
+from tests.helpers import async_wait_for, wait_for
+from tests.test_registry import node, stop_heartbeat
+from tests.test_registry_async import freeze
+from tests.test_registry_review3 import anode
+
+
+def test_update_metadata_after_a_lapse_returns_the_live_entry(db_url: str) -> None:
+    with node(db_url) as a, node(db_url) as b:
+        reg = a.service_registry
+        first = reg.register("svc", "addr", {"v": 0})
+        stop_heartbeat(a)
+        wait_for(lambda: not reg.owns("svc"), timeout=5)
+        entry = reg.update_metadata("svc", {"v": 1})  # the first call after the pause
+        assert entry.alive
+        assert entry.epoch == first.epoch + 1
+        assert entry.metadata == {"v": 1}
+        # b sees the name written again under the new lease, then its new metadata
+        wait_for(lambda: b.service_registry.find("svc") == entry)
+
+
+async def test_async_update_metadata_after_a_lapse_returns_the_live_entry(db_url: str) -> None:
+    async with anode(db_url) as a:
+        reg = a.service_registry
+        first = await reg.register("svc", "addr", {"v": 0})
+        await freeze(a)
+        await async_wait_for(lambda: not reg.owns("svc"), timeout=5)
+        entry = await reg.update_metadata("svc", {"v": 1})
+        assert entry.alive
+        assert entry.epoch == first.epoch + 1
+        assert reg.lookup("svc").metadata == {"v": 1}
+
+
+def _during_the_recovery(
+    monkeypatch: pytest.MonkeyPatch, reg: Any, statement: str, key: str, value: str, call: Any
+) -> list[Any]:
+    """Run ``call`` on another thread when the recovery is about to write ``value`` again
+    (``statement`` with ``params[key] == value``), and give it a second to end first, as
+    a thread of the application would. Its outcome: None, or the error it raised."""
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append(call())
+        except FoundationError as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=run)
+    fetchone = reg._db.fetchone
+
+    def hooked(sql: str, params: Any = None) -> Any:
+        if sql == statement and params and params.get(key) == value and not worker.ident:
+            worker.start()
+            worker.join(1.0)  # it waits for the recovery's write of that name: go on
+        return fetchone(sql, params)
+
+    monkeypatch.setattr(reg._db, "fetchone", hooked)
+    assert reg.heartbeat() is False  # the lease lapsed: recovered, names written again
+    worker.join(10)
+    assert worker.ident and not worker.is_alive()
+    reg.heartbeat()  # a later pass ends the recovery, if a name was left to the call
+    return outcome
+
+
+def test_an_unregister_during_the_recovery_is_not_undone(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with node(db_url) as a, node(db_url) as b:
+        reg = a.service_registry
+        reg.register("gone", "addr")
+        reg.register("kept", "addr")
+        stop_heartbeat(a)
+        wait_for(lambda: not reg.owns("gone"), timeout=5)
+        outcome = _during_the_recovery(
+            monkeypatch, reg, reg._sql.reclaim, "name", "gone", lambda: reg.unregister("gone")
+        )
+        assert outcome == [None]
+        assert reg.find("gone") is None
+        assert reg.owns("kept")
+        wait_for(lambda: b.service_registry.find("kept") is not None)
+        reg.heartbeat()
+        wait_for(lambda: b.service_registry.find("gone") is None)
+        assert a.database.fetchone(
+            "SELECT count(*) FROM foundation_registry WHERE name = 'gone' AND node_id IS NOT NULL"
+        ) == (0,)
+
+
+def test_a_leave_during_the_recovery_is_not_undone(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with node(db_url) as a, node(db_url) as b:
+        reg = a.service_registry
+        reg.register("kept", "addr")
+        reg.join("g", "addr", member_id="m1")
+        reg.join("g", "addr", member_id="m2")
+        stop_heartbeat(a)
+        wait_for(lambda: not reg.owns("kept"), timeout=5)
+        outcome = _during_the_recovery(
+            monkeypatch, reg, reg._sql.join, "member", "m1", lambda: reg.leave("g", "m1")
+        )
+        assert outcome == [None]
+        assert [m.member_id for m in reg.members("g")] == ["m2"]
+        wait_for(lambda: [m.member_id for m in b.service_registry.members("g")] == ["m2"])
+        assert a.database.fetchone(
+            "SELECT count(*) FROM foundation_registry_members WHERE member_id = 'm1'"
+        ) == (0,)
+
+
+async def test_async_an_unregister_and_a_leave_during_the_recovery_are_not_undone(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with anode(db_url) as a:
+        reg = a.service_registry
+        await reg.register("gone", "addr")
+        await reg.register("kept", "addr")
+        await reg.join("g", "addr", member_id="m1")
+        await freeze(a)
+        await async_wait_for(lambda: not reg.owns("gone"), timeout=5)
+        calls: dict[str, asyncio.Task[None]] = {}
+        fetchone = reg._db.fetchone
+
+        async def hooked(sql: str, params: Any = None) -> Any:
+            for statement, key, value, call in (
+                (reg._sql.reclaim, "name", "gone", lambda: reg.unregister("gone")),
+                (reg._sql.join, "member", "m1", lambda: reg.leave("g", "m1")),
+            ):
+                if sql == statement and params and params.get(key) == value and value not in calls:
+                    calls[value] = task = asyncio.create_task(call())
+                    # it waits for the recovery's write of that name or member: go on
+                    await asyncio.wait({task}, timeout=1.0)
+            return await fetchone(sql, params)
+
+        monkeypatch.setattr(reg._db, "fetchone", hooked)
+        assert await reg.heartbeat() is False
+        assert set(calls) == {"gone", "m1"}
+        await asyncio.gather(*calls.values())  # neither raised
+        await reg.heartbeat()
+        assert reg.find("gone") is None
+        assert reg.owns("kept")
+        assert reg.members("g") == []
+        for sql in (
+            "SELECT count(*) FROM foundation_registry WHERE name = 'gone' AND node_id IS NOT NULL",
+            "SELECT count(*) FROM foundation_registry_members WHERE member_id = 'm1'",
+        ):
+            assert await a.database.fetchone(sql) == (0,)
