@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from foundation import FoundationError
+from foundation import Foundation, FoundationError
+from foundation.errors import StorageUnavailableError
 from tests.helpers import async_wait_for, wait_for
 from tests.test_registry import node, stop_heartbeat
 from tests.test_registry_async import freeze
@@ -159,3 +160,21 @@ async def test_async_an_unregister_and_a_leave_during_the_recovery_are_not_undon
             "SELECT count(*) FROM foundation_registry_members WHERE member_id = 'm1'",
         ):
             assert await a.database.fetchone(sql) == (0,)
+
+
+def test_a_leave_that_had_no_connection_leaves_the_member_joined(pg_url: str) -> None:
+    """As an unregister that had none: never sent, nothing in doubt, still a member (the
+    heartbeat removed it as if the leave might have landed)."""
+    with Foundation(pg_url, pool_min_size=1, pool_max_size=1, connect_timeout_s=0.5) as fdn:
+        registry = fdn.service_registry
+        registry.join("g", "a", member_id="m1")
+        with fdn.database.connection():  # the pool's one connection, held
+            with pytest.raises(StorageUnavailableError, match="could be had in time"):
+                registry.leave("g", "m1")
+        assert [m.member_id for m in registry.members("g")] == ["m1"]
+        registry.heartbeat()  # settles what is in doubt: nothing here
+        assert [m.member_id for m in registry.members("g")] == ["m1"]
+        with Foundation(pg_url, migrate="skip") as other:
+            assert [m.member_id for m in other.service_registry.members("g")] == ["m1"]
+        registry.leave("g", "m1")  # the retry the caller makes
+        assert registry.members("g") == []

@@ -44,6 +44,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from foundation._json import same_json
+from foundation.database.errors import never_sent
 from foundation.errors import (
     AlreadyRegisteredError,
     ConfigError,
@@ -957,7 +958,10 @@ class _RegistryBase(RegistryFeedSide):
     def _leave_in_doubt(self, exc: FoundationError, group: str, member_id: str) -> None:
         """A leave that failed on the connection (its reply lost after the commit, maybe):
         the member is no longer this node's to rejoin after a lease recovery, and the
-        heartbeat removes it (the leave the caller asked for, done); a retry may too."""
+        heartbeat removes it (the leave the caller asked for, done); a retry may too.
+        One never sent (no connection could be had) left nothing in doubt: still joined."""
+        if never_sent(exc):
+            return
         pid = self._cut_backend(exc)
         if pid is not None:
             self._cut_backends.add(pid)

@@ -144,7 +144,8 @@ class ServiceEntry:
     """A registered name: where the service is, who holds it, and its fencing epoch.
 
     ``expires_at`` is the owner's lease expiry (it moves forward with each heartbeat), or
-    the entry's own TTL if that comes first; ``None`` for a local entry. ``epoch``
+    the entry's own TTL if that comes first; for a local entry, its TTL's end (``None``
+    without one). ``epoch``
     increases on every registration of the name cluster-wide: pass it downstream as a
     fencing token. ``address`` and ``metadata`` are read-only (a dict or list refuses
     changes: the cache shares them; ``copy.deepcopy`` gives a private copy), but for a
