@@ -6,6 +6,7 @@ named errors of their row; ``subscribe()`` once an ``AsyncFoundation``'s close b
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import uuid
 from pathlib import Path
@@ -21,6 +22,7 @@ from foundation.database import migrate
 from foundation.database.url import DatabaseURL
 from foundation.errors import ConfigError, EventError, StorageError, StorageUnavailableError
 from tests.conftest import fresh_postgres
+from tests.helpers import wait_for
 
 HUGE = "1" + "0" * 5000  # jsonb keeps 1e5000 as these digits; int() stops at 4,300
 
@@ -160,11 +162,33 @@ def test_a_number_python_cannot_hold_in_config_or_registry_is_named(db_url: str)
         assert reg_err.value.context == {"name": "svc", "table": "foundation_registry"}
 
 
+def test_pg_the_feed_tells_a_row_no_reader_can_load_in_one_line(
+    pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with Foundation(pg_url) as fdn:
+        fdn.config.set("port", 1)
+        _plain(pg_url, f"UPDATE foundation_config SET value = '{HUGE}' WHERE key = 'port'")
+
+        def told() -> list[logging.LogRecord]:
+            return [r for r in caplog.records if r.name == "foundation.feed"]
+
+        wait_for(lambda: len(told()) >= 2)  # the key's notification, and its event's
+        assert all(r.exc_info is None for r in told()), [r.getMessage() for r in told()]
+        assert any("config key 'port'" in r.getMessage() for r in told())
+        assert fdn.config.get("port") == 1  # the cache keeps what it could read
+
+
 # -- 3. SQLite: a time the log's rules refuse, from before migration 0014 --------------
 
 
 @pytest.mark.parametrize(
-    "text", ["2026-11-30T12:00:00+05", "2026-11-30 12:00:00.123+0500", "2026-11-30T12:00:00,5"]
+    "text",
+    [
+        "2026-11-30T12:00:00+05",
+        "2026-11-30 12:00:00.123+0500",
+        "2026-11-30T12:00:00,5",
+        "2026-W01-1 10:00:00.123456",  # a week date, 26 characters as Foundation's own
+    ],
 )
 def test_sqlite_a_time_in_a_form_the_rules_refuse_names_its_event(
     tmp_path: Path, text: str
@@ -253,3 +277,26 @@ def test_sqlite_0018_downgrade_restores_0001s_trigger(tmp_path: Path) -> None:
     assert "ORDER BY h.id DESC LIMIT 1" in trigger()
     migrate.downgrade(url, "0017")
     assert trigger() == before
+
+
+def test_a_config_key_is_not_renamed_with_plain_sql(db_url: str) -> None:
+    """A rename left the old key's history open (a new key of that name read its last value
+    as its old one): refused, naming the way to do it."""
+    with Foundation(db_url) as fdn:
+        fdn.config.set("a", 5)
+    driver_error = (sqlite3.Error, psycopg.Error)
+    with pytest.raises(driver_error, match="a key is not renamed; delete it and set the new"):
+        _plain(db_url, "UPDATE foundation_config SET key = 'z' WHERE key = 'a'")
+    _plain(db_url, "UPDATE foundation_config SET key = 'a', value = '6' WHERE key = 'a'")
+    with Foundation(db_url) as fdn:
+        assert fdn.config.get("a") == 6
+        assert (5, 6) in [(h.old_value, h.new_value) for h in fdn.config.history("a")]
+
+
+def test_0018_downgrade_allows_renames_again(empty_db_url: str) -> None:
+    migrate.upgrade(empty_db_url)
+    migrate.downgrade(empty_db_url, "0017")
+    with Foundation(empty_db_url, migrate="skip") as fdn:
+        fdn.config.set("a", 5)
+    _plain(empty_db_url, "UPDATE foundation_config SET key = 'z' WHERE key = 'a'")
+    migrate.upgrade(empty_db_url)

@@ -178,3 +178,64 @@ def test_a_leave_that_had_no_connection_leaves_the_member_joined(pg_url: str) ->
             assert [m.member_id for m in other.service_registry.members("g")] == ["m1"]
         registry.leave("g", "m1")  # the retry the caller makes
         assert registry.members("g") == []
+
+
+async def test_async_a_recovery_never_waits_for_a_name_a_woken_call_takes(db_url: str) -> None:
+    """A name's lock just released, the next writer woken but not yet run: not locked(),
+    yet acquire() queues behind that writer, which waits for the recovery in turn (the
+    registry hung for good). The recovery leaves such a name to its writer."""
+    async with anode(db_url) as a:
+        reg = a.service_registry
+        await reg.register("a_first", "addr")
+        await reg.register("x", "addr")
+        await freeze(a)
+        gate, held = asyncio.Event(), []
+        fetchone = reg._db.fetchone
+
+        async def hooked(sql: str, params: Any = None) -> Any:
+            row = await fetchone(sql, params)
+            name = params.get("name") if isinstance(params, dict) else None
+            if (sql == reg._sql.update_metadata and name == "x") or (
+                sql == reg._sql.reclaim and name == "a_first"
+            ):
+                held.append(name)
+                await gate.wait()  # both replies arrive in the same turn of the loop
+            return row
+
+        reg._db.fetchone = hooked  # type: ignore[method-assign]
+        slow = asyncio.create_task(reg.update_metadata("x", {"v": 0}))  # its reply is slow
+        await async_wait_for(lambda: held == ["x"])
+        await async_wait_for(lambda: not reg.owns("x"), timeout=5)  # the lease lapses
+        waiting = asyncio.create_task(reg.update_metadata("x", {"v": 1}))  # for x's lock
+        recovering = asyncio.create_task(reg.register("c_new", "addr"))
+        await async_wait_for(lambda: len(held) == 2)
+        gate.set()
+        done, pending = await asyncio.wait([slow, waiting, recovering], timeout=10)
+        assert not pending, "the registry hung"
+        assert all(t.exception() is None for t in done)
+        assert reg.lookup("x").metadata == {"v": 1}
+        assert reg.owns("c_new") and reg.owns("a_first")
+
+
+def test_the_owners_forced_unregister_after_a_lapse_stays_done(db_url: str) -> None:
+    with node(db_url) as a:
+        reg = a.service_registry
+        reg.register("x", "addr")
+        stop_heartbeat(a)
+        wait_for(lambda: not reg.owns("x"), timeout=5)
+        reg.unregister("x", force=True)  # recovers first: the name, not a lapsed row
+        reg.register("other", "addr")  # any later call (or the heartbeat) recovers
+        assert not reg.owns("x") and reg.find("x") is None
+        sql = "SELECT count(*) FROM foundation_registry WHERE name = 'x' AND node_id IS NOT NULL"
+        assert a.database.fetchone(sql) == (0,)
+
+
+async def test_async_the_owners_forced_unregister_after_a_lapse_stays_done(db_url: str) -> None:
+    async with anode(db_url) as a:
+        reg = a.service_registry
+        await reg.register("x", "addr")
+        await freeze(a)
+        await async_wait_for(lambda: not reg.owns("x"), timeout=5)
+        await reg.unregister("x", force=True)
+        await reg.register("other", "addr")
+        assert not reg.owns("x") and reg.find("x") is None

@@ -136,7 +136,12 @@ class SQLiteCodec(Codec):
         0015 and 0017). Python reads more (``+05``, ``+0500``, week dates, a comma before
         the fraction), which the log's SQL reads otherwise (``get(after=...)``, the
         audit views): a row only a plain-SQL writer before migration 0014 can have."""
-        if len(value) == 26 and value[10] == " " and value[19] == ".":
+        if (
+            len(value) == 26
+            and value[4] == value[7] == "-"
+            and value[10] == " "
+            and value[19] == "."
+        ):
             try:
                 return datetime.fromisoformat(value + "+00:00")  # Foundation's own text
             except ValueError:

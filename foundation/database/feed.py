@@ -411,6 +411,8 @@ class PostgresFeed(ChangeFeed):
                 # prepared on it stale): reconnect and resync, rather than go on silent
                 # and out of date while reporting itself connected.
                 raise
+            except FoundationError as exc:  # a row no reader can load, say: it says which
+                log.error("change feed subscriber failed on %r: %s", payload, exc)
             except Exception:
                 log.exception("change feed subscriber failed on %r", payload)
 

@@ -232,17 +232,17 @@ class AsyncServiceRegistry(_RegistryBase):
         assert self._lease is not None
         recovery = self._recovery
         pending, gone = self._pending_names()
-        recovery.lost.update(gone)
+        recovery.lose(gone)
         deferred = False
         for name in pending:
             lock = None
             if name != own:
                 lock = self._begin_write(name)
-                if lock.locked():
+                if not _free(lock):
                     await self._settle(name, lock, False)
                     deferred = True
                     continue
-                await lock.acquire()  # free: taken at once
+                await lock.acquire()  # free: taken at once, without a wait
             try:
                 await self._reclaim_name(name, recovery)
             finally:
@@ -271,7 +271,7 @@ class AsyncServiceRegistry(_RegistryBase):
             owner = await self._db.fetchone(self._sql.select_entry, {"name": name})
             held = self._landed(name, held, owner)
         if await finish(self._reclaim_one(name, held)):
-            recovery.kept.append(name)
+            recovery.keep(name)
             return
         self._held.pop(name, None)
         owner = await self._db.fetchone(self._sql.select_entry, {"name": name})
@@ -282,7 +282,7 @@ class AsyncServiceRegistry(_RegistryBase):
             entry = self._entry(owner)
             # Its register (and our registration's expiry) before the loss it caused.
             self._notify(self._state.apply_entry(entry, name, entry.revision, "remote"))
-        recovery.lost[name] = entry
+        recovery.lose({name: entry})
 
     async def _ensure_lease(self, own: str | None = None) -> _Lease:
         if not self._lease_valid() or self._reclaim_pending:
@@ -427,7 +427,7 @@ class AsyncServiceRegistry(_RegistryBase):
         locked = False
         try:
             locked = await lock.acquire()
-            if not force and self._held_live(name) is not None:
+            if self._held_live(name) is not None:
                 await self._ensure_lease(name)  # see ServiceRegistry.unregister
             await finish(self._unregister_once(name, force, started))
         finally:
@@ -644,3 +644,11 @@ class AsyncServiceRegistry(_RegistryBase):
             await self._dispatcher.close(timeout=1.0)  # delivers what is queued, within that second
         finally:  # also when cancelled: a second close() returns at once
             self._state.refusal = CLOSED  # nothing keeps the cache fresh
+
+
+def _free(lock: asyncio.Lock) -> bool:
+    """Whether ``lock.acquire()`` takes it at once: not held, and no waiter queued for it.
+    A lock just released with a waiter woken but not yet run is not locked(), yet
+    acquire() queues behind that waiter (which may wait for the recovery in turn)."""
+    waiters = getattr(lock, "_waiters", None)  # asyncio.Lock's own queue
+    return not lock.locked() and not any(not w.cancelled() for w in waiters or ())

@@ -136,6 +136,14 @@ class _Recovery:
     lost: dict[str, ServiceEntry | None] = field(default_factory=dict)
     members_done: bool = False
 
+    def keep(self, name: str) -> None:
+        if name not in self.kept:  # (kept under an earlier lease of this recovery)
+            self.kept.append(name)
+
+    def lose(self, lost: dict[str, ServiceEntry | None]) -> None:
+        self.lost.update(lost)
+        self.kept = [name for name in self.kept if name not in lost]
+
 
 # What register_new "returns" for the row it wrote (epoch, revision, registered_at): a new
 # row's first epoch and revision; registered_at is the ``now`` the statement carried.
@@ -406,8 +414,10 @@ class _RegistryBase(RegistryFeedSide):
         reports them with the kept ones, as one loss)."""
         self._lost_locally()
         if self._lease is not None and self._node_conflict is None:
+            if not self._reclaim_pending:
+                self._recovery = _Recovery()  # else the unfinished one's outcome carries on
+            self._recovery.members_done = False  # written again under each new lease
             self._reclaim_pending = True
-            self._recovery = _Recovery()
 
     def _closed_locally(self) -> None:
         """``close()``, after the release: this node's names are gone, its local ones too

@@ -187,7 +187,7 @@ class ServiceRegistry(_RegistryBase):
         assert self._lease is not None
         recovery = self._recovery
         pending, gone = self._pending_names()
-        recovery.lost.update(gone)
+        recovery.lose(gone)
         deferred = False
         for name in pending:
             lock = None
@@ -233,7 +233,7 @@ class ServiceRegistry(_RegistryBase):
         row = self._db.fetchone(self._sql.reclaim, self._reclaim_params(name, held, gen))
         if row is not None:
             self._registered(name, held, gen, row, None, started, reclaimed=True)
-            recovery.kept.append(name)
+            recovery.keep(name)
             return
         self._held.pop(name, None)
         owner = self._db.fetchone(self._sql.select_entry, {"name": name})
@@ -244,7 +244,7 @@ class ServiceRegistry(_RegistryBase):
             entry = self._entry(owner)
             # Its register (and our registration's expiry) before the loss it caused.
             self._notify(self._state.apply_entry(entry, name, entry.revision, "remote"))
-        recovery.lost[name] = entry
+        recovery.lose({name: entry})
 
     def _ensure_lease(self, own: str | None = None) -> _Lease:
         """A live lease, every held name written under it (``own``: see ``_recover``)."""
@@ -395,7 +395,7 @@ class ServiceRegistry(_RegistryBase):
         locked = False
         try:
             locked = lock.acquire()
-            if not force and self._held_live(name) is not None:
+            if self._held_live(name) is not None:  # with force too: this node's name
                 # A lapsed lease is recovered first: the name under the new one (or lost),
                 # not left for a recovery to write again once released.
                 self._ensure_lease(name)

@@ -1,4 +1,5 @@
-"""SQLite: a plain-SQL ``REPLACE INTO foundation_config`` records the value it replaced.
+"""SQLite: a plain-SQL ``REPLACE INTO foundation_config`` records the value it replaced;
+a config key is not renamed.
 
 Revision ID: 0018
 Revises: 0017
@@ -10,7 +11,13 @@ INSERT trigger wrote the change as ``old = NULL``, and the ``foundation.config.c
 event of 0005 with it, though the key held a value. The INSERT trigger now takes ``old``
 from the key's latest history row, whose ``new_value`` is the value the key held (NULL
 for a new key, or one deleted: the history records every change, by any hand). The
-history's ``(key, id)`` index finds it. PostgreSQL has no ``REPLACE``: nothing to do.
+history's ``(key, id)`` index finds it. PostgreSQL has no ``REPLACE``.
+
+That history is the key's whole story only if a key is never renamed: ``UPDATE
+foundation_config SET key = 'b' WHERE key = 'a'`` recorded a change of ``b`` (its old
+value ``a``'s) and nothing of ``a``, so a new ``a`` would have read ``a``'s last value as
+its old one. A key is an identity (watchers, history, the change events name it): a
+rename is refused on both databases, naming the way to do it (delete, then set).
 """
 
 import importlib.util
@@ -48,15 +55,47 @@ def _insert_of_0001() -> str:
     return text
 
 
+SQLITE_NO_RENAME = """
+    CREATE TRIGGER foundation_config_no_rename BEFORE UPDATE OF key ON foundation_config
+    WHEN OLD.key IS NOT NEW.key
+    BEGIN
+        SELECT RAISE(ABORT, 'foundation_config: a key is not renamed; delete it and set the new key');
+    END
+"""  # noqa: E501 (a message SQLite takes as one literal)
+
+PG_NO_RENAME = [
+    """
+    CREATE FUNCTION foundation_config_no_rename() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        RAISE EXCEPTION 'foundation_config: a key is not renamed; delete it and set the new key (%, to %)',
+            OLD.key, NEW.key USING ERRCODE = 'check_violation';
+    END
+    $$
+    """,  # noqa: E501 (a message PL/pgSQL takes as one literal)
+    """
+    CREATE TRIGGER foundation_config_no_rename
+        BEFORE UPDATE OF key ON foundation_config
+        FOR EACH ROW WHEN (OLD.key IS DISTINCT FROM NEW.key)
+        EXECUTE FUNCTION foundation_config_no_rename()
+    """,
+]
+
+
 def upgrade() -> None:
     if op.get_bind().dialect.name != "sqlite":
+        for statement in PG_NO_RENAME:
+            op.execute(statement)
         return
     op.execute("DROP TRIGGER foundation_config_audit_insert")
     op.execute(_insert_of_0001().replace(_OLD_NULL, _OLD_HELD))
+    op.execute(SQLITE_NO_RENAME)
 
 
 def downgrade() -> None:
     if op.get_bind().dialect.name != "sqlite":
+        op.execute("DROP TRIGGER foundation_config_no_rename ON foundation_config")
+        op.execute("DROP FUNCTION foundation_config_no_rename()")
         return
+    op.execute("DROP TRIGGER foundation_config_no_rename")
     op.execute("DROP TRIGGER foundation_config_audit_insert")
     op.execute(_insert_of_0001())
