@@ -239,3 +239,13 @@ async def test_async_the_owners_forced_unregister_after_a_lapse_stays_done(db_ur
         await reg.unregister("x", force=True)
         await reg.register("other", "addr")
         assert not reg.owns("x") and reg.find("x") is None
+
+
+def test_a_second_register_by_the_holder_says_so(fdn: Foundation) -> None:
+    reg = fdn.service_registry
+    reg.register("a", "x", {"v": 1})
+    for address, metadata in (("x", {"v": 1}), ("y", {"v": 1})):
+        with pytest.raises(FoundationError, match=r"by this node at 'x'.*update_metadata") as err:
+            reg.register("a", address, metadata)
+        assert err.value.code == "already_registered"
+        assert err.value.context["owner"] == fdn.settings.node_id

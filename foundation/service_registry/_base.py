@@ -680,6 +680,11 @@ class _RegistryBase(RegistryFeedSide):
         if entry is not None:
             context.update(owner=entry.node, address=entry.address, epoch=entry.epoch)
             who = f" by node {entry.node!r} at {entry.address!r}"
+            if entry.node == self._node:  # as a second register of one name in Elixir
+                who = (
+                    f" by this node at {entry.address!r} (update_metadata changes its "
+                    "metadata; unregister it to register it anew)"
+                )
         return self._refused_conflict(f"{name!r} is already registered{who}", context)
 
     def _refused_conflict(self, message: str, context: dict[str, Any]) -> AlreadyRegisteredError:

@@ -264,7 +264,9 @@ class ServiceRegistry(_RegistryBase):
         *,
         local: bool = False,
     ) -> ServiceEntry:
-        """Hold ``name`` cluster-wide, or raise ``already_registered`` naming the owner.
+        """Hold ``name`` cluster-wide, or raise ``already_registered`` naming the owner
+        (this node as well: a name is registered once, whatever the values, as in the
+        original; ``update_metadata`` changes the metadata).
 
         A name whose owner's lease expired is taken over in one atomic statement; the
         returned entry's ``epoch`` is the new fencing token. ``ttl`` (ms or timedelta)
