@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -249,3 +250,97 @@ def test_a_second_register_by_the_holder_says_so(fdn: Foundation) -> None:
             reg.register("a", address, metadata)
         assert err.value.code == "already_registered"
         assert err.value.context["owner"] == fdn.settings.node_id
+
+
+def _resume(reg: Any) -> None:
+    """Start the heartbeat again (SIGCONT), after stop_heartbeat."""
+    reg._stop = threading.Event()
+    reg._thread = threading.Thread(target=reg._run, daemon=True)
+    reg._thread.start()
+
+
+def _slow_update(reg: Any, name: str, seconds: float) -> threading.Event:
+    """The next update_metadata of ``name`` takes ``seconds`` (a row lock, a slow server)
+    once the returned event is set."""
+    slow, fetchone = threading.Event(), reg._db.fetchone
+
+    def hooked(sql: str, params: Any = None) -> Any:
+        if slow.is_set() and sql == reg._sql.update_metadata and params["name"] == name:
+            slow.clear()
+            time.sleep(seconds)
+        return fetchone(sql, params)
+
+    reg._db.fetchone = hooked
+    return slow
+
+
+def test_the_new_lease_is_renewed_while_a_slow_write_holds_the_recovery(db_url: str) -> None:
+    """A name left to its writer, slower than the TTL: the heartbeat renews the new lease
+    meanwhile (it only ran the recovery's passes: the lease lapsed again every TTL)."""
+    with node(db_url) as a, node(db_url) as b:
+        reg = a.service_registry
+        reg.register("n0", "addr")
+        reg.register("x", "addr", {"v": 0})
+        seen: list[str] = []
+        b.service_registry.watch("n0", lambda change: seen.append(change.kind))
+        stop_heartbeat(a)
+        _slow_update(reg, "x", 3.0).set()
+        writer = threading.Thread(target=reg.update_metadata, args=("x", {"v": 1}))
+        writer.start()
+        wait_for(lambda: not reg.owns("n0"), timeout=5)  # lapsed
+        _resume(reg)
+        writer.join(10)
+        wait_for(lambda: reg.owns("x") and reg.lookup("x").metadata == {"v": 1})
+        assert reg.lease_generation == 2 and reg.lease_losses == 1  # one lapse, one lease
+        time.sleep(0.5)  # what b sees settles
+        assert seen == ["register", "expired", "register"]
+
+
+def test_a_name_lost_then_registered_again_during_a_recovery_ends_held(db_url: str) -> None:
+    """The recovery stays open (a name left to its slow writer) while the node learns of
+    a takeover, and registers the name again once it is free: its watchers end on that
+    register (the loss was told at the recovery's end, after it)."""
+    with node(db_url, registry_ttl_ms=3000) as a, node(db_url, registry_ttl_ms=3000) as b:
+        reg = a.service_registry
+        reg.register("x", "a-x")
+        reg.register("y", "a-y", {"v": 0})
+        started = time.monotonic()
+        seen: list[tuple[str, bool]] = []
+        reg.watch("x", lambda c: seen.append((c.kind, bool(c.entry and c.entry.node == reg.node))))
+        stop_heartbeat(a)
+        _slow_update(reg, "y", 5.0).set()
+        writer = threading.Thread(target=reg.update_metadata, args=("y", {"v": 1}))
+        writer.start()
+        time.sleep(max(0.0, started + 3.3 - time.monotonic()))  # past the TTL
+        b.service_registry.register("x", "b-x")  # taken over
+        _resume(reg)
+        time.sleep(0.5)
+        b.service_registry.unregister("x")
+        time.sleep(0.2)
+        reg.register("x", "a-x2")  # before the recovery ends
+        writer.join(10)
+        time.sleep(1.0)  # the recovery's end, and what it tells
+        assert reg.owns("x") and reg.lookup("x").address == "a-x2"
+        assert seen[-1] == ("register", True), seen  # no lost after it
+        assert seen.count(("lost", False)) == 1, seen
+
+
+def test_update_metadata_answered_after_a_lapse_returns_the_live_entry(db_url: str) -> None:
+    with node(db_url) as a:
+        reg = a.service_registry
+        first = reg.register("x", "addr", {"v": 0})
+        fetchone, once = reg._db.fetchone, [True]
+
+        def lapse_meanwhile(sql: str, params: Any = None) -> Any:
+            if once[0] and sql == reg._sql.update_metadata:
+                once[0] = False
+                stop_heartbeat(a)
+                wait_for(lambda: not reg.owns("x"), timeout=5)
+                _resume(reg)
+            return fetchone(sql, params)
+
+        reg._db.fetchone = lapse_meanwhile  # type: ignore[method-assign]
+        entry = reg.update_metadata("x", {"v": 1})
+        assert entry.alive and entry.epoch == first.epoch + 1
+        assert entry.metadata == {"v": 1}
+        assert reg.lookup("x") == entry

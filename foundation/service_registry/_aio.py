@@ -129,10 +129,12 @@ class AsyncServiceRegistry(_RegistryBase):
                         continue
                     await self._recover()
                     next_beat = time.monotonic() + beat
-                elif self._reclaim_pending:
+                    continue
+                if self._reclaim_pending:  # see ServiceRegistry._run
                     async with self._lock():
-                        await self._reclaim()
-                elif time.monotonic() >= next_beat:
+                        if self._reclaim_pending and self._lease_valid():
+                            await self._reclaim()
+                if time.monotonic() >= next_beat:
                     started = time.monotonic()
                     if await self.heartbeat():
                         next_beat = started + beat
@@ -231,8 +233,7 @@ class AsyncServiceRegistry(_RegistryBase):
         to it."""
         assert self._lease is not None
         recovery = self._recovery
-        pending, gone = self._pending_names()
-        recovery.lose(gone)
+        pending, lost = self._pending_names()
         deferred = False
         for name in pending:
             lock = None
@@ -244,7 +245,7 @@ class AsyncServiceRegistry(_RegistryBase):
                     continue
                 await lock.acquire()  # free: taken at once, without a wait
             try:
-                await self._reclaim_name(name, recovery)
+                await self._reclaim_name(name, recovery, lost)
             finally:
                 if lock is not None:
                     await self._settle(name, lock, True)
@@ -253,15 +254,18 @@ class AsyncServiceRegistry(_RegistryBase):
                 for (group, member_id), held in list(self._joined.items()):
                     await finish(self._rejoin(group, member_id, held))
             recovery.members_done = True
+        if lost:
+            try:  # see _report_loss; in a thread, the loop is not held meanwhile
+                await asyncio.to_thread(self._feed_settled, 1.0)
+            finally:
+                self._lost_now(lost)  # cancelled meanwhile too: told
         done = self._recovered(deferred)
         if done is not None:
-            try:
-                if done.lost:  # see _report_loss; in a thread, the loop is not held meanwhile
-                    await asyncio.to_thread(self._feed_settled, 1.0)
-            finally:
-                self._report_loss(done.kept, done.lost)  # cancelled meanwhile too: told
+            self._report_loss(done.kept, done.lost, told=True)
 
-    async def _reclaim_name(self, name: str, recovery: _Recovery) -> None:
+    async def _reclaim_name(
+        self, name: str, recovery: _Recovery, lost: dict[str, ServiceEntry | None]
+    ) -> None:
         held = self._held.get(name)
         if held is None:
             return  # the feed found it lost meanwhile, or it was unregistered
@@ -282,7 +286,7 @@ class AsyncServiceRegistry(_RegistryBase):
             entry = self._entry(owner)
             # Its register (and our registration's expiry) before the loss it caused.
             self._notify(self._state.apply_entry(entry, name, entry.revision, "remote"))
-        recovery.lose({name: entry})
+        lost[name] = entry
 
     async def _ensure_lease(self, own: str | None = None) -> _Lease:
         if not self._lease_valid() or self._reclaim_pending:
@@ -502,8 +506,15 @@ class AsyncServiceRegistry(_RegistryBase):
         locked = False
         try:
             locked = await lock.acquire()
-            await self._ensure_lease(name)  # see ServiceRegistry.update_metadata
-            return await finish(self._update_once(name, meta, text))
+            late = 0
+            while True:  # see ServiceRegistry.update_metadata
+                lease = await self._ensure_lease(name)
+                if late and (entry := self._updated_since(name, lease, meta)) is not None:
+                    return entry
+                entry = await finish(self._update_once(name, meta, text))
+                if self._lease is lease and self._lease_valid():
+                    return entry
+                late = self._too_late(name, late, "update_metadata")
         finally:
             await self._settle(name, lock, locked)
 

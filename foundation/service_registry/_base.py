@@ -137,6 +137,7 @@ class _Recovery:
     members_done: bool = False
 
     def keep(self, name: str) -> None:
+        self.lost.pop(name, None)  # (registered again since, and kept under a new lease)
         if name not in self.kept:  # (kept under an earlier lease of this recovery)
             self.kept.append(name)
 
@@ -258,14 +259,14 @@ class _RegistryBase(RegistryFeedSide):
     def lease_generation(self) -> int | None:
         return None if self._lease is None else self._lease.generation
 
-    def _too_late(self, name: str, late: int) -> int:
-        """A register written again: its lease changed meanwhile (a recovery, this call's
-        or the heartbeat's), or ran out while its statement waited. Three times in a row
-        is a database slower than the lease: ``storage_unavailable`` (the heartbeat
-        settles what was written)."""
+    def _too_late(self, name: str, late: int, call: str = "register") -> int:
+        """A register (or update_metadata) written again: its lease changed meanwhile (a
+        recovery, this call's or the heartbeat's), or ran out while its statement waited.
+        Three times in a row is a database slower than the lease: ``storage_unavailable``
+        (the heartbeat settles what was written)."""
         if late >= 2:
             raise StorageUnavailableError(
-                f"register of {name!r}: the database answered after this node's lease "
+                f"{call} of {name!r}: the database answered after this node's lease "
                 f"({self.options.ttl_ms} ms) had run out, three times",
                 context={"name": name, "ttl_ms": self.options.ttl_ms},
             )
@@ -479,6 +480,15 @@ class _RegistryBase(RegistryFeedSide):
             raise self._not_held(name)
         params = {"name": name, "node": self._node, "gen": self._lease.generation}
         return held, {**params, "metadata": text, **self._sql.clock()}
+
+    def _updated_since(self, name: str, lease: _Lease, meta: Any) -> ServiceEntry | None:
+        """This node's live entry of ``name`` under ``lease`` holding ``meta``: an
+        update_metadata answered after the lease lapsed, once the recovery wrote the name
+        again with that metadata (nothing to write a second time)."""
+        entry = self._state.live_entry(name)
+        if entry is None or entry.node != self._node or entry.lease is not lease:
+            return None
+        return entry if same_json(entry.metadata, meta) else None
 
     def _metadata_updated(
         self, name: str, held: _Held, meta: Any, text: str, row: tuple[Any, ...] | None
@@ -1048,7 +1058,16 @@ class _RegistryBase(RegistryFeedSide):
         recovery, self._recovery = self._recovery, _Recovery()
         return recovery
 
-    def _report_loss(self, kept: builtins.list[str], lost: dict[str, ServiceEntry | None]) -> None:
+    def _lost_now(self, lost: dict[str, ServiceEntry | None]) -> None:
+        """A recovery pass's losses, told to watchers as the pass finds them (a name this
+        node registers again before the recovery ends comes after its ``lost``); the
+        recovery's ``lease_lost`` sums them up at its end."""
+        self._recovery.lose(lost)
+        self._notify([RegistryChange(name, "lost", owner, "local") for name, owner in lost.items()])
+
+    def _report_loss(
+        self, kept: builtins.list[str], lost: dict[str, ServiceEntry | None], *, told: bool = False
+    ) -> None:
         """Tell a recovery's outcome. A recovery that lost names first waits (at most a
         second, ``_feed_settled``) for a feed pass under way: the feed may have put a new
         owner's row in the cache (the recovery then found nothing to tell) and not yet
@@ -1059,7 +1078,10 @@ class _RegistryBase(RegistryFeedSide):
             {"lost": len(lost), "kept": len(kept)},
             {"node": self._node, "lost": sorted(lost), "kept": sorted(kept)},
         )
-        self._notify([RegistryChange(name, "lost", owner, "local") for name, owner in lost.items()])
+        if not told:  # (a recovery's were, pass by pass: _lost_now)
+            self._notify(
+                [RegistryChange(name, "lost", owner, "local") for name, owner in lost.items()]
+            )
 
     def _emit(self, event: tuple[str, ...], started: int, metadata: dict[str, Any]) -> None:
         self._telemetry.execute(

@@ -107,10 +107,14 @@ class ServiceRegistry(_RegistryBase):
                         continue
                     self._recover()
                     next_beat = time.monotonic() + beat
-                elif self._reclaim_pending:
+                    continue
+                if self._reclaim_pending:  # a name left to its writer: another pass
                     with self._recover_lock:
-                        self._reclaim()
-                elif time.monotonic() >= next_beat:
+                        if self._reclaim_pending and self._lease_valid():
+                            self._reclaim()
+                # Renewed meanwhile all the same: a writer slower than the TTL must not
+                # make the new lease lapse too.
+                if time.monotonic() >= next_beat:
                     started = time.monotonic()
                     if self.heartbeat():
                         next_beat = started + beat
@@ -186,8 +190,7 @@ class ServiceRegistry(_RegistryBase):
         ``own``: the name whose lock the calling thread holds."""
         assert self._lease is not None
         recovery = self._recovery
-        pending, gone = self._pending_names()
-        recovery.lose(gone)
+        pending, lost = self._pending_names()
         deferred = False
         for name in pending:
             lock = None
@@ -198,7 +201,7 @@ class ServiceRegistry(_RegistryBase):
                     deferred = True
                     continue
             try:
-                self._reclaim_name(name, recovery)
+                self._reclaim_name(name, recovery, lost)
             finally:
                 if lock is not None:
                     self._settle(name, lock, True)
@@ -212,13 +215,16 @@ class ServiceRegistry(_RegistryBase):
                     else:
                         self._joined_row(row, held)
             recovery.members_done = True
+        if lost:
+            self._feed_settled(1.0)  # see _report_loss
+            self._lost_now(lost)
         done = self._recovered(deferred)
         if done is not None:
-            if done.lost:
-                self._feed_settled(1.0)  # see _report_loss
-            self._report_loss(done.kept, done.lost)
+            self._report_loss(done.kept, done.lost, told=True)
 
-    def _reclaim_name(self, name: str, recovery: _Recovery) -> None:
+    def _reclaim_name(
+        self, name: str, recovery: _Recovery, lost: dict[str, ServiceEntry | None]
+    ) -> None:
         assert self._lease is not None
         held = self._held.get(name)
         if held is None:
@@ -244,7 +250,7 @@ class ServiceRegistry(_RegistryBase):
             entry = self._entry(owner)
             # Its register (and our registration's expiry) before the loss it caused.
             self._notify(self._state.apply_entry(entry, name, entry.revision, "remote"))
-        recovery.lose({name: entry})
+        lost[name] = entry
 
     def _ensure_lease(self, own: str | None = None) -> _Lease:
         """A live lease, every held name written under it (``own``: see ``_recover``)."""
@@ -478,20 +484,30 @@ class ServiceRegistry(_RegistryBase):
         locked = False
         try:
             locked = lock.acquire()
-            self._ensure_lease(name)  # not an entry of a lapsed lease, dead as returned
-            held, params = self._update_params(name, text)
-            try:
-                row = self._db.fetchone(self._sql.update_metadata, params)
-            except StorageUnavailableError as exc:
-                row = self._lost_write(
-                    exc,
-                    name,
-                    self._judge_lost_update(meta, params["gen"]),
-                    lambda: self._update_in_doubt(name, meta, text),
-                )
-                if row is None:
-                    raise
-            return self._metadata_updated(name, held, meta, text, row)
+            late = 0
+            while True:
+                # Not an entry of a lapsed lease, dead as returned: recovered first.
+                lease = self._ensure_lease(name)
+                if late and (entry := self._updated_since(name, lease, meta)) is not None:
+                    return entry
+                held, params = self._update_params(name, text)
+                try:
+                    row = self._db.fetchone(self._sql.update_metadata, params)
+                except StorageUnavailableError as exc:
+                    row = self._lost_write(
+                        exc,
+                        name,
+                        self._judge_lost_update(meta, params["gen"]),
+                        lambda: self._update_in_doubt(name, meta, text),
+                    )
+                    if row is None:
+                        raise
+                entry = self._metadata_updated(name, held, meta, text, row)
+                if self._lease is lease and self._lease_valid():
+                    return entry
+                # The lease lapsed while the statement ran: the recovery (the next turn)
+                # writes the name again with this metadata.
+                late = self._too_late(name, late, "update_metadata")
         finally:
             self._settle(name, lock, locked)
 
