@@ -125,7 +125,7 @@ def test_nan_and_infinity_are_not_json_in_files_or_the_environment(
     for name, text in (("app.json", '{"ratio": NaN}'), ("app.toml", "[x]\nratio = nan\n")):
         path = tmp_path / name
         path.write_text(text)
-        with pytest.raises(ConfigError, match=r"NaN is not JSON|nan or inf, which is not JSON"):
+        with pytest.raises(ConfigError, match=r"NaN is not JSON|NaN and Infinity are not JSON"):
             Foundation(url, config_file=path)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sqlite3
 import uuid
 from pathlib import Path
@@ -300,3 +301,38 @@ def test_0018_downgrade_allows_renames_again(empty_db_url: str) -> None:
         fdn.config.set("a", 5)
     _plain(empty_db_url, "UPDATE foundation_config SET key = 'z' WHERE key = 'a'")
     migrate.upgrade(empty_db_url)
+
+
+# -- 6. config: a file's or the environment's value is held to set()'s rules ----------
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ('{"ratio": 1e400}', "NaN and Infinity are not JSON"),  # reads as inf
+        ('{"name": "\\ud800"}', "lone surrogate"),  # no UTF-8 text: the CLI crashed on it
+    ],
+)
+def test_a_config_file_value_set_would_refuse_is_a_config_error(
+    db_url: str, tmp_path: Path, text: str, reason: str
+) -> None:
+    path = tmp_path / "app.json"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=reason) as err:
+        Foundation(db_url, config_file=str(path))
+    assert err.value.context["file"] == str(path)
+    assert err.value.context["key"] in ("ratio", "name")
+
+
+def test_an_environment_value_set_would_refuse_is_a_config_error(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FOUNDATION_CONFIG__LIMIT", "1e999")  # JSON, but inf: its text
+    monkeypatch.setenv("FOUNDATION_CONFIG__RATIO", "1e99")
+    with Foundation(db_url) as fdn:
+        assert (fdn.config.get("limit"), fdn.config.get("ratio")) == ("1e999", 1e99)
+    # bytes that are not UTF-8 (Python gives them as lone surrogates)
+    monkeypatch.setattr(os, "environ", {**os.environ, "FOUNDATION_CONFIG__NAME": "caf\udce9"})
+    with pytest.raises(ConfigError, match=r"FOUNDATION_CONFIG__NAME.*lone surrogate") as err:
+        Foundation(db_url)
+    assert err.value.context["variable"] == "FOUNDATION_CONFIG__NAME"

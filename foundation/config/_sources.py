@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -11,9 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from foundation._json import encode_json
 from foundation.errors import ConfigError
 
 __all__ = ["EnvValue", "env_key", "env_layer", "parse_env_value", "read_env", "read_file"]
+
+_NO_LIMIT = 2**62  # a file's or variable's size is its owner's: set()'s limit is not asked
 
 
 def read_file(path: Path) -> dict[str, Any]:
@@ -49,7 +51,7 @@ def read_file(path: Path) -> dict[str, Any]:
                 f"config file {path} must hold a JSON object at the top",
                 context={"file": str(path), "line": 1},
             )
-        return data
+        return _storable_file(path, data)
     if path.suffix.lower() != ".toml":
         raise ConfigError(
             f"config file {path} must end in .toml or .json", context={"file": str(path)}
@@ -62,29 +64,25 @@ def read_file(path: Path) -> dict[str, Any]:
             f"config file {path} is not valid TOML: {exc}",
             context={"file": str(path), "line": line},
         ) from None
+    return _storable_file(path, data)
+
+
+def _storable_file(path: Path, data: dict[str, Any]) -> dict[str, Any]:
+    """Each key's value held to set()'s rules: JSON every reader takes. TOML has nan and
+    inf; a JSON number such as 1e400 reads as inf; an escape such as \\ud800 is a lone
+    surrogate (no UTF-8 text, the CLI could not print it)."""
     for key, value in data.items():
-        if _has_non_finite(value):
-            # TOML has nan and inf; a config value is JSON (as set() refuses them).
-            raise ConfigError(
-                f"config file {path}: key {key!r} holds nan or inf, which is not JSON",
-                context={"file": str(path), "key": key},
-            )
+        _storable(value, f"config file {path}: key {key!r}", {"file": str(path), "key": key})
     return data
+
+
+def _storable(value: Any, what: str, context: dict[str, Any]) -> None:
+    encode_json(value, what=what, max_bytes=_NO_LIMIT, error=ConfigError, context=context)
 
 
 def _not_json(constant: str) -> Any:
     # json.loads takes NaN, Infinity and -Infinity by default; JSON has none of them.
     raise ValueError(f"{constant} is not JSON")
-
-
-def _has_non_finite(value: Any) -> bool:
-    if isinstance(value, float):
-        return not math.isfinite(value)
-    if isinstance(value, dict):
-        return any(_has_non_finite(v) for v in value.values())
-    if isinstance(value, list):
-        return any(_has_non_finite(v) for v in value)
-    return False
 
 
 def _toml_line(message: str) -> int | None:
@@ -120,6 +118,19 @@ def parse_env_value(raw: str) -> Any:
         return raw
 
 
+def _env_value(name: str, raw: str) -> Any:
+    """``parse_env_value``, held to set()'s rules: JSON no database takes (``1e999``
+    reads as inf) is the text itself, as ``NaN`` is; a variable whose bytes are not UTF-8
+    (lone surrogates, Python's surrogateescape) is refused."""
+    value = parse_env_value(raw)
+    try:
+        _storable(value, f"environment variable {name}", {"variable": name})
+    except ConfigError:
+        _storable(raw, f"environment variable {name}", {"variable": name})
+        return raw
+    return value
+
+
 @dataclass(frozen=True)
 class EnvValue:
     """One config key as the environment gives it."""
@@ -150,14 +161,14 @@ def env_layer(
             nested.setdefault(parts[0], []).append((parts[1:], name, raw))
     out: dict[str, EnvValue] = {}
     for key, (name, raw) in whole.items():
-        out[key] = EnvValue(parse_env_value(raw), raw, name)
+        out[key] = EnvValue(_env_value(name, raw), raw, name)
     for key, entries in nested.items():
         # Both trees start from the same base (a whole JSON variable is already parsed).
         base: Any = out[key].value if key in out else file_values.get(key)
         value, text = _copy_tree(base), _copy_tree(base)
         names = [out[key].names] if key in out else []
         for path, name, raw in entries:
-            value = _put(value, path, parse_env_value(raw))
+            value = _put(value, path, _env_value(name, raw))
             text = _put(text, path, raw)
             names.append(name)
         out[key] = EnvValue(value, text, ",".join(names))
