@@ -287,8 +287,11 @@ def breaker(q: Any, params: Params) -> Check:
         elif (old, new) == ("open", "half_open"):
             ok = open_until is not None and at >= open_until and new_tok is not None
         elif (old, new) == ("half_open", "half_open"):
-            # A second probe only once the first one's lease is over.
-            ok = probe_until is not None and at >= probe_until and new_tok != old_tok
+            # The probe extending its claim while it runs; a second probe only once the
+            # first one's lease is over.
+            ok = new_tok == old_tok or (
+                probe_until is not None and at >= probe_until and new_tok != old_tok
+            )
         else:
             ok = (old, new) in (("half_open", "closed"), ("half_open", "open"))
         if not ok:

@@ -19,6 +19,7 @@ from foundation.circuit_breaker._base import (
     _BreakerCore,
     _BreakersBase,
     _now_local,
+    log,
 )
 from foundation.circuit_breaker._logic import (
     CLOSED,
@@ -63,9 +64,12 @@ class AsyncBreaker(_BreakerCore):
         timeout = self.options.timeout_ms
         started = time.perf_counter()
         cm: Any = None
+        keeper: asyncio.Task[None] | None = None
         try:
             result = fn(*args, **kwargs)
             if inspect.isawaitable(result):
+                if token is not None:  # see CircuitBreakers._keep_probe
+                    keeper = asyncio.create_task(self._svc._keep_probe(self, token))
                 if timeout is None:
                     result = await result
                 else:
@@ -73,6 +77,8 @@ class AsyncBreaker(_BreakerCore):
                     async with cm:
                         result = await result
         except BaseException as exc:
+            if keeper is not None:
+                keeper.cancel()
             if cm is not None and cm.expired() and isinstance(exc, builtins.TimeoutError):
                 await self._svc._outcome(self, token, False)
                 raise self._svc._timed_out(self, time.perf_counter() - started) from None
@@ -81,6 +87,8 @@ class AsyncBreaker(_BreakerCore):
             elif isinstance(exc, Exception) and (token is not None or (row and row.failures)):
                 await self._svc._outcome(self, token, True)
             raise
+        if keeper is not None:
+            keeper.cancel()
         if timeout is not None and cm is None:  # a plain function: judged as in the sync face
             elapsed = time.perf_counter() - started
             if elapsed * 1000 > timeout:
@@ -209,6 +217,27 @@ class AsyncCircuitBreakers(_BreakersBase):
             self._returned(core.name, found[1:])
         current = self._shared.get(core.name, row)
         raise self._rejected(core, current, admission(current, self._now())[1])
+
+    async def _keep_probe(self, core: _BreakerCore, token: str) -> None:
+        """As :meth:`CircuitBreakers._keep_probe`, while the coroutine is awaited (one
+        with no ``timeout`` may run past its lease)."""
+        every = core.options.probe_lease_ms / 2000
+        while True:
+            await asyncio.sleep(every)
+            try:
+                if not await self._extend_probe(core, token):
+                    return
+            except FoundationError as exc:
+                log.warning("breaker %r: could not extend its probe (%s)", core.name, exc)
+
+    async def _extend_probe(self, core: _BreakerCore, token: str) -> bool:
+        if core.options.scope == "local":
+            return self._extend_local(core, token)
+        assert self._db is not None and self._sql is not None
+        params = self._params(core.name, token=token, lease=core.options.probe_lease_ms)
+        row = await self._db.fetchone(self._sql.extend, params)
+        self._returned(core.name, row)
+        return row is not None
 
     async def _outcome(self, core: _BreakerCore, token: str | None, ok: bool) -> None:
         if not ok:

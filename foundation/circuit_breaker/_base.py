@@ -8,7 +8,11 @@ trips, the one half-open probe and its outcome are single conditional statements
 (:mod:`._store`). On PostgreSQL every time comparison is made on the database's clock:
 the statements use it, and each answer carries it, so a node keeps the offset between
 its own clock and the database's and judges "is a probe due yet" on the database's
-time. ``scope="local"``: the same transitions on an in-memory row.
+time. ``scope="local"``: the same transitions on an in-memory row. The probe's claim is
+a lease (``timeout``, or ``reset_timeout`` without one, and a second): renewed every half
+lease while the probe runs (by a thread for a plain function, a task while a coroutine
+is awaited), so a probe that runs long is still the only one; a caller that dies
+mid-probe leaves it to the next caller once the lease ends.
 
 Timeouts. An ``async`` function is cancelled when it runs past ``timeout``. A
 synchronous function cannot be interrupted in Python: it runs to completion in the
@@ -26,7 +30,11 @@ caller once its lease ends.
 If the database cannot be reached while an outcome is recorded, the function's own
 result or exception wins: the error is logged and emitted as
 ``foundation.circuit_breaker.storage_error``. A probe that cannot be claimed is refused
-(``circuit_open``): a breaker fails closed while it is already open.
+(``circuit_open``): a breaker fails closed while it is already open. So while the
+database is down a shared breaker that is closed stays closed (its failures are not
+recorded), and each failed recording first waits for a connection (``connect_timeout_s``
+on PostgreSQL, ``sqlite_busy_timeout_ms`` on SQLite): a dependency that fails with the
+database guard it with ``scope="local"``, which needs none.
 
 After ``close()`` a shared breaker raises ``storage_unavailable`` without calling the
 function (as every other service of a closed instance does: that is a bug in the caller,
@@ -383,6 +391,14 @@ class _BreakersBase:
             raise self._rejected(core, row, admission(row, _now_local())[1])
         self._transition(core.name, "local", row, new, "local")
         return token
+
+    def _extend_local(self, core: _BreakerCore, token: str) -> bool:
+        with self._lock:
+            row = self._local.get(core.name, CLOSED_ROW)
+            new = logic.extend_probe(row, token, _now_local(), core.options)
+            if new is not None:
+                self._local[core.name] = new
+        return new is not None
 
     def _outcome_local(self, core: _BreakerCore, token: str | None, ok: bool) -> None:
         now = _now_local()

@@ -261,6 +261,15 @@ def claim_probe(
     )
 
 
+def extend_probe(
+    row: BreakerRow, token: str, now_ms: int, options: BreakerOptions
+) -> BreakerRow | None:
+    """The probe ``token`` still running: its claim for another lease (None if not held)."""
+    if row.state != HALF_OPEN or row.probe_token != token:
+        return None
+    return replace(row, probe_until_ms=now_ms + options.probe_lease_ms, revision=row.revision + 1)
+
+
 def probe_done(
     row: BreakerRow, token: str, ok: bool, now_ms: int, options: BreakerOptions
 ) -> BreakerRow | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -17,6 +18,7 @@ from foundation.circuit_breaker._base import (
     _BreakerCore,
     _BreakersBase,
     _now_local,
+    log,
 )
 from foundation.circuit_breaker._logic import (
     CLOSED,
@@ -60,14 +62,19 @@ class Breaker(_BreakerCore):
             token = self._svc._admit(self, row)
         timeout = self.options.timeout_ms
         started = time.perf_counter()
+        keeper = None if token is None else self._svc._keep_probe(self, token)
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
+            if keeper is not None:
+                keeper.set()
             if isinstance(exc, self._failures):
                 self._svc._outcome(self, token, False)
             elif isinstance(exc, Exception) and (token is not None or (row and row.failures)):
                 self._svc._outcome(self, token, True)
             raise
+        if keeper is not None:
+            keeper.set()
         if inspect.iscoroutine(result):  # its outcome would escape the breaker
             result.close()
             raise self._async_refused(fn)
@@ -208,6 +215,34 @@ class CircuitBreakers(_BreakersBase):
         current = row if found is None else (self._returned(core.name, found[1:]) or row)
         current = self._shared.get(core.name, current)
         raise self._rejected(core, current, admission(current, self._now())[1])
+
+    def _keep_probe(self, core: _BreakerCore, token: str) -> threading.Event:
+        """Keep the probe's claim while ``fn`` runs (a function cannot be stopped, and one
+        past its lease let another caller probe too): renewed every half lease, by a
+        thread of its own, until the returned event is set."""
+        done = threading.Event()
+        every = core.options.probe_lease_ms / 2000
+
+        def keep() -> None:
+            while not done.wait(every):
+                try:
+                    if not self._extend_probe(core, token):
+                        return  # no longer this caller's (a reset, say)
+                except FoundationError as exc:
+                    log.warning("breaker %r: could not extend its probe (%s)", core.name, exc)
+
+        name = f"foundation-breaker-probe-{core.name}"[:60]
+        threading.Thread(target=keep, name=name, daemon=True).start()
+        return done
+
+    def _extend_probe(self, core: _BreakerCore, token: str) -> bool:
+        if core.options.scope == "local":
+            return self._extend_local(core, token)
+        assert self._db is not None and self._sql is not None
+        params = self._params(core.name, token=token, lease=core.options.probe_lease_ms)
+        row = self._db.fetchone(self._sql.extend, params)
+        self._returned(core.name, row)
+        return row is not None
 
     def _outcome(self, core: _BreakerCore, token: str | None, ok: bool) -> None:
         if not ok:

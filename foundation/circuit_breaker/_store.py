@@ -65,6 +65,7 @@ class BreakerSQL:
     failure: str
     success: str
     claim: str
+    extend: str
     probe_ok: str
     probe_failed: str
     reset: str
@@ -135,6 +136,13 @@ class BreakerSQL:
             .returning(*returning)
         )
         probe = (name, t.c.state == _s("half_open"), t.c.probe_token == sa.bindparam("token"))
+        # A probe still running (a sync function cannot be stopped) keeps its claim.
+        extend = (
+            sa.update(t)
+            .where(*probe)
+            .values(probe_until_ms=now + _p("lease"), **stamp)
+            .returning(*returning)
+        )
         closed_values = {
             "state": _s("closed"),
             "failures": _c(0),
@@ -185,6 +193,7 @@ class BreakerSQL:
             failure=compile_sql(failure, backend),
             success=compile_sql(success, backend),
             claim=compile_sql(claim, backend),
+            extend=compile_sql(extend, backend),
             probe_ok=compile_sql(probe_ok, backend),
             probe_failed=compile_sql(probe_failed, backend),
             reset=compile_sql(reset, backend),

@@ -254,6 +254,8 @@ class Config(_ConfigBase):
         """Call ``callback(change)`` after each change of a key (``"db.*"``: prefix, ``"*"``: all).
 
         Local changes call it in the thread that made them; remote ones in the feed's thread.
+        So when several threads set one key at once, their calls may come in another order
+        than the changes: read ``get(key)`` for the latest value, not the last ``new``.
         """
         return self._state.watch(key_or_prefix, callback)
 
