@@ -344,3 +344,45 @@ def test_update_metadata_answered_after_a_lapse_returns_the_live_entry(db_url: s
         assert entry.alive and entry.epoch == first.epoch + 1
         assert entry.metadata == {"v": 1}
         assert reg.lookup("x") == entry
+
+
+def test_a_loss_found_by_a_recovery_pass_that_then_fails_is_told(db_url: str) -> None:
+    with node(db_url) as a, node(db_url) as b:
+        reg = a.service_registry
+        lease_lost: list[tuple[list[str], list[str]]] = []
+        a.telemetry.attach(
+            "lease-lost",
+            ("foundation", "registry", "lease_lost"),
+            lambda event, measurements, metadata, config: lease_lost.append(
+                (metadata["lost"], metadata["kept"])
+            ),
+        )
+        reg.register("x", "a-x")
+        reg.register("y", "a-y")
+        seen: list[tuple[str, str]] = []
+        reg.watch("*", lambda change: seen.append((change.name, change.kind)))
+        stop_heartbeat(a)
+        wait_for(lambda: not reg.owns("x"), timeout=5)
+        wait_for(lambda: _takes(b, "x"), timeout=5)  # b takes x over once a's lease ends
+        fetchone, failed = reg._db.fetchone, []
+
+        def once_unavailable(sql: str, params: Any = None) -> Any:
+            if not failed and sql == reg._sql.reclaim and params["name"] == "y":
+                failed.append(True)  # after x was found lost in the same pass
+                raise StorageUnavailableError("injected: connection reset")
+            return fetchone(sql, params)
+
+        reg._db.fetchone = once_unavailable  # type: ignore[method-assign]
+        _resume(reg)
+        wait_for(lambda: lease_lost != [], timeout=10)
+        assert failed and ("x", "lost") in seen
+        assert lease_lost == [(["x"], ["y"])]
+        assert reg.owns("y") and not reg.owns("x")
+
+
+def _takes(fdn: Foundation, name: str) -> bool:
+    try:
+        fdn.service_registry.register(name, "b")
+    except FoundationError:
+        return False
+    return True

@@ -233,39 +233,40 @@ class AsyncServiceRegistry(_RegistryBase):
         to it."""
         assert self._lease is not None
         recovery = self._recovery
-        pending, lost = self._pending_names()
+        pending, gone = self._pending_names()
+        recovery.lose(gone)
         deferred = False
-        for name in pending:
-            lock = None
-            if name != own:
-                lock = self._begin_write(name)
-                if not _free(lock):
-                    await self._settle(name, lock, False)
-                    deferred = True
-                    continue
-                await lock.acquire()  # free: taken at once, without a wait
-            try:
-                await self._reclaim_name(name, recovery, lost)
-            finally:
-                if lock is not None:
-                    await self._settle(name, lock, True)
-        if not recovery.members_done:
-            async with self._members_lock():  # see ServiceRegistry._reclaim
-                for (group, member_id), held in list(self._joined.items()):
-                    await finish(self._rejoin(group, member_id, held))
-            recovery.members_done = True
-        if lost:
-            try:  # see _report_loss; in a thread, the loop is not held meanwhile
-                await asyncio.to_thread(self._feed_settled, 1.0)
-            finally:
-                self._lost_now(lost)  # cancelled meanwhile too: told
+        try:
+            for name in pending:
+                lock = None
+                if name != own:
+                    lock = self._begin_write(name)
+                    if not _free(lock):
+                        await self._settle(name, lock, False)
+                        deferred = True
+                        continue
+                    await lock.acquire()  # free: taken at once, without a wait
+                try:
+                    await self._reclaim_name(name, recovery)
+                finally:
+                    if lock is not None:
+                        await self._settle(name, lock, True)
+            if not recovery.members_done:
+                async with self._members_lock():  # see ServiceRegistry._reclaim
+                    for (group, member_id), held in list(self._joined.items()):
+                        await finish(self._rejoin(group, member_id, held))
+                recovery.members_done = True
+        finally:
+            if untold := self._take_untold(recovery):
+                try:  # see _report_loss; in a thread, the loop is not held meanwhile
+                    await asyncio.to_thread(self._feed_settled, 1.0)
+                finally:
+                    self._tell_lost(untold)  # cancelled meanwhile too: told
         done = self._recovered(deferred)
         if done is not None:
             self._report_loss(done.kept, done.lost, told=True)
 
-    async def _reclaim_name(
-        self, name: str, recovery: _Recovery, lost: dict[str, ServiceEntry | None]
-    ) -> None:
+    async def _reclaim_name(self, name: str, recovery: _Recovery) -> None:
         held = self._held.get(name)
         if held is None:
             return  # the feed found it lost meanwhile, or it was unregistered
@@ -286,7 +287,7 @@ class AsyncServiceRegistry(_RegistryBase):
             entry = self._entry(owner)
             # Its register (and our registration's expiry) before the loss it caused.
             self._notify(self._state.apply_entry(entry, name, entry.revision, "remote"))
-        lost[name] = entry
+        recovery.lose({name: entry})
 
     async def _ensure_lease(self, own: str | None = None) -> _Lease:
         if not self._lease_valid() or self._reclaim_pending:

@@ -134,15 +134,20 @@ class _Recovery:
 
     kept: builtins.list[str] = field(default_factory=builtins.list)
     lost: dict[str, ServiceEntry | None] = field(default_factory=dict)
+    untold: dict[str, ServiceEntry | None] = field(default_factory=dict)  # lost, not told
     members_done: bool = False
 
     def keep(self, name: str) -> None:
         self.lost.pop(name, None)  # (registered again since, and kept under a new lease)
+        self.untold.pop(name, None)
         if name not in self.kept:  # (kept under an earlier lease of this recovery)
             self.kept.append(name)
 
     def lose(self, lost: dict[str, ServiceEntry | None]) -> None:
+        """Recorded as soon as found (forgotten by the node already: a pass that fails
+        after must not lose the report)."""
         self.lost.update(lost)
+        self.untold.update(lost)
         self.kept = [name for name in self.kept if name not in lost]
 
 
@@ -1058,11 +1063,15 @@ class _RegistryBase(RegistryFeedSide):
         recovery, self._recovery = self._recovery, _Recovery()
         return recovery
 
-    def _lost_now(self, lost: dict[str, ServiceEntry | None]) -> None:
-        """A recovery pass's losses, told to watchers as the pass finds them (a name this
-        node registers again before the recovery ends comes after its ``lost``); the
-        recovery's ``lease_lost`` sums them up at its end."""
-        self._recovery.lose(lost)
+    def _take_untold(self, recovery: _Recovery) -> dict[str, ServiceEntry | None]:
+        """A recovery pass's losses not told yet, told at the end of the pass that found
+        them (a name this node registers again before the recovery ends comes after its
+        ``lost``), or of the next one if that pass failed; the recovery's ``lease_lost``
+        sums them up at its end."""
+        untold, recovery.untold = recovery.untold, {}
+        return untold
+
+    def _tell_lost(self, lost: dict[str, ServiceEntry | None]) -> None:
         self._notify([RegistryChange(name, "lost", owner, "local") for name, owner in lost.items()])
 
     def _report_loss(
@@ -1078,7 +1087,7 @@ class _RegistryBase(RegistryFeedSide):
             {"lost": len(lost), "kept": len(kept)},
             {"node": self._node, "lost": sorted(lost), "kept": sorted(kept)},
         )
-        if not told:  # (a recovery's were, pass by pass: _lost_now)
+        if not told:  # (a recovery's were, pass by pass: _tell_lost)
             self._notify(
                 [RegistryChange(name, "lost", owner, "local") for name, owner in lost.items()]
             )

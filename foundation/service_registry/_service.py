@@ -190,41 +190,43 @@ class ServiceRegistry(_RegistryBase):
         ``own``: the name whose lock the calling thread holds."""
         assert self._lease is not None
         recovery = self._recovery
-        pending, lost = self._pending_names()
+        pending, gone = self._pending_names()
+        recovery.lose(gone)
         deferred = False
-        for name in pending:
-            lock = None
-            if name != own:
-                lock = self._begin_write(name)
-                if not lock.acquire(blocking=False):
-                    self._settle(name, lock, False)
-                    deferred = True
-                    continue
-            try:
-                self._reclaim_name(name, recovery, lost)
-            finally:
-                if lock is not None:
-                    self._settle(name, lock, True)
-        if not recovery.members_done:
-            with self._members_lock:  # a leave goes first, or after (see leave)
-                for (group, member_id), held in list(self._joined.items()):
-                    params = self._join_params(group, member_id, held, self._lease.generation)
-                    row = self._db.fetchone(self._sql.join, params)
-                    if row is None:
-                        self._joined.pop((group, member_id), None)
-                    else:
-                        self._joined_row(row, held)
-            recovery.members_done = True
-        if lost:
-            self._feed_settled(1.0)  # see _report_loss
-            self._lost_now(lost)
+        try:
+            for name in pending:
+                lock = None
+                if name != own:
+                    lock = self._begin_write(name)
+                    if not lock.acquire(blocking=False):
+                        self._settle(name, lock, False)
+                        deferred = True
+                        continue
+                try:
+                    self._reclaim_name(name, recovery)
+                finally:
+                    if lock is not None:
+                        self._settle(name, lock, True)
+            if not recovery.members_done:
+                with self._members_lock:  # a leave goes first, or after (see leave)
+                    for (group, member_id), held in list(self._joined.items()):
+                        gen = self._lease.generation
+                        params = self._join_params(group, member_id, held, gen)
+                        row = self._db.fetchone(self._sql.join, params)
+                        if row is None:
+                            self._joined.pop((group, member_id), None)
+                        else:
+                            self._joined_row(row, held)
+                recovery.members_done = True
+        finally:
+            if untold := self._take_untold(recovery):
+                self._feed_settled(1.0)  # see _report_loss
+                self._tell_lost(untold)
         done = self._recovered(deferred)
         if done is not None:
             self._report_loss(done.kept, done.lost, told=True)
 
-    def _reclaim_name(
-        self, name: str, recovery: _Recovery, lost: dict[str, ServiceEntry | None]
-    ) -> None:
+    def _reclaim_name(self, name: str, recovery: _Recovery) -> None:
         assert self._lease is not None
         held = self._held.get(name)
         if held is None:
@@ -250,7 +252,7 @@ class ServiceRegistry(_RegistryBase):
             entry = self._entry(owner)
             # Its register (and our registration's expiry) before the loss it caused.
             self._notify(self._state.apply_entry(entry, name, entry.revision, "remote"))
-        lost[name] = entry
+        recovery.lose({name: entry})
 
     def _ensure_lease(self, own: str | None = None) -> _Lease:
         """A live lease, every held name written under it (``own``: see ``_recover``)."""
