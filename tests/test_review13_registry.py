@@ -386,3 +386,23 @@ def _takes(fdn: Foundation, name: str) -> bool:
     except FoundationError:
         return False
     return True
+
+
+def test_a_forced_unregister_of_a_name_not_yet_seen_is_told_to_the_remover(db_url: str) -> None:
+    with node(db_url, poll_interval_ms=1000) as a, node(db_url, poll_interval_ms=1000) as b:
+        seen: list[tuple[str, str]] = []
+        b.service_registry.watch("*", lambda change: seen.append((change.kind, change.source)))
+        a.service_registry.register("svc", "http://a")
+        b.service_registry.unregister("svc", force=True)  # before b's cache has it
+        wait_for(lambda: len(seen) >= 2)
+        assert seen == [("register", "remote"), ("unregister", "local")]
+
+
+async def test_async_a_forced_unregister_of_a_name_not_yet_seen_is_told(db_url: str) -> None:
+    async with anode(db_url) as a, anode(db_url) as b:
+        seen: list[tuple[str, str]] = []
+        b.service_registry.watch("*", lambda change: seen.append((change.kind, change.source)))
+        await a.service_registry.register("svc", "http://a")
+        await b.service_registry.unregister("svc", force=True)
+        await async_wait_for(lambda: len(seen) >= 2)
+        assert seen[-1] == ("unregister", "local")

@@ -434,6 +434,9 @@ class AsyncServiceRegistry(_RegistryBase):
             locked = await lock.acquire()
             if self._held_live(name) is not None:
                 await self._ensure_lease(name)  # see ServiceRegistry.unregister
+            elif force and self._state.live_entry(name) is None:
+                row = await self._db.fetchone(self._sql.select_entry, {"name": name})
+                self._seen_first(name, row)
             await finish(self._unregister_once(name, force, started))
         finally:
             await self._settle(name, lock, locked)

@@ -132,6 +132,12 @@ class RegistryFeedSide:
         if self._resync_lock.acquire(timeout=timeout):
             self._resync_lock.release()
 
+    def _seen_first(self, name: str, row: tuple[Any, ...] | None) -> None:
+        """A live row of ``name`` read before this node removes it (a force unregister):
+        installed first, as a notification's read would have."""
+        if row is not None and row[3] is not None:
+            self._apply_name_row(name, int(row[6]), row)
+
     def _apply_name_row(self, name: str, revision: int, row: tuple[Any, ...] | None) -> None:
         """Install the row a notification of ``revision`` sent this node to read."""
         if row is None or row[3] is None:

@@ -409,6 +409,11 @@ class ServiceRegistry(_RegistryBase):
                 # A lapsed lease is recovered first: the name under the new one (or lost),
                 # not left for a recovery to write again once released.
                 self._ensure_lease(name)
+            elif force and self._state.live_entry(name) is None:
+                # Another node's name this node's cache has not seen yet (registered a
+                # moment ago): its row first, so that this node's watchers see what its
+                # unregister removes, as for a name the cache held.
+                self._seen_first(name, self._db.fetchone(self._sql.select_entry, {"name": name}))
             sql, params = self._unregister_statement(name, force)
             try:
                 row = self._db.fetchone(sql, params)
