@@ -406,3 +406,40 @@ async def test_async_a_forced_unregister_of_a_name_not_yet_seen_is_told(db_url: 
         await b.service_registry.unregister("svc", force=True)
         await async_wait_for(lambda: len(seen) >= 2)
         assert seen[-1] == ("unregister", "local")
+
+
+def test_a_loss_whose_owner_row_cannot_be_read_is_told(db_url: str) -> None:
+    """The recovery's reclaim of x finds it taken, then its read of the new owner's row
+    fails: x, forgotten already, is told lost all the same (without the owner's entry)."""
+    with node(db_url) as a, node(db_url) as b:
+        reg = a.service_registry
+        lease_lost: list[tuple[list[str], list[str]]] = []
+        a.telemetry.attach(
+            "lease-lost",
+            ("foundation", "registry", "lease_lost"),
+            lambda event, measurements, metadata, config: lease_lost.append(
+                (metadata["lost"], metadata["kept"])
+            ),
+        )
+        reg.register("x", "a-x")
+        reg.register("y", "a-y")
+        seen: list[tuple[str, str]] = []
+        reg.watch("*", lambda change: seen.append((change.name, change.kind)))
+        stop_heartbeat(a)
+        wait_for(lambda: not reg.owns("x"), timeout=5)
+        with reg._resync_lock:  # a's feed stands still too (a pause): x looks a's here
+            wait_for(lambda: _takes(b, "x"), timeout=5)
+            fetchone, failed = reg._db.fetchone, []
+
+            def owner_unreadable(sql: str, params: Any = None) -> Any:
+                if not failed and sql == reg._sql.select_entry and params["name"] == "x":
+                    failed.append(True)
+                    raise StorageUnavailableError("injected: connection reset")
+                return fetchone(sql, params)
+
+            reg._db.fetchone = owner_unreadable  # type: ignore[method-assign]
+            _resume(reg)
+            wait_for(lambda: bool(failed), timeout=10)
+        wait_for(lambda: lease_lost != [], timeout=10)
+        assert ("x", "lost") in seen
+        assert lease_lost == [(["x"], ["y"])]

@@ -244,6 +244,7 @@ class ServiceRegistry(_RegistryBase):
             recovery.keep(name)
             return
         self._held.pop(name, None)
+        recovery.lose({name: None})  # before the reads below, which may fail: told all the same
         owner = self._db.fetchone(self._sql.select_entry, {"name": name})
         entry = None
         if owner is not None and owner[3] is not None:
