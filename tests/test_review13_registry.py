@@ -349,14 +349,7 @@ def test_update_metadata_answered_after_a_lapse_returns_the_live_entry(db_url: s
 def test_a_loss_found_by_a_recovery_pass_that_then_fails_is_told(db_url: str) -> None:
     with node(db_url) as a, node(db_url) as b:
         reg = a.service_registry
-        lease_lost: list[tuple[list[str], list[str]]] = []
-        a.telemetry.attach(
-            "lease-lost",
-            ("foundation", "registry", "lease_lost"),
-            lambda event, measurements, metadata, config: lease_lost.append(
-                (metadata["lost"], metadata["kept"])
-            ),
-        )
+        lease_lost = _lease_losses(a)
         reg.register("x", "a-x")
         reg.register("y", "a-y")
         seen: list[tuple[str, str]] = []
@@ -378,6 +371,19 @@ def test_a_loss_found_by_a_recovery_pass_that_then_fails_is_told(db_url: str) ->
         assert failed and ("x", "lost") in seen
         assert lease_lost == [(["x"], ["y"])]
         assert reg.owns("y") and not reg.owns("x")
+
+
+def _lease_losses(fdn: Foundation) -> list[tuple[list[str], list[str]]]:
+    """(lost, kept) of each ``foundation.registry.lease_lost`` the node emits."""
+    told: list[tuple[list[str], list[str]]] = []
+    fdn.telemetry.attach(
+        "lease-lost",
+        ("foundation", "registry", "lease_lost"),
+        lambda event, measurements, metadata, config: told.append(
+            (metadata["lost"], metadata["kept"])
+        ),
+    )
+    return told
 
 
 def _takes(fdn: Foundation, name: str) -> bool:
@@ -413,14 +419,7 @@ def test_a_loss_whose_owner_row_cannot_be_read_is_told(db_url: str) -> None:
     fails: x, forgotten already, is told lost all the same (without the owner's entry)."""
     with node(db_url) as a, node(db_url) as b:
         reg = a.service_registry
-        lease_lost: list[tuple[list[str], list[str]]] = []
-        a.telemetry.attach(
-            "lease-lost",
-            ("foundation", "registry", "lease_lost"),
-            lambda event, measurements, metadata, config: lease_lost.append(
-                (metadata["lost"], metadata["kept"])
-            ),
-        )
+        lease_lost = _lease_losses(a)
         reg.register("x", "a-x")
         reg.register("y", "a-y")
         seen: list[tuple[str, str]] = []
