@@ -87,3 +87,19 @@ async def test_async_a_probe_with_no_timeout_keeps_its_lease(db_url: str) -> Non
         assert await prober == "ok"
         assert inside == ["probe"]
         assert a.circuit_breaker.state("slow") == "closed"
+
+
+def test_a_statement_of_ones_own_with_a_literal_percent(fdn: Foundation) -> None:
+    """No parameters: no placeholder is read (psycopg read ``%'`` as one, and refused)."""
+    fdn.config.set("alpha", 1)
+    sql = "SELECT key FROM foundation_config WHERE key LIKE 'al%' ORDER BY key"
+    assert [tuple(r) for r in fdn.database.fetchall(sql)] == [("alpha",)]
+    assert tuple(fdn.database.fetchone("SELECT '100%'") or ()) == ("100%",)
+
+
+async def test_async_a_statement_of_ones_own_with_a_literal_percent(
+    afdn: AsyncFoundation,
+) -> None:
+    await afdn.config.set("alpha", 1)
+    sql = "SELECT key FROM foundation_config WHERE key LIKE 'al%' ORDER BY key"
+    assert [tuple(r) for r in await afdn.database.fetchall(sql)] == [("alpha",)]

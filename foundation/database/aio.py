@@ -125,15 +125,15 @@ class _PGCursor:
         self._conn = conn
 
     async def execute(self, sql: str, params: Params = None) -> int:
-        cur = await self._conn.execute(sql, params or {})
+        cur = await self._conn.execute(sql, params or None)
         return int(cur.rowcount)
 
     async def fetchone(self, sql: str, params: Params = None) -> Row | None:
-        cur = await self._conn.execute(sql, params or {})
+        cur = await self._conn.execute(sql, params or None)
         return await cur.fetchone()
 
     async def fetchall(self, sql: str, params: Params = None) -> list[Row]:
-        cur = await self._conn.execute(sql, params or {})
+        cur = await self._conn.execute(sql, params or None)
         return await cur.fetchall()
 
     async def executemany(self, sql: str, params: ManyParams) -> None:

@@ -129,27 +129,30 @@ def inside_transaction_error(url: str) -> Exception:
 
 
 class _DriverCursor:
-    __slots__ = ("_conn",)
+    __slots__ = ("_conn", "_none")
 
     def __init__(self, conn: Any) -> None:
         self._conn = conn
+        # No parameters: psycopg then reads no placeholder (a statement of the
+        # application's own with a literal %, such as LIKE 'a%'); sqlite3 wants a mapping.
+        self._none: dict[str, Any] | None = {} if isinstance(conn, sqlite3.Connection) else None
 
     def execute(self, sql: str, params: Params = None) -> int:
-        cur = self._conn.execute(sql, params or {})
+        cur = self._conn.execute(sql, params or self._none)
         return int(cur.rowcount)
 
     def fetchone(self, sql: str, params: Params = None) -> Row | None:
-        row: Row | None = self._conn.execute(sql, params or {}).fetchone()
+        row: Row | None = self._conn.execute(sql, params or self._none).fetchone()
         return row
 
     def fetchall(self, sql: str, params: Params = None) -> list[Row]:
-        rows: list[Row] = self._conn.execute(sql, params or {}).fetchall()
+        rows: list[Row] = self._conn.execute(sql, params or self._none).fetchall()
         return rows
 
     def insert(self, sql: str, params: Params = None) -> int:
         # SQLite only: the new row's rowid, free from the connection (a RETURNING
         # clause costs SQLite about a quarter of a one-row insert more).
-        return int(self._conn.execute(sql, params or {}).lastrowid)
+        return int(self._conn.execute(sql, params or self._none).lastrowid)
 
     def executemany(self, sql: str, params: ManyParams) -> None:
         if isinstance(self._conn, sqlite3.Connection):
