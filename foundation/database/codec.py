@@ -11,9 +11,12 @@ from __future__ import annotations
 import json
 import re
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from foundation.database.url import Backend
+
+if TYPE_CHECKING:
+    from foundation.errors import FoundationError
 
 __all__ = [
     "Codec",
@@ -62,7 +65,9 @@ def load_json_bytes(data: str | bytes) -> Any:
         return UnreadableJSON(exc)
 
 
-def unreadable_json(what: str, table: str, exc: ValueError, error: Any, **context: Any) -> Any:
+def unreadable_json(
+    what: str, table: str, exc: ValueError, error: type[FoundationError], **context: Any
+) -> FoundationError:
     """The error for a JSON value of ``table`` no reader can load: only a hand can have
     written it (Foundation checks every value it writes), such as a number of more than
     4,300 digits. ``error``: the service's FoundationError class."""
