@@ -12,6 +12,7 @@ import math
 import re
 from typing import Any
 
+from foundation._text import shown
 from foundation.errors import FoundationError
 
 __all__ = ["MAX_DEPTH", "decode_json", "encode_json", "normalize_json", "same_json"]
@@ -103,7 +104,7 @@ def encode_json(
             raise error(
                 f"{what} has a key that is not a string ({key!r}): JSON keys are strings, "
                 "so it would read back as another key, or collide with one",
-                context={**(context or {}), "json_key": repr(key)[:200]},
+                context={**(context or {}), "json_key": shown(key)},
             )
     if text.count("[") + text.count("{") > MAX_DEPTH and _too_deep(value):
         raise error(

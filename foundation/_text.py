@@ -1,4 +1,5 @@
-"""Text the databases store as given: UTF-8 without lone surrogates.
+"""Text the databases store as given (UTF-8 without lone surrogates), and text shown of
+what a caller gave.
 
 Python strings may hold lone surrogates (``"\\ud800"``), which no UTF-8 text column
 accepts: the driver raises ``UnicodeEncodeError`` before the database is even asked.
@@ -7,7 +8,9 @@ Every name, key and id is checked here first, so the caller gets a ``FoundationE
 
 from __future__ import annotations
 
-__all__ = ["is_utf8"]
+import reprlib
+
+__all__ = ["is_utf8", "shown", "text_of"]
 
 
 def is_utf8(text: str) -> bool:
@@ -19,3 +22,32 @@ def is_utf8(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def shown(value: object, limit: int = 200) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for an error's message or context.
+
+    Never raises: the value is one a caller got wrong, and Python's own ``repr`` of it may
+    fail (an int of more than 4,300 digits, a list nested past the recursion limit, a
+    class whose ``__repr__`` raises): the error would become that exception instead."""
+    try:
+        return repr(value)[:limit]
+    except Exception:
+        pass
+    if isinstance(value, int):  # past sys.get_int_max_str_digits()
+        digits = int(abs(value).bit_length() * 0.30103) + 1
+        return f"<{type(value).__name__} of about {digits:,} digits>"[:limit]
+    try:
+        return _SHORT.repr(value)[:limit]  # deep nesting: reprlib stops at a few levels
+    except Exception:
+        return f"<{type(value).__name__} object>"[:limit]
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxother = _SHORT.maxstring = 200
+
+
+def text_of(value: object, limit: int = 200) -> str:
+    """A string cut to ``limit`` characters; anything else as :func:`shown` gives it (a
+    mapping's key, which callers may give as any hashable)."""
+    return value[:limit] if isinstance(value, str) else shown(value, limit)

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, Protocol, TypeVar
 
+from foundation._text import shown
 from foundation.errors import FoundationError
 
 __all__ = ["Watch", "Watchers"]
@@ -107,7 +108,7 @@ class Watchers(Generic[C]):
         if not callable(callback):
             raise self._error(
                 f"a {self._what} watch callback must be callable",
-                context={"callback": repr(callback)[:200]},
+                context={"callback": shown(callback)},
             )
         if pattern != "*":
             base = pattern[:-1] if isinstance(pattern, str) and pattern.endswith("*") else pattern

@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import ParamSpec, TypeVar
 
+from foundation._text import shown
+
 __all__ = ["correlation", "current_correlation_id", "new_correlation_id", "run_in_context"]
 
 _current: contextvars.ContextVar[str | None] = contextvars.ContextVar(
@@ -65,7 +67,7 @@ def _check(correlation_id: object) -> None:
 
         raise ValidationError(
             f"a correlation id must be {why}",
-            context={"correlation_id": repr(correlation_id)[:200]},
+            context={"correlation_id": shown(correlation_id)},
         )
 
 

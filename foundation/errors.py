@@ -26,6 +26,7 @@ from __future__ import annotations
 import builtins
 from typing import Any, ClassVar
 
+from foundation._text import shown
 from foundation.correlation import current_correlation_id
 
 __all__ = [
@@ -83,7 +84,8 @@ class FoundationError(Exception):
         return f"[{self.code}] {self.message}"
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.message!r}, context={self.context!r})"
+        # The context may hold what a caller gave: its repr must not fail (see shown).
+        return f"{type(self).__name__}({self.message!r}, context={shown(self.context, 10_000)})"
 
     def __reduce__(self) -> Any:  # errors cross process boundaries in tests and pools
         return (

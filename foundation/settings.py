@@ -18,7 +18,7 @@ import pydantic
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from foundation._text import is_utf8
+from foundation._text import is_utf8, shown
 from foundation.errors import ConfigError
 
 __all__ = ["DEFAULT_DATABASE_URL", "Settings", "build_settings", "default_node_id"]
@@ -201,7 +201,7 @@ def _shown(value: str) -> str:
     """A rejected URL as an error may show it: hidden if it may hold a credential."""
     if any(c in value for c in "@=:") or len(value) > 80:
         return "(hidden: it may hold a password)"
-    return repr(value)
+    return shown(value)
 
 
 class _FieldError(ValueError):

@@ -53,6 +53,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+from foundation._text import shown
 from foundation.circuit_breaker import _logic as logic
 from foundation.circuit_breaker._logic import (
     CLOSED,
@@ -237,7 +238,7 @@ class _BreakersBase:
         if not callable(fn):
             raise ValidationError(
                 f"circuit_breaker.execute needs a callable, not {type(fn).__name__}",
-                context={"fn": repr(fn)[:100]},
+                context={"fn": shown(fn, 100)},
             )
 
     # -- clocks, params ---------------------------------------------------------------

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any, Literal
 
-from foundation._text import is_utf8
+from foundation._text import is_utf8, shown
 from foundation.errors import ValidationError
 
 __all__ = [
@@ -98,12 +98,12 @@ def _ms(value: Any, name: str, minimum: int = 0, allow_none: bool = False) -> in
         raise ValidationError(
             f"{name} must be a whole number of milliseconds or a timedelta, "
             f"not {type(value).__name__}",
-            context={"option": name, "value": repr(value)[:100]},
+            context={"option": name, "value": shown(value, 100)},
         )
     if not minimum <= value <= MAX_MS:
         none = " (or None: no timeout)" if allow_none else ""
         raise ValidationError(
-            f"{name} must be from {minimum} to {MAX_MS} ms{none}, got {value}",
+            f"{name} must be from {minimum} to {MAX_MS} ms{none}, got {shown(value)}",
             context={"option": name, "value": value},
         )
     return value
@@ -113,7 +113,7 @@ def check_scope(scope: Any) -> Literal["shared", "local"]:
     if scope not in ("shared", "local"):
         raise ValidationError(
             f"scope must be 'shared' or 'local', not {scope!r}",
-            context={"option": "scope", "value": repr(scope)[:100]},
+            context={"option": "scope", "value": shown(scope, 100)},
         )
     return scope  # type: ignore[no-any-return]
 
@@ -145,8 +145,8 @@ def make_options(
     ):
         raise ValidationError(
             f"max_failures must be an integer from 1 to {MAX_FAILURES:,}, "
-            f"got {repr(max_failures)[:40]}",
-            context={"option": "max_failures", "value": repr(max_failures)[:100]},
+            f"got {shown(max_failures, 40)}",
+            context={"option": "max_failures", "value": shown(max_failures, 100)},
         )
     if isinstance(failure_exceptions, type):
         failure_exceptions = (failure_exceptions,)
@@ -157,7 +157,7 @@ def make_options(
     ):
         raise ValidationError(
             "failure_exceptions must be an exception class or a non-empty tuple of them",
-            context={"option": "failure_exceptions", "value": repr(failure_exceptions)[:100]},
+            context={"option": "failure_exceptions", "value": shown(failure_exceptions, 100)},
         )
     reset_ms = _ms(reset_timeout, "reset_timeout")
     assert reset_ms is not None
@@ -175,7 +175,7 @@ def check_name(name: Any, max_length: int = 255) -> str:
     if not isinstance(name, str):
         raise ValidationError(
             f"a circuit breaker name must be a string, not {type(name).__name__}",
-            context={"name": repr(name)[:100]},
+            context={"name": shown(name, 100)},
         )
     if not name or len(name) > max_length:
         raise ValidationError(
@@ -185,7 +185,7 @@ def check_name(name: Any, max_length: int = 255) -> str:
     if "\x00" in name or not is_utf8(name):
         raise ValidationError(
             "a circuit breaker name must not contain NUL characters or lone surrogates",
-            context={"name": repr(name)[:100]},
+            context={"name": shown(name, 100)},
         )
     return name
 

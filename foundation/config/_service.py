@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from foundation._text import shown
 from foundation.config._sources import read_env, read_file
 from foundation.config._state import (
     _MISSING,
@@ -93,7 +94,7 @@ class _ConfigBase:
         if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_HISTORY:
             raise ConfigError(
                 f"history limit must be an integer from 1 to {MAX_HISTORY}",
-                context={"limit": repr(limit)},
+                context={"limit": shown(limit)},
             )
         if key is None:
             return self._sql.history_all, {"limit": limit}

@@ -25,7 +25,7 @@ from pydantic import TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 
 from foundation._json import encode_json, normalize_json
-from foundation._text import is_utf8
+from foundation._text import is_utf8, shown
 from foundation._watch import Watch, Watchers
 from foundation.config._immutable import freeze_value, same_value
 from foundation.config._sources import EnvValue, env_layer
@@ -150,7 +150,7 @@ class ConfigState:
         if not isinstance(key, str):
             raise ConfigError(
                 f"a config key must be a string, not {type(key).__name__}",
-                context={"key": repr(key)[:200], "type": type(key).__name__},
+                context={"key": shown(key), "type": type(key).__name__},
             )
         if not key or not key.strip():
             raise ConfigError("a config key must not be empty", context={"key": key})
@@ -163,12 +163,12 @@ class ConfigState:
         if not is_utf8(key):
             raise ConfigError(
                 "a config key must be valid UTF-8 text (it holds a lone surrogate)",
-                context={"key": repr(key)[:200]},
+                context={"key": shown(key)},
             )
         if not key.isprintable():
             raise ConfigError(
                 "a config key must not contain control characters",
-                context={"key": repr(key)[:200]},
+                context={"key": shown(key)},
             )
         return key
 
@@ -252,7 +252,7 @@ class ConfigState:
             defaults = self._layers["default"]
             previous_default = defaults.get(key, _MISSING)
             self._types[key] = adapter
-            self._type_names[key] = getattr(type_, "__name__", repr(type_))
+            self._type_names[key] = getattr(type_, "__name__", shown(type_))
             try:
                 if default is not _MISSING:
                     default = self._validate(key, adapter, default, source="default")

@@ -22,6 +22,7 @@ from typing import Any
 
 import pydantic
 
+from foundation._text import shown, text_of
 from foundation.database.feed import ChangeFeed
 from foundation.database.sync import Cursor
 from foundation.errors import EventError, FoundationError, StorageUnavailableError
@@ -274,7 +275,7 @@ class _EventsBase:
         ):
             raise EventError(
                 f"criterion 'limit' of iter must be an int from 1 to {MAX_VERSION}",
-                context={"criterion": "limit", "value": repr(limit)[:200]},
+                context={"criterion": "limit", "value": shown(limit)},
             )
         self._criteria({k: v for k, v in merged.items() if k != "limit"}, {})  # the rest
         return Pager(self, merged, batch_size)
@@ -287,8 +288,8 @@ class _EventsBase:
             if key not in _TAIL_KEYS:
                 what = "does not apply to tail()" if key in _CRITERIA_KEYS else "is unknown"
                 raise EventError(
-                    f"criterion {str(key)[:200]!r} {what} (tail() takes {', '.join(_TAIL_KEYS)})",
-                    context={"criterion": str(key)[:200]},
+                    f"criterion {shown(key)} {what} (tail() takes {', '.join(_TAIL_KEYS)})",
+                    context={"criterion": text_of(key)},
                 )
         self._criteria(criteria, kwargs)  # wrong types
         if not (
@@ -297,7 +298,7 @@ class _EventsBase:
         ):
             raise EventError(
                 "tail start must be 'beginning', 'end' or a position (an int >= 0)",
-                context={"start": repr(start)},
+                context={"start": shown(start)},
             )
         return merged
 
@@ -483,7 +484,7 @@ def _callable(handler: Any, *, sync: bool = False) -> Callable[[RecordedEvent], 
         raise EventError(
             "an async def handler needs AsyncFoundation: Foundation runs handlers on a"
             " thread and calls plain functions",
-            context={"handler": repr(handler)[:200]},
+            context={"handler": shown(handler)},
         )
     return handler  # type: ignore[no-any-return]
 
@@ -497,7 +498,7 @@ def is_async_callable(fn: Any) -> bool:
 def _check_id_arg(name: str, value: Any) -> None:
     # None would mean "no criterion": every stream, the whole log.
     if not isinstance(value, str):
-        raise EventError(f"{name} must be a string", context={name: repr(value)[:200]})
+        raise EventError(f"{name} must be a string", context={name: shown(value)})
     _text(name, value)  # and text the database takes (PostgreSQL's refuses a NUL)
 
 
@@ -517,5 +518,5 @@ def _check_version_arg(from_version: Any) -> None:
     ):
         raise EventError(
             f"from_version must be an int from 0 to {MAX_VERSION}",
-            context={"from_version": repr(from_version)[:200]},
+            context={"from_version": shown(from_version)},
         )

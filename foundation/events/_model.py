@@ -19,7 +19,7 @@ from typing import Any, Literal
 import pydantic
 
 from foundation._json import encode_json, has_nan_or_infinity, normalize_json, same_json
-from foundation._text import is_utf8
+from foundation._text import is_utf8, shown, text_of
 from foundation.correlation import current_correlation_id
 from foundation.errors import EventError
 
@@ -247,7 +247,7 @@ def valid_name(value: Any, field: str, *, required: bool) -> str | None:
         raise EventError(
             f"event field {field!r} must be a non-empty string"
             + ("" if value is not None else " (it is missing)"),
-            context={"field": field, "value": repr(value)[:200]},
+            context={"field": field, "value": shown(value)},
         )
     # Each refusal says which rule the name breaks: a 2-character name holding a NUL
     # is not "too long".
@@ -255,20 +255,20 @@ def valid_name(value: Any, field: str, *, required: bool) -> str | None:
         raise EventError(
             f"event field {field!r} must be at most {MAX_NAME} characters "
             f"(this one has {len(value)})",
-            context={"field": field, "value": repr(value)[:200], "length": len(value)},
+            context={"field": field, "value": shown(value), "length": len(value)},
         )
     # Printable excludes lone surrogates: a printable name is also valid UTF-8.
     if not value.isprintable():
         if not is_utf8(value):
             raise EventError(
                 f"event field {field!r} must be valid UTF-8 text (it holds a lone surrogate)",
-                context={"field": field, "value": repr(value)[:200]},
+                context={"field": field, "value": shown(value)},
             )
         bad = next(c for c in value if not c.isprintable())
         raise EventError(
             f"event field {field!r} must not contain control or other non-printable "
             f"characters ({bad!r})",
-            context={"field": field, "value": repr(value)[:200]},
+            context={"field": field, "value": shown(value)},
         )
     return str.__str__(value)  # a str subclass (a StrEnum) is kept as the plain text
 
@@ -285,7 +285,7 @@ def _event_id(value: Any) -> tuple[uuid.UUID, bool]:
             pass
     raise EventError(
         "event field 'id' must be a UUID (or its text)",
-        context={"field": "id", "id": repr(value)[:200]},
+        context={"field": "id", "id": shown(value)},
     )
 
 
@@ -297,7 +297,7 @@ def _expected(value: Any) -> ExpectedVersion:
     raise EventError(
         f"expected_version must be a version (an int from 0 to {MAX_VERSION}), "
         "'any', 'no_stream' or 'exists'",
-        context={"field": "expected_version", "expected_version": repr(value)[:200]},
+        context={"field": "expected_version", "expected_version": shown(value)},
     )
 
 
@@ -310,7 +310,7 @@ def parse_event(event: Any, max_bytes: int) -> NewEvent:
     """Validate one event given as a dict, a pydantic model or a dataclass."""
     fields = event if type(event) is dict else _as_mapping(event)
     if not _EVENT_KEYS.issuperset(fields):
-        unknown = sorted(str(k) for k in fields if k not in _EVENT_KEYS)
+        unknown = sorted(text_of(k) for k in fields if k not in _EVENT_KEYS)
         raise EventError(
             f"unknown event field {unknown[0]!r} (known: {', '.join(sorted(_EVENT_KEYS))})",
             context={"field": unknown[0]},
@@ -420,10 +420,10 @@ _CRITERIA_KEYS = (
 
 def _fail(key: str, expected: str, value: Any) -> EventError:
     # A value of the right type but out of range is shown itself, not its type's name.
-    shown = repr(value)[:60] if isinstance(value, int | float | str) else type(value).__name__
+    given = shown(value, 60) if isinstance(value, int | float | str) else type(value).__name__
     return EventError(
-        f"criterion {key!r} must be {expected}, not {shown}",
-        context={"criterion": key, "value": repr(value)[:200]},
+        f"criterion {key!r} must be {expected}, not {given}",
+        context={"criterion": key, "value": shown(value)},
     )
 
 
@@ -437,14 +437,14 @@ def _ts(key: str, value: Any) -> datetime:
         raise EventError(
             f"criterion {key!r} must be an aware datetime (with a time zone), not a naive "
             "one: pass e.g. datetime.now(UTC), not datetime.now()",
-            context={"criterion": key, "value": repr(value)[:200]},
+            context={"criterion": key, "value": shown(value)},
         )
     try:
         return value.astimezone(UTC)
     except OverflowError:  # within hours of datetime.min or max in another zone
         raise EventError(
             f"criterion {key!r} is out of range in UTC",
-            context={"criterion": key, "value": repr(value)[:200]},
+            context={"criterion": key, "value": shown(value)},
         ) from None
 
 
@@ -460,7 +460,7 @@ def _text(key: str, value: Any) -> str:
     if "\x00" in value or not is_utf8(value):
         raise EventError(
             f"criterion {key!r} must be text without NUL characters or lone surrogates",
-            context={"criterion": key, "value": repr(value)[:200]},
+            context={"criterion": key, "value": shown(value)},
         )
     return value
 
@@ -505,8 +505,8 @@ def parse_criteria(
     for key in merged:
         if key not in _CRITERIA_KEYS:
             raise EventError(
-                f"unknown criterion {key!r} (known: {', '.join(_CRITERIA_KEYS)})",
-                context={"criterion": str(key)[:200]},
+                f"unknown criterion {shown(key)} (known: {', '.join(_CRITERIA_KEYS)})",
+                context={"criterion": text_of(key)},
             )
     params: dict[str, Any] = {}
     shape: list[Any] = []
@@ -542,7 +542,7 @@ def parse_criteria(
     if order not in ("asc", "desc"):
         raise EventError(
             "criterion 'order' must be 'asc' or 'desc'",
-            context={"criterion": "order", "value": repr(order)[:200]},
+            context={"criterion": "order", "value": shown(order)},
         )
     shape.append(order)
     return Criteria(shape=tuple(shape), params=params, limit=limit, order=order)

@@ -53,6 +53,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
+from foundation._text import shown
 from foundation.correlation import correlation
 from foundation.database.aio import AsyncDatabase, finish
 from foundation.database.sync import SyncDatabase
@@ -106,22 +107,20 @@ class SubscriptionOptions:
             raise EventError(
                 "a subscription name must be a non-empty printable string of at most 255 "
                 "characters",
-                context={"name": repr(name)[:200]},
+                context={"name": shown(name)},
             )
         if isinstance(types, str):
             types = [types]
         if types is not None and (not isinstance(types, list | tuple) or not types):
             raise EventError(
                 "types must be an event type or a list of them",
-                context={"types": repr(types)[:200]},
+                context={"types": shown(types)},
             )
         for each in types or ():
             try:  # what store() takes as a type: another could never be delivered
                 valid_name(each, "type", required=True)
             except EventError as exc:
-                raise EventError(
-                    f"types: {exc.message}", context={"types": repr(types)[:200]}
-                ) from None
+                raise EventError(f"types: {exc.message}", context={"types": shown(types)}) from None
         if types is not None and len(types) > MAX_TYPES:
             # Every read of the subscription filters on them: refused now, not at each poll.
             raise EventError(
@@ -134,7 +133,7 @@ class SubscriptionOptions:
         ):
             raise EventError(
                 "start must be 'beginning', 'end' or a position (an int >= 0)",
-                context={"start": repr(start)},
+                context={"start": shown(start)},
             )
         ints: dict[str, int] = {}
         for key, value in options.items():
@@ -148,7 +147,7 @@ class SubscriptionOptions:
             if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
                 raise EventError(
                     f"subscription option {key!r} must be an int from {low} to {high}",
-                    context={"option": key, "value": repr(value)},
+                    context={"option": key, "value": shown(value)},
                 )
             ints[key] = value
         return cls(name, None if types is None else tuple(types), start, **ints)
@@ -164,7 +163,7 @@ def interval_ms(name: str, value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 86_400_000:
         raise EventError(
             f"{name} must be milliseconds from 1 to 86400000 (an int) or a timedelta",
-            context={"option": name, "value": repr(value)[:200]},
+            context={"option": name, "value": shown(value)},
         )
     return value
 
@@ -187,7 +186,7 @@ def stop_timeout(value: Any) -> float | None:
     if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value < math.inf:
         raise EventError(
             "stop(timeout=…) takes seconds (a number, 0 or more), a timedelta or None",
-            context={"field": "timeout", "value": repr(value)[:200]},
+            context={"field": "timeout", "value": shown(value)},
         )
     return float(value)
 

@@ -28,6 +28,7 @@ import pydantic
 
 from foundation._frozen import thaw
 from foundation._json import has_nan_or_infinity, same_json
+from foundation._text import shown
 from foundation.errors import EventError
 from foundation.events._model import RecordedEvent, _as_mapping, valid_name
 
@@ -78,7 +79,7 @@ class TypeRegistry:
         if upcasters is not None and not isinstance(upcasters, Mapping):
             raise EventError(
                 "upcasters must be a dict of {version: function}",
-                context={"type": name, "upcasters": repr(upcasters)[:200]},
+                context={"type": name, "upcasters": shown(upcasters)},
             )
         ups = dict(upcasters or {})
         # Keys are compared as ints only: "1" would fail the range comparison with a raw
@@ -91,16 +92,16 @@ class TypeRegistry:
                 1: "takes no upcasters",
                 2: "needs an upcaster for version 1",
             }.get(version, f"needs one upcaster for each of the versions 1 to {version - 1}")
-            shown = ", ".join(repr(v) for v in unexpected)[:200]
+            listed = ", ".join(shown(v) for v in unexpected)[:200]
             keyed = ", keyed by the version it upcasts from (an int)" if version > 1 else ""
             raise EventError(
                 f"event type {name!r} at version {version} {needs}{keyed}"
-                + (f"; unexpected keys: {shown}" if shown else ""),
+                + (f"; unexpected keys: {listed}" if listed else ""),
                 context={
                     "type": name,
                     "missing": missing,
                     "missing_count": version - 1 - (len(ups) - len(unexpected)),
-                    "unexpected": [v if type(v) is int else repr(v)[:50] for v in unexpected],
+                    "unexpected": [v if type(v) is int else shown(v, 50) for v in unexpected],
                 },
             )
         not_callable = [v for v, fn in ups.items() if not callable(fn)]
@@ -167,7 +168,7 @@ class TypeRegistry:
             raise EventError(
                 f"metadata key {SCHEMA_VERSION!r} of typed event {spec.name!r} is "
                 f"Foundation's (the version of its data, {spec.version}): use another key",
-                context={"type": spec.name, "field": "metadata", "given": repr(given)[:200]},
+                context={"type": spec.name, "field": "metadata", "given": shown(given)},
             )
         return {
             **fields,

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, NamedTuple
 
-from foundation._text import is_utf8
+from foundation._text import is_utf8, shown
 from foundation.errors import ValidationError
 
 __all__ = [
@@ -108,7 +108,7 @@ def to_ms(value: Any, name: str) -> int:
         raise ValidationError(
             f"{name} must be a whole number of milliseconds or a timedelta, "
             f"not {type(value).__name__}",
-            context={"option": name, "value": repr(value)[:100]},
+            context={"option": name, "value": shown(value, 100)},
         )
     return value
 
@@ -118,23 +118,23 @@ def make_limit(max_requests: Any, interval: Any, algorithm: Any) -> Limit:
     if not isinstance(max_requests, int) or isinstance(max_requests, bool):
         raise ValidationError(
             f"max_requests must be an integer, not {type(max_requests).__name__}",
-            context={"option": "max_requests", "value": repr(max_requests)[:100]},
+            context={"option": "max_requests", "value": shown(max_requests, 100)},
         )
     if not 1 <= max_requests <= MAX_REQUESTS:
         raise ValidationError(
-            f"max_requests must be from 1 to {MAX_REQUESTS}, got {max_requests}",
+            f"max_requests must be from 1 to {MAX_REQUESTS}, got {shown(max_requests)}",
             context={"option": "max_requests", "value": max_requests},
         )
     ms = to_ms(interval, "interval")
     if not 1 <= ms <= MAX_INTERVAL_MS:
         raise ValidationError(
-            f"interval must be from 1 ms to {MAX_INTERVAL_MS} ms (a year), got {ms}",
+            f"interval must be from 1 ms to {MAX_INTERVAL_MS} ms (a year), got {shown(ms)}",
             context={"option": "interval", "value": ms},
         )
     if algorithm not in ALGORITHMS:
         raise ValidationError(
             f"algorithm must be one of {', '.join(ALGORITHMS)}, not {algorithm!r}",
-            context={"option": "algorithm", "value": repr(algorithm)[:100]},
+            context={"option": "algorithm", "value": shown(algorithm, 100)},
         )
     return Limit(max_requests, ms, algorithm)
 
@@ -143,7 +143,7 @@ def check_key(key: Any, max_length: int) -> str:
     if not isinstance(key, str):
         raise ValidationError(
             f"a rate limit key must be a string, not {type(key).__name__}",
-            context={"key": repr(key)[:100]},
+            context={"key": shown(key, 100)},
         )
     if not key or len(key) > max_length:
         raise ValidationError(
@@ -155,12 +155,12 @@ def check_key(key: Any, max_length: int) -> str:
     # shared limit fail open, as for an outage).
     if "\x00" in key:
         raise ValidationError(
-            "a rate limit key must not contain a NUL character", context={"key": repr(key)[:100]}
+            "a rate limit key must not contain a NUL character", context={"key": shown(key, 100)}
         )
     if not is_utf8(key):
         raise ValidationError(
             "a rate limit key must be valid UTF-8 (it holds a lone surrogate)",
-            context={"key": repr(key)[:100]},
+            context={"key": shown(key, 100)},
         )
     return key
 
@@ -170,7 +170,7 @@ def check_usage_limit(limit: Any) -> int:
     if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_USAGE_ROWS:
         raise ValidationError(
             f"limit must be an integer from 1 to {MAX_USAGE_ROWS}",
-            context={"limit": repr(limit)[:100]},
+            context={"limit": shown(limit, 100)},
         )
     return limit
 

@@ -35,6 +35,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Literal, NamedTuple, NoReturn, TypeVar
 
+from foundation._text import shown
 from foundation.database.aio import AsyncDatabase
 from foundation.database.sync import SyncDatabase
 from foundation.errors import (
@@ -83,7 +84,7 @@ def _plain_key(key: Any, max_length: int) -> bool:
 
 
 def _fn_key(fn: Any) -> str:
-    return f"{getattr(fn, '__module__', None) or '?'}.{getattr(fn, '__qualname__', repr(fn))}"
+    return f"{getattr(fn, '__module__', None) or '?'}.{getattr(fn, '__qualname__', shown(fn))}"
 
 
 class LimitUsage(NamedTuple):
@@ -111,7 +112,7 @@ class _LimiterBase:
         if on_storage_error not in ("open", "closed"):
             raise ValidationError(
                 "on_storage_error must be 'open' or 'closed'",
-                context={"value": repr(on_storage_error)[:100]},
+                context={"value": shown(on_storage_error, 100)},
             )
         self._sql = sql
         self._settings = settings
@@ -143,7 +144,7 @@ class _LimiterBase:
     def _bad_scope(scope: Any) -> NoReturn:
         raise ValidationError(
             f"scope must be 'shared' or 'local', not {scope!r}",
-            context={"option": "scope", "value": repr(scope)[:100]},
+            context={"option": "scope", "value": shown(scope, 100)},
         )
 
     def _scope(self, scope: Any) -> Scope:
@@ -155,7 +156,7 @@ class _LimiterBase:
         if not callable(fn):
             raise ValidationError(
                 f"rate_limiter.execute needs a callable, not {type(fn).__name__}",
-                context={"fn": repr(fn)[:100]},
+                context={"fn": shown(fn, 100)},
             )
 
     @staticmethod
@@ -163,7 +164,7 @@ class _LimiterBase:
         return ValidationError(
             f"the rate limiter got a coroutine from {fn!r}: call async functions through "
             "AsyncFoundation's rate_limiter (and await it)",
-            context={"key": repr(key)[:100], "fn": repr(fn)[:100]},
+            context={"key": shown(key, 100), "fn": shown(fn, 100)},
         )
 
     def _check_sync_fn(self, fn: Any, key: Any) -> None:

@@ -44,6 +44,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from foundation._json import same_json
+from foundation._text import shown
 from foundation.database.errors import never_sent
 from foundation.errors import (
     AlreadyRegisteredError,
@@ -223,13 +224,13 @@ class _RegistryBase(RegistryFeedSide):
         pattern (``"svc.*"`` matches only names that start with those five characters;
         ``watch`` is the one that takes ``"svc.*"``)."""
         if prefix is not None and not isinstance(prefix, str):
-            raise ValidationError("prefix must be a string", context={"prefix": repr(prefix)})
+            raise ValidationError("prefix must be a string", context={"prefix": shown(prefix)})
         return self._state.list(prefix, check_where(where))
 
     def groups(self, prefix: str | None = None) -> builtins.list[str]:
         """The groups with a live member, by name; ``prefix`` as :meth:`list`'s."""
         if prefix is not None and not isinstance(prefix, str):
-            raise ValidationError("prefix must be a string", context={"prefix": repr(prefix)})
+            raise ValidationError("prefix must be a string", context={"prefix": shown(prefix)})
         return self._state.groups(prefix)
 
     def members(self, group: Any) -> builtins.list[GroupMember]:
@@ -800,7 +801,7 @@ class _RegistryBase(RegistryFeedSide):
         if not isinstance(value, bool):
             raise ValidationError(
                 f"{flag} must be True or False, not {type(value).__name__}",
-                context={flag: repr(value)[:100]},
+                context={flag: shown(value, 100)},
             )
         return value
 
@@ -1124,7 +1125,7 @@ class _RegistryBase(RegistryFeedSide):
     ) -> RegistryWatch:
         if self._closed:
             # Nothing would ever call it back: say so, as every write does.
-            raise self._closed_error({"pattern": repr(pattern)[:200]}, "watches nothing")
+            raise self._closed_error({"pattern": shown(pattern)}, "watches nothing")
         if isinstance(pattern, str) and not pattern.strip():
             raise ValidationError(
                 "a registry watch pattern must not be empty: a name, a prefix ending in '*'"

@@ -117,11 +117,19 @@ class RegistryFeedSide:
             if not isinstance(group, str) or not isinstance(member_id, str):
                 return
             with self._resync_lock:
-                row = reader.fetchone(
-                    self._sql.select_member, {"group": group, "member": member_id}
-                )
-                member = None if row is None else self._member(row)
-                self._publish(self._state.apply_member(group, member_id, member, "remote"))
+                # Read again when this node's own join or leave of the member landed
+                # during the read (see RegistryState.read_member). Past three times, the
+                # notifications of those writes, still to come, read it after them.
+                for _ in range(3):
+                    self._state.reading_member(group, member_id)
+                    row = reader.fetchone(
+                        self._sql.select_member, {"group": group, "member": member_id}
+                    )
+                    member = None if row is None else self._member(row)
+                    changes = self._state.read_member(group, member_id, member)
+                    if changes is not None:
+                        self._publish(changes)
+                        return
 
     def _feed_settled(self, timeout: float) -> None:
         """Wait (at most ``timeout`` seconds) until a feed pass under way has queued what

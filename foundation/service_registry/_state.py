@@ -38,7 +38,7 @@ from typing import Any, Literal
 
 from foundation._frozen import freeze
 from foundation._json import encode_json, normalize_json, same_json
-from foundation._text import is_utf8
+from foundation._text import is_utf8, shown
 from foundation._watch import Watch
 from foundation.database.codec import unreadable_json
 from foundation.errors import (
@@ -250,7 +250,7 @@ def check_name(name: Any, what: str = "a registry name") -> str:
     if not isinstance(name, str):
         raise ValidationError(
             f"{what} must be a string, not {type(name).__name__}",
-            context={"name": repr(name)[:200], "type": type(name).__name__},
+            context={"name": shown(name), "type": type(name).__name__},
         )
     if not name or not name.strip():
         raise ValidationError(f"{what} must not be empty", context={"name": name})
@@ -264,10 +264,10 @@ def check_name(name: Any, what: str = "a registry name") -> str:
         if not is_utf8(name):
             raise ValidationError(
                 f"{what} must be valid UTF-8 text (it holds a lone surrogate)",
-                context={"name": repr(name)[:200]},
+                context={"name": shown(name)},
             )
         raise ValidationError(
-            f"{what} must not contain control characters", context={"name": repr(name)[:200]}
+            f"{what} must not contain control characters", context={"name": shown(name)}
         )
     return name
 
@@ -297,16 +297,16 @@ def check_ttl(ttl: Any, what: str = "ttl") -> int | None:
     if isinstance(ttl, float):
         if not math.isfinite(ttl) or ttl <= 0:
             raise ValidationError(
-                f"{what} must be positive and finite, got {ttl}", context={"ttl": repr(ttl)}
+                f"{what} must be positive and finite, got {ttl}", context={"ttl": shown(ttl)}
             )
         ttl = max(1, round(ttl))  # whole milliseconds, as stored: 1.5 is 2
     if isinstance(ttl, bool) or not isinstance(ttl, int):
         raise ValidationError(
             f"{what} must be milliseconds (a number) or a timedelta, not {type(ttl).__name__}",
-            context={"ttl": repr(ttl)[:100]},
+            context={"ttl": shown(ttl, 100)},
         )
     if ttl <= 0:
-        raise ValidationError(f"{what} must be positive, got {ttl}", context={"ttl": ttl})
+        raise ValidationError(f"{what} must be positive, got {shown(ttl)}", context={"ttl": ttl})
     if ttl > 366 * 86_400_000:
         raise ValidationError(f"{what} must be at most a year", context={"ttl": ttl})
     return ttl
@@ -335,7 +335,7 @@ def check_where(where: Any) -> Callable[[Any], bool] | None:
         if not isinstance(wanted, dict) or len(wanted) != len(where):
             raise ValidationError(
                 "where's keys must be strings (metadata keys are)",
-                context={"where": repr(where)[:200]},
+                context={"where": shown(where)},
             )
 
         # JSON equality, not Python's: true is not 1 and false is not 0 (1 and 1.0 are one
@@ -348,7 +348,7 @@ def check_where(where: Any) -> Callable[[Any], bool] | None:
         return match
     raise ValidationError(
         "where must be a mapping of metadata values or a callable(metadata) -> bool",
-        context={"where": repr(where)[:200]},
+        context={"where": shown(where)},
     )
 
 
@@ -381,6 +381,10 @@ class RegistryState:
         self._seq = 0
         self._touched: dict[Any, int] = {}
         self._resyncing = False
+        # The member the feed is reading after a notification, and whether this node's
+        # own join or leave of it was applied meanwhile (see read_member).
+        self._member_read: tuple[str, str] | None = None
+        self._member_read_overtaken = False
         # Names another node's change (a tombstone, another owner) reached since the last
         # take_displaced(): the service checks them against what it believes it holds.
         self._displaced: set[str] = set()
@@ -480,7 +484,9 @@ class RegistryState:
         if self.refusal is not None:
             self._refuse()
         now = _time()
-        found = [m for m in self._members.get(group, {}).values() if m.lease.expires > now]
+        # A copy: joins and leaves of other threads change the group's dict meanwhile.
+        members = builtins.list(self._members.get(group, {}).values())
+        found = [m for m in members if m.lease.expires > now]
         found.sort(key=lambda m: (m.joined_at, m.member_id))
         return found
 
@@ -824,6 +830,8 @@ class RegistryState:
             self._seq += 1
             if self._resyncing:
                 self._touched[(group, member_id)] = self._seq
+            if source != "remote" and self._member_read == (group, member_id):
+                self._member_read_overtaken = True
             table = self._members.setdefault(group, {})
             old = table.get(member_id)
             now = _time()
@@ -863,6 +871,27 @@ class RegistryState:
                 return changes
             changes.append(RegistryChange(group, "join", member, src))
             return changes
+
+    def reading_member(self, group: str, member_id: str) -> None:
+        """The feed is about to read a member's row (see ``read_member``)."""
+        with self._lock:
+            self._member_read = (group, member_id)
+            self._member_read_overtaken = False
+
+    def read_member(
+        self, group: str, member_id: str, member: GroupMember | None
+    ) -> builtins.list[RegistryChange] | None:
+        """Apply the row the feed read since ``reading_member``; None if this node's own
+        join or leave of that member was applied meanwhile: the row may predate it (a
+        member's row is deleted on leave, and a new join starts its revision again at
+        1, so the revisions cannot tell), and a leave would be undone, reported as a
+        join again. The feed then reads the row anew."""
+        with self._lock:
+            overtaken = self._member_read_overtaken
+            self._member_read = None
+            if overtaken:
+                return None
+            return self.apply_member(group, member_id, member, "remote")
 
     def replace_members(
         self, members: Iterable[GroupMember], mark: int

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
 
+from foundation._text import shown
 from foundation.correlation import current_correlation_id
 from foundation.errors import ValidationError
 from foundation.telemetry._span import Span, exception_type_name
@@ -76,8 +77,8 @@ class HandlerInfo:
 
 def _invalid_name(name: object, why: str) -> ValidationError:
     return ValidationError(
-        f"invalid telemetry event name {name!r}: {why}",
-        context={"event_name": repr(name)},
+        f"invalid telemetry event name {shown(name)}: {why}",
+        context={"event_name": shown(name)},
     )
 
 
@@ -163,13 +164,13 @@ class Telemetry:
         elif type(measurements) is not dict and not isinstance(measurements, Mapping):
             raise ValidationError(
                 "telemetry measurements must be a mapping",
-                context={"measurements": repr(measurements)},
+                context={"measurements": shown(measurements)},
             )
         if metadata is None:
             metadata = {}
         elif type(metadata) is not dict and not isinstance(metadata, Mapping):
             raise ValidationError(
-                "telemetry metadata must be a mapping", context={"metadata": repr(metadata)}
+                "telemetry metadata must be a mapping", context={"metadata": shown(metadata)}
             )
         if "correlation_id" not in metadata:
             correlation_id = current_correlation_id()
@@ -214,7 +215,7 @@ class Telemetry:
                 {
                     "handler_id": handler_id,
                     "event_name": event_name,
-                    "exception": repr(exc),
+                    "exception": shown(exc),
                     "exception_type": exception_type_name(exc),
                 },
             )
@@ -230,7 +231,7 @@ class Telemetry:
         """
         if metadata is not None and not isinstance(metadata, Mapping):
             raise ValidationError(
-                "telemetry span metadata must be a mapping", context={"metadata": repr(metadata)}
+                "telemetry span metadata must be a mapping", context={"metadata": shown(metadata)}
             )
         return Span(self.execute, normalise_event_name(prefix), metadata)
 
@@ -253,12 +254,12 @@ class Telemetry:
         if not isinstance(handler_id, str) or not handler_id:
             raise ValidationError(
                 "a telemetry handler id must be a non-empty string",
-                context={"handler_id": repr(handler_id)},
+                context={"handler_id": shown(handler_id)},
             )
         if not callable(handler):
             raise ValidationError(
                 "a telemetry handler must be callable",
-                context={"handler_id": handler_id, "handler": repr(handler)},
+                context={"handler_id": handler_id, "handler": shown(handler)},
             )
         if isinstance(event_names, list):
             if not event_names:
@@ -285,7 +286,7 @@ class Telemetry:
         """Detach the handler ``handler_id``; ``False`` if no such handler was attached."""
         if not isinstance(handler_id, str):
             raise ValidationError(
-                "a telemetry handler id must be a string", context={"handler_id": repr(handler_id)}
+                "a telemetry handler id must be a string", context={"handler_id": shown(handler_id)}
             )
         with self._lock:
             if handler_id not in self._handlers:

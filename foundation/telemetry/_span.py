@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, Final, TypeVar, cast
 
+from foundation._text import shown
 from foundation.errors import ValidationError
 
 __all__ = ["Span", "SpanContext", "exception_type_name"]
@@ -159,7 +160,7 @@ class Span:
         if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
             raise ValidationError(
                 "span cannot decorate a generator function; use it as a context manager inside",
-                context={"function": getattr(fn, "__qualname__", repr(fn))},
+                context={"function": getattr(fn, "__qualname__", shown(fn))},
             )
         if inspect.iscoroutinefunction(fn):
 

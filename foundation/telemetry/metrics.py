@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, ClassVar, Final, Literal, TypeAlias
 
+from foundation._text import shown
 from foundation.errors import ValidationError
 from foundation.telemetry._core import EventName, EventNameLike, normalise_event_name
 
@@ -116,7 +117,7 @@ _UNIT_FAMILIES: Final = (_TIME, _BYTES)
 
 
 def _invalid(message: str, **context: Any) -> ValidationError:
-    return ValidationError(message, context={k: repr(v) for k, v in context.items()})
+    return ValidationError(message, context={k: shown(v) for k, v in context.items()})
 
 
 def _unit_scale(unit: object) -> tuple[str | None, float]:

@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Final, TypeAlias
 
+from foundation._text import shown
 from foundation.errors import ValidationError
 from foundation.telemetry._core import EventName, EventNameLike, Telemetry, normalise_event_name
 
@@ -101,7 +102,7 @@ class Measurement:
     def __post_init__(self) -> None:
         if not callable(self.fn):
             raise ValidationError(
-                "a poller measurement needs a callable", context={"fn": repr(self.fn)}
+                "a poller measurement needs a callable", context={"fn": shown(self.fn)}
             )
 
     def run(self, telemetry: Telemetry) -> None:
@@ -171,7 +172,7 @@ def event_log(
     probes = {"size": size, "tail_position": tail_position}
     for what, fn in probes.items():
         if fn is not None and not callable(fn):
-            raise ValidationError(f"event_log {what} must be callable", context={what: repr(fn)})
+            raise ValidationError(f"event_log {what} must be callable", context={what: shown(fn)})
     if size is None and tail_position is None:
         raise ValidationError("event_log needs size, tail_position, or both")
 
@@ -191,7 +192,7 @@ def subscription_lag(lags: Callable[[], Mapping[str, int]]) -> Measurement:
     ``lags()`` returns ``{subscription name: events behind the log's tail}``.
     """
     if not callable(lags):
-        raise ValidationError("subscription_lag needs a callable", context={"lags": repr(lags)})
+        raise ValidationError("subscription_lag needs a callable", context={"lags": shown(lags)})
 
     def read() -> list[tuple[dict[str, int], dict[str, str]]]:
         return [({"lag": lag}, {"subscription": name}) for name, lag in lags().items()]
@@ -226,12 +227,12 @@ def _interval_seconds(interval_ms: float | timedelta) -> float:
     else:
         raise ValidationError(
             "interval_ms must be a number of milliseconds or a timedelta",
-            context={"interval_ms": repr(interval_ms)},
+            context={"interval_ms": shown(interval_ms)},
         )
     if not 0 < seconds <= _MAX_INTERVAL_S:
         raise ValidationError(
             "interval_ms must be positive and at most a day",
-            context={"interval_ms": repr(interval_ms)},
+            context={"interval_ms": shown(interval_ms)},
         )
     return seconds
 
@@ -247,14 +248,14 @@ class _PollerBase:
         if not isinstance(telemetry, Telemetry):
             raise ValidationError(
                 "a poller needs a foundation.telemetry.Telemetry instance",
-                context={"telemetry": repr(telemetry)},
+                context={"telemetry": shown(telemetry)},
             )
         probes: list[Probe] = [process_memory()] if measurements is None else list(measurements)
         for probe in probes:
             if not callable(probe) and not isinstance(probe, Measurement):
                 raise ValidationError(
                     "a poller measurement is a Measurement or a callable",
-                    context={"measurement": repr(probe)},
+                    context={"measurement": shown(probe)},
                 )
         self.telemetry = telemetry
         self.interval = _interval_seconds(interval_ms)

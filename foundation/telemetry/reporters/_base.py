@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, TypeAlias
 
-from foundation._text import is_utf8
+from foundation._text import is_utf8, shown
 from foundation.errors import ValidationError
 from foundation.telemetry._core import EventName, Telemetry
 from foundation.telemetry.metrics import Metric, Sum
@@ -246,7 +246,7 @@ class Reporter:
         if not isinstance(telemetry, Telemetry):
             raise ValidationError(
                 "a reporter needs a foundation.telemetry.Telemetry instance",
-                context={"telemetry": repr(telemetry)},
+                context={"telemetry": shown(telemetry)},
             )
         if isinstance(metrics, Metric):
             metrics = [metrics]
@@ -255,13 +255,13 @@ class Reporter:
         except TypeError:
             raise ValidationError(
                 "metrics must be an iterable of metric definitions",
-                context={"metrics": repr(metrics)},
+                context={"metrics": shown(metrics)},
             ) from None
         for metric in defs:
             if not isinstance(metric, Metric):
                 raise ValidationError(
                     "metrics must be definitions from foundation.telemetry.metrics",
-                    context={"metric": repr(metric)},
+                    context={"metric": shown(metric)},
                 )
         names = [m.dotted_name for m in defs]
         repeated = sorted({n for n in names if names.count(n) > 1})
@@ -272,7 +272,7 @@ class Reporter:
             )
         if isinstance(max_tag_sets, bool) or not isinstance(max_tag_sets, int) or max_tag_sets < 1:
             raise ValidationError(
-                "max_tag_sets must be a positive int", context={"max_tag_sets": repr(max_tag_sets)}
+                "max_tag_sets must be a positive int", context={"max_tag_sets": shown(max_tag_sets)}
             )
         if handler_id is None:
             handler_id = f"foundation.telemetry.{self._kind}.{id(self):x}"

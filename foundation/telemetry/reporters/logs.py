@@ -20,6 +20,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
+from foundation._text import shown
 from foundation.errors import ValidationError
 from foundation.telemetry._core import Telemetry
 from foundation.telemetry.metrics import Metric
@@ -54,7 +55,7 @@ class LoggingReporter(Reporter):
         if not isinstance(logger, logging.Logger):
             raise ValidationError(
                 "logger must be a logging.Logger or a logger name",
-                context={"logger": repr(logger)},
+                context={"logger": shown(logger)},
             )
         if isinstance(level, bool) or not isinstance(level, int):
             raise ValidationError("level must be a logging level (int)", context={"level": level})
