@@ -53,7 +53,11 @@ def renew_locks(*holders: Any) -> None:
     """In a child: each holder's thread locks made anew. Another thread of the parent may
     have held one at the fork (the feed's, applying a change): copied held, with no thread
     left to release it, it stopped the child's first call for good, before the call could
-    even be refused. What they guard is refused or read from the caches as copied."""
+    even be refused. What they guard is refused or read from the caches as copied.
+
+    A holder with a ``_forget_in_flight`` method is then asked to forget the calls the
+    parent's threads had in flight (a group commit's lead, a name's write lock kept in a
+    dict): the child's own first call would wait for them for ever, never refused."""
     for holder in holders:
         for name, value in list(vars(holder).items()):
             if isinstance(value, _RLOCK):
@@ -62,6 +66,9 @@ def renew_locks(*holders: Any) -> None:
                 setattr(holder, name, threading.Lock())
             elif isinstance(value, threading.Condition):
                 setattr(holder, name, threading.Condition(threading.Lock()))
+        forget = getattr(holder, "_forget_in_flight", None)
+        if forget is not None:
+            forget()
 
 
 def _quiesce() -> None:

@@ -9,6 +9,7 @@ its own alembic history keeps its own version table.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from logging.config import fileConfig
 
@@ -76,25 +77,46 @@ def run_offline() -> None:
 
 def _run(connection: Connection) -> None:
     steps = config.attributes.get("steps")  # what ran, for Foundation's report of it
+    postgres = connection.dialect.name == "postgresql"
     _configure(
         connection=connection,
         render_as_batch=connection.dialect.name == "sqlite",
         # SQLite runs DDL in transactions too (our engine issues BEGIN IMMEDIATE), so a
-        # failed upgrade leaves nothing half-done on either database.
+        # failed revision leaves nothing half-done on either database.
         transactional_ddl=True,
+        # PostgreSQL: one transaction per revision. A revision's DDL locks the tables it
+        # changes until its transaction ends; all of them in one transaction held the
+        # log (0014's trigger) while asking for the config table (0018's), which a
+        # running node's config.set holds while its trigger appends to the log: a
+        # deadlock, and the node's write failed. A failed revision leaves the schema at
+        # the one before it, which the next upgrade continues from. SQLite's write
+        # transaction locks the whole file: no such cycle, and all or nothing.
+        transaction_per_migration=postgres,
         on_version_apply=(lambda ctx, step, heads, run_args: steps.append(step))
         if isinstance(steps, list)
         else None,
     )
-    with context.begin_transaction():
-        if connection.dialect.name == "postgresql":
-            # Several nodes may deploy at once: one upgrades, the others wait, then find
-            # the schema at head and do nothing.
-            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({ADVISORY_LOCK_KEY})")
-            schema = _schema()
-            if schema:  # a plain identifier (validated by Settings); tables follow search_path
-                connection.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {schema}")
-        context.run_migrations()
+    if not postgres:
+        with context.begin_transaction():
+            context.run_migrations()
+        return
+    # Several nodes may deploy at once: one upgrades, the others wait, then find the
+    # schema at head and do nothing. A session lock: it spans the revisions' transactions.
+    connection.exec_driver_sql(f"SELECT pg_advisory_lock({ADVISORY_LOCK_KEY})")
+    try:
+        schema = _schema()
+        if schema:  # a plain identifier (validated by Settings); tables follow search_path
+            connection.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+        connection.commit()
+        with context.begin_transaction():
+            context.run_migrations()
+        connection.commit()  # the version read, when no revision ran
+    finally:
+        # Released with the session anyway (the connection is closed after the run).
+        with contextlib.suppress(Exception):
+            connection.rollback()  # after a failure: the failed statement's transaction
+            connection.exec_driver_sql(f"SELECT pg_advisory_unlock({ADVISORY_LOCK_KEY})")
+            connection.commit()
 
 
 def run_online() -> None:

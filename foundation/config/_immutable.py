@@ -12,6 +12,7 @@ The copy is made once, when the value enters the cache; ``get`` stays one dict l
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any
 
@@ -23,6 +24,17 @@ __all__ = ["freeze_value", "same_value"]
 
 _frozen_classes: dict[type[BaseModel], type[BaseModel]] = {}
 _lock = threading.Lock()
+
+
+def _renew_lock_in_child() -> None:
+    # Another thread of the parent may have held it at the fork: a child's config read of
+    # a model would wait for it for ever.
+    global _lock
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=_renew_lock_in_child)
 
 
 def freeze_value(value: Any) -> Any:

@@ -156,6 +156,10 @@ async def finish(aw: Awaitable[T]) -> T:
             await asyncio.shield(task)
         except asyncio.CancelledError:
             cancelled = True  # the caller's (a cancelled task is done: the loop ends)
+        except BaseException:
+            if not cancelled:
+                raise
+            # aw's own error, after the caller's cancellation: the cancellation goes on
     if cancelled:
         raise asyncio.CancelledError from (None if task.cancelled() else task.exception())
     return task.result()

@@ -104,6 +104,12 @@ class GroupCommit(Generic[U, R]):
         self._leaders = 0
         self.groups = 0  # how many calls ran (for tests and the benchmark)
 
+    def _forget_in_flight(self) -> None:
+        """In a forked child (see ``foundation._fork``): the parent's leader and waiting
+        threads are not there; a store of the child leads at once (and is refused)."""
+        self._queue = []
+        self._leaders = 0
+
     def _take(self, slot: _Slot[U, R]) -> list[_Slot[U, R]]:
         # Under the lock: the leader's own unit first, then the oldest waiting ones.
         units = [slot.unit, *(s.unit for s in self._queue[: self._limit - 1])]
@@ -214,7 +220,12 @@ class AsyncGroupCommit(Generic[U, R]):
             if future.done() or any(f is future for _, f in self._queue):
                 future.cancel()  # queued: the flusher drops it
                 raise
-            await finish(future)
+            try:
+                await finish(future)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:  # its outcome: the cancellation goes on all the same
+                raise asyncio.CancelledError from exc
             raise
 
     def _handoff(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -223,6 +234,34 @@ class AsyncGroupCommit(Generic[U, R]):
             self._flusher = loop.create_task(self._flush())
         else:
             self.busy = False
+
+    async def _run_whole(self, units: list[U]) -> tuple[list[R | BaseException], bool]:
+        """The group's call, and whether this flusher was cancelled meanwhile.
+
+        The call runs to its end all the same, so that its callers learn its outcome
+        (``asyncio.run`` cancels every task when it ends: the flusher and the callers
+        waiting on it): they get their ``CancelledError`` once the events are written
+        or not, as ``_outcome`` says. Only a cancellation of the call itself cuts it
+        short, and leaves its outcome unknown."""
+        call = asyncio.ensure_future(self._run(units))
+        stopping = False
+        while not call.done():
+            try:
+                await asyncio.shield(call)
+            except asyncio.CancelledError:
+                stopping = True
+            except BaseException:  # the call's own: read below
+                break
+        if call.cancelled():
+            unknown = StorageUnavailableError(
+                "the store was interrupted before its outcome was known",
+                context={"reason": "group commit cancelled"},
+            )
+            return [unknown] * len(units), True
+        error = call.exception()
+        if error is not None:
+            return [error] * len(units), stopping
+        return call.result(), stopping
 
     async def _flush(self) -> None:
         group: list[tuple[U, asyncio.Future[R]]] = []
@@ -237,12 +276,7 @@ class AsyncGroupCommit(Generic[U, R]):
                 )
                 group = self._queue[:count]
                 del self._queue[:count]
-                try:
-                    outcomes = await self._run([u for u, _ in group])
-                except asyncio.CancelledError:
-                    raise
-                except BaseException as exc:
-                    outcomes = [exc] * len(group)
+                outcomes, stopping = await self._run_whole([u for u, _ in group])
                 self.groups += 1
                 for (_, future), outcome in zip(group, outcomes, strict=True):
                     if future.done():
@@ -252,6 +286,8 @@ class AsyncGroupCommit(Generic[U, R]):
                     else:
                         future.set_result(outcome)
                 group = []
+                if stopping:
+                    raise asyncio.CancelledError
         finally:
             self._flusher = None
             self.busy = False

@@ -149,9 +149,11 @@ def _random_bytes(count: int) -> int:
 
 
 def _forget_entropy() -> None:
-    # A forked child must not reuse its parent's unread random bytes (same ids).
-    global _entropy, _used
+    # A forked child must not reuse its parent's unread random bytes (same ids); and the
+    # lock, which another thread of the parent may have held at the fork, is made anew.
+    global _entropy, _used, _uuid_lock
     _entropy, _used = b"", 0
+    _uuid_lock = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_forget_entropy)

@@ -58,6 +58,12 @@ class RegistryFeedSide:
         # time (``_new_write_lock``)]
         self._writing: dict[str, builtins.list[Any]] = {}
 
+    def _forget_in_flight(self) -> None:
+        """In a forked child (see ``foundation._fork``): the writes the parent's threads
+        had in flight, and the name locks they held, are not the child's."""
+        self._writer_threads = {}
+        self._writing = {}
+
     def bind_feed(self, feed: Any) -> None:
         """Called by the facade: a write whose settling read failed asks for a resync."""
         self._feed = feed

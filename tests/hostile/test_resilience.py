@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 import foundation
 from foundation import Foundation, FoundationError
+from foundation.circuit_breaker._logic import MAX_FAILURES
 from foundation.rate_limiter import Decision
 from foundation.telemetry import Telemetry
 from tests.hostile.support import (
@@ -89,7 +90,7 @@ def test_breaker(face: Face, tables: Tables) -> None:
             and _ms_ok(options.get("timeout", 5000), zero=False, allow_none=True)
             and _ms_ok(options.get("reset_timeout", 1000))
             and type(options.get("max_failures", 5)) is int
-            and options.get("max_failures", 5) >= 1
+            and 1 <= options.get("max_failures", 5) <= MAX_FAILURES
             and options.get("scope", "shared") in ("shared", "local")
             and options.get("failure_exceptions", Exception) not in ([], "x", (int,), None, ())
         )
