@@ -147,7 +147,7 @@ def test_a_node_setting_config_while_an_upgrade_crosses_several_revisions(pg_url
             migrate.downgrade(pg_url, "0011")
             stop = threading.Event()
 
-            def setter(cycle: int = cycle) -> None:
+            def setter(cycle: int = cycle, stop: threading.Event = stop) -> None:
                 n = 0
                 while not stop.is_set():
                     try:
