@@ -152,7 +152,7 @@ def test_a_node_setting_config_while_an_upgrade_crosses_several_revisions(pg_url
                 while not stop.is_set():
                     try:
                         fdn.config.set("k", [cycle, n])
-                    except Exception as exc:  # noqa: BLE001 - what the test looks for
+                    except Exception as exc:
                         errors.append(f"{type(exc).__name__}: {exc}")
                     n += 1
 
