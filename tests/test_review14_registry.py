@@ -103,3 +103,78 @@ def _wait_for(condition: Any, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition() and time.monotonic() < deadline:
         time.sleep(0.02)
+
+
+def _members(fdn: Foundation) -> list[tuple[str, Any]]:
+    return [(m.member_id, m.address) for m in fdn.service_registry.members("g")]
+
+
+def test_a_member_that_moved_is_seen_at_its_new_address(db_url: str) -> None:
+    """A member left and joined again at once (a new address): its new row's revision
+    started at 1 again, as the cached one's, and other nodes kept the old address."""
+    with (
+        Foundation(db_url, node_id="node-a", registry_ttl_ms=30_000) as a,
+        Foundation(db_url, node_id="node-b", registry_ttl_ms=30_000) as b,
+    ):
+        heard: list[tuple[str, Any]] = []
+        b.service_registry.watch("g", lambda c: heard.append((c.kind, c.entry.address)))
+        a.service_registry.join("g", "http://old:1", member_id="m")
+        _wait_for(lambda: _members(b) == [("m", "http://old:1")])
+        a.service_registry.leave("g", "m")
+        a.service_registry.join("g", "http://new:2", member_id="m")
+        _wait_for(lambda: _members(b) == [("m", "http://new:2")])
+        time.sleep(0.5)
+        assert _members(b) == [("m", "http://new:2")]
+        assert heard[0] == ("join", "http://old:1") and heard[-1] == ("join", "http://new:2")
+
+
+def test_a_snapshot_read_before_a_leave_does_not_bring_the_member_back(db_url: str) -> None:
+    """SQLite's poll (and PostgreSQL's resync) read the whole members table: a read that
+    began before this node's leave was applied after it, and the member came back."""
+    with Foundation(db_url, registry_ttl_ms=30_000, poll_interval_ms=1) as fdn:
+        reg = fdn.service_registry
+        for i in range(3000):  # a big group: the snapshot takes a while to read
+            reg.join("g", "http://filler", member_id=f"f{i}")
+        time.sleep(1.0)
+        changes: list[tuple[str, str, int]] = []
+        reg.watch(
+            "g",
+            lambda c: c.entry.member_id == "m"
+            and changes.append((c.kind, c.source, c.entry.metadata["i"])),
+        )
+        for i in range(20):
+            reg.join("g", "http://a", {"i": i}, member_id="m")
+            reg.leave("g", "m")
+        listed = set()
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            listed |= {m.metadata["i"] for m in reg.members("g") if m.member_id == "m"}
+            time.sleep(0.002)
+    assert listed == set()
+    assert changes == [(kind, "local", i) for i in range(20) for kind in ("join", "leave")]
+
+
+def test_a_members_revision_only_grows_across_leave_and_join(db_url: str) -> None:
+    with Foundation(db_url) as fdn:
+        reg = fdn.service_registry
+        first = reg.join("g", "http://a", member_id="m")
+        reg.leave("g", "m")
+        again = reg.join("g", "http://b", member_id="m")
+        updated = reg.join("g", "http://c", member_id="m")
+        assert first.revision < again.revision < updated.revision
+
+
+def test_postgresql_a_member_row_written_by_hand_takes_its_revision_from_the_sequence(
+    pg_url: str,
+) -> None:
+    """0019's trigger: whatever revision a statement gives (a node of an earlier release
+    during a deploy), the row takes the next one of the sequence."""
+    with Foundation(pg_url) as fdn:
+        high = fdn.service_registry.join("g", "http://a", member_id="m").revision
+        fdn.service_registry.leave("g", "m")
+        row = fdn.database.fetchone(
+            "INSERT INTO foundation_registry_members (group_name, member_id, address, "
+            "metadata, node_id, lease_generation, revision, joined_at) VALUES "
+            "('g', 'x', '\"http://x\"', '{}', 'old-release', 1, 1, now()) RETURNING revision"
+        )
+    assert row is not None and row[0] > high

@@ -431,7 +431,11 @@ ALLOWED: dict[tuple[str, str], str] = {
     ): "a column of the schema's own Table named in the code (ON CONFLICT correlation)",
     (
         "migrations/env.py",
-        'f"SELECT pg_advisory_xact_lock({ADVISORY_LOCK_KEY})"',
+        'f"SELECT pg_advisory_lock({ADVISORY_LOCK_KEY})"',
+    ): "the migrations' advisory lock key, an int constant",
+    (
+        "migrations/env.py",
+        'f"SELECT pg_advisory_unlock({ADVISORY_LOCK_KEY})"',
     ): "the migrations' advisory lock key, an int constant",
     (
         "migrations/env.py",

@@ -381,6 +381,10 @@ class RegistryState:
         self._seq = 0
         self._touched: dict[Any, int] = {}
         self._resyncing = False
+        # Members removed, with the revision they had and when: a row read before the
+        # removal (a snapshot, a notification's read) must not bring them back. Revisions
+        # of a member only grow, across leaves and joins (migration 0019).
+        self._members_gone: dict[tuple[str, str], tuple[int, float]] = {}
         # The member the feed is reading after a notification, and whether this node's
         # own join or leave of it was applied meanwhile (see read_member).
         self._member_read: tuple[str, str] | None = None
@@ -846,6 +850,8 @@ class RegistryState:
                 table.pop(member_id, None)
                 if not table:
                     self._members.pop(group, None)
+                if old is not None:
+                    self._member_gone((group, member_id), old.revision)
                 removed: builtins.list[RegistryChange] = []
                 if old is not None and old_live:
                     removed = [RegistryChange(group, "leave", old, src)]
@@ -856,6 +862,11 @@ class RegistryState:
                 return removed
             if old is not None and old.revision >= member.revision:
                 return []
+            gone = self._members_gone.get((group, member_id))
+            if gone is not None:
+                if gone[0] >= member.revision:
+                    return []  # read before its removal
+                del self._members_gone[(group, member_id)]
             table[member_id] = member
             changes = [] if old is None or old_live else self._expired_member(old)
             death = member.lease.expires
@@ -882,10 +893,9 @@ class RegistryState:
         self, group: str, member_id: str, member: GroupMember | None
     ) -> builtins.list[RegistryChange] | None:
         """Apply the row the feed read since ``reading_member``; None if this node's own
-        join or leave of that member was applied meanwhile: the row may predate it (a
-        member's row is deleted on leave, and a new join starts its revision again at
-        1, so the revisions cannot tell), and a leave would be undone, reported as a
-        join again. The feed then reads the row anew."""
+        join or leave of that member was applied meanwhile: the read may predate it, and
+        a read that found no row (a leave before a join) carries no revision to tell. The
+        feed then reads the row anew."""
         with self._lock:
             overtaken = self._member_read_overtaken
             self._member_read = None
@@ -893,12 +903,23 @@ class RegistryState:
                 return None
             return self.apply_member(group, member_id, member, "remote")
 
+    def _member_gone(self, key: tuple[str, str], revision: int) -> None:
+        # Under the lock. Kept for minutes: a read is applied within a feed pass.
+        now = time.monotonic()
+        gone = self._members_gone
+        if len(gone) >= 4096:
+            for stale in [k for k, (_, at) in gone.items() if now - at > 600.0]:
+                del gone[stale]
+        gone[key] = (max(revision, gone.get(key, (0, 0.0))[0]), now)
+
     def replace_members(
         self, members: Iterable[GroupMember], mark: int
     ) -> builtins.list[RegistryChange]:
         changes: builtins.list[RegistryChange] = []
         fresh: dict[tuple[str, str], GroupMember] = {(m.group, m.member_id): m for m in members}
         for (group, member_id), member in fresh.items():
+            if self._touched.get((group, member_id), 0) > mark:
+                continue  # this node's own join or leave since the read began is newer
             changes += self.apply_member(group, member_id, member, "remote")
         for group, table in list(self._members.items()):
             for member_id in list(table):

@@ -22,7 +22,7 @@ from foundation.database.feed import (
     TopicRevisions,
     changed_keys_sql,
 )
-from foundation.database.schema import leases, registry, registry_members
+from foundation.database.schema import leases, registry, registry_members, topic_revisions
 from foundation.database.statements import compile_sql, compile_sqlite_positional
 from foundation.database.url import Backend
 
@@ -75,6 +75,20 @@ def _outer(table: sa.Table, column: str) -> Any:
     # A column of the row in conflict, named as text: SQLAlchemy does not correlate a
     # subquery inside ON CONFLICT … WHERE with the INSERT's table.
     return sa.literal_column(f"{table.name}.{column}")
+
+
+def _member_revision(backend: Backend) -> Any:
+    """A group member's revision on a write: one that only grows, across the member's
+    leaves and joins (its row is deleted on leave), so that every cache can tell the
+    newer of two rows of one member. SQLite: the next revision of the members topic (0006),
+    which the write's own trigger records; PostgreSQL: 0019's trigger sets it from its
+    sequence, whatever the statement gives."""
+    if backend != "sqlite":
+        return sa.literal_column("1")
+    topic = topic_revisions.c.topic == sa.literal_column("'registry.members'")  # TOPIC_MEMBERS
+    latest = sa.select(sa.func.max(topic_revisions.c.revision)).where(topic)
+    one = sa.literal_column("1")
+    return sa.func.coalesce(latest.scalar_subquery(), sa.literal_column("0")) + one
 
 
 def _lease_live(backend: Backend, now: Any, table: sa.Table) -> Any:
@@ -308,6 +322,7 @@ class RegistrySQL:
             .returning(*ENTRY_COLUMNS)
         )
 
+        member_revision = _member_revision(backend)
         join = insert(registry_members).values(
             group_name=sa.bindparam("group"),
             member_id=sa.bindparam("member"),
@@ -315,7 +330,7 @@ class RegistrySQL:
             metadata=sa.bindparam("metadata"),
             node_id=sa.bindparam("node"),
             lease_generation=sa.bindparam("gen"),
-            revision=sa.literal_column("1"),
+            revision=member_revision,
             joined_at=now,
         )
         member_live = _lease_live(backend, now, registry_members)
@@ -326,7 +341,7 @@ class RegistrySQL:
                 "metadata": join.excluded.metadata,
                 "node_id": join.excluded.node_id,
                 "lease_generation": join.excluded.lease_generation,
-                "revision": registry_members.c.revision + sa.literal_column("1"),
+                "revision": member_revision,
                 # The same node joining again keeps its place in members()' order; a
                 # member id taken over from a dead node joins now.
                 "joined_at": sa.case(

@@ -29,6 +29,8 @@ GRANT INSERT (id, stream_id, stream_version, type, data, metadata, correlation_i
 GRANT INSERT ON foundation_config_history TO foundation_app;
 GRANT USAGE ON SEQUENCE foundation_events_position_seq, foundation_config_history_id_seq
     TO foundation_app;
+-- Group members' revisions (0019's trigger takes them from it on every write).
+GRANT USAGE ON SEQUENCE foundation_registry_members_revision_seq TO foundation_app;
 
 -- State the runtime keeps current: rows are added, changed and removed.
 GRANT SELECT, INSERT, UPDATE, DELETE ON
