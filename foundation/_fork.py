@@ -9,7 +9,9 @@ whatever would touch the database raises ``storage_unavailable`` naming the proc
 made it, and ``close()`` releases nothing (the lease, the names and the connections are
 the parent's: closing a PostgreSQL connection here would end the parent's session). The
 inherited instances are kept referenced for the child's life, so that the collector
-never closes those connections either. Create an instance in each process.
+never closes those connections either; but their SQLite connections are closed at once
+(``database.sync.close_inherited``: kept, they made the child's own connections to the
+file unsafe). Create an instance in each process.
 """
 
 from __future__ import annotations

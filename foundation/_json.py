@@ -102,8 +102,8 @@ def encode_json(
         key = _first_key_not_text(value) if flat else _key_not_text(value)
         if key is not _NONE:
             raise error(
-                f"{what} has a key that is not a string ({key!r}): JSON keys are strings, "
-                "so it would read back as another key, or collide with one",
+                f"{what} has a key that is not a string ({shown(key, 100)}): JSON keys are "
+                "strings, so it would read back as another key, or collide with one",
                 context={**(context or {}), "json_key": shown(key)},
             )
     if text.count("[") + text.count("{") > MAX_DEPTH and _too_deep(value):

@@ -31,6 +31,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from foundation._json import MAX_DEPTH
 from foundation.cli_common import (
     Target,
     dumps,
@@ -47,7 +48,7 @@ from foundation.config._state import ConfigHistoryEntry
 from foundation.database import migrate
 from foundation.database.errors import translate_errors
 from foundation.database.url import DatabaseURL
-from foundation.errors import FoundationError, NotFoundError, ValidationError
+from foundation.errors import ConfigError, FoundationError, NotFoundError, ValidationError
 from foundation.settings import Settings, build_settings, default_node_id
 
 __all__ = ["main"]
@@ -116,6 +117,12 @@ def _parse_value(raw: str, force_string: bool) -> Any:
         return json.loads(raw, parse_constant=refuse)
     except ValueError:
         return raw
+    except RecursionError:
+        raise ConfigError(
+            "the value nests too deeply to be read as JSON (a config value takes at most "
+            f"{MAX_DEPTH} levels); pass --string to store it as text",
+            context={"max_depth": MAX_DEPTH},
+        ) from None
 
 
 # -- the root group -------------------------------------------------------------------

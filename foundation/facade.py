@@ -149,6 +149,9 @@ class _Base:
         db = getattr(self, "_db", None)
         if db is not None:
             db.disown(message)
+        feed = getattr(self, "_feed", None)
+        if feed is not None:
+            feed.close_in_child()
         services = [getattr(self, name, None) for name in _SERVICES]
         parts = [getattr(s, part, None) for s in services for part in _PARTS]
         _fork.renew_locks(self, *(x for x in [*services, *parts] if x is not None))

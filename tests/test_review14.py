@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from foundation import AsyncFoundation, Foundation, FoundationError
 
 BIG = 10**5000
@@ -161,3 +163,79 @@ def test_an_error_with_an_unshowable_context_value_can_be_shown() -> None:
     exc = FoundationError("bad", context={"value": BIG})
     assert repr(exc).startswith("FoundationError('bad', context=")
     assert str(exc).endswith("bad")
+
+
+def test_more_values_python_cannot_show(fdn: Foundation) -> None:
+    """Found in review of the first fix: messages (not only contexts) of these calls."""
+
+    class IntKey(int):
+        def __repr__(self) -> str:
+            raise ValueError("repr failed")
+
+    async def coroutine_fn() -> None:
+        return None
+
+    class BadReprCallable:
+        def __repr__(self) -> str:
+            raise ValueError("repr failed")
+
+        def __call__(self) -> Any:
+            return coroutine_fn()
+
+    calls: dict[str, Callable[[], Any]] = {
+        "breaker scope": lambda: fdn.circuit_breaker.execute(_noop, name="c", scope=BIG),
+        "limiter scope": lambda: fdn.rate_limiter.execute(
+            _noop, key="k", max_requests=1, interval=1000, scope=_BadRepr()
+        ),
+        "limiter algorithm": lambda: fdn.rate_limiter.execute(
+            _noop, key="k", max_requests=1, interval=1000, algorithm=BIG
+        ),
+        "config.register type": lambda: fdn.config.register("k", BIG),
+        "config.register deep default": lambda: fdn.config.register(
+            "limits", list, default=_deep(100_000)
+        ),
+        "tail start": lambda: next(iter(fdn.events.tail(start=BIG))),
+        "JSON key": lambda: fdn.events.store({"type": "t", "data": {IntKey(1): 1}}),
+        "limiter async callable": lambda: fdn.rate_limiter.execute(
+            BadReprCallable(), key="k", max_requests=5, interval=1000
+        ),
+        "breaker async callable": lambda: fdn.circuit_breaker.execute(BadReprCallable(), name="c2"),
+    }
+    raw: list[str] = []
+    for name, call in calls.items():
+        try:
+            call()
+        except FoundationError:
+            pass
+        except Exception as exc:
+            raw.append(f"{name}: {type(exc).__name__}")
+        else:
+            raw.append(f"{name}: accepted")
+    assert raw == []
+    # The failed register left nothing behind: the key takes any value, and a type.
+    fdn.config.set("limits", 5)
+    fdn.config.register("limits", int, default=1)
+    assert fdn.config.get("limits") == 5
+
+
+def test_a_reporter_skips_a_measurement_it_cannot_show() -> None:
+    from foundation.telemetry import Telemetry, metrics
+    from foundation.telemetry.reporters import LoggingReporter
+
+    for value in (BIG, _BadRepr(), _deep(100_000)):
+        tel = Telemetry()
+        reporter = LoggingReporter(
+            tel, [metrics.last_value("app.load.value", event_name="app.load")]
+        )
+        tel.execute("app.load", {"value": value}, {})
+        tel.execute("app.load", {"value": 1}, {})
+        assert reporter.attached
+        assert reporter.stats()["app.load.value"].invalid == 1
+
+
+def test_a_bucket_past_a_floats_range_is_a_validation_error() -> None:
+    from foundation.errors import ValidationError
+    from foundation.telemetry import metrics
+
+    with pytest.raises(ValidationError):
+        metrics.distribution("app.size.bytes", buckets=[1, 10**400])

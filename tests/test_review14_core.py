@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -166,3 +167,68 @@ def test_a_node_setting_config_while_an_upgrade_crosses_several_revisions(pg_url
         assert migrate.current_revision(pg_url) == migrate.head_revision()
         fdn.config.set("k", "after")
     assert errors == []
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_sqlite_a_parent_closing_its_instance_loses_none_of_a_childs_events(
+    tmp_path: Any,
+) -> None:
+    """The child's own instance shared SQLite's lock records with the connections it
+    inherited, holding none of the locks they named: the parent's close took itself for
+    the file's last user and deleted the WAL under the child's writes."""
+    url = f"sqlite:///{tmp_path / 'forked.db'}"
+    parent = Foundation(url)
+    parent.config.set("x", 0)
+    ready, go = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        stored = 0
+        try:
+            os.close(ready)
+            with Foundation(url) as own:
+                os.write(go, b"1")
+                for i in range(100):
+                    own.events.store({"type": "child", "data": {"i": i}})
+                    stored += 1
+                    time.sleep(0.01)
+        finally:
+            os._exit(0 if stored == 100 else 1)
+    os.close(go)
+    assert os.read(ready, 1) == b"1"
+    time.sleep(0.3)
+    parent.close()  # while the child writes
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    with Foundation(url) as after:
+        assert len(after.events.get(type="child", limit=1000)) == 100
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_sqlite_a_fork_during_close_leaves_the_child_a_working_file(tmp_path: Any) -> None:
+    """close() dropped its connections from the list fork waits on before closing them:
+    a fork then copied a close halfway, SQLite's locks held, into the child."""
+    url = f"sqlite:///{tmp_path / 'closing.db'}"
+    Foundation(url).close()  # migrated
+    failures = 0
+    for _ in range(15):
+        fdn = Foundation(url)
+        for n in range(6):  # a connection per thread
+            thread = threading.Thread(target=fdn.config.set, args=(f"k{n}", n))
+            thread.start()
+            thread.join()
+        closer = threading.Thread(target=fdn.close)
+        closer.start()
+        pid = os.fork()
+        if pid == 0:
+            signal.alarm(20)
+            try:
+                with Foundation(url) as own:
+                    own.config.set("child", 1)
+                code = 0
+            except BaseException:
+                code = 1
+            os._exit(code)
+        closer.join()
+        _, status = os.waitpid(pid, 0)
+        failures += os.waitstatus_to_exitcode(status) != 0
+    assert failures == 0

@@ -139,8 +139,10 @@ def test_a_snapshot_read_before_a_leave_does_not_bring_the_member_back(db_url: s
         changes: list[tuple[str, str, int]] = []
         reg.watch(
             "g",
-            lambda c: c.entry.member_id == "m"
-            and changes.append((c.kind, c.source, c.entry.metadata["i"])),
+            lambda c: (
+                c.entry.member_id == "m"
+                and changes.append((c.kind, c.source, c.entry.metadata["i"]))
+            ),
         )
         for i in range(20):
             reg.join("g", "http://a", {"i": i}, member_id="m")
@@ -178,3 +180,49 @@ def test_postgresql_a_member_row_written_by_hand_takes_its_revision_from_the_seq
             "('g', 'x', '\"http://x\"', '{}', 'old-release', 1, 1, now()) RETURNING revision"
         )
     assert row is not None and row[0] > high
+
+
+def test_a_slow_telemetry_handler_never_lets_the_lease_lapse(db_url: str) -> None:
+    """The heartbeat's own telemetry (an expiry it swept) ran the handlers on its thread:
+    one slower than the TTL let the node's lease lapse, and it lost its names."""
+    with (
+        Foundation(db_url, node_id="node-a", registry_ttl_ms=1500) as a,
+        Foundation(db_url, node_id="node-b", registry_ttl_ms=1500) as b,
+    ):
+        losses: list[Any] = []
+
+        def slow(event: Any, measurements: Any, metadata: Any, config: Any) -> None:
+            time.sleep(3.0)  # twice the TTL
+
+        a.telemetry.attach("slow-alert", ["foundation.registry.expired"], slow)
+        a.telemetry.attach(
+            "losses", ["foundation.registry.lease_lost"], lambda *args: losses.append(args)
+        )
+        a.service_registry.register("mine", "http://a")
+        b.service_registry.register("brief", "http://b", ttl=200)  # expires at once
+        time.sleep(4.5)
+        assert a.service_registry.owns("mine")
+        assert b.service_registry.lookup("mine").epoch == 1
+        assert losses == []
+
+
+def test_a_local_names_end_is_not_in_the_registrys_telemetry(db_url: str) -> None:
+    with Foundation(db_url) as fdn:
+        seen: list[Any] = []
+        fdn.telemetry.attach(
+            "all",
+            [
+                "foundation.registry.register",
+                "foundation.registry.unregister",
+                "foundation.registry.expired",
+            ],
+            lambda event, measurements, metadata, config: seen.append(
+                (event, metadata.get("name"))
+            ),
+        )
+        fdn.service_registry.register("loc", object(), local=True, ttl=100)
+        fdn.service_registry.register("loc2", object(), local=True)
+        fdn.service_registry.unregister("loc2")
+        time.sleep(0.5)
+        assert fdn.service_registry.find("loc") is None
+        assert seen == []

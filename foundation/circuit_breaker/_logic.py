@@ -112,7 +112,7 @@ def _ms(value: Any, name: str, minimum: int = 0, allow_none: bool = False) -> in
 def check_scope(scope: Any) -> Literal["shared", "local"]:
     if scope not in ("shared", "local"):
         raise ValidationError(
-            f"scope must be 'shared' or 'local', not {scope!r}",
+            f"scope must be 'shared' or 'local', not {shown(scope, 100)}",
             context={"option": "scope", "value": shown(scope, 100)},
         )
     return scope  # type: ignore[no-any-return]

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from foundation._text import shown
 from foundation.circuit_breaker import _logic as logic
 from foundation.circuit_breaker._base import (
     _FAILURE,
@@ -97,7 +98,7 @@ class Breaker(_BreakerCore):
 
     def _async_refused(self, fn: Any) -> ValidationError:
         return ValidationError(
-            f"circuit breaker {self.name!r} got a coroutine from {fn!r}: call async "
+            f"circuit breaker {self.name!r} got a coroutine from {shown(fn, 100)}: call async "
             "functions through AsyncFoundation's circuit_breaker (and await it)",
             context={"name": self.name},
         )

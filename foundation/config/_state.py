@@ -24,7 +24,7 @@ from typing import Any, Literal
 from pydantic import TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 
-from foundation._json import encode_json, normalize_json
+from foundation._json import MAX_DEPTH, encode_json, normalize_json
 from foundation._text import is_utf8, shown
 from foundation._watch import Watch, Watchers
 from foundation.config._immutable import freeze_value, same_value
@@ -242,7 +242,7 @@ class ConfigState:
             adapter.rebuild(raise_errors=True)
         except Exception as exc:
             raise ConfigError(
-                f"cannot use {type_!r} as the type of config key {key!r}: {exc}",
+                f"cannot use {shown(type_, 100)} as the type of config key {key!r}: {exc}",
                 context={"key": key},
             ) from None
         with self._lock:
@@ -273,7 +273,7 @@ class ConfigState:
                     self._runtime[key] = dataclasses.replace(runtime, value=typed)
                     self._layers["runtime"][key] = typed
                 return self._recompute([key], "reload")
-            except ConfigError:
+            except (ConfigError, RecursionError) as exc:
                 if previous[0] is None:
                     self._types.pop(key, None)
                     self._type_names.pop(key, None)
@@ -283,6 +283,12 @@ class ConfigState:
                     defaults.pop(key, None)
                 else:
                     defaults[key] = previous_default
+                if isinstance(exc, RecursionError):  # pydantic's, or a deep copy's
+                    raise ConfigError(
+                        f"the default of config key {key!r} nests too deeply to be a "
+                        f"config value (JSON takes at most {MAX_DEPTH} levels)",
+                        context={"key": key, "max_depth": MAX_DEPTH},
+                    ) from None
                 raise
 
     def _typed_value(self, key: str, layer: Layer, raw: Any) -> Any:

@@ -261,7 +261,9 @@ class AsyncDatabase:
         return self._closed
 
     def disown(self, message: str) -> None:
-        """As :meth:`foundation.database.sync.SyncDatabase.disown`."""
+        """As :meth:`foundation.database.sync.SyncDatabase.disown`, but its SQLite
+        connection is not closed: it may be inside a statement of the parent's event loop
+        (docs/deployment.md: fork before opening an ``AsyncFoundation``)."""
         self._closed_message = message
         self._closed = True
 

@@ -38,7 +38,13 @@ import sqlalchemy as sa
 from foundation.database.postgres import driver_kwargs
 from foundation.database.schema import topic_revisions
 from foundation.database.statements import compile_sql
-from foundation.database.sync import Cursor, _DriverCursor, connect_sqlite, statement_wait_s
+from foundation.database.sync import (
+    Cursor,
+    _DriverCursor,
+    close_inherited,
+    connect_sqlite,
+    statement_wait_s,
+)
 from foundation.database.url import Backend, DatabaseURL
 from foundation.errors import FoundationError
 from foundation.settings import Settings
@@ -119,6 +125,10 @@ class ChangeFeed:
     def hold_for_fork(self) -> list[Any]:
         """The locks to hold across ``os.fork()`` (see :mod:`foundation._fork`)."""
         return []
+
+    def close_in_child(self) -> None:
+        """In a forked child: close the SQLite connection it inherited (see
+        :meth:`SyncDatabase.disown`); PostgreSQL's listener is left alone."""
 
     def __init__(self, url: DatabaseURL, settings: Settings, emit: Any) -> None:
         self.url = url
@@ -427,11 +437,15 @@ class SQLiteFeed(ChangeFeed):
     def __init__(self, url: DatabaseURL, settings: Settings, emit: Any) -> None:
         super().__init__(url, settings, emit)
         self.busy = threading.Lock()  # held while the thread is in SQLite
+        self._conn: sqlite3.Connection | None = None  # the poll's, for close_in_child
 
     def hold_for_fork(self) -> list[Any]:
         """As :meth:`SyncDatabase.hold_for_fork`, for the feed's own connection."""
         wait_s = statement_wait_s(self.settings)
         return [self.busy] if self.busy.acquire(timeout=wait_s) else []
+
+    def close_in_child(self) -> None:
+        close_inherited([self._conn] if self._conn is not None else [])
 
     def _run(self) -> None:
         interval = self.settings.poll_interval_ms / 1000
@@ -440,6 +454,7 @@ class SQLiteFeed(ChangeFeed):
         while not self._stop.is_set():
             with self.busy:
                 conn, last = self._poll_once(conn, last)
+                self._conn = conn
             self._stop.wait(interval)
         if conn is not None:
             with self.busy:

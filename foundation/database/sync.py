@@ -128,6 +128,25 @@ def inside_transaction_error(url: str) -> Exception:
     )
 
 
+def close_inherited(conns: list[sqlite3.Connection]) -> None:
+    """In a forked child: close the SQLite connections it inherited.
+
+    SQLite keeps one record per open file and process of the locks it holds, and the
+    child inherits the parent's records, but not its locks (POSIX locks are not
+    inherited). A connection the child then opens to the same file shares those records,
+    and takes none of the locks they say it holds: the parent, closing its last
+    connection, found no other process using the file, checkpointed it and deleted its
+    WAL while the child went on writing into it (acknowledged events were lost). Closed,
+    the records go. It touches nothing of the parent's: the parent's own locks make the
+    closing connection give up its checkpoint. One in a transaction (the parent's other
+    thread was inside one at the fork) is left open: its rollback would write to the WAL
+    index the parent is using."""
+    for conn in conns:
+        if not conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+
+
 class _DriverCursor:
     __slots__ = ("_conn", "_none")
 
@@ -179,14 +198,19 @@ def _close_thread_connection(
         # are the parent's, never touched here (see foundation._fork); and their lock
         # may be held for ever by a thread the child does not have.
         return
-    entry = conns.pop(id(busy), None)  # atomic: no lock (this may run inside any call)
     # Nobody else holds it once its thread is gone, but close() or a fork for a moment.
-    if entry is not None and busy.acquire(timeout=1.0):
+    # Listed until closed, as close() does (a fork meanwhile waits for it).
+    if busy.acquire(timeout=1.0):
         try:
-            with contextlib.suppress(sqlite3.Error):
-                entry[0].close()
+            entry = conns.get(id(busy))  # no lock: this may run inside any call
+            if entry is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    entry[0].close()
         finally:
+            conns.pop(id(busy), None)
             busy.release()
+    else:
+        conns.pop(id(busy), None)
 
 
 class SyncDatabase:
@@ -269,10 +293,12 @@ class SyncDatabase:
         return held
 
     def disown(self, message: str) -> None:
-        """In a forked child: refuse every statement (``message`` says why); close
-        nothing (the connections are the parent's, see :mod:`foundation._fork`)."""
+        """In a forked child: refuse every statement (``message`` says why). PostgreSQL's
+        connections are the parent's sessions: closed nowhere here (see
+        :mod:`foundation._fork`). SQLite's are closed (see ``close_inherited``)."""
         self._closed_message = message
         self._closed = True
+        close_inherited([conn for conn, _ in self._sqlite_conns.values()])
 
     def _closed_error(self) -> Exception:
         from foundation.errors import StorageUnavailableError
@@ -399,18 +425,22 @@ class SyncDatabase:
         if self._pool is not None:
             self._pool.close()
         with self._lock:
-            conns = list(self._sqlite_conns.values())
-            self._sqlite_conns.clear()
+            conns = list(self._sqlite_conns.items())
         # Another thread's statement may be running on its connection: closing it under
         # the statement crashes the interpreter (sqlite3 frees what the statement is
         # using). Each thread runs its statements holding its connection's lock; wait for
         # it (a statement waits for SQLite's lock at most the busy timeout). The
-        # connection of a thread still stuck past that is left to the collector.
+        # connection of a thread still stuck past that is left to the collector. Each is
+        # listed until closed: a fork meanwhile (hold_for_fork) waits for its close, which
+        # would otherwise be copied into the child halfway, SQLite's locks held.
         wait_s = statement_wait_s(self.settings)
-        for conn, busy in conns:
+        for key, (conn, busy) in conns:
             if busy.acquire(timeout=wait_s):
                 try:
                     with contextlib.suppress(sqlite3.Error):
                         conn.close()
                 finally:
+                    self._sqlite_conns.pop(key, None)
                     busy.release()
+            else:
+                self._sqlite_conns.pop(key, None)

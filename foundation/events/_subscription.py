@@ -383,7 +383,7 @@ def start_position(start: int, last_position: int) -> int:
     later at positions up to it would be skipped without a word."""
     if start > last_position:
         raise EventError(
-            f"start position {start} is past the end of the log (last position "
+            f"start position {shown(start, 40)} is past the end of the log (last position "
             f"{last_position}): events stored later would be skipped",
             context={"start": start, "last_position": last_position},
         )

@@ -133,7 +133,7 @@ def make_limit(max_requests: Any, interval: Any, algorithm: Any) -> Limit:
         )
     if algorithm not in ALGORITHMS:
         raise ValidationError(
-            f"algorithm must be one of {', '.join(ALGORITHMS)}, not {algorithm!r}",
+            f"algorithm must be one of {', '.join(ALGORITHMS)}, not {shown(algorithm, 100)}",
             context={"option": "algorithm", "value": shown(algorithm, 100)},
         )
     return Limit(max_requests, ms, algorithm)

@@ -143,7 +143,7 @@ class _LimiterBase:
     @staticmethod
     def _bad_scope(scope: Any) -> NoReturn:
         raise ValidationError(
-            f"scope must be 'shared' or 'local', not {scope!r}",
+            f"scope must be 'shared' or 'local', not {shown(scope, 100)}",
             context={"option": "scope", "value": shown(scope, 100)},
         )
 
@@ -162,7 +162,7 @@ class _LimiterBase:
     @staticmethod
     def _async_refused(fn: Any, key: Any) -> ValidationError:
         return ValidationError(
-            f"the rate limiter got a coroutine from {fn!r}: call async functions through "
+            f"the rate limiter got a coroutine from {shown(fn, 100)}: call async functions through "
             "AsyncFoundation's rate_limiter (and await it)",
             context={"key": shown(key, 100), "fn": shown(fn, 100)},
         )

@@ -608,7 +608,7 @@ class _RegistryBase(RegistryFeedSide):
         self._held[name] = held
         # Told first: an ``expired`` of the registration this one replaces, if unseen.
         self._notify(self._state.apply_entry(entry, name, entry.revision, "local"))
-        self._telemetry.execute(
+        self._telemetry_event(
             _REGISTER,
             {"duration": time.perf_counter_ns() - started},
             {"node": self._node, "name": name, "epoch": entry.epoch},
@@ -704,7 +704,7 @@ class _RegistryBase(RegistryFeedSide):
         return self._refused_conflict(f"{name!r} is already registered{who}", context)
 
     def _refused_conflict(self, message: str, context: dict[str, Any]) -> AlreadyRegisteredError:
-        self._telemetry.execute(_CONFLICT, {"count": 1}, {"node": self._node, **context})
+        self._telemetry_event(_CONFLICT, {"count": 1}, {"node": self._node, **context})
         return AlreadyRegisteredError(message, context=context)
 
     def _unregister_statement(self, name: str, force: bool) -> tuple[str, dict[str, Any]]:
@@ -1044,7 +1044,7 @@ class _RegistryBase(RegistryFeedSide):
                 lost[name] = entry
         if not lost:
             return []
-        self._telemetry.execute(
+        self._telemetry_event(
             _LEASE_LOST,
             {"lost": len(lost), "kept": 0},
             {"node": self._node, "lost": sorted(lost), "kept": []},
@@ -1083,7 +1083,7 @@ class _RegistryBase(RegistryFeedSide):
         owner's row in the cache (the recovery then found nothing to tell) and not yet
         queued its register, and a loss told first would precede the change causing it."""
         self.lease_losses += 1
-        self._telemetry.execute(
+        self._telemetry_event(
             _LEASE_LOST,
             {"lost": len(lost), "kept": len(kept)},
             {"node": self._node, "lost": sorted(lost), "kept": sorted(kept)},
@@ -1093,18 +1093,27 @@ class _RegistryBase(RegistryFeedSide):
                 [RegistryChange(name, "lost", owner, "local") for name, owner in lost.items()]
             )
 
+    def _telemetry_event(self, event: tuple[str, ...], measurements: Any, metadata: Any) -> None:
+        """Telemetry of the registry (the sync face hands its heartbeat's elsewhere)."""
+        self._telemetry.execute(event, measurements, metadata)
+
     def _emit(self, event: tuple[str, ...], started: int, metadata: dict[str, Any]) -> None:
-        self._telemetry.execute(
+        self._telemetry_event(
             event, {"duration": time.perf_counter_ns() - started}, {"node": self._node, **metadata}
         )
 
     def _count_expired(self, changes: builtins.list[RegistryChange]) -> None:
         for change in changes:
-            if change.kind == "expired" and change.entry is not None:
-                meta = {"name": change.name, "node": self._node, "owner": change.entry.node}
-                if isinstance(change.entry, GroupMember):
-                    meta["member_id"] = change.entry.member_id
-                self._telemetry.execute(_EXPIRED, {"count": 1}, meta)
+            # A local entry's end is this process's own business, as its register was.
+            entry = change.entry
+            if change.kind != "expired" or entry is None:
+                continue
+            if isinstance(entry, ServiceEntry) and entry.local:
+                continue
+            meta = {"name": change.name, "node": self._node, "owner": entry.node}
+            if isinstance(entry, GroupMember):
+                meta["member_id"] = entry.member_id
+            self._telemetry_event(_EXPIRED, {"count": 1}, meta)
 
     def _notify(self, changes: builtins.list[RegistryChange]) -> None:
         """Tell watchers, and telemetry of each ``expired``, whichever path found it (a

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import builtins
 import functools
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -68,6 +69,28 @@ class ServiceRegistry(_RegistryBase):
             f"foundation-registry-watch-{self._node}", self._state.watch_active
         )
         self._state.set_dispatcher(self._dispatcher)
+        self._outbox: queue.SimpleQueue[Any] | None = None
+
+    def _telemetry_event(self, event: tuple[str, ...], measurements: Any, metadata: Any) -> None:
+        """On the heartbeat thread, telemetry is handed to a thread of its own: a handler
+        as slow as the TTL (an alert sent over HTTP) let the lease lapse, and the node
+        lost its names; and the expiries its lapse reported ran the handler again."""
+        if threading.current_thread() is not self._thread:
+            self._telemetry.execute(event, measurements, metadata)
+            return
+        if self._outbox is None:
+            self._outbox = queue.SimpleQueue()
+            threading.Thread(
+                target=self._send_telemetry,
+                args=(self._outbox,),
+                name=f"foundation-registry-telemetry-{self._node}",
+                daemon=True,
+            ).start()
+        self._outbox.put((event, measurements, metadata))
+
+    def _send_telemetry(self, outbox: queue.SimpleQueue[Any]) -> None:
+        while (item := outbox.get()) is not None:
+            self._telemetry.execute(*item)  # a handler's failure: Telemetry's to handle
 
     def load(self) -> None:
         """Take this instance's lease, fill the cache, start the heartbeat thread.
@@ -119,7 +142,7 @@ class ServiceRegistry(_RegistryBase):
                     if self.heartbeat():
                         next_beat = started + beat
             except FoundationError as exc:  # retried on the next tick
-                self._telemetry.execute(
+                self._telemetry_event(
                     _HEARTBEAT_FAILED, {"count": 1}, {"node": self._node, "error": exc.code}
                 )
                 log.warning("registry heartbeat failed (%s); retrying", exc)
@@ -657,5 +680,7 @@ class ServiceRegistry(_RegistryBase):
             self._closed_locally()
             self._feed_settled(1.0)  # what the feed applied of the release is queued
             self._dispatcher.close(timeout=1.0)  # delivers what is queued (or gives up)
+            if self._outbox is not None:
+                self._outbox.put(None)  # the heartbeat's telemetry queued so far, then ends
         finally:  # also when interrupted (Ctrl-C): a second close() returns at once
             self._state.refusal = CLOSED  # nothing keeps the cache fresh

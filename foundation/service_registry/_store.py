@@ -87,7 +87,7 @@ def _member_revision(backend: Backend) -> Any:
         return sa.literal_column("1")
     topic = topic_revisions.c.topic == sa.literal_column("'registry.members'")  # TOPIC_MEMBERS
     latest = sa.select(sa.func.max(topic_revisions.c.revision)).where(topic)
-    one = sa.literal_column("1")
+    one: Any = sa.literal_column("1")
     return sa.func.coalesce(latest.scalar_subquery(), sa.literal_column("0")) + one
 
 

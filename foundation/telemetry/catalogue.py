@@ -265,7 +265,8 @@ CATALOGUE: Final[tuple[EventSpec, ...]] = (
     _spec(
         "foundation.registry.register",
         "service_registry",
-        "after this node registered a name",
+        "after this node registered a name (not a `local=True` one: none of the "
+        "registry's events is about those)",
         {"duration": _NS},
         {"node": "node id", "name": "registered name", "epoch": "fencing epoch"},
     ),
@@ -280,7 +281,9 @@ CATALOGUE: Final[tuple[EventSpec, ...]] = (
         "foundation.registry.expired",
         "service_registry",
         "on each node, once per registration, when it sees a name or group member die "
-        "(its owner's lease expired, or the name's own ttl passed)",
+        "(its owner's lease expired, or the name's own ttl passed); from the heartbeat, "
+        "as `lease_lost` and `heartbeat_failed`, handed to a thread of its own (sync "
+        "face): a slow handler never delays a renewal",
         {"count": "always 1"},
         {
             "name": "registered name (the group's, for a member)",

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
-import math
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -53,6 +53,7 @@ from foundation._text import shown
 from foundation.errors import ValidationError
 from foundation.telemetry._core import EventName, EventNameLike, normalise_event_name
 
+_FLOAT_MAX = sys.float_info.max  # buckets are floats: past it, not a bound
 __all__ = [
     "DEFAULT_BUCKETS",
     "Counter",
@@ -493,7 +494,10 @@ def distribution(
         if not buckets:
             raise _invalid("buckets must not be empty", buckets=buckets)
         if not all(
-            isinstance(b, int | float) and not isinstance(b, bool) and math.isfinite(b)
+            # Compared, not math.isfinite(): an int past a float's range overflows that.
+            isinstance(b, int | float)
+            and not isinstance(b, bool)
+            and -_FLOAT_MAX <= b <= _FLOAT_MAX
             for b in buckets
         ):
             raise _invalid("buckets must be finite numbers", buckets=buckets)

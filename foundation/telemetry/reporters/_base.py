@@ -167,12 +167,12 @@ class _Series:
         if kind is not int and kind is not float:
             # numpy's float64, a Fraction, an int subclass: a plain float from here on.
             if kind is bool or not isinstance(value, numbers.Real):
-                self._skip("invalid", f"non-numeric measurement {value!r}")
+                self._skip("invalid", f"non-numeric measurement {shown(value, 40)}")
                 return
             try:
                 value = float(value)
             except (OverflowError, ValueError, TypeError):
-                self._skip("invalid", f"measurement {str(value)[:40]} is beyond a float's range")
+                self._skip("invalid", f"measurement {shown(value, 40)} is beyond a float's range")
                 return
             kind = float
         if kind is float and not math.isfinite(value):
@@ -180,7 +180,7 @@ class _Series:
             return
         if kind is int and not -_FLOAT_MAX <= value <= _FLOAT_MAX:
             # No backend can hold it (a float overflows): the input's fault, not the sink's.
-            self._skip("invalid", f"measurement {str(value)[:40]}… is beyond a float's range")
+            self._skip("invalid", f"measurement {shown(value, 40)}… is beyond a float's range")
             return
         if self.scale != 1.0:
             value = value * self.scale
