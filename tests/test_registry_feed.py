@@ -245,7 +245,9 @@ def test_postgres_an_unrelated_commit_never_reaches_the_registry(postgres_url: s
 
 def test_sqlite_a_node_too_far_behind_reads_everything_again(sqlite_url: str) -> None:
     """The triggers keep the last 10,000 revisions per topic: past that, a full read."""
-    with node(sqlite_url) as a, quiet_node(sqlite_url) as (b, poll):
+    # A lease that outlives the bulk insert, which holds the file's write lock (and with it
+    # a's heartbeat) for as long as it takes on a busy machine.
+    with node(sqlite_url, registry_ttl_ms=30_000) as a, quiet_node(sqlite_url) as (b, poll):
         a.service_registry.register("first", "http://a")
         poll()
         resyncs, reads = b.service_registry.resyncs, b.service_registry.poll_reads
