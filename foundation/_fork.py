@@ -16,6 +16,7 @@ file unsafe). Create an instance in each process.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import weakref
@@ -28,6 +29,8 @@ class _Inheritable(Protocol):
     def _inherited(self, message: str) -> None: ...
     def _hold_for_fork(self) -> list[Any]: ...
 
+
+log = logging.getLogger("foundation")
 
 _live: weakref.WeakSet[Any] = weakref.WeakSet()
 _kept: list[Any] = []  # the instances a child inherited, never collected there
@@ -92,7 +95,10 @@ def _disown_in_child() -> None:
     _live.clear()
     for instance in inherited:
         _kept.append(instance)
-        instance._inherited(forked_error_message(instance._pid))
+        try:
+            instance._inherited(forked_error_message(instance._pid))
+        except Exception:  # one instance's failure must not leave the others owned
+            log.exception("could not disown %r in a forked child", instance)
 
 
 if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork

@@ -232,3 +232,19 @@ def test_sqlite_a_fork_during_close_leaves_the_child_a_working_file(tmp_path: An
         _, status = os.waitpid(pid, 0)
         failures += os.waitstatus_to_exitcode(status) != 0
     assert failures == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_a_closed_instance_still_referenced_does_not_keep_others_owned_in_a_child(
+    tmp_path: Any, db_url: str
+) -> None:
+    """A closed SQLite instance kept alive (its feed's connection closed) failed to be
+    disowned in the child, and stopped every instance after it from being disowned: their
+    writes went through from the child."""
+    closed = Foundation(f"sqlite:///{tmp_path / 'closed.db'}")
+    closed.close()
+    with Foundation(db_url) as fdn:
+        codes = _refused_in_children(lambda: fdn.config.set("from-child", 1))
+        assert codes == [0] * FORKS
+        assert fdn.config.get("from-child") is None
+    assert closed is not None  # referenced to the end

@@ -459,6 +459,7 @@ class SQLiteFeed(ChangeFeed):
         if conn is not None:
             with self.busy:
                 conn.close()
+                self._conn = None
         self._connected.clear()
 
     def _poll_once(

@@ -142,8 +142,8 @@ def close_inherited(conns: list[sqlite3.Connection]) -> None:
     thread was inside one at the fork) is left open: its rollback would write to the WAL
     index the parent is using."""
     for conn in conns:
-        if not conn.in_transaction:
-            with contextlib.suppress(sqlite3.Error):
+        with contextlib.suppress(sqlite3.Error):  # one closed already raises too
+            if not conn.in_transaction:
                 conn.close()
 
 
