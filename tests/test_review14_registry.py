@@ -226,3 +226,18 @@ def test_a_local_names_end_is_not_in_the_registrys_telemetry(db_url: str) -> Non
         time.sleep(0.5)
         assert fdn.service_registry.find("loc") is None
         assert seen == []
+
+
+def test_a_rejoin_passes_a_members_own_revision_too(db_url: str) -> None:
+    """SQLite: a row written before the members topic began counting (0006) may have a
+    revision above it; a join again still goes past it. (PostgreSQL: 0019's sequence.)"""
+    with Foundation(db_url) as fdn:
+        fdn.service_registry.join("g", "http://a", member_id="m")
+        fdn.database.execute(
+            "UPDATE foundation_registry_members SET revision = 1000000000 WHERE member_id = 'm'"
+        )
+        high = fdn.database.fetchone(
+            "SELECT revision FROM foundation_registry_members WHERE member_id = 'm'"
+        )
+        again = fdn.service_registry.join("g", "http://b", member_id="m")
+        assert high is not None and again.revision > high[0]

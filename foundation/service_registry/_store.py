@@ -341,7 +341,12 @@ class RegistrySQL:
                 "metadata": join.excluded.metadata,
                 "node_id": join.excluded.node_id,
                 "lease_generation": join.excluded.lease_generation,
-                "revision": member_revision,
+                # Past the row's own too: one written before 0006's topic began counting.
+                "revision": member_revision
+                if backend != "sqlite"
+                else sa.func.max(
+                    registry_members.c.revision + sa.literal_column("1"), member_revision
+                ),
                 # The same node joining again keeps its place in members()' order; a
                 # member id taken over from a dead node joins now.
                 "joined_at": sa.case(
