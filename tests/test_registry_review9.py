@@ -201,7 +201,7 @@ def test_close_tells_the_expiry_of_a_local_entry_not_yet_swept(db_url: str) -> N
 def test_an_update_answered_as_its_ttl_ends_is_told_once(
     db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from foundation.service_registry import _state
+    from foundation.service_registry import _model, _state
 
     with node(db_url) as fdn:
         reg = fdn.service_registry
@@ -212,7 +212,9 @@ def test_an_update_answered_as_its_ttl_ends_is_told_once(
 
         def late(*args: object) -> object:
             # The row comes back after the registration's own TTL ran out.
-            monkeypatch.setattr(_state, "_time", lambda: time.time() + 120)
+            later = lambda: time.time() + 120  # noqa: E731
+            monkeypatch.setattr(_state, "_time", later)
+            monkeypatch.setattr(_model, "_time", later)
             return installed(*args)  # type: ignore[arg-type]
 
         monkeypatch.setattr(reg, "_metadata_updated", late)

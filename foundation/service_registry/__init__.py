@@ -15,13 +15,13 @@ from typing import Any
 
 from foundation.service_registry._aio import AsyncServiceRegistry
 from foundation.service_registry._base import RegistryOptions
-from foundation.service_registry._service import ServiceRegistry
-from foundation.service_registry._state import (
+from foundation.service_registry._model import (
     GroupMember,
     RegistryChange,
     RegistryWatch,
     ServiceEntry,
 )
+from foundation.service_registry._service import ServiceRegistry
 from foundation.service_registry._store import RegistrySQL
 
 __all__ = [

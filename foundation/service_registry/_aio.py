@@ -27,15 +27,17 @@ from foundation.service_registry._base import (
     log,
 )
 from foundation.service_registry._dispatch import LoopDispatcher
-from foundation.service_registry._state import (
-    CLOSED,
-    LOOP_ENDED,
+from foundation.service_registry._model import (
     GroupMember,
     RegistryChange,
     RegistryWatch,
     ServiceEntry,
     _Lease,
     check_name,
+)
+from foundation.service_registry._state import (
+    CLOSED,
+    LOOP_ENDED,
 )
 from foundation.service_registry._store import RegistrySQL
 from foundation.settings import Settings

@@ -55,11 +55,10 @@ from foundation.errors import (
     ValidationError,
 )
 from foundation.service_registry._feed import RegistryFeedSide
-from foundation.service_registry._state import (
+from foundation.service_registry._model import (
     INF,
     GroupMember,
     RegistryChange,
-    RegistryState,
     RegistryWatch,
     ServiceEntry,
     _Lease,
@@ -68,6 +67,9 @@ from foundation.service_registry._state import (
     check_new_name,
     check_ttl,
     check_where,
+)
+from foundation.service_registry._state import (
+    RegistryState,
 )
 from foundation.service_registry._store import RegistrySQL
 from foundation.settings import Settings

@@ -18,11 +18,13 @@ from typing import Any
 
 from foundation.database.feed import TOPIC_NAMES
 from foundation.database.sync import Cursor
-from foundation.service_registry._state import (
+from foundation.service_registry._model import (
     GroupMember,
     RegistryChange,
-    RegistryState,
     ServiceEntry,
+)
+from foundation.service_registry._state import (
+    RegistryState,
 )
 from foundation.service_registry._store import RegistrySQL
 

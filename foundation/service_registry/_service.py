@@ -28,14 +28,16 @@ from foundation.service_registry._base import (
     log,
 )
 from foundation.service_registry._dispatch import ThreadDispatcher
-from foundation.service_registry._state import (
-    CLOSED,
+from foundation.service_registry._model import (
     GroupMember,
     RegistryChange,
     RegistryWatch,
     ServiceEntry,
     _Lease,
     check_name,
+)
+from foundation.service_registry._state import (
+    CLOSED,
 )
 from foundation.service_registry._store import RegistrySQL
 from foundation.settings import Settings
