@@ -211,5 +211,8 @@ def limits(ctx: click.Context, max_rows: int, as_json: bool) -> None:
     for u in usage:
         # usage() judged "now" by the database's clock: never show a time already past.
         expires = _age(now, max(now, u.expires_at))
-        table.add_row(u.key, u.algorithm, str(u.used), str(u.previous_count), expires)
+        # A token bucket keeps when it is full again, not a count (see LimitUsage).
+        used = "-" if u.used is None else str(u.used)
+        previous = "-" if u.previous_count is None else str(u.previous_count)
+        table.add_row(u.key, u.algorithm, used, previous, expires)
     stdout_console().print(table)

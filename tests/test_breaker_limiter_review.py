@@ -347,7 +347,7 @@ def test_usage_as_of_now() -> None:
     assert usage_now("sliding_window", 1000, 0, 1, 0, 3000, 2000) is None
     assert usage_now("sliding_window", 1000, 2, 1, 0, 3000, 3000) is None
     # token bucket: listed while it is not full again.
-    assert usage_now("token_bucket", 0, 0, 0, 5_000_000, 5001, 4000) == (0, 0, 0)
+    assert usage_now("token_bucket", 0, 0, 0, 5_000_000, 5001, 4000) == (0, None, None)
     assert usage_now("token_bucket", 0, 0, 0, 5_000_000, 5001, 5000) is None
 
 
@@ -371,14 +371,14 @@ def test_sqlite_usage_is_read_as_of_the_given_now(tmp_path: Any) -> None:
                     },
                 )
 
-        def usage(at: int) -> list[tuple[str, int, int]]:
+        def usage(at: int) -> list[tuple[str, int | None, int | None]]:
             rows = fdn.database.fetchall(sql.select_all, {"limit": 10, "now_ms": at})
             return [(u.key, u.used, u.previous_count) for u in _usages(rows)]
 
         assert usage(now + 500) == [
             ("fixed_window", 2, 0),
             ("sliding_window", 2, 0),
-            ("token_bucket", 0, 0),
+            ("token_bucket", None, None),  # no count: when it is full again (tat_us)
         ]
         assert usage(now + 1500) == [("sliding_window", 0, 2)]
         assert usage(now + 2500) == []

@@ -167,7 +167,7 @@ class _ConfigBase:
             if row is None:  # the row was deleted with plain SQL
                 changes = self._state.forget_runtime(key, "remote")
             else:
-                changes = self._state.apply_runtime(*self._sql.runtime_row(row), "remote")
+                changes = self._state.apply_read(*self._sql.runtime_row(row))
         self._publish(changes)
 
     def resync(self, reader: Cursor) -> None:
@@ -196,7 +196,7 @@ class _ConfigBase:
                 if current is None:
                     changes += self._state.forget_runtime(key, "remote")
                 else:
-                    changes += self._state.apply_runtime(*self._sql.runtime_row(current), "remote")
+                    changes += self._state.apply_read(*self._sql.runtime_row(current))
             self._history_seen = head
         self._publish(changes)
 

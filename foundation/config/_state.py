@@ -179,7 +179,12 @@ class ConfigState:
         if adapter is not None:
             value = self._validate(key, adapter, value, source="set")
             try:
-                plain = adapter.dump_python(value, mode="json")
+                # The wire form (by alias): what the type validates from on every node
+                # and at the next start (by field name, an aliased field read back as
+                # missing); computed fields are computed again, not stored.
+                plain = adapter.dump_python(
+                    value, mode="json", by_alias=True, exclude_computed_fields=True
+                )
             except (ValueError, TypeError) as exc:  # UnicodeDecodeError: bytes not UTF-8
                 raise ConfigError(
                     f"the value for config key {key!r} cannot be stored as JSON: {exc}",
@@ -195,11 +200,26 @@ class ConfigState:
             context={"key": key},
         )
         raw = normalize_json(plain, text)
+        if adapter is not None:
+            self._reads_back(key, adapter, raw)
         return (value if adapter is not None else raw), text, raw
+
+    def _reads_back(self, key: str, adapter: TypeAdapter[Any], raw: Any) -> None:
+        """Refuse a value whose JSON its own type refuses (a custom serializer, say): the
+        other nodes would ignore it, and the next start could not register the key."""
+        try:
+            _validated(adapter, raw)
+        except PydanticValidationError as exc:
+            raise ConfigError(
+                f"the value for config key {key!r} cannot be stored: its JSON form "
+                f"({shown(raw, 200)}) is not a valid {self._type_names[key]} when read "
+                f"back; {_first_error(exc)}",
+                context={"key": key, "expected": self._type_names[key]},
+            ) from None
 
     def _validate(self, key: str, adapter: TypeAdapter[Any], value: Any, *, source: str) -> Any:
         try:
-            return adapter.validate_python(value)
+            return _validated(adapter, value)
         except PydanticValidationError as exc:
             raise ConfigError(
                 f"invalid value for config key {key!r} (from {source}): "
@@ -227,7 +247,7 @@ class ConfigState:
             except PydanticValidationError:
                 return self._validate(key, adapter, text, source=source)
         try:
-            return adapter.validate_python(parsed)
+            return _validated(adapter, parsed)
         except PydanticValidationError:
             return self._validate(key, adapter, text, source=source)
 
@@ -387,6 +407,23 @@ class ConfigState:
             else:
                 self._layers["runtime"][key] = value
             return self._recompute([key], source)
+
+    def apply_read(
+        self, key: str, value: Any, revision: int, deleted: bool, updated_by: str
+    ) -> list[ConfigChange]:
+        """The key's row as the change feed read it, under :attr:`lock` (so no local write
+        was applied since the read). A revision below this node's means the row was
+        deleted with plain SQL and written again (by a plain INSERT, or by a node of an
+        earlier release, whose rows started again at 1): the table is the truth."""
+        with self._lock:
+            current = self._runtime.get(key)
+            if (
+                current is not None
+                and revision < current.revision
+                and not self._own_write_in_flight(key, updated_by)
+            ):
+                self._runtime.pop(key)
+            return self.apply_runtime(key, value, revision, deleted, updated_by, "remote")
 
     def replace_runtime(
         self, rows: Iterable[tuple[str, Any, int, bool, str]], source: Literal["remote", "reload"]
@@ -550,3 +587,9 @@ def _first_error(exc: PydanticValidationError) -> str:
     first = errors[0]
     where = ".".join(str(p) for p in first.get("loc", ()))
     return f"{where + ': ' if where else ''}{first.get('msg', '')}"
+
+
+def _validated(adapter: TypeAdapter[Any], value: Any) -> Any:
+    """A value of the key's type. By alias and by field name: the table holds the wire
+    form (by alias), and values stored by field name before that still read."""
+    return adapter.validate_python(value, by_alias=True, by_name=True)

@@ -27,13 +27,28 @@ def changed_at(backend: Backend) -> sa.ColumnElement[Any]:
     return sa.func.now()
 
 
+def _next_revision() -> sa.ColumnElement[Any]:
+    """A new row's revision: one past the key's last recorded change. A row deleted with
+    plain SQL and set again must not start again at 1: every node keeps a key's newest
+    revision and ignores rows at or below it (one probe of the history's (key, id) index)."""
+    last = (
+        sa.select(config_history.c.revision)
+        .where(config_history.c.key == sa.bindparam("key"))
+        .order_by(config_history.c.id.desc())
+        .limit(sa.literal_column("1"))
+        .offset(sa.literal_column("0"))  # SQLite's LIMIT comes with an OFFSET
+        .scalar_subquery()
+    )
+    return sa.func.coalesce(last, sa.literal_column("0")) + sa.literal_column("1")
+
+
 def _upsert(backend: Backend) -> sa.Insert:
     insert = postgresql.insert if backend == "postgresql" else sqlite.insert
     stmt = insert(config).values(
         key=sa.bindparam("key"),
         value=sa.bindparam("value"),
         deleted=sa.false(),
-        revision=sa.literal_column("1"),
+        revision=_next_revision(),
         updated_at=changed_at(backend),
         updated_by=sa.bindparam("by"),
         correlation_id=sa.bindparam("cid"),

@@ -183,11 +183,16 @@ def usage_now(
     tat_us: int,
     expires_ms: int,
     now_ms: int,
-) -> tuple[int, int, int] | None:
+) -> tuple[int, int | None, int | None] | None:
     """A stored limit as of ``now_ms``: ``(window_start_ms, used, previous_count)``, or
-    None when it holds nothing any more (its window ended, its bucket is full again)."""
+    None when it holds nothing any more (its window ended, its bucket is full again).
+    A token bucket's row holds when it is full again (``tat_us``), not a count: its
+    ``used`` and ``previous_count`` are None (the tokens it stands for depend on the
+    limit each call gives, which no row keeps)."""
     if expires_ms <= now_ms or (algorithm == "token_bucket" and tat_us <= now_ms * 1000):
         return None
+    if algorithm == "token_bucket":
+        return start_ms, None, None
     if algorithm == "sliding_window":
         interval = (expires_ms - start_ms) // 2  # stored: window_start + 2 * interval
         if now_ms >= start_ms + interval:  # the current window ended: it is the previous now
@@ -262,22 +267,35 @@ def sliding_decision(
     elapsed = max(0, min(interval, now_ms - start))
     weighted = previous * (interval - elapsed)
     remaining = max(0, (cap * interval - weighted - current * interval) // interval)
-    retry_after = 0
-    if not allowed:
-        # When the previous window's weight has decayed enough for one more request
-        # (or the next window starts, whichever comes first).
-        needed = weighted + (current + 1) * interval - cap * interval
-        if previous > 0 and current + 1 <= cap:
-            retry_after = max(1, min(-(-needed // previous), start + interval - now_ms))
-        else:
-            retry_after = max(1, start + interval - now_ms)
     return Decision(
         allowed=allowed,
         remaining=remaining,
-        retry_after=retry_after,
-        reset_at_ms=start + 2 * interval if previous else start + interval,
+        retry_after=0 if allowed else max(1, _sliding_admits_at(state, limit) - now_ms),
+        # Whole again once no window it counts holds a request: this window's count
+        # weighs on the next one as its previous window.
+        reset_at_ms=start + 2 * interval if current else start + interval,
         limit=cap,
     )
+
+
+def _sliding_admits_at(state: tuple[int, int, int], limit: Limit) -> int:
+    """When (epoch ms) one more request is admitted, if none is admitted before.
+
+    In this window, once the previous window's weight has decayed enough; else in the
+    next, where this window's count is the previous one, at full weight as it starts;
+    else as the window after starts, which counts none of them. Admitted at elapsed
+    ``e`` when ``previous * (interval - e) + (current + 1) * interval <= cap * interval``.
+    """
+    start, current, previous = state
+    interval, cap = limit.interval, limit.max_requests
+    if current < cap:
+        elapsed = interval - (cap - current - 1) * interval // previous if previous else 0
+        if elapsed < interval:
+            return start + elapsed
+    elapsed = interval - (cap - 1) * interval // current if current else 0
+    if elapsed < interval:
+        return start + interval + elapsed
+    return start + 2 * interval
 
 
 # -- token bucket (GCRA) --------------------------------------------------------------------

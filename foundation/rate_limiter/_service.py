@@ -90,13 +90,15 @@ def _fn_key(fn: Any) -> str:
 class LimitUsage(NamedTuple):
     """One stored limit as of now, as ``foundation limits`` lists it (times in epoch ms /
     µs): a window that has ended, or a bucket full again, is left out; a sliding window
-    whose current window ended shows its count as the previous window's."""
+    whose current window ended shows its count as the previous window's. A token bucket
+    has no count (``used`` and ``previous_count`` are None): ``tat_us`` (and
+    ``expires_at``) say when it is full again."""
 
     key: str
     algorithm: str
     window_start_ms: int
-    used: int
-    previous_count: int
+    used: int | None
+    previous_count: int | None
     tat_us: int
     expires_at: datetime
 

@@ -15,6 +15,7 @@ table.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 from collections.abc import Callable, Mapping
@@ -179,7 +180,10 @@ class Telemetry:
 
         for name, handler_id, handler, config in rows:
             try:
-                handler(name, measurements, metadata, config)
+                result = handler(name, measurements, metadata, config)
+                if result is not None and inspect.iscoroutine(result):
+                    result.close()  # never awaited: not one more warning
+                    raise TypeError("it returned a coroutine, which nothing here awaits")
             except Exception as exc:  # BaseException (KeyboardInterrupt...) propagates
                 self._handler_failed(handler_id, name, exc)
 
@@ -249,7 +253,7 @@ class Telemetry:
         ``config`` is passed to every call of the handler as its fourth argument.
         Raises :class:`ValidationError` for a non-string or empty id, an id already
         attached (``context["handler_id"]``), an invalid or empty list of names, or a
-        handler that is not callable.
+        handler that is not callable or is async (it would never run).
         """
         if not isinstance(handler_id, str) or not handler_id:
             raise ValidationError(
@@ -260,6 +264,13 @@ class Telemetry:
             raise ValidationError(
                 "a telemetry handler must be callable",
                 context={"handler_id": handler_id, "handler": shown(handler)},
+            )
+        if _is_async(handler):
+            raise ValidationError(
+                "a telemetry handler must be a plain function: handlers run in the thread "
+                "that emits, which awaits nothing, so an async one would never run (hand "
+                "the event to a queue or loop.call_soon_threadsafe from a plain handler)",
+                context={"handler_id": handler_id, "handler": shown(handler, 100)},
             )
         if isinstance(event_names, list):
             if not event_names:
@@ -327,3 +338,9 @@ class Telemetry:
         # Handlers before table: a reader of the new table may look a handler up by id.
         self._handlers = handlers
         self._table = table
+
+
+def _is_async(handler: Any) -> bool:
+    """An ``async def`` function or method, or an object whose ``__call__`` is one."""
+    call = vars(type(handler)).get("__call__") if not inspect.isroutine(handler) else None
+    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(call)
