@@ -11,7 +11,10 @@ the parent's: closing a PostgreSQL connection here would end the parent's sessio
 inherited instances are kept referenced for the child's life, so that the collector
 never closes those connections either; but their SQLite connections are closed at once
 (``database.sync.close_inherited``: kept, they made the child's own connections to the
-file unsafe). Create an instance in each process.
+file unsafe), unless a thread of the parent was still inside a SQLite statement at the
+fork (one running longer than the busy timeout and a second): SQLite's process-wide
+mutexes may then be copied held, the child cannot call into SQLite at all, and what it
+inherited is left as it is. Create an instance in each process.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import os
 import threading
 import weakref
 from typing import Any, Protocol
+
+from foundation.database.sync import ForkHold
 
 __all__ = ["forked_error_message", "track"]
 
@@ -80,6 +85,7 @@ def _quiesce() -> None:
     """Before the fork: no thread of an instance inside SQLite (its locks held), so that
     no lock SQLite takes inside a call is copied held into the child (where the first
     connection of the child's own instance would wait on it forever)."""
+    ForkHold.begin()
     for instance in list(_live):
         _held.extend(instance._hold_for_fork())
 

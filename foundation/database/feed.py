@@ -40,6 +40,7 @@ from foundation.database.schema import topic_revisions
 from foundation.database.statements import compile_sql
 from foundation.database.sync import (
     Cursor,
+    ForkHold,
     _DriverCursor,
     close_inherited,
     connect_sqlite,
@@ -442,7 +443,7 @@ class SQLiteFeed(ChangeFeed):
     def hold_for_fork(self) -> list[Any]:
         """As :meth:`SyncDatabase.hold_for_fork`, for the feed's own connection."""
         wait_s = statement_wait_s(self.settings)
-        return [self.busy] if self.busy.acquire(timeout=wait_s) else []
+        return [self.busy] if ForkHold.acquire(self.busy, wait_s) else []
 
     def close_in_child(self) -> None:
         close_inherited([self._conn] if self._conn is not None else [])

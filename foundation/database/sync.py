@@ -128,6 +128,27 @@ def inside_transaction_error(url: str) -> Exception:
     )
 
 
+class ForkHold:
+    """Whether a thread of the parent was still inside SQLite at the last fork: one of the
+    locks ``hold_for_fork`` takes was not free within the wait (a statement running longer
+    than the busy timeout and a second). SQLite's process-wide mutexes (its allocator's,
+    its file locks') may then be copied held into the child, where any call into SQLite
+    would wait on them for ever: closing an inherited connection included."""
+
+    missed = False
+
+    @classmethod
+    def begin(cls) -> None:
+        cls.missed = False
+
+    @classmethod
+    def acquire(cls, lock: Any, timeout: float) -> bool:
+        if lock.acquire(timeout=timeout):
+            return True
+        cls.missed = True
+        return False
+
+
 def close_inherited(conns: list[sqlite3.Connection]) -> None:
     """In a forked child: close the SQLite connections it inherited.
 
@@ -140,7 +161,10 @@ def close_inherited(conns: list[sqlite3.Connection]) -> None:
     the records go. It touches nothing of the parent's: the parent's own locks make the
     closing connection give up its checkpoint. One in a transaction (the parent's other
     thread was inside one at the fork) is left open: its rollback would write to the WAL
-    index the parent is using."""
+    index the parent is using. None is closed when a thread of the parent was still inside
+    SQLite (see ``ForkHold``): the child could not get past the first close."""
+    if ForkHold.missed:
+        return
     for conn in conns:
         with contextlib.suppress(sqlite3.Error):  # one closed already raises too
             if not conn.in_transaction:
@@ -286,10 +310,10 @@ class SyncDatabase:
             return []
         wait_s = statement_wait_s(self.settings)
         held: list[Any] = []
-        if self._lock.acquire(timeout=wait_s):
+        if ForkHold.acquire(self._lock, wait_s):
             held.append(self._lock)
             conns = list(self._sqlite_conns.values())
-            held += [busy for _, busy in conns if busy.acquire(timeout=wait_s)]
+            held += [busy for _, busy in conns if ForkHold.acquire(busy, wait_s)]
         return held
 
     def disown(self, message: str) -> None:
