@@ -30,7 +30,7 @@ from foundation.database.url import DatabaseURL
 from foundation.database.version import VERSION_QUERIES
 from foundation.errors import ConfigError, FoundationError, StorageUnavailableError
 from foundation.events import AsyncEvents, Events, EventSQL
-from foundation.events._subscription import _FOLLOWING
+from foundation.events._subscription_aio import _FOLLOWING
 from foundation.rate_limiter import AsyncRateLimiter, RateLimiter
 from foundation.rate_limiter._store import LimiterSQL
 from foundation.service_registry import AsyncServiceRegistry, RegistrySQL, ServiceRegistry

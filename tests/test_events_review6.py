@@ -102,7 +102,7 @@ def _take_over(other: Foundation, seen: list[Any]) -> Any:
 def test_a_consumer_past_its_lease_delivers_nothing_once_the_name_is_taken(
     fdn: Foundation, db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from foundation.events._subscription import Subscription
+    from foundation.events._subscription_sync import Subscription
 
     _paused(monkeypatch, Subscription)
     old: list[Any] = []
@@ -123,7 +123,7 @@ def test_a_consumer_past_its_lease_delivers_nothing_once_the_name_is_taken(
 async def test_async_consumer_past_its_lease_delivers_nothing_once_the_name_is_taken(
     db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from foundation.events._subscription import AsyncSubscription
+    from foundation.events._subscription_aio import AsyncSubscription
 
     async with AsyncFoundation(db_url, migrate="check", poll_interval_ms=5) as afdn:
         _paused(monkeypatch, AsyncSubscription)

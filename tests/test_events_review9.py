@@ -184,7 +184,7 @@ def test_a_stop_that_times_out_before_the_handler_starts_keeps_the_name(
     import threading
     import time
 
-    from foundation.events._subscription import Subscription
+    from foundation.events._subscription_sync import Subscription
 
     fdn.events.store({"type": "job"})
     about_to_handle = threading.Event()

@@ -14,7 +14,9 @@ from foundation.events._aio import AsyncEvents
 from foundation.events._model import RecordedEvent, uuid7
 from foundation.events._service import Events
 from foundation.events._store import EVENTS_LOCK_KEY, EventSQL
-from foundation.events._subscription import AsyncSubscription, Subscription, SubscriptionStatus
+from foundation.events._subscription import SubscriptionStatus
+from foundation.events._subscription_aio import AsyncSubscription
+from foundation.events._subscription_sync import Subscription
 from foundation.events._tail import DEFAULT_TAIL_SIZE, TailCache
 from foundation.events._typed import SCHEMA_VERSION
 

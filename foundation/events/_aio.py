@@ -48,12 +48,8 @@ from foundation.events._plan import (
     sqlite_store,
 )
 from foundation.events._store import EventSQL
-from foundation.events._subscription import (
-    AsyncSubscription,
-    SubscriptionOptions,
-    closed_error,
-    interval_ms,
-)
+from foundation.events._subscription import SubscriptionOptions, closed_error, interval_ms
+from foundation.events._subscription_aio import AsyncSubscription
 from foundation.settings import Settings
 from foundation.telemetry import Telemetry
 

@@ -47,12 +47,8 @@ from foundation.events._plan import (
     sqlite_store,
 )
 from foundation.events._store import EventSQL
-from foundation.events._subscription import (
-    Subscription,
-    SubscriptionOptions,
-    closed_error,
-    interval_ms,
-)
+from foundation.events._subscription import SubscriptionOptions, closed_error, interval_ms
+from foundation.events._subscription_sync import Subscription
 from foundation.settings import Settings
 from foundation.telemetry import Telemetry
 
