@@ -12,9 +12,10 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from foundation._text import shown
 from foundation.database.aio import AsyncDatabase, finish
 from foundation.database.errors import never_sent
-from foundation.errors import FoundationError, StorageUnavailableError
+from foundation.errors import FoundationError, StorageUnavailableError, ValidationError
 from foundation.service_registry._base import (
     _CLOSE_WAIT_S,
     _HEARTBEAT_FAILED,
@@ -617,8 +618,17 @@ class AsyncServiceRegistry(_RegistryBase):
         in the order the changes happened, an ``async def`` callback awaited before the
         next one starts. The heartbeat is another task: a callback that awaits (however
         long) never delays a renewal, but a plain callback that blocks the loop blocks
-        the heartbeat with it; hand blocking work to ``asyncio.to_thread``."""
-        loop = asyncio.get_running_loop()
+        the heartbeat with it; hand blocking work to ``asyncio.to_thread``. Called where no
+        event loop runs (another thread), it raises ``validation_error``."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise ValidationError(
+                "AsyncServiceRegistry.watch must be called from async code on an event "
+                "loop, which runs its callbacks (from another thread: "
+                "loop.call_soon_threadsafe, or ServiceRegistry of a Foundation)",
+                context={"name": shown(name_or_prefix, 200)},
+            ) from None
         watch = self._watch(name_or_prefix, callback, None)
         self._dispatcher.bind(loop)
         return watch

@@ -383,7 +383,12 @@ class RegistryFeedSide:
         mark: int,
     ) -> None:
         seconds = self._sql.epoch_seconds
-        revived = self._state.replace_leases((r[0], int(r[1]), seconds(r[2])) for r in lease_rows)
+        leases = [(r[0], int(r[1]), seconds(r[2])) for r in lease_rows]
+        # As a poll does: renewals first, then the names, and the leases that are gone
+        # last: a node that closed released its names and its lease in one transaction,
+        # and its names must go while their lease still counts as live, so that watchers
+        # hear "unregister" (not nothing: a name under a lease gone unseen is dead).
+        revived = self._state.apply_leases(leases)
         entries = []
         for row in entry_rows:
             cached = self._state.cached_entry(row[0])
@@ -394,6 +399,5 @@ class RegistryFeedSide:
                 else self._entry(row)
             )
         members = [self._member(r) for r in member_rows]
-        self._publish(
-            revived + self._state.replace_entries(entries, members, mark, self._defer_to_writer)
-        )
+        changes = self._state.replace_entries(entries, members, mark, self._defer_to_writer)
+        self._publish(revived + changes + self._state.replace_leases(leases))

@@ -110,6 +110,23 @@ def _lease_live(backend: Backend, now: Any, table: sa.Table) -> Any:
     )
 
 
+def _first_generation(backend: Backend) -> Any:
+    """A node id's lease generation when it has no lease row (``close()`` deletes it): one
+    past any its rows still carry. A name whose own TTL ran out (or a member) under an
+    earlier instance of the node id stays in the table under that generation; restarting
+    at 1 would make a later instance its owner again (other nodes would report it expired
+    when that instance ends, long after its end)."""
+    highest = [
+        sa.select(sa.func.max(table.c.lease_generation))
+        .where(table.c.node_id == sa.bindparam("node"))
+        .scalar_subquery()
+        for table in (registry, registry_members)
+    ]
+    zero: Any = sa.literal_column("0")
+    greatest = sa.func.greatest if backend == "postgresql" else sa.func.max
+    return greatest(*(sa.func.coalesce(h, zero) for h in highest)) + sa.literal_column("1")
+
+
 def _dead_owner(backend: Backend, now: Any) -> Any:
     """True for a row nobody holds: a tombstone, a lapsed lease, or an entry past its TTL."""
     return sa.or_(
@@ -184,7 +201,7 @@ class RegistrySQL:
 
         take = insert(leases).values(
             node_id=sa.bindparam("node"),
-            generation=sa.literal_column("1"),
+            generation=_first_generation(backend),
             ttl_ms=sa.bindparam("ttl_ms"),
             expires_at=expires,
             renewed_at=now,
@@ -290,9 +307,30 @@ class RegistrySQL:
             else_=entry_expires,
         )
         reg = register_statement(entry_end)
-        # A recovery writes a name again with the end its own TTL already had (a lease
-        # loss never lengthens a name's life): ``:entry_until``, NULL without a TTL.
-        reclaim = register_statement(sa.bindparam("entry_until", type_=registry.c.expires_at.type))
+        # A recovery writes a name again only where its row is still this node's, as its
+        # lapsed lease left it: a name another node took, or removed (a tombstone, free to
+        # any register), was lost, and is never written again. It keeps the end its own
+        # TTL already had (a lease loss never lengthens a name's life): ``:entry_until``.
+        reclaim = (
+            sa.update(registry)
+            .where(
+                registry.c.name == sa.bindparam("name"),
+                registry.c.node_id == sa.bindparam("node"),
+                _dead_owner(backend, now),
+            )
+            .values(
+                address=sa.bindparam("address"),
+                metadata=sa.bindparam("metadata"),
+                lease_generation=sa.bindparam("gen"),
+                epoch=registry.c.epoch + sa.literal_column("1"),
+                revision=registry.c.revision + sa.literal_column("1"),
+                ttl_ms=sa.bindparam("entry_ttl_ms"),
+                expires_at=sa.bindparam("entry_until", type_=registry.c.expires_at.type),
+                registered_at=now,
+                updated_at=now,
+            )
+            .returning(*REGISTERED_COLUMNS)
+        )
 
         # The owner's own writes: its row, under its lease generation, and not past the
         # entry's own TTL (a name nobody can look up is registered nowhere: not_found).
