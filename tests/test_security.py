@@ -514,6 +514,26 @@ ALLOWED: dict[tuple[str, str], str] = {
         'f"CREATE INDEX ix_foundation_events_other_times ON foundation_events ({UTC_TIME})"\n'
         '    f" WHERE NOT ({OWN_TIME})"',
     ): "DDL in a migration: the index's expression and WHERE, the module's constants",
+    (
+        "migrations/versions/0020_config_values_readable.py",
+        '"CREATE TRIGGER foundation_config_value_readable_insert BEFORE INSERT ON '
+        'foundation_config"\n    + _SQLITE_CHECK',
+    ): "DDL in a migration: the trigger's head and its body, a module constant",
+    (
+        "migrations/versions/0020_config_values_readable.py",
+        '"CREATE TRIGGER foundation_config_value_readable_update"\n'
+        '    " BEFORE UPDATE OF value ON foundation_config" + _SQLITE_CHECK',
+    ): "as above",
+    (
+        "migrations/versions/0021_breaker_states_known.py",
+        '"CREATE TRIGGER foundation_breakers_state_insert BEFORE INSERT ON '
+        'foundation_breakers"\n        + _SQLITE_RAISE',
+    ): "DDL in a migration: the trigger's head and its body, a module constant",
+    (
+        "migrations/versions/0021_breaker_states_known.py",
+        '"CREATE TRIGGER foundation_breakers_state_update"\n'
+        '        " BEFORE UPDATE OF state ON foundation_breakers" + _SQLITE_RAISE',
+    ): "as above",
 }
 
 

@@ -58,6 +58,7 @@ from foundation.circuit_breaker import _logic as logic
 from foundation.circuit_breaker._logic import (
     CLOSED,
     CLOSED_ROW,
+    STATES,
     BreakerOptions,
     BreakerRow,
     admission,
@@ -359,8 +360,15 @@ class _BreakersBase:
             {"name": core.name, "state": row.state, "retry_after": retry_after},
         )
         when = "it was forced open" if retry_after is None else f"next probe in {retry_after} ms"
+        message = f"circuit breaker {core.name!r} is {row.state.replace('_', '-')}: {when}"
+        if row.state not in STATES:  # a row written with plain SQL before migration 0021
+            message = (
+                f"circuit breaker {core.name!r} has the state {shown(row.state, 60)} in "
+                f"foundation_breakers, which is none of {', '.join(STATES)}: calls are "
+                "refused until reset() closes it"
+            )
         return CircuitOpenError(
-            f"circuit breaker {core.name!r} is {row.state.replace('_', '-')}: {when}",
+            message,
             context={
                 "name": core.name,
                 "state": row.state,

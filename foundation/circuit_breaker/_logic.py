@@ -31,6 +31,7 @@ __all__ = [
     "HALF_OPEN",
     "OPEN",
     "OPTION_NAMES",
+    "STATES",
     "BreakerOptions",
     "BreakerRow",
     "check_scope",
@@ -43,6 +44,7 @@ __all__ = [
 ]
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+STATES = (CLOSED, OPEN, HALF_OPEN)
 State = Literal["closed", "open", "half_open"]
 PROBE_LEASE_MARGIN_MS = 1000
 MAX_MS = 366 * 24 * 3600 * 1000

@@ -13,6 +13,7 @@ import re
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from foundation._text import is_utf8
 from foundation.database.url import Backend
 
 if TYPE_CHECKING:
@@ -107,11 +108,20 @@ class SQLiteCodec(Codec):
 
     @staticmethod
     def load_json(value: Any) -> Any:
+        """A JSON value SQLite holds; ``ValueError`` for one no reader can take, which
+        only plain SQL can have written (each reader names its row)."""
         if value is None:
             return None
         if value == "{}":
             return {}
-        return scan_json(value)
+        if type(value) is not str:  # x'31' (a BLOB), 5 (an integer): not JSON text
+            raise ValueError(f"it is SQLite {type(value).__name__}, not JSON text")
+        loaded = scan_json(value)
+        # json_valid takes an escaped lone surrogate ("\ud800"), which is no text:
+        # encoding it (a reply, a line of an export) would fail later, far from here.
+        if ("\\ud" in value or "\\uD" in value) and not _all_text(loaded):
+            raise ValueError("it holds a lone surrogate (\\ud800 to \\udfff), which is not text")
+        return loaded
 
     @staticmethod
     def ts(value: datetime) -> Any:
@@ -157,6 +167,22 @@ class SQLiteCodec(Codec):
                 "YYYY-MM-DD[ HH:MM[:SS[.fraction]]][Z|+HH:MM]"
             )
         return cls.load_ts(value)
+
+
+def _all_text(value: Any) -> bool:
+    """Whether every string of a decoded JSON value (keys too) is valid Unicode text."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if not is_utf8(item):
+                return False
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return True
 
 
 # The forms of a time the log's SQLite trigger takes (migrations 0015 and 0017).
