@@ -161,7 +161,7 @@ class TypeRegistry:
         metadata = fields.get("metadata") or {}
         if not isinstance(metadata, Mapping):
             return event  # parse_event refuses it
-        given = metadata.get(SCHEMA_VERSION, spec.version)
+        given = _version_number(metadata.get(SCHEMA_VERSION, spec.version))
         if type(given) is not int or given != spec.version:
             # The key says which version the data is: a value of the caller's own there
             # would be overwritten, or would decode the data as another version.
@@ -188,7 +188,7 @@ class TypeRegistry:
                 f"event type {record.type!r} has no registered model",
                 context={"type": record.type, "position": record.position},
             )
-        stored = record.metadata.get(SCHEMA_VERSION, 1) if record.metadata else 1
+        stored = _version_number(record.metadata.get(SCHEMA_VERSION, 1) if record.metadata else 1)
         if type(stored) is not int or not 1 <= stored <= spec.version:
             raise EventError(
                 f"event at position {record.position} has schema version {stored!r}, "
@@ -235,6 +235,14 @@ def _read(spec: EventType, data: Any) -> pydantic.BaseModel:
     if spec.computed and isinstance(data, Mapping) and not spec.computed.isdisjoint(data):
         data = {k: v for k, v in data.items() if k not in spec.computed}
     return spec.model.model_validate(data, strict=False, by_alias=True, by_name=True)
+
+
+def _version_number(value: Any) -> Any:
+    """A schema version as JSON has it: 2.0 is the number 2 (one JSON number, as the log
+    compares them), written so by another hand; anything else as it is (refused)."""
+    if type(value) is float and value.is_integer():
+        return int(value)
+    return value
 
 
 def _dump(spec: EventType, model: pydantic.BaseModel) -> Any:
