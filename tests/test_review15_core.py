@@ -8,6 +8,7 @@ a token bucket with no tokens left as ``used 0``."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import random
 import time
@@ -186,7 +187,10 @@ def test_an_async_telemetry_handler_is_refused_at_attach() -> None:
         async def __call__(self, *args: Any) -> None:
             pass
 
-    for candidate in (handler, Handler()):
+    class Derived(Handler):
+        pass
+
+    for candidate in (handler, Handler(), Derived(), functools.partial(handler, "bound")):
         with pytest.raises(FoundationError) as err:
             telemetry.attach("h", "app.done", candidate)
         assert err.value.code == "validation_error" and "async" in err.value.message

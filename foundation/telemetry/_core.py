@@ -342,5 +342,11 @@ class Telemetry:
 
 def _is_async(handler: Any) -> bool:
     """An ``async def`` function or method, or an object whose ``__call__`` is one."""
-    call = vars(type(handler)).get("__call__") if not inspect.isroutine(handler) else None
-    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(call)
+    if inspect.iscoroutinefunction(handler):  # functools.partial of one included
+        return True
+    call = (
+        None
+        if inspect.isroutine(handler)
+        else inspect.getattr_static(type(handler), "__call__", None)
+    )
+    return inspect.iscoroutinefunction(call)
