@@ -36,10 +36,7 @@ from foundation.service_registry._model import (
     _Lease,
     check_name,
 )
-from foundation.service_registry._state import (
-    CLOSED,
-    LOOP_ENDED,
-)
+from foundation.service_registry._state import CLOSED, LOOP_ENDED
 from foundation.service_registry._store import RegistrySQL
 from foundation.settings import Settings
 from foundation.telemetry import Telemetry

@@ -68,9 +68,7 @@ from foundation.service_registry._model import (
     check_ttl,
     check_where,
 )
-from foundation.service_registry._state import (
-    RegistryState,
-)
+from foundation.service_registry._state import RegistryState
 from foundation.service_registry._store import RegistrySQL
 from foundation.settings import Settings
 from foundation.telemetry import Telemetry

@@ -23,9 +23,7 @@ from foundation.service_registry._model import (
     RegistryChange,
     ServiceEntry,
 )
-from foundation.service_registry._state import (
-    RegistryState,
-)
+from foundation.service_registry._state import RegistryState
 from foundation.service_registry._store import RegistrySQL
 
 __all__ = ["RegistryFeedSide"]
