@@ -190,7 +190,14 @@ def test_an_async_telemetry_handler_is_refused_at_attach() -> None:
     class Derived(Handler):
         pass
 
-    for candidate in (handler, Handler(), Derived(), functools.partial(handler, "bound")):
+    async def stream(*args: Any) -> Any:
+        yield args
+
+    def generator(*args: Any) -> Any:
+        yield args
+
+    candidates = (handler, Handler(), Derived(), functools.partial(handler, "x"), stream, generator)
+    for candidate in candidates:
         with pytest.raises(FoundationError) as err:
             telemetry.attach("h", "app.done", candidate)
         assert err.value.code == "validation_error" and "async" in err.value.message
@@ -204,7 +211,11 @@ def test_a_handler_returning_a_coroutine_is_detached_and_reported() -> None:
     async def later() -> None:
         pass
 
+    def stream() -> Any:
+        yield None
+
     telemetry.attach("sneaky", "app.done", lambda *args: later())
+    telemetry.attach("sneakier", "app.done", lambda *args: stream())
     telemetry.attach(
         "failures",
         "foundation.telemetry.handler_failure",
@@ -212,8 +223,8 @@ def test_a_handler_returning_a_coroutine_is_detached_and_reported() -> None:
     )
     with _no_warning():
         telemetry.execute("app.done", {"n": 1})
-    assert [f["handler_id"] for f in failures] == ["sneaky"]
-    assert "coroutine" in failures[0]["exception"]
+    assert [f["handler_id"] for f in failures] == ["sneaky", "sneakier"]
+    assert "coroutine" in failures[0]["exception"] and "generator" in failures[1]["exception"]
     assert [h.id for h in telemetry.list_handlers()] == ["failures"]
 
 
@@ -250,3 +261,59 @@ def test_a_token_bucket_in_use_is_not_listed_as_used_0(db_url: str) -> None:
     assert result.exit_code == 0, result.stderr
     row = next(line for line in result.stdout.splitlines() if "tb" in line)
     assert " 0 " not in row and "-" in row
+
+
+# -- review of this review's fixes --------------------------------------------------------
+
+
+class Sized(BaseModel):
+    size: int = Field(10, serialization_alias="Size")
+    host: str = Field(serialization_alias="Host")
+
+
+def test_a_model_with_a_serialization_alias_reads_back_its_value(db_url: str) -> None:
+    with Foundation(db_url) as a, Foundation(db_url) as b:
+        for node in (a, b):
+            node.config.register("sized", Sized, default={"host": "default"})
+        a.config.set("sized", {"size": 50, "host": "db1"})
+        # The field names: the serialization alias is no name the model validates from.
+        assert a.config.history("sized", limit=1)[0].new_value == {"size": 50, "host": "db1"}
+        wait_for(lambda: b.config.get("sized").size == 50)
+        assert b.config.get("sized") == Sized(size=50, host="db1")
+    with Foundation(db_url) as restarted:
+        restarted.config.register("sized", Sized, default={"host": "default"})
+        assert restarted.config.get("sized") == Sized(size=50, host="db1")
+
+
+def test_a_row_rewritten_with_plain_sql_at_the_same_revision_reaches_the_nodes(
+    db_url: str,
+) -> None:
+    with Foundation(db_url) as a, Foundation(db_url) as b:
+        a.config.set("mode", "old")
+        _converged([a, b], "mode", "old")
+        # One transaction: the row deleted and written again at the revision it had.
+        _rewrite_in_one_transaction(db_url)
+        _converged([a, b], "mode", "by hand")
+
+
+def _rewrite_in_one_transaction(db_url: str) -> None:
+    from foundation.database.url import DatabaseURL
+
+    parsed = DatabaseURL.parse(db_url)
+    statements = [
+        "DELETE FROM foundation_config WHERE key = 'mode'",
+        "INSERT INTO foundation_config (key, value, deleted, revision, updated_at, updated_by) "
+        "VALUES ('mode', '\"by hand\"', false, 1, CURRENT_TIMESTAMP, 'ops')",
+    ]
+    if parsed.backend == "sqlite":
+        import sqlite3
+
+        with sqlite3.connect(parsed.sqlite_path) as conn:
+            for statement in statements:
+                conn.execute(statement)
+        return
+    import psycopg
+
+    with psycopg.connect(parsed.conninfo) as pg, pg.transaction():
+        for statement in statements:
+            pg.execute(statement)  # type: ignore[arg-type]

@@ -19,6 +19,7 @@ import pytest
 
 from foundation import Foundation, FoundationError
 from foundation.database.url import DatabaseURL
+from tests.helpers import wait_for
 from tests.test_config_review import plain_sql
 
 
@@ -156,3 +157,21 @@ def test_a_breaker_row_already_in_an_unknown_state_is_named(tmp_path: Any) -> No
         assert "forced open" not in err.value.message
         fdn.circuit_breaker.reset("pay")
         assert fdn.circuit_breaker.execute(lambda: "paid", name="pay", max_failures=1) == "paid"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"wait" + "." * 100: {"ms": 5}},  # a key the depth check must not count
+        {"[a-z][0-9]" * 50: {"route": "x"}},
+        {"id": 18446744073709551615, "pi": "3" * 4301},  # digits in a string, an uint64
+        [10**400 + i for i in range(50)],  # integers past the float range, readable
+        ["3" * 4000] + [2**70] * 20,
+    ],
+    ids=["dotted key", "bracketed key", "uint64 and a digit string", "big ints", "mixed"],
+)
+def test_values_config_set_writes_pass_the_trigger(db_url: str, value: Any) -> None:
+    with Foundation(db_url) as a, Foundation(db_url) as b:
+        a.config.set("k", value)
+        assert a.config.get("k") == value
+        wait_for(lambda: b.config.get("k") == value)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 import pytest
 
 from foundation import FoundationError
+from foundation.errors import StorageUnavailableError
 from tests.helpers import async_wait_for, wait_for
 from tests.test_registry import drain, node, stop_heartbeat
 from tests.test_registry_async import freeze
@@ -182,3 +184,58 @@ def test_async_watch_where_no_event_loop_runs_is_a_validation_error(db_url: str)
             watch.cancel()
 
     asyncio.run(scenario())
+
+
+# -- a register whose reply was lost while its lease ran out -------------------------------
+
+
+def test_a_register_answered_lost_after_the_lease_ran_out_is_not_returned_dead(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with node(db_url) as a, node(db_url) as b:
+        reg = a.service_registry
+        stop_heartbeat(a)
+        db = reg._db
+        real_execute, real_fetchone = db.execute, db.fetchone
+
+        def lost(real: Any) -> Any:
+            def call(sql: str, params: Any = None) -> Any:
+                if sql in (reg._sql.register, reg._sql.register_new):
+                    real(sql, params)  # committed, and then the reply is lost ...
+                    reg._deadline = 0.0  # ... while the outage outlasts the lease
+                    raise StorageUnavailableError("the connection was lost", context={})
+                return real(sql, params)
+
+            return call
+
+        monkeypatch.setattr(db, "execute", lost(real_execute))
+        monkeypatch.setattr(db, "fetchone", lost(real_fetchone))
+        with pytest.raises(StorageUnavailableError):
+            reg.register("x", "a1")  # not the entry of a dead lease, its epoch no token
+        monkeypatch.undo()
+        entry = reg.register("x", "a1")  # the retry: written anew, a new epoch
+        assert entry.alive and entry.epoch == 2
+        wait_for(lambda: b.service_registry.find("x") == entry)
+
+
+def test_a_name_a_later_instance_of_the_node_id_wrote_is_lost_to_the_paused_one(
+    db_url: str,
+) -> None:
+    with node(db_url, node_id="A") as first:
+        reg = first.service_registry
+        reg.register("x", "first")
+        reg.register("y", "first")
+        stop_heartbeat(first)  # paused past its TTL: a later instance takes the node id
+        with node(db_url, node_id="A") as later:
+            later.service_registry.register("x", "later")
+            stop_heartbeat(later)  # it dies in turn (kill -9), its row left under its lease
+            wait_for(lambda: not later.service_registry._lease_valid(), timeout=10)
+            time.sleep(0.2)  # and the database's view of its lease lapses too
+            reg.heartbeat()  # the first one is back
+            assert not reg.owns("x") and reg.owns("y")
+            assert _holder(db_url, "x") == "A"
+            with node(db_url) as reader:
+                row = reader.database.fetchone(
+                    "SELECT address FROM foundation_registry WHERE name = 'x'"
+                )
+            assert row is not None and "later" in str(row[0])  # not written back

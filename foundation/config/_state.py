@@ -24,7 +24,7 @@ from typing import Any, Literal
 from pydantic import TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 
-from foundation._json import MAX_DEPTH, encode_json, normalize_json
+from foundation._json import MAX_DEPTH, encode_json, normalize_json, same_json
 from foundation._text import is_utf8, shown
 from foundation._watch import Watch, Watchers
 from foundation.config._immutable import freeze_value, same_value
@@ -91,6 +91,12 @@ class _Runtime:
     deleted: bool
     updated_by: str
     raw: Any = _MISSING  # the row's JSON value, when it came from the table
+
+    def holds(self, raw: Any, deleted: bool) -> bool:
+        """Whether this is the row's content (when its JSON value is known)."""
+        if deleted or self.deleted:
+            return deleted == self.deleted
+        return self.raw is _MISSING or same_json(self.raw, raw)
 
 
 # A watcher of config changes (shared with the registry: foundation._watch).
@@ -176,46 +182,58 @@ class ConfigState:
         """Validate a value for ``set``: (the value as it will read back, its JSON text,
         the JSON value as the table will hold it)."""
         adapter = self._types.get(key)
-        if adapter is not None:
-            value = self._validate(key, adapter, value, source="set")
-            try:
-                # The wire form (by alias): what the type validates from on every node
-                # and at the next start (by field name, an aliased field read back as
-                # missing); computed fields are computed again, not stored.
-                plain = adapter.dump_python(
-                    value, mode="json", by_alias=True, exclude_computed_fields=True
-                )
-            except (ValueError, TypeError) as exc:  # UnicodeDecodeError: bytes not UTF-8
-                raise ConfigError(
-                    f"the value for config key {key!r} cannot be stored as JSON: {exc}",
-                    context={"key": key, "expected": self._type_names[key]},
-                ) from None
-        else:
-            plain = value
-        text = encode_json(
+        if adapter is None:
+            text = self._encoded(key, value)
+            raw = normalize_json(value, text)
+            return raw, text, raw
+        value = self._validate(key, adapter, value, source="set")
+        text, raw = self._stored_form(key, adapter, value)
+        return value, text, raw
+
+    def _encoded(self, key: str, plain: Any) -> str:
+        return encode_json(
             plain,
             what=f"the value for config key {key!r}",
             max_bytes=self.max_value_bytes,
             error=ConfigError,
             context={"key": key},
         )
-        raw = normalize_json(plain, text)
-        if adapter is not None:
-            self._reads_back(key, adapter, raw)
-        return (value if adapter is not None else raw), text, raw
 
-    def _reads_back(self, key: str, adapter: TypeAdapter[Any], raw: Any) -> None:
-        """Refuse a value whose JSON its own type refuses (a custom serializer, say): the
-        other nodes would ignore it, and the next start could not register the key."""
-        try:
-            _validated(adapter, raw)
-        except PydanticValidationError as exc:
-            raise ConfigError(
-                f"the value for config key {key!r} cannot be stored: its JSON form "
-                f"({shown(raw, 200)}) is not a valid {self._type_names[key]} when read "
-                f"back; {_first_error(exc)}",
-                context={"key": key, "expected": self._type_names[key]},
-            ) from None
+    def _stored_form(self, key: str, adapter: TypeAdapter[Any], value: Any) -> tuple[str, Any]:
+        """A typed value's JSON (text, value) as the table will hold it: one that reads
+        back as itself on every node and at the next start.
+
+        The wire form (by alias) first, which is what other services exchange and an
+        alias-only field validates from; by field name when that does not read back (a
+        ``serialization_alias`` no validation takes: the field would read back as its
+        default, or as missing). Read back means: validated again and dumped again, the
+        same JSON. Computed fields are not stored (computed again on read). Neither form
+        reading back (a serializer whose output the type refuses): ``config_error``.
+        """
+        refusal = ""
+        for by_alias in (True, False):
+            options: dict[str, Any] = {"by_alias": by_alias, "exclude_computed_fields": True}
+            try:
+                plain = adapter.dump_python(value, mode="json", **options)
+            except (ValueError, TypeError) as exc:  # UnicodeDecodeError: bytes not UTF-8
+                raise ConfigError(
+                    f"the value for config key {key!r} cannot be stored as JSON: {exc}",
+                    context={"key": key, "expected": self._type_names[key]},
+                ) from None
+            text = self._encoded(key, plain)
+            raw = normalize_json(plain, text)
+            try:
+                again = adapter.dump_python(_validated(adapter, raw), mode="json", **options)
+            except PydanticValidationError as exc:
+                refusal = refusal or f"; {_first_error(exc)}"
+                continue
+            if same_json(normalize_json(again, self._encoded(key, again)), raw):
+                return text, raw
+        raise ConfigError(
+            f"the value for config key {key!r} cannot be stored: its JSON form does not "
+            f"read back as a {self._type_names[key]} equal to it{refusal}",
+            context={"key": key, "expected": self._type_names[key]},
+        )
 
     def _validate(self, key: str, adapter: TypeAdapter[Any], value: Any, *, source: str) -> Any:
         try:
@@ -412,15 +430,19 @@ class ConfigState:
         self, key: str, value: Any, revision: int, deleted: bool, updated_by: str
     ) -> list[ConfigChange]:
         """The key's row as the change feed read it, under :attr:`lock` (so no local write
-        was applied since the read). A revision below this node's means the row was
-        deleted with plain SQL and written again (by a plain INSERT, or by a node of an
-        earlier release, whose rows started again at 1): the table is the truth."""
+        was applied since the read). A revision below this node's, or the same one with
+        other contents, means the row was deleted with plain SQL and written again (by a
+        plain INSERT, a ``REPLACE``, or a node of an earlier release, whose rows started
+        again at 1): the table is the truth."""
         with self._lock:
             current = self._runtime.get(key)
             if (
                 current is not None
-                and revision < current.revision
                 and not self._own_write_in_flight(key, updated_by)
+                and (
+                    revision < current.revision
+                    or (revision == current.revision and not current.holds(value, deleted))
+                )
             ):
                 self._runtime.pop(key)
             return self.apply_runtime(key, value, revision, deleted, updated_by, "remote")

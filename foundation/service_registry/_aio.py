@@ -362,7 +362,8 @@ class AsyncServiceRegistry(_RegistryBase):
                 raise self._conflict(name, owner)
             assert owner is not None
             if self._adoptable(held, owner):
-                return self._adopt(name, held, gen, owner, started)
+                # Under a lease that ran out meanwhile: dead, written again (as below).
+                return self._adopt(name, held, gen, owner, started) if self._lease_valid() else None
             await self._release_orphan(name, gen)
             return None  # written anew with the values of this call
         if self._lease is not lease or not self._lease_valid():

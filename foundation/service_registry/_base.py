@@ -668,6 +668,10 @@ class _RegistryBase(RegistryFeedSide):
             return None
         assert owner is not None
         if self._adoptable(held, owner):
+            if not self._lease_valid():
+                # Landed under a lease that ran out meanwhile: a dead row, registered
+                # nowhere (its epoch is no token). The call raises; a retry writes anew.
+                return None
             return self._adopt(name, held, gen, owner, started)
         self._in_doubt.add(name)
         return None

@@ -349,8 +349,11 @@ class ServiceRegistry(_RegistryBase):
                     if not self._orphan(name, gen, owner):
                         raise self._conflict(name, owner)
                     assert owner is not None
-                    if self._adoptable(held, owner):
+                    if self._adoptable(held, owner) and self._lease_valid():
                         return self._adopt(name, held, gen, owner, started)
+                    if self._adoptable(held, owner):  # its lease ran out: dead, as below
+                        late = self._too_late(name, late)
+                        continue
                     self._release_orphan(name, gen)
                     continue  # written anew with the values of this call
                 if self._lease is lease and self._lease_valid():

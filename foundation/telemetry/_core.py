@@ -180,10 +180,13 @@ class Telemetry:
 
         for name, handler_id, handler, config in rows:
             try:
-                result = handler(name, measurements, metadata, config)
-                if result is not None and inspect.iscoroutine(result):
-                    result.close()  # never awaited: not one more warning
-                    raise TypeError("it returned a coroutine, which nothing here awaits")
+                result: Any = handler(name, measurements, metadata, config)
+                if result is not None and _unrun(result):
+                    if not inspect.isasyncgen(result):  # (one never started warns not)
+                        result.close()  # its body never ran (nor will: no warning either)
+                    raise TypeError(
+                        f"it returned a {type(result).__name__}, which nothing here runs"
+                    )
             except Exception as exc:  # BaseException (KeyboardInterrupt...) propagates
                 self._handler_failed(handler_id, name, exc)
 
@@ -267,9 +270,10 @@ class Telemetry:
             )
         if _is_async(handler):
             raise ValidationError(
-                "a telemetry handler must be a plain function: handlers run in the thread "
-                "that emits, which awaits nothing, so an async one would never run (hand "
-                "the event to a queue or loop.call_soon_threadsafe from a plain handler)",
+                "a telemetry handler must be a plain function, not async nor a generator: "
+                "handlers are called in the thread that emits, which awaits and iterates "
+                "nothing, so its body would never run (hand the event to a queue or "
+                "loop.call_soon_threadsafe from a plain handler)",
                 context={"handler_id": handler_id, "handler": shown(handler, 100)},
             )
         if isinstance(event_names, list):
@@ -341,12 +345,24 @@ class Telemetry:
 
 
 def _is_async(handler: Any) -> bool:
-    """An ``async def`` function or method, or an object whose ``__call__`` is one."""
-    if inspect.iscoroutinefunction(handler):  # functools.partial of one included
-        return True
+    """An ``async def`` or generator function or method (``functools.partial`` of one
+    too), or an object whose ``__call__`` is one: calling it runs none of its body."""
     call = (
         None
         if inspect.isroutine(handler)
         else inspect.getattr_static(type(handler), "__call__", None)
     )
-    return inspect.iscoroutinefunction(call)
+    return any(_unrun_function(f) for f in (handler, call) if f is not None)
+
+
+def _unrun_function(fn: Any) -> bool:
+    return (
+        inspect.iscoroutinefunction(fn)
+        or inspect.isasyncgenfunction(fn)
+        or inspect.isgeneratorfunction(fn)
+    )
+
+
+def _unrun(result: Any) -> bool:
+    """What an ``async def`` or generator function returns: its body has not run."""
+    return inspect.iscoroutine(result) or inspect.isgenerator(result) or inspect.isasyncgen(result)

@@ -13,11 +13,12 @@ subscription stopped at that event, failed. The database took such values from p
   digits; Python's ``int`` reads no more), one past the float range with a fraction (read
   as infinity, which is not JSON), or containers nested more than 100 deep (Foundation
   writes no deeper; its readers' recursive copies stop there).
-* SQLite: a value that is not text (``x'31'``, a BLOB), the same
-  numbers (``json_tree`` gives a number past the 64-bit range as infinity; the digits are
-  then counted in the text), and an escaped lone surrogate (``"\\ud800"``, which
-  ``json_valid`` takes: ``json_tree`` decodes it to the bytes ``ED A0`` to ``ED BF``, which
-  no valid UTF-8 holds), which no reply or export line could encode.
+* SQLite: a value that is not text (``x'31'``, a BLOB), the same numbers, containers
+  nested past 100 levels under plain keys, and an escaped lone surrogate
+  (``"\\ud800"``, which ``json_valid`` takes: ``json_tree`` decodes it to the bytes
+  ``ED A0`` to ``ED BF``, which no valid UTF-8 holds), which no reply or export line
+  could encode. SQLite does not check that text is UTF-8 (``CAST(x'FF' AS TEXT)``), and
+  a trigger cannot either: such text stays for a plain-SQL writer not to write.
 
 A trigger now refuses them, before any other trigger copies the value anywhere. Values
 Foundation writes never meet it (``encode_json`` refuses them first). A value already in
@@ -71,9 +72,11 @@ PG_UPGRADE = [
 ]
 
 # SQLite: BEFORE triggers, which run before 0001/0010's AFTER triggers copy the value.
-# json_tree reads a number past the 64-bit range as a real (infinity past the float
-# range): only then are the digits counted, in the text (a run of 4,301 of them, the
-# pattern made of 4,301 "[0-9]").
+# json_tree reads a number past the float range as infinity: a real literal so is read
+# so by Python too; an integer's digits are counted in its own text (``->`` gives it).
+# The depth is counted in each container's path ("$.a[2].b"), where a key holding other
+# characters than a name's is quoted: such a path is not counted (the check stays on
+# the safe side: no legal value is refused).
 _SQLITE_CHECK = """
     BEGIN
         SELECT RAISE(ABORT, 'foundation_config: the value must be JSON text')
@@ -82,9 +85,8 @@ _SQLITE_CHECK = """
         SELECT RAISE(ABORT, 'foundation_config: the value holds a number Python cannot read')
         WHERE EXISTS (
             SELECT 1 FROM json_tree(NEW.value)
-            WHERE (type = 'real' AND abs(atom) > 1.7976931348623157e308)
-               OR (type = 'integer' AND typeof(atom) = 'real'
-                   AND NEW.value GLOB '*' || replace(hex(zeroblob(4301)), '00', '[0-9]') || '*'));
+            WHERE type IN ('integer', 'real') AND abs(atom) > 1.7976931348623157e308
+              AND (type = 'real' OR length(ltrim(NEW.value -> fullkey, '-')) > 4300));
         SELECT RAISE(ABORT, 'foundation_config: the value holds a lone surrogate, not text')
         WHERE EXISTS (
             SELECT 1
@@ -127,7 +129,7 @@ _SQLITE_CHECK = """
         SELECT RAISE(ABORT, 'foundation_config: the value is nested more than 100 levels deep')
         WHERE EXISTS (
             SELECT 1 FROM json_tree(NEW.value)
-            WHERE type IN ('array', 'object')
+            WHERE type IN ('array', 'object') AND instr(fullkey, '"') = 0
               AND length(fullkey) - length(replace(replace(fullkey, '[', ''), '.', '')) >= 100);
     END
 """
