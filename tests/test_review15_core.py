@@ -317,3 +317,29 @@ def _rewrite_in_one_transaction(db_url: str) -> None:
     with psycopg.connect(parsed.conninfo) as pg, pg.transaction():
         for statement in statements:
             pg.execute(statement)  # type: ignore[arg-type]
+
+
+def test_a_key_typed_any_reads_on_its_writer_what_every_node_reads(db_url: str) -> None:
+    import datetime
+    import decimal
+
+    with Foundation(db_url) as a, Foundation(db_url) as b:
+        for node in (a, b):
+            node.config.register("free", Any, default=None)
+            node.config.register("table", dict, default={})
+        cases = [
+            ("free", {1, 2}),
+            ("free", (1, 2)),
+            ("free", datetime.datetime(2024, 1, 1)),
+            ("free", decimal.Decimal("1.10")),
+            ("table", {1: "a"}),
+        ]
+        for key, value in cases:
+            a.config.set(key, value)
+            stored = a.config.history(key, limit=1)[0].new_value
+            assert a.config.get(key) == stored, (key, value)
+            wait_for(lambda key=key, stored=stored: b.config.get(key) == stored)
+        for key in ("free", "table"):
+            with pytest.raises(FoundationError) as err:
+                a.config.set(key, {"x": float("nan")})  # pydantic would store null
+            assert err.value.code == "config_error" and "NaN" in err.value.message

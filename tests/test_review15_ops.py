@@ -175,3 +175,15 @@ def test_values_config_set_writes_pass_the_trigger(db_url: str, value: Any) -> N
         a.config.set("k", value)
         assert a.config.get("k") == value
         wait_for(lambda: b.config.get("k") == value)
+
+
+@pytest.mark.parametrize("value", ['"a\\u0000b"', '{"k\\u0000": 1}'], ids=["value", "key"])
+def test_sqlite_refuses_an_escaped_nul_as_config_set_and_postgresql_do(
+    tmp_path: Any, value: str
+) -> None:
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    with Foundation(url) as fdn:
+        fdn.config.set("limit", 1)
+        message = _refused(url, f"UPDATE foundation_config SET value = '{value}'")
+        assert "NUL" in message
+        plain_sql(url, "UPDATE foundation_config SET value = '\"\\\\u0000\"'")  # no NUL

@@ -24,7 +24,13 @@ from typing import Any, Literal
 from pydantic import TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 
-from foundation._json import MAX_DEPTH, encode_json, normalize_json, same_json
+from foundation._json import (
+    MAX_DEPTH,
+    encode_json,
+    has_nan_or_infinity,
+    normalize_json,
+    same_json,
+)
 from foundation._text import is_utf8, shown
 from foundation._watch import Watch, Watchers
 from foundation.config._immutable import freeze_value, same_value
@@ -188,7 +194,9 @@ class ConfigState:
             return raw, text, raw
         value = self._validate(key, adapter, value, source="set")
         text, raw = self._stored_form(key, adapter, value)
-        return value, text, raw
+        # What every other node, and this one after a restart, reads: the stored JSON as
+        # the type reads it (a set given to an ``Any`` key reads back as a list).
+        return _validated(adapter, raw), text, raw
 
     def _encoded(self, key: str, plain: Any) -> str:
         return encode_json(
@@ -211,6 +219,15 @@ class ConfigState:
         reading back (a serializer whose output the type refuses): ``config_error``.
         """
         refusal = ""
+        try:
+            python = adapter.dump_python(value, exclude_computed_fields=True)
+        except (ValueError, TypeError):
+            python = None  # refused with its reason by the JSON dump below
+        if has_nan_or_infinity(python):  # pydantic's JSON dump writes them as null
+            raise ConfigError(
+                f"the value for config key {key!r} is not JSON: NaN and Infinity are not JSON",
+                context={"key": key, "expected": self._type_names[key]},
+            )
         for by_alias in (True, False):
             options: dict[str, Any] = {"by_alias": by_alias, "exclude_computed_fields": True}
             try:

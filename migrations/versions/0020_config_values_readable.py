@@ -17,8 +17,10 @@ subscription stopped at that event, failed. The database took such values from p
   nested past 100 levels under plain keys, and an escaped lone surrogate
   (``"\\ud800"``, which ``json_valid`` takes: ``json_tree`` decodes it to the bytes
   ``ED A0`` to ``ED BF``, which no valid UTF-8 holds), which no reply or export line
-  could encode. SQLite does not check that text is UTF-8 (``CAST(x'FF' AS TEXT)``), and
-  a trigger cannot either: such text stays for a plain-SQL writer not to write.
+  could encode, and an escaped NUL (``"\\u0000"``: PostgreSQL's ``jsonb`` refuses it,
+  and so does ``config.set``). SQLite does not check that text is UTF-8
+  (``CAST(x'FF' AS TEXT)``), and a trigger cannot either: such text stays for a
+  plain-SQL writer not to write.
 
 A trigger now refuses them, before any other trigger copies the value anywhere. Values
 Foundation writes never meet it (``encode_json`` refuses them first). A value already in
@@ -74,6 +76,8 @@ PG_UPGRADE = [
 # SQLite: BEFORE triggers, which run before 0001/0010's AFTER triggers copy the value.
 # json_tree reads a number past the float range as infinity: a real literal so is read
 # so by Python too; an integer's digits are counted in its own text (``->`` gives it).
+# An escaped NUL is looked for once every escaped backslash is gone (an escaped
+# backslash before "u0000" is no NUL); json_tree ends a string at its NUL, so cannot show it.
 # The depth is counted in each container's path ("$.a[2].b"), where a key holding other
 # characters than a name's is quoted: such a path is not counted (the check stays on
 # the safe side: no legal value is refused).
@@ -87,6 +91,8 @@ _SQLITE_CHECK = """
             SELECT 1 FROM json_tree(NEW.value)
             WHERE type IN ('integer', 'real') AND abs(atom) > 1.7976931348623157e308
               AND (type = 'real' OR length(ltrim(NEW.value -> fullkey, '-')) > 4300));
+        SELECT RAISE(ABORT, 'foundation_config: the value holds a NUL character')
+        WHERE instr(replace(NEW.value, '\\\\', ''), '\\u0000') > 0;
         SELECT RAISE(ABORT, 'foundation_config: the value holds a lone surrogate, not text')
         WHERE EXISTS (
             SELECT 1
