@@ -343,3 +343,44 @@ def test_a_key_typed_any_reads_on_its_writer_what_every_node_reads(db_url: str) 
             with pytest.raises(FoundationError) as err:
                 a.config.set(key, {"x": float("nan")})  # pydantic would store null
             assert err.value.code == "config_error" and "NaN" in err.value.message
+
+
+class WithAlias(BaseModel):
+    x: int = Field(0, alias="X")
+
+
+class Plain(BaseModel):
+    x: int = 0
+
+
+class ByValidationAlias(BaseModel):
+    a: int = Field(1, validation_alias="va")
+
+
+class Excluded(BaseModel):
+    a: int = Field(1, alias="A", exclude=True)
+
+
+def test_typed_values_read_back_as_themselves_or_are_refused(db_url: str) -> None:
+    cases: list[tuple[str, Any, Any]] = [
+        ("union", WithAlias | Plain, Plain(x=7)),  # not read as the first member by name
+        ("validation alias", ByValidationAlias, ByValidationAlias(va=5)),
+    ]
+    with Foundation(db_url) as a, Foundation(db_url) as b:
+        for key, type_, value in cases:
+            for node in (a, b):
+                node.config.register(key, type_)
+            a.config.set(key, value)
+            # (a read-only copy of the model's class: an instance of it)
+            assert a.config.get(key) == value and isinstance(a.config.get(key), type(value))
+            wait_for(lambda key=key, value=value: b.config.get(key) == value)
+            assert isinstance(b.config.get(key), type(value))
+        a.config.register("excluded", Excluded)
+        with pytest.raises(FoundationError) as err:  # it would read back as its default
+            a.config.set("excluded", Excluded(A=5))
+        assert err.value.code == "config_error" and "read back" in err.value.message
+    with Foundation(db_url) as restarted:
+        for key, type_, value in cases:
+            restarted.config.register(key, type_)
+            assert restarted.config.get(key) == value
+            assert isinstance(restarted.config.get(key), type(value))

@@ -239,3 +239,40 @@ def test_a_name_a_later_instance_of_the_node_id_wrote_is_lost_to_the_paused_one(
                     "SELECT address FROM foundation_registry WHERE name = 'x'"
                 )
             assert row is not None and "later" in str(row[0])  # not written back
+
+
+def test_an_adopted_register_of_json_equal_metadata_is_kept_by_a_recovery(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with node(db_url) as a, node(db_url) as b:
+        reg = a.service_registry
+        db = reg._db
+        real_execute, real_fetchone = db.execute, db.fetchone
+        cut = {"register": True, "reread": True}
+
+        def lost(real: Any) -> Any:
+            def call(sql: str, params: Any = None) -> Any:
+                if sql in (reg._sql.register, reg._sql.register_new) and cut["register"]:
+                    cut["register"] = False
+                    real(sql, params)  # committed; the reply lost, and the read after it
+                    raise StorageUnavailableError("the connection was lost", context={})
+                if sql == reg._sql.select_entry and cut["reread"]:
+                    cut["reread"] = False
+                    raise StorageUnavailableError("the connection was lost", context={})
+                return real(sql, params)
+
+            return call
+
+        monkeypatch.setattr(db, "execute", lost(real_execute))
+        monkeypatch.setattr(db, "fetchone", lost(real_fetchone))
+        with pytest.raises(StorageUnavailableError):
+            reg.register("x", "addr", {"a": 1, "b": 2})
+        # The retry, with the same metadata spelled otherwise: adopted as it stands.
+        entry = reg.register("x", "addr", {"b": 2.0, "a": 1})
+        assert entry.alive
+        monkeypatch.undo()
+        stop_heartbeat(a)
+        wait_for(lambda: not reg._lease_valid(), timeout=10)
+        reg.heartbeat()  # back from a pause: nobody touched it, so it is kept
+        assert reg.owns("x")
+        wait_for(lambda: (found := b.service_registry.find("x")) is not None and found.alive)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+import pydantic
 from pydantic import TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 
@@ -240,11 +241,14 @@ class ConfigState:
             text = self._encoded(key, plain)
             raw = normalize_json(plain, text)
             try:
-                again = adapter.dump_python(_validated(adapter, raw), mode="json", **options)
+                read = _validated(adapter, raw)
+                again = adapter.dump_python(read, mode="json", **options)
             except PydanticValidationError as exc:
                 refusal = refusal or f"; {_first_error(exc)}"
                 continue
-            if same_json(normalize_json(again, self._encoded(key, again)), raw):
+            if _same_object(read, value) is not False and same_json(
+                normalize_json(again, self._encoded(key, again)), raw
+            ):
                 return text, raw
         raise ConfigError(
             f"the value for config key {key!r} cannot be stored: its JSON form does not "
@@ -629,6 +633,34 @@ def _first_error(exc: PydanticValidationError) -> str:
 
 
 def _validated(adapter: TypeAdapter[Any], value: Any) -> Any:
-    """A value of the key's type. By alias and by field name: the table holds the wire
-    form (by alias), and values stored by field name before that still read."""
-    return adapter.validate_python(value, by_alias=True, by_name=True)
+    """A value of the key's type, validated as the type says (by alias, for a field that
+    has one); by field name too when that fails, or when it reads more of the value's
+    fields (a field with a ``validation_alias`` and a default, stored by its name, would
+    read as its default): values are stored by field name where the alias does not read
+    back, and were stored so before. Not by name alone: a union's choice would change
+    (``{"x": 7}`` would fit a first model whose field ``x`` has the alias ``X``)."""
+    try:
+        read = adapter.validate_python(value)
+    except PydanticValidationError:
+        return adapter.validate_python(value, by_alias=True, by_name=True)
+    if not isinstance(read, pydantic.BaseModel) or not isinstance(value, dict):
+        return read
+    try:
+        by_name = adapter.validate_python(value, by_alias=True, by_name=True)
+    except PydanticValidationError:
+        return read
+    if isinstance(by_name, pydantic.BaseModel) and by_name.model_fields_set > read.model_fields_set:
+        return by_name
+    return read
+
+
+def _same_object(read: Any, given: Any) -> bool | None:
+    """Whether a model or dataclass read back is the one given (its own class, equal): a
+    field excluded from its dump would read back as its default, a union's member as
+    another member. None for other values, which their JSON judges (a set given to an
+    ``Any`` key reads back as a list: not equal, and what every node reads)."""
+    if isinstance(given, pydantic.BaseModel) or (
+        dataclasses.is_dataclass(given) and not isinstance(given, type)
+    ):
+        return type(read) is type(given) and bool(read == given)
+    return None

@@ -34,6 +34,7 @@ The lease protocol, per instance:
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import logging
 import threading
 import time
@@ -122,9 +123,12 @@ class _Held:
     metadata_text: str
     ttl_ms: int | None
     until: float = INF
+    # The lease generation the name was last written under by this instance: a recovery
+    # writes again only a row still carrying it (see ``RegistrySQL.reclaim``).
+    generation: int = 0
 
     def with_metadata(self, metadata: Any, text: str) -> _Held:
-        return _Held(self.address, self.address_text, metadata, text, self.ttl_ms, self.until)
+        return dataclasses.replace(self, metadata=metadata, metadata_text=text)
 
 
 @dataclass
@@ -533,6 +537,7 @@ class _RegistryBase(RegistryFeedSide):
             "metadata": held.metadata_text,
             "node": self._node,
             "gen": gen,
+            "held_gen": held.generation,
             "entry_ttl_ms": held.ttl_ms,
             "entry_until": until,
         }
@@ -586,14 +591,8 @@ class _RegistryBase(RegistryFeedSide):
         registered = now if now is not None else self._sql.codec.load_ts(registered_at)
         ttl = held.ttl_ms
         if ttl is not None and not reclaimed:
-            held = _Held(
-                held.address,
-                held.address_text,
-                held.metadata,
-                held.metadata_text,
-                ttl,
-                registered.timestamp() + ttl / 1000,
-            )
+            held = dataclasses.replace(held, until=registered.timestamp() + ttl / 1000)
+        held = dataclasses.replace(held, generation=gen)
         entry = ServiceEntry(
             name,
             held.address,

@@ -307,20 +307,19 @@ class RegistrySQL:
             else_=entry_expires,
         )
         reg = register_statement(entry_end)
-        # A recovery writes a name again only where its row is still this node's, as its
-        # lapsed lease left it: a name another node took, or removed (a tombstone, free to
-        # any register), was lost, and is never written again; so was one a later
-        # instance of this node id wrote meanwhile (while this one stood still: other
-        # values, or a generation this one never held). It keeps the end its own TTL
-        # already had (a lease loss never lengthens a name's life): ``:entry_until``.
+        # A recovery writes a name again only where its row is still as this instance
+        # last wrote it (``:held_gen``, the lease generation it wrote it under), its lease
+        # lapsed: a name another node took, or removed (a tombstone, free to any
+        # register), was lost, and is never written again; so was one a later instance of
+        # this node id wrote meanwhile (while this one stood still). It keeps the end its
+        # own TTL already had (a lease loss never lengthens a name's life):
+        # ``:entry_until``.
         reclaim = (
             sa.update(registry)
             .where(
                 registry.c.name == sa.bindparam("name"),
                 registry.c.node_id == sa.bindparam("node"),
-                registry.c.lease_generation < sa.bindparam("gen"),
-                registry.c.address == sa.bindparam("address"),
-                registry.c.metadata == sa.bindparam("metadata"),
+                registry.c.lease_generation == sa.bindparam("held_gen", type_=sa.BigInteger),
                 _dead_owner(backend, now),
             )
             .values(
