@@ -194,10 +194,9 @@ class ConfigState:
             raw = normalize_json(value, text)
             return raw, text, raw
         value = self._validate(key, adapter, value, source="set")
-        text, raw = self._stored_form(key, adapter, value)
-        # What every other node, and this one after a restart, reads: the stored JSON as
-        # the type reads it (a set given to an ``Any`` key reads back as a list).
-        return _validated(adapter, raw), text, raw
+        # The value as every other node, and this one after a restart, reads it: the
+        # stored JSON as the type reads it (a set given to an ``Any`` key: a list).
+        return self._stored_form(key, adapter, value)
 
     def _encoded(self, key: str, plain: Any) -> str:
         return encode_json(
@@ -208,9 +207,9 @@ class ConfigState:
             context={"key": key},
         )
 
-    def _stored_form(self, key: str, adapter: TypeAdapter[Any], value: Any) -> tuple[str, Any]:
-        """A typed value's JSON (text, value) as the table will hold it: one that reads
-        back as itself on every node and at the next start.
+    def _stored_form(self, key: str, adapter: TypeAdapter[Any], value: Any) -> tuple[Any, str, Any]:
+        """A typed value as it reads back, and its JSON (text, value) as the table will
+        hold it: one that reads back as itself on every node and at the next start.
 
         The wire form (by alias) first, which is what other services exchange and an
         alias-only field validates from; by field name when that does not read back (a
@@ -249,7 +248,7 @@ class ConfigState:
             if _same_object(read, value) is not False and same_json(
                 normalize_json(again, self._encoded(key, again)), raw
             ):
-                return text, raw
+                return read, text, raw
         raise ConfigError(
             f"the value for config key {key!r} cannot be stored: its JSON form does not "
             f"read back as a {self._type_names[key]} equal to it{refusal}",
