@@ -1,5 +1,6 @@
 """The registry's async face: :class:`AsyncServiceRegistry` (the heartbeat is an asyncio
-task). The lease protocol and what both faces share: :mod:`._base`.
+task). The lease protocol: :mod:`._lease`; what both faces share: :mod:`._base` and the
+layers under it.
 """
 
 from __future__ import annotations
@@ -16,18 +17,14 @@ from foundation._text import shown
 from foundation.database.aio import AsyncDatabase, finish
 from foundation.database.errors import never_sent
 from foundation.errors import FoundationError, StorageUnavailableError, ValidationError
-from foundation.service_registry._base import (
+from foundation.service_registry._base import RegistryOptions, _RegistryBase
+from foundation.service_registry._core import _Held, _Recovery, log
+from foundation.service_registry._dispatch import LoopDispatcher
+from foundation.service_registry._lease import (
     _CLOSE_WAIT_S,
     _HEARTBEAT_FAILED,
     _TAKE_ATTEMPTS,
-    NEW_ROW,
-    RegistryOptions,
-    _Held,
-    _Recovery,
-    _RegistryBase,
-    log,
 )
-from foundation.service_registry._dispatch import LoopDispatcher
 from foundation.service_registry._model import (
     GroupMember,
     RegistryChange,
@@ -38,6 +35,7 @@ from foundation.service_registry._model import (
 )
 from foundation.service_registry._state import CLOSED, LOOP_ENDED
 from foundation.service_registry._store import RegistrySQL
+from foundation.service_registry._writes import NEW_ROW
 from foundation.settings import Settings
 from foundation.telemetry import Telemetry
 

@@ -1,6 +1,7 @@
 """The registry's sync face: :class:`ServiceRegistry` (the heartbeat is a thread).
 
-The lease protocol and what both faces share: :mod:`._base`.
+The lease protocol: :mod:`._lease`; what both faces share: :mod:`._base` and the layers
+under it.
 """
 
 from __future__ import annotations
@@ -16,18 +17,14 @@ from typing import Any, TypeVar
 from foundation.database.errors import never_sent
 from foundation.database.sync import SyncDatabase
 from foundation.errors import FoundationError, StorageUnavailableError
-from foundation.service_registry._base import (
+from foundation.service_registry._base import RegistryOptions, _RegistryBase
+from foundation.service_registry._core import _Held, _Recovery, log
+from foundation.service_registry._dispatch import ThreadDispatcher
+from foundation.service_registry._lease import (
     _CLOSE_WAIT_S,
     _HEARTBEAT_FAILED,
     _TAKE_ATTEMPTS,
-    NEW_ROW,
-    RegistryOptions,
-    _Held,
-    _Recovery,
-    _RegistryBase,
-    log,
 )
-from foundation.service_registry._dispatch import ThreadDispatcher
 from foundation.service_registry._model import (
     GroupMember,
     RegistryChange,
@@ -38,6 +35,7 @@ from foundation.service_registry._model import (
 )
 from foundation.service_registry._state import CLOSED
 from foundation.service_registry._store import RegistrySQL
+from foundation.service_registry._writes import NEW_ROW
 from foundation.settings import Settings
 from foundation.telemetry import Telemetry
 
@@ -96,7 +94,7 @@ class ServiceRegistry(_RegistryBase):
         """Take this instance's lease, fill the cache, start the heartbeat thread.
 
         ``config_error`` if another live instance holds this node id's lease (see
-        :mod:`._base`); a lease left by a stopped process is waited for (at most its TTL).
+        :mod:`._lease`); a lease left by a stopped process is waited for (at most its TTL).
         """
         self._db.execute(self._sql.prune_members, self._sql.clock())
         self._take_first_lease()
