@@ -20,7 +20,8 @@ from foundation._frozen import freeze
 from foundation._json import encode_json, normalize_json, same_json
 from foundation._text import is_utf8, shown
 from foundation._watch import Watch
-from foundation.errors import ValidationError
+from foundation.database.codec import unreadable_json
+from foundation.errors import StorageError, ValidationError
 
 __all__ = [
     "GroupMember",
@@ -32,6 +33,7 @@ __all__ = [
     "check_new_name",
     "check_ttl",
     "check_where",
+    "loaded_json",
 ]
 
 _time = time.time
@@ -271,3 +273,12 @@ def check_where(where: Any) -> Callable[[Any], bool] | None:
         "where must be a mapping of metadata values or a callable(metadata) -> bool",
         context={"where": shown(where)},
     )
+
+
+def loaded_json(load_json: Any, value: Any, name: str, table: str) -> Any:
+    """A JSON column of the row of ``name`` in ``table``, decoded; ``storage_error`` naming
+    them when no reader can load it."""
+    try:
+        return load_json(value)
+    except ValueError as exc:
+        raise unreadable_json(f"the row of {name!r}", table, exc, StorageError, name=name) from None

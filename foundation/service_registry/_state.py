@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import itertools
 import logging
 import threading
 import time
@@ -33,13 +32,12 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from foundation._frozen import freeze
-from foundation.database.codec import unreadable_json
 from foundation.errors import (
     NotFoundError,
-    StorageError,
     StorageUnavailableError,
 )
 from foundation.service_registry._dispatch import Dispatcher, RegistryWatchers
+from foundation.service_registry._members import _MemberCache
 from foundation.service_registry._model import (
     _DEAD,
     INF,
@@ -50,6 +48,7 @@ from foundation.service_registry._model import (
     ServiceEntry,
     _Lease,
     check_name,
+    loaded_json,
 )
 
 __all__ = ["CLOSED", "LOOP_ENDED", "NOT_OPEN", "RegistryState"]
@@ -93,19 +92,6 @@ def _by_name(change: RegistryChange) -> str:
     return change.name
 
 
-def _by_member(change: RegistryChange) -> tuple[str, str]:
-    member = change.entry
-    return change.name, member.member_id if isinstance(member, GroupMember) else ""
-
-
-def _joined_first(run: builtins.list[RegistryChange]) -> tuple[int, float]:
-    """A member's changes in a poll: by the time of a join, a leave after them all."""
-    last = run[-1]
-    if last.kind == "join" and isinstance(last.entry, GroupMember):
-        return 0, last.entry.joined_at.timestamp()
-    return 1, 0.0
-
-
 def _death(entry: ServiceEntry) -> float:
     """When ``entry`` stops being live, as the cache knows it now (0: lease not known)."""
     return min(entry.lease.expires, entry.until)
@@ -114,7 +100,7 @@ def _death(entry: ServiceEntry) -> float:
 # -- the cache ----------------------------------------------------------------------------
 
 
-class RegistryState:
+class RegistryState(_MemberCache):
     """Leases, entries, members, local entries and watchers of one instance."""
 
     def __init__(self, node: str) -> None:
@@ -243,29 +229,6 @@ class RegistryState:
         found.sort(key=lambda e: e.name)
         return found
 
-    def members(self, group: str) -> builtins.list[GroupMember]:
-        if self.refusal is not None:
-            self._refuse()
-        now = _time()
-        # A copy: joins and leaves of other threads change the group's dict meanwhile.
-        members = builtins.list(self._members.get(group, {}).values())
-        found = [m for m in members if m.lease.expires > now]
-        found.sort(key=lambda m: (m.joined_at, m.member_id))
-        return found
-
-    def groups(self, prefix: str | None) -> builtins.list[str]:
-        if self.refusal is not None:
-            self._refuse()
-        now = _time()
-        found = [
-            group
-            for group, members in builtins.list(self._members.items())
-            if (prefix is None or group.startswith(prefix))
-            and any(m.lease.expires > now for m in builtins.list(members.values()))
-        ]
-        found.sort()
-        return found
-
     def leases(self) -> dict[str, tuple[int, float]]:
         return {n: (lease.generation, lease.expires) for n, lease in self._leases.items()}
 
@@ -375,8 +338,8 @@ class RegistryState:
         name, address, metadata, node, gen, epoch, revision, registered_at, expires_at = row
         return ServiceEntry(
             name=name,
-            address=freeze(_loaded(load_json, address, name, "foundation_registry")),
-            metadata=freeze(_loaded(load_json, metadata, name, "foundation_registry")),
+            address=freeze(loaded_json(load_json, address, name, "foundation_registry")),
+            metadata=freeze(loaded_json(load_json, metadata, name, "foundation_registry")),
             node=node,
             registered_at=load_ts(registered_at),
             epoch=int(epoch),
@@ -470,18 +433,6 @@ class RegistryState:
         self._reported[entry.name] = (entry, death)
         return [RegistryChange(entry.name, "expired", entry, self._source_of(entry.node))]
 
-    def _expired_member(self, member: GroupMember) -> builtins.list[RegistryChange]:
-        """As :meth:`_expired_entry`, for a group member."""
-        death = member.lease.expires
-        if death <= 0.0:
-            return []
-        key = (member.group, member.member_id)
-        seen = self._reported_members.get(key)
-        if seen is not None and seen[0] is member and death <= seen[1]:
-            return []
-        self._reported_members[key] = (member, death)
-        return [RegistryChange(member.group, "expired", member, self._source_of(member.node))]
-
     def replace_leases(
         self, lease_rows: Iterable[tuple[str, int, float]]
     ) -> builtins.list[RegistryChange]:
@@ -543,22 +494,6 @@ class RegistryState:
             self._touched.clear()
             return changes
 
-    def replace_members_only(
-        self, members: Iterable[GroupMember], mark: int
-    ) -> builtins.list[RegistryChange]:
-        """A poll that found only the members changed: they become exactly the table.
-
-        Reported in the order the joins happened (their ``joined_at``), then the members
-        that left, by group and member id: a deleted row says nothing of when it went.
-        Each member's own changes keep their order."""
-        with self._lock:
-            changes = self.replace_members(members, mark)
-            self._resyncing = False
-            self._touched.clear()
-        runs = [list(run) for _, run in itertools.groupby(changes, key=_by_member)]
-        runs.sort(key=_joined_first)  # stable: the leaves stay in member id order
-        return [change for run in runs for change in run]
-
     def cached_entry(self, name: str) -> ServiceEntry | None:
         return self._entries.get(name)
 
@@ -570,124 +505,6 @@ class RegistryState:
             names = builtins.list(self._displaced)
             self._displaced.clear()
             return names
-
-    # -- members ----------------------------------------------------------------------
-
-    def make_member(self, row: tuple[Any, ...], load_json: Any, load_ts: Any) -> GroupMember:
-        group, member_id, address, metadata, node, gen, revision, joined_at = row
-        return GroupMember(
-            group=group,
-            member_id=member_id,
-            address=freeze(_loaded(load_json, address, group, "foundation_registry_members")),
-            metadata=freeze(_loaded(load_json, metadata, group, "foundation_registry_members")),
-            node=node,
-            joined_at=load_ts(joined_at),
-            lease=self.lease_for(node, int(gen)),
-            revision=int(revision),
-        )
-
-    def apply_member(
-        self, group: str, member_id: str, member: GroupMember | None, source: str
-    ) -> builtins.list[RegistryChange]:
-        with self._lock:
-            self._seq += 1
-            if self._resyncing:
-                self._touched[(group, member_id)] = self._seq
-            if source != "remote" and self._member_read == (group, member_id):
-                self._member_read_overtaken = True
-            table = self._members.setdefault(group, {})
-            old = table.get(member_id)
-            now = _time()
-            old_live = old is not None and old.lease.expires > now
-            src: Any = source if member is not None else self._removal_source(old, source)
-            owner = old if member is None else member
-            if owner is not None and owner.node == self.node:
-                # This node's own join or leave (one live instance per node id), which the
-                # feed may read before the call that wrote it has applied it here.
-                src = "local"
-            if member is None:
-                table.pop(member_id, None)
-                if not table:
-                    self._members.pop(group, None)
-                if old is not None:
-                    self._member_gone((group, member_id), old.revision)
-                removed: builtins.list[RegistryChange] = []
-                if old is not None and old_live:
-                    removed = [RegistryChange(group, "leave", old, src)]
-                elif old is not None:
-                    removed = self._expired_member(old)  # pruned before the sweep saw it die
-                # Forgotten only now: the member's death may have been reported already.
-                self._reported_members.pop((group, member_id), None)
-                return removed
-            if old is not None and old.revision >= member.revision:
-                return []
-            gone = self._members_gone.get((group, member_id))
-            if gone is not None:
-                if gone[0] >= member.revision:
-                    return []  # read before its removal
-                del self._members_gone[(group, member_id)]
-            table[member_id] = member
-            changes = [] if old is None or old_live else self._expired_member(old)
-            death = member.lease.expires
-            if 0.0 < death <= now or member.lease is _DEAD:
-                self._reported_members[(group, member_id)] = (member, death)
-                if old_live:
-                    changes.append(RegistryChange(group, "leave", old, src))
-                return changes
-            self._reported_members.pop((group, member_id), None)
-            if old_live and old is not None and old.lease is member.lease:
-                if old.address != member.address or old.metadata != member.metadata:
-                    changes.append(RegistryChange(group, "join", member, src))  # joined again
-                return changes
-            changes.append(RegistryChange(group, "join", member, src))
-            return changes
-
-    def reading_member(self, group: str, member_id: str) -> None:
-        """The feed is about to read a member's row (see ``read_member``)."""
-        with self._lock:
-            self._member_read = (group, member_id)
-            self._member_read_overtaken = False
-
-    def read_member(
-        self, group: str, member_id: str, member: GroupMember | None
-    ) -> builtins.list[RegistryChange] | None:
-        """Apply the row the feed read since ``reading_member``; None if this node's own
-        join or leave of that member was applied meanwhile: the read may predate it, and
-        a read that found no row (a leave before a join) carries no revision to tell. The
-        feed then reads the row anew."""
-        with self._lock:
-            overtaken = self._member_read_overtaken
-            self._member_read = None
-            if overtaken:
-                return None
-            return self.apply_member(group, member_id, member, "remote")
-
-    def _member_gone(self, key: tuple[str, str], revision: int) -> None:
-        # Under the lock. Kept for minutes: a read is applied within a feed pass.
-        now = time.monotonic()
-        gone = self._members_gone
-        if len(gone) >= 4096:
-            for stale in [k for k, (_, at) in gone.items() if now - at > 600.0]:
-                del gone[stale]
-        gone[key] = (max(revision, gone.get(key, (0, 0.0))[0]), now)
-
-    def replace_members(
-        self, members: Iterable[GroupMember], mark: int
-    ) -> builtins.list[RegistryChange]:
-        changes: builtins.list[RegistryChange] = []
-        fresh: dict[tuple[str, str], GroupMember] = {(m.group, m.member_id): m for m in members}
-        for (group, member_id), member in fresh.items():
-            if self._touched.get((group, member_id), 0) > mark:
-                continue  # this node's own join or leave since the read began is newer
-            changes += self.apply_member(group, member_id, member, "remote")
-        for group, table in list(self._members.items()):
-            for member_id in list(table):
-                if (group, member_id) not in fresh and self._touched.get(
-                    (group, member_id), 0
-                ) <= mark:
-                    changes += self.apply_member(group, member_id, None, "remote")
-        changes.sort(key=_by_member)  # by group and member id, as replace_entries
-        return changes
 
     # -- local entries ----------------------------------------------------------------
 
@@ -804,10 +621,3 @@ class RegistryState:
             changes = [c for c in changes if not self._shadowed(c)]
         if changes:
             self._watchers.notify(changes)
-
-
-def _loaded(load_json: Any, value: Any, name: str, table: str) -> Any:
-    try:
-        return load_json(value)
-    except ValueError as exc:
-        raise unreadable_json(f"the row of {name!r}", table, exc, StorageError, name=name) from None

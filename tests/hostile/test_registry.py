@@ -7,6 +7,7 @@ escaped as driver errors or wrong answers (found by these properties, now handle
 from __future__ import annotations
 
 import enum
+import math
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -67,6 +68,8 @@ def _ttl_ok(ttl: Any) -> bool:
         return True
     if isinstance(ttl, timedelta):
         return timedelta(0) < ttl <= timedelta(milliseconds=YEAR_MS)
+    if type(ttl) is float:  # whole milliseconds, rounded (at least 1)
+        return math.isfinite(ttl) and ttl > 0 and round(ttl) <= YEAR_MS
     return type(ttl) is int and 0 < ttl <= YEAR_MS
 
 
