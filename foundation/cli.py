@@ -37,6 +37,7 @@ from foundation.cli_common import (
     dumps,
     no_file,
     open_foundation,
+    require_file,
     stdout_console,
     target_of,
     truncate,
@@ -44,7 +45,7 @@ from foundation.cli_common import (
 from foundation.cli_events import events
 from foundation.cli_ops import breakers, limits, registry
 from foundation.config._service import MAX_HISTORY
-from foundation.config._state import ConfigHistoryEntry
+from foundation.config._state import ConfigHistoryEntry, check_key
 from foundation.database import migrate
 from foundation.database.errors import translate_errors
 from foundation.database.url import DatabaseURL
@@ -219,7 +220,9 @@ def downgrade(ctx: click.Context, revision: str, extra: tuple[str, ...], yes: bo
 
     Reverting a revision runs its downgrade: revisions 0001 to 0004 drop the tables they
     created, with every row (0001 config and its history, 0002 the event log and the
-    subscriptions, 0003 the registry, 0004 breakers and limits). Asks first, unless
+    subscriptions, 0003 the registry, 0004 breakers and limits); below 0019 on
+    PostgreSQL (0006 on SQLite), group member revisions start again once upgraded, and
+    nodes that ran across it must be restarted. Asks first, unless
     --yes; the answer is read from standard input, so a script that pipes "y" in
     says yes, and with no answer there (< /dev/null) it does nothing.
     """
@@ -233,9 +236,16 @@ def downgrade(ctx: click.Context, revision: str, extra: tuple[str, ...], yes: bo
     if not yes:
         reverted = migrate.reverted_by(current, revision)
         dropped = [TABLES_OF[r] for r in reverted if r in TABLES_OF]
+        restart = MEMBER_REVISIONS[target.url.backend] in reverted
         click.confirm(
             f"Downgrade {target.url.masked} to {revision}?"
-            + (f" This drops {'; '.join(dropped)}, with every row." if dropped else ""),
+            + (f" This drops {'; '.join(dropped)}, with every row." if dropped else "")
+            + (
+                " Group member revisions start again below what running nodes remember: "
+                "restart them after the next upgrade."
+                if restart
+                else ""
+            ),
             abort=True,
             err=True,
         )
@@ -244,6 +254,10 @@ def downgrade(ctx: click.Context, revision: str, extra: tuple[str, ...], yes: bo
         after = migrate.current_revision(target.url, target.settings)
     click.echo(_moved("downgraded", target.url, moved, after))
 
+
+# The revision whose downgrade forgets the member revisions handed out (PostgreSQL's
+# sequence of 0019, SQLite's topic revisions of 0006): an upgrade starts them again.
+MEMBER_REVISIONS = {"postgresql": "0019", "sqlite": "0006"}
 
 # The revisions whose downgrade drops tables, with what they hold.
 TABLES_OF = {
@@ -374,6 +388,8 @@ def config_get(ctx: click.Context, key: str) -> None:
 def config_set(ctx: click.Context, key: str, value: str, force_string: bool) -> None:
     """Set KEY to VALUE (read as JSON when it parses, else as a string)."""
     parsed = _parse_value(value, force_string)
+    # Before the database is opened: a bad key must not leave a new SQLite file behind.
+    check_key(key, target_of(ctx).settings.max_key_length)
     with open_foundation(ctx, create=True) as fdn:
         fdn.config.set(key, parsed)
         stored = fdn.config.get(key)
@@ -385,6 +401,7 @@ def config_set(ctx: click.Context, key: str, value: str, force_string: bool) -> 
 @click.pass_context
 def config_delete(ctx: click.Context, key: str) -> None:
     """Delete KEY's runtime value (file, environment and defaults stay)."""
+    require_file(target_of(ctx).url)  # a database that is not there holds nothing to delete
     with open_foundation(ctx, create=True) as fdn:
         deleted = fdn.config.delete(key)
         explanation = fdn.config.explain(key)

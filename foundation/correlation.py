@@ -38,10 +38,13 @@ def new_correlation_id() -> str:
 
 
 @contextmanager
-def correlation(correlation_id: str | None = None) -> Iterator[str]:
-    """Set the correlation id for the block (a new one when ``None``) and yield it."""
+def correlation(correlation_id: str | uuid.UUID | None = None) -> Iterator[str]:
+    """Set the correlation id for the block (a new one when ``None``) and yield it. A
+    :class:`uuid.UUID` is taken as its text (``str(id)``), as ``events.store`` takes it."""
     if correlation_id is None:
         correlation_id = new_correlation_id()
+    elif isinstance(correlation_id, uuid.UUID):
+        correlation_id = str(correlation_id)
     else:
         _check(correlation_id)
     token = _current.set(correlation_id)

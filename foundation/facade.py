@@ -112,9 +112,15 @@ class _Base:
         self._forked = False  # a child's copy, after os.fork() (see foundation._fork)
         _fork.track(self)
         mode = self.settings.migrate
-        return (
-            mode if mode is not None else ("upgrade" if self.url.backend == "sqlite" else "check")
-        )
+        if mode is None:
+            mode = "upgrade" if self.url.backend == "sqlite" else "check"
+        if mode == "check" and self.url.backend == "sqlite" and not self.url.sqlite_path.exists():
+            # Refused before the database is opened: opening it would create the file, and
+            # its directories, for a mistyped path.
+            error = _outdated(self.url, None)
+            assert error is not None
+            raise error
+        return mode
 
     def _upgrade(self) -> None:
         """Run alembic (one process at a time: SQLite via BEGIN IMMEDIATE, PG via a lock)."""
@@ -157,13 +163,16 @@ class _Base:
         _fork.renew_locks(self, *(x for x in [*services, *parts] if x is not None))
 
     def _topics(self) -> dict[str, Any]:
-        """Which service follows which change-feed topic."""
+        """Which service follows which change-feed topic, in the order they resync after
+        a reconnect: the leases first (a node judges other nodes' by what it last read),
+        the event log's tail last (the longest read: a connection cut during it must not
+        keep the others from ever resyncing)."""
         services: Any = self
         return {
-            "config": services.config,
-            "events": services.events,
             "registry": services.service_registry,
+            "config": services.config,
             "breakers": services.circuit_breaker,
+            "events": services.events,
         }
 
     def _start_feed(self, subscribers: dict[str, Any]) -> None:
@@ -286,6 +295,12 @@ class Foundation(_Base):
         tail position, open breakers); ``stop()`` it, or use it as a context manager.
         Subscriptions report their own lag as ``foundation.events.subscription.lag``."""
         from foundation.telemetry.poller import Poller, event_log, open_breakers, process_memory
+
+        if self._db.closed:  # its probes would read a database that is gone
+            raise StorageUnavailableError(
+                "this Foundation instance is closed: it has nothing left to poll",
+                context={"url": self.url.masked, "closed": True},
+            )
 
         def open_count() -> int:
             return sum(info.state == "open" for info in self.circuit_breaker.breakers())

@@ -6,6 +6,8 @@ Every knob of Foundation is a field here; explicit keyword arguments to
 
 from __future__ import annotations
 
+import difflib
+import logging
 import os
 import socket
 import uuid
@@ -24,6 +26,10 @@ from foundation.errors import ConfigError
 __all__ = ["DEFAULT_DATABASE_URL", "Settings", "build_settings", "default_node_id"]
 
 ENV_PREFIX = "FOUNDATION_"
+# Variables of this prefix that are no setting, yet Foundation's own: its test suite's.
+_OTHER_VARIABLES = ("FOUNDATION_TEST_",)
+_warned: set[str] = set()
+log = logging.getLogger("foundation.settings")
 
 DEFAULT_DATABASE_URL = "sqlite:///foundation.db"
 # The upper bound of every interval setting: past it, thread waits overflow the platform's
@@ -227,9 +233,34 @@ def build_settings(values: Mapping[str, Any], base: Settings | None = None) -> S
     try:
         if base is not None:
             return Settings.model_validate({**base.model_dump(), **values})
-        return Settings(**values)
+        settings = Settings(**values)
     except pydantic.ValidationError as exc:
         raise _setting_error(exc, values, from_env=base is None) from None
+    _warn_unknown_variables(settings.config_env_prefix)
+    return settings
+
+
+def _warn_unknown_variables(config_prefix: str) -> None:
+    """Log, once per process, each ``FOUNDATION_*`` variable that names no setting (a
+    misspelt ``FOUNDATION_SQLITE_SYNCRONOUS`` would be ignored without a word; the
+    same misspelt keyword argument is a ``config_error``). Config values
+    (``config_env_prefix``) are any name."""
+    known = [ENV_PREFIX + name.upper() for name in Settings.model_fields]
+    for variable in os.environ:
+        if (
+            not variable.upper().startswith(ENV_PREFIX)
+            or variable.upper() in known
+            or variable.upper().startswith((config_prefix.upper(), *_OTHER_VARIABLES))
+            or variable in _warned
+        ):
+            continue
+        _warned.add(variable)
+        close = difflib.get_close_matches(variable.upper(), known, n=1)
+        log.warning(
+            "the environment variable %s names no Foundation setting: it is ignored%s",
+            variable,
+            f" (did you mean {close[0]}?)" if close else "",
+        )
 
 
 def _setting_error(

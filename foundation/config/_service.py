@@ -28,7 +28,7 @@ from foundation.correlation import current_correlation_id
 from foundation.database.aio import AsyncDatabase, finish, not_open_error
 from foundation.database.feed import ChangeFeed
 from foundation.database.sync import Cursor, SyncDatabase
-from foundation.errors import ConfigError, FoundationError
+from foundation.errors import ConfigError, FoundationError, StorageUnavailableError
 from foundation.settings import Settings
 from foundation.telemetry import Telemetry
 
@@ -77,6 +77,16 @@ class _ConfigBase:
     def explain(self, key: Any) -> ConfigExplanation:
         """Where ``key``'s value comes from: each layer that holds it and the winner."""
         return self._state.explain(key)
+
+    @staticmethod
+    def _check_watchable(pattern: Any, closed: bool) -> None:
+        """A watch of a closed instance would never be called: refused, as writes are.
+        (Reads still answer from the cache as it was at the close.)"""
+        if closed:
+            raise StorageUnavailableError(
+                "this Foundation instance is closed: a config watch would never be called",
+                context={"pattern": shown(pattern)},
+            )
 
     def _load_external(self) -> list[ConfigChange]:
         path = self._settings.config_file
@@ -257,7 +267,9 @@ class Config(_ConfigBase):
         Local changes call it in the thread that made them; remote ones in the feed's thread.
         So when several threads set one key at once, their calls may come in another order
         than the changes: read ``get(key)`` for the latest value, not the last ``new``.
+        On a closed instance (nothing would call it back) ``storage_unavailable``.
         """
+        self._check_watchable(key_or_prefix, self._db.closed)
         return self._state.watch(key_or_prefix, callback)
 
     def history(self, key: Any = None, limit: int = 100) -> list[ConfigHistoryEntry]:
@@ -354,6 +366,7 @@ class AsyncConfig(_ConfigBase):
 
     def watch(self, key_or_prefix: Any, callback: Callable[[ConfigChange], Any]) -> ConfigWatch:
         """As :meth:`Config.watch`; callbacks (plain or ``async def``) run on the event loop."""
+        self._check_watchable(key_or_prefix, self._db.closed)
         return self._state.watch(key_or_prefix, callback, loop=asyncio.get_running_loop())
 
     async def history(self, key: Any = None, limit: int = 100) -> list[ConfigHistoryEntry]:

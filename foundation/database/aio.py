@@ -225,7 +225,12 @@ class AsyncDatabase:
                     worker.daemon = True
                 try:
                     conn = self._sqlite = await finish(connecting)
-                except BaseException:
+                except BaseException as exc:
+                    if isinstance(exc, asyncio.CancelledError) and connecting._connection:
+                        # Connected, then the caller's cancellation: kept, and closed by
+                        # the close() a cut-short open runs (its thread ends then).
+                        self._sqlite = connecting
+                        raise
                     # aiosqlite stops its thread by a message that answers on this loop:
                     # wait for it here, or it fails later on a closed loop, to stderr.
                     thread = getattr(connecting, "_thread", None)

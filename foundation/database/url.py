@@ -20,9 +20,19 @@ Backend = Literal["sqlite", "postgresql"]
 def mask_url(url: str) -> str:
     """The URL with its password replaced by ``***`` (safe for messages and logs)."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        return _shown(make_url(url))
     except Exception:  # an unparsable URL may still hold a secret: show only its scheme
         return url.split(":", 1)[0] + "://***"
+
+
+def _shown(url: URL) -> str:
+    """``url`` with every secret as ``***``: the password, and libpq's options that carry
+    one in the query (``?password=``, ``?sslpassword=``)."""
+    secret = {key: "***" for key in url.query if "password" in key.lower()}
+    if secret:
+        url = url.update_query_dict(secret)
+    # (rendered percent-encoded in the query: shown as in the user part)
+    return url.render_as_string(hide_password=True).replace("%2A%2A%2A", "***")
 
 
 # A server that stops answering while the connection stays open (a network partition, a
@@ -59,9 +69,11 @@ class DatabaseURL:
                 raw = "postgresql://" + raw[len("postgres://") :]
             try:
                 url = make_url(raw)
-            except ArgumentError:
+            except (ArgumentError, ValueError) as exc:
+                # ValueError: a port that is not a number, an unclosed [IPv6 host]
+                why = "" if isinstance(exc, ArgumentError) else " (its host or port is unreadable)"
                 raise ConfigError(
-                    f"not a database URL: {mask_url(raw)!r}",
+                    f"not a database URL: {mask_url(raw)!r}{why}",
                     context={"url": mask_url(raw)},
                 ) from None
         else:
@@ -71,13 +83,22 @@ class DatabaseURL:
             if url.drivername not in ("sqlite", "sqlite+pysqlite", "sqlite+aiosqlite"):
                 raise ConfigError(
                     f"unsupported SQLite driver {url.drivername!r}; use sqlite:///path",
-                    context={"url": url.render_as_string(hide_password=True)},
+                    context={"url": _shown(url)},
                 )
             if url.database in (None, "", ":memory:"):
                 raise ConfigError(
                     "an in-memory SQLite database cannot be shared between connections; "
                     "give a file path (sqlite:///app.db)",
-                    context={"url": url.render_as_string(hide_password=True)},
+                    context={"url": _shown(url)},
+                )
+            if url.query:
+                # sqlite3 would ignore them (SQLAlchemy only warns): a ?mode=ro that
+                # writes, a ?timeout= that waits as the settings say, is worse than none.
+                raise ConfigError(
+                    f"a SQLite URL takes no options ({', '.join(sorted(url.query))}): "
+                    "Foundation opens the file read-write itself; its settings are "
+                    "sqlite_synchronous and sqlite_busy_timeout_ms",
+                    context={"url": _shown(url)},
                 )
             return cls(url.set(drivername="sqlite"), "sqlite")
         if backend_name == "postgresql":
@@ -85,18 +106,20 @@ class DatabaseURL:
                 raise ConfigError(
                     f"unsupported PostgreSQL driver {url.drivername!r}; "
                     "Foundation uses psycopg 3 (postgresql+psycopg://…)",
-                    context={"url": url.render_as_string(hide_password=True)},
+                    context={"url": _shown(url)},
                 )
-            return cls(url.set(drivername="postgresql+psycopg"), "postgresql")
+            parsed = cls(url.set(drivername="postgresql+psycopg"), "postgresql")
+            parsed._check_conninfo()
+            return parsed
         raise ConfigError(
             f"unsupported database {backend_name!r}: use sqlite:///path or "
             "postgresql+psycopg://user@host/db",
-            context={"url": url.render_as_string(hide_password=True)},
+            context={"url": _shown(url)},
         )
 
     @property
     def masked(self) -> str:
-        return self.url.render_as_string(hide_password=True)
+        return _shown(self.url)
 
     @property
     def sqlite_path(self) -> Path:
@@ -117,6 +140,20 @@ class DatabaseURL:
         if not tuned:
             url = url.update_query_dict(_DEAD_PEER)
         return url.render_as_string(hide_password=False)
+
+    def _check_conninfo(self) -> None:
+        """Refuse now what libpq would refuse at each connect, as the server's refusal
+        (``?sslmod=``: a misspelt option)."""
+        from psycopg import ProgrammingError
+        from psycopg.conninfo import conninfo_to_dict
+
+        try:
+            conninfo_to_dict(self.conninfo)
+        except ProgrammingError as exc:
+            raise ConfigError(
+                f"the database URL {self.masked!r} is not one libpq reads: {str(exc).strip()}",
+                context={"url": self.masked},
+            ) from None
 
     def sqlalchemy_url(self, *, asynchronous: bool = False) -> URL:
         if self.backend == "sqlite":

@@ -242,6 +242,11 @@ def _one(e: NewEvent, written: tuple[int, int | None], now: datetime) -> StoredB
     return out
 
 
+# A checked insert refused, then the stream found at a version it expects (another writer
+# moved it between the two statements): it runs again, this many times in all.
+_CHECKED_ATTEMPTS = 3
+
+
 def sqlite_store(
     sql: EventSQL, batch: Sequence[NewEvent], now: datetime, in_transaction: bool
 ) -> Generator[Step, Any, StoredBatch]:
@@ -257,10 +262,21 @@ def sqlite_store(
             position = yield ("insert", sql.insert, sql.insert_row(event, None, at))
             written: list[tuple[int, int | None]] = [(position, None)]
         else:
-            row = yield ("fetchone", sql.insert_checked, sql.checked_params(event, at))
-            if row is None:  # the expected version did not hold: nothing was written
-                current = yield ("fetchone", sql.stream_version, {"stream_id": event.stream_id})
-                raise concurrency_error(event, int(current[0] or 0), batch, fresh[0])
+            row = None
+            for _ in range(_CHECKED_ATTEMPTS):
+                row = yield ("fetchone", sql.insert_checked, sql.checked_params(event, at))
+                if row is not None:
+                    break
+                # The expected version did not hold: nothing was written. The version is
+                # read after (autocommit): another writer may have moved the stream since,
+                # to where this expectation holds. The error must name a version that
+                # refuses it: the store runs again instead, after that writer's.
+                read = yield ("fetchone", sql.stream_version, {"stream_id": event.stream_id})
+                found = int(read[0] or 0)
+                if not _expected_holds(event, found):
+                    raise concurrency_error(event, found, batch, fresh[0])
+            if row is None:  # moved to a version it expects, three times over
+                raise concurrency_error(event, found, batch, fresh[0])
             written = [(int(row[0]), int(row[1]))]
         # Writers are serialized and the rowid is max + 1 (append-only): the tail before
         # this row is the position just below it.

@@ -275,7 +275,9 @@ class AsyncSubscription(_SubscriptionBase):
         if keeper is not None and not keeper.get_loop().is_closed():  # else dead with it
             keeper.cancel()
         try:
-            await self._db.execute(self._sql.sub_status, self._released())
+            # Whole even if this task is cancelled meanwhile (stop() cancels it once its
+            # timeout has passed, maybe here): "stopped" is told only of a released name.
+            await finish(self._db.execute(self._sql.sub_status, self._released()))
         except FoundationError:
             log.warning("could not release subscription %r", self.name)
         finally:

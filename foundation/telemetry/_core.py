@@ -154,6 +154,26 @@ class Telemetry:
             raise _invalid_name(
                 event_name, "expected a dotted string or a tuple of strings"
             ) from None
+        # Checked with no handler attached too: a call that works until a metric is
+        # attached, and raises from then on, would fail in production only. The exact-type
+        # test first: an ABC isinstance check costs several times more.
+        if (
+            measurements is not None
+            and type(measurements) is not dict
+            and not isinstance(measurements, Mapping)
+        ):
+            raise ValidationError(
+                "telemetry measurements must be a mapping",
+                context={"measurements": shown(measurements)},
+            )
+        if (
+            metadata is not None
+            and type(metadata) is not dict
+            and not isinstance(metadata, Mapping)
+        ):
+            raise ValidationError(
+                "telemetry metadata must be a mapping", context={"metadata": shown(metadata)}
+            )
         if not rows:
             if rows is None:
                 self._remember_unheard(table, event_name)
@@ -161,18 +181,8 @@ class Telemetry:
 
         if measurements is None:
             measurements = {}
-        # The exact-type test first: an ABC isinstance check costs several times more.
-        elif type(measurements) is not dict and not isinstance(measurements, Mapping):
-            raise ValidationError(
-                "telemetry measurements must be a mapping",
-                context={"measurements": shown(measurements)},
-            )
         if metadata is None:
             metadata = {}
-        elif type(metadata) is not dict and not isinstance(metadata, Mapping):
-            raise ValidationError(
-                "telemetry metadata must be a mapping", context={"metadata": shown(metadata)}
-            )
         if "correlation_id" not in metadata:
             correlation_id = current_correlation_id()
             if correlation_id is not None:

@@ -1,0 +1,311 @@
+"""Review 16: a new user with the docs, and a platform team's deploys.
+
+* A PostgreSQL URL whose port is not a number reached the user as a raw ``ValueError``;
+  a misspelt libpq option (``?sslmod=``) was a ``storage_error`` from the server; a
+  password in the URL's query was shown in errors; a SQLite URL's options were ignored
+  (``?mode=ro`` wrote).
+* A closed instance took ``config.watch`` (never called) and started a ``poller()``.
+* ``telemetry.execute`` took measurements that are no mapping while no handler was
+  attached, and raised once one was; ``correlation(uuid)`` was refused while events take
+  a UUID correlation id.
+* A misspelt ``FOUNDATION_*`` variable was ignored without a word.
+* ``migrate="check"`` on a missing SQLite path refused, and left the file and its
+  directories behind; so did ``foundation config set`` of a bad key, and ``config
+  delete`` created a database to say there was nothing to delete.
+* Migration 0022: 0019's member revision function found its sequence through the
+  caller's ``search_path`` (plain SQL on a schema's members failed, or took another
+  install's sequence and went back).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+import foundation
+from foundation import AsyncFoundation, Foundation, FoundationError
+from foundation.database.url import DatabaseURL, mask_url
+from foundation.telemetry import Telemetry
+from tests.helpers import wait_for
+from tests.test_cli import fails
+
+BAD_URLS = ["postgresql+psycopg://u@127.0.0.1:54x2/db", "postgresql://u@[::1/x"]
+
+
+@pytest.mark.parametrize("url", BAD_URLS)
+def test_an_unreadable_host_or_port_is_a_config_error(url: str) -> None:
+    with pytest.raises(FoundationError) as sync_err:
+        Foundation(url)
+    with pytest.raises(FoundationError) as async_err:
+        AsyncFoundation(url)
+    for err in (sync_err.value, async_err.value):
+        assert err.code == "config_error"
+        assert "host or port" in err.message
+    result = fails(url, "config_error", "db", "current")
+    assert "Traceback" not in result.stderr
+
+
+def test_a_misspelt_libpq_option_is_a_config_error() -> None:
+    with pytest.raises(FoundationError) as err:
+        Foundation("postgresql+psycopg://postgres@127.0.0.1:5432/test?sslmod=disable")
+    assert err.value.code == "config_error"
+    assert "sslmod" in err.value.message
+
+
+def test_a_password_in_the_query_is_masked() -> None:
+    raw = "postgresql://a:b@h/d?password=hunter2&sslpassword=s3cret&sslmode=require"
+    shown = mask_url(raw)
+    assert "hunter2" not in shown and "s3cret" not in shown
+    assert "password=***" in shown and "sslmode=require" in shown
+    parsed = DatabaseURL.parse(raw)
+    assert "hunter2" not in parsed.masked and "hunter2" not in str(parsed)
+    assert "hunter2" in parsed.conninfo  # what psycopg is given keeps it
+
+
+def test_a_sqlite_url_with_options_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "app.db"
+    with pytest.raises(FoundationError) as err:
+        Foundation(f"sqlite:///{path}?mode=ro")
+    assert err.value.code == "config_error"
+    assert "mode" in err.value.message
+    assert not path.exists()
+
+
+def test_a_closed_instance_refuses_watches_and_pollers_and_still_reads_config(
+    db_url: str,
+) -> None:
+    fdn = Foundation(db_url)
+    fdn.config.set("port", 1)
+    fdn.close()
+    with pytest.raises(FoundationError) as err:
+        fdn.config.watch("port", lambda change: None)
+    assert err.value.code == "storage_unavailable"
+    with pytest.raises(FoundationError) as err:
+        fdn.poller()
+    assert err.value.code == "storage_unavailable"
+    assert fdn.config.get("port") == 1  # documented: as the cache held it at the close
+
+
+def test_a_closed_async_instance_refuses_watches(db_url: str) -> None:
+    async def scenario() -> None:
+        fdn = await AsyncFoundation(db_url)
+        await fdn.config.set("port", 1)
+        await fdn.close()
+        with pytest.raises(FoundationError) as err:
+            fdn.config.watch("port", lambda change: None)
+        assert err.value.code == "storage_unavailable"
+        assert fdn.config.get("port") == 1
+
+    asyncio.run(scenario())
+
+
+def test_measurements_are_checked_with_no_handler_attached() -> None:
+    telemetry = Telemetry()
+    for measurements, metadata in ((5, None), (None, ["a"])):
+        with pytest.raises(FoundationError) as err:
+            telemetry.execute("myapp.job.done", measurements, metadata)  # type: ignore[arg-type]
+        assert err.value.code == "validation_error"
+    telemetry.execute("myapp.job.done", {"count": 1}, {"job": "a"})
+
+
+def test_correlation_takes_a_uuid_as_events_do(db_url: str) -> None:
+    cid = uuid.uuid4()
+    with Foundation(db_url) as fdn, foundation.correlation(cid) as current:
+        assert current == str(cid)
+        stored = fdn.events.store({"type": "t"})
+    explicit = Foundation(db_url)
+    try:
+        again = explicit.events.store({"type": "t", "correlation_id": cid})
+    finally:
+        explicit.close()
+    assert stored.correlation_id == again.correlation_id == str(cid)
+
+
+def test_a_misspelt_setting_variable_is_named_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("FOUNDATION_SQLITE_SYNCRONOUS", "FULL")
+    monkeypatch.setenv("FOUNDATION_CONFIG__ANYTHING", "1")  # a config value: any name
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    with caplog.at_level(logging.WARNING, logger="foundation.settings"):
+        Foundation(url).close()
+        Foundation(url).close()
+    warned = [r.getMessage() for r in caplog.records if r.name == "foundation.settings"]
+    assert len(warned) == 1
+    assert "FOUNDATION_SQLITE_SYNCRONOUS" in warned[0]
+    assert "did you mean FOUNDATION_SQLITE_SYNCHRONOUS" in warned[0]
+
+
+def test_check_on_a_missing_sqlite_path_creates_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "typo" / "dir" / "app.db"
+    for make in (Foundation, AsyncFoundation):
+        with pytest.raises(FoundationError) as err:
+            make(f"sqlite:///{path}", migrate="check")
+        assert err.value.code == "schema_outdated"
+        assert err.value.context["current"] is None
+    assert not (tmp_path / "typo").exists()
+
+
+def test_cli_config_writes_that_fail_leave_no_new_database(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'new' / 'app.db'}"
+    fails(url, "config_error", "config", "set", " ", "1")
+    fails(url, "not_found", "config", "delete", "port")
+    assert not (tmp_path / "new").exists()
+
+
+def test_member_revisions_come_from_the_schemas_own_sequence(postgres_server: str) -> None:
+    """Plain SQL on a member of Foundation in schema fdn_app, from a session whose
+    search_path is public (where another install lives): the revision comes from
+    fdn_app's sequence (it grows), and the running node reads the change."""
+    from tests.conftest import fresh_postgres
+
+    with fresh_postgres(postgres_server) as url:
+        Foundation(url, migrate="upgrade").close()  # another install, in public
+        with Foundation(url, migrate="upgrade", postgres_schema="fdn_app") as fdn:
+            member = fdn.service_registry.join("workers", "http://a", {"v": 1}, member_id="m1")
+            conninfo = DatabaseURL.parse(url).conninfo
+            with psycopg.connect(conninfo, autocommit=True) as psql:
+                psql.execute(
+                    "UPDATE fdn_app.foundation_registry_members"
+                    " SET metadata = '{\"drain\": true}' WHERE member_id = 'm1'"
+                )
+                row = psql.execute(
+                    "SELECT revision FROM fdn_app.foundation_registry_members"
+                    " WHERE member_id = 'm1'"
+                ).fetchone()
+            assert row is not None and row[0] > member.revision
+            wait_for(
+                lambda: (
+                    [m.metadata for m in fdn.service_registry.members("workers")]
+                    == [{"drain": True}]
+                )
+            )
+
+
+def test_an_async_stop_that_times_out_during_the_release_still_releases(db_url: str) -> None:
+    """stop(timeout) cancelled the subscription's task while it was releasing the name
+    (its statement waiting for the connection, here held by a transaction): the status
+    said stopped, the row stayed running, and the name was held for its lease."""
+
+    async def scenario() -> None:
+        async with AsyncFoundation(db_url, pool_max_size=1) as fdn:
+            sub = await fdn.events.subscribe("projector", lambda event: None)
+            await fdn.events.store({"type": "t"})
+            await wait_until(lambda: sub.checkpoint == 1)
+            held, hold = asyncio.Event(), asyncio.Event()
+
+            async def hold_the_connection() -> None:
+                async with fdn.database.transaction():
+                    held.set()
+                    await hold.wait()
+
+            holder = asyncio.create_task(hold_the_connection())
+            await held.wait()
+            stopping = asyncio.create_task(sub.stop(timeout=0.05))
+            await asyncio.sleep(0.3)  # the stop's timeout has passed, its release waits
+            hold.set()
+            await holder
+            await stopping
+            assert sub.status.state == "stopped"
+            row = await fdn.database.fetchone(
+                "SELECT status FROM foundation_subscriptions WHERE name = 'projector'"
+            )
+            assert row is not None and row[0] == "stopped"
+            again = await fdn.events.subscribe("projector", lambda event: None)
+            await again.stop()
+
+    asyncio.run(scenario())
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "never became true"
+        await asyncio.sleep(0.005)
+
+
+def test_an_open_cancelled_while_sqlite_connects_closes_the_connection(tmp_path: Path) -> None:
+    """The connection made as open() was cancelled was not the instance's: close() did
+    not close it (its thread lived on, until the collector) and the cancellation waited
+    5 s for that thread first."""
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+
+    def workers() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if "_connection_worker_thread" in t.name}
+
+    async def scenario() -> None:
+        async with AsyncFoundation(url):
+            pass  # the schema, made
+        before = workers()
+        fdn = AsyncFoundation(url)
+        opening = asyncio.create_task(fdn.open())
+        await asyncio.sleep(0)  # open() is in aiosqlite's connect
+        opening.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await opening
+        await fdn.close()
+        assert {t for t in workers() - before if t.is_alive()} == set()
+
+    asyncio.run(scenario())
+
+
+def test_a_cut_during_the_tail_reload_does_not_keep_the_registry_from_resyncing(
+    pg_url: str,
+) -> None:
+    """After a reconnect the feed resynced the event log's tail (the longest read) before
+    the registry: connections cut during every tail reload kept the registry's leases
+    unread, and it reported live names of other nodes expired."""
+    with Foundation(pg_url, listen_reconnect_max_ms=50) as fdn:
+        fdn.feed.wait_connected(10)
+        resync = fdn.events.resync
+        seen: list[int] = []
+
+        def cut_during_the_reload(reader: Any) -> None:
+            if len(seen) < 3:
+                seen.append(fdn.service_registry.resyncs)
+                reader.fetchone("SELECT pg_terminate_backend(pg_backend_pid())")
+            resync(reader)
+
+        fdn.events.resync = cut_during_the_reload  # type: ignore[method-assign]
+        with psycopg.connect(DatabaseURL.parse(pg_url).conninfo, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database()"
+                " AND application_name LIKE 'foundation-listen:%'"
+            )
+        wait_for(lambda: len(seen) == 3)
+        # Each cut reload came after a registry resync of its own round.
+        assert seen[1] > seen[0] and seen[2] > seen[1]
+
+
+@pytest.mark.parametrize("expected", ["exists", 1])
+def test_sqlite_a_store_refused_then_expected_again_runs_after_the_other_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, expected: Any
+) -> None:
+    """SQLite reads a stream's version after its checked insert was refused: another
+    process that wrote the stream in between made the error say ``expected 1, actual 1``
+    (or ``exists``, at version 1). The store now runs again, after that writer's."""
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    with Foundation(url) as fdn, Foundation(url) as other:
+        db = fdn.events._db
+        read_version = db.fetchone
+        raced: list[bool] = []
+
+        def another_writer_first(sql: str, params: Any = None) -> Any:
+            if sql == fdn.events._sql.stream_version and not raced:
+                raced.append(True)
+                other.events.store({"type": "t", "stream_id": "s", "expected_version": 0})
+            return read_version(sql, params)
+
+        monkeypatch.setattr(db, "fetchone", another_writer_first)
+        stored = fdn.events.store({"type": "t", "stream_id": "s", "expected_version": expected})
+        assert raced and stored.stream_version == 2
+        assert [e.stream_version for e in fdn.events.read_stream("s")] == [1, 2]
