@@ -45,7 +45,7 @@ from foundation.cli_common import (
 from foundation.cli_events import events
 from foundation.cli_ops import breakers, limits, registry
 from foundation.config._service import MAX_HISTORY
-from foundation.config._state import ConfigHistoryEntry, check_key
+from foundation.config._state import ConfigHistoryEntry, ConfigState
 from foundation.database import migrate
 from foundation.database.errors import translate_errors
 from foundation.database.url import DatabaseURL
@@ -388,8 +388,15 @@ def config_get(ctx: click.Context, key: str) -> None:
 def config_set(ctx: click.Context, key: str, value: str, force_string: bool) -> None:
     """Set KEY to VALUE (read as JSON when it parses, else as a string)."""
     parsed = _parse_value(value, force_string)
-    # Before the database is opened: a bad key must not leave a new SQLite file behind.
-    check_key(key, target_of(ctx).settings.max_key_length)
+    # Checked as set() checks it, before the database is opened: a key or value it refuses
+    # must not leave a new SQLite file behind.
+    settings = target_of(ctx).settings
+    state = ConfigState(
+        node_id=settings.node_id,
+        max_key_length=settings.max_key_length,
+        max_value_bytes=settings.max_value_bytes,
+    )
+    state.prepare(state.check_key(key), parsed)
     with open_foundation(ctx, create=True) as fdn:
         fdn.config.set(key, parsed)
         stored = fdn.config.get(key)

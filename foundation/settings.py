@@ -243,12 +243,14 @@ def build_settings(values: Mapping[str, Any], base: Settings | None = None) -> S
 def _warn_unknown_variables(config_prefix: str) -> None:
     """Log, once per process, each ``FOUNDATION_*`` variable that names no setting (a
     misspelt ``FOUNDATION_SQLITE_SYNCRONOUS`` would be ignored without a word; the
-    same misspelt keyword argument is a ``config_error``). Config values
-    (``config_env_prefix``) are any name."""
+    same misspelt keyword argument is a ``config_error``). Config values are any name:
+    this instance's ``config_env_prefix``, and any name with a ``__`` (no setting has one;
+    another instance's prefix, ``FOUNDATION_SVC__``, does)."""
     known = [ENV_PREFIX + name.upper() for name in Settings.model_fields]
     for variable in os.environ:
         if (
             not variable.upper().startswith(ENV_PREFIX)
+            or "__" in variable
             or variable.upper() in known
             or variable.upper().startswith((config_prefix.upper(), *_OTHER_VARIABLES))
             or variable in _warned

@@ -29,9 +29,11 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 import foundation
 from foundation import AsyncFoundation, Foundation, FoundationError
+from foundation.database import migrate
 from foundation.database.url import DatabaseURL, mask_url
 from foundation.telemetry import Telemetry
 from tests.helpers import wait_for
@@ -66,8 +68,38 @@ def test_a_password_in_the_query_is_masked() -> None:
     assert "hunter2" not in shown and "s3cret" not in shown
     assert "password=***" in shown and "sslmode=require" in shown
     parsed = DatabaseURL.parse(raw)
-    assert "hunter2" not in parsed.masked and "hunter2" not in str(parsed)
-    assert "hunter2" in parsed.conninfo  # what psycopg is given keeps it
+    for text in (parsed.masked, str(parsed), repr(parsed)):
+        assert "hunter2" not in text and "s3cret" not in text
+    assert conninfo_to_dict(parsed.conninfo)["password"] == "hunter2"  # psycopg's, kept
+
+
+def test_libpq_is_given_the_urls_values_as_they_were_meant() -> None:
+    """The URL rendered again for libpq wrote a space as '+' (a password with a space
+    was refused, and its refusal quoted it), and a key given twice lost its first value."""
+    url = (
+        "postgresql+psycopg://me:my%20secret@127.0.0.1:5432/db"
+        "?sslrootcert=/etc/my%20certs/ca.pem&host=db1&host=db2"
+    )
+    params = conninfo_to_dict(DatabaseURL.parse(url).conninfo)
+    assert params["password"] == "my secret"
+    assert params["sslrootcert"] == "/etc/my certs/ca.pem"
+    assert params["host"] == "db1,db2"
+    assert params["keepalives"] == "1"  # Foundation's own, as before
+
+
+@pytest.mark.parametrize("url", ["postgresql://u@h:99999/d", "postgresql://u@h/d?port=abc"])
+def test_a_port_out_of_range_is_a_config_error(url: str) -> None:
+    with pytest.raises(FoundationError) as err:
+        DatabaseURL.parse(url)
+    assert err.value.code == "config_error"
+    assert "port" in err.value.message
+
+
+def test_the_urls_own_options_are_kept(pg_url: str) -> None:
+    url = f"{pg_url}?options=-c%20statement_timeout%3D4321"
+    with Foundation(url) as fdn:
+        assert fdn.database.fetchone("SHOW statement_timeout") == ("4321ms",)
+        assert fdn.database.fetchone("SHOW TimeZone") == ("UTC",)  # and Foundation's
 
 
 def test_a_sqlite_url_with_options_is_refused(tmp_path: Path) -> None:
@@ -134,6 +166,7 @@ def test_a_misspelt_setting_variable_is_named_once(
 ) -> None:
     monkeypatch.setenv("FOUNDATION_SQLITE_SYNCRONOUS", "FULL")
     monkeypatch.setenv("FOUNDATION_CONFIG__ANYTHING", "1")  # a config value: any name
+    monkeypatch.setenv("FOUNDATION_SVC2__COLOR", "blue")  # another instance's prefix
     url = f"sqlite:///{tmp_path / 'app.db'}"
     with caplog.at_level(logging.WARNING, logger="foundation.settings"):
         Foundation(url).close()
@@ -157,6 +190,7 @@ def test_check_on_a_missing_sqlite_path_creates_nothing(tmp_path: Path) -> None:
 def test_cli_config_writes_that_fail_leave_no_new_database(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'new' / 'app.db'}"
     fails(url, "config_error", "config", "set", " ", "1")
+    fails(url, "config_error", "config", "set", "k", "[1e999]")
     fails(url, "not_found", "config", "delete", "port")
     assert not (tmp_path / "new").exists()
 
@@ -309,3 +343,19 @@ def test_sqlite_a_store_refused_then_expected_again_runs_after_the_other_writer(
         stored = fdn.events.store({"type": "t", "stream_id": "s", "expected_version": expected})
         assert raced and stored.stream_version == 2
         assert [e.stream_version for e in fdn.events.read_stream("s")] == [1, 2]
+
+
+def test_0022_takes_the_schema_the_function_lives_in(postgres_server: str) -> None:
+    """0022 set the function's search_path to the migrating session's current_schema():
+    a schema named after the role, made after the install (whose tables are in public),
+    came first, and every join then failed."""
+    from tests.conftest import fresh_postgres
+
+    with fresh_postgres(postgres_server) as url:
+        migrate.upgrade(url, "0021")
+        with psycopg.connect(DatabaseURL.parse(url).conninfo, autocommit=True) as admin:
+            admin.execute("CREATE SCHEMA postgres")  # the role's: first in "$user", public
+        migrate.upgrade(url, "head")
+        with Foundation(url) as fdn:
+            member = fdn.service_registry.join("workers", "http://a")
+            assert fdn.service_registry.members("workers") == [member]

@@ -158,7 +158,32 @@ class ConfigState:
     # -- validation -------------------------------------------------------------------
 
     def check_key(self, key: Any) -> str:
-        return check_key(key, self.max_key_length)
+        if isinstance(key, enum.Enum):
+            key = key.value if isinstance(key.value, str) else key.name
+        if not isinstance(key, str):
+            raise ConfigError(
+                f"a config key must be a string, not {type(key).__name__}",
+                context={"key": shown(key), "type": type(key).__name__},
+            )
+        if not key or not key.strip():
+            raise ConfigError("a config key must not be empty", context={"key": key})
+        if len(key) > self.max_key_length:
+            raise ConfigError(
+                f"a config key must be at most {self.max_key_length} characters "
+                f"(this one has {len(key)})",
+                context={"key": key[:80] + "…", "length": len(key)},
+            )
+        if not is_utf8(key):
+            raise ConfigError(
+                "a config key must be valid UTF-8 text (it holds a lone surrogate)",
+                context={"key": shown(key)},
+            )
+        if not key.isprintable():
+            raise ConfigError(
+                "a config key must not contain control characters",
+                context={"key": shown(key)},
+            )
+        return key
 
     def prepare(self, key: str, value: Any) -> tuple[Any, str, Any]:
         """Validate a value for ``set``: (the value as it will read back, its JSON text,
@@ -638,33 +663,3 @@ def _same_object(read: Any, given: Any) -> bool | None:
     ):
         return type(read) is type(given) and bool(read == given)
     return None
-
-
-def check_key(key: Any, max_key_length: int) -> str:
-    """``key`` as the cache keys it (an Enum reads as its value, or its name), or
-    ``config_error`` saying what is wrong with it."""
-    if isinstance(key, enum.Enum):
-        key = key.value if isinstance(key.value, str) else key.name
-    if not isinstance(key, str):
-        raise ConfigError(
-            f"a config key must be a string, not {type(key).__name__}",
-            context={"key": shown(key), "type": type(key).__name__},
-        )
-    if not key or not key.strip():
-        raise ConfigError("a config key must not be empty", context={"key": key})
-    if len(key) > max_key_length:
-        raise ConfigError(
-            f"a config key must be at most {max_key_length} characters (this one has {len(key)})",
-            context={"key": key[:80] + "…", "length": len(key)},
-        )
-    if not is_utf8(key):
-        raise ConfigError(
-            "a config key must be valid UTF-8 text (it holds a lone surrogate)",
-            context={"key": shown(key)},
-        )
-    if not key.isprintable():
-        raise ConfigError(
-            "a config key must not contain control characters",
-            context={"key": shown(key)},
-        )
-    return key

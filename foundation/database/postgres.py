@@ -20,6 +20,7 @@ from psycopg.types.json import set_json_loads
 from psycopg_pool.base import AttemptWithBackoff
 
 from foundation.database.codec import load_json_bytes
+from foundation.database.url import DatabaseURL
 from foundation.settings import Settings
 
 __all__ = [
@@ -45,6 +46,11 @@ def connect_kwargs(settings: Settings, purpose: str = "foundation") -> dict[str,
     if settings.postgres_schema:
         # Validated as a plain identifier by Settings, so it needs no quoting here.
         options += f" -c search_path={settings.postgres_schema}"
+    # The URL's own (?options=-c%20statement_timeout%3D5000) are kept, Foundation's after
+    # them: this keyword replaces the URL's value, and the last -c of a setting wins.
+    given = DatabaseURL.parse(settings.database_url).url.query.get("options")
+    if given:
+        options = f"{given if isinstance(given, str) else ' '.join(given)} {options}"
     return {
         "connect_timeout": max(1, int(settings.connect_timeout_s)),
         "application_name": f"{purpose}:{settings.node_id}"[:63],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -128,18 +128,37 @@ class DatabaseURL:
 
     @property
     def conninfo(self) -> str:
-        """A libpq URI for psycopg (password included: never log it), with libpq's TCP
-        options for a server that stops answering, unless the URL sets any of them."""
+        """libpq's connection string for psycopg (password included: never log it), with
+        libpq's TCP options for a server that stops answering, unless the URL sets any.
+
+        Built from the URL's parts as keyword=value pairs, each quoted by psycopg: a
+        password with a space or a quote, and a query value with ``%20``, reach libpq as
+        they were meant (a URI rendered again would not: it writes a space as ``+``)."""
         assert self.backend == "postgresql"
-        query = self.url.query
+        from psycopg.conninfo import make_conninfo
+
+        url = self.url
+        params: dict[str, Any] = {
+            key: value
+            for key, value in (
+                ("host", url.host),
+                ("port", url.port),
+                ("dbname", url.database),
+                ("user", url.username),
+                ("password", url.password),
+            )
+            if value not in (None, "")
+        }
+        for key, value in url.query.items():
+            # A key given twice: libpq takes a list of hosts (and their ports) as one value.
+            params[key] = value if isinstance(value, str) else ",".join(value)
         # A URL that sets one of them (keepalives=0: off) is tuned by its author; a
         # service file entry (``service=``, PGSERVICE) may set them, and the URL's own
         # words would win over the file's. Either way, none is added.
-        tuned = "service" in query or os.environ.get("PGSERVICE") or _DEAD_PEER.keys() & query
-        url = self.url.set(drivername="postgresql")
+        tuned = "service" in params or os.environ.get("PGSERVICE") or _DEAD_PEER.keys() & params
         if not tuned:
-            url = url.update_query_dict(_DEAD_PEER)
-        return url.render_as_string(hide_password=False)
+            params.update(_DEAD_PEER)
+        return make_conninfo(**params)
 
     def _check_conninfo(self) -> None:
         """Refuse now what libpq would refuse at each connect, as the server's refusal
@@ -148,12 +167,22 @@ class DatabaseURL:
         from psycopg.conninfo import conninfo_to_dict
 
         try:
-            conninfo_to_dict(self.conninfo)
+            params = conninfo_to_dict(self.conninfo)
         except ProgrammingError as exc:
+            why = str(exc).strip()
+            if self.url.password:  # libpq's message may quote the value it could not read
+                why = why.replace(str(self.url.password), "***")
             raise ConfigError(
-                f"the database URL {self.masked!r} is not one libpq reads: {str(exc).strip()}",
+                f"the database URL {self.masked!r} is not one libpq reads: {why}",
                 context={"url": self.masked},
             ) from None
+        ports = str(params.get("port") or "").split(",")
+        if any(port and not (port.isdigit() and 0 < int(port) < 65536) for port in ports):
+            raise ConfigError(
+                f"the database URL {self.masked!r} has no valid port: a port is a number "
+                "from 1 to 65535",
+                context={"url": self.masked},
+            )
 
     def sqlalchemy_url(self, *, asynchronous: bool = False) -> URL:
         if self.backend == "sqlite":
@@ -162,3 +191,6 @@ class DatabaseURL:
 
     def __str__(self) -> str:
         return self.masked
+
+    def __repr__(self) -> str:
+        return f"DatabaseURL({self.masked!r}, backend={self.backend!r})"

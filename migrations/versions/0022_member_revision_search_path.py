@@ -23,12 +23,17 @@ down_revision: str | None = "0021"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# The schema the migration runs in (env.py sets it from postgres_schema), quoted by %I.
+# The schema the function lives in (found as the migration finds it: env.py sets the
+# search_path from postgres_schema), quoted by %I. Not current_schema(): without
+# postgres_schema, a schema named after the role, made after the install, comes first.
 PG_UPGRADE = """
     DO $$
+    DECLARE
+        fn regprocedure := 'foundation_registry_member_revision()'::regprocedure;
     BEGIN
-        EXECUTE format('ALTER FUNCTION foundation_registry_member_revision() '
-                       'SET search_path = %I, pg_temp', current_schema());
+        EXECUTE format('ALTER FUNCTION %s SET search_path = %I, pg_temp', fn,
+                       (SELECT n.nspname FROM pg_proc p
+                        JOIN pg_namespace n ON n.oid = p.pronamespace WHERE p.oid = fn));
     END
     $$
 """
