@@ -359,3 +359,44 @@ def test_0022_takes_the_schema_the_function_lives_in(postgres_server: str) -> No
         with Foundation(url) as fdn:
             member = fdn.service_registry.join("workers", "http://a")
             assert fdn.service_registry.members("workers") == [member]
+
+
+def test_limiter_keys_and_breaker_names_fit_their_columns(db_url: str) -> None:
+    """max_key_length allows config's keys up to 1024 characters; a limiter key or a
+    breaker name past its 255-character column was taken: PostgreSQL refused the write,
+    and the limiter failed open (every call admitted), the breaker never opened."""
+    with Foundation(db_url, max_key_length=1000) as fdn:
+        for call in (
+            lambda: fdn.rate_limiter.try_acquire("k" * 300, 2, 60_000),
+            lambda: fdn.circuit_breaker.execute(lambda: 1, name="b" * 300),
+            lambda: fdn.circuit_breaker.force_open("b" * 300),
+        ):
+            with pytest.raises(FoundationError) as err:
+                call()
+            assert err.value.code == "validation_error"
+            assert "255" in err.value.message
+        assert fdn.rate_limiter.try_acquire("k" * 255, 2, 60_000).allowed
+
+
+def test_a_breaker_of_a_node_with_a_long_id_probes_again(db_url: str) -> None:
+    """A probe token is the node id and a counter, in a column as wide as a node id: a
+    255-character node id made every claim fail, and the breaker stayed open for good
+    (said to be "forced open")."""
+
+    def fail() -> None:
+        raise ValueError("down")
+
+    with Foundation(db_url, node_id="n" * 255) as fdn:
+        with pytest.raises(ValueError):
+            fdn.circuit_breaker.execute(fail, name="pay", max_failures=1, reset_timeout=100)
+        assert fdn.circuit_breaker.state("pay") == "open"
+
+        def probe() -> bool:
+            try:
+                return fdn.circuit_breaker.execute(lambda: True, name="pay") is True
+            except FoundationError as err:
+                assert "forced" not in err.message
+                return False
+
+        wait_for(probe)
+        assert fdn.circuit_breaker.state("pay") == "closed"

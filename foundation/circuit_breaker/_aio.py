@@ -178,7 +178,7 @@ class AsyncCircuitBreakers(_BreakersBase):
     def state(self, name: Any, scope: str = "shared") -> str:
         """``"closed"``, ``"open"`` or ``"half_open"``: this node's view (no database, a
         plain call). As :meth:`CircuitBreakers.state`."""
-        name = check_name(name, self._settings.max_key_length)
+        name = check_name(name, self._max_name)
         row = (self._shared if check_scope(scope) == "shared" else self._local).get(name)
         return CLOSED if row is None else row.state
 
@@ -212,7 +212,9 @@ class AsyncCircuitBreakers(_BreakersBase):
             found = await self._db.fetchone(self._sql.select_one, self._params(core.name))
         except FoundationError as exc:
             self._storage_failed(core.name, exc)
-            raise self._rejected(core, row, retry) from None
+            # Fails closed: the probe is due, but could not be claimed (said as such, not
+            # as a forced open: the retry is None only because a probe was due).
+            raise self._rejected(core, row, retry, unclaimed=exc) from None
         if found is not None:
             self._returned(core.name, found[1:])
         current = self._shared.get(core.name, row)

@@ -45,6 +45,7 @@ cache either way.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 import threading
@@ -68,6 +69,7 @@ from foundation.circuit_breaker._logic import (
 )
 from foundation.circuit_breaker._store import BreakerSQL
 from foundation.database.feed import TOPIC_BREAKERS, TopicRevisions
+from foundation.database.schema import KEY_COLUMN_WIDTH
 from foundation.database.sync import Cursor
 from foundation.errors import (
     CircuitOpenError,
@@ -154,6 +156,15 @@ class _BreakersBase:
         self._settings = settings
         self._telemetry = telemetry
         self._node = settings.node_id
+        # At most the name column's width (max_key_length may allow config's longer keys).
+        self._max_name = min(settings.max_key_length, KEY_COLUMN_WIDTH)
+        # A probe token is "<node>#<n>" in a column as wide as a node id: a long node id
+        # is shortened there, kept unique by its digest.
+        self._token_prefix = (
+            self._node
+            if len(self._node) <= 200
+            else f"{self._node[:160]}~{hashlib.sha256(self._node.encode()).hexdigest()[:16]}"
+        )
         self._shared: dict[str, BreakerRow] = {}
         self._local: dict[str, BreakerRow] = {}
         self._lock = threading.Lock()
@@ -189,7 +200,7 @@ class _BreakersBase:
         opts = options_from(options)
         if opts.scope == "shared" and self._sql is None:  # pragma: no cover - wiring error
             raise ValidationError("this circuit breaker service has no database", context={})
-        obj = cls(self, check_name(name, self._settings.max_key_length), opts)
+        obj = cls(self, check_name(name, self._max_name), opts)
         if key is not None and len(self._objects) < 10_000:
             self._objects[key] = obj
         return obj
@@ -353,13 +364,22 @@ class _BreakersBase:
 
     # -- decisions shared by both faces ----------------------------------------------
 
-    def _rejected(self, core: _BreakerCore, row: BreakerRow, retry_after: int | None) -> Exception:
+    def _rejected(
+        self,
+        core: _BreakerCore,
+        row: BreakerRow,
+        retry_after: int | None,
+        unclaimed: FoundationError | None = None,
+    ) -> Exception:
+        """``circuit_open``; ``unclaimed``: a probe was due, and claiming it failed so."""
         self._telemetry.execute(
             _REJECTED,
             {"count": 1},
             {"name": core.name, "state": row.state, "retry_after": retry_after},
         )
         when = "it was forced open" if retry_after is None else f"next probe in {retry_after} ms"
+        if unclaimed is not None:
+            when = f"its probe is due, but could not be claimed ({unclaimed.code})"
         message = f"circuit breaker {core.name!r} is {row.state.replace('_', '-')}: {when}"
         if row.state not in STATES:  # a row written with plain SQL before migration 0021
             message = (
@@ -387,7 +407,7 @@ class _BreakersBase:
         )
 
     def _token(self) -> str:
-        return f"{self._node}#{next(self._tokens)}"
+        return f"{self._token_prefix}#{next(self._tokens)}"
 
     def _claim_local(self, core: _BreakerCore) -> str:
         token = self._token()

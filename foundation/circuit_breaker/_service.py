@@ -171,7 +171,7 @@ class CircuitBreakers(_BreakersBase):
 
     def state(self, name: Any, scope: str = "shared") -> str:
         """``"closed"``, ``"open"`` or ``"half_open"``: this node's view (no database)."""
-        name = check_name(name, self._settings.max_key_length)
+        name = check_name(name, self._max_name)
         row = (self._shared if check_scope(scope) == "shared" else self._local).get(name)
         return CLOSED if row is None else row.state
 
@@ -212,7 +212,9 @@ class CircuitBreakers(_BreakersBase):
             found = self._db.fetchone(self._sql.select_one, self._params(core.name))
         except FoundationError as exc:
             self._storage_failed(core.name, exc)
-            raise self._rejected(core, row, retry) from None
+            # Fails closed: the probe is due, but could not be claimed (said as such, not
+            # as a forced open: the retry is None only because a probe was due).
+            raise self._rejected(core, row, retry, unclaimed=exc) from None
         current = row if found is None else (self._returned(core.name, found[1:]) or row)
         current = self._shared.get(core.name, current)
         raise self._rejected(core, current, admission(current, self._now())[1])

@@ -11,6 +11,9 @@ from sqlalchemy.dialects import postgresql
 
 __all__ = ["JSONValue", "config", "config_history", "metadata"]
 
+# The width of a breaker's name and a rate limit's key (config keys take up to 1024).
+KEY_COLUMN_WIDTH = 255
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -158,7 +161,7 @@ registry_members = sa.Table(
 breakers = sa.Table(
     "foundation_breakers",
     metadata,
-    sa.Column("name", sa.String(255), primary_key=True),
+    sa.Column("name", sa.String(KEY_COLUMN_WIDTH), primary_key=True),
     # closed | open | half_open; open with open_until_ms NULL: forced open until reset.
     sa.Column("state", sa.String(16), nullable=False),
     sa.Column("failures", sa.BigInteger(), nullable=False),
@@ -176,7 +179,7 @@ breakers = sa.Table(
 rate_limits = sa.Table(
     "foundation_rate_limits",
     metadata,
-    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("key", sa.String(KEY_COLUMN_WIDTH), primary_key=True),
     sa.Column("algorithm", sa.String(16), primary_key=True),
     sa.Column("window_start_ms", sa.BigInteger(), nullable=False),
     sa.Column("count", sa.BigInteger(), nullable=False),

@@ -7,6 +7,10 @@ Three algorithms (``fixed_window``, the spec's; ``sliding_window``; ``token_buck
 GCRA), each limit shared by every node through one atomic statement per decision, or
 kept in this process with ``scope="local"``. A refusal raises ``rate_limited`` with
 ``retry_after`` (ms), ``limit``, ``remaining`` and ``interval`` in its context.
+
+A key (at most 255 characters) keeps one state per algorithm, whatever limit a call
+gives: calls that give one key two limits (3 a minute, 3 a second) share that state, and
+neither limit holds. Give each limit a key of its own (``"api:minute"``, ``"api:second"``).
 """
 
 from __future__ import annotations

@@ -37,6 +37,7 @@ from typing import Any, Literal, NamedTuple, NoReturn, TypeVar
 
 from foundation._text import shown
 from foundation.database.aio import AsyncDatabase
+from foundation.database.schema import KEY_COLUMN_WIDTH
 from foundation.database.sync import SyncDatabase
 from foundation.errors import (
     FoundationError,
@@ -120,7 +121,8 @@ class _LimiterBase:
         self._settings = settings
         self._telemetry = telemetry
         self._node = settings.node_id
-        self._max_key = settings.max_key_length
+        # At most the key column's width (max_key_length may allow config's longer keys).
+        self._max_key = min(settings.max_key_length, KEY_COLUMN_WIDTH)
         self.on_storage_error: Literal["open", "closed"] = on_storage_error
         self._local: dict[tuple[str, str], tuple[Any, int]] = {}
         self._local_lock = threading.Lock()
