@@ -8,9 +8,22 @@ Every name, key and id is checked here first, so the caller gets a ``FoundationE
 
 from __future__ import annotations
 
+import hashlib
 import reprlib
 
-__all__ = ["is_utf8", "shown", "text_of"]
+__all__ = ["is_utf8", "node_tag", "shown", "text_of"]
+
+# Room left, in a 255-character column, for what follows a node id ("#" and a counter).
+_NODE_TAG_MAX = 200
+
+
+def node_tag(node_id: str) -> str:
+    """``node_id`` as the first part of a holder's token ("<node>#<n>"), in a column as
+    wide as a node id: a long one is shortened, kept unique by its digest."""
+    if len(node_id) <= _NODE_TAG_MAX:
+        return node_id
+    digest = hashlib.sha256(node_id.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"{node_id[: _NODE_TAG_MAX - 40]}~{digest}"
 
 
 def is_utf8(text: str) -> bool:

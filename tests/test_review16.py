@@ -400,3 +400,14 @@ def test_a_breaker_of_a_node_with_a_long_id_probes_again(db_url: str) -> None:
 
         wait_for(probe)
         assert fdn.circuit_breaker.state("pay") == "closed"
+
+
+def test_a_subscription_of_a_node_with_a_long_id(db_url: str) -> None:
+    """Its consumer ("<node>#<random>") did not fit its column: subscribe() failed with
+    PostgreSQL's "value too long"."""
+    with Foundation(db_url, node_id="n" * 255) as fdn:
+        sub = fdn.events.subscribe("projector", lambda event: None)
+        with pytest.raises(FoundationError) as err:
+            fdn.events.subscribe("projector", lambda event: None)
+        assert "another subscription of this node" in err.value.message
+        sub.stop()

@@ -45,7 +45,6 @@ cache either way.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import logging
 import threading
@@ -54,7 +53,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from foundation._text import shown
+from foundation._text import node_tag, shown
 from foundation.circuit_breaker import _logic as logic
 from foundation.circuit_breaker._logic import (
     CLOSED,
@@ -158,13 +157,7 @@ class _BreakersBase:
         self._node = settings.node_id
         # At most the name column's width (max_key_length may allow config's longer keys).
         self._max_name = min(settings.max_key_length, KEY_COLUMN_WIDTH)
-        # A probe token is "<node>#<n>" in a column as wide as a node id: a long node id
-        # is shortened there, kept unique by its digest.
-        self._token_prefix = (
-            self._node
-            if len(self._node) <= 200
-            else f"{self._node[:160]}~{hashlib.sha256(self._node.encode()).hexdigest()[:16]}"
-        )
+        self._token_prefix = node_tag(self._node)  # a probe token: "<node>#<n>"
         self._shared: dict[str, BreakerRow] = {}
         self._local: dict[str, BreakerRow] = {}
         self._lock = threading.Lock()

@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
-from foundation._text import shown
+from foundation._text import node_tag, shown
 from foundation.correlation import correlation
 from foundation.errors import (
     AlreadyRegisteredError,
@@ -200,7 +200,7 @@ class _SubscriptionBase:
         self.options = options
         self.name = options.name
         self._node = events._node
-        self._owner = f"{events._node}#{secrets.token_hex(4)}"
+        self._owner = f"{node_tag(events._node)}#{secrets.token_hex(4)}"
         self._release_lock = threading.Lock()
         self._release_claimed = False  # a caller is releasing the name (see _releasing)
         self._state: State = "starting"
@@ -281,7 +281,8 @@ class _SubscriptionBase:
     def _held(self, row: tuple[Any, ...] | None) -> AlreadyRegisteredError:
         consumer = None if row is None else row[2]
         node = consumer.rpartition("#")[0] or consumer if isinstance(consumer, str) else None
-        where = "another subscription of this node" if node == self._node else f"node {node!r}"
+        mine = node == node_tag(self._node)
+        where = "another subscription of this node" if mine else f"node {node!r}"
         return AlreadyRegisteredError(
             f"subscription {self.name!r} is already consumed by {where} (until its lease "
             "runs out, or it is stopped)",
