@@ -24,6 +24,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -411,3 +412,62 @@ def test_a_subscription_of_a_node_with_a_long_id(db_url: str) -> None:
             fdn.events.subscribe("projector", lambda event: None)
         assert "another subscription of this node" in err.value.message
         sub.stop()
+
+
+def test_a_remote_value_this_nodes_type_refuses_falls_back_to_the_next_layer(
+    db_url: str,
+) -> None:
+    """Node B types the key int; node A (untyped) sets 5, then "abc": B kept 5 for good,
+    told its watchers nothing, and explain() named a revision no longer in the table."""
+    with Foundation(db_url) as a, Foundation(db_url) as b:
+        b.config.register("limit", int, default=1)
+        seen: list[tuple[Any, Any]] = []
+        b.config.watch("limit", lambda change: seen.append((change.old, change.new)))
+        a.config.set("limit", 5)
+        wait_for(lambda: b.config.get("limit") == 5)
+        a.config.set("limit", "abc")
+        wait_for(lambda: b.config.get("limit") == 1)
+        assert b.config.explain("limit").source == "default"
+        wait_for(lambda: seen == [(1, 5), (5, 1)])
+        b.config.reload()
+        assert b.config.get("limit") == 1
+        a.config.set("limit", 7)  # a value of its type: read again
+        wait_for(lambda: b.config.get("limit") == 7)
+
+
+def test_a_toml_date_reads_as_its_iso_text_and_as_a_typed_datetime(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "app.toml"
+    config.write_text("starts = 2026-12-01T08:30:00Z\nday = 2026-12-24\n[window]\nat = 07:00:00\n")
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    with Foundation(url, config_file=str(config)) as fdn:
+        assert fdn.config.get("day") == "2026-12-24"
+        assert fdn.config.get("window") == {"at": "07:00:00"}
+        fdn.config.register("starts", datetime)
+        assert fdn.config.get("starts") == datetime(2026, 12, 1, 8, 30, tzinfo=UTC)
+
+
+def test_explain_shows_a_typed_keys_layers_as_the_key_reads_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FOUNDATION_CONFIG__VERSION", "1.10")
+    with Foundation(f"sqlite:///{tmp_path / 'app.db'}") as fdn:
+        fdn.config.register("version", str)
+        explained = fdn.config.explain("version")
+        assert explained.value == "1.10"
+        assert explained.layers == {"env:FOUNDATION_CONFIG__VERSION": "1.10"}
+
+
+def test_store_many_names_the_first_event_recorded_with_other_content(db_url: str) -> None:
+    """SQLite named the conflicting event whose id sorts first, PostgreSQL the one
+    recorded first: neither was reliably the batch's first."""
+    ids = sorted((str(uuid.uuid4()) for _ in range(4)), reverse=True)
+    with Foundation(db_url) as fdn:
+        for event_id in ids:
+            fdn.events.store({"type": "t", "id": event_id, "data": {"v": 1}})
+        for order in (ids, ids[::-1], [ids[3], ids[0]]):
+            with pytest.raises(FoundationError) as err:
+                fdn.events.store_many([{"type": "t", "id": i, "data": {"v": 2}} for i in order])
+            assert err.value.context["index"] == 0
+            assert err.value.context["id"] == order[0]

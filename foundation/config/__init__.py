@@ -83,7 +83,9 @@ def register(key: Any, type_: Any, default: Any = _MISSING) -> None:
 
 
 def watch(key_or_prefix: Any, callback: Callable[[ConfigChange], Any]) -> ConfigWatch:
-    """Call ``callback(change)`` after every change of the key or prefix (``"db.*"``)."""
+    """Call ``callback(change)`` after each change of the key or prefix (``"db.*"``): each
+    one this node makes; of another node's quick succession of changes, maybe the last
+    only. A pattern ending in ``*`` is a prefix (a key ending in ``*`` is watched so)."""
     return _config().watch(key_or_prefix, callback)
 
 

@@ -267,6 +267,8 @@ class Config(_ConfigBase):
         Local changes call it in the thread that made them; remote ones in the feed's thread.
         So when several threads set one key at once, their calls may come in another order
         than the changes: read ``get(key)`` for the latest value, not the last ``new``.
+        Another node's changes are read from the table: of several in quick succession, the
+        callback may see only the last (``old`` is then the value this node held).
         On a closed instance (nothing would call it back) ``storage_unavailable``.
         """
         self._check_watchable(key_or_prefix, self._db.closed)

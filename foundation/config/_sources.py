@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import tomllib
@@ -64,7 +65,19 @@ def read_file(path: Path) -> dict[str, Any]:
             f"config file {path} is not valid TOML: {exc}",
             context={"file": str(path), "line": line},
         ) from None
-    return _storable_file(path, data)
+    return _storable_file(path, _iso_times(data))
+
+
+def _iso_times(value: Any) -> Any:
+    """TOML's dates, times and datetimes as their ISO 8601 text: what JSON holds of them,
+    and what a key typed ``datetime`` (``date``, ``time``) reads back as one."""
+    if isinstance(value, dict):
+        return {key: _iso_times(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_iso_times(item) for item in value]
+    if isinstance(value, datetime.date | datetime.time):  # a datetime is a date too
+        return value.isoformat()
+    return value
 
 
 def _storable_file(path: Path, data: dict[str, Any]) -> dict[str, Any]:

@@ -98,6 +98,9 @@ class _Runtime:
     deleted: bool
     updated_by: str
     raw: Any = _MISSING  # the row's JSON value, when it came from the table
+    # Set by another node, and refused by this node's type for the key: this node reads
+    # the key from its next layer (see apply_runtime).
+    refused: bool = False
 
     def holds(self, raw: Any, deleted: bool) -> bool:
         """Whether this is the row's content (when its JSON value is known)."""
@@ -328,7 +331,7 @@ class ConfigState:
                 if default is not _MISSING:
                     defaults[key] = default
                 if runtime is not None and typed is not _MISSING:
-                    self._runtime[key] = dataclasses.replace(runtime, value=typed)
+                    self._runtime[key] = dataclasses.replace(runtime, value=typed, refused=False)
                     self._layers["runtime"][key] = typed
                 return self._recompute([key], "reload")
             except (ConfigError, RecursionError) as exc:
@@ -431,16 +434,26 @@ class ConfigState:
                 return []  # an older or repeated notification: keep the newer value
             if raw is _MISSING and source != "local":
                 raw = value  # a row read from the table: its JSON value, before typing
+            refused = False
             if not deleted:
                 try:
                     value = self._typed_value(key, "runtime", value)
-                except ConfigError:
-                    log.error("ignoring an invalid runtime value for typed key %r", key)
-                    return []
-            self._runtime[key] = _Runtime(value, revision, deleted, updated_by, raw)
+                except ConfigError as exc:
+                    # Set by a node that does not type the key so. Keeping the value this
+                    # node held before would answer what the table no longer says: the
+                    # key reads from its next layer here, and watchers are told.
+                    log.error(
+                        "config key %r: %s (set by %s): this node reads the key from its "
+                        "file, environment or default until a value of its type is set",
+                        key,
+                        exc.message,
+                        updated_by,
+                    )
+                    refused = True
+            self._runtime[key] = _Runtime(value, revision, deleted, updated_by, raw, refused)
             if source == "local":
                 self.local_writes += 1
-            if deleted:
+            if deleted or refused:
                 self._layers["runtime"].pop(key, None)
             else:
                 self._layers["runtime"][key] = value
@@ -578,7 +591,12 @@ class ConfigState:
             layers: dict[str, Any] = {}
             for layer in LAYERS:
                 if key in self._layers[layer]:
-                    layers[self._describe(key, layer)] = freeze_value(self._layers[layer][key])
+                    value = self._layers[layer][key]
+                    if layer in ("file", "env") and key in self._types:
+                        # As the key reads from that layer (a str key's "1.10" as written,
+                        # not the JSON number its text also is); checked when loaded.
+                        value = self._typed_value(key, layer, value)
+                    layers[self._describe(key, layer)] = freeze_value(value)
             winner = self._source.get(key)
             return ConfigExplanation(
                 key=key,

@@ -173,6 +173,7 @@ def known_ids(sql: EventSQL, batch: Sequence[NewEvent]) -> Generator[Step, Any, 
             known.repeats[index] = first
     if not given:
         return known
+    conflicts: dict[int, tuple[RecordedEvent, list[str]]] = {}
     for statement, params in sql.id_chunks([str(i) for i in given]):
         rows = yield ("fetchall", statement, params)
         for row in rows:
@@ -180,17 +181,23 @@ def known_ids(sql: EventSQL, batch: Sequence[NewEvent]) -> Generator[Step, Any, 
             index = given[existing.id]
             differ = batch[index].differences(existing)
             if differ:
-                raise EventError(
-                    f"event {existing.id} is already recorded with different content "
-                    f"({', '.join(differ)}): a retry must repeat the event as it was stored",
-                    context={
-                        "id": str(existing.id),
-                        "position": existing.position,
-                        "fields": differ,
-                        **_index(batch, index),  # the first with this id (repeats are equal)
-                    },
-                )
+                conflicts[index] = (existing, differ)
             known.records[index] = existing
+    if conflicts:
+        # The first of the batch, whatever order the rows came in (it differs between
+        # the backends): every setup names the same event.
+        index = min(conflicts)
+        existing, differ = conflicts[index]
+        raise EventError(
+            f"event {existing.id} is already recorded with different content "
+            f"({', '.join(differ)}): a retry must repeat the event as it was stored",
+            context={
+                "id": str(existing.id),
+                "position": existing.position,
+                "fields": differ,
+                **_index(batch, index),  # the first with this id (repeats are equal)
+            },
+        )
     return known
 
 
