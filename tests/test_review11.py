@@ -60,12 +60,12 @@ import copy
 import dataclasses
 import json
 import threading
-import urllib.parse
 from typing import Any
 
 import psycopg
 import pydantic
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 from foundation import AsyncFoundation, Foundation, FoundationError, StorageUnavailableError
 from foundation.database.codec import codec_for
@@ -428,7 +428,7 @@ def test_conflicts_with_local_entries_are_told(db_url: str) -> None:
 
 def test_connections_notice_a_server_that_stops_answering(pg_url: str) -> None:
     given = DatabaseURL.parse(pg_url + "?tcp_user_timeout=5000")
-    options = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(given.conninfo).query))
+    options = conninfo_to_dict(given.conninfo)
     assert options["tcp_user_timeout"] == "5000"  # the URL's own wins
     assert "keepalives" not in options  # and a URL that tunes one adds no other (review 12)
     with Foundation(pg_url, migrate="skip") as fdn:

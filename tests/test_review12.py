@@ -11,7 +11,6 @@ import random
 import sqlite3
 import sys
 import threading
-import urllib.parse
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 import psycopg
 import pytest
 from click.testing import CliRunner
+from psycopg.conninfo import conninfo_to_dict
 
 from foundation import AsyncFoundation, Foundation
 from foundation.cli import main
@@ -252,8 +252,8 @@ def test_sqlite_finds_other_forms_by_their_partial_index(tmp_path: Path) -> None
 
 def test_a_url_that_turns_keepalives_off_gets_no_other_dead_peer_option() -> None:
     def options(url: str) -> dict[str, str]:
-        conninfo = DatabaseURL.parse(url).conninfo
-        return dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(conninfo).query))
+        params = conninfo_to_dict(DatabaseURL.parse(url).conninfo)
+        return {k: str(v) for k, v in params.items() if k not in ("host", "user", "dbname")}
 
     assert options("postgresql+psycopg://u@h/db?keepalives=0") == {"keepalives": "0"}
     assert options("postgresql+psycopg://u@h/db?keepalives_idle=60") == {"keepalives_idle": "60"}

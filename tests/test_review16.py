@@ -35,6 +35,7 @@ from psycopg.conninfo import conninfo_to_dict
 import foundation
 from foundation import AsyncFoundation, Foundation, FoundationError
 from foundation.database import migrate
+from foundation.database.engine import create_engine
 from foundation.database.url import DatabaseURL, mask_url
 from foundation.telemetry import Telemetry
 from tests.helpers import wait_for
@@ -86,6 +87,17 @@ def test_libpq_is_given_the_urls_values_as_they_were_meant() -> None:
     assert params["sslrootcert"] == "/etc/my certs/ca.pem"
     assert params["host"] == "db1,db2"
     assert params["keepalives"] == "1"  # Foundation's own, as before
+    # Another key given twice: the last wins, as libpq has it.
+    again = conninfo_to_dict(DatabaseURL.parse(f"{url}&sslmode=disable&sslmode=prefer").conninfo)
+    assert again["sslmode"] == "prefer"
+    # SQLAlchemy's multi-host form, and a socket's folder or an IPv6 zone in the host.
+    listed = "postgresql://u@/d?host=h1:5432&host=[::1]:5433&host=h3"
+    assert conninfo_to_dict(DatabaseURL.parse(listed).conninfo)["host"] == "h1,::1,h3"
+    assert conninfo_to_dict(DatabaseURL.parse(listed).conninfo)["port"] == "5432,5433,"
+    socket = "postgresql://u@%2Fvar%2Frun%2Fpostgresql/d"
+    assert conninfo_to_dict(DatabaseURL.parse(socket).conninfo)["host"] == "/var/run/postgresql"
+    zoned = "postgresql://u@[fe80::1%25eth0]:5432/d"
+    assert conninfo_to_dict(DatabaseURL.parse(zoned).conninfo)["host"] == "fe80::1%eth0"
 
 
 @pytest.mark.parametrize("url", ["postgresql://u@h:99999/d", "postgresql://u@h/d?port=abc"])
@@ -101,6 +113,24 @@ def test_the_urls_own_options_are_kept(pg_url: str) -> None:
     with Foundation(url) as fdn:
         assert fdn.database.fetchone("SHOW statement_timeout") == ("4321ms",)
         assert fdn.database.fetchone("SHOW TimeZone") == ("UTC",)  # and Foundation's
+    # The engine the migrations use connects the same way, whatever the settings say.
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SHOW statement_timeout").scalar() == "4321ms"
+    finally:
+        engine.dispose()
+
+
+def test_a_sockets_folder_in_the_urls_host_connects(pg_url: str) -> None:
+    folder = Path("/var/run/postgresql")
+    if not (folder / ".s.PGSQL.5432").exists():
+        pytest.skip("this machine's PostgreSQL has no socket in /var/run/postgresql")
+    name = DatabaseURL.parse(pg_url).url.database
+    url = f"postgresql+psycopg://postgres@%2Fvar%2Frun%2Fpostgresql/{name}"
+    migrate.upgrade(url)  # SQLAlchemy's engine
+    with Foundation(url) as fdn:  # Foundation's own connections
+        assert fdn.database.fetchone("SELECT current_database()") == (name,)
 
 
 def test_a_sqlite_url_with_options_is_refused(tmp_path: Path) -> None:
@@ -431,6 +461,8 @@ def test_a_remote_value_this_nodes_type_refuses_falls_back_to_the_next_layer(
         wait_for(lambda: seen == [(1, 5), (5, 1)])
         b.config.reload()
         assert b.config.get("limit") == 1
+        b.config.register("limit", int, default=2)  # again: the refused value is not held
+        assert b.config.get("limit") == 2
         a.config.set("limit", 7)  # a value of its type: read again
         wait_for(lambda: b.config.get("limit") == 7)
 

@@ -327,7 +327,13 @@ class ConfigState:
                 typed = _MISSING
                 if runtime is not None and not runtime.deleted:
                     raw = runtime.raw if runtime.raw is not _MISSING else runtime.value
-                    typed = self._typed_value(key, "runtime", raw)
+                    try:
+                        typed = self._typed_value(key, "runtime", raw)
+                    except ConfigError:
+                        # One this node refused already (see apply_runtime): it still
+                        # reads its next layer; a value it holds must fit the new type.
+                        if not runtime.refused:
+                            raise
                 if default is not _MISSING:
                     defaults[key] = default
                 if runtime is not None and typed is not _MISSING:

@@ -245,7 +245,7 @@ class AsyncDatabase:
                 await conn.execute("PRAGMA foreign_keys = ON")
             else:
                 probe = await psycopg.AsyncConnection.connect(
-                    self.url.conninfo, **driver_kwargs(self.settings)
+                    self.url.conninfo, **driver_kwargs(self.settings, self.url)
                 )
                 await probe.close()
                 self._pool = AsyncConnectionPool(
@@ -253,7 +253,7 @@ class AsyncDatabase:
                     min_size=self.settings.pool_min_size,
                     max_size=self.settings.pool_max_size,
                     timeout=pool_wait_s(self.settings),
-                    kwargs={"autocommit": True, **driver_kwargs(self.settings)},
+                    kwargs={"autocommit": True, **driver_kwargs(self.settings, self.url)},
                     name=f"foundation-async-{self.settings.node_id}",
                     open=False,
                 )
@@ -280,7 +280,7 @@ class AsyncDatabase:
         """A connection of the running loop for one statement or transaction."""
         if self._pool is not None:
             conn = await psycopg.AsyncConnection.connect(
-                self.url.conninfo, autocommit=True, **driver_kwargs(self.settings)
+                self.url.conninfo, autocommit=True, **driver_kwargs(self.settings, self.url)
             )
             try:
                 yield _PGCursor(conn)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -53,11 +54,14 @@ def create_engine(url: str | DatabaseURL, settings: Settings | None = None) -> s
         event.listen(engine, "connect", on_connect)
         event.listen(engine, "begin", on_begin)
         return engine
+    conninfo, kwargs = parsed.conninfo, connect_kwargs(settings, parsed)
     return sa.create_engine(
         parsed.sqlalchemy_url(),
         pool_size=settings.pool_max_size,
         pool_pre_ping=True,
-        connect_args=connect_kwargs(settings),
+        # Connected as Foundation's own connections are (the same conninfo): SQLAlchemy's
+        # dialect would read the URL's parts again, its host undecoded.
+        creator=lambda: psycopg.connect(conninfo, **kwargs),
     )
 
 
@@ -75,9 +79,10 @@ def create_async_engine(url: str | DatabaseURL, settings: Settings | None = None
         event.listen(engine.sync_engine, "connect", on_connect)
         event.listen(engine.sync_engine, "begin", on_begin)
         return engine
+    conninfo, kwargs = parsed.conninfo, connect_kwargs(settings, parsed)
     return sa_create_async_engine(
         parsed.sqlalchemy_url(asynchronous=True),
         pool_size=settings.pool_max_size,
         pool_pre_ping=True,
-        connect_args=connect_kwargs(settings),
+        async_creator=lambda: psycopg.AsyncConnection.connect(conninfo, **kwargs),
     )

@@ -336,7 +336,7 @@ class PostgresFeed(ChangeFeed):
                 conn = psycopg.connect(
                     self.url.conninfo,
                     autocommit=True,
-                    **driver_kwargs(self.settings, "foundation-listen"),
+                    **driver_kwargs(self.settings, self.url, "foundation-listen"),
                 )
                 conn.execute(f"LISTEN {CHANNEL}")
                 # Notifications that arrive while a subscriber queries through this

@@ -39,7 +39,9 @@ ADAPTERS = AdaptersMap(psycopg.adapters)
 set_json_loads(load_json_bytes, ADAPTERS)
 
 
-def connect_kwargs(settings: Settings, purpose: str = "foundation") -> dict[str, Any]:
+def connect_kwargs(
+    settings: Settings, url: DatabaseURL, purpose: str = "foundation"
+) -> dict[str, Any]:
     # Timestamps come back in UTC, whatever the server's or the role's TimeZone: as the
     # tail cache and SQLite give them, so one record reads the same from any source.
     options = "-c TimeZone=UTC"
@@ -48,9 +50,9 @@ def connect_kwargs(settings: Settings, purpose: str = "foundation") -> dict[str,
         options += f" -c search_path={settings.postgres_schema}"
     # The URL's own (?options=-c%20statement_timeout%3D5000) are kept, Foundation's after
     # them: this keyword replaces the URL's value, and the last -c of a setting wins.
-    given = DatabaseURL.parse(settings.database_url).url.query.get("options")
+    given = url.url.query.get("options")
     if given:
-        options = f"{given if isinstance(given, str) else ' '.join(given)} {options}"
+        options = f"{given if isinstance(given, str) else given[-1]} {options}"
     return {
         "connect_timeout": max(1, int(settings.connect_timeout_s)),
         "application_name": f"{purpose}:{settings.node_id}"[:63],
@@ -65,10 +67,12 @@ def pool_wait_s(settings: Settings) -> float:
     return max(1.0, settings.connect_timeout_s)
 
 
-def driver_kwargs(settings: Settings, purpose: str = "foundation") -> dict[str, Any]:
+def driver_kwargs(
+    settings: Settings, url: DatabaseURL, purpose: str = "foundation"
+) -> dict[str, Any]:
     """``connect_kwargs`` and Foundation's adapters, for ``psycopg.connect`` and pools
     (not for SQLAlchemy's engine, whose dialect decodes JSON its own way)."""
-    return {**connect_kwargs(settings, purpose), "context": ADAPTERS}
+    return {**connect_kwargs(settings, url, purpose), "context": ADAPTERS}
 
 
 # psycopg's pools hand out their idle connections in turn (first returned, first out), so

@@ -261,7 +261,7 @@ class SyncDatabase:
                 min_size=settings.pool_min_size,
                 max_size=settings.pool_max_size,
                 timeout=pool_wait_s(settings),
-                kwargs={"autocommit": True, **driver_kwargs(settings)},
+                kwargs={"autocommit": True, **driver_kwargs(settings, url)},
                 name=f"foundation-{settings.node_id}",
                 open=True,
             )
@@ -274,7 +274,7 @@ class SyncDatabase:
             if self.backend == "sqlite":
                 connect_sqlite(self.url, self.settings).close()
             else:
-                psycopg.connect(self.url.conninfo, **driver_kwargs(self.settings)).close()
+                psycopg.connect(self.url.conninfo, **driver_kwargs(self.settings, self.url)).close()
         except (sqlite3.Error, psycopg.Error) as exc:
             raise translate(exc, self._masked) from exc
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import unquote
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -48,6 +51,23 @@ _DEAD_PEER = {
     "keepalives_count": "3",
     "tcp_user_timeout": "15000",
 }
+
+
+# A query host with its port, as SQLAlchemy's multi-host form writes it (?host=h1:5432).
+_HOST_PORT = re.compile(r"^(?:\[(?P<v6>[^\]]+)\]|(?P<name>[^:]+)):(?P<port>\d+)$")
+
+
+def _host_list(hosts: Sequence[str]) -> dict[str, str]:
+    """``?host=h1&host=h2`` (or ``h1:5432``, ``[::1]:5433`` each) as libpq's lists."""
+    names, ports = [], []
+    for host in hosts:
+        match = _HOST_PORT.match(host)
+        names.append(host if match is None else match["v6"] or match["name"])
+        ports.append("" if match is None else match["port"])
+    listed = {"host": ",".join(names)}
+    if any(ports):
+        listed["port"] = ",".join(ports)
+    return listed
 
 
 @dataclass(frozen=True)
@@ -141,7 +161,9 @@ class DatabaseURL:
         params: dict[str, Any] = {
             key: value
             for key, value in (
-                ("host", url.host),
+                # SQLAlchemy decodes every part but the host: a socket's folder in it
+                # (%2Fvar%2Frun%2Fpostgresql), an IPv6 zone (fe80::1%25eth0).
+                ("host", None if url.host is None else unquote(url.host)),
                 ("port", url.port),
                 ("dbname", url.database),
                 ("user", url.username),
@@ -150,8 +172,11 @@ class DatabaseURL:
             if value not in (None, "")
         }
         for key, value in url.query.items():
-            # A key given twice: libpq takes a list of hosts (and their ports) as one value.
-            params[key] = value if isinstance(value, str) else ",".join(value)
+            # Given twice, the last wins, as in libpq; hosts are a list (their ports too).
+            params[key] = value if isinstance(value, str) else value[-1]
+        hosts = url.query.get("host")
+        if hosts is not None and not isinstance(hosts, str):
+            params.update(_host_list(hosts))
         # A URL that sets one of them (keepalives=0: off) is tuned by its author; a
         # service file entry (``service=``, PGSERVICE) may set them, and the URL's own
         # words would win over the file's. Either way, none is added.
