@@ -503,3 +503,32 @@ def test_store_many_names_the_first_event_recorded_with_other_content(db_url: st
                 fdn.events.store_many([{"type": "t", "id": i, "data": {"v": 2}} for i in order])
             assert err.value.context["index"] == 0
             assert err.value.context["id"] == order[0]
+
+
+def test_a_node_id_restarted_before_this_node_saw_its_lease_lapse_is_reported_expired(
+    db_url: str,
+) -> None:
+    """The observer replaced the dead generation's lease with the restarted one's, and its
+    sweeps, which read only the current leases, never reported the names and members
+    still hanging off the dead one: its watchers ended on them registered."""
+    from tests.test_registry import stop_heartbeat
+    from tests.test_review13_registry import _resume
+
+    def node(node_id: str) -> Foundation:
+        return Foundation(db_url, node_id=node_id, registry_ttl_ms=1000, poll_interval_ms=5)
+
+    with node("observer") as obs, node("web") as first:
+        first.service_registry.register("svc", "http://a")
+        first.service_registry.join("grp", "http://a", member_id="m1")
+        seen: list[tuple[str, str]] = []
+        obs.service_registry.watch("*", lambda change: seen.append((change.name, change.kind)))
+        wait_for(lambda: obs.service_registry.members("grp") != [])
+        generation = first.service_registry.lease_generation
+        assert generation is not None
+        stop_heartbeat(obs)  # its sweeps wait, as a busy node's may
+        stop_heartbeat(first)  # killed: its lease lapses
+        with node("web") as restarted:  # takes the node id's lease once it lapsed
+            wait_for(lambda: obs.service_registry.nodes()["web"][0] == generation + 1)
+            _resume(obs.service_registry)
+            wait_for(lambda: {("svc", "expired"), ("grp", "expired")} <= set(seen))
+            assert restarted.service_registry.find("svc") is None

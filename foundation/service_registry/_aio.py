@@ -290,6 +290,8 @@ class AsyncServiceRegistry(_RegistryBase):
 
     async def _ensure_lease(self, own: str | None = None) -> _Lease:
         if not self._lease_valid() or self._reclaim_pending:
+            if not self._lease_valid():
+                self._sweep()  # what lapsed is reported expired first (see the sync face)
             await self._recover(own)
         assert self._lease is not None
         return self._lease

@@ -279,6 +279,10 @@ class ServiceRegistry(_RegistryBase):
     def _ensure_lease(self, own: str | None = None) -> _Lease:
         """A live lease, every held name written under it (``own``: see ``_recover``)."""
         if not self._lease_valid() or self._reclaim_pending:
+            if not self._lease_valid():
+                # What lapsed is reported expired first, as _renew does: a name the
+                # recovery finds lost is then never told expired after its loss.
+                self._sweep()
             self._recover(own)
         assert self._lease is not None
         return self._lease

@@ -113,6 +113,7 @@ class RegistryState(_MemberCache):
         self._local: dict[str, ServiceEntry] = {}
         self._watchers = RegistryWatchers(lambda change: change.name, check_name)
         self._announced: set[tuple[str, int]] = set()  # dead leases already reported
+        self._retired: builtins.list[_Lease] = []  # replaced by a later generation (_retire)
         self._timed: set[str] = set()  # names with their own TTL
         self._timed_local: set[str] = set()  # local entries with their own TTL
         self._locals_dropped = False  # close() dropped them: none is kept any more
@@ -243,8 +244,20 @@ class RegistryState(_MemberCache):
             # Expiry unknown until the lease row (or its notification) arrives: dead till then.
             fresh = _Lease(node, generation, 0.0)
             self._leases[node] = fresh
+            if current is not None and node != self.node:  # (this node's: install_own)
+                self._retire(current)
             return fresh
         return _DEAD
+
+    def _retire(self, lease: _Lease) -> None:
+        """``lease`` has a later generation of its node id: it is dead, from now at the
+        latest, and the next sweep reports what still hangs off it (it is no longer among
+        the leases the sweep reads: a node id restarted before this node saw its lease
+        lapse would leave its names and members unreported for good)."""
+        if lease.expires <= 0.0:
+            return  # never known live here (or released): nothing on it was ever told
+        lease.expires = min(lease.expires, _time())
+        self._retired.append(lease)
 
     def apply_lease(
         self, node: str, generation: int, expires: float
@@ -571,9 +584,12 @@ class RegistryState(_MemberCache):
         now = _time()
         changes: builtins.list[RegistryChange] = []
         with self._lock:
+            # Taken, then read: a lease retired meanwhile (make_entry runs without the
+            # lock) is in this list or the next one, never in neither.
+            retired, self._retired = self._retired, []
             dead = {
                 (lease.node, lease.generation)
-                for lease in self._leases.values()
+                for lease in (*self._leases.values(), *retired)
                 if lease.expires <= now
             }
             newly = dead - self._announced
