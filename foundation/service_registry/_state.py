@@ -256,8 +256,9 @@ class RegistryState(_MemberCache):
         lapse would leave its names and members unreported for good)."""
         if lease.expires <= 0.0:
             return  # never known live here (or released): nothing on it was ever told
-        lease.expires = min(lease.expires, _time())
-        self._retired.append(lease)
+        with self._lock:  # (make_entry's callers may not hold it: sweep() swaps the list)
+            lease.expires = min(lease.expires, _time())
+            self._retired.append(lease)
 
     def apply_lease(
         self, node: str, generation: int, expires: float
@@ -584,9 +585,7 @@ class RegistryState(_MemberCache):
         now = _time()
         changes: builtins.list[RegistryChange] = []
         with self._lock:
-            # Taken, then read: a lease retired meanwhile (make_entry runs without the
-            # lock) is in this list or the next one, never in neither.
-            retired, self._retired = self._retired, []
+            retired, self._retired = self._retired, []  # (under the lock, as _retire)
             dead = {
                 (lease.node, lease.generation)
                 for lease in (*self._leases.values(), *retired)
