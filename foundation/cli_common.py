@@ -5,10 +5,12 @@ how values and tables are printed.
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import click
 from rich.console import Console
@@ -76,21 +78,63 @@ def require_file(url: DatabaseURL) -> None:
         )
 
 
-@contextmanager
-def open_foundation(ctx: click.Context, *, create: bool) -> Iterator[Foundation]:
-    """The Foundation of the command's database.
+# Whether anything was written to a Foundation database (its schema revision and the change
+# feed's counters are there from the start).
+_ANY_ROW = """
+    SELECT EXISTS (SELECT 1 FROM foundation_events)
+        OR EXISTS (SELECT 1 FROM foundation_config)
+        OR EXISTS (SELECT 1 FROM foundation_config_history)
+        OR EXISTS (SELECT 1 FROM foundation_subscriptions)
+        OR EXISTS (SELECT 1 FROM foundation_leases)
+        OR EXISTS (SELECT 1 FROM foundation_registry)
+        OR EXISTS (SELECT 1 FROM foundation_registry_members)
+        OR EXISTS (SELECT 1 FROM foundation_breakers)
+        OR EXISTS (SELECT 1 FROM foundation_rate_limits)
+"""
 
-    ``create``: whether the command may create a SQLite file that does not exist; a
-    command that only reads says False (see :func:`require_file`).
+
+@contextmanager
+def _new_file_removed_if_refused(url: DatabaseURL) -> Iterator[None]:
+    """A SQLite file (and folders) the command creates is removed if it fails before writing.
+
+    A restore into a new file is normal (``events import``), but one refused at its first
+    line must not leave an empty database behind. The file goes only while its tables hold
+    nothing: a write there by anyone keeps it.
     """
-    target = target_of(ctx)
-    if not create:
-        require_file(target.url)
+    if not no_file(url):
+        yield
+        return
+    path = url.sqlite_path.absolute()
+    new_folders = [folder for folder in path.parents if not folder.exists()]
+    try:
+        yield
+    except BaseException:
+        if _empty_database(path):
+            for suffix in ("-wal", "-shm", "-journal", ""):
+                path.with_name(path.name + suffix).unlink(missing_ok=True)
+            for folder in new_folders:  # the deepest first
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break  # no longer empty: someone else's now
+        raise
+
+
+def _empty_database(path: Path) -> bool:
+    try:
+        with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as db:
+            return not db.execute(_ANY_ROW).fetchone()[0]
+    except sqlite3.Error:
+        return False  # not a database of ours: not for us to judge, left as it is
+
+
+@contextmanager
+def _opened(target: Target, *, migrate: Literal["check"] | None) -> Iterator[Foundation]:
     # A command that writes keeps the default (SQLite upgrades itself, PostgreSQL checks);
     # one that reads changes nothing, a schema neither: an unmigrated or older file (an
     # app's own database, say) is a schema_outdated error, not a file given new tables.
     try:
-        fdn = Foundation(settings=target.settings, migrate=None if create else "check")
+        fdn = Foundation(settings=target.settings, migrate=migrate)
     except SchemaOutdatedError as err:
         if err.context.get("newer"):
             raise
@@ -102,6 +146,24 @@ def open_foundation(ctx: click.Context, *, create: bool) -> Iterator[Foundation]
             context=err.context,
         ) from None
     with fdn:
+        yield fdn
+
+
+@contextmanager
+def open_foundation(ctx: click.Context, *, create: bool) -> Iterator[Foundation]:
+    """The Foundation of the command's database.
+
+    ``create``: whether the command may create a SQLite file that does not exist; a
+    command that only reads says False (see :func:`require_file`). One created by a
+    command that then fails with nothing written is removed again.
+    """
+    target = target_of(ctx)
+    if not create:
+        require_file(target.url)
+        with _opened(target, migrate="check") as fdn:
+            yield fdn
+        return
+    with _new_file_removed_if_refused(target.url), _opened(target, migrate=None) as fdn:
         yield fdn
 
 

@@ -94,8 +94,8 @@ class _LeaseSide(_RegistryCore):
 
     def _node_taken(self) -> ConfigError:
         """A recovery found this node id's lease live under another generation: another
-        instance holds it. Report every name lost (they hung off this instance's dead
-        generation), forget them, and stay in error until that lease lapses."""
+        instance holds it. Report what hung off this instance's dead generation expired,
+        then every name lost; forget them, and stay in error until that lease lapses."""
         self._conflict_retry = time.monotonic() + self.options.heartbeat_ms / 1000
         if self._node_conflict is None:
             gen = None if self._lease is None else self._lease.generation
@@ -103,6 +103,8 @@ class _LeaseSide(_RegistryCore):
                 gen, "it took this node id's lease while this instance's had lapsed"
             )
             log.error("registry: %s", self._node_conflict.message)
+            if self._lease is not None:
+                self._notify(self._state.lease_ended(self._lease))
             lost: dict[str, ServiceEntry | None] = {}
             for name in builtins.list(self._held):
                 entry = self._state.cached_entry(name)  # None: it was this instance's

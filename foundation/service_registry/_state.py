@@ -614,6 +614,25 @@ class RegistryState(_MemberCache):
                 self.notify(changes)
         return changes
 
+    def lease_ended(self, lease: _Lease) -> builtins.list[RegistryChange]:
+        """This node's ``lease`` is known dead for good (another instance holds the node
+        id): what still hangs off it is reported expired now (once), before the node tells
+        its names lost. The sweep would not: a later generation replaced it in the cache,
+        and the sweep reads the current ones."""
+        with self._lock:
+            lease.expires = min(lease.expires, _time())
+            changes = [
+                change
+                for entry in list(self._entries.values())
+                if entry.lease is lease
+                for change in self._expired_entry(entry)
+            ]
+            for table in self._members.values():
+                for member in list(table.values()):
+                    if member.lease is lease:
+                        changes += self._expired_member(member)
+        return changes
+
     # -- watches ----------------------------------------------------------------------
 
     def watch(
