@@ -8,10 +8,11 @@ Every name, key and id is checked here first, so the caller gets a ``FoundationE
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import reprlib
 
-__all__ = ["is_utf8", "node_tag", "shown", "text_of"]
+__all__ = ["is_utf8", "name_text", "node_tag", "shown", "text_of"]
 
 # Room left, in a 255-character column, for what follows a node id ("#" and a counter).
 _NODE_TAG_MAX = 200
@@ -24,6 +25,14 @@ def node_tag(node_id: str) -> str:
         return node_id
     digest = hashlib.sha256(node_id.encode("utf-8", "surrogatepass")).hexdigest()[:16]
     return f"{node_id[: _NODE_TAG_MAX - 40]}~{digest}"
+
+
+def name_text(value: object) -> object:
+    """A name or key given as an enum member is its text: its value if that is a string,
+    else its name (every key, name and type is stored as text); anything else as given."""
+    if isinstance(value, enum.Enum):
+        return value.value if isinstance(value.value, str) else value.name
+    return value
 
 
 def is_utf8(text: str) -> bool:

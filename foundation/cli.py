@@ -17,6 +17,7 @@ The events, registry, breakers and limits commands live in :mod:`.cli_events` an
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,6 +33,7 @@ from rich.table import Table
 from rich.text import Text
 
 from foundation._json import MAX_DEPTH
+from foundation._text import shown
 from foundation.cli_common import (
     Target,
     dumps,
@@ -114,8 +116,18 @@ def _parse_value(raw: str, force_string: bool) -> Any:
     def refuse(constant: str) -> Any:  # NaN / Infinity are not JSON: keep the text
         raise ValueError(constant)
 
+    def finite(number: str) -> float:
+        value = float(number)
+        if math.isinf(value):  # JSON, but no double holds it (nor the config's values)
+            raise ConfigError(
+                f"the number {shown(number, 40)} is beyond a float's range; pass --string "
+                "to store it as text",
+                context={"value": shown(number, 40)},
+            )
+        return value
+
     try:
-        return json.loads(raw, parse_constant=refuse)
+        return json.loads(raw, parse_constant=refuse, parse_float=finite)
     except ValueError:
         return raw
     except RecursionError:

@@ -10,11 +10,13 @@ import math
 import os
 import shlex
 import signal
+import stat
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -268,51 +270,113 @@ def events_tail(
 
 
 @events.command("export", short_help="Write the log to FILE as JSON lines.")
-@click.argument("file", type=click.File("w", encoding="utf-8", lazy=True))
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
 @_TYPE_OPTION
 @_STREAM_OPTION
 @click.option("--after-position", type=click.IntRange(0), default=0, help="After N.")
 @click.pass_context
 def events_export(
-    ctx: click.Context, file: Any, types: tuple[str, ...], stream: str | None, after_position: int
+    ctx: click.Context, file: str, types: tuple[str, ...], stream: str | None, after_position: int
 ) -> None:
     """Write the log (or the events of --type, --stream) to FILE as JSON lines (- for
-    stdout)."""
+    stdout). FILE is replaced only once the export is whole: one that stops (an error,
+    Ctrl-C) leaves it as it was."""
     criteria = _criteria(types, stream)
     criteria["after_position"] = after_position
     count = 0
-    to_stdout = file.name in ("-", "<stdout>")
-    try:
-        with open_foundation(ctx, create=False) as fdn:
-            total = max(fdn.events.last_position() - after_position, 0)
-            # It counts positions of the log read through (with --type or --stream, most
-            # are not exported), so its last frame is complete only once set below.
-            with _progress("exporting", shown=total >= PROGRESS_MIN_EVENTS) as progress:
-                task = progress.add_task("export", total=total)
-                last = after_position
-                for event in fdn.events.iter(criteria, batch_size=1_000):
-                    file.write(dumps(_event_row(event)) + "\n")
-                    count += 1
-                    progress.advance(task, event.position - last)
-                    last = event.position
-                # The whole log is read: past the last event exported, and past the end
-                # it had at the start if events were appended meanwhile.
-                end = max(total, last - after_position)
-                progress.update(task, total=end, completed=end)
-        file.flush()
-        if not to_stdout:
-            file.close()  # its last bytes reach the disk here: a full disk fails here
-    except OSError as exc:  # a full disk, a broken pipe: the file is cut short
-        with contextlib.suppress(OSError):  # else click's own close raises it again
-            file.close()
-        raise StorageError(
-            f"cannot write {file.name} ({exc.strerror or exc}): the export is incomplete "
-            f"(it stopped within the first {_plural(count, 'event')})",
-            context={"file": file.name, "events_read": count},
-        ) from None
+    with _ExportTarget(file) as out:
+        try:
+            with open_foundation(ctx, create=False) as fdn:
+                total = max(fdn.events.last_position() - after_position, 0)
+                # It counts positions of the log read through (with --type or --stream,
+                # most are not exported), so its last frame is complete only once set below.
+                with _progress("exporting", shown=total >= PROGRESS_MIN_EVENTS) as progress:
+                    task = progress.add_task("export", total=total)
+                    last = after_position
+                    for event in fdn.events.iter(criteria, batch_size=1_000):
+                        out.stream.write(dumps(_event_row(event)) + "\n")
+                        count += 1
+                        progress.advance(task, event.position - last)
+                        last = event.position
+                    # The whole log is read: past the last event exported, and past the end
+                    # it had at the start if events were appended meanwhile.
+                    end = max(total, last - after_position)
+                    progress.update(task, total=end, completed=end)
+            out.commit()
+        except OSError as exc:  # a full disk, a broken pipe
+            raise StorageError(
+                f"cannot write {out.shown} ({exc.strerror or exc}): {out.incomplete(count)}",
+                context={"file": out.shown, "events_read": count},
+            ) from None
+        except FoundationError as exc:
+            raise type(exc)(
+                f"{exc.message}; {out.incomplete(count)}",
+                context={**exc.context, "file": out.shown, "events_read": count},
+                correlation_id=exc.correlation_id,
+            ) from None
     # With FILE "-" the events are the output: the summary goes to stderr.
-    where = "stdout" if to_stdout else file.name
-    click.echo(f"exported {_plural(count, 'event')} to {where}", err=to_stdout)
+    click.echo(f"exported {_plural(count, 'event')} to {out.shown}", err=out.to_stdout)
+
+
+class _ExportTarget:
+    """Where an export writes: stdout, or FILE through a new file beside it that takes
+    FILE's place only once whole (an export that stops must not leave last night's
+    backup cut short, every line of it valid). A FILE that is no regular file (a pipe,
+    ``/dev/null``) is written to as it is."""
+
+    def __init__(self, file: str) -> None:
+        self.to_stdout = file == "-"
+        self.shown = "stdout" if self.to_stdout else file
+        self._path = Path(file)
+        self._part: Path | None = None
+        self.stream: Any = None
+
+    def __enter__(self) -> _ExportTarget:
+        if self.to_stdout:
+            self.stream = click.open_file("-", "w", encoding="utf-8")
+            return self
+        try:
+            if self._path.exists() and not self._path.is_file():
+                self.stream = self._path.open("w", encoding="utf-8")
+                return self
+            self._part = self._path.with_name(f".{self._path.name}.{os.getpid()}.part")
+            # Created as open() creates a file (the umask's mode); FILE's own if it exists.
+            self.stream = self._part.open("x", encoding="utf-8")
+            if self._path.exists():
+                os.chmod(self._part, stat.S_IMODE(self._path.stat().st_mode))
+        except OSError as exc:
+            self._discard()
+            raise StorageError(
+                f"cannot write {self.shown}: {exc.strerror or exc}",
+                context={"file": self.shown},
+            ) from None
+        return self
+
+    def incomplete(self, count: int) -> str:
+        if self._part is not None:
+            return f"nothing was exported ({self.shown} is as it was)"
+        if count == 0:
+            return "nothing was exported"
+        return f"the export is incomplete (it stopped within the first {_plural(count, 'event')})"
+
+    def commit(self) -> None:
+        self.stream.flush()
+        if self._part is None:
+            return  # stdout, or a pipe or device: written as it went
+        os.fsync(self.stream.fileno())  # a full disk fails here, before FILE is replaced
+        self.stream.close()
+        os.replace(self._part, self._path)
+        self._part = None
+
+    def _discard(self) -> None:
+        if self.stream is not None and not self.to_stdout:
+            with contextlib.suppress(OSError):
+                self.stream.close()
+        if self._part is not None:
+            self._part.unlink(missing_ok=True)
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._discard()  # (after commit(): nothing left to discard)
 
 
 def _import_event(line: str, number: int) -> dict[str, Any]:

@@ -6,13 +6,19 @@ Each test failed on the commit before its fix.
 from __future__ import annotations
 
 import asyncio
+import enum
+import logging
 import sqlite3
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 
-from foundation import ConfigError
+from foundation import AsyncFoundation, ConfigError, Foundation, StorageUnavailableError
+from foundation.database.url import DatabaseURL
 from tests.helpers import async_wait_for, wait_for
 from tests.test_cli import fails, ok
 from tests.test_registry import node, stop_heartbeat
@@ -90,3 +96,197 @@ async def test_async_a_paused_holder_whose_node_id_was_taken_reports_expired_the
             assert kinds(seen, "workers") == ["join", "expired"]
     finally:
         await old.close()
+
+
+# -- subscriptions: a checkpoint the database will not take ------------------------------
+
+SUB = {"poll_interval_ms": 20, "retry_backoff_ms": 1, "max_retries": 2}
+
+
+def _refuse_checkpoints(db_url: str) -> None:
+    """The database refuses every checkpoint write (as a missing UPDATE grant would)."""
+    if db_url.startswith("sqlite"):
+        with sqlite3.connect(db_url.removeprefix("sqlite:///")) as db:
+            db.execute(
+                "CREATE TRIGGER refuse BEFORE UPDATE OF checkpoint ON foundation_subscriptions "
+                "WHEN NEW.checkpoint <> OLD.checkpoint "
+                "BEGIN SELECT RAISE(ABORT, 'permission denied'); END"
+            )
+        return
+    with psycopg.connect(DatabaseURL.parse(db_url).conninfo, autocommit=True) as db:
+        db.execute(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF NEW.checkpoint <> OLD.checkpoint THEN RAISE EXCEPTION 'permission denied' "
+            "USING ERRCODE = '42501'; END IF; RETURN NEW; END $$"
+        )
+        db.execute(
+            "CREATE TRIGGER refuse BEFORE UPDATE ON foundation_subscriptions "
+            "FOR EACH ROW EXECUTE FUNCTION refuse()"
+        )
+
+
+def _failures(fdn: Foundation | AsyncFoundation) -> list[dict[str, Any]]:
+    failed: list[dict[str, Any]] = []
+    fdn.telemetry.attach(
+        "failed",
+        ("foundation", "events", "subscription", "failed"),
+        lambda _e, measurements, _m, _c: failed.append(measurements),
+    )
+    return failed
+
+
+def test_a_refused_checkpoint_fails_the_subscription_without_running_the_handler_again(
+    fdn: Foundation, db_url: str
+) -> None:
+    """It was retried with the handler, every poll interval, for good, said running."""
+    _refuse_checkpoints(db_url)
+    failed = _failures(fdn)
+    calls: list[int] = []
+    fdn.events.store({"type": "charge"})
+    sub = fdn.events.subscribe("billing", lambda e: calls.append(e.position), **SUB)
+    wait_for(lambda: sub.status.state == "failed")
+    assert calls == [1]
+    assert sub.status.checkpoint == 0
+    assert "could not write its checkpoint" in (sub.status.last_error or "")
+    assert "refused 3 times in a row" in (sub.status.last_error or "")
+    assert failed == [{"count": 1, "position": 1}]
+
+
+async def test_async_a_refused_checkpoint_fails_the_subscription(
+    afdn: AsyncFoundation, db_url: str
+) -> None:
+    _refuse_checkpoints(db_url)
+    failed = _failures(afdn)
+    calls: list[int] = []
+    await afdn.events.store({"type": "charge"})
+    sub = await afdn.events.subscribe("billing", lambda e: calls.append(e.position), **SUB)
+    await async_wait_for(lambda: sub.status.state == "failed")
+    assert calls == [1]
+    assert "could not write its checkpoint" in (sub.status.last_error or "")
+    assert failed == [{"count": 1, "position": 1}]
+
+
+def test_a_checkpoint_out_of_reach_is_retried_alone_and_said_meanwhile(
+    fdn: Foundation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An outage while the checkpoint is written: the handler is not run again for it,
+    ``last_error`` says what is retried, and is cleared once it went through."""
+    calls: list[int] = []
+    real = fdn.database.execute
+    outage = threading.Event()
+    outage.set()
+    errors: list[str | None] = []
+
+    def execute(sql: str, params: Any = None) -> Any:
+        if "checkpoint" in sql and params and params.get("checkpoint") and outage.is_set():
+            raise StorageUnavailableError("the database is down (simulated)")
+        return real(sql, params)
+
+    monkeypatch.setattr(fdn.database, "execute", execute)
+    fdn.events.store({"type": "charge"})
+    sub = fdn.events.subscribe("billing", lambda e: calls.append(e.position), **SUB)
+    wait_for(lambda: sub.status.last_error is not None)
+    errors.append(sub.status.last_error)
+    time.sleep(0.2)  # many retries
+    outage.clear()
+    wait_for(lambda: sub.status.checkpoint == 1)
+    assert calls == [1]
+    assert sub.status.state == "running" and sub.status.last_error is None
+    assert "could not write its checkpoint" in (errors[0] or "")
+    sub.stop()
+
+
+async def test_async_a_subscription_whose_task_is_cancelled_stops_and_gives_up_its_name(
+    afdn: AsyncFoundation,
+) -> None:
+    """A shutdown that cancels every task left it 'running', its name held to its lease."""
+    sub = await afdn.events.subscribe("projector", lambda e: None, **SUB)
+    assert sub._task is not None
+    sub._task.cancel()
+    await async_wait_for(lambda: sub.status.state == "stopped")
+    again = await afdn.events.subscribe("projector", lambda e: None, **SUB)  # at once
+    await again.stop()
+
+
+# -- enum names everywhere a name or key is taken ------------------------------------------
+
+
+class Svc(enum.Enum):
+    PAYMENTS = "payments"
+    SHIPPING = 2  # not text: its name is
+
+
+def test_an_enum_is_a_name_for_every_service(fdn: Foundation) -> None:
+    """Config and the registry took an enum for a key or name; breakers, limiters and
+    events refused one (DESIGN: keys may be str or enum-like names, stored as text)."""
+    assert fdn.circuit_breaker.execute(lambda: 1, name=Svc.PAYMENTS) == 1
+    fdn.circuit_breaker.force_open(Svc.PAYMENTS)
+    assert fdn.circuit_breaker.state("payments") == "open"
+    fdn.rate_limiter.execute(lambda: None, key=Svc.SHIPPING, max_requests=5, interval=60_000)
+    assert [u.key for u in fdn.rate_limiter.usage()] == ["SHIPPING"]
+    record = fdn.events.store({"type": Svc.PAYMENTS, "stream_id": Svc.SHIPPING})
+    assert (record.type, record.stream_id) == ("payments", "SHIPPING")
+    assert fdn.events.get(type=Svc.PAYMENTS) == [record]
+    assert fdn.events.get(type=[Svc.PAYMENTS], stream_id=Svc.SHIPPING) == [record]
+    seen: list[str] = []
+    sub = fdn.events.subscribe("enum", lambda e: seen.append(e.type), types=Svc.PAYMENTS)
+    wait_for(lambda: seen == ["payments"])
+    sub.stop()
+
+
+# -- the CLI's export ----------------------------------------------------------------------
+
+
+def test_an_export_that_stops_leaves_the_file_as_it_was(tmp_path: Path) -> None:
+    """It was cut to the events read before the error, every line valid JSON (a backup
+    overwritten by a shorter one, which imports without a word)."""
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    with Foundation(url) as fdn:
+        fdn.events.store_many([{"type": "t", "data": {"i": i}} for i in range(1500)])
+    with sqlite3.connect(tmp_path / "app.db") as db:  # a row no reader can make a record of
+        db.execute("DROP TRIGGER foundation_events_valid_row")
+        db.execute(
+            "INSERT INTO foundation_events (id, type, data, metadata, recorded_at) "
+            "VALUES ('order-42', 'bad', '{}', '{}', '2026-01-01 00:00:00.000000')"
+        )
+    backup = tmp_path / "backup.jsonl"
+    backup.write_text('{"precious": true}\n')
+    backup.chmod(0o640)
+    result = fails(url, "event_error", "events", "export", str(backup))
+    assert f"nothing was exported ({backup} is as it was)" in result.stderr
+    assert backup.read_text() == '{"precious": true}\n'
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".part")]
+
+    events = tmp_path / "events.jsonl"
+    ok(url, "events", "export", "--type", "t", str(backup))  # whole: it takes the file's place
+    assert len(backup.read_text().splitlines()) == 1500
+    assert backup.stat().st_mode & 0o777 == 0o640
+    ok(url, "events", "export", "--type", "t", str(events))  # a new file: open()'s mode
+    assert events.read_text() == backup.read_text()
+
+
+def test_config_set_of_a_number_past_a_floats_range_says_so(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    result = fails(url, "config_error", "config", "set", "k", "1e999")
+    assert "beyond a float's range; pass --string" in result.stderr  # (not "NaN … not JSON")
+    assert not (tmp_path / "app.db").exists()
+    ok(url, "config", "set", "k", "1e999", "--string")
+
+
+def test_a_cache_that_cannot_resync_is_named_in_the_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The log line showed ``<foundation.events._service.Events object at 0x…>``."""
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    Foundation(url).close()
+    with sqlite3.connect(tmp_path / "app.db") as db:
+        db.execute("DROP TRIGGER foundation_events_valid_row")
+        db.execute(
+            "INSERT INTO foundation_events (id, type, data, metadata, recorded_at) "
+            "VALUES ('order-42', 'bad', '{}', '{}', '2026-01-01 00:00:00.000000')"
+        )
+    with caplog.at_level(logging.ERROR, logger="foundation.feed"), Foundation(url):
+        pass
+    lines = [r.getMessage() for r in caplog.records if r.name == "foundation.feed"]
+    assert lines and all(" object at 0x" not in line for line in lines)
+    assert any(line.startswith("the events cache could not") for line in lines)

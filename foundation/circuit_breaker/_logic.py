@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any, Literal
 
-from foundation._text import is_utf8, shown
+from foundation._text import is_utf8, name_text, shown
 from foundation.errors import ValidationError
 
 __all__ = [
@@ -174,6 +174,7 @@ def make_options(
 
 
 def check_name(name: Any, max_length: int = 255) -> str:
+    name = name_text(name)
     if not isinstance(name, str):
         raise ValidationError(
             f"a circuit breaker name must be a string, not {type(name).__name__}",

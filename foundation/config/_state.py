@@ -32,7 +32,7 @@ from foundation._json import (
     normalize_json,
     same_json,
 )
-from foundation._text import is_utf8, shown
+from foundation._text import is_utf8, name_text, shown
 from foundation._watch import Watch, Watchers
 from foundation.config._immutable import freeze_value, same_value
 from foundation.config._sources import EnvValue, env_layer
@@ -161,8 +161,7 @@ class ConfigState:
     # -- validation -------------------------------------------------------------------
 
     def check_key(self, key: Any) -> str:
-        if isinstance(key, enum.Enum):
-            key = key.value if isinstance(key.value, str) else key.name
+        key = name_text(key)
         if not isinstance(key, str):
             raise ConfigError(
                 f"a config key must be a string, not {type(key).__name__}",

@@ -150,9 +150,10 @@ class ChangeFeed:
         with self._lock:
             self._subscribers.setdefault(topic, []).append(subscriber)
 
-    def _all(self) -> list[FeedSubscriber]:
+    def _all(self) -> list[tuple[str, FeedSubscriber]]:
+        """(topic, subscriber): a log line names the topic (its cache: events, registry…)."""
         with self._lock:
-            return [s for subs in self._subscribers.values() for s in subs]
+            return [(topic, s) for topic, subs in self._subscribers.items() for s in subs]
 
     def start(self) -> None:
         self._thread.start()
@@ -181,28 +182,28 @@ class ChangeFeed:
 
     def _resync_all(self, reader: Cursor) -> None:
         self.resyncs += 1
-        for sub in self._all():
+        for topic, sub in self._all():
             try:
                 sub.resync(reader)
             except (sqlite3.Error, psycopg.Error):
                 raise  # the feed's connection failed (see _dispatch): reconnect, resync
             except FoundationError as exc:  # a row no reader can load, say: it says which
-                log.error("change feed subscriber %r failed to resync: %s", sub, exc)
+                log.error("the %s cache could not be brought up to date: %s", topic, exc)
             except Exception:
-                log.exception("change feed subscriber %r failed to resync", sub)
+                log.exception("the %s cache could not be brought up to date", topic)
 
     def _poll_all(self, reader: Cursor) -> None:
         """Something was committed: subscribers with a cheap incremental ``poll`` use it."""
-        for sub in self._all():
+        for topic, sub in self._all():
             poll = getattr(sub, "poll", None)
             try:
                 poll(reader) if poll is not None else sub.resync(reader)
             except (sqlite3.Error, psycopg.Error):
                 raise
             except FoundationError as exc:  # a row no reader can load, say: it says which
-                log.error("change feed subscriber %r failed to poll: %s", sub, exc)
+                log.error("the %s cache could not read the latest changes: %s", topic, exc)
             except Exception:
-                log.exception("change feed subscriber %r failed to poll", sub)
+                log.exception("the %s cache could not read the latest changes", topic)
         self.polls += 1
 
     def notify_later(self, key: str, due: float, payload: dict[str, Any]) -> None:

@@ -7,6 +7,7 @@ an :class:`~foundation.errors.EventError` naming the field and nothing is writte
 from __future__ import annotations
 
 import dataclasses
+import enum
 import os
 import threading
 import time
@@ -19,7 +20,7 @@ from typing import Any, Literal
 import pydantic
 
 from foundation._json import encode_json, has_nan_or_infinity, normalize_json, same_json
-from foundation._text import is_utf8, shown, text_of
+from foundation._text import is_utf8, name_text, shown, text_of
 from foundation.correlation import current_correlation_id
 from foundation.errors import EventError
 
@@ -245,6 +246,7 @@ def valid_name(value: Any, field: str, *, required: bool) -> str | None:
         return value
     if value is None and not required:
         return None
+    value = name_text(value)
     if not isinstance(value, str) or not value.strip():
         raise EventError(
             f"event field {field!r} must be a non-empty string"
@@ -457,6 +459,7 @@ def _position(key: str, value: Any) -> int:
 
 
 def _text(key: str, value: Any) -> str:
+    value = name_text(value)
     if not isinstance(value, str):
         raise _fail(key, "a string", value)
     if "\x00" in value or not is_utf8(value):
@@ -514,7 +517,7 @@ def parse_criteria(
     shape: list[Any] = []
     types = merged.get("type")
     if types is not None:
-        names = [types] if isinstance(types, str) else types
+        names = [types] if isinstance(types, str | enum.Enum) else types
         if not isinstance(names, list | tuple) or not names or len(names) > MAX_TYPES:
             raise _fail("type", f"a string or a list of 1 to {MAX_TYPES} strings", types)
         for i, name in enumerate(names):

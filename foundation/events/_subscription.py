@@ -41,6 +41,7 @@ not checkpointed (at least once: the next consumer of the name gets it again).
 
 from __future__ import annotations
 
+import enum
 import logging
 import math
 import secrets
@@ -57,6 +58,7 @@ from foundation.correlation import correlation
 from foundation.errors import (
     AlreadyRegisteredError,
     EventError,
+    FoundationError,
     StorageError,
     StorageUnavailableError,
 )
@@ -73,8 +75,19 @@ log = logging.getLogger("foundation.events")
 # when it returns.
 State = Literal["starting", "running", "stopping", "failed", "stopped"]
 Handler = Callable[[RecordedEvent], Any]
-# Retried from the checkpoint; any other error (an EventError, a bug) fails visibly.
+# Retried (see _SubscriptionBase._fault_wait); any other error (an EventError, a bug) fails
+# visibly.
 _DATABASE_FAULTS = (StorageUnavailableError, StorageError)
+# A refusal that goes away by itself: a serialization failure or deadlock (class 40), a lock
+# not available, a statement timeout.
+_PASSING_SQLSTATES = ("40", "55P03", "57014")
+
+
+def _refusal(exc: FoundationError) -> bool:
+    """Whether the database refused the statement (a missing grant, a read-only database,
+    a table gone), which no wait mends, rather than being out of reach or busy."""
+    sqlstate = str(exc.context.get("sqlstate") or "")
+    return isinstance(exc, StorageError) and not sqlstate.startswith(_PASSING_SQLSTATES)
 
 
 @dataclass(frozen=True)
@@ -103,18 +116,17 @@ class SubscriptionOptions:
                 "characters",
                 context={"name": shown(name)},
             )
-        if isinstance(types, str):
+        if isinstance(types, str | enum.Enum):
             types = [types]
         if types is not None and (not isinstance(types, list | tuple) or not types):
             raise EventError(
                 "types must be an event type or a list of them",
                 context={"types": shown(types)},
             )
-        for each in types or ():
-            try:  # what store() takes as a type: another could never be delivered
-                valid_name(each, "type", required=True)
-            except EventError as exc:
-                raise EventError(f"types: {exc.message}", context={"types": shown(types)}) from None
+        try:  # what store() takes as a type: another could never be delivered
+            types = None if types is None else [valid_name(t, "type", required=True) for t in types]
+        except EventError as exc:
+            raise EventError(f"types: {exc.message}", context={"types": shown(types)}) from None
         if types is not None and len(types) > MAX_TYPES:
             # Every read of the subscription filters on them: refused now, not at each poll.
             raise EventError(
@@ -208,7 +220,7 @@ class _SubscriptionBase:
         self._checkpoint = 0
         self._lag_told = 0  # the lag last told (see _lag)
         self._last_error: str | None = None
-        self._attempts = 0
+        self._refusals = 0  # the database's refusals in a row (see _fault_wait)
         # Monotonic end of the lease as this consumer knows it: counted from before the
         # statement that last renewed it was sent, so never later than the row's.
         self._lease_until = 0.0
@@ -361,6 +373,43 @@ class _SubscriptionBase:
         log.exception("subscription %r stopped on an unexpected error", self.name)
         self._last_error = f"{type(exc).__name__}: {exc}"
         self._telemetry_failed(type(exc).__name__, getattr(exc, "context", {}).get("position"))
+        return {**self._stamp(), "status": "failed", "error": self._last_error[:4000]}
+
+    def _fault_wait(self, exc: FoundationError, doing: str) -> float | None:
+        """A database fault while ``doing`` (reading the log, writing the checkpoint):
+        the seconds to wait before trying again, or None to give up.
+
+        Out of reach (an outage, a lock), it is tried again every ``poll_interval_ms`` for
+        as long as it lasts. Refused (a missing grant, a read-only database), it is tried
+        again as a failing handler is, ``max_retries`` times with backoff, then the
+        subscription fails (see :meth:`_gave_up`): it would never move again. Meanwhile
+        ``status.last_error`` says why nothing moves."""
+        self._last_error = f"could not {doing}: {exc.message}"
+        if _refusal(exc):
+            self._refusals += 1
+            if self._refusals > self.options.max_retries:
+                return None
+            wait = self._backoff(self._refusals)
+        else:
+            wait = self.options.poll_interval_ms / 1000
+        log.warning("subscription %r %s; retrying in %.3g s", self.name, self._last_error, wait)
+        return wait
+
+    def _fault_over(self) -> None:
+        """A statement went through: the fault told in ``last_error`` is over."""
+        if self._last_error is not None or self._refusals:
+            self._refusals = 0
+            self._last_error = None
+
+    def _gave_up(self, exc: FoundationError, position: int | None) -> dict[str, Any]:
+        """The database refused the subscription's statement too often: it fails (the row's
+        parameters, for the caller to record; refused too, most likely, but tried)."""
+        self._last_error = (
+            f"{self._last_error} (refused {self._refusals} times in a row; subscribe again "
+            "once the database takes it)"
+        )
+        log.error("subscription %r failed: %s", self.name, self._last_error)
+        self._telemetry_failed(type(exc).__name__, position)
         return {**self._stamp(), "status": "failed", "error": self._last_error[:4000]}
 
     def _lost(self) -> None:

@@ -110,6 +110,14 @@ class AsyncSubscription(_SubscriptionBase):
         _FOLLOWING.set(self)  # in this task, and the tasks it (its handler) starts
         try:
             await self._follow()
+        except asyncio.CancelledError:
+            if not self._stopping:
+                # Cancelled by another than stop(): a shutdown that cancels every task, the
+                # end of asyncio.run() before close(). Nothing follows the log any more:
+                # the subscription stops, its name given up (its event not checkpointed).
+                log.warning("subscription %r: its task was cancelled; it stops", self.name)
+                self._stopping = True
+            raise
         finally:
             if self._keeper is not None:
                 self._keeper.cancel()
@@ -122,6 +130,7 @@ class AsyncSubscription(_SubscriptionBase):
             try:
                 sql, params = self._page()
                 rows = await self._db.fetchall(sql, params)
+                self._fault_over()
                 if not rows:
                     self._lag(0, None)
                     await self._sleep(self.options.poll_interval_ms / 1000)
@@ -132,12 +141,15 @@ class AsyncSubscription(_SubscriptionBase):
                         return
                     if self._release_claimed:  # released under the handler: _stop_for_close
                         return
-                    if not await self._checkpoint_to(record.position):
+                    if not await self._checkpoint_kept(record.position):
                         return
                 self._lag(len(rows), await self._async_events.last_position())
             except _DATABASE_FAULTS as exc:
-                log.warning("subscription %r cannot read the log (%s); retrying", self.name, exc)
-                await asyncio.sleep(self.options.poll_interval_ms / 1000)
+                wait = self._fault_wait(exc, "read the log")
+                if wait is None:
+                    await self._record_failure(self._gave_up(exc, None))
+                    return
+                await self._stop_wait(wait)
             except Exception as exc:  # a bug, not a fault: stop visibly rather than spin
                 await self._record_failure(self._crashed(exc))
                 return
@@ -178,18 +190,40 @@ class AsyncSubscription(_SubscriptionBase):
             if attempt > self.options.max_retries:
                 await self._record_failure(self._failed(record, failure))
                 return False
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop_asked.wait(), self._backoff(attempt))
+            await self._stop_wait(self._backoff(attempt))
             if self._stopping:
                 return False
         return False  # pragma: no cover
 
+    async def _stop_wait(self, seconds: float) -> None:
+        """Wait ``seconds``, or less if ``stop()`` is called meanwhile."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop_asked.wait(), seconds)
+
     async def _record_failure(self, params: dict[str, Any]) -> None:
         try:
             await self._db.execute(self._sql.sub_status, params)
-        except FoundationError:
-            log.exception("could not record the failure of %r", self.name)
+        except FoundationError as exc:  # the row keeps its lease: it runs out
+            log.error("could not record the failure of %r in its row (%s)", self.name, exc)
         self._state = "failed"
+
+    async def _checkpoint_kept(self, position: int) -> bool:
+        """As :meth:`Subscription._checkpoint_kept`: a fault is retried for the checkpoint
+        alone, the handler not run again."""
+        while True:
+            try:
+                kept = await self._checkpoint_to(position)
+            except _DATABASE_FAULTS as exc:
+                wait = self._fault_wait(exc, "write its checkpoint")
+                if wait is None:
+                    await self._record_failure(self._gave_up(exc, position))
+                    return False
+                await self._stop_wait(wait)
+                if self._stopping:
+                    return False  # not checkpointed: the next consumer gets it again
+                continue
+            self._fault_over()
+            return kept
 
     async def _checkpoint_to(self, position: int) -> bool:
         sent = time.monotonic()

@@ -103,6 +103,7 @@ class Subscription(_SubscriptionBase):
             try:
                 sql, params = self._page()
                 rows = self._db.fetchall(sql, params)
+                self._fault_over()
                 if not rows:
                     self._lag(0, None)
                     self._wake.wait(self.options.poll_interval_ms / 1000)
@@ -113,20 +114,17 @@ class Subscription(_SubscriptionBase):
                         return
                     if self._release_claimed:  # released under the handler: _stop_for_close
                         return
-                    if not self._checkpoint_to(record.position):
+                    if not self._checkpoint_kept(record.position):
                         return
                 self._lag(len(rows), self._sync_events.last_position())
-            except _DATABASE_FAULTS as exc:  # the database went away: retry
-                if self._db.closed:  # close() gave up waiting for the handler (see stop)
-                    log.warning(
-                        "subscription %r: its Foundation instance closed while the handler "
-                        "ran; the event it handled was not checkpointed and goes to the "
-                        "next consumer of the name, once the name's lease runs out",
-                        self.name,
-                    )
+            except _DATABASE_FAULTS as exc:
+                if self._closed_under_handler():
                     return
-                log.warning("subscription %r cannot read the log (%s); retrying", self.name, exc)
-                self._stop.wait(self.options.poll_interval_ms / 1000)
+                wait = self._fault_wait(exc, "read the log")
+                if wait is None:
+                    self._record_failure(self._gave_up(exc, None))
+                    return
+                self._stop.wait(wait)
             except Exception as exc:  # a bug, not a fault: stop visibly rather than spin
                 self._record_failure(self._crashed(exc))
                 return
@@ -168,9 +166,40 @@ class Subscription(_SubscriptionBase):
         # The row first, then the state: whoever sees "failed" also finds it in the table.
         try:
             self._db.execute(self._sql.sub_status, params)
-        except FoundationError:
-            log.exception("could not record the failure of %r", self.name)
+        except FoundationError as exc:  # the row keeps its lease: it runs out
+            log.error("could not record the failure of %r in its row (%s)", self.name, exc)
         self._state = "failed"
+
+    def _closed_under_handler(self) -> bool:
+        if not self._db.closed:
+            return False
+        # close() gave up waiting for the handler (see stop).
+        log.warning(
+            "subscription %r: its Foundation instance closed while the handler ran; the "
+            "event it handled was not checkpointed and goes to the next consumer of the "
+            "name, once the name's lease runs out",
+            self.name,
+        )
+        return True
+
+    def _checkpoint_kept(self, position: int) -> bool:
+        """Checkpoint an event the handler has handled. A database fault is retried for the
+        checkpoint alone: running the handler again each time would repeat its effects."""
+        while True:
+            try:
+                kept = self._checkpoint_to(position)
+            except _DATABASE_FAULTS as exc:
+                if self._closed_under_handler():
+                    return False
+                wait = self._fault_wait(exc, "write its checkpoint")
+                if wait is None:
+                    self._record_failure(self._gave_up(exc, position))
+                    return False
+                if self._stop.wait(wait):
+                    return False  # not checkpointed: the next consumer gets it again
+                continue
+            self._fault_over()
+            return kept
 
     def _checkpoint_to(self, position: int) -> bool:
         sent = time.monotonic()

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, NamedTuple
 
-from foundation._text import is_utf8, shown
+from foundation._text import is_utf8, name_text, shown
 from foundation.errors import ValidationError
 
 __all__ = [
@@ -140,6 +140,7 @@ def make_limit(max_requests: Any, interval: Any, algorithm: Any) -> Limit:
 
 
 def check_key(key: Any, max_length: int) -> str:
+    key = name_text(key)
     if not isinstance(key, str):
         raise ValidationError(
             f"a rate limit key must be a string, not {type(key).__name__}",

@@ -7,7 +7,6 @@ No I/O and no state here (the cache is :mod:`._state`).
 
 from __future__ import annotations
 
-import enum
 import json
 import math
 import time
@@ -18,7 +17,7 @@ from typing import Any, Literal
 
 from foundation._frozen import freeze
 from foundation._json import encode_json, normalize_json, same_json
-from foundation._text import is_utf8, shown
+from foundation._text import is_utf8, name_text, shown
 from foundation._watch import Watch
 from foundation.database.codec import unreadable_json
 from foundation.errors import StorageError, ValidationError
@@ -168,8 +167,7 @@ RegistryWatch = Watch[RegistryChange]
 
 
 def check_name(name: Any, what: str = "a registry name") -> str:
-    if isinstance(name, enum.Enum):
-        name = name.value if isinstance(name.value, str) else name.name
+    name = name_text(name)
     if not isinstance(name, str):
         raise ValidationError(
             f"{what} must be a string, not {type(name).__name__}",
