@@ -327,7 +327,8 @@ class _ExportTarget:
     def __init__(self, file: str) -> None:
         self.to_stdout = file == "-"
         self.shown = "stdout" if self.to_stdout else file
-        self._path = Path(file)
+        # A symbolic link's target is replaced, not the link (as writing through it would).
+        self._path = Path(os.path.realpath(file))
         self._part: Path | None = None
         self.stream: Any = None
 

@@ -263,6 +263,10 @@ def test_an_export_that_stops_leaves_the_file_as_it_was(tmp_path: Path) -> None:
     assert backup.stat().st_mode & 0o777 == 0o640
     ok(url, "events", "export", "--type", "t", str(events))  # a new file: open()'s mode
     assert events.read_text() == backup.read_text()
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(backup)
+    ok(url, "events", "export", "--type", "t", "--after-position", "1499", str(link))
+    assert link.is_symlink() and len(backup.read_text().splitlines()) == 1  # its target's
 
 
 def test_config_set_of_a_number_past_a_floats_range_says_so(tmp_path: Path) -> None:
