@@ -396,8 +396,9 @@ class _SubscriptionBase:
         return wait
 
     def _fault_over(self) -> None:
-        """A statement went through: the fault told in ``last_error`` is over."""
-        if self._last_error is not None or self._refusals:
+        """A statement went through: the fault told in ``last_error`` is over (unless the
+        subscription ended meanwhile: its lease taken over, say, which it tells)."""
+        if self._state == "running" and (self._last_error is not None or self._refusals):
             self._refusals = 0
             self._last_error = None
 
