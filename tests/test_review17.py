@@ -19,6 +19,8 @@ import pytest
 
 from foundation import AsyncFoundation, ConfigError, Foundation, StorageUnavailableError
 from foundation.database.url import DatabaseURL
+from foundation.telemetry import HANDLER_FAILURE_EVENT, Poller, Telemetry
+from foundation.telemetry.poller import measurement
 from tests.helpers import async_wait_for, wait_for
 from tests.test_cli import fails, ok
 from tests.test_registry import node, stop_heartbeat
@@ -294,3 +296,103 @@ def test_a_cache_that_cannot_resync_is_named_in_the_log(
     lines = [r.getMessage() for r in caplog.records if r.name == "foundation.feed"]
     assert lines and all(" object at 0x" not in line for line in lines)
     assert any(line.startswith("the events cache could not") for line in lines)
+
+
+# -- telemetry -------------------------------------------------------------------------------
+
+
+def test_a_breakers_own_transitions_are_local_whichever_path_applies_them(db_url: str) -> None:
+    """On PostgreSQL the feed could apply this node's own write before the write's answer
+    came back, and said it "remote" (default_metrics() counts local ones only: lost)."""
+    telemetry = Telemetry()
+    seen: list[tuple[str, str, str]] = []
+    telemetry.attach(
+        "sc",
+        "foundation.circuit_breaker.state_change",
+        lambda _n, _m, meta, _c: seen.append((meta["from"], meta["to"], meta["source"])),
+    )
+
+    def fail() -> None:
+        raise RuntimeError("down")
+
+    options: dict[str, Any] = {"max_failures": 2, "reset_timeout": 50}
+    with Foundation(db_url, migrate="check", telemetry=telemetry) as fdn:
+        for i in range(25):
+            for _ in range(2):
+                with pytest.raises(RuntimeError):
+                    fdn.circuit_breaker.execute(fail, name=f"b{i}", **options)
+            time.sleep(0.07)
+            fdn.circuit_breaker.execute(lambda: 1, name=f"b{i}", **options)
+        time.sleep(0.3)  # notifications still on their way
+    assert len(seen) == 75
+    assert {source for _, _, source in seen} == {"local"}
+
+
+def test_a_handler_that_fails_on_many_threads_is_detached_and_reported_once() -> None:
+    telemetry = Telemetry()
+    inside = threading.Barrier(8)
+    reports: list[dict[str, Any]] = []
+
+    def broken(_n: Any, _m: Any, _md: Any, _c: Any) -> None:
+        inside.wait(5)  # all 8 threads inside it before the first one fails
+        raise RuntimeError("backend broken")
+
+    telemetry.attach("metrics", "app.ev", broken)
+    telemetry.attach("alert", HANDLER_FAILURE_EVENT, lambda _n, _m, md, _c: reports.append(md))
+    threads = [threading.Thread(target=telemetry.execute, args=("app.ev",)) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [r["handler_id"] for r in reports] == ["metrics"]
+
+
+def test_a_late_failure_does_not_detach_the_handler_attached_anew_under_its_id() -> None:
+    telemetry = Telemetry()
+    healed = threading.Event()
+    calls: list[int] = []
+
+    def old(_n: Any, _m: Any, _md: Any, _c: Any) -> None:
+        if threading.current_thread().name == "late":
+            healed.wait(5)  # still inside the old handler when it is replaced
+        raise RuntimeError("old backend broken")
+
+    def heal(_n: Any, _m: Any, _md: Any, _c: Any) -> None:
+        if not healed.is_set():
+            telemetry.attach("metrics", "app.ev", lambda *_: calls.append(1))
+            healed.set()
+
+    telemetry.attach("metrics", "app.ev", old)
+    telemetry.attach("heal", HANDLER_FAILURE_EVENT, heal)
+    late = threading.Thread(target=telemetry.execute, args=("app.ev",), name="late")
+    late.start()
+    first = threading.Thread(target=telemetry.execute, args=("app.ev",))
+    first.start()
+    first.join()
+    late.join()
+    telemetry.execute("app.ev")
+    assert calls == [1]
+
+
+def test_a_poller_started_again_after_a_stop_that_gave_up_polls_once_per_interval() -> None:
+    telemetry = Telemetry()
+    slow = threading.Event()
+    slow.set()
+
+    def probe() -> dict[str, int]:
+        if slow.is_set():
+            time.sleep(0.4)  # a query stuck in an outage
+        return {"v": 1}
+
+    poller = Poller(telemetry, [measurement("app.poll", probe)], interval_ms=50, name="r17")
+    poller.start()
+    time.sleep(0.05)
+    poller.stop(timeout=0.05)  # gives up waiting for the probe
+    slow.clear()
+    poller.start()
+    try:
+        time.sleep(0.6)  # the old thread's probe has returned
+        alive = [t for t in threading.enumerate() if t.name == "r17"]
+        assert len(alive) == 1
+    finally:
+        poller.stop()

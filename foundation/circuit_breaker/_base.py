@@ -314,7 +314,9 @@ class _BreakersBase:
         if found is None:
             self._apply(name, None, "remote")
         else:
-            self._returned(name, found[1:], "remote")
+            # This node's own write, whose notification came before the write's answer
+            # (which then finds the revision applied, and tells nothing): local.
+            self._returned(name, found[1:], self._source(found))
 
     def resync(self, reader: Cursor) -> None:
         if self._sql is None:
@@ -347,10 +349,14 @@ class _BreakersBase:
             current = self._shared.get(name)
             if current is None or current.revision != row.revision:
                 # Any other revision, lower too: a row deleted (reset) and made again.
-                self._apply(name, row, "remote", force=True)
+                self._apply(name, row, self._source(values), force=True)
         for name in [n for n in self._shared if n not in seen]:
             if not self._written_since(name, began):
                 self._apply(name, None, "remote")
+
+    def _source(self, values: Any) -> str:
+        """Whose change a row read by name is (its last column: its writer)."""
+        return "local" if values[-1] == self._node else "remote"
 
     def _written_since(self, name: str, began: int | None) -> bool:
         return began is not None and self._written.get(name, 0) > began

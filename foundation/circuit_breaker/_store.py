@@ -187,7 +187,8 @@ class BreakerSQL:
         force_open = ins.on_conflict_do_update(
             index_elements=[t.c.name], set_={**opened, **stamp}
         ).returning(*returning)
-        select = sa.select(t.c.name, *_COLUMNS, now)
+        # (and who wrote it: a node's own write read by its feed is still its own)
+        select = sa.select(t.c.name, *_COLUMNS, now, t.c.updated_by)
         return cls(
             backend=backend,
             failure=compile_sql(failure, backend),
@@ -204,8 +205,9 @@ class BreakerSQL:
 
     @staticmethod
     def row(values: Any) -> tuple[BreakerRow, int]:
-        """A returned row (without the name) as a :class:`BreakerRow` and the DB's now."""
-        state, failures, opened, until, token, probe_until, revision, now = values
+        """A returned row (without the name) as a :class:`BreakerRow` and the DB's now (a
+        read row ends with its writer: see :meth:`writer`)."""
+        state, failures, opened, until, token, probe_until, revision, now = values[:8]
         return (
             BreakerRow(
                 state=state,

@@ -57,7 +57,8 @@ _reporting = threading.local()
 
 # One table row per handler attached to a name. The normalised name is stored in each
 # row so that the hot path needs nothing but the row tuple.
-_Row: TypeAlias = tuple[EventName, str, Handler, Any]  # (name, handler_id, handler, config)
+# (name, handler, config, the attachment itself)
+_Row: TypeAlias = tuple[EventName, Handler, Any, "HandlerInfo"]
 
 # Names that were validated but have no handler map to the empty tuple, so that a
 # repeated emit of an unheard event stays a single lookup. The cap keeps a program that
@@ -188,7 +189,7 @@ class Telemetry:
             if correlation_id is not None:
                 metadata = {**metadata, "correlation_id": correlation_id}
 
-        for name, handler_id, handler, config in rows:
+        for name, handler, config, info in rows:
             try:
                 result: Any = handler(name, measurements, metadata, config)
                 if result is not None and _unrun(result):
@@ -198,7 +199,7 @@ class Telemetry:
                         f"it returned a {type(result).__name__}, which nothing here runs"
                     )
             except Exception as exc:  # BaseException (KeyboardInterrupt...) propagates
-                self._handler_failed(handler_id, name, exc)
+                self._handler_failed(info, name, exc)
 
     def _remember_unheard(self, table: dict[object, tuple[_Row, ...]], event_name: object) -> None:
         """Validate a name with no handlers and cache it so the next emit is one lookup."""
@@ -209,9 +210,17 @@ class Telemetry:
         if len(table) < _KNOWN_NAMES_LIMIT:
             table[event_name] = ()
 
-    def _handler_failed(self, handler_id: str, event_name: EventName, exc: Exception) -> None:
-        """Detach a handler that raised, log it, and report it as an event."""
-        self.detach(handler_id)
+    def _handler_failed(self, info: HandlerInfo, event_name: EventName, exc: Exception) -> None:
+        """Detach a handler that raised, log it, and report it as an event: once, by the
+        call that detached it. Another thread's call that failed meanwhile, or one that
+        ends after the id was attached anew (a reporter healed), detaches nothing more."""
+        handler_id = info.id
+        with self._lock:
+            if self._handlers.get(handler_id) is not info:
+                return
+            handlers = dict(self._handlers)
+            del handlers[handler_id]
+            self._publish(handlers)
         _log.exception(
             "telemetry handler %r failed on event %s and was detached",
             handler_id,
@@ -345,7 +354,7 @@ class Telemetry:
         table: dict[object, tuple[_Row, ...]] = {}
         for info in handlers.values():
             for name in info.event_names:
-                row: _Row = (name, info.id, info.handler, info.config)
+                row: _Row = (name, info.handler, info.config, info)
                 rows = (*table.get(name, ()), row)
                 table[name] = rows
                 table[".".join(name)] = rows

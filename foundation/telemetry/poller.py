@@ -311,8 +311,12 @@ class Poller(_PollerBase):
         with self._lock:
             if self.running:
                 return
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+            # An event of its own: a thread a stop() gave up waiting for (a probe stuck in
+            # an outage) still ends once its poll returns, beside this one.
+            self._stop = threading.Event()
+            self._thread = threading.Thread(
+                target=self._run, args=(self._stop,), name=self.name, daemon=True
+            )
             self._thread.start()
 
     def stop(self, timeout: float | None = 5.0) -> None:
@@ -323,10 +327,10 @@ class Poller(_PollerBase):
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
+    def _run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
             self.poll()
-            self._stop.wait(self.interval)
+            stop.wait(self.interval)
 
     def __enter__(self) -> Poller:
         self.start()
