@@ -396,3 +396,29 @@ def test_a_poller_started_again_after_a_stop_that_gave_up_polls_once_per_interva
         assert len(alive) == 1
     finally:
         poller.stop()
+
+
+# -- the registry: a node id whose lease generation starts again ---------------------------
+
+
+def test_a_node_id_that_numbers_its_lease_from_1_again_is_seen_by_the_other_nodes(
+    db_url: str,
+) -> None:
+    """b crashes, restarts (generation 2) and closes (its lease row deleted, nothing left
+    to number from): its next instance is generation 1 again. On PostgreSQL the other
+    node took everything of generation 1 as dead, for good (find() None, register()
+    already_registered)."""
+    with node(db_url) as a:
+        seen = watched(a, "*")
+        crashed = node(db_url, node_id="b")
+        stop_heartbeat(crashed)  # killed
+        with node(db_url, node_id="b") as restarted:  # waits for the lapse
+            assert restarted.service_registry.lease_generation == 2
+            crashed.close()
+        with node(db_url, node_id="b") as again:
+            assert again.service_registry.lease_generation == 1
+            again.service_registry.register("svc", "http://b")
+            again.service_registry.join("grp", "http://b", member_id="m")
+            wait_for(lambda: a.service_registry.find("svc") is not None)
+            wait_for(lambda: len(a.service_registry.members("grp")) == 1)
+            wait_for(lambda: kinds(seen, "svc") == ["register"])

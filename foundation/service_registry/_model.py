@@ -46,12 +46,15 @@ ChangeKind = Literal["register", "unregister", "expired", "metadata", "lost", "j
 class _Lease:
     """One lease generation of one node, as this process knows it."""
 
-    __slots__ = ("expires", "generation", "node")
+    __slots__ = ("expires", "generation", "node", "released")
 
     def __init__(self, node: str, generation: int, expires: float) -> None:
         self.node = node
         self.generation = generation
         self.expires = expires  # Unix seconds; 0: dead, inf: a local entry
+        # Its row was deleted (the node closed): the node id's next instance may number
+        # its lease from 1 again (nothing of this one is left to number from).
+        self.released = False
 
     def __repr__(self) -> str:
         return f"_Lease({self.node!r}, {self.generation}, {self.expires})"

@@ -236,11 +236,16 @@ class RegistryState(_MemberCache):
     # -- leases -----------------------------------------------------------------------
 
     def lease_for(self, node: str, generation: int) -> _Lease:
-        """The cache's object for (node, generation); a dead one for an older generation."""
+        """The cache's object for (node, generation); a dead one for an older generation
+        (unless the node's lease was released: its next instance may number from 1 again)."""
         current = self._leases.get(node)
         if current is not None and current.generation == generation:
             return current
-        if current is None or generation > current.generation:
+        if (
+            current is None
+            or generation > current.generation
+            or (current.released and node != self.node)
+        ):
             # Expiry unknown until the lease row (or its notification) arrives: dead till then.
             fresh = _Lease(node, generation, 0.0)
             self._leases[node] = fresh
@@ -270,6 +275,7 @@ class RegistryState(_MemberCache):
                 return []  # its end is the closing node's to report (see closing())
             if lease is not _DEAD and (expires > lease.expires or expires == 0.0):
                 was, lease.expires = lease.expires, expires
+                lease.released = expires == 0.0
                 now = _time()
                 if expires > now:
                     self._announced.discard((node, generation))
@@ -459,6 +465,7 @@ class RegistryState(_MemberCache):
             for node, lease in self._leases.items():
                 if node not in seen and node != self.node:
                     lease.expires = 0.0  # released or deleted
+                    lease.released = True
         return changes
 
     def mark(self) -> int:
