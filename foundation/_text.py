@@ -31,7 +31,9 @@ def name_text(value: object) -> object:
     """A name or key given as an enum member is its text: its value if that is a string,
     else its name (every key, name and type is stored as text); anything else as given."""
     if isinstance(value, enum.Enum):
-        return value.value if isinstance(value.value, str) else value.name
+        if isinstance(value.value, str):
+            return value.value
+        return value if value.name is None else value.name  # (an empty Flag has none)
     return value
 
 

@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import os
+import secrets
 import shlex
 import signal
 import stat
@@ -279,8 +280,13 @@ def events_export(
     ctx: click.Context, file: str, types: tuple[str, ...], stream: str | None, after_position: int
 ) -> None:
     """Write the log (or the events of --type, --stream) to FILE as JSON lines (- for
-    stdout). FILE is replaced only once the export is whole: one that stops (an error,
-    Ctrl-C) leaves it as it was."""
+    stdout).
+
+    The export is written to a hidden file beside FILE that replaces it once whole: one
+    that stops (an error, Ctrl-C) leaves FILE as it was (a killed one may leave its
+    hidden .part file). Where no such file can stand for FILE (a pipe, hard links,
+    another owner, a folder not writable), FILE is written as the export goes.
+    """
     criteria = _criteria(types, stream)
     criteria["after_position"] = after_position
     count = 0
@@ -321,8 +327,10 @@ def events_export(
 class _ExportTarget:
     """Where an export writes: stdout, or FILE through a new file beside it that takes
     FILE's place only once whole (an export that stops must not leave last night's
-    backup cut short, every line of it valid). A FILE that is no regular file (a pipe,
-    ``/dev/null``) is written to as it is."""
+    backup cut short, every line of it valid). FILE is written to as it is when that new
+    file could not stand for it: FILE no regular file (a pipe, ``/dev/null``), with other
+    names (hard links), another owner this process cannot give the new file, or a folder
+    where this process may not create one; an export that stops then says it is cut."""
 
     def __init__(self, file: str) -> None:
         self.to_stdout = file == "-"
@@ -337,14 +345,10 @@ class _ExportTarget:
             self.stream = click.open_file("-", "w", encoding="utf-8")
             return self
         try:
-            if self._path.exists() and not self._path.is_file():
-                self.stream = self._path.open("w", encoding="utf-8")
-                return self
-            self._part = self._path.with_name(f".{self._path.name}.{os.getpid()}.part")
-            # Created as open() creates a file (the umask's mode); FILE's own if it exists.
-            self.stream = self._part.open("x", encoding="utf-8")
-            if self._path.exists():
-                os.chmod(self._part, stat.S_IMODE(self._path.stat().st_mode))
+            self._part = self._new_part()
+            self.stream = (self._path if self._part is None else self._part).open(
+                "w", encoding="utf-8"
+            )
         except OSError as exc:
             self._discard()
             raise StorageError(
@@ -352,6 +356,32 @@ class _ExportTarget:
                 context={"file": self.shown},
             ) from None
         return self
+
+    def _new_part(self) -> Path | None:
+        """The file beside FILE that is to take its place, made as FILE is (None: FILE is
+        written to as it is; see the class)."""
+        try:
+            existing = self._path.stat()
+        except FileNotFoundError:
+            existing = None
+        if existing is not None and (not stat.S_ISREG(existing.st_mode) or existing.st_nlink > 1):
+            return None
+        # (a random name: one a killed export left, its pid since reused, is no obstacle)
+        part = self._path.with_name(f".{self._path.name[:200]}.{secrets.token_hex(4)}.part")
+        try:
+            # Created as open() creates a file (the umask's mode); FILE's own if it exists.
+            os.close(os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except OSError:
+            return None  # a folder this process may not write to, say
+        try:
+            if existing is not None:
+                os.chmod(part, stat.S_IMODE(existing.st_mode))
+                if (existing.st_uid, existing.st_gid) != (os.getuid(), os.getgid()):
+                    os.chown(part, existing.st_uid, existing.st_gid)
+        except OSError:
+            part.unlink(missing_ok=True)
+            return None  # FILE's owner, which this process cannot give the new file
+        return part
 
     def incomplete(self, count: int) -> str:
         if self._part is not None:
@@ -363,7 +393,7 @@ class _ExportTarget:
     def commit(self) -> None:
         self.stream.flush()
         if self._part is None:
-            return  # stdout, or a pipe or device: written as it went
+            return  # stdout, or FILE itself: written as it went
         os.fsync(self.stream.fileno())  # a full disk fails here, before FILE is replaced
         self.stream.close()
         os.replace(self._part, self._path)
@@ -374,7 +404,8 @@ class _ExportTarget:
             with contextlib.suppress(OSError):
                 self.stream.close()
         if self._part is not None:
-            self._part.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                self._part.unlink(missing_ok=True)
 
     def __exit__(self, *exc_info: object) -> None:
         self._discard()  # (after commit(): nothing left to discard)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -17,7 +18,14 @@ from typing import Any
 import psycopg
 import pytest
 
-from foundation import AsyncFoundation, ConfigError, Foundation, StorageUnavailableError
+from foundation import (
+    AsyncFoundation,
+    ConfigError,
+    Foundation,
+    FoundationError,
+    StorageUnavailableError,
+)
+from foundation.database.errors import translate
 from foundation.database.url import DatabaseURL
 from foundation.telemetry import HANDLER_FAILURE_EVENT, Poller, Telemetry
 from foundation.telemetry.poller import measurement
@@ -73,6 +81,8 @@ def test_a_paused_holder_whose_node_id_was_taken_reports_each_registration_expir
             wait_for(lambda: kinds(seen, "svc")[-1:] == ["register"] and len(seen) > 6)
             time.sleep(0.3)  # nothing more is told
             assert kinds(seen, "svc") == ["register", "expired", "lost", "register"]
+            # The last, the new instance's (of this node id), is not this one's own.
+            assert [c.source for c in seen if c.name == "svc"] == ["local"] * 3 + ["remote"]
             assert kinds(seen, "other") == ["register", "expired", "lost"]
             assert kinds(seen, "workers") == ["join", "expired"]
     finally:
@@ -422,3 +432,68 @@ def test_a_node_id_that_numbers_its_lease_from_1_again_is_seen_by_the_other_node
             wait_for(lambda: a.service_registry.find("svc") is not None)
             wait_for(lambda: len(a.service_registry.members("grp")) == 1)
             wait_for(lambda: kinds(seen, "svc") == ["register"])
+
+
+def test_a_full_sqlite_disk_is_unavailable_as_postgresqls_is(tmp_path: Path) -> None:
+    """It was a refusal: a subscription whose checkpoint met a disk full for a moment
+    failed for good (PostgreSQL's disk full, class 53, was retried)."""
+    db = sqlite3.connect(tmp_path / "small.db")
+    db.execute("CREATE TABLE t (x TEXT)")
+    db.execute("PRAGMA max_page_count = 3")  # SQLite's own "database or disk is full"
+    with pytest.raises(sqlite3.OperationalError) as full:
+        for _ in range(100):
+            db.execute("INSERT INTO t VALUES (?)", ("x" * 4000,))
+    db.close()
+    error = translate(full.value, "sqlite:///small.db")
+    assert isinstance(error, StorageUnavailableError), error
+
+
+def test_a_stopped_subscription_forgets_the_fault_it_was_retrying(
+    fdn: Foundation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = fdn.database.execute
+
+    def execute(sql: str, params: Any = None) -> Any:
+        if "checkpoint" in sql and params and params.get("checkpoint"):
+            raise StorageUnavailableError("the database is down (simulated)")
+        return real(sql, params)
+
+    monkeypatch.setattr(fdn.database, "execute", execute)
+    fdn.events.store({"type": "charge"})
+    sub = fdn.events.subscribe("billing", lambda e: None, **SUB)
+    wait_for(lambda: sub.status.last_error is not None)
+    sub.stop()
+    assert sub.status.state == "stopped" and sub.status.last_error is None
+
+
+def test_an_int_enum_breaker_is_not_the_int_it_equals(fdn: Foundation) -> None:
+    class P(enum.IntEnum):
+        A = 1
+
+    fdn.circuit_breaker.get(P.A)
+    with pytest.raises(FoundationError) as refused:
+        fdn.circuit_breaker.get(1)  # no name (it was the breaker "A", from the cache)
+    assert refused.value.code == "validation_error"
+
+
+def test_an_export_keeps_what_the_file_was_hard_links_owner_long_names(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    with Foundation(url) as fdn:
+        fdn.events.store({"type": "t"})
+    linked, other = tmp_path / "backup.jsonl", tmp_path / "same.jsonl"
+    linked.write_text("old\n")
+    os.link(linked, other)
+    ok(url, "events", "export", str(linked))  # written in place: both names see it
+    assert other.read_text() == linked.read_text() != "old\n"
+
+    long = tmp_path / ("e" * 250 + ".jsonl")[:255]  # a name as long as names go
+    ok(url, "events", "export", str(long))
+    assert long.read_text() == linked.read_text()
+
+    if os.getuid() == 0:  # only root may give a file to another owner
+        owned = tmp_path / "owned.jsonl"
+        owned.write_text("old\n")
+        os.chown(owned, 65534, 65534)
+        ok(url, "events", "export", str(owned))
+        assert (owned.stat().st_uid, owned.stat().st_gid) == (65534, 65534)
+        assert owned.read_text() == linked.read_text()

@@ -182,7 +182,9 @@ class _BreakersBase:
 
     def _object(self, cls: type, name: Any, options: dict[str, Any]) -> Any:
         try:
-            key = (name, *sorted(options.items()))
+            # The name's type too: an IntEnum member equals its int (and True equals 1),
+            # which is no name.
+            key = (type(name), name, *sorted(options.items()))
             hash(key)
         except TypeError:
             key = None
@@ -214,7 +216,8 @@ class _BreakersBase:
             self._check_fn(fn)
         if name is None:
             name = fn_name(fn)
-        key = (cls, name, timeout, max_failures, reset_timeout, failure_exceptions, scope)
+        options = (timeout, max_failures, reset_timeout, failure_exceptions, scope)
+        key = (cls, type(name), name, *options)
         if type(max_failures) is int and bool not in (type(timeout), type(reset_timeout)):
             try:
                 return self._calls[key]

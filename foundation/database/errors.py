@@ -93,7 +93,8 @@ def translate(exc: BaseException, url: str) -> FoundationError:
         message = str(exc)
         unavailable = isinstance(exc, sqlite3.OperationalError) and any(
             marker in message
-            for marker in ("locked", "busy", "unable to open", "disk I/O", "readonly")
+            # (a full disk too, as PostgreSQL's class 53: space may be freed)
+            for marker in ("locked", "busy", "unable to open", "disk I/O", "readonly", "is full")
         )
         cls = StorageUnavailableError if unavailable else StorageError
         return cls(

@@ -311,6 +311,7 @@ class _SubscriptionBase:
             if self._release_claimed or self._state not in ("running", "starting", "stopping"):
                 return False
             self._release_claimed = True
+            self._last_error = None  # a fault it was retrying: over with it (not a failure)
             return True
 
     def _released(self) -> dict[str, Any]:

@@ -107,6 +107,7 @@ class RegistryState(_MemberCache):
         self.node = node
         self._lock = threading.RLock()
         self._leases: dict[str, _Lease] = {}
+        self._own_generation = 0  # this instance's lease's (see apply_entry)
         self._entries: dict[str, ServiceEntry] = {}
         self._revisions: dict[str, int] = {}  # name -> last revision seen (tombstones too)
         self._members: dict[str, dict[str, GroupMember]] = {}
@@ -312,6 +313,7 @@ class RegistryState(_MemberCache):
 
     def install_own(self, lease: _Lease) -> None:
         with self._lock:
+            self._own_generation = lease.generation
             current = self._leases.get(lease.node)
             if current is not None and current is not lease:
                 # Dead from now (a time of death: its entries are reported expired, once,
@@ -388,9 +390,15 @@ class RegistryState(_MemberCache):
             now = _time()
             old_live = old is not None and old.lease.expires > now and old.until > now
             src: Any = source if entry is not None else self._removal_source(old, source)
-            if entry is not None and entry.node == self.node:
-                # This node's own row (one live instance per node id): a recovery's
-                # rewrite, which the feed may read before the recovery applied it.
+            if (
+                entry is not None
+                and entry.node == self.node
+                and entry.lease.generation == self._own_generation
+            ):
+                # This instance's own row: a recovery's rewrite, which the feed may read
+                # before the recovery applied it (its lease is installed by then). Another
+                # generation's is another instance's (its node id taken while this one
+                # stood still).
                 src = "local"
             # An old registration that died unseen by the sweep (replaced within a tick).
             changes = [] if old is None or old_live else self._expired_entry(old)
