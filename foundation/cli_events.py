@@ -300,7 +300,7 @@ def events_export(
                     task = progress.add_task("export", total=total)
                     last = after_position
                     for event in fdn.events.iter(criteria, batch_size=1_000):
-                        out.stream.write(dumps(_event_row(event)) + "\n")
+                        out.write(dumps(_event_row(event)) + "\n")
                         count += 1
                         progress.advance(task, event.position - last)
                         last = event.position
@@ -309,6 +309,9 @@ def events_export(
                     end = max(total, last - after_position)
                     progress.update(task, total=end, completed=end)
             out.commit()
+        except KeyboardInterrupt:
+            click.echo(f"interrupted: {out.incomplete(count)}", err=True)
+            raise click.Abort from None
         except OSError as exc:  # a full disk, a broken pipe
             raise StorageError(
                 f"cannot write {out.shown} ({exc.strerror or exc}): {out.incomplete(count)}",
@@ -321,34 +324,36 @@ def events_export(
                 correlation_id=exc.correlation_id,
             ) from None
     # With FILE "-" the events are the output: the summary goes to stderr.
-    click.echo(f"exported {_plural(count, 'event')} to {out.shown}", err=out.to_stdout)
+    # With FILE "-" (or a descriptor: /dev/stdout) the events are the output: the summary
+    # goes to stderr.
+    click.echo(f"exported {_plural(count, 'event')} to {out.shown}", err=out.descriptor)
 
 
 class _ExportTarget:
     """Where an export writes: stdout, or FILE through a new file beside it that takes
     FILE's place only once whole (an export that stops must not leave last night's
-    backup cut short, every line of it valid). FILE is written to as it is when that new
-    file could not stand for it: FILE no regular file (a pipe, ``/dev/null``), with other
-    names (hard links), another owner this process cannot give the new file, or a folder
-    where this process may not create one; an export that stops then says it is cut."""
+    backup cut short, every line of it valid). FILE is written to as it is where that
+    new file could not stand for it: FILE no regular file (a pipe, ``/dev/stdout``), with
+    other names (hard links), another owner this process cannot give the new file, or a
+    folder where this process may not create one. It is opened then only once the first
+    event is read: an export refused before that leaves it as it was."""
 
     def __init__(self, file: str) -> None:
         self.to_stdout = file == "-"
         self.shown = "stdout" if self.to_stdout else file
-        # A symbolic link's target is replaced, not the link (as writing through it would).
-        self._path = Path(os.path.realpath(file))
+        self._given = file
+        self._path = Path(file)
         self._part: Path | None = None
-        self.stream: Any = None
+        self._stream: Any = None
+        self.written = False  # to FILE as it is (see incomplete)
+        self.descriptor = self.to_stdout or file.startswith(("/dev/", "/proc/"))
 
     def __enter__(self) -> _ExportTarget:
         if self.to_stdout:
-            self.stream = click.open_file("-", "w", encoding="utf-8")
+            self._stream = click.open_file("-", "w", encoding="utf-8")
             return self
         try:
-            self._part = self._new_part()
-            self.stream = (self._path if self._part is None else self._part).open(
-                "w", encoding="utf-8"
-            )
+            self._stream = self._new_part()
         except OSError as exc:
             self._discard()
             raise StorageError(
@@ -357,52 +362,71 @@ class _ExportTarget:
             ) from None
         return self
 
-    def _new_part(self) -> Path | None:
-        """The file beside FILE that is to take its place, made as FILE is (None: FILE is
-        written to as it is; see the class)."""
+    def _new_part(self) -> Any:
+        """The file beside FILE that is to take its place, open, made as FILE is (None:
+        FILE is written to as it is; see the class)."""
+        if self.descriptor:
+            return None  # /dev/stdout, /proc/self/fd/N: written through
         try:
             existing = self._path.stat()
         except FileNotFoundError:
             existing = None
         if existing is not None and (not stat.S_ISREG(existing.st_mode) or existing.st_nlink > 1):
             return None
-        # (a random name: one a killed export left, its pid since reused, is no obstacle)
-        part = self._path.with_name(f".{self._path.name[:200]}.{secrets.token_hex(4)}.part")
+        # A symbolic link's target is replaced, not the link (as writing through it would).
+        target = Path(os.path.realpath(self._path))
+        # A random name (one a killed export left, its pid since reused, is no obstacle),
+        # within the 255 bytes a name may have.
+        stem = os.fsencode(target.name)[:200].decode("utf-8", "ignore")
+        part = target.with_name(f".{stem}.{secrets.token_hex(4)}.part")
         try:
             # Created as open() creates a file (the umask's mode); FILE's own if it exists.
-            os.close(os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except OSError:
             return None  # a folder this process may not write to, say
         try:
             if existing is not None:
-                os.chmod(part, stat.S_IMODE(existing.st_mode))
+                os.fchmod(fd, stat.S_IMODE(existing.st_mode))
                 if (existing.st_uid, existing.st_gid) != (os.getuid(), os.getgid()):
-                    os.chown(part, existing.st_uid, existing.st_gid)
+                    os.fchown(fd, existing.st_uid, existing.st_gid)
         except OSError:
+            os.close(fd)
             part.unlink(missing_ok=True)
             return None  # FILE's owner, which this process cannot give the new file
-        return part
+        self._path, self._part = target, part
+        return os.fdopen(fd, "w", encoding="utf-8")
+
+    def write(self, text: str) -> None:
+        if self._stream is None:
+            # FILE as it is: opened (emptied) once there is something to write. In
+            # append mode for a descriptor: a file behind it (``>> log``) keeps its lines.
+            mode = "a" if self.descriptor else "w"
+            self._stream = open(self._given, mode, encoding="utf-8")  # noqa: SIM115
+            self.written = True
+        self._stream.write(text)
 
     def incomplete(self, count: int) -> str:
-        if self._part is not None:
+        if not self.written and not self.to_stdout:
             return f"nothing was exported ({self.shown} is as it was)"
         if count == 0:
             return "nothing was exported"
         return f"the export is incomplete (it stopped within the first {_plural(count, 'event')})"
 
     def commit(self) -> None:
-        self.stream.flush()
+        if self._stream is None:
+            self.write("")  # nothing to export: FILE is made empty all the same
+        self._stream.flush()
         if self._part is None:
             return  # stdout, or FILE itself: written as it went
-        os.fsync(self.stream.fileno())  # a full disk fails here, before FILE is replaced
-        self.stream.close()
+        os.fsync(self._stream.fileno())  # a full disk fails here, before FILE is replaced
+        self._stream.close()
         os.replace(self._part, self._path)
         self._part = None
 
     def _discard(self) -> None:
-        if self.stream is not None and not self.to_stdout:
+        if self._stream is not None and not self.to_stdout:
             with contextlib.suppress(OSError):
-                self.stream.close()
+                self._stream.close()
         if self._part is not None:
             with contextlib.suppress(OSError):
                 self._part.unlink(missing_ok=True)

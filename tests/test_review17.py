@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import json
 import logging
 import os
 import sqlite3
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import psycopg
+import pydantic
 import pytest
 
 from foundation import (
@@ -30,7 +33,7 @@ from foundation.database.url import DatabaseURL
 from foundation.telemetry import HANDLER_FAILURE_EVENT, Poller, Telemetry
 from foundation.telemetry.poller import measurement
 from tests.helpers import async_wait_for, wait_for
-from tests.test_cli import fails, ok
+from tests.test_cli import fails, ok, run
 from tests.test_registry import node, stop_heartbeat
 from tests.test_registry_async import freeze
 from tests.test_registry_review3 import anode, kinds, watched
@@ -497,3 +500,87 @@ def test_an_export_keeps_what_the_file_was_hard_links_owner_long_names(tmp_path:
         ok(url, "events", "export", str(owned))
         assert (owned.stat().st_uid, owned.stat().st_gid) == (65534, 65534)
         assert owned.read_text() == linked.read_text()
+
+
+def test_an_export_in_place_touches_nothing_until_it_has_events(tmp_path: Path) -> None:
+    """FILE written as it is (here: hard links) was emptied before the database was even
+    reached; a descriptor's file (/proc/self/fd/N, /dev/stdout) was replaced by a rename
+    (or refused, for a pipe), and the summary went into it."""
+    backup = tmp_path / "backup.jsonl"
+    backup.write_text("old\n")
+    os.link(backup, tmp_path / "other-name.jsonl")
+    missing = f"sqlite:///{tmp_path / 'missing.db'}"
+    result = fails(missing, "not_found", "events", "export", str(backup))
+    assert f"nothing was exported ({backup} is as it was)" in result.stderr
+    assert backup.read_text() == "old\n"
+
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    with Foundation(url) as fdn:
+        fdn.events.store_many([{"type": "t"}, {"type": "t"}])
+    log = tmp_path / "app.log"
+    with log.open("a") as appended:
+        appended.write("kept\n")
+        appended.flush()
+        result = run(url, "events", "export", f"/proc/self/fd/{appended.fileno()}")
+    assert result.exit_code == 0 and result.stdout == ""
+    assert result.stderr.startswith("exported 2 events to")  # (not into the file)
+    lines = log.read_text().splitlines()
+    assert lines[0] == "kept" and len(lines) == 3
+
+
+def test_a_node_ids_new_instance_read_before_the_old_ones_release_is_live() -> None:
+    """The cache, as a feed that fell behind drives it: rows read now belong to node id X's
+    new instance (lease generation 1 again), while the old one's (generation 2) release
+    and renewals are still to be applied. Its names were taken as dead for good."""
+    from foundation.service_registry._state import RegistryState
+
+    now = time.time()
+    at = datetime.fromtimestamp(now, UTC)
+
+    def entry(state: RegistryState, generation: int, epoch: int) -> Any:
+        row = ("n", '"addr"', "{}", "X", generation, epoch, epoch, at, None)
+        return state.make_entry(row, json.loads, lambda value: value)
+
+    for backend in ("postgresql", "sqlite"):
+        state = RegistryState("observer")
+        state.refusal = None
+        state.apply_leases([("X", 2, now + 10)])
+        state.apply_entry(entry(state, 2, 1), "n", 1, "remote")
+        # The close's notification reads the new instance's row, and its lease with it
+        # (PostgreSQL), or a poll reads the lease table as it is now (SQLite).
+        if backend == "postgresql":
+            assert state.generation_behind("X", 1)
+        state.apply_leases([("X", 1, now + 10)])
+        changes = state.apply_entry(entry(state, 1, 2), "n", 2, "remote")
+        assert [c.kind for c in changes] == ["register"]
+        if backend == "postgresql":  # what the old instance's notifications still say
+            state.apply_lease("X", 2, now + 20)
+            state.apply_lease("X", 2, 0.0)
+        else:
+            state.replace_leases([("X", 1, now + 10)])
+        assert state.lookup("n").epoch == 2, backend
+        assert state.leases()["X"] == (1, now + 10)
+        assert not [c for c in state.sweep() if c.kind == "expired"]
+
+
+def test_an_envelope_holding_the_registered_models_instance_is_taken_as_a_dict_is(
+    fdn: Foundation,
+) -> None:
+    """Its JSON form by field name was validated again: refused by a model read by alias
+    ("orderId: Field required") or a strict one."""
+
+    class OrderPlaced(pydantic.BaseModel):
+        order_id: str = pydantic.Field(alias="orderId")
+        at: datetime
+
+        model_config = pydantic.ConfigDict(strict=True)
+
+    class Envelope(pydantic.BaseModel):
+        type: str
+        data: OrderPlaced
+
+    fdn.events.register_type("order_placed", OrderPlaced)
+    placed = OrderPlaced(orderId="7", at=datetime(2024, 1, 1, tzinfo=UTC))
+    record = fdn.events.store(Envelope(type="order_placed", data=placed))
+    assert record.data == fdn.events.store({"type": "order_placed", "data": placed}).data
+    assert fdn.events.decode(record) == placed

@@ -142,6 +142,13 @@ class TypeRegistry:
         if spec is None:
             return event
         data = fields.get("data")
+        if isinstance(event, pydantic.BaseModel) and isinstance(
+            instance := _model_data(event), spec.model
+        ):
+            # An envelope holding the model's own instance, taken as a dict's would be:
+            # its JSON form by field name may not validate again (a model read by alias,
+            # a strict one).
+            data = instance
         try:
             model = data if isinstance(data, spec.model) else spec.model.model_validate(data)
         except pydantic.ValidationError as exc:
@@ -375,6 +382,16 @@ def _describe(exc: BaseException) -> str:
         where = ".".join(str(p) for p in first.get("loc", ())) or "data"
         return f"{where}: {first.get('msg')}"
     return f"{type(exc).__name__}: {exc}"[:500]
+
+
+def _model_data(envelope: pydantic.BaseModel) -> Any:
+    """The value of the envelope's ``data`` field (named or aliased so), else None."""
+    named = [
+        name
+        for name, field in type(envelope).model_fields.items()
+        if "data" in (name, field.alias, field.serialization_alias)
+    ]
+    return getattr(envelope, named[0], None) if len(named) == 1 else None
 
 
 def _fields(event: Any) -> dict[str, Any] | None:

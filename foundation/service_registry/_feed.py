@@ -115,9 +115,9 @@ class RegistryFeedSide:
                 return
             self.names_read += 1
             with self._resync_lock:  # applied and published as one (see _feed_settled)
-                self._apply_name_row(
-                    name, revision, reader.fetchone(self._sql.select_entry, {"name": name})
-                )
+                row = reader.fetchone(self._sql.select_entry, {"name": name})
+                self._lease_behind(reader, row, 3)
+                self._apply_name_row(name, revision, row)
         elif kind == "member":
             group, member_id = payload.get("group"), payload.get("member")
             if not isinstance(group, str) or not isinstance(member_id, str):
@@ -131,11 +131,27 @@ class RegistryFeedSide:
                     row = reader.fetchone(
                         self._sql.select_member, {"group": group, "member": member_id}
                     )
+                    self._lease_behind(reader, row, 4)
                     member = None if row is None else self._member(row)
                     changes = self._state.read_member(group, member_id, member)
                     if changes is not None:
                         self._publish(changes)
                         return
+
+    def _lease_behind(self, reader: Cursor, row: tuple[Any, ...] | None, node_at: int) -> None:
+        """PostgreSQL: a row read for a notification may be newer than the notifications
+        applied so far: a node id's next instance, numbering its lease from 1 again after
+        a close whose lease deletion is still to come here. Its lease is read now, as the
+        row was (else every name and member of that instance would be taken as dead)."""
+        if row is None or row[node_at] is None:
+            return
+        node, generation = row[node_at], int(row[node_at + 1])
+        if not self._state.generation_behind(node, generation):
+            return  # the usual case: the cache holds that generation (or a later one)
+        found = reader.fetchone(self._sql.select_lease, {"node": node})
+        if found is not None and int(found[0]) == generation:
+            lease = (node, generation, self._sql.epoch_seconds(found[1]))
+            self._publish(self._state.apply_leases([lease]))
 
     def _feed_settled(self, timeout: float) -> None:
         """Wait (at most ``timeout`` seconds) until a feed pass under way has queued what

@@ -63,7 +63,10 @@ class _MemberCache:
     def _removal_source(self, old: ServiceEntry | GroupMember | None, source: str) -> Any:
         raise NotImplementedError
 
-    def _source_of(self, node: str) -> Any:
+    def _source_of(self, node: str, lease: _Lease) -> Any:
+        raise NotImplementedError
+
+    def _own(self, node: str, lease: _Lease) -> bool:
         raise NotImplementedError
 
     # -- reads ------------------------------------------------------------------------
@@ -103,7 +106,11 @@ class _MemberCache:
         if seen is not None and seen[0] is member and death <= seen[1]:
             return []
         self._reported_members[key] = (member, death)
-        return [RegistryChange(member.group, "expired", member, self._source_of(member.node))]
+        return [
+            RegistryChange(
+                member.group, "expired", member, self._source_of(member.node, member.lease)
+            )
+        ]
 
     def replace_members_only(
         self, members: Iterable[GroupMember], mark: int
@@ -149,9 +156,9 @@ class _MemberCache:
             old_live = old is not None and old.lease.expires > now
             src: Any = source if member is not None else self._removal_source(old, source)
             owner = old if member is None else member
-            if owner is not None and owner.node == self.node:
-                # This node's own join or leave (one live instance per node id), which the
-                # feed may read before the call that wrote it has applied it here.
+            if owner is not None and self._own(owner.node, owner.lease):
+                # This instance's own join or leave, which the feed may read before the
+                # call that wrote it has applied it here.
                 src = "local"
             if member is None:
                 table.pop(member_id, None)

@@ -107,7 +107,9 @@ class RegistryState(_MemberCache):
         self.node = node
         self._lock = threading.RLock()
         self._leases: dict[str, _Lease] = {}
-        self._own_generation = 0  # this instance's lease's (see apply_entry)
+        # The lease generations this instance has held: a row of this node id under
+        # another is another instance's (its node id taken while this one stood still).
+        self._own_generations: set[int] = set()
         self._entries: dict[str, ServiceEntry] = {}
         self._revisions: dict[str, int] = {}  # name -> last revision seen (tombstones too)
         self._members: dict[str, dict[str, GroupMember]] = {}
@@ -115,6 +117,10 @@ class RegistryState(_MemberCache):
         self._watchers = RegistryWatchers(lambda change: change.name, check_name)
         self._announced: set[tuple[str, int]] = set()  # dead leases already reported
         self._retired: builtins.list[_Lease] = []  # replaced by a later generation (_retire)
+        # A node id's lease the table no longer holds, whose deletion is not applied here
+        # yet: its next instance numbered from 1 again (see apply_leases). Its own
+        # notifications, still to come, apply to it, not to the new one.
+        self._superseded: dict[tuple[str, int], _Lease] = {}
         self._timed: set[str] = set()  # names with their own TTL
         self._timed_local: set[str] = set()  # local entries with their own TTL
         self._locals_dropped = False  # close() dropped them: none is kept any more
@@ -242,6 +248,9 @@ class RegistryState(_MemberCache):
         current = self._leases.get(node)
         if current is not None and current.generation == generation:
             return current
+        superseded = self._superseded.get((node, generation))
+        if superseded is not None:
+            return superseded
         if (
             current is None
             or generation > current.generation
@@ -250,10 +259,27 @@ class RegistryState(_MemberCache):
             # Expiry unknown until the lease row (or its notification) arrives: dead till then.
             fresh = _Lease(node, generation, 0.0)
             self._leases[node] = fresh
-            if current is not None and node != self.node:  # (this node's: install_own)
+            if (
+                current is not None
+                and node != self.node  # (this node's: install_own)
+                and (node, current.generation) not in self._superseded  # (its own end)
+            ):
                 self._retire(current)
             return fresh
         return _DEAD
+
+    def generation_behind(self, node: str, generation: int) -> bool:
+        """Whether a row of ``node`` read now hangs off a generation below the one cached:
+        an old instance's (dead), or the next instance's of a node id whose lease was
+        released and whose deletion is not applied yet (the table tells which)."""
+        current = self._leases.get(node)
+        return (
+            node != self.node
+            and current is not None
+            and not current.released
+            and generation < current.generation
+            and (node, generation) not in self._superseded
+        )
 
     def _retire(self, lease: _Lease) -> None:
         """``lease`` has a later generation of its node id: it is dead, from now at the
@@ -277,6 +303,8 @@ class RegistryState(_MemberCache):
             if lease is not _DEAD and (expires > lease.expires or expires == 0.0):
                 was, lease.expires = lease.expires, expires
                 lease.released = expires == 0.0
+                if lease.released:
+                    self._superseded.pop((node, generation), None)
                 now = _time()
                 if expires > now:
                     self._announced.discard((node, generation))
@@ -288,10 +316,24 @@ class RegistryState(_MemberCache):
         self, lease_rows: Iterable[tuple[str, int, float]]
     ) -> builtins.list[RegistryChange]:
         """Each lease's expiry as the database has it (none ends here: see
-        :meth:`replace_leases`); what a lease that came back brought back."""
+        :meth:`replace_leases`); what a lease that came back brought back. Each row is its
+        node id's only one (the table's key): a generation below the one cached means
+        that one is gone, released, and a new instance numbered from 1 again. The old one
+        stays live until its deletion is applied (its names, released with it, are told
+        ``unregister``); the new one is the node id's from now."""
         changes: builtins.list[RegistryChange] = []
         with self._lock:
             for node, gen, expires in lease_rows:
+                current = self._leases.get(node)
+                if (
+                    current is not None
+                    and node != self.node
+                    and gen < current.generation
+                    and not current.released
+                    and (node, gen) not in self._superseded
+                ):
+                    self._superseded[(node, current.generation)] = current
+                    current.released = True  # (lease_for: the new generation replaces it)
                 changes += self.apply_lease(node, gen, expires)
         return changes
 
@@ -304,16 +346,20 @@ class RegistryState(_MemberCache):
         for name, (entry, _) in list(self._reported.items()):
             if entry.lease is lease and self._entries.get(name) is entry and _death(entry) > now:
                 del self._reported[name]
-                changes.append(RegistryChange(name, "register", entry, self._source_of(lease.node)))
+                changes.append(
+                    RegistryChange(name, "register", entry, self._source_of(lease.node, lease))
+                )
         for key, (member, _) in list(self._reported_members.items()):
             if member.lease is lease and self._members.get(key[0], {}).get(key[1]) is member:
                 del self._reported_members[key]
-                changes.append(RegistryChange(key[0], "join", member, self._source_of(lease.node)))
+                changes.append(
+                    RegistryChange(key[0], "join", member, self._source_of(lease.node, lease))
+                )
         return changes
 
     def install_own(self, lease: _Lease) -> None:
         with self._lock:
-            self._own_generation = lease.generation
+            self._own_generations.add(lease.generation)
             current = self._leases.get(lease.node)
             if current is not None and current is not lease:
                 # Dead from now (a time of death: its entries are reported expired, once,
@@ -390,11 +436,7 @@ class RegistryState(_MemberCache):
             now = _time()
             old_live = old is not None and old.lease.expires > now and old.until > now
             src: Any = source if entry is not None else self._removal_source(old, source)
-            if (
-                entry is not None
-                and entry.node == self.node
-                and entry.lease.generation == self._own_generation
-            ):
+            if entry is not None and self._own(entry.node, entry.lease):
                 # This instance's own row: a recovery's rewrite, which the feed may read
                 # before the recovery applied it (its lease is installed by then). Another
                 # generation's is another instance's (its node id taken while this one
@@ -445,10 +487,15 @@ class RegistryState(_MemberCache):
             changes.append(RegistryChange(name, "register", entry, src))
             return changes
 
-    def _source_of(self, node: str) -> Any:
-        """An expiry's source: ``local`` for this node's own registration or member (its
-        own TTL or lease ran out), ``remote`` for another node's, whoever noticed it."""
-        return "local" if node == self.node else "remote"
+    def _own(self, node: str, lease: _Lease) -> bool:
+        """Whether a registration or member is this instance's own (dead on arrival
+        here, of an earlier generation: the node's, as far as anyone can tell)."""
+        return node == self.node and (lease is _DEAD or lease.generation in self._own_generations)
+
+    def _source_of(self, node: str, lease: _Lease) -> Any:
+        """An expiry's source: ``local`` for this instance's own registration or member
+        (its own TTL or lease ran out), ``remote`` for another's, whoever noticed it."""
+        return "local" if self._own(node, lease) else "remote"
 
     def _expired_entry(self, entry: ServiceEntry) -> builtins.list[RegistryChange]:
         """``[expired]`` the first time this registration is seen dead, else ``[]``."""
@@ -459,7 +506,9 @@ class RegistryState(_MemberCache):
         if seen is not None and seen[0] is entry and death <= seen[1]:
             return []
         self._reported[entry.name] = (entry, death)
-        return [RegistryChange(entry.name, "expired", entry, self._source_of(entry.node))]
+        return [
+            RegistryChange(entry.name, "expired", entry, self._source_of(entry.node, entry.lease))
+        ]
 
     def replace_leases(
         self, lease_rows: Iterable[tuple[str, int, float]]
@@ -469,11 +518,15 @@ class RegistryState(_MemberCache):
         with self._lock:
             rows = list(lease_rows)
             changes = self.apply_leases(rows)
-            seen = {node for node, _, _ in rows}
+            seen = {node: gen for node, gen, _ in rows}
             for node, lease in self._leases.items():
                 if node not in seen and node != self.node:
                     lease.expires = 0.0  # released or deleted
                     lease.released = True
+            for (node, gen), lease in list(self._superseded.items()):
+                if seen.get(node) != gen:  # gone from the table: released
+                    lease.expires = 0.0
+                    del self._superseded[(node, gen)]
         return changes
 
     def mark(self) -> int:
@@ -575,8 +628,7 @@ class RegistryState(_MemberCache):
         entry = self.live_entry(name)
         if entry is None or self.local_entry(name) is not None:
             return []
-        source: Any = "local" if entry.node == self.node else "remote"
-        return [RegistryChange(name, "register", entry, source)]
+        return [RegistryChange(name, "register", entry, self._source_of(entry.node, entry.lease))]
 
     def _shadowed(self, change: RegistryChange) -> bool:
         """A cluster entry's change hidden here by a live local entry of the same name
