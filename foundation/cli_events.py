@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import os
+import re
 import secrets
 import shlex
 import signal
@@ -329,6 +330,10 @@ def events_export(
     click.echo(f"exported {_plural(count, 'event')} to {out.shown}", err=out.descriptor)
 
 
+# A path that names an open file descriptor, not a file: written through, never replaced.
+_DESCRIPTOR = re.compile(r"/dev/std(out|err)|/dev/fd/\d+|/proc/(self|\d+)/fd/\d+")
+
+
 class _ExportTarget:
     """Where an export writes: stdout, or FILE through a new file beside it that takes
     FILE's place only once whole (an export that stops must not leave last night's
@@ -346,7 +351,7 @@ class _ExportTarget:
         self._part: Path | None = None
         self._stream: Any = None
         self.written = False  # to FILE as it is (see incomplete)
-        self.descriptor = self.to_stdout or file.startswith(("/dev/", "/proc/"))
+        self.descriptor = self.to_stdout or _DESCRIPTOR.fullmatch(file) is not None
 
     def __enter__(self) -> _ExportTarget:
         if self.to_stdout:

@@ -13,6 +13,7 @@ import os
 import sqlite3
 import threading
 import time
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -584,3 +585,49 @@ def test_an_envelope_holding_the_registered_models_instance_is_taken_as_a_dict_i
     record = fdn.events.store(Envelope(type="order_placed", data=placed))
     assert record.data == fdn.events.store({"type": "order_placed", "data": placed}).data
     assert fdn.events.decode(record) == placed
+
+
+def test_a_new_instance_under_the_same_generation_number_is_taken_at_the_next_resync() -> None:
+    """PostgreSQL, a feed that fell behind several restarts of node id X: the old
+    instance's release read the new one's rows (the same generation number), and their
+    entries hung off the old, released lease for good."""
+    from foundation.service_registry._state import RegistryState
+
+    now = time.time()
+    at = datetime.fromtimestamp(now, UTC)
+
+    def entry(state: RegistryState, epoch: int) -> Any:
+        row = ("n", '"addr"', "{}", "X", 3, epoch, epoch, at, None)
+        return state.make_entry(row, json.loads, lambda value: value)
+
+    state = RegistryState("observer")
+    state.refusal = None
+    state.apply_leases([("X", 3, now + 10)])
+    state.apply_entry(entry(state, 1), "n", 1, "remote")
+    state.apply_entry(entry(state, 4), "n", 4, "remote")  # the new instance's row, read late
+    state.apply_lease("X", 3, 0.0)  # the old one's release: a name still on its lease
+    assert state.resync_wanted
+    for generation in (1, 2, 3):  # the instances since: crashed, crashed, live
+        state.apply_lease("X", generation, now + 10)
+    mark = state.mark()  # the resync the feed was asked for
+    state.apply_leases([("X", 3, now + 10)])
+    changes = state.replace_entries([entry(state, 4)], [], mark)
+    changes += state.replace_leases([("X", 3, now + 10)])
+    assert [c.kind for c in changes] == ["register"]
+    assert state.lookup("n").epoch == 4
+
+
+def test_a_regular_file_under_dev_is_replaced_not_appended_to(tmp_path: Path) -> None:
+    shm = Path("/dev/shm")
+    if not shm.is_dir():
+        pytest.skip("no /dev/shm here: the case needs a regular file under /dev")
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    with Foundation(url) as fdn:
+        fdn.events.store_many([{"type": "t"}, {"type": "t"}])
+    backup = shm / f"foundation-r17-{uuid.uuid4().hex}.jsonl"
+    try:
+        ok(url, "events", "export", str(backup))
+        ok(url, "events", "export", str(backup))
+        assert len(backup.read_text().splitlines()) == 2
+    finally:
+        backup.unlink(missing_ok=True)

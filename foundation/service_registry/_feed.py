@@ -101,6 +101,9 @@ class RegistryFeedSide:
                             node, gen, 0.0 if payload.get("deleted") else float(expires)
                         )
                     )
+                if self._state.resync_wanted:
+                    self._state.resync_wanted = False
+                    self._request_resync()
         elif kind == "name":
             name, revision = payload.get("name"), payload.get("revision")
             if not isinstance(name, str) or not isinstance(revision, int):
@@ -407,9 +410,13 @@ class RegistryFeedSide:
         for row in entry_rows:
             cached = self._state.cached_entry(row[0])
             # Unchanged rows keep their object: a resync of a big registry stays cheap.
+            # (Not one on a released lease: read as another instance's of its node id
+            # under the same generation number, it hangs off that instance's lease now.)
             entries.append(
                 cached
-                if cached is not None and cached.revision == int(row[6])
+                if cached is not None
+                and cached.revision == int(row[6])
+                and not cached.lease.released
                 else self._entry(row)
             )
         members = [self._member(r) for r in member_rows]

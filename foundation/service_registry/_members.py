@@ -19,6 +19,7 @@ from foundation.service_registry._model import (
     ServiceEntry,
     _Lease,
     loaded_json,
+    relinked,
 )
 
 _time = time.time
@@ -174,7 +175,7 @@ class _MemberCache:
                 # Forgotten only now: the member's death may have been reported already.
                 self._reported_members.pop((group, member_id), None)
                 return removed
-            if old is not None and old.revision >= member.revision:
+            if old is not None and old.revision >= member.revision and not relinked(old, member):
                 return []
             gone = self._members_gone.get((group, member_id))
             if gone is not None:

@@ -283,3 +283,15 @@ def loaded_json(load_json: Any, value: Any, name: str, table: str) -> Any:
         return load_json(value)
     except ValueError as exc:
         raise unreadable_json(f"the row of {name!r}", table, exc, StorageError, name=name) from None
+
+
+def relinked(old: ServiceEntry | GroupMember | None, new: ServiceEntry | GroupMember) -> bool:
+    """A resync's row of the revision cached, whose cached object hangs off a released
+    lease: it was read, after the release, as the row of another instance of the node id
+    under the same generation number (see ``RegistryState.apply_lease``); it is that one's."""
+    return (
+        old is not None
+        and old.revision == new.revision
+        and old.lease.released
+        and new.lease is not old.lease
+    )

@@ -49,6 +49,7 @@ from foundation.service_registry._model import (
     _Lease,
     check_name,
     loaded_json,
+    relinked,
 )
 
 __all__ = ["CLOSED", "LOOP_ENDED", "NOT_OPEN", "RegistryState"]
@@ -121,6 +122,9 @@ class RegistryState(_MemberCache):
         # yet: its next instance numbered from 1 again (see apply_leases). Its own
         # notifications, still to come, apply to it, not to the new one.
         self._superseded: dict[tuple[str, int], _Lease] = {}
+        # A lease's deletion found names or members still on it (see apply_lease): the
+        # feed reads the tables again.
+        self.resync_wanted = False
         self._timed: set[str] = set()  # names with their own TTL
         self._timed_local: set[str] = set()  # local entries with their own TTL
         self._locals_dropped = False  # close() dropped them: none is kept any more
@@ -268,6 +272,11 @@ class RegistryState(_MemberCache):
             return fresh
         return _DEAD
 
+    def _holds_any(self, lease: _Lease) -> bool:
+        return any(entry.lease is lease for entry in self._entries.values()) or any(
+            member.lease is lease for table in self._members.values() for member in table.values()
+        )
+
     def generation_behind(self, node: str, generation: int) -> bool:
         """Whether a row of ``node`` read now hangs off a generation below the one cached:
         an old instance's (dead), or the next instance's of a node id whose lease was
@@ -305,6 +314,11 @@ class RegistryState(_MemberCache):
                 lease.released = expires == 0.0
                 if lease.released:
                     self._superseded.pop((node, generation), None)
+                    # A node's close releases its names and members before its lease (one
+                    # transaction, notified in that order): one still on it here was read
+                    # after that, and is another instance's of the node id under the same
+                    # generation number (a feed that fell behind several restarts).
+                    self.resync_wanted = self.resync_wanted or self._holds_any(lease)
                 now = _time()
                 if expires > now:
                     self._announced.discard((node, generation))
@@ -420,11 +434,17 @@ class RegistryState(_MemberCache):
         return self._revisions.get(name, 0)
 
     def apply_entry(
-        self, entry: ServiceEntry | None, name: str, revision: int, source: str
+        self,
+        entry: ServiceEntry | None,
+        name: str,
+        revision: int,
+        source: str,
+        relink: bool = False,
     ) -> builtins.list[RegistryChange]:
-        """Install a row (None: a tombstone) if newer than what the cache holds."""
+        """Install a row (None: a tombstone) if newer than what the cache holds (or, with
+        ``relink``, the same revision: see :meth:`_relinked`)."""
         with self._lock:
-            if revision <= self._revisions.get(name, 0):
+            if revision <= self._revisions.get(name, 0) and not relink:
                 return []
             self._revisions[name] = revision
             self._seq += 1
@@ -560,10 +580,11 @@ class RegistryState(_MemberCache):
             changes: builtins.list[RegistryChange] = []
             fresh = {entry.name: entry for entry in entries}
             for name, entry in fresh.items():
-                if entry.revision > self._revisions.get(name, 0):
+                relink = relinked(self._entries.get(name), entry)
+                if entry.revision > self._revisions.get(name, 0) or relink:
                     if writing is not None and writing(name, entry.revision):
                         continue
-                    changes += self.apply_entry(entry, name, entry.revision, "remote")
+                    changes += self.apply_entry(entry, name, entry.revision, "remote", relink)
             touched = self._touched
             for name in [n for n in self._entries if n not in fresh and touched.get(n, 0) <= mark]:
                 revision = self._revisions.get(name, 0) + 1
