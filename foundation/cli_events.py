@@ -330,8 +330,11 @@ def events_export(
     click.echo(f"exported {_plural(count, 'event')} to {out.shown}", err=out.descriptor)
 
 
-# A path that names an open file descriptor, not a file: written through, never replaced.
-_DESCRIPTOR = re.compile(r"/dev/std(out|err)|/dev/fd/\d+|/proc/(self|\d+)/fd/\d+")
+# A path that names an open file descriptor, not a file: written through, never replaced
+# (matched once its slashes and dots are normalized: //dev/./stdout is /dev/stdout).
+_DESCRIPTOR = re.compile(
+    r"/dev/std(out|err)|/dev/fd/\d+|/proc/(self|thread-self|\d+)(/task/\d+)?/fd/\d+"
+)
 
 
 class _ExportTarget:
@@ -351,7 +354,8 @@ class _ExportTarget:
         self._part: Path | None = None
         self._stream: Any = None
         self.written = False  # to FILE as it is (see incomplete)
-        self.descriptor = self.to_stdout or _DESCRIPTOR.fullmatch(file) is not None
+        normalized = os.path.normpath(re.sub("/+", "/", file))
+        self.descriptor = self.to_stdout or _DESCRIPTOR.fullmatch(normalized) is not None
 
     def __enter__(self) -> _ExportTarget:
         if self.to_stdout:

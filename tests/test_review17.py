@@ -1,4 +1,19 @@
-"""Defects found by the seventeenth review round, each with the case that showed it.
+"""Review 17: subscriptions meeting database faults, the CLI's export and import, the
+registry's node ids across restarts, telemetry, enums as names, typed envelopes.
+
+* A subscription whose checkpoint the database refused ran its handler again every poll
+  interval, for good, said ``running``; an async one cancelled from outside said
+  ``running`` with its name held.
+* An export that stopped left FILE cut short (every line valid); a refused import left a
+  new empty SQLite file; ``config set k 1e999`` spoke of NaN.
+* A node id restarted after a clean close numbers its lease from 1 again: other nodes took
+  that instance's names and members as dead for good (PostgreSQL), also when their feed
+  had fallen behind. A paused holder whose node id was taken told ``lost`` before
+  ``expired``, and took the new instance's changes for its own.
+* A breaker's own transition read back by the feed first was ``remote``; a handler failing
+  on many threads was reported as many times; a restarted Poller ran twice.
+* Breakers, limiters and events refused an enum as a name; an envelope holding the
+  registered model's instance was validated again from its JSON.
 
 Each test failed on the commit before its fix.
 """
@@ -6,6 +21,7 @@ Each test failed on the commit before its fix.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import json
 import logging
@@ -23,6 +39,7 @@ import pydantic
 import pytest
 
 from foundation import (
+    AlreadyRegisteredError,
     AsyncFoundation,
     ConfigError,
     Foundation,
@@ -606,7 +623,7 @@ def test_a_new_instance_under_the_same_generation_number_is_taken_at_the_next_re
     state.apply_entry(entry(state, 1), "n", 1, "remote")
     state.apply_entry(entry(state, 4), "n", 4, "remote")  # the new instance's row, read late
     state.apply_lease("X", 3, 0.0)  # the old one's release: a name still on its lease
-    assert state.resync_wanted
+    assert state.released_holding is not None  # (the feed reads X's lease: a resync here)
     for generation in (1, 2, 3):  # the instances since: crashed, crashed, live
         state.apply_lease("X", generation, now + 10)
     mark = state.mark()  # the resync the feed was asked for
@@ -631,3 +648,48 @@ def test_a_regular_file_under_dev_is_replaced_not_appended_to(tmp_path: Path) ->
         assert len(backup.read_text().splitlines()) == 2
     finally:
         backup.unlink(missing_ok=True)
+
+
+def test_a_released_lease_read_again_as_the_next_instances_tells_its_names_live() -> None:
+    """The observer stood still past the old instance's lease (its names told expired),
+    then read the new instance's rows, under the same generation number, on that lease:
+    once the lease is read again as the new instance's, its names are told registered."""
+    from foundation.service_registry._state import RegistryState
+
+    now = time.time()
+    at = datetime.fromtimestamp(now, UTC)
+    state = RegistryState("observer")
+    state.refusal = None
+    state.apply_leases([("X", 3, now - 1)])  # lapsed while this node stood still
+    row = ("n", '"addr"', "{}", "X", 3, 4, 4, at, None)
+    state.apply_entry(state.make_entry(row, json.loads, lambda v: v), "n", 4, "remote")
+    state.apply_lease("X", 3, 0.0)  # the old instance's release
+    assert state.released_holding is not None
+    changes = state.apply_lease("X", 3, now + 10)  # the table: the new instance's lease
+    assert [(c.kind, c.name) for c in changes] == [("register", "n")]
+    assert state.lookup("n").epoch == 4
+
+
+def test_a_name_taken_over_after_its_holders_close_costs_no_resync(db_url: str) -> None:
+    """The waiting node's own register of the name was in flight when the holder's lease
+    deletion came: taken for a lease read late, it resynced every cache on most handovers."""
+    with node(db_url) as standby:
+        holder = node(db_url)
+        holder.service_registry.register("leader", "http://holder")
+        before = standby.feed.resyncs
+        taken = threading.Event()
+
+        def take() -> None:
+            while not taken.is_set():
+                with contextlib.suppress(AlreadyRegisteredError):
+                    standby.service_registry.register("leader", "http://standby")
+                    taken.set()
+
+        thread = threading.Thread(target=take)
+        thread.start()
+        time.sleep(0.05)
+        holder.close()
+        thread.join(10)
+        assert taken.is_set() and standby.service_registry.owns("leader")
+        time.sleep(0.3)
+        assert standby.feed.resyncs == before

@@ -101,9 +101,10 @@ class RegistryFeedSide:
                             node, gen, 0.0 if payload.get("deleted") else float(expires)
                         )
                     )
-                if self._state.resync_wanted:
-                    self._state.resync_wanted = False
-                    self._request_resync()
+                    released = self._state.released_holding
+                    self._state.released_holding = None
+                    if released is not None:
+                        self._released_holding(reader, released)
         elif kind == "name":
             name, revision = payload.get("name"), payload.get("revision")
             if not isinstance(name, str) or not isinstance(revision, int):
@@ -140,6 +141,23 @@ class RegistryFeedSide:
                     if changes is not None:
                         self._publish(changes)
                         return
+
+    def _released_holding(self, reader: Cursor, lease: Any) -> None:
+        """PostgreSQL: a node's lease was deleted (its close) while names or members are
+        still on it here. A close releases them first, in the same transaction; so they
+        were read after it, as the rows of that node id's next instance, under the same
+        generation number (a feed a restart behind). Its lease is read: that instance's
+        (the rows are its own: the lease lives on), or a later one's, when a resync
+        settles what this node read."""
+        names = self._state.names_on(lease)
+        if not self._state.members_on(lease) and all(self._writing_now(n) for n in names):
+            return  # this node is writing them (taking a name over): its writes settle them
+        found = reader.fetchone(self._sql.select_lease, {"node": lease.node})
+        if found is not None and int(found[0]) == lease.generation:
+            expires = self._sql.epoch_seconds(found[1])
+            self._publish(self._state.apply_lease(lease.node, lease.generation, expires))
+        else:
+            self._request_resync()
 
     def _lease_behind(self, reader: Cursor, row: tuple[Any, ...] | None, node_at: int) -> None:
         """PostgreSQL: a row read for a notification may be newer than the notifications

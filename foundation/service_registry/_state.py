@@ -122,9 +122,9 @@ class RegistryState(_MemberCache):
         # yet: its next instance numbered from 1 again (see apply_leases). Its own
         # notifications, still to come, apply to it, not to the new one.
         self._superseded: dict[tuple[str, int], _Lease] = {}
-        # A lease's deletion found names or members still on it (see apply_lease): the
-        # feed reads the tables again.
-        self.resync_wanted = False
+        # A lease whose deletion found names or members still on it (see apply_lease):
+        # the feed looks at the table (see _feed's _released_holding).
+        self.released_holding: _Lease | None = None
         self._timed: set[str] = set()  # names with their own TTL
         self._timed_local: set[str] = set()  # local entries with their own TTL
         self._locals_dropped = False  # close() dropped them: none is kept any more
@@ -272,10 +272,11 @@ class RegistryState(_MemberCache):
             return fresh
         return _DEAD
 
-    def _holds_any(self, lease: _Lease) -> bool:
-        return any(entry.lease is lease for entry in self._entries.values()) or any(
-            member.lease is lease for table in self._members.values() for member in table.values()
-        )
+    def names_on(self, lease: _Lease) -> builtins.list[str]:
+        return [name for name, entry in self._entries.items() if entry.lease is lease]
+
+    def members_on(self, lease: _Lease) -> bool:
+        return any(m.lease is lease for table in self._members.values() for m in table.values())
 
     def generation_behind(self, node: str, generation: int) -> bool:
         """Whether a row of ``node`` read now hangs off a generation below the one cached:
@@ -317,12 +318,13 @@ class RegistryState(_MemberCache):
                     # A node's close releases its names and members before its lease (one
                     # transaction, notified in that order): one still on it here was read
                     # after that, and is another instance's of the node id under the same
-                    # generation number (a feed that fell behind several restarts).
-                    self.resync_wanted = self.resync_wanted or self._holds_any(lease)
+                    # generation number (a feed that fell behind a restart or several).
+                    if self.names_on(lease) or self.members_on(lease):
+                        self.released_holding = lease
                 now = _time()
                 if expires > now:
                     self._announced.discard((node, generation))
-                    if 0.0 < was <= now:
+                    if was <= now:  # (0.0: a released lease, its number the next instance's)
                         return self._revived(lease, now)
             return []
 
