@@ -693,3 +693,15 @@ def test_a_name_taken_over_after_its_holders_close_costs_no_resync(db_url: str) 
         assert taken.is_set() and standby.service_registry.owns("leader")
         time.sleep(0.3)
         assert standby.feed.resyncs == before
+
+
+def test_a_lease_notification_older_than_the_lease_read_since_is_stale(db_url: str) -> None:
+    """A watcher a few restarts behind read node id X's lease (its next instance's) and
+    then applied the older notifications queued before that read: a generation the
+    table no longer holds replaced the live one, whose names were dead for good."""
+    with node(db_url) as observer, node(db_url, node_id="X") as x:
+        generation = x.service_registry.lease_generation
+        reg = observer.service_registry
+        wait_for(lambda: reg._state.live_generation("X") == generation)
+        assert reg._stale_lease(observer.database, "X", generation + 1)  # the table: not so
+        assert not reg._stale_lease(observer.database, "X", generation)

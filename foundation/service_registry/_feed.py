@@ -95,6 +95,8 @@ class RegistryFeedSide:
                 payload.get("expires"),
             )
             if isinstance(node, str) and isinstance(gen, int) and isinstance(expires, int | float):
+                if self._stale_lease(reader, node, gen):
+                    return
                 with self._resync_lock:  # applied and published as one (see _feed_settled)
                     self._publish(
                         self._state.apply_lease(
@@ -141,6 +143,16 @@ class RegistryFeedSide:
                     if changes is not None:
                         self._publish(changes)
                         return
+
+    def _stale_lease(self, reader: Cursor, node: str, generation: int) -> bool:
+        """PostgreSQL: whether a lease notification of another generation than the one
+        cached for ``node`` is older than that one: this node read the node's lease
+        since it was sent (see _released_holding), and the table still says so."""
+        cached = self._state.live_generation(node)
+        if cached is None or cached == generation:
+            return False
+        found = reader.fetchone(self._sql.select_lease, {"node": node})
+        return found is not None and int(found[0]) == cached
 
     def _released_holding(self, reader: Cursor, lease: Any) -> None:
         """PostgreSQL: a node's lease was deleted (its close) while names or members are

@@ -272,6 +272,13 @@ class RegistryState(_MemberCache):
             return fresh
         return _DEAD
 
+    def live_generation(self, node: str) -> int | None:
+        """The generation cached for another node's lease, unless released or not known."""
+        current = self._leases.get(node)
+        if node == self.node or current is None or current.released or current.expires <= 0.0:
+            return None
+        return current.generation
+
     def names_on(self, lease: _Lease) -> builtins.list[str]:
         return [name for name, entry in self._entries.items() if entry.lease is lease]
 
