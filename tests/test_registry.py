@@ -332,7 +332,7 @@ def test_entry_ttl_expires_and_the_name_can_be_taken(pair: tuple[Foundation, Fou
     a, b = pair
     seen: list[str] = []
     b.service_registry.watch("short", lambda c: seen.append(c.kind))
-    a.service_registry.register("short", "a", ttl=300)
+    a.service_registry.register("short", "a", ttl=1000)
     wait_for(lambda: b.service_registry.find("short") is not None)
     wait_for(lambda: a.service_registry.find("short") is None, timeout=5)
     wait_for(lambda: b.service_registry.find("short") is None, timeout=5)

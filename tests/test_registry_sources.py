@@ -193,7 +193,7 @@ EXPIRED_THERE = [("svc.ttl", "register", "remote"), ("svc.ttl", "expired", "remo
 def test_own_ttl_expiry_is_local_here_and_remote_elsewhere(db_url: str) -> None:
     with node(db_url) as a, node(db_url) as b:
         here, there = watched(a), watched(b)
-        a.service_registry.register("svc.ttl", "http://a", ttl=300)
+        a.service_registry.register("svc.ttl", "http://a", ttl=1000)
         wait_for(lambda: len(here) == 2 and len(there) == 2, timeout=5)
         drain(a.service_registry)
         drain(b.service_registry)
@@ -204,7 +204,7 @@ def test_own_ttl_expiry_is_local_here_and_remote_elsewhere(db_url: str) -> None:
 async def test_async_own_ttl_expiry_is_local_here_and_remote_elsewhere(db_url: str) -> None:
     async with anode(db_url) as a, anode(db_url) as b:
         here, there = watched(a), watched(b)
-        await a.service_registry.register("svc.ttl", "http://a", ttl=300)
+        await a.service_registry.register("svc.ttl", "http://a", ttl=1000)
         await async_wait_for(lambda: len(here) == 2 and len(there) == 2, timeout=5)
         assert here == EXPIRED_HERE
         assert there == EXPIRED_THERE
