@@ -187,6 +187,7 @@ class AsyncServiceRegistry(_RegistryBase):
         if not self._lease_valid():
             self._recovering()
             if not await finish(self._take_lease()):
+                await asyncio.to_thread(self._feed_settled, 1.0)  # see _report_loss
                 raise self._node_taken()  # another live instance has this node id
         if self._reclaim_pending:
             await self._reclaim(own)

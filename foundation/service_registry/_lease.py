@@ -105,10 +105,9 @@ class _LeaseSide(_RegistryCore):
             log.error("registry: %s", self._node_conflict.message)
             if self._lease is not None:
                 self._notify(self._state.lease_ended(self._lease))
-            lost: dict[str, ServiceEntry | None] = {}
-            for name in builtins.list(self._held):
-                entry = self._state.cached_entry(name)  # None: it was this instance's
-                lost[name] = entry if entry is not None and entry.node != self._node else None
+            # The new owner as cached: another node, or the other instance of this node id
+            # (another lease generation); None while the cache holds this instance's own.
+            lost = {name: self._state.holder_elsewhere(name) for name in self._held}
             self._held.clear()
             self._joined.clear()
             self._reclaim_pending = False

@@ -183,6 +183,7 @@ class ServiceRegistry(_RegistryBase):
             if not self._lease_valid():
                 self._recovering()
                 if not self._take_lease():
+                    self._feed_settled(1.0)  # see _report_loss
                     raise self._node_taken()  # another live instance has this node id
             if self._reclaim_pending:
                 self._reclaim(own)

@@ -609,6 +609,12 @@ class RegistryState(_MemberCache):
     def cached_entry(self, name: str) -> ServiceEntry | None:
         return self._entries.get(name)
 
+    def holder_elsewhere(self, name: str) -> ServiceEntry | None:
+        """The cached entry of ``name`` unless it is this instance's own (then None)."""
+        with self._lock:
+            entry = self._entries.get(name)
+            return None if entry is None or self._own(entry.node, entry.lease) else entry
+
     def take_displaced(self) -> builtins.list[str]:
         """The names another node removed or registered since the last call."""
         with self._lock:
