@@ -84,6 +84,18 @@ def _plain_key(key: Any, max_length: int) -> bool:
     return type(key) is str and 0 < len(key) <= max_length and key.isascii() and "\x00" not in key
 
 
+# A shared decision is made at the statement's time: SQLite's is read before the statement
+# waits for the write lock, PostgreSQL's (statement_timestamp()) before it waits for the
+# key's row lock. A refusal whose wait passed while the statement waited is out of date
+# when the call returns (admitted by then, its reset_at past): judged again, at most twice
+# more. A refusal counts nothing, so judging again changes no count.
+_JUDGED_AT_MOST = 3
+
+
+def _outdated(decision: Decision, started: float) -> bool:
+    return not decision.allowed and (time.monotonic() - started) * 1000 >= decision.retry_after
+
+
 def _fn_key(fn: Any) -> str:
     return f"{getattr(fn, '__module__', None) or '?'}.{getattr(fn, '__qualname__', shown(fn))}"
 
@@ -347,18 +359,23 @@ class RateLimiter(_LimiterBase):
 
     def _decide_shared(self, key: str, limit: Limit) -> Decision:
         assert self._db is not None and self._sql is not None
-        try:
-            row = self._db.fetchone(self._sql.upsert[limit.algorithm], self._params(key, limit))
-        except (StorageUnavailableError, StorageError) as exc:
-            # Used after close(), or inside a SQLite transaction(): a caller's mistake,
-            # not an outage; never fail open.
-            if self._db._closed or exc.context.get("inside_transaction"):
-                raise
-            return self._degraded(key, limit, exc)
-        assert row is not None
+        for _ in range(_JUDGED_AT_MOST):
+            started = time.monotonic()
+            try:
+                row = self._db.fetchone(self._sql.upsert[limit.algorithm], self._params(key, limit))
+            except (StorageUnavailableError, StorageError) as exc:
+                # Used after close(), or inside a SQLite transaction(): a caller's mistake,
+                # not an outage; never fail open.
+                if self._db._closed or exc.context.get("inside_transaction"):
+                    raise
+                return self._degraded(key, limit, exc)
+            assert row is not None
+            decision = self._from_row(row, limit)
+            if not _outdated(decision, started):
+                break
         if self._cleanup_due():
             self.cleanup()
-        return self._from_row(row, limit)
+        return decision
 
     def cleanup(self) -> int:
         """Delete one batch of expired rows; how many went."""
@@ -501,20 +518,23 @@ class AsyncRateLimiter(_LimiterBase):
 
     async def _decide_shared(self, key: str, limit: Limit) -> Decision:
         assert self._db is not None and self._sql is not None
-        try:
-            row = await self._db.fetchone(
-                self._sql.upsert[limit.algorithm], self._params(key, limit)
-            )
-        except (StorageUnavailableError, StorageError) as exc:
-            # Used after close(), or inside a SQLite transaction(): a caller's mistake,
-            # not an outage; never fail open.
-            if self._db._closed or exc.context.get("inside_transaction"):
-                raise
-            return self._degraded(key, limit, exc)
-        assert row is not None
+        for _ in range(_JUDGED_AT_MOST):  # see RateLimiter._decide_shared
+            started = time.monotonic()
+            try:
+                row = await self._db.fetchone(
+                    self._sql.upsert[limit.algorithm], self._params(key, limit)
+                )
+            except (StorageUnavailableError, StorageError) as exc:
+                if self._db._closed or exc.context.get("inside_transaction"):
+                    raise
+                return self._degraded(key, limit, exc)
+            assert row is not None
+            decision = self._from_row(row, limit)
+            if not _outdated(decision, started):
+                break
         if self._cleanup_due():
             await self.cleanup()
-        return self._from_row(row, limit)
+        return decision
 
     async def cleanup(self) -> int:
         """Delete one batch of expired rows; how many went. As :meth:`RateLimiter.cleanup`,
