@@ -107,10 +107,10 @@ class NewEvent:
     expected_version: ExpectedVersion
     correlation_id: str | None
     causation_id: str | None
-    # Given by the caller, not None: an id taken from the context (or left out, which a
-    # dataclass or a model with the field cannot do) may differ on a retry.
+    # Given by the caller, not None: an id taken from the context may differ on a retry
+    # (so may one left out, which a dataclass or a model with the field cannot do). A
+    # causation id has no context: it is compared as given, None included.
     correlation_given: bool
-    causation_given: bool
 
     def differences(self, recorded: RecordedEvent) -> list[str]:
         """The fields in which a retry with this id differs from the event recorded."""
@@ -125,7 +125,7 @@ class NewEvent:
             fields.append("metadata")
         if self.correlation_given and recorded.correlation_id != self.correlation_id:
             fields.append("correlation_id")
-        if self.causation_given and recorded.causation_id != self.causation_id:
+        if recorded.causation_id != self.causation_id:
             fields.append("causation_id")
         return fields
 
@@ -391,7 +391,6 @@ def parse_event(event: Any, max_bytes: int) -> NewEvent:
         correlation_id=correlation_id,
         causation_id=causation_id,
         correlation_given=correlation_given,
-        causation_given=causation_id is not None,
     )
 
 
@@ -424,7 +423,12 @@ _CRITERIA_KEYS = (
 
 def _fail(key: str, expected: str, value: Any) -> EventError:
     # A value of the right type but out of range is shown itself, not its type's name.
-    given = shown(value, 60) if isinstance(value, int | float | str) else type(value).__name__
+    if isinstance(value, int | float | str):
+        given = shown(value, 60)
+    elif isinstance(value, list | tuple):  # of the right type: its length is wrong
+        given = f"a list of {len(value)}" if value else "an empty list"
+    else:
+        given = type(value).__name__
     return EventError(
         f"criterion {key!r} must be {expected}, not {given}",
         context={"criterion": key, "value": shown(value)},
