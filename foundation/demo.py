@@ -8,6 +8,7 @@ stream of its own.
 
 from __future__ import annotations
 
+import argparse
 import secrets
 import threading
 import time
@@ -279,9 +280,16 @@ class MetricsSummary:
         console.print(table)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     from foundation._default import instance
 
+    # No options: --help says what the demo does and where it writes, before it writes.
+    argparse.ArgumentParser(
+        prog="python -m foundation.demo",
+        description="A tour of Foundation: config, events, breaker and limiter, the "
+        "registry's takeover, telemetry. It writes to FOUNDATION_DATABASE_URL (default "
+        "sqlite:///foundation.db in this folder); scripts/demo runs it in a new folder.",
+    ).parse_args(argv)
     console.print(f"[bold]Foundation demo[/] on {instance().url.masked}")
     metrics = MetricsSummary()
     config_across_two_instances()

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from logging.config import fileConfig
 
 from alembic import context
+from alembic.util import CommandError
 from sqlalchemy.engine import Connection
 
 from foundation.database.engine import create_engine
+from foundation.database.errors import translate_errors
 from foundation.database.migrate import (
     ADVISORY_LOCK_KEY,
     VERSION_TABLE,
@@ -25,7 +28,8 @@ from foundation.database.migrate import (
 )
 from foundation.database.schema import metadata
 from foundation.database.url import DatabaseURL
-from foundation.settings import DEFAULT_DATABASE_URL, Settings
+from foundation.errors import FoundationError
+from foundation.settings import DEFAULT_DATABASE_URL, Settings, build_settings
 
 config = context.config
 
@@ -119,14 +123,29 @@ def _run(connection: Connection) -> None:
             connection.commit()
 
 
+@contextlib.contextmanager
+def _told_as_alembic_tells() -> Iterator[None]:
+    """Plain ``alembic upgrade head``: a bad URL or setting, or a database that cannot be
+    reached, is one line as alembic prints its own errors (``FAILED: ...``), not a
+    traceback (``foundation db upgrade`` says the same)."""
+    try:
+        with translate_errors(DatabaseURL.parse(_url()).masked):
+            yield
+    except FoundationError as exc:
+        raise CommandError(str(exc)) from None
+
+
 def run_online() -> None:
     connection = config.attributes.get("connection")
     if connection is not None:
         _run(connection)
         return
-    engine = create_engine(_url(), Settings(database_url=_url()))
+    with _told_as_alembic_tells():
+        engine = create_engine(_url(), build_settings({"database_url": _url()}))
     try:
-        with engine.connect() as conn:
+        with _told_as_alembic_tells():
+            conn = engine.connect()
+        with conn:
             _run(conn)
             conn.commit()
     finally:
