@@ -3,6 +3,14 @@
 * A holder paused past its TTL while a new process of its node id started and registered
   one of its names again told that name ``lost`` with no new owner (``None``): its watchers
   ended on "nobody holds it" while ``lookup`` gave the new instance's entry.
+* A retry of a recorded event id with ``causation_id`` None (or left out) returned the
+  original, whose causation is another (an import said such a line already recorded);
+  ``get`` with 101 types said "not list".
+* A shared rate-limit decision that waited for a lock (SQLite's write lock, a PostgreSQL
+  row lock) was judged at the time before the wait: a key whose window ended meanwhile was
+  refused, with a ``reset_at`` already past.
+* Plain ``alembic upgrade head`` with a mistyped URL or setting, or a server it could not
+  reach, printed a traceback.
 
 Each test failed on the commit before its fix.
 """
@@ -10,11 +18,23 @@ Each test failed on the commit before its fix.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
 
+import psycopg
 import pytest
 
-from foundation import ConfigError
+from foundation import AsyncFoundation, ConfigError, EventError, Foundation
+from foundation.database.url import DatabaseURL
 from tests.helpers import async_wait_for, wait_for
+from tests.test_cli import fails
+from tests.test_migrations import run_alembic
 from tests.test_registry import node, stop_heartbeat
 from tests.test_registry_async import freeze
 from tests.test_registry_review3 import anode, kinds, watched
@@ -61,3 +81,128 @@ async def test_async_a_name_the_new_instance_of_the_node_id_took_is_lost_to_it(
             assert seen[-1].entry == old.service_registry.lookup("svc")
     finally:
         await old.close()
+
+
+# -- events: the causation of a retry --------------------------------------------------
+
+
+def test_a_retry_without_the_recorded_causation_is_refused(fdn: Foundation) -> None:
+    first = fdn.events.store({"type": "paid", "data": {}, "causation_id": "order-1"})
+    for retry in ({"causation_id": None}, {}, {"causation_id": "order-2"}):
+        with pytest.raises(EventError) as caught:
+            fdn.events.store({"id": first.id, "type": "paid", "data": {}, **retry})
+        assert caught.value.context["fields"] == ["causation_id"]
+    again = {"id": first.id, "type": "paid", "data": {}, "causation_id": "order-1"}
+    assert fdn.events.store(again) == first
+    plain = fdn.events.store({"type": "paid", "data": {}})
+    with pytest.raises(EventError):
+        fdn.events.store({"id": plain.id, "type": "paid", "data": {}, "causation_id": "x"})
+    assert fdn.events.store({"id": plain.id, "type": "paid", "data": {}, "causation_id": None})
+    assert len(fdn.events.get()) == 2
+
+
+async def test_async_a_retry_without_the_recorded_causation_is_refused(db_url: str) -> None:
+    async with AsyncFoundation(db_url, migrate="skip") as fdn:
+        first = await fdn.events.store({"type": "paid", "data": {}, "causation_id": "c"})
+        with pytest.raises(EventError):
+            await fdn.events.store_many([{"id": first.id, "type": "paid", "data": {}}])
+        assert len(await fdn.events.get()) == 1
+
+
+def test_an_import_line_without_the_recorded_causation_is_refused(
+    db_url: str, tmp_path: Path
+) -> None:
+    with Foundation(db_url, migrate="skip") as fdn:
+        first = fdn.events.store({"type": "paid", "data": {}, "causation_id": "order-1"})
+    line = {"id": str(first.id), "type": "paid", "data": {}, "causation_id": None}
+    lines = tmp_path / "events.jsonl"
+    lines.write_text(json.dumps(line) + "\n")
+    fails(db_url, "event_error", "events", "import", str(lines))
+
+
+def test_too_many_types_are_counted(fdn: Foundation) -> None:
+    with pytest.raises(EventError, match="not a list of 101"):
+        fdn.events.get(type=[str(uuid.uuid4()) for _ in range(101)])
+    with pytest.raises(EventError, match="not an empty list"):
+        fdn.events.get(type=[])
+
+
+# -- plain alembic: a setting or a database it cannot use --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "said"),
+    [
+        ({"FOUNDATION_DATABASE_URL": "bogus://x"}, "[config_error] unsupported database"),
+        (
+            {"FOUNDATION_DATABASE_URL": "postgresql+psycopg://postgres@127.0.0.1:1/x"},
+            "[storage_unavailable] the database at",
+        ),
+        ({"FOUNDATION_POOL_MAX_SIZE": "many"}, "[config_error] invalid Foundation setting"),
+    ],
+)
+def test_plain_alembic_says_what_it_cannot_use_in_one_line(
+    tmp_path: Path, env: dict[str, str], said: str
+) -> None:
+    env = {"FOUNDATION_DATABASE_URL": f"sqlite:///{tmp_path / 'app.db'}", **env}
+    done = run_alembic("upgrade", "head", **env)
+    assert done.returncode != 0
+    assert f"FAILED: {said}" in done.stdout + done.stderr  # as alembic tells its own
+    assert "Traceback" not in done.stdout + done.stderr
+    assert not (tmp_path / "app.db").exists()
+
+
+# -- the limiter: a decision that waited for a lock --------------------------------------
+
+
+@contextlib.contextmanager
+def key_locked(db_url: str, key: str, seconds: float) -> Iterator[None]:
+    """Another client holds what a decision on ``key`` waits for, ``seconds`` long."""
+    url = DatabaseURL.parse(db_url)
+    ready = threading.Event()
+
+    def hold() -> None:
+        if url.backend == "sqlite":
+            db = sqlite3.connect(url.sqlite_path, isolation_level=None)
+            db.execute("BEGIN IMMEDIATE")
+            ready.set()
+            time.sleep(seconds)
+            db.execute("COMMIT")
+            db.close()
+        else:
+            with psycopg.connect(url.conninfo) as db:
+                db.execute("SELECT 1 FROM foundation_rate_limits WHERE key = %s FOR UPDATE", [key])
+                ready.set()
+                time.sleep(seconds)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert ready.wait(10)
+    try:
+        yield
+    finally:
+        holder.join()
+
+
+@pytest.mark.parametrize("algorithm", ["fixed_window", "sliding_window", "token_bucket"])
+def test_a_window_that_ended_while_the_decision_waited_admits(
+    fdn: Foundation, db_url: str, algorithm: str
+) -> None:
+    rl = fdn.rate_limiter
+    while rl.try_acquire("k", 1, 200, algorithm).allowed:
+        pass
+    with key_locked(db_url, "k", 0.9):  # longer than the window and the one before it
+        decision = rl.try_acquire("k", 1, 200, algorithm)
+    assert decision.allowed and decision.retry_after == 0
+    assert not rl.try_acquire("k", 1, 200, algorithm).allowed  # counted, once
+
+
+async def test_async_a_window_that_ended_while_the_decision_waited_admits(
+    afdn: AsyncFoundation, db_url: str
+) -> None:
+    rl = afdn.rate_limiter
+    while (await rl.try_acquire("k", 1, 200)).allowed:
+        pass
+    with key_locked(db_url, "k", 0.9):
+        decision = await rl.try_acquire("k", 1, 200)
+    assert decision.allowed
