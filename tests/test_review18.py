@@ -9,6 +9,10 @@
 * A shared rate-limit decision that waited for a lock (SQLite's write lock, a PostgreSQL
   row lock) was judged at the time before the wait: a key whose window ended meanwhile was
   refused, with a ``reset_at`` already past.
+* PostgreSQL: a time of ``-infinity`` written with plain SQL in a group member's row took
+  a running node's change feed down for good (the driver cannot load it; the feed took it
+  for a lost connection), and stopped every new node; tables took such times, and a config
+  row of revision 0 no node ever read (migration 0023 refuses both).
 * Plain ``alembic upgrade head`` with a mistyped URL or setting, or a server it could not
   reach, printed a traceback.
 
@@ -34,6 +38,7 @@ from foundation import AsyncFoundation, ConfigError, EventError, Foundation
 from foundation.database.url import DatabaseURL
 from tests.helpers import async_wait_for, wait_for
 from tests.test_cli import fails
+from tests.test_core_review import plain_sql
 from tests.test_migrations import run_alembic
 from tests.test_registry import node, stop_heartbeat
 from tests.test_registry_async import freeze
@@ -206,3 +211,66 @@ async def test_async_a_window_that_ended_while_the_decision_waited_admits(
     with key_locked(db_url, "k", 0.9):
         decision = await rl.try_acquire("k", 1, 200)
     assert decision.allowed
+
+
+# -- rows no reader can load ------------------------------------------------------------
+
+
+def test_a_row_the_driver_cannot_load_does_not_take_the_feed_down(pg_url: str) -> None:
+    with Foundation(pg_url, migrate="check", poll_interval_ms=5) as fdn:
+        fdn.config.set("port", 1)
+        fdn.service_registry.join("workers", "http://w")
+        # As a database before 0023 took it:
+        plain_sql(
+            pg_url,
+            "ALTER TABLE foundation_registry_members"
+            " DISABLE TRIGGER foundation_registry_members_times_finite",
+        )
+        plain_sql(pg_url, "UPDATE foundation_registry_members SET joined_at = '-infinity'")
+        plain_sql(pg_url, "UPDATE foundation_config SET value = '2' WHERE key = 'port'")
+        wait_for(lambda: fdn.config.get("port") == 2)
+        assert fdn.feed.connected
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE foundation_leases SET expires_at = 'infinity'",
+        "UPDATE foundation_leases SET renewed_at = '-infinity'",
+        "UPDATE foundation_registry SET registered_at = 'infinity'",
+        "UPDATE foundation_registry SET expires_at = '-infinity'",
+        "UPDATE foundation_registry_members SET joined_at = '-infinity'",
+        # (an UPDATE by hand is stamped now())
+        "INSERT INTO foundation_config (key, value, deleted, revision, updated_at, updated_by)"
+        " VALUES ('k', '1', false, 1, 'infinity', 'ops')",
+        "UPDATE foundation_subscriptions SET lease_expires_at = 'infinity'",
+    ],
+)
+def test_postgres_refuses_times_no_reader_can_load(pg_url: str, statement: str) -> None:
+    with Foundation(pg_url, migrate="check") as fdn:
+        fdn.service_registry.register("svc", "http://a", ttl=60_000)
+        fdn.service_registry.join("workers", "http://a")
+        fdn.config.set("port", 1)
+        fdn.events.subscribe("projector", lambda event: None)
+        with pytest.raises(psycopg.errors.CheckViolation, match="must be a finite time"):
+            plain_sql(pg_url, statement)
+        assert fdn.service_registry.lookup("svc").address == "http://a"
+
+
+@pytest.mark.parametrize("revision", ["0", "-3"])
+def test_a_config_row_must_count_from_revision_one(db_url: str, revision: str) -> None:
+    insert = (
+        "INSERT INTO foundation_config (key, value, deleted, revision, updated_at, updated_by)"
+        f" VALUES ('port', '8080', false, {revision}, CURRENT_TIMESTAMP, 'ops')"
+    )
+    with pytest.raises((psycopg.errors.CheckViolation, sqlite3.IntegrityError)):
+        plain_sql(db_url, insert)
+    with Foundation(db_url, migrate="check") as fdn:
+        fdn.config.set("port", 1)
+        with pytest.raises((psycopg.errors.CheckViolation, sqlite3.IntegrityError)):
+            plain_sql(db_url, f"UPDATE foundation_config SET revision = {revision}")
+        assert fdn.config.get("port") == 1
+        assert [h.revision for h in fdn.config.history("port")] == [1]
+    if DatabaseURL.parse(db_url).backend == "sqlite":  # any type goes in, else
+        with pytest.raises(sqlite3.IntegrityError):
+            plain_sql(db_url, "UPDATE foundation_config SET revision = 'abc'")

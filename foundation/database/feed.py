@@ -66,6 +66,11 @@ __all__ = [
 CHANNEL = "foundation"
 log = logging.getLogger("foundation.feed")
 
+# A row the driver cannot load (a PostgreSQL time of -infinity written with plain SQL, say)
+# is no lost connection (the feed's is in autocommit: it is as fit as before): told, and
+# the feed goes on with every other change, rather than reconnect and fail on it for good.
+_UNLOADABLE = "%s: a row holds a value the driver cannot load (written with plain SQL?): %s"
+
 # The topics migration 0006's SQLite triggers bump (the migration spells them itself).
 TOPIC_NAMES = "registry"  # foundation_registry, by name
 TOPIC_LEASES = "registry.leases"
@@ -185,6 +190,8 @@ class ChangeFeed:
         for topic, sub in self._all():
             try:
                 sub.resync(reader)
+            except psycopg.DataError as exc:  # see _UNLOADABLE
+                log.error(_UNLOADABLE, f"the {topic} cache could not be brought up to date", exc)
             except (sqlite3.Error, psycopg.Error):
                 raise  # the feed's connection failed (see _dispatch): reconnect, resync
             except FoundationError as exc:  # a row no reader can load, say: it says which
@@ -198,6 +205,8 @@ class ChangeFeed:
             poll = getattr(sub, "poll", None)
             try:
                 poll(reader) if poll is not None else sub.resync(reader)
+            except psycopg.DataError as exc:  # see _UNLOADABLE
+                log.error(_UNLOADABLE, f"the {topic} cache could not read the latest changes", exc)
             except (sqlite3.Error, psycopg.Error):
                 raise
             except FoundationError as exc:  # a row no reader can load, say: it says which
@@ -418,6 +427,8 @@ class PostgresFeed(ChangeFeed):
         for sub in subscribers:
             try:
                 sub.on_notify(payload, reader)
+            except psycopg.DataError as exc:  # see _UNLOADABLE
+                log.error(_UNLOADABLE, f"change feed subscriber failed on {payload!r}", exc)
             except psycopg.Error:
                 # The connection is gone, or no longer fit (a migration made a statement
                 # prepared on it stale): reconnect and resync, rather than go on silent
