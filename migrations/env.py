@@ -29,7 +29,7 @@ from foundation.database.migrate import (
 from foundation.database.schema import metadata
 from foundation.database.url import DatabaseURL
 from foundation.errors import FoundationError
-from foundation.settings import DEFAULT_DATABASE_URL, Settings, build_settings
+from foundation.settings import DEFAULT_DATABASE_URL, build_settings
 
 config = context.config
 
@@ -55,7 +55,7 @@ def _schema() -> str | None:
     (PostgreSQL only: SQLite would take it for an attached database)."""
     if "schema" in config.attributes:
         return config.attributes["schema"]  # type: ignore[no-any-return]
-    return postgres_schema(DatabaseURL.parse(_url()), Settings())
+    return postgres_schema(DatabaseURL.parse(_url()), build_settings({}))
 
 
 def _configure(**kwargs: object) -> None:
@@ -123,11 +123,25 @@ def _run(connection: Connection) -> None:
             connection.commit()
 
 
+def run_online() -> None:
+    connection = config.attributes.get("connection")
+    if connection is not None:
+        _run(connection)
+        return
+    engine = create_engine(_url(), build_settings({"database_url": _url()}))
+    try:
+        with engine.connect() as conn:
+            _run(conn)
+            conn.commit()
+    finally:
+        engine.dispose()
+
+
 @contextlib.contextmanager
 def _told_as_alembic_tells() -> Iterator[None]:
-    """Plain ``alembic upgrade head``: a bad URL or setting, or a database that cannot be
-    reached, is one line as alembic prints its own errors (``FAILED: ...``), not a
-    traceback (``foundation db upgrade`` says the same)."""
+    """Plain ``alembic`` (an alembic.ini): a bad URL or setting, a database it cannot
+    reach or write, is one line as alembic prints its own errors (``FAILED: ...``), as
+    ``foundation db upgrade`` says it, not a traceback."""
     try:
         with translate_errors(DatabaseURL.parse(_url()).masked):
             yield
@@ -135,24 +149,10 @@ def _told_as_alembic_tells() -> Iterator[None]:
         raise CommandError(str(exc)) from None
 
 
-def run_online() -> None:
-    connection = config.attributes.get("connection")
-    if connection is not None:
-        _run(connection)
-        return
-    with _told_as_alembic_tells():
-        engine = create_engine(_url(), build_settings({"database_url": _url()}))
-    try:
-        with _told_as_alembic_tells():
-            conn = engine.connect()
-        with conn:
-            _run(conn)
-            conn.commit()
-    finally:
-        engine.dispose()
-
-
-if context.is_offline_mode():
-    run_offline()
-else:
-    run_online()
+# Foundation's own runs (``Foundation(...)``, ``foundation db``, alembic_config()) build
+# their config in code, with no file: their callers get the FoundationError itself.
+with _told_as_alembic_tells() if config.config_file_name else contextlib.nullcontext():
+    if context.is_offline_mode():
+        run_offline()
+    else:
+        run_online()

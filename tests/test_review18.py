@@ -3,6 +3,10 @@
 * A holder paused past its TTL while a new process of its node id started and registered
   one of its names again told that name ``lost`` with no new owner (``None``): its watchers
   ended on "nobody holds it" while ``lookup`` gave the new instance's entry.
+* A ``lost`` named a new owner already dead (a taker killed since): watchers ended on an
+  owner ``lookup`` did not give. A closing instance whose release waited past its TTL
+  deleted the members a new instance of its node id had joined meanwhile (PostgreSQL).
+  ``join`` called a bad group "a registry name".
 * A retry of a recorded event id with ``causation_id`` None (or left out) returned the
   original, whose causation is another (an import said such a line already recorded);
   ``get`` with 101 types said "not list".
@@ -30,17 +34,25 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 
-from foundation import AsyncFoundation, ConfigError, EventError, Foundation
+from foundation import (
+    AlreadyRegisteredError,
+    AsyncFoundation,
+    ConfigError,
+    EventError,
+    Foundation,
+    ValidationError,
+)
 from foundation.database.url import DatabaseURL
 from tests.helpers import async_wait_for, wait_for
 from tests.test_cli import fails
 from tests.test_core_review import plain_sql
 from tests.test_migrations import run_alembic
-from tests.test_registry import node, stop_heartbeat
+from tests.test_registry import drain, node, stop_heartbeat
 from tests.test_registry_async import freeze
 from tests.test_registry_review3 import anode, kinds, watched
 
@@ -274,3 +286,61 @@ def test_a_config_row_must_count_from_revision_one(db_url: str, revision: str) -
     if DatabaseURL.parse(db_url).backend == "sqlite":  # any type goes in, else
         with pytest.raises(sqlite3.IntegrityError):
             plain_sql(db_url, "UPDATE foundation_config SET revision = 'abc'")
+
+
+# -- registry: the dead, the closing, and groups ------------------------------------------
+
+
+def test_a_name_taken_by_a_node_since_dead_is_lost_to_nobody(db_url: str) -> None:
+    with node(db_url) as a, node(db_url) as b:
+        seen = watched(a, "svc")
+        a.service_registry.register("svc", "http://a")
+        stop_heartbeat(a)  # paused past its TTL
+
+        def taken() -> bool:
+            with contextlib.suppress(AlreadyRegisteredError):  # the table's clock decides
+                return b.service_registry.register("svc", "http://b") is not None
+            return False
+
+        wait_for(taken, timeout=5)
+        stop_heartbeat(b)  # killed: its lease runs out too
+        wait_for(lambda: a.service_registry.find("svc") is None and len(seen) >= 3, timeout=5)
+        assert a.service_registry.heartbeat() is False  # back: a recovery
+        wait_for(lambda: "lost" in kinds(seen))
+        drain(a.service_registry)
+        (lost,) = [c for c in seen if c.kind == "lost"]
+        assert lost.entry is None
+        assert a.service_registry.find("svc") is None
+
+
+@contextlib.contextmanager
+def row_locked(pg_url: str, name: str) -> Iterator[Any]:
+    """Another session holds the row of ``name``: a release of it waits until the end."""
+    with psycopg.connect(DatabaseURL.parse(pg_url).conninfo) as db:
+        db.execute("SELECT 1 FROM foundation_registry WHERE name = %s FOR UPDATE", [name])
+        yield db
+
+
+def test_a_release_that_waited_past_the_ttl_leaves_the_next_instances_members(
+    pg_url: str,
+) -> None:
+    old = node(pg_url, node_id="C")
+    old.service_registry.register("svc", "http://old")
+    old.service_registry.join("workers", "http://old", member_id="old")
+    with row_locked(pg_url, "svc") as lock:
+        closer = threading.Thread(target=old.close)
+        closer.start()
+        with node(pg_url, node_id="C") as new:  # takes the lease once the old one lapsed
+            new.service_registry.join("workers", "http://new", member_id="new")
+            lock.commit()
+            closer.join()
+            assert [m.member_id for m in new.service_registry.members("workers")] == ["new"]
+            rows = plain_sql(pg_url, "SELECT member_id FROM foundation_registry_members")
+            assert rows == [("new",)]
+
+
+def test_join_names_the_group_in_its_refusals(fdn: Foundation) -> None:
+    with pytest.raises(ValidationError, match="a group name must not be empty"):
+        fdn.service_registry.join("", "http://a")
+    with pytest.raises(ValidationError, match="address of a member of group 'g'"):
+        fdn.service_registry.join("g", None)

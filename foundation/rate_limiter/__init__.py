@@ -11,6 +11,13 @@ kept in this process with ``scope="local"``. A refusal raises ``rate_limited`` w
 A key (at most 255 characters) keeps one state per algorithm, whatever limit a call
 gives: calls that give one key two limits (3 a minute, 3 a second) share that state, and
 neither limit holds. Give each limit a key of its own (``"api:minute"``, ``"api:second"``).
+
+A shared decision is made at its statement's time: SQLite's clock is read before the
+statement waits for the write lock, PostgreSQL's (``statement_timestamp()``) before it
+waits for the key's row. A call that waited is counted at that earlier time, so around a
+long lock wait up to one limit's worth of such calls may land just before the next
+window's (as at any fixed window's boundary), and its ``reset_at`` may be past when it
+returns. A refusal whose ``retry_after`` passed during the wait is judged again.
 """
 
 from __future__ import annotations

@@ -547,7 +547,7 @@ class AsyncServiceRegistry(_RegistryBase):
         """Add this node as a member of ``group`` (many members per group). As
         :meth:`ServiceRegistry.join`, awaited; cancelled once its write has begun, it
         finishes it (see :meth:`register`)."""
-        group, held = self._prepare(group, address, metadata, None)
+        group, held = self._prepare(group, address, metadata, None, group=True)
         member_id, generated = self._new_member_id(member_id)
         with self._counted({"group": group}):
             lease = await self._ensure_lease()

@@ -233,16 +233,18 @@ class _RegistryCore(RegistryFeedSide):
 
     # -- validation ---------------------------------------------------------------------
 
-    def _prepare(self, name: Any, address: Any, metadata: Any, ttl: Any) -> tuple[str, _Held]:
-        name = check_new_name(name)
+    def _prepare(
+        self, name: Any, address: Any, metadata: Any, ttl: Any, *, group: bool = False
+    ) -> tuple[str, _Held]:
+        """A name's (or, with ``group``, a group's member's) checked values."""
+        name = check_new_name(name, "a group name" if group else "a registry name")
+        of = f"a member of group {name!r}" if group else repr(name)
         if address is None:
-            raise ValidationError(
-                f"the address of {name!r} must not be None", context={"name": name}
-            )
-        addr, addr_text = check_json(address, f"the address of {name!r}", name, self._max_bytes)
+            raise ValidationError(f"the address of {of} must not be None", context={"name": name})
+        addr, addr_text = check_json(address, f"the address of {of}", name, self._max_bytes)
         meta, meta_text = check_json(
             {} if metadata is None else metadata,
-            f"the metadata of {name!r}",
+            f"the metadata of {of}",
             name,
             self._max_bytes,
         )

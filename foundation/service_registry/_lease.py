@@ -246,7 +246,7 @@ class _LeaseSide(_RegistryCore):
             entry = self._state.cached_entry(name)
             if entry is None or entry.node != self._node:
                 if self._held.pop(name, None) is not None:
-                    gone[name] = entry
+                    gone[name] = self._state.holder_elsewhere(name)
             elif entry.lease is not self._lease:
                 out.append(name)
         return out, gone
@@ -276,7 +276,7 @@ class _LeaseSide(_RegistryCore):
             if entry is not None and entry.node == self._node:
                 continue
             if self._held.pop(name, None) is not None:
-                lost[name] = entry
+                lost[name] = self._state.holder_elsewhere(name)
         if not lost:
             return []
         self._telemetry_event(

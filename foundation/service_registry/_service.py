@@ -552,7 +552,7 @@ class ServiceRegistry(_RegistryBase):
         self, group: Any, address: Any, metadata: Any = None, *, member_id: Any = None
     ) -> GroupMember:
         """Add this node as a member of ``group`` (many members per group)."""
-        group, held = self._prepare(group, address, metadata, None)
+        group, held = self._prepare(group, address, metadata, None, group=True)
         member_id, generated = self._new_member_id(member_id)
         with self._counted({"group": group}):
             lease = self._ensure_lease()

@@ -610,10 +610,14 @@ class RegistryState(_MemberCache):
         return self._entries.get(name)
 
     def holder_elsewhere(self, name: str) -> ServiceEntry | None:
-        """The cached entry of ``name`` unless it is this instance's own (then None)."""
+        """The live cached entry of ``name`` unless it is this instance's own: the new
+        owner a ``lost`` names (None: nobody, as ``lookup`` says, e.g. a taker since dead)."""
         with self._lock:
             entry = self._entries.get(name)
-            return None if entry is None or self._own(entry.node, entry.lease) else entry
+            if entry is None or self._own(entry.node, entry.lease):
+                return None
+            now = _time()
+            return entry if entry.lease.expires > now and entry.until > now else None
 
     def take_displaced(self) -> builtins.list[str]:
         """The names another node removed or registered since the last call."""

@@ -263,7 +263,12 @@ class RegistrySQL:
         )
         release_members = (
             sa.delete(registry_members)
-            .where(registry_members.c.node_id == sa.bindparam("node"))
+            .where(
+                registry_members.c.node_id == sa.bindparam("node"),
+                # Not a later instance's of this node id (its lease taken while this one
+                # stood still), as release_entries.
+                registry_members.c.lease_generation == sa.bindparam("gen"),
+            )
             .returning(registry_members.c.group_name, registry_members.c.member_id)
         )
 
