@@ -22,7 +22,7 @@ from foundation.config._service import AsyncConfig, Config
 from foundation.config._store import ConfigSQL
 from foundation.database import migrate as migrations
 from foundation.database.aio import AsyncDatabase, finish
-from foundation.database.codec import Codec
+from foundation.database.codec import Codec, rows_readable
 from foundation.database.errors import translate_errors
 from foundation.database.feed import ChangeFeed, start_feed
 from foundation.database.sync import SyncDatabase
@@ -73,6 +73,9 @@ def _check_telemetry(telemetry: Any) -> Telemetry:
             context={"setting": "telemetry", "type": type(telemetry).__name__},
         )
     return telemetry
+
+
+_REGISTRY_TABLES = "foundation_registry, foundation_leases or foundation_registry_members"
 
 
 @dataclass(frozen=True)
@@ -275,9 +278,12 @@ class Foundation(_Base):
                 self.telemetry,
                 self.settings.rate_limiter_on_storage_error,
             )
-            self.config.load()
-            self.service_registry.load()
-            self.circuit_breaker.load()
+            with rows_readable("foundation_config"):
+                self.config.load()
+            with rows_readable(_REGISTRY_TABLES):
+                self.service_registry.load()
+            with rows_readable("foundation_breakers"):
+                self.circuit_breaker.load()
             self._start_feed(self._topics())
         except BaseException:
             self.close()
@@ -473,9 +479,12 @@ class AsyncFoundation(_Base):
                     await asyncio.to_thread(self._upgrade)
                 elif error is not None:
                     raise error
-            await self.config.load()
-            await self.service_registry.load()
-            await self.circuit_breaker.load()
+            with rows_readable("foundation_config"):
+                await self.config.load()
+            with rows_readable(_REGISTRY_TABLES):
+                await self.service_registry.load()
+            with rows_readable("foundation_breakers"):
+                await self.circuit_breaker.load()
             self._start_feed(self._topics())
             self._opened = True
         except BaseException:

@@ -17,6 +17,9 @@
   a running node's change feed down for good (the driver cannot load it; the feed took it
   for a lost connection), and stopped every new node; tables took such times, and a config
   row of revision 0 no node ever read (migration 0023 refuses both).
+* SQLite keeps text written by hand in an INTEGER or DATETIME column: a node's start, a
+  shared limit and ``subscribe`` then raised a raw ``ValueError`` (every CLI command a
+  traceback); a checkpoint below 0 failed the subscription with a message about a query.
 * Plain ``alembic upgrade head`` with a mistyped URL or setting, or a server it could not
   reach, printed a traceback.
 
@@ -45,6 +48,7 @@ from foundation import (
     ConfigError,
     EventError,
     Foundation,
+    StorageError,
     ValidationError,
 )
 from foundation.database.url import DatabaseURL
@@ -344,3 +348,53 @@ def test_join_names_the_group_in_its_refusals(fdn: Foundation) -> None:
         fdn.service_registry.join("", "http://a")
     with pytest.raises(ValidationError, match="address of a member of group 'g'"):
         fdn.service_registry.join("g", None)
+
+
+# -- SQLite: a value of another type, written by hand --------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("statement", "tables"),
+    [
+        ("UPDATE foundation_registry SET epoch = 'abc'", "foundation_registry"),
+        ("UPDATE foundation_leases SET expires_at = 'never'", "foundation_leases"),
+        ("UPDATE foundation_breakers SET failures = 'many'", "foundation_breakers"),
+    ],
+)
+def test_sqlite_a_value_no_reader_can_convert_is_named_at_start(
+    tmp_path: Path, statement: str, tables: str
+) -> None:
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    with Foundation(url, node_id="a") as fdn:
+        fdn.service_registry.register("svc", "http://a")
+        with contextlib.suppress(ZeroDivisionError):
+            fdn.circuit_breaker.execute(lambda: 1 / 0, name="flaky", max_failures=1)
+        plain_sql(url, statement)
+        with pytest.raises(StorageError, match=f"a row of .*{tables}.* cannot read"):
+            Foundation(url, node_id="b")
+        fails(url, "storage_error", "config", "get", "port")  # one line, no traceback
+
+
+def test_sqlite_a_count_no_reader_can_convert_is_named(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    with Foundation(url) as fdn:
+        fdn.rate_limiter.try_acquire("api", 5, 60_000)
+        plain_sql(url, "UPDATE foundation_rate_limits SET count = 'x'")
+        with pytest.raises(StorageError, match="foundation_rate_limits"):
+            fdn.rate_limiter.try_acquire("api", 5, 60_000)
+
+
+def test_a_checkpoint_that_is_no_position_is_named_before_anything_is_written(
+    db_url: str,
+) -> None:
+    checkpoints = ["-7"]
+    if DatabaseURL.parse(db_url).backend == "sqlite":
+        checkpoints.append("'x'")  # (PostgreSQL's bigint takes no text)
+    with Foundation(db_url, migrate="check") as fdn:
+        fdn.events.subscribe("shipping", lambda event: None).stop()
+        for checkpoint in checkpoints:
+            plain_sql(db_url, f"UPDATE foundation_subscriptions SET checkpoint = {checkpoint}")
+            before = plain_sql(db_url, "SELECT * FROM foundation_subscriptions")
+            with pytest.raises(StorageError, match=r"checkpoint of .* in foundation_subscr"):
+                fdn.events.subscribe("shipping", lambda event: None)
+            assert plain_sql(db_url, "SELECT * FROM foundation_subscriptions") == before

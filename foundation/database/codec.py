@@ -8,24 +8,26 @@ and works with SQLite's date functions.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from foundation._text import is_utf8
 from foundation.database.url import Backend
-
-if TYPE_CHECKING:
-    from foundation.errors import FoundationError
+from foundation.errors import FoundationError, StorageError
 
 __all__ = [
     "Codec",
     "UnreadableJSON",
     "codec_for",
     "load_json_bytes",
+    "rows_readable",
     "scan_json",
     "unreadable_json",
+    "unreadable_row",
 ]
 
 _scan = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
@@ -76,6 +78,26 @@ def unreadable_json(
         f"{what} in {table} cannot be read ({exc}); written with plain SQL? Replace it "
         "there with JSON Python can read",
         context={**context, "table": table},
+    )
+
+
+@contextlib.contextmanager
+def rows_readable(tables: str) -> Iterator[None]:
+    """Around a service's load of its rows: a value its reader cannot convert, which only
+    a hand can have written (SQLite keeps text given to an INTEGER or DATETIME column), is
+    a ``storage_error`` naming the tables, not a raw ``ValueError``."""
+    try:
+        yield
+    except (ValueError, OverflowError) as exc:
+        raise unreadable_row(tables, exc) from None
+
+
+def unreadable_row(tables: str, exc: Exception) -> StorageError:
+    """:func:`rows_readable`'s error, for a hot path's own ``try`` (no context manager)."""
+    return StorageError(
+        f"a row of {tables} holds a value this node cannot read ({exc}); written with "
+        "plain SQL? Put back a value of the column's type there",
+        context={"tables": tables},
     )
 
 

@@ -69,7 +69,8 @@ log = logging.getLogger("foundation.feed")
 # A row the driver cannot load (a PostgreSQL time of -infinity written with plain SQL, say)
 # is no lost connection (the feed's is in autocommit: it is as fit as before): told, and
 # the feed goes on with every other change, rather than reconnect and fail on it for good.
-_UNLOADABLE = "%s: a row holds a value the driver cannot load (written with plain SQL?): %s"
+# So is one a reader cannot convert (SQLite keeps text written to an INTEGER column).
+_UNLOADABLE = "%s: a row holds a value this node cannot read (written with plain SQL?): %s"
 
 # The topics migration 0006's SQLite triggers bump (the migration spells them itself).
 TOPIC_NAMES = "registry"  # foundation_registry, by name
@@ -190,7 +191,7 @@ class ChangeFeed:
         for topic, sub in self._all():
             try:
                 sub.resync(reader)
-            except psycopg.DataError as exc:  # see _UNLOADABLE
+            except (psycopg.DataError, ValueError) as exc:  # see _UNLOADABLE
                 log.error(_UNLOADABLE, f"the {topic} cache could not be brought up to date", exc)
             except (sqlite3.Error, psycopg.Error):
                 raise  # the feed's connection failed (see _dispatch): reconnect, resync
@@ -205,7 +206,7 @@ class ChangeFeed:
             poll = getattr(sub, "poll", None)
             try:
                 poll(reader) if poll is not None else sub.resync(reader)
-            except psycopg.DataError as exc:  # see _UNLOADABLE
+            except (psycopg.DataError, ValueError) as exc:  # see _UNLOADABLE
                 log.error(_UNLOADABLE, f"the {topic} cache could not read the latest changes", exc)
             except (sqlite3.Error, psycopg.Error):
                 raise
@@ -427,7 +428,7 @@ class PostgresFeed(ChangeFeed):
         for sub in subscribers:
             try:
                 sub.on_notify(payload, reader)
-            except psycopg.DataError as exc:  # see _UNLOADABLE
+            except (psycopg.DataError, ValueError) as exc:  # see _UNLOADABLE
                 log.error(_UNLOADABLE, f"change feed subscriber failed on {payload!r}", exc)
             except psycopg.Error:
                 # The connection is gone, or no longer fit (a migration made a statement

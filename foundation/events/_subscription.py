@@ -282,6 +282,14 @@ class _SubscriptionBase:
         """The checkpoint of a name used for the first time (``row``: the name's row, if
         it has one: then its stored checkpoint decides, and ``start`` is not checked)."""
         if row is not None:
+            if type(row[0]) is not int or row[0] < 0:  # SQLite keeps any type
+                raise StorageError(
+                    f"subscription {self.name!r} has a checkpoint of {shown(row[0])} in "
+                    "foundation_subscriptions, which is no position (an integer from 0): "
+                    "written with plain SQL? Set it there to the position of the last "
+                    "event handled",
+                    context={"name": self.name, "checkpoint": shown(row[0])},
+                )
             return 0  # unused: sub_create leaves an existing row as it is
         start = self.options.start
         if start == "beginning":

@@ -37,6 +37,7 @@ from typing import Any, Literal, NamedTuple, NoReturn, TypeVar
 
 from foundation._text import shown
 from foundation.database.aio import AsyncDatabase
+from foundation.database.codec import unreadable_row
 from foundation.database.schema import KEY_COLUMN_WIDTH
 from foundation.database.sync import SyncDatabase
 from foundation.errors import (
@@ -248,13 +249,16 @@ class _LimiterBase:
     def _from_row(self, row: Any, limit: Limit) -> Decision:
         start, count, previous, tat, allowed, now_ms, now_us = row[:7]
         allowed = bool(allowed)
-        if limit.algorithm == "fixed_window":
-            return fixed_decision((int(start), int(count)), allowed, int(now_ms), limit)
-        if limit.algorithm == "sliding_window":
-            return sliding_decision(
-                (int(start), int(count), int(previous)), allowed, int(now_ms), limit
-            )
-        return gcra_decision(int(tat), allowed, int(now_us), limit)
+        try:
+            if limit.algorithm == "fixed_window":
+                return fixed_decision((int(start), int(count)), allowed, int(now_ms), limit)
+            if limit.algorithm == "sliding_window":
+                return sliding_decision(
+                    (int(start), int(count), int(previous)), allowed, int(now_ms), limit
+                )
+            return gcra_decision(int(tat), allowed, int(now_us), limit)
+        except ValueError as exc:  # SQLite keeps text written by hand in a count
+            raise unreadable_row("foundation_rate_limits", exc) from None
 
     def _degraded(self, key: str, limit: Limit, exc: FoundationError) -> Decision:
         self._telemetry.execute(
