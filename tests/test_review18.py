@@ -398,3 +398,25 @@ def test_a_checkpoint_that_is_no_position_is_named_before_anything_is_written(
             with pytest.raises(StorageError, match=r"checkpoint of .* in foundation_subscr"):
                 fdn.events.subscribe("shipping", lambda event: None)
             assert plain_sql(db_url, "SELECT * FROM foundation_subscriptions") == before
+
+
+MEMBERS = "foundation_registry_members"
+
+
+def test_a_paused_instance_leaves_nothing_of_the_next_instance_of_its_node_id(
+    db_url: str,
+) -> None:
+    old = node(db_url, node_id="C")
+    try:
+        old.service_registry.join("workers", "http://old", member_id="m")
+        stop_heartbeat(old)  # paused past its TTL
+        with node(db_url, node_id="C") as new:  # takes the node id's lease once it lapsed
+            new.service_registry.join("workers", "http://new", member_id="m")
+            old.service_registry.leave("workers", "m")  # back: leaves its own, if any
+            assert [m.address for m in new.service_registry.members("workers")] == ["http://new"]
+            rows = plain_sql(
+                db_url, "SELECT CAST(address AS TEXT) FROM foundation_registry_members"
+            )
+            assert rows == [('"http://new"',)]
+    finally:
+        old.close()

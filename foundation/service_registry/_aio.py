@@ -398,7 +398,7 @@ class AsyncServiceRegistry(_RegistryBase):
         async with self._members_lock():  # as ServiceRegistry._settle_doubts
             for group, member_id in builtins.list(self._members_in_doubt):
                 if (group, member_id) in self._members_in_doubt:
-                    params = {"group": group, "member": member_id, "node": self._node}
+                    params = self._leave_params(group, member_id)
                     await finish(self._db.fetchone(self._sql.leave, params))
                     self._left(group, member_id)
 
@@ -601,9 +601,7 @@ class AsyncServiceRegistry(_RegistryBase):
         # Whole, as _register_once; not written again by a recovery once left.
         async with self._members_lock():
             try:
-                await self._db.fetchone(
-                    self._sql.leave, {"group": group, "member": member_id, "node": self._node}
-                )
+                await self._db.fetchone(self._sql.leave, self._leave_params(group, member_id))
             except StorageUnavailableError as exc:
                 self._leave_in_doubt(exc, group, member_id)
                 raise

@@ -397,8 +397,7 @@ class ServiceRegistry(_RegistryBase):
         with self._members_lock:  # a join of one of them waits, or goes first
             for group, member_id in builtins.list(self._members_in_doubt):
                 if (group, member_id) in self._members_in_doubt:  # not joined meanwhile
-                    params = {"group": group, "member": member_id, "node": self._node}
-                    self._db.fetchone(self._sql.leave, params)
+                    self._db.fetchone(self._sql.leave, self._leave_params(group, member_id))
                     self._left(group, member_id)
 
     def _new_write_lock(self) -> threading.Lock:
@@ -592,10 +591,9 @@ class ServiceRegistry(_RegistryBase):
         group, ids = self._leave_targets(group, member_id)
         with self._counted({"group": group}):
             for mid in ids:
-                row = {"group": group, "member": mid, "node": self._node}
                 with self._members_lock:  # not written again by a recovery once left
                     try:
-                        self._db.fetchone(self._sql.leave, row)
+                        self._db.fetchone(self._sql.leave, self._leave_params(group, mid))
                     except StorageUnavailableError as exc:
                         self._leave_in_doubt(exc, group, mid)
                         raise

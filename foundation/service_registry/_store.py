@@ -412,6 +412,7 @@ class RegistrySQL:
                 registry_members.c.group_name == sa.bindparam("group"),
                 registry_members.c.member_id == sa.bindparam("member"),
                 registry_members.c.node_id == sa.bindparam("node"),
+                registry_members.c.lease_generation <= sa.bindparam("gen"),
             )
             .returning(registry_members.c.revision)
         )
