@@ -138,20 +138,34 @@ def run_online() -> None:
 
 
 @contextlib.contextmanager
+def _translated() -> Iterator[None]:
+    """A driver's error as the FoundationError it is (``storage_unavailable``...)."""
+    with translate_errors(DatabaseURL.parse(_url()).masked):
+        yield
+
+
+@contextlib.contextmanager
 def _told_as_alembic_tells() -> Iterator[None]:
     """Plain ``alembic`` (an alembic.ini): a bad URL or setting, a database it cannot
     reach or write, is one line as alembic prints its own errors (``FAILED: ...``), as
     ``foundation db upgrade`` says it, not a traceback."""
     try:
-        with translate_errors(DatabaseURL.parse(_url()).masked):
+        with _translated():
             yield
     except FoundationError as exc:
         raise CommandError(str(exc)) from None
 
 
-# Foundation's own runs (``Foundation(...)``, ``foundation db``, alembic_config()) build
-# their config in code, with no file: their callers get the FoundationError itself.
-with _told_as_alembic_tells() if config.config_file_name else contextlib.nullcontext():
+# Runs built in code (``foundation db``, ``alembic_config()``) have no file: their callers
+# get the FoundationError itself. Foundation(migrate="upgrade") hands its own connection
+# and translates what it raises.
+if config.config_file_name:
+    guard: contextlib.AbstractContextManager[None] = _told_as_alembic_tells()
+elif config.attributes.get("connection") is None:
+    guard = _translated()
+else:
+    guard = contextlib.nullcontext()
+with guard:
     if context.is_offline_mode():
         run_offline()
     else:

@@ -452,7 +452,9 @@ def test_a_node_id_that_numbers_its_lease_from_1_again_is_seen_by_the_other_node
             again.service_registry.join("grp", "http://b", member_id="m")
             wait_for(lambda: a.service_registry.find("svc") is not None)
             wait_for(lambda: len(a.service_registry.members("grp")) == 1)
-            wait_for(lambda: kinds(seen, "svc") == ["register"])
+            # Ends registered (on a loaded machine SQLite's poll may bring the renewal of
+            # generation 1 after its row: a sweep between tells it expired first).
+            wait_for(lambda: kinds(seen, "svc")[-1:] == ["register"])
 
 
 def test_a_full_sqlite_disk_is_unavailable_as_postgresqls_is(tmp_path: Path) -> None:

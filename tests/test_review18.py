@@ -51,6 +51,7 @@ from foundation import (
     StorageError,
     ValidationError,
 )
+from foundation.database import migrate as migrations
 from foundation.database.url import DatabaseURL
 from tests.helpers import async_wait_for, wait_for
 from tests.test_cli import fails
@@ -215,7 +216,7 @@ def test_a_window_that_ended_while_the_decision_waited_admits(
     with key_locked(db_url, "k", 0.9):  # longer than the window and the one before it
         decision = rl.try_acquire("k", 1, 200, algorithm)
     assert decision.allowed and decision.retry_after == 0
-    assert not rl.try_acquire("k", 1, 200, algorithm).allowed  # counted, once
+    assert decision.remaining == 0  # counted, once
 
 
 async def test_async_a_window_that_ended_while_the_decision_waited_admits(
@@ -240,7 +241,7 @@ def test_a_row_the_driver_cannot_load_does_not_take_the_feed_down(pg_url: str) -
         plain_sql(
             pg_url,
             "ALTER TABLE foundation_registry_members"
-            " DISABLE TRIGGER foundation_registry_members_times_finite",
+            " DISABLE TRIGGER foundation_registry_members_times_readable",
         )
         plain_sql(pg_url, "UPDATE foundation_registry_members SET joined_at = '-infinity'")
         plain_sql(pg_url, "UPDATE foundation_config SET value = '2' WHERE key = 'port'")
@@ -256,6 +257,9 @@ def test_a_row_the_driver_cannot_load_does_not_take_the_feed_down(pg_url: str) -
         "UPDATE foundation_registry SET registered_at = 'infinity'",
         "UPDATE foundation_registry SET expires_at = '-infinity'",
         "UPDATE foundation_registry_members SET joined_at = '-infinity'",
+        "UPDATE foundation_registry_members SET joined_at = '10000-01-01+00'",
+        "UPDATE foundation_registry SET updated_at = '0001-06-01 BC'",
+        "UPDATE foundation_leases SET started_at = '9999-12-31+00'",
         # (an UPDATE by hand is stamped now())
         "INSERT INTO foundation_config (key, value, deleted, revision, updated_at, updated_by)"
         " VALUES ('k', '1', false, 1, 'infinity', 'ops')",
@@ -268,7 +272,9 @@ def test_postgres_refuses_times_no_reader_can_load(pg_url: str, statement: str) 
         fdn.service_registry.join("workers", "http://a")
         fdn.config.set("port", 1)
         fdn.events.subscribe("projector", lambda event: None)
-        with pytest.raises(psycopg.errors.CheckViolation, match="must be finite"):
+        with pytest.raises(
+            psycopg.errors.CheckViolation, match="must be times between the years 2 and 9998"
+        ):
             plain_sql(pg_url, statement)
         assert fdn.service_registry.lookup("svc").address == "http://a"
 
@@ -420,3 +426,71 @@ def test_a_paused_instance_leaves_nothing_of_the_next_instance_of_its_node_id(
             assert rows == [('"http://new"',)]
     finally:
         old.close()
+
+
+def test_a_config_row_below_revision_one_is_read_once_upgraded(empty_db_url: str) -> None:
+    migrations.upgrade(empty_db_url, "0022")
+    plain_sql(
+        empty_db_url,
+        "INSERT INTO foundation_config (key, value, deleted, revision, updated_at, updated_by)"
+        " VALUES ('port', '8080', false, -3, CURRENT_TIMESTAMP, 'ops')",
+    )
+    migrations.upgrade(empty_db_url)
+    with Foundation(empty_db_url, migrate="check") as fdn:
+        assert fdn.config.get("port") == 8080
+        fdn.config.set("port", 9090)
+        assert fdn.config.history("port")[0].revision == 2  # newest first
+
+
+def test_a_cache_whose_resync_failed_on_a_row_catches_up_once_it_is_put_right(
+    pg_url: str,
+) -> None:
+    with (
+        Foundation(pg_url, migrate="check", node_id="a") as a,
+        Foundation(pg_url, migrate="check", node_id="b") as b,
+    ):
+        a.feed.RESYNC_RETRY_S = 0.2  # type: ignore[misc]
+        b.service_registry.register("x", "http://x")
+        b.service_registry.register("y", "http://y")
+        wait_for(lambda: a.service_registry.find("y") is not None)
+        plain_sql(
+            pg_url,
+            "ALTER TABLE foundation_registry DISABLE TRIGGER foundation_registry_times_readable",
+        )  # as a database before 0023
+        plain_sql(
+            pg_url, "UPDATE foundation_registry SET registered_at = 'infinity' WHERE name = 'y'"
+        )
+        # A's feed reconnects and resyncs, and meets the row (its NOTIFY of the update too)
+        plain_sql(
+            pg_url,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = 'foundation-listen:a'",
+        )
+        b.service_registry.unregister("x")
+        wait_for(lambda: a.feed.resyncs >= 2 and a.feed.connected)
+        plain_sql(pg_url, "UPDATE foundation_registry SET registered_at = now() WHERE name = 'y'")
+        wait_for(lambda: a.service_registry.find("x") is None)
+        assert a.service_registry.lookup("y").address == "http://y"
+
+
+def test_sqlite_rows_read_back_or_listed_name_what_they_cannot_convert(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    with Foundation(url) as fdn:
+        fdn.service_registry.join("g", "http://m", member_id="m1")
+        plain_sql(url, "UPDATE foundation_registry_members SET joined_at = 'yesterday'")
+        with pytest.raises(StorageError, match=r"foundation_registry_members \(group 'g'"):
+            fdn.service_registry.join("g", "http://m2", member_id="m1")
+        fdn.rate_limiter.try_acquire("api", 5, 60_000)
+        plain_sql(url, "UPDATE foundation_rate_limits SET window_start_ms = 'x'")
+        fails(url, "storage_error", "limits")  # one line, no traceback
+
+
+def test_a_run_built_in_code_raises_the_foundation_error(tmp_path: Path) -> None:
+    from alembic import command
+
+    from foundation import StorageUnavailableError
+
+    with pytest.raises(StorageUnavailableError):
+        command.upgrade(
+            migrations.alembic_config("postgresql+psycopg://postgres@127.0.0.1:1/x"), "head"
+        )

@@ -129,6 +129,8 @@ class FeedSubscriber(Protocol):
 class ChangeFeed:
     """Base: the subscriber table, the thread, start and stop."""
 
+    RESYNC_RETRY_S = 5.0  # a cache that failed to read its rows tries again after this
+
     def hold_for_fork(self) -> list[Any]:
         """The locks to hold across ``os.fork()`` (see :mod:`foundation._fork`)."""
         return []
@@ -146,6 +148,10 @@ class ChangeFeed:
         self._stop = threading.Event()
         self._connected = threading.Event()
         self._resync_requested = threading.Event()
+        # A cache that could not read its rows (see _UNLOADABLE) is brought up to date
+        # again from this time on (monotonic; 0: none due): a row put right with plain SQL
+        # reaches it then, and the changes it missed with it.
+        self._resync_retry_at = 0.0
         self._thread = threading.Thread(
             target=self._run, name=f"foundation-feed-{settings.node_id}", daemon=True
         )
@@ -172,7 +178,7 @@ class ChangeFeed:
         if self._resync_requested.is_set():
             self._resync_requested.clear()
             return True
-        return False
+        return 0.0 < self._resync_retry_at <= time.monotonic()
 
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
@@ -188,17 +194,29 @@ class ChangeFeed:
 
     def _resync_all(self, reader: Cursor) -> None:
         self.resyncs += 1
+        self._resync_retry_at = 0.0
         for topic, sub in self._all():
             try:
                 sub.resync(reader)
             except (psycopg.DataError, ValueError) as exc:  # see _UNLOADABLE
-                log.error(_UNLOADABLE, f"the {topic} cache could not be brought up to date", exc)
+                log.error(
+                    _UNLOADABLE,
+                    f"the {topic} cache could not be brought up to date",
+                    exc,
+                    exc_info=isinstance(exc, ValueError),
+                )
+                self._retry_resync()
             except (sqlite3.Error, psycopg.Error):
                 raise  # the feed's connection failed (see _dispatch): reconnect, resync
             except FoundationError as exc:  # a row no reader can load, say: it says which
                 log.error("the %s cache could not be brought up to date: %s", topic, exc)
+                self._retry_resync()
             except Exception:
                 log.exception("the %s cache could not be brought up to date", topic)
+                self._retry_resync()
+
+    def _retry_resync(self) -> None:
+        self._resync_retry_at = time.monotonic() + self.RESYNC_RETRY_S
 
     def _poll_all(self, reader: Cursor) -> None:
         """Something was committed: subscribers with a cheap incremental ``poll`` use it."""
@@ -208,12 +226,15 @@ class ChangeFeed:
                 poll(reader) if poll is not None else sub.resync(reader)
             except (psycopg.DataError, ValueError) as exc:  # see _UNLOADABLE
                 log.error(_UNLOADABLE, f"the {topic} cache could not read the latest changes", exc)
+                self._retry_resync()
             except (sqlite3.Error, psycopg.Error):
                 raise
             except FoundationError as exc:  # a row no reader can load, say: it says which
                 log.error("the %s cache could not read the latest changes: %s", topic, exc)
+                self._retry_resync()
             except Exception:
                 log.exception("the %s cache could not read the latest changes", topic)
+                self._retry_resync()
         self.polls += 1
 
     def notify_later(self, key: str, due: float, payload: dict[str, Any]) -> None:

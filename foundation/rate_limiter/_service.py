@@ -468,12 +468,15 @@ def _usages(rows: list[Any]) -> list[LimitUsage]:
     """The stored rows as of the database's now (the last column)."""
     out = []
     for key, algorithm, start, count, previous, tat, expires, now in rows:
-        state = usage_now(
-            algorithm, int(start), int(count), int(previous), int(tat), int(expires), int(now)
-        )
-        if state is not None:
-            at = datetime.fromtimestamp(int(expires) / 1000, UTC)
-            out.append(LimitUsage(key, algorithm, *state, int(tat), at))
+        try:
+            state = usage_now(
+                algorithm, int(start), int(count), int(previous), int(tat), int(expires), int(now)
+            )
+            if state is not None:
+                at = datetime.fromtimestamp(int(expires) / 1000, UTC)
+                out.append(LimitUsage(key, algorithm, *state, int(tat), at))
+        except (ValueError, OverflowError) as exc:  # SQLite keeps text written by hand
+            raise unreadable_row(f"foundation_rate_limits (key {key!r})", exc) from None
     return out
 
 

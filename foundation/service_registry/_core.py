@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from foundation._text import shown
+from foundation.database.codec import unreadable_row
 from foundation.errors import (
     AlreadyRegisteredError,
     ConfigError,
@@ -282,10 +283,20 @@ class _RegistryCore(RegistryFeedSide):
     # -- rows, refusals, telemetry ------------------------------------------------------
 
     def _entry(self, row: tuple[Any, ...]) -> ServiceEntry:
-        return self._state.make_entry(row, self._sql.codec.load_json, self._sql.codec.load_ts)
+        codec = self._sql.codec
+        try:
+            return self._state.make_entry(row, codec.load_json, codec.load_ts)
+        except (ValueError, OverflowError) as exc:  # SQLite keeps text written by hand
+            raise unreadable_row(f"foundation_registry (name {row[0]!r})", exc) from None
 
     def _member(self, row: tuple[Any, ...]) -> GroupMember:
-        return self._state.make_member(row, self._sql.codec.load_json, self._sql.codec.load_ts)
+        codec = self._sql.codec
+        try:
+            return self._state.make_member(row, codec.load_json, codec.load_ts)
+        except (ValueError, OverflowError) as exc:
+            raise unreadable_row(
+                f"foundation_registry_members (group {row[0]!r}, member {row[1]!r})", exc
+            ) from None
 
     def _conflict(self, name: str, owner: tuple[Any, ...] | None) -> AlreadyRegisteredError:
         """``already_registered`` for ``name``, whose row (``owner``) a write met held."""
