@@ -438,6 +438,9 @@ def test_a_config_row_below_revision_one_is_read_once_upgraded(empty_db_url: str
     migrations.upgrade(empty_db_url)
     with Foundation(empty_db_url, migrate="check") as fdn:
         assert fdn.config.get("port") == 8080
+        repaired = fdn.config.history("port")[0]  # newest first: by the upgrade, now
+        assert repaired.revision == 1 and repaired.changed_by.startswith("sql")
+        assert repaired.changed_at.year >= 2026
         fdn.config.set("port", 9090)
         assert fdn.config.history("port")[0].revision == 2  # newest first
 

@@ -130,6 +130,7 @@ class ChangeFeed:
     """Base: the subscriber table, the thread, start and stop."""
 
     RESYNC_RETRY_S = 5.0  # a cache that failed to read its rows tries again after this
+    RESYNC_RETRY_MAX_S = 60.0
 
     def hold_for_fork(self) -> list[Any]:
         """The locks to hold across ``os.fork()`` (see :mod:`foundation._fork`)."""
@@ -152,6 +153,7 @@ class ChangeFeed:
         # again from this time on (monotonic; 0: none due): a row put right with plain SQL
         # reaches it then, and the changes it missed with it.
         self._resync_retry_at = 0.0
+        self._resync_retry_s = 0.0  # the next retry's delay (0: RESYNC_RETRY_S)
         self._thread = threading.Thread(
             target=self._run, name=f"foundation-feed-{settings.node_id}", daemon=True
         )
@@ -195,6 +197,7 @@ class ChangeFeed:
     def _resync_all(self, reader: Cursor) -> None:
         self.resyncs += 1
         self._resync_retry_at = 0.0
+        failed = False
         for topic, sub in self._all():
             try:
                 sub.resync(reader)
@@ -205,18 +208,27 @@ class ChangeFeed:
                     exc,
                     exc_info=isinstance(exc, ValueError),
                 )
-                self._retry_resync()
+                failed = True
             except (sqlite3.Error, psycopg.Error):
                 raise  # the feed's connection failed (see _dispatch): reconnect, resync
             except FoundationError as exc:  # a row no reader can load, say: it says which
                 log.error("the %s cache could not be brought up to date: %s", topic, exc)
-                self._retry_resync()
+                failed = True
             except Exception:
                 log.exception("the %s cache could not be brought up to date", topic)
-                self._retry_resync()
+                failed = True
+        if failed:
+            self._retry_resync()
+        else:
+            self._resync_retry_s = 0.0
 
     def _retry_resync(self) -> None:
-        self._resync_retry_at = time.monotonic() + self.RESYNC_RETRY_S
+        """A full resync again later, each time twice as late (a row that stays bad costs
+        a failing resync and a log line a minute at most)."""
+        if not self._resync_retry_at:
+            delay = self._resync_retry_s or self.RESYNC_RETRY_S
+            self._resync_retry_at = time.monotonic() + delay
+            self._resync_retry_s = min(delay * 2, self.RESYNC_RETRY_MAX_S)
 
     def _poll_all(self, reader: Cursor) -> None:
         """Something was committed: subscribers with a cheap incremental ``poll`` use it."""

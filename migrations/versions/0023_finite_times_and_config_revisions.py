@@ -18,7 +18,7 @@ and its history, and read by no node: every node holds revision 0 for a key it h
 seen, and reads only a later one. Refused now, on both databases (on SQLite also a
 revision that is not an integer: its tables take any type); such a row already there is
 given revision 1 first, so that nodes read it (the value its writer meant; its history
-and the log record the change, by the role that upgrades).
+and the log record the change, by the role that upgrades, at the upgrade's time).
 """
 
 from collections.abc import Sequence
@@ -34,7 +34,12 @@ depends_on: str | Sequence[str] | None = None
 # heartbeat's renewal pays a few comparisons); the function only says what was refused,
 # the trigger's arguments naming the columns checked. A NULL time (no expiry) passes.
 PG_UPGRADE = [
-    "UPDATE foundation_config SET revision = 1 WHERE revision < 1",
+    # Stamped as a plain-SQL change is (0010): by the role that upgrades, now.
+    """
+    UPDATE foundation_config
+    SET revision = 1, updated_by = 'sql:' || current_user, updated_at = now()
+    WHERE revision < 1
+    """,
     """
     CREATE FUNCTION foundation_times_readable() RETURNS trigger
     LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -112,7 +117,14 @@ PG_DOWNGRADE = [
     "DROP FUNCTION foundation_times_readable()",
 ]
 SQLITE_UPGRADE = [
-    "UPDATE foundation_config SET revision = 1 WHERE typeof(revision) != 'integer' OR revision < 1",
+    # Stamped as a plain-SQL change is (0010, 0013); ``value = value`` so that the
+    # history's trigger (on value) records it, and nodes' polls read it.
+    """
+    UPDATE foundation_config
+    SET revision = 1, value = value, updated_by = 'sql',
+        updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now') || '000'
+    WHERE typeof(revision) != 'integer' OR revision < 1
+    """,
     """
     CREATE TRIGGER foundation_config_revision_insert BEFORE INSERT ON foundation_config
     WHEN typeof(NEW.revision) != 'integer' OR NEW.revision < 1
