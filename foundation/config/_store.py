@@ -30,20 +30,21 @@ def changed_at(backend: Backend) -> sa.ColumnElement[Any]:
 def _next_revision() -> sa.ColumnElement[Any]:
     """A new row's revision: one past the key's last recorded change. A row deleted with
     plain SQL and set again must not start again at 1: every node keeps a key's newest
-    revision and ignores rows at or below it (a probe of the history's (key, id) index)."""
+    revision and ignores rows at or below it (one probe of the history's (key, id) index)."""
+    # A change recorded below revision 1 (a row inserted by hand before migration 0023)
+    # counts as none: revisions start at 1, which 0023 holds the table to.
+    revision = config_history.c.revision
     last = (
-        sa.select(config_history.c.revision)
+        sa.select(
+            sa.case((revision > sa.literal_column("0"), revision), else_=sa.literal_column("0"))
+        )
         .where(config_history.c.key == sa.bindparam("key"))
         .order_by(config_history.c.id.desc())
         .limit(sa.literal_column("1"))
         .offset(sa.literal_column("0"))  # SQLite's LIMIT comes with an OFFSET
         .scalar_subquery()
     )
-    # A change recorded below revision 1 (a row inserted by hand before migration 0023)
-    # counts as none: revisions start at 1, which 0023 holds the table to.
-    return sa.case(
-        (last > sa.literal_column("0"), last), else_=sa.literal_column("0")
-    ) + sa.literal_column("1")
+    return sa.func.coalesce(last, sa.literal_column("0")) + sa.literal_column("1")
 
 
 def _upsert(backend: Backend) -> sa.Insert:
