@@ -385,7 +385,7 @@ def test_a_node_that_lost_its_lease_recovers_free_names_and_reports_lost_ones(
     assert a.service_registry.find("taken") is None
     b.service_registry.register("taken", "b")
     assert a.service_registry.heartbeat() is False  # learns of the loss, recovers
-    assert a.service_registry.lease_generation == (generation or 0) + 1
+    assert (a.service_registry.lease_generation or 0) > (generation or 0)
     assert lost_events and lost_events[-1]["lost"] == ["taken"]
     assert lost_events[-1]["kept"] == ["kept"]
     drain(a.service_registry)

@@ -269,7 +269,8 @@ def test_a_restart_after_a_crash_or_a_close_takes_the_node_id_back(db_url: str) 
         stop_heartbeat(crashed)  # killed: no more renewals, nothing released
         # The new process waits for the old lease to lapse (at most the TTL), then takes it.
         with node(db_url, node_id="web") as restarted:
-            assert restarted.service_registry.lease_generation == 2
+            gone = crashed.service_registry.lease_generation
+            assert (restarted.service_registry.lease_generation or 0) > (gone or 0)
             assert restarted.service_registry.register("svc", "http://new").epoch == 2
     finally:
         crashed.close()

@@ -182,7 +182,7 @@ def test_sqlite_a_renewal_that_waited_past_its_expiry_does_not_renew(tmp_path: P
         # The lapsed lease stayed dead (its names may be another node's by now): the
         # node took a new one.
         assert renewed == [False]
-        wait_for(lambda: reg.lease_generation == before + 1)
+        wait_for(lambda: (reg.lease_generation or 0) > (before or 0))
 
 
 async def test_sqlite_a_renewal_that_waited_past_its_expiry_does_not_renew_async(
@@ -201,4 +201,4 @@ async def test_sqlite_a_renewal_that_waited_past_its_expiry_does_not_renew_async
         blocker.execute("COMMIT")
         assert await renewal is False
         blocker.close()
-        await async_wait_for(lambda: reg.lease_generation == before + 1)
+        await async_wait_for(lambda: (reg.lease_generation or 0) > (before or 0))

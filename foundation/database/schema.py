@@ -108,8 +108,9 @@ leases = sa.Table(
     "foundation_leases",
     metadata,
     sa.Column("node_id", sa.String(255), primary_key=True),
-    # Increases each time the node takes a new lease after losing one: entries name the
-    # generation they hang off, so a lapsed lease never revives them.
+    # New each time an instance of the node id takes the lease, and never given twice (see
+    # the registry's _first_generation): entries name the generation they hang off, so a
+    # lapsed lease never revives them.
     sa.Column("generation", sa.BigInteger(), nullable=False),
     sa.Column("ttl_ms", sa.BigInteger(), nullable=False),
     sa.Column("expires_at", Timestamp, nullable=False),

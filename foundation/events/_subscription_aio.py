@@ -48,6 +48,7 @@ class AsyncSubscription(_SubscriptionBase):
         self._wake = asyncio.Event()
         self._stop_asked = asyncio.Event()  # cuts a retry's backoff short (as sync's _stop)
         self._task: asyncio.Task[None] | None = None
+        self._in_handler = False  # see _called_by_handler
         self._keeper: asyncio.Task[None] | None = None
         self._handler: Handler | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -161,6 +162,7 @@ class AsyncSubscription(_SubscriptionBase):
                 return False  # another consumer may hold the name: not ours to deliver
             failure: BaseException
             try:
+                self._in_handler = True
                 with _correlated(record):
                     result = self._handler(record)
                     if inspect.isawaitable(result):
@@ -187,6 +189,8 @@ class AsyncSubscription(_SubscriptionBase):
                 )
                 self._stopping = True
                 raise
+            finally:
+                self._in_handler = False
             if attempt > self.options.max_retries:
                 await self._record_failure(self._failed(record, failure))
                 return False
@@ -243,7 +247,7 @@ class AsyncSubscription(_SubscriptionBase):
         self._wake.set()
         self._stop_asked.set()
         self._events.remove_waker(self._waker)
-        if self._task is asyncio.current_task() or _FOLLOWING.get() is self:
+        if self._called_by_handler():
             # Called by the handler (or a task of its own: AsyncFoundation.close() runs in
             # one): its event is checkpointed, then _run releases. Waiting here would wait
             # for ourselves.
@@ -252,6 +256,14 @@ class AsyncSubscription(_SubscriptionBase):
         # after): the name is given up only once the handler has ended, and it is given
         # up, so that a second consumer never runs beside this one nor waits for a lease.
         await finish(self._stopped(timeout))
+
+    def _called_by_handler(self) -> bool:
+        """Whether the current task is the subscription's own, or one its handler started
+        (a task inherits the context) while the handler runs: the handler may await it.
+        Such a task calling once the handler has returned waits like any caller."""
+        if self._task is asyncio.current_task():
+            return True
+        return _FOLLOWING.get() is self and self._in_handler
 
     async def _stopped(self, timeout: float | None) -> None:
         task = self._task
@@ -282,7 +294,7 @@ class AsyncSubscription(_SubscriptionBase):
     async def _stop_for_close(self) -> None:
         """``stop()`` for the instance's close (``AsyncEvents.close``): as
         :meth:`Subscription._stop_for_close`, and the lease keeper has ended when it returns."""
-        if not (self._task is asyncio.current_task() or _FOLLOWING.get() is self):
+        if not self._called_by_handler():
             await self.stop()
             return
         self._stopping = True

@@ -3,8 +3,9 @@ node's lease, and recovers what the node held after a loss.
 
 The lease protocol, per instance:
 
-1. ``load`` takes the lease (``generation`` + 1 if the node id had one before), but only
-   a lease nobody holds: none, released, or lapsed. The lease row names its holder by
+1. ``load`` takes the lease under a new generation (never given before to any instance
+   of the node id: ``_first_generation``), but only a lease nobody holds: none, released,
+   or lapsed. The lease row names its holder by
    (node id, generation) alone, so a live lease of the node id may be a predecessor that
    crashed a moment ago or another live instance given the same node id. ``load`` waits
    and watches the row: a renewal proves a live holder, and the instance is refused with

@@ -85,8 +85,14 @@ def _member_revision(backend: Backend) -> Any:
     sequence, whatever the statement gives."""
     if backend != "sqlite":
         return sa.literal_column("1")
-    topic = topic_revisions.c.topic == sa.literal_column("'registry.members'")  # TOPIC_MEMBERS
-    latest = sa.select(sa.func.max(topic_revisions.c.revision)).where(topic)
+    return _next_topic_revision(sa.literal_column("'registry.members'"))  # TOPIC_MEMBERS
+
+
+def _next_topic_revision(topic: Any) -> Any:
+    """SQLite: the revision the write's own trigger (0006) is about to record for
+    ``topic`` (a constant): one past the latest, which the trigger's prune always keeps."""
+    named = topic_revisions.c.topic == topic
+    latest = sa.select(sa.func.max(topic_revisions.c.revision)).where(named)
     one: Any = sa.literal_column("1")
     return sa.func.coalesce(latest.scalar_subquery(), sa.literal_column("0")) + one
 
@@ -111,11 +117,17 @@ def _lease_live(backend: Backend, now: Any, table: sa.Table) -> Any:
 
 
 def _first_generation(backend: Backend) -> Any:
-    """A node id's lease generation when it has no lease row (``close()`` deletes it): one
-    past any its rows still carry. A name whose own TTL ran out (or a member) under an
-    earlier instance of the node id stays in the table under that generation; restarting
-    at 1 would make a later instance its owner again (other nodes would report it expired
-    when that instance ends, long after its end)."""
+    """A new lease's generation: one no instance of the node id ever held.
+
+    The lease row goes on ``close()``, and a paused instance may come back long after: a
+    generation reused (numbering restarted at 1, or at one past the rows left) would make
+    that instance the owner of a later one's lease, names and members. So it comes from a
+    counter that only grows for the whole database: PostgreSQL's transaction id
+    (``txid_current()``, 64 bits, never reused in a cluster's life), SQLite's next
+    revision of the leases topic (0006: every lease change records one). It is also one
+    past any generation the node id's rows still carry (a database restored elsewhere
+    counts transaction ids from lower), so the rows' owners never come back either.
+    """
     highest = [
         sa.select(sa.func.max(table.c.lease_generation))
         .where(table.c.node_id == sa.bindparam("node"))
@@ -123,8 +135,12 @@ def _first_generation(backend: Backend) -> Any:
         for table in (registry, registry_members)
     ]
     zero: Any = sa.literal_column("0")
-    greatest = sa.func.greatest if backend == "postgresql" else sa.func.max
-    return greatest(*(sa.func.coalesce(h, zero) for h in highest)) + sa.literal_column("1")
+    one: Any = sa.literal_column("1")
+    past_rows = [sa.func.coalesce(h, zero) + one for h in highest]
+    if backend == "postgresql":
+        return sa.func.greatest(sa.func.txid_current(), *past_rows)
+    leases_topic: Any = sa.literal_column("'registry.leases'")  # TOPIC_LEASES
+    return sa.func.max(_next_topic_revision(leases_topic), *past_rows)
 
 
 def _dead_owner(backend: Backend, now: Any) -> Any:
@@ -198,6 +214,7 @@ class RegistrySQL:
     def build(cls, backend: Backend, codec: Codec) -> RegistrySQL:
         now, expires, entry_expires = _clock(backend)
         insert = _insert(backend)
+        greatest = sa.func.greatest if backend == "postgresql" else sa.func.max
 
         take = insert(leases).values(
             node_id=sa.bindparam("node"),
@@ -215,7 +232,10 @@ class RegistrySQL:
         take = take.on_conflict_do_update(
             index_elements=[leases.c.node_id],
             set_={
-                "generation": leases.c.generation + sa.literal_column("1"),
+                # A new generation, and one past the row's (restored from elsewhere).
+                "generation": greatest(
+                    take.excluded.generation, leases.c.generation + sa.literal_column("1")
+                ),
                 "ttl_ms": take.excluded.ttl_ms,
                 "expires_at": take.excluded.expires_at,
                 "renewed_at": take.excluded.renewed_at,

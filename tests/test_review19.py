@@ -1,0 +1,114 @@
+"""Review 19: a node id's lease generations never restart.
+
+* A holder paused past its TTL, while a later instance of its node id started and closed
+  cleanly (deleting its lease row) and another started again: the third took generation 1
+  again, the paused holder's own. Back, the paused holder took the third's live lease as
+  its own (the generation matched), and its ``leave`` deleted the third's member.
+* ``AsyncSubscription.stop()`` called by a task its handler had started, once the handler
+  had returned, returned at once: the subscription still running, its name held.
+
+Each test failed on the commit before its fix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from foundation import AsyncFoundation, ConfigError
+from tests.helpers import async_wait_for
+from tests.test_core_review import plain_sql
+from tests.test_registry import node, stop_heartbeat
+from tests.test_registry_async import freeze
+from tests.test_registry_review3 import anode
+
+LEASES = "SELECT node_id, generation FROM foundation_leases ORDER BY node_id"
+MEMBERS = "SELECT member_id, CAST(address AS TEXT) FROM foundation_registry_members"
+
+
+def test_a_paused_instance_never_shares_its_generation_with_a_later_one(db_url: str) -> None:
+    old = node(db_url, node_id="C")
+    try:
+        old.service_registry.join("workers", "http://old", member_id="m")
+        stop_heartbeat(old)  # paused past its TTL
+        with node(db_url, node_id="C"):  # the next instance: takes the lapsed lease, closes
+            pass
+        with node(db_url, node_id="C") as new:  # its lease row was deleted: a new one
+            new.service_registry.join("workers", "http://new", member_id="m")
+            (lease,) = plain_sql(db_url, LEASES)
+            old.service_registry.leave("workers", "m")  # back: leaves its own, if any
+            with pytest.raises(ConfigError):
+                old.service_registry.heartbeat()  # the node id is the new instance's
+            assert new.service_registry.heartbeat() is True
+            assert plain_sql(db_url, LEASES) == [lease]
+            assert plain_sql(db_url, MEMBERS) == [("m", '"http://new"')]
+            assert [m.address for m in new.service_registry.members("workers")] == ["http://new"]
+    finally:
+        old.close()
+
+
+async def test_async_a_paused_instance_never_shares_its_generation_with_a_later_one(
+    db_url: str,
+) -> None:
+    old = anode(db_url, node_id="C")
+    await old.open()
+    try:
+        await old.service_registry.join("workers", "http://old", member_id="m")
+        await freeze(old)
+        async with anode(db_url, node_id="C"):
+            pass
+        async with anode(db_url, node_id="C") as new:
+            await new.service_registry.join("workers", "http://new", member_id="m")
+            (lease,) = plain_sql(db_url, LEASES)
+            await old.service_registry.leave("workers", "m")
+            with pytest.raises(ConfigError):
+                await old.service_registry.heartbeat()
+            assert await new.service_registry.heartbeat() is True
+            assert plain_sql(db_url, LEASES) == [lease]
+            assert plain_sql(db_url, MEMBERS) == [("m", '"http://new"')]
+    finally:
+        await old.close()
+
+
+def test_generations_of_a_node_id_only_grow(db_url: str) -> None:
+    seen = []
+    for _ in range(3):
+        with node(db_url, node_id="C") as fdn:
+            (lease,) = plain_sql(db_url, LEASES)
+            assert fdn.service_registry.heartbeat() is True
+            seen.append(lease[1])
+    assert seen == sorted(set(seen))
+
+
+# -- events: stop() from a task a handler started ------------------------------------------
+
+
+async def test_a_task_the_handler_started_waits_for_the_stop_once_the_handler_returned(
+    afdn: AsyncFoundation, db_url: str
+) -> None:
+    """A worker task the handler started (it inherits the handler's context) called
+    ``stop()`` while no handler ran: it returned at once, the subscription still running
+    and its name held."""
+    await afdn.events.store({"type": "t", "data": {}})
+    asked = asyncio.Event()
+    tasks: list[asyncio.Task[None]] = []
+    holder: dict[str, Any] = {}
+
+    async def worker() -> None:
+        await asked.wait()
+        await holder["sub"].stop()
+
+    def handler(event: Any) -> None:
+        if not tasks:
+            tasks.append(asyncio.create_task(worker()))
+
+    holder["sub"] = await afdn.events.subscribe("proj", handler, poll_interval_ms=5000)
+    await async_wait_for(lambda: holder["sub"].status.checkpoint == 1)
+    asked.set()
+    await tasks[0]
+    assert holder["sub"].status.state == "stopped"
+    async with AsyncFoundation(db_url, migrate="skip") as other:  # the name is free at once
+        again = await other.events.subscribe("proj", lambda event: None)
+        await again.stop()
