@@ -17,6 +17,7 @@ The events, registry, breakers and limits commands live in :mod:`.cli_events` an
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from collections.abc import Iterator
@@ -155,8 +156,23 @@ def _parse_value(raw: str, force_string: bool) -> Any:
 @click.pass_context
 def main(ctx: click.Context, database_url: str | None) -> None:
     """Foundation from a shell: migrations, config, events, registry, breakers, limits."""
+    _log_to_terminal()
     settings = _settings(database_url)
     ctx.obj = Target(settings, DatabaseURL.parse(settings.database_url))
+
+
+def _log_to_terminal() -> None:
+    """Warnings as one line each, said to be warnings (Python's last resort prints them
+    bare). The connection pool's own (a broken connection discarded, during an outage)
+    are not shown: Foundation's say what happened and what it does about it. A host
+    that configured logging keeps its own."""
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    root.addHandler(handler)
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
 
 
 # -- db -------------------------------------------------------------------------------

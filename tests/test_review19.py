@@ -6,6 +6,7 @@
   its own (the generation matched), and its ``leave`` deleted the third's member.
 * ``AsyncSubscription.stop()`` called by a task its handler had started, once the handler
   had returned, returned at once: the subscription still running, its name held.
+* The CLI printed the connection pool's warnings during an outage, bare, among its own.
 
 Each test failed on the commit before its fix.
 """
@@ -13,6 +14,9 @@ Each test failed on the commit before its fix.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -112,3 +116,28 @@ async def test_a_task_the_handler_started_waits_for_the_stop_once_the_handler_re
     async with AsyncFoundation(db_url, migrate="skip") as other:  # the name is free at once
         again = await other.events.subscribe("proj", lambda event: None)
         await again.stop()
+
+
+# -- the CLI's log lines ------------------------------------------------------------------
+
+_CLI_THEN_LOG = """
+import logging, sys
+from foundation.cli import main
+try:
+    main(["-d", sys.argv[1], "db", "current"])
+except SystemExit:
+    pass
+logging.getLogger("psycopg.pool").warning("discarding broken connection: <BAD>")
+logging.getLogger("foundation.feed").warning("change feed lost its connection")
+"""
+
+
+def test_the_cli_says_warnings_are_warnings_and_leaves_the_pools_out(tmp_path: Path) -> None:
+    """During an outage, the CLI printed the pool's "discarding broken connection: <psycopg
+    .Connection [BAD] at 0x…>" lines, bare, among Foundation's own."""
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    done = subprocess.run(
+        [sys.executable, "-c", _CLI_THEN_LOG, url], capture_output=True, text=True, check=True
+    )
+    assert "discarding" not in done.stderr
+    assert done.stderr.splitlines() == ["WARNING: change feed lost its connection"]
