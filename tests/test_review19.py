@@ -7,6 +7,9 @@
 * ``AsyncSubscription.stop()`` called by a task its handler had started, once the handler
   had returned, returned at once: the subscription still running, its name held.
 * The CLI printed the connection pool's warnings during an outage, bare, among its own.
+* A metric's value finite as measured but infinite in the metric's unit was recorded
+  (+Inf for good in a counter); a ``Decimal`` was refused as "non-numeric".
+* An event id ``URN:UUID:…`` in capitals was refused (the lower-case prefix was taken).
 
 Each test failed on the commit before its fix.
 """
@@ -16,12 +19,15 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from foundation import AsyncFoundation, ConfigError
+from foundation import AsyncFoundation, ConfigError, Foundation
+from foundation.telemetry import Telemetry, metrics
+from foundation.telemetry.reporters import PrometheusReporter
 from tests.helpers import async_wait_for
 from tests.test_core_review import plain_sql
 from tests.test_registry import node, stop_heartbeat
@@ -141,3 +147,44 @@ def test_the_cli_says_warnings_are_warnings_and_leaves_the_pools_out(tmp_path: P
     )
     assert "discarding" not in done.stderr
     assert done.stderr.splitlines() == ["WARNING: change feed lost its connection"]
+
+
+# -- telemetry: values in the metric's unit, and Decimals ---------------------------------
+
+
+def test_a_value_infinite_once_converted_is_skipped_and_a_decimal_is_a_number() -> None:
+    """1e300 seconds is finite, not in nanoseconds: it was recorded as +Inf (a counter and
+    a histogram's sum stayed infinite, every rate() on them NaN); a Decimal (psycopg's
+    NUMERIC) was refused as non-numeric."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    tel = Telemetry()
+    registry = CollectorRegistry()
+    reporter = PrometheusReporter(
+        tel,
+        [
+            metrics.distribution("job.run.duration", unit=("second", "nanosecond"), buckets=[1e9]),
+            metrics.sum("job.run.size", unit=("gibibyte", "byte")),
+        ],
+        registry=registry,
+    )
+    tel.execute("job.run", {"duration": 1e300, "size": 1e300})
+    tel.execute("job.run", {"duration": Decimal("2"), "size": Decimal("1")})
+    tel.execute("job.run", {"duration": Decimal("NaN"), "size": Decimal("Infinity")})
+    stats = reporter.stats()
+    assert stats["job.run.duration"].invalid == 2 and stats["job.run.size"].invalid == 2
+    text = generate_latest(registry).decode()
+    assert "Inf" not in text.replace('le="+Inf"', "")
+    assert "job_run_duration_nanoseconds_sum 2e+09" in text
+    assert "job_run_size_bytes_total 1.073741824e+09" in text
+
+
+# -- events: an id's URN prefix in capitals -------------------------------------------------
+
+
+def test_an_event_id_in_urn_form_is_taken_in_any_case(fdn: Foundation) -> None:
+    """The hex digits were taken in any case, the ``urn:uuid:`` prefix only in lower case."""
+    text = "0192f0c4-7a10-7b3e-9c1d-2f4b6a8c0e12"
+    first = fdn.events.store({"type": "t", "data": {}, "id": "URN:UUID:" + text.upper()})
+    again = fdn.events.store({"type": "t", "data": {}, "id": "urn:uuid:" + text})
+    assert str(first.id) == text and again.position == first.position

@@ -284,7 +284,9 @@ def _event_id(value: Any) -> tuple[uuid.UUID, bool]:
         return value, True
     if isinstance(value, str):
         try:
-            return uuid.UUID(value), True
+            # Lower case: uuid.UUID strips only a lower-case "urn:uuid:" (RFC 4122's is
+            # case-insensitive, as the hex digits are).
+            return uuid.UUID(value.lower()), True
         except ValueError:
             pass
     raise EventError(

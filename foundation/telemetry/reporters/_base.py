@@ -20,6 +20,7 @@ only counted; :meth:`Reporter.stats` returns the counts. An exception from the *
 
 from __future__ import annotations
 
+import decimal
 import logging
 import math
 import numbers
@@ -166,7 +167,8 @@ class _Series:
         kind = type(value)
         if kind is not int and kind is not float:
             # numpy's float64, a Fraction, an int subclass: a plain float from here on.
-            if kind is bool or not isinstance(value, numbers.Real):
+            # (A Decimal is a number too, not a Real: what psycopg gives for a NUMERIC.)
+            if kind is bool or not isinstance(value, numbers.Real | decimal.Decimal):
                 self._skip("invalid", f"non-numeric measurement {shown(value, 40)}")
                 return
             try:
@@ -184,6 +186,9 @@ class _Series:
             return
         if self.scale != 1.0:
             value = value * self.scale
+            if not math.isfinite(value):  # finite as given, not in the metric's unit
+                self._skip("invalid", f"measurement is {value} in the metric's unit")
+                return
         if self.nonnegative and value < 0:
             self._skip("invalid", f"negative value {value!r} for a monotonic sum")
             return
