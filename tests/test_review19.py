@@ -3,7 +3,9 @@
 * A holder paused past its TTL, while a later instance of its node id started and closed
   cleanly (deleting its lease row) and another started again: the third took generation 1
   again, the paused holder's own. Back, the paused holder took the third's live lease as
-  its own (the generation matched), and its ``leave`` deleted the third's member.
+  its own (the generation matched), and its ``leave`` deleted the third's member. Its
+  ``leave`` took any generation up to its own: a later instance's below it (its lease
+  numbered from the counter, below a row's set by hand or restored) was deleted.
 * ``AsyncSubscription.stop()`` called by a task its handler had started, once the handler
   had returned, returned at once: the subscription still running, its name held.
 * The CLI printed the connection pool's warnings during an outage, bare, among its own.
@@ -188,3 +190,35 @@ def test_an_event_id_in_urn_form_is_taken_in_any_case(fdn: Foundation) -> None:
     first = fdn.events.store({"type": "t", "data": {}, "id": "URN:UUID:" + text.upper()})
     again = fdn.events.store({"type": "t", "data": {}, "id": "urn:uuid:" + text})
     assert str(first.id) == text and again.position == first.position
+
+
+def _lapsed_lease(db_url: str, node_id: str, generation: int) -> None:
+    """A lapsed lease row of ``node_id`` whose generation is above what the counter gives
+    (set by hand, or a PostgreSQL database restored into another cluster)."""
+    at = "2000-01-01 00:00:00.000" + ("" if db_url.startswith("sqlite") else "+00")
+    plain_sql(
+        db_url,
+        "INSERT INTO foundation_leases (node_id, generation, ttl_ms, expires_at, renewed_at,"
+        f" started_at) VALUES ('{node_id}', {generation}, 1000, '{at}', '{at}', '{at}')",
+    )
+
+
+def test_a_paused_instance_leaves_nothing_of_a_later_instance_of_a_lower_generation(
+    db_url: str,
+) -> None:
+    """Leave took a row of this instance's generation or a lower one: a later instance's
+    whose generation came from the counter, below the one a row had before, was deleted."""
+    _lapsed_lease(db_url, "C", 10**12)
+    old = node(db_url, node_id="C")
+    try:
+        old.service_registry.join("workers", "http://old", member_id="m")
+        stop_heartbeat(old)  # paused past its TTL
+        with node(db_url, node_id="C"):  # the next instance (10**12 + 2), closed cleanly
+            pass
+        with node(db_url, node_id="C") as new:  # from the counter, below the paused one's
+            new.service_registry.join("workers", "http://new", member_id="m")
+            assert (new.service_registry.lease_generation or 0) < 10**12
+            old.service_registry.leave("workers", "m")
+            assert plain_sql(db_url, MEMBERS) == [("m", '"http://new"')]
+    finally:
+        old.close()

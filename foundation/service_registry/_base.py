@@ -118,11 +118,12 @@ class _RegistryBase(_WriteSide):
         }
 
     def _leave_params(self, group: str, member_id: str) -> dict[str, Any]:
-        """``leave``'s parameters: a row of this instance's lease generation or an earlier
-        one of this node id, never a later instance's (its node id taken while this one
-        stood still: that instance joined the same member id)."""
+        """``leave``'s parameters: a row of this instance's lease generation or a dead
+        one of this node id, never a live one of another instance (its node id taken
+        while this one stood still: that instance joined the same member id)."""
         gen = 0 if self._lease is None else self._lease.generation
-        return {"group": group, "member": member_id, "node": self._node, "gen": gen}
+        params = {"group": group, "member": member_id, "node": self._node, "gen": gen}
+        return {**params, **self._sql.clock()}
 
     def _new_member_id(self, member_id: Any) -> tuple[str, bool]:
         """``join``'s member id, and whether it was generated here (no caller knows it)."""

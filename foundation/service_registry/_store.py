@@ -432,7 +432,13 @@ class RegistrySQL:
                 registry_members.c.group_name == sa.bindparam("group"),
                 registry_members.c.member_id == sa.bindparam("member"),
                 registry_members.c.node_id == sa.bindparam("node"),
-                registry_members.c.lease_generation <= sa.bindparam("gen"),
+                # This instance's, or a dead one's of this node id (a predecessor that
+                # crashed), never one live under another lease of the node id: a later
+                # instance's, which may hold any generation but this one's.
+                sa.or_(
+                    registry_members.c.lease_generation == sa.bindparam("gen"),
+                    ~member_live,
+                ),
             )
             .returning(registry_members.c.revision)
         )
