@@ -12,6 +12,8 @@
 * A metric's value finite as measured but infinite in the metric's unit was recorded
   (+Inf for good in a counter); a ``Decimal`` was refused as "non-numeric".
 * An event id ``URN:UUID:…`` in capitals was refused (the lower-case prefix was taken).
+* PostgreSQL: ``TRUNCATE foundation_config`` was taken, unrecorded and unseen by running
+  nodes (migration 0024 refuses it).
 
 Each test failed on the commit before its fix.
 """
@@ -25,12 +27,13 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from foundation import AsyncFoundation, ConfigError, Foundation
 from foundation.telemetry import Telemetry, metrics
 from foundation.telemetry.reporters import PrometheusReporter
-from tests.helpers import async_wait_for
+from tests.helpers import async_wait_for, wait_for
 from tests.test_core_review import plain_sql
 from tests.test_registry import node, stop_heartbeat
 from tests.test_registry_async import freeze
@@ -222,3 +225,17 @@ def test_a_paused_instance_leaves_nothing_of_a_later_instance_of_a_lower_generat
             assert plain_sql(db_url, MEMBERS) == [("m", '"http://new"')]
     finally:
         old.close()
+
+
+# -- config: TRUNCATE ---------------------------------------------------------------------
+
+
+def test_postgres_refuses_truncating_the_config(pg_url: str) -> None:
+    """Row triggers do not fire on TRUNCATE: running nodes kept the old values for good, and
+    the history recorded nothing."""
+    with Foundation(pg_url, migrate="skip") as fdn:
+        fdn.config.set("tr.a", "old")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="TRUNCATE is refused"):
+            plain_sql(pg_url, "TRUNCATE foundation_config")
+        plain_sql(pg_url, "DELETE FROM foundation_config")  # what does the job
+        wait_for(lambda: fdn.config.get("tr.a") is None)

@@ -5,9 +5,9 @@ The lease protocol, per instance:
 
 1. ``load`` takes the lease under a new generation (never given before to any instance
    of the node id: ``_first_generation``), but only a lease nobody holds: none, released,
-   or lapsed. The lease row names its holder by
-   (node id, generation) alone, so a live lease of the node id may be a predecessor that
-   crashed a moment ago or another live instance given the same node id. ``load`` waits
+   or lapsed. The lease row names its holder by (node id, generation) alone, so a live
+   lease of the node id may be a predecessor that crashed a moment ago or another live
+   instance given the same node id. ``load`` waits
    and watches the row: a renewal proves a live holder, and the instance is refused with
    ``config_error`` (one node id per process); an expiry (at most the TTL) frees the
    lease for a restarted process. Taking a live lease instead would kill the other

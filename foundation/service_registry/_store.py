@@ -125,8 +125,11 @@ def _first_generation(backend: Backend) -> Any:
     counter that only grows for the whole database: PostgreSQL's transaction id
     (``txid_current()``, 64 bits, never reused in a cluster's life), SQLite's next
     revision of the leases topic (0006: every lease change records one). It is also one
-    past any generation the node id's rows still carry (a database restored elsewhere
-    counts transaction ids from lower), so the rows' owners never come back either.
+    past any generation the node id's rows still carry, so the rows' owners never come
+    back either. A generation set by hand, or a database restored into another cluster
+    (its transaction ids count from lower), may put a later instance's below an earlier
+    one's: every write names its own generation exactly (``leave`` also takes a dead
+    one's), never "up to".
     """
     highest = [
         sa.select(sa.func.max(table.c.lease_generation))
