@@ -239,3 +239,21 @@ def test_postgres_refuses_truncating_the_config(pg_url: str) -> None:
             plain_sql(pg_url, "TRUNCATE foundation_config")
         plain_sql(pg_url, "DELETE FROM foundation_config")  # what does the job
         wait_for(lambda: fdn.config.get("tr.a") is None)
+
+
+def test_explain_shows_the_value_the_nodes_type_refused(db_url: str) -> None:
+    """A value another node set, refused by this node's type: explain() showed only the
+    default, as if no runtime value were set."""
+    with node(db_url) as typed, node(db_url) as untyped:
+        typed.config.register("er.port", int, default=8080)
+        untyped.config.set("er.port", "abc")
+        wait_for(lambda: typed.config.explain("er.port").layers != {"default": 8080})
+        shown = typed.config.explain("er.port")
+        assert shown.value == 8080 and shown.source == "default"
+        layers = dict(shown.layers)
+        assert layers.pop("default") == 8080
+        ((layer, value),) = layers.items()
+        assert layer.startswith("runtime (revision 1, by ") and layer.endswith(
+            ", refused, expected int"
+        )
+        assert value == "abc"
