@@ -267,8 +267,9 @@ class Config(_ConfigBase):
         Local changes call it in the thread that made them; remote ones in the feed's thread,
         which carries every change this node reads (other keys, the registry, the
         breakers): a callback that blocks holds them all back until it returns, so hand
-        long work to a thread of your own. So when several threads set one key at once, their calls may come in another order
-        than the changes: read ``get(key)`` for the latest value, not the last ``new``.
+        long work to a thread of your own. So when several threads set one key at once,
+        their calls may come in another order than the changes: read ``get(key)`` for the
+        latest value, not the last ``new``.
         Another node's changes are read from the table: of several in quick succession, the
         callback may see only the last (``old`` is then the value this node held).
         On a closed instance (nothing would call it back) ``storage_unavailable``.
