@@ -48,6 +48,15 @@ def dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, default=str)
 
 
+def printable(text: str) -> str:
+    """``text`` for a table cell, its control characters escaped (``\\x1b``, ``\\n``): a
+    limiter key may be a client's, and an escape sequence would drive the terminal, a
+    newline draw a second row."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def truncate(text: str, width: int = VALUE_WIDTH) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 

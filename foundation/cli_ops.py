@@ -16,7 +16,7 @@ from typing import Any
 import click
 from rich.table import Column, Table
 
-from foundation.cli_common import dumps, open_foundation, stdout_console, truncate
+from foundation.cli_common import dumps, open_foundation, printable, stdout_console, truncate
 from foundation.service_registry import GroupMember, ServiceEntry
 
 __all__ = ["breakers", "limits", "registry"]
@@ -190,7 +190,7 @@ def breakers(ctx: click.Context, as_json: bool) -> None:
     table = Table("name", "state", "failures", "probe in")
     for info in infos:
         probe = "" if info.retry_after is None else f"{info.retry_after / 1000:.1f}s"
-        table.add_row(info.name, info.state, str(info.failures), probe)
+        table.add_row(printable(info.name), info.state, str(info.failures), probe)
     stdout_console().print(table)
 
 
@@ -214,5 +214,5 @@ def limits(ctx: click.Context, max_rows: int, as_json: bool) -> None:
         # A token bucket keeps when it is full again, not a count (see LimitUsage).
         used = "-" if u.used is None else str(u.used)
         previous = "-" if u.previous_count is None else str(u.previous_count)
-        table.add_row(u.key, u.algorithm, used, previous, expires)
+        table.add_row(printable(u.key), u.algorithm, used, previous, expires)
     stdout_console().print(table)

@@ -12,6 +12,11 @@
 * A metric's value finite as measured but infinite in the metric's unit was recorded
   (+Inf for good in a counter); a ``Decimal`` was refused as "non-numeric".
 * An event id ``URN:UUID:…`` in capitals was refused (the lower-case prefix was taken).
+* Config: ``explain()`` left out a runtime value this node's type refused.
+* Breakers: a node whose probe claim found the probe taken told the other node's
+  transition as its own; the sync face refused an ``async def`` only after claiming the
+  probe (every call refused for the probe's lease); a bad function given to ``limit`` or
+  ``protect`` was said to be given to ``execute``.
 * PostgreSQL: ``TRUNCATE foundation_config`` was taken, unrecorded and unseen by running
   nodes (migration 0024 refuses it).
 
@@ -23,6 +28,8 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import threading
+import time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -30,10 +37,17 @@ from typing import Any
 import psycopg
 import pytest
 
-from foundation import AsyncFoundation, ConfigError, Foundation
+from foundation import (
+    AsyncFoundation,
+    CircuitOpenError,
+    ConfigError,
+    Foundation,
+    ValidationError,
+)
 from foundation.telemetry import Telemetry, metrics
 from foundation.telemetry.reporters import PrometheusReporter
 from tests.helpers import async_wait_for, wait_for
+from tests.test_cli import ok
 from tests.test_core_review import plain_sql
 from tests.test_registry import node, stop_heartbeat
 from tests.test_registry_async import freeze
@@ -257,3 +271,81 @@ def test_explain_shows_the_value_the_nodes_type_refused(db_url: str) -> None:
             ", refused, expected int"
         )
         assert value == "abc"
+
+
+# -- breakers: whose change, and an async def while a probe is due --------------------------
+
+STATE_CHANGE = ("foundation", "circuit_breaker", "state_change")
+
+
+def _boom() -> None:
+    raise RuntimeError("down")
+
+
+def test_a_probe_another_node_claimed_is_told_as_that_nodes_change(db_url: str) -> None:
+    """A node whose claim found the probe taken read the row, and told the other node's
+    open -> half_open as its own (``source="local"``): dashboards counted it twice."""
+    with node(db_url) as a, node(db_url) as b:
+        told: list[tuple[str, str, str]] = []
+        b.telemetry.attach(
+            "told",
+            STATE_CHANGE,
+            lambda _e, _m, meta, _c: told.append((meta["from"], meta["to"], meta["source"])),
+        )
+        pay_a = a.circuit_breaker.get("pay", max_failures=1, reset_timeout=100, timeout=None)
+        pay_b = b.circuit_breaker.get("pay", max_failures=1, reset_timeout=100, timeout=None)
+        with pytest.raises(RuntimeError):
+            pay_a.call(_boom)
+        wait_for(lambda: b.circuit_breaker.state("pay") == "open")
+        b.feed.stop()  # b learns of the probe from its own claim only
+        time.sleep(0.2)  # the probe is due
+        release = threading.Event()
+        probe = threading.Thread(target=pay_a.call, args=(lambda: release.wait(5),))
+        probe.start()
+        try:
+            wait_for(lambda: a.circuit_breaker.state("pay") == "half_open")
+            with pytest.raises(CircuitOpenError):
+                pay_b.call(lambda: None)
+        finally:
+            release.set()
+            probe.join()
+        assert ("open", "half_open", "remote") in told
+        assert [t for t in told if t[2] == "local"] == []
+
+
+def test_an_async_def_is_refused_before_it_takes_the_probe(db_url: str) -> None:
+    """The sync face refused an ``async def`` once it had claimed the probe: the breaker
+    then refused every call for the probe's lease."""
+
+    async def probe() -> None:
+        return None
+
+    with node(db_url) as fdn:
+        pay = fdn.circuit_breaker.get("pay", max_failures=1, reset_timeout=100, timeout=3000)
+        with pytest.raises(RuntimeError):
+            pay.call(_boom)
+        time.sleep(0.2)  # the probe is due
+        with pytest.raises(ValidationError, match="AsyncFoundation"):
+            pay.call(probe)
+        assert pay.call(lambda: "ok") == "ok"  # the probe was free
+        assert fdn.circuit_breaker.state("pay") == "closed"
+
+
+def test_a_bad_function_is_named_with_the_call_it_was_given_to(fdn: Foundation) -> None:
+    with pytest.raises(ValidationError, match=r"rate_limiter\.limit needs a callable"):
+        fdn.rate_limiter.limit("k")(5)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match=r"circuit_breaker\.protect needs a callable"):
+        fdn.circuit_breaker.protect("b")(5)  # type: ignore[arg-type]
+
+
+def test_the_cli_tables_escape_control_characters_of_keys_and_names(db_url: str) -> None:
+    """A limiter key (often a client's) reached the terminal raw: an escape sequence drove
+    it, a newline drew a second row."""
+    key, name = "\x1b[31mred\x1b[0m", "pay\nments"
+    with node(db_url) as fdn:
+        fdn.rate_limiter.acquire(key, max_requests=5, interval=60_000)
+        with pytest.raises(RuntimeError):
+            fdn.circuit_breaker.execute(_boom, name=name, max_failures=1)
+    for command, shown_as in (("limits", "\\x1b[31mred"), ("breakers", "pay\\nments")):
+        out = ok(db_url, command).stdout
+        assert "\x1b" not in out and shown_as in out

@@ -111,7 +111,7 @@ class AsyncBreaker(_BreakerCore):
     def __call__(self, fn: F) -> F:
         """Use the breaker as a decorator. The wrapper is an ``async def`` (await its
         calls), whether ``fn`` is one or a plain function."""
-        self._svc._check_fn(fn)
+        self._svc._check_fn(fn, "get(...) as a decorator")
 
         @functools.wraps(fn)
         async def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -170,7 +170,7 @@ class AsyncCircuitBreakers(_BreakersBase):
         options_from(options)
 
         def decorate(fn: F) -> F:
-            self._check_fn(fn)
+            self._check_fn(fn, "protect")
             return self.get(fn_name(fn) if name is None else name, **options)(fn)
 
         return decorate
@@ -216,7 +216,7 @@ class AsyncCircuitBreakers(_BreakersBase):
             # as a forced open: the retry is None only because a probe was due).
             raise self._rejected(core, row, retry, unclaimed=exc) from None
         if found is not None:
-            self._returned(core.name, found[1:])
+            self._returned_row(core.name, found)
         current = self._shared.get(core.name, row)
         raise self._rejected(core, current, admission(current, self._now())[1])
 

@@ -242,10 +242,10 @@ class _BreakersBase:
         return breaker
 
     @staticmethod
-    def _check_fn(fn: Any) -> None:
+    def _check_fn(fn: Any, call: str = "execute") -> None:
         if not callable(fn):
             raise ValidationError(
-                f"circuit_breaker.execute needs a callable, not {type(fn).__name__}",
+                f"circuit_breaker.{call} needs a callable, not {type(fn).__name__}",
                 context={"fn": shown(fn, 100)},
             )
 
@@ -319,7 +319,7 @@ class _BreakersBase:
         else:
             # This node's own write, whose notification came before the write's answer
             # (which then finds the revision applied, and tells nothing): local.
-            self._returned(name, found[1:], self._source(found))
+            self._returned_row(name, found)
 
     def resync(self, reader: Cursor) -> None:
         if self._sql is None:
@@ -463,11 +463,23 @@ class _BreakersBase:
         return self._sql.select_one, self._params(name)
 
     def _refreshed(self, name: str, found: Any) -> None:
-        """A row read by name (None: there is none, the breaker is closed)."""
+        """A row read by name after another node's change (None: there is none, the
+        breaker is closed: reset by another node)."""
         if found is None:
-            self._apply(name, None, "local")
+            self._apply(name, None, "remote")
         else:
-            self._returned(name, found[1:])
+            self._returned_row(name, found)
+
+    def _returned_row(self, name: str, found: Any) -> BreakerRow | None:
+        """A row read by name: its writer's change (this node's, or another's: a claim
+        that found the probe taken, an outcome that found the row moved). Newer than any
+        resync's snapshot under way, as this node's writes are (see _written_since)."""
+        source = self._source(found)
+        if source != "local":
+            with self._lock:
+                self._writes += 1
+                self._written[name] = self._writes
+        return self._returned(name, found[1:], source)
 
     def _storage_failed(self, name: str, exc: FoundationError) -> None:
         if exc.context.get("inside_transaction"):  # a caller's mistake, not an outage

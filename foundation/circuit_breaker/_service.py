@@ -60,6 +60,8 @@ class Breaker(_BreakerCore):
         row = self._cache.get(self.name)
         token = None
         if row is not None and row.state != CLOSED:
+            if inspect.iscoroutinefunction(fn):  # refused before it holds the probe's lease
+                raise self._async_refused(fn)
             token = self._svc._admit(self, row)
         timeout = self.options.timeout_ms
         started = time.perf_counter()
@@ -105,7 +107,7 @@ class Breaker(_BreakerCore):
 
     def __call__(self, fn: F) -> F:
         """Use the breaker as a decorator (of a plain function: ``async def`` is refused)."""
-        self._svc._check_fn(fn)
+        self._svc._check_fn(fn, "get(...) as a decorator")
         if inspect.iscoroutinefunction(fn):
             raise self._async_refused(fn)
 
@@ -164,7 +166,7 @@ class CircuitBreakers(_BreakersBase):
         options_from(options)
 
         def decorate(fn: F) -> F:
-            self._check_fn(fn)
+            self._check_fn(fn, "protect")
             return self.get(fn_name(fn) if name is None else name, **options)(fn)
 
         return decorate
@@ -215,7 +217,7 @@ class CircuitBreakers(_BreakersBase):
             # Fails closed: the probe is due, but could not be claimed (said as such, not
             # as a forced open: the retry is None only because a probe was due).
             raise self._rejected(core, row, retry, unclaimed=exc) from None
-        current = row if found is None else (self._returned(core.name, found[1:]) or row)
+        current = row if found is None else (self._returned_row(core.name, found) or row)
         current = self._shared.get(core.name, current)
         raise self._rejected(core, current, admission(current, self._now())[1])
 

@@ -600,9 +600,7 @@ class ConfigState:
                     # Not a layer this node reads (see apply_runtime), but what the table
                     # holds: the answer to "why is my set not taken?"
                     why = f"refused, expected {self._type_names.get(key, 'its type')}"
-                    layers[f"{self._describe(key, layer)}, {why}"] = freeze_value(
-                        refused.value
-                    )
+                    layers[f"{self._describe(key, layer)}, {why}"] = freeze_value(refused.value)
                 if key in self._layers[layer]:
                     value = self._layers[layer][key]
                     if layer in ("file", "env") and key in self._types:

@@ -18,9 +18,10 @@ sliding_window
     are smoothed; it assumes the previous window's requests were spread evenly.
 token_bucket
     GCRA (the generic cell rate algorithm, a token bucket kept as one timestamp): a
-    bucket of ``max_requests`` tokens refilled at ``max_requests / interval``. A burst of
-    up to ``max_requests``, then a steady rate; over any span ``d`` at most
-    ``max_requests * (1 + d / interval)`` are admitted.
+    bucket of ``max_requests`` tokens refilled at ``max_requests / interval``, one token
+    per whole microsecond at most (a limit above 1,000 per millisecond refills at that
+    rate, never faster). A burst of up to ``max_requests``, then a steady rate; over any
+    span ``d`` at most ``max_requests * (1 + d / interval)`` are admitted.
 """
 
 from __future__ import annotations

@@ -169,10 +169,10 @@ class _LimiterBase:
             self._bad_scope(scope)
         return scope  # type: ignore[no-any-return]
 
-    def _check_fn(self, fn: Any) -> None:
+    def _check_fn(self, fn: Any, call: str = "execute") -> None:
         if not callable(fn):
             raise ValidationError(
-                f"rate_limiter.execute needs a callable, not {type(fn).__name__}",
+                f"rate_limiter.{call} needs a callable, not {type(fn).__name__}",
                 context={"fn": shown(fn, 100)},
             )
 
@@ -184,9 +184,9 @@ class _LimiterBase:
             context={"key": shown(key, 100), "fn": shown(fn, 100)},
         )
 
-    def _check_sync_fn(self, fn: Any, key: Any) -> None:
+    def _check_sync_fn(self, fn: Any, key: Any, call: str = "execute") -> None:
         """The sync face's check, before a request is counted: a callable, not ``async``."""
-        self._check_fn(fn)
+        self._check_fn(fn, call)
         code = getattr(fn, "__code__", None)  # a function or a bound method: one flag test
         if (
             code.co_flags & inspect.CO_COROUTINE
@@ -442,7 +442,7 @@ class RateLimiter(_LimiterBase):
         checked = None if key is None else check_key(key, self._max_key)
 
         def decorate(fn: F) -> F:
-            self._check_sync_fn(fn, key)
+            self._check_sync_fn(fn, key, "limit")
             name = _fn_key(fn) if checked is None else checked
 
             @functools.wraps(fn)
@@ -614,7 +614,7 @@ class AsyncRateLimiter(_LimiterBase):
         checked = None if key is None else check_key(key, self._max_key)
 
         def decorate(fn: F) -> F:
-            self._check_fn(fn)
+            self._check_fn(fn, "limit")
             name = _fn_key(fn) if checked is None else checked
 
             @functools.wraps(fn)
