@@ -349,3 +349,19 @@ def test_the_cli_tables_escape_control_characters_of_keys_and_names(db_url: str)
     for command, shown_as in (("limits", "\\x1b[31mred"), ("breakers", "pay\\nments")):
         out = ok(db_url, command).stdout
         assert "\x1b" not in out and shown_as in out
+
+
+# -- registry: the members a resync finds ---------------------------------------------------
+
+
+async def test_async_joins_just_after_open_are_told_in_their_order(db_url: str) -> None:
+    """The start's resync (which may come just after open() returns) told the joins it
+    found by member id (``a1`` before ``z1``); a poll tells them by ``joined_at``."""
+    slow = {"poll_interval_ms": 300}  # SQLite: its first read comes after both joins
+    async with anode(db_url, node_id="A") as a, anode(db_url, node_id="B", **slow) as b:
+        seen: list[str] = []
+        b.service_registry.watch("grp", lambda change: seen.append(change.entry.member_id))
+        await a.service_registry.join("grp", "http://a", member_id="z1")
+        await a.service_registry.join("grp", "http://a", member_id="a1")
+        await async_wait_for(lambda: len(seen) == 2)
+        assert seen == ["z1", "a1"]

@@ -31,7 +31,7 @@ def _by_member(change: RegistryChange) -> tuple[str, str]:
 
 
 def _joined_first(run: builtins.list[RegistryChange]) -> tuple[int, float]:
-    """A member's changes in a poll: by the time of a join, a leave after them all."""
+    """A member's changes: by the time of a join, a leave after them all."""
     last = run[-1]
     if last.kind == "join" and isinstance(last.entry, GroupMember):
         return 0, last.entry.joined_at.timestamp()
@@ -116,18 +116,13 @@ class _MemberCache:
     def replace_members_only(
         self, members: Iterable[GroupMember], mark: int
     ) -> builtins.list[RegistryChange]:
-        """A poll that found only the members changed: they become exactly the table.
-
-        Reported in the order the joins happened (their ``joined_at``), then the members
-        that left, by group and member id: a deleted row says nothing of when it went.
-        Each member's own changes keep their order."""
+        """A poll that found only the members changed: they become exactly the table
+        (reported as :meth:`replace_members` says)."""
         with self._lock:
             changes = self.replace_members(members, mark)
             self._resyncing = False
             self._touched.clear()
-        runs = [list(run) for _, run in itertools.groupby(changes, key=_by_member)]
-        runs.sort(key=_joined_first)  # stable: the leaves stay in member id order
-        return [change for run in runs for change in run]
+        return changes
 
     def make_member(self, row: tuple[Any, ...], load_json: Any, load_ts: Any) -> GroupMember:
         group, member_id, address, metadata, node, gen, revision, joined_at = row
@@ -230,6 +225,10 @@ class _MemberCache:
     def replace_members(
         self, members: Iterable[GroupMember], mark: int
     ) -> builtins.list[RegistryChange]:
+        """The members become exactly ``members``. Reported in the order the joins
+        happened (their ``joined_at``), then the members that left, by group and member
+        id: a deleted row says nothing of when it went. Each member's own changes keep
+        their order."""
         changes: builtins.list[RegistryChange] = []
         fresh: dict[tuple[str, str], GroupMember] = {(m.group, m.member_id): m for m in members}
         for (group, member_id), member in fresh.items():
@@ -242,5 +241,7 @@ class _MemberCache:
                     (group, member_id), 0
                 ) <= mark:
                     changes += self.apply_member(group, member_id, None, "remote")
-        changes.sort(key=_by_member)  # by group and member id, as replace_entries
-        return changes
+        changes.sort(key=_by_member)  # each member's changes together, in their order
+        runs = [list(run) for _, run in itertools.groupby(changes, key=_by_member)]
+        runs.sort(key=_joined_first)  # stable: the leaves stay in member id order
+        return [change for run in runs for change in run]

@@ -581,7 +581,8 @@ class RegistryState(_MemberCache):
         row of it (which may hold that write, not yet in the cache) is left to the writer.
 
         The changes are what the snapshot shows, name by name: in name order (then the
-        groups, by group and member id), each name's own changes in their order. A
+        members, by their ``joined_at``: see ``replace_members``), each name's own changes
+        in their order. A
         snapshot does not say in which order different names changed (the rows come in
         table order, which differs between the backends and moves with every update).
         """
