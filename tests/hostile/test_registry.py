@@ -212,6 +212,7 @@ def test_groups(face: Face, tables: Tables) -> None:
         if isinstance(member, FoundationError):
             assert (
                 not _name_ok(group)
+                or str(_text(group)).endswith("*")  # watch would read it as a prefix
                 or not (member_id is None or _name_ok(member_id))
                 or address is None
                 or not _json_ok(address)
