@@ -1,6 +1,6 @@
 """``python -m foundation …``: the same command as ``foundation …``."""
 
-from foundation.cli import main
+from foundation.cli import run
 
 if __name__ == "__main__":
-    main(prog_name="foundation")
+    run()

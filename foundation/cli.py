@@ -156,23 +156,30 @@ def _parse_value(raw: str, force_string: bool) -> Any:
 @click.pass_context
 def main(ctx: click.Context, database_url: str | None) -> None:
     """Foundation from a shell: migrations, config, events, registry, breakers, limits."""
-    _log_to_terminal()
     settings = _settings(database_url)
     ctx.obj = Target(settings, DatabaseURL.parse(settings.database_url))
 
 
-def _log_to_terminal() -> None:
-    """Warnings as one line each, said to be warnings (Python's last resort prints them
-    bare). The connection pool's own (a broken connection discarded, during an outage)
-    are not shown: Foundation's say what happened and what it does about it. A host
-    that configured logging keeps its own."""
-    root = logging.getLogger()
-    if root.handlers:
-        return
+def run() -> None:
+    """The ``foundation`` command (console script, ``python -m foundation``): :func:`main`
+    in a process of its own, whose logging it sets up (see _OneLine). ``main`` called in
+    another program (click's CliRunner, a deploy script) leaves that program's logging
+    as it is."""
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
-    root.addHandler(handler)
+    handler.setFormatter(_OneLine())
+    logging.getLogger().addHandler(handler)
+    # The connection pool's warnings (a broken connection discarded, in an outage) are
+    # not shown: Foundation's own say what happened and what it does about it.
     logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
+    main(prog_name="foundation")
+
+
+class _OneLine(logging.Formatter):
+    """A warning as one line, said to be one (Python's last resort prints it bare, and a
+    driver's message spans several)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname}: {' '.join(record.getMessage().split())}"
 
 
 # -- db -------------------------------------------------------------------------------
@@ -541,4 +548,4 @@ for _command in (events, registry, breakers, limits):  # each in a module of its
 
 
 if __name__ == "__main__":
-    main(prog_name="foundation")
+    run()

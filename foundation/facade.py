@@ -551,7 +551,7 @@ class AsyncFoundation(_Base):
         task = asyncio.current_task()
         following = _FOLLOWING.get()
         if following is not None and following._events is self.events:
-            return following._task is task
+            return following._called_by_handler()  # (or a task the handler awaits)
         dispatching = _DISPATCHING.get()
         return (
             dispatching is not None

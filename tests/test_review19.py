@@ -8,7 +8,12 @@
   numbered from the counter, below a row's set by hand or restored) was deleted.
 * ``AsyncSubscription.stop()`` called by a task its handler had started, once the handler
   had returned, returned at once: the subscription still running, its name held.
-* The CLI printed the connection pool's warnings during an outage, bare, among its own.
+* An ``AsyncFoundation.close()`` in a task the handler awaits, while another close waited
+  for that handler, waited for it in turn: 10 s, then the handler was cancelled.
+* The CLI printed the connection pool's warnings during an outage, bare, among its own
+  (its own over several lines); the first fix set the terminal's logging up in ``main``,
+  which outlived the command in a program that ran it (CliRunner, a deploy step).
+* Config named a generic type by its bare name (``list`` for ``list[int]``).
 * A metric's value finite as measured but infinite in the metric's unit was recorded
   (+Inf for good in a counter); a ``Decimal`` was refused as "non-numeric".
 * An event id ``URN:UUID:…`` in capitals was refused (the lower-case prefix was taken).
@@ -147,25 +152,45 @@ async def test_a_task_the_handler_started_waits_for_the_stop_once_the_handler_re
 
 _CLI_THEN_LOG = """
 import logging, sys
-from foundation.cli import main
+from foundation.cli import run
+sys.argv = ["foundation", "-d", sys.argv[1], "db", "current"]
 try:
-    main(["-d", sys.argv[1], "db", "current"])
+    run()
 except SystemExit:
     pass
 logging.getLogger("psycopg.pool").warning("discarding broken connection: <BAD>")
-logging.getLogger("foundation.feed").warning("change feed lost its connection")
+logging.getLogger("foundation.feed").warning("change feed lost its (line one\\n\\tline two)")
 """
 
 
 def test_the_cli_says_warnings_are_warnings_and_leaves_the_pools_out(tmp_path: Path) -> None:
     """During an outage, the CLI printed the pool's "discarding broken connection: <psycopg
-    .Connection [BAD] at 0x…>" lines, bare, among Foundation's own."""
+    .Connection [BAD] at 0x…>" lines, bare, among Foundation's own (which spanned lines)."""
     url = f"sqlite:///{tmp_path / 'cli.db'}"
     done = subprocess.run(
         [sys.executable, "-c", _CLI_THEN_LOG, url], capture_output=True, text=True, check=True
     )
     assert "discarding" not in done.stderr
-    assert done.stderr.splitlines() == ["WARNING: change feed lost its connection"]
+    assert done.stderr.splitlines() == ["WARNING: change feed lost its (line one line two)"]
+
+
+_MAIN_IN_A_PROGRAM = """
+import logging, sys
+from click.testing import CliRunner
+from foundation.cli import main
+CliRunner().invoke(main, ["-d", sys.argv[1], "db", "current"])
+print(logging.getLogger().handlers, logging.getLogger("psycopg.pool").level)
+"""
+
+
+def test_main_called_in_a_program_leaves_its_logging_alone(tmp_path: Path) -> None:
+    """The CLI's terminal logging, put in place by main(), outlived the command: in a
+    program that ran it (CliRunner, a deploy step) later lines went to its buffer."""
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    done = subprocess.run(
+        [sys.executable, "-c", _MAIN_IN_A_PROGRAM, url], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.split() == ["[]", "0"]
 
 
 # -- telemetry: values in the metric's unit, and Decimals ---------------------------------
@@ -365,3 +390,36 @@ async def test_async_joins_just_after_open_are_told_in_their_order(db_url: str) 
         await a.service_registry.join("grp", "http://a", member_id="a1")
         await async_wait_for(lambda: len(seen) == 2)
         assert seen == ["z1", "a1"]
+
+
+async def test_a_close_in_a_task_the_handler_awaits_while_another_close_runs(
+    db_url: str,
+) -> None:
+    """close() under way, waiting for the handler; the handler awaits a task of its own
+    that closes too: that second close waited for the first, which waited for the
+    handler, until the stop timed out (10 s) and the event was delivered again."""
+    fdn = AsyncFoundation(db_url, migrate="skip")
+    await fdn.open()
+    started, go = asyncio.Event(), asyncio.Event()
+
+    async def handler(event: Any) -> None:
+        started.set()
+        await go.wait()
+        await asyncio.create_task(fdn.close())
+
+    await fdn.events.store({"type": "t", "data": {}})
+    sub = await fdn.events.subscribe("proj", handler)
+    await started.wait()
+    closing = asyncio.create_task(fdn.close())
+    await asyncio.sleep(0.1)  # the close waits for the handler
+    go.set()
+    await asyncio.wait_for(closing, 5)
+    assert sub.status.checkpoint == 1 and sub.status.state == "stopped"
+
+
+def test_a_generic_type_is_named_whole(fdn: Foundation) -> None:
+    """``list[int]`` was named "list": "refused, expected list" of a list."""
+    fdn.config.register("ports", list[int], default=[80])
+    with pytest.raises(ConfigError, match=r"expected list\[int\]"):
+        fdn.config.set("ports", ["a"])
+    assert fdn.config.explain("ports").typed == "list[int]"

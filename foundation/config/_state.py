@@ -312,7 +312,10 @@ class ConfigState:
             defaults = self._layers["default"]
             previous_default = defaults.get(key, _MISSING)
             self._types[key] = adapter
-            self._type_names[key] = getattr(type_, "__name__", shown(type_))
+            # A class by its name; a generic alias whole ("list[int]", not "list").
+            self._type_names[key] = (
+                type_.__name__ if isinstance(type_, type) else repr(type_).replace("typing.", "")
+            )
             try:
                 if default is not _MISSING:
                     default = self._validate(key, adapter, default, source="default")
