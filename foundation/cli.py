@@ -179,7 +179,11 @@ class _OneLine(logging.Formatter):
     driver's message spans several)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return f"{record.levelname}: {' '.join(record.getMessage().split())}"
+        text = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            error = record.exc_info[1]
+            text += f" ({type(error).__name__}: {error})"  # the traceback left out
+        return f"{record.levelname}: {' '.join(text.split())}"
 
 
 # -- db -------------------------------------------------------------------------------

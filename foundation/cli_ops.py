@@ -187,7 +187,7 @@ def breakers(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         click.echo(dumps([asdict(i) for i in infos]))
         return
-    table = Table("name", "state", "failures", "probe in")
+    table = Table(Column("name", overflow="fold"), "state", "failures", "probe in")
     for info in infos:
         probe = "" if info.retry_after is None else f"{info.retry_after / 1000:.1f}s"
         table.add_row(printable(info.name), info.state, str(info.failures), probe)
@@ -207,7 +207,9 @@ def limits(ctx: click.Context, max_rows: int, as_json: bool) -> None:
         click.echo(dumps([{**u._asdict(), "expires_at": u.expires_at.isoformat()} for u in usage]))
         return
     now = datetime.now(UTC)
-    table = Table("key", "algorithm", "used", "previous window", "state expires in")
+    table = Table(
+        Column("key", overflow="fold"), "algorithm", "used", "previous window", "state expires in"
+    )
     for u in usage:
         # usage() judged "now" by the database's clock: never show a time already past.
         expires = _age(now, max(now, u.expires_at))

@@ -547,15 +547,15 @@ class AsyncFoundation(_Base):
 
     def _awaited_by_close(self) -> bool:
         """Whether the current task is one a close() waits for: a subscription's handler
-        of this instance, or its registry's watch callbacks."""
-        task = asyncio.current_task()
+        of this instance, or its registry's watch callbacks (or a task one of them
+        awaits)."""
         following = _FOLLOWING.get()
         if following is not None and following._events is self.events:
             return following._called_by_handler()  # (or a task the handler awaits)
         dispatching = _DISPATCHING.get()
         return (
             dispatching is not None
-            and dispatching.task is task
+            and dispatching.called_back()  # (or a task the callback awaits)
             and (dispatching is self.service_registry._dispatcher)
         )
 

@@ -13,7 +13,12 @@
 * The CLI printed the connection pool's warnings during an outage, bare, among its own
   (its own over several lines); the first fix set the terminal's logging up in ``main``,
   which outlived the command in a program that ran it (CliRunner, a deploy step).
-* Config named a generic type by its bare name (``list`` for ``list[int]``).
+* Config named a generic type by its bare name (``list`` for ``list[int]``); the first
+  fix's ``repr`` cut module paths holding "typing." and spelled ``Annotated`` out.
+* The sync breaker kept a probe that never ran (a plain function returning a coroutine)
+  for its whole lease; a close in a task a registry watch callback awaits, while another
+  close waited for the callback, waited for it in turn (1 s, then cancelled it); the
+  CLI's one line left out the exception of an error.
 * A metric's value finite as measured but infinite in the metric's unit was recorded
   (+Inf for good in a counter); a ``Decimal`` was refused as "non-numeric".
 * An event id ``URN:UUID:…`` in capitals was refused (the lower-case prefix was taken).
@@ -37,9 +42,10 @@ import threading
 import time
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import psycopg
+import pydantic
 import pytest
 
 from foundation import (
@@ -423,3 +429,98 @@ def test_a_generic_type_is_named_whole(fdn: Foundation) -> None:
     with pytest.raises(ConfigError, match=r"expected list\[int\]"):
         fdn.config.set("ports", ["a"])
     assert fdn.config.explain("ports").typed == "list[int]"
+
+
+# -- late fixes: a probe that never ran, a close a watch callback awaits, type names ------
+
+
+@pytest.mark.parametrize("scope", ["shared", "local"])
+def test_a_probe_that_never_ran_is_given_back(db_url: str, scope: str) -> None:
+    """A plain function that returns a coroutine while a probe was due: refused, its probe
+    kept for its whole lease, every call refused meanwhile (``timeout`` + 1 s)."""
+
+    async def work() -> str:
+        return "ok"
+
+    with node(db_url) as fdn:
+        pay = fdn.circuit_breaker.get(
+            "pay", max_failures=1, reset_timeout=100, timeout=3000, scope=scope
+        )
+        with pytest.raises(RuntimeError):
+            pay.call(_boom)
+        time.sleep(0.2)  # the probe is due
+        with pytest.raises(ValidationError, match="AsyncFoundation"):
+            pay.call(lambda: work())  # a coroutine, from a plain function
+        assert pay.call(lambda: "ran") == "ran"  # the probe was given back
+        assert fdn.circuit_breaker.state("pay", scope=scope) == "closed"
+
+
+async def test_a_close_in_a_task_a_watch_callback_awaits_while_another_close_runs(
+    db_url: str,
+) -> None:
+    """As for a subscription's handler: the second close waited for the first, which
+    waited for the callback, until close() gave up (1 s) and cancelled it."""
+    fdn = AsyncFoundation(db_url, migrate="skip")
+    await fdn.open()
+    started, go = asyncio.Event(), asyncio.Event()
+    finished: list[str] = []
+
+    async def callback(change: Any) -> None:
+        started.set()
+        await go.wait()
+        await asyncio.create_task(fdn.close())
+        finished.append(change.kind)
+
+    fdn.service_registry.watch("svc", callback)
+    await fdn.service_registry.register("svc", "http://a")
+    await started.wait()
+    closing = asyncio.create_task(fdn.close())
+    await asyncio.sleep(0.1)  # the close waits for the callback
+    go.set()
+    await asyncio.wait_for(closing, 5)
+    assert finished[:1] == ["register"]  # (then the close's unregister)
+
+
+def test_types_are_named_as_written(fdn: Foundation) -> None:
+    """``repr`` cut any module path holding "typing." and spelled Annotated's pydantic
+    metadata out; a model was named "M" alone, "list[__main__.M]" inside a generic."""
+    fdn.config.register("workers", Annotated[int, pydantic.Field(gt=0)], default=4)
+    fdn.config.register("ports", list[_Port], default=[])
+    fdn.config.register("mode", Literal["a", "b"] | None, default=None)
+    named = {k: fdn.config.explain(k).typed for k in ("workers", "ports", "mode")}
+    assert named == {"workers": "int", "ports": "list[_Port]", "mode": "Literal['a', 'b'] | None"}
+    with pytest.raises(ConfigError, match=r"expected int\b"):
+        fdn.config.set("workers", 0)
+
+
+class _Port(pydantic.BaseModel):
+    number: int
+
+
+_CLI_LOGS_AN_EXCEPTION = """
+import logging, sys
+from foundation.cli import run
+sys.argv = ["foundation", "-d", sys.argv[1], "db", "current"]
+try:
+    run()
+except SystemExit:
+    pass
+try:
+    raise ValueError("bad\\nvalue")
+except ValueError:
+    logging.getLogger("foundation.feed").exception("change feed subscriber failed")
+"""
+
+
+def test_the_cli_line_of_an_error_names_its_exception(tmp_path: Path) -> None:
+    """The one-line format dropped the exception of ``log.exception`` lines."""
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    done = subprocess.run(
+        [sys.executable, "-c", _CLI_LOGS_AN_EXCEPTION, url],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stderr.splitlines() == [
+        "ERROR: change feed subscriber failed (ValueError: bad value)"
+    ]

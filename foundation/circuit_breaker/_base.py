@@ -423,10 +423,10 @@ class _BreakersBase:
         self._transition(core.name, "local", row, new, "local")
         return token
 
-    def _extend_local(self, core: _BreakerCore, token: str) -> bool:
+    def _extend_local(self, core: _BreakerCore, token: str, lease_ms: int | None = None) -> bool:
         with self._lock:
             row = self._local.get(core.name, CLOSED_ROW)
-            new = logic.extend_probe(row, token, _now_local(), core.options)
+            new = logic.extend_probe(row, token, _now_local(), core.options, lease_ms)
             if new is not None:
                 self._local[core.name] = new
         return new is not None

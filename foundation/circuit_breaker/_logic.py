@@ -265,12 +265,14 @@ def claim_probe(
 
 
 def extend_probe(
-    row: BreakerRow, token: str, now_ms: int, options: BreakerOptions
+    row: BreakerRow, token: str, now_ms: int, options: BreakerOptions, lease_ms: int | None = None
 ) -> BreakerRow | None:
-    """The probe ``token`` still running: its claim for another lease (None if not held)."""
+    """The probe ``token`` still running: its claim for another lease (None if not held);
+    ``lease_ms=0`` gives it back (due again at once)."""
     if row.state != HALF_OPEN or row.probe_token != token:
         return None
-    return replace(row, probe_until_ms=now_ms + options.probe_lease_ms, revision=row.revision + 1)
+    lease = options.probe_lease_ms if lease_ms is None else lease_ms
+    return replace(row, probe_until_ms=now_ms + lease, revision=row.revision + 1)
 
 
 def probe_done(

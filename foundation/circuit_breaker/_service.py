@@ -4,6 +4,7 @@ handles. How breakers work (scopes, timeouts, what counts as a failure): :mod:`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import threading
@@ -80,6 +81,9 @@ class Breaker(_BreakerCore):
             keeper.set()
         if inspect.iscoroutine(result):  # its outcome would escape the breaker
             result.close()
+            if token is not None:  # the probe never ran: the next caller makes it, now
+                with contextlib.suppress(FoundationError):  # else it waits for its lease
+                    self._svc._extend_probe(self, token, lease_ms=0)
             raise self._async_refused(fn)
         if timeout is not None:
             elapsed = time.perf_counter() - started
@@ -240,11 +244,13 @@ class CircuitBreakers(_BreakersBase):
         threading.Thread(target=keep, name=name, daemon=True).start()
         return done
 
-    def _extend_probe(self, core: _BreakerCore, token: str) -> bool:
+    def _extend_probe(self, core: _BreakerCore, token: str, lease_ms: int | None = None) -> bool:
+        """Renew the probe's claim (``lease_ms=0``: give it back, due again at once)."""
         if core.options.scope == "local":
-            return self._extend_local(core, token)
+            return self._extend_local(core, token, lease_ms)
         assert self._db is not None and self._sql is not None
-        params = self._params(core.name, token=token, lease=core.options.probe_lease_ms)
+        lease = core.options.probe_lease_ms if lease_ms is None else lease_ms
+        params = self._params(core.name, token=token, lease=lease)
         row = self._db.fetchone(self._sql.extend, params)
         self._returned(core.name, row)
         return row is not None

@@ -16,6 +16,8 @@ import dataclasses
 import enum
 import logging
 import threading
+import types
+import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -63,6 +65,26 @@ class ConfigChange:
     new: Any
     source: Literal["local", "remote", "reload"]
     deleted: bool = False
+
+
+def type_name(type_: Any) -> str:
+    """How errors and ``explain()`` name a key's type: a class by its name, a generic
+    whole (``list[int]``, not ``list``), ``Annotated[X, …]`` as ``X``."""
+    if type_ is None or type_ is type(None):
+        return "None"
+    if isinstance(type_, type):
+        return type_.__name__
+    origin, args = typing.get_origin(type_), typing.get_args(type_)
+    if origin is typing.Annotated:
+        return type_name(args[0])
+    if origin is typing.Literal:
+        return f"Literal[{', '.join(repr(a) for a in args)}]"
+    if origin is typing.Union or origin is types.UnionType:
+        return " | ".join(type_name(a) for a in args)
+    if origin is None or not args:
+        return shown(type_)
+    inner = ", ".join("..." if a is Ellipsis else type_name(a) for a in args)
+    return f"{getattr(origin, '__name__', shown(origin))}[{inner}]"
 
 
 @dataclass(frozen=True)
@@ -312,10 +334,7 @@ class ConfigState:
             defaults = self._layers["default"]
             previous_default = defaults.get(key, _MISSING)
             self._types[key] = adapter
-            # A class by its name; a generic alias whole ("list[int]", not "list").
-            self._type_names[key] = (
-                type_.__name__ if isinstance(type_, type) else repr(type_).replace("typing.", "")
-            )
+            self._type_names[key] = type_name(type_)
             try:
                 if default is not _MISSING:
                     default = self._validate(key, adapter, default, source="default")

@@ -180,6 +180,7 @@ class LoopDispatcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[Batch | asyncio.Event | None] | None = None
         self._task: asyncio.Task[None] | None = None
+        self.in_callback = False  # see called_back
         # close()'s deadline (monotonic): no callback starts after it, even when plain
         # callbacks that block the loop keep close()'s own timeout from firing.
         self._deadline: float | None = None
@@ -220,6 +221,7 @@ class LoopDispatcher:
                 if not self._active(watch):
                     continue
                 try:
+                    self.in_callback = True
                     result = watch.callback(change)
                     if inspect.isawaitable(result):
                         await result
@@ -230,6 +232,15 @@ class LoopDispatcher:
                     _failed(watch, change)  # the callback's own: it awaited a cancelled task
                 except Exception:
                     _failed(watch, change)
+                finally:
+                    self.in_callback = False
+
+    def called_back(self) -> bool:
+        """Whether the current task is this dispatcher's, or one a callback started
+        (a task inherits the context) while that callback runs: it may await it."""
+        if self._task is asyncio.current_task():
+            return True
+        return _DISPATCHING.get() is self and self.in_callback
 
     async def flush(self, timeout: float) -> bool:
         """Wait until every change queued so far was called back (False: timed out);
