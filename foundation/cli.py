@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import re
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC
@@ -181,8 +182,8 @@ class _OneLine(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         text = record.getMessage()
         if record.exc_info and record.exc_info[1] is not None:
-            error = record.exc_info[1]
-            text += f" ({type(error).__name__}: {error})"  # the traceback left out
+            error = record.exc_info[1]  # its last line, as a traceback ends (left out)
+            text += f" ({traceback.format_exception_only(error)[-1].strip()})"
         return f"{record.levelname}: {' '.join(text.split())}"
 
 

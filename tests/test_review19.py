@@ -19,6 +19,11 @@
   for its whole lease; a close in a task a registry watch callback awaits, while another
   close waited for the callback, waited for it in turn (1 s, then cancelled it); the
   CLI's one line left out the exception of an error.
+* The review of those: one flag per dispatcher (or subscription) for "a callback runs"
+  took a task an earlier callback had started for one the running callback awaits (its
+  close returned before the release); the probe's keeper could renew a probe given back;
+  ``Annotated`` hid metadata that changes what a key takes; an exception that cannot
+  say itself broke the CLI's line.
 * A metric's value finite as measured but infinite in the metric's unit was recorded
   (+Inf for good in a counter); a ``Decimal`` was refused as "non-numeric".
 * An event id ``URN:UUID:…`` in capitals was refused (the lower-case prefix was taken).
@@ -36,10 +41,13 @@ Each test failed on the commit before its fix.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -55,6 +63,7 @@ from foundation import (
     Foundation,
     ValidationError,
 )
+from foundation.database.url import DatabaseURL
 from foundation.telemetry import Telemetry, metrics
 from foundation.telemetry.reporters import PrometheusReporter
 from tests.helpers import async_wait_for, wait_for
@@ -494,9 +503,15 @@ def test_types_are_named_as_written(fdn: Foundation) -> None:
     fdn.config.register("ports", list[_Port], default=[])
     fdn.config.register("mode", Literal["a", "b"] | None, default=None)
     named = {k: fdn.config.explain(k).typed for k in ("workers", "ports", "mode")}
-    assert named == {"workers": "int", "ports": "list[_Port]", "mode": "Literal['a', 'b'] | None"}
-    with pytest.raises(ConfigError, match=r"expected int\b"):
+    assert named == {
+        "workers": "Annotated[int, …]",  # its metadata may change what it takes (Json)
+        "ports": "list[_Port]",
+        "mode": "Literal['a', 'b'] | None",
+    }
+    with pytest.raises(ConfigError, match=r"expected Annotated\[int, …\]"):
         fdn.config.set("workers", 0)
+    fdn.config.register("weird", Callable[[int], str] | None, default=None)  # never raises
+    assert fdn.config.explain("weird").typed == "Callable[[int], str] | None"
 
 
 class _Port(pydantic.BaseModel):
@@ -513,4 +528,75 @@ def test_the_cli_line_of_an_error_names_its_exception(tmp_path: Path) -> None:
     )
     assert _stderr_after_the_cli(tmp_path, then) == [
         "ERROR: subscriber failed (ValueError: bad value)"
+    ]
+
+
+async def test_a_close_in_a_task_an_earlier_callback_started_waits_for_the_release(
+    db_url: str,
+) -> None:
+    """One flag for "a callback runs" took a task an earlier callback had started for one
+    the running callback may await: its close(), while another close waited for that
+    callback, returned before the names were released."""
+    fdn = AsyncFoundation(db_url, migrate="skip")
+    await fdn.open()
+    second_runs, outer_closes = asyncio.Event(), asyncio.Event()
+    closers: list[asyncio.Task[list[tuple[object, ...]]]] = []
+
+    async def closer() -> list[tuple[object, ...]]:
+        await outer_closes.wait()
+        await fdn.close()
+        return plain_sql(db_url, "SELECT node_id FROM foundation_registry WHERE name = 'a'")
+
+    async def callback(change: Any) -> None:
+        if change.kind != "register":
+            return
+        if change.name == "a":
+            closers.append(asyncio.create_task(closer()))  # not awaited
+        else:
+            second_runs.set()
+            await asyncio.sleep(0.5)  # a slow callback: the close waits for it
+
+    fdn.service_registry.watch("*", callback)
+    await fdn.service_registry.register("a", "http://a")
+    await fdn.service_registry.register("b", "http://b")
+    await second_runs.wait()
+    with _registry_locked(db_url) as lock:  # the release waits: its end shows
+        outer = asyncio.create_task(fdn.close())
+        await asyncio.sleep(0.05)
+        outer_closes.set()
+        await asyncio.sleep(0.3)
+        lock()
+    assert await asyncio.wait_for(closers[0], 5) == [(None,)]  # released when it returned
+    await outer
+
+
+@contextlib.contextmanager
+def _registry_locked(db_url: str) -> Iterator[Callable[[], None]]:
+    """Another session holds a write lock on the registry until the yielded call."""
+    url = DatabaseURL.parse(db_url)
+    if url.backend == "sqlite":
+        lite = sqlite3.connect(url.sqlite_path, isolation_level=None)
+        lite.execute("BEGIN IMMEDIATE")
+        try:
+            yield lambda: lite.execute("COMMIT") and None
+        finally:
+            lite.close()
+        return
+    with psycopg.connect(url.conninfo) as pg:
+        pg.execute("LOCK TABLE foundation_registry IN EXCLUSIVE MODE")
+        yield pg.commit
+
+
+def test_the_cli_line_of_an_exception_that_cannot_say_itself(tmp_path: Path) -> None:
+    then = (
+        "class Mute(Exception):\n"
+        "    def __str__(self):\n"
+        "        raise RuntimeError('no')\n"
+        "try:\n"
+        "    raise Mute()\n"
+        "except Mute:\n"
+        '    logging.getLogger("foundation.x").exception("callback failed")\n'
+    )
+    assert _stderr_after_the_cli(tmp_path, then) == [
+        "ERROR: callback failed (Mute: <exception str() failed>)"
     ]

@@ -44,6 +44,18 @@ from foundation.telemetry import Telemetry
 __all__ = ["Breaker", "CircuitBreakers"]
 
 
+class _Keeper(threading.Event):
+    """Set when a probe's function has returned: its keeper thread stops renewing."""
+
+    thread: threading.Thread | None = None
+
+    def join(self) -> None:
+        """Set, and wait for a renewal under way to end."""
+        self.set()
+        if self.thread is not None and self.thread is not threading.current_thread():
+            self.thread.join()
+
+
 class Breaker(_BreakerCore):
     """One named breaker: ``breaker.execute(fn)``, ``breaker.call(fn, *args)``, ``@breaker``."""
 
@@ -81,7 +93,8 @@ class Breaker(_BreakerCore):
             keeper.set()
         if inspect.iscoroutine(result):  # its outcome would escape the breaker
             result.close()
-            if token is not None:  # the probe never ran: the next caller makes it, now
+            if token is not None and keeper is not None:  # the probe never ran: given back
+                keeper.join()  # (a renewal under way would take it again after)
                 with contextlib.suppress(FoundationError):  # else it waits for its lease
                     self._svc._extend_probe(self, token, lease_ms=0)
             raise self._async_refused(fn)
@@ -225,11 +238,11 @@ class CircuitBreakers(_BreakersBase):
         current = self._shared.get(core.name, current)
         raise self._rejected(core, current, admission(current, self._now())[1])
 
-    def _keep_probe(self, core: _BreakerCore, token: str) -> threading.Event:
+    def _keep_probe(self, core: _BreakerCore, token: str) -> _Keeper:
         """Keep the probe's claim while ``fn`` runs (a function cannot be stopped, and one
         past its lease let another caller probe too): renewed every half lease, by a
-        thread of its own, until the returned event is set."""
-        done = threading.Event()
+        thread of its own, until the returned keeper is set."""
+        done = _Keeper()
         every = core.options.probe_lease_ms / 2000
 
         def keep() -> None:
@@ -241,7 +254,8 @@ class CircuitBreakers(_BreakersBase):
                     log.warning("breaker %r: could not extend its probe (%s)", core.name, exc)
 
         name = f"foundation-breaker-probe-{core.name}"[:60]
-        threading.Thread(target=keep, name=name, daemon=True).start()
+        done.thread = threading.Thread(target=keep, name=name, daemon=True)
+        done.thread.start()
         return done
 
     def _extend_probe(self, core: _BreakerCore, token: str, lease_ms: int | None = None) -> bool:

@@ -69,22 +69,33 @@ class ConfigChange:
 
 def type_name(type_: Any) -> str:
     """How errors and ``explain()`` name a key's type: a class by its name, a generic
-    whole (``list[int]``, not ``list``), ``Annotated[X, …]`` as ``X``."""
+    whole (``list[int]``, not ``list``), ``Annotated[X, …]`` so. Never raises: a type
+    whose parts cannot be named is shown as ``repr`` shows it."""
+    try:
+        return _type_name(type_)
+    except Exception:
+        return shown(type_)
+
+
+def _type_name(type_: Any) -> str:
     if type_ is None or type_ is type(None):
         return "None"
-    if isinstance(type_, type):
-        return type_.__name__
+    if isinstance(type_, list):  # Callable's arguments
+        return f"[{', '.join(_type_name(a) for a in type_)}]"
+    if isinstance(type_, type) and not typing.get_args(type_):
+        return str(type_.__name__)
     origin, args = typing.get_origin(type_), typing.get_args(type_)
-    if origin is typing.Annotated:
-        return type_name(args[0])
+    if origin is typing.Annotated:  # its metadata may change what it takes (Json, say)
+        return f"Annotated[{_type_name(args[0])}, …]"
     if origin is typing.Literal:
         return f"Literal[{', '.join(repr(a) for a in args)}]"
     if origin is typing.Union or origin is types.UnionType:
-        return " | ".join(type_name(a) for a in args)
+        return " | ".join(_type_name(a) for a in args)
     if origin is None or not args:
-        return shown(type_)
-    inner = ", ".join("..." if a is Ellipsis else type_name(a) for a in args)
-    return f"{getattr(origin, '__name__', shown(origin))}[{inner}]"
+        text = shown(type_)
+        return text.removeprefix("typing.")
+    inner = ", ".join("..." if a is Ellipsis else _type_name(a) for a in args)
+    return f"{getattr(origin, '__name__', shown(origin))!s}[{inner}]"
 
 
 @dataclass(frozen=True)
@@ -327,6 +338,7 @@ class ConfigState:
                 f"cannot use {shown(type_, 100)} as the type of config key {key!r}: {exc}",
                 context={"key": key},
             ) from None
+        name = type_name(type_)
         with self._lock:
             # Nothing changes unless everything validates: the type, the default and
             # the values already loaded are put in place together, or not at all.
@@ -334,7 +346,7 @@ class ConfigState:
             defaults = self._layers["default"]
             previous_default = defaults.get(key, _MISSING)
             self._types[key] = adapter
-            self._type_names[key] = type_name(type_)
+            self._type_names[key] = name
             try:
                 if default is not _MISSING:
                     default = self._validate(key, adapter, default, source="default")

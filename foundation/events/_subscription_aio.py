@@ -35,6 +35,13 @@ _FOLLOWING: contextvars.ContextVar[AsyncSubscription | None] = contextvars.Conte
 )
 
 
+# The handler call running when the current task was started (a mark per call: see
+# AsyncSubscription._called_by_handler).
+_HANDLING: contextvars.ContextVar[object | None] = contextvars.ContextVar(
+    "foundation_handling", default=None
+)
+
+
 class AsyncSubscription(_SubscriptionBase):
     """A subscription run by an asyncio task; the handler may be ``async def``."""
 
@@ -48,7 +55,7 @@ class AsyncSubscription(_SubscriptionBase):
         self._wake = asyncio.Event()
         self._stop_asked = asyncio.Event()  # cuts a retry's backoff short (as sync's _stop)
         self._task: asyncio.Task[None] | None = None
-        self._in_handler = False  # see _called_by_handler
+        self._handling: object | None = None  # the running call's mark (_called_by_handler)
         self._keeper: asyncio.Task[None] | None = None
         self._handler: Handler | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -161,8 +168,9 @@ class AsyncSubscription(_SubscriptionBase):
             if self._lease_lapsed() and not await self._renew():
                 return False  # another consumer may hold the name: not ours to deliver
             failure: BaseException
+            self._handling = call = object()
+            token = _HANDLING.set(call)  # for the tasks this handler starts
             try:
-                self._in_handler = True
                 with _correlated(record):
                     result = self._handler(record)
                     if inspect.isawaitable(result):
@@ -190,7 +198,8 @@ class AsyncSubscription(_SubscriptionBase):
                 self._stopping = True
                 raise
             finally:
-                self._in_handler = False
+                _HANDLING.reset(token)
+                self._handling = None
             if attempt > self.options.max_retries:
                 await self._record_failure(self._failed(record, failure))
                 return False
@@ -258,12 +267,12 @@ class AsyncSubscription(_SubscriptionBase):
         await finish(self._stopped(timeout))
 
     def _called_by_handler(self) -> bool:
-        """Whether the current task is the subscription's own, or one its handler started
-        (a task inherits the context) while the handler runs: the handler may await it.
-        Such a task calling once the handler has returned waits like any caller."""
+        """Whether the current task is the subscription's own, or one the running handler
+        call started (a task inherits the context): the handler may await it. A task an
+        earlier call started waits like any caller."""
         if self._task is asyncio.current_task():
             return True
-        return _FOLLOWING.get() is self and self._in_handler
+        return self._handling is not None and _HANDLING.get() is self._handling
 
     async def _stopped(self, timeout: float | None) -> None:
         task = self._task

@@ -170,6 +170,13 @@ _DISPATCHING: contextvars.ContextVar[LoopDispatcher | None] = contextvars.Contex
 )
 
 
+# The callback running when the current task was started (a mark per call: see
+# LoopDispatcher.called_back).
+_CALLBACK: contextvars.ContextVar[object | None] = contextvars.ContextVar(
+    "foundation_registry_callback", default=None
+)
+
+
 class LoopDispatcher:
     """The async face's dispatcher: one task on the loop, callbacks one at a time, in
     order; an ``async def`` callback is awaited before the next one starts."""
@@ -180,7 +187,7 @@ class LoopDispatcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[Batch | asyncio.Event | None] | None = None
         self._task: asyncio.Task[None] | None = None
-        self.in_callback = False  # see called_back
+        self._calling: object | None = None  # the running callback's mark (see called_back)
         # close()'s deadline (monotonic): no callback starts after it, even when plain
         # callbacks that block the loop keep close()'s own timeout from firing.
         self._deadline: float | None = None
@@ -220,8 +227,9 @@ class LoopDispatcher:
                     return  # close() is out of time: what is left is dropped
                 if not self._active(watch):
                     continue
+                self._calling = call = object()
+                token = _CALLBACK.set(call)  # for the tasks this callback starts
                 try:
-                    self.in_callback = True
                     result = watch.callback(change)
                     if inspect.isawaitable(result):
                         await result
@@ -233,14 +241,16 @@ class LoopDispatcher:
                 except Exception:
                     _failed(watch, change)
                 finally:
-                    self.in_callback = False
+                    _CALLBACK.reset(token)
+                    self._calling = None
 
     def called_back(self) -> bool:
-        """Whether the current task is this dispatcher's, or one a callback started
-        (a task inherits the context) while that callback runs: it may await it."""
+        """Whether the current task is this dispatcher's, or one the running callback
+        started (a task inherits the context): that callback may await it. A task an
+        earlier callback started waits like any caller."""
         if self._task is asyncio.current_task():
             return True
-        return _DISPATCHING.get() is self and self.in_callback
+        return self._calling is not None and _CALLBACK.get() is self._calling
 
     async def flush(self, timeout: float) -> bool:
         """Wait until every change queued so far was called back (False: timed out);
@@ -260,7 +270,7 @@ class LoopDispatcher:
         """The registry's close() has begun: no callback starts more than ``timeout``
         seconds from now. Plain callbacks that block the loop while close() releases the
         node's names would otherwise run on before :meth:`close` starts its clock."""
-        if _DISPATCHING.get() is self:
+        if self.called_back():
             return  # close() from a callback: what was queued before is delivered
         if self._deadline is None:
             self._deadline = time.monotonic() + timeout
@@ -278,7 +288,7 @@ class LoopDispatcher:
         # After what was submitted before (submit() queues through call_soon_threadsafe,
         # even on this thread): a change announced just before close() is delivered.
         loop.call_soon_threadsafe(q.put_nowait, None)
-        if task is asyncio.current_task() or _DISPATCHING.get() is self:
+        if self.called_back():
             # close() called from a callback (or a task of its own: AsyncFoundation.close()
             # runs in one): the task ends after it; waiting would wait for ourselves.
             return
