@@ -74,7 +74,9 @@ def _secret(raw: str | None) -> str | None:
 
 def _report(exc: FoundationError, secret: str | None) -> None:
     message = exc.message
-    if secret:
+    # (Not a password of a few letters: "p" would garble every word holding one; the
+    # URLs in messages are masked already, this is for a driver's text echoing one.)
+    if secret and len(secret) >= 4:
         message = message.replace(secret, "***")
     # A Text object: "[code]" must not be read as rich markup.
     Console(stderr=True).print(Text(f"error [{exc.code}]: {message}", style="red"), soft_wrap=True)

@@ -204,8 +204,10 @@ def _utf8(value: str, name: str) -> None:
 
 
 def _shown(value: str) -> str:
-    """A rejected URL as an error may show it: hidden if it may hold a credential."""
-    if any(c in value for c in "@=:") or len(value) > 80:
+    """A rejected URL as an error may show it: hidden if it may hold a credential (a
+    ``sqlite:`` one holds none, unless it has a user part)."""
+    plain_sqlite = value.lower().startswith("sqlite:") and "@" not in value
+    if (any(c in value for c in "@=:") and not plain_sqlite) or len(value) > 80:
         return "(hidden: it may hold a password)"
     return shown(value)
 
@@ -276,6 +278,9 @@ def _setting_error(
         field, message = error.field, str(error)
     elif message.startswith("Value error, "):
         message = message[len("Value error, ") :]
+    elif first.get("type") == "extra_forbidden":  # a misspelt keyword, most likely
+        close = difflib.get_close_matches(field, list(Settings.model_fields), n=1)
+        message = "no such setting" + (f" (did you mean {close[0]}?)" if close else "")
     context: dict[str, Any] = {"setting": field, "errors": len(exc.errors())}
     where = ""
     variable = ENV_PREFIX + field.upper()

@@ -24,6 +24,9 @@
   close returned before the release); the probe's keeper could renew a probe given back;
   ``Annotated`` hid metadata that changes what a key takes; an exception that cannot
   say itself broke the CLI's line.
+* A new user's typos: a misspelt keyword setting said "Extra inputs are not permitted";
+  ``sqlite:foo.db`` was hidden as if it held a password, ``sqlite://foo.db`` called an
+  in-memory database; a one-letter password was scrubbed out of every word of a message.
 * A metric's value finite as measured but infinite in the metric's unit was recorded
   (+Inf for good in a counter); a ``Decimal`` was refused as "non-numeric".
 * An event id ``URN:UUID:…`` in capitals was refused (the lower-case prefix was taken).
@@ -67,7 +70,7 @@ from foundation.database.url import DatabaseURL
 from foundation.telemetry import Telemetry, metrics
 from foundation.telemetry.reporters import PrometheusReporter
 from tests.helpers import async_wait_for, wait_for
-from tests.test_cli import ok
+from tests.test_cli import fails, ok
 from tests.test_core_review import plain_sql
 from tests.test_registry import node, stop_heartbeat
 from tests.test_registry_async import freeze
@@ -600,3 +603,27 @@ def test_the_cli_line_of_an_exception_that_cannot_say_itself(tmp_path: Path) -> 
     assert _stderr_after_the_cli(tmp_path, then) == [
         "ERROR: callback failed (Mute: <exception str() failed>)"
     ]
+
+
+# -- a new user's typos ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "said"),
+    [
+        ({"poll_interval": 50}, "no such setting (did you mean poll_interval_ms?)"),
+        ({"database_url": "sqlite:foo.db"}, "not a database URL: 'sqlite:foo.db'"),
+        ({"database_url": "sqlite://foo.db"}, "three slashes (sqlite:///foo.db)"),
+    ],
+)
+def test_a_new_users_typos_are_named(options: dict[str, Any], said: str) -> None:
+    """A misspelt keyword said "Extra inputs are not permitted"; ``sqlite:foo.db`` was
+    hidden as if it held a password; ``sqlite://foo.db`` was "an in-memory database"."""
+    with pytest.raises(ConfigError) as info:
+        Foundation(**options)
+    assert said in info.value.message
+
+
+def test_a_short_password_does_not_garble_the_clis_errors(tmp_path: Path) -> None:
+    url = f"sqlite://u:p@h/{tmp_path / 'missing.db'}"
+    assert "check the path" in fails(url, "not_found", "config", "get", "port").stderr

@@ -105,6 +105,12 @@ class DatabaseURL:
                     f"unsupported SQLite driver {url.drivername!r}; use sqlite:///path",
                     context={"url": _shown(url)},
                 )
+            if url.host and not url.database:  # sqlite://app.db: the file taken for a host
+                raise ConfigError(
+                    f"sqlite://{url.host} names a host, not a file: a SQLite URL's path "
+                    f"takes three slashes (sqlite:///{url.host}), four for an absolute one",
+                    context={"url": _shown(url)},
+                )
             if url.database in (None, "", ":memory:"):
                 raise ConfigError(
                     "an in-memory SQLite database cannot be shared between connections; "
