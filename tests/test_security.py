@@ -469,13 +469,9 @@ ALLOWED: dict[tuple[str, str], str] = {
     ): "the PL/pgSQL append function; its only value is the events lock key, an int constant",
     (
         "migrations/versions/0009_events_replace_and_config_ids.py",
-        "<DDL>",
-    ): "the SQLite config trigger; its only value is the module's uuid7 expression",
-    (
-        "migrations/versions/0009_events_replace_and_config_ids.py",
         'f"VALUES ({uuid_sql},"',
-    ): "0005's trigger function with its uuid expression swapped for one of the module's "
-    "two constants (_PG_UUID7, or 0005's own on downgrade)",
+    ): "0005's trigger texts with their uuid expression swapped: the values are uuid "
+    "expressions, constants of 0005 and of this module",
     (
         "migrations/versions/0011_registry_audit_views.py",
         'REGISTRY_VIEW.replace("NOW", now)',
@@ -538,7 +534,7 @@ ALLOWED: dict[tuple[str, str], str] = {
 
 
 # What a migration's f-string DDL may interpolate: module constants, never input.
-DDL_CONSTANTS = {"EVENTS_LOCK_KEY", "_SQLITE_UUID", "_SQLITE_UUID7"}
+DDL_CONSTANTS = {"EVENTS_LOCK_KEY", "_SQLITE_UUID"}
 
 
 def _allowed(file: str, segment: str) -> bool:

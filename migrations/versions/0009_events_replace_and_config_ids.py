@@ -26,6 +26,7 @@ Config changes appended by 0005's trigger:
 import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from alembic import op
 
@@ -56,21 +57,12 @@ _SQLITE_UUID7 = """
                   lower(hex(randomblob(9))) AS h))
 """
 
-SQLITE_CONFIG_EVENT = f"""
-    CREATE TRIGGER foundation_config_changed_event AFTER INSERT ON foundation_config_history
-    BEGIN
-        INSERT INTO foundation_events
-            (id, stream_id, stream_version, type, data, metadata, correlation_id,
-             causation_id, recorded_at)
-        VALUES ({_SQLITE_UUID7}, NULL, NULL, 'foundation.config.changed',
-                json_object('key', NEW.key, 'operation', NEW.operation,
-                            'old', json(NEW.old_value), 'new', json(NEW.new_value),
-                            'by', NEW.changed_by, 'revision', NEW.revision),
-                '{{}}', NEW.correlation_id, NULL,
-                CASE WHEN length(NEW.changed_at) = 23 THEN NEW.changed_at || '000'
-                     ELSE NEW.changed_at END);
-    END
-"""  # noqa: S608 (constants only, no input)
+# SQLite: store()'s six fractional digits for the history's millisecond text.
+_SQLITE_CHANGED_AT = (
+    "NEW.correlation_id, NULL,\n"
+    "                CASE WHEN length(NEW.changed_at) = 23 THEN NEW.changed_at || '000'\n"
+    "                     ELSE NEW.changed_at END);"
+)
 
 # gen_random_uuid() with its first 48 bits replaced by the milliseconds, version 7.
 _PG_UUID7 = """
@@ -80,7 +72,7 @@ _PG_UUID7 = """
 """
 
 
-def _audit_revision() -> object:
+def _audit_revision() -> Any:
     """0005's module: its statements are what a downgrade restores."""
     path = Path(__file__).with_name("0005_audit.py")
     spec = importlib.util.spec_from_file_location("foundation_migration_0005", path)
@@ -90,13 +82,38 @@ def _audit_revision() -> object:
     return module
 
 
+def _values(uuid_sql: str) -> str:
+    return f"VALUES ({uuid_sql},"
+
+
+def _edited(text: str, edits: dict[str, str]) -> str:
+    """0005's trigger text with each of ``edits`` made once (each must occur once)."""
+    for old, new in edits.items():
+        if text.count(old) != 1:
+            raise RuntimeError("0005's config trigger is not the one this revision edits")
+        text = text.replace(old, new)
+    return text
+
+
 def _pg_config_function(uuid_sql: str) -> str:
-    text: str = _audit_revision().PG_STATEMENTS[2]  # type: ignore[attr-defined]
-    old = "VALUES (gen_random_uuid()::text,"
-    if text.count(old) != 1:
-        raise RuntimeError("0005's config trigger function is not the one this revision edits")
-    return text.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1).replace(
-        old, f"VALUES ({uuid_sql},"
+    return _edited(
+        _audit_revision().PG_STATEMENTS[2],
+        {
+            "CREATE FUNCTION": "CREATE OR REPLACE FUNCTION",
+            _values("gen_random_uuid()::text"): _values(uuid_sql),
+        },
+    )
+
+
+def _sqlite_config_trigger() -> str:
+    """0005's SQLite trigger with a version 7 id and six fractional digits."""
+    audit = _audit_revision()
+    return _edited(
+        audit.SQLITE_STATEMENTS[2],
+        {
+            _values(audit._SQLITE_UUID): _values(_SQLITE_UUID7),
+            "NEW.correlation_id, NULL, NEW.changed_at);": _SQLITE_CHANGED_AT,
+        },
     )
 
 
@@ -106,7 +123,7 @@ def upgrade() -> None:
         return
     op.execute(SQLITE_NO_REPLACE)
     op.execute("DROP TRIGGER foundation_config_changed_event")
-    op.execute(SQLITE_CONFIG_EVENT)
+    op.execute(_sqlite_config_trigger())
 
 
 def downgrade() -> None:
@@ -114,5 +131,5 @@ def downgrade() -> None:
         op.execute(_pg_config_function("gen_random_uuid()::text"))
         return
     op.execute("DROP TRIGGER foundation_config_changed_event")
-    op.execute(_audit_revision().SQLITE_STATEMENTS[2])  # type: ignore[attr-defined]
+    op.execute(_audit_revision().SQLITE_STATEMENTS[2])
     op.execute("DROP TRIGGER foundation_events_no_replace")
